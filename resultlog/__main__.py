@@ -1,0 +1,5 @@
+import sys
+
+from resultlog.cli import main
+
+sys.exit(main())

@@ -1,0 +1,52 @@
+"""The ``resultlog`` command line.
+
+Each command group lives beside the code it drives and exposes
+``register(subparsers)``; this module only wires them together, so adding a command
+never grows this file beyond one line in ``_COMMAND_MODULES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from resultlog.errors import ResultlogError
+
+# Modules that provide ``register(subparsers) -> None``; each sets ``func`` on its parsers.
+_COMMAND_MODULES: tuple[str, ...] = (
+    "resultlog.devstack.commands",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resultlog",
+        description="Event-sourced task results: Kafka log, Redis view, Postgres history.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in _COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(func(args) or 0)
+    except ResultlogError as exc:
+        print(f"resultlog: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("resultlog: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

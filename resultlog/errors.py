@@ -1,0 +1,89 @@
+"""The one error hierarchy of resultlog.
+
+Every failure a user can see is a :class:`ResultlogError`. Adapters (aiokafka, redis,
+asyncpg, fastavro) translate their own exceptions into these at the boundary, so
+callers catch one family. ``retriable`` tells the shared backoff helper whether trying
+again can help.
+"""
+
+from __future__ import annotations
+
+
+class ResultlogError(Exception):
+    """Base of every error raised by resultlog."""
+
+    retriable: bool = False
+
+
+class ConfigurationError(ResultlogError):
+    """A setting is unknown, malformed or inconsistent."""
+
+
+class ValidationError(ResultlogError, ValueError):
+    """A value handed to a public entry point is not acceptable."""
+
+
+class InvalidTaskId(ValidationError):
+    """A task id that is empty, not a string, or too long."""
+
+
+class UnknownState(ValidationError):
+    """A state name that is not one of resultlog's states."""
+
+
+class ResultNotSerializable(ValidationError):
+    """A task result (or args/kwargs) that JSON cannot encode."""
+
+
+class EventTooLarge(ValidationError):
+    """An encoded event larger than the configured limit."""
+
+
+class CodecError(ResultlogError):
+    """Bytes that cannot be decoded into an event (bad framing, unknown schema...)."""
+
+
+class UnknownSchema(CodecError):
+    """The writer schema's fingerprint is not in the local schema store."""
+
+
+class BrokerUnavailable(ResultlogError):
+    """Kafka could not be reached (or did not acknowledge) within the timeout."""
+
+    retriable = True
+
+
+class EmitterClosed(ResultlogError):
+    """An event was handed to an emitter that is stopped or stopping."""
+
+
+class BufferFull(ResultlogError):
+    """The emitter's bounded buffer stayed full for longer than the timeout."""
+
+    retriable = True
+
+
+class StoreUnavailable(ResultlogError):
+    """Redis or PostgreSQL could not be reached."""
+
+    retriable = True
+
+
+class ResultTimeout(ResultlogError, TimeoutError):
+    """``get()`` waited longer than its timeout for a task to finish."""
+
+
+class TaskRevoked(ResultlogError):
+    """``get()`` on a task that was revoked."""
+
+
+class ChordError(ResultlogError):
+    """A chord failed because one of its members failed."""
+
+
+class DevStackError(ResultlogError):
+    """The local development stack could not be brought up or down."""
+
+
+class ReplayRefused(ResultlogError):
+    """A replay would write into stores a live processor is writing."""

@@ -1,0 +1,55 @@
+"""Every Kafka topic name, Redis key and Postgres object name in one place.
+
+Reading this module tells the whole storage layout. Names that tests or deployments
+need to vary (topics, the key prefix, the schema) come from settings; this module
+builds every concrete name from those, so no other module formats a key or topic.
+"""
+
+from __future__ import annotations
+
+# Kafka: defaults (overridable by settings).
+DEFAULT_EVENTS_TOPIC = "resultlog.events"
+DEAD_LETTER_SUFFIX = ".deadletter"
+CHORDS_SUFFIX = ".chords"
+CHORD_COMPLETIONS_SUFFIX = ".chord-completions"
+DEFAULT_CONSUMER_GROUP = "resultlog-processor"
+
+# Redis: defaults and the layout below the prefix.
+DEFAULT_REDIS_PREFIX = "resultlog:"
+# {prefix}task:{task_id}       hash: the latest state of one task (see views/fold.lua)
+# {prefix}done:{task_id}       pub/sub channel: a task reached a ready state
+# {prefix}chord:{chord_id}     hash: a chord's progress
+# {prefix}chorddone:{chord_id} pub/sub channel: a chord completed or failed
+
+# Postgres: default schema; tables live inside it.
+DEFAULT_PG_SCHEMA = "resultlog"
+HISTORY_TABLE = "task_events"
+OFFSETS_TABLE = "consumer_offsets"
+
+
+def dead_letter_topic(events_topic: str) -> str:
+    return events_topic + DEAD_LETTER_SUFFIX
+
+
+def chords_topic(events_topic: str) -> str:
+    return events_topic + CHORDS_SUFFIX
+
+
+def chord_completions_topic(events_topic: str) -> str:
+    return events_topic + CHORD_COMPLETIONS_SUFFIX
+
+
+def task_key(prefix: str, task_id: str) -> str:
+    return f"{prefix}task:{task_id}"
+
+
+def task_done_channel(prefix: str, task_id: str) -> str:
+    return f"{prefix}done:{task_id}"
+
+
+def chord_key(prefix: str, chord_id: str) -> str:
+    return f"{prefix}chord:{chord_id}"
+
+
+def chord_done_channel(prefix: str, chord_id: str) -> str:
+    return f"{prefix}chorddone:{chord_id}"
