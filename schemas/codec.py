@@ -1,0 +1,262 @@
+"""Avro single-object encoding of events, with a local store of every schema version.
+
+Framing (Avro specification, "Single-object encoding"): ``C3 01``, then the 8-byte
+little-endian CRC-64-AVRO fingerprint of the writer schema's parsing canonical form,
+then the Avro binary body. A reader looks the fingerprint up in its store and resolves
+the writer schema against its own (latest, or pinned) version of the same record, so
+events written under any kept version stay readable and fields a reader does not know
+are skipped.
+
+Every ``schemas/avro/<name>.v<N>.avsc`` is loaded; never edit or delete one, add a new
+version instead.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.schema import to_parsing_canonical_form
+
+from resultlog.errors import CodecError, EventTooLarge, UnknownSchema, ValidationError
+from resultlog.schemas.event import ExceptionInfo, TaskEvent
+from resultlog.schemas.states import State
+
+MAGIC = b"\xc3\x01"
+HEADER_SIZE = 10
+SCHEMA_DIR = Path(__file__).with_name("avro")
+TASK_EVENT = "io.resultlog.TaskEvent"
+_FILE_RE = re.compile(r"^(?P<stem>[a-z0-9_]+)\.v(?P<version>\d+)\.avsc$")
+
+
+def _crc64_table() -> list[int]:
+    empty = 0xC15D213AA4D7A795
+    table = []
+    for i in range(256):
+        fp = i
+        for _ in range(8):
+            fp = (fp >> 1) ^ (empty & -(fp & 1))
+        table.append(fp)
+    return table
+
+
+_CRC64_TABLE = _crc64_table()
+
+
+def crc64_avro(data: bytes) -> int:
+    """The Rabin fingerprint the Avro specification names CRC-64-AVRO."""
+    fp = 0xC15D213AA4D7A795
+    for byte in data:
+        fp = (fp >> 8) ^ _CRC64_TABLE[(fp ^ byte) & 0xFF]
+    return fp
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaVersion:
+    name: str  # full name, e.g. io.resultlog.TaskEvent
+    version: int
+    parsed: Any
+    fingerprint: bytes  # 8 bytes, little-endian, as framed
+
+    @property
+    def header(self) -> bytes:
+        return MAGIC + self.fingerprint
+
+
+class SchemaStore:
+    """Every known schema version, by fingerprint and by (name, version)."""
+
+    def __init__(self, schema_dir: Path = SCHEMA_DIR) -> None:
+        self._by_fp: dict[bytes, SchemaVersion] = {}
+        self._by_name: dict[str, dict[int, SchemaVersion]] = {}
+        for path in sorted(schema_dir.glob("*.avsc")):
+            match = _FILE_RE.match(path.name)
+            if match is None:
+                raise CodecError(f"schema file {path} is not named <name>.v<N>.avsc")
+            self.add(json.loads(path.read_text()), int(match["version"]))
+
+    def add(self, schema: Mapping[str, Any], version: int) -> SchemaVersion:
+        parsed = parse_schema(dict(schema))
+        canonical = to_parsing_canonical_form(parsed)
+        fingerprint = struct.pack("<Q", crc64_avro(canonical.encode()))
+        name = parsed["name"]
+        entry = SchemaVersion(name, version, parsed, fingerprint)
+        self._by_fp[fingerprint] = entry
+        self._by_name.setdefault(name, {})[version] = entry
+        return entry
+
+    def latest(self, name: str) -> SchemaVersion:
+        versions = self._by_name.get(name)
+        if not versions:
+            raise UnknownSchema(f"no schema named {name} in the schema store")
+        return versions[max(versions)]
+
+    def get(self, name: str, version: int) -> SchemaVersion:
+        try:
+            return self._by_name[name][version]
+        except KeyError:
+            raise UnknownSchema(f"no version {version} of schema {name}") from None
+
+    def by_fingerprint(self, fingerprint: bytes) -> SchemaVersion:
+        try:
+            return self._by_fp[fingerprint]
+        except KeyError:
+            raise UnknownSchema(
+                f"unknown writer schema fingerprint {fingerprint.hex()}; the event was "
+                "written with a schema version this reader does not have (upgrade resultlog)"
+            ) from None
+
+    def versions(self, name: str) -> Iterable[SchemaVersion]:
+        return [v for _, v in sorted(self._by_name.get(name, {}).items())]
+
+
+class Codec:
+    """Encodes and decodes framed Avro records; ``pin`` simulates an older reader."""
+
+    def __init__(
+        self,
+        store: SchemaStore | None = None,
+        *,
+        max_bytes: int = 1_000_000,
+        pin: Mapping[str, int] | None = None,
+    ) -> None:
+        self.store = store or default_store()
+        self.max_bytes = max_bytes
+        self._pin = dict(pin or {})
+
+    def schema_for(self, name: str) -> SchemaVersion:
+        """The version this codec writes and reads ``name`` as."""
+        if name in self._pin:
+            return self.store.get(name, self._pin[name])
+        return self.store.latest(name)
+
+    # Generic records ---------------------------------------------------------------
+    def encode_record(self, name: str, record: Mapping[str, Any]) -> bytes:
+        schema = self.schema_for(name)
+        buf = io.BytesIO()
+        buf.write(schema.header)
+        try:
+            schemaless_writer(buf, schema.parsed, record)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise ValidationError(f"record does not fit schema {name}: {exc}") from None
+        data = buf.getvalue()
+        if len(data) > self.max_bytes:
+            raise EventTooLarge(
+                f"encoded {name} is {len(data)} bytes, over the {self.max_bytes}-byte limit "
+                "(RESULTLOG_MAX_EVENT_BYTES); store large results elsewhere and emit a reference"
+            )
+        return data
+
+    def decode_record(self, data: bytes) -> tuple[str, dict[str, Any]]:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise CodecError(f"expected bytes, got {type(data).__name__}")
+        if len(data) < HEADER_SIZE or data[:2] != MAGIC:
+            raise CodecError(
+                "not an Avro single-object encoded record (missing C3 01 header)"
+            )
+        writer = self.store.by_fingerprint(bytes(data[2:HEADER_SIZE]))
+        reader = self.schema_for(writer.name)
+        body = io.BytesIO(data[HEADER_SIZE:])
+        try:
+            if reader is writer:
+                record = schemaless_reader(body, writer.parsed, None)
+            else:
+                record = schemaless_reader(body, writer.parsed, reader.parsed)
+        except Exception as exc:  # fastavro raises many kinds on corrupt bodies
+            raise CodecError(f"corrupt {writer.name} v{writer.version} body: {exc!r}") from None
+        if not isinstance(record, dict):
+            raise CodecError(f"{writer.name} did not decode to a record")
+        return writer.name, record
+
+    # Task events ---------------------------------------------------------------------
+    def encode(self, event: TaskEvent) -> bytes:
+        return self.encode_record(TASK_EVENT, event_to_record(event, self.schema_for(TASK_EVENT).version))
+
+    def decode(self, data: bytes) -> TaskEvent:
+        name, record = self.decode_record(data)
+        if name != TASK_EVENT:
+            raise CodecError(f"expected a {TASK_EVENT}, got a {name}")
+        return event_from_record(record)
+
+
+_STATES = {s.value: s for s in State}
+
+
+def event_to_record(event: TaskEvent, version: int = 2) -> dict[str, Any]:
+    exc = event.exception
+    record: dict[str, Any] = {
+        "event_id": event.event_id,
+        "task_id": event.task_id,
+        "state": event.state.value,
+        "timestamp": event.timestamp,
+        "task_name": event.task_name,
+        "worker": event.worker,
+        "attempt": event.attempt,
+        "args": event.args,
+        "kwargs": event.kwargs,
+        "result": event.result,
+        "exception": None
+        if exc is None
+        else {"type": exc.type, "module": exc.module, "message": exc.message},
+        "traceback": event.traceback,
+        "runtime": event.runtime,
+        "parent_id": event.parent_id,
+        "root_id": event.root_id,
+        "group_id": event.group_id,
+        "chord_id": event.chord_id,
+        "chord_size": event.chord_size,
+        "chord_index": event.chord_index,
+    }
+    if version >= 2:
+        record["eta"] = event.eta
+        record["meta"] = dict(event.meta)
+    return record
+
+
+def event_from_record(record: Mapping[str, Any]) -> TaskEvent:
+    exc = record.get("exception")
+    try:
+        state = _STATES[record["state"]]
+        return TaskEvent(
+            event_id=record["event_id"],
+            task_id=record["task_id"],
+            state=state,
+            timestamp=record["timestamp"],
+            task_name=record.get("task_name"),
+            worker=record.get("worker"),
+            attempt=record.get("attempt", 0),
+            args=record.get("args"),
+            kwargs=record.get("kwargs"),
+            result=record.get("result"),
+            exception=None if exc is None else ExceptionInfo(exc["type"], exc["module"], exc["message"]),
+            traceback=record.get("traceback"),
+            runtime=record.get("runtime"),
+            parent_id=record.get("parent_id"),
+            root_id=record.get("root_id"),
+            group_id=record.get("group_id"),
+            chord_id=record.get("chord_id"),
+            chord_size=record.get("chord_size"),
+            chord_index=record.get("chord_index"),
+            eta=record.get("eta"),
+            meta=record.get("meta") or {},
+        )
+    except KeyError as exc:
+        raise CodecError(f"record lacks required field {exc}") from None
+
+
+_DEFAULT_STORE: SchemaStore | None = None
+
+
+def default_store() -> SchemaStore:
+    """The schema store of the installed schemas, loaded once."""
+    global _DEFAULT_STORE
+    if _DEFAULT_STORE is None:
+        _DEFAULT_STORE = SchemaStore()
+    return _DEFAULT_STORE

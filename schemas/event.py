@@ -1,0 +1,163 @@
+"""The event model: one immutable state change of one task.
+
+``TaskEvent`` is what goes on the wire (see :mod:`resultlog.schemas.codec`). Values
+that are user data (args, kwargs, result) are carried as JSON text, never pickle;
+:func:`to_json` is the one place that turns Python values into that text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from resultlog.errors import InvalidTaskId, ResultNotSerializable, ValidationError
+from resultlog.schemas.states import (
+    MAX_ATTEMPT,
+    MAX_TIMESTAMP_MS,
+    OrderKey,
+    State,
+    order_key,
+    order_token,
+)
+
+MAX_ID_LENGTH = 255
+_EVENT_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionInfo:
+    """An exception as data: enough to rebuild a real exception class, never pickled."""
+
+    type: str
+    module: str
+    message: str
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ExceptionInfo:
+        kind = type(exc)
+        return cls(type=kind.__qualname__, module=kind.__module__, message=str(exc))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """One state change. Build new ones with :meth:`create`; the codec builds decoded ones."""
+
+    event_id: str
+    task_id: str
+    state: State
+    timestamp: int  # ms since the epoch, UTC
+    task_name: str | None = None
+    worker: str | None = None
+    attempt: int = 0
+    args: str | None = None  # JSON text
+    kwargs: str | None = None  # JSON text
+    result: str | None = None  # JSON text
+    exception: ExceptionInfo | None = None
+    traceback: str | None = None
+    runtime: float | None = None  # seconds
+    parent_id: str | None = None
+    root_id: str | None = None
+    group_id: str | None = None
+    chord_id: str | None = None
+    chord_size: int | None = None
+    chord_index: int | None = None
+    eta: int | None = None  # ms since the epoch
+    meta: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_task_id(self.task_id)
+        if not isinstance(self.event_id, str) or not _EVENT_ID_RE.match(self.event_id):
+            raise ValidationError(
+                f"event_id {self.event_id!r} must be 32 lower-case hex digits (uuid4().hex)"
+            )
+        if not isinstance(self.state, State):
+            raise ValidationError(f"state must be a State, got {self.state!r}")
+        if not isinstance(self.timestamp, int) or not 0 <= self.timestamp <= MAX_TIMESTAMP_MS:
+            raise ValidationError(f"timestamp {self.timestamp!r} must be ms since the epoch")
+        if not isinstance(self.attempt, int) or not 0 <= self.attempt <= MAX_ATTEMPT:
+            raise ValidationError(f"attempt {self.attempt!r} must be 0..{MAX_ATTEMPT}")
+        for name in ("parent_id", "root_id", "group_id", "chord_id"):
+            value = getattr(self, name)
+            if value is not None:
+                validate_id(name, value)
+        if self.chord_id is not None:
+            if self.chord_size is None or self.chord_index is None:
+                raise ValidationError("a chord member needs chord_size and chord_index")
+            if not 0 <= self.chord_index < self.chord_size:
+                raise ValidationError(
+                    f"chord_index {self.chord_index} out of range for chord_size {self.chord_size}"
+                )
+
+    @classmethod
+    def create(
+        cls,
+        task_id: str,
+        state: State | str,
+        *,
+        result: Any = None,
+        args: Any = None,
+        kwargs: Any = None,
+        timestamp: int | None = None,
+        event_id: str | None = None,
+        **fields: Any,
+    ) -> TaskEvent:
+        """A new event with a fresh id and the current time; values are JSON-encoded."""
+        state = State.parse(state)
+        return cls(
+            event_id=event_id or uuid.uuid4().hex,
+            task_id=task_id,
+            state=state,
+            timestamp=now_ms() if timestamp is None else timestamp,
+            result=to_json(result, "result") if state is State.SUCCESS else None,
+            args=None if args is None else to_json(list(args), "args"),
+            kwargs=None if kwargs is None else to_json(dict(kwargs), "kwargs"),
+            **fields,
+        )
+
+    @property
+    def key(self) -> OrderKey:
+        return order_key(self.attempt, self.state, self.timestamp, self.event_id)
+
+    @property
+    def token(self) -> str:
+        return order_token(self.attempt, self.state, self.timestamp, self.event_id)
+
+    def result_value(self) -> Any:
+        return None if self.result is None else json.loads(self.result)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def validate_task_id(task_id: object) -> str:
+    """``task_id`` if it is an acceptable id, else :class:`InvalidTaskId` saying why."""
+    if not isinstance(task_id, str):
+        raise InvalidTaskId(f"task id must be a str, got {type(task_id).__name__}: {task_id!r}")
+    if not task_id or task_id.isspace():
+        raise InvalidTaskId("task id must not be empty")
+    if len(task_id) > MAX_ID_LENGTH:
+        raise InvalidTaskId(f"task id is {len(task_id)} characters; at most {MAX_ID_LENGTH}")
+    return task_id
+
+
+def validate_id(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
+        raise ValidationError(f"{name} must be a non-empty str of at most {MAX_ID_LENGTH} characters, got {value!r}")
+    return value
+
+
+def to_json(value: Any, what: str = "value") -> str:
+    """``value`` as compact JSON; :class:`ResultNotSerializable` names what failed."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ResultNotSerializable(
+            f"the task's {what} cannot be encoded as JSON ({exc}); return plain JSON "
+            "types (dict, list, str, int, float, bool, None) or convert it first"
+        ) from None

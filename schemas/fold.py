@@ -1,0 +1,114 @@
+"""The fold: a task's events -> its latest view, as a pure function.
+
+This module is the specification that the Redis script (``views/fold.lua``) and the
+replay verifier implement and are tested against.
+
+Rule (a join in a product of max-lattices, hence commutative, associative and
+idempotent — any order and any duplication of events fold to the same view):
+
+- The *winner* is the event with the greatest :func:`order_key`; the view's state,
+  outcome fields (result, exception, traceback, runtime, eta), worker, attempt and
+  timestamp come from it.
+- *Sticky* fields (task name, args, kwargs, lineage, chord membership) are taken,
+  each on its own, from the greatest-keyed event that carries a non-null value, because
+  a SUCCESS event need not repeat the args its RECEIVED event already recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from resultlog.schemas.event import ExceptionInfo, TaskEvent
+from resultlog.schemas.states import State
+
+WINNER_FIELDS = (
+    "state", "event_id", "timestamp", "attempt", "worker",
+    "result", "exception", "traceback", "runtime", "eta",
+)
+STICKY_FIELDS = (
+    "task_name", "args", "kwargs", "parent_id", "root_id", "group_id",
+    "chord_id", "chord_size", "chord_index",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskView:
+    """The latest known state of one task, as the views hold it."""
+
+    task_id: str
+    token: str  # order_token of the winner
+    state: State
+    event_id: str
+    timestamp: int
+    attempt: int = 0
+    worker: str | None = None
+    result: str | None = None
+    exception: ExceptionInfo | None = None
+    traceback: str | None = None
+    runtime: float | None = None
+    eta: int | None = None
+    task_name: str | None = None
+    args: str | None = None
+    kwargs: str | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+    group_id: str | None = None
+    chord_id: str | None = None
+    chord_size: int | None = None
+    chord_index: int | None = None
+    # order token of the event each sticky field came from
+    sticky_tokens: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def ready(self) -> bool:
+        return self.state.ready
+
+    def public(self) -> dict[str, Any]:
+        """The view's content without bookkeeping (what two views must agree on)."""
+        return {
+            "task_id": self.task_id, "state": self.state.value, "event_id": self.event_id,
+            "timestamp": self.timestamp, "attempt": self.attempt, "worker": self.worker,
+            "result": self.result,
+            "exception": None if self.exception is None else (
+                self.exception.type, self.exception.module, self.exception.message),
+            "traceback": self.traceback, "runtime": self.runtime, "eta": self.eta,
+            **{name: getattr(self, name) for name in STICKY_FIELDS},
+        }
+
+
+def apply(view: TaskView | None, event: TaskEvent) -> TaskView:
+    """``view`` joined with ``event``."""
+    token = event.token
+    if view is None:
+        sticky = tuple(sorted((n, token) for n in STICKY_FIELDS if getattr(event, n) is not None))
+        return TaskView(
+            task_id=event.task_id, token=token,
+            **{n: getattr(event, n) for n in WINNER_FIELDS},
+            **{n: getattr(event, n) for n in STICKY_FIELDS},
+            sticky_tokens=sticky,
+        )
+    changes: dict[str, Any] = {}
+    if token > view.token:
+        changes["token"] = token
+        for name in WINNER_FIELDS:
+            changes[name] = getattr(event, name)
+    tokens = dict(view.sticky_tokens)
+    for name in STICKY_FIELDS:
+        value = getattr(event, name)
+        if value is not None and token > tokens.get(name, ""):
+            changes[name] = value
+            tokens[name] = token
+    if not changes:
+        return view
+    changes["sticky_tokens"] = tuple(sorted(tokens.items()))
+    return replace(view, **changes)
+
+
+def fold(events: Iterable[TaskEvent]) -> dict[str, TaskView]:
+    """The latest view of every task in ``events``."""
+    views: dict[str, TaskView] = {}
+    for event in events:
+        views[event.task_id] = apply(views.get(event.task_id), event)
+    return views

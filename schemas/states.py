@@ -1,0 +1,92 @@
+"""Task states and their precedence, defined once.
+
+The latest state of a task is the maximum of its events under :func:`order_key`:
+``(attempt, state rank, timestamp, event_id)``. A maximum is commutative, associative
+and idempotent, so duplicated or reordered delivery can never move a view backwards,
+and any replay order folds to the same answer.
+
+Why this order:
+- ``attempt`` first: a retried task's new attempt supersedes everything its earlier
+  attempts said, even a late-arriving RETRY or FAILURE of attempt 0.
+- Within one attempt the lifecycle only moves forward: RECEIVED < STARTED < RETRY
+  (this attempt ended and another is coming) < FAILURE < SUCCESS < REVOKED. REVOKED
+  ranks highest because a revocation is the user's last word on the task.
+- ``timestamp`` then ``event_id`` break ties deterministically, e.g. two STARTED
+  events of the same attempt sent by a redelivered message.
+
+:func:`order_token` renders the same key as a fixed-width ASCII string whose byte
+order equals the tuple order; Redis (Lua string comparison) and Postgres compare that.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Final
+
+from resultlog.errors import UnknownState
+
+
+class State(str, Enum):
+    """The states an event can carry. PENDING is never emitted (see :data:`PENDING`)."""
+
+    RECEIVED = "RECEIVED"
+    STARTED = "STARTED"
+    RETRY = "RETRY"
+    FAILURE = "FAILURE"
+    SUCCESS = "SUCCESS"
+    REVOKED = "REVOKED"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def rank(self) -> int:
+        return RANK[self]
+
+    @property
+    def ready(self) -> bool:
+        return self in READY_STATES
+
+    @classmethod
+    def parse(cls, value: object) -> State:
+        """The state named by ``value`` (a :class:`State` or its name)."""
+        if isinstance(value, State):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls[value.upper()]
+            except KeyError:
+                pass
+        known = ", ".join(s.value for s in cls)
+        raise UnknownState(f"unknown state {value!r}; expected one of {known}")
+
+
+#: What a task nobody has heard of reads as (Celery's convention).
+PENDING: Final = "PENDING"
+
+RANK: Final[dict[State, int]] = {
+    State.RECEIVED: 1,
+    State.STARTED: 2,
+    State.RETRY: 3,
+    State.FAILURE: 4,
+    State.SUCCESS: 5,
+    State.REVOKED: 6,
+}
+
+READY_STATES: Final = frozenset({State.SUCCESS, State.FAILURE, State.REVOKED})
+EXCEPTION_STATES: Final = frozenset({State.FAILURE, State.RETRY, State.REVOKED})
+
+# Bounds that keep order_token fixed-width (and so byte-comparable).
+MAX_ATTEMPT: Final = 99_999
+MAX_TIMESTAMP_MS: Final = 10**15 - 1
+
+OrderKey = tuple[int, int, int, str]
+
+
+def order_key(attempt: int, state: State, timestamp_ms: int, event_id: str) -> OrderKey:
+    return (attempt, RANK[state], timestamp_ms, event_id)
+
+
+def order_token(attempt: int, state: State, timestamp_ms: int, event_id: str) -> str:
+    """``order_key`` as a string: 5-digit attempt, rank digit, 15-digit ms, event id."""
+    return f"{attempt:05d}{RANK[state]}{timestamp_ms:015d}{event_id}"

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+
+from resultlog.errors import (
+    CodecError,
+    EventTooLarge,
+    InvalidTaskId,
+    ResultNotSerializable,
+    UnknownSchema,
+    ValidationError,
+)
+from resultlog.schemas.codec import MAGIC, SCHEMA_DIR, TASK_EVENT, Codec, crc64_avro
+from resultlog.schemas.event import ExceptionInfo, TaskEvent
+from resultlog.schemas.states import State
+from tests.unit.strategies import task_events
+
+
+def test_crc64_avro_matches_the_specification_vector() -> None:
+    # Avro's own test vector (share/test/data/schema-tests.txt): the schema "null".
+    assert crc64_avro(b'"null"') == 7195948357588979594
+
+
+@given(task_events())
+def test_round_trip(event: TaskEvent) -> None:
+    codec = Codec()
+    data = codec.encode(event)
+    assert data[:2] == MAGIC
+    assert codec.decode(data) == event
+
+
+def test_every_schema_version_is_kept_and_readable() -> None:
+    codec = Codec()
+    versions = [v.version for v in codec.store.versions(TASK_EVENT)]
+    assert versions == list(range(1, len(versions) + 1)) and len(versions) >= 2
+    assert len(list(SCHEMA_DIR.glob("task_event.v*.avsc"))) == len(versions)
+
+
+def test_an_event_written_under_v1_is_read_by_current_code() -> None:
+    old_writer = Codec(pin={TASK_EVENT: 1})
+    event = TaskEvent.create("t1", State.FAILURE, task_name="div",
+                             exception=ExceptionInfo("ZeroDivisionError", "builtins", "division by zero"))
+    decoded = Codec().decode(old_writer.encode(event))
+    assert decoded == event  # the v2-only fields take their defaults
+    assert decoded.meta == {} and decoded.eta is None
+
+
+def test_a_newer_optional_field_is_ignored_by_older_code() -> None:
+    event = TaskEvent.create("t1", State.RETRY, eta=1_800_000_000_000, meta={"trace": "abc"})
+    old_reader = Codec(pin={TASK_EVENT: 1})
+    decoded = old_reader.decode(Codec().encode(event))
+    assert decoded.task_id == "t1" and decoded.state is State.RETRY
+    assert decoded.eta is None and decoded.meta == {}
+
+
+def test_a_v1_event_file_from_disk_decodes() -> None:
+    """Bytes as an old release wrote them stay readable forever."""
+    v1 = json.loads((SCHEMA_DIR / "task_event.v1.avsc").read_text())
+    assert v1["name"] == "TaskEvent"
+    data = Codec(pin={TASK_EVENT: 1}).encode(TaskEvent.create("x", "SUCCESS", result=[1]))
+    assert Codec().decode(data).result_value() == [1]
+
+
+def test_garbage_is_a_codec_error() -> None:
+    codec = Codec()
+    with pytest.raises(CodecError, match="single-object"):
+        codec.decode(b"not avro at all")
+    with pytest.raises(UnknownSchema, match="fingerprint"):
+        codec.decode(MAGIC + b"\x00" * 8 + b"\x02")
+    good = codec.encode(TaskEvent.create("t", "SUCCESS", result=1))
+    with pytest.raises(CodecError):
+        codec.decode(good[:14])
+
+
+def test_an_event_over_the_size_limit_is_refused() -> None:
+    codec = Codec(max_bytes=2048)
+    with pytest.raises(EventTooLarge, match="2048-byte limit"):
+        codec.encode(TaskEvent.create("t", "SUCCESS", result="x" * 5000))
+
+
+def test_bad_input_is_named() -> None:
+    with pytest.raises(InvalidTaskId, match="empty"):
+        TaskEvent.create("", "SUCCESS")
+    with pytest.raises(InvalidTaskId, match="must be a str"):
+        TaskEvent.create(42, "SUCCESS")  # type: ignore[arg-type]
+    with pytest.raises(ResultNotSerializable, match="result cannot be encoded as JSON"):
+        TaskEvent.create("t", "SUCCESS", result=object())
+    with pytest.raises(ResultNotSerializable):
+        TaskEvent.create("t", "SUCCESS", result=float("nan"))
+    with pytest.raises(ValidationError, match="event_id"):
+        TaskEvent.create("t", "SUCCESS", event_id="nope")
+    with pytest.raises(ValidationError, match="chord_index"):
+        TaskEvent.create("t", "SUCCESS", chord_id="c", chord_size=2, chord_index=2)

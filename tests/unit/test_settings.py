@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import pytest
+
+from resultlog.errors import ConfigurationError
+from resultlog.settings import Settings
+
+
+def test_defaults_point_at_the_local_stack() -> None:
+    s = Settings.from_env({})
+    assert s.kafka_bootstrap_servers == "127.0.0.1:19092"
+    assert s.result_ttl_s == 86_400
+    assert s.dead_letter_topic == "resultlog.events.deadletter"
+
+
+def test_environment_values_are_parsed() -> None:
+    s = Settings.from_env({"RESULTLOG_TOPIC_PARTITIONS": "3", "RESULTLOG_RESULT_TTL_S": "0", "PATH": "/bin"})
+    assert (s.topic_partitions, s.result_ttl_s) == (3, 0)
+
+
+def test_an_unknown_setting_is_an_error_that_names_it() -> None:
+    with pytest.raises(ConfigurationError, match="RESULTLOG_TOPIC_PARTITION;"):
+        Settings.from_env({"RESULTLOG_TOPIC_PARTITION": "3"})
+
+
+def test_a_malformed_value_is_an_error_that_names_it() -> None:
+    with pytest.raises(ConfigurationError, match="RESULTLOG_TOPIC_PARTITIONS='many'"):
+        Settings.from_env({"RESULTLOG_TOPIC_PARTITIONS": "many"})
+    with pytest.raises(ConfigurationError, match="redis_url"):
+        Settings.from_env({"RESULTLOG_REDIS_URL": "http://x"})
+    with pytest.raises(ConfigurationError, match="result_ttl_s"):
+        Settings(result_ttl_s=-1)
