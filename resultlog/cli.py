@@ -17,6 +17,7 @@ from resultlog.errors import ResultlogError
 # Modules that provide ``register(subparsers) -> None``; each sets ``func`` on its parsers.
 _COMMAND_MODULES: tuple[str, ...] = (
     "resultlog.devstack.commands",
+    "resultlog.processors.commands",
 )
 
 

@@ -1,0 +1,147 @@
+"""``resultlog process``: run the fold processor (a faust worker) in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import Any
+
+from resultlog.settings import Settings
+
+
+def register(subparsers: Any) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "process",
+        help="run the processor that folds the events topic into Redis and Postgres",
+        description="Run the fold processor: a faust-streaming worker in the consumer "
+        "group RESULTLOG_CONSUMER_GROUP. Start more processes to scale out; stop with Ctrl-C.",
+    )
+    p.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=_run)
+    register_replay(subparsers)
+
+
+def _run(args: argparse.Namespace) -> int:
+    run(Settings.from_env(), loglevel=args.loglevel)
+    return 0
+
+
+def run(settings: Settings, *, loglevel: str = "info") -> None:
+    import faust
+
+    from resultlog.processors.app import Processor
+    from resultlog.producers.topics import ensure_topics
+
+    # faust's worker runs its own loop; create the topics on that same loop first.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(
+        ensure_topics(settings, [settings.events_topic, settings.dead_letter_topic])
+    )
+    processor = Processor(settings)
+    logging.getLogger("resultlog").setLevel(loglevel.upper())
+    worker = faust.Worker(processor.app, loglevel=loglevel, loop=loop, quiet=True)
+    worker.execute_from_commandline()
+
+
+def register_replay(subparsers: Any) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "replay",
+        help="rebuild the Redis view and/or the Postgres history from the events topic",
+        description="Re-read the events topic and fold it into the stores. Writes are "
+        "idempotent: an interrupted replay can be rerun or resumed (--resume).",
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--redis-only", action="store_true", help="rebuild only the Redis view")
+    which.add_argument("--history-only", action="store_true", help="rebuild only the Postgres history")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--from-timestamp", metavar="WHEN",
+                       help="start at this time: ISO 8601 (2026-11-22T10:00:00Z) or ms since the epoch")
+    start.add_argument("--from-offsets", metavar="P:O[,P:O...]",
+                       help="start partition P at offset O (others from the beginning)")
+    start.add_argument("--resume", action="store_true", help="continue an interrupted replay")
+    p.add_argument("--fresh", action="store_true",
+                   help="empty the chosen stores first (Redis keys under the prefix; the history table)")
+    p.add_argument("--force", action="store_true",
+                   help="run even while live processors are in the consumer group")
+    p.add_argument("--batch", type=int, default=5000, help="records per write batch (default 5000)")
+    p.set_defaults(func=_replay)
+
+    v: argparse.ArgumentParser = subparsers.add_parser(
+        "verify",
+        help="compare both views with a fold of the log; exit 1 on any difference",
+    )
+    v.add_argument("--source", choices=["log", "history"], default="log",
+                   help="what the expected state is folded from (default: the log)")
+    v.add_argument("--redis-only", action="store_true")
+    v.add_argument("--history-only", action="store_true")
+    v.add_argument("--max-report", type=int, default=50, help="differences to print (default 50)")
+    v.set_defaults(func=_verify)
+
+
+def parse_timestamp(text: str) -> int:
+    """ms since the epoch from ISO 8601 or a number; a clear error otherwise."""
+    from datetime import datetime, timezone
+
+    from resultlog.errors import ValidationError
+
+    if text.isdigit():
+        return int(text)
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError(
+            f"--from-timestamp {text!r}: expected ISO 8601 such as 2026-11-22T10:00:00Z "
+            "or milliseconds since the epoch"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return int(when.timestamp() * 1000)
+
+
+def parse_offsets(text: str) -> dict[int, int]:
+    from resultlog.errors import ValidationError
+
+    out: dict[int, int] = {}
+    for part in text.split(","):
+        p, sep, o = part.strip().partition(":")
+        if not sep or not p.isdigit() or not o.isdigit():
+            raise ValidationError(f"--from-offsets {text!r}: expected PARTITION:OFFSET[,...], e.g. 0:100,3:0")
+        out[int(p)] = int(o)
+    return out
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from resultlog.processors.replay import replay
+
+    settings = Settings.from_env()
+    summary = asyncio.run(replay(
+        settings,
+        redis=not args.history_only,
+        history=not args.redis_only,
+        from_timestamp_ms=parse_timestamp(args.from_timestamp) if args.from_timestamp else None,
+        from_offsets=parse_offsets(args.from_offsets) if args.from_offsets else None,
+        resume=args.resume,
+        fresh=args.fresh,
+        force=args.force,
+        batch_records=args.batch,
+    ))
+    print(summary.render())
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from resultlog.processors.verify import verify
+
+    settings = Settings.from_env()
+    report = asyncio.run(verify(settings, redis=not args.history_only,
+                                history=not args.redis_only, source=args.source, progress=True))
+    for diff in report.differences[: args.max_report]:
+        print(diff.render())
+    if len(report.differences) > args.max_report:
+        print(f"... and {len(report.differences) - args.max_report} more")
+    verdict = "OK: the views equal the fold" if report.ok else f"{len(report.differences)} difference(s)"
+    print(f"verified {report.tasks:,} tasks from {report.events:,} events "
+          f"({report.undecodable} undecodable): {verdict}")
+    return 0 if report.ok else 1

@@ -1,0 +1,85 @@
+"""Dead letters: events that cannot be decoded or are invalid, kept with the reason.
+
+A dead letter carries the original key and bytes unchanged, so a fixed decoder can
+re-feed it, plus headers naming why it was rejected and where it came from. Sending
+is awaited (acks=all) before the batch's offsets are committed, so a poison message
+is never silently dropped: it is in the dead-letter topic or it will be re-read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from resultlog.errors import BrokerUnavailable
+from resultlog.settings import Settings
+
+REASON_HEADER = "resultlog.reason"
+TOPIC_HEADER = "resultlog.source.topic"
+PARTITION_HEADER = "resultlog.source.partition"
+OFFSET_HEADER = "resultlog.source.offset"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    key: bytes | None
+    value: bytes | None
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [
+            (REASON_HEADER, self.reason.encode("utf-8", "replace")[:4000]),
+            (TOPIC_HEADER, self.topic.encode()),
+            (PARTITION_HEADER, str(self.partition).encode()),
+            (OFFSET_HEADER, str(self.offset).encode()),
+        ]
+
+
+class DeadLetterWriter:
+    """Sends dead letters to ``settings.dead_letter_topic`` and waits for the acks."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topic = settings.dead_letter_topic
+        self._producer: AIOKafkaProducer | None = None
+
+    async def _get_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                acks="all",
+                enable_idempotence=True,
+                request_timeout_ms=int(self.settings.kafka_timeout_s * 1000),
+            )
+            try:
+                await producer.start()
+            except KafkaError as exc:
+                await producer.stop()
+                raise BrokerUnavailable(
+                    f"cannot reach Kafka at {self.settings.kafka_bootstrap_servers} to "
+                    f"write dead letters: {exc!r} (RESULTLOG_KAFKA_BOOTSTRAP_SERVERS)"
+                ) from exc
+            self._producer = producer
+        return self._producer
+
+    async def send(self, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+        producer = await self._get_producer()
+        futures = [
+            await producer.send(self.topic, value=l.value, key=l.key, headers=l.headers())
+            for l in letters
+        ]
+        for future in futures:
+            await future
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None

@@ -1,0 +1,124 @@
+"""Read a bounded slice of the events topic, outside any consumer group.
+
+Replay and verify read with manually assigned partitions and no group membership, so
+they never disturb the live processor's group. The slice's end is fixed when reading
+starts (the end offsets at that moment), which makes progress and ETA meaningful.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from resultlog.errors import BrokerUnavailable, ValidationError
+from resultlog.processors.sink import RawRecord
+from resultlog.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """Per partition: [start, end) offsets."""
+
+    topic: str
+    start: dict[int, int]
+    end: dict[int, int]
+
+    @property
+    def total(self) -> int:
+        return sum(max(0, self.end[p] - self.start.get(p, 0)) for p in self.end)
+
+
+class LogReader:
+    def __init__(self, settings: Settings, topic: str | None = None) -> None:
+        self.settings = settings
+        self.topic = topic or settings.events_topic
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def __aenter__(self) -> LogReader:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+            request_timeout_ms=int(max(self.settings.kafka_timeout_s, 5) * 1000) + 30_000,
+        )
+        try:
+            await consumer.start()
+        except KafkaError as exc:
+            await consumer.stop()
+            raise BrokerUnavailable(
+                f"cannot reach Kafka at {self.settings.kafka_bootstrap_servers}: {exc!r} "
+                "(is it running? `resultlog dev up`; or set RESULTLOG_KAFKA_BOOTSTRAP_SERVERS)"
+            ) from exc
+        self._consumer = consumer
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        assert self._consumer is not None, "use `async with LogReader(...)`"
+        return self._consumer
+
+    async def partitions(self) -> list[TopicPartition]:
+        if self.topic not in await self.consumer.topics():  # refreshes metadata
+            raise ValidationError(
+                f"topic {self.topic!r} does not exist on {self.settings.kafka_bootstrap_servers} "
+                "(RESULTLOG_EVENTS_TOPIC)"
+            )
+        ids = self.consumer.partitions_for_topic(self.topic) or set()
+        return [TopicPartition(self.topic, p) for p in sorted(ids)]
+
+    async def plan(
+        self,
+        *,
+        from_timestamp_ms: int | None = None,
+        from_offsets: Mapping[int, int] | None = None,
+    ) -> Slice:
+        tps = await self.partitions()
+        end = {tp.partition: o for tp, o in (await self.consumer.end_offsets(tps)).items()}
+        begin = {tp.partition: o for tp, o in (await self.consumer.beginning_offsets(tps)).items()}
+        start = dict(begin)
+        if from_timestamp_ms is not None:
+            found = await self.consumer.offsets_for_times({tp: from_timestamp_ms for tp in tps})
+            for tp, hit in found.items():
+                start[tp.partition] = end[tp.partition] if hit is None else hit.offset
+        if from_offsets:
+            for p, o in from_offsets.items():
+                if p not in end:
+                    raise ValidationError(f"partition {p} is not in topic {self.topic} (partitions: {sorted(end)})")
+                start[p] = max(begin[p], min(o, end[p]))
+        return Slice(self.topic, start, end)
+
+    async def read(self, slice_: Slice, max_records: int = 5000) -> AsyncIterator[list[RawRecord]]:
+        """Batches of records in the slice; each partition stops at its end offset."""
+        todo = {p for p in slice_.end if slice_.start.get(p, 0) < slice_.end[p]}
+        if not todo:
+            return
+        tps = [TopicPartition(self.topic, p) for p in sorted(todo)]
+        self.consumer.assign(tps)
+        for tp in tps:
+            self.consumer.seek(tp, slice_.start[tp.partition])
+        while todo:
+            fetched = await self.consumer.getmany(*[TopicPartition(self.topic, p) for p in todo],
+                                                  timeout_ms=1000, max_records=max_records)
+            batch: list[RawRecord] = []
+            for tp, messages in fetched.items():
+                end = slice_.end[tp.partition]
+                for m in messages:
+                    if m.offset >= end:
+                        break
+                    batch.append(RawRecord(m.topic, m.partition, m.offset, m.key, m.value))
+                if await self.consumer.position(tp) >= end:
+                    todo.discard(tp.partition)
+                    self.consumer.pause(tp)
+            if batch:
+                yield batch

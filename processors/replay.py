@@ -1,0 +1,147 @@
+"""Rebuild the Redis view and/or the Postgres history by re-reading the events topic.
+
+Replay feeds the log through the same :class:`FoldSink` the live processor uses, so a
+rebuilt view is the live view by construction. It reads outside any consumer group
+(the live group is untouched) and records its progress as offsets under its own name
+(``<consumer_group>.replay``) in the history's offsets table, so an interrupted replay
+can be resumed (``resume=True``) or simply rerun: every write is idempotent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from redis.asyncio import Redis
+
+from resultlog.errors import BrokerUnavailable, ReplayRefused, ValidationError
+from resultlog.processors.logreader import LogReader, Slice
+from resultlog.processors.progress import Progress
+from resultlog.processors.sink import FoldSink, SinkStats
+from resultlog.settings import Settings
+from resultlog.views.history import HistoryStore
+
+REPLAY_GROUP_SUFFIX = ".replay"
+
+
+@dataclass(slots=True)
+class ReplaySummary:
+    planned: int
+    stats: SinkStats
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.stats.read / self.seconds if self.seconds > 0 else 0.0
+
+    def render(self) -> str:
+        s = self.stats
+        return (
+            f"replayed {s.read:,} events in {self.seconds:.1f}s ({self.rate:,.0f} events/s): "
+            f"{s.inserted:,} history rows written, {s.duplicates:,} already present (skipped), "
+            f"{s.redis_changed:,} Redis updates, {s.dead_letters:,} sent to dead letters"
+        )
+
+
+async def live_members(settings: Settings) -> int:
+    """How many processes are members of the live processor's consumer group now."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers,
+                                request_timeout_ms=int(settings.kafka_timeout_s * 1000))
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        await admin.close()
+        raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc!r}") from exc
+    try:
+        described = await admin.describe_consumer_groups([settings.consumer_group])
+    finally:
+        await admin.close()
+    members = 0
+    for response in described:
+        for group in response.groups:
+            # (error_code, group_id, state, protocol_type, protocol, members, ...)
+            members += len(group[5])
+    return members
+
+
+async def clear_redis_view(settings: Settings) -> int:
+    """Delete every key under the view's prefix; returns how many."""
+    client: Redis = Redis.from_url(settings.redis_url)
+    deleted = 0
+    try:
+        batch: list[bytes] = []
+        async for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=5000):
+            batch.append(key)
+            if len(batch) >= 5000:
+                deleted += await client.unlink(*batch)
+                batch.clear()
+        if batch:
+            deleted += await client.unlink(*batch)
+    finally:
+        await client.aclose()
+    return deleted
+
+
+async def replay(
+    settings: Settings,
+    *,
+    redis: bool = True,
+    history: bool = True,
+    from_timestamp_ms: int | None = None,
+    from_offsets: Mapping[int, int] | None = None,
+    resume: bool = False,
+    fresh: bool = False,
+    force: bool = False,
+    batch_records: int = 5000,
+    progress: bool = True,
+    on_batch: Callable[[SinkStats], None] | None = None,
+) -> ReplaySummary:
+    if not (redis or history):
+        raise ValidationError("nothing to rebuild: choose the Redis view, the history, or both")
+    if sum(x is not None and x is not False for x in (from_timestamp_ms, from_offsets, resume or None)) > 1:
+        raise ValidationError("choose one starting point: a timestamp, offsets, or --resume")
+    if not force:
+        members = await live_members(settings)
+        if members:
+            raise ReplayRefused(
+                f"{members} live processor(s) are in consumer group {settings.consumer_group!r} "
+                "and writing these stores; stop them first, or pass --force (safe: writes are "
+                "idempotent, but the views may flicker while both write)"
+            )
+    group = settings.consumer_group + REPLAY_GROUP_SUFFIX
+    store = HistoryStore(settings)
+    await store.start()
+    sink = FoldSink(settings, consumer_group=group, write_redis=redis,
+                    write_history=history, history=store)
+    try:
+        await store.migrate()
+        if fresh:
+            if redis:
+                await clear_redis_view(settings)
+            if history:
+                await store.reset()
+            await store.reset_offsets(group)
+        if resume:
+            from_offsets = await store.committed_offsets(group, settings.events_topic)
+        await sink.start()
+        async with LogReader(settings) as reader:
+            plan: Slice = await reader.plan(from_timestamp_ms=from_timestamp_ms, from_offsets=from_offsets)
+            bar = Progress(plan.total, "replay") if progress else None
+            totals = SinkStats()
+            started = time.monotonic()
+            async for batch in reader.read(plan, max_records=batch_records):
+                stats = await sink.handle(batch)
+                totals.add(stats)
+                if bar is not None:
+                    bar.advance(stats.read)
+                if on_batch is not None:
+                    on_batch(stats)
+            seconds = time.monotonic() - started
+            if bar is not None:
+                bar.finish()
+        return ReplaySummary(plan.total, totals, seconds)
+    finally:
+        await sink.close()

@@ -1,0 +1,134 @@
+"""Check that both views equal a fold of the log (or of the history table).
+
+The expected state is computed from the source of truth with the pure fold
+(:mod:`resultlog.schemas.fold`), independently of the code that wrote the views, and
+compared task by task. A task whose result has expired by TTL is expected to be
+absent from Redis.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from resultlog.processors.logreader import LogReader
+from resultlog.processors.progress import Progress
+from resultlog.schemas.codec import Codec
+from resultlog.schemas.event import TaskEvent
+from resultlog.schemas.fold import TaskView, fold
+from resultlog.settings import Settings
+from resultlog.views.history import HistoryStore
+from resultlog.views.redis_view import RedisView
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    store: str  # "redis" or "postgres"
+    task_id: str
+    expected: Any
+    actual: Any
+
+    def render(self) -> str:
+        return f"{self.store}: task {self.task_id}\n    expected {self.expected}\n    actual   {self.actual}"
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    tasks: int = 0
+    events: int = 0
+    undecodable: int = 0
+    differences: list[Difference] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+
+async def events_from_log(settings: Settings, progress: bool = False) -> tuple[list[TaskEvent], int]:
+    codec = Codec(max_bytes=settings.max_event_bytes)
+    events: list[TaskEvent] = []
+    bad = 0
+    async with LogReader(settings) as reader:
+        plan = await reader.plan()
+        bar = Progress(plan.total, "read log") if progress else None
+        async for batch in reader.read(plan):
+            for rec in batch:
+                try:
+                    events.append(codec.decode(rec.value or b""))
+                except Exception:  # undecodable records are the dead letters' business
+                    bad += 1
+            if bar is not None:
+                bar.advance(len(batch))
+        if bar is not None:
+            bar.finish()
+    return events, bad
+
+
+def _expired(view: TaskView, ttl_s: int, now_ms: int) -> bool:
+    return ttl_s > 0 and view.timestamp + ttl_s * 1000 <= now_ms
+
+
+async def verify(
+    settings: Settings,
+    *,
+    redis: bool = True,
+    history: bool = True,
+    source: str = "log",
+    progress: bool = False,
+) -> VerifyReport:
+    report = VerifyReport()
+    store = HistoryStore(settings)
+    await store.start()
+    try:
+        if source == "log":
+            events, report.undecodable = await events_from_log(settings, progress)
+        elif source == "history":
+            events = [e async for e in store.all_events()]
+        else:
+            raise ValueError(f"source must be 'log' or 'history', not {source!r}")
+        report.events = len(events)
+        expected = fold(events)
+        report.tasks = len(expected)
+        if redis:
+            await _compare_redis(settings, expected, report)
+        if history and source == "log":
+            await _compare_history(store, events, report)
+    finally:
+        await store.close()
+    return report
+
+
+async def _compare_redis(settings: Settings, expected: dict[str, TaskView], report: VerifyReport) -> None:
+    view = RedisView(settings)
+    now = int(time.time() * 1000)
+    try:
+        for task_id, want in expected.items():
+            got = await view.get(task_id)
+            if _expired(want, settings.result_ttl_s, now):
+                continue  # gone by TTL, or about to be: both are right
+            if got is None or got.public() != want.public():
+                report.differences.append(Difference(
+                    "redis", task_id, want.public(), None if got is None else got.public()))
+        for task_id in await view.task_ids():
+            if task_id not in expected:
+                got = await view.get(task_id)
+                report.differences.append(Difference(
+                    "redis", task_id, None, None if got is None else got.public()))
+    finally:
+        await view.close()
+
+
+def _rows(events: Iterable[TaskEvent]) -> dict[str, TaskEvent]:
+    return {e.event_id: e for e in events}
+
+
+async def _compare_history(store: HistoryStore, events: list[TaskEvent], report: VerifyReport) -> None:
+    want = _rows(events)
+    got = _rows([e async for e in store.all_events()])
+    for event_id in want.keys() | got.keys():
+        a, b = want.get(event_id), got.get(event_id)
+        if a != b:
+            task_id = (a or b).task_id  # type: ignore[union-attr]
+            report.differences.append(Difference("postgres", task_id, a, b))
