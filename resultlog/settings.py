@@ -103,6 +103,10 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``RESULTLOG_*`` variables (to hand to a child process)."""
+        return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+
 
 def _parse(var: str, raw: str, type_name: Any) -> Any:
     kind = type_name if isinstance(type_name, str) else type_name.__name__
