@@ -47,6 +47,24 @@ def task_done_channel(prefix: str, task_id: str) -> str:
     return f"{prefix}done:{task_id}"
 
 
+def task_key_pattern(prefix: str) -> str:
+    """A SCAN MATCH pattern for every task hash under ``prefix`` (glob characters escaped)."""
+    return _glob_escape(f"{prefix}task:") + "*"
+
+
+def task_id_from_key(prefix: str, key: str) -> str:
+    """The task id a :func:`task_key` was built from."""
+    head = f"{prefix}task:"
+    if not key.startswith(head):
+        raise ValueError(f"{key!r} is not a task key under prefix {prefix!r}")
+    return key[len(head):]
+
+
+def _glob_escape(text: str) -> str:
+    # Redis MATCH patterns treat * ? [ ] and backslash specially; a prefix is literal.
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
 def chord_key(prefix: str, chord_id: str) -> str:
     return f"{prefix}chord:{chord_id}"
 
