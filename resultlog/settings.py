@@ -31,6 +31,16 @@ _IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 def _default_dev_dir() -> str:
+    # State (data and logs) of `resultlog dev up`. As root, PostgreSQL runs as the
+    # `postgres` user, which cannot enter /root (mode 700): use /var/tmp instead.
+    if os.geteuid() == 0:
+        return "/var/tmp/resultlog"
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "resultlog")
+
+
+def _default_dev_cache_dir() -> str:
+    # Downloads the local stack can rebuild (the Kafka jars), kept apart from its state.
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return str(Path(base) / "resultlog")
 
@@ -61,6 +71,7 @@ class Settings:
     postgres_schema: str = names.DEFAULT_PG_SCHEMA
     # Local development stack and tests
     dev_dir: str = field(default_factory=_default_dev_dir)
+    dev_cache_dir: str = field(default_factory=_default_dev_cache_dir)
     test_services: str = "auto"
 
     def __post_init__(self) -> None:
