@@ -25,6 +25,11 @@ DEFAULT_REDIS_PREFIX = "resultlog:"
 DEFAULT_PG_SCHEMA = "resultlog"
 HISTORY_TABLE = "task_events"
 OFFSETS_TABLE = "consumer_offsets"
+# Which views/sql/NNNN_*.sql migrations a schema has had (views/migrations.py).
+MIGRATIONS_TABLE = "schema_migrations"
+# Session-local TEMP table each history batch is COPYed into before one INSERT ... SELECT.
+# The suffix versions its column layout: a long-lived connection never reuses an old one.
+HISTORY_STAGE_TABLE = "resultlog_history_stage_v1"
 
 
 def dead_letter_topic(events_topic: str) -> str:
@@ -71,3 +76,13 @@ def chord_key(prefix: str, chord_id: str) -> str:
 
 def chord_done_channel(prefix: str, chord_id: str) -> str:
     return f"{prefix}chorddone:{chord_id}"
+
+
+def history_partition(yyyymmdd: str) -> str:
+    """The history table's partition holding one UTC day, e.g. ``task_events_20240131``."""
+    return f"{HISTORY_TABLE}_{yyyymmdd}"
+
+
+def pg_advisory_lock(schema: str, purpose: str) -> str:
+    """Text hashed into the advisory lock key that serializes ``purpose`` within ``schema``."""
+    return f"resultlog:{schema}:{purpose}"
