@@ -1,0 +1,442 @@
+"""The Postgres history: every event, once, with the Kafka offsets it was read at.
+
+``task_events`` (in ``settings.postgres_schema``) is append-only: one row per event,
+partitioned by day of event time, idempotent on (ts, event_id). ``consumer_offsets``
+holds, per consumer group and partition, the next offset to read, and is written in the
+same transaction as the rows, so a processor that seeks to :meth:`committed_offsets`
+on start writes every event exactly once whatever Kafka's own committed offsets say.
+The layout is in ``views/sql/0001_history.sql`` and docs/history.md.
+
+Text fidelity: PostgreSQL text cannot hold U+0000, and jsonb cannot hold ``\\u0000``.
+So that such an event can neither be lost nor poison its batch, every string is stored
+through :func:`to_pg_text`, a reversible escape that leaves strings without U+0000 and
+U+0001 untouched; :func:`from_pg_text` undoes it on the way out.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+
+from resultlog import names
+from resultlog.errors import ConfigurationError, ValidationError
+from resultlog.schemas.event import ExceptionInfo, TaskEvent
+from resultlog.schemas.states import State
+from resultlog.settings import Settings
+from resultlog.views import migrations, partitions
+from resultlog.views.migrations import quote_ident
+from resultlog.views.pg import create_pool, translate_errors
+
+#: Partitions made ahead of the current day (plus yesterday, for clock skew).
+PARTITIONS_AHEAD_DAYS = 3
+_INT32 = 2**31
+_INT64 = 2**63
+# Deadlocks are avoided by ordering (below), but a retry is the documented remedy and
+# costs nothing when they do not happen.
+_WRITE_ATTEMPTS = 3
+_PAGE_ROWS = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event and where it was read: the unit :meth:`HistoryStore.write_batch` takes."""
+
+    event: TaskEvent
+    topic: str
+    partition: int
+    offset: int
+
+
+def to_pg_text(s: str) -> str:
+    """``s`` storable as PostgreSQL text: U+0001 -> U+0001 U+0001, U+0000 -> U+0001 '0'.
+
+    Injective, and the identity on strings without U+0000 and U+0001 (every realistic
+    one), so rows and lookups keep the original text.
+    """
+    return s.replace("\x01", "\x01\x01").replace("\x00", "\x010")
+
+
+_UNESCAPE_RE = re.compile("\x01(.)", re.DOTALL)
+
+
+def from_pg_text(s: str) -> str:
+    if "\x01" not in s:
+        return s
+    return _UNESCAPE_RE.sub(lambda m: "\x00" if m[1] == "0" else m[1], s)
+
+
+def _opt(s: str | None) -> str | None:
+    return None if s is None else to_pg_text(s)
+
+
+def _opt_back(s: str | None) -> str | None:
+    return None if s is None else from_pg_text(s)
+
+
+def _meta_json(meta: Mapping[str, str]) -> str | None:
+    if not meta:
+        return None
+    return json.dumps(
+        {to_pg_text(k): to_pg_text(v) for k, v in meta.items()},
+        ensure_ascii=False, separators=(",", ":"),
+    )
+
+
+# Staging columns, in the order _row() produces values. The staging table is a TEMP
+# table: each connection has its own, emptied at every commit.
+_STAGE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("event_id", "uuid"), ("ts_ms", "bigint"), ("runtime", "double precision"),
+    ("eta_ms", "bigint"), ("kafka_offset", "bigint"), ("attempt", "integer"),
+    ("chord_size", "integer"), ("chord_index", "integer"), ("kafka_partition", "integer"),
+    ("task_id", "text"), ("state", "text"), ("token", "text"), ("task_name", "text"),
+    ("worker", "text"), ("args", "text"), ("kwargs", "text"), ("result", "text"),
+    ("exception_type", "text"), ("exception_module", "text"), ("exception_message", "text"),
+    ("traceback", "text"), ("parent_id", "text"), ("root_id", "text"), ("group_id", "text"),
+    ("chord_id", "text"), ("meta", "jsonb"), ("kafka_topic", "text"),
+)
+_STAGE_NAMES = [name for name, _ in _STAGE_COLUMNS]
+_EVENT_COLUMNS = [name if name != "ts_ms" else "ts" for name in _STAGE_NAMES]
+
+
+def _row(stored: StoredEvent) -> tuple[Any, ...]:
+    e = stored.event
+    _check_ranges(stored)
+    exc = e.exception
+    return (
+        e.event_id, e.timestamp, e.runtime, e.eta, stored.offset, e.attempt,
+        e.chord_size, e.chord_index, stored.partition,
+        to_pg_text(e.task_id), e.state.value, e.token, _opt(e.task_name), _opt(e.worker),
+        _opt(e.args), _opt(e.kwargs), _opt(e.result),
+        None if exc is None else to_pg_text(exc.type),
+        None if exc is None else to_pg_text(exc.module),
+        None if exc is None else to_pg_text(exc.message),
+        _opt(e.traceback), _opt(e.parent_id), _opt(e.root_id), _opt(e.group_id),
+        _opt(e.chord_id), _meta_json(e.meta), stored.topic,  # Kafka names are [A-Za-z0-9._-]
+    )
+
+
+def _check_ranges(stored: StoredEvent) -> None:
+    """Integers the columns cannot hold. Decoded events always fit (the Avro types are
+    the column types); this stops a hand-built one before it fails a whole batch."""
+    e = stored.event
+    bad = None
+    if not 0 <= stored.partition < _INT32 or not 0 <= stored.offset < _INT64:
+        bad = f"partition {stored.partition} / offset {stored.offset}"
+    elif e.eta is not None and not -_INT64 <= e.eta < _INT64:
+        bad = f"eta {e.eta}"
+    elif e.chord_size is not None and not (-_INT32 <= e.chord_size < _INT32
+                                           and -_INT32 <= (e.chord_index or 0) < _INT32):
+        bad = f"chord_size {e.chord_size} / chord_index {e.chord_index}"
+    if bad is not None:
+        raise ValidationError(f"event {e.event_id} of task {e.task_id!r}: {bad} out of range")
+
+
+_SELECT_EVENT = (
+    "SELECT event_id, {schema}.timestamptz_to_ms(ts) AS ts_ms, task_id, state, task_name,"
+    " worker, attempt, args, kwargs, result, exception_type, exception_module,"
+    " exception_message, traceback, runtime, parent_id, root_id, group_id, chord_id,"
+    " chord_size, chord_index, eta_ms, meta FROM {history}"
+)
+
+
+def _event(r: Any) -> TaskEvent:
+    meta = r["meta"]
+    exc_type = r["exception_type"]
+    return TaskEvent(
+        event_id=r["event_id"].hex,
+        task_id=from_pg_text(r["task_id"]),
+        state=State(r["state"]),
+        timestamp=r["ts_ms"],
+        task_name=_opt_back(r["task_name"]),
+        worker=_opt_back(r["worker"]),
+        attempt=r["attempt"],
+        args=_opt_back(r["args"]),
+        kwargs=_opt_back(r["kwargs"]),
+        result=_opt_back(r["result"]),
+        exception=None if exc_type is None else ExceptionInfo(
+            from_pg_text(exc_type), from_pg_text(r["exception_module"]),
+            from_pg_text(r["exception_message"])),
+        traceback=_opt_back(r["traceback"]),
+        runtime=r["runtime"],
+        parent_id=_opt_back(r["parent_id"]),
+        root_id=_opt_back(r["root_id"]),
+        group_id=_opt_back(r["group_id"]),
+        chord_id=_opt_back(r["chord_id"]),
+        chord_size=r["chord_size"],
+        chord_index=r["chord_index"],
+        eta=r["eta_ms"],
+        meta={} if meta is None else {
+            from_pg_text(k): from_pg_text(v) for k, v in json.loads(meta).items()},
+    )
+
+
+def _check_offsets(offsets: Mapping[tuple[str, int], int]) -> None:
+    for (topic, partition), offset in offsets.items():
+        if not 0 <= partition < _INT32 or not 0 <= offset < _INT64:
+            raise ValidationError(
+                f"offset {offset} for {topic}[{partition}]: partitions and offsets are >= 0")
+
+
+class HistoryStore:
+    """The history table and the offsets table of one schema.
+
+    ``pool``: an asyncpg pool to share (left open by :meth:`close`); by default the
+    store makes its own from ``settings.postgres_dsn`` in :meth:`start`.
+    """
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool | None = None, *,
+                 partitions_ahead_days: int = PARTITIONS_AHEAD_DAYS) -> None:
+        self.settings = settings
+        self._pool = pool
+        self._own_pool = pool is None
+        self._ahead = partitions_ahead_days
+        self._known_days: set[int] = set()
+        self._ahead_done_for: int | None = None  # the day the ahead window was last made
+        s = quote_ident(settings.postgres_schema)
+        self._schema_sql = s
+        self._history = f"{s}.{names.HISTORY_TABLE}"
+        self._offsets = f"{s}.{names.OFFSETS_TABLE}"
+        self._select = _SELECT_EVENT.format(schema=s, history=self._history)
+        stage = names.HISTORY_STAGE_TABLE
+        self._create_stage = (
+            "SET LOCAL client_min_messages = warning;"
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} ("
+            + ", ".join(f"{n} {t}" for n, t in _STAGE_COLUMNS)
+            + ") ON COMMIT DELETE ROWS"
+        )
+        # ORDER BY the unique index's order: two writers inserting overlapping batches
+        # (a zombie processor after a rebalance) take its entries in the same order and
+        # so cannot deadlock. ON CONFLICT DO NOTHING also skips duplicates within a batch.
+        select_cols = ", ".join(
+            f"{s}.ms_to_timestamptz(ts_ms)" if n == "ts_ms" else n for n in _STAGE_NAMES)
+        self._insert = (
+            f"INSERT INTO {self._history} ({', '.join(_EVENT_COLUMNS)})"
+            f" SELECT {select_cols} FROM {stage} ORDER BY ts_ms, event_id"
+            " ON CONFLICT (ts, event_id) DO NOTHING"
+        )
+        # GREATEST: an offset never moves back, e.g. when a zombie writes an older batch.
+        self._upsert_offsets = (
+            f"INSERT INTO {self._offsets} AS o"
+            " (consumer_group, kafka_topic, kafka_partition, next_offset)"
+            " SELECT $1, t, p, n FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(t, p, n)"
+            " ON CONFLICT (consumer_group, kafka_topic, kafka_partition) DO UPDATE"
+            " SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), updated_at = now()"
+        )
+
+    # -- lifetime -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._pool is None:
+            self._pool = await create_pool(self.settings, application_name="resultlog-history")
+
+    async def close(self) -> None:
+        """Close the pool if the store made it. Idempotent."""
+        if self._own_pool and self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def __aenter__(self) -> HistoryStore:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("HistoryStore.start() first")
+        return self._pool
+
+    # -- schema ---------------------------------------------------------------------
+
+    async def migrate(self) -> list[int]:
+        """Create or upgrade the schema (idempotent, safe concurrently) and make the
+        partitions for yesterday through :data:`PARTITIONS_AHEAD_DAYS` days ahead.
+        Returns the migration versions this call applied."""
+        migrations.load_migrations()  # file errors are not connection errors: outside
+        with translate_errors(self.settings):
+            async with self.pool.acquire() as conn:
+                applied: list[int] = await migrations.migrate(conn, self.settings.postgres_schema)
+        self._known_days.clear()
+        await self._ensure_days(set(), ahead=True)
+        return applied
+
+    async def ensure_partitions(self, from_ms: int, to_ms: int) -> list[str]:
+        """Make the daily partitions covering ``from_ms`` .. ``to_ms`` (inclusive);
+        returns the names of those this call created."""
+        days = range(partitions.day_of(from_ms), partitions.day_of(to_ms) + 1)
+        return await self._ensure_days(set(days))
+
+    async def _ensure_days(self, days: set[int], *, ahead: bool = False) -> list[str]:
+        today = partitions.day_of(time.time_ns() // 1_000_000)
+        if ahead or self._ahead_done_for != today:
+            days = days | set(range(today - 1, today + self._ahead + 1))
+        missing = days - self._known_days
+        if not missing:
+            return []
+        with translate_errors(self.settings):
+            async with self.pool.acquire() as conn:
+                try:
+                    created: list[str] = await partitions.ensure_partitions(
+                        conn, self.settings.postgres_schema, missing)
+                except asyncpg.UndefinedTableError:
+                    raise self._not_migrated() from None
+        self._known_days |= missing
+        self._ahead_done_for = today
+        return created
+
+    def _not_migrated(self) -> ConfigurationError:
+        return ConfigurationError(
+            f"PostgreSQL schema {self.settings.postgres_schema!r} has no history tables: "
+            "run HistoryStore.migrate() (the processor does on start), or check "
+            "RESULTLOG_POSTGRES_SCHEMA"
+        )
+
+    # -- writing --------------------------------------------------------------------
+
+    async def write_batch(self, events: Sequence[StoredEvent],
+                          offsets: Mapping[tuple[str, int], int], *,
+                          consumer_group: str) -> int:
+        """Insert ``events`` and record ``offsets`` in one transaction; returns how many
+        rows were new (duplicates of rows already present, or within the batch, are
+        skipped).
+
+        ``offsets``: (topic, partition) -> the next offset to read (the highest offset
+        consumed + 1) for ``consumer_group``. An offset never moves backwards. Either
+        everything is written or nothing is.
+        """
+        rows = [_row(s) for s in events]
+        _check_offsets(offsets)
+        # Sorted, so that two writers lock offset rows in the same order.
+        keys = sorted(offsets)
+        offset_args = ([t for t, _ in keys], [p for _, p in keys],
+                       [offsets[k] for k in keys])
+        days = {partitions.day_of(s.event.timestamp) for s in events}
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            await self._ensure_days(days)
+            try:
+                with translate_errors(self.settings):
+                    return await self._write(rows, consumer_group, offset_args)
+            except asyncpg.CheckViolationError as exc:
+                # "no partition of relation ... found for row": a partition this process
+                # thought existed was dropped (e.g. pruned). Forget what we knew, retry.
+                if "no partition" not in str(exc) or attempt == _WRITE_ATTEMPTS:
+                    raise
+                self._known_days.clear()
+            except asyncpg.DeadlockDetectedError:
+                if attempt == _WRITE_ATTEMPTS:
+                    raise
+            except asyncpg.UndefinedTableError:
+                raise self._not_migrated() from None
+        raise AssertionError("unreachable")
+
+    async def _write(self, rows: list[tuple[Any, ...]], consumer_group: str,
+                     offset_args: tuple[list[str], list[int], list[int]]) -> int:
+        inserted = 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            if rows:
+                await conn.execute(self._create_stage)
+                await conn.copy_records_to_table(
+                    names.HISTORY_STAGE_TABLE, records=rows, columns=_STAGE_NAMES)
+                status: str = await conn.execute(self._insert)
+                inserted = int(status.rsplit(" ", 1)[1])  # "INSERT 0 <n>"
+            if offset_args[0]:
+                await conn.execute(self._upsert_offsets, to_pg_text(consumer_group), *offset_args)
+        return inserted
+
+    # -- offsets --------------------------------------------------------------------
+
+    async def committed_offsets(self, consumer_group: str, topic: str) -> dict[int, int]:
+        """partition -> next offset to read, for the partitions ``consumer_group`` has
+        written history for (absent: start from the beginning, or policy)."""
+        rows = await self._fetch(
+            f"SELECT kafka_partition, next_offset FROM {self._offsets}"
+            " WHERE consumer_group = $1 AND kafka_topic = $2",
+            to_pg_text(consumer_group), topic)
+        return {r["kafka_partition"]: r["next_offset"] for r in rows}
+
+    async def reset_offsets(self, consumer_group: str) -> int:
+        """Forget every offset of ``consumer_group``; returns how many rows went."""
+        status = await self._execute(
+            f"DELETE FROM {self._offsets} WHERE consumer_group = $1", to_pg_text(consumer_group))
+        return int(status.rsplit(" ", 1)[1])
+
+    # -- reading --------------------------------------------------------------------
+
+    async def history(self, task_id: str) -> list[TaskEvent]:
+        """Every event of ``task_id``, in transition order (the fold's precedence)."""
+        rows = await self._fetch(
+            f"{self._select} WHERE task_id = $1 ORDER BY token", to_pg_text(task_id))
+        return [_event(r) for r in rows]
+
+    async def latest(self, task_id: str) -> TaskEvent | None:
+        """The event of ``task_id`` that wins the fold (not the folded view: sticky
+        fields such as args stay on the event that carried them)."""
+        rows = await self._fetch(
+            f"{self._select} WHERE task_id = $1 ORDER BY token DESC LIMIT 1", to_pg_text(task_id))
+        return _event(rows[0]) if rows else None
+
+    async def count(self) -> int:
+        rows = await self._fetch(f"SELECT count(*) AS n FROM {self._history}")
+        n: int = rows[0]["n"]
+        return n
+
+    async def all_events(self, page_rows: int = _PAGE_ROWS) -> AsyncIterator[TaskEvent]:
+        """Every event, ordered by (timestamp, event_id), read in pages.
+
+        Keyset pages rather than one cursor: no transaction stays open and no
+        connection is held between pages, however slowly the caller consumes.
+        """
+        after: tuple[int, Any] | None = None
+        while True:
+            if after is None:
+                rows = await self._fetch(
+                    f"{self._select} ORDER BY ts, event_id LIMIT $1", page_rows)
+            else:
+                rows = await self._fetch(
+                    f"{self._select} WHERE (ts, event_id) > ({self._schema_sql}.ms_to_timestamptz($1), $2)"
+                    " ORDER BY ts, event_id LIMIT $3", after[0], after[1], page_rows)
+            for r in rows:
+                yield _event(r)
+            if len(rows) < page_rows:
+                return
+            after = (rows[-1]["ts_ms"], rows[-1]["event_id"])
+
+    async def reset(self) -> None:
+        """Empty the history (every partition; they stay attached). Offsets are kept:
+        see :meth:`reset_offsets`. For ``replay --fresh``."""
+        await self._execute(f"TRUNCATE {self._history}")
+
+    # -- helpers --------------------------------------------------------------------
+
+    async def _fetch(self, query: str, *args: Any) -> list[Any]:
+        with translate_errors(self.settings):
+            try:
+                rows: list[Any] = await self.pool.fetch(query, *args)
+            except (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError,
+                    asyncpg.InvalidSchemaNameError):
+                raise self._not_migrated() from None
+        return rows
+
+    async def _execute(self, query: str, *args: Any) -> str:
+        with translate_errors(self.settings):
+            try:
+                status: str = await self.pool.execute(query, *args)
+            except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+                raise self._not_migrated() from None
+        return status
+
+
+def stored(events: Iterable[TaskEvent], topic: str = names.DEFAULT_EVENTS_TOPIC,
+           partition: int = 0, first_offset: int = 0) -> list[StoredEvent]:
+    """``events`` as read one after another from one partition (tests, tools)."""
+    return [StoredEvent(e, topic, partition, first_offset + i) for i, e in enumerate(events)]

@@ -1,0 +1,68 @@
+"""The asyncpg boundary: pools, and connection failures translated into StoreUnavailable."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg  # type: ignore[import-untyped]
+
+from resultlog.errors import StoreUnavailable
+from resultlog.settings import Settings
+
+CONNECT_TIMEOUT_S = 10.0
+
+# Failures that mean "the server cannot be reached or will not let us in", as opposed
+# to an error in what we asked it (those keep their asyncpg type: they are bugs).
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable, unknown host
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # connection lost mid-query, rejected, ...
+    asyncpg.CannotConnectNowError,  # starting up / shutting down
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InvalidAuthorizationSpecificationError,  # unknown role, bad password
+    asyncpg.InvalidCatalogNameError,  # no such database
+)
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` without its password (in the netloc or as a query parameter)."""
+    parts = urlsplit(dsn)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}@{hostport}"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k.lower() != "password"])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def unavailable(settings: Settings, exc: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(
+        f"PostgreSQL at {redact_dsn(settings.postgres_dsn)} is unavailable "
+        f"({type(exc).__name__}: {exc}). Start it (`resultlog dev up` for the local stack) "
+        "or set RESULTLOG_POSTGRES_DSN to a server that is running"
+    )
+
+
+@contextmanager
+def translate_errors(settings: Settings) -> Iterator[None]:
+    """Re-raise connection failures inside the block as :class:`StoreUnavailable`."""
+    try:
+        yield
+    except CONNECTION_ERRORS as exc:
+        raise unavailable(settings, exc) from exc
+
+
+async def create_pool(settings: Settings, *, application_name: str, max_size: int = 4) -> asyncpg.Pool:
+    with translate_errors(settings):
+        pool: asyncpg.Pool = await asyncpg.create_pool(
+            settings.postgres_dsn,
+            min_size=1,
+            max_size=max_size,
+            timeout=CONNECT_TIMEOUT_S,
+            server_settings={"application_name": application_name},
+        )
+    return pool
