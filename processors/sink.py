@@ -111,9 +111,8 @@ class FoldSink:
         stats.dead_letters = len(bad)
         if good and self.write_redis and self.redis is not None:
             stats.redis_changed = await self.redis.apply([s.event for s in good])
-        if self.write_history:
-            stats.inserted = await self.history.write_batch(good, offsets)
-        else:
-            stats.inserted = await self.history.write_batch([], offsets)
+        # Without the history (a Redis-only replay) the offsets still record progress.
+        stats.inserted = await self.history.write_batch(
+            good if self.write_history else [], offsets, consumer_group=self.consumer_group)
         stats.duplicates = len(good) - stats.inserted
         return stats
