@@ -1,1 +1,22 @@
+"""Views of the event log: the Redis latest-state view with Celery-style results,
+and the Postgres history."""
 
+from resultlog.views.backend import ResultBackend
+from resultlog.views.exceptions import ExceptionRebuilder, RemoteTaskError, rebuild_exception
+from resultlog.views.group import AioGroupResult, AioResultSet, GroupResult, ResultSet
+from resultlog.views.redis_view import RedisView
+from resultlog.views.result import AioAsyncResult, AsyncResult
+
+__all__ = [
+    "AioAsyncResult",
+    "AioGroupResult",
+    "AioResultSet",
+    "AsyncResult",
+    "ExceptionRebuilder",
+    "GroupResult",
+    "RedisView",
+    "RemoteTaskError",
+    "ResultBackend",
+    "ResultSet",
+    "rebuild_exception",
+]

@@ -1,0 +1,48 @@
+"""Redis clients for the views, and the boundary where redis-py errors become ours."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis
+import redis.asyncio
+import redis.exceptions
+
+from resultlog.errors import StoreUnavailable
+from resultlog.settings import Settings
+
+# What "Redis could not be reached" looks like from redis-py (and the OS under it).
+UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+# Bounded, and blocking when exhausted: a join over thousands of tasks reads them
+# concurrently, and must queue for connections rather than open thousands.
+MAX_CONNECTIONS = 64
+
+
+def async_client(settings: Settings) -> redis.asyncio.Redis:
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=MAX_CONNECTIONS, timeout=None,
+        # Keepalive: a waiter's pub/sub connection may sit idle for hours.
+        decode_responses=True, socket_keepalive=True,
+    )
+    return redis.asyncio.Redis.from_pool(pool)
+
+
+def sync_client(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_keepalive=True)
+
+
+@contextmanager
+def translated(doing: str) -> Iterator[None]:
+    """Re-raise redis-py's connection failures as :class:`StoreUnavailable`."""
+    try:
+        yield
+    except UNAVAILABLE as exc:
+        raise StoreUnavailable(f"Redis is unavailable while {doing}: {exc}") from exc
+
+
+def text(value: str | bytes) -> str:
+    """A reply value as text, whether the client decodes responses or not."""
+    return value.decode() if isinstance(value, bytes) else value

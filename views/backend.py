@@ -1,0 +1,376 @@
+"""``ResultBackend``: the connections behind AsyncResult and GroupResult, owned explicitly.
+
+One backend per application (no hidden global): it holds a sync Redis client for the
+sync flavour's reads, the asyncio resources of the event loop that first uses it, and
+-- for the sync flavour's waits -- a small background thread running its own event
+loop. Every waiter of a backend, sync or asyncio, shares one pub/sub connection per
+event loop (see :mod:`resultlog.views.notify`), never one per ``get()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import threading
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from resultlog import names
+from resultlog.errors import ResultTimeout, StoreUnavailable
+from resultlog.schemas.event import TaskEvent, validate_task_id
+from resultlog.schemas.fold import TaskView
+from resultlog.schemas.states import State
+from resultlog.settings import Settings
+from resultlog.views._redis import async_client, sync_client, translated
+from resultlog.views.exceptions import ExceptionRebuilder
+from resultlog.views.notify import Notifier
+from resultlog.views.redis_view import RedisView, view_from_hash
+
+# Module aliases: inside ResultBackend the bare names are its factory methods.
+from resultlog.views import group as _group
+from resultlog.views import result as _result
+
+if TYPE_CHECKING:
+    import redis
+
+T = TypeVar("T")
+
+_PROPAGATE = frozenset({State.FAILURE, State.REVOKED})
+
+
+class _HistorySource(Protocol):
+    """What :meth:`ResultBackend.history` needs of ``resultlog.views.history.HistoryStore``."""
+
+    async def start(self) -> None: ...
+    async def history(self, task_id: str) -> list[TaskEvent]: ...
+    async def close(self) -> None: ...
+
+
+def _ready(view: TaskView | None) -> bool:
+    return view is not None and view.state.ready
+
+
+class AioState:
+    """A backend's asyncio resources within one event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.loop = asyncio.get_running_loop()
+        self.client = async_client(settings)
+        self.view = RedisView(settings, self.client)
+        self.notifier = Notifier(self.client)
+        self._history: _HistorySource | None = None
+        self._history_lock = asyncio.Lock()
+
+    async def wait_ready(self, task_id: str, timeout: float | None) -> TaskView:
+        """The task's view once it is ready; :class:`ResultTimeout` after ``timeout`` s."""
+        deadline = None if timeout is None else self.loop.time() + timeout
+        view = await self.view.get(task_id)
+        if _ready(view):
+            assert view is not None
+            return view
+        return await self._wait_pending(task_id, deadline)
+
+    async def _wait_pending(self, task_id: str, deadline: float | None) -> TaskView:
+        if deadline is not None and deadline <= self.loop.time():
+            raise ResultTimeout(f"task {task_id} is not ready (timed out)")
+        channel = names.task_done_channel(self.settings.redis_prefix, task_id)
+        try:
+            async with asyncio.timeout_at(deadline):
+                async with self.notifier.watch(channel) as watch:
+                    # Subscribed first, read second: see notify.py.
+                    while True:
+                        watch.clear()
+                        view = await self.view.get(task_id)
+                        if _ready(view):
+                            assert view is not None
+                            return view
+                        await watch.wait(None)
+        except TimeoutError as exc:
+            if isinstance(exc, ResultTimeout):
+                raise
+            raise ResultTimeout(f"task {task_id} did not become ready in time") from None
+
+    async def wait_many(
+        self, task_ids: Sequence[str], timeout: float | None, stop_at_failure: bool
+    ) -> list[TaskView]:
+        """Views of ``task_ids`` in order, once ready, under ONE deadline.
+
+        With ``stop_at_failure`` it returns early, at the first member *in order* that
+        failed or was revoked (what a sequential Celery ``join`` would raise first).
+        Every pending member is watched concurrently, so the total wait is the slowest
+        member's, not the sum.
+        """
+        deadline = None if timeout is None else self.loop.time() + timeout
+        views = await self.view.get_many(task_ids)
+        pending: dict[int, asyncio.Task[TaskView]] = {}
+        try:
+            for i, (task_id, view) in enumerate(zip(task_ids, views)):
+                if not _ready(view):
+                    pending[i] = self.loop.create_task(self._wait_pending(task_id, deadline))
+            done: list[TaskView] = []
+            for i, view in enumerate(views):
+                if i in pending:
+                    view = await pending[i]
+                assert view is not None
+                done.append(view)
+                if stop_at_failure and view.state in _PROPAGATE:
+                    break
+            return done
+        except ResultTimeout:
+            raise ResultTimeout(
+                f"{sum(1 for t in pending.values() if t.done() and not t.exception())}"
+                f" of {len(pending)} pending tasks became ready before the timeout"
+            ) from None
+        finally:
+            for task in pending.values():
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending.values(), return_exceptions=True)
+
+    async def history(self, task_id: str) -> list[TaskEvent]:
+        validate_task_id(task_id)
+        async with self._history_lock:
+            if self._history is None:
+                self._history = _open_history(self.settings)
+                await self._history.start()
+        return await self._history.history(task_id)
+
+    async def aclose(self) -> None:
+        await self.notifier.aclose()
+        await self.view.close()
+        await self.client.aclose()
+        if self._history is not None:
+            history, self._history = self._history, None
+            await history.close()
+
+
+def _open_history(settings: Settings) -> _HistorySource:
+    try:
+        module = importlib.import_module("resultlog.views.history")
+    except ImportError as exc:
+        raise StoreUnavailable(f"the Postgres history store is not available: {exc}") from exc
+    store: _HistorySource = module.HistoryStore(settings)
+    return store
+
+
+class _LoopThread:
+    """A daemon thread running an event loop, where the sync flavour's waits happen."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._main, name="resultlog-result-waiter", daemon=True
+        )
+        self._thread.start()
+        self.state = self.call(lambda: _make_state(settings))
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+    def call(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run ``make()`` in the loop thread and wait for it; Ctrl-C cancels it."""
+        future = asyncio.run_coroutine_threadsafe(make(), self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def stop(self) -> None:
+        try:
+            self.call(self.state.aclose)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+
+
+async def _make_state(settings: Settings) -> AioState:
+    return AioState(settings)
+
+
+class ResultBackend:
+    """Where results are read from: the Redis view (and the Postgres history).
+
+    ``import_modules``: modules that may be imported to rebuild a task's exception
+    class (see :mod:`resultlog.views.exceptions`); by default only modules already
+    imported are used.
+
+    Close it with :meth:`close` (sync use) or ``await`` :meth:`aclose` (if the asyncio
+    flavour was used), or use it as a context manager of either kind.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, import_modules: Iterable[str] = ()) -> None:
+        self.settings = Settings.from_env() if settings is None else settings
+        self.exceptions = ExceptionRebuilder(import_modules)
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._sync: redis.Redis | None = None
+        self._thread: _LoopThread | None = None
+        self._aio: AioState | None = None
+        self._closed = False
+
+    # --- result objects -------------------------------------------------------------
+
+    def AsyncResult(self, task_id: str) -> _result.AsyncResult:  # noqa: N802 (Celery's name)
+        return _result.AsyncResult(task_id, self)
+
+    def AioAsyncResult(self, task_id: str) -> _result.AioAsyncResult:  # noqa: N802
+        return _result.AioAsyncResult(task_id, self)
+
+    def ResultSet(self, results: Iterable[str | _result.AsyncResult]) -> _group.ResultSet:  # noqa: N802
+        return _group.ResultSet([self._member(r) for r in results])
+
+    def GroupResult(self, group_id: str, results: Iterable[str | _result.AsyncResult]) -> _group.GroupResult:  # noqa: N802
+        return _group.GroupResult(group_id, [self._member(r) for r in results])
+
+    def AioResultSet(self, results: Iterable[str | _result.AioAsyncResult]) -> _group.AioResultSet:  # noqa: N802
+        return _group.AioResultSet([self._aio_member(r) for r in results])
+
+    def AioGroupResult(  # noqa: N802
+        self, group_id: str, results: Iterable[str | _result.AioAsyncResult]
+    ) -> _group.AioGroupResult:
+        return _group.AioGroupResult(group_id, [self._aio_member(r) for r in results])
+
+    def _member(self, r: str | _result.AsyncResult) -> _result.AsyncResult:
+        return self.AsyncResult(r) if isinstance(r, str) else r
+
+    def _aio_member(self, r: str | _result.AioAsyncResult) -> _result.AioAsyncResult:
+        return self.AioAsyncResult(r) if isinstance(r, str) else r
+
+    # --- sync primitives (the caller's thread, or the waiter thread) -----------------
+
+    def read(self, task_id: str) -> TaskView | None:
+        validate_task_id(task_id)
+        with translated("reading a task"):
+            fields = self._client().hgetall(names.task_key(self.settings.redis_prefix, task_id))
+        return view_from_hash(task_id, fields)
+
+    def read_many(self, task_ids: Sequence[str]) -> list[TaskView | None]:
+        for task_id in task_ids:
+            validate_task_id(task_id)
+        if not task_ids:
+            return []
+        prefix = self.settings.redis_prefix
+        with translated("reading tasks"):
+            with self._client().pipeline(transaction=False) as pipe:
+                for task_id in task_ids:
+                    pipe.hgetall(names.task_key(prefix, task_id))
+                replies = pipe.execute()
+        return [view_from_hash(t, r) for t, r in zip(task_ids, replies)]
+
+    def forget(self, task_id: str) -> bool:
+        validate_task_id(task_id)
+        with translated("forgetting a task"):
+            return bool(self._client().delete(names.task_key(self.settings.redis_prefix, task_id)))
+
+    def wait_ready(self, task_id: str, timeout: float | None) -> TaskView:
+        validate_task_id(task_id)
+        view = self.read(task_id)  # finished tasks need no trip through the waiter thread
+        if _ready(view):
+            assert view is not None
+            return view
+        state = self._waiter().state
+        return self._waiter().call(lambda: state.wait_ready(task_id, timeout))
+
+    def wait_many(
+        self, task_ids: Sequence[str], timeout: float | None, stop_at_failure: bool
+    ) -> list[TaskView]:
+        state = self._waiter().state
+        return self._waiter().call(lambda: state.wait_many(task_ids, timeout, stop_at_failure))
+
+    def history(self, task_id: str) -> list[TaskEvent]:
+        state = self._waiter().state
+        return self._waiter().call(lambda: state.history(task_id))
+
+    def _client(self) -> redis.Redis:
+        self._check_open()
+        if self._sync is None:
+            with self._lock:
+                if self._sync is None:
+                    self._sync = sync_client(self.settings)
+        return self._sync
+
+    def _waiter(self) -> _LoopThread:
+        self._check_open()
+        with self._lock:
+            if self._thread is None or self._pid != os.getpid():
+                # After a fork the parent's thread does not exist here: start our own.
+                self._pid = os.getpid()
+                self._thread = _LoopThread(self.settings)
+            return self._thread
+
+    # --- asyncio primitives ----------------------------------------------------------
+
+    def aio(self) -> AioState:
+        """The asyncio resources for the running event loop (created on first use)."""
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        if self._aio is None:
+            self._aio = AioState(self.settings)
+        elif self._aio.loop is not loop:
+            raise RuntimeError(
+                "this ResultBackend's asyncio side belongs to another event loop; "
+                "use one backend per event loop"
+            )
+        return self._aio
+
+    # --- lifetime ----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the result backend is closed")
+
+    def close(self) -> None:
+        """Close the sync side. If the asyncio flavour was used, use :meth:`aclose`."""
+        if self._aio is not None:
+            raise RuntimeError(
+                "this backend has asyncio connections open: close it with `await backend.aclose()`"
+            )
+        self._close_sync()
+
+    def _close_sync(self) -> None:
+        self._closed = True
+        thread, self._thread = self._thread, None
+        if thread is not None and self._pid == os.getpid():
+            thread.stop()
+        client, self._sync = self._sync, None
+        if client is not None:
+            client.close()
+
+    async def aclose(self) -> None:
+        """Close everything (call it from the event loop the asyncio flavour used)."""
+        aio, self._aio = self._aio, None
+        try:
+            if aio is not None:
+                await aio.aclose()
+        finally:
+            self._close_sync()
+
+    def __enter__(self) -> ResultBackend:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> ResultBackend:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<ResultBackend {self.settings.redis_url} prefix={self.settings.redis_prefix!r}>"

@@ -1,0 +1,152 @@
+"""Rebuild a task's exception from the data an event recorded: type, module, message.
+
+The data comes off the log, which every worker can write, so rebuilding must never
+become a way to run code. The rules:
+
+1. The class is looked up, never created from the data: ``module`` must already be
+   in ``sys.modules``, or be on the caller's allow-list (then, and only then, it is
+   imported). The qualified name is walked with :func:`inspect.getattr_static`, so no
+   module ``__getattr__``, property or descriptor runs.
+2. Only real :class:`Exception` subclasses are rebuilt as themselves. Other
+   ``BaseException`` subclasses (``SystemExit``, ``KeyboardInterrupt``,
+   ``asyncio.CancelledError``...) would make ``get()`` exit the process or cancel the
+   caller's task, so they become stand-ins like unknown classes do.
+3. No code of the class runs: built-in exception types are called (C code); any other
+   class is made by its ``__new__`` only when that is a built-in (C) one, and its
+   ``__init__`` is skipped, so ``args == (message,)`` and attributes that ``__init__``
+   would set are absent. A class with a Python ``__new__`` gets a stand-in.
+4. Anything else -- unknown module, unknown or non-exception name, failed import --
+   becomes a :class:`RemoteTaskError` subclass named after the original, carrying
+   ``exc_type``, ``exc_module`` and the message.
+
+No pickle and no eval anywhere. The remote traceback, when recorded, is attached as
+a note (PEP 678), so it prints with the exception.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import importlib
+import inspect
+import sys
+from collections.abc import Iterable
+from types import BuiltinFunctionType, ModuleType
+from typing import Any, Final
+
+from resultlog.schemas.event import ExceptionInfo
+
+_BUILTIN_EXCEPTIONS: Final = frozenset(
+    v for v in vars(builtins).values() if isinstance(v, type) and issubclass(v, BaseException)
+)
+# BaseException's C-level instance dict accessor: writing a note through it runs no
+# __getattr__/__setattr__ a class may define.
+_EXC_DICT: Final[Any] = vars(BaseException)["__dict__"]
+
+
+class RemoteTaskError(Exception):
+    """Stands in for a task's exception whose class could not (or may not) be rebuilt.
+
+    Subclasses are made per original class name, so ``type(exc).__name__`` and
+    ``__module__`` read like the original. This is the task's failure, not resultlog's,
+    which is why it is not a :class:`~resultlog.errors.ResultlogError`.
+    """
+
+    exc_type: str = ""
+    exc_module: str = ""
+
+    def __init__(self, message: str = "", exc_type: str = "", exc_module: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.exc_type = exc_type or self.exc_type
+        self.exc_module = exc_module or self.exc_module
+
+
+class ExceptionRebuilder:
+    """Turns :class:`ExceptionInfo` into an exception instance, by the module's rules.
+
+    ``import_modules`` names modules (a name also covers its submodules) that may be
+    imported to find a class; the default imports nothing. Only list your own code.
+    """
+
+    def __init__(self, import_modules: Iterable[str] = ()) -> None:
+        self.import_modules = frozenset(import_modules)
+
+    def rebuild(self, info: ExceptionInfo, traceback: str | None = None) -> Exception:
+        cls = self.resolve(info.module, info.type)
+        exc = None if cls is None else _instantiate(cls, info.message)
+        if exc is None:
+            stand_in = _stand_in(info.module, info.type)
+            exc = stand_in(info.message, info.type, info.module)
+        if traceback:
+            _EXC_DICT.__get__(exc)["__notes__"] = [f"Remote traceback:\n{traceback.rstrip()}"]
+        return exc
+
+    def resolve(self, module_name: str, qualname: str) -> type[Exception] | None:
+        """The real class named, if the rules allow it; else None."""
+        if not _dotted(module_name) or not _dotted(qualname):
+            return None
+        module = sys.modules.get(module_name)
+        if module is None and self._may_import(module_name):
+            try:
+                module = importlib.import_module(module_name)
+            except Exception:  # an allow-listed module that fails to import: no class
+                return None
+        if not issubclass(type(module), ModuleType):
+            return None
+        obj: object = module
+        for part in qualname.split("."):
+            try:
+                obj = inspect.getattr_static(obj, part)
+            except AttributeError:
+                return None
+        # type(obj) and issubclass on a real class run no user code (unlike isinstance,
+        # which may consult a __class__ property).
+        if not issubclass(type(obj), type):
+            return None
+        cls: type = obj  # type: ignore[assignment]
+        return cls if issubclass(cls, Exception) else None
+
+    def _may_import(self, module_name: str) -> bool:
+        return any(
+            module_name == allowed or module_name.startswith(allowed + ".")
+            for allowed in self.import_modules
+        )
+
+
+def rebuild_exception(
+    info: ExceptionInfo, traceback: str | None = None, *, import_modules: Iterable[str] = ()
+) -> Exception:
+    """:meth:`ExceptionRebuilder.rebuild` with a one-off rebuilder."""
+    return ExceptionRebuilder(import_modules).rebuild(info, traceback)
+
+
+def _dotted(name: str) -> bool:
+    return bool(name) and all(part.isidentifier() for part in name.split("."))
+
+
+def _instantiate(cls: type[Exception], message: str) -> Exception | None:
+    if cls in _BUILTIN_EXCEPTIONS:
+        try:
+            return cls(message)
+        except Exception:  # e.g. UnicodeDecodeError wants five arguments
+            pass
+    new = inspect.getattr_static(cls, "__new__")
+    if type(new) is not BuiltinFunctionType:
+        return None
+    try:
+        exc = new(cls, message)
+    except Exception:
+        return None
+    return exc if type(exc) is cls else None
+
+
+@functools.lru_cache(maxsize=512)  # bounded: the names come from the log
+def _stand_in(module_name: str, qualname: str) -> type[RemoteTaskError]:
+    if not _dotted(module_name) or not _dotted(qualname):
+        return RemoteTaskError
+    name = qualname.rpartition(".")[2]
+    return type(name, (RemoteTaskError,), {
+        "__module__": module_name, "__qualname__": qualname,
+        "exc_type": qualname, "exc_module": module_name,
+    })

@@ -1,0 +1,148 @@
+--[[
+fold.lua: fold a batch of task events into the Redis latest-state view, atomically.
+
+This is schemas/fold.py (the specification) as one Redis script; views/redis_view.py
+builds its arguments and reads the hashes back. The fold is a maximum over order
+tokens, so applying a batch is a compare-and-set: a duplicate or late event never
+moves a task backwards, and any order or split of the log folds to the same hashes.
+
+Key layout (names built by resultlog/names.py):
+
+  {prefix}task:{task_id}   one hash per task
+      token              order token of the winner (the greatest-token event)
+      -- winner fields: replaced together whenever the winner changes; a field the
+      -- winner does not carry is deleted (absent field = null; "" is a value)
+      state event_id timestamp attempt worker result
+      exc_type exc_module exc_message traceback runtime eta
+      date_done          the winner's timestamp, present only while it is ready
+      -- sticky fields: each taken from the greatest-token event carrying a value
+      task_name args kwargs parent_id root_id group_id chord_id chord_size chord_index
+      token:{field}      order token of the event each sticky field came from
+
+  {prefix}done:{task_id}   channel: PUBLISHed (payload = the state) whenever a batch
+                           moves the task's winner to a ready state (and the key
+                           is kept).
+                           Waiters SUBSCRIBE first and read the hash second, so the
+                           hash covers whatever was published before they listened.
+
+Expiry is a function of the log, never of the wall clock at write time, so a view
+rebuilt by replay is exact: PEXPIREAT the winner's expire_at (its timestamp plus
+result_ttl_s, computed by the caller as an exact integer string), or PERSIST when
+the TTL is off. A winner whose expiry is already past makes Redis delete the key at
+once, so such a task is simply not kept. Known limit: once a key has expired, a late
+event that would have lost to the vanished winner recreates the key on its own; only
+keeping tombstones could prevent that.
+
+Token comparison: Lua's < and > on strings use strcoll(), not bytewise order. The
+tokens are fixed-width strings of ASCII digits and lower-case hex digits, which every
+locale collates in ASCII order, so strcoll agrees with the byte order the tokens are
+built for. A missing token is "", which sorts below every real token.
+
+Arguments (all strings):
+  KEYS[k]        the hash of the k-th distinct task in the batch
+  ARGV[1]        "1": expire (PEXPIREAT), "0": never expire (PERSIST)
+  ARGV[2..4]     W, S, R: number of winner fields, sticky fields, ready states
+  next W+S+R     the winner field names, sticky field names, ready state names
+  next #KEYS     the done channel of each key, in KEYS order
+  then per event E = 4 + W + S slots:
+                 key index k, token, expire_at ("" when not expiring),
+                 presence mask (W+S chars, "1" = the field has a value),
+                 W + S field values ("" when absent)
+Returns the number of tasks whose stored view changed.
+]]
+
+local expiring = ARGV[1] == '1'
+local nwin, nsticky, nready = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local pos = 5
+local win_fields, sticky_fields, sticky_token_fields, ready = {}, {}, {}, {}
+for i = 1, nwin do win_fields[i] = ARGV[pos]; pos = pos + 1 end
+for i = 1, nsticky do
+  sticky_fields[i] = ARGV[pos]
+  sticky_token_fields[i] = 'token:' .. ARGV[pos]
+  pos = pos + 1
+end
+for _ = 1, nready do ready[ARGV[pos]] = true; pos = pos + 1 end
+local channels = {}
+for k = 1, #KEYS do channels[k] = ARGV[pos]; pos = pos + 1 end
+
+local state_slot = nil
+for i = 1, nwin do if win_fields[i] == 'state' then state_slot = i end end
+local timestamp_slot = nil
+for i = 1, nwin do if win_fields[i] == 'timestamp' then timestamp_slot = i end end
+
+-- Pass 1: fold the batch in memory against each task's stored tokens (read once per
+-- task). Several events of one task in the batch are just more candidates for the
+-- same maxima, so the batch is folded exactly as if its events came one by one.
+local width = 4 + nwin + nsticky
+local tasks = {}
+while pos <= #ARGV do
+  local k, token = tonumber(ARGV[pos]), ARGV[pos + 1]
+  local t = tasks[k]
+  if t == nil then
+    local stored = redis.call('HMGET', KEYS[k], 'token', unpack(sticky_token_fields))
+    t = {existed = stored[1] ~= false, win = stored[1] or '', win_at = nil,
+         sticky = {}, sticky_at = {}}
+    for j = 1, nsticky do t.sticky[j] = stored[j + 1] or '' end
+    tasks[k] = t
+  end
+  if token > t.win then t.win = token; t.win_at = pos end
+  local mask = ARGV[pos + 3]
+  for j = 1, nsticky do
+    if string.byte(mask, nwin + j) == 49 and token > t.sticky[j] then  -- 49 = '1'
+      t.sticky[j] = token
+      t.sticky_at[j] = pos
+    end
+  end
+  pos = pos + width
+end
+
+-- Pass 2: one write per task that changed.
+local changed = 0
+for k = 1, #KEYS do
+  local t = tasks[k]
+  local key = KEYS[k]
+  local set, del = {}, {}
+  local state = nil
+  if t.win_at then
+    local at = t.win_at
+    local mask = ARGV[at + 3]
+    set[#set + 1] = 'token'; set[#set + 1] = t.win
+    for i = 1, nwin do
+      if string.byte(mask, i) == 49 then
+        set[#set + 1] = win_fields[i]; set[#set + 1] = ARGV[at + 3 + i]
+      else
+        del[#del + 1] = win_fields[i]
+      end
+    end
+    state = ARGV[at + 3 + state_slot]
+    if ready[state] then
+      set[#set + 1] = 'date_done'; set[#set + 1] = ARGV[at + 3 + timestamp_slot]
+    else
+      del[#del + 1] = 'date_done'
+    end
+  end
+  for j = 1, nsticky do
+    local at = t.sticky_at[j]
+    if at then
+      set[#set + 1] = sticky_fields[j]; set[#set + 1] = ARGV[at + 3 + nwin + j]
+      set[#set + 1] = sticky_token_fields[j]; set[#set + 1] = t.sticky[j]
+    end
+  end
+  if #set > 0 then
+    redis.call('HSET', key, unpack(set))
+    if #del > 0 then redis.call('HDEL', key, unpack(del)) end
+    local kept = true
+    if t.win_at then
+      -- Expiry follows the winner only, so it is recomputed only when the winner moves.
+      if expiring then
+        redis.call('PEXPIREAT', key, ARGV[t.win_at + 2])
+        kept = redis.call('EXISTS', key) == 1
+      else
+        redis.call('PERSIST', key)
+      end
+      if kept and ready[state] then redis.call('PUBLISH', channels[k], state) end
+    end
+    if kept or t.existed then changed = changed + 1 end
+  end
+end
+return changed

@@ -1,0 +1,258 @@
+"""``ResultSet`` / ``GroupResult`` (sync) and ``AioResultSet`` / ``AioGroupResult`` (asyncio).
+
+Celery's semantics: ``ready()`` = every member is ready, ``successful()`` = every member
+succeeded, ``failed()`` = some member failed, ``waiting()`` = some member is not ready,
+``completed_count()`` = how many succeeded. ``join()``/``get()`` return the results in
+member order under ONE deadline for the whole set, and with ``propagate`` raise what a
+sequential Celery ``join`` would raise first: the exception of the first member, in
+order, that failed. Members are read with one pipelined round trip and waited on
+concurrently, each woken by push.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Generic, TypeVar, overload
+
+from resultlog.errors import ResultTimeout
+from resultlog.schemas.fold import TaskView
+from resultlog.schemas.states import State
+from resultlog.views.result import AioAsyncResult, AsyncResult, _ResultBase
+
+R = TypeVar("R", bound=_ResultBase)
+
+
+class _Members(Generic[R]):
+    __slots__ = ("results",)
+
+    def __init__(self, results: Iterable[R]) -> None:
+        self.results: list[R] = list(results)
+
+    def add(self, result: R) -> None:
+        """Add a member (no-op if it is one already)."""
+        if result not in self.results:
+            self.results.append(result)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[R]:
+        return iter(self.results)
+
+    @overload
+    def __getitem__(self, index: int) -> R: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[R]: ...
+    def __getitem__(self, index: int | slice) -> R | list[R]:
+        return self.results[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _Members):
+            return bool(other.results == self.results)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: [{', '.join(r.id for r in self.results)}]>"
+
+    def _same_backend(self) -> bool:
+        return len({id(r.backend) for r in self.results}) <= 1
+
+
+def _summary(views: Sequence[TaskView | None]) -> dict[str, Any]:
+    ready = [v is not None and v.ready for v in views]
+    states = [None if v is None else v.state for v in views]
+    return {
+        "ready": all(ready),
+        "waiting": not all(ready),
+        "successful": all(s is State.SUCCESS for s in states),
+        "failed": any(s is State.FAILURE for s in states),
+        "completed_count": sum(1 for s in states if s is State.SUCCESS),
+    }
+
+
+class ResultSet(_Members[AsyncResult]):
+    """A collection of sync :class:`AsyncResult`."""
+
+    __slots__ = ()
+
+    def _views(self) -> list[TaskView | None]:
+        # Ready members are cached; the rest are read in one pipeline per backend.
+        views: list[TaskView | None] = [
+            r._view if r._view is not None and r._view.ready else None for r in self.results
+        ]
+        todo = [i for i, v in enumerate(views) if v is None]
+        by_backend: dict[int, list[int]] = {}
+        for i in todo:
+            by_backend.setdefault(id(self.results[i].backend), []).append(i)
+        for indices in by_backend.values():
+            backend = self.results[indices[0]].backend
+            fresh = backend.read_many([self.results[i].id for i in indices])
+            for i, view in zip(indices, fresh):
+                self.results[i]._view = views[i] = view
+        return views
+
+    def ready(self) -> bool:
+        return bool(_summary(self._views())["ready"])
+
+    def waiting(self) -> bool:
+        return bool(_summary(self._views())["waiting"])
+
+    def successful(self) -> bool:
+        return bool(_summary(self._views())["successful"])
+
+    def failed(self) -> bool:
+        return bool(_summary(self._views())["failed"])
+
+    def completed_count(self) -> int:
+        return int(_summary(self._views())["completed_count"])
+
+    def forget(self) -> None:
+        for r in self.results:
+            r.forget()
+
+    def join(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5) -> list[Any]:
+        """Every member's result, in order, waiting at most ``timeout`` s in all."""
+        if not self.results:
+            return []
+        if not self._same_backend():
+            return self._join_sequentially(timeout, propagate)
+        backend = self.results[0].backend
+        views = backend.wait_many([r.id for r in self.results], timeout, propagate)
+        values = []
+        for r, view in zip(self.results, views):
+            r._view = view
+            values.append(r._settle(view, propagate))
+        return values
+
+    get = join
+
+    def _join_sequentially(self, timeout: float | None, propagate: bool) -> list[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for r in self.results:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise ResultTimeout("the result set was not ready in time")
+            values.append(r.get(timeout=remaining, propagate=propagate))
+        return values
+
+
+class GroupResult(ResultSet):
+    """A :class:`ResultSet` with the group's id."""
+
+    __slots__ = ("id",)
+
+    def __init__(self, id: str, results: Iterable[AsyncResult]) -> None:
+        super().__init__(results)
+        self.id = id
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, GroupResult):
+            return other.id == self.id and other.results == self.results
+        if isinstance(other, str):
+            return other == self.id
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __str__(self) -> str:
+        return self.id
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self.id} [{', '.join(r.id for r in self.results)}]>"
+
+
+class AioResultSet(_Members[AioAsyncResult]):
+    """A collection of :class:`AioAsyncResult`; the queries are coroutines."""
+
+    __slots__ = ()
+
+    async def _views(self) -> list[TaskView | None]:
+        views: list[TaskView | None] = [
+            r._view if r._view is not None and r._view.ready else None for r in self.results
+        ]
+        todo = [i for i, v in enumerate(views) if v is None]
+        by_backend: dict[int, list[int]] = {}
+        for i in todo:
+            by_backend.setdefault(id(self.results[i].backend), []).append(i)
+        for indices in by_backend.values():
+            backend = self.results[indices[0]].backend
+            fresh = await backend.aio().view.get_many([self.results[i].id for i in indices])
+            for i, view in zip(indices, fresh):
+                views[i] = self.results[i]._set(view)
+        return views
+
+    async def ready(self) -> bool:
+        return bool(_summary(await self._views())["ready"])
+
+    async def waiting(self) -> bool:
+        return bool(_summary(await self._views())["waiting"])
+
+    async def successful(self) -> bool:
+        return bool(_summary(await self._views())["successful"])
+
+    async def failed(self) -> bool:
+        return bool(_summary(await self._views())["failed"])
+
+    async def completed_count(self) -> int:
+        return int(_summary(await self._views())["completed_count"])
+
+    async def forget(self) -> None:
+        for r in self.results:
+            await r.forget()
+
+    async def join(
+        self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5
+    ) -> list[Any]:
+        """As :meth:`ResultSet.join`, without blocking the event loop."""
+        if not self.results:
+            return []
+        if not self._same_backend():
+            return await self._join_sequentially(timeout, propagate)
+        state = self.results[0].backend.aio()
+        views = await state.wait_many([r.id for r in self.results], timeout, propagate)
+        values = []
+        for r, view in zip(self.results, views):
+            r._set(view)
+            values.append(r._settle(view, propagate))
+        return values
+
+    get = join
+
+    async def _join_sequentially(self, timeout: float | None, propagate: bool) -> list[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for r in self.results:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise ResultTimeout("the result set was not ready in time")
+            values.append(await r.get(timeout=remaining, propagate=propagate))
+        return values
+
+
+class AioGroupResult(AioResultSet):
+    """An :class:`AioResultSet` with the group's id."""
+
+    __slots__ = ("id",)
+
+    def __init__(self, id: str, results: Iterable[AioAsyncResult]) -> None:
+        super().__init__(results)
+        self.id = id
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, AioGroupResult):
+            return other.id == self.id and other.results == self.results
+        if isinstance(other, str):
+            return other == self.id
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __str__(self) -> str:
+        return self.id
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self.id} [{', '.join(r.id for r in self.results)}]>"

@@ -1,0 +1,196 @@
+"""The Redis latest-state view: one hash per task, folded by ``fold.lua``.
+
+:meth:`RedisView.apply` folds a whole batch of events in one script call (EVALSHA; the
+script is loaded again by redis-py if the server answers NOSCRIPT). The script is
+``schemas/fold.py`` verbatim: this module only lays the events out as arguments and
+reads hashes back into :class:`~resultlog.schemas.fold.TaskView`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+import redis.asyncio
+
+from resultlog import names
+from resultlog.schemas.event import ExceptionInfo, TaskEvent, validate_task_id
+from resultlog.schemas.fold import STICKY_FIELDS, TaskView
+from resultlog.schemas.states import READY_STATES, State
+from resultlog.settings import Settings
+from resultlog.views._redis import async_client, text, translated
+
+SCRIPT: Final = Path(__file__).with_name("fold.lua").read_text(encoding="utf-8")
+
+# Hash fields (the layout is documented in fold.lua's header). The script takes the
+# field names as arguments, so these tuples are the single source of the layout.
+WINNER_HASH_FIELDS: Final = (
+    "state", "event_id", "timestamp", "attempt", "worker", "result",
+    "exc_type", "exc_module", "exc_message", "traceback", "runtime", "eta",
+)
+STICKY_HASH_FIELDS: Final = STICKY_FIELDS
+TOKEN: Final = "token"
+DATE_DONE: Final = "date_done"
+STICKY_TOKEN_PREFIX: Final = "token:"
+
+_INT_FIELDS: Final = frozenset({"timestamp", "attempt", "eta", "chord_size", "chord_index"})
+_HEADER: Final = (
+    str(len(WINNER_HASH_FIELDS)), str(len(STICKY_HASH_FIELDS)), str(len(READY_STATES)),
+    *WINNER_HASH_FIELDS, *STICKY_HASH_FIELDS, *sorted(s.value for s in READY_STATES),
+)
+
+
+def _value(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float):
+        return repr(value)  # shortest exact round trip through float()
+    return str(value)
+
+
+def _slots(event: TaskEvent) -> list[str | None]:
+    """The event's values in hash-field order (None = the event has no such value)."""
+    exc = event.exception
+    winner = [
+        event.state.value, event.event_id, str(event.timestamp), str(event.attempt),
+        event.worker, event.result,
+        None if exc is None else exc.type,
+        None if exc is None else exc.module,
+        None if exc is None else exc.message,
+        event.traceback, _value(event.runtime), _value(event.eta),
+    ]
+    return winner + [_value(getattr(event, name)) for name in STICKY_HASH_FIELDS]
+
+
+def script_call(settings: Settings, events: Sequence[TaskEvent]) -> tuple[list[str], list[str]]:
+    """``(keys, args)`` for one ``fold.lua`` call folding ``events``."""
+    prefix = settings.redis_prefix
+    ttl_ms = settings.result_ttl_s * 1000
+    index: dict[str, int] = {}
+    for event in events:
+        index.setdefault(event.task_id, len(index) + 1)
+    keys = [names.task_key(prefix, task_id) for task_id in index]
+    args = ["1" if ttl_ms else "0", *_HEADER]
+    args += [names.task_done_channel(prefix, task_id) for task_id in index]
+    for event in events:
+        slots = _slots(event)
+        # Exact integer arithmetic here: Lua numbers are doubles.
+        expire_at = str(event.timestamp + ttl_ms) if ttl_ms else ""
+        mask = "".join("0" if v is None else "1" for v in slots)
+        args += [str(index[event.task_id]), event.token, expire_at, mask]
+        args += ["" if v is None else v for v in slots]
+    return keys, args
+
+
+def view_from_hash(task_id: str, fields: Mapping[Any, Any]) -> TaskView | None:
+    """The :class:`TaskView` a task hash holds (None for a missing or empty hash)."""
+    h = {text(k): text(v) for k, v in fields.items()}
+    token = h.get(TOKEN)
+    if token is None:
+        return None
+    exception = None
+    if "exc_type" in h:
+        exception = ExceptionInfo(h["exc_type"], h.get("exc_module", ""), h.get("exc_message", ""))
+    sticky: dict[str, Any] = {}
+    tokens = []
+    for name in STICKY_HASH_FIELDS:
+        if name in h:
+            sticky[name] = int(h[name]) if name in _INT_FIELDS else h[name]
+            tokens.append((name, h.get(STICKY_TOKEN_PREFIX + name, "")))
+    return TaskView(
+        task_id=task_id,
+        token=token,
+        state=State(h["state"]),
+        event_id=h["event_id"],
+        timestamp=int(h["timestamp"]),
+        attempt=int(h.get("attempt", "0")),
+        worker=h.get("worker"),
+        result=h.get("result"),
+        exception=exception,
+        traceback=h.get("traceback"),
+        runtime=float(h["runtime"]) if "runtime" in h else None,
+        eta=int(h["eta"]) if "eta" in h else None,
+        sticky_tokens=tuple(sorted(tokens)),
+        **sticky,
+    )
+
+
+class RedisView:
+    """Folds event batches into Redis and reads tasks back (asyncio).
+
+    ``client`` is borrowed, not closed; without one the view opens (and closes) its
+    own from ``settings.redis_url``.
+    """
+
+    def __init__(self, settings: Settings, client: redis.asyncio.Redis | None = None) -> None:
+        self.settings = settings
+        self._owns_client = client is None
+        self._client = async_client(settings) if client is None else client
+        self._script = self._client.register_script(SCRIPT)
+
+    @property
+    def client(self) -> redis.asyncio.Redis:
+        return self._client
+
+    async def apply(self, events: Sequence[TaskEvent]) -> int:
+        """Fold ``events`` (any order, duplicates welcome) in one atomic script call.
+
+        Returns how many tasks' stored views changed.
+        """
+        if not events:
+            return 0
+        keys, args = script_call(self.settings, events)
+        with translated("folding events into the view"):
+            return int(await self._script(keys=keys, args=args))
+
+    async def get(self, task_id: str) -> TaskView | None:
+        validate_task_id(task_id)
+        with translated("reading a task"):
+            fields = await self._client.hgetall(names.task_key(self.settings.redis_prefix, task_id))
+        return view_from_hash(task_id, fields)
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[TaskView | None]:
+        """Several tasks in one round trip, in the order asked."""
+        for task_id in task_ids:
+            validate_task_id(task_id)
+        if not task_ids:
+            return []
+        prefix = self.settings.redis_prefix
+        with translated("reading tasks"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for task_id in task_ids:
+                    pipe.hgetall(names.task_key(prefix, task_id))
+                replies = await pipe.execute()
+        return [view_from_hash(t, r) for t, r in zip(task_ids, replies)]
+
+    async def forget(self, task_id: str) -> bool:
+        """Drop the task's hash; True if there was one. A later event recreates it."""
+        validate_task_id(task_id)
+        with translated("forgetting a task"):
+            return bool(await self._client.delete(names.task_key(self.settings.redis_prefix, task_id)))
+
+    async def task_ids(self) -> list[str]:
+        """Every task id in the view (a SCAN: for tools and verification, not hot paths)."""
+        prefix = self.settings.redis_prefix
+        found: set[str] = set()
+        with translated("listing tasks"):
+            async for key in self._client.scan_iter(
+                match=names.task_key_pattern(prefix), count=1000, _type="hash"
+            ):
+                found.add(names.task_id_from_key(prefix, text(key)))
+        return sorted(found)
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> RedisView:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

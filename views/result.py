@@ -1,0 +1,280 @@
+"""``AsyncResult`` (sync) and ``AioAsyncResult`` (asyncio): Celery's result API over the view.
+
+Both read the Redis view and wait by push (see :mod:`resultlog.views.notify`), never by
+polling. The sync flavour reads Redis on each attribute access until the task is ready
+and caches it from then on, as Celery does. The asyncio flavour cannot read in a
+property, so its attributes show the snapshot its last awaited call loaded
+(``await r.refresh()``, ``get()``, ``ready()``...).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from resultlog.errors import TaskRevoked
+from resultlog.schemas.event import TaskEvent, validate_task_id
+from resultlog.schemas.fold import TaskView
+from resultlog.schemas.states import PENDING, State
+from resultlog.views.exceptions import RemoteTaskError
+
+if TYPE_CHECKING:
+    from resultlog.views.backend import ResultBackend
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class _ResultBase:
+    """Attribute logic shared by both flavours: everything derives from a TaskView."""
+
+    __slots__ = ("id", "backend", "_view", "_outcome")
+
+    def __init__(self, task_id: str, backend: ResultBackend) -> None:
+        self.id: str = validate_task_id(task_id)
+        self.backend = backend
+        self._view: TaskView | None = None
+        # (view, value): the decoded result or rebuilt exception of that view, so
+        # repeated reads give the same object.
+        self._outcome: tuple[TaskView, Any] | None = None
+
+    def _current(self) -> TaskView | None:
+        raise NotImplementedError
+
+    @property
+    def task_id(self) -> str:
+        return self.id
+
+    @property
+    def view(self) -> TaskView | None:
+        """The raw view (None while nothing is known of the task)."""
+        return self._current()
+
+    @property
+    def state(self) -> str:
+        """The state name; ``"PENDING"`` for a task nothing is known of."""
+        view = self._current()
+        return PENDING if view is None else view.state.value
+
+    status = state
+
+    @property
+    def result(self) -> Any:
+        """The return value (SUCCESS), the exception (FAILURE, RETRY, REVOKED), else None."""
+        view = self._current()
+        return None if view is None else self._value(view)
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        view = self._current()
+        return None if view is None else view.traceback
+
+    @property
+    def date_done(self) -> datetime | None:
+        """When the task became ready (UTC, from the event's own timestamp)."""
+        view = self._current()
+        if view is None or not view.ready:
+            return None
+        return _EPOCH + timedelta(milliseconds=view.timestamp)
+
+    @property
+    def name(self) -> str | None:
+        view = self._current()
+        return None if view is None else view.task_name
+
+    @property
+    def args(self) -> list[Any] | None:
+        view = self._current()
+        return None if view is None or view.args is None else _decoded(view.args)
+
+    @property
+    def kwargs(self) -> dict[str, Any] | None:
+        view = self._current()
+        return None if view is None or view.kwargs is None else _decoded(view.kwargs)
+
+    @property
+    def worker(self) -> str | None:
+        view = self._current()
+        return None if view is None else view.worker
+
+    @property
+    def retries(self) -> int | None:
+        view = self._current()
+        return None if view is None else view.attempt
+
+    def _value(self, view: TaskView) -> Any:
+        if self._outcome is not None and self._outcome[0] == view:
+            return self._outcome[1]
+        value: Any = None
+        if view.state is State.SUCCESS:
+            value = None if view.result is None else _decoded(view.result)
+        elif view.state is State.REVOKED:
+            reason = "" if view.exception is None else f": {view.exception.message}"
+            value = TaskRevoked(f"task {self.id} was revoked{reason}")
+        elif view.exception is not None:
+            value = self.backend.exceptions.rebuild(view.exception, view.traceback)
+        elif view.state is State.FAILURE:
+            value = RemoteTaskError(f"task {self.id} failed without recording an exception")
+        self._outcome = (view, value)
+        return value
+
+    def _settle(self, view: TaskView, propagate: bool) -> Any:
+        """What ``get()`` returns (or raises) for a ready view."""
+        value = self._value(view)
+        if propagate and view.state in (State.FAILURE, State.REVOKED):
+            raise value
+        return value
+
+    def __str__(self) -> str:
+        return self.id
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self.id}>"
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _ResultBase):
+            return other.id == self.id
+        if isinstance(other, str):
+            return other == self.id
+        return NotImplemented
+
+
+class AsyncResult(_ResultBase):
+    """A task's result, sync flavour: ``AsyncResult(task_id, backend)``.
+
+    Every attribute reads the view (one Redis round trip) until the task is ready;
+    from then on the ready state is cached, as in Celery. :meth:`refresh` drops it.
+    """
+
+    __slots__ = ()
+
+    def _current(self) -> TaskView | None:
+        if self._view is not None and self._view.ready:
+            return self._view
+        view = self.backend.read(self.id)
+        self._view = view
+        return view
+
+    def refresh(self) -> AsyncResult:
+        self._view = self.backend.read(self.id)
+        return self
+
+    def ready(self) -> bool:
+        """True once the task succeeded, failed or was revoked."""
+        view = self._current()
+        return view is not None and view.ready
+
+    def successful(self) -> bool:
+        view = self._current()
+        return view is not None and view.state is State.SUCCESS
+
+    def failed(self) -> bool:
+        view = self._current()
+        return view is not None and view.state is State.FAILURE
+
+    def exists(self) -> bool:
+        """True if the view knows the task (unlike ``state``, which says PENDING either way)."""
+        return self._current() is not None
+
+    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5) -> Any:
+        """Wait until the task is ready (woken by push) and return its result.
+
+        Raises the task's exception (rebuilt, see :mod:`resultlog.views.exceptions`)
+        if it failed and ``propagate``; :class:`~resultlog.errors.TaskRevoked` if it was
+        revoked; :class:`~resultlog.errors.ResultTimeout` after ``timeout`` seconds.
+        ``interval`` is accepted for Celery compatibility and ignored: nothing polls.
+        """
+        view = self._view
+        if view is None or not view.ready:
+            view = self.backend.wait_ready(self.id, timeout)
+            self._view = view
+        return self._settle(view, propagate)
+
+    wait = get  # Celery's deprecated alias
+
+    def forget(self) -> None:
+        """Remove the task from the view. A later event for it brings it back."""
+        self._view = None
+        self.backend.forget(self.id)
+
+    def history(self) -> list[TaskEvent]:
+        """Every event of the task, in event order, from the Postgres history."""
+        return self.backend.history(self.id)
+
+
+class AioAsyncResult(_ResultBase):
+    """A task's result, asyncio flavour: ``AioAsyncResult(task_id, backend)``.
+
+    Attributes (``state``, ``result``, ``date_done``...) show the snapshot loaded by the
+    last awaited call; reading one before any raises :class:`RuntimeError`.
+    """
+
+    __slots__ = ("_loaded",)
+
+    def __init__(self, task_id: str, backend: ResultBackend) -> None:
+        super().__init__(task_id, backend)
+        self._loaded = False
+
+    def _current(self) -> TaskView | None:
+        if not self._loaded:
+            raise RuntimeError(
+                f"{self!r} has not been loaded yet: await refresh(), get() or ready() first"
+            )
+        return self._view
+
+    def _set(self, view: TaskView | None) -> TaskView | None:
+        self._view = view
+        self._loaded = True
+        return view
+
+    async def refresh(self) -> AioAsyncResult:
+        """Load the task's current state into this object's attributes."""
+        self._set(await self.backend.aio().view.get(self.id))
+        return self
+
+    async def _load(self) -> TaskView | None:
+        # Like the sync flavour: a ready state is cached, anything else is re-read.
+        if self._view is None or not self._view.ready:
+            self._set(await self.backend.aio().view.get(self.id))
+        return self._view
+
+    async def ready(self) -> bool:
+        view = await self._load()
+        return view is not None and view.ready
+
+    async def successful(self) -> bool:
+        view = await self._load()
+        return view is not None and view.state is State.SUCCESS
+
+    async def failed(self) -> bool:
+        view = await self._load()
+        return view is not None and view.state is State.FAILURE
+
+    async def exists(self) -> bool:
+        return await self._load() is not None
+
+    async def get(
+        self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5
+    ) -> Any:
+        """As :meth:`AsyncResult.get`, without blocking the event loop."""
+        view = self._view
+        if view is None or not view.ready:
+            view = await self.backend.aio().wait_ready(self.id, timeout)
+            self._set(view)
+        return self._settle(view, propagate)
+
+    async def forget(self) -> None:
+        self._set(None)
+        await self.backend.aio().view.forget(self.id)
+
+    async def history(self) -> list[TaskEvent]:
+        return await self.backend.aio().history(self.id)
+
+
+def _decoded(text: str) -> Any:
+    return json.loads(text)
