@@ -4,6 +4,7 @@ and the Postgres history."""
 from resultlog.views.backend import ResultBackend
 from resultlog.views.exceptions import ExceptionRebuilder, RemoteTaskError, rebuild_exception
 from resultlog.views.group import AioGroupResult, AioResultSet, GroupResult, ResultSet
+from resultlog.views.history import HistoryStore, StoredEvent
 from resultlog.views.redis_view import RedisView
 from resultlog.views.result import AioAsyncResult, AsyncResult
 
@@ -14,9 +15,11 @@ __all__ = [
     "AsyncResult",
     "ExceptionRebuilder",
     "GroupResult",
+    "HistoryStore",
     "RedisView",
     "RemoteTaskError",
     "ResultBackend",
     "ResultSet",
+    "StoredEvent",
     "rebuild_exception",
 ]
