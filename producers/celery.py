@@ -1,0 +1,207 @@
+"""Celery integration: Celery's task signals → resultlog events.
+
+    from resultlog.producers import SyncEmitter
+    from resultlog.producers.celery import install
+
+    install(app, SyncEmitter())
+
+| Celery signal   | event    | where it fires                              |
+|-----------------|----------|---------------------------------------------|
+| task_received   | RECEIVED | the worker's main process                   |
+| task_prerun     | STARTED  | the process running the task                |
+| task_success    | SUCCESS  | idem; result JSON-encoded, never pickled    |
+| task_failure    | FAILURE  | idem; type, module, message, traceback      |
+| task_retry      | RETRY    | idem; the original exception and the ETA    |
+| task_revoked    | REVOKED  | the worker's main process                   |
+
+Every event carries the task name, args/kwargs, ``retries`` as ``attempt``, parent,
+root and group ids, chord membership where Celery knows the chord's size, and the
+worker's hostname. RECEIVED and REVOKED come from the main process and the rest from
+the pool process, i.e. from different producers: Kafka does not order those against
+each other, and does not need to, since the views order states by rank and attempt.
+
+Celery is an optional dependency (``pip install resultlog[celery]``) imported only by
+:func:`install`. Errors in a handler are logged by Celery's signal dispatcher, never
+raised into the task.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from resultlog.errors import EventTooLarge, ResultNotSerializable
+from resultlog.producers.events import TaskFields
+from resultlog.producers.sync import SyncEmitter
+
+log = logging.getLogger("resultlog.producers.celery")
+
+
+def _signals() -> Any:
+    try:
+        from celery import signals  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise ImportError(
+            "resultlog.producers.celery needs Celery, which is not installed: "
+            "pip install resultlog[celery]"
+        ) from exc
+    return signals
+
+
+def _fields(request: Any, task: Any = None) -> tuple[str | None, int, TaskFields]:
+    """Task id, attempt and the event fields from a Celery ``Request`` or ``Context``."""
+    raw: Mapping[str, Any] = getattr(request, "request_dict", None) or {}
+
+    def get(name: str, key: str | None = None) -> Any:
+        value = getattr(request, name, None)
+        return raw.get(key or name) if value is None else value
+
+    name = get("task_name") or get("task") or getattr(task, "name", None)
+    fields = TaskFields(
+        task_name=name if isinstance(name, str) else None,
+        parent_id=get("parent_id") or None,
+        root_id=get("root_id") or None,
+        group_id=get("group") or None,
+    )
+    hostname = get("hostname")
+    if isinstance(hostname, str) and hostname:
+        fields["worker"] = hostname
+    args, kwargs = get("args"), get("kwargs")
+    if isinstance(args, (list, tuple)):
+        fields["args"] = args
+    if isinstance(kwargs, Mapping):
+        fields["kwargs"] = kwargs
+    chord, index = get("chord"), get("group_index")
+    size = chord.get("chord_size") if isinstance(chord, Mapping) else None
+    if fields["group_id"] and isinstance(index, int) and isinstance(size, int):
+        # A chord header member: Celery's group id is the chord's id.
+        fields["chord_id"] = fields["group_id"]
+        fields["chord_size"] = size
+        fields["chord_index"] = index
+    retries = get("retries")
+    return get("id"), retries if isinstance(retries, int) else 0, fields
+
+
+@dataclass
+class Installation:
+    """The connected handlers; :meth:`uninstall` disconnects them."""
+
+    emitter: SyncEmitter
+    _connected: list[tuple[Any, Callable[..., None]]] = field(default_factory=list)
+
+    def uninstall(self) -> None:
+        for signal, receiver in self._connected:
+            signal.disconnect(receiver)
+        self._connected.clear()
+
+
+def install(app: Any, emitter: SyncEmitter) -> Installation:
+    """Emit resultlog events for Celery's tasks (only ``app``'s, unless ``app`` is None)."""
+    signals = _signals()
+    started_at: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def ours(sender: Any) -> bool:
+        return app is None or getattr(sender, "app", None) is app
+
+    def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+        if request is None or not ours(sender):
+            return
+        task_id, attempt, fields = _fields(request)
+        if task_id:
+            emitter.received(task_id, attempt=attempt, **fields)
+
+    def on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None, **_: Any) -> None:
+        if task is None or not task_id or not ours(task):
+            return
+        _id, attempt, fields = _fields(task.request, task)
+        with lock:
+            started_at[task_id] = time.perf_counter()
+        emitter.started(task_id, attempt=attempt, **fields)
+
+    def runtime_of(task_id: str, given: Any) -> float | None:
+        with lock:
+            t0 = started_at.pop(task_id, None)
+        if isinstance(given, (int, float)):
+            return float(given)
+        return None if t0 is None else time.perf_counter() - t0
+
+    def on_success(sender: Any = None, result: Any = None, **kw: Any) -> None:
+        if sender is None or not ours(sender):
+            return
+        task_id, attempt, fields = _fields(sender.request, sender)
+        if not task_id:
+            return
+        runtime = runtime_of(task_id, kw.get("runtime"))
+        try:
+            emitter.success(task_id, result, runtime=runtime, attempt=attempt, **fields)
+        except (ResultNotSerializable, EventTooLarge) as exc:
+            # Celery stored the result its own way, but resultlog cannot: record why.
+            emitter.failure(task_id, exc, runtime=runtime, attempt=attempt, **fields)
+            raise
+
+    def on_failure(
+        sender: Any = None,
+        task_id: str | None = None,
+        exception: BaseException | None = None,
+        einfo: Any = None,
+        **_: Any,
+    ) -> None:
+        if sender is None or not task_id or exception is None or not ours(sender):
+            return
+        _id, attempt, fields = _fields(sender.request, sender)
+        tb = getattr(einfo, "traceback", None)
+        emitter.failure(
+            task_id, exception, traceback=tb if isinstance(tb, str) else None,
+            runtime=runtime_of(task_id, None), attempt=attempt, **fields,
+        )
+
+    def on_retry(sender: Any = None, request: Any = None, reason: Any = None, einfo: Any = None, **_: Any) -> None:
+        if sender is None or request is None or not ours(sender):
+            return
+        task_id, attempt, fields = _fields(request, sender)
+        if not task_id:
+            return
+        runtime_of(task_id, None)
+        # ``reason`` is Celery's Retry; the task's own exception is reason.exc.
+        exc = getattr(reason, "exc", None) or reason
+        if not isinstance(exc, BaseException):
+            exc = RuntimeError(str(reason))
+        when = getattr(reason, "when", None)
+        tb = getattr(einfo, "traceback", None)
+        emitter.retry(
+            task_id, exc, attempt=attempt,
+            eta=when if isinstance(when, datetime) else None,
+            traceback=tb if isinstance(tb, str) else None, **fields,
+        )
+
+    def on_revoked(
+        sender: Any = None, request: Any = None, terminated: Any = None, expired: Any = None, **_: Any
+    ) -> None:
+        if request is None or (sender is not None and not ours(sender)):
+            return
+        task_id, attempt, fields = _fields(request, sender)
+        if not task_id:
+            return
+        reason = "expired" if expired else "terminated" if terminated else "revoked"
+        fields["meta"] = {"revoked": reason}
+        emitter.revoked(task_id, attempt=attempt, **fields)
+
+    installation = Installation(emitter)
+    for signal, receiver in (
+        (signals.task_received, on_received),
+        (signals.task_prerun, on_prerun),
+        (signals.task_success, on_success),
+        (signals.task_failure, on_failure),
+        (signals.task_retry, on_retry),
+        (signals.task_revoked, on_revoked),
+    ):
+        # weak=False: these closures are referenced only by the signal.
+        signal.connect(receiver, weak=False)
+        installation._connected.append((signal, receiver))
+    return installation

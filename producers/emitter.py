@@ -1,0 +1,193 @@
+"""The asyncio emitter: what worker code calls to record a task's state changes.
+
+Each call validates and encodes its event at once (bad input raises there, before
+anything is buffered), then returns as soon as the event is in the emitter's bounded
+buffer; ``wait=True`` also waits for Kafka's acknowledgement. See
+:mod:`resultlog.producers.pipeline` for how events get to Kafka and in what order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Unpack
+
+from resultlog.producers.events import TaskFields, build, build_state
+from resultlog.producers.options import EmitterOptions, resolve
+from resultlog.producers.pipeline import Pipeline
+from resultlog.producers.tracking import AsyncTracker
+from resultlog.schemas.event import TaskEvent
+from resultlog.schemas.states import State
+from resultlog.settings import Settings
+
+
+def default_worker_name() -> str:
+    """``host:pid``: which process emitted an event."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Emitter:
+    """Emits task events to Kafka from asyncio code.
+
+    Use ``async with Emitter() as emitter:`` or ``start()``/``stop()``; the first
+    emitting call also starts it. ``stop()`` delivers everything accepted before
+    returning (or raises :class:`~resultlog.errors.BrokerUnavailable` saying how many
+    events it could not deliver). Not thread-safe: for threads and forked workers use
+    :class:`~resultlog.producers.sync.SyncEmitter`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        worker: str | None = None,
+        **options: Unpack[EmitterOptions],
+    ) -> None:
+        self.settings = settings if settings is not None else Settings.from_env()
+        self.worker = worker if worker is not None else default_worker_name()
+        self._pipeline = Pipeline(self.settings, resolve(self.settings, options))
+        self._start_lock: asyncio.Lock | None = None
+
+    # Lifetime ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Create the topic if missing and connect; :class:`BrokerUnavailable` if Kafka can't be reached."""
+        if self._pipeline.running:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            await self._pipeline.start()
+
+    async def flush(self, timeout_s: float | None = None) -> None:
+        """Wait until every event accepted so far is acknowledged by Kafka.
+
+        Raises :class:`BrokerUnavailable` on timeout (the events stay buffered), or if
+        any accepted event could not be delivered since the previous flush.
+        """
+        await self._pipeline.flush(timeout_s)
+
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Flush (up to ``timeout_s``, default ``close_timeout_s``) and close. Idempotent."""
+        await self._pipeline.stop(timeout_s)
+
+    async def __aenter__(self) -> Emitter:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def pending(self) -> int:
+        """Events accepted and not yet acknowledged (or failed)."""
+        return self._pipeline.unacked_events
+
+    # Emitting ----------------------------------------------------------------------
+    async def emit(self, event: TaskEvent, *, wait: bool = False) -> None:
+        """Emit a ready-made event."""
+        if not self._pipeline.running:
+            await self.start()
+        await self._pipeline.accept(event, wait=wait)
+
+    async def emit_state(
+        self,
+        task_id: str,
+        state: State | str,
+        *,
+        attempt: int = 0,
+        result: Any = None,
+        exc: BaseException | None = None,
+        traceback: str | None = None,
+        runtime: float | None = None,
+        eta: datetime | int | None = None,
+        wait: bool = False,
+        **fields: Unpack[TaskFields],
+    ) -> None:
+        """Emit the state named ``state`` (``UnknownState`` if it is not one)."""
+        event = build_state(
+            task_id, state, self.worker, fields,
+            attempt=attempt, result=result, exc=exc, traceback=traceback, runtime=runtime, eta=eta,
+        )
+        await self.emit(event, wait=wait)
+
+    async def received(
+        self, task_id: str, *, attempt: int = 0, wait: bool = False, **fields: Unpack[TaskFields]
+    ) -> None:
+        """The task was received by a worker (queued there, not yet running)."""
+        await self.emit(build(State.RECEIVED, task_id, self.worker, fields, attempt=attempt), wait=wait)
+
+    async def started(
+        self, task_id: str, *, attempt: int = 0, wait: bool = False, **fields: Unpack[TaskFields]
+    ) -> None:
+        """The task started running (attempt ``attempt``, 0 for the first run)."""
+        await self.emit(build(State.STARTED, task_id, self.worker, fields, attempt=attempt), wait=wait)
+
+    async def retry(
+        self,
+        task_id: str,
+        exc: BaseException,
+        *,
+        attempt: int,
+        eta: datetime | int | None = None,
+        traceback: str | None = None,
+        wait: bool = False,
+        **fields: Unpack[TaskFields],
+    ) -> None:
+        """Attempt ``attempt`` failed with ``exc`` and will be retried (at ``eta``)."""
+        event = build(
+            State.RETRY, task_id, self.worker, fields, attempt=attempt, exc=exc, traceback=traceback, eta=eta
+        )
+        await self.emit(event, wait=wait)
+
+    async def success(
+        self,
+        task_id: str,
+        result: Any,
+        *,
+        runtime: float | None = None,
+        attempt: int = 0,
+        wait: bool = False,
+        **fields: Unpack[TaskFields],
+    ) -> None:
+        """The task returned ``result`` (JSON-encoded; ``ResultNotSerializable`` if it can't be)."""
+        event = build(State.SUCCESS, task_id, self.worker, fields, attempt=attempt, result=result, runtime=runtime)
+        await self.emit(event, wait=wait)
+
+    async def failure(
+        self,
+        task_id: str,
+        exc: BaseException,
+        *,
+        traceback: str | None = None,
+        runtime: float | None = None,
+        attempt: int = 0,
+        wait: bool = False,
+        **fields: Unpack[TaskFields],
+    ) -> None:
+        """The task raised ``exc`` (traceback taken from it unless given)."""
+        event = build(
+            State.FAILURE, task_id, self.worker, fields, attempt=attempt, exc=exc, traceback=traceback, runtime=runtime
+        )
+        await self.emit(event, wait=wait)
+
+    async def revoked(
+        self, task_id: str, *, attempt: int = 0, wait: bool = False, **fields: Unpack[TaskFields]
+    ) -> None:
+        """The task was revoked (cancelled) and will not run or finish."""
+        await self.emit(build(State.REVOKED, task_id, self.worker, fields, attempt=attempt), wait=wait)
+
+    def track(self, task_id: str, *, attempt: int = 0, **fields: Unpack[TaskFields]) -> AsyncTracker:
+        """STARTED now, then SUCCESS or FAILURE: ``async with`` or a decorator of async functions.
+
+        ``async with emitter.track(tid, task_name="add") as t: t.result = 2 + 2``; as a
+        decorator the function's return value is the result.
+        """
+        return AsyncTracker(self, task_id, attempt, fields)

@@ -1,0 +1,119 @@
+"""The emitter's boundary with aiokafka: producer configuration and error translation.
+
+Everything that knows aiokafka's classes, configuration names or (in two clearly marked
+places) its internals lives here, so the rest of the package speaks resultlog's errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka.codec import has_lz4, has_snappy, has_zstd  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+
+from resultlog.errors import BrokerUnavailable, ConfigurationError
+from resultlog.settings import Settings
+
+log = logging.getLogger("resultlog.producers")
+
+Compression = Literal["gzip", "lz4", "zstd", "snappy"] | None
+
+_NEEDS_CRAMJAM = {"lz4": has_lz4, "zstd": has_zstd, "snappy": has_snappy}
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerConfig:
+    """How the emitter configures its Kafka producer."""
+
+    compression_type: Compression
+    max_batch_bytes: int
+    client_id: str
+
+    def __post_init__(self) -> None:
+        if self.compression_type not in (None, "gzip", "lz4", "zstd", "snappy"):
+            raise ConfigurationError(
+                f"compression_type {self.compression_type!r} is not one of gzip, lz4, zstd, snappy, None"
+            )
+        check = _NEEDS_CRAMJAM.get(self.compression_type or "")
+        if check is not None and not check():
+            raise ConfigurationError(
+                f"compression_type={self.compression_type!r} needs the cramjam package "
+                "(pip install cramjam); gzip works without it"
+            )
+        if not 1024 <= self.max_batch_bytes <= 16 * 1024 * 1024:
+            raise ConfigurationError("max_batch_bytes must be between 1 KiB and 16 MiB")
+
+
+def make_producer(settings: Settings, config: ProducerConfig) -> AIOKafkaProducer:
+    """A producer that never reorders or duplicates: idempotent, acks=all.
+
+    ``linger_ms`` stays 0: the pipeline does its own batching (it builds whole record
+    batches while the previous request is in flight), and an aiokafka linger would only
+    delay batches that are already complete.
+    """
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=config.client_id,
+        acks="all",
+        enable_idempotence=True,
+        compression_type=config.compression_type,
+        max_batch_size=config.max_batch_bytes,
+        linger_ms=0,
+        request_timeout_ms=int(settings.kafka_timeout_s * 1000),
+    )
+
+
+def unreachable(settings: Settings, exc: BaseException | None, doing: str) -> BrokerUnavailable:
+    """The error for a broker that could not be reached, naming what to check."""
+    cause = "timed out" if exc is None or isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+    return BrokerUnavailable(
+        f"could not {doing} Kafka at {settings.kafka_bootstrap_servers} within "
+        f"{settings.kafka_timeout_s:g} s ({cause}); check that the broker is running and "
+        "reachable, or set RESULTLOG_KAFKA_BOOTSTRAP_SERVERS (and RESULTLOG_KAFKA_TIMEOUT_S)"
+    )
+
+
+async def start_producer(settings: Settings, config: ProducerConfig, topic: str) -> tuple[AIOKafkaProducer, int]:
+    """A started producer and the topic's partition count, or :class:`BrokerUnavailable`."""
+    producer = make_producer(settings, config)
+    try:
+        async with asyncio.timeout(settings.kafka_timeout_s):
+            await producer.start()
+            partitions = await producer.partitions_for(topic)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        await close_producer(producer, settings.kafka_timeout_s)
+        raise unreachable(settings, exc, "connect to") from exc
+    except BaseException:
+        await close_producer(producer, settings.kafka_timeout_s)
+        raise
+    if not partitions:
+        await close_producer(producer, settings.kafka_timeout_s)
+        raise BrokerUnavailable(f"Kafka reports no partitions for topic {topic!r}")
+    return producer, len(partitions)
+
+
+def abort_pending(producer: AIOKafkaProducer, exc: BaseException) -> None:
+    """Fail every batch the producer still holds (used only when giving up at stop).
+
+    aiokafka's idempotent producer retries a batch until it is acknowledged, so with the
+    broker gone ``producer.stop()`` would wait forever. This uses aiokafka internals
+    (``_message_accumulator.fail_all``, what its own sender does when it dies) to resolve
+    those batches with ``exc``; the pipeline then reports them as not delivered.
+    """
+    accumulator = getattr(producer, "_message_accumulator", None)
+    fail_all = getattr(accumulator, "fail_all", None)
+    if fail_all is not None:
+        fail_all(exc)
+
+
+async def close_producer(producer: AIOKafkaProducer, timeout_s: float) -> None:
+    """Stop ``producer`` within ``timeout_s``; a producer that cannot stop is abandoned."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await producer.stop()
+    except (KafkaError, OSError, TimeoutError) as exc:
+        log.warning("Kafka producer did not stop cleanly: %r", exc)

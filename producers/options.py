@@ -1,0 +1,67 @@
+"""The emitter's tuning knobs, shared by ``Emitter`` and ``SyncEmitter``.
+
+Connection, topic and size limits come from :class:`~resultlog.settings.Settings`; these
+are per-emitter choices. The defaults are the ones measured best by
+``bench/emit_throughput.py`` (see ``docs/emitter.md``).
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+from resultlog.errors import ConfigurationError
+from resultlog.producers.kafka import Compression, ProducerConfig
+from resultlog.producers.pipeline import PipelineOptions
+from resultlog.settings import Settings
+
+DEFAULT_COMPRESSION: Compression = None
+DEFAULT_MAX_BATCH_BYTES = 512 * 1024
+DEFAULT_MAX_BUFFERED_EVENTS = 100_000
+DEFAULT_MAX_BUFFERED_BYTES = 64 * 1024 * 1024
+DEFAULT_CLOSE_TIMEOUT_S = 30.0
+
+
+class EmitterOptions(TypedDict, total=False):
+    #: Kafka batch compression: None, "gzip", or (with cramjam installed) "lz4", "zstd", "snappy".
+    compression_type: Compression
+    #: Largest record batch per partition, before compression; keep it under the
+    #: broker's ``message.max.bytes`` (1 MiB by default).
+    max_batch_bytes: int
+    #: Back-pressure: at most this many events accepted and not yet acknowledged...
+    max_buffered_events: int
+    #: ...and at most this many encoded bytes.
+    max_buffered_bytes: int
+    #: How long an emitting call waits for room before ``BufferFull`` (default: kafka_timeout_s).
+    buffer_timeout_s: float
+    #: How long ``stop()``/``close()`` waits for acknowledgements before giving up.
+    close_timeout_s: float
+    #: Create the events topic at start if it is missing (needs the CREATE right).
+    create_topics: bool
+    client_id: str
+
+
+def resolve(settings: Settings, options: EmitterOptions) -> PipelineOptions:
+    """Validated pipeline options; unknown or bad values are a ConfigurationError."""
+    unknown = options.keys() - EmitterOptions.__annotations__.keys()
+    if unknown:
+        known = ", ".join(sorted(EmitterOptions.__annotations__))
+        raise ConfigurationError(f"unknown emitter option(s) {', '.join(sorted(unknown))}; known: {known}")
+    opts = PipelineOptions(
+        producer=ProducerConfig(
+            compression_type=options.get("compression_type", DEFAULT_COMPRESSION),
+            max_batch_bytes=options.get("max_batch_bytes", DEFAULT_MAX_BATCH_BYTES),
+            client_id=options.get("client_id", "resultlog-emitter"),
+        ),
+        max_buffered_events=options.get("max_buffered_events", DEFAULT_MAX_BUFFERED_EVENTS),
+        max_buffered_bytes=options.get("max_buffered_bytes", DEFAULT_MAX_BUFFERED_BYTES),
+        buffer_timeout_s=options.get("buffer_timeout_s", settings.kafka_timeout_s),
+        close_timeout_s=options.get("close_timeout_s", DEFAULT_CLOSE_TIMEOUT_S),
+        create_topics=options.get("create_topics", True),
+    )
+    for name in ("max_buffered_events", "max_buffered_bytes"):
+        if getattr(opts, name) < 1:
+            raise ConfigurationError(f"emitter option {name} must be at least 1")
+    for name in ("buffer_timeout_s", "close_timeout_s"):
+        if getattr(opts, name) < 0:
+            raise ConfigurationError(f"emitter option {name} must not be negative")
+    return opts

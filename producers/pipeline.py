@@ -1,0 +1,504 @@
+"""The emitter's engine: accepted events → per-partition record batches → Kafka.
+
+One pipeline per emitter. Callers encode events and put them in the bounded
+:class:`~.buffer.Outbox`; a single pump task on the event loop takes them out in order,
+appends them to one aiokafka record batch per partition, and submits batches with
+``send_batch``. Building batches ourselves instead of calling ``send()`` per event is
+what makes 50,000+ events/s possible in one Python process: ``send()`` costs a
+coroutine, a future, a partitioner call and a metadata check for every event.
+
+Ordering. All events of a task share the key ``task_id`` and so one partition
+(:mod:`.partitioner` reproduces Kafka's default partitioner). Per partition the pump
+keeps at most one batch submitted and unacknowledged, and submits the next only after
+the previous one is acknowledged, so batches of a partition reach the log in the order
+the events were accepted; within a batch order is append order. The idempotent producer
+(acks=all) makes aiokafka's own retries of a batch duplicate-free. One outstanding batch
+per partition costs nothing: aiokafka sends one request per broker at a time, and that
+request carries one batch per partition anyway. While it is in flight the next batches
+fill up, so batch size adapts to load without any linger delay.
+
+Failures. A batch aiokafka gives up on (a non-retriable broker answer such as a record
+too large for the topic) is counted as not delivered and reported: from ``flush()`` and
+``stop()``, and from the next call that emits (see :class:`Failures`). Its sequence
+numbers leave a gap the idempotent producer cannot recover from, so the pump then waits
+for in-flight batches, replaces the producer (new producer id) and carries on with the
+events queued behind it. Retriable trouble (broker down) is retried by aiokafka forever,
+which fills the buffer and turns into ``BufferFull`` for callers: back-pressure, never a
+silent drop. ``stop()`` gives up after its timeout and reports what it could not send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from concurrent.futures import Future as ThreadFuture
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka.producer.message_accumulator import BatchBuilder  # type: ignore[import-untyped]
+
+from resultlog.errors import BrokerUnavailable, EmitterClosed
+from resultlog.producers.buffer import Item, Outbox, Waiter
+from resultlog.producers.encoding import EventEncoder
+from resultlog.producers.kafka import ProducerConfig, abort_pending, close_producer, start_producer
+from resultlog.producers.partitioner import KeyHashes
+from resultlog.producers.topics import ensure_topics
+from resultlog.schemas.codec import Codec
+from resultlog.schemas.event import TaskEvent
+from resultlog.settings import Settings
+
+log = logging.getLogger("resultlog.producers")
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineOptions:
+    producer: ProducerConfig
+    max_buffered_events: int
+    max_buffered_bytes: int
+    buffer_timeout_s: float
+    close_timeout_s: float
+    create_topics: bool
+
+
+class _Batch:
+    __slots__ = ("builder", "open", "finished", "count", "nbytes", "first_seq", "waiters")
+
+    def __init__(self, builder: BatchBuilder, first_seq: int) -> None:
+        self.builder = builder
+        self.open = True
+        self.finished = False
+        self.count = 0
+        self.nbytes = 0
+        self.first_seq = first_seq
+        self.waiters: list[Waiter] = []
+
+
+class _Lane:
+    """One partition: batches not yet submitted (the last one may be open), and the one in flight."""
+
+    __slots__ = ("partition", "batches", "outstanding")
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+        self.batches: deque[_Batch] = deque()
+        self.outstanding: _Batch | None = None
+
+
+@dataclass(slots=True)
+class _Failure:
+    events: int = 0
+    causes: list[str] = field(default_factory=list)
+
+    def add(self, events: int, cause: str) -> None:
+        self.events += events
+        if cause not in self.causes and len(self.causes) < 5:
+            self.causes.append(cause)
+
+
+class Failures:
+    """Delivery failures, kept until someone has been told.
+
+    Each failure is reported twice, independently: once to the next emitting call (so a
+    worker notices promptly) and once from the next ``flush()``/``stop()`` (so a caller
+    that flushes learns about everything lost since its previous flush). Events whose
+    caller awaited the acknowledgement (``wait=True``) already raised there and are not
+    reported again to later callers.
+    """
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self._for_callers = _Failure()
+        self._for_flush = _Failure()
+        self._lock = threading.Lock()
+
+    def add(self, events: int, unwaited: int, cause: str) -> None:
+        with self._lock:
+            self._for_flush.add(events, cause)
+            if unwaited:
+                self._for_callers.add(unwaited, cause)
+
+    def raise_for_callers(self) -> None:
+        with self._lock:
+            failure, self._for_callers = self._for_callers, _Failure()
+        if failure.events:
+            raise self._error(failure, "earlier ")
+
+    def raise_for_flush(self) -> None:
+        with self._lock:
+            failure, self._for_flush = self._for_flush, _Failure()
+        if failure.events:
+            raise self._error(failure, "")
+
+    def _error(self, failure: _Failure, earlier: str) -> BrokerUnavailable:
+        return BrokerUnavailable(
+            f"{failure.events} {earlier}event(s) accepted by the emitter were not delivered "
+            f"to Kafka topic {self.topic!r}: {'; '.join(failure.causes)}"
+        )
+
+
+class Pipeline:
+    """Accepts encoded events from callers and delivers them; see the module docstring."""
+
+    def __init__(self, settings: Settings, options: PipelineOptions) -> None:
+        self.settings = settings
+        self.options = options
+        self.topic = settings.events_topic
+        self.encoder = EventEncoder(Codec(max_bytes=settings.max_event_bytes))
+        self.failures = Failures(self.topic)
+        self._outbox = Outbox(options.max_buffered_events, options.max_buffered_bytes)
+        self._hashes = KeyHashes()
+        self._lanes: dict[int, _Lane] = {}
+        self._num_partitions = 0
+        self._producer: AIOKafkaProducer | None = None
+        self._restart_needed = False
+        self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._state = "new"  # new → running → stopping → stopped
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._work: asyncio.Event | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+
+    # Lifecycle (event loop) ---------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    async def start(self) -> None:
+        if self._state == "running":
+            return
+        if self._state != "new":
+            raise EmitterClosed("this emitter was stopped; create a new one")
+        if self.options.create_topics:
+            await ensure_topics(self.settings, self.topic)
+        self._producer, self._num_partitions = await start_producer(
+            self.settings, self.options.producer, self.topic
+        )
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._work = asyncio.Event()
+        self._state = "running"
+        self._pump_task = asyncio.create_task(self._pump(), name=f"resultlog-emitter-pump[{self.topic}]")
+        self._pump_task.add_done_callback(self._pump_done)
+
+    async def flush(self, timeout_s: float | None = None) -> None:
+        """Wait until every event accepted before this call is acknowledged (or failed)."""
+        if self._state in ("running", "stopping"):
+            target = self._outbox.last_seq
+            if self._low_watermark() <= target:
+                assert self._loop is not None and self._work is not None
+                done: asyncio.Future[None] = self._loop.create_future()
+                self._flush_waiters.append((target, done))
+                self._work.set()
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        await done
+                except TimeoutError:
+                    raise BrokerUnavailable(
+                        f"flush timed out after {timeout_s:g} s with {self._outbox.unacked_events} "
+                        f"event(s) not yet acknowledged by Kafka at {self.settings.kafka_bootstrap_servers}; "
+                        "they stay buffered and are still being retried"
+                    ) from None
+                finally:
+                    if not done.done():
+                        done.cancel()
+                    self._flush_waiters = [w for w in self._flush_waiters if w[1] is not done]
+        self.failures.raise_for_flush()
+
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Refuse new events, deliver the accepted ones (up to the timeout), close.
+
+        Raises :class:`BrokerUnavailable` if any accepted event could not be delivered
+        (since the last flush), after everything is closed.
+        """
+        if self._state in ("stopping", "stopped"):
+            return
+        if self._state == "new":
+            self._state = "stopped"
+            self._outbox.close("the emitter is stopped")
+            return
+        self._state = "stopping"
+        timeout_s = self.options.close_timeout_s if timeout_s is None else timeout_s
+        self._outbox.close("the emitter is stopping")
+        try:
+            await self.flush(timeout_s)
+        except BrokerUnavailable:
+            pass  # reported below, together with whatever the abort adds
+        finally:
+            await self._shutdown(timeout_s)
+        self.failures.raise_for_flush()
+
+    async def _shutdown(self, timeout_s: float) -> None:
+        self._state = "stopped"
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            await asyncio.gather(self._pump_task, return_exceptions=True)
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            if self._outbox.unacked_events:
+                # Gave up: resolve whatever aiokafka still retries, then count the rest.
+                abort_pending(producer, BrokerUnavailable(f"not acknowledged within {timeout_s:g} s of stop()"))
+                await asyncio.sleep(0)  # let the batch callbacks run
+            await close_producer(producer, self.settings.kafka_timeout_s)
+        self._fail_unsent("the emitter stopped before they were acknowledged")
+        for _, done in self._flush_waiters:
+            if not done.done():
+                done.set_result(None)
+
+    # Accepting (callers) -------------------------------------------------------------
+    def encode(self, event: TaskEvent) -> tuple[bytes, bytes]:
+        """Key and value for ``event``; raises (EventTooLarge, ...) before anything is buffered."""
+        if not isinstance(event, TaskEvent):
+            raise TypeError(f"expected a TaskEvent, got {type(event).__name__}")
+        return event.task_id.encode(), self.encoder.encode(event)
+
+    def check(self) -> None:
+        """Raise what an emitting call must see first: an undelivered earlier event, or closed."""
+        if self._state != "running":
+            raise EmitterClosed(f"this emitter is {self._state}")
+        self.failures.raise_for_callers()
+
+    async def accept(self, event: TaskEvent, *, wait: bool = False) -> None:
+        """From the event loop: buffer ``event`` (waiting for room); with ``wait``, until acknowledged."""
+        self.check()
+        key, value = self.encode(event)
+        waiter: asyncio.Future[None] | None = asyncio.get_running_loop().create_future() if wait else None
+        await self._outbox.put(key, value, event.timestamp, waiter, self.options.buffer_timeout_s)
+        if waiter is not None:
+            try:
+                async with asyncio.timeout(self.settings.kafka_timeout_s):
+                    await asyncio.shield(waiter)
+            except TimeoutError:
+                raise self._no_ack() from None
+            finally:
+                # Nobody awaits it any more: keep asyncio from logging its outcome as unseen.
+                waiter.add_done_callback(_consume)
+
+    def accept_blocking(self, event: TaskEvent, *, wait: bool = False) -> None:
+        """From any other thread: same as :meth:`accept`, blocking that thread."""
+        self.check()
+        key, value = self.encode(event)
+        waiter: ThreadFuture[None] | None = ThreadFuture() if wait else None
+        self._outbox.put_blocking(key, value, event.timestamp, waiter, self.options.buffer_timeout_s)
+        if waiter is not None:
+            try:
+                waiter.result(timeout=self.settings.kafka_timeout_s)
+            except TimeoutError:
+                raise self._no_ack() from None
+
+    def _no_ack(self) -> BrokerUnavailable:
+        return BrokerUnavailable(
+            f"Kafka at {self.settings.kafka_bootstrap_servers} did not acknowledge the event "
+            f"within {self.settings.kafka_timeout_s:g} s (RESULTLOG_KAFKA_TIMEOUT_S); it stays "
+            "buffered and is still being retried"
+        )
+
+    @property
+    def unacked_events(self) -> int:
+        return self._outbox.unacked_events
+
+    # The pump (event loop) -----------------------------------------------------------
+    def _wake(self) -> None:
+        assert self._work is not None and self._loop is not None
+        if threading.get_ident() == self._loop_thread:
+            self._work.set()
+        else:
+            self._loop.call_soon_threadsafe(self._work.set)
+
+    async def _pump(self) -> None:
+        assert self._work is not None
+        work = self._work
+        while True:
+            work.clear()
+            if self._restart_needed:
+                if not any(lane.outstanding for lane in self._lanes.values()):
+                    await self._restart()
+                    continue
+            else:
+                self._distribute(self._outbox.take())
+                await self._submit()
+            self._wake_flushers()
+            # Sleep until an acknowledgement or, if some partition could send at once, a
+            # new event. While every partition has a batch in flight, callers need not
+            # wake us (each wake-up from another thread costs a system call): the next
+            # acknowledgement will.
+            idle = not self._restart_needed and (
+                len(self._lanes) < self._num_partitions
+                or any(lane.outstanding is None for lane in self._lanes.values())
+            )
+            if idle and not self._outbox.arm(self._wake):
+                continue  # events arrived meanwhile
+            await work.wait()
+            self._outbox.disarm()
+
+    def _pump_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:  # a bug: never leave callers waiting on a dead pump
+            log.error("resultlog emitter pump crashed", exc_info=exc)
+            self._outbox.close(f"the emitter's pump crashed: {exc!r}")
+            self._fail_unsent(f"the emitter's pump crashed: {exc!r}")
+            for _, done in self._flush_waiters:
+                if not done.done():
+                    done.set_result(None)
+
+    def _distribute(self, items: deque[Item]) -> None:
+        if not items:
+            return
+        assert self._producer is not None
+        partitions = self._producer.client.cluster.partitions_for_topic(self.topic)
+        if partitions:
+            self._num_partitions = len(partitions)
+        n = self._num_partitions
+        hashes = self._hashes
+        lanes = self._lanes
+        create = self._producer.create_batch
+        for item in items:
+            p = hashes(item.key) % n
+            lane = lanes.get(p)
+            if lane is None:
+                lane = lanes[p] = _Lane(p)
+            batch = lane.batches[-1] if lane.batches and lane.batches[-1].open else None
+            if batch is None or batch.builder.append(
+                timestamp=item.timestamp_ms, key=item.key, value=item.value, headers=[]
+            ) is None:
+                if batch is not None:
+                    batch.open = False
+                batch = _Batch(create(), item.seq)
+                lane.batches.append(batch)
+                # The first record always fits a fresh batch, whatever its size.
+                batch.builder.append(timestamp=item.timestamp_ms, key=item.key, value=item.value, headers=[])
+            batch.count += 1
+            batch.nbytes += len(item.value)
+            if item.waiter is not None:
+                batch.waiters.append(item.waiter)
+
+    async def _submit(self) -> None:
+        producer = self._producer
+        assert producer is not None
+        for lane in list(self._lanes.values()):
+            if lane.outstanding is not None or not lane.batches:
+                continue
+            batch = lane.batches.popleft()
+            batch.open = False
+            batch.builder.close()
+            # Outstanding from here on, so a cancellation mid-call cannot lose track of it.
+            lane.outstanding = batch
+            try:
+                delivered = await producer.send_batch(batch.builder, self.topic, partition=lane.partition)
+            except Exception as exc:  # KafkaError, ProducerClosed, ...: this batch failed
+                self._done(lane, batch, exc)
+                continue
+            delivered.add_done_callback(partial(self._delivered, lane, batch))
+
+    def _delivered(self, lane: _Lane, batch: _Batch, fut: asyncio.Future[Any]) -> None:
+        exc: BaseException | None
+        if fut.cancelled():
+            exc = BrokerUnavailable("the batch's delivery was cancelled")
+        else:
+            exc = fut.exception()
+        self._done(lane, batch, exc)
+
+    def _done(self, lane: _Lane, batch: _Batch, exc: BaseException | None) -> None:
+        if batch.finished:
+            return  # already counted (e.g. as unsent at stop)
+        batch.finished = True
+        if lane.outstanding is batch:
+            lane.outstanding = None
+        if exc is None:
+            for waiter in batch.waiters:
+                _resolve(waiter, None)
+        else:
+            cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            log.error(
+                "resultlog: %d event(s) not delivered to %s[%d]: %s",
+                batch.count, self.topic, lane.partition, cause,
+            )
+            error = BrokerUnavailable(f"the event was not delivered to Kafka topic {self.topic!r}: {cause}")
+            for waiter in batch.waiters:
+                _resolve(waiter, error)
+            self.failures.add(batch.count, batch.count - len(batch.waiters), cause)
+            # The producer's sequence numbers now have a gap: replace it before sending more.
+            self._restart_needed = True
+        self._outbox.release(batch.count, batch.nbytes)
+        if self._work is not None:
+            self._work.set()
+
+    async def _restart(self) -> None:
+        old, self._producer = self._producer, None
+        if old is not None:
+            await close_producer(old, self.settings.kafka_timeout_s)
+        delay = 0.1
+        while True:
+            try:
+                self._producer, self._num_partitions = await start_producer(
+                    self.settings, self.options.producer, self.topic
+                )
+                break
+            except BrokerUnavailable as exc:
+                log.warning("resultlog: cannot restart the Kafka producer yet: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        # Batches built by the old producer are plain record builders: they carry no
+        # producer id until submitted, so the new producer sends them as they are.
+        self._restart_needed = False
+
+    def _fail_unsent(self, cause: str) -> None:
+        """Count everything still queued, batched or unresolved as not delivered."""
+        batches = [b for lane in self._lanes.values() for b in lane.batches]
+        for lane in self._lanes.values():
+            lane.batches.clear()
+            if lane.outstanding is not None:
+                batches.append(lane.outstanding)
+                lane.outstanding = None
+        batches = [b for b in batches if not b.finished]
+        for b in batches:
+            b.finished = True
+        items = self._outbox.take()
+        events = sum(b.count for b in batches) + len(items)
+        if not events:
+            return
+        waiters = [w for b in batches for w in b.waiters] + [i.waiter for i in items if i.waiter is not None]
+        error = BrokerUnavailable(f"the event was not delivered to Kafka topic {self.topic!r}: {cause}")
+        for waiter in waiters:
+            _resolve(waiter, error)
+        self.failures.add(events, events - len(waiters), cause)
+        self._outbox.release(events, sum(b.nbytes for b in batches) + sum(len(i.value) for i in items))
+
+    # Flush bookkeeping ----------------------------------------------------------------
+    def _low_watermark(self) -> int:
+        """The oldest sequence number not yet acknowledged or failed (last + 1 if none)."""
+        low = self._outbox.head_seq()
+        candidates = [] if low is None else [low]
+        for lane in self._lanes.values():
+            if lane.outstanding is not None:
+                candidates.append(lane.outstanding.first_seq)
+            if lane.batches:
+                candidates.append(lane.batches[0].first_seq)
+        return min(candidates) if candidates else self._outbox.last_seq + 1
+
+    def _wake_flushers(self) -> None:
+        if not self._flush_waiters:
+            return
+        low = self._low_watermark()
+        for target, done in self._flush_waiters:
+            if low > target and not done.done():
+                done.set_result(None)
+
+
+def _consume(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _resolve(waiter: Waiter, error: BaseException | None) -> None:
+    if waiter.done():
+        return  # the caller gave up waiting (cancelled); the outcome is still counted
+    if error is None:
+        waiter.set_result(None)
+    else:
+        waiter.set_exception(error)

@@ -1,0 +1,269 @@
+"""The emitter for threaded and forked (prefork) workers.
+
+``SyncEmitter`` runs the same pipeline as :class:`~resultlog.producers.emitter.Emitter`
+on a private event loop in a daemon thread. Emitting calls do their work (validation,
+encoding, buffering) in the calling thread and only hand bytes to the loop, so they are
+cheap and safe from any number of threads; ``flush``, ``start`` and ``close`` run on the
+loop and block the caller.
+
+Fork safety: a process forked from one that used the emitter inherits the parent's
+loop, thread object and sockets, but not the thread. The first call in the child sees
+that ``os.getpid()`` changed, abandons the inherited runtime without touching it (its
+sockets belong to the parent) and starts a fresh one. Events the parent had buffered
+but not yet delivered are the parent's to deliver, never the child's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Coroutine
+from datetime import datetime
+from types import TracebackType
+from typing import Any, TypeVar, Unpack
+
+from resultlog.errors import EmitterClosed, ResultlogError
+from resultlog.producers.emitter import default_worker_name
+from resultlog.producers.events import TaskFields, build, build_state
+from resultlog.producers.options import EmitterOptions, resolve
+from resultlog.producers.pipeline import Pipeline, PipelineOptions
+from resultlog.producers.tracking import SyncTracker
+from resultlog.schemas.event import TaskEvent
+from resultlog.schemas.states import State
+from resultlog.settings import Settings
+
+log = logging.getLogger("resultlog.producers")
+T = TypeVar("T")
+
+# Runtimes inherited across a fork: kept referenced forever so that garbage collection
+# never runs their finalizers (which would close sockets the parent still uses).
+_ABANDONED: list[_Runtime] = []
+
+
+class _Runtime:
+    """A pipeline on its own event loop thread, owned by one process."""
+
+    def __init__(self, settings: Settings, options: PipelineOptions) -> None:
+        self.pid = os.getpid()
+        self.pipeline = Pipeline(settings, options)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="resultlog-emitter", daemon=True)
+        self.thread.start()
+        try:
+            self.call(self.pipeline.start())
+        except BaseException:
+            self._end_loop()
+            raise
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop and wait for it in this thread."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self, timeout_s: float | None) -> None:
+        try:
+            self.call(self.pipeline.stop(timeout_s))
+        finally:
+            self._end_loop()
+
+    def _end_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+
+
+class SyncEmitter:
+    """Thread-safe, fork-safe, blocking twin of :class:`Emitter`; same methods, no ``await``.
+
+    Starts on first use (or ``start()`` / ``with``). ``close()`` flushes and stops; an
+    ``atexit`` hook closes emitters still open at interpreter exit.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        worker: str | None = None,
+        **options: Unpack[EmitterOptions],
+    ) -> None:
+        self.settings = settings if settings is not None else Settings.from_env()
+        self._worker = worker
+        self._options = resolve(self.settings, options)
+        self._lock = threading.Lock()
+        self._runtime: _Runtime | None = None
+        self._closed = False
+        _OPEN.add(self)
+
+    @property
+    def worker(self) -> str:
+        # Computed per call: a forked child is a different worker process.
+        return self._worker if self._worker is not None else default_worker_name()
+
+    def _current(self) -> _Runtime:
+        rt = self._runtime
+        if rt is not None and rt.pid == os.getpid():
+            return rt
+        with self._lock:
+            if self._closed:
+                raise EmitterClosed("this emitter is closed")
+            rt = self._runtime
+            if rt is not None and rt.pid != os.getpid():
+                _ABANDONED.append(rt)  # inherited from the parent: never touch it
+                rt = self._runtime = None
+            if rt is None:
+                rt = self._runtime = _Runtime(self.settings, self._options)
+            return rt
+
+    # Lifetime ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect now (instead of on first use); :class:`BrokerUnavailable` if Kafka can't be reached."""
+        self._current()
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Block until every event accepted so far in this process is acknowledged."""
+        rt = self._runtime
+        if rt is not None and rt.pid == os.getpid():
+            rt.call(rt.pipeline.flush(timeout_s))
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Flush (up to ``timeout_s``, default ``close_timeout_s``) and stop. Idempotent."""
+        with self._lock:
+            self._closed = True
+            rt, self._runtime = self._runtime, None
+        _OPEN.discard(self)
+        if rt is not None and rt.pid == os.getpid():
+            rt.close(timeout_s)
+
+    def __enter__(self) -> SyncEmitter:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def pending(self) -> int:
+        rt = self._runtime
+        return rt.pipeline.unacked_events if rt is not None and rt.pid == os.getpid() else 0
+
+    # Emitting ----------------------------------------------------------------------
+    def emit(self, event: TaskEvent, *, wait: bool = False) -> None:
+        self._current().pipeline.accept_blocking(event, wait=wait)
+
+    def emit_state(
+        self,
+        task_id: str,
+        state: State | str,
+        *,
+        attempt: int = 0,
+        result: Any = None,
+        exc: BaseException | None = None,
+        traceback: str | None = None,
+        runtime: float | None = None,
+        eta: datetime | int | None = None,
+        wait: bool = False,
+        **fields: Unpack[TaskFields],
+    ) -> None:
+        event = build_state(
+            task_id, state, self.worker, fields,
+            attempt=attempt, result=result, exc=exc, traceback=traceback, runtime=runtime, eta=eta,
+        )
+        self.emit(event, wait=wait)
+
+    def received(self, task_id: str, *, attempt: int = 0, wait: bool = False, **fields: Unpack[TaskFields]) -> None:
+        self.emit(build(State.RECEIVED, task_id, self.worker, fields, attempt=attempt), wait=wait)
+
+    def started(self, task_id: str, *, attempt: int = 0, wait: bool = False, **fields: Unpack[TaskFields]) -> None:
+        self.emit(build(State.STARTED, task_id, self.worker, fields, attempt=attempt), wait=wait)
+
+    def retry(
+        self,
+        task_id: str,
+        exc: BaseException,
+        *,
+        attempt: int,
+        eta: datetime | int | None = None,
+        traceback: str | None = None,
+        wait: bool = False,
+        **fields: Unpack[TaskFields],
+    ) -> None:
+        event = build(
+            State.RETRY, task_id, self.worker, fields, attempt=attempt, exc=exc, traceback=traceback, eta=eta
+        )
+        self.emit(event, wait=wait)
+
+    def success(
+        self,
+        task_id: str,
+        result: Any,
+        *,
+        runtime: float | None = None,
+        attempt: int = 0,
+        wait: bool = False,
+        **fields: Unpack[TaskFields],
+    ) -> None:
+        event = build(State.SUCCESS, task_id, self.worker, fields, attempt=attempt, result=result, runtime=runtime)
+        self.emit(event, wait=wait)
+
+    def failure(
+        self,
+        task_id: str,
+        exc: BaseException,
+        *,
+        traceback: str | None = None,
+        runtime: float | None = None,
+        attempt: int = 0,
+        wait: bool = False,
+        **fields: Unpack[TaskFields],
+    ) -> None:
+        event = build(
+            State.FAILURE, task_id, self.worker, fields, attempt=attempt, exc=exc, traceback=traceback, runtime=runtime
+        )
+        self.emit(event, wait=wait)
+
+    def revoked(self, task_id: str, *, attempt: int = 0, wait: bool = False, **fields: Unpack[TaskFields]) -> None:
+        self.emit(build(State.REVOKED, task_id, self.worker, fields, attempt=attempt), wait=wait)
+
+    def track(self, task_id: str, *, attempt: int = 0, **fields: Unpack[TaskFields]) -> SyncTracker:
+        """STARTED now, then SUCCESS or FAILURE: ``with`` or a decorator of functions."""
+        return SyncTracker(self, task_id, attempt, fields)
+
+
+# Emitters to close at exit, and whose locks must be fresh in a forked child.
+_OPEN: weakref.WeakSet[SyncEmitter] = weakref.WeakSet()
+
+
+def _close_all_at_exit() -> None:
+    for emitter in list(_OPEN):
+        rt = emitter._runtime
+        if rt is None or rt.pid != os.getpid():
+            continue
+        try:
+            emitter.close()
+        except ResultlogError as exc:
+            log.error("resultlog: closing the emitter at exit: %s", exc)
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by another thread at fork time would stay held forever in the child.
+    for emitter in list(_OPEN):
+        emitter._lock = threading.Lock()
+
+
+atexit.register(_close_all_at_exit)
+os.register_at_fork(after_in_child=_after_fork_in_child)

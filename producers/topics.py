@@ -1,0 +1,122 @@
+"""Creating resultlog's topics when they are missing.
+
+Used by the emitter at start and by the processors for their own topics. Idempotent and
+race-safe: several workers starting at once may all try to create the topic, and
+``TopicAlreadyExists`` from the losers is success. Topics that already exist are left
+exactly as they are (their partitions, replication and retention are never altered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError, NoError, TopicAlreadyExistsError, for_code  # type: ignore[import-untyped]
+
+from resultlog.errors import BrokerUnavailable, ConfigurationError
+from resultlog.producers.kafka import unreachable
+from resultlog.settings import Settings
+
+# Broker answers that mean the request itself is wrong, so retrying cannot help.
+_CONFIG_ERRORS = {
+    "InvalidPartitionsError": "topic_partitions",
+    "InvalidReplicationFactorError": "topic_replication_factor",
+    "InvalidConfigurationError": "topic_retention_ms",
+    "InvalidTopicError": "events_topic",
+    "PolicyViolationError": "topic_partitions",
+}
+
+
+async def ensure_topics(
+    settings: Settings,
+    *topics: str,
+    partitions: int | None = None,
+    replication_factor: int | None = None,
+    retention_ms: int | None = None,
+    configs: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Create each of ``topics`` that does not exist; return the ones this call created.
+
+    Partitions, replication and ``retention.ms`` default to the settings
+    (``topic_partitions``, ``topic_replication_factor``, ``topic_retention_ms``);
+    ``configs`` adds other topic configs (e.g. ``cleanup.policy``). Waits until every
+    partition of every named topic has a leader, so a producer can use it at once.
+    Raises :class:`BrokerUnavailable` if Kafka cannot be reached within
+    ``kafka_timeout_s`` and :class:`ConfigurationError` if the broker rejects the
+    topic's configuration.
+    """
+    if not topics:
+        return []
+    topic_configs = {"retention.ms": str(settings.topic_retention_ms if retention_ms is None else retention_ms)}
+    topic_configs.update(configs or {})
+    wanted = [
+        NewTopic(
+            name=topic,
+            num_partitions=settings.topic_partitions if partitions is None else partitions,
+            replication_factor=settings.topic_replication_factor if replication_factor is None else replication_factor,
+            topic_configs=topic_configs,
+        )
+        for topic in dict.fromkeys(topics)
+    ]
+    timeout_ms = int(settings.kafka_timeout_s * 1000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id="resultlog-admin",
+        request_timeout_ms=timeout_ms,
+    )
+    try:
+        async with asyncio.timeout(settings.kafka_timeout_s):
+            await admin.start()
+            # Only create what is missing: an existing topic then needs no CREATE right.
+            existing = set(await admin.list_topics())
+            missing = [t for t in wanted if t.name not in existing]
+            created = await _create(admin, missing, timeout_ms) if missing else []
+            await _wait_for_leaders(admin, [t.name for t in wanted])
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise unreachable(settings, exc, "create topics on") from exc
+    finally:
+        await admin.close()
+    return created
+
+
+async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic], timeout_ms: int) -> list[str]:
+    response = await admin.create_topics(topics, timeout_ms=timeout_ms)
+    created = []
+    for entry in response.topic_errors:
+        name, code = entry[0], entry[1]
+        message = entry[2] if len(entry) > 2 else None
+        error = for_code(code)
+        if error is NoError:
+            created.append(name)
+        elif error is TopicAlreadyExistsError:
+            continue  # someone else created it between our listing and our request
+        elif error.__name__ in _CONFIG_ERRORS:
+            setting = _CONFIG_ERRORS[error.__name__]
+            raise ConfigurationError(
+                f"Kafka refused to create topic {name!r}: {error.__name__}"
+                f"{f' ({message})' if message else ''}; check RESULTLOG_{setting.upper()}"
+            )
+        else:
+            raise BrokerUnavailable(
+                f"Kafka refused to create topic {name!r}: {error.__name__}"
+                f"{f' ({message})' if message else ''}"
+            )
+    return created
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str]) -> None:
+    """Poll metadata until every partition of ``names`` has a leader (the caller's timeout bounds it)."""
+    while True:
+        described: list[dict[str, Any]] = await admin.describe_topics(names)
+        ready = {
+            t["topic"]
+            for t in described
+            if t.get("error_code", 0) == 0
+            and t["partitions"]
+            and all(p.get("leader", -1) >= 0 for p in t["partitions"])
+        }
+        if ready >= set(names):
+            return
+        await asyncio.sleep(0.05)

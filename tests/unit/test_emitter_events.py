@@ -1,0 +1,104 @@
+"""Building events from the emitter's per-state calls: validation happens here, up front."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+
+import pytest
+
+from resultlog.errors import InvalidTaskId, ResultNotSerializable, UnknownState, ValidationError
+from resultlog.producers.events import build, build_state, eta_ms, new_event_id
+from resultlog.producers.options import resolve
+from resultlog.schemas.states import State
+from resultlog.settings import Settings
+from resultlog.errors import ConfigurationError
+
+
+def test_event_ids_are_32_hex_and_unique() -> None:
+    ids = {new_event_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+
+
+def test_success_carries_json_result_and_fields() -> None:
+    event = build(
+        State.SUCCESS, "t1", "w1",
+        {"task_name": "add", "args": (1, 2), "kwargs": {"z": 3}, "group_id": "g", "meta": {"k": "v"}},
+        result={"sum": 3}, runtime=1, attempt=2,
+    )
+    assert (event.state, event.task_id, event.worker, event.attempt) == (State.SUCCESS, "t1", "w1", 2)
+    assert json.loads(event.result or "") == {"sum": 3}
+    assert event.args == "[1,2]" and event.kwargs == '{"z":3}'
+    assert event.runtime == 1.0 and isinstance(event.runtime, float)
+    assert event.group_id == "g" and dict(event.meta) == {"k": "v"}
+
+
+def test_worker_can_be_overridden_per_event() -> None:
+    assert build(State.STARTED, "t", "w1", {"worker": "other"}).worker == "other"
+
+
+def test_failure_takes_type_module_message_and_traceback() -> None:
+    try:
+        raise KeyError("boom")
+    except KeyError as exc:
+        event = build(State.FAILURE, "t", None, {}, exc=exc)
+    assert event.exception is not None
+    assert (event.exception.type, event.exception.module) == ("KeyError", "builtins")
+    assert event.exception.message == "'boom'"
+    assert event.traceback is not None and "KeyError: 'boom'" in event.traceback
+    assert event.result is None
+
+
+def test_retry_eta() -> None:
+    when = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    event = build(State.RETRY, "t", None, {}, exc=ValueError("x"), attempt=1, eta=when)
+    assert event.eta == int(when.timestamp() * 1000)
+    assert eta_ms(datetime(2030, 1, 1)) == event.eta  # naive means UTC
+    assert event.traceback is None  # never raised: no traceback to format
+
+
+@pytest.mark.parametrize("task_id", ["", "   ", None, 42, b"bytes", "x" * 256])
+def test_bad_task_ids(task_id: object) -> None:
+    with pytest.raises(InvalidTaskId):
+        build(State.STARTED, task_id, None, {})  # type: ignore[arg-type]
+
+
+def test_unserializable_result_args_and_kwargs() -> None:
+    with pytest.raises(ResultNotSerializable, match="result"):
+        build(State.SUCCESS, "t", None, {}, result=object())
+    with pytest.raises(ResultNotSerializable, match="args"):
+        build(State.STARTED, "t", None, {"args": [object()]})
+    with pytest.raises(ResultNotSerializable, match="kwargs"):
+        build(State.STARTED, "t", None, {"kwargs": {"a": {1, 2}}})
+    with pytest.raises(ResultNotSerializable):
+        build(State.SUCCESS, "t", None, {}, result=float("nan"))
+
+
+def test_unknown_state() -> None:
+    with pytest.raises(UnknownState, match="PENDING"):
+        build_state("t", "PENDING", None, {})
+    assert build_state("t", "success", None, {}, result=1).state is State.SUCCESS
+
+
+def test_other_bad_input() -> None:
+    with pytest.raises(ValidationError, match="unknown event field"):
+        build(State.STARTED, "t", None, {"colour": "red"})  # type: ignore[typeddict-unknown-key]
+    with pytest.raises(ValidationError, match="exception"):
+        build(State.FAILURE, "t", None, {}, exc="not an exception")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="chord"):
+        build(State.SUCCESS, "t", None, {"chord_id": "c", "chord_size": 2, "chord_index": 2})
+    with pytest.raises(ValidationError, match="attempt"):
+        build(State.STARTED, "t", None, {}, attempt=-1)
+
+
+def test_options_are_validated() -> None:
+    settings = Settings()
+    assert resolve(settings, {}).buffer_timeout_s == settings.kafka_timeout_s
+    with pytest.raises(ConfigurationError, match="unknown emitter option"):
+        resolve(settings, {"linger": 5})  # type: ignore[typeddict-unknown-key]
+    with pytest.raises(ConfigurationError, match="compression_type"):
+        resolve(settings, {"compression_type": "brotli"})  # type: ignore[typeddict-item]
+    with pytest.raises(ConfigurationError, match="max_batch_bytes"):
+        resolve(settings, {"max_batch_bytes": 10})
