@@ -218,7 +218,7 @@ class Notifier:
                     self._pong(text(response[1]))
                 else:
                     # redis-py's own handling keeps its subscription bookkeeping right.
-                    message = await pubsub.handle_message(response)
+                    message = await pubsub.handle_message(response)  # type: ignore[no-untyped-call]
                     if message is not None and message["type"] == "message":
                         self._wake(text(message["channel"]))
         except asyncio.CancelledError:

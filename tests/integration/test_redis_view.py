@@ -206,7 +206,7 @@ async def test_publishes_when_a_task_becomes_ready(view: RedisView, client: redi
 
     async with client.pubsub() as pubsub:
         await pubsub.subscribe(channel)
-        assert (await pubsub.get_message(timeout=1))["type"] == "subscribe"  # type: ignore[index]
+        assert (await pubsub.get_message(timeout=1))["type"] == "subscribe"
 
         async def next_message() -> Any:
             msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3)
