@@ -204,7 +204,7 @@ class HistoryStore:
         self._known_days: set[int] = set()
         self._ahead_done_for: int | None = None  # the day the ahead window was last made
         s = quote_ident(settings.postgres_schema)
-        self._schema_sql = s
+        self._ms_to_ts = f"{s}.ms_to_timestamptz"
         self._history = f"{s}.{names.HISTORY_TABLE}"
         self._offsets = f"{s}.{names.OFFSETS_TABLE}"
         self._select = _SELECT_EVENT.format(schema=s, history=self._history)
@@ -219,7 +219,7 @@ class HistoryStore:
         # (a zombie processor after a rebalance) take its entries in the same order and
         # so cannot deadlock. ON CONFLICT DO NOTHING also skips duplicates within a batch.
         select_cols = ", ".join(
-            f"{s}.ms_to_timestamptz(ts_ms)" if n == "ts_ms" else n for n in _STAGE_NAMES)
+            f"{self._ms_to_ts}(ts_ms)" if n == "ts_ms" else n for n in _STAGE_NAMES)
         self._insert = (
             f"INSERT INTO {self._history} ({', '.join(_EVENT_COLUMNS)})"
             f" SELECT {select_cols} FROM {stage} ORDER BY ts_ms, event_id"
@@ -408,8 +408,11 @@ class HistoryStore:
                 rows = await self._fetch(
                     f"{self._select} ORDER BY ts, event_id LIMIT $1", page_rows)
             else:
+                # The plain "ts >=" lets the planner skip earlier partitions; the row
+                # comparison alone would not.
                 rows = await self._fetch(
-                    f"{self._select} WHERE (ts, event_id) > ({self._schema_sql}.ms_to_timestamptz($1), $2)"
+                    f"{self._select} WHERE ts >= {self._ms_to_ts}($1)"
+                    f" AND (ts, event_id) > ({self._ms_to_ts}($1), $2)"
                     " ORDER BY ts, event_id LIMIT $3", after[0], after[1], page_rows)
             for r in rows:
                 yield _event(r)
