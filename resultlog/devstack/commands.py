@@ -1,0 +1,96 @@
+"""``resultlog dev up | down | status | logs``: the local stack from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import Any
+
+from resultlog.devstack.stack import SERVICE_NAMES, DevStack, parse_only
+from resultlog.settings import Settings
+
+_ONLY_HELP = f"comma-separated subset of {','.join(SERVICE_NAMES)} (default: all)"
+
+
+def register(subparsers: Any) -> None:
+    dev = subparsers.add_parser(
+        "dev",
+        help="the local development stack (Kafka, Redis, PostgreSQL without Docker)",
+        description=(
+            "Run Kafka, Redis and PostgreSQL locally on the ports named by the RESULTLOG_* "
+            "settings, with their data and logs under RESULTLOG_DEV_DIR."
+        ),
+    )
+    actions = dev.add_subparsers(dest="dev_action", metavar="ACTION", required=True)
+
+    up = actions.add_parser(
+        "up", help="start what is not running (installing/fetching what is missing)"
+    )
+    up.add_argument("--only", metavar="SERVICES", help=_ONLY_HELP)
+    up.set_defaults(func=_up)
+
+    down = actions.add_parser("down", help="stop what `dev up` started")
+    down.add_argument("--only", metavar="SERVICES", help=_ONLY_HELP)
+    down.add_argument(
+        "--purge", action="store_true", help="also delete the services' data and logs"
+    )
+    down.set_defaults(func=_down)
+
+    status = actions.add_parser(
+        "status", help="show what runs; exit status 1 if a service is down"
+    )
+    status.add_argument("--only", metavar="SERVICES", help=_ONLY_HELP)
+    status.set_defaults(func=_status)
+
+    logs = actions.add_parser("logs", help="show the end of the services' logs")
+    logs.add_argument("service", nargs="?", choices=SERVICE_NAMES, help="one service")
+    logs.add_argument("-n", "--lines", type=int, default=40, help="lines per log (default 40)")
+    logs.set_defaults(func=_logs)
+
+
+def _stack(only: str | None) -> DevStack:
+    # aiokafka logs every refused connection at ERROR; readiness probes expect those.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    return DevStack(Settings.from_env(), only=parse_only(only))
+
+
+def _up(args: argparse.Namespace) -> int:
+    stack = _stack(args.only)
+    reports = asyncio.run(stack.up())
+    print()
+    for r in reports:
+        how = f"started in {r.seconds:.1f} s" if r.started else "already running"
+        print(f"  {r.name:<9} {r.address:<17} pid {r.pid:<8} {how}")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    asyncio.run(_stack(args.only).down(purge=args.purge))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    stack = _stack(args.only)
+    states = asyncio.run(stack.status())
+    print(f"state directory: {stack.dev_dir}")
+    healthy = True
+    for s in states:
+        if s.pid is None:
+            what = "stopped"
+            healthy = False
+        elif s.answering:
+            what = f"running, pid {s.pid}"
+        else:
+            what = f"running, pid {s.pid}, NOT answering"
+            healthy = False
+        print(f"  {s.name:<9} {s.address:<17} {what}")
+        if s.detail:
+            print(f"  {'':<9} {s.detail}")
+    return 0 if healthy else 1
+
+
+def _logs(args: argparse.Namespace) -> int:
+    stack = _stack(args.service)
+    print(stack.logs(max(0, args.lines)))
+    return 0

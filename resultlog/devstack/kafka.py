@@ -1,0 +1,306 @@
+"""Apache Kafka for the local stack: one KRaft node (broker and controller), no Docker.
+
+The broker's classpath is assembled once from Maven Central (``kafka_2.13`` plus a
+log4j2 binding) into ``<dev_cache_dir>/kafka-<version>/libs`` and reused from then on;
+Maven runs only when that directory is missing or incomplete. The node's storage is
+formatted on the first start (``kafka.tools.StorageTool format``) in
+``<dev_dir>/kafka/data``, and the broker is ``java -cp 'libs/*' kafka.Kafka
+server.properties``, listening on 127.0.0.1 only.
+
+Why 4.0.0: see docs/local-stack.md (aiokafka 0.14 and faust-streaming 0.15.3 verified
+against it; faust-streaming's CI tests 3.8.1 and 4.0.0).
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.resources
+import os
+import re
+import shutil
+import string
+import subprocess
+import time
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+
+from resultlog.devstack import process
+from resultlog.devstack.service import Port, Service
+from resultlog.errors import DevStackError
+from resultlog.settings import DEV_KAFKA_PORT, port_of
+
+KAFKA_VERSION = "4.0.0"
+SCALA_VERSION = "2.13"
+# What the Kafka 4.0.0 release tarball ships (libs/log4j-*-2.24.3.jar); the binding
+# is log4j-slf4j-impl because the broker uses slf4j-api 1.7.
+LOG4J_VERSION = "2.24.3"
+DEPENDENCY_PLUGIN_VERSION = "3.8.1"
+MIN_JAVA = 17
+HEAP = ["-Xms256m", "-Xmx512m"]
+JVM_OPTIONS = [
+    *HEAP,
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-Djava.awt.headless=true",
+]
+_COMPLETE = ".complete"
+
+
+def broker_config(*, port: int, controller_port: int, data_dir: Path) -> dict[str, str]:
+    """The configuration of one node that is both broker and controller.
+
+    docker-compose.yml and the Docker test fixture use the same settings.
+    """
+    return {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(data_dir),
+        # One node: every internal topic has one replica.
+        "default.replication.factor": "1",
+        "min.insync.replicas": "1",
+        "offsets.topic.replication.factor": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        # Small internal topics: fewer files, faster first group/transaction.
+        "offsets.topic.num.partitions": "4",
+        "transaction.state.log.num.partitions": "4",
+        "share.coordinator.state.topic.num.partitions": "1",
+        "num.partitions": "1",
+        # Tests: a consumer group's first rebalance must not wait 3 s for more members.
+        "group.initial.rebalance.delay.ms": "0",
+        # resultlog creates its topics (partitions and retention matter); a typo in a
+        # topic name must fail, not silently create a one-partition topic.
+        "auto.create.topics.enable": "false",
+        "delete.topic.enable": "true",
+        # Memory: the default compaction buffer alone is 128 MiB.
+        "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
+        "num.network.threads": "2",
+        "num.io.threads": "4",
+        "num.recovery.threads.per.data.dir": "1",
+        # Leftovers of deleted test topics go away quickly.
+        "log.segment.delete.delay.ms": "1000",
+        "file.delete.delay.ms": "1000",
+    }
+
+
+def broker_properties(*, port: int, controller_port: int, data_dir: Path) -> str:
+    """server.properties for :func:`broker_config`."""
+    props = broker_config(port=port, controller_port=controller_port, data_dir=data_dir)
+    head = "# Written by `resultlog dev up` on every start; edits are overwritten.\n"
+    return head + "".join(f"{key}={value}\n" for key, value in props.items())
+
+
+def random_cluster_id() -> str:
+    """What ``kafka-storage.sh random-uuid`` prints: 16 bytes, base64url, no padding."""
+    return base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+
+
+def _resource(name: str) -> str:
+    return importlib.resources.files("resultlog.devstack").joinpath(name).read_text()
+
+
+class KafkaService(Service):
+    name = "kafka"
+    start_timeout_s = 120.0
+    stop_timeout_s = 45.0
+
+    @property
+    def ports(self) -> list[Port]:
+        port = port_of(self.settings.kafka_bootstrap_servers, DEV_KAFKA_PORT)
+        setting = "RESULTLOG_KAFKA_BOOTSTRAP_SERVERS"
+        return [
+            Port(port, "kafka broker", setting),
+            Port(port + 1, "kafka controller", f"{setting} (the controller uses its port + 1)"),
+        ]
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.settings.dev_cache_dir) / f"kafka-{KAFKA_VERSION}"
+
+    @property
+    def libs_dir(self) -> Path:
+        return self.cache_dir / "libs"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    def classpath_ready(self) -> bool:
+        return (self.libs_dir / _COMPLETE).exists()
+
+    # -- checks -------------------------------------------------------------------------
+
+    def check_tools(self) -> None:
+        self.check_host(self.settings.kafka_bootstrap_servers, "RESULTLOG_KAFKA_BOOTSTRAP_SERVERS")
+        java = shutil.which("java")
+        if java is None:
+            raise DevStackError(
+                f"kafka: `java` is not on PATH; Kafka {KAFKA_VERSION} needs Java {MIN_JAVA} "
+                f"or newer (Debian: apt-get install -y openjdk-{MIN_JAVA}-jre-headless)"
+            )
+        major = _java_major(java)
+        if major is not None and major < MIN_JAVA:
+            raise DevStackError(
+                f"kafka: {java} is Java {major}; Kafka {KAFKA_VERSION} needs Java {MIN_JAVA} "
+                f"or newer (Debian: apt-get install -y openjdk-{MIN_JAVA}-jre-headless)"
+            )
+        if not self.classpath_ready() and shutil.which("mvn") is None:
+            raise DevStackError(
+                f"kafka: the Kafka {KAFKA_VERSION} jars are not in {self.libs_dir} yet and "
+                f"`mvn` (Apache Maven) is not on PATH to fetch them from Maven Central "
+                f"(Debian: apt-get install -y maven)"
+            )
+
+    # -- prepare: classpath and storage -------------------------------------------------
+
+    def prepare(self) -> None:
+        if not self.classpath_ready():
+            self._fetch_classpath()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        if not (self.data_dir / "meta.properties").exists():
+            self._format_storage()
+
+    def _fetch_classpath(self) -> None:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        pom = self.cache_dir / "pom.xml"
+        pom.write_text(
+            string.Template(_resource("kafka-pom.xml")).substitute(
+                kafka_version=KAFKA_VERSION,
+                scala_version=SCALA_VERSION,
+                log4j_version=LOG4J_VERSION,
+                dependency_plugin_version=DEPENDENCY_PLUGIN_VERSION,
+            )
+        )
+        staging = self.cache_dir / "libs.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        log = self.cache_dir / "maven.log"
+        log.unlink(missing_ok=True)
+        self.say(
+            f"fetching Kafka {KAFKA_VERSION} from Maven Central into {self.libs_dir} "
+            f"(once; log {log})"
+        )
+        started = time.monotonic()
+        counted = {"files": 0, "said": started}
+
+        def progress(line: str) -> None:
+            if "Downloaded from" in line:
+                counted["files"] += 1
+            now = time.monotonic()
+            if now - counted["said"] >= 3:
+                counted["said"] = now
+                self.say(f"maven: {counted['files']} files downloaded so far")
+
+        process.run_logged(
+            [
+                "mvn", "--batch-mode",
+                "-f", str(pom),
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={staging}",
+            ],
+            log_path=log,
+            what=f"mvn dependency:copy-dependencies (Kafka {KAFKA_VERSION})",
+            cwd=self.cache_dir,
+            on_line=progress,
+        )
+        jars = sorted(p.name for p in staging.glob("*.jar"))
+        if not any(name.startswith(f"kafka_{SCALA_VERSION}-") for name in jars):
+            raise DevStackError(process.with_tail("maven did not produce the Kafka jar", log))
+        (staging / _COMPLETE).write_text("\n".join(jars) + "\n")
+        shutil.rmtree(self.libs_dir, ignore_errors=True)
+        staging.rename(self.libs_dir)
+        self.say(
+            f"maven: {len(jars)} jars ready ({counted['files']} files downloaded) "
+            f"in {time.monotonic() - started:.1f} s"
+        )
+
+    def _write_config(self) -> None:
+        broker, controller = (p.number for p in self.ports)
+        (self.home / "server.properties").write_text(
+            broker_properties(port=broker, controller_port=controller, data_dir=self.data_dir.resolve())
+        )
+        (self.home / "log4j2.properties").write_text(_resource("kafka-log4j2.properties"))
+
+    def _java(self, main_class: str, *args: str) -> list[str]:
+        return [
+            "java",
+            *JVM_OPTIONS,
+            f"-Dlog4j2.configurationFile={(self.home / 'log4j2.properties').resolve()}",
+            "-cp",
+            str(self.libs_dir.resolve() / "*"),
+            main_class,
+            *args,
+        ]
+
+    def _format_storage(self) -> None:
+        cluster_id = random_cluster_id()
+        self.say(f"formatting KRaft storage in {self.data_dir} (cluster id {cluster_id})")
+        process.run_logged(
+            self._java(
+                "kafka.tools.StorageTool", "format",
+                "-t", cluster_id,
+                "-c", str((self.home / "server.properties").resolve()),
+                "--ignore-formatted",
+            ),
+            log_path=self.home / "format.log",
+            what="kafka storage format",
+            cwd=self.home,
+        )
+
+    # -- run ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        process.rotate(self.log_path)
+        pid = process.spawn_detached(
+            self._java("kafka.Kafka", str((self.home / "server.properties").resolve())),
+            cwd=self.home,
+            log_path=self.log_path,
+        )
+        self.pid_path.write_text(f"{pid}\n")
+
+    async def answers(self) -> bool:
+        """A metadata request through aiokafka's admin client lists our broker."""
+        broker = self.ports[0].number
+        if not await process.port_open(broker):
+            return False  # spares aiokafka's connection-error logging
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=f"127.0.0.1:{broker}",
+            client_id="resultlog-devstack",
+            request_timeout_ms=5000,
+        )
+        try:
+            await admin.start()
+            cluster = await admin.describe_cluster()
+            return bool(cluster.get("brokers"))
+        except (KafkaError, OSError, TimeoutError):
+            return False
+        finally:
+            await admin.close()
+
+
+def _java_major(java: str) -> int | None:
+    try:
+        done = subprocess.run(
+            [java, "-version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', done.stderr)
+    if match is None:
+        return None
+    major = int(match.group(1))
+    return int(match.group(2) or 0) if major == 1 else major  # "1.8.0" is Java 8

@@ -1,0 +1,319 @@
+"""Processes of the local stack: starting them detached, knowing them again, stopping them.
+
+A pid file alone is not proof that a process is ours: pids are reused. A process
+counts as ours only if it is alive *and* its working directory is the state directory
+the service was started in (Redis and PostgreSQL ``chdir`` there themselves, Kafka is
+started there). Anything else is foreign and is never signalled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+
+from resultlog.errors import DevStackError
+
+LOG_TAIL_LINES = 30
+
+Out = Callable[[str], None]
+
+
+# -- logs ---------------------------------------------------------------------------
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a text file ('' if it does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 256 * 1024))
+            data = f.read()
+    except (FileNotFoundError, PermissionError):
+        return ""
+    text = data.decode("utf-8", errors="replace").splitlines()
+    return "\n".join(text[-lines:]) if lines > 0 else ""
+
+
+def with_tail(message: str, log_path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """``message`` followed by the tail of a log, indented, for an error."""
+    text = tail(log_path, lines)
+    if not text:
+        return f"{message}\n(log {log_path} is empty or missing)"
+    body = "\n".join("    " + line for line in text.splitlines())
+    return f"{message}\nlast lines of {log_path}:\n{body}"
+
+
+def rotate(log_path: Path) -> None:
+    """Keep one previous log (``.1``) so that every start begins a fresh file."""
+    if log_path.exists():
+        os.replace(log_path, log_path.with_name(log_path.name + ".1"))
+
+
+# -- pids -----------------------------------------------------------------------------
+
+
+def read_pid(pid_file: Path) -> int | None:
+    """The pid on the first line of a pid file, or None."""
+    try:
+        first = pid_file.read_text().split("\n", 1)[0].strip()
+    except (FileNotFoundError, PermissionError):
+        return None
+    return int(first) if first.isdigit() else None
+
+
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie, dead but not yet reaped, does not count)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, belongs to someone else
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    # The state is the first field after the parenthesised command name.
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def process_cwd(pid: int) -> Path | None:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+
+
+def owned_pid(pid_file: Path, home: Path) -> int | None:
+    """The pid in ``pid_file`` if that process is alive and works in ``home``."""
+    pid = read_pid(pid_file)
+    if pid is None or not pid_alive(pid):
+        return None
+    cwd = process_cwd(pid)
+    if cwd is None or cwd != home.resolve():
+        return None
+    return pid
+
+
+def describe_pid(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return f"pid {pid}"
+    cmd = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+    if len(cmd) > 100:
+        cmd = cmd[:97] + "..."
+    return f"pid {pid} ({cmd})" if cmd else f"pid {pid}"
+
+
+# -- ports ----------------------------------------------------------------------------
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True if something is bound to ``host:port`` (or to the wildcard address)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # Like the servers themselves: a port in TIME_WAIT is free to listen on.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return True
+            raise
+    return False
+
+
+def port_owner(port: int) -> str | None:
+    """Best effort: which process listens on a TCP port, read from /proc."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local_address is HEX_IP:HEX_PORT; state 0A is LISTEN.
+            if len(fields) > 9 and fields[3] == "0A":
+                if int(fields[1].rpartition(":")[2], 16) == port:
+                    inodes.add(fields[9])
+    if not inodes:
+        return None
+    targets = {f"socket:[{inode}]" for inode in inodes}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in targets:
+                    return describe_pid(int(proc.name))
+        except OSError:
+            continue
+    return None
+
+
+async def port_open(port: int, host: str = "127.0.0.1", timeout_s: float = 1.0) -> bool:
+    """True if a TCP connection to ``host:port`` succeeds."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return True
+
+
+# -- running commands -----------------------------------------------------------------
+
+
+def as_user(argv: Sequence[str], user: str | None) -> list[str]:
+    """``argv`` run as ``user`` (only when we are root and it is another user)."""
+    if user is None or os.geteuid() != 0:
+        return list(argv)
+    return ["runuser", "-u", user, "--", *argv]
+
+
+def run_logged(
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    what: str,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    on_line: Callable[[str], None] | None = None,
+    timeout_s: float = 900.0,
+) -> None:
+    """Run a command to completion, appending its output to ``log_path``.
+
+    ``on_line`` sees every output line (for progress reports). A non-zero exit, or
+    running longer than ``timeout_s``, is a DevStackError with the log's tail.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        log.write(f"$ {' '.join(argv)}\n".encode())
+        log.flush()
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                env=None if env is None else dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        except OSError as exc:
+            raise DevStackError(f"{what}: cannot run {argv[0]}: {exc}") from exc
+        timer = threading.Timer(timeout_s, proc.kill)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                log.write(raw)
+                if on_line is not None:
+                    on_line(raw.decode(errors="replace").rstrip("\n"))
+            code = proc.wait()
+        finally:
+            timer.cancel()
+            if proc.stdout is not None:
+                proc.stdout.close()
+    if code != 0:
+        raise DevStackError(with_tail(f"{what} failed (exit code {code})", log_path))
+
+
+def spawn_detached(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """Start ``argv`` in a new session, not a child of this process; return its pid.
+
+    A small shell starts it in the background and exits, so the service is adopted by
+    init: it outlives this process, is never left as our zombie, and Ctrl-C in the
+    terminal that ran ``resultlog dev up`` does not reach it. ``setsid`` executes the
+    program in place (the background job is not a process-group leader), so ``$!`` is
+    the service's own pid. Output goes to ``log_path``.
+    """
+    launcher = 'log=$1; shift; setsid "$@" >>"$log" 2>&1 </dev/null & echo $!'
+    try:
+        done = subprocess.run(
+            ["sh", "-c", launcher, "sh", str(log_path), *argv],
+            cwd=cwd,
+            env=None if env is None else dict(env),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise DevStackError(f"cannot start {argv[0]}: {exc}") from exc
+    return int(done.stdout.strip())
+
+
+def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> bool:
+    """Signal a process and wait for it to exit; SIGKILL it after ``timeout_s``.
+
+    Returns False if it had to be killed.
+    """
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + 10
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return False
+
+
+async def wait_until_ready(
+    probe: Callable[[], Awaitable[bool]],
+    *,
+    alive: Callable[[], bool],
+    what: str,
+    log_path: Path,
+    timeout_s: float,
+) -> None:
+    """Poll ``probe`` until it is true; fail early (with the log) if ``alive`` is not."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        if await probe():
+            return
+        if not alive():
+            # One more try: the process may have handed over (pg_ctl) just now.
+            await asyncio.sleep(0.2)
+            if await probe():
+                return
+            if not alive():
+                raise DevStackError(with_tail(f"{what} exited while starting", log_path))
+        if time.monotonic() > deadline:
+            raise DevStackError(
+                with_tail(f"{what} did not answer within {timeout_s:.0f} s", log_path)
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.5)

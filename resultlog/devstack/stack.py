@@ -1,0 +1,233 @@
+"""The local stack as a whole: bring services up in parallel, stop them, report on them.
+
+Python API (what ``resultlog dev`` and the test fixtures use)::
+
+    stack = DevStack(Settings.from_env(), only=["redis", "postgres"])
+    reports = await stack.up()      # idempotent; waits until each service answers
+    states = await stack.status()
+    await stack.down()              # stops only what `up` started
+
+``up`` changes nothing unless every selected service can start: tools, host names and
+ports are all checked first. One command at a time per state directory (a lock file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+
+from resultlog.devstack import apt, process
+from resultlog.devstack.kafka import KafkaService
+from resultlog.devstack.postgres import PostgresService
+from resultlog.devstack.process import Out
+from resultlog.devstack.redis import RedisService
+from resultlog.devstack.service import Service, ServiceState, UpReport, elapsed
+from resultlog.errors import DevStackError
+from resultlog.settings import Settings
+
+SERVICE_CLASSES: dict[str, type[Service]] = {
+    "kafka": KafkaService,
+    "redis": RedisService,
+    "postgres": PostgresService,
+}
+SERVICE_NAMES: tuple[str, ...] = tuple(SERVICE_CLASSES)
+
+
+def print_flush(line: str) -> None:
+    print(line, flush=True)
+
+
+def parse_only(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    """``"kafka,redis"`` (or a list) as service names in stack order; None means all."""
+    if value is None:
+        return SERVICE_NAMES
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = {item.strip().lower() for item in items if item.strip()}
+    unknown = names - set(SERVICE_NAMES)
+    if unknown or not names:
+        raise DevStackError(
+            f"unknown service(s) {', '.join(sorted(unknown)) or '(none given)'}; "
+            f"choose from {', '.join(SERVICE_NAMES)}"
+        )
+    return tuple(name for name in SERVICE_NAMES if name in names)
+
+
+class DevStack:
+    """Kafka, Redis and PostgreSQL on the ports of ``settings``, state in ``dev_dir``."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        only: str | Iterable[str] | None = None,
+        out: Out = print_flush,
+    ) -> None:
+        self.settings = settings if settings is not None else Settings.from_env()
+        self.out = out
+        self.dev_dir = Path(self.settings.dev_dir)
+        self.services: list[Service] = [
+            SERVICE_CLASSES[name](self.settings, out) for name in parse_only(only)
+        ]
+
+    def service(self, name: str) -> Service:
+        for svc in self.services:
+            if svc.name == name:
+                return svc
+        raise DevStackError(f"service {name!r} is not part of this stack")
+
+    # -- up ---------------------------------------------------------------------------
+
+    async def up(self) -> list[UpReport]:
+        """Start every selected service that is not running; wait until all answer."""
+        started = time.monotonic()
+        async with self._locked():
+            running = {svc.name: svc.pid() for svc in self.services}
+            to_start = [svc for svc in self.services if running[svc.name] is None]
+            self._check_can_start(to_start)
+            needs_apt = {svc.name: svc.missing_packages() for svc in to_start}
+            packages = sorted({pkg for pkgs in needs_apt.values() for pkg in pkgs})
+            apt_task: asyncio.Task[None] | None = None
+            if packages:
+                apt_task = asyncio.create_task(
+                    asyncio.to_thread(
+                        apt.install, packages, log_path=self.dev_dir / "apt.log", out=self.out
+                    )
+                )
+            outcomes = await asyncio.gather(
+                *(
+                    self._up_one(svc, running[svc.name], apt_task if needs_apt.get(svc.name) else None)
+                    for svc in self.services
+                ),
+                return_exceptions=True,
+            )
+        reports = [o for o in outcomes if isinstance(o, UpReport)]
+        failures = [o for o in outcomes if not isinstance(o, UpReport)]
+        for failure in failures:
+            if not isinstance(failure, DevStackError):
+                raise failure
+        if failures:
+            messages = list(dict.fromkeys(str(f) for f in failures))
+            ok = ", ".join(f"{r.name} ({r.address})" for r in reports) or "none"
+            raise DevStackError(
+                "resultlog dev up failed:\n" + "\n".join(messages) + f"\nservices up: {ok}"
+            )
+        self.out(f"local stack up in {elapsed(started):.1f} s (state in {self.dev_dir})")
+        return reports
+
+    def _check_can_start(self, to_start: Sequence[Service]) -> None:
+        problems: list[str] = []
+        for svc in to_start:
+            try:
+                svc.check_tools()
+            except DevStackError as exc:
+                problems.append(str(exc))
+            problems.extend(f"{svc.name}: {c}" for c in svc.port_conflicts())
+        if problems:
+            raise DevStackError(
+                "nothing was started:\n  - " + "\n  - ".join(problems)
+            )
+
+    async def _up_one(
+        self, svc: Service, pid: int | None, apt_task: asyncio.Task[None] | None
+    ) -> UpReport:
+        since = time.monotonic()
+        if pid is not None:
+            await svc.wait_ready()
+            await svc.after_ready()
+            svc.say(f"already running on {svc.address} (pid {pid}), left alone")
+            return UpReport(svc.name, svc.address, pid, False, elapsed(since))
+        if apt_task is not None:
+            await apt_task
+        await asyncio.to_thread(svc.prepare)
+        svc.say(f"starting on {svc.address}")
+        await asyncio.to_thread(svc.start)
+        try:
+            await svc.wait_ready()
+            await svc.after_ready()
+        except Exception:
+            # Do not leave a half-started server behind.
+            if (half := svc.pid()) is not None:
+                await asyncio.to_thread(svc.stop, half)
+            raise
+        new_pid = svc.pid()
+        if new_pid is None:
+            raise DevStackError(process.with_tail(f"{svc.name} exited just after starting", svc.log_path))
+        report = UpReport(svc.name, svc.address, new_pid, True, elapsed(since))
+        svc.say(f"ready on {svc.address} (pid {new_pid}) in {report.seconds:.1f} s")
+        return report
+
+    # -- down -------------------------------------------------------------------------
+
+    async def down(self, *, purge: bool = False) -> dict[str, str]:
+        """Stop the selected services that ``up`` started; with ``purge``, delete their data.
+
+        Returns what happened to each, by name.
+        """
+        async with self._locked():
+            outcomes = await asyncio.gather(
+                *(asyncio.to_thread(self._down_one, svc, purge) for svc in self.services)
+            )
+        return dict(zip((svc.name for svc in self.services), outcomes))
+
+    def _down_one(self, svc: Service, purge: bool) -> str:
+        since = time.monotonic()
+        pid = svc.pid()
+        if pid is not None:
+            svc.say(f"stopping (pid {pid})")
+            clean = svc.stop(pid)
+            outcome = f"stopped (pid {pid}) in {elapsed(since):.1f} s" + (
+                "" if clean else ", killed after it did not exit in time"
+            )
+        else:
+            listed = process.read_pid(svc.pid_path)
+            if listed is not None and process.pid_alive(listed):
+                outcome = (
+                    f"not running; its pid file names {process.describe_pid(listed)}, "
+                    f"which is not ours: left alone"
+                )
+            else:
+                outcome = "not running"
+        if purge and svc.home.exists():
+            shutil.rmtree(svc.home)
+            outcome += f"; removed {svc.home}"
+        svc.say(outcome)
+        return outcome
+
+    # -- status and logs ----------------------------------------------------------------
+
+    async def status(self) -> list[ServiceState]:
+        return list(await asyncio.gather(*(svc.state() for svc in self.services)))
+
+    def logs(self, lines: int = 40) -> str:
+        parts = []
+        for svc in self.services:
+            text = process.tail(svc.log_path, lines)
+            parts.append(f"==> {svc.log_path} <==\n{text or '(empty or missing)'}")
+        return "\n\n".join(parts)
+
+    # -- one command at a time -----------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        self.dev_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dev_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            waiting = False
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not waiting:
+                        self.out(f"waiting for another `resultlog dev` command on {self.dev_dir}")
+                        waiting = True
+                    await asyncio.sleep(0.2)
+            yield
+        finally:
+            os.close(fd)

@@ -1,0 +1,199 @@
+"""``resultlog dev``: idempotent up, down then up, refusal to touch foreign processes.
+
+The session's stack is only ever looked at and re-``up``-ed, never stopped; the tests
+that stop things run a separate instance (own state directory, own ports).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+
+from resultlog.devstack import DevStack
+from resultlog.devstack import process
+from resultlog.errors import DevStackError
+from resultlog.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def _needs_local_stack(settings: Settings) -> None:
+    if settings.test_services not in ("auto", "local"):
+        pytest.skip(f"the session's services are not the local stack ({settings.test_services})")
+
+
+def _free_port(pair: bool = False) -> int:
+    """A port that is free (and, with ``pair``, so is the next one: Kafka's controller)."""
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        if not process.port_in_use(port) and not (pair and process.port_in_use(port + 1)):
+            return port
+    raise RuntimeError("no free port found")
+
+
+@pytest.fixture
+def dev_dir() -> Iterator[Path]:
+    # Not under /tmp/pytest-of-root (mode 700): the postgres user must reach it.
+    path = Path(tempfile.mkdtemp(prefix="resultlog-test-stack-", dir="/var/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _separate(base: Settings, dev_dir: Path) -> Settings:
+    dsn = base.postgres_dsn.rpartition("@")[0] + f"@127.0.0.1:{_free_port()}/resultlog"
+    return base.replace(
+        dev_dir=str(dev_dir),
+        kafka_bootstrap_servers=f"127.0.0.1:{_free_port(pair=True)}",
+        redis_url=f"redis://127.0.0.1:{_free_port()}/0",
+        postgres_dsn=dsn,
+    )
+
+
+async def test_up_twice_leaves_the_running_stack_alone(base_settings: Settings) -> None:
+    _needs_local_stack(base_settings)
+    lines: list[str] = []
+    stack = DevStack(base_settings, out=lines.append)
+    before = {s.name: s.pid for s in await stack.status()}
+    assert all(before.values()), before
+
+    first = await stack.up()
+    second = await stack.up()
+
+    for reports in (first, second):
+        assert {r.name: r.pid for r in reports} == before
+        assert not any(r.started for r in reports)
+    assert sum("already running" in line for line in lines) == 2 * len(before)
+    assert {s.name: s.pid for s in await stack.status()} == before
+
+
+@pytest.mark.slow
+async def test_down_then_up_on_a_separate_instance(base_settings: Settings, dev_dir: Path) -> None:
+    _needs_local_stack(base_settings)
+    settings = _separate(base_settings, dev_dir)
+    stack = DevStack(settings, out=lambda line: None)
+    try:
+        first = await stack.up()
+        assert all(r.started for r in first)
+        states = await stack.status()
+        assert all(s.running and s.answering for s in states), states
+        # Leave a mark in the stores that keep data: a topic and a table.
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic("kept", num_partitions=1, replication_factor=1)])
+        finally:
+            await admin.close()
+        conn = await asyncpg.connect(settings.postgres_dsn)
+        try:
+            await conn.execute("CREATE TABLE kept (id int)")
+        finally:
+            await conn.close()
+
+        outcomes = await stack.down()
+        assert all(o.startswith("stopped") for o in outcomes.values()), outcomes
+        assert not any(s.running for s in await stack.status())
+        for svc in stack.services:
+            assert not any(process.port_in_use(p.number) for p in svc.ports), svc.name
+            assert all(not process.pid_alive(r.pid) for r in first if r.name == svc.name)
+
+        second = await stack.up()
+        assert all(r.started for r in second)
+        assert {r.name for r in second} == {r.name for r in first}
+        assert not {r.pid for r in second} & {r.pid for r in first}
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+        await admin.start()
+        try:
+            assert "kept" in await admin.list_topics()
+        finally:
+            await admin.close()
+        conn = await asyncpg.connect(settings.postgres_dsn)
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM kept") == 0
+        finally:
+            await conn.close()
+    finally:
+        await stack.down(purge=True)
+
+
+async def test_a_port_taken_by_a_foreign_socket_fails_fast_and_starts_nothing(
+    base_settings: Settings, dev_dir: Path
+) -> None:
+    _needs_local_stack(base_settings)
+    settings = _separate(base_settings, dev_dir)
+    stack = DevStack(settings, out=lambda line: None)
+    redis_port = stack.service("redis").ports[0].number
+    with socket.socket() as foreign:
+        foreign.bind(("127.0.0.1", redis_port))
+        foreign.listen()
+        started = time.monotonic()
+        with pytest.raises(DevStackError) as caught:
+            await stack.up()
+        took = time.monotonic() - started
+
+    message = str(caught.value)
+    assert f"port {redis_port} (redis)" in message
+    assert "RESULTLOG_REDIS_URL" in message
+    assert f"pid {os.getpid()}" in message  # who holds it
+    assert took < 5, took
+    assert not any(s.running for s in await stack.status())
+    assert sorted(p.name for p in dev_dir.iterdir()) == [".lock"]
+
+
+async def test_down_never_signals_a_process_it_did_not_start(
+    base_settings: Settings, dev_dir: Path
+) -> None:
+    _needs_local_stack(base_settings)
+    settings = _separate(base_settings, dev_dir)
+    stranger = subprocess.Popen(["sleep", "60"], cwd="/")
+    try:
+        (dev_dir / "redis").mkdir()
+        (dev_dir / "redis" / "redis.pid").write_text(f"{stranger.pid}\n")
+        outcomes = await DevStack(settings, only="redis", out=lambda line: None).down()
+        assert "not ours" in outcomes["redis"]
+        await asyncio.sleep(0.2)
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_the_command_line_reports_status_and_logs(base_settings: Settings) -> None:
+    _needs_local_stack(base_settings)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}
+    env |= {
+        "RESULTLOG_DEV_DIR": base_settings.dev_dir,
+        "RESULTLOG_KAFKA_BOOTSTRAP_SERVERS": base_settings.kafka_bootstrap_servers,
+        "RESULTLOG_REDIS_URL": base_settings.redis_url,
+        "RESULTLOG_POSTGRES_DSN": base_settings.postgres_dsn,
+    }
+    cli = [sys.executable, "-m", "resultlog", "dev"]
+    status = subprocess.run([*cli, "status"], env=env, capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stdout + status.stderr
+    for name in ("kafka", "redis", "postgres"):
+        assert f"{name} " in status.stdout and "running" in status.stdout
+
+    logs = subprocess.run(
+        [*cli, "logs", "redis", "-n", "5"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert logs.returncode == 0, logs.stderr
+    assert "redis.log" in logs.stdout
+
+    bad = subprocess.run([*cli, "up", "--only", "kafka,mysql"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 1
+    assert "mysql" in bad.stderr
