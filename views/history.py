@@ -21,11 +21,11 @@ import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from json.encoder import encode_basestring as _json_str  # C-accelerated
 from types import TracebackType
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
-from json.encoder import encode_basestring as _json_str  # C-accelerated
 
 from resultlog import names
 from resultlog.errors import ConfigurationError, ValidationError
@@ -135,9 +135,10 @@ def _check_ranges(stored: StoredEvent) -> None:
         bad = f"partition {stored.partition} / offset {stored.offset}"
     elif e.eta is not None and not -_INT64 <= e.eta < _INT64:
         bad = f"eta {e.eta}"
-    elif e.chord_size is not None and not (-_INT32 <= e.chord_size < _INT32
-                                           and -_INT32 <= (e.chord_index or 0) < _INT32):
-        bad = f"chord_size {e.chord_size} / chord_index {e.chord_index}"
+    elif e.chord_size is not None and not -_INT32 <= e.chord_size < _INT32:
+        bad = f"chord_size {e.chord_size}"
+    elif e.chord_index is not None and not -_INT32 <= e.chord_index < _INT32:
+        bad = f"chord_index {e.chord_index}"
     if bad is not None:
         raise ValidationError(f"event {e.event_id} of task {e.task_id!r}: {bad} out of range")
 
@@ -271,7 +272,8 @@ class HistoryStore:
             async with self.pool.acquire() as conn:
                 applied: list[int] = await migrations.migrate(conn, self.settings.postgres_schema)
         self._known_days.clear()
-        await self._ensure_days(set(), ahead=True)
+        self._ahead_done_for = None
+        await self._ensure_days(set())
         return applied
 
     async def ensure_partitions(self, from_ms: int, to_ms: int) -> list[str]:
@@ -280,9 +282,9 @@ class HistoryStore:
         days = range(partitions.day_of(from_ms), partitions.day_of(to_ms) + 1)
         return await self._ensure_days(set(days))
 
-    async def _ensure_days(self, days: set[int], *, ahead: bool = False) -> list[str]:
+    async def _ensure_days(self, days: set[int]) -> list[str]:
         today = partitions.day_of(time.time_ns() // 1_000_000)
-        if ahead or self._ahead_done_for != today:
+        if self._ahead_done_for != today:
             days = days | set(range(today - 1, today + self._ahead + 1))
         missing = days - self._known_days
         if not missing:
@@ -322,6 +324,8 @@ class HistoryStore:
         consumed + 1) for ``consumer_group``. An offset never moves backwards. Either
         everything is written or nothing is.
         """
+        if not events and not offsets:
+            return 0
         rows = [_row(s) for s in events]
         _check_offsets(offsets)
         # Sorted, so that two writers lock offset rows in the same order.

@@ -143,6 +143,9 @@ async def test_out_of_range_values_are_rejected_before_anything_is_written(store
     with pytest.raises(ValidationError, match="chord_size"):
         await store.write_batch([good, StoredEvent(ev("t2", chord_id="c", chord_size=2**40, chord_index=0), TOPIC, 0, 1)],
                                 {(TOPIC, 0): 2}, consumer_group="g")
+    with pytest.raises(ValidationError, match="chord_index"):
+        await store.write_batch([StoredEvent(ev("t3", chord_index=-2**31 - 1), TOPIC, 0, 0)],
+                                {}, consumer_group="g")
     with pytest.raises(ValidationError, match="offset"):
         await store.write_batch([good], {(TOPIC, 0): -1}, consumer_group="g")
     assert await store.count() == 0
