@@ -7,7 +7,10 @@ from contextlib import contextmanager
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
 import redis.exceptions
+import redis.retry
+from redis.backoff import ExponentialWithJitterBackoff
 
 from resultlog.errors import StoreUnavailable
 from resultlog.settings import Settings
@@ -19,6 +22,13 @@ UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, 
 # Bounded, and blocking when exhausted: a join over thousands of tasks reads them
 # concurrently, and must queue for connections rather than open thousands.
 MAX_CONNECTIONS = 64
+# A dropped connection is re-made and the command retried (the fold is idempotent, so
+# re-running a script is harmless); Redis gone for longer (about 3 s) is an error.
+_RETRIES = 6
+
+
+def _backoff() -> ExponentialWithJitterBackoff:
+    return ExponentialWithJitterBackoff(base=0.05, cap=1.0)
 
 
 def async_client(settings: Settings) -> redis.asyncio.Redis:
@@ -26,12 +36,16 @@ def async_client(settings: Settings) -> redis.asyncio.Redis:
         settings.redis_url, max_connections=MAX_CONNECTIONS, timeout=None,
         # Keepalive: a waiter's pub/sub connection may sit idle for hours.
         decode_responses=True, socket_keepalive=True,
+        retry=redis.asyncio.retry.Retry(_backoff(), _RETRIES),
     )
     return redis.asyncio.Redis.from_pool(pool)
 
 
 def sync_client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_keepalive=True)
+    return redis.Redis.from_url(
+        settings.redis_url, decode_responses=True, socket_keepalive=True,
+        retry=redis.retry.Retry(_backoff(), _RETRIES),
+    )
 
 
 @contextmanager

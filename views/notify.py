@@ -224,7 +224,7 @@ class Notifier:
         except asyncio.CancelledError:
             raise
         except UNAVAILABLE as exc:
-            log.warning("resultlog: pub/sub connection lost: %s", exc)
+            log.warning("resultlog: pub/sub connection lost: %s", exc, exc_info=True)
             self._fail_all(StoreUnavailable(f"Redis pub/sub connection lost: {exc}"))
         except Exception as exc:  # never die silently: waiters would hang
             log.exception("resultlog: pub/sub reader failed")

@@ -1,0 +1,459 @@
+"""AsyncResult / GroupResult (sync and asyncio) against a real Redis, woken by push."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+
+from resultlog import names
+from resultlog.errors import InvalidTaskId, ResultTimeout, StoreUnavailable, TaskRevoked
+from resultlog.schemas.event import ExceptionInfo, TaskEvent, now_ms
+from resultlog.schemas.fold import TaskView
+from resultlog.schemas.states import State
+from resultlog.settings import Settings
+from resultlog.views import (
+    AioAsyncResult,
+    AioGroupResult,
+    AsyncResult,
+    GroupResult,
+    RedisView,
+    RemoteTaskError,
+    ResultBackend,
+    ResultSet,
+)
+from resultlog.views.redis_view import SCRIPT, script_call
+
+pytestmark = pytest.mark.integration
+
+
+class TaskFailed(Exception):
+    """A task exception class the caller has imported: rebuilt as itself."""
+
+
+@pytest.fixture
+async def backend(settings: Settings) -> AsyncIterator[ResultBackend]:
+    async with ResultBackend(settings) as b:
+        yield b
+
+
+@pytest.fixture
+async def view(settings: Settings) -> AsyncIterator[RedisView]:
+    async with RedisView(settings) as v:
+        yield v
+
+
+def ev(task_id: str, state: State | str, **fields: Any) -> TaskEvent:
+    fields.setdefault("timestamp", now_ms())
+    return TaskEvent.create(task_id, state, **fields)
+
+
+def failure(task_id: str, exc_type: str = "TaskFailed", module: str = __name__, **fields: Any) -> TaskEvent:
+    return ev(task_id, State.FAILURE, exception=ExceptionInfo(exc_type, module, "it broke"),
+              traceback="Traceback (most recent call last):\n  File \"task.py\"\nTaskFailed: it broke\n",
+              **fields)
+
+
+def apply_sync(settings: Settings, events: Sequence[TaskEvent]) -> None:
+    """The fold script through a sync client: what a processor elsewhere would do."""
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        keys, args = script_call(settings, events)
+        client.register_script(SCRIPT)(keys=keys, args=args)
+    finally:
+        client.close()
+
+
+async def later(delay: float, coro: Any) -> Any:
+    await asyncio.sleep(delay)
+    return await coro
+
+
+# -- AsyncResult, asyncio flavour -------------------------------------------------------
+
+
+async def test_an_unknown_task_reads_pending(backend: ResultBackend) -> None:
+    r = backend.AioAsyncResult("nobody-knows")
+    assert not await r.ready()
+    assert not await r.exists()
+    assert (r.state, r.status, r.result, r.date_done, r.name, r.retries) == (
+        "PENDING", "PENDING", None, None, None, None)
+    assert not await r.successful() and not await r.failed()
+
+
+async def test_attributes_before_loading_raise(backend: ResultBackend) -> None:
+    with pytest.raises(RuntimeError, match="await refresh"):
+        _ = backend.AioAsyncResult("t").state
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "x" * 256, None, 42])
+async def test_malformed_ids_are_rejected(backend: ResultBackend, bad: Any) -> None:
+    with pytest.raises(InvalidTaskId):
+        AsyncResult(bad, backend)
+    with pytest.raises(InvalidTaskId):
+        backend.AioAsyncResult(bad)
+
+
+async def test_success_and_its_attributes(backend: ResultBackend, view: RedisView) -> None:
+    t = now_ms()
+    await view.apply([
+        ev("t", State.RECEIVED, timestamp=t - 5, task_name="add", args=[1, 2], kwargs={"z": 3}),
+        ev("t", State.STARTED, timestamp=t - 3, worker="w@host"),
+    ])
+    r = AioAsyncResult("t", backend)
+    assert not await r.ready() and await r.exists()
+    assert (r.state, r.date_done, r.worker) == ("STARTED", None, "w@host")
+    await view.apply([ev("t", State.SUCCESS, timestamp=t, result={"sum": 3}, worker="w@host", attempt=1)])
+    assert await r.get(timeout=5) == {"sum": 3}
+    assert (r.state, r.result, r.info, r.name, r.args, r.kwargs, r.worker, r.retries, r.traceback) == (
+        "SUCCESS", {"sum": 3}, {"sum": 3}, "add", [1, 2], {"z": 3}, "w@host", 1, None)
+    assert r.date_done == datetime.fromtimestamp(t / 1000, UTC)
+    assert r.date_done is not None and r.date_done.tzinfo is UTC
+    assert await r.successful() and not await r.failed()
+    assert r.task_id == r.id == str(r) == "t" and r == "t" and r == backend.AioAsyncResult("t")
+
+
+async def test_get_waits_by_push_and_never_polls(backend: ResultBackend, view: RedisView, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = backend.aio()
+    reads = 0
+    real_get = state.view.get
+
+    async def counting_get(task_id: str) -> TaskView | None:
+        nonlocal reads
+        reads += 1
+        return await real_get(task_id)
+
+    monkeypatch.setattr(state.view, "get", counting_get)
+    waiter = asyncio.create_task(backend.AioAsyncResult("t").get(timeout=10))
+    await asyncio.sleep(0.6)
+    assert not waiter.done()
+    assert reads == 2  # once before subscribing, once after: nothing in between
+    written = time.perf_counter()
+    await view.apply([ev("t", State.SUCCESS, result=7)])
+    assert await waiter == 7
+    assert time.perf_counter() - written < 0.1
+    assert reads == 3
+
+
+async def test_a_result_written_just_before_subscribing_is_seen(
+    backend: ResultBackend, view: RedisView, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first read misses it, and its publish goes out before the waiter listens:
+    # only the read after subscribing can find it.
+    state = backend.aio()
+    real_get = state.view.get
+    first = True
+
+    async def racing_get(task_id: str) -> TaskView | None:
+        nonlocal first
+        if first:
+            first = False
+            await view.apply([ev(task_id, State.SUCCESS, result="raced")])
+            return None
+        return await real_get(task_id)
+
+    monkeypatch.setattr(state.view, "get", racing_get)
+    assert await backend.AioAsyncResult("t").get(timeout=1) == "raced"
+
+
+async def test_timeout(backend: ResultBackend, view: RedisView) -> None:
+    r = backend.AioAsyncResult("slow")
+    await view.apply([ev("slow", State.STARTED)])
+    started = time.perf_counter()
+    with pytest.raises(ResultTimeout) as caught:
+        await r.get(timeout=0.3)
+    assert isinstance(caught.value, TimeoutError)
+    assert 0.25 < time.perf_counter() - started < 1.0
+    with pytest.raises(ResultTimeout):
+        await r.get(timeout=0)
+    # The wait left nothing subscribed behind.
+    await asyncio.sleep(0.05)
+    assert backend.aio().notifier._channels == {}
+
+
+async def test_failure_raises_the_rebuilt_exception(backend: ResultBackend, view: RedisView) -> None:
+    await view.apply([failure("f")])
+    r = backend.AioAsyncResult("f")
+    with pytest.raises(TaskFailed, match="it broke") as caught:
+        await r.get()
+    assert caught.value.__notes__[0].startswith("Remote traceback:\nTraceback")
+    exc = await r.get(propagate=False)
+    assert type(exc) is TaskFailed and r.result is exc and r.info is exc
+    assert r.state == "FAILURE" and await r.failed() and not await r.successful()
+    assert r.traceback is not None and "TaskFailed: it broke" in r.traceback
+
+
+async def test_an_unknown_exception_class_becomes_a_stand_in(backend: ResultBackend, view: RedisView) -> None:
+    await view.apply([failure("f", "Boom", "somebody.elses.module")])
+    with pytest.raises(RemoteTaskError) as caught:
+        await backend.AioAsyncResult("f").get()
+    assert type(caught.value).__name__ == "Boom"
+    assert (caught.value.exc_type, caught.value.exc_module) == ("Boom", "somebody.elses.module")
+
+
+async def test_revoked(backend: ResultBackend, view: RedisView) -> None:
+    await view.apply([ev("r", State.REVOKED)])
+    r = backend.AioAsyncResult("r")
+    with pytest.raises(TaskRevoked, match="task r was revoked"):
+        await r.get()
+    assert isinstance(await r.get(propagate=False), TaskRevoked)
+    assert await r.ready() and not await r.failed() and r.state == "REVOKED"
+
+
+async def test_retry_is_not_ready_and_get_waits_for_the_next_attempt(backend: ResultBackend, view: RedisView) -> None:
+    t = now_ms()
+    await view.apply([ev("t", State.RETRY, timestamp=t, exception=ExceptionInfo("ValueError", "builtins", "flaky"))])
+    r = backend.AioAsyncResult("t")
+    assert not await r.ready()
+    assert r.state == "RETRY" and isinstance(r.result, ValueError) and r.retries == 0
+    waiter = asyncio.create_task(r.get(timeout=5))
+    await asyncio.sleep(0.1)
+    await view.apply([ev("t", State.STARTED, timestamp=t + 1, attempt=1)])
+    await asyncio.sleep(0.1)
+    assert not waiter.done()  # a wake-up for a non-ready state is not published anyway
+    await view.apply([ev("t", State.SUCCESS, timestamp=t + 2, attempt=1, result="ok")])
+    assert await waiter == "ok" and r.retries == 1
+
+
+async def test_forget_and_exists(backend: ResultBackend, view: RedisView) -> None:
+    await view.apply([ev("t", State.SUCCESS, result=1)])
+    r = backend.AioAsyncResult("t")
+    assert await r.exists() and await r.get() == 1
+    await r.forget()
+    assert not await r.exists() and r.state == "PENDING"
+
+
+async def test_many_waiters_share_one_pubsub_connection(
+    backend: ResultBackend, view: RedisView, settings: Settings, redis_client: redis.asyncio.Redis
+) -> None:
+    ids = [f"t{i}" for i in range(25)]
+    waiters = [asyncio.create_task(backend.AioAsyncResult(i).get(timeout=10)) for i in ids * 2]
+    notifier = backend.aio().notifier
+    while len(notifier._channels) < len(ids) or not all(c.subscribed.done() for c in notifier._channels.values()):
+        await asyncio.sleep(0.01)
+    channels = [names.task_done_channel(settings.redis_prefix, i) for i in ids]
+    numsub = dict(await redis_client.pubsub_numsub(*channels))
+    assert all(numsub[c.encode()] == 1 for c in channels)  # one subscription per task, not per waiter
+    ours = [c for c in await redis_client.client_list(_type="pubsub")
+            if int(c["sub"]) > 0 and c["addr"] == _local_addr(backend)]
+    assert len(ours) == 1 and int(ours[0]["sub"]) == len(ids)
+    await view.apply([ev(i, State.SUCCESS, result=i) for i in ids])
+    assert await asyncio.gather(*waiters) == ids * 2
+
+
+def _local_addr(backend: ResultBackend) -> str:
+    conn = backend.aio().notifier._connection
+    assert conn is not None and conn._writer is not None
+    host, port = conn._writer.get_extra_info("sockname")[:2]
+    return f"{host}:{port}"
+
+
+async def test_a_waiter_survives_its_pubsub_connection_being_killed(
+    backend: ResultBackend, view: RedisView, redis_client: redis.asyncio.Redis
+) -> None:
+    waiter = asyncio.create_task(backend.AioAsyncResult("t").get(timeout=10))
+    other = asyncio.create_task(backend.AioAsyncResult("u").get(timeout=10))
+    notifier = backend.aio().notifier
+    while len(notifier._channels) < 2 or not all(c.subscribed.done() for c in notifier._channels.values()):
+        await asyncio.sleep(0.01)
+    assert await redis_client.client_kill_filter(_type="pubsub", laddr=None, addr=_local_addr(backend)) == 1
+    # Written while the connection is down or re-subscribing: the resync re-read finds it.
+    await view.apply([ev("t", State.SUCCESS, result="t")])
+    assert await waiter == "t"
+    # And the re-established subscription delivers later pushes too.
+    await asyncio.sleep(0.2)
+    await view.apply([ev("u", State.SUCCESS, result="u")])
+    assert await other == "u"
+
+
+async def test_a_cancelled_waiter_does_not_disturb_the_others(backend: ResultBackend, view: RedisView) -> None:
+    first = asyncio.create_task(backend.AioAsyncResult("t").get())
+    second = asyncio.create_task(backend.AioAsyncResult("t").get(timeout=5))
+    await asyncio.sleep(0)  # both are joining the same, not yet confirmed, subscription
+    first.cancel()
+    await asyncio.sleep(0.1)
+    await view.apply([ev("t", State.SUCCESS, result=1)])
+    assert await second == 1
+    assert first.cancelled()
+
+
+async def test_unavailable_redis_is_store_unavailable(settings: Settings) -> None:
+    dead = settings.replace(redis_url="redis://127.0.0.1:1/0")
+    async with ResultBackend(dead) as b:
+        with pytest.raises(StoreUnavailable):
+            await b.AioAsyncResult("t").get(timeout=1)
+
+
+# -- AsyncResult, sync flavour ----------------------------------------------------------
+
+
+def test_sync_flavour(settings: Settings) -> None:
+    with ResultBackend(settings) as backend:
+        r = backend.AsyncResult("t")
+        assert (r.state, r.ready(), r.exists(), r.result) == ("PENDING", False, False, None)
+        writer = threading.Timer(0.2, apply_sync, (settings, [ev("t", State.SUCCESS, result=[1, "x"], task_name="n")]))
+        writer.start()
+        started = time.perf_counter()
+        assert r.get(timeout=5) == [1, "x"]
+        assert 0.15 < time.perf_counter() - started < 1.0
+        writer.join()
+        assert (r.state, r.ready(), r.successful(), r.failed(), r.name) == ("SUCCESS", True, True, False, "n")
+        apply_sync(settings, [failure("f"), ev("r", State.REVOKED)])
+        with pytest.raises(TaskFailed):
+            backend.AsyncResult("f").get()
+        assert type(backend.AsyncResult("f").get(propagate=False)) is TaskFailed
+        with pytest.raises(TaskRevoked):
+            backend.AsyncResult("r").get()
+        with pytest.raises(ResultTimeout):
+            backend.AsyncResult("never").get(timeout=0.2)
+        r.forget()
+        assert r.state == "PENDING" and not r.exists()
+
+
+def test_sync_waiters_in_many_threads_share_the_waiter_thread(settings: Settings) -> None:
+    with ResultBackend(settings) as backend:
+        ids = [f"t{i}" for i in range(20)]
+        got: dict[str, Any] = {}
+
+        def wait(task_id: str) -> None:
+            got[task_id] = backend.AsyncResult(task_id).get(timeout=10)
+
+        threads = [threading.Thread(target=wait, args=(i,)) for i in ids]
+        for th in threads:
+            th.start()
+        time.sleep(0.3)
+        before = threading.active_count()
+        apply_sync(settings, [ev(i, State.SUCCESS, result=i) for i in ids])
+        for th in threads:
+            th.join(10)
+        assert got == {i: i for i in ids}
+        assert threading.active_count() <= before
+        assert sum(1 for t in threading.enumerate() if t.name == "resultlog-result-waiter") == 1
+    assert not any(t.name == "resultlog-result-waiter" for t in threading.enumerate())
+
+
+def test_sync_get_is_interrupted_cleanly_by_a_timeout_without_leaking(settings: Settings) -> None:
+    with ResultBackend(settings) as backend:
+        for _ in range(5):
+            with pytest.raises(ResultTimeout):
+                backend.AsyncResult("never").get(timeout=0.05)
+
+
+# -- groups -------------------------------------------------------------------------------
+
+
+async def test_group_queries(backend: ResultBackend, view: RedisView) -> None:
+    await view.apply([ev("a", State.SUCCESS, result=1), failure("b"), ev("c", State.STARTED)])
+    g = backend.AioGroupResult("g", ["a", "b", "c"])
+    assert (await g.ready(), await g.waiting(), await g.successful(), await g.failed(),
+            await g.completed_count()) == (False, True, False, True, 1)
+    assert len(g) == 3 and [r.id for r in g] == ["a", "b", "c"] and g[0].id == "a"
+    assert g == "g" and str(g) == "g"
+    await view.apply([ev("b", State.SUCCESS, result=2, attempt=1), ev("c", State.SUCCESS, result=3)])
+    # A member once read as ready keeps that answer (as in Celery): b's FAILURE stays.
+    assert (await g.ready(), await g.successful(), await g.failed(), await g.completed_count()) == (
+        True, False, True, 2)
+    await g[1].refresh()
+    assert (await g.ready(), await g.waiting(), await g.successful(), await g.failed(),
+            await g.completed_count()) == (True, False, True, False, 3)
+
+    def sync_queries() -> tuple[bool, bool, bool, bool, int]:
+        s = ResultSet([AsyncResult(i, backend) for i in "abc"])
+        return s.ready(), s.waiting(), s.successful(), s.failed(), s.completed_count()
+
+    assert await asyncio.to_thread(sync_queries) == (True, False, True, False, 3)
+
+
+async def test_join_returns_results_in_order_under_one_deadline(backend: ResultBackend, view: RedisView) -> None:
+    g = backend.AioGroupResult("g", ["a", "b", "c"])
+    writers = asyncio.gather(
+        later(0.3, view.apply([ev("a", State.SUCCESS, result="A")])),
+        later(0.1, view.apply([ev("b", State.SUCCESS, result="B")])),
+        later(0.2, view.apply([ev("c", State.SUCCESS, result="C")])),
+    )
+    started = time.perf_counter()
+    assert await g.join(timeout=5) == ["A", "B", "C"]
+    assert time.perf_counter() - started < 1.0
+    await writers
+    assert await g.get() == ["A", "B", "C"]  # get is join
+
+
+async def test_join_timeout_is_shared_not_per_member(backend: ResultBackend) -> None:
+    g = backend.AioResultSet([f"never{i}" for i in range(5)])
+    started = time.perf_counter()
+    with pytest.raises(ResultTimeout):
+        await g.join(timeout=0.3)
+    assert time.perf_counter() - started < 0.8
+
+
+async def test_join_raises_the_first_failure_in_order_without_waiting_for_later_members(
+    backend: ResultBackend, view: RedisView
+) -> None:
+    await view.apply([ev("a", State.SUCCESS, result=1), failure("b"), failure("d", "KeyError", "builtins")])
+    g = backend.AioGroupResult("g", ["a", "b", "c", "d"])  # c never finishes
+    with pytest.raises(TaskFailed):
+        await g.join(timeout=5)
+    # Without propagate everything is awaited; a pending member then times the join out.
+    with pytest.raises(ResultTimeout):
+        await g.join(timeout=0.2, propagate=False)
+    await view.apply([ev("c", State.SUCCESS, result=3)])
+    values = await g.join(propagate=False)
+    assert values[0] == 1 and type(values[1]) is TaskFailed and values[2] == 3 and type(values[3]) is KeyError
+
+
+def test_sync_group_join(settings: Settings) -> None:
+    with ResultBackend(settings) as backend:
+        g = backend.GroupResult("g", ["a", "b"])
+        assert isinstance(g, GroupResult) and not g.ready()
+        threading.Timer(0.1, apply_sync, (settings, [ev("a", State.SUCCESS, result="A")])).start()
+        threading.Timer(0.2, apply_sync, (settings, [ev("b", State.SUCCESS, result="B")])).start()
+        assert g.join(timeout=5) == ["A", "B"]
+        assert g.ready() and g.completed_count() == 2
+        apply_sync(settings, [failure("x")])
+        with pytest.raises(TaskFailed):
+            backend.GroupResult("h", ["a", "x", "never"]).get(timeout=5)
+        with pytest.raises(ResultTimeout):
+            backend.ResultSet(["a", "never"]).join(timeout=0.2)
+
+
+async def test_empty_groups(backend: ResultBackend) -> None:
+    g = backend.AioGroupResult("g", [])
+    assert await g.join() == [] and await g.ready() and not await g.waiting()
+
+
+# -- lifetime ----------------------------------------------------------------------------
+
+
+async def test_closing(settings: Settings) -> None:
+    b = ResultBackend(settings)
+    await b.AioAsyncResult("t").refresh()
+    with pytest.raises(RuntimeError, match="aclose"):
+        b.close()
+    await b.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await b.AioAsyncResult("t").refresh()
+    await b.aclose()  # idempotent
+
+
+# -- history (the Postgres store) ---------------------------------------------------------
+
+
+async def test_history_lists_every_transition(backend: ResultBackend, settings: Settings) -> None:
+    from resultlog.views.history import HistoryStore, stored
+
+    t = now_ms()
+    events = [ev("t", State.RECEIVED, timestamp=t), ev("t", State.STARTED, timestamp=t + 1),
+              ev("t", State.SUCCESS, timestamp=t + 2, result=1), ev("other", State.RECEIVED, timestamp=t)]
+    async with HistoryStore(settings) as store:
+        await store.migrate()
+        await store.write_batch(stored(events, "topic", 0, 0), {("topic", 0): len(events)},
+                                consumer_group="g")
+    assert await backend.AioAsyncResult("t").history() == events[:3]
+    assert await asyncio.to_thread(backend.AsyncResult("t").history) == events[:3]
