@@ -70,7 +70,7 @@ class Service(abc.ABC):
     def __init__(self, settings: Settings, out: Out) -> None:
         self.settings = settings
         self.out = out
-        self.home = Path(settings.dev_dir) / self.name
+        self.home = Path(settings.dev_dir).absolute() / self.name
 
     # -- identity -------------------------------------------------------------------
 

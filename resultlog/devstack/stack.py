@@ -138,6 +138,7 @@ class DevStack:
     ) -> UpReport:
         since = time.monotonic()
         if pid is not None:
+            await self._check_listening(svc, pid)
             await svc.wait_ready()
             await svc.after_ready()
             svc.say(f"already running on {svc.address} (pid {pid}), left alone")
@@ -161,6 +162,20 @@ class DevStack:
         report = UpReport(svc.name, svc.address, new_pid, True, elapsed(since))
         svc.say(f"ready on {svc.address} (pid {new_pid}) in {report.seconds:.1f} s")
         return report
+
+    @staticmethod
+    async def _check_listening(svc: Service, pid: int) -> None:
+        """Our process runs: is it on the configured port (settings may have changed)?"""
+        port = svc.ports[0].number
+        deadline = time.monotonic() + 15  # it may have been started a moment ago
+        while not process.port_in_use(port):
+            if time.monotonic() > deadline:
+                raise DevStackError(
+                    f"{svc.name} runs (pid {pid}) but nothing listens on port {port}: it was "
+                    f"started with other settings; run `resultlog dev down --only {svc.name}` "
+                    f"and then `resultlog dev up` again"
+                )
+            await asyncio.sleep(0.2)
 
     # -- down -------------------------------------------------------------------------
 

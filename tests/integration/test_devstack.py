@@ -197,3 +197,41 @@ def test_the_command_line_reports_status_and_logs(base_settings: Settings) -> No
                          text=True, timeout=60)
     assert bad.returncode == 1
     assert "mysql" in bad.stderr
+
+
+async def test_a_service_that_exits_while_starting_is_reported_with_its_log(
+    base_settings: Settings, dev_dir: Path
+) -> None:
+    _needs_local_stack(base_settings)
+    stack = DevStack(_separate(base_settings, dev_dir), only="redis", out=lambda line: None)
+    redis = stack.service("redis")
+    good_config = redis.config  # type: ignore[attr-defined]
+    redis.config = lambda: good_config() + "no-such-directive yes\n"  # type: ignore[attr-defined]
+
+    with pytest.raises(DevStackError) as caught:
+        await stack.up()
+
+    message = str(caught.value)
+    assert "redis (127.0.0.1:" in message and "exited while starting" in message
+    assert "no-such-directive" in message  # the tail of redis.log
+    assert not any(s.running for s in await stack.status())
+
+
+async def test_missing_java_or_maven_is_named_before_anything_starts(
+    base_settings: Settings, dev_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _needs_local_stack(base_settings)
+    settings = _separate(base_settings, dev_dir)
+    bin_dir = dev_dir / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(DevStackError, match=r"`java` is not on PATH"):
+        await DevStack(settings, out=lambda line: None).up()
+
+    java = shutil.which("java", path=os.defpath + ":/usr/lib/jvm/default-java/bin")
+    assert java is not None
+    (bin_dir / "java").symlink_to(java)
+    empty_cache = settings.replace(dev_cache_dir=str(dev_dir / "empty-cache"))
+    with pytest.raises(DevStackError, match=r"`mvn` \(Apache Maven\) is not on PATH"):
+        await DevStack(empty_cache, out=lambda line: None).up()
+    assert not any((dev_dir / name).exists() for name in ("kafka", "redis", "postgres"))
