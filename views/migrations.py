@@ -125,9 +125,12 @@ async def migrate(conn: asyncpg.Connection, schema: str) -> list[int]:
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", advisory_key(schema, "migrate"))
         # Under the lock, so "IF NOT EXISTS" cannot race another migrator's CREATE.
+        # CREATE SCHEMA only when missing: even with IF NOT EXISTS it needs the CREATE
+        # privilege on the database, which a role given a ready-made schema may lack.
+        if await conn.fetchval("SELECT to_regnamespace($1)", values["schema"]) is None:
+            await conn.execute(f"CREATE SCHEMA {values['schema']}")
         await conn.execute(
             "SET LOCAL client_min_messages = warning;"
-            f"CREATE SCHEMA IF NOT EXISTS {values['schema']};"
             f"CREATE TABLE IF NOT EXISTS {table} ("
             " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())"

@@ -370,6 +370,20 @@ async def test_migrate_refuses_a_schema_from_a_newer_resultlog(store: HistorySto
         await store.migrate()
 
 
+async def test_migrate_refuses_an_applied_migration_that_was_edited(store: HistoryStore) -> None:
+    await store.pool.execute(
+        f"UPDATE {quote_ident(store.settings.postgres_schema)}.schema_migrations"
+        " SET checksum = 'edited' WHERE version = 1")
+    with pytest.raises(ConfigurationError, match="0001_history.sql differs"):
+        await store.migrate()
+
+
+async def test_migrate_uses_a_schema_made_by_someone_else(settings: Settings) -> None:
+    async with HistoryStore(settings) as s:
+        await s.pool.execute(f"CREATE SCHEMA {quote_ident(settings.postgres_schema)}")
+        assert await s.migrate() == [1]
+
+
 async def test_an_unmigrated_schema_is_a_clear_error(settings: Settings) -> None:
     async with HistoryStore(settings) as s:
         with pytest.raises(ConfigurationError, match="RESULTLOG_POSTGRES_SCHEMA"):
