@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -59,7 +60,10 @@ class Processor:
         self.sink = FoldSink(settings, consumer_group=settings.consumer_group)
         self.stats = SinkStats()
         self._started = asyncio.Event()
-        self.app = faust.App(**faust_settings(settings, **faust_overrides))
+        conf = faust_settings(settings, **faust_overrides)
+        # faust makes only the last directory of datadir itself.
+        Path(conf["datadir"]).mkdir(parents=True, exist_ok=True)
+        self.app = faust.App(**conf)
         self.events_topic = self.app.topic(
             settings.events_topic,
             key_type=bytes, value_type=bytes,

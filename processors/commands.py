@@ -37,7 +37,7 @@ def run(settings: Settings, *, loglevel: str = "info") -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     loop.run_until_complete(
-        ensure_topics(settings, [settings.events_topic, settings.dead_letter_topic])
+        ensure_topics(settings, settings.events_topic, settings.dead_letter_topic)
     )
     processor = Processor(settings)
     logging.getLogger("resultlog").setLevel(loglevel.upper())

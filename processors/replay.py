@@ -115,7 +115,7 @@ async def replay(
     store = HistoryStore(settings)
     await store.start()
     sink = FoldSink(settings, consumer_group=group, write_redis=redis,
-                    write_history=history, history=store)
+                    write_history=history, history=store, redis_first=True)
     try:
         await store.migrate()
         if fresh:

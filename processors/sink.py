@@ -5,12 +5,16 @@ so there is one write path to get right.
 
 Order matters, and it is the whole crash-safety argument:
 1. decode; undecodable or invalid records go to the dead-letter topic (awaited);
-2. fold the good events into Redis (an idempotent compare-and-set: re-applying is
-   harmless);
-3. insert the history rows and the consumed offsets in ONE Postgres transaction.
-A crash anywhere before 3 commits leaves the offsets where they were, so the batch
-is read again and steps 1-2 repeat harmlessly; after 3, the offsets say the batch is
-in both views. Kafka's own committed offsets may lag; Postgres' are the truth.
+2. (live) insert the history rows and the consumed offsets in ONE Postgres
+   transaction, then fold the events into Redis (an idempotent compare-and-set).
+   History first, so that when ``AsyncResult.get()`` wakes, ``history()`` already
+   holds the transition. A crash between the two leaves Redis behind, but the live
+   processor's Kafka offsets are committed only after the whole batch (faust acks
+   after the agent's body), so the batch is read again and Redis catches up; the
+   history insert is idempotent on ``event_id``.
+3. (replay, ``redis_first=True``) Redis first, then history+offsets: replay resumes
+   from the offsets stored in Postgres, so those must only ever cover batches that
+   are in both stores.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class FoldSink:
     consumer_group: str
     write_redis: bool = True
     write_history: bool = True
+    redis_first: bool = False
     codec: Codec = field(default_factory=Codec)
     redis: RedisView | None = None
     history: HistoryStore | None = None
@@ -109,10 +114,17 @@ class FoldSink:
             good.append(StoredEvent(event, rec.topic, rec.partition, rec.offset))
         await self.dead_letters.send(bad)
         stats.dead_letters = len(bad)
-        if good and self.write_redis and self.redis is not None:
-            stats.redis_changed = await self.redis.apply([s.event for s in good])
+        if self.redis_first:
+            stats.redis_changed = await self._apply_redis(good)
         # Without the history (a Redis-only replay) the offsets still record progress.
         stats.inserted = await self.history.write_batch(
             good if self.write_history else [], offsets, consumer_group=self.consumer_group)
-        stats.duplicates = len(good) - stats.inserted
+        if not self.redis_first:
+            stats.redis_changed = await self._apply_redis(good)
+        stats.duplicates = len(good) - stats.inserted if self.write_history else 0
         return stats
+
+    async def _apply_redis(self, good: Sequence[StoredEvent]) -> int:
+        if not good or not self.write_redis or self.redis is None:
+            return 0
+        return await self.redis.apply([s.event for s in good])
