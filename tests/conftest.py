@@ -165,6 +165,8 @@ async def _drop_schema(settings: Settings) -> None:
     conn = await asyncpg.connect(settings.postgres_dsn)
     try:
         schema = settings.postgres_schema.replace('"', '""')
+        # A connection the test leaked would block the drop forever: fail instead.
+        await conn.execute("SET lock_timeout = '20s'")
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await conn.close()

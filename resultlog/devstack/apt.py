@@ -55,7 +55,7 @@ def install(packages: Sequence[str], *, log_path: Path, out: Out) -> None:
             on_line=progress,
         )
         process.run_logged(
-            ["apt-get", "install", "-y", "--no-install-recommends", *packages],
+            ["apt-get", "install", "-y", "--no-install-recommends", "--no-upgrade", *packages],
             log_path=log_path,
             what=f"apt-get install {names}",
             env=env,
