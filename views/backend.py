@@ -26,7 +26,7 @@ from resultlog.settings import Settings
 from resultlog.views._redis import async_client, sync_client, translated
 from resultlog.views.exceptions import ExceptionRebuilder
 from resultlog.views.notify import Notifier
-from resultlog.views.redis_view import RedisView, view_from_hash
+from resultlog.views.redis_view import RedisView, view_from_hash, view_from_push
 
 # Module aliases: inside ResultBackend the bare names are its factory methods.
 from resultlog.views import group as _group
@@ -88,6 +88,11 @@ class AioState:
                             assert view is not None
                             return view
                         await watch.wait(None)
+                        # The push usually carries the view itself: no second read.
+                        view = view_from_push(task_id, watch.payload)
+                        if _ready(view):
+                            assert view is not None
+                            return view
         except TimeoutError as exc:
             if isinstance(exc, ResultTimeout):
                 raise

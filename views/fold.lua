@@ -19,9 +19,12 @@ Key layout (names built by resultlog/names.py):
       task_name args kwargs parent_id root_id group_id chord_id chord_size chord_index
       token:{field}      order token of the event each sticky field came from
 
-  {prefix}done:{task_id}   channel: PUBLISHed (payload = the state) whenever a batch
-                           moves the task's winner to a ready state (and the key
-                           is kept).
+  {prefix}done:{task_id}   channel: PUBLISHed whenever a batch moves the task's
+                           winner to a ready state (and the key is kept). Payload:
+                           the whole hash as a JSON array [field, value, ...] (what
+                           HGETALL returns), so a woken waiter need not read it
+                           again; just the state name if the values exceed
+                           PUSH_LIMIT bytes (the waiter then reads the hash).
                            Waiters SUBSCRIBE first and read the hash second, so the
                            hash covers whatever was published before they listened.
 
@@ -51,6 +54,7 @@ Arguments (all strings):
 Returns the number of tasks whose stored view changed.
 ]]
 
+local PUSH_LIMIT = 65536
 local expiring = ARGV[1] == '1'
 local nwin, nsticky, nready = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local pos = 5
@@ -140,7 +144,14 @@ for k = 1, #KEYS do
       else
         redis.call('PERSIST', key)
       end
-      if kept and ready[state] then redis.call('PUBLISH', channels[k], state) end
+      if kept and ready[state] then
+        local fields = redis.call('HGETALL', key)
+        local size = 0
+        for i = 2, #fields, 2 do size = size + #fields[i] end
+        local payload = state
+        if size <= PUSH_LIMIT then payload = cjson.encode(fields) end
+        redis.call('PUBLISH', channels[k], payload)
+      end
     end
     if kept or t.existed then changed = changed + 1 end
   end

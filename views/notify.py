@@ -36,16 +36,18 @@ _BARRIER_PREFIX = "resultlog-barrier-"
 class Watch:
     """One waiter's interest in one channel."""
 
-    __slots__ = ("channel", "_event", "_error")
+    __slots__ = ("channel", "payload", "_event", "_error")
 
     def __init__(self, channel: str) -> None:
         self.channel = channel
+        self.payload: str | None = None  # the last message's data (None: just re-read)
         self._event = asyncio.Event()
         self._error: BaseException | None = None
 
     def clear(self) -> None:
         """Forget earlier wake-ups: call before each read of the task."""
         self._event.clear()
+        self.payload = None
 
     async def wait(self, timeout: float | None) -> bool:
         """Wait for a wake-up: True if woken, False if ``timeout`` seconds passed."""
@@ -59,9 +61,10 @@ class Watch:
             raise self._error
         return True
 
-    def _wake(self, error: BaseException | None = None) -> None:
+    def _wake(self, error: BaseException | None = None, payload: str | None = None) -> None:
         if error is not None:
             self._error = error
+        self.payload = payload
         self._event.set()
 
 
@@ -214,13 +217,16 @@ class Notifier:
                 # subscribed mode), ["pong", token] under RESP2 in subscribed mode.
                 if isinstance(response, (str, bytes)):
                     self._pong(text(response))
-                elif text(response[0]) == "pong":
+                    continue
+                kind = text(response[0])
+                if kind == "message":  # the hot path: straight to the waiters
+                    self._wake(text(response[1]), text(response[2]))
+                elif kind == "pong":
                     self._pong(text(response[1]))
                 else:
-                    # redis-py's own handling keeps its subscription bookkeeping right.
-                    message = await pubsub.handle_message(response)  # type: ignore[no-untyped-call]
-                    if message is not None and message["type"] == "message":
-                        self._wake(text(message["channel"]))
+                    # (un)subscribe confirmations: redis-py's handling keeps its
+                    # subscription bookkeeping right.
+                    await pubsub.handle_message(response)  # type: ignore[no-untyped-call]
         except asyncio.CancelledError:
             raise
         except UNAVAILABLE as exc:
@@ -230,11 +236,11 @@ class Notifier:
             log.exception("resultlog: pub/sub reader failed")
             self._fail_all(StoreUnavailable(f"Redis pub/sub reader failed: {exc!r}"))
 
-    def _wake(self, channel: str) -> None:
+    def _wake(self, channel: str, payload: str) -> None:
         entry = self._channels.get(channel)
         if entry is not None:
             for w in entry.watches:
-                w._wake()
+                w._wake(payload=payload)
 
     def _pong(self, token: str) -> None:
         barrier = self._barriers.pop(token, None)

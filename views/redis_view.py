@@ -8,6 +8,7 @@ reads hashes back into :class:`~resultlog.schemas.fold.TaskView`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -115,6 +116,14 @@ def view_from_hash(task_id: str, fields: Mapping[Any, Any]) -> TaskView | None:
         sticky_tokens=tuple(sorted(tokens)),
         **sticky,
     )
+
+
+def view_from_push(task_id: str, payload: str | None) -> TaskView | None:
+    """The view a done-channel message carries, if it carries one (see fold.lua)."""
+    if not payload or not payload.startswith("["):
+        return None  # just the state name: the hash was too large to push
+    flat = json.loads(payload)
+    return view_from_hash(task_id, dict(zip(flat[::2], flat[1::2])))
 
 
 class RedisView:

@@ -20,7 +20,7 @@ from resultlog.schemas.event import ExceptionInfo, TaskEvent, now_ms
 from resultlog.schemas.fold import fold
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
-from resultlog.views.redis_view import RedisView
+from resultlog.views.redis_view import RedisView, view_from_push
 from tests.unit.strategies import task_events
 
 pytestmark = pytest.mark.integration
@@ -210,12 +210,17 @@ async def test_publishes_when_a_task_becomes_ready(view: RedisView, client: redi
 
         async def next_message() -> Any:
             msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3)
-            return None if msg is None else (msg["channel"], msg["data"])
+            if msg is None:
+                return None
+            pushed = view_from_push("t", msg["data"])  # the message carries the view
+            assert pushed == await view.get("t")
+            assert pushed is not None
+            return msg["channel"], pushed.state.value
 
         await view.apply([ev("t", State.RECEIVED, t), ev("t", State.STARTED, t + 1)])
         assert await next_message() is None
         success = ev("t", State.SUCCESS, t + 2, result=1)
-        await view.apply([success, ev("other", State.SUCCESS, t)])
+        await view.apply([success, ev("other", State.STARTED, t)])
         assert await next_message() == (channel, "SUCCESS")
         assert await next_message() is None
         await view.apply([success])  # a duplicate is not news
@@ -239,3 +244,13 @@ async def test_concurrent_batches_never_regress(settings: Settings) -> None:
         await asyncio.gather(*(v.apply(c) for v, c in zip(itertools.cycle([a, b]), chunks)))
         for task_id, want in fold(events).items():
             assert await a.get(task_id) == want
+
+
+async def test_a_large_result_is_announced_not_pushed(view: RedisView, client: redis.asyncio.Redis, settings: Settings) -> None:
+    async with client.pubsub() as pubsub:
+        await pubsub.subscribe(names.task_done_channel(settings.redis_prefix, "big"))
+        await pubsub.get_message(timeout=1)
+        await view.apply([ev("big", State.SUCCESS, now_ms(), result="x" * 70_000)])
+        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+        assert msg is not None and msg["data"] == "SUCCESS"
+        assert view_from_push("big", msg["data"]) is None
