@@ -13,7 +13,8 @@ import asyncio
 import importlib
 import os
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _PROPAGATE = frozenset({State.FAILURE, State.REVOKED})
+CLOSED = "the result backend is closed"
 
 
 class _HistorySource(Protocol):
@@ -63,15 +65,47 @@ class AioState:
         self.notifier = Notifier(self.client)
         self._history: _HistorySource | None = None
         self._history_lock = asyncio.Lock()
+        # Operations in flight, so that aclose() closes the client only after they
+        # have finished (a read racing with close would otherwise leak a connection).
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closed = False
+
+    @asynccontextmanager
+    async def _op(self) -> AsyncIterator[None]:
+        if self._closed:
+            raise RuntimeError(CLOSED)
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+
+    async def read(self, task_id: str) -> TaskView | None:
+        async with self._op():
+            return await self.view.get(task_id)
+
+    async def read_many(self, task_ids: Sequence[str]) -> list[TaskView | None]:
+        async with self._op():
+            return await self.view.get_many(task_ids)
+
+    async def forget(self, task_id: str) -> bool:
+        async with self._op():
+            return await self.view.forget(task_id)
 
     async def wait_ready(self, task_id: str, timeout: float | None) -> TaskView:
         """The task's view once it is ready; :class:`ResultTimeout` after ``timeout`` s."""
-        deadline = None if timeout is None else self.loop.time() + timeout
-        view = await self.view.get(task_id)
-        if _ready(view):
-            assert view is not None
-            return view
-        return await self._wait_pending(task_id, deadline)
+        async with self._op():
+            deadline = None if timeout is None else self.loop.time() + timeout
+            view = await self.view.get(task_id)
+            if _ready(view):
+                assert view is not None
+                return view
+            return await self._wait_pending(task_id, deadline)
 
     async def _wait_pending(self, task_id: str, deadline: float | None) -> TaskView:
         if deadline is not None and deadline <= self.loop.time():
@@ -108,6 +142,12 @@ class AioState:
         Every pending member is watched concurrently, so the total wait is the slowest
         member's, not the sum.
         """
+        async with self._op():
+            return await self._wait_many(task_ids, timeout, stop_at_failure)
+
+    async def _wait_many(
+        self, task_ids: Sequence[str], timeout: float | None, stop_at_failure: bool
+    ) -> list[TaskView]:
         deadline = None if timeout is None else self.loop.time() + timeout
         views = await self.view.get_many(task_ids)
         pending: dict[int, asyncio.Task[TaskView]] = {}
@@ -125,9 +165,11 @@ class AioState:
                     break
             return done
         except ResultTimeout:
+            ready = sum(1 for t in pending.values()
+                        if t.done() and not t.cancelled() and t.exception() is None)
             raise ResultTimeout(
-                f"{sum(1 for t in pending.values() if t.done() and not t.exception())}"
-                f" of {len(pending)} pending tasks became ready before the timeout"
+                f"{len(task_ids) - len(pending) + ready} of {len(task_ids)} tasks were ready"
+                " before the timeout"
             ) from None
         finally:
             for task in pending.values():
@@ -137,14 +179,21 @@ class AioState:
 
     async def history(self, task_id: str) -> list[TaskEvent]:
         validate_task_id(task_id)
-        async with self._history_lock:
-            if self._history is None:
-                self._history = _open_history(self.settings)
-                await self._history.start()
-        return await self._history.history(task_id)
+        async with self._op():
+            async with self._history_lock:
+                if self._history is None:
+                    history = _open_history(self.settings)
+                    await history.start()
+                    self._history = history
+            return await self._history.history(task_id)
 
     async def aclose(self) -> None:
+        """Release waiters (they raise RuntimeError), let reads finish, close connections."""
+        if self._closed:
+            return
+        self._closed = True
         await self.notifier.aclose()
+        await self._idle.wait()
         await self.view.close()
         await self.client.aclose()
         if self._history is not None:
@@ -331,7 +380,7 @@ class ResultBackend:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("the result backend is closed")
+            raise RuntimeError(CLOSED)
 
     def close(self) -> None:
         """Close the sync side. If the asyncio flavour was used, use :meth:`aclose`."""

@@ -180,7 +180,7 @@ class AioResultSet(_Members[AioAsyncResult]):
             by_backend.setdefault(id(self.results[i].backend), []).append(i)
         for indices in by_backend.values():
             backend = self.results[indices[0]].backend
-            fresh = await backend.aio().view.get_many([self.results[i].id for i in indices])
+            fresh = await backend.aio().read_many([self.results[i].id for i in indices])
             for i, view in zip(indices, fresh):
                 views[i] = self.results[i]._set(view)
         return views

@@ -31,6 +31,7 @@ from resultlog.views._redis import UNAVAILABLE, text, translated
 log = logging.getLogger(__name__)
 
 _BARRIER_PREFIX = "resultlog-barrier-"
+CLOSED = "the result backend is closed"
 
 
 class Watch:
@@ -110,7 +111,7 @@ class Notifier:
     async def watch(self, channel: str) -> AsyncIterator[Watch]:
         """Subscribed to ``channel`` for the duration; the subscription is live on entry."""
         if self._closed:
-            raise RuntimeError("the result backend is closed")
+            raise RuntimeError(CLOSED)
         w = Watch(channel)
         entry = self._channels.get(channel)
         if entry is None:
@@ -141,10 +142,13 @@ class Notifier:
         except BaseException as exc:
             if self._channels.get(channel) is entry:
                 del self._channels[channel]  # the next waiter tries afresh
-            _fail(entry.subscribed, exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
+            if isinstance(exc, Exception):
+                _fail(entry.subscribed, exc)
+                return
+            # Cancelled: only aclose() cancels this task. Waiters must see an error,
+            # not a cancellation of their own.
+            _fail(entry.subscribed, RuntimeError(CLOSED))
+            raise
         if not entry.subscribed.done():
             entry.subscribed.set_result(None)
 
@@ -230,7 +234,7 @@ class Notifier:
         except asyncio.CancelledError:
             raise
         except UNAVAILABLE as exc:
-            log.warning("resultlog: pub/sub connection lost: %s", exc, exc_info=True)
+            log.warning("resultlog: pub/sub connection lost: %s", exc)
             self._fail_all(StoreUnavailable(f"Redis pub/sub connection lost: {exc}"))
         except Exception as exc:  # never die silently: waiters would hang
             log.exception("resultlog: pub/sub reader failed")
@@ -275,14 +279,18 @@ class Notifier:
                 w._wake(error)
         self._channels.clear()
         if pubsub is not None:
+            self._forget_connection()
             self._spawn(self._discard(pubsub))
 
-    async def _discard(self, pubsub: PubSub) -> None:
+    def _forget_connection(self) -> None:
+        # Synchronously, before a new connection can be set up in its place.
         if self._connection is not None:
             self._connection.deregister_connect_callback(  # type: ignore[no-untyped-call]
                 self._on_reconnect
             )
             self._connection = None
+
+    async def _discard(self, pubsub: PubSub) -> None:
         try:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
         except UNAVAILABLE:
@@ -299,8 +307,9 @@ class Notifier:
         await asyncio.gather(*tasks, return_exceptions=True)
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
+            self._forget_connection()
             await self._discard(pubsub)
-        error = StoreUnavailable("the result backend was closed")
+        error = RuntimeError(CLOSED)
         for barrier in self._barriers.values():
             _fail(barrier.future, error)
         for entry in self._channels.values():

@@ -234,13 +234,13 @@ class AioAsyncResult(_ResultBase):
 
     async def refresh(self) -> AioAsyncResult:
         """Load the task's current state into this object's attributes."""
-        self._set(await self.backend.aio().view.get(self.id))
+        self._set(await self.backend.aio().read(self.id))
         return self
 
     async def _load(self) -> TaskView | None:
         # Like the sync flavour: a ready state is cached, anything else is re-read.
         if self._view is None or not self._view.ready:
-            self._set(await self.backend.aio().view.get(self.id))
+            self._set(await self.backend.aio().read(self.id))
         return self._view
 
     async def ready(self) -> bool:
@@ -270,7 +270,7 @@ class AioAsyncResult(_ResultBase):
 
     async def forget(self) -> None:
         self._set(None)
-        await self.backend.aio().view.forget(self.id)
+        await self.backend.aio().forget(self.id)
 
     async def history(self) -> list[TaskEvent]:
         return await self.backend.aio().history(self.id)

@@ -451,6 +451,18 @@ async def test_closing(settings: Settings) -> None:
     await b.aclose()  # idempotent
 
 
+async def test_closing_the_backend_releases_its_waiters(settings: Settings) -> None:
+    b = ResultBackend(settings)
+    waiters = [asyncio.create_task(b.AioAsyncResult(t).get()) for t in ("a", "a", "b")]
+    await asyncio.sleep(0.1)
+    joining = asyncio.create_task(b.AioAsyncResult("c").get())  # still subscribing
+    await asyncio.sleep(0)
+    await b.aclose()
+    for w in [*waiters, joining]:
+        with pytest.raises(RuntimeError, match="closed"):
+            await w
+
+
 # -- history (the Postgres store) ---------------------------------------------------------
 
 
