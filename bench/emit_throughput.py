@@ -26,8 +26,11 @@ from collections.abc import Callable
 
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 
-from resultlog.producers import Emitter, SyncEmitter, ensure_topics
-from resultlog.producers.emitter import default_worker_name
+# Submodules, not the package: run as a script (sys.path[0] = bench/), the editable
+# install resolves resultlog.producers as a namespace package without its __init__.
+from resultlog.producers.emitter import Emitter, default_worker_name
+from resultlog.producers.sync import SyncEmitter
+from resultlog.producers.topics import ensure_topics
 from resultlog.producers.events import build
 from resultlog.producers.options import DEFAULT_COMPRESSION, DEFAULT_MAX_BATCH_BYTES
 from resultlog.schemas.codec import Codec

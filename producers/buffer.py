@@ -73,6 +73,16 @@ class Outbox:
         wake, self._wake = self._wake, None
         return wake
 
+    def offer(self, key: bytes, value: bytes, ts: int) -> bool:
+        """Queue without waiting; False when there is no room. The common, fast path."""
+        with self._lock:
+            if self._try_put(key, value, ts, None) is None:
+                return False
+            wake, self._wake = self._wake, None
+        if wake is not None:
+            wake()
+        return True
+
     def put_blocking(
         self, key: bytes, value: bytes, ts: int, waiter: Waiter | None, timeout_s: float
     ) -> int:

@@ -93,9 +93,10 @@ class Emitter:
     # Emitting ----------------------------------------------------------------------
     async def emit(self, event: TaskEvent, *, wait: bool = False) -> None:
         """Emit a ready-made event."""
-        if not self._pipeline.running:
+        pipeline = self._pipeline
+        if not pipeline.running:
             await self.start()
-        await self._pipeline.accept(event, wait=wait)
+        await pipeline.accept(event, wait=wait)
 
     async def emit_state(
         self,

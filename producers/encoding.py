@@ -47,6 +47,7 @@ def _varint(n: int) -> bytes:
 
 
 _SMALL = [_varint(i) for i in range(128)]
+_ts_memo = (0, _varint(0))  # (timestamp, its encoding): a one-entry memo
 
 
 def _string(s: str) -> bytes:
@@ -78,26 +79,33 @@ def _opt_exception(exc: ExceptionInfo | None) -> bytes:
 
 
 def _write_v2(header: bytes, states: dict[State, bytes], e: TaskEvent) -> bytes:
-    # Field order and types follow schemas/avro/task_event.v2.avsc exactly.
+    # Field order and types follow schemas/avro/task_event.v2.avsc exactly. Most
+    # optional fields are None: test inline rather than pay a call for each.
+    global _ts_memo
+    ts = e.timestamp
+    memo = _ts_memo  # one read of one tuple: consistent even across threads
+    if memo[0] != ts:  # events come in bursts within the same millisecond
+        memo = _ts_memo = (ts, _varint(ts))
+    attempt = e.attempt
     parts = [
         header,
         _string(e.event_id),
         _string(e.task_id),
         states[e.state],
-        _varint(e.timestamp),
-        _opt_string(e.task_name),
-        _opt_string(e.worker),
-        _varint(e.attempt),
-        _opt_string(e.args),
-        _opt_string(e.kwargs),
-        _opt_string(e.result),
+        memo[1],
+        _NULL if e.task_name is None else _opt_string(e.task_name),
+        _NULL if e.worker is None else _opt_string(e.worker),
+        _SMALL[attempt] if 0 <= attempt < 128 else _varint(attempt),
+        _NULL if e.args is None else _opt_string(e.args),
+        _NULL if e.kwargs is None else _opt_string(e.kwargs),
+        _NULL if e.result is None else _opt_string(e.result),
         _opt_exception(e.exception),
-        _opt_string(e.traceback),
+        _NULL if e.traceback is None else _opt_string(e.traceback),
         _NULL if e.runtime is None else _SOME + _pack_double(e.runtime),
-        _opt_string(e.parent_id),
-        _opt_string(e.root_id),
-        _opt_string(e.group_id),
-        _opt_string(e.chord_id),
+        _NULL if e.parent_id is None else _opt_string(e.parent_id),
+        _NULL if e.root_id is None else _opt_string(e.root_id),
+        _NULL if e.group_id is None else _opt_string(e.group_id),
+        _NULL if e.chord_id is None else _opt_string(e.chord_id),
         _opt_int(e.chord_size),
         _opt_int(e.chord_index),
         _NULL if e.eta is None else _SOME + _varint(e.eta),

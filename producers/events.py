@@ -7,6 +7,7 @@ identically. Everything here is pure and raises before anything is buffered.
 
 from __future__ import annotations
 
+import json
 import os
 import traceback as traceback_module
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,18 @@ class TaskFields(TypedDict, total=False):
 
 
 _FIELD_NAMES = frozenset(TaskFields.__annotations__)
+
+# The exact encoder ``schemas.event.to_json`` uses, built once: json.dumps() with
+# non-default options constructs a new JSONEncoder on every call, which costs more
+# than the encoding of a small value.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def _json(value: Any, what: str) -> str:
+    try:
+        return _dumps(value)
+    except (TypeError, ValueError):
+        return to_json(value, what)  # raises ResultNotSerializable, worded by the schema module
 
 
 def new_event_id() -> str:
@@ -108,9 +121,9 @@ def build(
         task_name=fields.get("task_name"),
         worker=fields.get("worker", worker),
         attempt=attempt,
-        args=None if args is None else to_json(list(args), "args"),
-        kwargs=None if kwargs is None else to_json(dict(kwargs), "kwargs"),
-        result=to_json(result, "result") if state is State.SUCCESS else None,
+        args=None if args is None else _json(list(args), "args"),
+        kwargs=None if kwargs is None else _json(dict(kwargs), "kwargs"),
+        result=_json(result, "result") if state is State.SUCCESS else None,
         exception=info,
         traceback=traceback,
         runtime=None if runtime is None else float(runtime),

@@ -16,6 +16,7 @@ from resultlog.settings import Settings
 
 DEFAULT_COMPRESSION: Compression = None
 DEFAULT_MAX_BATCH_BYTES = 512 * 1024
+DEFAULT_LINGER_MS = 5.0
 DEFAULT_MAX_BUFFERED_EVENTS = 100_000
 DEFAULT_MAX_BUFFERED_BYTES = 64 * 1024 * 1024
 DEFAULT_CLOSE_TIMEOUT_S = 30.0
@@ -27,6 +28,9 @@ class EmitterOptions(TypedDict, total=False):
     #: Largest record batch per partition, before compression; keep it under the
     #: broker's ``message.max.bytes`` (1 MiB by default).
     max_batch_bytes: int
+    #: How long a partition's batch may wait for more events before it is sent (like
+    #: Kafka's ``linger.ms``); ``flush()`` never waits for it.
+    linger_ms: float
     #: Back-pressure: at most this many events accepted and not yet acknowledged...
     max_buffered_events: int
     #: ...and at most this many encoded bytes.
@@ -52,6 +56,7 @@ def resolve(settings: Settings, options: EmitterOptions) -> PipelineOptions:
             max_batch_bytes=options.get("max_batch_bytes", DEFAULT_MAX_BATCH_BYTES),
             client_id=options.get("client_id", "resultlog-emitter"),
         ),
+        linger_s=options.get("linger_ms", DEFAULT_LINGER_MS) / 1000,
         max_buffered_events=options.get("max_buffered_events", DEFAULT_MAX_BUFFERED_EVENTS),
         max_buffered_bytes=options.get("max_buffered_bytes", DEFAULT_MAX_BUFFERED_BYTES),
         buffer_timeout_s=options.get("buffer_timeout_s", settings.kafka_timeout_s),
@@ -61,7 +66,7 @@ def resolve(settings: Settings, options: EmitterOptions) -> PipelineOptions:
     for name in ("max_buffered_events", "max_buffered_bytes"):
         if getattr(opts, name) < 1:
             raise ConfigurationError(f"emitter option {name} must be at least 1")
-    for name in ("buffer_timeout_s", "close_timeout_s"):
+    for name in ("linger_s", "buffer_timeout_s", "close_timeout_s"):
         if getattr(opts, name) < 0:
             raise ConfigurationError(f"emitter option {name} must not be negative")
     return opts

@@ -53,10 +53,14 @@ from resultlog.settings import Settings
 
 log = logging.getLogger("resultlog.producers")
 
+# An emitting coroutine yields to the event loop after this many events in a row.
+_YIELD_EVERY = 128
+
 
 @dataclass(frozen=True, slots=True)
 class PipelineOptions:
     producer: ProducerConfig
+    linger_s: float
     max_buffered_events: int
     max_buffered_bytes: int
     buffer_timeout_s: float
@@ -65,10 +69,11 @@ class PipelineOptions:
 
 
 class _Batch:
-    __slots__ = ("builder", "open", "finished", "count", "nbytes", "first_seq", "waiters")
+    __slots__ = ("builder", "open", "finished", "count", "nbytes", "first_seq", "created", "waiters")
 
-    def __init__(self, builder: BatchBuilder, first_seq: int) -> None:
+    def __init__(self, builder: BatchBuilder, first_seq: int, created: float) -> None:
         self.builder = builder
+        self.created = created
         self.open = True
         self.finished = False
         self.count = 0
@@ -121,6 +126,10 @@ class Failures:
             if unwaited:
                 self._for_callers.add(unwaited, cause)
 
+    @property
+    def pending_for_callers(self) -> bool:
+        return self._for_callers.events > 0  # a plain read: the lock is taken only when set
+
     def raise_for_callers(self) -> None:
         with self._lock:
             failure, self._for_callers = self._for_callers, _Failure()
@@ -157,6 +166,7 @@ class Pipeline:
         self._restart_needed = False
         self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._state = "new"  # new → running → stopping → stopped
+        self._since_yield = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._work: asyncio.Event | None = None
@@ -256,38 +266,53 @@ class Pipeline:
         return event.task_id.encode(), self.encoder.encode(event)
 
     def check(self) -> None:
-        """Raise what an emitting call must see first: an undelivered earlier event, or closed."""
+        """Raise what an emitting call must see first: closed, or an undelivered earlier event."""
         if self._state != "running":
             raise EmitterClosed(f"this emitter is {self._state}")
-        self.failures.raise_for_callers()
+        if self.failures.pending_for_callers:
+            self.failures.raise_for_callers()
 
     async def accept(self, event: TaskEvent, *, wait: bool = False) -> None:
         """From the event loop: buffer ``event`` (waiting for room); with ``wait``, until acknowledged."""
         self.check()
         key, value = self.encode(event)
-        waiter: asyncio.Future[None] | None = asyncio.get_running_loop().create_future() if wait else None
-        await self._outbox.put(key, value, event.timestamp, waiter, self.options.buffer_timeout_s)
-        if waiter is not None:
-            try:
-                async with asyncio.timeout(self.settings.kafka_timeout_s):
-                    await asyncio.shield(waiter)
-            except TimeoutError:
-                raise self._no_ack() from None
-            finally:
-                # Nobody awaits it any more: keep asyncio from logging its outcome as unseen.
-                waiter.add_done_callback(_consume)
+        if wait:
+            await self._accept_and_wait(key, value, event.timestamp)
+        elif not self._outbox.offer(key, value, event.timestamp):
+            await self._outbox.put(key, value, event.timestamp, None, self.options.buffer_timeout_s)
+        self._since_yield += 1
+        if self._since_yield >= _YIELD_EVERY:
+            # A caller emitting in a tight loop never suspends (there is room), which
+            # would starve the pump and every other task: let them run now and then.
+            self._since_yield = 0
+            await asyncio.sleep(0)
+
+    async def _accept_and_wait(self, key: bytes, value: bytes, ts: int) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._outbox.put(key, value, ts, waiter, self.options.buffer_timeout_s)
+        try:
+            async with asyncio.timeout(self.settings.kafka_timeout_s):
+                await asyncio.shield(waiter)
+        except TimeoutError:
+            raise self._no_ack() from None
+        finally:
+            # Nobody awaits it any more: keep asyncio from logging its outcome as unseen.
+            waiter.add_done_callback(_consume)
 
     def accept_blocking(self, event: TaskEvent, *, wait: bool = False) -> None:
         """From any other thread: same as :meth:`accept`, blocking that thread."""
         self.check()
         key, value = self.encode(event)
-        waiter: ThreadFuture[None] | None = ThreadFuture() if wait else None
+        if not wait:
+            if not self._outbox.offer(key, value, event.timestamp):
+                self._outbox.put_blocking(key, value, event.timestamp, None, self.options.buffer_timeout_s)
+            return
+        waiter: ThreadFuture[None] = ThreadFuture()
         self._outbox.put_blocking(key, value, event.timestamp, waiter, self.options.buffer_timeout_s)
-        if waiter is not None:
-            try:
-                waiter.result(timeout=self.settings.kafka_timeout_s)
-            except TimeoutError:
-                raise self._no_ack() from None
+        try:
+            waiter.result(timeout=self.settings.kafka_timeout_s)
+        except TimeoutError:
+            raise self._no_ack() from None
 
     def _no_ack(self) -> BrokerUnavailable:
         return BrokerUnavailable(
@@ -309,25 +334,31 @@ class Pipeline:
             self._loop.call_soon_threadsafe(self._work.set)
 
     async def _pump(self) -> None:
-        assert self._work is not None
-        work = self._work
+        assert self._work is not None and self._loop is not None
+        work, loop = self._work, self._loop
+        timer: asyncio.TimerHandle | None = None
         while True:
             work.clear()
+            deadline = None
             if self._restart_needed:
                 if not any(lane.outstanding for lane in self._lanes.values()):
                     await self._restart()
                     continue
             else:
                 self._distribute(self._outbox.take())
-                await self._submit()
+                # A flush (or stop) wants everything out now, lingering or not.
+                deadline = await self._submit(force=bool(self._flush_waiters))
             self._wake_flushers()
-            # Sleep until an acknowledgement or, if some partition could send at once, a
-            # new event. While every partition has a batch in flight, callers need not
-            # wake us (each wake-up from another thread costs a system call): the next
-            # acknowledgement will.
-            idle = not self._restart_needed and (
-                len(self._lanes) < self._num_partitions
-                or any(lane.outstanding is None for lane in self._lanes.values())
+            if timer is not None:
+                timer.cancel()
+                timer = None
+            if deadline is not None:
+                timer = loop.call_at(deadline, work.set)
+            # A put needs to wake us only when nothing else will: no batch in flight
+            # (its acknowledgement wakes us) and no batch lingering (its timer does).
+            # Under load callers therefore never pay for a cross-thread wake-up.
+            idle = deadline is None and not self._restart_needed and not any(
+                lane.outstanding for lane in self._lanes.values()
             )
             if idle and not self._outbox.arm(self._wake):
                 continue  # events arrived meanwhile
@@ -357,6 +388,8 @@ class Pipeline:
         hashes = self._hashes
         lanes = self._lanes
         create = self._producer.create_batch
+        assert self._loop is not None
+        now = self._loop.time()
         for item in items:
             p = hashes(item.key) % n
             lane = lanes.get(p)
@@ -368,7 +401,7 @@ class Pipeline:
             ) is None:
                 if batch is not None:
                     batch.open = False
-                batch = _Batch(create(), item.seq)
+                batch = _Batch(create(), item.seq, now)
                 lane.batches.append(batch)
                 # The first record always fits a fresh batch, whatever its size.
                 batch.builder.append(timestamp=item.timestamp_ms, key=item.key, value=item.value, headers=[])
@@ -377,13 +410,27 @@ class Pipeline:
             if item.waiter is not None:
                 batch.waiters.append(item.waiter)
 
-    async def _submit(self) -> None:
+    async def _submit(self, *, force: bool) -> float | None:
+        """Submit each idle partition's oldest batch if it is full, old enough or forced.
+
+        Returns when the next lingering batch will be due (loop time), or None.
+        Lingering (``linger_ms``, as Kafka's producer does) keeps batches from being
+        sent nearly empty when acknowledgements come back faster than events arrive.
+        """
         producer = self._producer
-        assert producer is not None
+        assert producer is not None and self._loop is not None
+        now = self._loop.time()
+        linger = self.options.linger_s
+        due: float | None = None
         for lane in list(self._lanes.values()):
             if lane.outstanding is not None or not lane.batches:
                 continue
-            batch = lane.batches.popleft()
+            batch = lane.batches[0]
+            if batch.open and not force and now < batch.created + linger:
+                when = batch.created + linger
+                due = when if due is None or when < due else due
+                continue
+            lane.batches.popleft()
             batch.open = False
             batch.builder.close()
             # Outstanding from here on, so a cancellation mid-call cannot lose track of it.
@@ -394,6 +441,7 @@ class Pipeline:
                 self._done(lane, batch, exc)
                 continue
             delivered.add_done_callback(partial(self._delivered, lane, batch))
+        return due
 
     def _delivered(self, lane: _Lane, batch: _Batch, fut: asyncio.Future[Any]) -> None:
         exc: BaseException | None
