@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 _BARRIER_PREFIX = "resultlog-barrier-"
 CLOSED = "the result backend is closed"
+# How long a subscription barrier waits for its pong before sending another PING.
+BARRIER_PATIENCE_S = 5.0
 
 
 class Watch:
@@ -189,17 +191,25 @@ class Notifier:
             return self._pubsub
 
     async def _barrier(self, pubsub: PubSub) -> None:
-        token = f"{_BARRIER_PREFIX}{next(self._tokens)}"
-        barrier = _Barrier(asyncio.get_running_loop().create_future())
-        self._barriers[token] = barrier
-        try:
-            await pubsub.ping(token)
-            # Read after the send: a reconnect inside it re-sent the PING on the new
-            # connection, whose pong will come.
-            barrier.generation = self._generation
-            await barrier.future
-        finally:
-            self._barriers.pop(token, None)
+        while True:
+            token = f"{_BARRIER_PREFIX}{next(self._tokens)}"
+            barrier = _Barrier(asyncio.get_running_loop().create_future())
+            self._barriers[token] = barrier
+            try:
+                await pubsub.ping(token)
+                # Read after the send: a reconnect inside it re-sent the PING on the
+                # new connection, whose pong will come.
+                barrier.generation = self._generation
+                try:
+                    async with asyncio.timeout(BARRIER_PATIENCE_S):
+                        await barrier.future
+                    return
+                except TimeoutError:
+                    # A PING written to a connection as it died (while another task
+                    # was reconnecting it) is never answered: ask again.
+                    log.warning("resultlog: no answer on the pub/sub connection; asking again")
+            finally:
+                self._barriers.pop(token, None)
 
     async def _on_reconnect(self, connection: Connection) -> None:
         self._generation += 1
@@ -209,6 +219,10 @@ class Notifier:
         self._barriers[token] = _Barrier(
             asyncio.get_running_loop().create_future(), resync=self._generation
         )
+        # Every channel a waiter needs, whatever redis-py re-subscribed: a SUBSCRIBE
+        # written to the old connection as it died is not in redis-py's list yet.
+        # Subscribing twice is harmless.
+        await connection.send_command("SUBSCRIBE", *self._channels, check_health=False)
         await connection.send_command("PING", token, check_health=False)
 
     async def _read(self, pubsub: PubSub) -> None:

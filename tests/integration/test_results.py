@@ -282,6 +282,30 @@ async def test_a_waiter_survives_its_pubsub_connection_being_killed(
     assert await other == "u"
 
 
+async def test_a_lost_barrier_answer_is_asked_for_again(
+    backend: ResultBackend, view: RedisView, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from resultlog.views import notify
+
+    monkeypatch.setattr(notify, "BARRIER_PATIENCE_S", 0.1)
+    notifier = backend.aio().notifier
+    real_pong = notifier._pong
+    dropped: list[str] = []
+
+    def lossy_pong(token: str) -> None:
+        if not dropped:
+            dropped.append(token)  # as if the PING had gone out on a dying connection
+            return
+        real_pong(token)
+
+    monkeypatch.setattr(notifier, "_pong", lossy_pong)
+    waiter = asyncio.create_task(backend.AioAsyncResult("t").get(timeout=5))
+    await asyncio.sleep(0.3)
+    assert dropped and all(c.subscribed.done() for c in notifier._channels.values())
+    await view.apply([ev("t", State.SUCCESS, result=1)])
+    assert await waiter == 1
+
+
 async def test_a_cancelled_waiter_does_not_disturb_the_others(backend: ResultBackend, view: RedisView) -> None:
     first = asyncio.create_task(backend.AioAsyncResult("t").get())
     second = asyncio.create_task(backend.AioAsyncResult("t").get(timeout=5))
