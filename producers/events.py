@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import traceback as traceback_module
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -51,13 +52,19 @@ def _json(value: Any, what: str) -> str:
         return to_json(value, what)  # raises ResultNotSerializable, worded by the schema module
 
 
-def new_event_id() -> str:
-    """32 lower-case hex digits from 128 random bits.
+# Event ids need uniqueness, not secrecy: 128 bits from a private generator seeded
+# with 256 bits from the OS, and reseeded in every forked child (a child must never
+# repeat its parent's ids). Cheaper than uuid4() or os.urandom() per event, and unlike
+# those it never releases the GIL, which would hand it to the emitter's loop thread
+# in the middle of every SyncEmitter call.
+_ids = random.Random(os.urandom(32))
+_bits = _ids.getrandbits
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 
-    ``os.urandom`` instead of ``uuid.uuid4().hex``: the same randomness (more bits, in
-    fact) at a fifth of the cost, which matters at tens of thousands of events a second.
-    """
-    return os.urandom(16).hex()
+
+def new_event_id() -> str:
+    """32 lower-case hex digits (128 random bits), like ``uuid4().hex``."""
+    return f"{_bits(128):032x}"
 
 
 def eta_ms(eta: datetime | int | None) -> int | None:

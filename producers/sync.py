@@ -47,8 +47,9 @@ _ABANDONED: list[_Runtime] = []
 class _Runtime:
     """A pipeline on its own event loop thread, owned by one process."""
 
-    def __init__(self, settings: Settings, options: PipelineOptions) -> None:
+    def __init__(self, settings: Settings, options: PipelineOptions, worker: str) -> None:
         self.pid = os.getpid()
+        self.worker = worker
         self.pipeline = Pipeline(settings, options)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, name="resultlog-emitter", daemon=True)
@@ -106,8 +107,8 @@ class SyncEmitter:
 
     @property
     def worker(self) -> str:
-        # Computed per call: a forked child is a different worker process.
-        return self._worker if self._worker is not None else default_worker_name()
+        """The worker name events carry; by default ``host:pid`` of the current process."""
+        return self._current().worker
 
     def _current(self) -> _Runtime:
         rt = self._runtime
@@ -121,7 +122,9 @@ class SyncEmitter:
                 _ABANDONED.append(rt)  # inherited from the parent: never touch it
                 rt = self._runtime = None
             if rt is None:
-                rt = self._runtime = _Runtime(self.settings, self._options)
+                # Named per process: a forked child is a different worker.
+                worker = self._worker if self._worker is not None else default_worker_name()
+                rt = self._runtime = _Runtime(self.settings, self._options, worker)
             return rt
 
     # Lifetime ----------------------------------------------------------------------
@@ -179,17 +182,20 @@ class SyncEmitter:
         wait: bool = False,
         **fields: Unpack[TaskFields],
     ) -> None:
+        rt = self._current()
         event = build_state(
-            task_id, state, self.worker, fields,
+            task_id, state, rt.worker, fields,
             attempt=attempt, result=result, exc=exc, traceback=traceback, runtime=runtime, eta=eta,
         )
-        self.emit(event, wait=wait)
+        rt.pipeline.accept_blocking(event, wait=wait)
 
     def received(self, task_id: str, *, attempt: int = 0, wait: bool = False, **fields: Unpack[TaskFields]) -> None:
-        self.emit(build(State.RECEIVED, task_id, self.worker, fields, attempt=attempt), wait=wait)
+        rt = self._current()
+        rt.pipeline.accept_blocking(build(State.RECEIVED, task_id, rt.worker, fields, attempt=attempt), wait=wait)
 
     def started(self, task_id: str, *, attempt: int = 0, wait: bool = False, **fields: Unpack[TaskFields]) -> None:
-        self.emit(build(State.STARTED, task_id, self.worker, fields, attempt=attempt), wait=wait)
+        rt = self._current()
+        rt.pipeline.accept_blocking(build(State.STARTED, task_id, rt.worker, fields, attempt=attempt), wait=wait)
 
     def retry(
         self,
@@ -202,10 +208,9 @@ class SyncEmitter:
         wait: bool = False,
         **fields: Unpack[TaskFields],
     ) -> None:
-        event = build(
-            State.RETRY, task_id, self.worker, fields, attempt=attempt, exc=exc, traceback=traceback, eta=eta
-        )
-        self.emit(event, wait=wait)
+        rt = self._current()
+        event = build(State.RETRY, task_id, rt.worker, fields, attempt=attempt, exc=exc, traceback=traceback, eta=eta)
+        rt.pipeline.accept_blocking(event, wait=wait)
 
     def success(
         self,
@@ -217,8 +222,9 @@ class SyncEmitter:
         wait: bool = False,
         **fields: Unpack[TaskFields],
     ) -> None:
-        event = build(State.SUCCESS, task_id, self.worker, fields, attempt=attempt, result=result, runtime=runtime)
-        self.emit(event, wait=wait)
+        rt = self._current()
+        event = build(State.SUCCESS, task_id, rt.worker, fields, attempt=attempt, result=result, runtime=runtime)
+        rt.pipeline.accept_blocking(event, wait=wait)
 
     def failure(
         self,
@@ -231,13 +237,15 @@ class SyncEmitter:
         wait: bool = False,
         **fields: Unpack[TaskFields],
     ) -> None:
+        rt = self._current()
         event = build(
-            State.FAILURE, task_id, self.worker, fields, attempt=attempt, exc=exc, traceback=traceback, runtime=runtime
+            State.FAILURE, task_id, rt.worker, fields, attempt=attempt, exc=exc, traceback=traceback, runtime=runtime
         )
-        self.emit(event, wait=wait)
+        rt.pipeline.accept_blocking(event, wait=wait)
 
     def revoked(self, task_id: str, *, attempt: int = 0, wait: bool = False, **fields: Unpack[TaskFields]) -> None:
-        self.emit(build(State.REVOKED, task_id, self.worker, fields, attempt=attempt), wait=wait)
+        rt = self._current()
+        rt.pipeline.accept_blocking(build(State.REVOKED, task_id, rt.worker, fields, attempt=attempt), wait=wait)
 
     def track(self, task_id: str, *, attempt: int = 0, **fields: Unpack[TaskFields]) -> SyncTracker:
         """STARTED now, then SUCCESS or FAILURE: ``with`` or a decorator of functions."""
