@@ -93,7 +93,7 @@ def per_call_get(client: redis.Redis, settings: Settings, task_id: str, timeout:
     """get() with its own subscription: subscribe, read, wait for the push, read."""
     key = names.task_key(settings.redis_prefix, task_id)
     deadline = time.monotonic() + timeout
-    pubsub = client.pubsub()
+    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
     try:
         pubsub.subscribe(names.task_done_channel(settings.redis_prefix, task_id))
         while (m := pubsub.get_message(timeout=timeout)) is None or m["type"] != "subscribe":

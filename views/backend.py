@@ -384,11 +384,12 @@ class ResultBackend:
 
     def close(self) -> None:
         """Close the sync side. If the asyncio flavour was used, use :meth:`aclose`."""
+        self._close_sync()
         if self._aio is not None:
+            # Connections of an event loop cannot be closed from outside it.
             raise RuntimeError(
                 "this backend has asyncio connections open: close it with `await backend.aclose()`"
             )
-        self._close_sync()
 
     def _close_sync(self) -> None:
         self._closed = True

@@ -36,7 +36,7 @@ from typing import Any, Final
 
 from resultlog.schemas.event import ExceptionInfo
 
-_BUILTIN_EXCEPTIONS: Final = frozenset(
+_BUILTIN_EXCEPTIONS: Final = tuple(
     v for v in vars(builtins).values() if isinstance(v, type) and issubclass(v, BaseException)
 )
 # BaseException's C-level instance dict accessor: writing a note through it runs no
@@ -126,7 +126,8 @@ def _dotted(name: str) -> bool:
 
 
 def _instantiate(cls: type[Exception], message: str) -> Exception | None:
-    if cls in _BUILTIN_EXCEPTIONS:
+    # Identity, not `in`: hashing would consult a metaclass's __hash__.
+    if any(cls is b for b in _BUILTIN_EXCEPTIONS):
         try:
             return cls(message)
         except Exception:  # e.g. UnicodeDecodeError wants five arguments
