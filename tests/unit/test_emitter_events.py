@@ -102,3 +102,21 @@ def test_options_are_validated() -> None:
         resolve(settings, {"compression_type": "brotli"})  # type: ignore[typeddict-item]
     with pytest.raises(ConfigurationError, match="max_batch_bytes"):
         resolve(settings, {"max_batch_bytes": 10})
+
+
+def test_a_forked_child_never_repeats_its_parents_event_ids() -> None:
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        os.write(write, "".join(new_event_id() for _ in range(8)).encode())
+        os._exit(0)
+    os.close(write)
+    parent = {new_event_id() for _ in range(8)}
+    with os.fdopen(read) as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    child = {data[i : i + 32] for i in range(0, len(data), 32)}
+    assert len(child) == 8 and not parent & child
