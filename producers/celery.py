@@ -27,7 +27,6 @@ raised into the task.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -38,9 +37,6 @@ from typing import Any
 from resultlog.errors import EventTooLarge, ResultNotSerializable
 from resultlog.producers.events import TaskFields
 from resultlog.producers.sync import SyncEmitter
-
-log = logging.getLogger("resultlog.producers.celery")
-
 
 def _signals() -> Any:
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -349,6 +350,23 @@ async def test_sync_emitter_in_a_forked_child_starts_fresh(settings: Settings) -
     assert sorted(c.event.task_id for c in consumed) == ["child", "parent-after", "parent-before"]
     workers = {c.event.task_id: c.event.worker for c in consumed}
     assert workers["child"] != workers["parent-after"]
+
+
+async def test_sync_emitter_left_open_is_flushed_at_exit(settings: Settings) -> None:
+    script = (
+        "from resultlog.producers.sync import SyncEmitter\n"
+        "emitter = SyncEmitter()\n"
+        "for i in range(2000):\n"
+        "    emitter.started(f't{i}')\n"
+        "# no close(): the atexit hook must deliver them\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}
+    env.update(RESULTLOG_KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
+               RESULTLOG_EVENTS_TOPIC=settings.events_topic)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script, cwd=root, env=env)
+    assert await asyncio.wait_for(proc.wait(), 60) == 0
+    assert len(await consume(settings, 2000, settle_s=0.5)) == 2000
 
 
 # -- topics --------------------------------------------------------------------------

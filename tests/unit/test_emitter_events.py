@@ -8,12 +8,11 @@ from datetime import datetime, timezone
 
 import pytest
 
-from resultlog.errors import InvalidTaskId, ResultNotSerializable, UnknownState, ValidationError
+from resultlog.errors import ConfigurationError, InvalidTaskId, ResultNotSerializable, UnknownState, ValidationError
 from resultlog.producers.events import build, build_state, eta_ms, new_event_id
 from resultlog.producers.options import resolve
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
-from resultlog.errors import ConfigurationError
 
 
 def test_event_ids_are_32_hex_and_unique() -> None:
