@@ -59,6 +59,7 @@ class _Runtime:
         except BaseException:
             self._end_loop()
             raise
+        _RUNNING.add(self)
 
     def _run(self) -> None:
         loop = self.loop
@@ -79,6 +80,7 @@ class _Runtime:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def close(self, timeout_s: float | None) -> None:
+        _RUNNING.discard(self)
         try:
             self.call(self.pipeline.stop(timeout_s))
         finally:
@@ -258,17 +260,20 @@ class SyncEmitter:
         return SyncTracker(self, task_id, attempt, fields)
 
 
-# Emitters to close at exit, and whose locks must be fresh in a forked child.
+# Runtimes to close at exit, held strongly: an emitter dropped without close() still
+# delivers what it accepted. And emitters whose locks must be fresh in a forked child.
+_RUNNING: set[_Runtime] = set()
 _OPEN: weakref.WeakSet[SyncEmitter] = weakref.WeakSet()
 
 
 def _close_all_at_exit() -> None:
     for emitter in list(_OPEN):
-        rt = emitter._runtime
-        if rt is None or rt.pid != os.getpid():
-            continue
+        emitter._closed = True  # no new runtime from here on
+    for rt in list(_RUNNING):
+        if rt.pid != os.getpid():
+            continue  # inherited across a fork: the parent's to close
         try:
-            emitter.close()
+            rt.close(None)
         except ResultlogError as exc:
             log.error("resultlog: closing the emitter at exit: %s", exc)
 

@@ -354,11 +354,18 @@ async def test_sync_emitter_in_a_forked_child_starts_fresh(settings: Settings) -
 
 async def test_sync_emitter_left_open_is_flushed_at_exit(settings: Settings) -> None:
     script = (
+        "import gc\n"
         "from resultlog.producers.sync import SyncEmitter\n"
-        "emitter = SyncEmitter()\n"
-        "for i in range(2000):\n"
-        "    emitter.started(f't{i}')\n"
-        "# no close(): the atexit hook must deliver them\n"
+        "kept = SyncEmitter()\n"
+        "def work():\n"
+        "    dropped = SyncEmitter()\n"
+        "    for i in range(1000):\n"
+        "        dropped.started(f'd{i}')\n"
+        "work()\n"
+        "gc.collect()\n"
+        "for i in range(1000):\n"
+        "    kept.started(f'k{i}')\n"
+        "# no close(): the atexit hook must deliver both emitters' events\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}
     env.update(RESULTLOG_KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
