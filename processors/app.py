@@ -1,5 +1,9 @@
 """The faust-streaming application that folds the events topic into both views.
 
+Two fold engines: ``batch`` (default; :mod:`resultlog.processors.engine`, an aiokafka
+batch consumer run as a task of this faust app, for throughput) and ``agent`` (below:
+a faust agent). Both feed the same :class:`FoldSink`.
+
 One consumer group (``settings.consumer_group``); one agent with concurrency 1
 (faust-streaming #606: concurrency > 1 can commit past an unprocessed message) that
 takes events in batches and hands them to :class:`FoldSink`.
@@ -22,6 +26,7 @@ from typing import Any
 
 import faust
 
+from resultlog.processors.engine import BatchFoldEngine
 from resultlog.processors.sink import FoldSink, RawRecord, SinkStats
 from resultlog.settings import Settings
 
@@ -29,7 +34,7 @@ log = logging.getLogger("resultlog.processor")
 
 BATCH_MAX = 2000
 # Short, so latency at low rates stays low; under load batches fill before it expires.
-BATCH_WITHIN_S = 0.002
+BATCH_WITHIN_S = 0.05
 
 
 def faust_settings(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -70,7 +75,11 @@ class Processor:
             key_serializer="raw", value_serializer="raw",
             partitions=settings.topic_partitions,
         )
-        self.app.agent(self.events_topic, name="fold", concurrency=1)(self._fold)
+        if settings.fold_engine == "agent":
+            self.app.agent(self.events_topic, name="fold", concurrency=1)(self._fold)
+        else:
+            engine = BatchFoldEngine(settings, self.sink, self.stats)
+            self.app.task(engine.run)
 
     async def _fold(self, stream: Any) -> None:
         await self.sink.start()

@@ -18,6 +18,7 @@ from resultlog.errors import ResultlogError
 _COMMAND_MODULES: tuple[str, ...] = (
     "resultlog.devstack.commands",
     "resultlog.processors.commands",
+    "resultlog.demo",
 )
 
 

@@ -59,6 +59,8 @@ class Settings:
     consumer_group: str = names.DEFAULT_CONSUMER_GROUP
     kafka_timeout_s: float = 10.0
     max_event_bytes: int = 1_000_000
+    # "batch": aiokafka batches in the faust worker (fast); "agent": a faust agent.
+    fold_engine: str = "batch"
     # Redis
     redis_url: str = f"redis://127.0.0.1:{DEV_REDIS_PORT}/0"
     redis_prefix: str = names.DEFAULT_REDIS_PREFIX
@@ -167,6 +169,8 @@ def _check(s: Settings) -> None:
         raise bad("postgres_dsn", "expected postgresql://user:password@host:port/db")
     if not _IDENT_RE.match(s.postgres_schema):
         raise bad("postgres_schema", "a lower-case SQL identifier")
+    if s.fold_engine not in ("batch", "agent"):
+        raise bad("fold_engine", "one of batch, agent")
     if s.test_services not in ("auto", "local", "docker", "env"):
         raise bad("test_services", "one of auto, local, docker, env")
 
