@@ -1,0 +1,40 @@
+"""Shared by the benchmarks: isolated settings on the local stack, and cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+from aiokafka.admin import AIOKafkaAdminClient
+
+from resultlog.processors.replay import clear_redis_view
+from resultlog.settings import Settings
+
+
+def isolated(prefix: str, **changes: object) -> Settings:
+    tag = f"{prefix}{uuid.uuid4().hex[:8]}"
+    return Settings.from_env().replace(
+        events_topic=f"bench.{tag}", consumer_group=f"bench.{tag}", redis_prefix=f"bench{tag}:",
+        postgres_schema=f"bench_{tag}", **changes)
+
+
+async def cleanup(settings: Settings) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        topics = [t for t in await admin.list_topics() if t.startswith(settings.events_topic)]
+        if topics:
+            await admin.delete_topics(topics)
+    finally:
+        await admin.close()
+    await clear_redis_view(settings)
+    conn = await asyncpg.connect(settings.postgres_dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{settings.postgres_schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+def run(coro: "asyncio.Future[object] | object") -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]

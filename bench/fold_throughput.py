@@ -1,0 +1,105 @@
+"""Sustained fold throughput of ONE processor process into both views.
+
+Pre-loads N events (default 300,000: 100,000 tasks x STARTED/SUCCESS/+1 RECEIVED)
+into a fresh topic, starts `resultlog process`, and measures how fast the history
+table and the Redis view fill, excluding the processor's start-up (the clock starts
+at the first written row). Prints events/s.
+
+    .venv/bin/python bench/fold_throughput.py [--events 300000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from bench._common import cleanup, isolated
+from resultlog.producers.topics import ensure_topics
+from resultlog.schemas.codec import Codec
+from resultlog.schemas.event import TaskEvent
+from resultlog.schemas.states import State
+from resultlog.views import RedisView
+
+
+async def preload(settings, n_events: int) -> None:  # type: ignore[no-untyped-def]
+    await ensure_topics(settings, settings.events_topic)
+    codec = Codec()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
+                                enable_idempotence=True, linger_ms=20, max_batch_size=512 * 1024,
+                                compression_type="gzip")
+    await producer.start()
+    try:
+        states = (State.RECEIVED, State.STARTED, State.SUCCESS)
+        for i in range(n_events):
+            task = f"task-{i // 3}"
+            ev = TaskEvent.create(task, states[i % 3], result=i, task_name="bench.add",
+                                  args=[i, 1] if i % 3 == 0 else None, worker="w1")
+            await producer.send(settings.events_topic, codec.encode(ev), key=task.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=300_000)
+    args = ap.parse_args()
+    n = args.events - args.events % 3
+    settings = isolated("fold", result_ttl_s=0)
+    print(f"pre-loading {n:,} events into {settings.events_topic} ...", flush=True)
+    t0 = time.monotonic()
+    await preload(settings, n)
+    print(f"  pre-loaded in {time.monotonic() - t0:.1f}s", flush=True)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}, **settings.to_env()}
+    proc = subprocess.Popen([sys.executable, "-m", "resultlog", "process", "--loglevel", "warning"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    conn = None
+    try:
+        while conn is None:
+            try:
+                conn = await asyncpg.connect(settings.postgres_dsn)
+                await conn.fetchval(f'SELECT count(*) FROM "{settings.postgres_schema}".task_events')
+            except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+                if conn:
+                    await conn.close()
+                conn = None
+                await asyncio.sleep(0.05)
+        count = 0
+        first_at = None
+        while count < n:
+            count = await conn.fetchval(f'SELECT count(*) FROM "{settings.postgres_schema}".task_events')
+            if count and first_at is None:
+                first_at, first_count = time.monotonic(), count
+            if proc.poll() is not None:
+                raise SystemExit("the processor died")
+            await asyncio.sleep(0.05)
+        history_done = time.monotonic()
+        async with RedisView(settings) as view:
+            while True:
+                last = await view.get(f"task-{n // 3 - 1}")
+                if last is not None and last.state is State.SUCCESS:
+                    break
+                await asyncio.sleep(0.01)
+        done = time.monotonic()
+        assert first_at is not None
+        rate = (n - first_count) / (done - first_at)
+        print(f"fold throughput (history + Redis, 1 processor): {rate:,.0f} events/s "
+              f"({n:,} events; history complete after {history_done - first_at:.2f}s, "
+              f"Redis after {done - first_at:.2f}s)")
+    finally:
+        proc.terminate()
+        proc.wait()
+        if conn is not None:
+            await conn.close()
+        await cleanup(settings)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
