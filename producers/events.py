@@ -11,7 +11,8 @@ import json
 import os
 import random
 import traceback as traceback_module
-from collections.abc import Mapping, Sequence
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypedDict
 
@@ -39,17 +40,32 @@ class TaskFields(TypedDict, total=False):
 
 _FIELD_NAMES = frozenset(TaskFields.__annotations__)
 
-# The exact encoder ``schemas.event.to_json`` uses, built once: json.dumps() with
-# non-default options constructs a new JSONEncoder on every call, which costs more
-# than the encoding of a small value.
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+# The exact output of ``schemas.event.to_json`` (compact, UTF-8, no NaN), produced by
+# the C encoder json.dumps() uses, built once: json.dumps() with non-default options
+# builds a new encoder per call, which costs more than encoding a small value. Without
+# the markers dict (circular-reference check) the encoder is stateless, hence shareable
+# between threads; a circular value ends in RecursionError, and every failure is
+# handed to to_json() so the error and its wording are the schema module's.
+def _no_default(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_dumps: Callable[[Any], str]
+if c_make_encoder is not None:
+    _chunks = c_make_encoder(None, _no_default, encode_basestring, None, ":", ",", False, False, False)
+
+    def _dumps(value: Any) -> str:
+        return "".join(_chunks(value, 0))
+
+else:  # a Python built without the _json accelerator
+    _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 def _json(value: Any, what: str) -> str:
     try:
         return _dumps(value)
-    except (TypeError, ValueError):
-        return to_json(value, what)  # raises ResultNotSerializable, worded by the schema module
+    except (TypeError, ValueError, RecursionError):
+        return to_json(value, what)  # raises ResultNotSerializable (or returns the same text)
 
 
 # Event ids need uniqueness, not secrecy: 128 bits from a private generator seeded

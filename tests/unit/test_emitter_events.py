@@ -7,10 +7,13 @@ import re
 from datetime import datetime, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from resultlog.errors import ConfigurationError, InvalidTaskId, ResultNotSerializable, UnknownState, ValidationError
-from resultlog.producers.events import build, build_state, eta_ms, new_event_id
+from resultlog.producers.events import _json, build, build_state, eta_ms, new_event_id
 from resultlog.producers.options import resolve
+from resultlog.schemas.event import to_json
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
 
@@ -119,3 +122,29 @@ def test_a_forked_child_never_repeats_its_parents_event_ids() -> None:
     os.waitpid(pid, 0)
     child = {data[i : i + 32] for i in range(0, len(data), 32)}
     assert len(child) == 8 and not parent & child
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500)
+@given(_json_values)
+def test_fast_json_is_exactly_to_json(value: object) -> None:
+    assert _json(value, "result") == to_json(value, "result")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), {1, 2}, object(), {"k": b"bytes"}, {(1, 2): 3}])
+def test_fast_json_refuses_what_to_json_refuses(bad: object) -> None:
+    with pytest.raises(ResultNotSerializable, match="result"):
+        _json(bad, "result")
+
+
+def test_fast_json_refuses_circular_values() -> None:
+    loop: list[object] = []
+    loop.append(loop)
+    with pytest.raises(ResultNotSerializable, match="Circular"):
+        _json(loop, "result")
