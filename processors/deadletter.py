@@ -41,12 +41,12 @@ class DeadLetter:
         ]
 
 
-class DeadLetterWriter:
-    """Sends dead letters to ``settings.dead_letter_topic`` and waits for the acks."""
+class TopicWriter:
+    """Writes records to one topic with acks=all and waits for every ack."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, topic: str) -> None:
         self.settings = settings
-        self.topic = settings.dead_letter_topic
+        self.topic = topic
         self._producer: AIOKafkaProducer | None = None
 
     async def _get_producer(self) -> AIOKafkaProducer:
@@ -55,6 +55,7 @@ class DeadLetterWriter:
                 bootstrap_servers=self.settings.kafka_bootstrap_servers,
                 acks="all",
                 enable_idempotence=True,
+                linger_ms=1,
                 request_timeout_ms=int(self.settings.kafka_timeout_s * 1000),
             )
             try:
@@ -63,18 +64,20 @@ class DeadLetterWriter:
                 await producer.stop()
                 raise BrokerUnavailable(
                     f"cannot reach Kafka at {self.settings.kafka_bootstrap_servers} to "
-                    f"write dead letters: {exc!r} (RESULTLOG_KAFKA_BOOTSTRAP_SERVERS)"
+                    f"write to {self.topic}: {exc!r} (RESULTLOG_KAFKA_BOOTSTRAP_SERVERS)"
                 ) from exc
             self._producer = producer
         return self._producer
 
-    async def send(self, letters: Sequence[DeadLetter]) -> None:
-        if not letters:
+    async def send(self, records: Sequence[tuple[bytes | None, bytes | None]],
+                   headers: Sequence[list[tuple[str, bytes]]] | None = None) -> None:
+        if not records:
             return
         producer = await self._get_producer()
         futures = [
-            await producer.send(self.topic, value=l.value, key=l.key, headers=l.headers())
-            for l in letters
+            await producer.send(self.topic, value=value, key=key,
+                                headers=None if headers is None else headers[i])
+            for i, (key, value) in enumerate(records)
         ]
         for future in futures:
             await future
@@ -83,3 +86,17 @@ class DeadLetterWriter:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+
+
+class DeadLetterWriter:
+    """Sends dead letters to ``settings.dead_letter_topic`` and waits for the acks."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.dead_letter_topic
+        self._writer = TopicWriter(settings, self.topic)
+
+    async def send(self, letters: Sequence[DeadLetter]) -> None:
+        await self._writer.send([(l.key, l.value) for l in letters], [l.headers() for l in letters])
+
+    async def close(self) -> None:
+        await self._writer.close()

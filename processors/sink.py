@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from resultlog.errors import CodecError, ValidationError
-from resultlog.processors.deadletter import DeadLetter, DeadLetterWriter
-from resultlog.schemas.codec import Codec
+from resultlog.processors.deadletter import DeadLetter, DeadLetterWriter, TopicWriter
+from resultlog.schemas.codec import CHORD_RECORDS, TASK_EVENT, Codec, event_from_record
 from resultlog.settings import Settings
 from resultlog.views.history import HistoryStore, StoredEvent
 from resultlog.views.redis_view import RedisView
@@ -68,6 +68,8 @@ class FoldSink:
     redis: RedisView | None = None
     history: HistoryStore | None = None
     dead_letters: DeadLetterWriter | None = None
+    # Set by the chord aggregator: where chord declarations and members' outcomes go.
+    chord_forwarder: TopicWriter | None = None
 
     async def start(self) -> None:
         if self.redis is None and self.write_redis:
@@ -87,6 +89,8 @@ class FoldSink:
             await self.history.close()
         if self.dead_letters is not None:
             await self.dead_letters.close()
+        if self.chord_forwarder is not None:
+            await self.chord_forwarder.close()
 
     async def committed_offsets(self, topic: str) -> dict[int, int]:
         assert self.history is not None, "FoldSink.start() first"
@@ -97,8 +101,10 @@ class FoldSink:
         stats = SinkStats(read=len(records))
         good: list[StoredEvent] = []
         bad: list[DeadLetter] = []
+        chord_traffic: list[tuple[bytes, bytes]] = []
         offsets: dict[tuple[str, int], int] = {}
-        decode = self.codec.decode
+        decode_record = self.codec.decode_record
+        forward = self.chord_forwarder is not None
         for rec in records:
             tp = (rec.topic, rec.partition)
             if rec.offset + 1 > offsets.get(tp, -1):
@@ -106,14 +112,28 @@ class FoldSink:
             try:
                 if rec.value is None:
                     raise CodecError("record has no value (a tombstone?)")
-                event = decode(rec.value)
+                name, record = decode_record(rec.value)
+                if name == TASK_EVENT:
+                    event = event_from_record(record)
+                elif name in CHORD_RECORDS:
+                    if forward:
+                        chord_traffic.append((str(record["chord_id"]).encode(), rec.value))
+                    continue
+                else:
+                    raise CodecError(f"unexpected record type {name} in the events topic")
             except (CodecError, ValidationError) as exc:
                 bad.append(DeadLetter(rec.key, rec.value, f"{type(exc).__name__}: {exc}",
                                       rec.topic, rec.partition, rec.offset))
                 continue
             good.append(StoredEvent(event, rec.topic, rec.partition, rec.offset))
+            if forward and event.chord_id is not None and event.state.ready:
+                chord_traffic.append((event.chord_id.encode(), rec.value))
         await self.dead_letters.send(bad)
         stats.dead_letters = len(bad)
+        if chord_traffic and self.chord_forwarder is not None:
+            # Repartition by chord id for the aggregator; awaited before the offsets
+            # move, so a member's outcome is never lost between the two topics.
+            await self.chord_forwarder.send(chord_traffic)
         if self.redis_first:
             stats.redis_changed = await self._apply_redis(good)
         # Without the history (a Redis-only replay) the offsets still record progress.

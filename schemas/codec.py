@@ -33,6 +33,9 @@ MAGIC = b"\xc3\x01"
 HEADER_SIZE = 10
 SCHEMA_DIR = Path(__file__).with_name("avro")
 TASK_EVENT = "io.resultlog.TaskEvent"
+# Records about chords that share the events topic with task events (keyed by chord id).
+CHORD_DECLARED = "io.resultlog.ChordDeclared"
+CHORD_RECORDS = frozenset({CHORD_DECLARED})
 _FILE_RE = re.compile(r"^(?P<stem>[a-z0-9_]+)\.v(?P<version>\d+)\.avsc$")
 
 

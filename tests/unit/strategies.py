@@ -21,7 +21,7 @@ def task_events(draw: st.DrawFn, task_ids: st.SearchStrategy[str] | None = None)
     chord = draw(st.booleans())
     return TaskEvent(
         event_id=draw(hex_ids),
-        task_id=draw(task_ids or st.sampled_from(["a", "b", "c"])),
+        task_id=draw(task_ids if task_ids is not None else st.sampled_from(["a", "b", "c"])),
         state=state,
         # A narrow range of small values makes ties in attempt and timestamp common.
         timestamp=draw(st.integers(1_700_000_000_000, 1_700_000_000_003)),
