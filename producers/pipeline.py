@@ -426,7 +426,8 @@ class Pipeline:
             if lane.outstanding is not None or not lane.batches:
                 continue
             batch = lane.batches[0]
-            if batch.open and not force and now < batch.created + linger:
+            # A caller awaiting an acknowledgement (wait=True) is not kept lingering.
+            if batch.open and not force and not batch.waiters and now < batch.created + linger:
                 when = batch.created + linger
                 due = when if due is None or when < due else due
                 continue
