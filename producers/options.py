@@ -7,11 +7,11 @@ are per-emitter choices. The defaults are the ones measured best by
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TypedDict
 
 from resultlog.errors import ConfigurationError
 from resultlog.producers.kafka import Compression, ProducerConfig
-from resultlog.producers.pipeline import PipelineOptions
 from resultlog.settings import Settings
 
 DEFAULT_COMPRESSION: Compression = None
@@ -20,6 +20,19 @@ DEFAULT_LINGER_MS = 5.0
 DEFAULT_MAX_BUFFERED_EVENTS = 100_000
 DEFAULT_MAX_BUFFERED_BYTES = 64 * 1024 * 1024
 DEFAULT_CLOSE_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineOptions:
+    """Validated options, as the pipeline uses them."""
+
+    producer: ProducerConfig
+    linger_s: float
+    max_buffered_events: int
+    max_buffered_bytes: int
+    buffer_timeout_s: float
+    close_timeout_s: float
+    create_topics: bool
 
 
 class EmitterOptions(TypedDict, total=False):

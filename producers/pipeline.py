@@ -34,18 +34,18 @@ import logging
 import threading
 from collections import deque
 from concurrent.futures import Future as ThreadFuture
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
-from aiokafka.producer.message_accumulator import BatchBuilder  # type: ignore[import-untyped]
 
 from resultlog.errors import BrokerUnavailable, EmitterClosed
 from resultlog.producers.buffer import Item, Outbox, Waiter
 from resultlog.producers.encoding import EventEncoder
-from resultlog.producers.kafka import ProducerConfig, abort_pending, close_producer, start_producer
-from resultlog.producers.partitioner import KeyHashes
+from resultlog.producers.failures import Failures
+from resultlog.producers.kafka import abort_pending, close_producer, start_producer
+from resultlog.producers.lanes import Batch, Lane, Lanes
+from resultlog.producers.options import PipelineOptions
 from resultlog.producers.topics import ensure_topics
 from resultlog.schemas.codec import Codec
 from resultlog.schemas.event import TaskEvent
@@ -55,98 +55,6 @@ log = logging.getLogger("resultlog.producers")
 
 # An emitting coroutine yields to the event loop after this many events in a row.
 _YIELD_EVERY = 128
-
-
-@dataclass(frozen=True, slots=True)
-class PipelineOptions:
-    producer: ProducerConfig
-    linger_s: float
-    max_buffered_events: int
-    max_buffered_bytes: int
-    buffer_timeout_s: float
-    close_timeout_s: float
-    create_topics: bool
-
-
-class _Batch:
-    __slots__ = ("builder", "open", "finished", "count", "nbytes", "first_seq", "created", "waiters")
-
-    def __init__(self, builder: BatchBuilder, first_seq: int, created: float) -> None:
-        self.builder = builder
-        self.created = created
-        self.open = True
-        self.finished = False
-        self.count = 0
-        self.nbytes = 0
-        self.first_seq = first_seq
-        self.waiters: list[Waiter] = []
-
-
-class _Lane:
-    """One partition: batches not yet submitted (the last one may be open), and the one in flight."""
-
-    __slots__ = ("partition", "batches", "outstanding")
-
-    def __init__(self, partition: int) -> None:
-        self.partition = partition
-        self.batches: deque[_Batch] = deque()
-        self.outstanding: _Batch | None = None
-
-
-@dataclass(slots=True)
-class _Failure:
-    events: int = 0
-    causes: list[str] = field(default_factory=list)
-
-    def add(self, events: int, cause: str) -> None:
-        self.events += events
-        if cause not in self.causes and len(self.causes) < 5:
-            self.causes.append(cause)
-
-
-class Failures:
-    """Delivery failures, kept until someone has been told.
-
-    Each failure is reported twice, independently: once to the next emitting call (so a
-    worker notices promptly) and once from the next ``flush()``/``stop()`` (so a caller
-    that flushes learns about everything lost since its previous flush). Events whose
-    caller awaited the acknowledgement (``wait=True``) already raised there and are not
-    reported again to later callers.
-    """
-
-    def __init__(self, topic: str) -> None:
-        self.topic = topic
-        self._for_callers = _Failure()
-        self._for_flush = _Failure()
-        self._lock = threading.Lock()
-
-    def add(self, events: int, unwaited: int, cause: str) -> None:
-        with self._lock:
-            self._for_flush.add(events, cause)
-            if unwaited:
-                self._for_callers.add(unwaited, cause)
-
-    @property
-    def pending_for_callers(self) -> bool:
-        return self._for_callers.events > 0  # a plain read: the lock is taken only when set
-
-    def raise_for_callers(self) -> None:
-        with self._lock:
-            failure, self._for_callers = self._for_callers, _Failure()
-        if failure.events:
-            raise self._error(failure, "earlier ")
-
-    def raise_for_flush(self) -> None:
-        with self._lock:
-            failure, self._for_flush = self._for_flush, _Failure()
-        if failure.events:
-            raise self._error(failure, "")
-
-    def _error(self, failure: _Failure, earlier: str) -> BrokerUnavailable:
-        return BrokerUnavailable(
-            f"{failure.events} {earlier}event(s) accepted by the emitter were not delivered "
-            f"to Kafka topic {self.topic!r}: {'; '.join(failure.causes)}"
-        )
 
 
 class Pipeline:
@@ -159,8 +67,7 @@ class Pipeline:
         self.encoder = EventEncoder(Codec(max_bytes=settings.max_event_bytes))
         self.failures = Failures(self.topic)
         self._outbox = Outbox(options.max_buffered_events, options.max_buffered_bytes)
-        self._hashes = KeyHashes()
-        self._lanes: dict[int, _Lane] = {}
+        self._lanes = Lanes()
         self._num_partitions = 0
         self._producer: AIOKafkaProducer | None = None
         self._restart_needed = False
@@ -341,7 +248,7 @@ class Pipeline:
             work.clear()
             deadline = None
             if self._restart_needed:
-                if not any(lane.outstanding for lane in self._lanes.values()):
+                if not self._lanes.any_outstanding():
                     await self._restart()
                     continue
             else:
@@ -357,9 +264,7 @@ class Pipeline:
             # A put needs to wake us only when nothing else will: no batch in flight
             # (its acknowledgement wakes us) and no batch lingering (its timer does).
             # Under load callers therefore never pay for a cross-thread wake-up.
-            idle = deadline is None and not self._restart_needed and not any(
-                lane.outstanding for lane in self._lanes.values()
-            )
+            idle = deadline is None and not self._restart_needed and not self._lanes.any_outstanding()
             if idle and not self._outbox.arm(self._wake):
                 continue  # events arrived meanwhile
             await work.wait()
@@ -380,35 +285,11 @@ class Pipeline:
     def _distribute(self, items: deque[Item]) -> None:
         if not items:
             return
-        assert self._producer is not None
+        assert self._producer is not None and self._loop is not None
         partitions = self._producer.client.cluster.partitions_for_topic(self.topic)
         if partitions:
             self._num_partitions = len(partitions)
-        n = self._num_partitions
-        hashes = self._hashes
-        lanes = self._lanes
-        create = self._producer.create_batch
-        assert self._loop is not None
-        now = self._loop.time()
-        for item in items:
-            p = hashes(item.key) % n
-            lane = lanes.get(p)
-            if lane is None:
-                lane = lanes[p] = _Lane(p)
-            batch = lane.batches[-1] if lane.batches and lane.batches[-1].open else None
-            if batch is None or batch.builder.append(
-                timestamp=item.timestamp_ms, key=item.key, value=item.value, headers=[]
-            ) is None:
-                if batch is not None:
-                    batch.open = False
-                batch = _Batch(create(), item.seq, now)
-                lane.batches.append(batch)
-                # The first record always fits a fresh batch, whatever its size.
-                batch.builder.append(timestamp=item.timestamp_ms, key=item.key, value=item.value, headers=[])
-            batch.count += 1
-            batch.nbytes += len(item.value)
-            if item.waiter is not None:
-                batch.waiters.append(item.waiter)
+        self._lanes.add(items, self._num_partitions, self._producer.create_batch, self._loop.time())
 
     async def _submit(self, *, force: bool) -> float | None:
         """Submit each idle partition's oldest batch if it is full, old enough or forced.
@@ -422,7 +303,7 @@ class Pipeline:
         now = self._loop.time()
         linger = self.options.linger_s
         due: float | None = None
-        for lane in list(self._lanes.values()):
+        for lane in self._lanes:
             if lane.outstanding is not None or not lane.batches:
                 continue
             batch = lane.batches[0]
@@ -444,7 +325,7 @@ class Pipeline:
             delivered.add_done_callback(partial(self._delivered, lane, batch))
         return due
 
-    def _delivered(self, lane: _Lane, batch: _Batch, fut: asyncio.Future[Any]) -> None:
+    def _delivered(self, lane: Lane, batch: Batch, fut: asyncio.Future[Any]) -> None:
         exc: BaseException | None
         if fut.cancelled():
             exc = BrokerUnavailable("the batch's delivery was cancelled")
@@ -452,7 +333,7 @@ class Pipeline:
             exc = fut.exception()
         self._done(lane, batch, exc)
 
-    def _done(self, lane: _Lane, batch: _Batch, exc: BaseException | None) -> None:
+    def _done(self, lane: Lane, batch: Batch, exc: BaseException | None) -> None:
         if batch.finished:
             return  # already counted (e.g. as unsent at stop)
         batch.finished = True
@@ -498,15 +379,7 @@ class Pipeline:
 
     def _fail_unsent(self, cause: str) -> None:
         """Count everything still queued, batched or unresolved as not delivered."""
-        batches = [b for lane in self._lanes.values() for b in lane.batches]
-        for lane in self._lanes.values():
-            lane.batches.clear()
-            if lane.outstanding is not None:
-                batches.append(lane.outstanding)
-                lane.outstanding = None
-        batches = [b for b in batches if not b.finished]
-        for b in batches:
-            b.finished = True
+        batches = self._lanes.take_unfinished()
         items = self._outbox.take()
         events = sum(b.count for b in batches) + len(items)
         if not events:
@@ -521,14 +394,8 @@ class Pipeline:
     # Flush bookkeeping ----------------------------------------------------------------
     def _low_watermark(self) -> int:
         """The oldest sequence number not yet acknowledged or failed (last + 1 if none)."""
-        low = self._outbox.head_seq()
-        candidates = [] if low is None else [low]
-        for lane in self._lanes.values():
-            if lane.outstanding is not None:
-                candidates.append(lane.outstanding.first_seq)
-            if lane.batches:
-                candidates.append(lane.batches[0].first_seq)
-        return min(candidates) if candidates else self._outbox.last_seq + 1
+        seqs = [seq for seq in (self._outbox.head_seq(), self._lanes.oldest_seq()) if seq is not None]
+        return min(seqs) if seqs else self._outbox.last_seq + 1
 
     def _wake_flushers(self) -> None:
         if not self._flush_waiters:

@@ -29,8 +29,8 @@ from typing import Any, TypeVar, Unpack
 from resultlog.errors import EmitterClosed, ResultlogError
 from resultlog.producers.emitter import default_worker_name
 from resultlog.producers.events import TaskFields, build, build_state
-from resultlog.producers.options import EmitterOptions, resolve
-from resultlog.producers.pipeline import Pipeline, PipelineOptions
+from resultlog.producers.options import EmitterOptions, PipelineOptions, resolve
+from resultlog.producers.pipeline import Pipeline
 from resultlog.producers.tracking import SyncTracker
 from resultlog.schemas.event import TaskEvent
 from resultlog.schemas.states import State
