@@ -9,11 +9,12 @@ the consumption itself must be nearly free. This engine runs inside the faust wo
 (as an app task), in the consumer group ``settings.consumer_group``; the faust-agent
 engine (``RESULTLOG_FOLD_ENGINE=agent``) remains for comparison.
 
-Offsets: the tracking record in Postgres (written in the same transaction as the
-history rows) is the truth. On every assignment the consumer seeks each partition to
-the offset stored there, so a restart resumes exactly after the last committed
-batch; Kafka's committed offsets are written too, but only so that Kafka's tools
-show the group's lag.
+Offsets: each store records the offsets it has folded atomically with the data (the
+tracking record in the same Postgres transaction as the history rows; an offsets
+hash in the same Redis script call as the view). On every assignment the consumer
+seeks each partition to the minimum of the two, so a restart resumes exactly where
+both stores are complete. Kafka's committed offsets are written after both, and used
+only where the stores have no record (a new group) and by Kafka's lag tools.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class BatchFoldEngine:
 
     async def seek_to_stored(self, assigned: set[TopicPartition]) -> None:
         assert self.consumer is not None
-        stored = await self.sink.committed_offsets(self.settings.events_topic)
+        stored = await self.sink.resume_offsets(self.settings.events_topic)
         for tp in assigned:
             if tp.partition in stored:
                 self.consumer.seek(tp, stored[tp.partition])

@@ -17,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 
+from resultlog import names
 from resultlog.errors import BrokerUnavailable, ReplayRefused, ValidationError
 from resultlog.processors.logreader import LogReader, Slice
 from resultlog.processors.progress import Progress
@@ -85,6 +86,14 @@ async def clear_redis_view(settings: Settings) -> int:
     return deleted
 
 
+async def clear_redis_offsets(settings: Settings, group: str) -> None:
+    client: Redis = Redis.from_url(settings.redis_url)
+    try:
+        await client.delete(names.offsets_key(settings.redis_prefix, group))
+    finally:
+        await client.aclose()
+
+
 async def replay(
     settings: Settings,
     *,
@@ -115,7 +124,7 @@ async def replay(
     store = HistoryStore(settings)
     await store.start()
     sink = FoldSink(settings, consumer_group=group, write_redis=redis,
-                    write_history=history, history=store, redis_first=True)
+                    write_history=history, history=store)
     try:
         await store.migrate()
         if fresh:
@@ -124,9 +133,10 @@ async def replay(
             if history:
                 await store.reset()
             await store.reset_offsets(group)
-        if resume:
-            from_offsets = await store.committed_offsets(group, settings.events_topic)
+            await clear_redis_offsets(settings, group)
         await sink.start()
+        if resume:
+            from_offsets = await sink.resume_offsets(settings.events_topic)
         async with LogReader(settings) as reader:
             plan: Slice = await reader.plan(from_timestamp_ms=from_timestamp_ms, from_offsets=from_offsets)
             bar = Progress(plan.total, "replay") if progress else None

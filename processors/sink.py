@@ -4,17 +4,16 @@ Both the live processor (faust) and replay feed batches through :class:`FoldSink
 so there is one write path to get right.
 
 Order matters, and it is the whole crash-safety argument:
-1. decode; undecodable or invalid records go to the dead-letter topic (awaited);
-2. (live) insert the history rows and the consumed offsets in ONE Postgres
-   transaction, then fold the events into Redis (an idempotent compare-and-set).
-   History first, so that when ``AsyncResult.get()`` wakes, ``history()`` already
-   holds the transition. A crash between the two leaves Redis behind, but the live
-   processor's Kafka offsets are committed only after the whole batch (faust acks
-   after the agent's body), so the batch is read again and Redis catches up; the
-   history insert is idempotent on ``event_id``.
-3. (replay, ``redis_first=True``) Redis first, then history+offsets: replay resumes
-   from the offsets stored in Postgres, so those must only ever cover batches that
-   are in both stores.
+1. decode; undecodable or invalid records go to the dead-letter topic, chord traffic
+   to the chords topic (both awaited);
+2. insert the history rows and the consumed offsets in ONE Postgres transaction;
+3. fold the events into Redis, recording the same offsets in the same atomic script
+   call (an idempotent compare-and-set: re-applying is harmless).
+History first, so that when ``AsyncResult.get()`` wakes, ``history()`` already holds
+the transition. Each store records what it holds, atomically with it, so the point
+to resume from is the minimum of the two (:meth:`FoldSink.resume_offsets`): a crash
+between 2 and 3 re-reads that batch, the history skips it (idempotent on
+``event_id``), Redis catches up.
 """
 
 from __future__ import annotations
@@ -63,7 +62,6 @@ class FoldSink:
     consumer_group: str
     write_redis: bool = True
     write_history: bool = True
-    redis_first: bool = False
     codec: Codec = field(default_factory=Codec)
     redis: RedisView | None = None
     history: HistoryStore | None = None
@@ -92,9 +90,16 @@ class FoldSink:
         if self.chord_forwarder is not None:
             await self.chord_forwarder.close()
 
-    async def committed_offsets(self, topic: str) -> dict[int, int]:
+    async def resume_offsets(self, topic: str) -> dict[int, int]:
+        """Per partition, the offset from which every store this sink writes is complete:
+        the minimum of what each recorded. A partition some store has no record of is
+        left out (the caller decides where to start it)."""
         assert self.history is not None, "FoldSink.start() first"
-        return await self.history.committed_offsets(self.consumer_group, topic)
+        sources = [await self.history.committed_offsets(self.consumer_group, topic)]
+        if self.write_redis and self.redis is not None:
+            sources.append(await self.redis.committed_offsets(self.consumer_group, topic))
+        common = set.intersection(*(set(s) for s in sources))
+        return {p: min(s[p] for s in sources) for p in common}
 
     async def handle(self, records: Sequence[RawRecord]) -> SinkStats:
         assert self.history is not None and self.dead_letters is not None, "FoldSink.start() first"
@@ -134,17 +139,12 @@ class FoldSink:
             # Repartition by chord id for the aggregator; awaited before the offsets
             # move, so a member's outcome is never lost between the two topics.
             await self.chord_forwarder.send(chord_traffic)
-        if self.redis_first:
-            stats.redis_changed = await self._apply_redis(good)
         # Without the history (a Redis-only replay) the offsets still record progress.
         stats.inserted = await self.history.write_batch(
             good if self.write_history else [], offsets, consumer_group=self.consumer_group)
-        if not self.redis_first:
-            stats.redis_changed = await self._apply_redis(good)
+        if self.write_redis and self.redis is not None:
+            stats.redis_changed = await self.redis.apply(
+                [s.event for s in good], offsets, consumer_group=self.consumer_group)
         stats.duplicates = len(good) - stats.inserted if self.write_history else 0
         return stats
 
-    async def _apply_redis(self, good: Sequence[StoredEvent]) -> int:
-        if not good or not self.write_redis or self.redis is None:
-            return 0
-        return await self.redis.apply([s.event for s in good])

@@ -18,6 +18,7 @@ DEFAULT_CONSUMER_GROUP = "resultlog-processor"
 DEFAULT_REDIS_PREFIX = "resultlog:"
 # {prefix}task:{task_id}       hash: the latest state of one task (see views/fold.lua)
 # {prefix}done:{task_id}       pub/sub channel: a task reached a ready state
+# {prefix}offsets:{group}     hash: "topic:partition" -> next offset folded into the view
 # {prefix}chord:{chord_id}     hash: a chord's progress
 # {prefix}chorddone:{chord_id} pub/sub channel: a chord completed or failed
 
@@ -68,6 +69,11 @@ def task_id_from_key(prefix: str, key: str) -> str:
 def _glob_escape(text: str) -> str:
     # Redis MATCH patterns treat * ? [ ] and backslash specially; a prefix is literal.
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def offsets_key(prefix: str, consumer_group: str) -> str:
+    """Hash: "topic:partition" -> next offset, written atomically with the view."""
+    return f"{prefix}offsets:{consumer_group}"
 
 
 def chord_key(prefix: str, chord_id: str) -> str:

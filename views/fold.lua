@@ -42,22 +42,35 @@ locale collates in ASCII order, so strcoll agrees with the byte order the tokens
 built for. A missing token is "", which sorts below every real token.
 
 Arguments (all strings):
-  KEYS[k]        the hash of the k-th distinct task in the batch
+  KEYS[k]        the hash of the k-th distinct task in the batch; when ARGV[5] is
+                 "1", the last key is the offsets hash instead (see below)
   ARGV[1]        "1": expire (PEXPIREAT), "0": never expire (PERSIST)
   ARGV[2..4]     W, S, R: number of winner fields, sticky fields, ready states
+  ARGV[5]        "1" when the call also records consumed offsets, else "0"
   next W+S+R     the winner field names, sticky field names, ready state names
-  next #KEYS     the done channel of each key, in KEYS order
-  then per event E = 4 + W + S slots:
-                 key index k, token, expire_at ("" when not expiring),
-                 presence mask (W+S chars, "1" = the field has a value),
-                 W + S field values ("" when absent)
+  next #tasks    the done channel of each task key, in KEYS order
+  next           the events, ONE JSON array (decoded by cjson: one argument instead
+                 of 25 per event is what makes large batches cheap to send), each
+                 event an array of 4 + W + S items:
+                   key index k (number), token, expire_at ("" when not expiring),
+                   presence mask (W+S chars, "1" = the field has a value),
+                   W + S field values ("" when absent)
+  next (opt.)    offsets: JSON object {"topic:partition": next_offset}, written to the
+                 offsets hash with a maximum, in the same atomic call as the views,
+                 so a processor restarting from these offsets never skips an event
+                 whose view change is not in Redis.
+
+  {prefix}offsets:{consumer group}   hash: "topic:partition" -> next offset to read
 Returns the number of tasks whose stored view changed.
 ]]
 
 local PUSH_LIMIT = 65536
 local expiring = ARGV[1] == '1'
 local nwin, nsticky, nready = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local pos = 5
+local with_offsets = ARGV[5] == '1'
+local ntasks = #KEYS
+if with_offsets then ntasks = ntasks - 1 end
+local pos = 6
 local win_fields, sticky_fields, sticky_token_fields, ready = {}, {}, {}, {}
 for i = 1, nwin do win_fields[i] = ARGV[pos]; pos = pos + 1 end
 for i = 1, nsticky do
@@ -67,7 +80,10 @@ for i = 1, nsticky do
 end
 for _ = 1, nready do ready[ARGV[pos]] = true; pos = pos + 1 end
 local channels = {}
-for k = 1, #KEYS do channels[k] = ARGV[pos]; pos = pos + 1 end
+for k = 1, ntasks do channels[k] = ARGV[pos]; pos = pos + 1 end
+local events = cjson.decode(ARGV[pos])
+local offsets = nil
+if with_offsets then offsets = cjson.decode(ARGV[pos + 1]) end
 
 local state_slot = nil
 for i = 1, nwin do if win_fields[i] == 'state' then state_slot = i end end
@@ -77,10 +93,10 @@ for i = 1, nwin do if win_fields[i] == 'timestamp' then timestamp_slot = i end e
 -- Pass 1: fold the batch in memory against each task's stored tokens (read once per
 -- task). Several events of one task in the batch are just more candidates for the
 -- same maxima, so the batch is folded exactly as if its events came one by one.
-local width = 4 + nwin + nsticky
 local tasks = {}
-while pos <= #ARGV do
-  local k, token = tonumber(ARGV[pos]), ARGV[pos + 1]
+for e = 1, #events do
+  local ev = events[e]
+  local k, token = ev[1], ev[2]
   local t = tasks[k]
   if t == nil then
     local stored = redis.call('HMGET', KEYS[k], 'token', unpack(sticky_token_fields))
@@ -89,38 +105,37 @@ while pos <= #ARGV do
     for j = 1, nsticky do t.sticky[j] = stored[j + 1] or '' end
     tasks[k] = t
   end
-  if token > t.win then t.win = token; t.win_at = pos end
-  local mask = ARGV[pos + 3]
+  if token > t.win then t.win = token; t.win_at = ev end
+  local mask = ev[4]
   for j = 1, nsticky do
     if string.byte(mask, nwin + j) == 49 and token > t.sticky[j] then  -- 49 = '1'
       t.sticky[j] = token
-      t.sticky_at[j] = pos
+      t.sticky_at[j] = ev
     end
   end
-  pos = pos + width
 end
 
 -- Pass 2: one write per task that changed.
 local changed = 0
-for k = 1, #KEYS do
+for k = 1, ntasks do
   local t = tasks[k]
   local key = KEYS[k]
   local set, del = {}, {}
   local state = nil
   if t.win_at then
     local at = t.win_at
-    local mask = ARGV[at + 3]
+    local mask = at[4]
     set[#set + 1] = 'token'; set[#set + 1] = t.win
     for i = 1, nwin do
       if string.byte(mask, i) == 49 then
-        set[#set + 1] = win_fields[i]; set[#set + 1] = ARGV[at + 3 + i]
+        set[#set + 1] = win_fields[i]; set[#set + 1] = at[4 + i]
       else
         del[#del + 1] = win_fields[i]
       end
     end
-    state = ARGV[at + 3 + state_slot]
+    state = at[4 + state_slot]
     if ready[state] then
-      set[#set + 1] = 'date_done'; set[#set + 1] = ARGV[at + 3 + timestamp_slot]
+      set[#set + 1] = 'date_done'; set[#set + 1] = at[4 + timestamp_slot]
     else
       del[#del + 1] = 'date_done'
     end
@@ -128,7 +143,7 @@ for k = 1, #KEYS do
   for j = 1, nsticky do
     local at = t.sticky_at[j]
     if at then
-      set[#set + 1] = sticky_fields[j]; set[#set + 1] = ARGV[at + 3 + nwin + j]
+      set[#set + 1] = sticky_fields[j]; set[#set + 1] = at[4 + nwin + j]
       set[#set + 1] = sticky_token_fields[j]; set[#set + 1] = t.sticky[j]
     end
   end
@@ -139,7 +154,7 @@ for k = 1, #KEYS do
     if t.win_at then
       -- Expiry follows the winner only, so it is recomputed only when the winner moves.
       if expiring then
-        redis.call('PEXPIREAT', key, ARGV[t.win_at + 2])
+        redis.call('PEXPIREAT', key, t.win_at[3])
         kept = redis.call('EXISTS', key) == 1
       else
         redis.call('PERSIST', key)
@@ -154,6 +169,15 @@ for k = 1, #KEYS do
       end
     end
     if kept or t.existed then changed = changed + 1 end
+  end
+end
+if with_offsets then
+  local okey = KEYS[#KEYS]
+  for field, next_offset in pairs(offsets) do
+    local current = tonumber(redis.call('HGET', okey, field))
+    if current == nil or next_offset > current then
+      redis.call('HSET', okey, field, string.format('%d', next_offset))
+    end
   end
 end
 return changed

@@ -65,23 +65,37 @@ def _slots(event: TaskEvent) -> list[str | None]:
     return winner + [_value(getattr(event, name)) for name in STICKY_HASH_FIELDS]
 
 
-def script_call(settings: Settings, events: Sequence[TaskEvent]) -> tuple[list[str], list[str]]:
-    """``(keys, args)`` for one ``fold.lua`` call folding ``events``."""
+def script_call(
+    settings: Settings,
+    events: Sequence[TaskEvent],
+    offsets: Mapping[tuple[str, int], int] | None = None,
+    consumer_group: str | None = None,
+) -> tuple[list[str], list[str]]:
+    """``(keys, args)`` for one ``fold.lua`` call folding ``events`` (and recording
+    ``offsets`` for ``consumer_group`` in the same atomic call, when given)."""
     prefix = settings.redis_prefix
     ttl_ms = settings.result_ttl_s * 1000
     index: dict[str, int] = {}
     for event in events:
         index.setdefault(event.task_id, len(index) + 1)
     keys = [names.task_key(prefix, task_id) for task_id in index]
-    args = ["1" if ttl_ms else "0", *_HEADER]
+    with_offsets = offsets is not None
+    args = ["1" if ttl_ms else "0", *_HEADER[:3], "1" if with_offsets else "0", *_HEADER[3:]]
     args += [names.task_done_channel(prefix, task_id) for task_id in index]
+    rows = []
     for event in events:
         slots = _slots(event)
         # Exact integer arithmetic here: Lua numbers are doubles.
         expire_at = str(event.timestamp + ttl_ms) if ttl_ms else ""
         mask = "".join("0" if v is None else "1" for v in slots)
-        args += [str(index[event.task_id]), event.token, expire_at, mask]
-        args += ["" if v is None else v for v in slots]
+        rows.append([index[event.task_id], event.token, expire_at, mask,
+                     *["" if v is None else v for v in slots]])
+    args.append(json.dumps(rows, ensure_ascii=False, separators=(",", ":")))
+    if offsets is not None:
+        if not consumer_group:
+            raise ValueError("recording offsets needs the consumer group")
+        keys.append(names.offsets_key(prefix, consumer_group))
+        args.append(json.dumps({f"{t}:{p}": o for (t, p), o in offsets.items()}))
     return keys, args
 
 
@@ -143,14 +157,23 @@ class RedisView:
     def client(self) -> redis.asyncio.Redis:
         return self._client
 
-    async def apply(self, events: Sequence[TaskEvent]) -> int:
+    async def apply(
+        self,
+        events: Sequence[TaskEvent],
+        offsets: Mapping[tuple[str, int], int] | None = None,
+        *,
+        consumer_group: str | None = None,
+    ) -> int:
         """Fold ``events`` (any order, duplicates welcome) in one atomic script call.
 
+        ``offsets`` ((topic, partition) -> next offset to read) are recorded for
+        ``consumer_group`` in the same call, never moving backwards: a processor that
+        resumes from them cannot skip an event whose change is not in the view.
         Returns how many tasks' stored views changed.
         """
-        if not events:
+        if not events and not offsets:
             return 0
-        keys, args = script_call(self.settings, events)
+        keys, args = script_call(self.settings, events, offsets, consumer_group)
         with translated("folding events into the view"):
             return int(await self._script(keys=keys, args=args))
 
@@ -179,6 +202,18 @@ class RedisView:
         validate_task_id(task_id)
         with translated("forgetting a task"):
             return bool(await self._client.delete(names.task_key(self.settings.redis_prefix, task_id)))
+
+    async def committed_offsets(self, consumer_group: str, topic: str) -> dict[int, int]:
+        """The offsets recorded by :meth:`apply` for ``consumer_group`` in ``topic``."""
+        key = names.offsets_key(self.settings.redis_prefix, consumer_group)
+        with translated("reading the view's offsets"):
+            raw = await self.client.hgetall(key)
+        out: dict[int, int] = {}
+        for field, value in raw.items():
+            t, _, p = text(field).rpartition(":")
+            if t == topic:
+                out[int(p)] = int(text(value))
+        return out
 
     async def task_ids(self) -> list[str]:
         """Every task id in the view (a SCAN: for tools and verification, not hot paths)."""
