@@ -19,6 +19,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "resultlog.devstack.commands",
     "resultlog.processors.commands",
     "resultlog.demo",
+    "resultlog.analytics_commands",
 )
 
 

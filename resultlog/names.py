@@ -13,6 +13,14 @@ DEAD_LETTER_SUFFIX = ".deadletter"
 CHORDS_SUFFIX = ".chords"
 CHORD_COMPLETIONS_SUFFIX = ".chord-completions"
 DEFAULT_CONSUMER_GROUP = "resultlog-processor"
+# With the batch fold engine, the faust app (chord aggregator) is a consumer group of
+# its own: its partition assignor cannot share a group with a plain aiokafka consumer.
+FAUST_GROUP_SUFFIX = ".faust"
+# The chord aggregator's faust table (one per processor group) and its changelog topic,
+# named from the consumer group rather than the faust app id so that switching fold
+# engines keeps the state.
+CHORD_STATE_TABLE = "chord-state"
+CHORD_STATE_CHANGELOG_SUFFIX = ".chord-state-changelog"
 
 # Redis: defaults and the layout below the prefix.
 DEFAULT_REDIS_PREFIX = "resultlog:"
@@ -21,6 +29,7 @@ DEFAULT_REDIS_PREFIX = "resultlog:"
 # {prefix}offsets:{group}     hash: "topic:partition" -> next offset folded into the view
 # {prefix}chord:{chord_id}     hash: a chord's progress
 # {prefix}chorddone:{chord_id} pub/sub channel: a chord completed or failed
+# {prefix}chordhook:{completion_event_id}  string: the claim of a completion's hook run (SET NX)
 
 # Postgres: default schema; tables live inside it.
 DEFAULT_PG_SCHEMA = "resultlog"
@@ -31,6 +40,13 @@ MIGRATIONS_TABLE = "schema_migrations"
 # Session-local TEMP table each history batch is COPYed into before one INSERT ... SELECT.
 # The suffix versions its column layout: a long-lived connection never reuses an old one.
 HISTORY_STAGE_TABLE = "resultlog_history_stage_v1"
+# Analytics over the history (views/sql/0002_analytics.sql spells these out, because
+# migrations only know 0001's placeholders; tests/integration/test_analytics.py checks).
+ATTEMPTS_VIEW = "attempts"  # one row per (task, attempt)
+TASKS_VIEW = "tasks"  # one row per task: the fold's winner and totals
+TASK_STATS_FUNCTION = "task_stats"  # per task name and time bucket
+# Purpose of the advisory lock that serializes `resultlog prune` runs on one schema.
+PRUNE_LOCK = "prune"
 
 
 def dead_letter_topic(events_topic: str) -> str:
@@ -82,6 +98,18 @@ def chord_key(prefix: str, chord_id: str) -> str:
 
 def chord_done_channel(prefix: str, chord_id: str) -> str:
     return f"{prefix}chorddone:{chord_id}"
+
+
+def chord_hook_claim_key(prefix: str, completion_event_id: str) -> str:
+    return f"{prefix}chordhook:{completion_event_id}"
+
+
+def faust_group(consumer_group: str) -> str:
+    return consumer_group + FAUST_GROUP_SUFFIX
+
+
+def chord_state_changelog_topic(consumer_group: str) -> str:
+    return consumer_group + CHORD_STATE_CHANGELOG_SUFFIX
 
 
 def history_partition(yyyymmdd: str) -> str:
