@@ -62,11 +62,7 @@ def fmt_time(when: datetime | None) -> str:
 
 
 def fmt_seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value < 10:
-        return f"{value:.3f}s"
-    return f"{value:,.1f}s"
+    return "-" if value is None else f"{value:,.3f}s"
 
 
 def fmt_duration(d: timedelta) -> str:
