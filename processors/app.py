@@ -26,6 +26,8 @@ from typing import Any
 
 import faust
 
+from resultlog import names
+from resultlog.processors import chords
 from resultlog.processors.engine import BatchFoldEngine
 from resultlog.processors.sink import FoldSink, RawRecord, SinkStats
 from resultlog.settings import Settings
@@ -40,7 +42,9 @@ BATCH_WITHIN_S = 0.05
 def faust_settings(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """faust configuration derived from ours (faust's defaults suit a cluster, not us)."""
     conf: dict[str, Any] = dict(
-        id=settings.consumer_group,
+        # With the batch engine the fold's aiokafka consumer holds settings.consumer_group,
+        # and faust's partition assignor (needed for tables) cannot share a group with it.
+        id=settings.consumer_group if settings.fold_engine == "agent" else names.faust_group(settings.consumer_group),
         broker=[f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap_servers.split(",")],
         web_enabled=False,
         topic_partitions=settings.topic_partitions,
@@ -80,6 +84,7 @@ class Processor:
         else:
             engine = BatchFoldEngine(settings, self.sink, self.stats)
             self.app.task(engine.run)
+        self.chords = chords.install(self)
 
     async def _fold(self, stream: Any) -> None:
         await self.sink.start()

@@ -37,7 +37,10 @@ def run(settings: Settings, *, loglevel: str = "info") -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     loop.run_until_complete(
-        ensure_topics(settings, settings.events_topic, settings.dead_letter_topic)
+        # The chords topic gets settings.topic_partitions, as the events topic and the
+        # chord aggregator's changelog do: faust requires source and changelog to match.
+        ensure_topics(settings, settings.events_topic, settings.dead_letter_topic,
+                      settings.chords_topic, settings.chord_completions_topic)
     )
     processor = Processor(settings)
     logging.getLogger("resultlog").setLevel(loglevel.upper())

@@ -6,6 +6,7 @@ resultlog's topics to exist; ``resultlog.producers.celery.install`` hooks Celery
 signals (optional extra ``resultlog[celery]``).
 """
 
+from resultlog.producers.chords import declare_chord, declare_chord_sync
 from resultlog.producers.emitter import Emitter
 from resultlog.producers.events import TaskFields
 from resultlog.producers.options import EmitterOptions
@@ -20,5 +21,7 @@ __all__ = [
     "SyncEmitter",
     "SyncTracker",
     "TaskFields",
+    "declare_chord",
+    "declare_chord_sync",
     "ensure_topics",
 ]

@@ -28,6 +28,7 @@ DEV_POSTGRES_PORT = 15432
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 _IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_HOOK_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _default_dev_dir() -> str:
@@ -61,6 +62,9 @@ class Settings:
     max_event_bytes: int = 1_000_000
     # "batch": aiokafka batches in the faust worker (fast); "agent": a faust agent.
     fold_engine: str = "batch"
+    # Run once per completed chord by the processor: "package.module:function" taking a
+    # ChordCompleted (sync or async); empty for none. See docs/chords.md.
+    chord_hook: str = ""
     # Redis
     redis_url: str = f"redis://127.0.0.1:{DEV_REDIS_PORT}/0"
     redis_prefix: str = names.DEFAULT_REDIS_PREFIX
@@ -171,6 +175,8 @@ def _check(s: Settings) -> None:
         raise bad("postgres_schema", "a lower-case SQL identifier")
     if s.fold_engine not in ("batch", "agent"):
         raise bad("fold_engine", "one of batch, agent")
+    if s.chord_hook and not _HOOK_RE.match(s.chord_hook):
+        raise bad("chord_hook", "empty, or package.module:function")
     if s.test_services not in ("auto", "local", "docker", "env"):
         raise bad("test_services", "one of auto, local, docker, env")
 

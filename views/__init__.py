@@ -2,6 +2,7 @@
 and the Postgres history."""
 
 from resultlog.views.backend import ResultBackend
+from resultlog.views.chords import AioChordResult, ChordResult, ChordView
 from resultlog.views.exceptions import ExceptionRebuilder, RemoteTaskError, rebuild_exception
 from resultlog.views.group import AioGroupResult, AioResultSet, GroupResult, ResultSet
 from resultlog.views.history import HistoryStore, StoredEvent
@@ -10,9 +11,12 @@ from resultlog.views.result import AioAsyncResult, AsyncResult
 
 __all__ = [
     "AioAsyncResult",
+    "AioChordResult",
     "AioGroupResult",
     "AioResultSet",
     "AsyncResult",
+    "ChordResult",
+    "ChordView",
     "ExceptionRebuilder",
     "GroupResult",
     "HistoryStore",

@@ -30,6 +30,7 @@ from resultlog.views.notify import Notifier
 from resultlog.views.redis_view import RedisView, view_from_hash, view_from_push
 
 # Module aliases: inside ResultBackend the bare names are its factory methods.
+from resultlog.views import chords as _chords
 from resultlog.views import group as _group
 from resultlog.views import result as _result
 
@@ -292,6 +293,12 @@ class ResultBackend:
         self, group_id: str, results: Iterable[str | _result.AioAsyncResult]
     ) -> _group.AioGroupResult:
         return _group.AioGroupResult(group_id, [self._aio_member(r) for r in results])
+
+    def ChordResult(self, chord_id: str) -> _chords.ChordResult:  # noqa: N802
+        return _chords.ChordResult(chord_id, self)
+
+    def AioChordResult(self, chord_id: str) -> _chords.AioChordResult:  # noqa: N802
+        return _chords.AioChordResult(chord_id, self)
 
     def _member(self, r: str | _result.AsyncResult) -> _result.AsyncResult:
         return self.AsyncResult(r) if isinstance(r, str) else r

@@ -1,0 +1,489 @@
+"""The chord aggregator: chord completion detected from the log, by a stateful faust agent.
+
+Data flow. The fold (:class:`~resultlog.processors.sink.FoldSink`) forwards every
+``ChordDeclared`` record and every chord member's ready event (SUCCESS, FAILURE,
+REVOKED), with its original bytes, to the chords topic keyed by chord id, so all of a
+chord's traffic lands in one partition and is seen by one agent, in order. The agent
+(concurrency 1, faust-streaming #606) folds it into a changelog-backed faust table and,
+once a chord is complete, writes its outcome to the Redis chord view
+(:mod:`resultlog.views.chords`) and one ``ChordCompleted`` record to the
+chord-completions topic. A second agent follows that topic and runs the hooks.
+
+State (:class:`ChordFold`): one table, two kinds of keys, so that both kinds share one
+changelog partition (faust writes a change to the partition of the event being
+processed) and reach it in the order they were made:
+
+- ``m:<chord_id>:<index>`` -> ``[state, task_id, result, exc_type, exc_module,
+  exc_message, timestamp]``: a member's outcome, recorded once (the first ready
+  event for that index wins; duplicates change nothing). One small value per member:
+  a value holding every member, rewritten per update, would make the changelog
+  quadratic in the chord's size.
+- ``c:<chord_id>`` -> a small summary: size, counts, smallest failed index, the
+  declaration's callback, and ``completed`` once the outcome is out.
+
+Crash safety (faust flushes its producer before committing offsets, so a committed
+offset implies its table writes are in the changelog; what may be lost is the tail of
+uncommitted work, which is processed again):
+
+- a member's entry is written before the summary that counts it; after a crash the
+  entry may be in the changelog without the count. The re-read member then looks like
+  a duplicate, so the first duplicate of a chord seen by this process recounts the
+  chord from its entries (once per chord per process: cheap, and enough);
+- the completion is published (Redis, then the completions topic, both awaited)
+  before the summary is marked completed, and members' entries are deleted only after
+  that mark; a crash in between re-publishes the same completion (same event_id)
+  rather than losing it: the completions topic is at-least-once, its consumers dedupe
+  by event_id, and so do the hooks (see :meth:`ChordAggregator._run_hooks`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+
+from resultlog import names
+from resultlog.errors import (
+    CodecError,
+    ConfigurationError,
+    EventTooLarge,
+    ResultlogError,
+    ValidationError,
+)
+from resultlog.processors.deadletter import DeadLetter, DeadLetterWriter, TopicWriter
+from resultlog.schemas.chords import ChordCompleted, ChordDeclared, FailedMember, completion_event_id
+from resultlog.schemas.codec import CHORD_DECLARED, TASK_EVENT, Codec, event_from_record
+from resultlog.schemas.event import ExceptionInfo, TaskEvent
+from resultlog.schemas.states import State
+from resultlog.views._redis import async_client, translated
+from resultlog.views.chords import ChordStore, Progress
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+    from resultlog.processors.app import Processor
+
+log = logging.getLogger("resultlog.chords")
+
+T = TypeVar("T")
+#: A hook: called once per completed chord, with its completion; sync or async.
+Hook = Callable[[ChordCompleted], "Awaitable[None] | None"]
+
+# Progress reaches Redis at most this often per agent (completions are written at once).
+PROGRESS_INTERVAL_S: Final = 0.05
+# An exception message longer than this is cut if the completion would not fit a record.
+_MAX_MESSAGE: Final = 2000
+
+# Member entry layout (a JSON list in the table).
+_STATE, _TASK, _RESULT, _EXC_TYPE, _EXC_MODULE, _EXC_MESSAGE, _TS = range(7)
+
+
+def summary_key(chord_id: str) -> str:
+    return f"c:{chord_id}"
+
+
+def member_key(chord_id: str, index: int) -> str:
+    return f"m:{chord_id}:{index}"
+
+
+def _new_summary() -> dict[str, Any]:
+    # Never falsy: faust's memory store drops falsy values when replaying a changelog.
+    return {"n": 0, "declared": False, "wait_all": False, "callback": None, "kwargs": None,
+            "done": 0, "failed": 0, "fail_index": None, "ts": 0, "completed": None}
+
+
+def _entry(event: TaskEvent) -> list[Any]:
+    exc = event.exception
+    return [event.state.value, event.task_id, event.result,
+            None if exc is None else exc.type, None if exc is None else exc.module,
+            None if exc is None else exc.message, event.timestamp]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What one record changed: the chord's counts, and its completion if it completed."""
+
+    chord_id: str
+    progress: Progress | None = None
+    completion: ChordCompleted | None = None
+
+
+class ChordFold:
+    """The chord state machine over a mapping: a faust table in the processor, a dict in tests.
+
+    Pure (no I/O). For a given set of records, any order and any duplication yields
+    the same SUCCESS completion, and a chord completes exactly once: the caller
+    publishes the completion a step returns, then calls :meth:`completed`.
+    """
+
+    def __init__(self, table: MutableMapping[str, Any]) -> None:
+        self.table = table
+        # Chords recounted by this process (see the module docstring); in memory only.
+        self._verified: set[str] = set()
+
+    def forget_verified(self) -> None:
+        """After a rebalance the table may hold state recovered afresh: verify again."""
+        self._verified.clear()
+
+    def apply(self, name: str, record: Mapping[str, Any]) -> Step | None:
+        """Fold one decoded record from the chords topic (CodecError for other kinds)."""
+        if name == TASK_EVENT:
+            return self.member(event_from_record(record))
+        if name == CHORD_DECLARED:
+            return self.declare(ChordDeclared.from_record(record))
+        raise CodecError(f"unexpected record type {name} in the chords topic")
+
+    def declare(self, decl: ChordDeclared) -> Step:
+        s = self._summary(decl.chord_id)
+        before = dict(s)
+        if s["completed"] is not None:
+            return Step(decl.chord_id)
+        if not s["declared"]:  # else: the first declaration wins
+            shrinks = s["n"] > decl.size
+            s.update(declared=True, n=decl.size, wait_all=decl.wait_all, callback=decl.callback,
+                     kwargs=decl.callback_kwargs, ts=max(s["ts"], decl.timestamp))
+            if shrinks:
+                log.warning("chord %s declared with %d members, but members said up to %d; "
+                            "members beyond the declared size are ignored", decl.chord_id, decl.size, before["n"])
+                self._recount(decl.chord_id, s)
+        return self._settle(decl.chord_id, s, before)
+
+    def member(self, event: TaskEvent) -> Step | None:
+        chord_id, index = event.chord_id, event.chord_index
+        if chord_id is None or index is None or event.chord_size is None or not event.state.ready:
+            return None
+        s = self._summary(chord_id)
+        before = dict(s)
+        if s["completed"] is not None:
+            return Step(chord_id)  # a re-delivery after the outcome: never fires again
+        if s["declared"] and index >= s["n"]:
+            log.warning("chord %s has %d members; ignoring task %s with index %d",
+                        chord_id, s["n"], event.task_id, index)
+            return Step(chord_id)
+        if not s["declared"]:
+            s["n"] = max(s["n"], event.chord_size)
+        mkey = member_key(chord_id, index)
+        if mkey in self.table:
+            # A duplicate, or a record re-read after a crash whose entry reached the
+            # changelog without the summary counting it: recount once per chord.
+            if chord_id not in self._verified:
+                self._verified.add(chord_id)
+                if self._recount(chord_id, s):
+                    log.info("chord %s: counts repaired from its members' entries", chord_id)
+            return self._settle(chord_id, s, before)
+        # The entry before the summary that counts it (see the module docstring).
+        self.table[mkey] = _entry(event)
+        s["done"] += 1
+        if event.state is not State.SUCCESS:
+            s["failed"] += 1
+            s["fail_index"] = index if s["fail_index"] is None else min(s["fail_index"], index)
+        s["ts"] = max(s["ts"], event.timestamp)
+        return self._settle(chord_id, s, before)
+
+    def completed(self, completion: ChordCompleted) -> None:
+        """Record that ``completion`` is published; drop the members' entries."""
+        key = summary_key(completion.chord_id)
+        s = dict(self.table[key])
+        s["completed"] = completion.state.value
+        # The mark first: a deletion in the changelog then implies the mark is there.
+        self.table[key] = s
+        for i in range(s["n"]):
+            mkey = member_key(completion.chord_id, i)
+            if mkey in self.table:
+                del self.table[mkey]
+
+    def _summary(self, chord_id: str) -> dict[str, Any]:
+        # A copy: a faust table writes a change only when a value is assigned.
+        return dict(self.table.get(summary_key(chord_id)) or _new_summary())
+
+    def _settle(self, chord_id: str, s: dict[str, Any], before: dict[str, Any]) -> Step:
+        """Write the summary if it changed; the completion if the chord is now complete.
+
+        Also for records that changed nothing: after a crash the summary can say
+        complete while the completion was never published (or its mark was lost), and
+        any record of the chord then publishes it (again, with the same event_id).
+        """
+        completion = self._completion(chord_id, s)  # may recount, so before the write
+        if s == before:
+            return Step(chord_id, None, completion)
+        self.table[summary_key(chord_id)] = s
+        return Step(chord_id, Progress(s["n"], s["done"], s["failed"]), completion)
+
+    def _recount(self, chord_id: str, s: dict[str, Any]) -> bool:
+        """Counts from the members' entries; True if they differed from ``s``."""
+        done = failed = 0
+        fail_index: int | None = None
+        ts = s["ts"]
+        for i in range(s["n"]):
+            entry = self.table.get(member_key(chord_id, i))
+            if entry is None:
+                continue
+            done += 1
+            ts = max(ts, entry[_TS])
+            if entry[_STATE] != State.SUCCESS.value:
+                failed += 1
+                if fail_index is None:
+                    fail_index = i
+        changed = (done, failed, fail_index) != (s["done"], s["failed"], s["fail_index"])
+        s.update(done=done, failed=failed, fail_index=fail_index, ts=ts)
+        return changed
+
+    def _completion(self, chord_id: str, s: dict[str, Any]) -> ChordCompleted | None:
+        if s["completed"] is not None or not s["declared"]:
+            return None
+        if s["failed"] and not s["wait_all"]:
+            return self._failure(chord_id, s)
+        if s["done"] < s["n"]:
+            return None
+        entries = [self.table.get(member_key(chord_id, i)) for i in range(s["n"])]
+        if any(e is None for e in entries):
+            # Counted but not recorded: cannot happen in changelog order; repair anyway.
+            self._recount(chord_id, s)
+            return None
+        if s["failed"]:
+            return self._failure(chord_id, s)
+        results = "[" + ",".join("null" if e[_RESULT] is None else e[_RESULT] for e in entries) + "]"  # type: ignore[index]
+        return ChordCompleted(
+            event_id=completion_event_id(chord_id), chord_id=chord_id, state=State.SUCCESS,
+            size=s["n"], done=s["done"], failed=0, timestamp=s["ts"], results=results,
+            callback=s["callback"], callback_kwargs=s["kwargs"])
+
+    def _failure(self, chord_id: str, s: dict[str, Any]) -> ChordCompleted | None:
+        index = s["fail_index"]
+        entry = self.table.get(member_key(chord_id, index))
+        if entry is None:
+            self._recount(chord_id, s)
+            return None
+        exc = None
+        if entry[_EXC_TYPE] is not None:
+            exc = ExceptionInfo(entry[_EXC_TYPE], entry[_EXC_MODULE] or "", entry[_EXC_MESSAGE] or "")
+        member = FailedMember(entry[_TASK], index, State(entry[_STATE]), exc)
+        return ChordCompleted(
+            event_id=completion_event_id(chord_id), chord_id=chord_id, state=State.FAILURE,
+            size=s["n"], done=s["done"], failed=s["failed"], timestamp=s["ts"],
+            failed_member=member, callback=s["callback"], callback_kwargs=s["kwargs"])
+
+
+def load_hook(spec: str) -> Hook:
+    """The callable named ``package.module:function`` (ConfigurationError if there is none)."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        hook = getattr(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"chord hook {spec!r} cannot be loaded: {exc} (RESULTLOG_CHORD_HOOK)") from exc
+    if not callable(hook):
+        raise ConfigurationError(f"chord hook {spec!r} is not callable (RESULTLOG_CHORD_HOOK)")
+    return hook  # type: ignore[no-any-return]
+
+
+async def _retrying(what: str, op: Callable[[], Awaitable[T]]) -> T:
+    """``op()``, retried while Redis or Kafka is unavailable: the chord cannot move on."""
+    delay = 0.1
+    while True:
+        try:
+            return await op()
+        except (ResultlogError, KafkaError) as exc:
+            if isinstance(exc, ResultlogError) and not exc.retriable:
+                raise
+            log.warning("%s failed (%r); retrying in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _raw_topic(app: Any, name: str, partitions: int) -> Any:
+    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                     value_serializer="raw", partitions=partitions)
+
+
+class ChordAggregator:
+    """The aggregator's faust agents and table, added to a :class:`Processor`'s app."""
+
+    def __init__(self, processor: Processor) -> None:
+        s = self.settings = processor.settings
+        self.app = app = processor.app
+        self.codec = Codec(max_bytes=s.max_event_bytes)
+        self.hooks: list[Hook] = []
+        self.chords_topic = _raw_topic(app, s.chords_topic, s.topic_partitions)
+        self.completions_topic = _raw_topic(app, s.chord_completions_topic, s.topic_partitions)
+        # As faust would make it, but named from the consumer group (names.py says why).
+        changelog = app.topic(
+            names.chord_state_changelog_topic(s.consumer_group),
+            key_serializer="json", value_serializer="json", partitions=s.topic_partitions,
+            compacting=True, acks=False, internal=True, maxsize=131_072, allow_empty=True,
+        )
+        self.table: MutableMapping[str, Any] = app.Table(
+            names.CHORD_STATE_TABLE, partitions=s.topic_partitions, changelog_topic=changelog,
+            help="chord aggregator state: c:<chord> summaries and m:<chord>:<index> members",
+        )
+        self.fold = ChordFold(self.table)
+        self.writer = TopicWriter(s, s.chord_completions_topic)
+        self._dirty: dict[str, Progress] = {}
+        self._dirty_event = asyncio.Event()
+        self._hooks_agent = False
+        self._claimant = f"{socket.gethostname()}:{os.getpid()}"
+        app.agent(self.chords_topic, name="chords", concurrency=1)(self._aggregate)
+        app.on_partitions_assigned.connect(cast(Any, self._on_assigned))  # faust types it narrower
+        if s.chord_hook:
+            self.on_complete(load_hook(s.chord_hook))
+
+    def on_complete(self, hook: Hook) -> Hook:
+        """Run ``hook(completion)`` once per completed chord (register before the app starts).
+
+        Usable as a decorator. Hooks run in the processor, from the completions topic;
+        a sync hook runs in a thread. See :meth:`_run_hooks` for "once".
+        """
+        self.hooks.append(hook)
+        if not self._hooks_agent:
+            self._hooks_agent = True
+            self.app.agent(self.completions_topic, name="chord-hooks", concurrency=1)(self._run_hooks)
+        return hook
+
+    async def _on_assigned(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        self.fold.forget_verified()
+
+    # The aggregating agent -------------------------------------------------------------
+    async def _aggregate(self, stream: Any) -> None:
+        client = async_client(self.settings)
+        store = ChordStore(self.settings, client)
+        dead_letters = DeadLetterWriter(self.settings)
+        flusher = asyncio.get_running_loop().create_task(self._flush_progress(store))
+        try:
+            async for event in stream.events():
+                msg = event.message
+                try:
+                    name, record = self.codec.decode_record(msg.value)
+                    step = self.fold.apply(name, record)
+                except (CodecError, ValidationError) as exc:
+                    # The fold forwards only records it decoded: this one came from elsewhere.
+                    letter = DeadLetter(msg.key, msg.value, f"{type(exc).__name__}: {exc}",
+                                        msg.topic, msg.partition, msg.offset)
+                    await _retrying("sending a dead letter", lambda: dead_letters.send([letter]))
+                    continue
+                if step is None:
+                    continue
+                if step.completion is not None:
+                    await self._publish(store, step.completion)
+                    self.fold.completed(step.completion)
+                    self._dirty.pop(step.chord_id, None)
+                elif step.progress is not None:
+                    self._dirty[step.chord_id] = step.progress
+                    self._dirty_event.set()
+        finally:
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
+            try:
+                await store.progress(self._dirty)
+            except ResultlogError as exc:
+                log.warning("chord progress not written at stop: %s", exc)
+            self._dirty.clear()
+            await self.writer.close()
+            await dead_letters.close()
+            await client.aclose()
+
+    async def _publish(self, store: ChordStore, completion: ChordCompleted) -> None:
+        """The outcome to Redis (readers first), then to the completions topic."""
+        await _retrying("writing a chord completion to Redis", lambda: store.complete(completion))
+        data = self._encode(completion)
+        key = completion.chord_id.encode()
+        await _retrying("sending a chord completion", lambda: self.writer.send([(key, data)]))
+        log.info("chord %s completed: %s (%d of %d members, %d failed)", completion.chord_id,
+                 completion.state.value, completion.done, completion.size, completion.failed)
+
+    def _encode(self, completion: ChordCompleted) -> bytes:
+        try:
+            return completion.encode(self.codec)
+        except EventTooLarge:
+            pass
+        # The results stay readable in the Redis view; the record says where they went.
+        smaller = completion.without_results()
+        m = smaller.failed_member
+        if m is not None and m.exception is not None and len(m.exception.message) > _MAX_MESSAGE:
+            exc = ExceptionInfo(m.exception.type, m.exception.module, m.exception.message[:_MAX_MESSAGE] + "...")
+            smaller = ChordCompleted(
+                smaller.event_id, smaller.chord_id, smaller.state, smaller.size, smaller.done,
+                smaller.failed, smaller.timestamp, None, True,
+                FailedMember(m.task_id, m.index, m.state, exc), smaller.callback, smaller.callback_kwargs)
+        return smaller.encode(self.codec)
+
+    async def _flush_progress(self, store: ChordStore) -> None:
+        # Coalesces: a 10,000-member chord costs about 20 progress writes a second.
+        while True:
+            await self._dirty_event.wait()
+            self._dirty_event.clear()
+            batch, self._dirty = self._dirty, {}
+            try:
+                await store.progress(batch)
+            except ResultlogError as exc:
+                log.warning("chord progress not written (%s); trying again", exc)
+                for chord_id, progress in batch.items():
+                    self._dirty.setdefault(chord_id, progress)  # a newer one supersedes it
+                self._dirty_event.set()
+                await asyncio.sleep(1.0)
+            await asyncio.sleep(PROGRESS_INTERVAL_S)
+
+    # The hooks agent ---------------------------------------------------------------------
+    async def _run_hooks(self, stream: Any) -> None:
+        """Run the hooks for each completion on the completions topic, once per chord.
+
+        "Once" is at-most-once, by an atomic claim: ``SET NX`` of a key derived from the
+        completion's event_id, taken before the hooks run. A completion re-emitted after
+        a crash (same event_id), or re-read after this agent's crash, finds the claim
+        and is skipped. The price: if the processor dies while a hook runs, that hook is
+        not run again. We chose that over at-least-once because a chord callback
+        typically starts work (``send_task``) that is not idempotent, and a callback
+        sent twice is worse than one to re-send by hand; the completions topic itself
+        is at-least-once, for consumers that want to decide otherwise.
+        """
+        client = async_client(self.settings)
+        ttl_ms = self.settings.result_ttl_s * 1000 or None
+        try:
+            async for value in stream:
+                try:
+                    completion = ChordCompleted.decode(self.codec, value)
+                except (CodecError, ValidationError) as exc:
+                    log.error("undecodable record in %s skipped: %s", self.settings.chord_completions_topic, exc)
+                    continue
+                if await self._claim(client, completion, ttl_ms):
+                    await self._call_hooks(completion)
+                else:
+                    log.info("chord %s: hooks already ran (completion %s seen again)",
+                             completion.chord_id, completion.event_id)
+        finally:
+            await client.aclose()
+
+    async def _claim(self, client: redis.asyncio.Redis, completion: ChordCompleted, ttl_ms: int | None) -> bool:
+        key = names.chord_hook_claim_key(self.settings.redis_prefix, completion.event_id)
+
+        async def claim() -> bool:
+            with translated("claiming a chord hook run"):
+                return bool(await client.set(key, self._claimant, nx=True, px=ttl_ms))
+
+        return await _retrying("claiming a chord hook run", claim)
+
+    async def _call_hooks(self, completion: ChordCompleted) -> None:
+        for hook in self.hooks:
+            try:
+                if inspect.iscoroutinefunction(hook):
+                    await hook(completion)
+                else:
+                    outcome = await asyncio.to_thread(hook, completion)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+            except Exception:
+                # A hook's failure is the hook's: the chord's outcome stands.
+                log.exception("chord hook %r failed for chord %s", hook, completion.chord_id)
+
+
+def install(processor: Processor) -> ChordAggregator:
+    """Add the chord aggregator to ``processor`` and make its fold forward chord traffic."""
+    processor.sink.chord_forwarder = TopicWriter(processor.settings, processor.settings.chords_topic)
+    return ChordAggregator(processor)

@@ -1,0 +1,312 @@
+"""The pure parts of chords: records, the aggregator's fold, the Redis hash layout."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings as hsettings
+from hypothesis import strategies as st
+
+from resultlog.errors import ChordError, CodecError, ConfigurationError, ValidationError
+from resultlog.processors.chords import ChordFold, load_hook, member_key, summary_key
+from resultlog.schemas.chords import (
+    ChordCompleted,
+    ChordDeclared,
+    FailedMember,
+    completion_event_id,
+)
+from resultlog.schemas.codec import CHORD_DECLARED, TASK_EVENT, Codec, event_to_record
+from resultlog.schemas.event import ExceptionInfo, TaskEvent
+from resultlog.schemas.states import State
+from resultlog.settings import Settings
+from resultlog.views.chords import completion_fields, view_from_hash
+
+CHORD = "chord-1"
+
+
+def member(index: int, size: int, state: State = State.SUCCESS, *, result: Any = None,
+           chord_id: str = CHORD, ts: int = 1_700_000_000_000, exc: str = "boom") -> TaskEvent:
+    return TaskEvent.create(
+        f"{chord_id}-t{index}", state, result=index * 10 if result is None else result,
+        timestamp=ts + index, chord_id=chord_id, chord_size=size, chord_index=index,
+        exception=ExceptionInfo("ValueError", "builtins", f"{exc} {index}") if state is State.FAILURE else None,
+    )
+
+
+def declared(size: int, *, wait_all: bool = False, chord_id: str = CHORD, ts: int = 1_700_000_000_500) -> ChordDeclared:
+    return ChordDeclared.create(chord_id, size, callback="tasks.sum", callback_kwargs={"k": 1},
+                                wait_all=wait_all, timestamp=ts)
+
+
+Record = ChordDeclared | TaskEvent
+
+
+def run(records: list[Record], table: dict[str, Any] | None = None) -> tuple[list[ChordCompleted], dict[str, Any]]:
+    """Feed records to a fold as the agent does (publish, then mark); the completions."""
+    table = {} if table is None else table
+    fold = ChordFold(table)
+    out = []
+    for rec in records:
+        if isinstance(rec, ChordDeclared):
+            step = fold.apply(CHORD_DECLARED, rec.to_record())
+        else:
+            step = fold.apply(TASK_EVENT, event_to_record(rec))
+        if step is not None and step.completion is not None:
+            out.append(step.completion)
+            fold.completed(step.completion)
+    return out, table
+
+
+def messy(draw: st.DrawFn, records: list[Record]) -> list[Record]:
+    dupes = draw(st.lists(st.sampled_from(records), max_size=len(records) * 2))
+    out = records + dupes
+    draw(st.randoms(use_true_random=False)).shuffle(out)
+    return out
+
+
+# --- records -------------------------------------------------------------------------
+
+
+def test_declaration_and_completion_round_trip_through_the_codec() -> None:
+    codec = Codec()
+    decl = declared(3, wait_all=True)
+    name, record = codec.decode_record(decl.encode(codec))
+    assert name == CHORD_DECLARED and ChordDeclared.from_record(record) == decl
+    assert json.loads(decl.callback_kwargs or "") == {"k": 1}
+    failed = ChordCompleted(
+        completion_event_id(CHORD), CHORD, State.FAILURE, 3, 2, 1, 5,
+        failed_member=FailedMember("t1", 1, State.FAILURE, ExceptionInfo("KeyError", "builtins", "'x'")),
+        callback="tasks.sum")
+    ok = ChordCompleted(completion_event_id(CHORD), CHORD, State.SUCCESS, 2, 2, 0, 5, results="[1,2]")
+    for completion in (failed, ok):
+        assert ChordCompleted.decode(codec, completion.encode(codec)) == completion
+    assert ok.result_values() == [1, 2]
+    assert failed.error_message() == "chord chord-1 failed: member 1 (task t1) raised KeyError: 'x'"
+    assert isinstance(failed.error(), ChordError)
+    with pytest.raises(CodecError):
+        ChordCompleted.decode(codec, decl.encode(codec))
+
+
+def test_completion_ids_are_derived_from_the_chord_id() -> None:
+    assert completion_event_id("a") == completion_event_id("a") != completion_event_id("b")
+    assert len(completion_event_id("a")) == 32 and int(completion_event_id("a"), 16) >= 0
+
+
+@pytest.mark.parametrize("size", [-1, 2**31, True, "3"])
+def test_bad_sizes_are_refused(size: Any) -> None:
+    with pytest.raises(ValidationError):
+        ChordDeclared.create("c", size)
+
+
+def test_a_completion_is_success_or_failure_naming_a_member() -> None:
+    with pytest.raises(ValidationError):
+        ChordCompleted("e" * 32, "c", State.STARTED, 1, 0, 0, 0)
+    with pytest.raises(ValidationError):
+        ChordCompleted("e" * 32, "c", State.FAILURE, 1, 1, 1, 0)
+
+
+def test_the_chord_hook_setting_is_validated_and_loaded() -> None:
+    assert Settings(chord_hook="json:dumps").chord_hook == "json:dumps"
+    for bad in ("json", "json:", ":dumps", "a b:c"):
+        with pytest.raises(ConfigurationError, match="RESULTLOG_CHORD_HOOK"):
+            Settings(chord_hook=bad)
+    assert load_hook("json:dumps") is json.dumps
+    with pytest.raises(ConfigurationError, match="cannot be loaded"):
+        load_hook("json:no_such_function")
+    with pytest.raises(ConfigurationError, match="not callable"):
+        load_hook("json:__name__")
+
+
+# --- the fold ----------------------------------------------------------------------------
+
+
+def test_a_chord_completes_once_with_results_in_index_order() -> None:
+    records: list[Record] = [declared(3), member(2, 3), member(0, 3), member(1, 3)]
+    completions, table = run(records + [member(1, 3), member(0, 3)])
+    assert len(completions) == 1
+    c = completions[0]
+    assert (c.state, c.result_values(), c.done, c.failed, c.size) == (State.SUCCESS, [0, 10, 20], 3, 0, 3)
+    assert c.event_id == completion_event_id(CHORD) and c.callback == "tasks.sum"
+    assert c.timestamp == 1_700_000_000_500  # the latest record's, not the clock's
+    # Members' entries are dropped once the outcome is out; the summary stays, marked.
+    assert list(table) == [summary_key(CHORD)] and table[summary_key(CHORD)]["completed"] == "SUCCESS"
+
+
+def test_members_before_the_declaration_count_and_the_declaration_completes_it() -> None:
+    completions, table = run([member(0, 2), member(1, 2)])
+    assert completions == [] and table[summary_key(CHORD)]["done"] == 2
+    completions, _ = run([declared(2)], table)
+    assert [c.result_values() for c in completions] == [[0, 10]]
+
+
+def test_an_empty_chord_completes_at_its_declaration() -> None:
+    completions, _ = run([declared(0)])
+    assert [c.result_values() for c in completions] == [[]]
+
+
+def test_a_failing_member_fails_the_chord_at_once_naming_it() -> None:
+    completions, table = run([declared(5), member(1, 5), member(3, 5, State.FAILURE)])
+    assert len(completions) == 1
+    c = completions[0]
+    assert c.state is State.FAILURE and c.failed_member is not None
+    assert (c.failed_member.index, c.failed_member.task_id) == (3, f"{CHORD}-t3")
+    assert c.failed_member.exception == ExceptionInfo("ValueError", "builtins", "boom 3")
+    assert "member 3 (task chord-1-t3) raised ValueError: boom 3" in c.error_message()
+    # Later members, and repeats of the failure, never fire again.
+    more, _ = run([member(0, 5), member(3, 5, State.FAILURE), member(4, 5, State.REVOKED)], table)
+    assert more == []
+
+
+def test_with_wait_all_a_failure_completes_the_chord_only_after_every_member() -> None:
+    completions, table = run([declared(3, wait_all=True), member(2, 3, State.REVOKED), member(0, 3)])
+    assert completions == []
+    completions, _ = run([member(1, 3, State.FAILURE)], table)
+    assert len(completions) == 1 and completions[0].failed_member is not None
+    # The lowest failed index is named, whatever the order.
+    assert completions[0].failed_member.index == 1 and completions[0].failed == 2
+
+
+def test_members_beyond_the_declared_size_are_ignored() -> None:
+    completions, table = run([member(3, 4), member(0, 4), declared(2)])
+    assert completions == [] and table[summary_key(CHORD)]["done"] == 1
+    completions, _ = run([member(1, 4)], table)
+    assert [c.result_values() for c in completions] == [[0, 10]]
+
+
+def test_two_chords_share_a_table_independently() -> None:
+    records: list[Record] = [declared(2, chord_id="a"), declared(1, chord_id="b"),
+                             member(0, 2, chord_id="a"), member(0, 1, chord_id="b", result=7),
+                             member(1, 2, chord_id="a")]
+    completions, _ = run(records)
+    assert {c.chord_id: c.result_values() for c in completions} == {"a": [0, 10], "b": [7]}
+
+
+@st.composite
+def success_chords(draw: st.DrawFn) -> tuple[list[Record], list[Record]]:
+    size = draw(st.integers(1, 8))
+    results = draw(st.lists(st.integers(-5, 5) | st.text(max_size=3), min_size=size, max_size=size))
+    records: list[Record] = [declared(size)] + [member(i, size, result=r) for i, r in enumerate(results)]
+    return records, messy(draw, records)
+
+
+@hsettings(max_examples=300)
+@given(success_chords())
+def test_any_order_and_duplication_of_members_gives_the_same_completion(
+    chord: tuple[list[Record], list[Record]],
+) -> None:
+    ordered, shuffled = chord
+    want, _ = run(ordered)
+    got, _ = run(shuffled)
+    assert len(got) == 1 and got == want
+
+
+@st.composite
+def failing_chords(draw: st.DrawFn) -> tuple[list[Record], list[Record]]:
+    size = draw(st.integers(1, 8))
+    states = draw(st.lists(st.sampled_from([State.SUCCESS, State.FAILURE, State.REVOKED]),
+                           min_size=size, max_size=size))
+    records: list[Record] = [declared(size, wait_all=True)] + [member(i, size, s) for i, s in enumerate(states)]
+    return records, messy(draw, records)
+
+
+@hsettings(max_examples=300)
+@given(failing_chords())
+def test_with_wait_all_any_order_gives_the_same_outcome(chord: tuple[list[Record], list[Record]]) -> None:
+    ordered, shuffled = chord
+    want, _ = run(ordered)
+    got, _ = run(shuffled)
+    assert len(got) == 1 and got == want
+
+
+class LoggedTable(dict[str, Any]):
+    """A dict that keeps its writes in order: what the changelog partition receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[tuple[str, Any]] = []
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.log.append((key, value))
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.log.append((key, None))
+        super().__delitem__(key)
+
+
+def recovered(log: list[tuple[str, Any]]) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for key, value in log:
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value
+    return table
+
+
+@hsettings(max_examples=300)
+@given(success_chords() | failing_chords(), st.data())
+def test_a_crash_at_any_point_of_the_changelog_still_completes_the_chord_once(
+    chord: tuple[list[Record], list[Record]], data: st.DataObject,
+) -> None:
+    """A crash keeps a prefix of the changelog and re-reads from the last committed record.
+
+    faust flushes its producer before it commits offsets, so every record before the
+    committed one has all its writes in the kept prefix.
+    """
+    ordered, records = chord
+    want, _ = run(ordered)
+    table = LoggedTable()
+    fold = ChordFold(table)
+    ends: list[int] = []  # changelog length after each record
+    marks: list[int] = []  # changelog position of each completion's mark
+    for rec in records:
+        step = (fold.apply(CHORD_DECLARED, rec.to_record()) if isinstance(rec, ChordDeclared)
+                else fold.apply(TASK_EVENT, event_to_record(rec)))
+        if step is not None and step.completion is not None:
+            marks.append(len(table.log))
+            fold.completed(step.completion)
+        ends.append(len(table.log))
+    cut = data.draw(st.integers(0, len(table.log)), label="changelog kept")
+    committed = data.draw(st.integers(0, sum(1 for e in ends if e <= cut)), label="records committed")
+    emitted_before = [want[0] for mark in marks if mark < cut]  # published before the mark
+    again, after = run(records[committed:], recovered(table.log[:cut]))
+    assert emitted_before + again and all(c == want[0] for c in emitted_before + again)
+    assert after[summary_key(CHORD)]["completed"] == want[0].state.value
+
+
+@hsettings(max_examples=200)
+@given(st.integers(1, 8), st.data())
+def test_fail_fast_completes_once_naming_a_failed_member(size: int, data: st.DataObject) -> None:
+    failing = data.draw(st.sets(st.integers(0, size - 1), min_size=1))
+    records: list[Record] = [declared(size)] + [
+        member(i, size, State.FAILURE if i in failing else State.SUCCESS) for i in range(size)]
+    got, _ = run(messy(data.draw, records))
+    assert len(got) == 1 and got[0].state is State.FAILURE
+    assert got[0].failed_member is not None and got[0].failed_member.index in failing
+
+
+def test_ten_thousand_members_fold_in_linear_time() -> None:
+    size = 10_000
+    records: list[Record] = [member(i, size) for i in range(size)] + [declared(size)]
+    random.Random(1).shuffle(records)
+    completions, table = run(records + records[:500])
+    assert len(completions) == 1 and completions[0].result_values() == [i * 10 for i in range(size)]
+    assert len(table) == 1
+
+
+# --- the Redis hash layout ---------------------------------------------------------------
+
+
+def test_the_completion_fields_read_back_as_the_view() -> None:
+    failed = ChordCompleted(
+        completion_event_id(CHORD), CHORD, State.FAILURE, 3, 2, 1, 5,
+        failed_member=FailedMember("t1", 1, State.REVOKED, None))
+    view = view_from_hash(CHORD, completion_fields(failed))
+    assert (view.state, view.size, view.done, view.failed, view.ready) == ("FAILURE", 3, 2, 1, True)
+    assert view.failed_member == failed.failed_member and view.completion_id == failed.event_id
+    assert view_from_hash(CHORD, {}).state == "PENDING"
+    assert view_from_hash(CHORD, {b"state": b"STARTED", b"done": b"4", b"failed": b"1"}).succeeded == 3

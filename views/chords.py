@@ -1,0 +1,354 @@
+"""The Redis chord view and ``ChordResult`` / ``AioChordResult``.
+
+Layout of ``names.chord_key(prefix, chord_id)`` (a hash, written only by the chord
+aggregator through :class:`ChordStore`):
+
+- ``size``, ``done``, ``failed``: member counts (done = finished in any way);
+- ``state``: PENDING (declared, nothing finished), STARTED (some members finished),
+  SUCCESS or FAILURE (completed; never changes afterwards);
+- on SUCCESS ``results``: JSON list of the members' results in index order;
+- on FAILURE ``failed_task_id``, ``failed_index``, ``failed_state`` and ``exc_type``,
+  ``exc_module``, ``exc_message`` of the member that failed the chord;
+- ``completion_id``, ``date_done`` (ms since the epoch) once completed.
+
+Progress writes (:meth:`ChordStore.progress`) go through one Lua script that only
+raises the counts (a maximum, so a late or repeated write never moves them back) and
+never touches a completed chord's state; the completion is one MULTI/EXEC that writes
+the outcome and PUBLISHes on ``names.chord_done_channel``. A waiter subscribes first
+and reads second (see :mod:`resultlog.views.notify`), so it cannot miss the publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import redis.asyncio
+
+from resultlog import names
+from resultlog.errors import ChordError, ResultTimeout
+from resultlog.schemas.chords import ChordCompleted, FailedMember
+from resultlog.schemas.event import ExceptionInfo, validate_id
+from resultlog.schemas.states import PENDING, State
+from resultlog.settings import Settings
+from resultlog.views._redis import text, translated
+
+if TYPE_CHECKING:
+    from resultlog.views.backend import AioState, ResultBackend
+
+STARTED: Final = "STARTED"
+_FINAL: Final = frozenset({State.SUCCESS.value, State.FAILURE.value})
+
+# KEYS: chord hashes. ARGV[1]: ttl in ms (0: keep forever); then per key: size, done, failed.
+PROGRESS_SCRIPT: Final = """
+local ttl = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local size, done, failed = ARGV[3 * i - 1], tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+  local cur = redis.call('HMGET', key, 'state', 'done', 'failed')
+  local state = cur[1]
+  if state ~= 'SUCCESS' and state ~= 'FAILURE' then
+    if done > 0 then state = 'STARTED' elseif not state then state = 'PENDING' end
+    redis.call('HSET', key, 'size', size, 'state', state)
+  end
+  if done > tonumber(cur[2] or '0') then redis.call('HSET', key, 'done', done) end
+  if failed > tonumber(cur[3] or '0') then redis.call('HSET', key, 'failed', failed) end
+  if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+end
+return #KEYS
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    size: int
+    done: int
+    failed: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChordView:
+    """What the chord hash holds."""
+
+    chord_id: str
+    state: str  # PENDING, STARTED, SUCCESS or FAILURE
+    size: int | None = None
+    done: int = 0
+    failed: int = 0
+    results: str | None = None
+    failed_member: FailedMember | None = None
+    completion_id: str | None = None
+    date_done: int | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state in _FINAL
+
+    @property
+    def succeeded(self) -> int:
+        return self.done - self.failed
+
+
+def view_from_hash(chord_id: str, fields: Mapping[Any, Any]) -> ChordView:
+    h = {text(k): text(v) for k, v in fields.items()}
+    member = None
+    if "failed_task_id" in h:
+        exc = None
+        if "exc_type" in h:
+            exc = ExceptionInfo(h["exc_type"], h.get("exc_module", ""), h.get("exc_message", ""))
+        member = FailedMember(h["failed_task_id"], int(h["failed_index"]),
+                              State(h.get("failed_state", State.FAILURE.value)), exc)
+    return ChordView(
+        chord_id=chord_id,
+        state=h.get("state", PENDING),
+        size=int(h["size"]) if "size" in h else None,
+        done=int(h.get("done", "0")),
+        failed=int(h.get("failed", "0")),
+        results=h.get("results"),
+        failed_member=member,
+        completion_id=h.get("completion_id"),
+        date_done=int(h["date_done"]) if "date_done" in h else None,
+    )
+
+
+def completion_fields(completion: ChordCompleted) -> dict[str, str]:
+    fields = {
+        "state": completion.state.value, "size": str(completion.size),
+        "done": str(completion.done), "failed": str(completion.failed),
+        "completion_id": completion.event_id, "date_done": str(completion.timestamp),
+    }
+    if completion.results is not None:
+        fields["results"] = completion.results
+    m = completion.failed_member
+    if m is not None:
+        fields.update(failed_task_id=m.task_id, failed_index=str(m.index), failed_state=m.state.value)
+        if m.exception is not None:
+            fields.update(exc_type=m.exception.type, exc_module=m.exception.module,
+                          exc_message=m.exception.message)
+    return fields
+
+
+class ChordStore:
+    """The aggregator's writes to the chord view (asyncio). ``client`` is borrowed."""
+
+    def __init__(self, settings: Settings, client: redis.asyncio.Redis) -> None:
+        self.settings = settings
+        self._client = client
+        self._progress = client.register_script(PROGRESS_SCRIPT)
+
+    async def progress(self, updates: Mapping[str, Progress]) -> None:
+        """Raise the counts of several chords in one call (a no-op on completed ones)."""
+        if not updates:
+            return
+        prefix = self.settings.redis_prefix
+        keys = [names.chord_key(prefix, chord_id) for chord_id in updates]
+        args: list[str] = [str(self.settings.result_ttl_s * 1000)]
+        for p in updates.values():
+            args += [str(p.size), str(p.done), str(p.failed)]
+        with translated("writing chord progress"):
+            await self._progress(keys=keys, args=args)
+
+    async def complete(self, completion: ChordCompleted) -> None:
+        """Write the outcome and wake the waiters, atomically (MULTI/EXEC)."""
+        prefix = self.settings.redis_prefix
+        key = names.chord_key(prefix, completion.chord_id)
+        fields: dict[Any, Any] = completion_fields(completion)
+        with translated("writing a chord completion"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping=fields)
+                if self.settings.result_ttl_s:
+                    pipe.pexpire(key, self.settings.result_ttl_s * 1000)
+                pipe.publish(names.chord_done_channel(prefix, completion.chord_id), completion.state.value)
+                await pipe.execute()
+
+
+async def read_chord(client: redis.asyncio.Redis, prefix: str, chord_id: str) -> ChordView:
+    with translated("reading a chord"):
+        fields = await client.hgetall(names.chord_key(prefix, chord_id))
+    return view_from_hash(chord_id, fields)
+
+
+async def wait_chord(state: AioState, chord_id: str, timeout: float | None) -> ChordView:
+    """The chord's view once it completed; :class:`ResultTimeout` after ``timeout`` s."""
+    prefix = state.settings.redis_prefix
+    async with state._op():
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        view = await read_chord(state.client, prefix, chord_id)
+        if view.ready:
+            return view
+        try:
+            async with asyncio.timeout_at(deadline):
+                async with state.notifier.watch(names.chord_done_channel(prefix, chord_id)) as watch:
+                    # Subscribed first, read second: a completion before the
+                    # subscription is seen by the read, one after it is pushed.
+                    while True:
+                        watch.clear()
+                        view = await read_chord(state.client, prefix, chord_id)
+                        if view.ready:
+                            return view
+                        await watch.wait(None)
+        except TimeoutError as exc:
+            if isinstance(exc, ResultTimeout):
+                raise
+            raise ResultTimeout(
+                f"chord {chord_id} did not complete in time "
+                f"({view.done} of {view.size if view.size is not None else '?'} members finished)"
+            ) from None
+
+
+class _ChordResultBase:
+    """What both flavours share: everything derives from a :class:`ChordView`."""
+
+    __slots__ = ("id", "backend", "_view")
+
+    def __init__(self, chord_id: str, backend: ResultBackend) -> None:
+        self.id: str = validate_id("chord_id", chord_id)
+        self.backend = backend
+        self._view: ChordView | None = None
+
+    def _current(self) -> ChordView:
+        raise NotImplementedError
+
+    @property
+    def view(self) -> ChordView:
+        return self._current()
+
+    @property
+    def state(self) -> str:
+        """PENDING, STARTED, SUCCESS or FAILURE."""
+        return self._current().state
+
+    @property
+    def size(self) -> int | None:
+        """The number of members (None while neither declaration nor member was seen)."""
+        return self._current().size
+
+    def _settle(self, view: ChordView, propagate: bool) -> Any:
+        """What ``get()`` returns (or raises) for a completed chord."""
+        if view.state == State.SUCCESS.value:
+            return [] if view.results is None else json.loads(view.results)
+        error = self._error(view)
+        if propagate:
+            raise error
+        return error
+
+    def _error(self, view: ChordView) -> ChordError:
+        m = view.failed_member
+        if m is None:
+            return ChordError(f"chord {self.id} failed")
+        error = ChordError(f"chord {self.id} failed: {m.describe()}")
+        if m.exception is not None:
+            # The member's own exception, rebuilt by the backend's rules, as the cause.
+            error.__cause__ = self.backend.exceptions.rebuild(m.exception)
+        return error
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _ChordResultBase):
+            return other.id == self.id
+        if isinstance(other, str):
+            return other == self.id
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+
+class ChordResult(_ChordResultBase):
+    """A chord's outcome, sync flavour: ``backend.ChordResult(chord_id)``.
+
+    Attributes read Redis until the chord has completed, then stay cached (a completed
+    chord never changes).
+    """
+
+    __slots__ = ()
+
+    def _current(self) -> ChordView:
+        if self._view is not None and self._view.ready:
+            return self._view
+        with translated("reading a chord"):
+            fields = self.backend._client().hgetall(
+                names.chord_key(self.backend.settings.redis_prefix, self.id))
+        self._view = view_from_hash(self.id, fields)
+        return self._view
+
+    def completed_count(self) -> int:
+        """Members that succeeded (Celery's meaning of "completed")."""
+        return self._current().succeeded
+
+    def ready(self) -> bool:
+        return self._current().ready
+
+    def successful(self) -> bool:
+        return self._current().state == State.SUCCESS.value
+
+    def failed(self) -> bool:
+        return self._current().state == State.FAILURE.value
+
+    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5) -> Any:
+        """The members' results in index order, once the chord completed (woken by push).
+
+        A failed chord raises :class:`~resultlog.errors.ChordError` naming the failed
+        member (its rebuilt exception is the ``__cause__``), or returns it when
+        ``propagate`` is false; :class:`~resultlog.errors.ResultTimeout` after
+        ``timeout`` s. ``interval`` is accepted for Celery compatibility and ignored.
+        """
+        view = self._current()
+        if not view.ready:
+            waiter = self.backend._waiter()
+            state = waiter.state
+            view = waiter.call(lambda: wait_chord(state, self.id, timeout))
+            self._view = view
+        return self._settle(view, propagate)
+
+
+class AioChordResult(_ChordResultBase):
+    """A chord's outcome, asyncio flavour: ``backend.AioChordResult(chord_id)``.
+
+    As with ``AioAsyncResult``, attributes (``state``, ``size``, ``view``) show the
+    snapshot loaded by the last awaited call; reading one before any raises
+    :class:`RuntimeError`.
+    """
+
+    __slots__ = ()
+
+    def _current(self) -> ChordView:
+        if self._view is None:
+            raise RuntimeError(f"{self!r} has not been loaded yet: await refresh(), get() or ready() first")
+        return self._view
+
+    async def _load(self) -> ChordView:
+        if self._view is None or not self._view.ready:
+            state = self.backend.aio()
+            async with state._op():
+                self._view = await read_chord(state.client, self.backend.settings.redis_prefix, self.id)
+        return self._view
+
+    async def refresh(self) -> AioChordResult:
+        await self._load()
+        return self
+
+    async def completed_count(self) -> int:
+        return (await self._load()).succeeded
+
+    async def ready(self) -> bool:
+        return (await self._load()).ready
+
+    async def successful(self) -> bool:
+        return (await self._load()).state == State.SUCCESS.value
+
+    async def failed(self) -> bool:
+        return (await self._load()).state == State.FAILURE.value
+
+    async def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5) -> Any:
+        """As :meth:`ChordResult.get`, without blocking the event loop."""
+        view = self._view
+        if view is None or not view.ready:
+            view = await wait_chord(self.backend.aio(), self.id, timeout)
+            self._view = view
+        return self._settle(view, propagate)
