@@ -53,6 +53,9 @@ def faust_settings(settings: Settings, **overrides: Any) -> dict[str, Any]:
         store="memory://",
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=0.5,
+        # A SIGKILLed processor's place in faust's group frees only when its session
+        # expires: faust's 60 s default kept a restart's chord work waiting a minute.
+        broker_session_timeout=10.0,
         stream_buffer_maxsize=16_384,
         producer_acks=-1,
         datadir=f"{settings.dev_dir}/faust/{settings.consumer_group}",

@@ -1,0 +1,262 @@
+"""Chords end to end: emitter -> events topic -> fold -> chords topic -> aggregator
+(the real ``resultlog process`` child) -> Redis chord view, completions topic, hook."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+
+import pytest
+import redis
+import redis.asyncio
+from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+
+from resultlog.errors import ChordError
+from resultlog.producers import Emitter, declare_chord
+from resultlog.schemas.chords import ChordCompleted, ChordDeclared, completion_event_id
+from resultlog.schemas.codec import Codec
+from resultlog.schemas.event import ExceptionInfo, TaskEvent
+from resultlog.schemas.states import State
+from resultlog.settings import Settings
+from resultlog.views import ResultBackend
+from tests.integration.processes import ProcessorProcess
+from tests.integration.test_pipeline import eventually, produce_raw
+
+pytestmark = pytest.mark.integration
+
+HOOK = "tests.integration.test_chords:count_hook"
+
+
+def count_hook(completion: ChordCompleted) -> None:
+    """The hook the child processor runs (RESULTLOG_CHORD_HOOK): counts runs in Redis."""
+    s = Settings.from_env()
+    client = redis.Redis.from_url(s.redis_url)
+    try:
+        client.incr(hook_key(s, completion.chord_id))
+    finally:
+        client.close()
+
+
+def hook_key(settings: Settings, chord_id: str) -> str:
+    return f"{settings.redis_prefix}test-hook:{chord_id}"
+
+
+async def hook_runs(settings: Settings, chord_id: str) -> int:
+    client = redis.asyncio.Redis.from_url(settings.redis_url)
+    try:
+        return int(await client.get(hook_key(settings, chord_id)) or 0)
+    finally:
+        await client.aclose()
+
+
+async def read_completions(settings: Settings) -> list[ChordCompleted]:
+    """Everything in the completions topic (read once the processor has stopped)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
+                                enable_auto_commit=False)
+    tps = [TopicPartition(settings.chord_completions_topic, p) for p in range(settings.topic_partitions)]
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        codec = Codec()
+        out: list[ChordCompleted] = []
+        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
+            for messages in (await consumer.getmany(timeout_ms=1000)).values():
+                out += [ChordCompleted.decode(codec, m.value) for m in messages]
+        return out
+    finally:
+        await consumer.stop()
+
+
+def members(chord_id: str, size: int, *, failing: dict[int, Exception] | None = None) -> list[TaskEvent]:
+    """Each member's SUCCESS (result index * 2) or FAILURE, as a worker would emit it."""
+    out = []
+    for i in range(size):
+        task_id = f"{chord_id}-{i}"
+        fields = dict(chord_id=chord_id, chord_size=size, chord_index=i)
+        exc = (failing or {}).get(i)
+        if exc is None:
+            out.append(TaskEvent.create(task_id, State.SUCCESS, result=i * 2, **fields))
+        else:
+            out.append(TaskEvent.create(task_id, State.FAILURE, exception=ExceptionInfo.from_exception(exc), **fields))
+    return out
+
+
+async def emit(settings: Settings, events: list[TaskEvent], *declarations: tuple[str, int]) -> None:
+    async with Emitter(settings) as emitter:
+        for chord_id, size in declarations:
+            await declare_chord(emitter, chord_id, size, callback="tasks.sum")
+        for event in events:
+            await emitter.emit(event)
+        await emitter.flush()
+
+
+@pytest.fixture
+def hooked(settings: Settings) -> Settings:
+    return settings.replace(chord_hook=HOOK)
+
+
+async def test_chords_of_1_10_and_10000_members_complete_once_with_results_in_order(hooked: Settings) -> None:
+    sizes = {"one": 1, "ten": 10, "big": 10_000}
+    events = [e for chord_id, n in sizes.items() for e in members(chord_id, n)]
+    random.Random(5).shuffle(events)
+    with ProcessorProcess(hooked) as proc:
+        await emit(hooked, events, *sizes.items())
+        async with ResultBackend(hooked) as backend:
+            for chord_id, n in sizes.items():
+                result = backend.AioChordResult(chord_id)
+                assert await result.get(timeout=180) == [i * 2 for i in range(n)], proc.output()[-3000:]
+                assert result.state == "SUCCESS" and await result.completed_count() == n
+            for chord_id in sizes:
+                await eventually(lambda: _runs_at_least(hooked, chord_id), f"hook ran for {chord_id}")
+        proc.stop()
+        assert "Traceback" not in proc.output(), proc.output()[-3000:]
+    completions = await read_completions(hooked)
+    assert Counter(c.chord_id for c in completions) == {chord_id: 1 for chord_id in sizes}
+    for c in completions:
+        assert c.event_id == completion_event_id(c.chord_id) and c.callback == "tasks.sum"
+        assert c.result_values() == [i * 2 for i in range(sizes[c.chord_id])]
+    assert [await hook_runs(hooked, chord_id) for chord_id in sizes] == [1, 1, 1]
+
+
+async def _runs_at_least(settings: Settings, chord_id: str, n: int = 1) -> bool:
+    return await hook_runs(settings, chord_id) >= n
+
+
+async def test_a_hundred_interleaved_chords_complete_independently(settings: Settings) -> None:
+    rnd = random.Random(7)
+    sizes = {f"c{k}": rnd.randint(1, 12) for k in range(100)}
+    events = [e for chord_id, n in sizes.items() for e in members(chord_id, n)]
+    rnd.shuffle(events)
+    with ProcessorProcess(settings) as proc:
+        await emit(settings, events, *sizes.items())
+        async with ResultBackend(settings) as backend:
+            got = await asyncio.gather(*(backend.AioChordResult(c).get(timeout=120) for c in sizes))
+        assert got == [[i * 2 for i in range(n)] for n in sizes.values()], proc.output()[-3000:]
+        proc.stop()
+    assert Counter(c.chord_id for c in await read_completions(settings)) == {c: 1 for c in sizes}
+
+
+async def test_a_failing_member_fails_its_chord_at_once_naming_it(settings: Settings) -> None:
+    """Members 0-4 succeed, 5 fails, 6-9 never finish: no hang waiting for them."""
+    events = members("ch", 10, failing={5: KeyError("no such row")})[:6]
+    with ProcessorProcess(settings) as proc:
+        await emit(settings, events, ("ch", 10))
+        async with ResultBackend(settings) as backend:
+            result = backend.AioChordResult("ch")
+            with pytest.raises(ChordError, match=r"member 5 \(task ch-5\) raised KeyError: 'no such row'") as info:
+                await result.get(timeout=60)
+            assert isinstance(info.value.__cause__, KeyError), proc.output()[-3000:]
+            assert result.state == "FAILURE" and result.view.failed_member is not None
+            assert result.view.failed_member.task_id == "ch-5"
+            error = await result.get(propagate=False)
+            assert isinstance(error, ChordError)
+        # The sync flavour sees the same.
+        with ResultBackend(settings) as sync_backend:
+            with pytest.raises(ChordError, match="member 5"):
+                sync_backend.ChordResult("ch").get(timeout=30)
+        proc.stop()
+    [completion] = await read_completions(settings)
+    assert completion.state is State.FAILURE and completion.failed_member is not None
+    assert completion.failed_member.exception == ExceptionInfo("KeyError", "builtins", "'no such row'")
+
+
+async def test_with_wait_all_the_chord_fails_only_after_every_member(settings: Settings) -> None:
+    events = members("wa", 4, failing={1: ValueError("bad")})
+    with ProcessorProcess(settings) as proc:
+        async with Emitter(settings) as emitter:
+            await declare_chord(emitter, "wa", 4, wait_all=True)
+            for event in events[:3]:
+                await emitter.emit(event)
+            await emitter.flush()
+        async with ResultBackend(settings) as backend:
+            result = backend.AioChordResult("wa")
+            await eventually(lambda: _done(result, 3), "three members counted")
+            assert result.state == "STARTED" and not await result.ready()
+            await emit(settings, events[3:])
+            with pytest.raises(ChordError, match=r"member 1 \(task wa-1\) raised ValueError: bad"):
+                await result.get(timeout=60)
+            assert (result.view.done, result.view.failed) == (4, 1), proc.output()[-3000:]
+
+
+async def _done(result: object, n: int) -> bool:
+    from resultlog.views import AioChordResult
+
+    assert isinstance(result, AioChordResult)
+    await result.refresh()
+    return result.view.done >= n
+
+
+async def test_duplicated_and_shuffled_members_do_not_change_the_outcome(settings: Settings) -> None:
+    codec = Codec()
+    sizes = {"d1": 5, "d2": 30}
+    events = [e for chord_id, n in sizes.items() for e in members(chord_id, n)]
+    records = [(e.task_id.encode(), codec.encode(e)) for e in events]
+    records += [(c.encode(), ChordDeclared.create(c, n).encode(codec)) for c, n in sizes.items()]
+    rnd = random.Random(11)
+    records += rnd.choices(records, k=len(records))  # declarations may come twice too
+    rnd.shuffle(records)
+    with ProcessorProcess(settings) as proc:
+        await produce_raw(settings, records)
+        async with ResultBackend(settings) as backend:
+            for chord_id, n in sizes.items():
+                assert await backend.AioChordResult(chord_id).get(timeout=120) == [i * 2 for i in range(n)], \
+                    proc.output()[-3000:]
+        proc.stop()
+    assert Counter(c.chord_id for c in await read_completions(settings)) == {"d1": 1, "d2": 1}
+
+
+async def test_members_before_the_declaration_count(settings: Settings) -> None:
+    with ProcessorProcess(settings) as proc:
+        await emit(settings, members("late", 3))
+        async with ResultBackend(settings) as backend:
+            result = backend.AioChordResult("late")
+            await eventually(lambda: _done(result, 3), "members counted before the declaration")
+            assert result.state == "STARTED" and result.size == 3
+            await emit(settings, [], ("late", 3))
+            assert await result.get(timeout=60) == [0, 2, 4], proc.output()[-3000:]
+
+
+async def test_a_processor_killed_mid_chord_completes_it_once_after_restart(hooked: Settings) -> None:
+    """SIGKILL while a 10,000-member chord is half folded; the restart finishes it."""
+    size = 10_000
+    events = members("big", size)
+    random.Random(3).shuffle(events)
+    first, second = events[: size // 2], events[size // 2:]
+    proc = ProcessorProcess(hooked).start()
+    try:
+        await emit(hooked, first, ("big", size))
+        async with ResultBackend(hooked) as backend:
+            result = backend.AioChordResult("big")
+            await eventually(lambda: _done(result, size // 8), "part of the chord folded")
+            proc.kill()
+            killed_at = result.view.done
+            await emit(hooked, second)
+            # Duplicates of members folded before the kill, as a re-read would bring.
+            await emit(hooked, first[:500])
+            proc.start()
+            assert await result.get(timeout=240) == [i * 2 for i in range(size)], proc.output()[-5000:]
+            assert killed_at < size
+            await eventually(lambda: _runs_at_least(hooked, "big"), "the hook ran")
+        proc.stop()
+    finally:
+        proc.stop()
+        proc.log.unlink(missing_ok=True)
+    completions = await read_completions(hooked)
+    assert [c.chord_id for c in completions] == ["big"]
+    assert await hook_runs(hooked, "big") == 1
+
+
+async def test_get_waits_by_push_and_times_out(settings: Settings) -> None:
+    from resultlog.errors import ResultTimeout
+
+    async with ResultBackend(settings) as backend:
+        result = backend.AioChordResult("never")
+        started = time.monotonic()
+        with pytest.raises(ResultTimeout, match="did not complete"):
+            await result.get(timeout=0.3)
+        assert time.monotonic() - started < 5
+        assert await result.ready() is False and result.state == "PENDING"
