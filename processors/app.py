@@ -85,9 +85,20 @@ class Processor:
         if settings.fold_engine == "agent":
             self.app.agent(self.events_topic, name="fold", concurrency=1)(self._fold)
         else:
-            engine = BatchFoldEngine(settings, self.sink, self.stats)
-            self.app.task(engine.run)
+            self.engine = BatchFoldEngine(settings, self.sink, self.stats)
+            self.app.task(self._run_engine)
         self.chords = chords.install(self)
+
+    async def _run_engine(self) -> None:
+        try:
+            await self.engine.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A fold that stopped must stop the worker too: a live-looking processor
+            # that folds nothing is the worst outcome. The supervisor restarts it.
+            log.critical("the fold engine failed: %r; stopping the worker", exc, exc_info=True)
+            await self.app.crash(exc)
 
     async def _fold(self, stream: Any) -> None:
         await self.sink.start()

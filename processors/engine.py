@@ -26,8 +26,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from resultlog.errors import BrokerUnavailable
-from resultlog.processors.sink import FoldSink, RawRecord, SinkStats
+from resultlog.errors import BrokerUnavailable, ResultlogError
+from resultlog.processors.sink import FoldSink, Prepared, RawRecord, SinkStats
 from resultlog.settings import Settings
 
 log = logging.getLogger("resultlog.processor")
@@ -65,6 +65,26 @@ class BatchFoldEngine:
                  sorted(tp.partition for tp in assigned),
                  {p: o for p, o in sorted(stored.items()) if TopicPartition(self.settings.events_topic, p) in assigned})
 
+    async def _write(self, prepared: Prepared) -> SinkStats:
+        """Write a batch, retrying while a store or the broker is unavailable: writes
+        are idempotent, and the batch must land before any later one does."""
+        delay = 0.1
+        while True:
+            try:
+                return await self.sink.write(prepared)
+            except ResultlogError as exc:
+                if not exc.retriable:
+                    raise
+                log.warning("writing a batch failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _account(self, stats: SinkStats) -> None:
+        self.stats.add(stats)
+        if stats.dead_letters:
+            log.warning("%d record(s) sent to dead letters (%s)",
+                        stats.dead_letters, self.settings.dead_letter_topic)
+
     async def run(self) -> None:
         s = self.settings
         await self.sink.start()
@@ -85,26 +105,42 @@ class BatchFoldEngine:
             raise BrokerUnavailable(
                 f"cannot reach Kafka at {s.kafka_bootstrap_servers}: {exc!r} "
                 "(RESULTLOG_KAFKA_BOOTSTRAP_SERVERS)") from exc
+        # Pipelined: while batch N is being written (the servers work, this process
+        # waits), batch N+1 is fetched and decoded. Writes stay strictly in order, one
+        # batch at a time, so offsets only ever move forward.
+        writing: asyncio.Task[SinkStats] | None = None
+        last_commit = 0.0
+        pending_commit: dict[TopicPartition, int] = {}
         try:
             while True:
                 fetched = await consumer.getmany(timeout_ms=100, max_records=BATCH_MAX)
-                if not fetched:
-                    continue
-                records = [
-                    RawRecord(m.topic, m.partition, m.offset, m.key, m.value)
-                    for messages in fetched.values() for m in messages
-                ]
-                stats = await self.sink.handle(records)
-                self.stats.add(stats)
-                if stats.dead_letters:
-                    log.warning("%d record(s) sent to dead letters (%s)",
-                                stats.dead_letters, s.dead_letter_topic)
-                try:
-                    await consumer.commit({tp: ms[-1].offset + 1 for tp, ms in fetched.items()})
-                except (CommitFailedError, KafkaError) as exc:
-                    # Only lag monitoring reads these; Postgres holds the real offsets.
-                    log.info("Kafka offset commit skipped: %r", exc)
+                prepared = None
+                if fetched:
+                    prepared = await self.sink.prepare_yielding([
+                        RawRecord(m.topic, m.partition, m.offset, m.key, m.value)
+                        for messages in fetched.values() for m in messages
+                    ])
+                if writing is not None and (prepared is not None or writing.done()):
+                    self._account(await writing)
+                    writing = None
+                if prepared is not None:
+                    writing = asyncio.ensure_future(self._write(prepared))
+                    for tp, ms in fetched.items():
+                        pending_commit[tp] = ms[-1].offset + 1
+                loop_time = asyncio.get_running_loop().time()
+                if writing is None and pending_commit and loop_time - last_commit > 1.0:
+                    # Kafka's offsets serve only lag tools and a group the stores do not
+                    # know yet; committing them once a second is plenty.
+                    last_commit = loop_time
+                    try:
+                        await consumer.commit(pending_commit)
+                        pending_commit = {}
+                    except (CommitFailedError, KafkaError) as exc:
+                        log.info("Kafka offset commit skipped: %r", exc)
         finally:
+            if writing is not None and not writing.done():
+                # Let the batch in flight land: its offsets are recorded with it.
+                await asyncio.shield(writing)
             self.consumer = None
             await consumer.stop()
             await self.sink.close()

@@ -18,12 +18,14 @@ between 2 and 3 re-reads that batch, the history skips it (idempotent on
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from resultlog.errors import CodecError, ValidationError
 from resultlog.processors.deadletter import DeadLetter, DeadLetterWriter, TopicWriter
-from resultlog.schemas.codec import CHORD_RECORDS, TASK_EVENT, Codec, event_from_record
+from resultlog.schemas.codec import CHORD_RECORDS, Codec
+from resultlog.schemas.event import TaskEvent
 from resultlog.settings import Settings
 from resultlog.views.history import HistoryStore, StoredEvent
 from resultlog.views.redis_view import RedisView
@@ -54,6 +56,15 @@ class SinkStats:
         self.duplicates += other.duplicates
         self.dead_letters += other.dead_letters
         self.redis_changed += other.redis_changed
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    read: int
+    good: list[StoredEvent]
+    bad: list[DeadLetter]
+    chord_traffic: list[tuple[bytes, bytes]]
+    offsets: dict[tuple[str, int], int]
 
 
 @dataclass(slots=True)
@@ -101,14 +112,13 @@ class FoldSink:
         common = set.intersection(*(set(s) for s in sources))
         return {p: min(s[p] for s in sources) for p in common}
 
-    async def handle(self, records: Sequence[RawRecord]) -> SinkStats:
-        assert self.history is not None and self.dead_letters is not None, "FoldSink.start() first"
-        stats = SinkStats(read=len(records))
+    def prepare(self, records: Sequence[RawRecord]) -> Prepared:
+        """Decode and sort a batch (CPU only, no I/O): what :meth:`write` then stores."""
         good: list[StoredEvent] = []
         bad: list[DeadLetter] = []
         chord_traffic: list[tuple[bytes, bytes]] = []
         offsets: dict[tuple[str, int], int] = {}
-        decode_record = self.codec.decode_record
+        decode_any = self.codec.decode_any
         forward = self.chord_forwarder is not None
         for rec in records:
             tp = (rec.topic, rec.partition)
@@ -117,15 +127,16 @@ class FoldSink:
             try:
                 if rec.value is None:
                     raise CodecError("record has no value (a tombstone?)")
-                name, record = decode_record(rec.value)
-                if name == TASK_EVENT:
-                    event = event_from_record(record)
-                elif name in CHORD_RECORDS:
+                decoded = decode_any(rec.value)
+                if isinstance(decoded, TaskEvent):
+                    event = decoded
+                else:
+                    name, record = decoded
+                    if name not in CHORD_RECORDS:
+                        raise CodecError(f"unexpected record type {name} in the events topic")
                     if forward:
                         chord_traffic.append((str(record["chord_id"]).encode(), rec.value))
                     continue
-                else:
-                    raise CodecError(f"unexpected record type {name} in the events topic")
             except (CodecError, ValidationError) as exc:
                 bad.append(DeadLetter(rec.key, rec.value, f"{type(exc).__name__}: {exc}",
                                       rec.topic, rec.partition, rec.offset))
@@ -133,6 +144,38 @@ class FoldSink:
             good.append(StoredEvent(event, rec.topic, rec.partition, rec.offset))
             if forward and event.chord_id is not None and event.state.ready:
                 chord_traffic.append((event.chord_id.encode(), rec.value))
+        return Prepared(len(records), good, bad, chord_traffic, offsets)
+
+    async def prepare_yielding(self, records: Sequence[RawRecord], chunk: int = 500) -> Prepared:
+        """:meth:`prepare`, giving the event loop a turn every ``chunk`` records, so
+        that the previous batch's writes (many short round trips) progress meanwhile."""
+        if len(records) <= chunk:
+            return self.prepare(records)
+        parts = []
+        for i in range(0, len(records), chunk):
+            parts.append(self.prepare(records[i:i + chunk]))
+            await asyncio.sleep(0)
+        offsets: dict[tuple[str, int], int] = {}
+        for part in parts:
+            for tp, o in part.offsets.items():
+                if o > offsets.get(tp, -1):
+                    offsets[tp] = o
+        return Prepared(
+            sum(p.read for p in parts),
+            [g for p in parts for g in p.good],
+            [b for p in parts for b in p.bad],
+            [c for p in parts for c in p.chord_traffic],
+            offsets,
+        )
+
+    async def handle(self, records: Sequence[RawRecord]) -> SinkStats:
+        return await self.write(self.prepare(records))
+
+    async def write(self, batch: Prepared) -> SinkStats:
+        """Store a prepared batch; see the module docstring for why in this order."""
+        assert self.history is not None and self.dead_letters is not None, "FoldSink.start() first"
+        stats = SinkStats(read=batch.read)
+        good, bad, chord_traffic, offsets = batch.good, batch.bad, batch.chord_traffic, batch.offsets
         await self.dead_letters.send(bad)
         stats.dead_letters = len(bad)
         if chord_traffic and self.chord_forwarder is not None:

@@ -26,6 +26,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import to_parsing_canonical_form
 
 from resultlog.errors import CodecError, EventTooLarge, UnknownSchema, ValidationError
+from resultlog.schemas import fastread
 from resultlog.schemas.event import ExceptionInfo, TaskEvent
 from resultlog.schemas.states import State
 
@@ -135,6 +136,11 @@ class Codec:
         self.store = store or default_store()
         self.max_bytes = max_bytes
         self._pin = dict(pin or {})
+        # The fast reader applies only when writer and reader are both TaskEvent v2.
+        reader = self.schema_for(TASK_EVENT)
+        self._fast_fp: bytes | None = (
+            reader.fingerprint if reader.version == fastread.FAST_VERSION else None
+        )
 
     def schema_for(self, name: str) -> SchemaVersion:
         """The version this codec writes and reads ``name`` as."""
@@ -178,13 +184,35 @@ class Codec:
             raise CodecError(f"corrupt {writer.name} v{writer.version} body: {exc!r}") from None
         if not isinstance(record, dict):
             raise CodecError(f"{writer.name} did not decode to a record")
+        if body.tell() != len(data) - HEADER_SIZE:
+            raise CodecError(
+                f"corrupt {writer.name} v{writer.version} body: "
+                f"{len(data) - HEADER_SIZE - body.tell()} trailing byte(s)")
         return writer.name, record
 
     # Task events ---------------------------------------------------------------------
     def encode(self, event: TaskEvent) -> bytes:
         return self.encode_record(TASK_EVENT, event_to_record(event, self.schema_for(TASK_EVENT).version))
 
+    def decode_any(self, data: bytes) -> TaskEvent | tuple[str, dict[str, Any]]:
+        """A task event (fast path when it applies), or ``(name, record)`` for any other
+        record type sharing the topic."""
+        if self._fast_fp is not None and data[2:HEADER_SIZE] == self._fast_fp and data[:2] == MAGIC:
+            try:
+                return fastread.read_v2(data, HEADER_SIZE)
+            except Exception:  # noqa: BLE001 — the generic path raises the proper error
+                pass
+        name, record = self.decode_record(data)
+        if name == TASK_EVENT:
+            return event_from_record(record)
+        return name, record
+
     def decode(self, data: bytes) -> TaskEvent:
+        if self._fast_fp is not None and data[2:HEADER_SIZE] == self._fast_fp and data[:2] == MAGIC:
+            try:
+                return fastread.read_v2(data, HEADER_SIZE)
+            except Exception:  # noqa: BLE001 — the generic path raises the proper error
+                pass
         name, record = self.decode_record(data)
         if name != TASK_EVENT:
             raise CodecError(f"expected a {TASK_EVENT}, got a {name}")
