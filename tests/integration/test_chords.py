@@ -4,9 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import re
+import subprocess
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import redis
@@ -76,12 +81,11 @@ def members(chord_id: str, size: int, *, failing: dict[int, Exception] | None = 
     out = []
     for i in range(size):
         task_id = f"{chord_id}-{i}"
-        fields = dict(chord_id=chord_id, chord_size=size, chord_index=i)
         exc = (failing or {}).get(i)
-        if exc is None:
-            out.append(TaskEvent.create(task_id, State.SUCCESS, result=i * 2, **fields))
-        else:
-            out.append(TaskEvent.create(task_id, State.FAILURE, exception=ExceptionInfo.from_exception(exc), **fields))
+        out.append(TaskEvent.create(
+            task_id, State.SUCCESS if exc is None else State.FAILURE, result=i * 2,
+            exception=None if exc is None else ExceptionInfo.from_exception(exc),
+            chord_id=chord_id, chord_size=size, chord_index=i))
     return out
 
 
@@ -194,7 +198,7 @@ async def test_duplicated_and_shuffled_members_do_not_change_the_outcome(setting
     codec = Codec()
     sizes = {"d1": 5, "d2": 30}
     events = [e for chord_id, n in sizes.items() for e in members(chord_id, n)]
-    records = [(e.task_id.encode(), codec.encode(e)) for e in events]
+    records: list[tuple[bytes | None, bytes]] = [(e.task_id.encode(), codec.encode(e)) for e in events]
     records += [(c.encode(), ChordDeclared.create(c, n).encode(codec)) for c, n in sizes.items()]
     rnd = random.Random(11)
     records += rnd.choices(records, k=len(records))  # declarations may come twice too
@@ -260,3 +264,16 @@ async def test_get_waits_by_push_and_times_out(settings: Settings) -> None:
             await result.get(timeout=0.3)
         assert time.monotonic() - started < 5
         assert await result.ready() is False and result.state == "PENDING"
+
+
+async def test_the_docs_example_runs(settings: Settings) -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "chords.md").read_text()
+    blocks = re.findall(r"(<!-- not run[^>]*-->\n\s*)?```python\n(.*?)```", doc, re.S)
+    runnable = [code for skip, code in blocks if not skip]
+    assert len(runnable) == 1
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}, **settings.to_env()}
+    with ProcessorProcess(settings) as proc:
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", runnable[0]], env=env, capture_output=True,
+            text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:] + proc.output()[-2000:]
