@@ -127,7 +127,7 @@ async def timed(runs: int, call: Callable[[int], Awaitable[object]]) -> list[flo
 
 
 def report(label: str, times: list[float]) -> None:
-    print(f"{label:<44} median {statistics.median(times):7.2f} ms"
+    print(f"{label:<48} median {statistics.median(times):7.2f} ms"
           f"   (min {min(times):.2f}, max {max(times):.2f}, {len(times)} runs)")
 
 
@@ -196,7 +196,7 @@ async def run_queries(settings: Settings, store: HistoryStore, sample: list[str]
             f"SELECT state, count(*) AS n FROM {s}.tasks GROUP BY state ORDER BY state")
         took = (time.perf_counter() - t) * 1000
         counts = ", ".join(f"{r['state']} {r['n']:,}" for r in states)
-        print(f"{'(d) whole tasks view: count per state':<44} once   {took:9.0f} ms   ({counts})")
+        print(f"{'(d) whole tasks view: count per state':<48} once   {took:9.0f} ms   ({counts})")
 
     hour, name, task = hour_of[0], name_of[0], task_of[0]
     await explain(store, "(a) one name, one hour",

@@ -232,8 +232,8 @@ def _prune(args: argparse.Namespace) -> int:
     older_than = parse_duration(args.older_than, "--older-than")
     cutoff_ms = time.time_ns() // 1_000_000 - int(older_than.total_seconds()) * 1000
     cutoff = datetime.fromtimestamp(cutoff_ms / 1000, timezone.utc)
-    print(f"{'dry run: ' if args.dry_run else ''}removing events before {fmt_time(cutoff)} "
-          f"(older than {fmt_duration(older_than)})")
+    verb = "dry run: would remove" if args.dry_run else "removing"
+    print(f"{verb} events before {fmt_time(cutoff)} (older than {fmt_duration(older_than)})")
     report = asyncio.run(prune(Settings.from_env(), cutoff_ms, dry_run=args.dry_run,
                                log=lambda line: print(line, flush=True)))
     trimmed = len(report.removed) - report.partitions_dropped

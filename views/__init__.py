@@ -1,6 +1,7 @@
 """Views of the event log: the Redis latest-state view with Celery-style results,
 and the Postgres history."""
 
+from resultlog.views.analytics import Analytics
 from resultlog.views.backend import ResultBackend
 from resultlog.views.chords import AioChordResult, ChordResult, ChordView
 from resultlog.views.exceptions import ExceptionRebuilder, RemoteTaskError, rebuild_exception
@@ -14,6 +15,7 @@ __all__ = [
     "AioChordResult",
     "AioGroupResult",
     "AioResultSet",
+    "Analytics",
     "AsyncResult",
     "ChordResult",
     "ChordView",
