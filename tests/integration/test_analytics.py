@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shlex
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -391,6 +392,27 @@ def test_durations_and_times() -> None:
 
 
 # -- the documentation -----------------------------------------------------------------
+
+_SESSION = re.compile(r"^\$ resultlog (?P<args>.*)\n(?P<out>(?:(?!```).+\n)*)", re.M)
+
+
+def doc_sessions() -> list[tuple[list[str], list[str]]]:
+    """(arguments, expected output lines) of each ``$ resultlog stats|history|status``
+    in docs/analytics.md (prune's example is from the benchmark's history, not this one)."""
+    return [(shlex.split(m["args"]), m["out"].splitlines()) for m in _SESSION.finditer(DOC.read_text())
+            if m["args"].split()[0] in ("stats", "history", "status")]
+
+
+def test_the_doc_shows_every_read_command() -> None:
+    assert sorted({args[0] for args, _ in doc_sessions()}) == ["history", "stats", "status"]
+
+
+@pytest.mark.parametrize("index", range(len(doc_sessions())))
+async def test_doc_command_prints_what_the_doc_shows(loaded: Loaded, index: int) -> None:
+    args, expected = doc_sessions()[index]
+    code, out, err = await cli(loaded.settings, *args)
+    assert code == 0, err
+    assert out.splitlines() == expected
 
 _SQL_BLOCK = re.compile(r"```sql\n(?P<sql>.*?)```", re.S)
 
