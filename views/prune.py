@@ -159,7 +159,7 @@ async def prune(settings: Settings, cutoff_ms: int, *, dry_run: bool = False,
             straddling = [t for t in tables if t.day * DAY_MS < cutoff_ms < (t.day + 1) * DAY_MS
                           and t.attached and not t.pending]
             stuck = [t for t in tables if t.pending and t not in old]
-            if stuck and any(not t.pending for t in old) and not dry_run:
+            if stuck and any(t.attached and not t.pending for t in old) and not dry_run:
                 # PostgreSQL allows one pending detach per partitioned table.
                 t = stuck[0]
                 raise ResultlogError(
