@@ -140,13 +140,23 @@ class Pipeline:
         self._state = "stopping"
         timeout_s = self.options.close_timeout_s if timeout_s is None else timeout_s
         self._outbox.close("the emitter is stopping")
+        flush_error: BrokerUnavailable | None = None
         try:
             await self.flush(timeout_s)
-        except BrokerUnavailable:
-            pass  # reported below, together with whatever the abort adds
+        except BrokerUnavailable as exc:
+            # flush() has consumed the failures it reports: keep its error, raise it
+            # after closing unless the shutdown itself lost more (then report that).
+            flush_error = exc
         finally:
             await self._shutdown(timeout_s)
-        self.failures.raise_for_flush()
+        try:
+            self.failures.raise_for_flush()
+        except BrokerUnavailable as exc:
+            if flush_error is not None:
+                raise BrokerUnavailable(f"{flush_error}; and then: {exc}") from exc
+            raise
+        if flush_error is not None:
+            raise flush_error
 
     async def _shutdown(self, timeout_s: float) -> None:
         self._state = "stopped"
