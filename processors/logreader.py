@@ -69,12 +69,15 @@ class LogReader:
         return self._consumer
 
     async def partitions(self) -> list[TopicPartition]:
-        if self.topic not in await self.consumer.topics():  # refreshes metadata
+        # consumer.topics() reads metadata into a cluster object of its own; ask for
+        # that object, which knows the partitions too.
+        cluster = await self.consumer._client.fetch_all_metadata()
+        ids = cluster.partitions_for_topic(self.topic)
+        if not ids:
             raise ValidationError(
                 f"topic {self.topic!r} does not exist on {self.settings.kafka_bootstrap_servers} "
                 "(RESULTLOG_EVENTS_TOPIC)"
             )
-        ids = self.consumer.partitions_for_topic(self.topic) or set()
         return [TopicPartition(self.topic, p) for p in sorted(ids)]
 
     async def plan(
