@@ -195,6 +195,7 @@ class ChordFold:
         s["completed"] = completion.state.value
         # The mark first: a deletion in the changelog then implies the mark is there.
         self.table[key] = s
+        self._verified.discard(completion.chord_id)
         for i in range(s["n"]):
             mkey = member_key(completion.chord_id, i)
             if mkey in self.table:
@@ -422,8 +423,8 @@ class ChordAggregator:
             batch, self._dirty = self._dirty, {}
             try:
                 await store.progress(batch)
-            except ResultlogError as exc:
-                log.warning("chord progress not written (%s); trying again", exc)
+            except Exception as exc:  # never die: progress would silently stop
+                log.warning("chord progress not written (%r); trying again", exc)
                 for chord_id, progress in batch.items():
                     self._dirty.setdefault(chord_id, progress)  # a newer one supersedes it
                 self._dirty_event.set()

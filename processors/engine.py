@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from resultlog.errors import BrokerUnavailable, ResultlogError
-from resultlog.processors.sink import FoldSink, Prepared, RawRecord, SinkStats
+from resultlog.processors.sink import FoldSink, PipelinedWriter, Prepared, RawRecord, SinkStats
 from resultlog.settings import Settings
 
 log = logging.getLogger("resultlog.processor")
@@ -105,30 +105,23 @@ class BatchFoldEngine:
             raise BrokerUnavailable(
                 f"cannot reach Kafka at {s.kafka_bootstrap_servers}: {exc!r} "
                 "(RESULTLOG_KAFKA_BOOTSTRAP_SERVERS)") from exc
-        # Pipelined: while batch N is being written (the servers work, this process
-        # waits), batch N+1 is fetched and decoded. Writes stay strictly in order, one
-        # batch at a time, so offsets only ever move forward.
-        writing: asyncio.Task[SinkStats] | None = None
+        writer = PipelinedWriter(self._write, self._account)
         last_commit = 0.0
         pending_commit: dict[TopicPartition, int] = {}
         try:
             while True:
                 fetched = await consumer.getmany(timeout_ms=100, max_records=BATCH_MAX)
-                prepared = None
                 if fetched:
-                    prepared = await self.sink.prepare_yielding([
+                    await writer.submit(await self.sink.prepare_yielding([
                         RawRecord(m.topic, m.partition, m.offset, m.key, m.value)
                         for messages in fetched.values() for m in messages
-                    ])
-                if writing is not None and (prepared is not None or writing.done()):
-                    self._account(await writing)
-                    writing = None
-                if prepared is not None:
-                    writing = asyncio.ensure_future(self._write(prepared))
+                    ]))
                     for tp, ms in fetched.items():
                         pending_commit[tp] = ms[-1].offset + 1
+                else:
+                    await writer.wait()
                 loop_time = asyncio.get_running_loop().time()
-                if writing is None and pending_commit and loop_time - last_commit > 1.0:
+                if writer.idle and pending_commit and loop_time - last_commit > 1.0:
                     # Kafka's offsets serve only lag tools and a group the stores do not
                     # know yet; committing them once a second is plenty.
                     last_commit = loop_time
@@ -138,9 +131,7 @@ class BatchFoldEngine:
                     except (CommitFailedError, KafkaError) as exc:
                         log.info("Kafka offset commit skipped: %r", exc)
         finally:
-            if writing is not None and not writing.done():
-                # Let the batch in flight land: its offsets are recorded with it.
-                await asyncio.shield(writing)
+            await writer.settle()
             self.consumer = None
             await consumer.stop()
             await self.sink.close()

@@ -21,7 +21,7 @@ from resultlog import names
 from resultlog.errors import BrokerUnavailable, ReplayRefused, ValidationError
 from resultlog.processors.logreader import LogReader, Slice
 from resultlog.processors.progress import Progress
-from resultlog.processors.sink import FoldSink, SinkStats
+from resultlog.processors.sink import FoldSink, PipelinedWriter, SinkStats
 from resultlog.settings import Settings
 from resultlog.views.history import HistoryStore
 
@@ -142,13 +142,21 @@ async def replay(
             bar = Progress(plan.total, "replay") if progress else None
             totals = SinkStats()
             started = time.monotonic()
-            async for batch in reader.read(plan, max_records=batch_records):
-                stats = await sink.handle(batch)
+
+            def done(stats: SinkStats) -> None:
                 totals.add(stats)
                 if bar is not None:
                     bar.advance(stats.read)
                 if on_batch is not None:
                     on_batch(stats)
+
+            writer = PipelinedWriter(sink.write, done)
+            try:
+                async for batch in reader.read(plan, max_records=batch_records):
+                    await writer.submit(await sink.prepare_yielding(batch))
+                await writer.wait()
+            finally:
+                await writer.settle()
             seconds = time.monotonic() - started
             if bar is not None:
                 bar.finish()

@@ -19,7 +19,7 @@ between 2 and 3 re-reads that batch, the history skips it (idempotent on
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from resultlog.errors import CodecError, ValidationError
@@ -191,3 +191,41 @@ class FoldSink:
         stats.duplicates = len(good) - stats.inserted if self.write_history else 0
         return stats
 
+
+
+class PipelinedWriter:
+    """Keeps one batch being written while the caller prepares the next.
+
+    Writes stay strictly in order, one at a time, so offsets only ever move forward;
+    what overlaps is this process decoding batch N+1 (``prepare_yielding`` gives the
+    loop turns) while the servers store batch N.
+    """
+
+    def __init__(self, write: Callable[[Prepared], Awaitable[SinkStats]],
+                 on_done: Callable[[SinkStats], None]) -> None:
+        self._write = write
+        self._on_done = on_done
+        self._task: asyncio.Task[SinkStats] | None = None
+
+    @property
+    def idle(self) -> bool:
+        return self._task is None
+
+    async def submit(self, batch: Prepared) -> None:
+        await self.wait()
+        self._task = asyncio.ensure_future(self._write(batch))
+
+    async def poll(self) -> None:
+        """Collect a finished write, if any, without waiting."""
+        if self._task is not None and self._task.done():
+            await self.wait()
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            task, self._task = self._task, None
+            self._on_done(await task)
+
+    async def settle(self) -> None:
+        """On the way out: let a write in flight land (its offsets are recorded with it)."""
+        if self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
