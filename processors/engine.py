@@ -23,8 +23,8 @@ import asyncio
 import logging
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition  # type: ignore[import-untyped]
+from aiokafka.errors import CommitFailedError, KafkaError  # type: ignore[import-untyped]
 
 from resultlog.errors import BrokerUnavailable, ResultlogError
 from resultlog.processors.sink import FoldSink, PipelinedWriter, Prepared, RawRecord, SinkStats

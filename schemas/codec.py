@@ -90,9 +90,11 @@ class SchemaStore:
 
     def add(self, schema: Mapping[str, Any], version: int) -> SchemaVersion:
         parsed = parse_schema(dict(schema))
+        if not isinstance(parsed, dict) or "name" not in parsed:
+            raise CodecError(f"schema version {version} is not a named Avro record")
         canonical = to_parsing_canonical_form(parsed)
         fingerprint = struct.pack("<Q", crc64_avro(canonical.encode()))
-        name = parsed["name"]
+        name = str(parsed["name"])
         entry = SchemaVersion(name, version, parsed, fingerprint)
         self._by_fp[fingerprint] = entry
         self._by_name.setdefault(name, {})[version] = entry
