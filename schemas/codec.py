@@ -210,15 +210,10 @@ class Codec:
         return name, record
 
     def decode(self, data: bytes) -> TaskEvent:
-        if self._fast_fp is not None and data[2:HEADER_SIZE] == self._fast_fp and data[:2] == MAGIC:
-            try:
-                return fastread.read_v2(data, HEADER_SIZE)
-            except Exception:  # noqa: BLE001 — the generic path raises the proper error
-                pass
-        name, record = self.decode_record(data)
-        if name != TASK_EVENT:
-            raise CodecError(f"expected a {TASK_EVENT}, got a {name}")
-        return event_from_record(record)
+        decoded = self.decode_any(data)
+        if isinstance(decoded, TaskEvent):
+            return decoded
+        raise CodecError(f"expected a {TASK_EVENT}, got a {decoded[0]}")
 
 
 _STATES = {s.value: s for s in State}
