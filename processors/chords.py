@@ -59,10 +59,12 @@ from resultlog.errors import (
     ValidationError,
 )
 from resultlog.processors.deadletter import DeadLetter, DeadLetterWriter, TopicWriter
+from resultlog.processors.logreader import LogReader
 from resultlog.schemas.chords import ChordCompleted, ChordDeclared, FailedMember, completion_event_id
 from resultlog.schemas.codec import CHORD_DECLARED, TASK_EVENT, Codec, event_from_record
 from resultlog.schemas.event import ExceptionInfo, TaskEvent
 from resultlog.schemas.states import State
+from resultlog.settings import Settings
 from resultlog.views._redis import async_client, translated
 from resultlog.views.chords import ChordStore, Progress
 
@@ -216,7 +218,7 @@ class ChordFold:
         if s == before:
             return Step(chord_id, None, completion)
         self.table[summary_key(chord_id)] = s
-        return Step(chord_id, Progress(s["n"], s["done"], s["failed"]), completion)
+        return Step(chord_id, Progress(s["n"], s["done"], s["failed"], s["ts"]), completion)
 
     def _recount(self, chord_id: str, s: dict[str, Any]) -> bool:
         """Counts from the members' entries; True if they differed from ``s``."""
@@ -488,3 +490,44 @@ def install(processor: Processor) -> ChordAggregator:
     """Add the chord aggregator to ``processor`` and make its fold forward chord traffic."""
     processor.sink.chord_forwarder = TopicWriter(processor.settings, processor.settings.chords_topic)
     return ChordAggregator(processor)
+
+
+async def rebuild_chord_views(settings: Settings) -> int:
+    """Fold the whole chords topic again and write every chord's view; returns how many.
+
+    The chords topic is the chord aggregator's input, in the order it folded it, so
+    folding it again gives the same outcomes (fail-fast counts included). Completions
+    are written, not published to the completions topic: hooks ran with the live
+    processor and are not run again.
+    """
+    fold = ChordFold({})
+    last: dict[str, Progress] = {}
+    client = async_client(settings)
+    store = ChordStore(settings, client)
+    codec = Codec(max_bytes=settings.max_event_bytes)
+    seen: set[str] = set()
+    try:
+        async with LogReader(settings, settings.chords_topic) as reader:
+            try:
+                plan = await reader.plan()
+            except ValidationError:
+                return 0  # no chords topic: no chord was ever declared or forwarded
+            async for batch in reader.read(plan):
+                for rec in batch:
+                    try:
+                        step = fold.apply(*codec.decode_record(rec.value or b""))
+                    except (CodecError, ValidationError):
+                        continue  # the live aggregator sent these to dead letters
+                    if step is None:
+                        continue
+                    seen.add(step.chord_id)
+                    if step.completion is not None:
+                        await store.complete(step.completion)
+                        fold.completed(step.completion)
+                        last.pop(step.chord_id, None)
+                    elif step.progress is not None:
+                        last[step.chord_id] = step.progress
+        await store.progress(last)
+    finally:
+        await client.aclose()
+    return len(seen)

@@ -69,12 +69,18 @@ async def live_members(settings: Settings) -> int:
 
 
 async def clear_redis_view(settings: Settings) -> int:
-    """Delete every key under the view's prefix; returns how many."""
+    """Delete every view key under the prefix (tasks, chords, offsets); returns how many.
+
+    Chord hook claims stay: they record side effects that happened, which a rebuilt
+    view must not make happen again."""
     client: Redis = Redis.from_url(settings.redis_url)
     deleted = 0
+    keep = names.chord_hook_claim_key(settings.redis_prefix, "")
     try:
         batch: list[bytes] = []
         async for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=5000):
+            if key.decode(errors="replace").startswith(keep):
+                continue
             batch.append(key)
             if len(batch) >= 5000:
                 deleted += await client.unlink(*batch)
@@ -157,9 +163,15 @@ async def replay(
                 await writer.wait()
             finally:
                 await writer.settle()
-            seconds = time.monotonic() - started
             if bar is not None:
                 bar.finish()
+            if redis:
+                # Chord views come from the chords topic, the aggregator's own input.
+                from resultlog.processors.chords import rebuild_chord_views
+                chords = await rebuild_chord_views(settings)
+                if progress and chords:
+                    print(f"rebuilt the views of {chords:,} chord(s) from {settings.chords_topic}")
+            seconds = time.monotonic() - started
         return ReplaySummary(plan.total, totals, seconds)
     finally:
         await sink.close()

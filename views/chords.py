@@ -44,9 +44,12 @@ _FINAL: Final = frozenset({State.SUCCESS.value, State.FAILURE.value})
 
 # KEYS: chord hashes. ARGV[1]: ttl in ms (0: keep forever); then per key: size, done, failed.
 PROGRESS_SCRIPT: Final = """
-local ttl = tonumber(ARGV[1])
+-- ARGV[1]: "1" to expire; then per key: size, done, failed, expire_at (ms, exact string)
+local expiring = ARGV[1] == '1'
 for i, key in ipairs(KEYS) do
-  local size, done, failed = ARGV[3 * i - 1], tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+  local base = 4 * (i - 1) + 1
+  local size, done, failed = ARGV[base + 1], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+  local expire_at = ARGV[base + 4]
   local cur = redis.call('HMGET', key, 'state', 'done', 'failed')
   local state = cur[1]
   if state ~= 'SUCCESS' and state ~= 'FAILURE' then
@@ -55,7 +58,8 @@ for i, key in ipairs(KEYS) do
   end
   if done > tonumber(cur[2] or '0') then redis.call('HSET', key, 'done', done) end
   if failed > tonumber(cur[3] or '0') then redis.call('HSET', key, 'failed', failed) end
-  if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+  -- Expiry from the log (the latest member's time), so a rebuild by replay is exact.
+  if expiring then redis.call('PEXPIREAT', key, expire_at) end
 end
 return #KEYS
 """
@@ -66,6 +70,7 @@ class Progress:
     size: int
     done: int
     failed: int
+    timestamp: int = 0  # ms: the latest member outcome counted (expiry derives from it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +149,10 @@ class ChordStore:
             return
         prefix = self.settings.redis_prefix
         keys = [names.chord_key(prefix, chord_id) for chord_id in updates]
-        args: list[str] = [str(self.settings.result_ttl_s * 1000)]
+        ttl_ms = self.settings.result_ttl_s * 1000
+        args: list[str] = ["1" if ttl_ms else "0"]
         for p in updates.values():
-            args += [str(p.size), str(p.done), str(p.failed)]
+            args += [str(p.size), str(p.done), str(p.failed), str(p.timestamp + ttl_ms)]
         with translated("writing chord progress"):
             await self._progress(keys=keys, args=args)
 
@@ -159,7 +165,8 @@ class ChordStore:
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.hset(key, mapping=fields)
                 if self.settings.result_ttl_s:
-                    pipe.pexpire(key, self.settings.result_ttl_s * 1000)
+                    # From the log, not the clock: a view rebuilt by replay is exact.
+                    pipe.pexpireat(key, completion.timestamp + self.settings.result_ttl_s * 1000)
                 pipe.publish(names.chord_done_channel(prefix, completion.chord_id), completion.state.value)
                 await pipe.execute()
 

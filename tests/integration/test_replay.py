@@ -13,10 +13,12 @@ from resultlog import names
 from resultlog.errors import ReplayRefused
 from resultlog.processors.replay import replay
 from resultlog.processors.verify import verify
+from resultlog.errors import ChordError
 from resultlog.producers import Emitter
+from resultlog.producers.chords import declare_chord
 from resultlog.schemas.event import ExceptionInfo, TaskEvent
 from resultlog.settings import Settings
-from resultlog.views import HistoryStore, RedisView
+from resultlog.views import HistoryStore, RedisView, ResultBackend
 from tests.integration.processes import ProcessorProcess
 from tests.integration.test_pipeline import eventually
 
@@ -77,14 +79,17 @@ async def fill_through_processor(settings: Settings, events: int) -> None:
 
 
 async def redis_snapshot(settings: Settings) -> dict[str, Any]:
-    """Every task hash under the prefix, with its absolute expiry (bookkeeping excluded)."""
+    """Every task and chord hash under the prefix, with its absolute expiry
+    (bookkeeping such as offsets excluded)."""
     client = Redis.from_url(settings.redis_url)
     out: dict[str, Any] = {}
     try:
-        async for key in client.scan_iter(match=names.task_key_pattern(settings.redis_prefix)):
-            fields = await client.hgetall(key)
-            expiry = await client.execute_command("PEXPIRETIME", key)
-            out[key.decode()] = (sorted(fields.items()), expiry)
+        patterns = (names.task_key_pattern(settings.redis_prefix), names.chord_key(settings.redis_prefix, "*"))
+        for pattern in patterns:
+            async for key in client.scan_iter(match=pattern):
+                fields = await client.hgetall(key)
+                expiry = await client.execute_command("PEXPIRETIME", key)
+                out[key.decode()] = (sorted(fields.items()), expiry)
     finally:
         await client.aclose()
     return out
@@ -99,17 +104,49 @@ async def history_snapshot(settings: Settings) -> list[tuple[Any, ...]]:
     return [tuple(r.values()) for r in rows]
 
 
+async def chords(settings: Settings) -> int:
+    """A chord that completes, one that fails (fail fast), one still open; returns events."""
+    events = 0
+    async with Emitter(settings) as em:
+        for chord_id, size, fail_at, finish in (("c-ok", 4, None, 4), ("c-bad", 4, 1, 4), ("c-open", 3, None, 2)):
+            await declare_chord(em, chord_id, size, callback="tasks.total")
+            events += 1
+            for i in range(finish):
+                task = f"{chord_id}-m{i}"
+                member = {"chord_id": chord_id, "chord_size": size, "chord_index": i}
+                if i == fail_at:
+                    await em.emit(TaskEvent.create(task, "FAILURE", timestamp=BASE_MS + 500 + i,
+                                                   exception=ExceptionInfo("KeyError", "builtins", "x"), **member))
+                else:
+                    await em.emit(TaskEvent.create(task, "SUCCESS", result=i * 10,
+                                                   timestamp=BASE_MS + 500 + i, **member))
+                events += 1
+    return events
+
+
 async def test_replay_rebuilds_both_stores_exactly_and_verify_agrees(settings: Settings) -> None:
     n = await workload(settings)
-    await fill_through_processor(settings, n)
+    chord_events = await chords(settings)
+    members = chord_events - 3  # declarations are not task events
+    await fill_through_processor(settings, n + members)
+    async with ResultBackend(settings) as backend:
+        assert await backend.AioChordResult("c-ok").get(timeout=60) == [0, 10, 20, 30]
+        with pytest.raises(ChordError):
+            await backend.AioChordResult("c-bad").get(timeout=60)
+    async def open_chord_counted() -> bool:
+        async with ResultBackend(settings) as backend:
+            return await backend.AioChordResult("c-open").completed_count() == 2
+    await eventually(open_chord_counted, "the open chord's progress")
+    n += members
     redis_before, history_before = await redis_snapshot(settings), await history_snapshot(settings)
-    assert len(history_before) == n and len(redis_before) == 60
+    assert len(history_before) == n and len(redis_before) == 60 + members + 3
 
     report = await verify(settings)
     assert report.ok, [d.render() for d in report.differences]
 
     summary = await replay(settings, fresh=True, progress=False)
-    assert summary.stats.read == n and summary.stats.inserted == n and summary.stats.dead_letters == 0
+    assert summary.stats.read == n + 3  # + the chord declarations, which are not history rows
+    assert summary.stats.inserted == n and summary.stats.dead_letters == 0
     assert await redis_snapshot(settings) == redis_before
     assert await history_snapshot(settings) == history_before
 
