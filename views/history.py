@@ -44,6 +44,8 @@ _INT64 = 2**63
 # costs nothing when they do not happen.
 _WRITE_ATTEMPTS = 3
 _PAGE_ROWS = 5000
+# Up to this many rows a batch is written by one statement instead of COPY.
+SMALL_BATCH_ROWS = 200
 _NOT_MIGRATED = (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError,
                  asyncpg.InvalidSchemaNameError)
 
@@ -234,6 +236,24 @@ class HistoryStore:
             " ON CONFLICT (consumer_group, kafka_topic, kafka_partition) DO UPDATE"
             " SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), updated_at = now()"
         )
+        # Small batches (the common case at low rates): rows and offsets in ONE statement,
+        # atomic by itself, so a batch costs one round trip instead of seven (BEGIN,
+        # staging table, COPY, INSERT, offsets, COMMIT). Latency, not throughput, is
+        # what this buys; large batches keep the COPY path.
+        arrays = ", ".join(f"${i + 1}::{t}[]" for i, (_, t) in enumerate(_STAGE_COLUMNS))
+        k = len(_STAGE_COLUMNS)
+        self._insert_small = (
+            f"WITH ins AS (INSERT INTO {self._history} ({', '.join(_EVENT_COLUMNS)})"
+            f" SELECT {select_cols} FROM unnest({arrays}) AS s({', '.join(_STAGE_NAMES)})"
+            " ORDER BY ts_ms, event_id ON CONFLICT (ts, event_id) DO NOTHING RETURNING 1),"
+            f" off AS (INSERT INTO {self._offsets} AS o"
+            " (consumer_group, kafka_topic, kafka_partition, next_offset)"
+            f" SELECT ${k + 1}, t, p, n FROM unnest(${k + 2}::text[], ${k + 3}::int[], ${k + 4}::bigint[])"
+            " AS u(t, p, n)"
+            " ON CONFLICT (consumer_group, kafka_topic, kafka_partition) DO UPDATE"
+            " SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), updated_at = now())"
+            " SELECT count(*) FROM ins"
+        )
 
     # -- lifetime -------------------------------------------------------------------
 
@@ -352,6 +372,12 @@ class HistoryStore:
     async def _write(self, rows: list[tuple[Any, ...]], consumer_group: str,
                      offset_args: tuple[list[str], list[int], list[int]]) -> int:
         inserted = 0
+        if 0 < len(rows) <= SMALL_BATCH_ROWS and offset_args[0]:
+            columns = [list(col) for col in zip(*rows)]
+            async with self.pool.acquire() as conn:
+                count: int = await conn.fetchval(
+                    self._insert_small, *columns, to_pg_text(consumer_group), *offset_args)
+            return count
         async with self.pool.acquire() as conn, conn.transaction():
             if rows:
                 await conn.execute(self._create_stage)

@@ -428,3 +428,25 @@ class socket_nobody_listens_on:
 
     def __exit__(self, *exc: object) -> None:
         self._sock.close()
+
+
+async def test_the_copy_path_and_the_one_statement_path_store_the_same_rows(settings: Settings) -> None:
+    from resultlog.views.history import SMALL_BATCH_ROWS
+
+    events = [ev(f"t{i}", "SUCCESS", NOW_MS + i, result=f'{{"i":{i}}}', meta={"k": "v"},
+                 exception=None, runtime=0.25, attempt=i % 3) for i in range(SMALL_BATCH_ROWS + 50)]
+    tables = []
+    for label, chunk in (("copy", len(events)), ("small", 40)):
+        s = settings.replace(postgres_schema=f"{settings.postgres_schema}_{label}")
+        async with HistoryStore(s) as store:
+            await store.migrate()
+            for i in range(0, len(events), chunk):
+                batch, offsets = one_partition(events[i:i + chunk], first=i)
+                assert await store.write_batch(batch, offsets, consumer_group="g") == len(batch)
+                assert await store.write_batch(batch, offsets, consumer_group="g") == 0
+            tables.append(([e async for e in store.all_events()],
+                           await store.committed_offsets("g", TOPIC)))
+            await store.pool.execute(f"DROP SCHEMA {quote_ident(s.postgres_schema)} CASCADE")
+    assert tables[0] == tables[1]
+    assert tables[0][0] == sorted(events, key=lambda e: (e.timestamp, e.event_id))
+    assert tables[0][1] == {0: len(events)}
