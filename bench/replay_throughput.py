@@ -4,7 +4,7 @@ Pre-loads --events events (default 1,000,000: RECEIVED/STARTED/SUCCESS for a thi
 many tasks) with the emitter, then runs `replay --fresh` into empty stores and prints
 the rate. The progress bar shows on a terminal.
 
-    .venv/bin/python -m bench.replay_throughput [--events 1000000] [--batch 5000]
+    .venv/bin/python -m bench.replay_throughput [--events 1000000] [--batch 5000] [--jobs 3]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--batch", type=int, default=5000)
+    ap.add_argument("--jobs", type=int, default=3)
     args = ap.parse_args()
     settings = isolated("replay", result_ttl_s=0)
     n = args.events - args.events % 3
@@ -38,7 +39,7 @@ async def main() -> None:
                     task, states[i % 3], result=i, task_name="bench.add", worker="w1",
                     args=[i, 1] if i % 3 == 0 else None))
         print(f"  pre-loaded in {time.monotonic() - t0:.1f}s", flush=True)
-        summary = await replay(settings, fresh=True, batch_records=args.batch, progress=True)
+        summary = await replay(settings, fresh=True, batch_records=args.batch, jobs=args.jobs, progress=True)
         print(summary.render())
         print(f"replay throughput into both stores: {summary.rate:,.0f} events/s "
               f"({n:,} events in {summary.seconds:.1f}s)")

@@ -69,6 +69,8 @@ def register_replay(subparsers: Any) -> None:
     p.add_argument("--force", action="store_true",
                    help="run even while live processors are in the consumer group")
     p.add_argument("--batch", type=int, default=5000, help="records per write batch (default 5000)")
+    p.add_argument("--jobs", type=int, default=3,
+                   help="pipelines run concurrently over shares of the partitions (default 3)")
     p.set_defaults(func=_replay)
 
     v: argparse.ArgumentParser = subparsers.add_parser(
@@ -129,6 +131,7 @@ def _replay(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         force=args.force,
         batch_records=args.batch,
+        jobs=args.jobs,
     ))
     print(summary.render())
     return 0

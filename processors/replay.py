@@ -9,6 +9,7 @@ can be resumed (``resume=True``) or simply rerun: every write is idempotent.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -111,9 +112,18 @@ async def replay(
     fresh: bool = False,
     force: bool = False,
     batch_records: int = 5000,
+    jobs: int = 3,
     progress: bool = True,
     on_batch: Callable[[SinkStats], None] | None = None,
 ) -> ReplaySummary:
+    """Fold the events topic (or a slice of it) into the chosen stores; see docs/replay.md.
+
+    ``jobs`` pipelines run concurrently, each over its own share of the partitions
+    (own consumer, own connections): one pipeline spends most of its time waiting for
+    Redis and Postgres, so a second one overlaps those waits.
+    """
+    if not 1 <= jobs <= 64:
+        raise ValidationError(f"jobs must be between 1 and 64, not {jobs}")
     if not (redis or history):
         raise ValidationError("nothing to rebuild: choose the Redis view, the history, or both")
     if sum(x is not None and x is not False for x in (from_timestamp_ms, from_offsets, resume or None)) > 1:
@@ -156,13 +166,42 @@ async def replay(
                 if on_batch is not None:
                     on_batch(stats)
 
-            writer = PipelinedWriter(sink.write, done)
+            parts = sorted(p for p in plan.end if plan.start.get(p, 0) < plan.end[p])
+            shares = [parts[i::jobs] for i in range(min(jobs, len(parts)))]
+            sinks = [sink] + [
+                FoldSink(settings, consumer_group=group, write_redis=redis,
+                         write_history=history, history=store)
+                for _ in shares[1:]
+            ]
+
+            async def run_share(share: list[int], share_sink: FoldSink) -> None:
+                sub = Slice(plan.topic, {p: plan.start.get(p, 0) for p in share},
+                            {p: plan.end[p] for p in share})
+                if share_sink is not sink:
+                    await share_sink.start()
+                writer = PipelinedWriter(share_sink.write, done)
+                try:
+                    async with LogReader(settings) as share_reader:
+                        async for batch in share_reader.read(sub, max_records=batch_records):
+                            await writer.submit(await share_sink.prepare_yielding(batch))
+                    await writer.wait()
+                finally:
+                    await writer.settle()
+
+            tasks = [asyncio.ensure_future(run_share(share, k)) for share, k in zip(shares, sinks)]
             try:
-                async for batch in reader.read(plan, max_records=batch_records):
-                    await writer.submit(await sink.prepare_yielding(batch))
-                await writer.wait()
+                await asyncio.gather(*tasks)
+            except BaseException:
+                # One share failed (or we were cancelled): stop the others before closing
+                # what they write with; the first error is the one reported.
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
             finally:
-                await writer.settle()
+                for extra in sinks[1:]:
+                    extra.history = None  # shared with the first sink, closed by it
+                    await extra.close()
             if bar is not None:
                 bar.finish()
             if redis:
