@@ -11,7 +11,8 @@ from hypothesis import given, settings as hsettings
 from hypothesis import strategies as st
 
 from resultlog.errors import ChordError, CodecError, ConfigurationError, ValidationError
-from resultlog.processors.chords import ChordFold, load_hook, member_key, summary_key
+from resultlog.processors.chordfold import ChordFold, member_key, summary_key
+from resultlog.processors.chords import load_hook
 from resultlog.schemas.chords import (
     ChordCompleted,
     ChordDeclared,

@@ -1,0 +1,213 @@
+"""The chord state machine: a chord's records -> its progress and its one completion.
+
+Pure (no I/O): the aggregator (:mod:`resultlog.processors.chords`) runs it over a
+changelog-backed faust table, replay runs it over a dict, the unit tests over both
+kinds of mapping. Table layout and crash-safety reasoning: see the aggregator's
+module docstring.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from resultlog.errors import CodecError
+from resultlog.schemas.chords import ChordCompleted, ChordDeclared, FailedMember, completion_event_id
+from resultlog.schemas.codec import CHORD_DECLARED, TASK_EVENT, event_from_record
+from resultlog.schemas.event import ExceptionInfo, TaskEvent
+from resultlog.schemas.states import State
+from resultlog.views.chords import Progress
+
+log = logging.getLogger("resultlog.chords")
+
+# Member entry layout (a JSON list in the table).
+_STATE, _TASK, _RESULT, _EXC_TYPE, _EXC_MODULE, _EXC_MESSAGE, _TS = range(7)
+
+
+def summary_key(chord_id: str) -> str:
+    return f"c:{chord_id}"
+
+
+def member_key(chord_id: str, index: int) -> str:
+    return f"m:{chord_id}:{index}"
+
+
+def _new_summary() -> dict[str, Any]:
+    # Never falsy: faust's memory store drops falsy values when replaying a changelog.
+    return {"n": 0, "declared": False, "wait_all": False, "callback": None, "kwargs": None,
+            "done": 0, "failed": 0, "fail_index": None, "ts": 0, "completed": None}
+
+
+def _entry(event: TaskEvent) -> list[Any]:
+    exc = event.exception
+    return [event.state.value, event.task_id, event.result,
+            None if exc is None else exc.type, None if exc is None else exc.module,
+            None if exc is None else exc.message, event.timestamp]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What one record changed: the chord's counts, and its completion if it completed."""
+
+    chord_id: str
+    progress: Progress | None = None
+    completion: ChordCompleted | None = None
+
+
+class ChordFold:
+    """The chord state machine over a mapping: a faust table in the processor, a dict in tests.
+
+    Pure (no I/O). For a given set of records, any order and any duplication yields
+    the same SUCCESS completion, and a chord completes exactly once: the caller
+    publishes the completion a step returns, then calls :meth:`completed`.
+    """
+
+    def __init__(self, table: MutableMapping[str, Any]) -> None:
+        self.table = table
+        # Chords recounted by this process (see the module docstring); in memory only.
+        self._verified: set[str] = set()
+
+    def forget_verified(self) -> None:
+        """After a rebalance the table may hold state recovered afresh: verify again."""
+        self._verified.clear()
+
+    def apply(self, name: str, record: Mapping[str, Any]) -> Step | None:
+        """Fold one decoded record from the chords topic (CodecError for other kinds)."""
+        if name == TASK_EVENT:
+            return self.member(event_from_record(record))
+        if name == CHORD_DECLARED:
+            return self.declare(ChordDeclared.from_record(record))
+        raise CodecError(f"unexpected record type {name} in the chords topic")
+
+    def declare(self, decl: ChordDeclared) -> Step:
+        s = self._summary(decl.chord_id)
+        before = dict(s)
+        if s["completed"] is not None:
+            return Step(decl.chord_id)
+        if not s["declared"]:  # else: the first declaration wins
+            shrinks = s["n"] > decl.size
+            s.update(declared=True, n=decl.size, wait_all=decl.wait_all, callback=decl.callback,
+                     kwargs=decl.callback_kwargs, ts=max(s["ts"], decl.timestamp))
+            if shrinks:
+                log.warning("chord %s declared with %d members, but members said up to %d; "
+                            "members beyond the declared size are ignored", decl.chord_id, decl.size, before["n"])
+                self._recount(decl.chord_id, s)
+        return self._settle(decl.chord_id, s, before)
+
+    def member(self, event: TaskEvent) -> Step | None:
+        chord_id, index = event.chord_id, event.chord_index
+        if chord_id is None or index is None or event.chord_size is None or not event.state.ready:
+            return None
+        s = self._summary(chord_id)
+        before = dict(s)
+        if s["completed"] is not None:
+            return Step(chord_id)  # a re-delivery after the outcome: never fires again
+        if s["declared"] and index >= s["n"]:
+            log.warning("chord %s has %d members; ignoring task %s with index %d",
+                        chord_id, s["n"], event.task_id, index)
+            return Step(chord_id)
+        if not s["declared"]:
+            s["n"] = max(s["n"], event.chord_size)
+        mkey = member_key(chord_id, index)
+        if mkey in self.table:
+            # A duplicate, or a record re-read after a crash whose entry reached the
+            # changelog without the summary counting it: recount once per chord.
+            if chord_id not in self._verified:
+                self._verified.add(chord_id)
+                if self._recount(chord_id, s):
+                    log.info("chord %s: counts repaired from its members' entries", chord_id)
+            return self._settle(chord_id, s, before)
+        # The entry before the summary that counts it (see the module docstring).
+        self.table[mkey] = _entry(event)
+        s["done"] += 1
+        if event.state is not State.SUCCESS:
+            s["failed"] += 1
+            s["fail_index"] = index if s["fail_index"] is None else min(s["fail_index"], index)
+        s["ts"] = max(s["ts"], event.timestamp)
+        return self._settle(chord_id, s, before)
+
+    def completed(self, completion: ChordCompleted) -> None:
+        """Record that ``completion`` is published; drop the members' entries."""
+        key = summary_key(completion.chord_id)
+        s = dict(self.table[key])
+        s["completed"] = completion.state.value
+        # The mark first: a deletion in the changelog then implies the mark is there.
+        self.table[key] = s
+        self._verified.discard(completion.chord_id)
+        for i in range(s["n"]):
+            mkey = member_key(completion.chord_id, i)
+            if mkey in self.table:
+                del self.table[mkey]
+
+    def _summary(self, chord_id: str) -> dict[str, Any]:
+        # A copy: a faust table writes a change only when a value is assigned.
+        return dict(self.table.get(summary_key(chord_id)) or _new_summary())
+
+    def _settle(self, chord_id: str, s: dict[str, Any], before: dict[str, Any]) -> Step:
+        """Write the summary if it changed; the completion if the chord is now complete.
+
+        Also for records that changed nothing: after a crash the summary can say
+        complete while the completion was never published (or its mark was lost), and
+        any record of the chord then publishes it (again, with the same event_id).
+        """
+        completion = self._completion(chord_id, s)  # may recount, so before the write
+        if s == before:
+            return Step(chord_id, None, completion)
+        self.table[summary_key(chord_id)] = s
+        return Step(chord_id, Progress(s["n"], s["done"], s["failed"], s["ts"]), completion)
+
+    def _recount(self, chord_id: str, s: dict[str, Any]) -> bool:
+        """Counts from the members' entries; True if they differed from ``s``."""
+        done = failed = 0
+        fail_index: int | None = None
+        ts = s["ts"]
+        for i in range(s["n"]):
+            entry = self.table.get(member_key(chord_id, i))
+            if entry is None:
+                continue
+            done += 1
+            ts = max(ts, entry[_TS])
+            if entry[_STATE] != State.SUCCESS.value:
+                failed += 1
+                if fail_index is None:
+                    fail_index = i
+        changed = (done, failed, fail_index) != (s["done"], s["failed"], s["fail_index"])
+        s.update(done=done, failed=failed, fail_index=fail_index, ts=ts)
+        return changed
+
+    def _completion(self, chord_id: str, s: dict[str, Any]) -> ChordCompleted | None:
+        if s["completed"] is not None or not s["declared"]:
+            return None
+        if s["failed"] and not s["wait_all"]:
+            return self._failure(chord_id, s)
+        if s["done"] < s["n"]:
+            return None
+        entries = [self.table.get(member_key(chord_id, i)) for i in range(s["n"])]
+        if any(e is None for e in entries):
+            # Counted but not recorded: cannot happen in changelog order; repair anyway.
+            self._recount(chord_id, s)
+            return None
+        if s["failed"]:
+            return self._failure(chord_id, s)
+        results = "[" + ",".join("null" if e[_RESULT] is None else e[_RESULT] for e in entries) + "]"  # type: ignore[index]
+        return ChordCompleted(
+            event_id=completion_event_id(chord_id), chord_id=chord_id, state=State.SUCCESS,
+            size=s["n"], done=s["done"], failed=0, timestamp=s["ts"], results=results,
+            callback=s["callback"], callback_kwargs=s["kwargs"])
+
+    def _failure(self, chord_id: str, s: dict[str, Any]) -> ChordCompleted | None:
+        index = s["fail_index"]
+        entry = self.table.get(member_key(chord_id, index))
+        if entry is None:
+            self._recount(chord_id, s)
+            return None
+        exc = None
+        if entry[_EXC_TYPE] is not None:
+            exc = ExceptionInfo(entry[_EXC_TYPE], entry[_EXC_MODULE] or "", entry[_EXC_MESSAGE] or "")
+        member = FailedMember(entry[_TASK], index, State(entry[_STATE]), exc)
+        return ChordCompleted(
+            event_id=completion_event_id(chord_id), chord_id=chord_id, state=State.FAILURE,
+            size=s["n"], done=s["done"], failed=s["failed"], timestamp=s["ts"],
+            failed_member=member, callback=s["callback"], callback_kwargs=s["kwargs"])
