@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from types import TracebackType
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -24,7 +23,7 @@ from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.views.history import HistoryStore, from_pg_text, to_pg_text
 from resultlog.views.migrations import quote_ident
-from resultlog.views.pg import create_pool, translate_errors
+from resultlog.views.pg import PooledStore, translate_errors
 
 #: More buckets than this per task name is a mistake (``--bucket 1s`` over a month).
 MAX_BUCKETS = 10_000
@@ -99,17 +98,17 @@ def _opt(s: str | None) -> str | None:
     return None if s is None else from_pg_text(s)
 
 
-class Analytics:
+class Analytics(PooledStore):
     """Queries over the history of ``settings.postgres_schema``.
 
     ``pool``: an asyncpg pool to share (left open by :meth:`close`); by default one is
     made in :meth:`start`. The schema must have been migrated (the processor does it).
     """
 
+    application_name = "resultlog-analytics"
+
     def __init__(self, settings: Settings, pool: asyncpg.Pool | None = None) -> None:
-        self.settings = settings
-        self._pool = pool
-        self._own_pool = pool is None
+        super().__init__(settings, pool)
         s = quote_ident(settings.postgres_schema)
         self._task = (
             "SELECT task_id, task_name, state, worker, retries, first_seen, started, finished,"
@@ -123,29 +122,6 @@ class Analytics:
             f"SELECT * FROM {s}.{names.TASK_STATS_FUNCTION}($1, $2, $3, $4)"
             " ORDER BY task_name NULLS LAST, bucket_start")
 
-    async def start(self) -> None:
-        if self._pool is None:
-            self._pool = await create_pool(self.settings, application_name="resultlog-analytics")
-
-    async def close(self) -> None:
-        """Close the pool if this object made it. Idempotent."""
-        if self._own_pool and self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
-
-    async def __aenter__(self) -> Analytics:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.close()
-
-    @property
-    def pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise RuntimeError("Analytics.start() first")
-        return self._pool
 
     # -- one task -------------------------------------------------------------------
 

@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from json.encoder import encode_basestring as _json_str  # C-accelerated
-from types import TracebackType
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -34,7 +33,7 @@ from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.views import migrations, partitions
 from resultlog.views.migrations import quote_ident
-from resultlog.views.pg import create_pool, translate_errors
+from resultlog.views.pg import PooledStore, translate_errors
 
 #: Partitions made ahead of the current day (plus yesterday, for clock skew).
 PARTITIONS_AHEAD_DAYS = 3
@@ -191,18 +190,18 @@ def _check_offsets(offsets: Mapping[tuple[str, int], int]) -> None:
                 f"offset {offset} for {topic}[{partition}]: partitions and offsets are >= 0")
 
 
-class HistoryStore:
+class HistoryStore(PooledStore):
     """The history table and the offsets table of one schema.
 
     ``pool``: an asyncpg pool to share (left open by :meth:`close`); by default the
     store makes its own from ``settings.postgres_dsn`` in :meth:`start`.
     """
 
+    application_name = "resultlog-history"
+
     def __init__(self, settings: Settings, pool: asyncpg.Pool | None = None, *,
                  partitions_ahead_days: int = PARTITIONS_AHEAD_DAYS) -> None:
-        self.settings = settings
-        self._pool = pool
-        self._own_pool = pool is None
+        super().__init__(settings, pool)
         self._ahead = partitions_ahead_days
         self._known_days: set[int] = set()
         self._ahead_done_for: int | None = None  # the day the ahead window was last made
@@ -257,29 +256,6 @@ class HistoryStore:
 
     # -- lifetime -------------------------------------------------------------------
 
-    async def start(self) -> None:
-        if self._pool is None:
-            self._pool = await create_pool(self.settings, application_name="resultlog-history")
-
-    async def close(self) -> None:
-        """Close the pool if the store made it. Idempotent."""
-        if self._own_pool and self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
-
-    async def __aenter__(self) -> HistoryStore:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.close()
-
-    @property
-    def pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise RuntimeError("HistoryStore.start() first")
-        return self._pool
 
     # -- schema ---------------------------------------------------------------------
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import TracebackType
+from typing import ClassVar, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]
@@ -66,3 +68,42 @@ async def create_pool(settings: Settings, *, application_name: str, max_size: in
             server_settings={"application_name": application_name},
         )
     return pool
+
+
+class PooledStore:
+    """The lifetime of an asyncpg pool that a store either shares or owns.
+
+    ``pool``: a pool to share (left open by :meth:`close`); by default the store makes
+    its own from ``settings.postgres_dsn`` in :meth:`start`.
+    """
+
+    application_name: ClassVar[str] = "resultlog"
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool | None = None) -> None:
+        self.settings = settings
+        self._pool = pool
+        self._own_pool = pool is None
+
+    async def start(self) -> None:
+        if self._pool is None:
+            self._pool = await create_pool(self.settings, application_name=self.application_name)
+
+    async def close(self) -> None:
+        """Close the pool if this store made it. Idempotent."""
+        if self._own_pool and self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError(f"{type(self).__name__}.start() first")
+        return self._pool
