@@ -19,6 +19,7 @@ class Progress:
         self.done = 0
         self.started = time.monotonic()
         self._last = 0.0
+        self._drawn = -1  # self.done at the last draw
 
     @property
     def rate(self) -> float:
@@ -33,6 +34,7 @@ class Progress:
             self._draw()
 
     def _draw(self, final: bool = False) -> None:
+        self._drawn = self.done
         rate = self.rate
         if self.total:
             pct = min(100.0, 100.0 * self.done / self.total)
@@ -51,4 +53,7 @@ class Progress:
         self.stream.flush()
 
     def finish(self) -> None:
-        self._draw(final=True)
+        if self.tty:
+            self._draw(final=True)  # ends the bar's line
+        elif self._drawn != self.done:
+            self._draw()
