@@ -52,14 +52,19 @@ for i, key in ipairs(KEYS) do
   local expire_at = ARGV[base + 4]
   local cur = redis.call('HMGET', key, 'state', 'done', 'failed')
   local state = cur[1]
+  -- A completed chord is the completion's alone: progress flushed by a background task
+  -- can land after it, and must then change nothing (counts or expiry).
   if state ~= 'SUCCESS' and state ~= 'FAILURE' then
     if done > 0 then state = 'STARTED' elseif not state then state = 'PENDING' end
     redis.call('HSET', key, 'size', size, 'state', state)
+    if done > tonumber(cur[2] or '0') then redis.call('HSET', key, 'done', done) end
+    if failed > tonumber(cur[3] or '0') then redis.call('HSET', key, 'failed', failed) end
+    -- Expiry from the log (the latest member's time), so a rebuild by replay is exact;
+    -- never moved back by a stale update.
+    if expiring and redis.call('PEXPIRETIME', key) < tonumber(expire_at) then
+      redis.call('PEXPIREAT', key, expire_at)
+    end
   end
-  if done > tonumber(cur[2] or '0') then redis.call('HSET', key, 'done', done) end
-  if failed > tonumber(cur[3] or '0') then redis.call('HSET', key, 'failed', failed) end
-  -- Expiry from the log (the latest member's time), so a rebuild by replay is exact.
-  if expiring then redis.call('PEXPIREAT', key, expire_at) end
 end
 return #KEYS
 """
