@@ -21,14 +21,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from resultlog.errors import CodecError, ValidationError
 from resultlog.processors.deadletter import DeadLetter, DeadLetterWriter, TopicWriter
 from resultlog.schemas.codec import CHORD_RECORDS, Codec
 from resultlog.schemas.event import TaskEvent
 from resultlog.settings import Settings
-from resultlog.views.history import HistoryStore, StoredEvent
-from resultlog.views.redis_view import RedisView
+from resultlog.processors.fastrows import read_rows
+from resultlog.views.history import HistoryStore, history_row
+from resultlog.views.partitions import DAY_MS
+from resultlog.views.redis_view import RedisView, view_row
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +63,14 @@ class SinkStats:
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
+    """A decoded batch, laid out for the stores: one history row and one view row per
+    good event (``view_tasks[i]`` is the task of ``view_rows[i]``)."""
+
     read: int
-    good: list[StoredEvent]
+    rows: list[tuple[Any, ...]]
+    view_tasks: list[str]
+    view_rows: list[list[Any]]
+    days: set[int]
     bad: list[DeadLetter]
     chord_traffic: list[tuple[bytes, bytes]]
     offsets: dict[tuple[str, int], int]
@@ -113,38 +122,58 @@ class FoldSink:
         return {p: min(s[p] for s in sources) for p in common}
 
     def prepare(self, records: Sequence[RawRecord]) -> Prepared:
-        """Decode and sort a batch (CPU only, no I/O): what :meth:`write` then stores."""
-        good: list[StoredEvent] = []
+        """Decode and sort a batch (CPU only, no I/O): what :meth:`write` then stores.
+
+        Each record takes the fast route (``fastrows``: bytes -> rows) when it can, else
+        the canonical one (decode to a :class:`TaskEvent`, then build the rows), which
+        also names what is wrong with a record that cannot be stored."""
+        rows: list[tuple[Any, ...]] = []
+        view_tasks: list[str] = []
+        view_rows: list[list[Any]] = []
+        days: set[int] = set()
         bad: list[DeadLetter] = []
         chord_traffic: list[tuple[bytes, bytes]] = []
         offsets: dict[tuple[str, int], int] = {}
         decode_any = self.codec.decode_any
         forward = self.chord_forwarder is not None
+        ttl_ms = self.settings.result_ttl_s * 1000
         for rec in records:
             tp = (rec.topic, rec.partition)
             if rec.offset + 1 > offsets.get(tp, -1):
                 offsets[tp] = rec.offset + 1
-            try:
-                if rec.value is None:
-                    raise CodecError("record has no value (a tombstone?)")
-                decoded = decode_any(rec.value)
-                if isinstance(decoded, TaskEvent):
+            value = rec.value
+            fast = None if value is None else read_rows(
+                value, rec.topic, rec.partition, rec.offset, ttl_ms)
+            if fast is not None:
+                row, task_id, view, timestamp, chord_id, ready = fast
+            else:
+                try:
+                    if value is None:
+                        raise CodecError("record has no value (a tombstone?)")
+                    decoded = decode_any(value)
+                    if not isinstance(decoded, TaskEvent):
+                        name, record = decoded
+                        if name not in CHORD_RECORDS:
+                            raise CodecError(f"unexpected record type {name} in the events topic")
+                        if forward:
+                            chord_traffic.append((str(record["chord_id"]).encode(), value))
+                        continue
                     event = decoded
-                else:
-                    name, record = decoded
-                    if name not in CHORD_RECORDS:
-                        raise CodecError(f"unexpected record type {name} in the events topic")
-                    if forward:
-                        chord_traffic.append((str(record["chord_id"]).encode(), rec.value))
+                    row = history_row(event, rec.topic, rec.partition, rec.offset)
+                    task_id, view = event.task_id, view_row(event, ttl_ms)
+                    timestamp, chord_id, ready = event.timestamp, event.chord_id, event.state.ready
+                except (CodecError, ValidationError) as exc:
+                    bad.append(DeadLetter(rec.key, value, f"{type(exc).__name__}: {exc}",
+                                          rec.topic, rec.partition, rec.offset))
                     continue
-            except (CodecError, ValidationError) as exc:
-                bad.append(DeadLetter(rec.key, rec.value, f"{type(exc).__name__}: {exc}",
-                                      rec.topic, rec.partition, rec.offset))
-                continue
-            good.append(StoredEvent(event, rec.topic, rec.partition, rec.offset))
-            if forward and event.chord_id is not None and event.state.ready:
-                chord_traffic.append((event.chord_id.encode(), rec.value))
-        return Prepared(len(records), good, bad, chord_traffic, offsets)
+            rows.append(row)
+            view_tasks.append(task_id)
+            view_rows.append(view)
+            days.add(timestamp // DAY_MS)
+            if forward and chord_id is not None and ready:
+                chord_traffic.append((chord_id.encode(), value))  # type: ignore[arg-type]
+        return Prepared(len(records), rows, view_tasks, view_rows, days, bad, chord_traffic,
+                        offsets)
 
     async def prepare_yielding(self, records: Sequence[RawRecord], chunk: int = 500) -> Prepared:
         """:meth:`prepare`, giving the event loop a turn every ``chunk`` records, so
@@ -162,7 +191,10 @@ class FoldSink:
                     offsets[tp] = o
         return Prepared(
             sum(p.read for p in parts),
-            [g for p in parts for g in p.good],
+            [r for p in parts for r in p.rows],
+            [t for p in parts for t in p.view_tasks],
+            [v for p in parts for v in p.view_rows],
+            set().union(*(p.days for p in parts)),
             [b for p in parts for b in p.bad],
             [c for p in parts for c in p.chord_traffic],
             offsets,
@@ -175,7 +207,7 @@ class FoldSink:
         """Store a prepared batch; see the module docstring for why in this order."""
         assert self.history is not None and self.dead_letters is not None, "FoldSink.start() first"
         stats = SinkStats(read=batch.read)
-        good, bad, chord_traffic, offsets = batch.good, batch.bad, batch.chord_traffic, batch.offsets
+        bad, chord_traffic, offsets = batch.bad, batch.chord_traffic, batch.offsets
         await self.dead_letters.send(bad)
         stats.dead_letters = len(bad)
         if chord_traffic and self.chord_forwarder is not None:
@@ -183,12 +215,15 @@ class FoldSink:
             # move, so a member's outcome is never lost between the two topics.
             await self.chord_forwarder.send(chord_traffic)
         # Without the history (a Redis-only replay) the offsets still record progress.
-        stats.inserted = await self.history.write_batch(
-            good if self.write_history else [], offsets, consumer_group=self.consumer_group)
+        if self.write_history:
+            stats.inserted = await self.history.write_rows(
+                batch.rows, batch.days, offsets, consumer_group=self.consumer_group)
+            stats.duplicates = len(batch.rows) - stats.inserted
+        else:
+            await self.history.write_rows([], set(), offsets, consumer_group=self.consumer_group)
         if self.write_redis and self.redis is not None:
-            stats.redis_changed = await self.redis.apply(
-                [s.event for s in good], offsets, consumer_group=self.consumer_group)
-        stats.duplicates = len(good) - stats.inserted if self.write_history else 0
+            stats.redis_changed = await self.redis.apply_rows(
+                batch.view_tasks, batch.view_rows, offsets, consumer_group=self.consumer_group)
         return stats
 
 

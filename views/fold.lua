@@ -20,7 +20,8 @@ Key layout (names built by resultlog/names.py):
       token:{field}      order token of the event each sticky field came from
 
   {prefix}done:{task_id}   channel: PUBLISHed whenever a batch moves the task's
-                           winner to a ready state (and the key is kept). Payload:
+                           winner to a ready state (and the key is kept), if anyone
+                           is subscribed to it (or to any pattern). Payload:
                            the whole hash as a JSON array [field, value, ...] (what
                            HGETALL returns), so a woken waiter need not read it
                            again; just the state name if the values exceed
@@ -49,12 +50,15 @@ Arguments (all strings):
   ARGV[5]        "1" when the call also records consumed offsets, else "0"
   next W+S+R     the winner field names, sticky field names, ready state names
   next #tasks    the done channel of each task key, in KEYS order
+  next           JSON array: the key index k of each event's task, in event order
   next           the events, ONE JSON array (decoded by cjson: one argument instead
                  of 25 per event is what makes large batches cheap to send), each
-                 event an array of 4 + W + S items:
-                   key index k (number), token, expire_at ("" when not expiring),
+                 event an array:
+                   token, expire_at ("" when not expiring),
                    presence mask (W+S chars, "1" = the field has a value),
-                   W + S field values ("" when absent)
+                   then the values of the present fields only, in field order
+                   (sparse: most events carry few of the W + S fields, and cjson's
+                   cost grows with the items it decodes)
   next (opt.)    offsets: JSON object {"topic:partition": next_offset}, written to the
                  offsets hash with a maximum, in the same atomic call as the views,
                  so a processor restarting from these offsets never skips an event
@@ -81,14 +85,29 @@ end
 for _ = 1, nready do ready[ARGV[pos]] = true; pos = pos + 1 end
 local channels = {}
 for k = 1, ntasks do channels[k] = ARGV[pos]; pos = pos + 1 end
-local events = cjson.decode(ARGV[pos])
+local event_keys = cjson.decode(ARGV[pos])
+local events = cjson.decode(ARGV[pos + 1])
 local offsets = nil
-if with_offsets then offsets = cjson.decode(ARGV[pos + 1]) end
+if with_offsets then offsets = cjson.decode(ARGV[pos + 2]) end
 
 local state_slot = nil
 for i = 1, nwin do if win_fields[i] == 'state' then state_slot = i end end
 local timestamp_slot = nil
 for i = 1, nwin do if win_fields[i] == 'timestamp' then timestamp_slot = i end end
+
+-- The W + S values of event ev by field position (nil = absent), from its sparse
+-- form; built only for the events that win something.
+local function values(ev)
+  local full = ev.full
+  if full then return full end
+  full = {}
+  local mask, at = ev[3], 4
+  for i = 1, nwin + nsticky do
+    if string.byte(mask, i) == 49 then full[i] = ev[at]; at = at + 1 end  -- 49 = '1'
+  end
+  ev.full = full
+  return full
+end
 
 -- Pass 1: fold the batch in memory against each task's stored tokens (read once per
 -- task). Several events of one task in the batch are just more candidates for the
@@ -96,7 +115,7 @@ for i = 1, nwin do if win_fields[i] == 'timestamp' then timestamp_slot = i end e
 local tasks = {}
 for e = 1, #events do
   local ev = events[e]
-  local k, token = ev[1], ev[2]
+  local k, token = event_keys[e], ev[1]
   local t = tasks[k]
   if t == nil then
     local stored = redis.call('HMGET', KEYS[k], 'token', unpack(sticky_token_fields))
@@ -106,7 +125,7 @@ for e = 1, #events do
     tasks[k] = t
   end
   if token > t.win then t.win = token; t.win_at = ev end
-  local mask = ev[4]
+  local mask = ev[3]
   for j = 1, nsticky do
     if string.byte(mask, nwin + j) == 49 and token > t.sticky[j] then  -- 49 = '1'
       t.sticky[j] = token
@@ -116,6 +135,10 @@ for e = 1, #events do
 end
 
 -- Pass 2: one write per task that changed.
+-- A push nobody hears costs an HGETALL and an encode per ready task (a fifth of a
+-- replay's Redis time); pattern subscribers may hear any channel, so with any of
+-- those every push is made.
+local listened = redis.call('PUBSUB', 'NUMPAT') > 0
 local changed = 0
 for k = 1, ntasks do
   local t = tasks[k]
@@ -123,19 +146,18 @@ for k = 1, ntasks do
   local set, del = {}, {}
   local state = nil
   if t.win_at then
-    local at = t.win_at
-    local mask = at[4]
+    local full = values(t.win_at)
     set[#set + 1] = 'token'; set[#set + 1] = t.win
     for i = 1, nwin do
-      if string.byte(mask, i) == 49 then
-        set[#set + 1] = win_fields[i]; set[#set + 1] = at[4 + i]
+      if full[i] ~= nil then
+        set[#set + 1] = win_fields[i]; set[#set + 1] = full[i]
       else
         del[#del + 1] = win_fields[i]
       end
     end
-    state = at[4 + state_slot]
+    state = full[state_slot]
     if ready[state] then
-      set[#set + 1] = 'date_done'; set[#set + 1] = at[4 + timestamp_slot]
+      set[#set + 1] = 'date_done'; set[#set + 1] = full[timestamp_slot]
     else
       del[#del + 1] = 'date_done'
     end
@@ -143,23 +165,24 @@ for k = 1, ntasks do
   for j = 1, nsticky do
     local at = t.sticky_at[j]
     if at then
-      set[#set + 1] = sticky_fields[j]; set[#set + 1] = at[4 + nwin + j]
+      set[#set + 1] = sticky_fields[j]; set[#set + 1] = values(at)[nwin + j]
       set[#set + 1] = sticky_token_fields[j]; set[#set + 1] = t.sticky[j]
     end
   end
   if #set > 0 then
     redis.call('HSET', key, unpack(set))
-    if #del > 0 then redis.call('HDEL', key, unpack(del)) end
+    -- A key new in this batch holds only what was just set.
+    if #del > 0 and t.existed then redis.call('HDEL', key, unpack(del)) end
     local kept = true
     if t.win_at then
       -- Expiry follows the winner only, so it is recomputed only when the winner moves.
       if expiring then
-        redis.call('PEXPIREAT', key, t.win_at[3])
+        redis.call('PEXPIREAT', key, t.win_at[2])
         kept = redis.call('EXISTS', key) == 1
-      else
+      elseif t.existed then
         redis.call('PERSIST', key)
       end
-      if kept and ready[state] then
+      if kept and ready[state] and (listened or redis.call('PUBSUB', 'NUMSUB', channels[k])[2] > 0) then
         local fields = redis.call('HGETALL', key)
         local size = 0
         for i = 2, #fields, 2 do size = size + #fields[i] end

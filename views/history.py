@@ -85,7 +85,7 @@ def _opt_back(s: str | None) -> str | None:
     return None if s is None else from_pg_text(s)
 
 
-def _meta_json(meta: Mapping[str, str]) -> str | None:
+def meta_json(meta: Mapping[str, str]) -> str | None:
     # By hand: json.dumps() with options builds an encoder per call, 7x slower.
     if not meta:
         return None
@@ -94,7 +94,7 @@ def _meta_json(meta: Mapping[str, str]) -> str | None:
     ]) + "}"
 
 
-# Staging columns, in the order _row() produces values. The staging table is a TEMP
+# Staging columns, in the order history_row() produces values. The staging table is a TEMP
 # table: each connection has its own, emptied at every commit.
 _STAGE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("event_id", "uuid"), ("ts_ms", "bigint"), ("runtime", "double precision"),
@@ -110,30 +110,32 @@ _STAGE_NAMES = [name for name, _ in _STAGE_COLUMNS]
 _EVENT_COLUMNS = [name if name != "ts_ms" else "ts" for name in _STAGE_NAMES]
 
 
-def _row(stored: StoredEvent) -> tuple[Any, ...]:
-    e = stored.event
-    _check_ranges(stored)
+def history_row(event: TaskEvent, topic: str, partition: int, offset: int) -> tuple[Any, ...]:
+    """The row :meth:`HistoryStore.write_rows` stores for ``event`` read at
+    ``topic``/``partition``/``offset`` (staging-column order). ``processors/fastrows.py``
+    builds the same tuple straight from the record's bytes."""
+    _check_ranges(event, partition, offset)
+    e = event
     exc = e.exception
     return (
-        e.event_id, e.timestamp, e.runtime, e.eta, stored.offset, e.attempt,
-        e.chord_size, e.chord_index, stored.partition,
+        e.event_id, e.timestamp, e.runtime, e.eta, offset, e.attempt,
+        e.chord_size, e.chord_index, partition,
         to_pg_text(e.task_id), e.state.value, e.token, _opt(e.task_name), _opt(e.worker),
         _opt(e.args), _opt(e.kwargs), _opt(e.result),
         None if exc is None else to_pg_text(exc.type),
         None if exc is None else to_pg_text(exc.module),
         None if exc is None else to_pg_text(exc.message),
         _opt(e.traceback), _opt(e.parent_id), _opt(e.root_id), _opt(e.group_id),
-        _opt(e.chord_id), _meta_json(e.meta), stored.topic,  # Kafka names are [A-Za-z0-9._-]
+        _opt(e.chord_id), meta_json(e.meta), topic,  # Kafka names are [A-Za-z0-9._-]
     )
 
 
-def _check_ranges(stored: StoredEvent) -> None:
-    """Integers the columns cannot hold. Decoded events always fit (the Avro types are
-    the column types); this stops a hand-built one before it fails a whole batch."""
-    e = stored.event
+def _check_ranges(e: TaskEvent, partition: int, offset: int) -> None:
+    """Integers the columns cannot hold. The Avro types are the column types, but the
+    reader does not bound them; this stops such an event before it fails a batch."""
     bad = None
-    if not 0 <= stored.partition < _INT32 or not 0 <= stored.offset < _INT64:
-        bad = f"partition {stored.partition} / offset {stored.offset}"
+    if not 0 <= partition < _INT32 or not 0 <= offset < _INT64:
+        bad = f"partition {partition} / offset {offset}"
     elif e.eta is not None and not -_INT64 <= e.eta < _INT64:
         bad = f"eta {e.eta}"
     elif e.chord_size is not None and not -_INT32 <= e.chord_size < _INT32:
@@ -222,11 +224,16 @@ class HistoryStore(PooledStore):
         # so cannot deadlock. ON CONFLICT DO NOTHING also skips duplicates within a batch.
         select_cols = ", ".join(
             f"{self._ms_to_ts}(ts_ms)" if n == "ts_ms" else n for n in _STAGE_NAMES)
-        self._insert = (
+        self._insert_new = (
             f"INSERT INTO {self._history} ({', '.join(_EVENT_COLUMNS)})"
             f" SELECT {select_cols} FROM {stage} ORDER BY ts_ms, event_id"
-            " ON CONFLICT (ts, event_id) DO NOTHING"
         )
+        self._insert = self._insert_new + " ON CONFLICT (ts, event_id) DO NOTHING"
+        # ON CONFLICT costs a quarter of the insert (speculative insertion) to skip rows
+        # that are usually not there. So a large batch is first inserted without it,
+        # under a savepoint; a duplicate rolls that back and the batch is inserted again
+        # with it, and so are the following batches until one has no duplicate.
+        self._expect_new = True
         # GREATEST: an offset never moves back, e.g. when a zombie writes an older batch.
         self._upsert_offsets = (
             f"INSERT INTO {self._offsets} AS o"
@@ -320,15 +327,22 @@ class HistoryStore(PooledStore):
         consumed + 1) for ``consumer_group``. An offset never moves backwards. Either
         everything is written or nothing is.
         """
-        if not events and not offsets:
+        rows = [history_row(s.event, s.topic, s.partition, s.offset) for s in events]
+        days = {partitions.day_of(s.event.timestamp) for s in events}
+        return await self.write_rows(rows, days, offsets, consumer_group=consumer_group)
+
+    async def write_rows(self, rows: Sequence[tuple[Any, ...]], days: set[int],
+                         offsets: Mapping[tuple[str, int], int], *,
+                         consumer_group: str) -> int:
+        """:meth:`write_batch` for rows already built by :func:`history_row` (or
+        ``processors/fastrows.py``); ``days``: the partition days they fall on."""
+        if not rows and not offsets:
             return 0
-        rows = [_row(s) for s in events]
         _check_offsets(offsets)
         # Sorted, so that two writers lock offset rows in the same order.
         keys = sorted(offsets)
         offset_args = ([t for t, _ in keys], [p for _, p in keys],
                        [offsets[k] for k in keys])
-        days = {partitions.day_of(s.event.timestamp) for s in events}
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             await self._ensure_days(days)
             try:
@@ -345,7 +359,7 @@ class HistoryStore(PooledStore):
                     raise
         raise AssertionError("unreachable")
 
-    async def _write(self, rows: list[tuple[Any, ...]], consumer_group: str,
+    async def _write(self, rows: Sequence[tuple[Any, ...]], consumer_group: str,
                      offset_args: tuple[list[str], list[int], list[int]]) -> int:
         inserted = 0
         if 0 < len(rows) <= SMALL_BATCH_ROWS and offset_args[0]:
@@ -359,10 +373,24 @@ class HistoryStore(PooledStore):
                 await conn.execute(self._create_stage)
                 await conn.copy_records_to_table(
                     names.HISTORY_STAGE_TABLE, records=rows, columns=_STAGE_NAMES)
-                status: str = await conn.execute(self._insert)
-                inserted = int(status.rsplit(" ", 1)[1])  # "INSERT 0 <n>"
+                inserted = await self._insert_staged(conn, len(rows))
             if offset_args[0]:
                 await conn.execute(self._upsert_offsets, to_pg_text(consumer_group), *offset_args)
+        return inserted
+
+    async def _insert_staged(self, conn: asyncpg.Connection, staged: int) -> int:
+        status: str
+        if self._expect_new:
+            try:
+                # Never released: the commit releases it.
+                status = await conn.execute("SAVEPOINT insert_new; " + self._insert_new)
+                return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <n>"
+            except asyncpg.UniqueViolationError:
+                self._expect_new = False
+                await conn.execute("ROLLBACK TO SAVEPOINT insert_new")
+        status = await conn.execute(self._insert)
+        inserted = int(status.rsplit(" ", 1)[1])
+        self._expect_new = inserted == staged
         return inserted
 
     # -- offsets --------------------------------------------------------------------

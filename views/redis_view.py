@@ -51,18 +51,27 @@ def _value(value: object) -> str | None:
     return str(value)
 
 
-def _slots(event: TaskEvent) -> list[str | None]:
-    """The event's values in hash-field order (None = the event has no such value)."""
+def view_row(event: TaskEvent, ttl_ms: int) -> list[Any]:
+    """``event`` as one row of the script's batch: ``[token, expire_at, mask,
+    *values]``, values in hash-field order (winner fields, then sticky ones) with the
+    absent ones left out and marked "0" in the mask. ``processors/fastrows.py`` builds
+    the same list straight from the record's bytes."""
     exc = event.exception
-    winner = [
-        event.state.value, event.event_id, str(event.timestamp), str(event.attempt),
+    optional = (
         event.worker, event.result,
         None if exc is None else exc.type,
         None if exc is None else exc.module,
         None if exc is None else exc.message,
         event.traceback, _value(event.runtime), _value(event.eta),
-    ]
-    return winner + [_value(getattr(event, name)) for name in STICKY_HASH_FIELDS]
+        *[_value(getattr(event, name)) for name in STICKY_HASH_FIELDS],
+    )
+    mask = "1111" + "".join(["0" if v is None else "1" for v in optional])
+    # Exact integer arithmetic here: Lua numbers are doubles.
+    expire_at = str(event.timestamp + ttl_ms) if ttl_ms else ""
+    row: list[Any] = [event.token, expire_at, mask, event.state.value,
+                      event.event_id, str(event.timestamp), str(event.attempt)]
+    row += [v for v in optional if v is not None]
+    return row
 
 
 def script_call(
@@ -73,23 +82,34 @@ def script_call(
 ) -> tuple[list[str], list[str]]:
     """``(keys, args)`` for one ``fold.lua`` call folding ``events`` (and recording
     ``offsets`` for ``consumer_group`` in the same atomic call, when given)."""
-    prefix = settings.redis_prefix
     ttl_ms = settings.result_ttl_s * 1000
+    return script_call_rows(settings, [e.task_id for e in events],
+                            [view_row(e, ttl_ms) for e in events], offsets, consumer_group)
+
+
+def script_call_rows(
+    settings: Settings,
+    task_ids: Sequence[str],
+    rows: Sequence[list[Any]],
+    offsets: Mapping[tuple[str, int], int] | None = None,
+    consumer_group: str | None = None,
+) -> tuple[list[str], list[str]]:
+    """:func:`script_call` for rows built by :func:`view_row` (``task_ids[i]`` is the
+    task of ``rows[i]``)."""
+    prefix = settings.redis_prefix
     index: dict[str, int] = {}
-    for event in events:
-        index.setdefault(event.task_id, len(index) + 1)
+    ks = []
+    for task_id in task_ids:
+        k = index.get(task_id)
+        if k is None:
+            k = index[task_id] = len(index) + 1
+        ks.append(k)
     keys = [names.task_key(prefix, task_id) for task_id in index]
     with_offsets = offsets is not None
-    args = ["1" if ttl_ms else "0", *_HEADER[:3], "1" if with_offsets else "0", *_HEADER[3:]]
+    args = ["1" if settings.result_ttl_s else "0", *_HEADER[:3], "1" if with_offsets else "0",
+            *_HEADER[3:]]
     args += [names.task_done_channel(prefix, task_id) for task_id in index]
-    rows = []
-    for event in events:
-        slots = _slots(event)
-        # Exact integer arithmetic here: Lua numbers are doubles.
-        expire_at = str(event.timestamp + ttl_ms) if ttl_ms else ""
-        mask = "".join("0" if v is None else "1" for v in slots)
-        rows.append([index[event.task_id], event.token, expire_at, mask,
-                     *["" if v is None else v for v in slots]])
+    args.append(json.dumps(ks, separators=(",", ":")))
     args.append(json.dumps(rows, ensure_ascii=False, separators=(",", ":")))
     if offsets is not None:
         if not consumer_group:
@@ -174,6 +194,22 @@ class RedisView:
         if not events and not offsets:
             return 0
         keys, args = script_call(self.settings, events, offsets, consumer_group)
+        with translated("folding events into the view"):
+            return int(await self._script(keys=keys, args=args))
+
+    async def apply_rows(
+        self,
+        task_ids: Sequence[str],
+        rows: Sequence[list[Any]],
+        offsets: Mapping[tuple[str, int], int] | None = None,
+        *,
+        consumer_group: str | None = None,
+    ) -> int:
+        """:meth:`apply` for rows already built by :func:`view_row` (or
+        ``processors/fastrows.py``); ``task_ids[i]`` is the task of ``rows[i]``."""
+        if not rows and not offsets:
+            return 0
+        keys, args = script_call_rows(self.settings, task_ids, rows, offsets, consumer_group)
         with translated("folding events into the view"):
             return int(await self._script(keys=keys, args=args))
 

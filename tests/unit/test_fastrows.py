@@ -1,0 +1,143 @@
+"""processors/fastrows.py returns exactly what the canonical route builds, or None.
+
+The canonical route: Codec.decode_any -> TaskEvent -> history.history_row and
+redis_view.view_row. The fast route must never store anything the canonical one
+would not, so on corrupted bytes it must decline wherever the canonical one fails.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from resultlog.errors import CodecError, ValidationError
+from resultlog.processors.fastrows import V2_HEADER, read_rows
+from resultlog.schemas.codec import Codec
+from resultlog.schemas.event import ExceptionInfo, TaskEvent
+from resultlog.schemas.states import MAX_TIMESTAMP_MS, State
+from resultlog.views.history import history_row
+from resultlog.views.redis_view import view_row
+from tests.unit.strategies import task_events
+
+CODEC = Codec()
+TTL_MS = 86_400_000
+# Any text, including U+0000/U+0001 (which the history escapes), non-ASCII, and
+# strings long enough for multi-byte length prefixes.
+text = st.text(max_size=80)
+opt_text = st.none() | text
+ids = st.text(min_size=1, max_size=70).filter(lambda s: not s.isspace())
+
+
+@st.composite
+def wide_events(draw: st.DrawFn) -> TaskEvent:
+    """Events with every field drawn from its whole range."""
+    chord_size = draw(st.none() | st.integers(1, 2**31 - 1))
+    chord = chord_size is not None and draw(st.booleans())
+    return TaskEvent(
+        event_id=draw(st.uuids()).hex,
+        task_id=draw(ids),
+        state=draw(st.sampled_from(list(State))),
+        timestamp=draw(st.integers(0, MAX_TIMESTAMP_MS)),
+        task_name=draw(opt_text),
+        worker=draw(opt_text),
+        attempt=draw(st.integers(0, 99_999)),
+        args=draw(opt_text),
+        kwargs=draw(opt_text),
+        result=draw(opt_text),
+        exception=draw(st.none() | st.builds(ExceptionInfo, text, text, text)),
+        traceback=draw(opt_text),
+        runtime=draw(st.none() | st.floats(allow_nan=False)),
+        parent_id=draw(st.none() | ids),
+        root_id=draw(st.none() | ids),
+        group_id=draw(st.none() | ids),
+        chord_id=draw(ids) if chord else None,
+        chord_size=chord_size,
+        chord_index=draw(st.integers(0, chord_size - 1)) if chord and chord_size else draw(
+            st.none() | st.integers(-2**31, 2**31 - 1)),
+        eta=draw(st.none() | st.integers(-2**63, 2**63 - 1)),
+        meta=draw(st.dictionaries(text, text, max_size=3)),
+    )
+
+
+def canonical(data: bytes, partition: int, offset: int) -> tuple[Any, ...] | None:
+    """What the sink's canonical route makes of ``data``; None where it refuses it."""
+    try:
+        event = CODEC.decode_any(data)
+        if not isinstance(event, TaskEvent):
+            return None
+        return (history_row(event, "events", partition, offset), event.task_id,
+                view_row(event, TTL_MS), event.timestamp, event.chord_id, event.state.ready)
+    except (CodecError, ValidationError):
+        return None
+
+
+def _has_escapes(event: TaskEvent) -> bool:
+    strings = [event.task_id, event.task_name, event.worker, event.args, event.kwargs,
+               event.result, event.traceback, event.parent_id, event.root_id,
+               event.group_id, event.chord_id, *event.meta, *event.meta.values()]
+    if event.exception is not None:
+        strings += [event.exception.type, event.exception.module, event.exception.message]
+    return any(s is not None and ("\x00" in s or "\x01" in s) for s in strings)
+
+
+@settings(max_examples=400)
+@given(event=wide_events() | task_events(), partition=st.integers(0, 2**31 - 1),
+       offset=st.integers(0, 2**63 - 1))
+def test_the_fast_rows_are_the_canonical_rows(event: TaskEvent, partition: int, offset: int) -> None:
+    data = CODEC.encode(event)
+    fast = read_rows(data, "events", partition, offset, TTL_MS)
+    if _has_escapes(event):
+        # Such strings are stored escaped: left to the canonical route.
+        assert fast is None
+    else:
+        assert fast is not None, "a valid v2 event must take the fast route"
+        assert fast == canonical(data, partition, offset)
+
+
+@given(event=task_events())
+def test_without_expiry_the_view_row_has_no_expire_at(event: TaskEvent) -> None:
+    assume(not _has_escapes(event))
+    fast = read_rows(CODEC.encode(event), "events", 0, 0, 0)
+    assert fast is not None and fast[2] == view_row(event, 0) and fast[2][1] == ""
+
+
+@settings(max_examples=600)
+@given(event=wide_events(), data=st.data())
+def test_corrupted_bytes_are_never_stored_differently(event: TaskEvent, data: st.DataObject) -> None:
+    raw = bytearray(CODEC.encode(event))
+    how = data.draw(st.sampled_from(["flip", "truncate", "extend"]))
+    if how == "flip":
+        i = data.draw(st.integers(len(V2_HEADER), len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    elif how == "truncate":
+        del raw[data.draw(st.integers(len(V2_HEADER), len(raw) - 1)):]
+    else:
+        raw += data.draw(st.binary(min_size=1, max_size=4))
+    mangled = bytes(raw)
+    fast = read_rows(mangled, "events", 0, 7, TTL_MS)
+    if fast is not None:
+        assert fast == canonical(mangled, 0, 7)
+
+
+def test_other_records_take_the_canonical_route() -> None:
+    event = TaskEvent.create("t1", State.SUCCESS, result=1)
+    v1 = Codec(pin={"io.resultlog.TaskEvent": 1}).encode(event)
+    assert read_rows(v1, "events", 0, 0, TTL_MS) is None
+    assert read_rows(b"", "events", 0, 0, TTL_MS) is None
+    assert read_rows(b"not avro at all", "events", 0, 0, TTL_MS) is None
+    assert read_rows(CODEC.encode(event), "events", 0, 0, TTL_MS) is not None
+
+
+def test_invalid_events_are_declined() -> None:
+    """Values the Avro types allow but the event model does not: the canonical route
+    names them (a dead letter), so the fast one must not store them."""
+    good = TaskEvent.create("t1", State.SUCCESS, result=1)
+    data = CODEC.encode(good)
+    # The task id "t1" is 2 bytes: a length prefix 0x04 after the 32-char event id.
+    at = len(V2_HEADER) + 1 + 32
+    assert data[at:at + 3] == b"\x04t1"
+    blank = data[:at] + b"\x02 " + data[at + 3:]  # task id " "
+    assert read_rows(blank, "events", 0, 0, TTL_MS) is None
+    assert canonical(blank, 0, 0) is None
