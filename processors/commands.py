@@ -69,8 +69,11 @@ def register_replay(subparsers: Any) -> None:
     p.add_argument("--force", action="store_true",
                    help="run even while live processors are in the consumer group")
     p.add_argument("--batch", type=int, default=5000, help="records per write batch (default 5000)")
-    p.add_argument("--jobs", type=int, default=3,
-                   help="pipelines run concurrently over shares of the partitions (default 3)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="worker processes, each over its own share of the partitions "
+                        "(default: one per CPU)")
+    p.add_argument("--pipelines", type=int, default=2,
+                   help="concurrent pipelines per process (default 2)")
     p.set_defaults(func=_replay)
 
     v: argparse.ArgumentParser = subparsers.add_parser(
@@ -132,6 +135,7 @@ def _replay(args: argparse.Namespace) -> int:
         force=args.force,
         batch_records=args.batch,
         jobs=args.jobs,
+        pipelines=args.pipelines,
     ))
     print(summary.render())
     return 0

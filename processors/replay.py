@@ -9,7 +9,7 @@ can be resumed (``resume=True``) or simply rerun: every write is idempotent.
 
 from __future__ import annotations
 
-import asyncio
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,11 +22,19 @@ from resultlog import names
 from resultlog.errors import BrokerUnavailable, ReplayRefused, ValidationError
 from resultlog.processors.logreader import LogReader, Slice
 from resultlog.processors.progress import Progress
-from resultlog.processors.sink import FoldSink, PipelinedWriter, SinkStats
+from resultlog.processors.replayworkers import run_shares, split
+from resultlog.processors.sink import FoldSink, SinkStats
 from resultlog.settings import Settings
 from resultlog.views.history import HistoryStore
 
 REPLAY_GROUP_SUFFIX = ".replay"
+#: Pipelines per process: one waits on the stores while another decodes.
+DEFAULT_PIPELINES = 2
+
+
+def default_jobs() -> int:
+    """Replay processes by default: one per CPU this process may run on."""
+    return max(1, len(os.sched_getaffinity(0)))
 
 
 @dataclass(slots=True)
@@ -112,18 +120,22 @@ async def replay(
     fresh: bool = False,
     force: bool = False,
     batch_records: int = 5000,
-    jobs: int = 3,
+    jobs: int | None = None,
+    pipelines: int = DEFAULT_PIPELINES,
     progress: bool = True,
     on_batch: Callable[[SinkStats], None] | None = None,
 ) -> ReplaySummary:
     """Fold the events topic (or a slice of it) into the chosen stores; see docs/replay.md.
 
-    ``jobs`` pipelines run concurrently, each over its own share of the partitions
-    (own consumer, own connections): one pipeline spends most of its time waiting for
-    Redis and Postgres, so a second one overlaps those waits.
+    ``jobs`` processes (default: one per CPU) each run ``pipelines`` pipelines
+    concurrently, every pipeline over its own share of the partitions; see
+    ``processors/replayworkers.py``.
     """
-    if not 1 <= jobs <= 64:
-        raise ValidationError(f"jobs must be between 1 and 64, not {jobs}")
+    processes = default_jobs() if jobs is None else jobs
+    if not 1 <= processes <= 64:
+        raise ValidationError(f"jobs must be between 1 and 64, not {processes}")
+    if not 1 <= pipelines <= 16:
+        raise ValidationError(f"pipelines must be between 1 and 16, not {pipelines}")
     if not (redis or history):
         raise ValidationError("nothing to rebuild: choose the Redis view, the history, or both")
     if sum(x is not None and x is not False for x in (from_timestamp_ms, from_offsets, resume or None)) > 1:
@@ -155,62 +167,29 @@ async def replay(
             from_offsets = await sink.resume_offsets(settings.events_topic)
         async with LogReader(settings) as reader:
             plan: Slice = await reader.plan(from_timestamp_ms=from_timestamp_ms, from_offsets=from_offsets)
-            bar = Progress(plan.total, "replay") if progress else None
-            totals = SinkStats()
-            started = time.monotonic()
+        bar = Progress(plan.total, "replay") if progress else None
+        totals = SinkStats()
+        started = time.monotonic()
 
-            def done(stats: SinkStats) -> None:
-                totals.add(stats)
-                if bar is not None:
-                    bar.advance(stats.read)
-                if on_batch is not None:
-                    on_batch(stats)
-
-            parts = sorted(p for p in plan.end if plan.start.get(p, 0) < plan.end[p])
-            shares = [parts[i::jobs] for i in range(min(jobs, len(parts)))]
-            sinks = [sink] + [
-                FoldSink(settings, consumer_group=group, write_redis=redis,
-                         write_history=history, history=store)
-                for _ in shares[1:]
-            ]
-
-            async def run_share(share: list[int], share_sink: FoldSink) -> None:
-                sub = Slice(plan.topic, {p: plan.start.get(p, 0) for p in share},
-                            {p: plan.end[p] for p in share})
-                if share_sink is not sink:
-                    await share_sink.start()
-                writer = PipelinedWriter(share_sink.write, done)
-                try:
-                    async with LogReader(settings) as share_reader:
-                        async for batch in share_reader.read(sub, max_records=batch_records):
-                            await writer.submit(await share_sink.prepare_yielding(batch))
-                    await writer.wait()
-                finally:
-                    await writer.settle()
-
-            tasks = [asyncio.ensure_future(run_share(share, k)) for share, k in zip(shares, sinks)]
-            try:
-                await asyncio.gather(*tasks)
-            except BaseException:
-                # One share failed (or we were cancelled): stop the others before closing
-                # what they write with; the first error is the one reported.
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                raise
-            finally:
-                for extra in sinks[1:]:
-                    extra.history = None  # shared with the first sink, closed by it
-                    await extra.close()
+        def done(stats: SinkStats) -> None:
+            totals.add(stats)
             if bar is not None:
-                bar.finish()
-            if redis:
-                # Chord views come from the chords topic, the aggregator's own input.
-                from resultlog.processors.chords import rebuild_chord_views
-                chords = await rebuild_chord_views(settings)
-                if progress and chords:
-                    print(f"rebuilt the views of {chords:,} chord(s) from {settings.chords_topic}")
-            seconds = time.monotonic() - started
+                bar.advance(stats.read)
+            if on_batch is not None:
+                on_batch(stats)
+
+        await run_shares(settings, group, split(plan, processes * pipelines),
+                         processes=processes, redis=redis, history=history,
+                         batch_records=batch_records, on_batch=done)
+        if bar is not None:
+            bar.finish()
+        if redis:
+            # Chord views come from the chords topic, the aggregator's own input.
+            from resultlog.processors.chords import rebuild_chord_views
+            chords = await rebuild_chord_views(settings)
+            if progress and chords:
+                print(f"rebuilt the views of {chords:,} chord(s) from {settings.chords_topic}")
+        seconds = time.monotonic() - started
         return ReplaySummary(plan.total, totals, seconds)
     finally:
         await sink.close()

@@ -87,3 +87,7 @@ class DevStackError(ResultlogError):
 
 class ReplayRefused(ResultlogError):
     """A replay would write into stores a live processor is writing."""
+
+
+class ReplayFailed(ResultlogError):
+    """A replay worker process died without saying why (killed, out of memory)."""

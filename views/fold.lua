@@ -69,6 +69,7 @@ Returns the number of tasks whose stored view changed.
 ]]
 
 local PUSH_LIMIT = 65536
+local byte, call = string.byte, redis.call  -- locals: no global lookups in the loops
 local expiring = ARGV[1] == '1'
 local nwin, nsticky, nready = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local with_offsets = ARGV[5] == '1'
@@ -103,7 +104,7 @@ local function values(ev)
   full = {}
   local mask, at = ev[3], 4
   for i = 1, nwin + nsticky do
-    if string.byte(mask, i) == 49 then full[i] = ev[at]; at = at + 1 end  -- 49 = '1'
+    if byte(mask, i) == 49 then full[i] = ev[at]; at = at + 1 end  -- 49 = '1'
   end
   ev.full = full
   return full
@@ -118,7 +119,7 @@ for e = 1, #events do
   local k, token = event_keys[e], ev[1]
   local t = tasks[k]
   if t == nil then
-    local stored = redis.call('HMGET', KEYS[k], 'token', unpack(sticky_token_fields))
+    local stored = call('HMGET', KEYS[k], 'token', unpack(sticky_token_fields))
     t = {existed = stored[1] ~= false, win = stored[1] or '', win_at = nil,
          sticky = {}, sticky_at = {}}
     for j = 1, nsticky do t.sticky[j] = stored[j + 1] or '' end
@@ -127,7 +128,7 @@ for e = 1, #events do
   if token > t.win then t.win = token; t.win_at = ev end
   local mask = ev[3]
   for j = 1, nsticky do
-    if string.byte(mask, nwin + j) == 49 and token > t.sticky[j] then  -- 49 = '1'
+    if byte(mask, nwin + j) == 49 and token > t.sticky[j] then  -- 49 = '1'
       t.sticky[j] = token
       t.sticky_at[j] = ev
     end
@@ -138,57 +139,61 @@ end
 -- A push nobody hears costs an HGETALL and an encode per ready task (a fifth of a
 -- replay's Redis time); pattern subscribers may hear any channel, so with any of
 -- those every push is made.
-local listened = redis.call('PUBSUB', 'NUMPAT') > 0
+local listened = call('PUBSUB', 'NUMPAT') > 0
 local changed = 0
 for k = 1, ntasks do
   local t = tasks[k]
   local key = KEYS[k]
-  local set, del = {}, {}
+  local set, del, ns, nd = {}, {}, 0, 0
   local state = nil
   if t.win_at then
     local full = values(t.win_at)
-    set[#set + 1] = 'token'; set[#set + 1] = t.win
+    set[1] = 'token'; set[2] = t.win
+    ns = 2
     for i = 1, nwin do
-      if full[i] ~= nil then
-        set[#set + 1] = win_fields[i]; set[#set + 1] = full[i]
+      local v = full[i]
+      if v ~= nil then
+        set[ns + 1] = win_fields[i]; set[ns + 2] = v; ns = ns + 2
       else
-        del[#del + 1] = win_fields[i]
+        nd = nd + 1; del[nd] = win_fields[i]
       end
     end
     state = full[state_slot]
     if ready[state] then
-      set[#set + 1] = 'date_done'; set[#set + 1] = full[timestamp_slot]
+      set[ns + 1] = 'date_done'; set[ns + 2] = full[timestamp_slot]; ns = ns + 2
     else
-      del[#del + 1] = 'date_done'
+      nd = nd + 1; del[nd] = 'date_done'
     end
   end
+  local sticky_at = t.sticky_at
   for j = 1, nsticky do
-    local at = t.sticky_at[j]
+    local at = sticky_at[j]
     if at then
-      set[#set + 1] = sticky_fields[j]; set[#set + 1] = values(at)[nwin + j]
-      set[#set + 1] = sticky_token_fields[j]; set[#set + 1] = t.sticky[j]
+      set[ns + 1] = sticky_fields[j]; set[ns + 2] = values(at)[nwin + j]
+      set[ns + 3] = sticky_token_fields[j]; set[ns + 4] = t.sticky[j]
+      ns = ns + 4
     end
   end
-  if #set > 0 then
-    redis.call('HSET', key, unpack(set))
+  if ns > 0 then
+    call('HSET', key, unpack(set))
     -- A key new in this batch holds only what was just set.
-    if #del > 0 and t.existed then redis.call('HDEL', key, unpack(del)) end
+    if nd > 0 and t.existed then call('HDEL', key, unpack(del)) end
     local kept = true
     if t.win_at then
       -- Expiry follows the winner only, so it is recomputed only when the winner moves.
       if expiring then
-        redis.call('PEXPIREAT', key, t.win_at[2])
-        kept = redis.call('EXISTS', key) == 1
+        call('PEXPIREAT', key, t.win_at[2])
+        kept = call('EXISTS', key) == 1
       elseif t.existed then
-        redis.call('PERSIST', key)
+        call('PERSIST', key)
       end
-      if kept and ready[state] and (listened or redis.call('PUBSUB', 'NUMSUB', channels[k])[2] > 0) then
-        local fields = redis.call('HGETALL', key)
+      if kept and ready[state] and (listened or call('PUBSUB', 'NUMSUB', channels[k])[2] > 0) then
+        local fields = call('HGETALL', key)
         local size = 0
         for i = 2, #fields, 2 do size = size + #fields[i] end
         local payload = state
         if size <= PUSH_LIMIT then payload = cjson.encode(fields) end
-        redis.call('PUBLISH', channels[k], payload)
+        call('PUBLISH', channels[k], payload)
       end
     end
     if kept or t.existed then changed = changed + 1 end
@@ -197,9 +202,9 @@ end
 if with_offsets then
   local okey = KEYS[#KEYS]
   for field, next_offset in pairs(offsets) do
-    local current = tonumber(redis.call('HGET', okey, field))
+    local current = tonumber(call('HGET', okey, field))
     if current == nil or next_offset > current then
-      redis.call('HSET', okey, field, string.format('%d', next_offset))
+      call('HSET', okey, field, string.format('%d', next_offset))
     end
   end
 end

@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from resultlog import names
-from resultlog.errors import ReplayRefused
+from resultlog.errors import ReplayRefused, StoreUnavailable
 from resultlog.processors.replay import replay
 from resultlog.processors.verify import verify
 from resultlog.errors import ChordError
@@ -229,10 +229,54 @@ async def test_an_interrupted_replay_resumes_where_it_stopped(settings: Settings
         seen += stats.read
         raise Interrupt
 
+    # In this process (jobs=1), so that what was counted is exactly what was written.
     with pytest.raises(Interrupt):
-        await replay(settings, fresh=True, batch_records=50, progress=False, on_batch=stop_after_first_batch)
+        await replay(settings, fresh=True, batch_records=50, jobs=1, progress=False,
+                     on_batch=stop_after_first_batch)
     assert 0 < seen < n
     rest = await replay(settings, resume=True, progress=False)
     assert rest.stats.read == n - seen
     assert await history_snapshot(settings) == before
     assert (await verify(settings)).ok
+
+
+async def test_worker_processes_interrupted_then_resumed_rebuild_exactly(settings: Settings) -> None:
+    """With worker processes, an interruption stops them wherever they are; what each
+    one finished stays recorded, and --resume completes the rebuild."""
+    n = await workload(settings, n=120)
+    await fill_through_processor(settings, n)
+    before = await history_snapshot(settings)
+    views = await redis_snapshot(settings)
+
+    class Interrupt(Exception):
+        pass
+
+    seen = 0
+
+    def stop_after_first_batch(stats: Any) -> None:
+        nonlocal seen
+        seen += stats.read
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        await replay(settings, fresh=True, batch_records=20, jobs=2, pipelines=1,
+                     progress=False, on_batch=stop_after_first_batch)
+    assert 0 < seen < n
+    rest = await replay(settings, resume=True, jobs=2, progress=False)
+    # The workers may have written more than the parent heard of before stopping them.
+    assert rest.stats.read <= n - seen
+    assert await history_snapshot(settings) == before
+    assert await redis_snapshot(settings) == views
+    assert (await verify(settings)).ok
+
+
+async def test_a_worker_process_failure_is_raised_with_its_own_error(settings: Settings) -> None:
+    from resultlog.processors.logreader import Slice
+    from resultlog.processors.replayworkers import run_shares
+
+    broken = settings.replace(postgres_dsn="postgresql://nobody@127.0.0.1:9/none")
+    shares = [Slice(settings.events_topic, {0: 0}, {0: 1}), Slice(settings.events_topic, {1: 0}, {1: 1})]
+    with pytest.raises(StoreUnavailable) as caught:
+        await run_shares(broken, "g.replay", shares, processes=2, redis=True, history=True,
+                         batch_records=10, on_batch=lambda stats: None)
+    assert "127.0.0.1:9" in str(caught.value)

@@ -1,0 +1,157 @@
+"""Replay's parallelism: pipelines over disjoint shares of the partitions, in this
+process or in worker processes.
+
+A pipeline (one consumer, one :class:`FoldSink`, a :class:`PipelinedWriter`) spends
+much of its time waiting for Redis and PostgreSQL, so a process runs a few of them
+concurrently. Decoding is CPU-bound Python, so past one core's worth of it the only
+way to go faster is more processes: :func:`run_shares` starts ``python -m
+resultlog.processors.replayworkers`` once per group of shares (a plain subprocess:
+forking a process with a running event loop and open sockets is not safe, and
+multiprocessing's spawn would re-run the caller's main module) and relays each
+batch's counts to the caller as they come, one JSON line per batch.
+
+Every write records its offsets per partition in both stores, so processes need no
+coordination, and an interrupted replay resumes from what each one finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import astuple
+from typing import Any
+
+from resultlog import errors
+from resultlog.errors import ReplayFailed
+from resultlog.processors.logreader import LogReader, Slice
+from resultlog.processors.sink import FoldSink, PipelinedWriter, SinkStats
+from resultlog.settings import Settings
+from resultlog.views.history import HistoryStore
+
+OnBatch = Callable[[SinkStats], None]
+
+
+def split(plan: Slice, ways: int) -> list[Slice]:
+    """``plan`` as at most ``ways`` slices over disjoint partitions (round robin by
+    partition number; partitions with nothing to read are left out)."""
+    parts = sorted(p for p in plan.end if plan.start.get(p, 0) < plan.end[p])
+    groups = [parts[i::ways] for i in range(min(ways, len(parts)))]
+    return [Slice(plan.topic, {p: plan.start.get(p, 0) for p in g}, {p: plan.end[p] for p in g})
+            for g in groups]
+
+
+async def run_pipelines(settings: Settings, group: str, shares: Sequence[Slice], *,
+                        redis: bool, history: bool, batch_records: int, on_batch: OnBatch) -> None:
+    """One pipeline per share, concurrently, in this process (one history pool)."""
+    store = HistoryStore(settings)
+    await store.start()
+    sinks = [FoldSink(settings, consumer_group=group, write_redis=redis, write_history=history,
+                      history=store) for _ in shares]
+
+    async def run(share: Slice, sink: FoldSink) -> None:
+        await sink.start()
+        writer = PipelinedWriter(sink.write, on_batch)
+        try:
+            async with LogReader(settings) as reader:
+                async for batch in reader.read(share, max_records=batch_records):
+                    await writer.submit(await sink.prepare_yielding(batch))
+            await writer.wait()
+        finally:
+            await writer.settle()
+
+    tasks = [asyncio.ensure_future(run(share, sink)) for share, sink in zip(shares, sinks)]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        # One failed (or we were cancelled): stop the others before closing what they
+        # write with; the first error is the one reported.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    finally:
+        for sink in sinks:
+            sink.history = None  # shared: closed below
+            await sink.close()
+        await store.close()
+
+
+async def run_shares(settings: Settings, group: str, shares: Sequence[Slice], *, processes: int,
+                     redis: bool, history: bool, batch_records: int, on_batch: OnBatch) -> None:
+    """The shares' pipelines spread over ``processes`` processes (this one when 1)."""
+    if processes <= 1 or len(shares) <= 1:
+        await run_pipelines(settings, group, shares, redis=redis, history=history,
+                            batch_records=batch_records, on_batch=on_batch)
+        return
+    # The child's settings are exactly ours: ours as variables, none inherited.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}
+    env.update(settings.to_env())
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        for i in range(min(processes, len(shares))):
+            job = {"group": group, "redis": redis, "history": history, "batch": batch_records,
+                   "shares": [{"topic": sh.topic, "start": sh.start, "end": sh.end}
+                              for sh in shares[i::processes]]}
+            procs.append(await asyncio.create_subprocess_exec(
+                sys.executable, "-m", __name__, json.dumps(job), env=env,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE))
+        await asyncio.gather(*(_relay(i, proc, on_batch) for i, proc in enumerate(procs)))
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.terminate()  # an error elsewhere, or we were cancelled
+                await proc.wait()
+
+
+async def _relay(i: int, proc: asyncio.subprocess.Process, on_batch: OnBatch) -> None:
+    """Relay one worker's batches; raise what it reports, or that it died."""
+    assert proc.stdout is not None
+    outcome: dict[str, Any] | None = None
+    async for line in proc.stdout:
+        message = json.loads(line)
+        if "batch" in message:
+            on_batch(SinkStats(*message["batch"]))
+        else:
+            outcome = message
+    code = await proc.wait()
+    if outcome is not None and "error" in outcome:
+        kind = getattr(errors, outcome["error"]["type"], None)
+        text = outcome["error"]["message"]
+        if isinstance(kind, type) and issubclass(kind, errors.ResultlogError):
+            raise kind(text)
+        raise ReplayFailed(f"replay worker {i} failed: {outcome['error']['type']}: {text}")
+    if code != 0 or outcome is None:
+        raise ReplayFailed(
+            f"replay worker {i} (pid {proc.pid}) exited with status {code} before finishing "
+            "its partitions; what it wrote is kept: rerun with --resume")
+
+
+def _main(argv: list[str]) -> int:
+    """A worker process: ``argv[0]`` is the job (JSON); settings come from the environment."""
+    job = json.loads(argv[0])
+    shares = [Slice(sh["topic"], {int(p): o for p, o in sh["start"].items()},
+                    {int(p): o for p, o in sh["end"].items()}) for sh in job["shares"]]
+    out = sys.stdout
+
+    def on_batch(stats: SinkStats) -> None:
+        out.write(json.dumps({"batch": astuple(stats)}) + "\n")
+        out.flush()
+
+    try:
+        asyncio.run(run_pipelines(Settings.from_env(), job["group"], shares,
+                                  redis=job["redis"], history=job["history"],
+                                  batch_records=job["batch"], on_batch=on_batch))
+    except Exception as exc:  # noqa: BLE001 — reported to the parent, which raises it
+        out.write(json.dumps({"error": {"type": type(exc).__name__, "message": str(exc)}}) + "\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    out.write(json.dumps({"done": True}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
