@@ -97,7 +97,7 @@ async def run_shares(settings: Settings, group: str, shares: Sequence[Slice], *,
                               for sh in shares[i::processes]]}
             procs.append(await asyncio.create_subprocess_exec(
                 sys.executable, "-m", __name__, json.dumps(job), env=env,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE))
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE))
         await asyncio.gather(*(_relay(i, proc, on_batch) for i, proc in enumerate(procs)))
     finally:
         for proc in procs:
@@ -140,10 +140,21 @@ def _main(argv: list[str]) -> int:
         out.write(json.dumps({"batch": astuple(stats)}) + "\n")
         out.flush()
 
+    async def work() -> None:
+        # Our stdin is a pipe from the parent that it never writes: end of file means
+        # the parent is gone (even killed), and then so is the point of going on.
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        loop.add_reader(sys.stdin.fileno(), _orphaned, task)
+        await run_pipelines(Settings.from_env(), job["group"], shares, redis=job["redis"],
+                            history=job["history"], batch_records=job["batch"],
+                            on_batch=on_batch)
+
     try:
-        asyncio.run(run_pipelines(Settings.from_env(), job["group"], shares,
-                                  redis=job["redis"], history=job["history"],
-                                  batch_records=job["batch"], on_batch=on_batch))
+        asyncio.run(work())
+    except asyncio.CancelledError:
+        return 1
     except Exception as exc:  # noqa: BLE001 — reported to the parent, which raises it
         out.write(json.dumps({"error": {"type": type(exc).__name__, "message": str(exc)}}) + "\n")
         return 1
@@ -151,6 +162,12 @@ def _main(argv: list[str]) -> int:
         return 130
     out.write(json.dumps({"done": True}) + "\n")
     return 0
+
+
+def _orphaned(task: asyncio.Task[None]) -> None:
+    if not os.read(sys.stdin.fileno(), 1):
+        asyncio.get_running_loop().remove_reader(sys.stdin.fileno())
+        task.cancel()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -280,3 +284,30 @@ async def test_a_worker_process_failure_is_raised_with_its_own_error(settings: S
         await run_shares(broken, "g.replay", shares, processes=2, redis=True, history=True,
                          batch_records=10, on_batch=lambda stats: None)
     assert "127.0.0.1:9" in str(caught.value)
+
+
+def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")},
+           **settings.to_env()}
+    return subprocess.run([sys.executable, "-m", "resultlog", *args], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+async def test_the_replay_and_verify_commands(settings: Settings) -> None:
+    """What docs/replay.md tells a user to run, as a user runs it."""
+    n = await workload(settings, n=30)
+    await fill_through_processor(settings, n)
+    before = await history_snapshot(settings)
+    views = await redis_snapshot(settings)
+
+    done = await asyncio.to_thread(_cli, settings, "replay", "--fresh", "--jobs", "2")
+    assert done.returncode == 0, done.stderr
+    assert f"replayed {n:,} events" in done.stdout and "0 sent to dead letters" in done.stdout
+    assert await history_snapshot(settings) == before
+    assert await redis_snapshot(settings) == views
+    checked = await asyncio.to_thread(_cli, settings, "verify")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    bad = await asyncio.to_thread(_cli, settings, "replay", "--jobs", "0")
+    assert bad.returncode == 1
+    assert "jobs must be between 1 and 64, not 0" in bad.stderr
