@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError  # type: ignore[import-untyped]
 
 from resultlog.errors import BrokerUnavailable, ResultlogError
-from resultlog.processors.sink import FoldSink, PipelinedWriter, Prepared, RawRecord, SinkStats
+from resultlog.processors.sink import FoldSink, PipelinedWriter, Prepared, SinkStats
 from resultlog.settings import Settings
 
 log = logging.getLogger("resultlog.processor")
@@ -112,10 +112,8 @@ class BatchFoldEngine:
             while True:
                 fetched = await consumer.getmany(timeout_ms=100, max_records=BATCH_MAX)
                 if fetched:
-                    await writer.submit(await self.sink.prepare_yielding([
-                        RawRecord(m.topic, m.partition, m.offset, m.key, m.value)
-                        for messages in fetched.values() for m in messages
-                    ]))
+                    await writer.submit(await self.sink.prepare_yielding(
+                        [m for messages in fetched.values() for m in messages]))
                     for tp, ms in fetched.items():
                         pending_commit[tp] = ms[-1].offset + 1
                 else:

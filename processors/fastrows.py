@@ -36,6 +36,8 @@ _HEX = "0123456789abcdef"
 _INT32 = 2**31
 _INT64 = 2**63
 _unpack_double = struct.Struct("<d").unpack_from
+# Seven null union branches (parent_id .. eta) and an empty meta map.
+_NO_TAIL = bytes(8)
 
 
 class _Decline(Exception):
@@ -160,6 +162,36 @@ def _read(data: bytes, topic: str, partition: int, offset: int, ttl_ms: int) -> 
         pos += 8
     elif branch != 0:
         raise _Decline
+    if data[pos:] == _NO_TAIL:  # the usual event: no lineage, chord, eta or meta
+        parent_id = root_id = group_id = chord_id = meta = None
+        chord_size = chord_index = eta = None
+    else:
+        parent_id, root_id, group_id, chord_id, chord_size, chord_index, eta, meta = _tail(data, pos)
+    state = _STATE_NAME[state_index]
+    token = f"{attempt:05d}{_STATE_RANK[state_index]}{timestamp:015d}{event_id}"
+    history_row = (
+        event_id, timestamp, runtime, eta, offset, attempt, chord_size, chord_index,
+        partition, task_id, state, token, task_name, worker, args, kwargs, result,
+        exc_type, exc_module, exc_message, traceback, parent_id, root_id, group_id,
+        chord_id, meta, topic,
+    )
+    # redis_view.view_row: winner slots, then sticky slots; absent values are left out
+    # and marked "0" in the mask.
+    optional = (
+        worker, result, exc_type, exc_module, exc_message, traceback,
+        None if runtime is None else repr(runtime), _str(eta),
+        task_name, args, kwargs, parent_id, root_id, group_id, chord_id,
+        _str(chord_size), _str(chord_index),
+    )
+    mask = "1111" + "".join(["0" if v is None else "1" for v in optional])
+    view_row = [token, str(timestamp + ttl_ms) if ttl_ms else "", mask,
+                state, event_id, str(timestamp), str(attempt)]
+    view_row += [v for v in optional if v is not None]
+    return history_row, task_id, view_row, timestamp, chord_id, _STATE_READY[state_index]
+
+
+def _tail(data: bytes, pos: int) -> tuple[Any, ...]:
+    """The fields after runtime, checked as the event model checks them."""
     parent_id, pos = _opt_string(data, pos)
     root_id, pos = _opt_string(data, pos)
     group_id, pos = _opt_string(data, pos)
@@ -185,27 +217,7 @@ def _read(data: bytes, topic: str, partition: int, offset: int, ttl_ms: int) -> 
             or (chord_index is not None and not -_INT32 <= chord_index < _INT32)
             or (eta is not None and not -_INT64 <= eta < _INT64)):
         raise _Decline
-    state = _STATE_NAME[state_index]
-    token = f"{attempt:05d}{_STATE_RANK[state_index]}{timestamp:015d}{event_id}"
-    history_row = (
-        event_id, timestamp, runtime, eta, offset, attempt, chord_size, chord_index,
-        partition, task_id, state, token, task_name, worker, args, kwargs, result,
-        exc_type, exc_module, exc_message, traceback, parent_id, root_id, group_id,
-        chord_id, meta, topic,
-    )
-    # redis_view.view_row: winner slots, then sticky slots; absent values are left out
-    # and marked "0" in the mask.
-    optional = (
-        worker, result, exc_type, exc_module, exc_message, traceback,
-        None if runtime is None else repr(runtime), _str(eta),
-        task_name, args, kwargs, parent_id, root_id, group_id, chord_id,
-        _str(chord_size), _str(chord_index),
-    )
-    mask = "1111" + "".join(["0" if v is None else "1" for v in optional])
-    view_row = [token, str(timestamp + ttl_ms) if ttl_ms else "", mask,
-                state, event_id, str(timestamp), str(attempt)]
-    view_row += [v for v in optional if v is not None]
-    return history_row, task_id, view_row, timestamp, chord_id, _STATE_READY[state_index]
+    return parent_id, root_id, group_id, chord_id, chord_size, chord_index, eta, meta
 
 
 def _read_meta(data: bytes, pos: int) -> tuple[str | None, int]:

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-unt
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from resultlog.errors import BrokerUnavailable, ValidationError
-from resultlog.processors.sink import RawRecord
+from resultlog.processors.sink import Record
 from resultlog.settings import Settings
 
 
@@ -101,7 +101,7 @@ class LogReader:
                 start[p] = max(begin[p], min(o, end[p]))
         return Slice(self.topic, start, end)
 
-    async def read(self, slice_: Slice, max_records: int = 5000) -> AsyncIterator[list[RawRecord]]:
+    async def read(self, slice_: Slice, max_records: int = 5000) -> AsyncIterator[list[Record]]:
         """Batches of records in the slice; each partition stops at its end offset."""
         todo = {p for p in slice_.end if slice_.start.get(p, 0) < slice_.end[p]}
         if not todo:
@@ -113,13 +113,12 @@ class LogReader:
         while todo:
             fetched = await self.consumer.getmany(*[TopicPartition(self.topic, p) for p in todo],
                                                   timeout_ms=1000, max_records=max_records)
-            batch: list[RawRecord] = []
+            batch: list[Record] = []
             for tp, messages in fetched.items():
                 end = slice_.end[tp.partition]
-                for m in messages:
-                    if m.offset >= end:
-                        break
-                    batch.append(RawRecord(m.topic, m.partition, m.offset, m.key, m.value))
+                if messages and messages[-1].offset >= end:
+                    messages = [m for m in messages if m.offset < end]
+                batch.extend(messages)
                 if await self.consumer.position(tp) >= end:
                     todo.discard(tp.partition)
                     self.consumer.pause(tp)

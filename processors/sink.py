@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from resultlog.errors import CodecError, ValidationError
 from resultlog.processors.deadletter import DeadLetter, DeadLetterWriter, TopicWriter
@@ -34,9 +34,25 @@ from resultlog.views.partitions import DAY_MS
 from resultlog.views.redis_view import RedisView, view_row
 
 
+class Record(Protocol):
+    """What the sink needs of a Kafka record: aiokafka's ConsumerRecord has it, so
+    readers pass theirs as they are (no copy per record)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RawRecord:
-    """What the sink needs of a Kafka record."""
+    """A :class:`Record` made by hand (faust events, tests)."""
 
     topic: str
     partition: int
@@ -121,7 +137,7 @@ class FoldSink:
         common = set.intersection(*(set(s) for s in sources))
         return {p: min(s[p] for s in sources) for p in common}
 
-    def prepare(self, records: Sequence[RawRecord]) -> Prepared:
+    def prepare(self, records: Sequence[Record]) -> Prepared:
         """Decode and sort a batch (CPU only, no I/O): what :meth:`write` then stores.
 
         Each record takes the fast route (``fastrows``: bytes -> rows) when it can, else
@@ -175,7 +191,7 @@ class FoldSink:
         return Prepared(len(records), rows, view_tasks, view_rows, days, bad, chord_traffic,
                         offsets)
 
-    async def prepare_yielding(self, records: Sequence[RawRecord], chunk: int = 500) -> Prepared:
+    async def prepare_yielding(self, records: Sequence[Record], chunk: int = 500) -> Prepared:
         """:meth:`prepare`, giving the event loop a turn every ``chunk`` records, so
         that the previous batch's writes (many short round trips) progress meanwhile."""
         if len(records) <= chunk:
@@ -200,7 +216,7 @@ class FoldSink:
             offsets,
         )
 
-    async def handle(self, records: Sequence[RawRecord]) -> SinkStats:
+    async def handle(self, records: Sequence[Record]) -> SinkStats:
         return await self.write(self.prepare(records))
 
     async def write(self, batch: Prepared) -> SinkStats:
