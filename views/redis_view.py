@@ -24,6 +24,17 @@ from resultlog.settings import Settings
 from resultlog.views._redis import async_client, text, translated
 
 SCRIPT: Final = Path(__file__).with_name("fold.lua").read_text(encoding="utf-8")
+# Each key's HGETALL as ONE JSON string ("" for a missing key): redis-py parses a reply
+# element by element in Python, ~25 per task, which made reading 333,000 tasks take
+# half a minute; one string per task parsed by the json module's C code is ~5x less.
+READ_MANY_SCRIPT: Final = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local fields = redis.call('HGETALL', key)
+  if #fields == 0 then out[i] = '' else out[i] = cjson.encode(fields) end
+end
+return out
+"""
 
 # Hash fields (the layout is documented in fold.lua's header). The script takes the
 # field names as arguments, so these tuples are the single source of the layout.
@@ -152,12 +163,16 @@ def view_from_hash(task_id: str, fields: Mapping[Any, Any]) -> TaskView | None:
     )
 
 
+def _pairs(flat: list[str]) -> dict[str, str]:
+    """An HGETALL reply as cjson encodes it ([field, value, ...]) -> a dict."""
+    return dict(zip(flat[::2], flat[1::2]))
+
+
 def view_from_push(task_id: str, payload: str | None) -> TaskView | None:
     """The view a done-channel message carries, if it carries one (see fold.lua)."""
     if not payload or not payload.startswith("["):
         return None  # just the state name: the hash was too large to push
-    flat = json.loads(payload)
-    return view_from_hash(task_id, dict(zip(flat[::2], flat[1::2])))
+    return view_from_hash(task_id, _pairs(json.loads(payload)))
 
 
 class RedisView:
@@ -172,6 +187,7 @@ class RedisView:
         self._owns_client = client is None
         self._client = async_client(settings) if client is None else client
         self._script = self._client.register_script(SCRIPT)
+        self._read_many = self._client.register_script(READ_MANY_SCRIPT)
 
     @property
     def client(self) -> redis.asyncio.Redis:
@@ -227,11 +243,9 @@ class RedisView:
             return []
         prefix = self.settings.redis_prefix
         with translated("reading tasks"):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for task_id in task_ids:
-                    pipe.hgetall(names.task_key(prefix, task_id))
-                replies = await pipe.execute()
-        return [view_from_hash(t, r) for t, r in zip(task_ids, replies)]
+            replies = await self._read_many(keys=[names.task_key(prefix, t) for t in task_ids])
+        return [None if not r else view_from_hash(t, _pairs(json.loads(r)))
+                for t, r in zip(task_ids, replies)]
 
     async def forget(self, task_id: str) -> bool:
         """Drop the task's hash; True if there was one. A later event recreates it."""

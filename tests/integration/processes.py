@@ -56,4 +56,8 @@ class ProcessorProcess:
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+        if e is not None:
+            # The test failed: what the processor said is the first thing to read.
+            tail = self.output()[-20_000:]
+            print(f"--- processor output (last 20,000 chars of {self.log}) ---\n{tail}")
         self.log.unlink(missing_ok=True)
