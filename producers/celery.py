@@ -15,7 +15,8 @@
 | task_revoked    | REVOKED  | the worker's main process                   |
 
 Every event carries the task name, args/kwargs, ``retries`` as ``attempt``, parent,
-root and group ids, chord membership where Celery knows the chord's size, and the
+root and group ids, chord membership where the request carries the chord's size
+(by default Celery's canvas does not put it there: docs/emitter.md), and the
 worker's hostname. RECEIVED and REVOKED come from the main process and the rest from
 the pool process, i.e. from different producers: Kafka does not order those against
 each other, and does not need to, since the views order states by rank and attempt.

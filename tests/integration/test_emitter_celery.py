@@ -36,6 +36,10 @@ def app() -> Any:
     def add(a: int, b: int) -> int:
         return a + b
 
+    @app.task(name="tests.total", shared=False)
+    def total(values: list[int]) -> int:
+        return sum(values)
+
     @app.task(name="tests.fail", shared=False)
     def fail() -> None:
         raise KeyError("missing")
@@ -111,6 +115,27 @@ async def test_worker_emits_received_and_revoked(
     revoked = [e for e in events if e.task_id == "expired"]
     assert [e.state for e in revoked][-1] is State.REVOKED
     assert dict(revoked[-1].meta) == {"revoked": "expired"}
+
+
+async def test_celery_chord_members_are_reported_as_members_of_their_group(
+    app: Any, emitter: SyncEmitter, installed: Installation, settings: Settings
+) -> None:
+    """What docs/emitter.md says of Celery chords: the members' requests do not carry
+    the chord's size, so they are reported as group members. If Celery starts putting
+    the size there, this fails: the hook then tags them, and the docs must change."""
+    from celery import chord
+    from celery.contrib.testing.worker import start_worker
+
+    add, total = app.tasks["tests.add"], app.tasks["tests.total"]
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+        result = chord([add.s(i, i) for i in range(3)], app=app)(total.s())
+        assert result.get(timeout=10) == 6
+        group_id = result.parent.id
+        consumed = await consume(settings, 12, timeout_s=30)
+    events = [c.event for c in consumed]
+    members = [e for e in events if e.task_name == "tests.add"]
+    assert len(members) == 9 and {e.group_id for e in members} == {group_id}
+    assert all(e.chord_id is None and e.chord_size is None for e in members)
 
 
 def test_install_without_celery_names_the_extra(monkeypatch: pytest.MonkeyPatch, emitter: SyncEmitter) -> None:
