@@ -141,3 +141,40 @@ def test_invalid_events_are_declined() -> None:
     blank = data[:at] + b"\x02 " + data[at + 3:]  # task id " "
     assert read_rows(blank, "events", 0, 0, TTL_MS) is None
     assert canonical(blank, 0, 0) is None
+
+
+def test_the_sink_sends_what_no_column_can_hold_to_dead_letters() -> None:
+    """A foreign producer's record that fits the Avro encoding but not the history
+    (chord_size beyond 32 bits: Avro ints and longs share one wire format) becomes a
+    dead letter naming the field, instead of failing its whole batch's write."""
+    import io
+    import json
+    from pathlib import Path
+
+    from fastavro import parse_schema, schemaless_writer
+
+    from resultlog.processors.sink import FoldSink, RawRecord
+    from resultlog.schemas.codec import event_to_record
+    from resultlog.settings import Settings
+
+    schema = json.loads((Path(__file__).parents[2] / "schemas" / "avro" / "task_event.v2.avsc").read_text())
+    for f in schema["fields"]:
+        if f["name"] == "chord_size":
+            f["type"] = ["null", "long"]
+    wide = TaskEvent.create("t2", State.SUCCESS, result=1, chord_id="c", chord_size=3, chord_index=1)
+    record = event_to_record(wide) | {"chord_size": 2**40}
+    body = io.BytesIO()
+    schemaless_writer(body, parse_schema(schema), record)
+    foreign = V2_HEADER + body.getvalue()
+    good = CODEC.encode(TaskEvent.create("t1", State.SUCCESS, result=1))
+
+    sink = FoldSink(Settings(), consumer_group="g")
+    prepared = sink.prepare([RawRecord("events", 0, 0, None, good),
+                             RawRecord("events", 0, 1, b"t2", foreign),
+                             RawRecord("events", 0, 2, None, None)])
+    assert [row[9] for row in prepared.rows] == ["t1"]
+    assert [(d.offset, d.reason) for d in prepared.bad] == [
+        (1, f"ValidationError: event {wide.event_id} of task 't2': chord_size {2**40} out of range"),
+        (2, "CodecError: record has no value (a tombstone?)"),
+    ]
+    assert prepared.offsets == {("events", 0): 3}
