@@ -134,11 +134,16 @@ def _main(argv: list[str]) -> int:
     job = json.loads(argv[0])
     shares = [Slice(sh["topic"], {int(p): o for p, o in sh["start"].items()},
                     {int(p): o for p, o in sh["end"].items()}) for sh in job["shares"]]
-    out = sys.stdout
+    # stdout is the protocol: keep it to ourselves, and send anything else printed to stderr.
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    sys.stdout = sys.stderr
+
+    def send(message: dict[str, Any]) -> None:
+        out.write(json.dumps(message) + "\n")
+        out.flush()
 
     def on_batch(stats: SinkStats) -> None:
-        out.write(json.dumps({"batch": astuple(stats)}) + "\n")
-        out.flush()
+        send({"batch": astuple(stats)})
 
     async def work() -> None:
         # Our stdin is a pipe from the parent that it never writes: end of file means
@@ -156,11 +161,11 @@ def _main(argv: list[str]) -> int:
     except asyncio.CancelledError:
         return 1
     except Exception as exc:  # noqa: BLE001 — reported to the parent, which raises it
-        out.write(json.dumps({"error": {"type": type(exc).__name__, "message": str(exc)}}) + "\n")
+        send({"error": {"type": type(exc).__name__, "message": str(exc)}})
         return 1
     except KeyboardInterrupt:
         return 130
-    out.write(json.dumps({"done": True}) + "\n")
+    send({"done": True})
     return 0
 
 
