@@ -22,6 +22,7 @@ from typing import Any
 
 from resultlog.schemas.codec import HEADER_SIZE, MAGIC, TASK_EVENT, default_store
 from resultlog.schemas.event import MAX_ID_LENGTH
+from resultlog.schemas.fastread import read_long as _varint
 from resultlog.schemas.states import MAX_ATTEMPT, MAX_TIMESTAMP_MS, RANK, State
 from resultlog.views.history import meta_json
 
@@ -42,20 +43,6 @@ _NO_TAIL = bytes(8)
 
 class _Decline(Exception):
     """Not for the fast route: the canonical one decides what the record is."""
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    """A zigzag varint at ``pos`` (any length): (value, next position)."""
-    b = data[pos]
-    pos += 1
-    n = b & 0x7F
-    shift = 7
-    while b & 0x80:
-        b = data[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        shift += 7
-    return (n >> 1) ^ -(n & 1), pos
 
 
 def _string(data: bytes, pos: int) -> tuple[str, int]:

@@ -27,22 +27,28 @@ class _Short(Exception):
     pass
 
 
+def read_long(data: bytes, pos: int) -> tuple[int, int]:
+    """The Avro long (zigzag varint, any length) at ``data[pos]``: (value, next position)."""
+    b = data[pos]
+    pos += 1
+    n = b & 0x7F
+    shift = 7
+    while b & 0x80:
+        b = data[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+    return (n >> 1) ^ -(n & 1), pos
+
+
 def read_v2(data: bytes, pos: int) -> TaskEvent:
     """The TaskEvent v2 body starting at ``data[pos]``; raises on any malformation."""
     end = len(data)
 
     def long() -> int:
         nonlocal pos
-        b = data[pos]
-        pos += 1
-        n = b & 0x7F
-        shift = 7
-        while b & 0x80:
-            b = data[pos]
-            pos += 1
-            n |= (b & 0x7F) << shift
-            shift += 7
-        return (n >> 1) ^ -(n & 1)
+        value, pos = read_long(data, pos)
+        return value
 
     def string() -> str:
         nonlocal pos
