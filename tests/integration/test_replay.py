@@ -230,29 +230,35 @@ async def test_replay_refuses_while_a_processor_is_live_unless_forced(settings: 
         assert forced.stats.read == n and forced.stats.inserted == 0
 
 
+class StopAfterFirstBatch:
+    """An ``on_batch`` that counts what it is told of, then interrupts the replay."""
+
+    class Interrupt(Exception):
+        pass
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def __call__(self, stats: Any) -> None:
+        self.seen += stats.read
+        raise self.Interrupt
+
+
 async def test_an_interrupted_replay_resumes_where_it_stopped(settings: Settings) -> None:
     n = await workload(settings, n=40)
     await fill_through_processor(settings, n)
     before = await history_snapshot(settings)
 
-    class Interrupt(Exception):
-        pass
-
-    seen = 0
-
-    def stop_after_first_batch(stats: Any) -> None:
-        nonlocal seen
-        seen += stats.read
-        raise Interrupt
+    stop = StopAfterFirstBatch()
 
     # One pipeline in this process, so that what was counted is exactly what was
     # written (concurrent pipelines may land a write the interruption did not count).
-    with pytest.raises(Interrupt):
+    with pytest.raises(StopAfterFirstBatch.Interrupt):
         await replay(settings, fresh=True, batch_records=50, jobs=1, pipelines=1, progress=False,
-                     on_batch=stop_after_first_batch)
-    assert 0 < seen < n
+                     on_batch=stop)
+    assert 0 < stop.seen < n
     rest = await replay(settings, resume=True, progress=False)
-    assert rest.stats.read == n - seen
+    assert rest.stats.read == n - stop.seen
     assert await history_snapshot(settings) == before
     assert (await verify(settings)).ok
 
@@ -265,23 +271,15 @@ async def test_worker_processes_interrupted_then_resumed_rebuild_exactly(setting
     before = await history_snapshot(settings)
     views = await redis_snapshot(settings)
 
-    class Interrupt(Exception):
-        pass
+    stop = StopAfterFirstBatch()
 
-    seen = 0
-
-    def stop_after_first_batch(stats: Any) -> None:
-        nonlocal seen
-        seen += stats.read
-        raise Interrupt
-
-    with pytest.raises(Interrupt):
+    with pytest.raises(StopAfterFirstBatch.Interrupt):
         await replay(settings, fresh=True, batch_records=20, jobs=2, pipelines=1,
-                     progress=False, on_batch=stop_after_first_batch)
-    assert 0 < seen < n
+                     progress=False, on_batch=stop)
+    assert 0 < stop.seen < n
     rest = await replay(settings, resume=True, jobs=2, progress=False)
     # The workers may have written more than the parent heard of before stopping them.
-    assert rest.stats.read <= n - seen
+    assert rest.stats.read <= n - stop.seen
     assert await history_snapshot(settings) == before
     assert await redis_snapshot(settings) == views
     assert (await verify(settings)).ok
