@@ -98,7 +98,13 @@ async def run_shares(settings: Settings, group: str, shares: Sequence[Slice], *,
             procs.append(await asyncio.create_subprocess_exec(
                 sys.executable, "-m", __name__, json.dumps(job), env=env,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE))
-        await asyncio.gather(*(_relay(i, proc, on_batch) for i, proc in enumerate(procs)))
+        relays = [asyncio.ensure_future(_relay(i, proc, on_batch)) for i, proc in enumerate(procs)]
+        try:
+            await asyncio.gather(*relays)
+        finally:
+            for relay in relays:  # after a failure: the first error is the one raised
+                relay.cancel()
+            await asyncio.gather(*relays, return_exceptions=True)
     finally:
         for proc in procs:
             if proc.returncode is None:
