@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 
 from bench._common import cleanup, isolated
@@ -47,7 +46,7 @@ async def main() -> None:
         jobs = default_jobs() if args.jobs is None else args.jobs
         print(f"replaying: {jobs} process(es) x {args.pipelines} pipeline(s), batches of "
               f"{args.batch:,}, {settings.topic_partitions} partitions, "
-              f"{len(os.sched_getaffinity(0))} CPUs", flush=True)
+              f"{default_jobs()} CPUs", flush=True)
         summary = await replay(settings, fresh=True, batch_records=args.batch, jobs=args.jobs,
                                pipelines=args.pipelines, progress=True)
         print(summary.render())

@@ -34,7 +34,9 @@ DEFAULT_PIPELINES = 2
 
 def default_jobs() -> int:
     """Replay processes by default: one per CPU this process may run on."""
-    return max(1, len(os.sched_getaffinity(0)))
+    if hasattr(os, "sched_getaffinity"):  # Linux; not macOS
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 @dataclass(slots=True)
