@@ -95,6 +95,32 @@ async def test_duplicates_within_one_batch_are_inserted_once(store: HistoryStore
     assert await store.committed_offsets("g", TOPIC) == {0: 2, 1: 8}
 
 
+async def test_large_batches_with_duplicates_are_inserted_exactly_once(store: HistoryStore) -> None:
+    """Large batches go in without ON CONFLICT until one meets a duplicate (the
+    savepoint rolls it back and it goes in again with it); counts stay exact."""
+    from resultlog.views.history import SMALL_BATCH_ROWS
+
+    n = SMALL_BATCH_ROWS + 100
+    old = [ev(f"t{i}", "STARTED") for i in range(n)]
+    batch, offsets = one_partition(old)
+    assert await store.write_batch(batch, offsets, consumer_group="g") == n
+    assert store._expect_new  # no duplicate met: still inserting plainly
+
+    new = [ev(f"u{i}", "STARTED") for i in range(2 * n)]
+    mixed = old[: n // 2] + new[:n] + new[:3]  # old rows, new rows, in-batch repeats
+    batch, offsets = one_partition(mixed, first=n)
+    assert await store.write_batch(batch, offsets, consumer_group="g") == n
+    assert not store._expect_new  # switched to ON CONFLICT
+
+    batch, offsets = one_partition(new[n:], first=3 * n)
+    assert await store.write_batch(batch, offsets, consumer_group="g") == n
+    assert store._expect_new  # a batch without duplicates: back to the plain insert
+
+    assert await store.count() == 3 * n
+    assert await store.committed_offsets("g", TOPIC) == {0: 4 * n}
+    assert await store.history("u0") == [new[0]]
+
+
 async def test_offsets_alone_are_recorded(store: HistoryStore) -> None:
     # Every record of a batch went to the dead letters: its offsets still advance.
     assert await store.write_batch([], {(TOPIC, 0): 5, (TOPIC, 1): 9}, consumer_group="g") == 0
