@@ -44,6 +44,7 @@ import inspect
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
@@ -58,6 +59,7 @@ from resultlog.errors import (
     ValidationError,
 )
 from resultlog.processors.chordfold import ChordFold
+from resultlog.processors.chordretention import SummaryRetention
 from resultlog.processors.deadletter import DeadLetter, DeadLetterWriter, TopicWriter
 from resultlog.processors.logreader import LogReader
 from resultlog.schemas.chords import ChordCompleted, FailedMember
@@ -136,6 +138,7 @@ class ChordAggregator:
             help="chord aggregator state: c:<chord> summaries and m:<chord>:<index> members",
         )
         self.fold = ChordFold(self.table)
+        self.retention = SummaryRetention(self.table, s.result_ttl_s * 1000, s.topic_partitions)
         self.writer = TopicWriter(s, s.chord_completions_topic)
         self._dirty: dict[str, Progress] = {}
         self._dirty_event = asyncio.Event()
@@ -160,6 +163,7 @@ class ChordAggregator:
 
     async def _on_assigned(self, sender: Any, *args: Any, **kwargs: Any) -> None:
         self.fold.forget_verified()
+        self.retention.reset()
 
     # The aggregating agent -------------------------------------------------------------
     async def _aggregate(self, stream: Any) -> None:
@@ -179,15 +183,17 @@ class ChordAggregator:
                                         msg.topic, msg.partition, msg.offset)
                     await _retrying("sending a dead letter", lambda: dead_letters.send([letter]))
                     continue
-                if step is None:
-                    continue
-                if step.completion is not None:
+                if step is not None and step.completion is not None:
                     await self._publish(store, step.completion)
                     self.fold.completed(step.completion)
+                    self.retention.completed(step.chord_id, step.completion.timestamp)
                     self._dirty.pop(step.chord_id, None)
-                elif step.progress is not None:
+                elif step is not None and step.progress is not None:
                     self._dirty[step.chord_id] = step.progress
                     self._dirty_event.set()
+                # Here, while this record's partition is the one faust writes to.
+                for chord_id in self.retention.sweep(msg.partition, int(time.time() * 1000)):
+                    self._dirty.pop(chord_id, None)
         finally:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)

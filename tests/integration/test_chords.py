@@ -277,3 +277,60 @@ async def test_the_docs_example_runs(settings: Settings) -> None:
             subprocess.run, [sys.executable, "-c", runnable[0]], env=env, capture_output=True,
             text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-3000:] + proc.output()[-2000:]
+
+
+async def _changelog(settings: Settings) -> dict[bytes, bytes | None]:
+    """The aggregator's changelog as it stands: key -> latest value (None: removed)."""
+    from resultlog import names
+
+    topic = names.chord_state_changelog_topic(settings.consumer_group)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        latest: dict[bytes, bytes | None] = {}
+        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
+            for messages in (await consumer.getmany(timeout_ms=1000)).values():
+                latest.update((m.key, m.value) for m in messages)
+        return latest
+    finally:
+        await consumer.stop()
+
+
+async def test_a_completed_chords_state_is_removed_once_its_result_expires(settings: Settings) -> None:
+    """The aggregator's table does not keep completed chords forever: a TTL after the
+    completion, the next record of the chord's partition removes its summary."""
+    from resultlog.producers.partitioner import partition_for
+
+    s = settings.replace(result_ttl_s=3)
+    first = "expiring"
+    # A chord on the same partition of the chords topic, to come after the TTL.
+    later = next(c for c in (f"later-{i}" for i in range(1000))
+                 if partition_for(c.encode(), s.topic_partitions)
+                 == partition_for(first.encode(), s.topic_partitions))
+    summary = b'"c:' + first.encode() + b'"'  # the table's keys are JSON
+    with ProcessorProcess(s) as proc:
+        async with Emitter(s) as em:
+            await declare_chord(em, first, 1)
+            await em.success(f"{first}-0", 1, chord_id=first, chord_size=1, chord_index=0)
+
+        async def completed() -> bool:
+            return any(c.chord_id == first for c in await read_completions(s))
+        await eventually(completed, f"the chord's completion\n{proc.output()[-3000:]}")
+
+        async def summary_kept() -> bool:
+            return (await _changelog(s)).get(summary) is not None
+        await eventually(summary_kept, "the completed chord's summary in the changelog")
+
+        await asyncio.sleep(s.result_ttl_s + 0.5)  # until the summary is due
+        async with Emitter(s) as em:
+            await declare_chord(em, later, 2)
+
+        async def summary_removed() -> bool:
+            log = await _changelog(s)
+            return summary in log and log[summary] is None
+        await eventually(summary_removed, f"the summary's removal\n{proc.output()[-3000:]}")

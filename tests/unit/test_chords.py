@@ -311,3 +311,39 @@ def test_the_completion_fields_read_back_as_the_view() -> None:
     assert view.failed_member == failed.failed_member and view.completion_id == failed.event_id
     assert view_from_hash(CHORD, {}).state == "PENDING"
     assert view_from_hash(CHORD, {b"state": b"STARTED", b"done": b"4", b"failed": b"1"}).succeeded == 3
+
+
+def test_completed_summaries_are_removed_a_ttl_later_only_from_their_own_partition() -> None:
+    from resultlog.processors.chordfold import summary_key
+    from resultlog.processors.chordretention import SummaryRetention
+    from resultlog.producers.partitioner import partition_for
+
+    partitions, ttl = 8, 1000
+    ids = [f"chord-{i}" for i in range(40)]
+    part = {c: partition_for(c.encode(), partitions) for c in ids}
+    p = part[ids[0]]
+    same = [c for c in ids if part[c] == p][:3]
+    other = next(c for c in ids if part[c] != p)
+    records: list[Record] = []
+    for k, chord_id in enumerate(same + [other]):
+        records += [declared(1, chord_id=chord_id, ts=10_000 * k), member(0, 1, chord_id=chord_id, ts=10_000 * k)]
+    records.append(declared(5, chord_id="open"))  # never completes: never removed
+    completions, table = run(records)
+    assert len(completions) == 4
+
+    retention = SummaryRetention(table, ttl, partitions, per_sweep=2)
+    # Indexed from the table, as after a restart; due at completion (log time) + TTL.
+    due_first = completions[0].timestamp + ttl
+    assert retention.sweep(p, due_first - 1) == []
+    assert retention.sweep(p, due_first) == [same[0]]
+    assert retention.sweep(p, 10**15) == same[1:3]  # at most per_sweep at a time
+    assert retention.sweep(p, 10**15) == []
+    assert [k for k in table if k.startswith("c:")] == [summary_key(other), summary_key("open")]
+    # The other partition's summary goes only when that partition is swept.
+    assert retention.sweep(part[other], 10**15) == [other]
+    assert list(table) == [summary_key("open")]
+
+    # A retention of 0 (results never expire) keeps everything.
+    _, kept = run(records)
+    assert SummaryRetention(kept, 0, partitions).sweep(p, 10**15) == []
+    assert len([k for k in kept if k.startswith("c:")]) == 5
