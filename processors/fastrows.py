@@ -25,6 +25,7 @@ from resultlog.schemas.event import MAX_ID_LENGTH
 from resultlog.schemas.fastread import read_long as _varint
 from resultlog.schemas.states import MAX_ATTEMPT, MAX_TIMESTAMP_MS, RANK, State
 from resultlog.views.history import meta_json
+from resultlog.views.redis_view import view_value
 
 #: The framing header of a TaskEvent v2 record (magic + writer fingerprint).
 V2_HEADER = MAGIC + default_store().get(TASK_EVENT, 2).fingerprint
@@ -86,10 +87,6 @@ def _opt_long(data: bytes, pos: int) -> tuple[int | None, int]:
 def _check_id(value: str | None) -> None:
     if value is not None and (not value or len(value) > MAX_ID_LENGTH):
         raise _Decline
-
-
-def _str(value: object) -> str | None:
-    return None if value is None else str(value)
 
 
 Rows = tuple[tuple[Any, ...], str, list[Any], int, "str | None", bool]
@@ -166,9 +163,9 @@ def _read(data: bytes, topic: str, partition: int, offset: int, ttl_ms: int) -> 
     # and marked "0" in the mask.
     optional = (
         worker, result, exc_type, exc_module, exc_message, traceback,
-        None if runtime is None else repr(runtime), _str(eta),
+        view_value(runtime), view_value(eta),
         task_name, args, kwargs, parent_id, root_id, group_id, chord_id,
-        _str(chord_size), _str(chord_index),
+        view_value(chord_size), view_value(chord_index),
     )
     mask = "1111" + "".join(["0" if v is None else "1" for v in optional])
     view_row = [token, str(timestamp + ttl_ms) if ttl_ms else "", mask,

@@ -182,7 +182,7 @@ async def replay(
 
         await run_shares(settings, group, split(plan, processes * pipelines),
                          processes=processes, redis=redis, history=history,
-                         batch_records=batch_records, on_batch=done)
+                         batch_records=batch_records, on_batch=done, store=store)
         if bar is not None:
             bar.finish()
         if redis:

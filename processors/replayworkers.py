@@ -44,10 +44,14 @@ def split(plan: Slice, ways: int) -> list[Slice]:
 
 
 async def run_pipelines(settings: Settings, group: str, shares: Sequence[Slice], *,
-                        redis: bool, history: bool, batch_records: int, on_batch: OnBatch) -> None:
-    """One pipeline per share, concurrently, in this process (one history pool)."""
-    store = HistoryStore(settings)
-    await store.start()
+                        redis: bool, history: bool, batch_records: int, on_batch: OnBatch,
+                        store: HistoryStore | None = None) -> None:
+    """One pipeline per share, concurrently, in this process (one history pool:
+    ``store``, left open, or one of its own)."""
+    owned = store is None
+    if store is None:
+        store = HistoryStore(settings)
+        await store.start()
     sinks = [FoldSink(settings, consumer_group=group, write_redis=redis, write_history=history,
                       history=store) for _ in shares]
 
@@ -74,17 +78,20 @@ async def run_pipelines(settings: Settings, group: str, shares: Sequence[Slice],
         raise
     finally:
         for sink in sinks:
-            sink.history = None  # shared: closed below
+            sink.history = None  # shared: closed below, or by its owner
             await sink.close()
-        await store.close()
+        if owned:
+            await store.close()
 
 
 async def run_shares(settings: Settings, group: str, shares: Sequence[Slice], *, processes: int,
-                     redis: bool, history: bool, batch_records: int, on_batch: OnBatch) -> None:
-    """The shares' pipelines spread over ``processes`` processes (this one when 1)."""
+                     redis: bool, history: bool, batch_records: int, on_batch: OnBatch,
+                     store: HistoryStore | None = None) -> None:
+    """The shares' pipelines spread over ``processes`` processes (this one when 1,
+    writing the history through ``store`` if given)."""
     if processes <= 1 or len(shares) <= 1:
         await run_pipelines(settings, group, shares, redis=redis, history=history,
-                            batch_records=batch_records, on_batch=on_batch)
+                            batch_records=batch_records, on_batch=on_batch, store=store)
         return
     # The child's settings are exactly ours: ours as variables, none inherited.
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}

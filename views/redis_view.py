@@ -54,7 +54,8 @@ _HEADER: Final = (
 )
 
 
-def _value(value: object) -> str | None:
+def view_value(value: object) -> str | None:
+    """A non-string event value as the hash stores it (None: absent)."""
     if value is None:
         return None
     if isinstance(value, float):
@@ -73,8 +74,8 @@ def view_row(event: TaskEvent, ttl_ms: int) -> list[Any]:
         None if exc is None else exc.type,
         None if exc is None else exc.module,
         None if exc is None else exc.message,
-        event.traceback, _value(event.runtime), _value(event.eta),
-        *[_value(getattr(event, name)) for name in STICKY_HASH_FIELDS],
+        event.traceback, view_value(event.runtime), view_value(event.eta),
+        *[view_value(getattr(event, name)) for name in STICKY_HASH_FIELDS],
     )
     mask = "1111" + "".join(["0" if v is None else "1" for v in optional])
     # Exact integer arithmetic here: Lua numbers are doubles.
