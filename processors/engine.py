@@ -1,4 +1,4 @@
-"""The batch fold engine: the events topic consumed in large batches, offsets from Postgres.
+"""The fold engine: the events topic consumed in large batches, positions from the stores.
 
 Why not a faust agent: faust-streaming moves every message through its own
 per-event machinery (Message and Event objects, stream processors, per-offset ack
@@ -6,46 +6,70 @@ bookkeeping). On this project's 2-core machine a do-nothing ``take_events`` agen
 reads ~11,000 events/s, while aiokafka's ``getmany`` reads ~550,000 (bench figures in
 docs/processor.md). The fold's own work is ~50 us/event, so to fold 20,000 events/s
 the consumption itself must be nearly free. This engine runs inside the faust worker
-(as an app task), in the consumer group ``settings.consumer_group``; the faust-agent
-engine (``RESULTLOG_FOLD_ENGINE=agent``) remains for comparison.
+(as an app task), in the consumer group ``settings.consumer_group``.
 
-Offsets: each store records the offsets it has folded atomically with the data (the
-tracking record in the same Postgres transaction as the history rows; an offsets
-hash in the same Redis script call as the view). On every assignment the consumer
-seeks each partition to the minimum of the two, so a restart resumes exactly where
-both stores are complete. Kafka's committed offsets are written after both, and used
-only where the stores have no record (a new group) and by Kafka's lag tools.
+Positions. Each store records the offsets it has folded atomically with the data (the
+tracking record in the same Postgres transaction as the history rows; the view's
+offsets hash in the same Redis script call as the view). On every assignment each
+partition is positioned from the stores, never from Kafka's committed offsets:
+
+- both stores know it: resume at the smaller position (a crash between the two writes
+  re-reads that tail; the writes are idempotent);
+- the Redis view knows nothing of it while the history does (Redis restarted empty,
+  flushed, failed over): the view is *claimed* (``views/coverage.py``): its position
+  becomes the history's, the gap before it is recorded and rebuilt from the log in the
+  background (``processors/rebuild.py``) while the fold goes on from the history's
+  position;
+- the history knows nothing of it: start at the beginning of the log.
+
+While running, the same claim happens when a write finds the view lost
+(:class:`~resultlog.errors.ViewLost`: fold.lua refuses to write a partition whose
+position is missing or behind the batch) and when a check once a second finds a
+position missing (a FLUSHDB while no events flow).
+
+Kafka's committed offsets are written once a second under any load, as the positions
+of batches both stores hold: they serve Kafka's lag tools, not the fold.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from typing import Any
+from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.errors import CommitFailedError, KafkaError  # type: ignore[import-untyped]
 
-from resultlog.errors import BrokerUnavailable, ResultlogError
+from resultlog.errors import BrokerUnavailable, ResultlogError, StoreUnavailable, ViewLost
+from resultlog.processors.rebuild import ViewRebuilder
 from resultlog.processors.sink import FoldSink, PipelinedWriter, Prepared, SinkStats
 from resultlog.settings import Settings
+from resultlog.views.coverage import Claim, ViewCoverage
 
 log = logging.getLogger("resultlog.processor")
 
-BATCH_MAX = 5000
+BATCH_MAX: Final = 5000
+#: Kafka's committed offsets (for lag tools) are written this often, under any load.
+COMMIT_INTERVAL_S: Final = 1.0
+#: How often the view's positions are checked while no write would notice a loss.
+VIEW_CHECK_INTERVAL_S: Final = 1.0
+#: How long an assignment keeps retrying stores that do not answer before the processor
+#: stops with the reason (a supervisor restarts it; nothing is folded meanwhile anyway).
+ASSIGN_PATIENCE_S: Final = 60.0
 
 
-class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Positioning(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, engine: BatchFoldEngine) -> None:
         self.engine = engine
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         # The batch in flight finishes in the fold loop; its writes are idempotent and
         # its offsets only move forward (GREATEST), so a new owner may safely overlap.
-        pass
+        self.engine.revoked({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        await self.engine.seek_to_stored(set(assigned))
+        await self.engine.assigned(set(assigned))
 
 
 class BatchFoldEngine:
@@ -54,30 +78,137 @@ class BatchFoldEngine:
         self.sink = sink
         self.stats = stats
         self.consumer: AIOKafkaConsumer | None = None
+        self.coverage: ViewCoverage | None = None
+        self.rebuilder: ViewRebuilder | None = None
+        # Per assigned partition: the offset the next fetched batch starts at.
+        self._next: dict[int, int] = {}
+        # Per partition: the next offset both stores hold (written batches): what Kafka
+        # is told at the next commit.
+        self._written: dict[int, int] = {}
+        # A failure aiokafka's rebalance listener would swallow; the fold loop raises it.
+        self._failure: BaseException | None = None
 
-    async def seek_to_stored(self, assigned: set[TopicPartition]) -> None:
-        assert self.consumer is not None
-        stored = await self.sink.resume_offsets(self.settings.events_topic)
-        for tp in assigned:
-            if tp.partition in stored:
-                self.consumer.seek(tp, stored[tp.partition])
-        log.info("assigned %s; resuming at stored offsets %s",
-                 sorted(tp.partition for tp in assigned),
-                 {p: o for p, o in sorted(stored.items()) if TopicPartition(self.settings.events_topic, p) in assigned})
+    # -- positions --------------------------------------------------------------------
 
-    async def _write(self, prepared: Prepared) -> SinkStats:
-        """Write a batch, retrying while a store or the broker is unavailable: writes
-        are idempotent, and the batch must land before any later one does."""
+    async def assigned(self, assigned: set[TopicPartition]) -> None:
+        """Position every assigned partition from the stores (see the module docstring).
+
+        Never raises: aiokafka logs and drops a listener's exception, and the consumer
+        would then read from Kafka's committed offsets. A store that does not answer is
+        retried for ASSIGN_PATIENCE_S; after that, or on any other error, the failure is
+        kept for the fold loop, which stops the processor with it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ASSIGN_PATIENCE_S
         delay = 0.1
         while True:
             try:
-                return await self.sink.write(prepared)
+                await self._position(assigned)
+                return
+            except (ResultlogError, KafkaError) as exc:
+                # A KafkaError here is the broker not answering a metadata request.
+                retriable = exc.retriable if isinstance(exc, ResultlogError) else True
+                if not retriable or loop.time() + delay > deadline:
+                    log.critical("cannot position partitions %s from the stores: %s; stopping",
+                                 sorted(tp.partition for tp in assigned), exc)
+                    self._failure = exc
+                    return
+                log.warning("positioning partitions %s failed (%s); retrying in %.1fs",
+                            sorted(tp.partition for tp in assigned), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def revoked(self, partitions: set[int]) -> None:
+        for p in partitions:
+            self._next.pop(p, None)
+
+    async def _position(self, assigned: set[TopicPartition]) -> None:
+        consumer, coverage = self.consumer, self.coverage
+        assert consumer is not None and coverage is not None and self.sink.history is not None
+        if not assigned:
+            return
+        begin = {tp.partition: o for tp, o in (await consumer.beginning_offsets(list(assigned))).items()}
+        history = await self.sink.history.committed_offsets(self.settings.consumer_group,
+                                                            self.settings.events_topic)
+        gaps, whole_view_lost = await self._claim(
+            {p: Claim(b, history.get(p, b)) for p, b in begin.items()})
+        positions = (await coverage.read()).positions
+        resume = {}
+        for tp in assigned:
+            p = tp.partition
+            start = max(begin[p], min(history.get(p, begin[p]), positions.get(p, begin[p])))
+            consumer.seek(tp, start)
+            self._next[p] = resume[p] = start
+        log.info("assigned %s; resuming at %s (from the stores' positions)",
+                 sorted(resume), dict(sorted(resume.items())))
+        if gaps:
+            assert self.rebuilder is not None
+            self.rebuilder.add(gaps, chords_lost=whole_view_lost)
+
+    async def _claim(self, claims: dict[int, Claim]) -> tuple[dict[int, tuple[int, int]], bool]:
+        """Claim the partitions the view lost; returns the gaps to rebuild, and whether
+        the view's whole record was gone (so chord views went with it)."""
+        assert self.coverage is not None
+        before = await self.coverage.read()
+        gaps = await self.coverage.claim(claims)
+        lost = {p: g for p, g in gaps.items() if p not in before.gaps or before.gaps[p] != g}
+        if lost:
+            log.warning("the Redis view lacks events the log holds: %s",
+                        ", ".join(f"partition {p} [{a}, {b})" for p, (a, b) in sorted(lost.items())))
+        return gaps, not before.exists and bool(gaps)
+
+    async def _heal(self, known: dict[int, int]) -> None:
+        """The view lost partitions while running: claim them (``known``: partition ->
+        the position this processor saw the view reach, -1 if none) and rebuild."""
+        assert self.consumer is not None and self.sink.history is not None and self.rebuilder is not None
+        topic = self.settings.events_topic
+        tps = [TopicPartition(topic, p) for p in known]
+        try:
+            begin = {tp.partition: o for tp, o in (await self.consumer.beginning_offsets(tps)).items()}
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"cannot read where the log begins: {exc!r}") from exc
+        history = await self.sink.history.committed_offsets(self.settings.consumer_group, topic)
+        gaps, whole_view_lost = await self._claim(
+            {p: Claim(b, history.get(p, b), known[p]) for p, b in begin.items()})
+        self.rebuilder.add(gaps, chords_lost=whole_view_lost)
+
+    async def _check_view(self) -> None:
+        """A loss no write would notice (no events flowing): any assigned partition
+        whose position is gone is claimed now."""
+        assert self.coverage is not None
+        missing = await self.coverage.missing(set(self._next))
+        if missing:
+            await self._heal({p: -1 for p in missing})
+
+    # -- writing ----------------------------------------------------------------------
+
+    async def _write(self, prepared: Prepared) -> SinkStats:
+        """Write a batch, retrying while a store or the broker is unavailable: writes
+        are idempotent, and the batch must land before any later one does. A view that
+        lost what it held is claimed and rebuilt, and the batch written again."""
+        delay = 0.1
+        while True:
+            try:
+                stats = await self.sink.write(prepared)
+                for (_, p), o in prepared.offsets.items():
+                    if o > self._written.get(p, -1):
+                        self._written[p] = o
+                return stats
+            except ViewLost as exc:
+                assert prepared.starts is not None
+                log.warning("%s; claiming and rebuilding it", exc)
+                try:
+                    await self._heal({p: o for (_, p), o in prepared.starts.items()})
+                    continue
+                except ResultlogError as heal_exc:
+                    if not heal_exc.retriable:
+                        raise
+                    log.warning("claiming the view failed (%s); retrying in %.1fs", heal_exc, delay)
             except ResultlogError as exc:
                 if not exc.retriable:
                     raise
                 log.warning("writing a batch failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     def _account(self, stats: SinkStats) -> None:
         self.stats.add(stats)
@@ -85,9 +216,34 @@ class BatchFoldEngine:
             log.warning("%d record(s) sent to dead letters (%s)",
                         stats.dead_letters, self.settings.dead_letter_topic)
 
+    def _starts(self, fetched: dict[TopicPartition, list[Any]]) -> dict[tuple[str, int], int]:
+        """Where this batch begins per partition; moves each partition's next start on."""
+        starts = {}
+        for tp, messages in fetched.items():
+            p = tp.partition
+            starts[(tp.topic, p)] = self._next.get(p, messages[0].offset)
+            self._next[p] = messages[-1].offset + 1
+        return starts
+
+    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        topic = self.settings.events_topic
+        owned = {tp.partition for tp in consumer.assignment()}
+        offsets = {TopicPartition(topic, p): o for p, o in self._written.items() if p in owned}
+        self._written.clear()
+        if offsets:
+            try:
+                await consumer.commit(offsets)
+            except (CommitFailedError, KafkaError) as exc:
+                log.info("Kafka offset commit skipped (lag tools only): %r", exc)
+
+    # -- the loop ---------------------------------------------------------------------
+
     async def run(self) -> None:
         s = self.settings
         await self.sink.start()
+        assert self.sink.redis is not None, "the live fold writes the Redis view"
+        self.coverage = ViewCoverage(s, self.sink.redis.client, s.consumer_group)
+        self.rebuilder = ViewRebuilder(s, self.coverage, self.sink.redis)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap_servers,
             group_id=s.consumer_group,
@@ -96,7 +252,7 @@ class BatchFoldEngine:
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_wait_ms=5,  # low latency at low rates; batches fill under load anyway
         )
-        consumer.subscribe([s.events_topic], listener=_SeekToStoredOffsets(self))
+        consumer.subscribe([s.events_topic], listener=_Positioning(self))
         self.consumer = consumer
         try:
             await consumer.start()
@@ -106,30 +262,34 @@ class BatchFoldEngine:
                 f"cannot reach Kafka at {s.kafka_bootstrap_servers}: {exc!r} "
                 "(RESULTLOG_KAFKA_BOOTSTRAP_SERVERS)") from exc
         writer = PipelinedWriter(self._write, self._account)
-        last_commit = 0.0
-        pending_commit: dict[TopicPartition, int] = {}
+        loop = asyncio.get_running_loop()
+        last_commit = last_check = loop.time()
         try:
             while True:
                 fetched = await consumer.getmany(timeout_ms=100, max_records=BATCH_MAX)
+                if self._failure is not None:
+                    raise self._failure
                 if fetched:
-                    await writer.submit(await self.sink.prepare_yielding(
-                        [m for messages in fetched.values() for m in messages]))
-                    for tp, ms in fetched.items():
-                        pending_commit[tp] = ms[-1].offset + 1
+                    # Before preparing: a rebalance during prepare's yields re-positions.
+                    starts = self._starts(fetched)
+                    prepared = await self.sink.prepare_yielding(
+                        [m for messages in fetched.values() for m in messages])
+                    await writer.submit(dataclasses.replace(prepared, starts=starts))
                 else:
                     await writer.wait()
-                loop_time = asyncio.get_running_loop().time()
-                if writer.idle and pending_commit and loop_time - last_commit > 1.0:
-                    # Kafka's offsets serve only lag tools and a group the stores do not
-                    # know yet; committing them once a second is plenty.
-                    last_commit = loop_time
+                now = loop.time()
+                if now - last_commit >= COMMIT_INTERVAL_S:
+                    last_commit = now
+                    await self._commit(consumer)
+                if now - last_check >= VIEW_CHECK_INTERVAL_S:
+                    last_check = now
                     try:
-                        await consumer.commit(pending_commit)
-                        pending_commit = {}
-                    except (CommitFailedError, KafkaError) as exc:
-                        log.info("Kafka offset commit skipped: %r", exc)
+                        await self._check_view()
+                    except StoreUnavailable as exc:
+                        log.warning("checking the view's positions failed: %s", exc)
         finally:
             await writer.settle()
+            await self.rebuilder.close()
             self.consumer = None
             await consumer.stop()
             await self.sink.close()

@@ -25,6 +25,7 @@ from resultlog.processors.progress import Progress
 from resultlog.processors.replayworkers import run_shares, split
 from resultlog.processors.sink import FoldSink, SinkStats
 from resultlog.settings import Settings
+from resultlog.views.coverage import Claim, ViewCoverage
 from resultlog.views.history import HistoryStore
 
 REPLAY_GROUP_SUFFIX = ".replay"
@@ -111,6 +112,19 @@ async def clear_redis_offsets(settings: Settings, group: str) -> None:
         await client.aclose()
 
 
+async def record_live_positions(settings: Settings, plan: Slice) -> None:
+    """After a replay of the whole log into Redis: tell the live processor's view record
+    (views/coverage.py) that the view holds the log up to the replay's end, where it
+    has no record, so its next start does not rebuild again what the replay just did.
+    A partition it has a record of keeps it (the processor resumes from its stores)."""
+    client: Redis = Redis.from_url(settings.redis_url)
+    try:
+        coverage = ViewCoverage(settings, client, settings.consumer_group)
+        await coverage.claim({p: Claim(end, end) for p, end in plan.end.items()})
+    finally:
+        await client.aclose()
+
+
 async def replay(
     settings: Settings,
     *,
@@ -185,6 +199,8 @@ async def replay(
                          batch_records=batch_records, on_batch=done, store=store)
         if bar is not None:
             bar.finish()
+        if redis and from_timestamp_ms is None and not from_offsets:
+            await record_live_positions(settings, plan)
         if redis:
             # Chord views come from the chords topic, the aggregator's own input.
             from resultlog.processors.chords import rebuild_chord_views

@@ -90,6 +90,9 @@ class Prepared:
     bad: list[DeadLetter]
     chord_traffic: list[tuple[bytes, bytes]]
     offsets: dict[tuple[str, int], int]
+    # The live fold only: where the batch begins in each partition. The Redis view must
+    # already cover these starts, else the write raises ViewLost (views/coverage.py).
+    starts: dict[tuple[str, int], int] | None = None
 
 
 @dataclass(slots=True)
@@ -220,7 +223,11 @@ class FoldSink:
         return await self.write(self.prepare(records))
 
     async def write(self, batch: Prepared) -> SinkStats:
-        """Store a prepared batch; see the module docstring for why in this order."""
+        """Store a prepared batch; see the module docstring for why in this order.
+
+        A batch with ``starts`` (the live fold) raises
+        :class:`~resultlog.errors.ViewLost` after the history was written if the Redis
+        view does not cover them (see ``views/coverage.py``)."""
         assert self.history is not None and self.dead_letters is not None, "FoldSink.start() first"
         stats = SinkStats(read=batch.read)
         bad, chord_traffic, offsets = batch.bad, batch.chord_traffic, batch.offsets
@@ -239,7 +246,8 @@ class FoldSink:
             await self.history.write_rows([], set(), offsets, consumer_group=self.consumer_group)
         if self.write_redis and self.redis is not None:
             stats.redis_changed = await self.redis.apply_rows(
-                batch.view_tasks, batch.view_rows, offsets, consumer_group=self.consumer_group)
+                batch.view_tasks, batch.view_rows, offsets, consumer_group=self.consumer_group,
+                starts=batch.starts)
         return stats
 
 

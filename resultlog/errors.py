@@ -69,6 +69,18 @@ class StoreUnavailable(ResultlogError):
     retriable = True
 
 
+class ViewLost(ResultlogError):
+    """The Redis view no longer holds what its recorded position says (a restart without
+    persistence, a FLUSHDB, a failover to an empty replica, an evicted offsets hash).
+
+    Raised by a live fold write that found its partition's position missing or behind
+    the batch; the processor then records the gap and rebuilds it from the log."""
+
+    def __init__(self, message: str, partitions: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.partitions = partitions
+
+
 class ResultTimeout(ResultlogError, TimeoutError):
     """``get()`` waited longer than its timeout for a task to finish."""
 

@@ -26,7 +26,10 @@ CHORD_STATE_CHANGELOG_SUFFIX = ".chord-state-changelog"
 DEFAULT_REDIS_PREFIX = "resultlog:"
 # {prefix}task:{task_id}       hash: the latest state of one task (see views/fold.lua)
 # {prefix}done:{task_id}       pub/sub channel: a task reached a ready state
-# {prefix}offsets:{group}     hash: "topic:partition" -> next offset folded into the view
+# {prefix}offsets:{group}     hash: "topic:partition" -> next offset folded into the view,
+#                              and "gap:topic:partition" -> "start:end", events of that
+#                              range the view lacks and the processor is rebuilding
+#                              (views/coverage.py)
 # {prefix}chord:{chord_id}     hash: a chord's progress
 # {prefix}chorddone:{chord_id} pub/sub channel: a chord completed or failed
 # {prefix}chordhook:{completion_event_id}  string: the claim of a completion's hook run (SET NX)
@@ -90,6 +93,19 @@ def _glob_escape(text: str) -> str:
 def offsets_key(prefix: str, consumer_group: str) -> str:
     """Hash: "topic:partition" -> next offset, written atomically with the view."""
     return f"{prefix}offsets:{consumer_group}"
+
+
+def position_field(topic: str, partition: int) -> str:
+    """The offsets hash's field for one partition's position."""
+    return f"{topic}:{partition}"
+
+
+def gap_field(topic: str, partition: int) -> str:
+    """The offsets hash's field for one partition's range being rebuilt."""
+    return GAP_FIELD_PREFIX + position_field(topic, partition)
+
+
+GAP_FIELD_PREFIX = "gap:"
 
 
 def chord_key(prefix: str, chord_id: str) -> str:

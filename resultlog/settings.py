@@ -60,8 +60,6 @@ class Settings:
     consumer_group: str = names.DEFAULT_CONSUMER_GROUP
     kafka_timeout_s: float = 10.0
     max_event_bytes: int = 1_000_000
-    # "batch": aiokafka batches in the faust worker (fast); "agent": a faust agent.
-    fold_engine: str = "batch"
     # Run once per completed chord by the processor: "package.module:function" taking a
     # ChordCompleted (sync or async); empty for none. See docs/chords.md.
     chord_hook: str = ""
@@ -173,8 +171,6 @@ def _check(s: Settings) -> None:
         raise bad("postgres_dsn", "expected postgresql://user:password@host:port/db")
     if not _IDENT_RE.match(s.postgres_schema):
         raise bad("postgres_schema", "a lower-case SQL identifier")
-    if s.fold_engine not in ("batch", "agent"):
-        raise bad("fold_engine", "one of batch, agent")
     if s.chord_hook and not _HOOK_RE.match(s.chord_hook):
         raise bad("chord_hook", "empty, or package.module:function")
     if s.test_services not in ("auto", "local", "docker", "env"):

@@ -13,21 +13,28 @@ import asyncio
 import importlib
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from resultlog import names
-from resultlog.errors import ResultTimeout, StoreUnavailable
+from resultlog.errors import ConfigurationError, ResultTimeout, StoreUnavailable
 from resultlog.schemas.event import TaskEvent, validate_task_id
-from resultlog.schemas.fold import TaskView
+from resultlog.schemas.fold import TaskView, fold
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.views._redis import async_client, sync_client, translated
 from resultlog.views.exceptions import ExceptionRebuilder
 from resultlog.views.notify import Notifier
-from resultlog.views.redis_view import RedisView, view_from_hash, view_from_push
+from resultlog.views.redis_view import (
+    READ_CHECKED_SCRIPT,
+    RedisView,
+    checked_read_call,
+    checked_read_reply,
+    view_from_push,
+)
 
 # Module aliases: inside ResultBackend the bare names are its factory methods.
 from resultlog.views import chords as _chords
@@ -36,6 +43,7 @@ from resultlog.views import result as _result
 
 if TYPE_CHECKING:
     import redis
+    from redis.commands.core import Script
 
 T = TypeVar("T")
 
@@ -88,11 +96,45 @@ class AioState:
 
     async def read(self, task_id: str) -> TaskView | None:
         async with self._op():
-            return await self.view.get(task_id)
+            return (await self._read_views([task_id]))[0]
 
     async def read_many(self, task_ids: Sequence[str]) -> list[TaskView | None]:
         async with self._op():
-            return await self.view.get_many(task_ids)
+            return await self._read_views(task_ids)
+
+    async def _read_views(self, task_ids: Sequence[str]) -> list[TaskView | None]:
+        views, whole = await self.view.read_checked(task_ids)
+        if whole:
+            return views
+        return await self.fill_from_history(task_ids, views)
+
+    async def fill_from_history(self, task_ids: Sequence[str], views: list[TaskView | None]
+                                ) -> list[TaskView | None]:
+        """``views`` with each missing task folded from the history instead.
+
+        For a Redis view that is not whole (lost, being rebuilt: views/coverage.py): a
+        task it lacks may be one the log holds, and the history has every event the
+        processor folded, so its fold is the view Redis would hold (expiry included).
+        A history that cannot be read is an error, never a silent PENDING."""
+        history = await self._history_source()
+        ttl_ms = self.settings.result_ttl_s * 1000
+        now_ms = int(time.time() * 1000)
+        out = list(views)
+        for i, (task_id, view) in enumerate(zip(task_ids, views)):
+            if view is not None:
+                continue
+            try:
+                events = await history.history(task_id)
+            except ConfigurationError:
+                return out  # no history tables yet: nothing was ever folded
+            except StoreUnavailable as exc:
+                raise StoreUnavailable(
+                    f"the Redis view is being rebuilt and lacks task {task_id}, and the "
+                    f"history cannot be read instead: {exc}") from exc
+            folded = fold(events).get(task_id)
+            if folded is not None and (not ttl_ms or folded.timestamp + ttl_ms > now_ms):
+                out[i] = folded
+        return out
 
     async def forget(self, task_id: str) -> bool:
         async with self._op():
@@ -102,7 +144,7 @@ class AioState:
         """The task's view once it is ready; :class:`ResultTimeout` after ``timeout`` s."""
         async with self._op():
             deadline = None if timeout is None else self.loop.time() + timeout
-            view = await self.view.get(task_id)
+            view = (await self._read_views([task_id]))[0]
             if _ready(view):
                 assert view is not None
                 return view
@@ -118,7 +160,7 @@ class AioState:
                     # Subscribed first, read second: see notify.py.
                     while True:
                         watch.clear()
-                        view = await self.view.get(task_id)
+                        view = (await self._read_views([task_id]))[0]
                         if _ready(view):
                             assert view is not None
                             return view
@@ -150,7 +192,7 @@ class AioState:
         self, task_ids: Sequence[str], timeout: float | None, stop_at_failure: bool
     ) -> list[TaskView]:
         deadline = None if timeout is None else self.loop.time() + timeout
-        views = await self.view.get_many(task_ids)
+        views = await self._read_views(task_ids)
         pending: dict[int, asyncio.Task[TaskView]] = {}
         try:
             for i, (task_id, view) in enumerate(zip(task_ids, views)):
@@ -181,12 +223,15 @@ class AioState:
     async def history(self, task_id: str) -> list[TaskEvent]:
         validate_task_id(task_id)
         async with self._op():
-            async with self._history_lock:
-                if self._history is None:
-                    history = _open_history(self.settings)
-                    await history.start()
-                    self._history = history
-            return await self._history.history(task_id)
+            return await (await self._history_source()).history(task_id)
+
+    async def _history_source(self) -> _HistorySource:
+        async with self._history_lock:
+            if self._history is None:
+                history = _open_history(self.settings)
+                await history.start()
+                self._history = history
+            return self._history
 
     async def aclose(self) -> None:
         """Release waiters (they raise RuntimeError), let reads finish, close connections."""
@@ -268,6 +313,7 @@ class ResultBackend:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._sync: redis.Redis | None = None
+        self._read_script: Script | None = None
         self._thread: _LoopThread | None = None
         self._aio: AioState | None = None
         self._closed = False
@@ -309,23 +355,21 @@ class ResultBackend:
     # --- sync primitives (the caller's thread, or the waiter thread) -----------------
 
     def read(self, task_id: str) -> TaskView | None:
-        validate_task_id(task_id)
-        with translated("reading a task"):
-            fields = self._client().hgetall(names.task_key(self.settings.redis_prefix, task_id))
-        return view_from_hash(task_id, fields)
+        return self.read_many([task_id])[0]
 
     def read_many(self, task_ids: Sequence[str]) -> list[TaskView | None]:
-        for task_id in task_ids:
-            validate_task_id(task_id)
         if not task_ids:
             return []
-        prefix = self.settings.redis_prefix
+        keys, args = checked_read_call(self.settings, task_ids)
+        self._client()
+        assert self._read_script is not None
         with translated("reading tasks"):
-            with self._client().pipeline(transaction=False) as pipe:
-                for task_id in task_ids:
-                    pipe.hgetall(names.task_key(prefix, task_id))
-                replies = pipe.execute()
-        return [view_from_hash(t, r) for t, r in zip(task_ids, replies)]
+            replies = self._read_script(keys=keys, args=args)
+        views, whole = checked_read_reply(task_ids, replies)
+        if whole:
+            return views
+        state = self._waiter().state
+        return self._waiter().call(lambda: state.fill_from_history(task_ids, views))
 
     def forget(self, task_id: str) -> bool:
         validate_task_id(task_id)
@@ -356,7 +400,9 @@ class ResultBackend:
         if self._sync is None:
             with self._lock:
                 if self._sync is None:
-                    self._sync = sync_client(self.settings)
+                    client = sync_client(self.settings)
+                    self._read_script = client.register_script(READ_CHECKED_SCRIPT)
+                    self._sync = client
         return self._sync
 
     def _waiter(self) -> _LoopThread:

@@ -47,7 +47,9 @@ Arguments (all strings):
                  "1", the last key is the offsets hash instead (see below)
   ARGV[1]        "1": expire (PEXPIREAT), "0": never expire (PERSIST)
   ARGV[2..4]     W, S, R: number of winner fields, sticky fields, ready states
-  ARGV[5]        "1" when the call also records consumed offsets, else "0"
+  ARGV[5]        "1" when the call also records consumed offsets, "2" when it also
+                 requires the view to cover the batch (the live fold; see below),
+                 else "0"
   next W+S+R     the winner field names, sticky field names, ready state names
   next #tasks    the done channel of each task key, in KEYS order
   next           JSON array: the key index k of each event's task, in event order
@@ -63,16 +65,23 @@ Arguments (all strings):
                  offsets hash with a maximum, in the same atomic call as the views,
                  so a processor restarting from these offsets never skips an event
                  whose view change is not in Redis.
+  next (ARGV[5] "2") JSON object {"topic:partition": first_offset}: where the batch
+                 starts in each partition. Every such partition's recorded offset must
+                 exist and be at least that start, else the view lost what it says it
+                 holds (Redis restarted empty, flushed, failed over, the hash evicted):
+                 the call writes nothing and returns -1, and the processor claims the
+                 gap and rebuilds it (views/coverage.py). Without this check a live
+                 write would recreate the offsets hash and hide the loss for ever.
 
   {prefix}offsets:{consumer group}   hash: "topic:partition" -> next offset to read
-Returns the number of tasks whose stored view changed.
+Returns the number of tasks whose stored view changed, or -1 (see ARGV[5] "2").
 ]]
 
 local PUSH_LIMIT = 65536
 local byte, call = string.byte, redis.call  -- locals: no global lookups in the loops
 local expiring = ARGV[1] == '1'
 local nwin, nsticky, nready = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local with_offsets = ARGV[5] == '1'
+local with_offsets = ARGV[5] ~= '0'
 local ntasks = #KEYS
 if with_offsets then ntasks = ntasks - 1 end
 local pos = 6
@@ -90,6 +99,13 @@ local event_keys = cjson.decode(ARGV[pos])
 local events = cjson.decode(ARGV[pos + 1])
 local offsets = nil
 if with_offsets then offsets = cjson.decode(ARGV[pos + 2]) end
+if ARGV[5] == '2' then
+  local okey = KEYS[#KEYS]
+  for field, first in pairs(cjson.decode(ARGV[pos + 3])) do
+    local current = tonumber(call('HGET', okey, field))
+    if current == nil or current < first then return -1 end
+  end
+end
 
 local state_slot = nil
 for i = 1, nwin do if win_fields[i] == 'state' then state_slot = i end end

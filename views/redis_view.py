@@ -17,11 +17,13 @@ from typing import Any, Final
 import redis.asyncio
 
 from resultlog import names
+from resultlog.errors import ViewLost
 from resultlog.schemas.event import ExceptionInfo, TaskEvent, validate_task_id
 from resultlog.schemas.fold import STICKY_FIELDS, TaskView
 from resultlog.schemas.states import READY_STATES, State
 from resultlog.settings import Settings
 from resultlog.views._redis import async_client, text, translated
+from resultlog.views.coverage import WHOLE_LUA
 
 SCRIPT: Final = Path(__file__).with_name("fold.lua").read_text(encoding="utf-8")
 # Each key's HGETALL as ONE JSON string ("" for a missing key): redis-py parses a reply
@@ -33,6 +35,21 @@ for i, key in ipairs(KEYS) do
   local fields = redis.call('HGETALL', key)
   if #fields == 0 then out[i] = '' else out[i] = cjson.encode(fields) end
 end
+return out
+"""
+# READ_MANY_SCRIPT's answer, and one more element: "1" if the view is whole (every
+# partition has a position and none is being rebuilt: views/coverage.py), "0" if not,
+# so a miss can be told from a task the view may have lost. Checked only on a miss.
+# KEYS: the task hashes, then the offsets hash; ARGV: the events topic, its partitions.
+READ_CHECKED_SCRIPT: Final = WHOLE_LUA + """
+local n = #KEYS - 1
+local out, missed = {}, false
+for i = 1, n do
+  local fields = redis.call('HGETALL', KEYS[i])
+  if #fields == 0 then out[i] = ''; missed = true else out[i] = cjson.encode(fields) end
+end
+out[n + 1] = '1'
+if missed and not view_whole(KEYS[n + 1], ARGV[1], tonumber(ARGV[2])) then out[n + 1] = '0' end
 return out
 """
 
@@ -105,9 +122,11 @@ def script_call_rows(
     rows: Sequence[list[Any]],
     offsets: Mapping[tuple[str, int], int] | None = None,
     consumer_group: str | None = None,
+    starts: Mapping[tuple[str, int], int] | None = None,
 ) -> tuple[list[str], list[str]]:
     """:func:`script_call` for rows built by :func:`view_row` (``task_ids[i]`` is the
-    task of ``rows[i]``)."""
+    task of ``rows[i]``). ``starts`` (with ``offsets``): where the batch begins in each
+    partition, which the view must already cover (fold.lua's ARGV[5] "2")."""
     prefix = settings.redis_prefix
     index: dict[str, int] = {}
     ks = []
@@ -118,8 +137,8 @@ def script_call_rows(
         ks.append(k)
     keys = [names.task_key(prefix, task_id) for task_id in index]
     with_offsets = offsets is not None
-    args = ["1" if settings.result_ttl_s else "0", *_HEADER[:3], "1" if with_offsets else "0",
-            *_HEADER[3:]]
+    mode = "0" if not with_offsets else "2" if starts is not None else "1"
+    args = ["1" if settings.result_ttl_s else "0", *_HEADER[:3], mode, *_HEADER[3:]]
     args += [names.task_done_channel(prefix, task_id) for task_id in index]
     args.append(json.dumps(ks, separators=(",", ":")))
     args.append(json.dumps(rows, ensure_ascii=False, separators=(",", ":")))
@@ -127,7 +146,9 @@ def script_call_rows(
         if not consumer_group:
             raise ValueError("recording offsets needs the consumer group")
         keys.append(names.offsets_key(prefix, consumer_group))
-        args.append(json.dumps({f"{t}:{p}": o for (t, p), o in offsets.items()}))
+        args.append(json.dumps({names.position_field(t, p): o for (t, p), o in offsets.items()}))
+        if starts is not None:
+            args.append(json.dumps({names.position_field(t, p): o for (t, p), o in starts.items()}))
     return keys, args
 
 
@@ -176,6 +197,24 @@ def view_from_push(task_id: str, payload: str | None) -> TaskView | None:
     return view_from_hash(task_id, _pairs(json.loads(payload)))
 
 
+def checked_read_call(settings: Settings, task_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(keys, args)`` of one READ_CHECKED_SCRIPT call reading ``task_ids``."""
+    for task_id in task_ids:
+        validate_task_id(task_id)
+    prefix = settings.redis_prefix
+    keys = [names.task_key(prefix, t) for t in task_ids]
+    keys.append(names.offsets_key(prefix, settings.consumer_group))
+    return keys, [settings.events_topic, str(settings.topic_partitions)]
+
+
+def checked_read_reply(task_ids: Sequence[str], replies: Sequence[Any]
+                       ) -> tuple[list[TaskView | None], bool]:
+    """READ_CHECKED_SCRIPT's reply: the views in order, and whether the view is whole."""
+    views = [None if not r else view_from_hash(t, _pairs(json.loads(text(r))))
+             for t, r in zip(task_ids, replies)]
+    return views, text(replies[-1]) == "1"
+
+
 class RedisView:
     """Folds event batches into Redis and reads tasks back (asyncio).
 
@@ -189,6 +228,7 @@ class RedisView:
         self._client = async_client(settings) if client is None else client
         self._script = self._client.register_script(SCRIPT)
         self._read_many = self._client.register_script(READ_MANY_SCRIPT)
+        self._read_checked = self._client.register_script(READ_CHECKED_SCRIPT)
 
     @property
     def client(self) -> redis.asyncio.Redis:
@@ -221,14 +261,28 @@ class RedisView:
         offsets: Mapping[tuple[str, int], int] | None = None,
         *,
         consumer_group: str | None = None,
+        starts: Mapping[tuple[str, int], int] | None = None,
     ) -> int:
         """:meth:`apply` for rows already built by :func:`view_row` (or
-        ``processors/fastrows.py``); ``task_ids[i]`` is the task of ``rows[i]``."""
+        ``processors/fastrows.py``); ``task_ids[i]`` is the task of ``rows[i]``.
+
+        With ``starts`` (the live fold: where the batch begins in each partition) the
+        view must already cover every start, else nothing is written and
+        :class:`ViewLost` names the partitions (see ``views/coverage.py``)."""
         if not rows and not offsets:
             return 0
-        keys, args = script_call_rows(self.settings, task_ids, rows, offsets, consumer_group)
+        keys, args = script_call_rows(self.settings, task_ids, rows, offsets, consumer_group,
+                                      starts)
         with translated("folding events into the view"):
-            return int(await self._script(keys=keys, args=args))
+            changed = int(await self._script(keys=keys, args=args))
+        if changed < 0:
+            assert starts is not None
+            raise ViewLost(
+                "the Redis view lacks events it had recorded as folded (restarted empty, "
+                "flushed or failed over?) in partition(s) "
+                + ", ".join(str(p) for _, p in sorted(starts)),
+                tuple(sorted(p for _, p in starts)))
+        return changed
 
     async def get(self, task_id: str) -> TaskView | None:
         validate_task_id(task_id)
@@ -247,6 +301,14 @@ class RedisView:
             replies = await self._read_many(keys=[names.task_key(prefix, t) for t in task_ids])
         return [None if not r else view_from_hash(t, _pairs(json.loads(r)))
                 for t, r in zip(task_ids, replies)]
+
+    async def read_checked(self, task_ids: Sequence[str]) -> tuple[list[TaskView | None], bool]:
+        """:meth:`get_many`, and whether the view is whole: a task missing from a view
+        that is not whole may be one the log holds (see ``views/coverage.py``)."""
+        keys, args = checked_read_call(self.settings, task_ids)
+        with translated("reading tasks"):
+            replies = await self._read_checked(keys=keys, args=args)
+        return checked_read_reply(task_ids, replies)
 
     async def forget(self, task_id: str) -> bool:
         """Drop the task's hash; True if there was one. A later event recreates it."""

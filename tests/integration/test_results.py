@@ -123,14 +123,14 @@ async def test_success_and_its_attributes(backend: ResultBackend, view: RedisVie
 async def test_get_waits_by_push_and_never_polls(backend: ResultBackend, view: RedisView, monkeypatch: pytest.MonkeyPatch) -> None:
     state = backend.aio()
     reads = 0
-    real_get = state.view.get
+    real_read = state.view.read_checked
 
-    async def counting_get(task_id: str) -> TaskView | None:
+    async def counting_read(task_ids: Sequence[str]) -> tuple[list[TaskView | None], bool]:
         nonlocal reads
         reads += 1
-        return await real_get(task_id)
+        return await real_read(task_ids)
 
-    monkeypatch.setattr(state.view, "get", counting_get)
+    monkeypatch.setattr(state.view, "read_checked", counting_read)
     waiter = asyncio.create_task(backend.AioAsyncResult("t").get(timeout=10))
     await asyncio.sleep(0.6)
     assert not waiter.done()
@@ -157,18 +157,18 @@ async def test_a_result_written_just_before_subscribing_is_seen(
     # The first read misses it, and its publish goes out before the waiter listens:
     # only the read after subscribing can find it.
     state = backend.aio()
-    real_get = state.view.get
+    real_read = state.view.read_checked
     first = True
 
-    async def racing_get(task_id: str) -> TaskView | None:
+    async def racing_read(task_ids: Sequence[str]) -> tuple[list[TaskView | None], bool]:
         nonlocal first
         if first:
             first = False
-            await view.apply([ev(task_id, State.SUCCESS, result="raced")])
-            return None
-        return await real_get(task_id)
+            await view.apply([ev(task_ids[0], State.SUCCESS, result="raced")])
+            return [None], True
+        return await real_read(task_ids)
 
-    monkeypatch.setattr(state.view, "get", racing_get)
+    monkeypatch.setattr(state.view, "read_checked", racing_read)
     assert await backend.AioAsyncResult("t").get(timeout=1) == "raced"
 
 

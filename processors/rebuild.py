@@ -1,0 +1,144 @@
+"""Rebuilding what the Redis view lost, from the log, while the live fold goes on.
+
+The live processor claims a partition whose view lost events (``views/coverage.py``):
+the claim records the gap ``[start, end)`` the view lacks. :class:`ViewRebuilder`
+reads exactly that slice of the events topic (outside any consumer group, like
+replay), folds it into Redis only (the history already holds it), and records its
+progress in the gap after each batch, so a processor killed mid-rebuild resumes where
+it stopped. The fold is a maximum over order tokens, so these old events and the new
+ones the live fold writes meanwhile may land in any order: the outcome is the same.
+
+Chord views live in Redis too; when the whole view was lost (its offsets hash was
+gone), they are rebuilt from the chords topic afterwards (as ``resultlog replay`` does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Final
+
+from resultlog.errors import ResultlogError
+from resultlog.processors.logreader import LogReader, Slice
+from resultlog.processors.sink import FoldSink
+from resultlog.settings import Settings
+from resultlog.views.coverage import ViewCoverage
+from resultlog.views.redis_view import RedisView
+
+log = logging.getLogger("resultlog.processor")
+
+#: How often a running rebuild logs its progress.
+PROGRESS_EVERY_S: Final = 5.0
+
+
+class ViewRebuilder:
+    """Rebuilds claimed gaps of the Redis view, one round at a time, in the background."""
+
+    def __init__(self, settings: Settings, coverage: ViewCoverage, view: RedisView) -> None:
+        self.settings = settings
+        self.coverage = coverage
+        self.view = view
+        # Only prepare() is used: decoding and row building, no stores of its own.
+        self._rows = FoldSink(settings, consumer_group="", write_redis=False, write_history=False)
+        self._pending: dict[int, tuple[int, int]] = {}
+        self._chords_lost = False
+        self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.rebuilt = 0  # events folded by rebuilds, for logs and tests
+
+    @property
+    def rebuilding(self) -> bool:
+        return not self._idle.is_set()
+
+    def add(self, gaps: Mapping[int, tuple[int, int]], *, chords_lost: bool = False) -> None:
+        """Rebuild ``gaps`` (partition -> [start, end)); a partition already queued keeps
+        the union of both ranges."""
+        for p, (start, end) in gaps.items():
+            if start >= end:
+                continue
+            if p in self._pending:
+                s0, e0 = self._pending[p]
+                start, end = min(start, s0), max(end, e0)
+            self._pending[p] = (start, end)
+        self._chords_lost = self._chords_lost or chords_lost
+        if (self._pending or self._chords_lost) and (self._task is None or self._task.done()):
+            self._idle.clear()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="view-rebuild")
+
+    async def wait(self) -> None:
+        """Until nothing is queued or running (tests; a shutdown that wants it done)."""
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        """Stop a rebuild in progress: its recorded progress lets the next start resume."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self._idle.set()
+
+    async def _run(self) -> None:
+        try:
+            while self._pending or self._chords_lost:
+                gaps, self._pending = self._pending, {}
+                chords, self._chords_lost = self._chords_lost, False
+                try:
+                    if gaps:
+                        await self._rebuild(gaps)
+                    if chords:
+                        # Imported here: the aggregator module imports faust.
+                        from resultlog.processors.chords import rebuild_chord_views
+                        n = await rebuild_chord_views(self.settings)
+                        log.info("view rebuild: the views of %d chord(s) rebuilt from %s",
+                                 n, self.settings.chords_topic)
+                except ResultlogError as exc:
+                    # The gaps stay recorded in Redis; the next claim (at the next write
+                    # or check) finds them and queues them again.
+                    log.warning("view rebuild interrupted (%s); it resumes at the next check", exc)
+                    return
+        finally:
+            if not self._pending:
+                self._idle.set()
+
+    async def _rebuild(self, gaps: dict[int, tuple[int, int]]) -> None:
+        s = self.settings
+        plan = Slice(s.events_topic, {p: g[0] for p, g in gaps.items()},
+                     {p: g[1] for p, g in gaps.items()})
+        total = plan.total
+        log.info("view rebuild: the Redis view lacks %d event(s) the log holds, in partition(s) %s; "
+                 "rebuilding from the log while folding new events",
+                 total, ", ".join(f"{p} [{a}, {b})" for p, (a, b) in sorted(gaps.items())))
+        started = last_report = time.monotonic()
+        done = 0
+        active = set(gaps)
+        async with LogReader(s) as reader:
+            async for batch in reader.read(plan):
+                prepared = self._rows.prepare(batch)
+                await self.view.apply_rows(prepared.view_tasks, prepared.view_rows)
+                done += prepared.read
+                self.rebuilt += prepared.read
+                for (_, p), next_offset in prepared.offsets.items():
+                    if p not in active:
+                        continue
+                    answer = await self.coverage.advance(p, gaps[p][1], next_offset)
+                    if answer < 0:
+                        log.warning("view rebuild: the view lost partition %d again; "
+                                    "the next claim starts it over", p)
+                        return
+                    if answer == 0:
+                        active.discard(p)  # merged into a larger gap, queued by its claim
+                now = time.monotonic()
+                if now - last_report >= PROGRESS_EVERY_S:
+                    last_report = now
+                    log.info("view rebuild: %d of %d events (%.0f%%), %.0f events/s", done, total,
+                             100.0 * done / max(total, 1), done / (now - started))
+        for p in active:
+            # The slice is read to its end; a tail of control records (transactions)
+            # has no record to report it, so close each gap explicitly.
+            await self.coverage.advance(p, gaps[p][1], gaps[p][1])
+        seconds = time.monotonic() - started
+        log.info("view rebuild done: %d events in %.1f s (%.0f events/s)", done, seconds,
+                 done / seconds if seconds > 0 else 0.0)

@@ -1,0 +1,161 @@
+"""The Redis view heals itself: a view that lost what it held is rebuilt from the log by
+the processor, with no manual step, and readers are never told PENDING meanwhile.
+
+These tests take the view away by deleting the test's own Redis keys (what a FLUSHDB or
+a restart without persistence does to one deployment's prefix), so they can run on the
+shared local stack; tests/faults/ kills real Redis servers of private stacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis.asyncio
+
+from resultlog import names
+from resultlog.processors.verify import verify
+from resultlog.producers import Emitter
+from resultlog.schemas.event import TaskEvent
+from resultlog.schemas.states import State
+from resultlog.settings import Settings
+from resultlog.views import HistoryStore, RedisView, ResultBackend
+from resultlog.views.coverage import ViewCoverage
+from resultlog.views.history import stored
+from tests.integration.processes import ProcessorProcess
+from tests.integration.test_pipeline import eventually
+
+pytestmark = pytest.mark.integration
+
+
+async def emit_successes(settings: Settings, prefix: str, n: int) -> list[str]:
+    ids = [f"{prefix}-{i}" for i in range(n)]
+    async with Emitter(settings) as em:
+        for i, task_id in enumerate(ids):
+            await em.success(task_id, i, task_name="heal.t")
+    return ids
+
+
+async def visible(settings: Settings, ids: list[str]) -> int:
+    async with RedisView(settings) as view:
+        views = await view.get_many(ids)
+    return sum(1 for v in views if v is not None and v.state is State.SUCCESS)
+
+
+async def drop_view(client: redis.asyncio.Redis, settings: Settings) -> int:
+    """Delete every key of the test's view (tasks, positions): the view is gone."""
+    keys = [k async for k in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000)]
+    return int(await client.unlink(*keys)) if keys else 0
+
+
+async def view_whole(settings: Settings, client: redis.asyncio.Redis) -> bool:
+    return await ViewCoverage(settings, client, settings.consumer_group).whole()
+
+
+async def test_a_view_flushed_while_the_processor_runs_is_rebuilt(
+        settings: Settings, redis_client: redis.asyncio.Redis) -> None:
+    ids = await emit_successes(settings, "a", 2000)
+    with ProcessorProcess(settings) as proc:
+        await eventually(lambda: _all(settings, ids), f"all visible\n{proc.output()[-3000:]}")
+        assert await drop_view(redis_client, settings) > 0
+        assert await visible(settings, ids) == 0
+        # No new event: the processor's check finds the positions gone by itself.
+        await eventually(lambda: _all(settings, ids),
+                         f"all visible again after the flush\n{proc.output()[-3000:]}")
+        await eventually(lambda: view_whole(settings, redis_client), "the view whole again")
+        more = await emit_successes(settings, "b", 500)
+        await eventually(lambda: _all(settings, more), "new events fold as before")
+        assert "view rebuild done" in proc.output()
+    report = await verify(settings)
+    assert report.ok, [d.render() for d in report.differences[:5]]
+
+
+async def test_a_view_lost_while_the_processor_was_down_is_rebuilt_at_start(
+        settings: Settings, redis_client: redis.asyncio.Redis) -> None:
+    ids = await emit_successes(settings, "a", 1000)
+    with ProcessorProcess(settings) as proc:
+        await eventually(lambda: _all(settings, ids), f"all visible\n{proc.output()[-3000:]}")
+    await drop_view(redis_client, settings)
+    with ProcessorProcess(settings) as proc:
+        await eventually(lambda: _all(settings, ids),
+                         f"all visible after the restart\n{proc.output()[-3000:]}")
+        await eventually(lambda: view_whole(settings, redis_client), "the view whole again")
+    report = await verify(settings)
+    assert report.ok, [d.render() for d in report.differences[:5]]
+
+
+async def test_a_view_that_went_back_to_an_older_copy_is_caught_up(
+        settings: Settings, redis_client: redis.asyncio.Redis) -> None:
+    """A failover to a lagging replica: positions still there but behind, tasks missing.
+    The next live write finds its batch does not follow the view's position."""
+    first = await emit_successes(settings, "a", 800)
+    with ProcessorProcess(settings) as proc:
+        await eventually(lambda: _all(settings, first), f"all visible\n{proc.output()[-3000:]}")
+        okey = names.offsets_key(settings.redis_prefix, settings.consumer_group)
+        positions = await redis_client.hgetall(okey)
+        await drop_view(redis_client, settings)
+        # The "older copy": every partition's position back at 0, no task.
+        await redis_client.hset(okey, mapping={k: 0 for k in positions})
+        later = await emit_successes(settings, "b", 800)
+        await eventually(lambda: _all(settings, first + later),
+                         f"older and newer all visible\n{proc.output()[-3000:]}")
+        await eventually(lambda: view_whole(settings, redis_client), "the view whole again")
+    report = await verify(settings)
+    assert report.ok, [d.render() for d in report.differences[:5]]
+
+
+async def test_a_flush_under_load_loses_nothing(
+        settings: Settings, redis_client: redis.asyncio.Redis) -> None:
+    with ProcessorProcess(settings) as proc:
+        async def stream() -> list[str]:
+            ids: list[str] = []
+            async with Emitter(settings) as em:
+                for i in range(6000):
+                    ids.append(f"s-{i}")
+                    await em.success(ids[-1], i)
+                    if i % 500 == 0:
+                        await asyncio.sleep(0.05)  # a stream, not one burst
+            return ids
+
+        producing = asyncio.create_task(stream())
+        await eventually(lambda: _some(settings, "s-", 1000), "the stream folding")
+        await drop_view(redis_client, settings)
+        ids = await producing
+        await eventually(lambda: _all(settings, ids), f"every task visible\n{proc.output()[-3000:]}")
+        await eventually(lambda: view_whole(settings, redis_client), "the view whole again")
+    report = await verify(settings)
+    assert report.ok, [d.render() for d in report.differences[:5]]
+
+
+async def test_readers_fall_back_to_the_history_while_the_view_is_not_whole(
+        settings: Settings, redis_client: redis.asyncio.Redis) -> None:
+    """No processor: the history holds a finished task, Redis holds nothing (a lost view
+    not yet rebuilt). The reader says SUCCESS, not PENDING, sync and asyncio alike."""
+    t = int(time.time() * 1000)
+    done = [TaskEvent.create("done", State.STARTED, timestamp=t - 5),
+            TaskEvent.create("done", State.SUCCESS, timestamp=t, result=42)]
+    async with HistoryStore(settings) as store:
+        await store.migrate()
+        await store.write_batch(stored(done, settings.events_topic), {},
+                                consumer_group=settings.consumer_group)
+    assert not await view_whole(settings, redis_client)
+    async with ResultBackend(settings) as backend:
+        r = backend.AioAsyncResult("done")
+        assert await r.get(timeout=5) == 42
+        assert r.state == "SUCCESS"
+        unknown = backend.AioAsyncResult("unknown")
+        assert not await unknown.exists() and unknown.state == "PENDING"
+    with ResultBackend(settings) as backend:
+        assert backend.AsyncResult("done").state == "SUCCESS"
+        assert backend.AsyncResult("done").get(timeout=5) == 42
+        assert backend.AsyncResult("unknown").state == "PENDING"
+
+
+async def _all(settings: Settings, ids: list[str]) -> bool:
+    return await visible(settings, ids) == len(ids)
+
+
+async def _some(settings: Settings, prefix: str, n: int) -> bool:
+    async with RedisView(settings) as view:
+        return len([t for t in await view.task_ids() if t.startswith(prefix)]) >= n

@@ -1,0 +1,209 @@
+"""What part of the log the Redis view covers: positions, gaps, and whether it is whole.
+
+The view is a cache of the log, and Redis may lose it at any time (a restart without
+persistence, a FLUSHDB, a failover to an empty replica, an evicted key). The view's
+offsets hash (``names.offsets_key``) is its own record of what it holds, written in the
+same atomic script call as the data (``fold.lua``):
+
+- ``topic:partition`` -> the next offset folded into the view (its *position*);
+- ``gap:topic:partition`` -> ``"start:end"``: events of ``[start, end)`` that the view
+  lacks and that the processor is rebuilding from the log.
+
+A position field that is missing means the view knows nothing of that partition. The
+live fold never writes a partition whose position is missing or behind the batch it
+writes (``fold.lua`` refuses, the processor gets :class:`~resultlog.errors.ViewLost`),
+so a lost view can never be papered over by new writes: the processor *claims* the
+partition instead (:meth:`ViewCoverage.claim`), recording the position it resumes from
+and the gap before it in one atomic step, and rebuilds the gap while it goes on folding
+new events (``processors/rebuild.py``). The fold is a maximum, so old events written by
+the rebuild and new ones written live land in any order with the same outcome.
+
+Readers ask :meth:`ViewCoverage.whole` (or the read scripts in ``redis_view.py``, which
+answer it in the same round trip as a miss): a view that is not whole may lack a task
+the log holds, so a miss is not PENDING there (``views/backend.py`` falls back to the
+history).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import redis.asyncio
+
+from resultlog import names
+from resultlog.settings import Settings
+from resultlog.views._redis import text, translated
+
+# Claims, per partition p (ARGV: topic, then p, begin, end, known per partition):
+#  - no position: the view knows nothing of p; position := end, gap := [begin, end);
+#  - a position below ``known`` (what this processor had written: the view went back
+#    to an older copy, e.g. a failover to a lagging replica): gap grows by
+#    [position, known), position := known.
+# An existing gap is merged (smallest start, largest end), so two claims of the same
+# partition, from one processor or two, never shrink what is to be rebuilt.
+# Returns, per partition in ARGV order, its gap after the claim ("" if none).
+CLAIM_SCRIPT: Final = """
+local okey, topic, out = KEYS[1], ARGV[1], {}
+local function add_gap(f, s, e)
+  if s >= e then return end
+  local g = redis.call('HGET', okey, 'gap:' .. f)
+  if g then
+    local gs, ge = string.match(g, '^(%d+):(%d+)$')
+    s = math.min(s, tonumber(gs)); e = math.max(e, tonumber(ge))
+  end
+  redis.call('HSET', okey, 'gap:' .. f, string.format('%d:%d', s, e))
+end
+for i = 2, #ARGV, 4 do
+  local f = topic .. ':' .. ARGV[i]
+  local begin, stop, known = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  local cur = redis.call('HGET', okey, f)
+  if not cur then
+    redis.call('HSET', okey, f, string.format('%d', stop))
+    add_gap(f, begin, stop)
+  elseif known >= 0 and tonumber(cur) < known then
+    add_gap(f, tonumber(cur), known)
+    redis.call('HSET', okey, f, string.format('%d', known))
+  end
+  out[#out + 1] = redis.call('HGET', okey, 'gap:' .. f) or ''
+end
+return out
+"""
+
+# A rebuild's progress (ARGV: position field, the gap's end as claimed, the new start).
+# Returns -1 if the view lost the partition again (the next claim starts over), 0 if
+# the gap is no longer the one being rebuilt (merged or done elsewhere), 1 if moved on.
+ADVANCE_SCRIPT: Final = """
+local okey, f = KEYS[1], ARGV[1]
+if redis.call('HEXISTS', okey, f) == 0 then return -1 end
+local g = redis.call('HGET', okey, 'gap:' .. f)
+if not g then return 0 end
+local gs, ge = string.match(g, '^(%d+):(%d+)$')
+if ge ~= ARGV[2] then return 0 end
+if tonumber(ARGV[3]) >= tonumber(ge) then
+  redis.call('HDEL', okey, 'gap:' .. f)
+elseif tonumber(ARGV[3]) > tonumber(gs) then
+  redis.call('HSET', okey, 'gap:' .. f, ARGV[3] .. ':' .. ge)
+end
+return 1
+"""
+
+# Lua for "is the view whole?" (OKEY: the offsets hash, TOPIC, NPART): every partition
+# has a position and none has a gap. Shared by WHOLE_SCRIPT and the read scripts.
+WHOLE_LUA: Final = """
+local function view_whole(okey, topic, npart)
+  local h = redis.call('HGETALL', okey)
+  if #h == 0 then return false end
+  local have, n = {}, 0
+  local head, gap_head = topic .. ':', 'gap:' .. topic .. ':'
+  for i = 1, #h, 2 do
+    local f = h[i]
+    if string.sub(f, 1, #gap_head) == gap_head then return false end
+    if string.sub(f, 1, #head) == head then
+      local p = tonumber(string.sub(f, #head + 1))
+      if p and p < npart and not have[p] then have[p] = true; n = n + 1 end
+    end
+  end
+  return n >= npart
+end
+"""
+WHOLE_SCRIPT: Final = WHOLE_LUA + """
+if view_whole(KEYS[1], ARGV[1], tonumber(ARGV[2])) then return 1 end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What a processor knows of one partition when it claims it."""
+
+    begin: int  # the log's first offset: where a view that knows nothing starts
+    resume: int  # where the processor's history is complete to (the gap's end)
+    known: int = -1  # the position this processor last saw the view reach (-1: none)
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    positions: dict[int, int]
+    gaps: dict[int, tuple[int, int]]
+    exists: bool  # the offsets hash exists at all
+
+
+def parse_gap(value: str) -> tuple[int, int] | None:
+    if not value:
+        return None
+    start, _, end = value.partition(":")
+    return int(start), int(end)
+
+
+class ViewCoverage:
+    """The Redis view's record of what it holds, for one consumer group and topic."""
+
+    def __init__(self, settings: Settings, client: redis.asyncio.Redis, consumer_group: str,
+                 topic: str | None = None) -> None:
+        self.settings = settings
+        self.client = client
+        self.topic = topic or settings.events_topic
+        self.key = names.offsets_key(settings.redis_prefix, consumer_group)
+        self._claim = client.register_script(CLAIM_SCRIPT)
+        self._advance = client.register_script(ADVANCE_SCRIPT)
+        self._whole = client.register_script(WHOLE_SCRIPT)
+
+    async def read(self) -> Coverage:
+        with translated("reading the view's positions"):
+            raw = await self.client.hgetall(self.key)
+        positions: dict[int, int] = {}
+        gaps: dict[int, tuple[int, int]] = {}
+        head = self.topic + ":"
+        for field, value in raw.items():
+            f, v = text(field), text(value)
+            if f.startswith(names.GAP_FIELD_PREFIX + head):
+                gap = parse_gap(v)
+                if gap is not None:
+                    gaps[int(f[len(names.GAP_FIELD_PREFIX + head):])] = gap
+            elif f.startswith(head) and f[len(head):].isdigit():
+                positions[int(f[len(head):])] = int(v)
+        return Coverage(positions, gaps, bool(raw))
+
+    async def claim(self, claims: Mapping[int, Claim]) -> dict[int, tuple[int, int]]:
+        """Record positions for partitions the view knows nothing of (or went back on),
+        with the gaps before them; returns each claimed partition's gap to rebuild."""
+        if not claims:
+            return {}
+        order = sorted(claims)
+        args: list[str] = [self.topic]
+        for p in order:
+            c = claims[p]
+            args += [str(p), str(c.begin), str(max(c.begin, c.resume)), str(c.known)]
+        with translated("claiming the view's partitions"):
+            replies = await self._claim(keys=[self.key], args=args)
+        out: dict[int, tuple[int, int]] = {}
+        for p, reply in zip(order, replies):
+            gap = parse_gap(text(reply))
+            if gap is not None:
+                out[p] = gap
+        return out
+
+    async def advance(self, partition: int, gap_end: int, new_start: int) -> int:
+        """Record a rebuild's progress (see ADVANCE_SCRIPT for the answer)."""
+        with translated("recording a rebuild's progress"):
+            return int(await self._advance(
+                keys=[self.key],
+                args=[names.position_field(self.topic, partition), str(gap_end), str(new_start)]))
+
+    async def missing(self, partitions: set[int]) -> set[int]:
+        """Which of ``partitions`` the view has no position for (one round trip)."""
+        if not partitions:
+            return set()
+        order = sorted(partitions)
+        with translated("checking the view's positions"):
+            values = await self.client.hmget(
+                self.key, [names.position_field(self.topic, p) for p in order])
+        return {p for p, v in zip(order, values) if v is None}
+
+    async def whole(self) -> bool:
+        """Every partition has a position and none is being rebuilt."""
+        with translated("checking whether the view is whole"):
+            return bool(await self._whole(
+                keys=[self.key], args=[self.topic, str(self.settings.topic_partitions)]))
