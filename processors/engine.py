@@ -54,9 +54,6 @@ BATCH_MAX: Final = 5000
 COMMIT_INTERVAL_S: Final = 1.0
 #: How often the view's positions are checked while no write would notice a loss.
 VIEW_CHECK_INTERVAL_S: Final = 1.0
-#: How long an assignment keeps retrying stores that do not answer before the processor
-#: stops with the reason (a supervisor restarts it; nothing is folded meanwhile anyway).
-ASSIGN_PATIENCE_S: Final = 60.0
 
 
 class _Positioning(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -80,7 +77,10 @@ class BatchFoldEngine:
         self.consumer: AIOKafkaConsumer | None = None
         self.coverage: ViewCoverage | None = None
         self.rebuilder: ViewRebuilder | None = None
-        # Per assigned partition: the offset the next fetched batch starts at.
+        # Per partition positioned from the stores since its assignment: the offset the
+        # next fetched batch starts at. Records of any other partition are dropped: the
+        # consumer may fetch a newly assigned partition from Kafka's committed offsets
+        # while the rebalance listener is still positioning it (or failed to).
         self._next: dict[int, int] = {}
         # Per partition: the next offset both stores hold (written batches): what Kafka
         # is told at the next commit.
@@ -95,10 +95,10 @@ class BatchFoldEngine:
 
         Never raises: aiokafka logs and drops a listener's exception, and the consumer
         would then read from Kafka's committed offsets. A store that does not answer is
-        retried for ASSIGN_PATIENCE_S; after that, or on any other error, the failure is
+        retried for ``settings.assign_timeout_s``; after that, or on any other error, the failure is
         kept for the fold loop, which stops the processor with it."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + ASSIGN_PATIENCE_S
+        deadline = loop.time() + self.settings.assign_timeout_s
         delay = 0.1
         while True:
             try:
@@ -187,6 +187,8 @@ class BatchFoldEngine:
         lost what it held is claimed and rebuilt, and the batch written again."""
         delay = 0.1
         while True:
+            if self._failure is not None:
+                raise self._failure
             try:
                 stats = await self.sink.write(prepared)
                 for (_, p), o in prepared.offsets.items():
@@ -216,14 +218,24 @@ class BatchFoldEngine:
             log.warning("%d record(s) sent to dead letters (%s)",
                         stats.dead_letters, self.settings.dead_letter_topic)
 
-    def _starts(self, fetched: dict[TopicPartition, list[Any]]) -> dict[tuple[str, int], int]:
-        """Where this batch begins per partition; moves each partition's next start on."""
+    def _positioned(self, fetched: dict[TopicPartition, list[Any]]
+                    ) -> tuple[list[Any], dict[tuple[str, int], int]]:
+        """The records of positioned partitions, and where they begin per partition
+        (moving each partition's next start on)."""
+        records: list[Any] = []
         starts = {}
         for tp, messages in fetched.items():
             p = tp.partition
-            starts[(tp.topic, p)] = self._next.get(p, messages[0].offset)
+            start = self._next.get(p)
+            if start is None:
+                continue
+            messages = [m for m in messages if m.offset >= start]
+            if not messages:
+                continue
+            records += messages
+            starts[(tp.topic, p)] = start
             self._next[p] = messages[-1].offset + 1
-        return starts
+        return records, starts
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
         topic = self.settings.events_topic
@@ -269,11 +281,10 @@ class BatchFoldEngine:
                 fetched = await consumer.getmany(timeout_ms=100, max_records=BATCH_MAX)
                 if self._failure is not None:
                     raise self._failure
-                if fetched:
-                    # Before preparing: a rebalance during prepare's yields re-positions.
-                    starts = self._starts(fetched)
-                    prepared = await self.sink.prepare_yielding(
-                        [m for messages in fetched.values() for m in messages])
+                # Before preparing: a rebalance during prepare's yields re-positions.
+                records, starts = self._positioned(fetched)
+                if records:
+                    prepared = await self.sink.prepare_yielding(records)
                     await writer.submit(dataclasses.replace(prepared, starts=starts))
                 else:
                     await writer.wait()

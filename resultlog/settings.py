@@ -59,6 +59,10 @@ class Settings:
     topic_retention_ms: int = -1
     consumer_group: str = names.DEFAULT_CONSUMER_GROUP
     kafka_timeout_s: float = 10.0
+    # How long the processor keeps retrying stores that do not answer while it positions
+    # newly assigned partitions, before it stops with the reason (its supervisor
+    # restarts it; it could fold nothing meanwhile anyway).
+    assign_timeout_s: float = 60.0
     max_event_bytes: int = 1_000_000
     # Run once per completed chord by the processor: "package.module:function" taking a
     # ChordCompleted (sync or async); empty for none. See docs/chords.md.
@@ -159,6 +163,8 @@ def _check(s: Settings) -> None:
         raise bad("consumer_group", "must not be empty")
     if s.kafka_timeout_s <= 0:
         raise bad("kafka_timeout_s", "must be positive")
+    if s.assign_timeout_s <= 0:
+        raise bad("assign_timeout_s", "must be positive")
     if not 1024 <= s.max_event_bytes <= 100_000_000:
         raise bad("max_event_bytes", "must be between 1024 and 100000000")
     if urlsplit(s.redis_url).scheme not in ("redis", "rediss", "unix"):
