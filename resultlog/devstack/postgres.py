@@ -42,7 +42,7 @@ def _literal(value: str) -> str:
 
 
 class PostgresService(Service):
-    name = "postgres"
+    kind = "postgres"
     start_timeout_s = 60.0
     stop_timeout_s = 30.0
 

@@ -290,6 +290,57 @@ def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> bo
     return False
 
 
+def group_members(pgid: int) -> list[int]:
+    """The processes of process group ``pgid`` (zombies included), read from /proc."""
+    members = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        # After the parenthesised command name: state, ppid, pgrp, ...
+        fields = stat.rpartition(")")[2].split()
+        if len(fields) > 2 and fields[2] == str(pgid):
+            members.append(int(proc.name))
+    return members
+
+
+def kill_group(pid: int, *, what: str, timeout_s: float = 30.0) -> None:
+    """SIGKILL ``pid`` and every process of the group it leads; wait until all are gone.
+
+    Each service of the stack leads a process group of its own (``spawn_detached``
+    and ``pg_ctl`` start it with ``setsid``), so the group is the whole server: a
+    PostgreSQL postmaster with its backends, a JVM, a redis-server. Killing them at once
+    is what a crash of the server does; killing only a postmaster would leave backends
+    holding its shared memory, and a restart would refuse to start until they noticed.
+    """
+    try:
+        leads_group = os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return
+    try:
+        if leads_group:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    # Gone means reaped, not merely dead: until init reaps a killed postmaster, the
+    # zombie's pid answers kill(pid, 0), and a new postmaster refuses to start over
+    # its pid file ("lock file postmaster.pid already exists").
+    deadline = time.monotonic() + timeout_s
+    while Path(f"/proc/{pid}").exists() or (leads_group and group_members(pid)):
+        if time.monotonic() > deadline:
+            left = group_members(pid) if leads_group else [pid]
+            raise DevStackError(
+                f"{what}: processes {left} still exist {timeout_s:.0f} s after SIGKILL "
+                f"(dead but not reaped by init?)"
+            )
+        time.sleep(0.02)
+
+
 async def wait_until_ready(
     probe: Callable[[], Awaitable[bool]],
     *,
