@@ -17,6 +17,7 @@ against it; faust-streaming's CI tests 3.8.1 and 4.0.0).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.resources
 import os
 import re
@@ -348,6 +349,39 @@ class KafkaService(Service):
             return any(b.get("node_id") == self.node_id for b in cluster.get("brokers", []))
         except (KafkaError, OSError, TimeoutError):
             return False
+        finally:
+            await admin.close()
+
+
+async def ensure_internal_topics(bootstrap_servers: str, *, timeout_s: float = 60.0) -> None:
+    """Have a cluster create its group-offsets and transaction topics now.
+
+    Kafka creates them on the first FindCoordinator request, with their full
+    replication factor (3 on a three-node cluster), which needs that many brokers
+    registered. Made while every node is up, they exist before a fault test kills one;
+    made later, the first consumer group would wait for the dead node to come back.
+    """
+    deadline = time.monotonic() + timeout_s
+    pending = {0: "group", 1: "transaction"}  # FindCoordinator key types
+    while pending:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=bootstrap_servers,
+            client_id="resultlog-devstack",
+            request_timeout_ms=5000,
+        )
+        try:
+            await admin.start()
+            for key_type in list(pending):
+                await admin.find_coordinator("resultlog-devstack", key_type)
+                del pending[key_type]
+        except (KafkaError, OSError, TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                kinds = " and ".join(pending.values())
+                raise DevStackError(
+                    f"kafka: no {kinds} coordinator within {timeout_s:.0f} s "
+                    f"(the internal topics were not created): {exc!r}"
+                ) from exc
+            await asyncio.sleep(0.2)
         finally:
             await admin.close()
 

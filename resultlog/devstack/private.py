@@ -296,7 +296,8 @@ async def private_stack(
     try:
         await stack.up()
         yield stack
-    except BaseException:
+    except BaseException as exc:
         await stack.down(purge=False)
+        exc.add_note(f"the private stack's state and logs are kept in {stack.dev_dir}")
         raise
     await stack.down()

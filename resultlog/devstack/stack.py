@@ -23,7 +23,8 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 
 from resultlog.devstack import apt, process
-from resultlog.devstack.kafka import KafkaService
+from resultlog.devstack.kafka import KafkaService, ensure_internal_topics
+from resultlog.devstack.kafka_nodes import cluster_bootstrap
 from resultlog.devstack.postgres import PostgresService
 from resultlog.devstack.process import Out
 from resultlog.devstack.redis import RedisService
@@ -102,7 +103,10 @@ class DevStack:
 
     async def up(self) -> list[UpReport]:
         """Start every selected service that is not running; wait until all answer."""
-        return await self.up_services(self.services)
+        reports = await self.up_services(self.services)
+        if self.settings.dev_kafka_brokers > 1 and any(s.kind == "kafka" for s in self.services):
+            await ensure_internal_topics(cluster_bootstrap(self.settings))
+        return reports
 
     async def up_services(self, services: Sequence[Service]) -> list[UpReport]:
         """``up`` for some of this stack's services (e.g. one Kafka node after a kill)."""

@@ -8,8 +8,9 @@ import pytest
 
 from resultlog.devstack.kafka import KafkaService, broker_config
 from resultlog.devstack.kafka_nodes import cluster_bootstrap, node_ports, shared_cluster_id
+from resultlog.devstack.private import private_settings
 from resultlog.errors import DevStackError
-from resultlog.settings import Settings
+from resultlog.settings import Settings, port_of
 
 
 def _quiet(line: str) -> None:
@@ -66,3 +67,19 @@ def test_every_node_formats_with_one_cluster_id(tmp_path: Path) -> None:
     (tmp_path / "kafka-2" / "data").mkdir(parents=True)
     (tmp_path / "kafka-2" / "data" / "meta.properties").write_text("version=1\ncluster.id=abc\nnode.id=2\n")
     assert shared_cluster_id(tmp_path, names) == "abc"
+
+
+def test_a_private_stack_takes_free_ports_of_its_own_and_replicates_on_three_nodes(tmp_path: Path) -> None:
+    base = Settings()
+    one = private_settings(base, tmp_path, brokers=1)
+    three = private_settings(base, tmp_path, brokers=3)
+    assert (one.topic_replication_factor, one.topic_min_insync_replicas) == (1, 0)
+    assert (three.topic_replication_factor, three.topic_min_insync_replicas) == (3, 2)
+    assert three.dev_dir == str(tmp_path) and three.dev_kafka_brokers == 3
+    assert three.redis_url.endswith("/0") and "resultlog:resultlog@" in three.postgres_dsn
+    kafka = node_ports(three)
+    ports = [*kafka, *(p + 1 for p in kafka), port_of(three.redis_url, 0), port_of(three.postgres_dsn, 0)]
+    assert len(set(ports)) == 8
+    assert not {19092, 19093, 16379, 15432} & set(ports)
+    with pytest.raises(DevStackError, match="brokers=2"):
+        private_settings(base, tmp_path, brokers=2)
