@@ -17,7 +17,6 @@ against it; faust-streaming's CI tests 3.8.1 and 4.0.0).
 
 from __future__ import annotations
 
-import asyncio
 import importlib.resources
 import os
 import re
@@ -209,6 +208,30 @@ class KafkaService(Service):
                 f"(Debian: apt-get install -y maven)"
             )
 
+    def port_conflicts(self) -> list[str]:
+        conflicts = super().port_conflicts()
+        if conflicts and (other := self._other_layout_running()):
+            conflicts.insert(0, other)
+        return conflicts
+
+    def _other_layout_running(self) -> str | None:
+        """Which Kafka of this state dir, with the other node count, runs (if one does)."""
+        dev_dir = self.home.parent
+        if self.settings.dev_kafka_brokers == 1:
+            homes = sorted(dev_dir.glob("kafka-[0-9]*"))
+            advice = "give the same --brokers (or RESULTLOG_DEV_KAFKA_BROKERS) as `dev up` did"
+        else:
+            homes = [dev_dir / "kafka"]
+            advice = "stop it first with `resultlog dev down --only kafka`"
+        running = [
+            home.name for home in homes
+            if home.is_dir() and process.owned_pid(home / "kafka.pid", home) is not None
+        ]
+        if not running:
+            return None
+        return f"Kafka node(s) {', '.join(running)} of {dev_dir} run with another node count: {advice}"
+
+    # -- prepare: classpath and storage -------------------------------------------------
     # -- prepare: classpath and storage -------------------------------------------------
 
     def prepare(self) -> None:
@@ -349,39 +372,6 @@ class KafkaService(Service):
             return any(b.get("node_id") == self.node_id for b in cluster.get("brokers", []))
         except (KafkaError, OSError, TimeoutError):
             return False
-        finally:
-            await admin.close()
-
-
-async def ensure_internal_topics(bootstrap_servers: str, *, timeout_s: float = 60.0) -> None:
-    """Have a cluster create its group-offsets and transaction topics now.
-
-    Kafka creates them on the first FindCoordinator request, with their full
-    replication factor (3 on a three-node cluster), which needs that many brokers
-    registered. Made while every node is up, they exist before a fault test kills one;
-    made later, the first consumer group would wait for the dead node to come back.
-    """
-    deadline = time.monotonic() + timeout_s
-    pending = {0: "group", 1: "transaction"}  # FindCoordinator key types
-    while pending:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=bootstrap_servers,
-            client_id="resultlog-devstack",
-            request_timeout_ms=5000,
-        )
-        try:
-            await admin.start()
-            for key_type in list(pending):
-                await admin.find_coordinator("resultlog-devstack", key_type)
-                del pending[key_type]
-        except (KafkaError, OSError, TimeoutError) as exc:
-            if time.monotonic() > deadline:
-                kinds = " and ".join(pending.values())
-                raise DevStackError(
-                    f"kafka: no {kinds} coordinator within {timeout_s:.0f} s "
-                    f"(the internal topics were not created): {exc!r}"
-                ) from exc
-            await asyncio.sleep(0.2)
         finally:
             await admin.close()
 

@@ -1,4 +1,5 @@
-"""Where the nodes of the local Kafka cluster are: names, ports, the shared cluster id.
+"""The nodes of the local Kafka cluster: names, ports, the shared cluster id, and
+the internal topics a cluster makes while all its nodes are up.
 
 One node (the default) is ``kafka`` in ``<dev_dir>/kafka``, as it always was; with
 ``dev_kafka_brokers=3`` the nodes are ``kafka-1`` to ``kafka-3``, each in its own
@@ -8,10 +9,15 @@ formatted for one quorum cannot join another).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import threading
+import time
 from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from resultlog.errors import DevStackError
 from resultlog.settings import DEV_KAFKA_PORT, Settings, port_of
@@ -97,3 +103,36 @@ def _formatted_cluster_id(data_dir: Path) -> str | None:
         if key.strip() == "cluster.id":
             return value.strip()
     return None
+
+
+async def ensure_internal_topics(bootstrap_servers: str, *, timeout_s: float = 60.0) -> None:
+    """Have a cluster create its group-offsets and transaction topics now.
+
+    Kafka creates them on the first FindCoordinator request, with their full
+    replication factor (3 on a three-node cluster), which needs that many brokers
+    registered. Made while every node is up, they exist before a fault test kills one;
+    made later, the first consumer group would wait for the dead node to come back.
+    """
+    deadline = time.monotonic() + timeout_s
+    pending = {0: "group", 1: "transaction"}  # FindCoordinator key types
+    while pending:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=bootstrap_servers,
+            client_id="resultlog-devstack",
+            request_timeout_ms=5000,
+        )
+        try:
+            await admin.start()
+            for key_type in list(pending):
+                await admin.find_coordinator("resultlog-devstack", key_type)
+                del pending[key_type]
+        except (KafkaError, OSError, TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                kinds = " and ".join(pending.values())
+                raise DevStackError(
+                    f"kafka: no {kinds} coordinator within {timeout_s:.0f} s "
+                    f"(the internal topics were not created): {exc!r}"
+                ) from exc
+            await asyncio.sleep(0.2)
+        finally:
+            await admin.close()

@@ -23,8 +23,8 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 
 from resultlog.devstack import apt, process
-from resultlog.devstack.kafka import KafkaService, ensure_internal_topics
-from resultlog.devstack.kafka_nodes import cluster_bootstrap
+from resultlog.devstack.kafka import KafkaService
+from resultlog.devstack.kafka_nodes import cluster_bootstrap, ensure_internal_topics
 from resultlog.devstack.postgres import PostgresService
 from resultlog.devstack.process import Out
 from resultlog.devstack.redis import RedisService

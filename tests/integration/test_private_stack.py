@@ -114,7 +114,7 @@ async def test_a_three_node_cluster_keeps_every_acknowledged_record_when_the_lea
         await _check_replication(settings.kafka_bootstrap_servers, topic)
 
         acked: list[int] = []
-        goal = Goal(200)  # the producer sets goal.reached once goal.count are acknowledged
+        goal = Goal(100)  # the producer sets goal.reached once goal.count are acknowledged
         stop = asyncio.Event()
 
         async def produce() -> None:
@@ -139,8 +139,8 @@ async def test_a_three_node_cluster_keeps_every_acknowledged_record_when_the_lea
         producing = asyncio.create_task(produce())
         await asyncio.wait_for(goal.reached.wait(), 60)
         await stack.kill_broker(before.leader)
-        # Writes go on through the new leader: 200 more acknowledged after the kill.
-        goal = Goal(len(acked) + 200)
+        # Writes go on through the new leader: 100 more acknowledged after the kill.
+        goal = Goal(len(acked) + 100)
         new_leader = await stack.partition_leader(topic, 0, other_than=before.leader)
         assert new_leader != before.leader
         await asyncio.wait_for(goal.reached.wait(), 120)
