@@ -353,10 +353,9 @@ class KafkaService(Service):
         self.pid_path.write_text(f"{pid}\n")
 
     async def answers(self) -> bool:
-        """A metadata request through this node's port lists this node as a broker.
-
-        Metadata lists only brokers the controller has registered and unfenced, so a
-        node that is listed serves requests.
+        """A metadata request through this node's port lists a broker (one node) or
+        this node (a cluster: metadata lists only brokers the controller has registered
+        and unfenced, so a node that is listed serves requests).
         """
         broker = self.ports[0].number
         if not await process.port_open(broker):
@@ -368,8 +367,12 @@ class KafkaService(Service):
         )
         try:
             await admin.start()
-            cluster = await admin.describe_cluster()
-            return any(b.get("node_id") == self.node_id for b in cluster.get("brokers", []))
+            brokers = (await admin.describe_cluster()).get("brokers", [])
+            if self.settings.dev_kafka_brokers == 1:
+                # Any broker: the test fixtures also probe Kafkas that are not ours
+                # (RESULTLOG_TEST_SERVICES=env), whose node ids we do not know.
+                return bool(brokers)
+            return any(b.get("node_id") == self.node_id for b in brokers)
         except (KafkaError, OSError, TimeoutError):
             return False
         finally:

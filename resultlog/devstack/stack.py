@@ -24,7 +24,7 @@ from pathlib import Path
 
 from resultlog.devstack import apt, process
 from resultlog.devstack.kafka import KafkaService
-from resultlog.devstack.kafka_nodes import cluster_bootstrap, ensure_internal_topics
+from resultlog.devstack.kafka_nodes import CLUSTER_ID_FILE, cluster_bootstrap, ensure_internal_topics
 from resultlog.devstack.postgres import PostgresService
 from resultlog.devstack.process import Out
 from resultlog.devstack.redis import RedisService
@@ -214,6 +214,10 @@ class DevStack:
             outcomes = await asyncio.gather(
                 *(asyncio.to_thread(self._down_one, svc, purge) for svc in self.services)
             )
+            if purge and self.settings.dev_kafka_brokers > 1 and any(
+                svc.kind == "kafka" for svc in self.services
+            ):
+                (self.dev_dir / CLUSTER_ID_FILE).unlink(missing_ok=True)
         return dict(zip((svc.name for svc in self.services), outcomes))
 
     def _down_one(self, svc: Service, purge: bool) -> str:
