@@ -59,6 +59,10 @@ JVM_OPTIONS = [
     "-XX:+ExitOnOutOfMemoryError",
     "-Djava.awt.headless=true",
 ]
+# The storage format tool runs for a second: C2 compiling would be CPU spent for
+# nothing (measured: 2.2 s of CPU with it, 1.2 s without), and a cluster formats
+# three nodes at once.
+TOOL_JVM_OPTIONS = [*JVM_OPTIONS, "-XX:TieredStopAtLevel=1"]
 _COMPLETE = ".complete"
 
 
@@ -310,10 +314,10 @@ class KafkaService(Service):
         )
         (self.home / "log4j2.properties").write_text(_resource("kafka-log4j2.properties"))
 
-    def _java(self, main_class: str, *args: str) -> list[str]:
+    def _java(self, main_class: str, *args: str, options: list[str] = JVM_OPTIONS) -> list[str]:
         return [
             "java",
-            *JVM_OPTIONS,
+            *options,
             f"-Dlog4j2.configurationFile={(self.home / 'log4j2.properties').resolve()}",
             "-cp",
             str(self.libs_dir.resolve() / "*"),
@@ -335,6 +339,7 @@ class KafkaService(Service):
                 "-t", cluster_id,
                 "-c", str((self.home / "server.properties").resolve()),
                 "--ignore-formatted",
+                options=TOOL_JVM_OPTIONS,
             ),
             log_path=self.home / "format.log",
             what="kafka storage format",

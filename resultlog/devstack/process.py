@@ -307,8 +307,11 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def kill_group(pid: int, *, what: str, timeout_s: float = 30.0) -> None:
-    """SIGKILL ``pid`` and every process of the group it leads; wait until all are gone.
+def kill_group(pid: int, *, what: str, reaped: bool = False, timeout_s: float = 30.0) -> None:
+    """SIGKILL ``pid`` and every process of the group it leads; wait until all are dead.
+
+    With ``reaped``, wait until they are reaped too (gone from /proc), which can take
+    init a while (about 2 s on this machine).
 
     Each service of the stack leads a process group of its own (``spawn_detached``
     and ``pg_ctl`` start it with ``setsid``), so the group is the whole server: a
@@ -327,16 +330,18 @@ def kill_group(pid: int, *, what: str, timeout_s: float = 30.0) -> None:
             os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         return
-    # Gone means reaped, not merely dead: until init reaps a killed postmaster, the
-    # zombie's pid answers kill(pid, 0), and a new postmaster refuses to start over
-    # its pid file ("lock file postmaster.pid already exists").
+    def remaining() -> list[int]:
+        members = group_members(pid) if leads_group else [pid]
+        if reaped:
+            return [m for m in members if Path(f"/proc/{m}").exists()]
+        return [m for m in members if pid_alive(m)]
+
     deadline = time.monotonic() + timeout_s
-    while Path(f"/proc/{pid}").exists() or (leads_group and group_members(pid)):
+    while left := remaining():
         if time.monotonic() > deadline:
-            left = group_members(pid) if leads_group else [pid]
+            state = "dead but not reaped by init" if reaped else "alive"
             raise DevStackError(
-                f"{what}: processes {left} still exist {timeout_s:.0f} s after SIGKILL "
-                f"(dead but not reaped by init?)"
+                f"{what}: processes {left} still {state} {timeout_s:.0f} s after SIGKILL"
             )
         time.sleep(0.02)
 

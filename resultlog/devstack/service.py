@@ -69,6 +69,8 @@ class Service(abc.ABC):
     kind: ClassVar[str]
     start_timeout_s: ClassVar[float] = 60.0
     stop_timeout_s: ClassVar[float] = 30.0
+    # Whether a restart after ``kill`` needs the dead processes reaped, not just dead.
+    kill_waits_for_reaping: ClassVar[bool] = False
 
     def __init__(self, settings: Settings, out: Out, *, name: str | None = None) -> None:
         self.settings = settings
@@ -178,7 +180,7 @@ class Service(abc.ABC):
         pid = self.pid()
         if pid is None:
             return False
-        process.kill_group(pid, what=f"{self.name} (pid {pid})")
+        process.kill_group(pid, what=f"{self.name} (pid {pid})", reaped=self.kill_waits_for_reaping)
         return True
 
     async def state(self) -> ServiceState:
