@@ -214,11 +214,11 @@ class KafkaService(Service):
 
     def port_conflicts(self) -> list[str]:
         conflicts = super().port_conflicts()
-        if conflicts and (other := self._other_layout_running()):
+        if conflicts and (other := self.hint_when_stopped()):
             conflicts.insert(0, other)
         return conflicts
 
-    def _other_layout_running(self) -> str | None:
+    def hint_when_stopped(self) -> str | None:
         """Which Kafka of this state dir, with the other node count, runs (if one does)."""
         dev_dir = self.home.parent
         if self.settings.dev_kafka_brokers == 1:

@@ -133,6 +133,10 @@ class Service(abc.ABC):
                 )
         return conflicts
 
+    def hint_when_stopped(self) -> str | None:
+        """Why this service may look stopped though a relative of it runs, if it does."""
+        return None
+
     def missing_packages(self) -> list[str]:
         """Debian packages this service needs and that are not installed."""
         return []

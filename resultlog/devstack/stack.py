@@ -238,6 +238,8 @@ class DevStack:
                 )
             else:
                 outcome = "not running"
+                if hint := svc.hint_when_stopped():
+                    outcome += f"; {hint}"
         if purge and svc.home.exists():
             shutil.rmtree(svc.home)
             outcome += f"; removed {svc.home}"
