@@ -20,12 +20,12 @@ from resultlog.producers.kafka import unreachable
 from resultlog.settings import Settings
 
 # Broker answers that mean the request itself is wrong, so retrying cannot help.
-_CONFIG_ERRORS = {
-    "InvalidPartitionsError": "topic_partitions",
-    "InvalidReplicationFactorError": "topic_replication_factor",
-    "InvalidConfigurationError": "topic_retention_ms",
-    "InvalidTopicError": "events_topic",
-    "PolicyViolationError": "topic_partitions",
+_CONFIG_ERRORS: dict[str, tuple[str, ...]] = {
+    "InvalidPartitionsError": ("topic_partitions",),
+    "InvalidReplicationFactorError": ("topic_replication_factor",),
+    "InvalidConfigurationError": ("topic_retention_ms", "topic_min_insync_replicas"),
+    "InvalidTopicError": ("events_topic",),
+    "PolicyViolationError": ("topic_partitions",),
 }
 
 
@@ -39,8 +39,9 @@ async def ensure_topics(
 ) -> list[str]:
     """Create each of ``topics`` that does not exist; return the ones this call created.
 
-    Partitions, replication and ``retention.ms`` default to the settings
-    (``topic_partitions``, ``topic_replication_factor``, ``topic_retention_ms``);
+    Partitions, replication, ``retention.ms`` and ``min.insync.replicas`` default to
+    the settings (``topic_partitions``, ``topic_replication_factor``,
+    ``topic_retention_ms``, ``topic_min_insync_replicas`` when it is not 0);
     ``configs`` adds other topic configs (e.g. ``cleanup.policy``). Waits until every
     partition of every named topic has a leader, so a producer can use it at once.
     Raises :class:`BrokerUnavailable` if Kafka cannot be reached within
@@ -50,6 +51,8 @@ async def ensure_topics(
     if not topics:
         return []
     topic_configs = {"retention.ms": str(settings.topic_retention_ms if retention_ms is None else retention_ms)}
+    if settings.topic_min_insync_replicas:
+        topic_configs["min.insync.replicas"] = str(settings.topic_min_insync_replicas)
     topic_configs.update(configs or {})
     wanted = [
         NewTopic(
@@ -93,10 +96,10 @@ async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic], timeout_ms
         elif error is TopicAlreadyExistsError:
             continue  # someone else created it between our listing and our request
         elif error.__name__ in _CONFIG_ERRORS:
-            setting = _CONFIG_ERRORS[error.__name__]
+            settings_named = " or ".join(f"RESULTLOG_{n.upper()}" for n in _CONFIG_ERRORS[error.__name__])
             raise ConfigurationError(
                 f"Kafka refused to create topic {name!r}: {error.__name__}"
-                f"{f' ({message})' if message else ''}; check RESULTLOG_{setting.upper()}"
+                f"{f' ({message})' if message else ''}; check {settings_named}"
             )
         else:
             raise BrokerUnavailable(

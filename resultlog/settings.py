@@ -25,6 +25,8 @@ ENV_PREFIX = "RESULTLOG_"
 DEV_KAFKA_PORT = 19092
 DEV_REDIS_PORT = 16379
 DEV_POSTGRES_PORT = 15432
+# How many Kafka nodes the local stack can run (RESULTLOG_DEV_KAFKA_BROKERS).
+DEV_KAFKA_BROKER_COUNTS = (1, 3)
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 _IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -55,6 +57,9 @@ class Settings:
     events_topic: str = names.DEFAULT_EVENTS_TOPIC
     topic_partitions: int = 8
     topic_replication_factor: int = 1
+    # min.insync.replicas of the topics resultlog creates; 0 leaves the broker's default.
+    # With acks=all, a write is acknowledged once this many replicas hold it.
+    topic_min_insync_replicas: int = 0
     # The log is the source of truth: keep it forever unless told otherwise.
     topic_retention_ms: int = -1
     consumer_group: str = names.DEFAULT_CONSUMER_GROUP
@@ -80,6 +85,8 @@ class Settings:
     # Local development stack and tests
     dev_dir: str = field(default_factory=_default_dev_dir)
     dev_cache_dir: str = field(default_factory=_default_dev_cache_dir)
+    # Kafka nodes of the local stack: 1 (the default) or 3 (a KRaft quorum of 3 voters).
+    dev_kafka_brokers: int = 1
     test_services: str = "auto"
 
     def __post_init__(self) -> None:
@@ -157,6 +164,13 @@ def _check(s: Settings) -> None:
         raise bad("topic_partitions", "must be between 1 and 10000")
     if s.topic_replication_factor < 1:
         raise bad("topic_replication_factor", "must be at least 1")
+    if not 0 <= s.topic_min_insync_replicas <= s.topic_replication_factor:
+        raise bad(
+            "topic_min_insync_replicas",
+            f"0 (the broker's default) or 1 to topic_replication_factor "
+            f"({s.topic_replication_factor}): more in-sync replicas than replicas would "
+            f"refuse every acks=all write",
+        )
     if s.topic_retention_ms < -1 or s.topic_retention_ms == 0:
         raise bad("topic_retention_ms", "-1 (forever) or a positive number of ms")
     if not s.consumer_group:
@@ -179,6 +193,11 @@ def _check(s: Settings) -> None:
         raise bad("postgres_schema", "a lower-case SQL identifier")
     if s.chord_hook and not _HOOK_RE.match(s.chord_hook):
         raise bad("chord_hook", "empty, or package.module:function")
+    if s.dev_kafka_brokers not in DEV_KAFKA_BROKER_COUNTS:
+        raise bad(
+            "dev_kafka_brokers",
+            "1 (one node) or 3 (three nodes, a KRaft quorum that survives losing one)",
+        )
     if s.test_services not in ("auto", "local", "docker", "env"):
         raise bad("test_services", "one of auto, local, docker, env")
 

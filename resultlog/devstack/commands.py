@@ -7,10 +7,21 @@ import asyncio
 import logging
 from typing import Any
 
+from resultlog.devstack.kafka_nodes import cluster_bootstrap
 from resultlog.devstack.stack import SERVICE_NAMES, DevStack, parse_only
-from resultlog.settings import Settings
+from resultlog.settings import DEV_KAFKA_BROKER_COUNTS, Settings
 
 _ONLY_HELP = f"comma-separated subset of {','.join(SERVICE_NAMES)} (default: all)"
+_BROKERS_HELP = (
+    "Kafka nodes: 1, or 3 for a KRaft cluster of three broker+controller nodes "
+    "(default: RESULTLOG_DEV_KAFKA_BROKERS, else 1); give the same to every `dev` command"
+)
+
+
+def _add_brokers(parser: Any) -> None:
+    parser.add_argument(
+        "--brokers", type=int, choices=DEV_KAFKA_BROKER_COUNTS, metavar="N", help=_BROKERS_HELP
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -28,10 +39,12 @@ def register(subparsers: Any) -> None:
         "up", help="start what is not running (installing/fetching what is missing)"
     )
     up.add_argument("--only", metavar="SERVICES", help=_ONLY_HELP)
+    _add_brokers(up)
     up.set_defaults(func=_up)
 
     down = actions.add_parser("down", help="stop what `dev up` started")
     down.add_argument("--only", metavar="SERVICES", help=_ONLY_HELP)
+    _add_brokers(down)
     down.add_argument(
         "--purge", action="store_true", help="also delete the services' data and logs"
     )
@@ -41,37 +54,53 @@ def register(subparsers: Any) -> None:
         "status", help="show what runs; exit status 1 if a service is down"
     )
     status.add_argument("--only", metavar="SERVICES", help=_ONLY_HELP)
+    _add_brokers(status)
     status.set_defaults(func=_status)
 
     logs = actions.add_parser("logs", help="show the end of the services' logs")
     logs.add_argument("service", nargs="?", choices=SERVICE_NAMES, help="one service")
     logs.add_argument("-n", "--lines", type=int, default=40, help="lines per log (default 40)")
+    _add_brokers(logs)
     logs.set_defaults(func=_logs)
 
 
-def _stack(only: str | None) -> DevStack:
+def _stack(only: str | None, brokers: int | None) -> DevStack:
     # aiokafka logs every refused connection at ERROR; readiness probes expect those.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    return DevStack(Settings.from_env(), only=parse_only(only))
+    settings = Settings.from_env()
+    if brokers is not None:
+        settings = settings.replace(dev_kafka_brokers=brokers)
+    return DevStack(settings, only=parse_only(only))
 
 
 def _up(args: argparse.Namespace) -> int:
-    stack = _stack(args.only)
+    stack = _stack(args.only, args.brokers)
     reports = asyncio.run(stack.up())
     print()
     for r in reports:
         how = f"started in {r.seconds:.1f} s" if r.started else "already running"
         print(f"  {r.name:<9} {r.address:<17} pid {r.pid:<8} {how}")
+    settings = stack.settings
+    if settings.dev_kafka_brokers > 1 and any(r.name.startswith("kafka") for r in reports):
+        # Clients that know one node only cannot start while that node is down.
+        replicas = min(settings.dev_kafka_brokers, 3)
+        print(
+            "\nKafka is a cluster; for clients that survive losing a node, and topics "
+            "replicated on it:\n"
+            f"  export RESULTLOG_KAFKA_BOOTSTRAP_SERVERS={cluster_bootstrap(settings)}\n"
+            f"  export RESULTLOG_TOPIC_REPLICATION_FACTOR={replicas}\n"
+            f"  export RESULTLOG_TOPIC_MIN_INSYNC_REPLICAS={replicas - 1}"
+        )
     return 0
 
 
 def _down(args: argparse.Namespace) -> int:
-    asyncio.run(_stack(args.only).down(purge=args.purge))
+    asyncio.run(_stack(args.only, args.brokers).down(purge=args.purge))
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    stack = _stack(args.only)
+    stack = _stack(args.only, args.brokers)
     states = asyncio.run(stack.status())
     print(f"state directory: {stack.dev_dir}")
     healthy = True
@@ -91,6 +120,6 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    stack = _stack(args.service)
+    stack = _stack(args.service, args.brokers)
     print(stack.logs(max(0, args.lines)))
     return 0

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from resultlog.devstack.kafka import KAFKA_VERSION, KafkaService, broker_config, random_cluster_id
+from resultlog.devstack.kafka import KAFKA_VERSION, KafkaService, broker_config
+from resultlog.devstack.kafka_nodes import random_cluster_id
 from resultlog.devstack.postgres import MAJOR as POSTGRES_MAJOR
 from resultlog.devstack.postgres import PostgresService
 from resultlog.devstack.redis import RedisService

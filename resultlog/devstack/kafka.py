@@ -1,4 +1,8 @@
-"""Apache Kafka for the local stack: one KRaft node (broker and controller), no Docker.
+"""Apache Kafka for the local stack: KRaft nodes (each broker and controller), no Docker.
+
+One node by default; three with ``dev_kafka_brokers=3`` (``resultlog dev up --brokers
+3``): a quorum of three voters that keeps working when any one node dies, each node in
+``<dev_dir>/kafka-<id>`` with its own ports, all formatted with one cluster id.
 
 The broker's classpath is assembled once from Maven Central (``kafka_2.13`` plus a
 log4j2 binding) into ``<dev_cache_dir>/kafka-<version>/libs`` and reused from then on;
@@ -13,7 +17,6 @@ against it; faust-streaming's CI tests 3.8.1 and 4.0.0).
 
 from __future__ import annotations
 
-import base64
 import importlib.resources
 import os
 import re
@@ -21,15 +24,23 @@ import shutil
 import string
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from resultlog.devstack import process
+from resultlog.devstack.kafka_nodes import (
+    node_name,
+    node_ports,
+    random_cluster_id,
+    shared_cluster_id,
+)
+from resultlog.devstack.process import Out
 from resultlog.devstack.service import Port, Service
 from resultlog.errors import DevStackError
-from resultlog.settings import DEV_KAFKA_PORT, port_of
+from resultlog.settings import Settings
 
 KAFKA_VERSION = "4.0.0"
 SCALA_VERSION = "2.13"
@@ -48,32 +59,53 @@ JVM_OPTIONS = [
     "-XX:+ExitOnOutOfMemoryError",
     "-Djava.awt.headless=true",
 ]
+# The storage format tool runs for a second: C2 compiling would be CPU spent for
+# nothing (measured: 2.2 s of CPU with it, 1.2 s without), and a cluster formats
+# three nodes at once.
+TOOL_JVM_OPTIONS = [*JVM_OPTIONS, "-XX:TieredStopAtLevel=1"]
 _COMPLETE = ".complete"
 
 
-def broker_config(*, port: int, controller_port: int, data_dir: Path) -> dict[str, str]:
+def broker_config(
+    *,
+    port: int,
+    controller_port: int,
+    data_dir: Path,
+    node_id: int = 1,
+    voters: Mapping[int, int] | None = None,
+) -> dict[str, str]:
     """The configuration of one node that is both broker and controller.
 
-    docker-compose.yml and the Docker test fixture use the same settings.
+    ``voters`` maps each node id of the cluster to its controller port (default: this
+    node alone). With one node every internal topic has one replica; with three or
+    more, three replicas and two in sync, so the cluster accepts acks=all writes and
+    keeps its group offsets and transactions while any one node is down.
+    docker-compose.yml and the Docker test fixture use the one-node settings.
     """
+    voters = {node_id: controller_port} if voters is None else voters
+    replicas = str(min(len(voters), 3))
+    in_sync = str(max(min(len(voters), 3) - 1, 1))
     return {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        "node.id": str(node_id),
+        "controller.quorum.voters": ",".join(
+            f"{voter}@127.0.0.1:{cport}" for voter, cport in sorted(voters.items())
+        ),
         "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
         "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
         "inter.broker.listener.name": "PLAINTEXT",
         "controller.listener.names": "CONTROLLER",
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
         "log.dirs": str(data_dir),
-        # One node: every internal topic has one replica.
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
-        "offsets.topic.replication.factor": "1",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        # Internal topics (and topics created without a replication factor, such as
+        # faust's) get every node up to three, and need all but one of them in sync.
+        "default.replication.factor": replicas,
+        "min.insync.replicas": in_sync,
+        "offsets.topic.replication.factor": replicas,
+        "transaction.state.log.replication.factor": replicas,
+        "transaction.state.log.min.isr": in_sync,
+        "share.coordinator.state.topic.replication.factor": replicas,
+        "share.coordinator.state.topic.min.isr": in_sync,
         # Small internal topics: fewer files, faster first group/transaction.
         "offsets.topic.num.partitions": "4",
         "transaction.state.log.num.partitions": "4",
@@ -96,16 +128,20 @@ def broker_config(*, port: int, controller_port: int, data_dir: Path) -> dict[st
     }
 
 
-def broker_properties(*, port: int, controller_port: int, data_dir: Path) -> str:
+def broker_properties(
+    *,
+    port: int,
+    controller_port: int,
+    data_dir: Path,
+    node_id: int = 1,
+    voters: Mapping[int, int] | None = None,
+) -> str:
     """server.properties for :func:`broker_config`."""
-    props = broker_config(port=port, controller_port=controller_port, data_dir=data_dir)
+    props = broker_config(
+        port=port, controller_port=controller_port, data_dir=data_dir, node_id=node_id, voters=voters
+    )
     head = "# Written by `resultlog dev up` on every start; edits are overwritten.\n"
     return head + "".join(f"{key}={value}\n" for key, value in props.items())
-
-
-def random_cluster_id() -> str:
-    """What ``kafka-storage.sh random-uuid`` prints: 16 bytes, base64url, no padding."""
-    return base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
 
 
 def _resource(name: str) -> str:
@@ -113,17 +149,29 @@ def _resource(name: str) -> str:
 
 
 class KafkaService(Service):
-    name = "kafka"
+    """One KRaft node; ``node_id`` 1 to ``settings.dev_kafka_brokers``."""
+
+    kind = "kafka"
     start_timeout_s = 120.0
     stop_timeout_s = 45.0
 
+    def __init__(self, settings: Settings, out: Out, *, node_id: int = 1) -> None:
+        if not 1 <= node_id <= settings.dev_kafka_brokers:
+            raise DevStackError(
+                f"kafka: there is no node {node_id}; the nodes are 1 to "
+                f"{settings.dev_kafka_brokers} (RESULTLOG_DEV_KAFKA_BROKERS)"
+            )
+        super().__init__(settings, out, name=node_name(settings, node_id))
+        self.node_id = node_id
+
     @property
     def ports(self) -> list[Port]:
-        port = port_of(self.settings.kafka_bootstrap_servers, DEV_KAFKA_PORT)
+        port = node_ports(self.settings)[self.node_id - 1]
         setting = "RESULTLOG_KAFKA_BOOTSTRAP_SERVERS"
+        node = "" if self.settings.dev_kafka_brokers == 1 else f" {self.node_id}"
         return [
-            Port(port, "kafka broker", setting),
-            Port(port + 1, "kafka controller", f"{setting} (the controller uses its port + 1)"),
+            Port(port, f"kafka broker{node}", setting),
+            Port(port + 1, f"kafka controller{node}", f"{setting} (the controller uses its port + 1)"),
         ]
 
     @property
@@ -164,6 +212,30 @@ class KafkaService(Service):
                 f"(Debian: apt-get install -y maven)"
             )
 
+    def port_conflicts(self) -> list[str]:
+        conflicts = super().port_conflicts()
+        if conflicts and (other := self.hint_when_stopped()):
+            conflicts.insert(0, other)
+        return conflicts
+
+    def hint_when_stopped(self) -> str | None:
+        """Which Kafka of this state dir, with the other node count, runs (if one does)."""
+        dev_dir = self.home.parent
+        if self.settings.dev_kafka_brokers == 1:
+            homes = sorted(dev_dir.glob("kafka-[0-9]*"))
+            advice = "give the same --brokers (or RESULTLOG_DEV_KAFKA_BROKERS) as `dev up` did"
+        else:
+            homes = [dev_dir / "kafka"]
+            advice = "stop it first with `resultlog dev down --only kafka`"
+        running = [
+            home.name for home in homes
+            if home.is_dir() and process.owned_pid(home / "kafka.pid", home) is not None
+        ]
+        if not running:
+            return None
+        return f"Kafka node(s) {', '.join(running)} of {dev_dir} run with another node count: {advice}"
+
+    # -- prepare: classpath and storage -------------------------------------------------
     # -- prepare: classpath and storage -------------------------------------------------
 
     def prepare(self) -> None:
@@ -230,15 +302,22 @@ class KafkaService(Service):
 
     def _write_config(self) -> None:
         broker, controller = (p.number for p in self.ports)
+        voters = {i: port + 1 for i, port in enumerate(node_ports(self.settings), start=1)}
         (self.home / "server.properties").write_text(
-            broker_properties(port=broker, controller_port=controller, data_dir=self.data_dir.resolve())
+            broker_properties(
+                port=broker,
+                controller_port=controller,
+                data_dir=self.data_dir.resolve(),
+                node_id=self.node_id,
+                voters=voters,
+            )
         )
         (self.home / "log4j2.properties").write_text(_resource("kafka-log4j2.properties"))
 
-    def _java(self, main_class: str, *args: str) -> list[str]:
+    def _java(self, main_class: str, *args: str, options: list[str] = JVM_OPTIONS) -> list[str]:
         return [
             "java",
-            *JVM_OPTIONS,
+            *options,
             f"-Dlog4j2.configurationFile={(self.home / 'log4j2.properties').resolve()}",
             "-cp",
             str(self.libs_dir.resolve() / "*"),
@@ -247,7 +326,12 @@ class KafkaService(Service):
         ]
 
     def _format_storage(self) -> None:
-        cluster_id = random_cluster_id()
+        count = self.settings.dev_kafka_brokers
+        if count == 1:
+            cluster_id = random_cluster_id()
+        else:
+            names = [node_name(self.settings, i) for i in range(1, count + 1)]
+            cluster_id = shared_cluster_id(self.home.parent, names)
         self.say(f"formatting KRaft storage in {self.data_dir} (cluster id {cluster_id})")
         process.run_logged(
             self._java(
@@ -255,6 +339,7 @@ class KafkaService(Service):
                 "-t", cluster_id,
                 "-c", str((self.home / "server.properties").resolve()),
                 "--ignore-formatted",
+                options=TOOL_JVM_OPTIONS,
             ),
             log_path=self.home / "format.log",
             what="kafka storage format",
@@ -273,7 +358,10 @@ class KafkaService(Service):
         self.pid_path.write_text(f"{pid}\n")
 
     async def answers(self) -> bool:
-        """A metadata request through aiokafka's admin client lists our broker."""
+        """A metadata request through this node's port lists a broker (one node) or
+        this node (a cluster: metadata lists only brokers the controller has registered
+        and unfenced, so a node that is listed serves requests).
+        """
         broker = self.ports[0].number
         if not await process.port_open(broker):
             return False  # spares aiokafka's connection-error logging
@@ -284,8 +372,12 @@ class KafkaService(Service):
         )
         try:
             await admin.start()
-            cluster = await admin.describe_cluster()
-            return bool(cluster.get("brokers"))
+            brokers = (await admin.describe_cluster()).get("brokers", [])
+            if self.settings.dev_kafka_brokers == 1:
+                # Any broker: the test fixtures also probe Kafkas that are not ours
+                # (RESULTLOG_TEST_SERVICES=env), whose node ids we do not know.
+                return bool(brokers)
+            return any(b.get("node_id") == self.node_id for b in brokers)
         except (KafkaError, OSError, TimeoutError):
             return False
         finally:

@@ -42,9 +42,12 @@ def _literal(value: str) -> str:
 
 
 class PostgresService(Service):
-    name = "postgres"
+    kind = "postgres"
     start_timeout_s = 60.0
     stop_timeout_s = 30.0
+    # Until init reaps a killed postmaster, its zombie's pid answers kill(pid, 0), and a
+    # new postmaster refuses to start ("lock file postmaster.pid already exists").
+    kill_waits_for_reaping = True
 
     @property
     def ports(self) -> list[Port]:

@@ -290,6 +290,62 @@ def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> bo
     return False
 
 
+def group_members(pgid: int) -> list[int]:
+    """The processes of process group ``pgid`` (zombies included), read from /proc."""
+    members = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        # After the parenthesised command name: state, ppid, pgrp, ...
+        fields = stat.rpartition(")")[2].split()
+        if len(fields) > 2 and fields[2] == str(pgid):
+            members.append(int(proc.name))
+    return members
+
+
+def kill_group(pid: int, *, what: str, reaped: bool = False, timeout_s: float = 30.0) -> None:
+    """SIGKILL ``pid`` and every process of the group it leads; wait until all are dead.
+
+    With ``reaped``, wait until they are reaped too (gone from /proc), which can take
+    init a while (about 2 s on this machine).
+
+    Each service of the stack leads a process group of its own (``spawn_detached``
+    and ``pg_ctl`` start it with ``setsid``), so the group is the whole server: a
+    PostgreSQL postmaster with its backends, a JVM, a redis-server. Killing them at once
+    is what a crash of the server does; killing only a postmaster would leave backends
+    holding its shared memory, and a restart would refuse to start until they noticed.
+    """
+    try:
+        leads_group = os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return
+    try:
+        if leads_group:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    def remaining() -> list[int]:
+        members = group_members(pid) if leads_group else [pid]
+        if reaped:
+            return [m for m in members if Path(f"/proc/{m}").exists()]
+        return [m for m in members if pid_alive(m)]
+
+    deadline = time.monotonic() + timeout_s
+    while left := remaining():
+        if time.monotonic() > deadline:
+            state = "dead but not reaped by init" if reaped else "alive"
+            raise DevStackError(
+                f"{what}: processes {left} still {state} {timeout_s:.0f} s after SIGKILL"
+            )
+        time.sleep(0.02)
+
+
 async def wait_until_ready(
     probe: Callable[[], Awaitable[bool]],
     *,

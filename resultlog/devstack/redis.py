@@ -23,7 +23,7 @@ def _server_binary() -> str | None:
 
 
 class RedisService(Service):
-    name = "redis"
+    kind = "redis"
     start_timeout_s = 20.0
     stop_timeout_s = 15.0
 

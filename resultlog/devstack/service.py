@@ -57,19 +57,25 @@ class UpReport:
 class Service(abc.ABC):
     """One server of the local stack, with its state in ``<dev_dir>/<name>``.
 
+    ``kind`` is what ``--only`` selects (kafka, redis, postgres); ``name`` tells one
+    server from another: the kind itself, or ``kafka-2`` for a node of a Kafka cluster.
+
     Subclasses implement the steps; :mod:`resultlog.devstack.stack` runs them, several
     services at once, in this order: ``missing_packages``/``check_tools`` (before
     anything starts), ``prepare`` and ``start`` (blocking, run in threads), then
     ``wait_ready`` and ``after_ready`` (async).
     """
 
-    name: ClassVar[str]
+    kind: ClassVar[str]
     start_timeout_s: ClassVar[float] = 60.0
     stop_timeout_s: ClassVar[float] = 30.0
+    # Whether a restart after ``kill`` needs the dead processes reaped, not just dead.
+    kill_waits_for_reaping: ClassVar[bool] = False
 
-    def __init__(self, settings: Settings, out: Out) -> None:
+    def __init__(self, settings: Settings, out: Out, *, name: str | None = None) -> None:
         self.settings = settings
         self.out = out
+        self.name = name or self.kind
         self.home = Path(settings.dev_dir).absolute() / self.name
 
     # -- identity -------------------------------------------------------------------
@@ -85,11 +91,11 @@ class Service(abc.ABC):
 
     @property
     def log_path(self) -> Path:
-        return self.home / f"{self.name}.log"
+        return self.home / f"{self.kind}.log"
 
     @property
     def pid_path(self) -> Path:
-        return self.home / f"{self.name}.pid"
+        return self.home / f"{self.kind}.pid"
 
     @property
     def process_home(self) -> Path:
@@ -126,6 +132,10 @@ class Service(abc.ABC):
                     f"stop that process or choose another port with {port.setting}"
                 )
         return conflicts
+
+    def hint_when_stopped(self) -> str | None:
+        """Why this service may look stopped though a relative of it runs, if it does."""
+        return None
 
     def missing_packages(self) -> list[str]:
         """Debian packages this service needs and that are not installed."""
@@ -164,6 +174,18 @@ class Service(abc.ABC):
         ok = process.stop_pid(pid, timeout_s=self.stop_timeout_s)
         self.pid_path.unlink(missing_ok=True)
         return ok
+
+    def kill(self) -> bool:
+        """SIGKILL our server (its whole process group); return once it is gone.
+
+        False if it was not running. The pid file is left as it is: a stale one is
+        never taken for ours (see :func:`resultlog.devstack.process.owned_pid`).
+        """
+        pid = self.pid()
+        if pid is None:
+            return False
+        process.kill_group(pid, what=f"{self.name} (pid {pid})", reaped=self.kill_waits_for_reaping)
+        return True
 
     async def state(self) -> ServiceState:
         pid = self.pid()

@@ -6,6 +6,10 @@ Python API (what ``resultlog dev`` and the test fixtures use)::
     reports = await stack.up()      # idempotent; waits until each service answers
     states = await stack.status()
     await stack.down()              # stops only what `up` started
+    await stack.up_services(stack.services_of("kafka"))   # some services only
+
+With ``settings.dev_kafka_brokers == 3`` the stack has one Kafka service per node
+(``kafka-1`` ...); ``--only kafka`` selects them all.
 
 ``up`` changes nothing unless every selected service can start: tools, host names and
 ports are all checked first. One command at a time per state directory (a lock file).
@@ -24,6 +28,7 @@ from pathlib import Path
 
 from resultlog.devstack import apt, process
 from resultlog.devstack.kafka import KafkaService
+from resultlog.devstack.kafka_nodes import CLUSTER_ID_FILE, cluster_bootstrap, ensure_internal_topics
 from resultlog.devstack.postgres import PostgresService
 from resultlog.devstack.process import Out
 from resultlog.devstack.redis import RedisService
@@ -31,6 +36,7 @@ from resultlog.devstack.service import Service, ServiceState, UpReport, elapsed
 from resultlog.errors import DevStackError
 from resultlog.settings import Settings
 
+# By kind; Kafka has one service per node (settings.dev_kafka_brokers).
 SERVICE_CLASSES: dict[str, type[Service]] = {
     "kafka": KafkaService,
     "redis": RedisService,
@@ -71,24 +77,47 @@ class DevStack:
         self.settings = settings if settings is not None else Settings.from_env()
         self.out = out
         self.dev_dir = Path(self.settings.dev_dir)
-        self.services: list[Service] = [
-            SERVICE_CLASSES[name](self.settings, out) for name in parse_only(only)
-        ]
+        self.services: list[Service] = []
+        for kind in parse_only(only):
+            if kind == "kafka":
+                self.services.extend(
+                    KafkaService(self.settings, out, node_id=node_id)
+                    for node_id in range(1, self.settings.dev_kafka_brokers + 1)
+                )
+            else:
+                self.services.append(SERVICE_CLASSES[kind](self.settings, out))
 
     def service(self, name: str) -> Service:
+        """A service by name: ``redis``, ``postgres``, ``kafka`` (one node) or ``kafka-2``."""
         for svc in self.services:
             if svc.name == name:
                 return svc
-        raise DevStackError(f"service {name!r} is not part of this stack")
+        names = ", ".join(svc.name for svc in self.services)
+        raise DevStackError(f"service {name!r} is not part of this stack (it has {names})")
+
+    def services_of(self, kind: str) -> list[Service]:
+        """The services of one kind (``kafka`` gives every node); an unknown kind is an error."""
+        found = [svc for svc in self.services if svc.kind == kind]
+        if not found:
+            kinds = ", ".join(dict.fromkeys(svc.kind for svc in self.services))
+            raise DevStackError(f"this stack runs no {kind!r}; it runs {kinds}")
+        return found
 
     # -- up ---------------------------------------------------------------------------
 
     async def up(self) -> list[UpReport]:
         """Start every selected service that is not running; wait until all answer."""
+        reports = await self.up_services(self.services)
+        if self.settings.dev_kafka_brokers > 1 and any(s.kind == "kafka" for s in self.services):
+            await ensure_internal_topics(cluster_bootstrap(self.settings))
+        return reports
+
+    async def up_services(self, services: Sequence[Service]) -> list[UpReport]:
+        """``up`` for some of this stack's services (e.g. one Kafka node after a kill)."""
         started = time.monotonic()
         async with self._locked():
-            running = {svc.name: svc.pid() for svc in self.services}
-            to_start = [svc for svc in self.services if running[svc.name] is None]
+            running = {svc.name: svc.pid() for svc in services}
+            to_start = [svc for svc in services if running[svc.name] is None]
             self._check_can_start(to_start)
             needs_apt = {svc.name: svc.missing_packages() for svc in to_start}
             packages = sorted({pkg for pkgs in needs_apt.values() for pkg in pkgs})
@@ -102,7 +131,7 @@ class DevStack:
             outcomes = await asyncio.gather(
                 *(
                     self._up_one(svc, running[svc.name], apt_task if needs_apt.get(svc.name) else None)
-                    for svc in self.services
+                    for svc in services
                 ),
                 return_exceptions=True,
             )
@@ -117,7 +146,8 @@ class DevStack:
             raise DevStackError(
                 "resultlog dev up failed:\n" + "\n".join(messages) + f"\nservices up: {ok}"
             )
-        self.out(f"local stack up in {elapsed(started):.1f} s (state in {self.dev_dir})")
+        what = "local stack" if services is self.services else ", ".join(svc.name for svc in services)
+        self.out(f"{what} up in {elapsed(started):.1f} s (state in {self.dev_dir})")
         return reports
 
     def _check_can_start(self, to_start: Sequence[Service]) -> None:
@@ -188,6 +218,10 @@ class DevStack:
             outcomes = await asyncio.gather(
                 *(asyncio.to_thread(self._down_one, svc, purge) for svc in self.services)
             )
+            if purge and self.settings.dev_kafka_brokers > 1 and any(
+                svc.kind == "kafka" for svc in self.services
+            ):
+                (self.dev_dir / CLUSTER_ID_FILE).unlink(missing_ok=True)
         return dict(zip((svc.name for svc in self.services), outcomes))
 
     def _down_one(self, svc: Service, purge: bool) -> str:
@@ -208,6 +242,8 @@ class DevStack:
                 )
             else:
                 outcome = "not running"
+                if hint := svc.hint_when_stopped():
+                    outcome += f"; {hint}"
         if purge and svc.home.exists():
             shutil.rmtree(svc.home)
             outcome += f"; removed {svc.home}"

@@ -199,6 +199,49 @@ def test_the_command_line_reports_status_and_logs(base_settings: Settings) -> No
     assert "mysql" in bad.stderr
 
 
+def test_the_command_line_takes_a_kafka_node_count(base_settings: Settings, dev_dir: Path) -> None:
+    _needs_local_stack(base_settings)
+    settings = _separate(base_settings, dev_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}
+    env |= {
+        "RESULTLOG_DEV_DIR": settings.dev_dir,
+        "RESULTLOG_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "RESULTLOG_REDIS_URL": settings.redis_url,
+        "RESULTLOG_POSTGRES_DSN": settings.postgres_dsn,
+    }
+    cli = [sys.executable, "-m", "resultlog", "dev", "status", "--only", "kafka"]
+    three = subprocess.run([*cli, "--brokers", "3"], env=env, capture_output=True, text=True, timeout=60)
+    assert three.returncode == 1  # nothing runs
+    port = int(settings.kafka_bootstrap_servers.rpartition(":")[2])
+    for node in (1, 2, 3):
+        assert f"kafka-{node}   127.0.0.1:{port + 2 * (node - 1)}" in three.stdout, three.stdout
+
+    two = subprocess.run([*cli, "--brokers", "2"], env=env, capture_output=True, text=True, timeout=60)
+    assert two.returncode == 2 and "--brokers" in two.stderr
+    by_env = subprocess.run(cli, env=env | {"RESULTLOG_DEV_KAFKA_BROKERS": "2"},
+                            capture_output=True, text=True, timeout=60)
+    assert by_env.returncode == 1 and "RESULTLOG_DEV_KAFKA_BROKERS" in by_env.stderr
+
+
+async def test_down_for_one_kafka_node_names_the_cluster_that_runs_instead(
+    base_settings: Settings, dev_dir: Path
+) -> None:
+    _needs_local_stack(base_settings)
+    settings = _separate(base_settings, dev_dir)
+    node = dev_dir / "kafka-2"
+    node.mkdir()
+    # Stands in for node 2 of a cluster: a process of ours working in its directory.
+    pid = process.spawn_detached(["sleep", "60"], cwd=node, log_path=node / "kafka.log")
+    (node / "kafka.pid").write_text(f"{pid}\n")
+    try:
+        outcomes = await DevStack(settings, only="kafka", out=lambda line: None).down()
+        assert outcomes["kafka"].startswith("not running; Kafka node(s) kafka-2 of ")
+        assert "--brokers" in outcomes["kafka"]
+        assert process.pid_alive(pid)
+    finally:
+        process.kill_group(pid, what="sleep")
+
+
 async def test_a_service_that_exits_while_starting_is_reported_with_its_log(
     base_settings: Settings, dev_dir: Path
 ) -> None:

@@ -30,3 +30,22 @@ def test_a_malformed_value_is_an_error_that_names_it() -> None:
         Settings.from_env({"RESULTLOG_REDIS_URL": "http://x"})
     with pytest.raises(ConfigurationError, match="result_ttl_s"):
         Settings(result_ttl_s=-1)
+
+
+def test_min_insync_replicas_is_0_for_the_brokers_default_or_at_most_the_replication() -> None:
+    assert Settings.from_env({}).topic_min_insync_replicas == 0
+    s = Settings.from_env(
+        {"RESULTLOG_TOPIC_REPLICATION_FACTOR": "3", "RESULTLOG_TOPIC_MIN_INSYNC_REPLICAS": "2"}
+    )
+    assert (s.topic_replication_factor, s.topic_min_insync_replicas) == (3, 2)
+    with pytest.raises(ConfigurationError, match=r"topic_min_insync_replicas = 2 is invalid.*topic_replication_factor \(1\)"):
+        Settings.from_env({"RESULTLOG_TOPIC_MIN_INSYNC_REPLICAS": "2"})
+    with pytest.raises(ConfigurationError, match="topic_min_insync_replicas"):
+        Settings(topic_min_insync_replicas=-1)
+
+
+def test_the_local_stack_runs_one_kafka_node_or_three() -> None:
+    assert Settings.from_env({}).dev_kafka_brokers == 1
+    assert Settings.from_env({"RESULTLOG_DEV_KAFKA_BROKERS": "3"}).dev_kafka_brokers == 3
+    with pytest.raises(ConfigurationError, match="RESULTLOG_DEV_KAFKA_BROKERS"):
+        Settings.from_env({"RESULTLOG_DEV_KAFKA_BROKERS": "2"})
