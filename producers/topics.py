@@ -3,7 +3,9 @@
 Used by the emitter at start and by the processors for their own topics. Idempotent and
 race-safe: several workers starting at once may all try to create the topic, and
 ``TopicAlreadyExists`` from the losers is success. Topics that already exist are left
-exactly as they are (their partitions, replication and retention are never altered).
+exactly as they are (their partitions, replication and retention are never altered);
+one whose ``max.message.bytes`` is too small for ``max_event_bytes`` is an error at once,
+rather than a refused FAILURE later that leaves its client waiting.
 """
 
 from __future__ import annotations
@@ -13,19 +15,40 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError, NoError, TopicAlreadyExistsError, for_code  # type: ignore[import-untyped]
 
 from resultlog.errors import BrokerUnavailable, ConfigurationError
 from resultlog.producers.kafka import unreachable
 from resultlog.settings import Settings
 
+# Kafka's own default for message.max.bytes (and so for a topic's max.message.bytes).
+KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+# Per record batch: its header (61 bytes), one record's framing and key (a task id of
+# up to 255 characters, 1,020 bytes), with room to spare.
+_BATCH_FRAMING_BYTES = 16 * 1024
+
+
+def max_message_bytes(settings: Settings) -> int:
+    """The ``max.message.bytes`` resultlog's topics need for ``settings.max_event_bytes``.
+
+    Kafka checks each record batch, as sent (compressed), against it. An event at the
+    limit travels in a batch of its own; compressing incompressible bytes makes them
+    slightly larger (zstd and lz4 by under 0.5 %, gzip by far less), hence the 1/128.
+    Never below Kafka's default, which the emitter's batches of small events need
+    (``max_batch_bytes``, 512 KiB by default).
+    """
+    n = settings.max_event_bytes
+    return max(KAFKA_DEFAULT_MAX_MESSAGE_BYTES, n + n // 128 + _BATCH_FRAMING_BYTES)
+
+
 # Broker answers that mean the request itself is wrong, so retrying cannot help.
 _CONFIG_ERRORS = {
-    "InvalidPartitionsError": "topic_partitions",
-    "InvalidReplicationFactorError": "topic_replication_factor",
-    "InvalidConfigurationError": "topic_retention_ms",
-    "InvalidTopicError": "events_topic",
-    "PolicyViolationError": "topic_partitions",
+    "InvalidPartitionsError": "RESULTLOG_TOPIC_PARTITIONS",
+    "InvalidReplicationFactorError": "RESULTLOG_TOPIC_REPLICATION_FACTOR",
+    "InvalidConfigurationError": "RESULTLOG_TOPIC_RETENTION_MS and RESULTLOG_MAX_EVENT_BYTES",
+    "InvalidTopicError": "RESULTLOG_EVENTS_TOPIC",
+    "PolicyViolationError": "RESULTLOG_TOPIC_PARTITIONS",
 }
 
 
@@ -41,15 +64,19 @@ async def ensure_topics(
 
     Partitions, replication and ``retention.ms`` default to the settings
     (``topic_partitions``, ``topic_replication_factor``, ``topic_retention_ms``);
-    ``configs`` adds other topic configs (e.g. ``cleanup.policy``). Waits until every
-    partition of every named topic has a leader, so a producer can use it at once.
-    Raises :class:`BrokerUnavailable` if Kafka cannot be reached within
-    ``kafka_timeout_s`` and :class:`ConfigurationError` if the broker rejects the
-    topic's configuration.
+    ``max.message.bytes`` is :func:`max_message_bytes`; ``configs`` adds other topic
+    configs (e.g. ``cleanup.policy``). Waits until every partition of every named topic
+    has a leader, so a producer can use it at once. Raises :class:`BrokerUnavailable`
+    if Kafka cannot be reached within ``kafka_timeout_s``, and
+    :class:`ConfigurationError` if the broker rejects the topic's configuration or an
+    existing topic's ``max.message.bytes`` is below what ``max_event_bytes`` needs.
     """
     if not topics:
         return []
-    topic_configs = {"retention.ms": str(settings.topic_retention_ms if retention_ms is None else retention_ms)}
+    topic_configs = {
+        "retention.ms": str(settings.topic_retention_ms if retention_ms is None else retention_ms),
+        "max.message.bytes": str(max_message_bytes(settings)),
+    }
     topic_configs.update(configs or {})
     wanted = [
         NewTopic(
@@ -74,6 +101,7 @@ async def ensure_topics(
             missing = [t for t in wanted if t.name not in existing]
             created = await _create(admin, missing, timeout_ms) if missing else []
             await _wait_for_leaders(admin, [t.name for t in wanted])
+            await _check_record_size(admin, settings, [t.name for t in wanted if t.name not in created])
     except (KafkaError, OSError, TimeoutError) as exc:
         raise unreachable(settings, exc, "create topics on") from exc
     finally:
@@ -96,7 +124,7 @@ async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic], timeout_ms
             setting = _CONFIG_ERRORS[error.__name__]
             raise ConfigurationError(
                 f"Kafka refused to create topic {name!r}: {error.__name__}"
-                f"{f' ({message})' if message else ''}; check RESULTLOG_{setting.upper()}"
+                f"{f' ({message})' if message else ''}; check {setting}"
             )
         else:
             raise BrokerUnavailable(
@@ -104,6 +132,27 @@ async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic], timeout_ms
                 f"{f' ({message})' if message else ''}"
             )
     return created
+
+
+async def _check_record_size(admin: AIOKafkaAdminClient, settings: Settings, names: list[str]) -> None:
+    """ConfigurationError if a topic of ``names`` takes smaller records than resultlog needs."""
+    if not names:
+        return
+    needed = max_message_bytes(settings)
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name, {"max.message.bytes": None}) for name in names]
+    for response in await admin.describe_configs(resources):
+        for error_code, _message, _type, name, entries, *_ in response.resources:
+            if error_code != 0:
+                continue  # not ours to judge (e.g. no DESCRIBE_CONFIGS right)
+            for entry in entries:
+                if entry[0] == "max.message.bytes" and int(entry[1]) < needed:
+                    raise ConfigurationError(
+                        f"Kafka topic {name!r} takes records of at most {int(entry[1])} bytes "
+                        f"(max.message.bytes), and events of up to RESULTLOG_MAX_EVENT_BYTES="
+                        f"{settings.max_event_bytes} need {needed}: raise the topic's limit "
+                        f"(kafka-configs.sh --alter --entity-type topics --entity-name {name} "
+                        f"--add-config max.message.bytes={needed}) or lower RESULTLOG_MAX_EVENT_BYTES"
+                    )
 
 
 async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str]) -> None:
