@@ -29,17 +29,25 @@ KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 _BATCH_FRAMING_BYTES = 16 * 1024
 
 
-def max_message_bytes(settings: Settings) -> int:
-    """The ``max.message.bytes`` resultlog's topics need for ``settings.max_event_bytes``.
+def event_batch_bytes(settings: Settings) -> int:
+    """The largest record batch an event of ``settings.max_event_bytes`` can make.
 
-    Kafka checks each record batch, as sent (compressed), against it. An event at the
-    limit travels in a batch of its own; compressing incompressible bytes makes them
-    slightly larger (zstd and lz4 by under 0.5 %, gzip by far less), hence the 1/128.
-    Never below Kafka's default, which the emitter's batches of small events need
-    (``max_batch_bytes``, 512 KiB by default).
+    Kafka checks each record batch, as sent (compressed), against a topic's
+    ``max.message.bytes``. An event at the limit travels in a batch of its own;
+    compressing incompressible bytes makes them slightly larger (zstd and lz4 by under
+    0.5 %, gzip by far less), hence the 1/128.
     """
     n = settings.max_event_bytes
-    return max(KAFKA_DEFAULT_MAX_MESSAGE_BYTES, n + n // 128 + _BATCH_FRAMING_BYTES)
+    return n + n // 128 + _BATCH_FRAMING_BYTES
+
+
+def max_message_bytes(settings: Settings) -> int:
+    """The ``max.message.bytes`` resultlog creates its topics with.
+
+    :func:`event_batch_bytes`, never below Kafka's default, which the emitter's batches
+    of small events may fill (``max_batch_bytes``, 512 KiB by default).
+    """
+    return max(KAFKA_DEFAULT_MAX_MESSAGE_BYTES, event_batch_bytes(settings))
 
 
 # Broker answers that mean the request itself is wrong, so retrying cannot help.
@@ -138,7 +146,7 @@ async def _check_record_size(admin: AIOKafkaAdminClient, settings: Settings, nam
     """ConfigurationError if a topic of ``names`` takes smaller records than resultlog needs."""
     if not names:
         return
-    needed = max_message_bytes(settings)
+    needed = event_batch_bytes(settings)
     resources = [ConfigResource(ConfigResourceType.TOPIC, name, {"max.message.bytes": None}) for name in names]
     for response in await admin.describe_configs(resources):
         for error_code, _message, _type, name, entries, *_ in response.resources:
