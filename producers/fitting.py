@@ -7,10 +7,11 @@ RETRY or REVOKED event is different: it is the last word on an attempt, and refu
 leaves a client waiting for ever for a task that finished. So an oversized one is
 recorded with its large fields cut, in this order, until it fits:
 
-1. ``traceback``, then ``exception.message``: the UTF-8 text keeps its head (a third)
-   and its tail (two thirds: a traceback's innermost frames and the exception line are
-   at the end) around the marker ``…[truncated from N bytes]…``, N being the original
-   size in bytes;
+1. ``traceback`` and ``exception.message``, levelled: the longer is cut first, down to
+   a common length, so both keep some of themselves. A cut text keeps its head (a
+   third) and its tail (two thirds: a traceback's innermost frames and the exception
+   line are at the end) around the marker ``…[truncated from N bytes]…``, N being its
+   original size in bytes (UTF-8);
 2. ``args``, then ``kwargs``: JSON cannot be cut and stay JSON, so they are dropped;
 3. the event's ``meta`` entries: dropped.
 

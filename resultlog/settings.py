@@ -59,6 +59,9 @@ class Settings:
     topic_retention_ms: int = -1
     consumer_group: str = names.DEFAULT_CONSUMER_GROUP
     kafka_timeout_s: float = 10.0
+    # The largest encoded event the emitter accepts; topics are created to take it
+    # (producers/topics.py). A SUCCESS over it is refused at the call; a FAILURE, RETRY
+    # or REVOKED is recorded with its large fields cut instead (producers/fitting.py).
     max_event_bytes: int = 1_000_000
     # "batch": aiokafka batches in the faust worker (fast); "agent": a faust agent.
     fold_engine: str = "batch"
