@@ -13,7 +13,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType  #
 
 from resultlog import names
 from resultlog.errors import ConfigurationError, EventTooLarge
-from resultlog.producers import Emitter, SyncEmitter
+from resultlog.producers import Emitter, SyncEmitter, declare_chord
 from resultlog.producers.fitting import marker
 from resultlog.producers.topics import ensure_topics, max_message_bytes
 from resultlog.schemas.states import State
@@ -117,3 +117,19 @@ async def test_an_existing_topic_too_small_for_the_limit_is_a_clear_error_at_sta
     with pytest.raises(ConfigurationError, match="max.message.bytes=.*RESULTLOG_MAX_EVENT_BYTES"):
         async with Emitter(larger):
             pass
+
+
+async def test_a_chord_member_with_a_large_result_completes_its_chord(settings: Settings) -> None:
+    # The member's result passes through the chords topic and the aggregator's table
+    # (its changelog), each of which must take a record as large as the limit allows.
+    settings = settings.replace(max_event_bytes=4 * MB)
+    value = big_result(3 * MB)
+    with ProcessorProcess(settings) as proc:
+        async with Emitter(settings) as emitter:
+            await declare_chord(emitter, "big-chord", 3, callback="tasks.join")
+            for i in range(3):
+                await emitter.success(f"big-chord-{i}", value if i == 1 else i,
+                                      chord_id="big-chord", chord_size=3, chord_index=i)
+        async with ResultBackend(settings) as backend:
+            got = await backend.AioChordResult("big-chord").get(timeout=120)
+        assert got == [0, value, 2], proc.output()[-3000:]
