@@ -47,6 +47,9 @@ def faust_settings(settings: Settings, **overrides: Any) -> dict[str, Any]:
         broker_session_timeout=10.0,
         stream_buffer_maxsize=16_384,
         producer_acks=-1,
+        # faust's producer writes the chord table's changelog, whose entries carry
+        # member results (aiokafka refuses a larger record at send; faust's default is 1 MB).
+        producer_max_request_size=chords.state_record_bytes(settings),
         datadir=f"{settings.dev_dir}/faust/{settings.consumer_group}",
     )
     conf.update(overrides)

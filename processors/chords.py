@@ -62,6 +62,7 @@ from resultlog.processors.chordfold import ChordFold
 from resultlog.processors.chordretention import SummaryRetention
 from resultlog.processors.deadletter import DeadLetter, DeadLetterWriter, TopicWriter
 from resultlog.processors.logreader import LogReader
+from resultlog.producers.topics import KAFKA_DEFAULT_MAX_MESSAGE_BYTES
 from resultlog.schemas.chords import ChordCompleted, FailedMember
 from resultlog.schemas.codec import Codec
 from resultlog.schemas.event import ExceptionInfo
@@ -112,6 +113,16 @@ async def _retrying(what: str, op: Callable[[], Awaitable[T]]) -> T:
             delay = min(delay * 2, 5.0)
 
 
+def state_record_bytes(settings: Settings) -> int:
+    """The largest record the aggregator's table may write to its changelog.
+
+    A member's entry holds its result's JSON text as a JSON string, written by faust's
+    JSON (the standard library's, escaping non-ASCII): a 2-byte character becomes a
+    6-byte ``\\uXXXX``, so an entry is at most 3 times the event it came from.
+    """
+    return max(KAFKA_DEFAULT_MAX_MESSAGE_BYTES, 3 * settings.max_event_bytes + 16 * 1024)
+
+
 def _raw_topic(app: Any, name: str, partitions: int) -> Any:
     return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
                      value_serializer="raw", partitions=partitions)
@@ -132,6 +143,7 @@ class ChordAggregator:
             names.chord_state_changelog_topic(s.consumer_group),
             key_serializer="json", value_serializer="json", partitions=s.topic_partitions,
             compacting=True, acks=False, internal=True, maxsize=131_072, allow_empty=True,
+            config={"max.message.bytes": str(state_record_bytes(s))},
         )
         self.table: MutableMapping[str, Any] = app.Table(
             names.CHORD_STATE_TABLE, partitions=s.topic_partitions, changelog_topic=changelog,

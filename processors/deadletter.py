@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from resultlog.errors import BrokerUnavailable
+from resultlog.producers.topics import max_message_bytes
 from resultlog.settings import Settings
 
 REASON_HEADER = "resultlog.reason"
@@ -57,6 +58,9 @@ class TopicWriter:
                 enable_idempotence=True,
                 linger_ms=1,
                 request_timeout_ms=int(self.settings.kafka_timeout_s * 1000),
+                # The chords topic gets member events of any size up to the limit
+                # (aiokafka refuses a record over this at send(); its default is 1 MiB).
+                max_request_size=max_message_bytes(self.settings),
             )
             try:
                 await producer.start()

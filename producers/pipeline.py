@@ -43,6 +43,7 @@ from resultlog.errors import BrokerUnavailable, EmitterClosed
 from resultlog.producers.buffer import Item, Outbox, Waiter
 from resultlog.producers.encoding import EventEncoder
 from resultlog.producers.failures import Failures
+from resultlog.producers.fitting import encode_within_limit
 from resultlog.producers.kafka import abort_pending, close_producer, start_producer
 from resultlog.producers.lanes import Batch, Lane, Lanes
 from resultlog.producers.options import PipelineOptions
@@ -177,10 +178,14 @@ class Pipeline:
 
     # Accepting (callers) -------------------------------------------------------------
     def encode(self, event: TaskEvent) -> tuple[bytes, bytes]:
-        """Key and value for ``event``; raises (EventTooLarge, ...) before anything is buffered."""
+        """Key and value for ``event``; raises (EventTooLarge, ...) before anything is buffered.
+
+        An outcome (FAILURE, RETRY, REVOKED) over the size limit is cut to fit, never
+        refused: see :mod:`.fitting`.
+        """
         if not isinstance(event, TaskEvent):
             raise TypeError(f"expected a TaskEvent, got {type(event).__name__}")
-        return event.task_id.encode(), self.encoder.encode(event)
+        return event.task_id.encode(), encode_within_limit(event, self.encoder.encode)
 
     def check(self) -> None:
         """Raise what an emitting call must see first: closed, or an undelivered earlier event."""

@@ -3,7 +3,9 @@
 Used by the emitter at start and by the processors for their own topics. Idempotent and
 race-safe: several workers starting at once may all try to create the topic, and
 ``TopicAlreadyExists`` from the losers is success. Topics that already exist are left
-exactly as they are (their partitions, replication and retention are never altered).
+exactly as they are (their partitions, replication and retention are never altered);
+one whose ``max.message.bytes`` is too small for ``max_event_bytes`` is an error at once,
+rather than a refused FAILURE later that leaves its client waiting.
 """
 
 from __future__ import annotations
@@ -13,17 +15,46 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError, NoError, TopicAlreadyExistsError, for_code  # type: ignore[import-untyped]
 
 from resultlog.errors import BrokerUnavailable, ConfigurationError
 from resultlog.producers.kafka import unreachable
 from resultlog.settings import Settings
 
+# Kafka's own default for message.max.bytes (and so for a topic's max.message.bytes).
+KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+# Per record batch: its header (61 bytes), one record's framing and key (a task id of
+# up to 255 characters, 1,020 bytes), with room to spare.
+_BATCH_FRAMING_BYTES = 16 * 1024
+
+
+def event_batch_bytes(settings: Settings) -> int:
+    """The largest record batch an event of ``settings.max_event_bytes`` can make.
+
+    Kafka checks each record batch, as sent (compressed), against a topic's
+    ``max.message.bytes``. An event at the limit travels in a batch of its own;
+    compressing incompressible bytes makes them slightly larger (zstd and lz4 by under
+    0.5 %, gzip by far less), hence the 1/128.
+    """
+    n = settings.max_event_bytes
+    return n + n // 128 + _BATCH_FRAMING_BYTES
+
+
+def max_message_bytes(settings: Settings) -> int:
+    """The ``max.message.bytes`` resultlog creates its topics with.
+
+    :func:`event_batch_bytes`, never below Kafka's default, which the emitter's batches
+    of small events may fill (``max_batch_bytes``, 512 KiB by default).
+    """
+    return max(KAFKA_DEFAULT_MAX_MESSAGE_BYTES, event_batch_bytes(settings))
+
+
 # Broker answers that mean the request itself is wrong, so retrying cannot help.
 _CONFIG_ERRORS: dict[str, tuple[str, ...]] = {
     "InvalidPartitionsError": ("topic_partitions",),
     "InvalidReplicationFactorError": ("topic_replication_factor",),
-    "InvalidConfigurationError": ("topic_retention_ms", "topic_min_insync_replicas"),
+    "InvalidConfigurationError": ("topic_retention_ms", "topic_min_insync_replicas", "max_event_bytes"),
     "InvalidTopicError": ("events_topic",),
     "PolicyViolationError": ("topic_partitions",),
 }
@@ -42,15 +73,19 @@ async def ensure_topics(
     Partitions, replication, ``retention.ms`` and ``min.insync.replicas`` default to
     the settings (``topic_partitions``, ``topic_replication_factor``,
     ``topic_retention_ms``, ``topic_min_insync_replicas`` when it is not 0);
-    ``configs`` adds other topic configs (e.g. ``cleanup.policy``). Waits until every
-    partition of every named topic has a leader, so a producer can use it at once.
-    Raises :class:`BrokerUnavailable` if Kafka cannot be reached within
-    ``kafka_timeout_s`` and :class:`ConfigurationError` if the broker rejects the
-    topic's configuration.
+    ``max.message.bytes`` is :func:`max_message_bytes`; ``configs`` adds other topic
+    configs (e.g. ``cleanup.policy``). Waits until every partition of every named topic
+    has a leader, so a producer can use it at once. Raises :class:`BrokerUnavailable`
+    if Kafka cannot be reached within ``kafka_timeout_s``, and
+    :class:`ConfigurationError` if the broker rejects the topic's configuration or an
+    existing topic's ``max.message.bytes`` is below what ``max_event_bytes`` needs.
     """
     if not topics:
         return []
-    topic_configs = {"retention.ms": str(settings.topic_retention_ms if retention_ms is None else retention_ms)}
+    topic_configs = {
+        "retention.ms": str(settings.topic_retention_ms if retention_ms is None else retention_ms),
+        "max.message.bytes": str(max_message_bytes(settings)),
+    }
     if settings.topic_min_insync_replicas:
         topic_configs["min.insync.replicas"] = str(settings.topic_min_insync_replicas)
     topic_configs.update(configs or {})
@@ -77,6 +112,7 @@ async def ensure_topics(
             missing = [t for t in wanted if t.name not in existing]
             created = await _create(admin, missing, timeout_ms) if missing else []
             await _wait_for_leaders(admin, [t.name for t in wanted])
+            await _check_record_size(admin, settings, [t.name for t in wanted if t.name not in created])
     except (KafkaError, OSError, TimeoutError) as exc:
         raise unreachable(settings, exc, "create topics on") from exc
     finally:
@@ -107,6 +143,27 @@ async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic], timeout_ms
                 f"{f' ({message})' if message else ''}"
             )
     return created
+
+
+async def _check_record_size(admin: AIOKafkaAdminClient, settings: Settings, names: list[str]) -> None:
+    """ConfigurationError if a topic of ``names`` takes smaller records than resultlog needs."""
+    if not names:
+        return
+    needed = event_batch_bytes(settings)
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name, {"max.message.bytes": None}) for name in names]
+    for response in await admin.describe_configs(resources):
+        for error_code, _message, _type, name, entries, *_ in response.resources:
+            if error_code != 0:
+                continue  # not ours to judge (e.g. no DESCRIBE_CONFIGS right)
+            for entry in entries:
+                if entry[0] == "max.message.bytes" and int(entry[1]) < needed:
+                    raise ConfigurationError(
+                        f"Kafka topic {name!r} takes records of at most {int(entry[1])} bytes "
+                        f"(max.message.bytes), and events of up to RESULTLOG_MAX_EVENT_BYTES="
+                        f"{settings.max_event_bytes} need {needed}: raise the topic's limit "
+                        f"(kafka-configs.sh --alter --entity-type topics --entity-name {name} "
+                        f"--add-config max.message.bytes={needed}) or lower RESULTLOG_MAX_EVENT_BYTES"
+                    )
 
 
 async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str]) -> None:

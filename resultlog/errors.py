@@ -36,7 +36,16 @@ class ResultNotSerializable(ValidationError):
 
 
 class EventTooLarge(ValidationError):
-    """An encoded event larger than the configured limit."""
+    """An encoded event larger than the configured limit.
+
+    ``size`` and ``limit`` (bytes) say by how much, when the encoder measured it; the
+    emitter uses them to fit a FAILURE, RETRY or REVOKED event within the limit.
+    """
+
+    def __init__(self, message: str, *, size: int | None = None, limit: int | None = None) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
 
 
 class CodecError(ResultlogError):

@@ -22,6 +22,10 @@ FAUST_GROUP_SUFFIX = ".faust"
 CHORD_STATE_TABLE = "chord-state"
 CHORD_STATE_CHANGELOG_SUFFIX = ".chord-state-changelog"
 
+# The event meta entry that lists the fields the emitter cut to fit an outcome within
+# RESULTLOG_MAX_EVENT_BYTES, as "field:original_bytes" pairs (producers/fitting.py).
+TRUNCATED_META_KEY = "resultlog.truncated"
+
 # Redis: defaults and the layout below the prefix.
 DEFAULT_REDIS_PREFIX = "resultlog:"
 # {prefix}task:{task_id}       hash: the latest state of one task (see views/fold.lua)

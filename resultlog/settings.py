@@ -68,6 +68,9 @@ class Settings:
     # newly assigned partitions, before it stops with the reason (its supervisor
     # restarts it; it could fold nothing meanwhile anyway).
     assign_timeout_s: float = 60.0
+    # The largest encoded event the emitter accepts; topics are created to take it
+    # (producers/topics.py). A SUCCESS over it is refused at the call; a FAILURE, RETRY
+    # or REVOKED is recorded with its large fields cut instead (producers/fitting.py).
     max_event_bytes: int = 1_000_000
     # Run once per completed chord by the processor: "package.module:function" taking a
     # ChordCompleted (sync or async); empty for none. See docs/chords.md.

@@ -163,7 +163,10 @@ class Codec:
         if len(data) > self.max_bytes:
             raise EventTooLarge(
                 f"encoded {name} is {len(data)} bytes, over the {self.max_bytes}-byte limit "
-                "(RESULTLOG_MAX_EVENT_BYTES); store large results elsewhere and emit a reference"
+                "(RESULTLOG_MAX_EVENT_BYTES); raise the setting, or store large results "
+                "elsewhere and emit a reference",
+                size=len(data),
+                limit=self.max_bytes,
             )
         return data
 
