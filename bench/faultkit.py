@@ -94,6 +94,7 @@ class Run:
     processors: list[ProcessorProcess]
     outs: list[Path]
     note: list[str] = field(default_factory=list)
+    killed_for_good: set[int] = field(default_factory=set)  # processors the fault stopped
 
     def accepted_count(self) -> int:
         return sum(_count_lines(p) for p in self.outs)
@@ -295,6 +296,9 @@ async def run_fault(fault: Fault, *, tasks: int = TASKS_PER_EMITTER, rate: float
                 await run.wait(complete, "every accepted event in both stores", SETTLE_S)
             except AssertionError as exc:
                 row.problems.append(str(exc))
+            for i, p in enumerate(processors):
+                if i not in run.killed_for_good and not p.alive():
+                    row.problems.append(f"processor {i} died: {p.output()[-1500:]}")
             row.wrong = await view_mismatches(settings, expected)
             if row.wrong < 0:
                 row.problems.append("Redis did not answer at the end")
@@ -452,6 +456,7 @@ async def processor_killed_three_times(run: Run) -> None:
 
 async def one_of_two_processors_killed(run: Run) -> None:
     run.processors[1].kill()
+    run.killed_for_good.add(1)
 
 
 async def chord_aggregator_killed(run: Run) -> None:

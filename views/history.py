@@ -27,7 +27,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from resultlog import names
-from resultlog.errors import ConfigurationError, ValidationError
+from resultlog.errors import ConfigurationError, StoreUnavailable, ValidationError
 from resultlog.schemas.event import ExceptionInfo, TaskEvent
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
@@ -347,7 +347,20 @@ class HistoryStore(PooledStore):
             await self._ensure_days(days)
             try:
                 with self._guard():
-                    return await self._write(rows, consumer_group, offset_args)
+                    try:
+                        return await self._write(rows, consumer_group, offset_args)
+                    except asyncpg.InternalClientError as exc:
+                        # After the server died mid-write (a PostgreSQL SIGKILL), asyncpg
+                        # can hand back a pooled connection whose protocol still counts
+                        # the lost operation as running: "cannot switch to state 15;
+                        # another operation (2) is in progress". The connection is gone,
+                        # so it is a connection failure (retriable), not our error.
+                        raise ConnectionError(f"connection state lost: {exc}") from exc
+            except StoreUnavailable:
+                # Replace every pooled connection before the caller retries, so none
+                # left over from the lost server is used again.
+                await self.pool.expire_connections()
+                raise
             except asyncpg.CheckViolationError as exc:
                 # "no partition of relation ... found for row": a partition this process
                 # thought existed was dropped (e.g. pruned). Forget what we knew, retry.
