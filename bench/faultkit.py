@@ -13,8 +13,9 @@ the stream has been accepted, the fault is injected; afterwards:
 - ``lost``: accepted events missing from the history;
 - ``duplicates``: history rows beyond one per event_id;
 - ``wrong``: tasks whose Redis view is missing or not the latest accepted state;
-- ``recovery_s``: from the fault until the view again held every task accepted before
-  the fault (a view lost with Redis is rebuilt by the processor: no manual step).
+- ``recovery_s``: from the fault until the view held every task accepted until the
+  fault was over and a second more (a view lost with Redis is rebuilt by the
+  processor: no manual step).
 
 Run an emitter by hand: ``python -m bench.faultkit emit OUT PREFIX TASKS RATE`` (settings
 from ``RESULTLOG_*``).
@@ -53,6 +54,7 @@ TASKS_PER_EMITTER = 10_000  # two events each: 40,000 events in all
 TASKS_PER_S = 1_000  # per emitter: 4,000 events/s in all, a 10 s stream
 WINDOW = 200  # emits in flight per emitter
 INJECT_AT = 0.3  # the fault comes once this share of the stream was accepted
+SNAPSHOT_AFTER_S = 1.0  # see run_fault: what "the view complete again" covers
 SETTLE_S = 240.0  # the longest a run waits for the view to be complete
 # What the processor logs at the end of a view rebuild (processors/rebuild.py).
 _REBUILT = re.compile(r"view rebuild done: \d+ events in [\d.]+ s")
@@ -266,10 +268,14 @@ async def run_fault(fault: Fault, *, tasks: int = TASKS_PER_EMITTER, rate: float
                     raise AssertionError("an emitter died: " + _tails(workdir))
                 return run.accepted_count() >= INJECT_AT * total
             await run.wait(enough, "the stream under way")
-            before = expected_states(_accepted(outs))
             fault_at = time.monotonic()
             chord = asyncio.create_task(_chord_through(run)) if fault.chord else None
             await fault.inject(run)
+            # What must become visible: everything accepted until the fault was over and
+            # a second more (events the fault kept from being folded, e.g. those of a
+            # dead processor's partitions until the group notices).
+            await asyncio.sleep(max(0.0, fault_at + SNAPSHOT_AFTER_S - time.monotonic()))
+            before = expected_states(_accepted(outs))
 
             async def recovered() -> bool:
                 return await view_mismatches(settings, before, at_least=True) == 0
