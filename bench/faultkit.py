@@ -256,11 +256,12 @@ async def run_fault(fault: Fault, *, tasks: int = TASKS_PER_EMITTER, rate: float
                 return all("resuming at" in p.output() for p in processors)
             await run.wait(folding, "the processors assigned their partitions")
             for i, path in enumerate(outs):
-                log = (workdir / f"emitter-{i}.log").open("ab")
-                emitters.append(subprocess.Popen(
-                    [sys.executable, "-m", "bench.faultkit", "emit", str(path), f"e{i}",
-                     str(tasks), str(rate)],
-                    env=_child_env(settings), stdout=log, stderr=subprocess.STDOUT, cwd=_root()))
+                with (workdir / f"emitter-{i}.log").open("ab") as log:
+                    emitters.append(subprocess.Popen(
+                        [sys.executable, "-m", "bench.faultkit", "emit", str(path), f"e{i}",
+                         str(tasks), str(rate)],
+                        env=_child_env(settings), stdout=log, stderr=subprocess.STDOUT,
+                        cwd=_root()))
             total = EMITTERS * tasks * 2
 
             async def enough() -> bool:

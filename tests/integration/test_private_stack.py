@@ -178,11 +178,20 @@ async def _check_replication(bootstrap: str, topic: str) -> None:
         described = await admin.describe_topics([topic, "__consumer_offsets"])
         replicas = {t["topic"]: {len(p["replicas"]) for p in t["partitions"]} for t in described}
         assert replicas == {topic: {3}, "__consumer_offsets": {3}}
-        [response] = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic, {"min.insync.replicas": None})]
-        )
-        configs = {entry[0]: entry[1] for entry in response.resources[0][4]}
-        assert configs["min.insync.replicas"] == "2"
+        # The broker that answers may not know a topic created a moment ago (its
+        # metadata lags the controller's): it answers with an error code and no
+        # entries. Ask until one answers for the topic.
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            [response] = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic, {"min.insync.replicas": None})]
+            )
+            error_code, entries = response.resources[0][0], response.resources[0][4]
+            if error_code == 0 or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        configs = {entry[0]: entry[1] for entry in entries}
+        assert configs["min.insync.replicas"] == "2", response
     finally:
         await admin.close()
 

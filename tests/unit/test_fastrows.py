@@ -118,7 +118,8 @@ def test_corrupted_bytes_are_never_stored_differently(event: TaskEvent, data: st
     mangled = bytes(raw)
     fast = read_rows(mangled, "events", 0, 7, TTL_MS)
     if fast is not None:
-        assert fast == canonical(mangled, 0, 7)
+        # Compared by repr: a flipped byte can make a float NaN, and NaN != NaN.
+        assert repr(fast) == repr(canonical(mangled, 0, 7))
 
 
 def test_other_records_take_the_canonical_route() -> None:
