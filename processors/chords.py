@@ -259,6 +259,8 @@ class ChordAggregator:
                 await self._record(part, rec, store, dead_letters)
             offsets[tp] = records[-1].offset + 1
         await _retrying("writing the chord state changelog", self.state.flush)
+        if not offsets:
+            return
         try:
             await consumer.commit(offsets)
         except KafkaError as exc:

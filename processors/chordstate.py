@@ -71,6 +71,7 @@ class ChangelogTables:
         self.settings = settings
         self.topic = changelog_topic
         self.tables: dict[int, PartitionTable] = {}
+        self._pending: dict[int, list[tuple[bytes, bytes | None]]] = {}
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
@@ -97,18 +98,23 @@ class ChangelogTables:
 
     async def load(self, partitions: set[int]) -> None:
         """Own exactly ``partitions``: each table read afresh from its changelog partition."""
+        await self.flush()  # a failed flush's changes first: the tables are read back next
         self.tables = {p: PartitionTable(data) for p, data in (await self._read(partitions)).items()}
 
     async def flush(self) -> None:
-        """Send every table's changes to its changelog partition, in order; wait for the acks."""
+        """Send every table's changes to its changelog partition, in order; wait for the acks.
+
+        Safe to call again after a failure: changes stay pending until acknowledged, and
+        sending some twice, in the same order, leaves every key with its last value.
+        """
         assert self._producer is not None, "start() first"
-        futures = []
         for partition, table in self.tables.items():
-            for key, value in table.take_changes():
-                futures.append(await self._producer.send(self.topic, value=value, key=key,
-                                                          partition=partition))
+            self._pending.setdefault(partition, []).extend(table.take_changes())
+        futures = [await self._producer.send(self.topic, value=value, key=key, partition=partition)
+                   for partition, changes in self._pending.items() for key, value in changes]
         for future in futures:
             await future
+        self._pending.clear()
 
     async def _read(self, partitions: set[int]) -> dict[int, dict[str, Any]]:
         data: dict[int, dict[str, Any]] = {p: {} for p in partitions}
