@@ -180,20 +180,18 @@ class ChordAggregator:
         return hook
 
     async def load(self, partitions: set[int]) -> None:
-        """Own ``partitions``: tables from the changelog, reading from the committed offsets."""
-        assert self.consumer is not None
+        """Own ``partitions``: their tables, read from the changelog.
+
+        No seek: aiokafka starts every newly assigned partition at the group's committed
+        offset (or the earliest), and records it fetched from there while this ran
+        are folded once it returns. A seek here would fetch those again, and a chord
+        whose summary expired in between would complete a second time.
+        """
         async with self.lock:
             await _retrying("loading the chord state", lambda: self.state.load(partitions))
             s = self.settings
             self.partitions = {p: _Partition(table, s.result_ttl_s * 1000, s.topic_partitions)
                                for p, table in self.state.tables.items()}
-            for p in partitions:
-                tp = TopicPartition(s.chords_topic, p)
-                committed = await self.consumer.committed(tp)
-                if committed is None:
-                    await self.consumer.seek_to_beginning(tp)
-                else:
-                    self.consumer.seek(tp, committed)
             log.info("chord aggregator: partitions %s loaded (%d keys)", sorted(partitions),
                      sum(len(t) for t in self.state.tables.values()))
 
