@@ -8,12 +8,11 @@ changelog partition from the beginning to the end offset of that moment.
 
 Why not a faust table: faust's table recovery resumes the stream partitions and then
 awaits the seek to their committed offsets while its fetcher is running
-(faust/tables/recovery.py, ``Recovery.on_recovery_completed``); records fetched
-before the seek are delivered during it, and the ``flow_control.resume()`` that
-follows clears the stream's queue (``clear_on_resume``). Delivered-but-cleared
-records are then counted as a gap in the offsets (``Consumer._add_gap``) and their
-second delivery is dropped as already read (``Consumer._drain_messages``): they are
-never processed, and the chord they belong to never completes. See
+(faust/tables/recovery.py, ``Recovery.on_recovery_completed``). Records fetched
+before the seek are delivered during it, the ``flow_control.resume()`` that follows
+clears the stream's queue (``clear_on_resume``), and the second delivery of the same
+records is dropped as already read (``Consumer._drain_messages``): a record cleared
+from the queue that way is never processed, and its chord never completes. See
 docs/chords.md ("How it works").
 """
 
