@@ -3,9 +3,10 @@
 The fold is :class:`~resultlog.processors.engine.BatchFoldEngine` (an aiokafka batch
 consumer in the group ``settings.consumer_group``, run as a task of this faust app:
 docs/processor.md says why not a faust agent); the app also hosts the chord aggregator
-(faust agents and a changelog-backed table, in the group ``<consumer_group>.faust``:
-faust's partition assignor cannot share a group with a plain aiokafka consumer), the
-worker's lifecycle and its signal handling.
+(another such consumer, in the group ``<consumer_group>.chords``, with changelog-backed
+tables of its own: processors/chords.py says why not a faust table), the chord hooks'
+faust agent (in the group ``<consumer_group>.faust``), the worker's lifecycle and its
+signal handling.
 
 Positions come from the stores, not from Kafka's committed offsets: see the engine.
 """
@@ -47,9 +48,6 @@ def faust_settings(settings: Settings, **overrides: Any) -> dict[str, Any]:
         broker_session_timeout=10.0,
         stream_buffer_maxsize=16_384,
         producer_acks=-1,
-        # faust's producer writes the chord table's changelog, whose entries carry
-        # member results (aiokafka refuses a larger record at send; faust's default is 1 MB).
-        producer_max_request_size=chords.state_record_bytes(settings),
         datadir=f"{settings.dev_dir}/faust/{settings.consumer_group}",
     )
     conf.update(overrides)

@@ -1,7 +1,7 @@
 """The chord state machine: a chord's records -> its progress and its one completion.
 
 Pure (no I/O): the aggregator (:mod:`resultlog.processors.chords`) runs it over a
-changelog-backed faust table, replay runs it over a dict, the unit tests over both
+changelog-backed table per partition (:mod:`~resultlog.processors.chordstate`), replay runs it over a dict, the unit tests over both
 kinds of mapping. Table layout and crash-safety reasoning: see the aggregator's
 module docstring.
 """
@@ -35,7 +35,6 @@ def member_key(chord_id: str, index: int) -> str:
 
 
 def _new_summary() -> dict[str, Any]:
-    # Never falsy: faust's memory store drops falsy values when replaying a changelog.
     return {"n": 0, "declared": False, "wait_all": False, "callback": None, "kwargs": None,
             "done": 0, "failed": 0, "fail_index": None, "ts": 0, "completed": None}
 
@@ -57,7 +56,7 @@ class Step:
 
 
 class ChordFold:
-    """The chord state machine over a mapping: a faust table in the processor, a dict in tests.
+    """The chord state machine over a mapping: a changelog-backed table in the processor, a dict in tests.
 
     Pure (no I/O). For a given set of records, any order and any duplication yields
     the same SUCCESS completion, and a chord completes exactly once: the caller
@@ -142,7 +141,7 @@ class ChordFold:
                 del self.table[mkey]
 
     def _summary(self, chord_id: str) -> dict[str, Any]:
-        # A copy: a faust table writes a change only when a value is assigned.
+        # A copy: a table writes a change to its changelog only when a value is assigned.
         return dict(self.table.get(summary_key(chord_id)) or _new_summary())
 
     def _settle(self, chord_id: str, s: dict[str, Any], before: dict[str, Any]) -> Step:

@@ -1,17 +1,19 @@
-"""The chord aggregator: chord completion detected from the log, by a stateful faust agent.
+"""The chord aggregator: chord completion detected from the log.
 
 Data flow. The fold (:class:`~resultlog.processors.sink.FoldSink`) forwards every
 ``ChordDeclared`` record and every chord member's ready event (SUCCESS, FAILURE,
 REVOKED), with its original bytes, to the chords topic keyed by chord id, so all of a
-chord's traffic lands in one partition and is seen by one agent, in order. The agent
-(concurrency 1, faust-streaming #606) folds it into a changelog-backed faust table and,
+chord's traffic lands in one partition and is seen by one consumer, in order. The
+aggregator (a task of the processor's faust app, driving a plain aiokafka consumer in
+the group ``<consumer group>.chords``, one record at a time) folds it into a
+changelog-backed table per partition (:mod:`resultlog.processors.chordstate`) and,
 once a chord is complete, writes its outcome to the Redis chord view
 (:mod:`resultlog.views.chords`) and one ``ChordCompleted`` record to the
-chord-completions topic. A second agent follows that topic and runs the hooks.
+chord-completions topic. A faust agent follows that topic and runs the hooks.
 
-State (:class:`~resultlog.processors.chordfold.ChordFold`): one table, two kinds of keys, so that both kinds share one
-changelog partition (faust writes a change to the partition of the event being
-processed) and reach it in the order they were made:
+State (:class:`~resultlog.processors.chordfold.ChordFold`): one table per partition,
+two kinds of keys, both in the partition's changelog partition, where they reach in
+the order they were made:
 
 - ``m:<chord_id>:<index>`` -> ``[state, task_id, result, exc_type, exc_module,
   exc_message, timestamp]``: a member's outcome, recorded once (the first ready
@@ -21,14 +23,14 @@ processed) and reach it in the order they were made:
 - ``c:<chord_id>`` -> a small summary: size, counts, smallest failed index, the
   declaration's callback, and ``completed`` once the outcome is out.
 
-Crash safety (faust flushes its producer before committing offsets, so a committed
-offset implies its table writes are in the changelog; what may be lost is the tail of
-uncommitted work, which is processed again):
+Crash safety (a batch's table changes are in the changelog, acknowledged, before its
+offsets are committed, so a committed offset implies its table writes; what may be
+lost is the tail of uncommitted work, which is processed again):
 
 - a member's entry is written before the summary that counts it; after a crash the
   entry may be in the changelog without the count. The re-read member then looks like
   a duplicate, so the first duplicate of a chord seen by this process recounts the
-  chord from its entries (once per chord per process: cheap, and enough);
+  chord from its entries (once per chord per load of the partition: cheap, and enough);
 - the completion is published (Redis, then the completions topic, both awaited)
   before the summary is marked completed, and members' entries are deleted only after
   that mark; a crash in between re-publishes the same completion (same event_id)
@@ -46,8 +48,9 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from resultlog import names
@@ -60,11 +63,12 @@ from resultlog.errors import (
 )
 from resultlog.processors.chordfold import ChordFold
 from resultlog.processors.chordretention import SummaryRetention
+from resultlog.processors.chordstate import ChangelogTables, state_record_bytes
 from resultlog.processors.deadletter import DeadLetter, DeadLetterWriter, TopicWriter
 from resultlog.processors.logreader import LogReader
-from resultlog.producers.topics import KAFKA_DEFAULT_MAX_MESSAGE_BYTES
 from resultlog.schemas.chords import ChordCompleted, FailedMember
 from resultlog.schemas.codec import Codec
+from resultlog.producers.topics import ensure_topics
 from resultlog.schemas.event import ExceptionInfo
 from resultlog.settings import Settings
 from resultlog.views._redis import async_client, translated
@@ -83,6 +87,8 @@ Hook = Callable[[ChordCompleted], "Awaitable[None] | None"]
 
 # Progress reaches Redis at most this often per agent (completions are written at once).
 PROGRESS_INTERVAL_S: Final = 0.05
+# Records per batch: the changelog is flushed and the offsets committed once per batch.
+BATCH_MAX: Final = 2000
 # An exception message longer than this is cut if the completion would not fit a record.
 _MAX_MESSAGE: Final = 2000
 
@@ -113,51 +119,51 @@ async def _retrying(what: str, op: Callable[[], Awaitable[T]]) -> T:
             delay = min(delay * 2, 5.0)
 
 
-def state_record_bytes(settings: Settings) -> int:
-    """The largest record the aggregator's table may write to its changelog.
-
-    A member's entry holds its result's JSON text as a JSON string, written by faust's
-    JSON (the standard library's, escaping non-ASCII): a 2-byte character becomes a
-    6-byte ``\\uXXXX``, so an entry is at most 3 times the event it came from.
-    """
-    return max(KAFKA_DEFAULT_MAX_MESSAGE_BYTES, 3 * settings.max_event_bytes + 16 * 1024)
-
-
 def _raw_topic(app: Any, name: str, partitions: int) -> Any:
     return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
                      value_serializer="raw", partitions=partitions)
 
 
+class _Partition:
+    """What the aggregator holds for one partition of the chords topic it owns."""
+
+    def __init__(self, table: MutableMapping[str, Any], retention_ms: int, partitions: int) -> None:
+        self.fold = ChordFold(table)
+        self.retention = SummaryRetention(table, retention_ms, partitions)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, aggregator: ChordAggregator) -> None:
+        self.aggregator = aggregator
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        # The batch in flight finishes (changelog flushed, offsets committed) first.
+        async with self.aggregator.lock:
+            pass
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.aggregator.load({tp.partition for tp in assigned})
+
+
 class ChordAggregator:
-    """The aggregator's faust agents and table, added to a :class:`Processor`'s app."""
+    """The aggregator (a task of a :class:`Processor`'s app) and its hooks' faust agent."""
 
     def __init__(self, processor: Processor) -> None:
         s = self.settings = processor.settings
         self.app = app = processor.app
         self.codec = Codec(max_bytes=s.max_event_bytes)
         self.hooks: list[Hook] = []
-        self.chords_topic = _raw_topic(app, s.chords_topic, s.topic_partitions)
         self.completions_topic = _raw_topic(app, s.chord_completions_topic, s.topic_partitions)
-        # As faust would make it, but named from the consumer group (names.py says why).
-        changelog = app.topic(
-            names.chord_state_changelog_topic(s.consumer_group),
-            key_serializer="json", value_serializer="json", partitions=s.topic_partitions,
-            compacting=True, acks=False, internal=True, maxsize=131_072, allow_empty=True,
-            config={"max.message.bytes": str(state_record_bytes(s))},
-        )
-        self.table: MutableMapping[str, Any] = app.Table(
-            names.CHORD_STATE_TABLE, partitions=s.topic_partitions, changelog_topic=changelog,
-            help="chord aggregator state: c:<chord> summaries and m:<chord>:<index> members",
-        )
-        self.fold = ChordFold(self.table)
-        self.retention = SummaryRetention(self.table, s.result_ttl_s * 1000, s.topic_partitions)
+        self.state = ChangelogTables(s, names.chord_state_changelog_topic(s.consumer_group))
+        self.partitions: dict[int, _Partition] = {}
+        self.lock = asyncio.Lock()  # one batch, or one (re)load, at a time
         self.writer = TopicWriter(s, s.chord_completions_topic)
+        self.consumer: AIOKafkaConsumer | None = None
         self._dirty: dict[str, Progress] = {}
         self._dirty_event = asyncio.Event()
         self._hooks_agent = False
         self._claimant = f"{socket.gethostname()}:{os.getpid()}"
-        app.agent(self.chords_topic, name="chords", concurrency=1)(self._aggregate)
-        app.on_partitions_assigned.connect(cast(Any, self._on_assigned))  # faust types it narrower
+        app.task(self._run)
         if s.chord_hook:
             self.on_complete(load_hook(s.chord_hook))
 
@@ -173,39 +179,58 @@ class ChordAggregator:
             self.app.agent(self.completions_topic, name="chord-hooks", concurrency=1)(self._run_hooks)
         return hook
 
-    async def _on_assigned(self, sender: Any, *args: Any, **kwargs: Any) -> None:
-        self.fold.forget_verified()
-        self.retention.reset()
+    async def load(self, partitions: set[int]) -> None:
+        """Own ``partitions``: their tables, read from the changelog.
 
-    # The aggregating agent -------------------------------------------------------------
-    async def _aggregate(self, stream: Any) -> None:
-        client = async_client(self.settings)
-        store = ChordStore(self.settings, client)
-        dead_letters = DeadLetterWriter(self.settings)
+        No seek: aiokafka starts every newly assigned partition at the group's committed
+        offset (or the earliest), and records it fetched from there while this ran
+        are folded once it returns. A seek here would fetch those again, and a chord
+        whose summary expired in between would complete a second time.
+        """
+        async with self.lock:
+            await _retrying("loading the chord state", lambda: self.state.load(partitions))
+            s = self.settings
+            self.partitions = {p: _Partition(table, s.result_ttl_s * 1000, s.topic_partitions)
+                               for p, table in self.state.tables.items()}
+            log.info("chord aggregator: partitions %s loaded (%d keys)", sorted(partitions),
+                     sum(len(t) for t in self.state.tables.values()))
+
+    # The aggregating loop ------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            await self._aggregate()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # As for the fold engine: a live-looking processor whose chords never
+            # complete is the worst outcome; stop, and let the supervisor restart it.
+            log.critical("the chord aggregator failed: %r; stopping the worker", exc, exc_info=True)
+            await self.app.crash(exc)
+
+    async def _aggregate(self) -> None:
+        s = self.settings
+        await ensure_topics(s, self.state.topic, configs={
+            "cleanup.policy": "compact", "max.message.bytes": str(state_record_bytes(s))})
+        client = async_client(s)
+        store = ChordStore(s, client)
+        dead_letters = DeadLetterWriter(s)
+        await self.state.start()
+        consumer = self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            group_id=names.chord_group(s.consumer_group),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=5,  # latency at low rates; batches fill under load anyway
+        )
+        consumer.subscribe([s.chords_topic], listener=_Rebalance(self))
         flusher = asyncio.get_running_loop().create_task(self._flush_progress(store))
         try:
-            async for event in stream.events():
-                msg = event.message
-                try:
-                    name, record = self.codec.decode_record(msg.value)
-                    step = self.fold.apply(name, record)
-                except (CodecError, ValidationError) as exc:
-                    # The fold forwards only records it decoded: this one came from elsewhere.
-                    letter = DeadLetter(msg.key, msg.value, f"{type(exc).__name__}: {exc}",
-                                        msg.topic, msg.partition, msg.offset)
-                    await _retrying("sending a dead letter", lambda: dead_letters.send([letter]))
-                    continue
-                if step is not None and step.completion is not None:
-                    await self._publish(store, step.completion)
-                    self.fold.completed(step.completion)
-                    self.retention.completed(step.chord_id, step.completion.timestamp)
-                    self._dirty.pop(step.chord_id, None)
-                elif step is not None and step.progress is not None:
-                    self._dirty[step.chord_id] = step.progress
-                    self._dirty_event.set()
-                # Here, while this record's partition is the one faust writes to.
-                for chord_id in self.retention.sweep(msg.partition, int(time.time() * 1000)):
-                    self._dirty.pop(chord_id, None)
+            await consumer.start()
+            while True:
+                fetched = await consumer.getmany(timeout_ms=100, max_records=BATCH_MAX)
+                if fetched:
+                    async with self.lock:
+                        await self._batch(consumer, store, dead_letters, fetched)
         finally:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
@@ -214,9 +239,54 @@ class ChordAggregator:
             except ResultlogError as exc:
                 log.warning("chord progress not written at stop: %s", exc)
             self._dirty.clear()
+            self.consumer = None
+            await consumer.stop()
+            await self.state.close()
             await self.writer.close()
             await dead_letters.close()
             await client.aclose()
+
+    async def _batch(self, consumer: AIOKafkaConsumer, store: ChordStore, dead_letters: DeadLetterWriter,
+                     fetched: dict[TopicPartition, list[Any]]) -> None:
+        """Fold a batch, write its table changes to the changelog, then commit its offsets."""
+        offsets: dict[TopicPartition, int] = {}
+        for tp, records in fetched.items():
+            part = self.partitions.get(tp.partition)
+            if part is None:
+                continue  # revoked since it was fetched: its new owner reads it
+            for rec in records:
+                await self._record(part, rec, store, dead_letters)
+            offsets[tp] = records[-1].offset + 1
+        await _retrying("writing the chord state changelog", self.state.flush)
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as exc:
+            # A rebalance took the partitions: their new owner reloads the changelog
+            # (written above) and reads this batch again, which changes nothing twice.
+            log.info("chord offsets not committed: %r", exc)
+
+    async def _record(self, part: _Partition, rec: Any, store: ChordStore, dead_letters: DeadLetterWriter) -> None:
+        try:
+            name, record = self.codec.decode_record(rec.value)
+            step = part.fold.apply(name, record)
+        except (CodecError, ValidationError) as exc:
+            # The fold forwards only records it decoded: this one came from elsewhere.
+            letter = DeadLetter(rec.key, rec.value, f"{type(exc).__name__}: {exc}",
+                                rec.topic, rec.partition, rec.offset)
+            await _retrying("sending a dead letter", lambda: dead_letters.send([letter]))
+            return
+        if step is not None and step.completion is not None:
+            await self._publish(store, step.completion)
+            part.fold.completed(step.completion)
+            part.retention.completed(step.chord_id, step.completion.timestamp)
+            self._dirty.pop(step.chord_id, None)
+        elif step is not None and step.progress is not None:
+            self._dirty[step.chord_id] = step.progress
+            self._dirty_event.set()
+        for chord_id in part.retention.sweep(rec.partition, int(time.time() * 1000)):
+            self._dirty.pop(chord_id, None)
 
     async def _publish(self, store: ChordStore, completion: ChordCompleted) -> None:
         """The outcome to Redis (readers first), then to the completions topic."""

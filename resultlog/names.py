@@ -16,10 +16,9 @@ DEFAULT_CONSUMER_GROUP = "resultlog-processor"
 # With the batch fold engine, the faust app (chord aggregator) is a consumer group of
 # its own: its partition assignor cannot share a group with a plain aiokafka consumer.
 FAUST_GROUP_SUFFIX = ".faust"
-# The chord aggregator's faust table (one per processor group) and its changelog topic,
-# named from the consumer group rather than the faust app id so that switching fold
-# engines keeps the state.
-CHORD_STATE_TABLE = "chord-state"
+# The chord aggregator's consumer group (a plain aiokafka consumer of the chords topic)
+# and its state's changelog topic, both named from the processor's consumer group.
+CHORD_GROUP_SUFFIX = ".chords"
 CHORD_STATE_CHANGELOG_SUFFIX = ".chord-state-changelog"
 
 # The event meta entry that lists the fields the emitter cut to fit an outcome within
@@ -126,6 +125,10 @@ def chord_hook_claim_key(prefix: str, completion_event_id: str) -> str:
 
 def faust_group(consumer_group: str) -> str:
     return consumer_group + FAUST_GROUP_SUFFIX
+
+
+def chord_group(consumer_group: str) -> str:
+    return consumer_group + CHORD_GROUP_SUFFIX
 
 
 def chord_state_changelog_topic(consumer_group: str) -> str:

@@ -255,8 +255,9 @@ def test_a_crash_at_any_point_of_the_changelog_still_completes_the_chord_once(
 ) -> None:
     """A crash keeps a prefix of the changelog and re-reads from the last committed record.
 
-    faust flushes its producer before it commits offsets, so every record before the
-    committed one has all its writes in the kept prefix.
+    The aggregator has a batch's changelog writes acknowledged before it commits the
+    batch's offsets, so every record before the committed one has all its writes in the
+    kept prefix.
     """
     ordered, records = chord
     want, _ = run(ordered)
@@ -277,6 +278,27 @@ def test_a_crash_at_any_point_of_the_changelog_still_completes_the_chord_once(
     again, after = run(records[committed:], recovered(table.log[:cut]))
     assert emitted_before + again and all(c == want[0] for c in emitted_before + again)
     assert after[summary_key(CHORD)]["completed"] == want[0].state.value
+
+
+def test_a_partition_table_hands_the_changelog_its_writes_in_order_as_json() -> None:
+    """What ChangelogTables sends: JSON keys and values in write order, None for a removal;
+    read back in that order they give the table again."""
+    from resultlog.processors.chordstate import PartitionTable
+
+    table, logged = PartitionTable(), LoggedTable()
+    for mapping in (table, logged):
+        fold = ChordFold(mapping)
+        for rec in [member(1, 2), declared(2), member(0, 2)]:
+            step = (fold.apply(CHORD_DECLARED, rec.to_record()) if isinstance(rec, ChordDeclared)
+                    else fold.apply(TASK_EVENT, event_to_record(rec)))
+            if step is not None and step.completion is not None:
+                fold.completed(step.completion)
+    changes = table.take_changes()
+    assert changes == [(json.dumps(k).encode(), None if v is None else json.dumps(v).encode())
+                       for k, v in logged.log]
+    assert any(v is None for _, v in changes)  # the members' entries, removed
+    replayed = recovered([(json.loads(k), None if v is None else json.loads(v)) for k, v in changes])
+    assert replayed == dict(table) and table.take_changes() == []
 
 
 @hsettings(max_examples=200)

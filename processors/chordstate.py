@@ -1,0 +1,160 @@
+"""The chord aggregator's state: one in-memory table per partition, kept in a changelog topic.
+
+Each partition of the chords topic has its own table (a chord's keys all live in its
+partition, the topic being keyed by chord id), and each table its own partition of
+the compacted changelog topic ``<consumer group>.chord-state-changelog``: a change
+is the key and its JSON value, a removal a tombstone. Loading a partition reads its
+changelog partition from the beginning to the end offset of that moment.
+
+Why not a faust table: faust's table recovery resumes the stream partitions and then
+awaits the seek to their committed offsets while its fetcher is running
+(faust/tables/recovery.py, ``Recovery.on_recovery_completed``). Records fetched
+before the seek are delivered during it, the ``flow_control.resume()`` that follows
+clears the stream's queue (``clear_on_resume``), and the second delivery of the same
+records is dropped as already read (``Consumer._drain_messages``): a record cleared
+from the queue that way is never processed, and its chord never completes. See
+docs/chords.md ("How it works").
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+
+from resultlog.errors import BrokerUnavailable
+from resultlog.producers.topics import KAFKA_DEFAULT_MAX_MESSAGE_BYTES
+from resultlog.settings import Settings
+
+
+def encode_key(key: str) -> bytes:
+    return json.dumps(key).encode()
+
+
+class PartitionTable(MutableMapping[str, Any]):
+    """One partition's table; remembers its changes, in order, until they are taken."""
+
+    def __init__(self, data: dict[str, Any] | None = None) -> None:
+        self.data: dict[str, Any] = data or {}
+        self._changes: list[tuple[bytes, bytes | None]] = []
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        # Encoded now: the changelog gets the value as it was when it was written.
+        self._changes.append((encode_key(key), json.dumps(value).encode()))
+        self.data[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.data[key]
+        self._changes.append((encode_key(key), None))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def take_changes(self) -> list[tuple[bytes, bytes | None]]:
+        changes, self._changes = self._changes, []
+        return changes
+
+
+def state_record_bytes(settings: Settings) -> int:
+    """The largest record the aggregator's table may write to its changelog.
+
+    A member's entry holds its result's JSON text as a JSON string, written as JSON
+    (the standard library's, escaping non-ASCII): a 2-byte character becomes a
+    6-byte ``\\uXXXX``, so an entry is at most 3 times the event it came from.
+    """
+    return max(KAFKA_DEFAULT_MAX_MESSAGE_BYTES, 3 * settings.max_event_bytes + 16 * 1024)
+
+
+class ChangelogTables:
+    """The tables of the partitions this process owns, loaded from and written to the changelog."""
+
+    def __init__(self, settings: Settings, changelog_topic: str) -> None:
+        self.settings = settings
+        self.topic = changelog_topic
+        self.tables: dict[int, PartitionTable] = {}
+        self._pending: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,  # ordered, and no duplicate on a retried send
+            linger_ms=1,
+            max_request_size=state_record_bytes(self.settings),
+            request_timeout_ms=int(self.settings.kafka_timeout_s * 1000),
+        )
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            await producer.stop()
+            raise BrokerUnavailable(
+                f"cannot reach Kafka at {self.settings.kafka_bootstrap_servers}: {exc!r} "
+                "(RESULTLOG_KAFKA_BOOTSTRAP_SERVERS)") from exc
+        self._producer = producer
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def load(self, partitions: set[int]) -> None:
+        """Own exactly ``partitions``: each table read afresh from its changelog partition."""
+        await self.flush()  # a failed flush's changes first: the tables are read back next
+        self.tables = {p: PartitionTable(data) for p, data in (await self._read(partitions)).items()}
+
+    async def flush(self) -> None:
+        """Send every table's changes to its changelog partition, in order; wait for the acks.
+
+        Safe to call again after a failure: changes stay pending until acknowledged, and
+        sending some twice, in the same order, leaves every key with its last value.
+        """
+        assert self._producer is not None, "start() first"
+        for partition, table in self.tables.items():
+            self._pending.setdefault(partition, []).extend(table.take_changes())
+        futures = [await self._producer.send(self.topic, value=value, key=key, partition=partition)
+                   for partition, changes in self._pending.items() for key, value in changes]
+        for future in futures:
+            await future
+        self._pending.clear()
+
+    async def _read(self, partitions: set[int]) -> dict[int, dict[str, Any]]:
+        data: dict[int, dict[str, Any]] = {p: {} for p in partitions}
+        if not partitions:
+            return data
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                                    group_id=None, enable_auto_commit=False)
+        try:
+            await consumer.start()
+            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            remaining = {tp for tp in tps if end[tp] > await consumer.position(tp)}
+            while remaining:
+                batch = await consumer.getmany(*remaining, timeout_ms=1000)
+                for tp, records in batch.items():
+                    table = data[tp.partition]
+                    for rec in records:
+                        if rec.offset >= end[tp]:
+                            break
+                        key = json.loads(rec.key)
+                        if rec.value is None:
+                            table.pop(key, None)
+                        else:
+                            table[key] = json.loads(rec.value)
+                remaining = {tp for tp in remaining if await consumer.position(tp) < end[tp]}
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"reading the chord state changelog {self.topic}: {exc!r}") from exc
+        finally:
+            await consumer.stop()
+        return data
