@@ -400,28 +400,9 @@ async def _chord_through(run: Run) -> list[str]:
 
 
 async def _completions(settings: Settings) -> int:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from tests.integration.test_chords import read_completions
 
-    from resultlog.schemas.codec import Codec
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                enable_auto_commit=False)
-    tps = [TopicPartition(settings.chord_completions_topic, p) for p in range(settings.topic_partitions)]
-    await consumer.start()
-    try:
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        codec = Codec()
-        seen = 0
-        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
-            for messages in (await consumer.getmany(timeout_ms=1000)).values():
-                for m in messages:
-                    if ChordCompleted.decode(codec, m.value).chord_id == CHORD_ID:
-                        seen += 1
-        return seen
-    finally:
-        await consumer.stop()
+    return sum(1 for c in await read_completions(settings) if c.chord_id == CHORD_ID)
 
 
 # -- the faults -----------------------------------------------------------------------------
