@@ -185,6 +185,25 @@ def _event(r: Any) -> TaskEvent:
     )
 
 
+@contextmanager
+def _lost_connection(conn: asyncpg.Connection) -> Iterator[None]:
+    """A server that died mid-write (a PostgreSQL SIGKILL) surfaces from asyncpg not only
+    as a connection error but as client-side state errors: InternalClientError ("cannot
+    switch to state 15; another operation (2) is in progress", on a connection whose
+    lost operation it still counts as running) and InterfaceError ("cannot call
+    Transaction.__aexit__(): the underlying connection is closed"). Both mean the
+    connection is gone: raised as ConnectionError, which the store's guard makes a
+    retriable StoreUnavailable. An InterfaceError on an open connection stays: a bug."""
+    try:
+        yield
+    except asyncpg.InternalClientError as exc:
+        raise ConnectionError(f"PostgreSQL connection lost mid-operation: {exc}") from exc
+    except asyncpg.InterfaceError as exc:
+        if not conn.is_closed():
+            raise
+        raise ConnectionError(f"PostgreSQL connection closed mid-operation: {exc}") from exc
+
+
 def _check_offsets(offsets: Mapping[tuple[str, int], int]) -> None:
     for (topic, partition), offset in offsets.items():
         if not 0 <= partition < _INT32 or not 0 <= offset < _INT64:
@@ -347,15 +366,7 @@ class HistoryStore(PooledStore):
             await self._ensure_days(days)
             try:
                 with self._guard():
-                    try:
-                        return await self._write(rows, consumer_group, offset_args)
-                    except asyncpg.InternalClientError as exc:
-                        # After the server died mid-write (a PostgreSQL SIGKILL), asyncpg
-                        # can hand back a pooled connection whose protocol still counts
-                        # the lost operation as running: "cannot switch to state 15;
-                        # another operation (2) is in progress". The connection is gone,
-                        # so it is a connection failure (retriable), not our error.
-                        raise ConnectionError(f"connection state lost: {exc}") from exc
+                    return await self._write(rows, consumer_group, offset_args)
             except StoreUnavailable:
                 # Replace every pooled connection before the caller retries, so none
                 # left over from the lost server is used again.
@@ -378,17 +389,21 @@ class HistoryStore(PooledStore):
         if 0 < len(rows) <= SMALL_BATCH_ROWS and offset_args[0]:
             columns = [list(col) for col in zip(*rows)]
             async with self.pool.acquire() as conn:
-                count: int = await conn.fetchval(
-                    self._insert_small, *columns, to_pg_text(consumer_group), *offset_args)
+                with _lost_connection(conn):
+                    count: int = await conn.fetchval(
+                        self._insert_small, *columns, to_pg_text(consumer_group), *offset_args)
             return count
-        async with self.pool.acquire() as conn, conn.transaction():
-            if rows:
-                await conn.execute(self._create_stage)
-                await conn.copy_records_to_table(
-                    names.HISTORY_STAGE_TABLE, records=rows, columns=_STAGE_NAMES)
-                inserted = await self._insert_staged(conn, len(rows))
-            if offset_args[0]:
-                await conn.execute(self._upsert_offsets, to_pg_text(consumer_group), *offset_args)
+        async with self.pool.acquire() as conn:
+            with _lost_connection(conn):
+                async with conn.transaction():
+                    if rows:
+                        await conn.execute(self._create_stage)
+                        await conn.copy_records_to_table(
+                            names.HISTORY_STAGE_TABLE, records=rows, columns=_STAGE_NAMES)
+                        inserted = await self._insert_staged(conn, len(rows))
+                    if offset_args[0]:
+                        await conn.execute(self._upsert_offsets, to_pg_text(consumer_group),
+                                           *offset_args)
         return inserted
 
     async def _insert_staged(self, conn: asyncpg.Connection, staged: int) -> int:
