@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type:
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from resultlog.errors import BrokerUnavailable
+from resultlog.producers.kafka import started
 from resultlog.producers.topics import KAFKA_DEFAULT_MAX_MESSAGE_BYTES
 from resultlog.settings import Settings
 
@@ -93,14 +94,7 @@ class ChangelogTables:
             max_request_size=state_record_bytes(self.settings),
             request_timeout_ms=int(self.settings.kafka_timeout_s * 1000),
         )
-        try:
-            await producer.start()
-        except KafkaError as exc:
-            await producer.stop()
-            raise BrokerUnavailable(
-                f"cannot reach Kafka at {self.settings.kafka_bootstrap_servers}: {exc!r} "
-                "(RESULTLOG_KAFKA_BOOTSTRAP_SERVERS)") from exc
-        self._producer = producer
+        self._producer = await started(producer, self.settings)
 
     async def close(self) -> None:
         if self._producer is not None:

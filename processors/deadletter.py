@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
-from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
-from resultlog.errors import BrokerUnavailable
+from resultlog.producers.kafka import started
 from resultlog.producers.topics import max_message_bytes
 from resultlog.settings import Settings
 
@@ -62,14 +61,7 @@ class TopicWriter:
                 # (aiokafka refuses a record over this at send(); its default is 1 MiB).
                 max_request_size=max_message_bytes(self.settings),
             )
-            try:
-                await producer.start()
-            except KafkaError as exc:
-                await producer.stop()
-                raise BrokerUnavailable(
-                    f"cannot reach Kafka at {self.settings.kafka_bootstrap_servers} to "
-                    f"write to {self.topic}: {exc!r} (RESULTLOG_KAFKA_BOOTSTRAP_SERVERS)"
-                ) from exc
+            await started(producer, self.settings, f"write to {self.topic} on")
             self._producer = producer
         return self._producer
 

@@ -43,6 +43,7 @@ from aiokafka.errors import CommitFailedError, KafkaError  # type: ignore[import
 
 from resultlog.errors import BrokerUnavailable, ResultlogError, StoreUnavailable, ViewLost
 from resultlog.processors.rebuild import ViewRebuilder
+from resultlog.producers.kafka import started
 from resultlog.processors.sink import FoldSink, PipelinedWriter, Prepared, SinkStats
 from resultlog.settings import Settings
 from resultlog.views.coverage import Claim, ViewCoverage
@@ -104,9 +105,11 @@ class BatchFoldEngine:
             try:
                 await self._position(assigned)
                 return
-            except (ResultlogError, KafkaError) as exc:
-                # A KafkaError here is the broker not answering a metadata request.
-                retriable = exc.retriable if isinstance(exc, ResultlogError) else True
+            except Exception as exc:
+                # A KafkaError here is the broker not answering a metadata request;
+                # anything else (a bug) stops the processor, as aiokafka would swallow it.
+                retriable = exc.retriable if isinstance(exc, ResultlogError) else \
+                    isinstance(exc, KafkaError)
                 if not retriable or loop.time() + delay > deadline:
                     log.critical("cannot position partitions %s from the stores: %s; stopping",
                                  sorted(tp.partition for tp in assigned), exc)
@@ -265,14 +268,10 @@ class BatchFoldEngine:
             fetch_max_wait_ms=5,  # low latency at low rates; batches fill under load anyway
         )
         consumer.subscribe([s.events_topic], listener=_Positioning(self))
+        # Set before it starts: the group may assign partitions (and so call the
+        # listener, which needs it) before start() returns.
         self.consumer = consumer
-        try:
-            await consumer.start()
-        except KafkaError as exc:
-            await consumer.stop()
-            raise BrokerUnavailable(
-                f"cannot reach Kafka at {s.kafka_bootstrap_servers}: {exc!r} "
-                "(RESULTLOG_KAFKA_BOOTSTRAP_SERVERS)") from exc
+        await started(consumer, s)
         writer = PipelinedWriter(self._write, self._account)
         loop = asyncio.get_running_loop()
         last_commit = last_check = loop.time()

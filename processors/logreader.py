@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
-from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
-from resultlog.errors import BrokerUnavailable, ValidationError
+from resultlog.errors import ValidationError
+from resultlog.producers.kafka import started
 from resultlog.processors.sink import Record
 from resultlog.settings import Settings
 
@@ -47,15 +47,7 @@ class LogReader:
             fetch_max_bytes=64 * 1024 * 1024,
             request_timeout_ms=int(max(self.settings.kafka_timeout_s, 5) * 1000) + 30_000,
         )
-        try:
-            await consumer.start()
-        except KafkaError as exc:
-            await consumer.stop()
-            raise BrokerUnavailable(
-                f"cannot reach Kafka at {self.settings.kafka_bootstrap_servers}: {exc!r} "
-                "(is it running? `resultlog dev up`; or set RESULTLOG_KAFKA_BOOTSTRAP_SERVERS)"
-            ) from exc
-        self._consumer = consumer
+        self._consumer = await started(consumer, self.settings)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -15,15 +15,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
-from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from redis.asyncio import Redis
 
 from resultlog import names
-from resultlog.errors import BrokerUnavailable, ReplayRefused, ValidationError
+from resultlog.errors import ReplayRefused, ValidationError
 from resultlog.processors.logreader import LogReader, Slice
 from resultlog.processors.progress import Progress
 from resultlog.processors.replayworkers import run_shares, split
 from resultlog.processors.sink import FoldSink, SinkStats
+from resultlog.producers.kafka import started
 from resultlog.settings import Settings
 from resultlog.views.coverage import Claim, ViewCoverage
 from resultlog.views.history import HistoryStore
@@ -63,11 +63,7 @@ async def live_members(settings: Settings) -> int:
     """How many processes are members of the live processor's consumer group now."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers,
                                 request_timeout_ms=int(settings.kafka_timeout_s * 1000))
-    try:
-        await admin.start()
-    except KafkaError as exc:
-        await admin.close()
-        raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc!r}") from exc
+    await started(admin, settings)
     try:
         described = await admin.describe_consumer_groups([settings.consumer_group])
     finally:

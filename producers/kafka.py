@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.codec import has_lz4, has_snappy, has_zstd  # type: ignore[import-untyped]
@@ -75,6 +75,22 @@ def unreachable(settings: Settings, exc: BaseException | None, doing: str) -> Br
         f"{settings.kafka_timeout_s:g} s ({cause}); check that the broker is running and "
         "reachable, or set RESULTLOG_KAFKA_BOOTSTRAP_SERVERS (and RESULTLOG_KAFKA_TIMEOUT_S)"
     )
+
+
+Client = TypeVar("Client", bound=Any)
+
+
+async def started(client: Client, settings: Settings, doing: str = "connect to") -> Client:
+    """``client`` (an aiokafka consumer, producer or admin client), started; if Kafka
+    cannot be reached it is stopped again and :class:`BrokerUnavailable` names what to
+    check. ``doing``: what the caller was doing, for the message ("connect to")."""
+    try:
+        await client.start()
+    except KafkaError as exc:
+        stop = getattr(client, "stop", None) or client.close
+        await stop()
+        raise unreachable(settings, exc, doing) from exc
+    return client
 
 
 async def start_producer(settings: Settings, config: ProducerConfig, topic: str) -> tuple[AIOKafkaProducer, int]:
