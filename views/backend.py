@@ -10,6 +10,7 @@ event loop (see :mod:`resultlog.views.notify`), never one per ``get()``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib
 import os
 import threading
@@ -284,6 +285,11 @@ class _LoopThread:
             future.cancel()
             raise
 
+    def submit(self, make: Callable[[], Coroutine[Any, Any, T]]) -> concurrent.futures.Future[T]:
+        """Run ``make()`` in the loop thread without waiting; cancelling the future
+        cancels it."""
+        return asyncio.run_coroutine_threadsafe(make(), self._loop)
+
     def stop(self) -> None:
         try:
             self.call(self.state.aclose)
@@ -384,6 +390,15 @@ class ResultBackend:
             return view
         state = self._waiter().state
         return self._waiter().call(lambda: state.wait_ready(task_id, timeout))
+
+    def watch_ready(self, task_id: str) -> concurrent.futures.Future[TaskView]:
+        """The task's view once it is ready, as a future: :meth:`wait_ready` without
+        blocking the caller (for push-based waiters such as the Celery backend's result
+        consumer). Cancel the future to stop waiting."""
+        validate_task_id(task_id)
+        waiter = self._waiter()
+        state = waiter.state
+        return waiter.submit(lambda: state.wait_ready(task_id, None))
 
     def wait_many(
         self, task_ids: Sequence[str], timeout: float | None, stop_at_failure: bool
