@@ -33,6 +33,9 @@ TRUNCATED_META_KEY = "resultlog.truncated"
 CELERY_BACKEND_SCHEME = "resultlog"
 CELERY_STATE_KEY = "resultlog.celery_state"
 CELERY_META_KEY = "meta"
+# A Celery GroupResult.save() is a SUCCESS event of the group's id under this task name,
+# its result the group's member tuple; delete() is a REVOKED event of it.
+CELERY_SAVED_GROUP_TASK = "celery.group.saved"
 
 # Redis: defaults and the layout below the prefix.
 DEFAULT_REDIS_PREFIX = "resultlog:"

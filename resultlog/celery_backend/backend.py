@@ -16,20 +16,30 @@ child re-creates its own on first use.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from celery.backends.asynchronous import AsyncBackendMixin  # type: ignore[import-untyped]
 from celery.backends.base import Backend  # type: ignore[import-untyped]
+from celery.result import result_from_tuple  # type: ignore[import-untyped]
 from kombu.exceptions import EncodeError
 
 from resultlog.celery_backend.config import CONF_KEY, BackendConfig, check_serializer
 from resultlog.celery_backend.consumer import ViewResultConsumer
-from resultlog.celery_backend.meta import event_state, progress, task_meta, to_plain
+from resultlog import names
+from resultlog.celery_backend.meta import (
+    date_done,
+    event_state,
+    from_json,
+    progress,
+    task_meta,
+    to_plain,
+)
 from resultlog.errors import ConfigurationError, EventTooLarge, ResultNotSerializable
 from resultlog.producers.celery import request_fields
-from resultlog.producers.events import TaskFields
+from resultlog.producers.events import TaskFields, build
 from resultlog.producers.sync import SyncEmitter
 from resultlog.schemas.fold import TaskView
 from resultlog.schemas.states import State
@@ -38,8 +48,19 @@ from resultlog.views.backend import ResultBackend
 from resultlog.views.exceptions import ExceptionRebuilder
 
 _shared_lock = threading.Lock()
+# Kept across a fork on purpose: the emitter and the reader notice the new process
+# themselves and re-create their connections and threads there.
 _emitters: dict[Settings, SyncEmitter] = {}
 _readers: dict[tuple[Settings, tuple[str, ...]], ResultBackend] = {}
+
+
+def _after_fork_in_child() -> None:
+    # A lock another thread held at fork time would stay held for ever in the child.
+    global _shared_lock
+    _shared_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _emitter(settings: Settings) -> SyncEmitter:
@@ -92,27 +113,35 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
 
     def store_result(self, task_id: str, result: Any, state: str, traceback: str | None = None,
                      request: Any = None, **kwargs: Any) -> Any:
-        """Emit the state as an event (from this process); for a ready state, return
-        once Kafka acknowledged it (unless ``ack_ready`` is off)."""
+        """Emit the state as an event from this process. With ``read_your_writes`` (the
+        default) wait for Kafka's acknowledgement and fold the event into the view at
+        once, so what was stored is readable as soon as this returns; else a ready
+        state still waits for the acknowledgement unless ``ack_ready`` is off."""
         attempt, fields = self._request_fields(task_id, request)
         kind, keep_state = event_state(state)
-        wait = self.config.ack_ready and kind.ready
         emitter = self.emitter()
-        if kind is State.SUCCESS:
-            try:
-                emitter.success(task_id, to_plain(result), attempt=attempt, wait=wait, **fields)
-            except (ResultNotSerializable, EventTooLarge) as refused:
-                # Celery's trace records an EncodeError as the task's FAILURE (and the
-                # client's get() raises it) exactly as with its own backends.
-                raise EncodeError(
-                    f"the result of task {task_id} cannot be stored: {refused}") from refused
-        elif keep_state:
-            emitter.emit_state(task_id, State.STARTED, attempt=attempt,
-                               result=progress(state, result), **fields)
-        else:
-            exc = result if isinstance(result, BaseException) else RuntimeError(str(result))
-            emitter.emit_state(task_id, kind, attempt=attempt, exc=exc,
-                               traceback=traceback, wait=wait, **fields)
+        try:
+            if kind is State.SUCCESS:
+                event = build(kind, task_id, emitter.worker, fields, attempt=attempt,
+                              result=to_plain(result))
+            elif keep_state:
+                event = build(kind, task_id, emitter.worker, fields, attempt=attempt,
+                              result=progress(state, result))
+            else:
+                exc = result if isinstance(result, BaseException) else RuntimeError(str(result))
+                event = build(kind, task_id, emitter.worker, fields, attempt=attempt, exc=exc,
+                              traceback=traceback)
+            fold = self.config.read_your_writes
+            recorded = emitter.emit(event, wait=fold or (self.config.ack_ready and kind.ready))
+        except (ResultNotSerializable, EventTooLarge) as refused:
+            # Only a SUCCESS or a progress report can be refused (an outcome is cut to
+            # fit): Celery's trace records an EncodeError as the task's FAILURE, and the
+            # client's get() raises it, as with Celery's own backends.
+            raise EncodeError(f"the result of task {task_id} cannot be stored: {refused}") from refused
+        if fold:
+            # Acknowledged: the event is in the log, so the view may show it now. The
+            # processor folding it again changes nothing (the fold is idempotent).
+            self.reader().fold([recorded])
         return result
 
     def _request_fields(self, task_id: str, request: Any) -> tuple[int, TaskFields]:
@@ -133,6 +162,31 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
 
     def _forget(self, task_id: str) -> None:
         self.reader().forget(task_id)
+
+    # --- saved groups: events of the group's id, folded at once for read-your-writes --
+
+    def _save_group(self, group_id: str, result: Any) -> Any:
+        self._group_event(State.SUCCESS, group_id, to_plain(result.as_tuple()))
+        return result
+
+    def _delete_group(self, group_id: str) -> None:
+        self._group_event(State.REVOKED, group_id, None)
+
+    def _group_event(self, state: State, group_id: str, members: Any) -> None:
+        emitter = self.emitter()
+        event = build(state, group_id, emitter.worker,
+                      TaskFields(task_name=names.CELERY_SAVED_GROUP_TASK), result=members)
+        # Acknowledged by Kafka first: the log, not the view, is what a replay restores.
+        self.reader().fold([emitter.emit(event, wait=True)])
+
+    def _restore_group(self, group_id: str) -> dict[str, Any] | None:
+        view = self.reader().read(group_id)
+        if (view is None or view.task_name != names.CELERY_SAVED_GROUP_TASK
+                or view.state is not State.SUCCESS or view.result is None):
+            return None
+        members = from_json(view.result, self.accept)
+        return {"task_id": group_id, "result": result_from_tuple(members, self.app),
+                "date_done": date_done(view)}
 
     # --- reads -----------------------------------------------------------------------
 

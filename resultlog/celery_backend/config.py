@@ -25,8 +25,9 @@ from resultlog.settings import ENV_PREFIX, Settings
 
 #: The backend's own options, beside the Settings fields.
 ACK_READY: Final = "ack_ready"
+READ_YOUR_WRITES: Final = "read_your_writes"
 IMPORT_MODULES: Final = "import_modules"
-OPTIONS: Final = (ACK_READY, IMPORT_MODULES)
+OPTIONS: Final = (ACK_READY, READ_YOUR_WRITES, IMPORT_MODULES)
 #: The Celery conf key holding a mapping of the same names.
 CONF_KEY: Final = "resultlog"
 # Serializers whose output is JSON text, which is what an event's result holds.
@@ -44,6 +45,10 @@ class BackendConfig:
     #: Storing a ready state (SUCCESS, FAILURE, REVOKED) returns only once Kafka
     #: acknowledged the event, so a task Celery acknowledged never loses its result.
     ack_ready: bool = True
+    #: Every stored state waits for Kafka's acknowledgement and is then folded into the
+    #: view by the storing process, so it is readable as soon as store_result returns
+    #: (as with Celery's Redis backend), not only once the processor folded it.
+    read_your_writes: bool = True
     #: Modules the exception rebuilder may import (views/exceptions.py).
     import_modules: tuple[str, ...] = ()
 
@@ -68,6 +73,7 @@ class BackendConfig:
                     f"{', '.join(sorted(known))}"
                 )
         ack_ready = _bool(ACK_READY, given.pop(ACK_READY, "true"))
+        read_your_writes = _bool(READ_YOUR_WRITES, given.pop(READ_YOUR_WRITES, "true"))
         modules = tuple(m.strip() for m in given.pop(IMPORT_MODULES, "").split(",") if m.strip())
         merged = dict(os.environ if env is None else env)
         merged.update({ENV_PREFIX + name.upper(): value for name, value in given.items()})
@@ -78,7 +84,7 @@ class BackendConfig:
                 f"the resultlog Celery backend's settings are invalid: {exc} (a name given in "
                 f"the result_backend URL or app.conf.{CONF_KEY} is reported as RESULTLOG_NAME)"
             ) from None
-        return cls(settings, ack_ready, modules)
+        return cls(settings, ack_ready, read_your_writes, modules)
 
 
 def _url_options(url: str | None) -> dict[str, str]:

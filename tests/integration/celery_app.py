@@ -47,6 +47,10 @@ def make_app(backend_url: str, broker_url: str, queue: str) -> Any:
     def add(a: int, b: int) -> int:
         return a + b
 
+    @app.task(name="t.total", shared=False)
+    def total(values: list[int]) -> int:
+        return sum(values)
+
     @app.task(name="t.echo", shared=False)
     def echo(value: Any) -> Any:
         return value

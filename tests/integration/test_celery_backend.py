@@ -196,3 +196,30 @@ def _until(read: Any, done: Any, limit: int = 100_000) -> Iterator[Any]:
         if done(value):
             return
     raise AssertionError(f"condition never held; last read {value!r}")
+
+
+def test_saved_group_is_restored_right_after_save_and_gone_after_delete(app: Any) -> None:
+    add = app.tasks["t.add"]
+    saved = celery.group([add.s(1, 1), add.s(2, 2)], app=app).apply_async()
+    saved.save()
+    # Another backend object (another thread's, in Celery) must see it at once.
+    restored = app.GroupResult.restore(saved.id, backend=_fresh_backend(app))
+    assert restored is not None
+    assert [r.id for r in restored.results] == [r.id for r in saved.results]
+    assert restored.get(timeout=WAIT_S) == [2, 4]
+    saved.delete()
+    assert app.GroupResult.restore(saved.id, backend=_fresh_backend(app)) is None
+
+
+def _fresh_backend(app: Any) -> Any:
+    from resultlog.celery_backend import ResultlogBackend
+
+    return ResultlogBackend(app, url=app.conf.result_backend)
+
+
+def test_a_chord_falls_back_to_celerys_chord_unlock_and_completes(app: Any) -> None:
+    """Chords are issue 13's: until then Celery's fallback (the celery.chord_unlock
+    task, which re-checks the header's results once a second) runs the body."""
+    add, total = app.tasks["t.add"], app.tasks["t.total"]
+    result = celery.chord([add.s(i, i) for i in range(4)], app=app)(total.s())
+    assert result.get(timeout=WAIT_S) == 12
