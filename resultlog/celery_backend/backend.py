@@ -97,7 +97,9 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
                 "backend: events are compressed on the wire by Kafka (zstd). Unset it"
             )
         self.config = BackendConfig.load(url, app.conf.get(CONF_KEY))
-        self.rebuilder = ExceptionRebuilder(self.config.import_modules)
+        # Celery calls a task's exception class to rebuild it; so does this backend, for
+        # the classes resultlog's rules let it find (docs/celery.md, "Exceptions").
+        self.rebuilder = ExceptionRebuilder(self.config.import_modules, call_class=True)
         self.result_consumer = ViewResultConsumer(
             self, self.app, self.accept, self._pending_results, self._pending_messages)
 
