@@ -84,7 +84,8 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
     """Celery's result backend on resultlog (scheme ``resultlog://``)."""
 
     supports_native_join = True
-    # Results expire with the view (RESULTLOG_RESULT_TTL_S, applied by the processor).
+    # Results expire with the view: RESULTLOG_RESULT_TTL_S after the event's timestamp,
+    # set by whoever folds the event (the processor, or the storing process).
     supports_autoexpire = True
     persistent = True
 
@@ -139,7 +140,8 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
             # Only a SUCCESS or a progress report can be refused (an outcome is cut to
             # fit): Celery's trace records an EncodeError as the task's FAILURE, and the
             # client's get() raises it, as with Celery's own backends.
-            raise EncodeError(f"the result of task {task_id} cannot be stored: {refused}") from refused
+            raise EncodeError(
+                f"the {state} result of task {task_id} cannot be stored: {refused}") from refused
         if fold:
             # Acknowledged: the event is in the log, so the view may show it now. The
             # processor folding it again changes nothing (the fold is idempotent).

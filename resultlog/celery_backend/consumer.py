@@ -38,8 +38,13 @@ class ViewResultConsumer(BaseResultConsumer):  # type: ignore[misc]
         self._reset()
 
     def _reset(self) -> None:
-        self._lock = threading.Lock()
-        self._waits: dict[str, _Wait] = {}
+        # Reentrant, and never held across a call that can block: cancel_for() runs
+        # from AsyncResult.__del__, which the garbage collector may call in this very
+        # thread in the middle of consume_from() (a plain Lock deadlocked there).
+        self._lock = threading.RLock()
+        # task id -> its wait; None while the wait is being set up.
+        self._waits: dict[str, _Wait | None] = {}
+        # SimpleQueue: its put() is safe from __del__ and from any thread.
         self._done: queue.SimpleQueue[tuple[str, _Wait]] = queue.SimpleQueue()
 
     def on_after_fork(self) -> None:
@@ -53,14 +58,23 @@ class ViewResultConsumer(BaseResultConsumer):  # type: ignore[misc]
         with self._lock:
             waits, self._waits = self._waits, {}
         for wait in waits.values():
-            wait.cancel()
+            if wait is not None:
+                wait.cancel()
 
     def consume_from(self, task_id: str) -> None:
         with self._lock:
             if task_id in self._waits:
                 return
-            wait = self.backend.reader().watch_ready(task_id)
-            self._waits[task_id] = wait
+            self._waits[task_id] = None
+        # Outside the lock: submitting allocates, so the collector may run __del__s here.
+        wait = self.backend.reader().watch_ready(task_id)
+        with self._lock:
+            keep = task_id in self._waits and self._waits[task_id] is None
+            if keep:
+                self._waits[task_id] = wait
+        if not keep:
+            wait.cancel()  # cancelled while it was being set up
+            return
         wait.add_done_callback(lambda w: self._finished(task_id, w))
 
     def _finished(self, task_id: str, wait: _Wait) -> None:
@@ -68,7 +82,6 @@ class ViewResultConsumer(BaseResultConsumer):  # type: ignore[misc]
             self._done.put((task_id, wait))
 
     def cancel_for(self, task_id: str) -> None:
-        # Runs from AsyncResult.__del__ too: it must never block for long.
         with self._lock:
             wait = self._waits.pop(task_id, None)
         if wait is not None:
