@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -223,3 +224,31 @@ def test_a_chord_falls_back_to_celerys_chord_unlock_and_completes(app: Any) -> N
     add, total = app.tasks["t.add"], app.tasks["t.total"]
     result = celery.chord([add.s(i, i) for i in range(4)], app=app)(total.s())
     assert result.get(timeout=WAIT_S) == 12
+
+
+def test_a_finalizer_cancelling_inside_consume_from_does_not_deadlock(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AsyncResult.__del__ calls cancel_for(); the garbage collector may run it in the
+    middle of consume_from(), in the same thread (Celery's suite hung on this)."""
+    client = make_app(backend_url(settings), "memory://", "unused")
+    consumer = client.backend.result_consumer
+    reader = client.backend.reader()
+    real = reader.watch_ready
+
+    def collected_meanwhile(task_id: str) -> Any:
+        consumer.cancel_for("another-task")
+        consumer.cancel_for(task_id)  # its own result object finalized meanwhile
+        return real(task_id)
+
+    monkeypatch.setattr(reader, "watch_ready", collected_meanwhile)
+    done = threading.Event()
+
+    def consume() -> None:
+        consumer.consume_from("task-being-set-up")
+        done.set()
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    assert done.wait(WAIT_S), "consume_from deadlocked"
+    consumer.stop()
