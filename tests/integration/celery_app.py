@@ -2,7 +2,8 @@
 tests.integration.celery_app worker``), the test builds the same app as a client.
 
 The worker takes its resultlog settings from ``RESULTLOG_*`` (``resultlog://``), its
-broker from ``CELERY_BROKER_URL`` and its queue from ``CELERY_TEST_QUEUE`` (not a
+broker from ``CELERY_BROKER_URL``, its queue from ``CELERY_TEST_QUEUE`` and, when a test
+needs backend options, its backend URL from ``CELERY_TEST_RESULT_BACKEND`` (not a
 ``RESULTLOG_*`` name: those are settings, and an unknown one is an error).
 """
 
@@ -93,7 +94,7 @@ def make_app(backend_url: str, broker_url: str, queue: str) -> Any:
 
 
 app = make_app(
-    "resultlog://",
+    os.environ.get("CELERY_TEST_RESULT_BACKEND", "resultlog://"),
     os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:16379/7"),
     os.environ.get("CELERY_TEST_QUEUE", "resultlog-tests"),
 )

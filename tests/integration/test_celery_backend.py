@@ -48,11 +48,12 @@ def backend_url(settings: Settings) -> str:
 class Worker:
     """``celery worker -P prefork -c 2`` in a child process, settings by environment."""
 
-    def __init__(self, settings: Settings, broker: str, queue: str) -> None:
+    def __init__(self, settings: Settings, broker: str, queue: str,
+                 backend: str = "resultlog://") -> None:
         self.log = Path(tempfile.mkstemp(prefix="resultlog-celery-worker-", suffix=".log")[1])
         env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}
         env.update(settings.to_env(), CELERY_BROKER_URL=broker, CELERY_TEST_QUEUE=queue,
-                   PYTHONUNBUFFERED="1")
+                   CELERY_TEST_RESULT_BACKEND=backend, PYTHONUNBUFFERED="1")
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "tests.integration.celery_app", "worker",
@@ -80,25 +81,42 @@ def worker_settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def app(worker_settings: Settings) -> Iterator[Any]:
+def processor(worker_settings: Settings) -> Iterator[ProcessorProcess]:
+    with ProcessorProcess(worker_settings) as processor:
+        yield processor
+        assert processor.alive(), processor.output()[-5000:]
+
+
+@pytest.fixture
+def stack(
+    worker_settings: Settings, processor: ProcessorProcess, request: pytest.FixtureRequest
+) -> Iterator[Any]:
+    """A client app and a worker; ``@pytest.mark.parametrize("stack", [options],
+    indirect=True)`` adds backend options (a URL query) to both."""
+    options = getattr(request, "param", "")
     queue = f"rl-test-{uuid.uuid4().hex[:10]}"
     broker = worker_settings.redis_url.rsplit("/", 1)[0] + f"/{BROKER_DB}"
-    with ProcessorProcess(worker_settings) as processor:
-        worker = Worker(worker_settings, broker, queue)
-        client = make_app(backend_url(worker_settings), broker, queue)
+    worker = Worker(worker_settings, broker, queue,
+                    "resultlog://" + (f"?{options}" if options else ""))
+    client = make_app(backend_url(worker_settings) + (f"&{options}" if options else ""),
+                      broker, queue)
+    try:
+        yield client
+    finally:
+        worker.stop()
+        # Captured by pytest: shown only if the test failed.
+        print(f"--- worker output ---\n{worker.output()[-20_000:]}")
+        worker.log.unlink(missing_ok=True)
+        broker_client = redis.Redis.from_url(broker)
         try:
-            yield client
+            broker_client.delete(queue, f"_kombu.binding.{queue}")
         finally:
-            worker.stop()
-            # Captured by pytest: shown only if the test failed.
-            print(f"--- worker output ---\n{worker.output()[-20_000:]}")
-            worker.log.unlink(missing_ok=True)
-            assert processor.alive(), processor.output()[-5000:]
-            broker_client = redis.Redis.from_url(broker)
-            try:
-                broker_client.delete(queue, f"_kombu.binding.{queue}")
-            finally:
-                broker_client.close()
+            broker_client.close()
+
+
+@pytest.fixture
+def app(stack: Any) -> Any:
+    return stack
 
 
 def test_delay_get_round_trips_values_through_the_log(app: Any) -> None:
@@ -252,3 +270,21 @@ def test_a_finalizer_cancelling_inside_consume_from_does_not_deadlock(
     thread.start()
     assert done.wait(WAIT_S), "consume_from deadlocked"
     consumer.stop()
+
+
+@pytest.mark.parametrize("stack", ["read_your_writes=false"], indirect=True)
+def test_a_processor_killed_while_tasks_run_loses_no_result(
+    stack: Any, processor: ProcessorProcess
+) -> None:
+    """Without read-your-writes only the processor writes the view: results sent before,
+    during and after it is SIGKILLed and restarted all come back."""
+    add = stack.tasks["t.add"]
+    assert add.delay(0, 0).get(timeout=WAIT_S) == 0  # everything is up
+    before = [add.delay(i, i) for i in range(40)]
+    processor.kill()
+    during = [add.delay(i, 1) for i in range(40)]
+    processor.start()
+    after = [add.delay(i, 2) for i in range(40)]
+    assert [r.get(timeout=WAIT_S) for r in before] == [2 * i for i in range(40)]
+    assert [r.get(timeout=WAIT_S) for r in during] == [i + 1 for i in range(40)]
+    assert [r.get(timeout=WAIT_S) for r in after] == [i + 2 for i in range(40)]
