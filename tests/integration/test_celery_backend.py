@@ -288,3 +288,23 @@ def test_a_processor_killed_while_tasks_run_loses_no_result(
     assert [r.get(timeout=WAIT_S) for r in before] == [2 * i for i in range(40)]
     assert [r.get(timeout=WAIT_S) for r in during] == [i + 1 for i in range(40)]
     assert [r.get(timeout=WAIT_S) for r in after] == [i + 2 for i in range(40)]
+
+
+def test_a_hard_time_limit_is_recorded_by_the_workers_main_process(
+    app: Any, worker_settings: Settings
+) -> None:
+    """The pool process is killed; the worker's main process stores the FAILURE."""
+    from celery.exceptions import TimeLimitExceeded
+
+    tag = uuid.uuid4().hex
+    started, gate = side_channel(worker_settings, f"started-{tag}"), side_channel(worker_settings, tag)
+    try:
+        # The task blocks on `gate`, which nobody opens: only the time limit ends it.
+        result = app.tasks["t.block"].apply_async((started, gate), time_limit=1)
+        with pytest.raises(TimeLimitExceeded):
+            result.get(timeout=WAIT_S)
+        assert result.state == "FAILURE"
+    finally:
+        client = redis.Redis.from_url(worker_settings.redis_url)
+        client.delete(started, gate)
+        client.close()
