@@ -50,8 +50,9 @@ def _signals() -> Any:
     return signals
 
 
-def _fields(request: Any, task: Any = None) -> tuple[str | None, int, TaskFields]:
-    """Task id, attempt and the event fields from a Celery ``Request`` or ``Context``."""
+def request_fields(request: Any, task: Any = None) -> tuple[str | None, int, TaskFields]:
+    """Task id, attempt and the event fields from a Celery ``Request`` or ``Context``
+    (shared with the result backend, resultlog.celery_backend)."""
     raw: Mapping[str, Any] = getattr(request, "request_dict", None) or {}
 
     def get(name: str, key: str | None = None) -> Any:
@@ -109,14 +110,14 @@ def install(app: Any, emitter: SyncEmitter) -> Installation:
     def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
         if request is None or not ours(sender):
             return
-        task_id, attempt, fields = _fields(request)
+        task_id, attempt, fields = request_fields(request)
         if task_id:
             emitter.received(task_id, attempt=attempt, **fields)
 
     def on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None, **_: Any) -> None:
         if task is None or not task_id or not ours(task):
             return
-        _id, attempt, fields = _fields(task.request, task)
+        _id, attempt, fields = request_fields(task.request, task)
         with lock:
             started_at[task_id] = time.perf_counter()
         emitter.started(task_id, attempt=attempt, **fields)
@@ -131,7 +132,7 @@ def install(app: Any, emitter: SyncEmitter) -> Installation:
     def on_success(sender: Any = None, result: Any = None, **kw: Any) -> None:
         if sender is None or not ours(sender):
             return
-        task_id, attempt, fields = _fields(sender.request, sender)
+        task_id, attempt, fields = request_fields(sender.request, sender)
         if not task_id:
             return
         runtime = runtime_of(task_id, kw.get("runtime"))
@@ -151,7 +152,7 @@ def install(app: Any, emitter: SyncEmitter) -> Installation:
     ) -> None:
         if sender is None or not task_id or exception is None or not ours(sender):
             return
-        _id, attempt, fields = _fields(sender.request, sender)
+        _id, attempt, fields = request_fields(sender.request, sender)
         tb = getattr(einfo, "traceback", None)
         emitter.failure(
             task_id, exception, traceback=tb if isinstance(tb, str) else None,
@@ -161,7 +162,7 @@ def install(app: Any, emitter: SyncEmitter) -> Installation:
     def on_retry(sender: Any = None, request: Any = None, reason: Any = None, einfo: Any = None, **_: Any) -> None:
         if sender is None or request is None or not ours(sender):
             return
-        task_id, attempt, fields = _fields(request, sender)
+        task_id, attempt, fields = request_fields(request, sender)
         if not task_id:
             return
         runtime_of(task_id, None)
@@ -182,7 +183,7 @@ def install(app: Any, emitter: SyncEmitter) -> Installation:
     ) -> None:
         if request is None or (sender is not None and not ours(sender)):
             return
-        task_id, attempt, fields = _fields(request, sender)
+        task_id, attempt, fields = request_fields(request, sender)
         if not task_id:
             return
         reason = "expired" if expired else "terminated" if terminated else "revoked"

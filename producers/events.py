@@ -39,6 +39,8 @@ class TaskFields(TypedDict, total=False):
 
 
 _FIELD_NAMES = frozenset(TaskFields.__annotations__)
+# States whose events may carry a ``result``.
+_RESULT_STATES = frozenset({State.SUCCESS, State.STARTED})
 
 # The exact output of ``schemas.event.to_json`` (compact, UTF-8, no NaN), produced by
 # the C encoder json.dumps() uses, built once: json.dumps() with non-default options
@@ -146,7 +148,10 @@ def build(
         attempt=attempt,
         args=None if args is None else _json(list(args), "args"),
         kwargs=None if kwargs is None else _json(dict(kwargs), "kwargs"),
-        result=_json(result, "result") if state is State.SUCCESS else None,
+        # A SUCCESS's return value, or a STARTED event's progress report (Celery's
+        # update_state); other states' outcomes are their exception.
+        result=_json(result, "result") if state in _RESULT_STATES and (
+            result is not None or state is State.SUCCESS) else None,
         exception=info,
         traceback=traceback,
         runtime=None if runtime is None else float(runtime),

@@ -107,8 +107,15 @@ def encode_within_limit(event: TaskEvent, encode: Callable[[TaskEvent], bytes]) 
     within the limit. Other states' EventTooLarge, and a fitted state's whose uncut
     fields alone are over the limit, propagate.
     """
+    return fit_within_limit(event, encode)[1]
+
+
+def fit_within_limit(event: TaskEvent, encode: Callable[[TaskEvent], bytes]
+                     ) -> tuple[TaskEvent, bytes]:
+    """:func:`encode_within_limit`, and the event those bytes hold (``event`` itself, or
+    its cut copy): what a reader of the log will see."""
     try:
-        return encode(event)
+        return event, encode(event)
     except EventTooLarge as exc:
         if event.state not in FITTED_STATES or exc.size is None or exc.limit is None:
             raise
@@ -138,7 +145,7 @@ def encode_within_limit(event: TaskEvent, encode: Callable[[TaskEvent], bytes]) 
             event.state.value, event.task_id, size, limit, len(data),
             fitted.meta[TRUNCATED_META_KEY],
         )
-        return data
+        return fitted, data
 
 
 class _Fitter:

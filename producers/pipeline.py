@@ -43,7 +43,7 @@ from resultlog.errors import BrokerUnavailable, EmitterClosed
 from resultlog.producers.buffer import Item, Outbox, Waiter
 from resultlog.producers.encoding import EventEncoder
 from resultlog.producers.failures import Failures
-from resultlog.producers.fitting import encode_within_limit
+from resultlog.producers.fitting import fit_within_limit
 from resultlog.producers.kafka import abort_pending, close_producer, start_producer
 from resultlog.producers.lanes import Batch, Lane, Lanes
 from resultlog.producers.options import PipelineOptions
@@ -183,9 +183,15 @@ class Pipeline:
         An outcome (FAILURE, RETRY, REVOKED) over the size limit is cut to fit, never
         refused: see :mod:`.fitting`.
         """
+        _, key, value = self.encode_recorded(event)
+        return key, value
+
+    def encode_recorded(self, event: TaskEvent) -> tuple[TaskEvent, bytes, bytes]:
+        """:meth:`encode`, and the event as recorded (cut to fit, if it had to be)."""
         if not isinstance(event, TaskEvent):
             raise TypeError(f"expected a TaskEvent, got {type(event).__name__}")
-        return event.task_id.encode(), encode_within_limit(event, self.encoder.encode)
+        recorded, value = fit_within_limit(event, self.encoder.encode)
+        return recorded, event.task_id.encode(), value
 
     def check(self) -> None:
         """Raise what an emitting call must see first: closed, or an undelivered earlier event."""
@@ -221,20 +227,22 @@ class Pipeline:
             # Nobody awaits it any more: keep asyncio from logging its outcome as unseen.
             waiter.add_done_callback(_consume)
 
-    def accept_blocking(self, event: TaskEvent, *, wait: bool = False) -> None:
-        """From any other thread: same as :meth:`accept`, blocking that thread."""
+    def accept_blocking(self, event: TaskEvent, *, wait: bool = False) -> TaskEvent:
+        """From any other thread: same as :meth:`accept`, blocking that thread. Returns
+        the event as recorded (cut to fit within the size limit, if it had to be)."""
         self.check()
-        key, value = self.encode(event)
+        recorded, key, value = self.encode_recorded(event)
         if not wait:
             if not self._outbox.offer(key, value, event.timestamp):
                 self._outbox.put_blocking(key, value, event.timestamp, None, self.options.buffer_timeout_s)
-            return
+            return recorded
         waiter: ThreadFuture[None] = ThreadFuture()
         self._outbox.put_blocking(key, value, event.timestamp, waiter, self.options.buffer_timeout_s)
         try:
             waiter.result(timeout=self.settings.kafka_timeout_s)
         except TimeoutError:
             raise self._no_ack() from None
+        return recorded
 
     def _no_ack(self) -> BrokerUnavailable:
         return BrokerUnavailable(

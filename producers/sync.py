@@ -173,8 +173,10 @@ class SyncEmitter:
         return rt.pipeline.unacked_events if rt is not None and rt.pid == os.getpid() else 0
 
     # Emitting ----------------------------------------------------------------------
-    def emit(self, event: TaskEvent, *, wait: bool = False) -> None:
-        self._current().pipeline.accept_blocking(event, wait=wait)
+    def emit(self, event: TaskEvent, *, wait: bool = False) -> TaskEvent:
+        """Emit a ready-made event; returns it as recorded (an outcome over the size limit
+        is recorded with its large fields cut: :mod:`.fitting`)."""
+        return self._current().pipeline.accept_blocking(event, wait=wait)
 
     def emit_state(
         self,

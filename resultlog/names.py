@@ -25,6 +25,17 @@ CHORD_STATE_CHANGELOG_SUFFIX = ".chord-state-changelog"
 # RESULTLOG_MAX_EVENT_BYTES, as "field:original_bytes" pairs (producers/fitting.py).
 TRUNCATED_META_KEY = "resultlog.truncated"
 
+# The Celery result backend (resultlog/celery_backend/): its result_backend URL scheme,
+# and the key of the object a STARTED event's result holds when it records a Celery
+# state the event contract has no name for (update_state(state="PROGRESS", meta=...)):
+# {"resultlog.celery_state": "PROGRESS", "meta": <the meta, JSON>}.
+CELERY_BACKEND_SCHEME = "resultlog"
+CELERY_STATE_KEY = "resultlog.celery_state"
+CELERY_META_KEY = "meta"
+# A Celery GroupResult.save() is a SUCCESS event of the group's id under this task name,
+# its result the group's member tuple; delete() is a REVOKED event of it.
+CELERY_SAVED_GROUP_TASK = "celery.group.saved"
+
 # Redis: defaults and the layout below the prefix.
 DEFAULT_REDIS_PREFIX = "resultlog:"
 # {prefix}task:{task_id}       hash: the latest state of one task (see views/fold.lua)

@@ -10,6 +10,7 @@ event loop (see :mod:`resultlog.views.notify`), never one per ``get()``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib
 import os
 import threading
@@ -30,9 +31,11 @@ from resultlog.views.exceptions import ExceptionRebuilder
 from resultlog.views.notify import Notifier
 from resultlog.views.redis_view import (
     READ_CHECKED_SCRIPT,
+    SCRIPT,
     RedisView,
     checked_read_call,
     checked_read_reply,
+    script_call,
     view_from_push,
 )
 
@@ -284,6 +287,11 @@ class _LoopThread:
             future.cancel()
             raise
 
+    def submit(self, make: Callable[[], Coroutine[Any, Any, T]]) -> concurrent.futures.Future[T]:
+        """Run ``make()`` in the loop thread without waiting; cancelling the future
+        cancels it."""
+        return asyncio.run_coroutine_threadsafe(make(), self._loop)
+
     def stop(self) -> None:
         try:
             self.call(self.state.aclose)
@@ -314,6 +322,7 @@ class ResultBackend:
         self._pid = os.getpid()
         self._sync: redis.Redis | None = None
         self._read_script: Script | None = None
+        self._fold_script: Script | None = None
         self._thread: _LoopThread | None = None
         self._aio: AioState | None = None
         self._closed = False
@@ -385,6 +394,28 @@ class ResultBackend:
         state = self._waiter().state
         return self._waiter().call(lambda: state.wait_ready(task_id, timeout))
 
+    def fold(self, events: Sequence[TaskEvent]) -> None:
+        """Fold ``events`` into the view now, ahead of the processor: read-your-writes
+        for a writer that has had Kafka acknowledge them. Safe because the fold is
+        idempotent and commutative: the processor folding the same events later changes
+        nothing, and no position is recorded here."""
+        if not events:
+            return
+        keys, args = script_call(self.settings, events)
+        self._client()
+        assert self._fold_script is not None
+        with translated("folding events into the view"):
+            self._fold_script(keys=keys, args=args)
+
+    def watch_ready(self, task_id: str) -> concurrent.futures.Future[TaskView]:
+        """The task's view once it is ready, as a future: :meth:`wait_ready` without
+        blocking the caller (for push-based waiters such as the Celery backend's result
+        consumer). Cancel the future to stop waiting."""
+        validate_task_id(task_id)
+        waiter = self._waiter()
+        state = waiter.state
+        return waiter.submit(lambda: state.wait_ready(task_id, None))
+
     def wait_many(
         self, task_ids: Sequence[str], timeout: float | None, stop_at_failure: bool
     ) -> list[TaskView]:
@@ -402,6 +433,7 @@ class ResultBackend:
                 if self._sync is None:
                     client = sync_client(self.settings)
                     self._read_script = client.register_script(READ_CHECKED_SCRIPT)
+                    self._fold_script = client.register_script(SCRIPT)
                     self._sync = client
         return self._sync
 

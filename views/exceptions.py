@@ -69,12 +69,18 @@ class ExceptionRebuilder:
     imported to find a class; the default imports nothing. Only list your own code.
     """
 
-    def __init__(self, import_modules: Iterable[str] = ()) -> None:
+    def __init__(self, import_modules: Iterable[str] = (), *, call_class: bool = False) -> None:
         self.import_modules = frozenset(import_modules)
+        # Celery's way, for the Celery backend: a class found by rule 1 and 2 is called
+        # with the message, so its __init__ runs (rule 3 does not hold); one that cannot
+        # be called so becomes Exception("<class ...>(message)"), as Celery makes it.
+        self.call_class = call_class
 
     def rebuild(self, info: ExceptionInfo, traceback: str | None = None) -> Exception:
         cls = self.resolve(info.module, info.type)
-        exc = None if cls is None else _instantiate(cls, info.message)
+        exc = None
+        if cls is not None:
+            exc = _call(cls, info.message) if self.call_class else _instantiate(cls, info.message)
         if exc is None:
             stand_in = _stand_in(info.module, info.type)
             exc = stand_in(info.message, info.type, info.module)
@@ -140,6 +146,14 @@ def _instantiate(cls: type[Exception], message: str) -> Exception | None:
     except Exception:
         return None
     return exc if type(exc) is cls else None
+
+
+def _call(cls: type[Exception], message: str) -> Exception:
+    try:
+        exc = cls(message)
+    except Exception:
+        return Exception(f"{cls}({message!r})")
+    return exc if issubclass(type(exc), Exception) else Exception(f"{cls}({message!r})")
 
 
 @functools.lru_cache(maxsize=512)  # bounded: the names come from the log

@@ -196,3 +196,30 @@ def test_any_data_gives_an_exception_and_never_raises(type_: str, module: str, m
     exc = rebuild_exception(ExceptionInfo(type_, module, message))
     assert isinstance(exc, Exception)
     assert exc.args[0] == message
+
+
+class TwoArgumentError(Exception):
+    def __init__(self, first: str, second: str) -> None:
+        super().__init__(first)
+        self.second = second
+
+
+def test_call_class_calls_the_found_class_with_the_message_as_celery_does() -> None:
+    rebuilder = ExceptionRebuilder(call_class=True)
+    exc = rebuilder.rebuild(info("CustomError", message="boom"), "Traceback...")
+    assert type(exc) is CustomError and exc.args == ("boom",)
+    assert exc.code == 0 and calls == ["CustomError.__init__"]  # its __init__ ran
+    assert exc.__notes__ == ["Remote traceback:\nTraceback..."]
+    calls.clear()  # expected here: the autouse fixture checks nothing else ran
+
+
+def test_call_class_falls_back_as_celery_does_for_a_class_it_cannot_call() -> None:
+    exc = ExceptionRebuilder(call_class=True).rebuild(info("TwoArgumentError", message="foo"))
+    assert type(exc) is Exception
+    assert "TwoArgumentError" in str(exc) and "foo" in str(exc)
+
+
+def test_call_class_keeps_the_lookup_rules() -> None:
+    rebuilder = ExceptionRebuilder(call_class=True)
+    assert isinstance(rebuilder.rebuild(info("SystemExit", "builtins")), RemoteTaskError)
+    assert isinstance(rebuilder.rebuild(info("Nope", "not.imported.module")), RemoteTaskError)

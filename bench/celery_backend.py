@@ -1,0 +1,104 @@
+"""Celery end to end: a real prefork worker (concurrency 2) runs no-op tasks sent with
+``delay()`` and collected with ``get()``, with Celery's Redis backend and with resultlog.
+
+    python bench/celery_backend.py [--tasks 20000] [--window 200] [--backends redis,resultlog]
+
+The client keeps ``--window`` tasks in flight: it sends a window, then collects it with
+``get()`` in order (each ``get()`` timed), and so on. Printed per backend: tasks/s over
+the whole run, and get() p50/p99. resultlog runs with a processor and isolated settings
+(its own topic, prefix, schema; deleted at the end); the broker is Redis db 13 and
+Celery's Redis backend db 14 on the local stack (kombu's keys in db 13 are cleared
+first). Needs ``resultlog dev up``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlencode
+
+import redis
+
+from bench._common import cleanup, isolated, run
+from bench.celery_app import make_app
+from resultlog.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+BROKER_DB, REDIS_BACKEND_DB = 13, 14
+
+
+def one(name: str, backend: str, settings: Settings, tasks: int, window: int) -> None:
+    base = settings.redis_url.rsplit("/", 1)[0]
+    broker = f"{base}/{BROKER_DB}"
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}
+    env.update(settings.to_env(), CELERY_BROKER_URL=broker, CELERY_RESULT_BACKEND=backend,
+               CELERY_BENCH_QUEUE=queue)
+    processor = None
+    if backend.startswith("resultlog"):
+        processor = subprocess.Popen([sys.executable, "-m", "resultlog", "process",
+                                      "--loglevel", "warning"], env=env, cwd=ROOT)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker", "-P", "prefork",
+         "-c", "2", "-l", "warning", "--without-gossip", "--without-mingle",
+         "--without-heartbeat", "-n", f"{queue}@%h"],
+        env=env, cwd=ROOT)
+    try:
+        app = make_app(broker, backend, queue)
+        noop = app.tasks["bench.noop"]
+        noop.delay().get(timeout=120)  # the worker (and processor) are up
+        latencies: list[float] = []
+        start = time.perf_counter()
+        for first in range(0, tasks, window):
+            results = [noop.delay() for _ in range(min(window, tasks - first))]
+            for r in results:
+                t0 = time.perf_counter()
+                r.get(timeout=120)
+                latencies.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - start
+        q = statistics.quantiles(latencies, n=100)
+        print(f"{name:10} {tasks / elapsed:8.0f} tasks/s   get() p50 {q[49] * 1000:7.2f} ms"
+              f"   p99 {q[98] * 1000:7.2f} ms   ({tasks} tasks, window {window})", flush=True)
+    finally:
+        for proc in (worker, processor):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=60)
+        client = redis.Redis.from_url(broker)
+        client.delete(queue, f"_kombu.binding.{queue}")
+        client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--window", type=int, default=200)
+    parser.add_argument("--backends", default="redis,resultlog")
+    parser.add_argument("--url-options", default="",
+                        help="extra resultlog:// query, e.g. read_your_writes=false")
+    args = parser.parse_args()
+    for name in args.backends.split(","):
+        settings = isolated("celery")
+        base = settings.redis_url.rsplit("/", 1)[0]
+        if name == "redis":
+            one(name, f"{base}/{REDIS_BACKEND_DB}", settings, args.tasks, args.window)
+        else:
+            # The client (this process) names the isolated settings in the URL; the
+            # worker has them as RESULTLOG_* too.
+            query = urlencode({n: str(getattr(settings, n)) for n in (
+                "events_topic", "consumer_group", "redis_prefix", "postgres_schema")})
+            url = f"resultlog://?{query}" + (f"&{args.url_options}" if args.url_options else "")
+            try:
+                one(name, url, settings, args.tasks, args.window)
+            finally:
+                run(cleanup(settings))
+
+
+if __name__ == "__main__":
+    main()

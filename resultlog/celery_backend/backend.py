@@ -1,0 +1,223 @@
+"""``ResultlogBackend``: a Celery result backend whose writes are events and whose reads
+come from the Redis view.
+
+    app.conf.result_backend = "resultlog://"     # the whole switch (an entry point of
+                                                  # the celery.result_backends group)
+
+It is an adapter, never a second store: ``store_result`` hands the state to the
+process's :class:`~resultlog.producers.SyncEmitter`; ``get_task_meta`` reads the
+view through :class:`~resultlog.views.ResultBackend`; waiting is push-based through
+Celery's ``AsyncBackendMixin`` and :class:`~.consumer.ViewResultConsumer`.
+
+One emitter and one reader per process and configuration, whatever number of Celery
+backend objects (Celery makes one per thread): both are fork-safe, so a prefork pool
+child re-creates its own on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from celery.backends.asynchronous import AsyncBackendMixin  # type: ignore[import-untyped]
+from celery.backends.base import Backend  # type: ignore[import-untyped]
+from celery.result import result_from_tuple  # type: ignore[import-untyped]
+from kombu.exceptions import EncodeError
+
+from resultlog.celery_backend.config import CONF_KEY, BackendConfig, check_serializer
+from resultlog.celery_backend.consumer import ViewResultConsumer
+from resultlog import names
+from resultlog.celery_backend.meta import (
+    date_done,
+    event_state,
+    from_json,
+    progress,
+    task_meta,
+    to_plain,
+)
+from resultlog.errors import ConfigurationError, EventTooLarge, ResultNotSerializable
+from resultlog.producers.celery import request_fields
+from resultlog.producers.events import TaskFields, build
+from resultlog.producers.sync import SyncEmitter
+from resultlog.schemas.fold import TaskView
+from resultlog.schemas.states import State
+from resultlog.settings import Settings
+from resultlog.views.backend import ResultBackend
+from resultlog.views.exceptions import ExceptionRebuilder
+
+_shared_lock = threading.Lock()
+# Kept across a fork on purpose: the emitter and the reader notice the new process
+# themselves and re-create their connections and threads there.
+_emitters: dict[Settings, SyncEmitter] = {}
+_readers: dict[tuple[Settings, tuple[str, ...]], ResultBackend] = {}
+
+
+def _after_fork_in_child() -> None:
+    # A lock another thread held at fork time would stay held for ever in the child.
+    global _shared_lock
+    _shared_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _emitter(settings: Settings) -> SyncEmitter:
+    with _shared_lock:
+        emitter = _emitters.get(settings)
+        if emitter is None:
+            emitter = _emitters[settings] = SyncEmitter(settings)
+        return emitter
+
+
+def _reader(settings: Settings, import_modules: tuple[str, ...]) -> ResultBackend:
+    with _shared_lock:
+        reader = _readers.get((settings, import_modules))
+        if reader is None:
+            reader = _readers[(settings, import_modules)] = ResultBackend(
+                settings, import_modules=import_modules)
+        return reader
+
+
+class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
+    """Celery's result backend on resultlog (scheme ``resultlog://``)."""
+
+    supports_native_join = True
+    # Results expire with the view: RESULTLOG_RESULT_TTL_S after the event's timestamp,
+    # set by whoever folds the event (the processor, or the storing process).
+    supports_autoexpire = True
+    persistent = True
+
+    def __init__(self, app: Any, url: str | None = None, **kwargs: Any) -> None:
+        super().__init__(app, url=url, **kwargs)
+        check_serializer(self.serializer)
+        if self.compression:
+            raise ConfigurationError(
+                f"result_compression {self.compression!r} is not supported by the resultlog "
+                "backend: events are compressed on the wire by Kafka (zstd). Unset it"
+            )
+        self.config = BackendConfig.load(url, app.conf.get(CONF_KEY))
+        # Celery calls a task's exception class to rebuild it; so does this backend, for
+        # the classes resultlog's rules let it find (docs/celery.md, "Exceptions").
+        self.rebuilder = ExceptionRebuilder(self.config.import_modules, call_class=True)
+        self.result_consumer = ViewResultConsumer(
+            self, self.app, self.accept, self._pending_results, self._pending_messages)
+
+    # --- the process's shared emitter and reader -----------------------------------
+
+    def emitter(self) -> SyncEmitter:
+        return _emitter(self.config.settings)
+
+    def reader(self) -> ResultBackend:
+        return _reader(self.config.settings, self.config.import_modules)
+
+    # --- writes ----------------------------------------------------------------------
+
+    def store_result(self, task_id: str, result: Any, state: str, traceback: str | None = None,
+                     request: Any = None, **kwargs: Any) -> Any:
+        """Emit the state as an event from this process. With ``read_your_writes`` (the
+        default) wait for Kafka's acknowledgement and fold the event into the view at
+        once, so what was stored is readable as soon as this returns; else a ready
+        state still waits for the acknowledgement unless ``ack_ready`` is off."""
+        attempt, fields = self._request_fields(task_id, request)
+        kind, keep_state = event_state(state)
+        emitter = self.emitter()
+        try:
+            if kind is State.SUCCESS:
+                event = build(kind, task_id, emitter.worker, fields, attempt=attempt,
+                              result=to_plain(result))
+            elif keep_state:
+                event = build(kind, task_id, emitter.worker, fields, attempt=attempt,
+                              result=progress(state, result))
+            else:
+                exc = result if isinstance(result, BaseException) else RuntimeError(str(result))
+                event = build(kind, task_id, emitter.worker, fields, attempt=attempt, exc=exc,
+                              traceback=traceback)
+            fold = self.config.read_your_writes
+            recorded = emitter.emit(event, wait=fold or (self.config.ack_ready and kind.ready))
+        except (ResultNotSerializable, EventTooLarge) as refused:
+            # Only a SUCCESS or a progress report can be refused (an outcome is cut to
+            # fit): Celery's trace records an EncodeError as the task's FAILURE, and the
+            # client's get() raises it, as with Celery's own backends.
+            raise EncodeError(
+                f"the {state} result of task {task_id} cannot be stored: {refused}") from refused
+        if fold:
+            # Acknowledged: the event is in the log, so the view may show it now. The
+            # processor folding it again changes nothing (the fold is idempotent).
+            self.reader().fold([recorded])
+        return result
+
+    def _request_fields(self, task_id: str, request: Any) -> tuple[int, TaskFields]:
+        if request is None:
+            return 0, TaskFields()
+        request_id, attempt, fields = request_fields(request)
+        if request_id != task_id:
+            # Celery marks other tasks with this request (a failed chain's links).
+            return 0, TaskFields()
+        for name in ("args", "kwargs"):
+            value = fields.get(name)
+            if value is not None:
+                try:
+                    fields[name] = to_plain(value)
+                except EncodeError:
+                    del fields[name]  # type: ignore[misc]
+        return attempt, fields
+
+    def _forget(self, task_id: str) -> None:
+        self.reader().forget(task_id)
+
+    # --- saved groups: events of the group's id, folded at once for read-your-writes --
+
+    def _save_group(self, group_id: str, result: Any) -> Any:
+        self._group_event(State.SUCCESS, group_id, to_plain(result.as_tuple()))
+        return result
+
+    def _delete_group(self, group_id: str) -> None:
+        self._group_event(State.REVOKED, group_id, None)
+
+    def _group_event(self, state: State, group_id: str, members: Any) -> None:
+        emitter = self.emitter()
+        event = build(state, group_id, emitter.worker,
+                      TaskFields(task_name=names.CELERY_SAVED_GROUP_TASK), result=members)
+        # Acknowledged by Kafka first: the log, not the view, is what a replay restores.
+        self.reader().fold([emitter.emit(event, wait=True)])
+
+    def _restore_group(self, group_id: str) -> dict[str, Any] | None:
+        view = self.reader().read(group_id)
+        if (view is None or view.task_name != names.CELERY_SAVED_GROUP_TASK
+                or view.state is not State.SUCCESS or view.result is None):
+            return None
+        members = from_json(view.result, self.accept)
+        return {"task_id": group_id, "result": result_from_tuple(members, self.app),
+                "date_done": date_done(view)}
+
+    # --- reads -----------------------------------------------------------------------
+
+    def meta_for(self, task_id: str, view: TaskView | None) -> dict[str, Any]:
+        """Celery's meta of a task from its view."""
+        extended = bool(self.app.conf.find_value_for_key("extended", "result"))
+        return task_meta(task_id, view, self.accept, self.rebuilder, extended)
+
+    def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
+        return self.meta_for(task_id, self.reader().read(task_id))
+
+    def get_many(self, task_ids: Iterable[str], timeout: float | None = None,
+                 max_iterations: int | None = None, **kwargs: Any
+                 ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(task_id, meta) of each task once ready (Celery's ``get_many``); with
+        ``max_iterations=1``, only those ready now."""
+        ids = list(dict.fromkeys(task_ids))
+        views = self.reader().read_many(ids)
+        pending = []
+        for task_id, view in zip(ids, views):
+            if view is not None and view.state.ready:
+                yield task_id, self.meta_for(task_id, view)
+            else:
+                pending.append(task_id)
+        if pending and max_iterations != 1:
+            for task_id, view in zip(pending, self.reader().wait_many(pending, timeout, False)):
+                yield task_id, self.meta_for(task_id, view)
+
+    def as_uri(self, include_password: bool = False) -> str:
+        return self.url or "resultlog://"

@@ -1,0 +1,140 @@
+"""The Celery backend's configuration: the ``result_backend`` URL, Celery's conf, then
+``RESULTLOG_*``.
+
+    app.conf.result_backend = "resultlog://"                      # RESULTLOG_* only
+    app.conf.result_backend = "resultlog://?redis_prefix=app1:&ack_ready=false"
+    app.conf.resultlog = {"events_topic": "app1.events"}          # a mapping, same names
+
+A name is a :class:`~resultlog.settings.Settings` field (``redis_url``,
+``events_topic``, ...) or one of the backend's own options (:data:`OPTIONS`). The URL
+wins over ``app.conf.resultlog``, which wins over ``RESULTLOG_*`` variables; an unknown
+name or a malformed value is a :class:`ConfigurationError` naming it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlsplit
+
+from resultlog import names
+from resultlog.errors import ConfigurationError
+from resultlog.settings import ENV_PREFIX, Settings
+
+#: The backend's own options, beside the Settings fields.
+ACK_READY: Final = "ack_ready"
+READ_YOUR_WRITES: Final = "read_your_writes"
+IMPORT_MODULES: Final = "import_modules"
+OPTIONS: Final = (ACK_READY, READ_YOUR_WRITES, IMPORT_MODULES)
+#: The Celery conf key holding a mapping of the same names.
+CONF_KEY: Final = "resultlog"
+# Serializers whose output is JSON text, which is what an event's result holds.
+JSON_SERIALIZERS: Final = ("json",)
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    """What the backend was configured with."""
+
+    settings: Settings
+    #: Storing a ready state (SUCCESS, FAILURE, REVOKED) returns only once Kafka
+    #: acknowledged the event, so a task Celery acknowledged never loses its result.
+    ack_ready: bool = True
+    #: Every stored state waits for Kafka's acknowledgement and is then folded into the
+    #: view by the storing process, so it is readable as soon as store_result returns
+    #: (as with Celery's Redis backend), not only once the processor folded it.
+    read_your_writes: bool = True
+    #: Modules the exception rebuilder may import (views/exceptions.py).
+    import_modules: tuple[str, ...] = ()
+
+    @classmethod
+    def load(
+        cls,
+        url: str | None,
+        conf: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> BackendConfig:
+        """The configuration named by ``url`` and ``conf`` (Celery's ``app.conf.resultlog``)."""
+        given: dict[str, str] = {}
+        for name, value in (conf or {}).items():
+            given[name] = ",".join(value) if isinstance(value, (list, tuple)) else str(value)
+        given.update(_url_options(url))
+        known = {f.name for f in fields(Settings)}
+        for name in given:
+            if name not in known and name not in OPTIONS:
+                raise ConfigurationError(
+                    f"unknown resultlog backend setting {name!r} (in the result_backend URL or "
+                    f"app.conf.{CONF_KEY}); known: {', '.join(OPTIONS)}, and the settings "
+                    f"{', '.join(sorted(known))}"
+                )
+        ack_ready = _bool(ACK_READY, given.pop(ACK_READY, "true"))
+        read_your_writes = _bool(READ_YOUR_WRITES, given.pop(READ_YOUR_WRITES, "true"))
+        modules = tuple(m.strip() for m in given.pop(IMPORT_MODULES, "").split(",") if m.strip())
+        merged = dict(os.environ if env is None else env)
+        merged.update({ENV_PREFIX + name.upper(): value for name, value in given.items()})
+        try:
+            settings = Settings.from_env(merged)
+        except ConfigurationError as exc:
+            raise ConfigurationError(
+                f"the resultlog Celery backend's settings are invalid: {exc} (a name given in "
+                f"the result_backend URL or app.conf.{CONF_KEY} is reported as RESULTLOG_NAME)"
+            ) from None
+        return cls(settings, ack_ready, read_your_writes, modules)
+
+
+def _url_options(url: str | None) -> dict[str, str]:
+    if not url:
+        return {}
+    parts = urlsplit(url)
+    if parts.scheme != names.CELERY_BACKEND_SCHEME:
+        raise ConfigurationError(
+            f"result_backend {parts.scheme}://... is not resultlog's; expected "
+            f"{names.CELERY_BACKEND_SCHEME}://[?name=value&...]"
+        )
+    if parts.netloc or parts.path not in ("", "/") or parts.fragment:
+        raise ConfigurationError(
+            f"result_backend {names.CELERY_BACKEND_SCHEME}:// takes its settings in the query "
+            f"only (e.g. {names.CELERY_BACKEND_SCHEME}://?redis_url=redis://host:6379/0); "
+            f"got a host, path or fragment in {url.split('?')[0]!r}"
+        )
+    out: dict[str, str] = {}
+    try:
+        pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError as exc:
+        raise ConfigurationError(f"result_backend URL query is malformed: {exc}") from None
+    for name, value in pairs:
+        if name in out:
+            raise ConfigurationError(f"result_backend URL names {name!r} twice")
+        out[name] = value
+    return out
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigurationError(f"resultlog backend setting {name}={raw!r} is not a boolean (true/false)")
+
+
+def check_serializer(serializer: str) -> None:
+    """Refuse, at start-up, a result serializer the backend cannot or must not use."""
+    if serializer == "pickle":
+        raise ConfigurationError(
+            "result_serializer 'pickle' cannot be used with the resultlog backend: results "
+            "go onto a log that every worker can write, and unpickling them would run code "
+            "chosen by whoever wrote them. Use result_serializer = 'json' (Celery's default; "
+            "kombu's JSON keeps datetime, Decimal, UUID and bytes)"
+        )
+    if serializer not in JSON_SERIALIZERS:
+        raise ConfigurationError(
+            f"result_serializer {serializer!r} is not supported by the resultlog backend yet: "
+            "an event's result is JSON text. Use result_serializer = 'json' (kombu's JSON "
+            "keeps datetime, Decimal, UUID and bytes)"
+        )

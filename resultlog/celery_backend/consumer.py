@@ -1,0 +1,110 @@
+"""Push-based waiting for Celery: a ``ResultConsumer`` over the view's done channels.
+
+Celery's async machinery (``celery.backends.asynchronous``) asks the consumer to
+``consume_from(task_id)`` when a result is waited on, and calls ``drain_events`` in the
+waiting thread until the result is ready. Here each consumed task is one wait of
+:meth:`resultlog.views.ResultBackend.watch_ready` on the reader's waiter thread: it
+subscribes to the task's done channel, then reads the task (so a result written
+before the subscription took effect is still found), then sleeps until the fold
+script publishes. A finished wait puts the view on a queue; ``drain_events`` takes it
+off in the waiting thread and hands Celery the meta. Nothing polls: ``drain_events``
+blocks on the queue, and its timeout only lets Celery check its own deadline.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import queue
+import threading
+from typing import TYPE_CHECKING, Any
+
+from celery.backends.asynchronous import BaseResultConsumer  # type: ignore[import-untyped]
+
+from resultlog.schemas.fold import TaskView
+
+if TYPE_CHECKING:
+    from resultlog.celery_backend.backend import ResultlogBackend
+
+_Wait = concurrent.futures.Future[TaskView]
+
+
+class ViewResultConsumer(BaseResultConsumer):  # type: ignore[misc]
+    """Waits on the Redis view's done channels for the tasks Celery waits on."""
+
+    backend: ResultlogBackend
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reset()
+
+    def _reset(self) -> None:
+        # Reentrant, and never held across a call that can block: cancel_for() runs
+        # from AsyncResult.__del__, which the garbage collector may call in this very
+        # thread in the middle of consume_from() (a plain Lock deadlocked there).
+        self._lock = threading.RLock()
+        # task id -> its wait; None while the wait is being set up.
+        self._waits: dict[str, _Wait | None] = {}
+        # SimpleQueue: its put() is safe from __del__ and from any thread.
+        self._done: queue.SimpleQueue[tuple[str, _Wait]] = queue.SimpleQueue()
+
+    def on_after_fork(self) -> None:
+        # The waits ran on the parent's waiter thread, which does not exist here.
+        self._reset()
+
+    def start(self, initial_task_id: str, **kwargs: Any) -> None:
+        self.consume_from(initial_task_id)
+
+    def stop(self) -> None:
+        with self._lock:
+            waits, self._waits = self._waits, {}
+        for wait in waits.values():
+            if wait is not None:
+                wait.cancel()
+
+    def consume_from(self, task_id: str) -> None:
+        with self._lock:
+            if task_id in self._waits:
+                return
+            self._waits[task_id] = None
+        # Outside the lock: submitting allocates, so the collector may run __del__s here.
+        wait = self.backend.reader().watch_ready(task_id)
+        with self._lock:
+            keep = task_id in self._waits and self._waits[task_id] is None
+            if keep:
+                self._waits[task_id] = wait
+        if not keep:
+            wait.cancel()  # cancelled while it was being set up
+            return
+        wait.add_done_callback(lambda w: self._finished(task_id, w))
+
+    def _finished(self, task_id: str, wait: _Wait) -> None:
+        if not wait.cancelled():
+            self._done.put((task_id, wait))
+
+    def cancel_for(self, task_id: str) -> None:
+        with self._lock:
+            wait = self._waits.pop(task_id, None)
+        if wait is not None:
+            wait.cancel()
+
+    def drain_events(self, timeout: float | None = None) -> None:
+        """Hand Celery every wait that finished; block up to ``timeout`` for the first."""
+        try:
+            item = self._done.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            self._deliver(*item)
+            try:
+                item = self._done.get_nowait()
+            except queue.Empty:
+                return
+
+    def _deliver(self, task_id: str, wait: _Wait) -> None:
+        with self._lock:
+            if self._waits.get(task_id) is wait:
+                del self._waits[task_id]
+        # A wait that failed (Redis unreachable past the client's retries) raises
+        # here, in the waiting thread: get() fails rather than waits forever.
+        view = wait.result()
+        self.on_state_change(self.backend.meta_for(task_id, view), None)

@@ -1,0 +1,123 @@
+"""Celery's task meta <-> resultlog's events and views.
+
+Writing, a Celery state becomes the event contract's state: SUCCESS, FAILURE, RETRY,
+REVOKED and STARTED are themselves; any other state (``update_state(state="PROGRESS",
+meta=...)``) is a STARTED event whose result is ``{names.CELERY_STATE_KEY: state,
+names.CELERY_META_KEY: meta}``, so the view, the history and a replay keep it while the
+contract stays closed. Celery's own STARTED meta (``pid``, ``hostname``) is kept the
+same way.
+
+Values pass through Celery's result serializer (kombu's JSON, which tags datetime,
+Decimal, UUID and bytes) and are carried as the JSON it produces, so they come back as
+the types they were, as from Celery's Redis backend.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from datetime import datetime, timezone
+from typing import Any, Final
+
+from kombu.serialization import dumps, loads
+
+from resultlog import names
+from resultlog.schemas.fold import TaskView
+from resultlog.schemas.states import State
+from resultlog.views.exceptions import ExceptionRebuilder
+
+_CONTENT_TYPE: Final = "application/json"
+_ENCODING: Final = "utf-8"
+#: Celery states the event contract has under the same name.
+NATIVE_STATES: Final = frozenset(s.value for s in State)
+
+
+def to_plain(value: Any) -> Any:
+    """``value`` as plain JSON types, the way kombu's JSON encodes it (EncodeError if it
+    cannot): the emitter then writes exactly kombu's JSON text."""
+    _, _, text = dumps(value, serializer="json")  # type: ignore[no-untyped-call]
+    return json.loads(text)
+
+
+def from_json(text: str, accept: Collection[str]) -> Any:
+    """A value written by :func:`to_plain`, decoded by kombu (its types restored)."""
+    return loads(text, _CONTENT_TYPE, _ENCODING, accept=accept)  # type: ignore[no-untyped-call]
+
+
+def event_state(celery_state: str) -> tuple[State, bool]:
+    """The event state recording ``celery_state``, and whether the state's name must be
+    kept in the result (a Celery state the contract lacks, or STARTED's meta)."""
+    if celery_state in NATIVE_STATES and celery_state != State.STARTED.value:
+        return State(celery_state), False
+    return State.STARTED, True
+
+
+def progress(celery_state: str, meta: Any) -> dict[str, Any]:
+    """A STARTED event's result recording ``celery_state`` with its meta."""
+    return {names.CELERY_STATE_KEY: celery_state, names.CELERY_META_KEY: to_plain(meta)}
+
+
+def date_done(view: TaskView) -> datetime | None:
+    if not view.state.ready:
+        return None
+    return datetime.fromtimestamp(view.timestamp / 1000, tz=timezone.utc)
+
+
+def task_meta(
+    task_id: str,
+    view: TaskView | None,
+    accept: Collection[str],
+    rebuilder: ExceptionRebuilder,
+    extended: bool,
+) -> dict[str, Any]:
+    """The meta dict Celery's ``get_task_meta`` returns, read from the view (PENDING
+    for a task the view does not know)."""
+    if view is None:
+        return {"task_id": task_id, "status": "PENDING", "result": None, "traceback": None,
+                "children": [], "date_done": None}
+    status, result = _outcome(view, accept, rebuilder)
+    meta: dict[str, Any] = {
+        "task_id": task_id,
+        "status": status,
+        "result": result,
+        "traceback": view.traceback,
+        # Children (the tasks a task sent) are not recorded in the log.
+        "children": [],
+        "date_done": date_done(view),
+    }
+    if view.group_id:
+        meta["group_id"] = view.group_id
+    if view.parent_id:
+        meta["parent_id"] = view.parent_id
+    if extended:
+        meta.update(
+            name=view.task_name,
+            args=None if view.args is None else from_json(view.args, accept),
+            kwargs=None if view.kwargs is None else from_json(view.kwargs, accept),
+            worker=view.worker,
+            retries=view.attempt,
+            queue=None,
+        )
+    return meta
+
+
+def _outcome(view: TaskView, accept: Collection[str], rebuilder: ExceptionRebuilder
+             ) -> tuple[str, Any]:
+    state = view.state
+    if state is State.SUCCESS:
+        return state.value, None if view.result is None else from_json(view.result, accept)
+    if state is State.STARTED or state is State.RECEIVED:
+        if view.result is not None:
+            value = json.loads(view.result)
+            if isinstance(value, dict) and names.CELERY_STATE_KEY in value:
+                meta = json.dumps(value.get(names.CELERY_META_KEY))
+                return str(value[names.CELERY_STATE_KEY]), from_json(meta, accept)
+        return state.value, None
+    if view.exception is not None:
+        return state.value, rebuilder.rebuild(view.exception, view.traceback)
+    # The imports are here because Celery is optional for the rest of resultlog.
+    from celery.exceptions import TaskRevokedError  # type: ignore[import-untyped]
+
+    if state is State.REVOKED:
+        return state.value, TaskRevokedError("revoked")
+    return state.value, Exception(f"task {view.task_id} failed without recording an exception")

@@ -1,0 +1,100 @@
+"""The Celery app of the backend's tests: the worker process imports it (``celery -A
+tests.integration.celery_app worker``), the test builds the same app as a client.
+
+The worker takes its resultlog settings from ``RESULTLOG_*`` (``resultlog://``), its
+broker from ``CELERY_BROKER_URL``, its queue from ``CELERY_TEST_QUEUE`` and, when a test
+needs backend options, its backend URL from ``CELERY_TEST_RESULT_BACKEND`` (not a
+``RESULTLOG_*`` name: those are settings, and an unknown one is an error).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import redis
+from celery import Celery  # type: ignore[import-untyped]
+
+from resultlog.settings import Settings
+
+
+class TaskBroke(ValueError):
+    """A task's own exception class: it must come back to the client as itself."""
+
+
+def side_channel(settings: Settings, name: str) -> str:
+    """A Redis list the test and a task use to hand each other a go-ahead."""
+    return f"{settings.redis_prefix}test:{name}"
+
+
+def make_app(backend_url: str, broker_url: str, queue: str) -> Any:
+    app = Celery("resultlog-celery-tests", broker=broker_url, backend=backend_url,
+                 set_as_current=False)
+    app.conf.update(
+        task_default_queue=queue,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_track_started=True,
+        result_extended=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+    )
+
+    def settings() -> Settings:
+        return Settings.from_env()
+
+    @app.task(name="t.add", shared=False)
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @app.task(name="t.total", shared=False)
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    @app.task(name="t.echo", shared=False)
+    def echo(value: Any) -> Any:
+        return value
+
+    @app.task(name="t.fail", shared=False)
+    def fail(message: str) -> None:
+        raise TaskBroke(message)
+
+    @app.task(name="t.flaky", bind=True, max_retries=3, shared=False)
+    def flaky(self: Any) -> int:
+        if self.request.retries < 2:
+            raise self.retry(exc=ConnectionError(f"attempt {self.request.retries}"), countdown=0)
+        return self.request.retries
+
+    @app.task(name="t.progress", bind=True, shared=False)
+    def progress(self: Any, gate: str) -> str:
+        self.update_state(state="PROGRESS", meta={"done": 1, "of": 2})
+        client = redis.Redis.from_url(settings().redis_url)
+        try:
+            client.blpop([gate], timeout=60)  # the test releases it once it saw PROGRESS
+        finally:
+            client.close()
+        return "finished"
+
+    @app.task(name="t.block", bind=True, shared=False)
+    def block(self: Any, started: str, gate: str) -> str:
+        client = redis.Redis.from_url(settings().redis_url)
+        try:
+            client.rpush(started, self.request.id)
+            client.blpop([gate], timeout=120)
+        finally:
+            client.close()
+        return "not revoked"
+
+    @app.task(name="t.big", shared=False)
+    def big(size: int) -> str:
+        return "x" * size
+
+    return app
+
+
+app = make_app(
+    os.environ.get("CELERY_TEST_RESULT_BACKEND", "resultlog://"),
+    os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:16379/7"),
+    os.environ.get("CELERY_TEST_QUEUE", "resultlog-tests"),
+)

@@ -1,0 +1,310 @@
+"""The Celery result backend (``resultlog://``) with a real prefork worker and a real
+processor: Celery's client API end to end, every result going through the log."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+import redis
+
+from resultlog.settings import Settings
+from tests.integration.celery_app import TaskBroke, make_app, side_channel
+from tests.integration.processes import ProcessorProcess
+
+celery = pytest.importorskip("celery")
+from celery.exceptions import TaskRevokedError  # type: ignore[import-untyped]  # noqa: E402
+from kombu.exceptions import EncodeError  # noqa: E402
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# The Celery broker: a Redis database of its own on the local stack (the view is in
+# db 0), one queue per test.
+BROKER_DB = 7
+ROOT = Path(__file__).resolve().parents[2]
+# Small, so that the over-the-limit test stays cheap.
+MAX_EVENT_BYTES = 65_536
+WAIT_S = 60
+
+
+def backend_url(settings: Settings) -> str:
+    """``resultlog://`` with the test's isolated settings in the query."""
+    names = ("events_topic", "consumer_group", "redis_prefix", "postgres_schema",
+             "redis_url", "kafka_bootstrap_servers", "postgres_dsn", "max_event_bytes")
+    return "resultlog://?" + urlencode({n: str(getattr(settings, n)) for n in names})
+
+
+class Worker:
+    """``celery worker -P prefork -c 2`` in a child process, settings by environment."""
+
+    def __init__(self, settings: Settings, broker: str, queue: str,
+                 backend: str = "resultlog://") -> None:
+        self.log = Path(tempfile.mkstemp(prefix="resultlog-celery-worker-", suffix=".log")[1])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}
+        env.update(settings.to_env(), CELERY_BROKER_URL=broker, CELERY_TEST_QUEUE=queue,
+                   CELERY_TEST_RESULT_BACKEND=backend, PYTHONUNBUFFERED="1")
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "tests.integration.celery_app", "worker",
+                 "-P", "prefork", "-c", "2", "-l", "info", "-n", f"{queue}@%h",
+                 "--without-gossip", "--without-mingle", "--without-heartbeat"],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def worker_settings(settings: Settings) -> Settings:
+    return settings.replace(max_event_bytes=MAX_EVENT_BYTES)
+
+
+@pytest.fixture
+def processor(worker_settings: Settings) -> Iterator[ProcessorProcess]:
+    with ProcessorProcess(worker_settings) as processor:
+        yield processor
+        assert processor.alive(), processor.output()[-5000:]
+
+
+@pytest.fixture
+def stack(
+    worker_settings: Settings, processor: ProcessorProcess, request: pytest.FixtureRequest
+) -> Iterator[Any]:
+    """A client app and a worker; ``@pytest.mark.parametrize("stack", [options],
+    indirect=True)`` adds backend options (a URL query) to both."""
+    options = getattr(request, "param", "")
+    queue = f"rl-test-{uuid.uuid4().hex[:10]}"
+    broker = worker_settings.redis_url.rsplit("/", 1)[0] + f"/{BROKER_DB}"
+    worker = Worker(worker_settings, broker, queue,
+                    "resultlog://" + (f"?{options}" if options else ""))
+    client = make_app(backend_url(worker_settings) + (f"&{options}" if options else ""),
+                      broker, queue)
+    try:
+        yield client
+    finally:
+        worker.stop()
+        # Captured by pytest: shown only if the test failed.
+        print(f"--- worker output ---\n{worker.output()[-20_000:]}")
+        worker.log.unlink(missing_ok=True)
+        broker_client = redis.Redis.from_url(broker)
+        try:
+            broker_client.delete(queue, f"_kombu.binding.{queue}")
+        finally:
+            broker_client.close()
+
+
+@pytest.fixture
+def app(stack: Any) -> Any:
+    return stack
+
+
+def test_delay_get_round_trips_values_through_the_log(app: Any) -> None:
+    assert app.tasks["t.add"].delay(2, 3).get(timeout=WAIT_S) == 5
+    value = {"when": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "amount": Decimal("1.50"),
+             "id": uuid.UUID(int=7), "raw": b"bytes", "list": [1, "two", None]}
+    result = app.tasks["t.echo"].delay(value)
+    assert result.get(timeout=WAIT_S) == value
+    assert result.state == "SUCCESS" and result.successful()
+    assert result.name == "t.echo" and result.args == [value]
+    assert isinstance(result.date_done, datetime)
+    assert result.worker is not None and "@" in result.worker
+
+
+def test_failure_comes_back_as_the_original_type(app: Any) -> None:
+    result = app.tasks["t.fail"].delay("no luck")
+    with pytest.raises(TaskBroke, match="no luck"):
+        result.get(timeout=WAIT_S)
+    assert result.state == "FAILURE" and result.failed()
+    assert "TaskBroke" in (result.traceback or "")
+    assert isinstance(result.get(propagate=False), TaskBroke)
+
+
+def test_retry_then_success(app: Any) -> None:
+    result = app.tasks["t.flaky"].delay()
+    assert result.get(timeout=WAIT_S) == 2
+    assert result.retries == 2
+
+
+def test_update_state_progress_is_readable_while_running(
+    app: Any, worker_settings: Settings
+) -> None:
+    gate = side_channel(worker_settings, uuid.uuid4().hex)
+    result = app.tasks["t.progress"].delay(gate)
+    # Waits on a condition (the view showing PROGRESS), each read one round trip.
+    meta = None
+    for meta in _until(lambda: result.backend.get_task_meta(result.id, cache=False),
+                       lambda m: m["status"] == "PROGRESS"):
+        pass
+    assert meta is not None and meta["result"] == {"done": 1, "of": 2}
+    assert result.state == "PROGRESS" and result.info == {"done": 1, "of": 2}
+    client = redis.Redis.from_url(worker_settings.redis_url)
+    try:
+        client.rpush(gate, "go")
+        assert result.get(timeout=WAIT_S) == "finished"
+    finally:
+        client.delete(gate)
+        client.close()
+
+
+def test_revoke_with_terminate_is_recorded_and_raised(app: Any, worker_settings: Settings) -> None:
+    tag = uuid.uuid4().hex
+    started, gate = side_channel(worker_settings, f"started-{tag}"), side_channel(worker_settings, tag)
+    client = redis.Redis.from_url(worker_settings.redis_url)
+    try:
+        result = app.tasks["t.block"].delay(started, gate)
+        assert client.blpop([started], timeout=WAIT_S) is not None  # it is running
+        result.revoke(terminate=True)
+        with pytest.raises(TaskRevokedError):
+            result.get(timeout=WAIT_S)
+        assert result.state == "REVOKED"
+    finally:
+        client.delete(started, gate)
+        client.close()
+
+
+def test_group_joins_natively(app: Any) -> None:
+    add = app.tasks["t.add"]
+    group_result = celery.group([add.s(i, i) for i in range(6)], app=app).apply_async()
+    assert group_result.supports_native_join
+    assert group_result.get(timeout=WAIT_S) == [0, 2, 4, 6, 8, 10]
+    assert group_result.completed_count() == 6 and group_result.successful()
+
+
+def test_forget_drops_the_result(app: Any) -> None:
+    result = app.tasks["t.add"].delay(1, 1)
+    assert result.get(timeout=WAIT_S) == 2
+    result.forget()
+    fresh = app.AsyncResult(result.id)
+    assert fresh.state == "PENDING"
+
+
+def test_a_result_over_the_size_limit_is_a_failure_with_the_reason(app: Any) -> None:
+    result = app.tasks["t.big"].delay(MAX_EVENT_BYTES * 2)
+    with pytest.raises(EncodeError, match="cannot be stored") as caught:
+        result.get(timeout=WAIT_S)
+    assert str(MAX_EVENT_BYTES) in str(caught.value)
+    assert result.state == "FAILURE"
+
+
+def _until(read: Any, done: Any, limit: int = 100_000) -> Iterator[Any]:
+    """Yield ``read()`` until ``done`` holds for it (a condition, never a sleep)."""
+    for _ in range(limit):
+        value = read()
+        yield value
+        if done(value):
+            return
+    raise AssertionError(f"condition never held; last read {value!r}")
+
+
+def test_saved_group_is_restored_right_after_save_and_gone_after_delete(app: Any) -> None:
+    add = app.tasks["t.add"]
+    saved = celery.group([add.s(1, 1), add.s(2, 2)], app=app).apply_async()
+    saved.save()
+    # Another backend object (another thread's, in Celery) must see it at once.
+    restored = app.GroupResult.restore(saved.id, backend=_fresh_backend(app))
+    assert restored is not None
+    assert [r.id for r in restored.results] == [r.id for r in saved.results]
+    assert restored.get(timeout=WAIT_S) == [2, 4]
+    saved.delete()
+    assert app.GroupResult.restore(saved.id, backend=_fresh_backend(app)) is None
+
+
+def _fresh_backend(app: Any) -> Any:
+    from resultlog.celery_backend import ResultlogBackend
+
+    return ResultlogBackend(app, url=app.conf.result_backend)
+
+
+def test_a_chord_falls_back_to_celerys_chord_unlock_and_completes(app: Any) -> None:
+    """Chords are issue 13's: until then Celery's fallback (the celery.chord_unlock
+    task, which re-checks the header's results once a second) runs the body."""
+    add, total = app.tasks["t.add"], app.tasks["t.total"]
+    result = celery.chord([add.s(i, i) for i in range(4)], app=app)(total.s())
+    assert result.get(timeout=WAIT_S) == 12
+
+
+def test_a_finalizer_cancelling_inside_consume_from_does_not_deadlock(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AsyncResult.__del__ calls cancel_for(); the garbage collector may run it in the
+    middle of consume_from(), in the same thread (Celery's suite hung on this)."""
+    client = make_app(backend_url(settings), "memory://", "unused")
+    consumer = client.backend.result_consumer
+    reader = client.backend.reader()
+    real = reader.watch_ready
+
+    def collected_meanwhile(task_id: str) -> Any:
+        consumer.cancel_for("another-task")
+        consumer.cancel_for(task_id)  # its own result object finalized meanwhile
+        return real(task_id)
+
+    monkeypatch.setattr(reader, "watch_ready", collected_meanwhile)
+    done = threading.Event()
+
+    def consume() -> None:
+        consumer.consume_from("task-being-set-up")
+        done.set()
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    assert done.wait(WAIT_S), "consume_from deadlocked"
+    consumer.stop()
+
+
+@pytest.mark.parametrize("stack", ["read_your_writes=false"], indirect=True)
+def test_a_processor_killed_while_tasks_run_loses_no_result(
+    stack: Any, processor: ProcessorProcess
+) -> None:
+    """Without read-your-writes only the processor writes the view: results sent before,
+    during and after it is SIGKILLed and restarted all come back."""
+    add = stack.tasks["t.add"]
+    assert add.delay(0, 0).get(timeout=WAIT_S) == 0  # everything is up
+    before = [add.delay(i, i) for i in range(40)]
+    processor.kill()
+    during = [add.delay(i, 1) for i in range(40)]
+    processor.start()
+    after = [add.delay(i, 2) for i in range(40)]
+    assert [r.get(timeout=WAIT_S) for r in before] == [2 * i for i in range(40)]
+    assert [r.get(timeout=WAIT_S) for r in during] == [i + 1 for i in range(40)]
+    assert [r.get(timeout=WAIT_S) for r in after] == [i + 2 for i in range(40)]
+
+
+def test_a_hard_time_limit_is_recorded_by_the_workers_main_process(
+    app: Any, worker_settings: Settings
+) -> None:
+    """The pool process is killed; the worker's main process stores the FAILURE."""
+    from celery.exceptions import TimeLimitExceeded
+
+    tag = uuid.uuid4().hex
+    started, gate = side_channel(worker_settings, f"started-{tag}"), side_channel(worker_settings, tag)
+    try:
+        # The task blocks on `gate`, which nobody opens: only the time limit ends it.
+        result = app.tasks["t.block"].apply_async((started, gate), time_limit=1)
+        with pytest.raises(TimeLimitExceeded):
+            result.get(timeout=WAIT_S)
+        assert result.state == "FAILURE"
+    finally:
+        client = redis.Redis.from_url(worker_settings.redis_url)
+        client.delete(started, gate)
+        client.close()

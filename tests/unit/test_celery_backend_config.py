@@ -1,0 +1,75 @@
+"""The Celery backend's configuration: URL, Celery conf, RESULTLOG_*; bad input named."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from resultlog.errors import ConfigurationError
+
+celery = pytest.importorskip("celery")
+
+from resultlog.celery_backend import BackendConfig, ResultlogBackend  # noqa: E402
+from resultlog.celery_backend.meta import event_state  # noqa: E402
+from resultlog.schemas.states import State  # noqa: E402
+
+
+def app(**conf: Any) -> Any:
+    a = celery.Celery("config-tests", broker="memory://", set_as_current=False)
+    a.conf.update(conf)
+    return a
+
+
+def test_the_url_query_wins_over_conf_which_wins_over_the_environment() -> None:
+    config = BackendConfig.load(
+        "resultlog://?redis_prefix=url:&ack_ready=false&import_modules=myapp,other",
+        {"redis_prefix": "conf:", "events_topic": "conf.events"},
+        {"RESULTLOG_EVENTS_TOPIC": "env.events", "RESULTLOG_CONSUMER_GROUP": "env-group"},
+    )
+    assert config.settings.redis_prefix == "url:"
+    assert config.settings.events_topic == "conf.events"
+    assert config.settings.consumer_group == "env-group"
+    assert config.ack_ready is False
+    assert config.import_modules == ("myapp", "other")
+
+
+def test_plain_scheme_takes_everything_from_the_environment() -> None:
+    config = BackendConfig.load("resultlog://", None, {"RESULTLOG_REDIS_PREFIX": "env:"})
+    assert config.settings.redis_prefix == "env:" and config.ack_ready is True
+
+
+@pytest.mark.parametrize(("url", "named"), [
+    ("resultlog://?redis_prefx=x", "redis_prefx"),
+    ("resultlog://?topic_partitions=many", "RESULTLOG_TOPIC_PARTITIONS"),
+    ("resultlog://?ack_ready=maybe", "ack_ready"),
+    ("resultlog://localhost:6379/0", "query"),
+    ("resultlog://?events_topic=a&events_topic=b", "events_topic"),
+])
+def test_a_bad_url_is_an_error_naming_what_is_wrong(url: str, named: str) -> None:
+    with pytest.raises(ConfigurationError, match=named):
+        BackendConfig.load(url, None, {})
+
+
+def test_the_entry_point_makes_the_scheme_the_whole_switch() -> None:
+    backend = app(result_backend="resultlog://?redis_prefix=switch:").backend
+    assert isinstance(backend, ResultlogBackend)
+    assert backend.config.settings.redis_prefix == "switch:"
+
+
+def test_pickle_is_refused_at_start_up() -> None:
+    with pytest.raises(ConfigurationError, match="pickle"):
+        app(result_backend="resultlog://", result_serializer="pickle",
+            accept_content=["pickle", "json"]).backend
+
+
+def test_a_serializer_other_than_json_is_refused_for_now() -> None:
+    with pytest.raises(ConfigurationError, match="msgpack"):
+        app(result_backend="resultlog://", result_serializer="msgpack").backend
+
+
+def test_celery_states_map_onto_the_event_contract() -> None:
+    assert event_state("SUCCESS") == (State.SUCCESS, False)
+    assert event_state("REVOKED") == (State.REVOKED, False)
+    assert event_state("STARTED") == (State.STARTED, True)  # keeps Celery's pid/hostname meta
+    assert event_state("PROGRESS") == (State.STARTED, True)
