@@ -19,7 +19,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from json.encoder import encode_basestring as _json_str  # C-accelerated
 from typing import Any
@@ -183,25 +183,6 @@ def _event(r: Any) -> TaskEvent:
         meta={} if meta is None else {
             from_pg_text(k): from_pg_text(v) for k, v in json.loads(meta).items()},
     )
-
-
-@contextmanager
-def _lost_connection(conn: asyncpg.Connection) -> Iterator[None]:
-    """A server that died mid-write (a PostgreSQL SIGKILL) surfaces from asyncpg not only
-    as a connection error but as client-side state errors: InternalClientError ("cannot
-    switch to state 15; another operation (2) is in progress", on a connection whose
-    lost operation it still counts as running) and InterfaceError ("cannot call
-    Transaction.__aexit__(): the underlying connection is closed"). Both mean the
-    connection is gone: raised as ConnectionError, which the store's guard makes a
-    retriable StoreUnavailable. An InterfaceError on an open connection stays: a bug."""
-    try:
-        yield
-    except asyncpg.InternalClientError as exc:
-        raise ConnectionError(f"PostgreSQL connection lost mid-operation: {exc}") from exc
-    except asyncpg.InterfaceError as exc:
-        if not conn.is_closed():
-            raise
-        raise ConnectionError(f"PostgreSQL connection closed mid-operation: {exc}") from exc
 
 
 def _check_offsets(offsets: Mapping[tuple[str, int], int]) -> None:
@@ -388,23 +369,44 @@ class HistoryStore(PooledStore):
         inserted = 0
         if 0 < len(rows) <= SMALL_BATCH_ROWS and offset_args[0]:
             columns = [list(col) for col in zip(*rows)]
-            async with self.pool.acquire() as conn:
-                with _lost_connection(conn):
-                    count: int = await conn.fetchval(
-                        self._insert_small, *columns, to_pg_text(consumer_group), *offset_args)
+            async with self._connection() as conn:
+                count: int = await conn.fetchval(
+                    self._insert_small, *columns, to_pg_text(consumer_group), *offset_args)
             return count
-        async with self.pool.acquire() as conn:
-            with _lost_connection(conn):
-                async with conn.transaction():
-                    if rows:
-                        await conn.execute(self._create_stage)
-                        await conn.copy_records_to_table(
-                            names.HISTORY_STAGE_TABLE, records=rows, columns=_STAGE_NAMES)
-                        inserted = await self._insert_staged(conn, len(rows))
-                    if offset_args[0]:
-                        await conn.execute(self._upsert_offsets, to_pg_text(consumer_group),
-                                           *offset_args)
+        async with self._connection() as conn:
+            async with conn.transaction():
+                if rows:
+                    await conn.execute(self._create_stage)
+                    await conn.copy_records_to_table(
+                        names.HISTORY_STAGE_TABLE, records=rows, columns=_STAGE_NAMES)
+                    inserted = await self._insert_staged(conn, len(rows))
+                if offset_args[0]:
+                    await conn.execute(self._upsert_offsets, to_pg_text(consumer_group),
+                                       *offset_args)
         return inserted
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for one write.
+
+        A server that died mid-write (a PostgreSQL SIGKILL) surfaces from asyncpg not only
+        as connection errors but as client-side state errors, in the block or when the
+        pool resets the connection at release: InternalClientError ("cannot switch to
+        state 15; another operation (2) is in progress": the lost operation still counts
+        as running) and InterfaceError ("the underlying connection is closed"). Those mean
+        the connection is gone: they become ConnectionError, which the store's guard makes
+        a retriable StoreUnavailable (the writes are idempotent). An InterfaceError on an
+        open connection is a misuse, a bug: RuntimeError, never retried."""
+        try:
+            async with self.pool.acquire() as conn:
+                try:
+                    yield conn
+                except asyncpg.InterfaceError as exc:
+                    if not conn.is_closed():
+                        raise RuntimeError(f"PostgreSQL connection misused: {exc}") from exc
+                    raise ConnectionError(f"PostgreSQL connection closed mid-write: {exc}") from exc
+        except (asyncpg.InternalClientError, asyncpg.InterfaceError) as exc:
+            raise ConnectionError(f"PostgreSQL connection lost mid-write: {exc}") from exc
 
     async def _insert_staged(self, conn: asyncpg.Connection, staged: int) -> int:
         status: str
