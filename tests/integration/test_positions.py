@@ -69,9 +69,11 @@ def _closed_port() -> int:
 
 async def test_a_store_that_does_not_answer_at_assignment_stops_the_processor(
         settings: Settings) -> None:
-    """Positioning partitions needs the stores; one that does not answer is retried,
-    then the processor stops naming it, rather than reading from Kafka's committed
-    offsets as if nothing happened."""
+    """Positioning partitions needs the stores; one that does not answer is retried
+    until RESULTLOG_ASSIGN_TIMEOUT_S (redis-py's own reconnects count within it, so how
+    many tries fit depends on the machine: not asserted), then the processor stops
+    naming it, rather than reading from Kafka's committed offsets as if nothing
+    happened."""
     async with Emitter(settings) as em:
         await em.success("before", 1)
     bad = settings.replace(redis_url=f"redis://127.0.0.1:{_closed_port()}/0", assign_timeout_s=3.0)
@@ -81,7 +83,6 @@ async def test_a_store_that_does_not_answer_at_assignment_stops_the_processor(
         code = await asyncio.to_thread(proc.proc.wait, 120)
         output = proc.output()
         assert code != 0, output[-3000:]
-        assert "positioning partitions" in output and "retrying" in output, output[-3000:]
         assert "cannot position partitions" in output and "Redis" in output, output[-3000:]
         assert "writing a batch" not in output, output[-3000:]
     finally:
