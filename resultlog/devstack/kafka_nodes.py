@@ -27,8 +27,14 @@ CLUSTER_ID_FILE = "kafka-cluster.id"
 
 
 def random_cluster_id() -> str:
-    """What ``kafka-storage.sh random-uuid`` prints: 16 bytes, base64url, no padding."""
-    return base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+    """What ``kafka-storage.sh random-uuid`` prints: 16 bytes, base64url, no padding,
+    never starting with "-": the storage tool's argument parser reads such an id as an
+    option ("argument --cluster-id/-t: expected one argument"; 1 start in 64 failed so),
+    which is why Kafka's own ``Uuid.randomUuid`` draws again in that case too."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def node_ports(settings: Settings) -> list[int]:

@@ -83,3 +83,12 @@ def test_a_private_stack_takes_free_ports_of_its_own_and_replicates_on_three_nod
     assert not {19092, 19093, 16379, 15432} & set(ports)
     with pytest.raises(DevStackError, match="brokers=2"):
         private_settings(base, tmp_path, brokers=2)
+
+
+def test_a_cluster_id_never_starts_with_a_dash() -> None:
+    """Kafka's storage tool reads "-t -abc..." as a missing id and an option."""
+    from resultlog.devstack.kafka_nodes import random_cluster_id
+
+    ids = [random_cluster_id() for _ in range(5000)]
+    assert not [i for i in ids if i.startswith("-")]
+    assert all(len(i) == 22 for i in ids)
