@@ -175,13 +175,18 @@ async def _check_replication(bootstrap: str, topic: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        described = await admin.describe_topics([topic, "__consumer_offsets"])
-        replicas = {t["topic"]: {len(p["replicas"]) for p in t["partitions"]} for t in described}
-        assert replicas == {topic: {3}, "__consumer_offsets": {3}}
         # The broker that answers may not know a topic created a moment ago (its
-        # metadata lags the controller's): it answers with an error code and no
-        # entries. Ask until one answers for the topic.
+        # metadata lags the controller's): it answers with no partitions, or an error
+        # code and no config entries. Ask until one answers for the topic.
         deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            described = await admin.describe_topics([topic, "__consumer_offsets"])
+            replicas = {t["topic"]: {len(p["replicas"]) for p in t["partitions"]}
+                        for t in described}
+            if replicas.get(topic) or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert replicas == {topic: {3}, "__consumer_offsets": {3}}
         while True:
             [response] = await admin.describe_configs(
                 [ConfigResource(ConfigResourceType.TOPIC, topic, {"min.insync.replicas": None})]
