@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import asyncpg  # type: ignore[import-untyped]
 
 from resultlog import names
-from resultlog.errors import ResultlogError, ValidationError
 from resultlog.connections import postgres_dsn
+from resultlog.errors import ResultlogError, ValidationError
 from resultlog.settings import Settings
 from resultlog.views.migrations import advisory_key, quote_ident
 from resultlog.views.partitions import DAY_MS, partition_name

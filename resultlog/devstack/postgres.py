@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 import asyncpg  # type: ignore[import-untyped]
 
+from resultlog.connections import postgres_dsn
 from resultlog.devstack import process, secure
 from resultlog.devstack.service import Port, Service
 from resultlog.errors import DevStackError
@@ -218,7 +219,7 @@ class PostgresService(Service):
     async def answers(self) -> bool:
         """SELECT 1 with the settings' DSN (over TCP, with its password)."""
         try:
-            conn = await asyncpg.connect(self.settings.postgres_dsn, timeout=3)
+            conn = await asyncpg.connect(postgres_dsn(self.settings), timeout=3)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             return False
         try:

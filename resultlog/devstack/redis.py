@@ -8,6 +8,7 @@ from pathlib import Path
 import redis.asyncio
 import redis.exceptions
 
+from resultlog.connections import redis_url
 from resultlog.devstack import process, secure
 from resultlog.devstack.service import Port, Service
 from resultlog.settings import DEV_REDIS_PORT, port_of
@@ -69,7 +70,7 @@ class RedisService(Service):
 
     async def answers(self) -> bool:
         client = redis.asyncio.Redis.from_url(
-            self.settings.redis_url, socket_connect_timeout=1, socket_timeout=2
+            redis_url(self.settings), socket_connect_timeout=1, socket_timeout=2
         )
         try:
             return bool(await client.ping())
