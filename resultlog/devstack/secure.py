@@ -35,6 +35,8 @@ INTER_BROKER_USER = "admin"
 INTER_BROKER_MECHANISM = "SCRAM-SHA-512"
 SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
 _SECRET_FILE = "kafka-admin.secret"
+# The password of the user `resultlog dev up --secure` makes (the same for all three).
+PASSWORD_FILE = "password"
 TLS_SSLMODES = ("require", "verify-ca", "verify-full")
 
 
@@ -71,7 +73,12 @@ def prepare_certificates(settings: Settings) -> Certificates | None:
 def inter_broker_password(settings: Settings) -> str:
     """The ``admin`` user's password, made once per state directory and kept (the
     SCRAM credential formatted into each node's storage must keep matching it)."""
-    path = Path(settings.dev_dir).absolute() / TLS_DIR / _SECRET_FILE
+    return kept_secret(settings, _SECRET_FILE)
+
+
+def kept_secret(settings: Settings, name: str) -> str:
+    """A random password in ``<dev_dir>/tls/<name>`` (mode 0600), made on first use."""
+    path = Path(settings.dev_dir).absolute() / TLS_DIR / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         draft = path.with_name(path.name + ".new")
@@ -209,12 +216,15 @@ def postgres_ssl_lines(settings: Settings, key_dir: Path) -> list[str]:
 # -- settings -------------------------------------------------------------------------
 
 
-def secure_settings(base: Settings, *, user: str = "resultlog", mechanism: str = "SCRAM-SHA-512") -> Settings:
-    """``base`` asking for TLS and authentication everywhere, with a new password, and
-    trusting the CA in ``<base.dev_dir>/tls``: Kafka SASL_SSL, Redis ``rediss://`` as an
-    ACL user with a client certificate, PostgreSQL ``sslmode=verify-full``."""
+def secure_settings(
+    base: Settings, *, user: str = "resultlog", mechanism: str = "SCRAM-SHA-512", password: str | None = None,
+) -> Settings:
+    """``base`` asking for TLS and authentication everywhere, trusting the CA in
+    ``<base.dev_dir>/tls``: Kafka SASL_SSL, Redis ``rediss://`` as an ACL user with a
+    client certificate, PostgreSQL ``sslmode=verify-full``. ``password``: the user's in
+    all three (default: a new random one)."""
     certs = certificates(base)
-    password = secrets.token_urlsafe(18)
+    password = secrets.token_urlsafe(18) if password is None else password
     redis = urlsplit(base.redis_url)
     redis_query = urlencode({"ssl_ca_certs": str(certs.ca), "ssl_certfile": str(certs.client_cert),
                              "ssl_keyfile": str(certs.client_key)}, safe="/")
@@ -233,3 +243,24 @@ def secure_settings(base: Settings, *, user: str = "resultlog", mechanism: str =
         redis_url=redis_url,
         postgres_dsn=postgres_dsn,
     )
+
+
+def dev_secure_settings(base: Settings) -> Settings:
+    """:func:`secure_settings` for ``resultlog dev up --secure``: the password is kept in
+    ``<dev_dir>/tls/password``, so every later command finds the same one."""
+    return secure_settings(base, password=kept_secret(base, PASSWORD_FILE))
+
+
+def exports(settings: Settings) -> list[str]:
+    """Shell lines exporting the security settings of ``settings`` made by
+    :func:`dev_secure_settings`; the password is read from its file, never printed."""
+    password = kept_secret(settings, PASSWORD_FILE)
+    from_file = f"$(cat {Path(settings.dev_dir).absolute() / TLS_DIR / PASSWORD_FILE})"
+    names = ("kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
+             "kafka_sasl_password", "kafka_ssl_ca_location", "redis_url", "postgres_dsn")
+    env = settings.to_env()
+    lines = []
+    for name in names:
+        key = "RESULTLOG_" + name.upper()
+        lines.append(f'export {key}="{env[key].replace(password, from_file)}"')
+    return lines
