@@ -67,9 +67,9 @@ def _with_query(url: str, **changes: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query, safe="/")))
 
 
-def _with_password(url: str, password: str) -> str:
+def _with_password(url: str, password: str, user: str | None = None) -> str:
     parts = urlsplit(url)
-    netloc = f"{parts.username}:{password}@{parts.hostname}:{parts.port}"
+    netloc = f"{user or parts.username}:{password}@{parts.hostname}:{parts.port}"
     return urlunsplit(parts._replace(netloc=netloc))
 
 
@@ -127,6 +127,18 @@ async def test_a_wrong_password_fails_at_start_naming_the_setting(secure: Settin
         async with RedisView(secure.replace(redis_url=_with_password(secure.redis_url, wrong))) as view:
             await view.check_access()
     _refused(raised.value, "RESULTLOG_REDIS_URL", "refused the login", secret=wrong)
+    # Redis: an ACL user that may not touch resultlog's keys.
+    admin = redis.asyncio.Redis.from_url(secure.redis_url)
+    narrow_password = uuid.uuid4().hex
+    await admin.acl_setuser("narrow", enabled=True, passwords=[f"+{narrow_password}"],
+                            keys=["other:*"], commands=["+@all"], reset=True)
+    await admin.aclose()
+    narrow_url = _with_password(secure.redis_url, narrow_password, user="narrow")
+    with pytest.raises(ConfigurationError) as raised:
+        async with RedisView(secure.replace(redis_url=narrow_url)) as view:
+            await view.check_access()  # PING is allowed: the refusal comes with the first key
+            await view.get("some-task")
+    _refused(raised.value, "RESULTLOG_REDIS_URL", "RESULTLOG_REDIS_PREFIX", secret=narrow_password)
     # PostgreSQL: the role with a wrong password.
     with pytest.raises(ConfigurationError) as raised:
         await HistoryStore(secure.replace(postgres_dsn=_with_password(secure.postgres_dsn, wrong))).start()
