@@ -67,6 +67,8 @@ async def kafka_refusal(settings: Settings) -> ConfigurationError | None:
 
     from resultlog.connections import kafka_security_args
 
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return None  # no login, no certificate: nothing a server could refuse us for
     args = kafka_security_args(settings)
     timeout_ms = int(min(settings.kafka_timeout_s, 5.0) * 1000)
     protocol = settings.kafka_security_protocol
