@@ -63,9 +63,12 @@ def test_pickle_is_refused_at_start_up() -> None:
             accept_content=["pickle", "json"]).backend
 
 
-def test_a_serializer_other_than_json_is_refused_for_now() -> None:
-    with pytest.raises(ConfigurationError, match="msgpack"):
-        app(result_backend="resultlog://", result_serializer="msgpack").backend
+def test_msgpack_and_yaml_are_accepted_and_an_unknown_serializer_is_refused() -> None:
+    for name in ("msgpack", "yaml"):
+        assert isinstance(app(result_backend="resultlog://", result_serializer=name).backend,
+                          ResultlogBackend)
+    with pytest.raises(ConfigurationError, match="'cbor'.*json, msgpack, yaml"):
+        app(result_backend="resultlog://", result_serializer="cbor").backend
 
 
 def test_celery_states_map_onto_the_event_contract() -> None:
