@@ -91,8 +91,10 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
     persistent = True
 
     def __init__(self, app: Any, url: str | None = None, **kwargs: Any) -> None:
+        # Before Celery's own set-up, which fails with a bare KeyError on a serializer
+        # kombu does not know.
+        check_serializer(kwargs.get("serializer") or app.conf.result_serializer)
         super().__init__(app, url=url, **kwargs)
-        check_serializer(self.serializer)
         if self.compression:
             raise ConfigurationError(
                 f"result_compression {self.compression!r} is not supported by the resultlog "
