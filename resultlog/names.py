@@ -35,6 +35,10 @@ CELERY_META_KEY = "meta"
 # A Celery GroupResult.save() is a SUCCESS event of the group's id under this task name,
 # its result the group's member tuple; delete() is a REVOKED event of it.
 CELERY_SAVED_GROUP_TASK = "celery.group.saved"
+# Event meta keys (the view keeps an event's meta map): the queue a Celery task came
+# from, and the tasks it sent (Celery's result tuples, JSON), as Celery's meta has them.
+CELERY_QUEUE_META = "celery.queue"
+CELERY_CHILDREN_META = "celery.children"
 
 # Redis: defaults and the layout below the prefix.
 DEFAULT_REDIS_PREFIX = "resultlog:"

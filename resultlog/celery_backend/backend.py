@@ -33,6 +33,7 @@ from resultlog import names
 from resultlog.celery_backend.meta import (
     date_done,
     event_state,
+    request_meta,
     from_json,
     progress,
     task_meta,
@@ -125,6 +126,10 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
         state still waits for the acknowledgement unless ``ack_ready`` is off."""
         attempt, fields = self._request_fields(task_id, request)
         kind, keep_state = event_state(state)
+        if kind.ready and getattr(request, "id", None) == task_id:
+            meta = request_meta(self.current_task_children(request), request)
+            if meta:
+                fields["meta"] = meta
         emitter = self.emitter()
         try:
             if kind is State.SUCCESS:
