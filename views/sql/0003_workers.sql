@@ -23,15 +23,17 @@ CREATE TABLE {schema}.{worker_heartbeats_table} (
 CREATE INDEX ON {schema}.{worker_heartbeats_table} (worker_id, beat_at);
 CREATE INDEX ON {schema}.{worker_heartbeats_table} (beat_at);
 
--- One row per worker id (a worker process: Chicory and Celery give each start a new id):
--- when it started, its first and last heartbeat, its counters at the last one, whether
--- it said it stopped, and its throughput over its uptime.
+-- One row per worker session (a worker id and its started_at: a Chicory worker's id is
+-- new at every start, a Celery worker's node name is not, so its restarts are sessions
+-- of one id): its first and last heartbeat, its counters at the last one, whether it
+-- said it stopped, and its throughput over its uptime.
 CREATE VIEW {schema}.{worker_sessions_view} AS
 SELECT worker_id,
+       started_at,
        source,
        hostname,
+       pid,
        queue,
-       started_at,
        first_beat,
        last_beat,
        extract(epoch FROM last_beat - started_at)::double precision AS uptime_s,
@@ -42,11 +44,11 @@ SELECT worker_id,
        tasks_processed / NULLIF(extract(epoch FROM last_beat - started_at), 0)::double precision
            AS tasks_per_s
 FROM (
-    SELECT DISTINCT ON (worker_id)
-           worker_id, source, hostname, queue, started_at, beat_at AS last_beat,
+    SELECT DISTINCT ON (worker_id, started_at)
+           worker_id, started_at, source, hostname, pid, queue, beat_at AS last_beat,
            tasks_processed, tasks_failed, is_running,
-           min(beat_at) OVER (PARTITION BY worker_id) AS first_beat,
-           count(*) OVER (PARTITION BY worker_id) AS beats
+           min(beat_at) OVER (PARTITION BY worker_id, started_at) AS first_beat,
+           count(*) OVER (PARTITION BY worker_id, started_at) AS beats
     FROM {schema}.{worker_heartbeats_table}
-    ORDER BY worker_id, beat_at DESC, event_id DESC
+    ORDER BY worker_id, started_at, beat_at DESC, event_id DESC
 ) AS latest;
