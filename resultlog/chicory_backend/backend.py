@@ -25,8 +25,10 @@ from chicory.types import BackendStatus, TaskResult, TaskState, WorkerStats
 from resultlog.chicory_backend.mapping import heartbeat, task_event, task_result, worker_stats
 from resultlog.errors import ValidationError
 from resultlog.producers.emitter import Emitter
+from resultlog.producers.events import TaskFields, build
 from resultlog.producers.heartbeats import send_heartbeat
 from resultlog.schemas.event import validate_id, validate_task_id
+from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.views.backend import AioState, ResultBackend
 from resultlog.views.workers import WorkersView
@@ -131,10 +133,16 @@ class ResultlogBackend(Backend):
         return task_result(await state.wait_ready(task_id, timeout))
 
     async def delete_result(self, task_id: str) -> None:
-        """Forget the task's result."""
+        """Forget the task's result, durably: a FORGOTTEN event (the contract's forget,
+        docs/contract.md), acknowledged by Kafka, then folded here. The task reads as
+        unknown at once, and stays so through a replay or a view rebuild, whatever
+        event of it arrives later (a task id reused after its deletion stays deleted)."""
         validate_task_id(task_id)
-        _, state, _ = self._connected()
-        await state.forget(task_id)
+        emitter, state, _ = self._connected()
+        event = build(State.FORGOTTEN, task_id, emitter.worker, TaskFields())
+        recorded = await emitter.emit(event, wait=True)
+        if self.read_your_writes:
+            await state.view.apply([recorded])
 
     # --- workers -----------------------------------------------------------------------
 

@@ -150,11 +150,31 @@ async def test_set_state_is_readable_and_a_ready_one_is_acknowledged(app: Chicor
     assert await AsyncResult(task_id, app.backend).get(timeout=1) is None
 
 
-async def test_delete_result_forgets_the_task(app: Chicory) -> None:
+async def test_a_deleted_result_stays_deleted_after_the_processor_and_a_replay(
+        app: Chicory, settings: Settings) -> None:
     task_id = uuid.uuid4().hex
     await backend(app).store_result(task_id, TaskResult[Any](task_id=task_id, state=TaskState.SUCCESS,
                                                              result="x"))
     await backend(app).delete_result(task_id)
+    assert await backend(app).get_result(task_id) is None
+    # The processor folds the SUCCESS and the forget (its history shows both) ...
+    async with ResultBackend(settings) as reader:
+        async def history() -> list[Any]:
+            try:
+                return await reader.aio().history(task_id)
+            except ConfigurationError:
+                return []
+
+        assert [e.state.value for e in await until(history, lambda h: len(h) >= 2)] == [
+            "SUCCESS", "FORGOTTEN"]
+    assert await backend(app).get_result(task_id) is None
+    # ... and a rebuild of the Redis view from the log forgets it again.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}
+    env.update(settings.to_env())
+    done = subprocess.run([sys.executable, "-m", "resultlog", "replay", "--redis-only", "--fresh",
+                           "--force"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert await backend(app).get_result(task_id) is None
 
 
@@ -229,7 +249,7 @@ async def test_a_killed_worker_drops_out_after_its_ttl(
 
 async def test_a_stored_heartbeat_is_read_back_and_cleaned_once_stale(app: Chicory) -> None:
     worker_id = f"w-{uuid.uuid4().hex}"
-    await backend(app).store_heartbeat(worker_id, stats(worker_id), ttl=1)
+    await backend(app).store_heartbeat(worker_id, stats(worker_id), ttl=3)
     got = await backend(app).get_heartbeat(worker_id)
     assert got is not None and got.worker_id == worker_id
     await until(lambda: backend(app).get_heartbeat(worker_id), lambda hb: hb is None)
