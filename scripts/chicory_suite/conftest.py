@@ -54,7 +54,12 @@ async def chicory_app(request: pytest.FixtureRequest) -> AsyncGenerator[Chicory]
 
 
 @pytest_asyncio.fixture
-async def chicory_worker(chicory_app: Chicory) -> AsyncGenerator[Worker]:
+async def chicory_worker(chicory_app: Chicory, clean_queue: None) -> AsyncGenerator[Worker]:
+    # The one change to Chicory's fixtures: ``clean_queue`` (the test module's own
+    # fixture) runs before the worker starts, not after. Its purge DELetes the stream,
+    # and a worker already blocked in XREADGROUP on it gets "UNBLOCKED the stream key no
+    # longer exists" (Redis >= 7), which ends Chicory's consume loop: every task of the
+    # test would then time out, whatever the backend.
     chicory_app.config.worker.use_dead_letter_queue = True
     worker = Worker(chicory_app)
     await worker.start()
