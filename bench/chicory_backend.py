@@ -2,8 +2,8 @@
 tasks sent with ``delay()``, with Chicory's Redis backend, its Postgres backend and
 resultlog, in one run.
 
-    python bench/chicory_backend.py [--tasks 20000] [--window 200] [--latency 300]
-                                    [--backends redis,postgres,resultlog]
+    python -m bench.chicory_backend [--tasks 20000] [--window 200] [--latency 300]
+                                   [--backends redis,postgres,resultlog]
 
 Two figures per backend:
 - tasks/s: ``--tasks`` tasks, ``--window`` in flight (a window is sent, then collected
@@ -14,8 +14,9 @@ Two figures per backend:
   ``get()`` (polls every 0.1 s) and with resultlog's push wait (``backend.wait()``).
 
 The broker is Redis db 13 on the local stack, Chicory's Redis backend db 14 (Chicory's
-keys there are deleted first), its Postgres backend the database resultlog_chicory_bench
-(created if missing; its tables dropped at the end); resultlog runs with a processor and
+keys there are deleted first), its Postgres backend the local stack's database (Chicory
+creates its two tables, chicory_task_results and chicory_worker_heartbeats, in the
+role's default schema; they are dropped at the end); resultlog runs with a processor and
 isolated settings (deleted at the end). Needs ``resultlog dev up``.
 """
 
@@ -41,7 +42,6 @@ from resultlog.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BROKER_DB, REDIS_BACKEND_DB = 13, 14
-PG_DATABASE = "resultlog_chicory_bench"
 
 
 def quantiles(values: list[float]) -> str:
@@ -101,15 +101,6 @@ def one(name: str, settings: Settings, env: dict[str, str], args: Any) -> None:
                 proc.wait(timeout=60)
 
 
-async def ensure_database(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", PG_DATABASE):
-            await conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
-    finally:
-        await conn.close()
-
-
 async def drop_tables(dsn: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
@@ -127,12 +118,11 @@ def main() -> None:
     args = parser.parse_args()
     base = Settings.from_env()
     redis_base = base.redis_url.rsplit("/", 1)[0]
-    pg_base = base.postgres_dsn.rsplit("/", 1)[0]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}
     env.update(CHICORY_BENCH_BROKER_URL=f"{redis_base}/{BROKER_DB}",
                CHICORY_BENCH_REDIS_URL=f"{redis_base}/{REDIS_BACKEND_DB}",
-               CHICORY_BENCH_POSTGRES_URL=pg_base.replace("postgresql://", "postgresql+asyncpg://")
-               + f"/{PG_DATABASE}",
+               CHICORY_BENCH_POSTGRES_URL=base.postgres_dsn.replace(
+                   "postgresql://", "postgresql+asyncpg://", 1),
                PYTHONPATH=str(ROOT))
     for db in (BROKER_DB, REDIS_BACKEND_DB):
         client = redis.Redis.from_url(f"{redis_base}/{db}")
@@ -142,15 +132,13 @@ def main() -> None:
         client.close()
     for name in args.backends.split(","):
         settings = isolated("chicory")
-        if name == "postgres":
-            asyncio.run(ensure_database(base.postgres_dsn))
         try:
             one(name, settings, env, args)
         finally:
             if name == "resultlog":
                 asyncio.run(cleanup(settings))
             if name == "postgres":
-                asyncio.run(drop_tables(f"{pg_base}/{PG_DATABASE}"))
+                asyncio.run(drop_tables(base.postgres_dsn))
 
 
 if __name__ == "__main__":
