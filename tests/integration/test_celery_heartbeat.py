@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 import redis
+import redis.asyncio
 
 from resultlog import names
 from resultlog.settings import Settings
-from resultlog.views._redis import async_client
 from resultlog.views.workers import WorkersView
 from tests.integration.processes import ProcessorProcess
 
@@ -32,12 +32,12 @@ def processor(settings: Settings) -> Iterator[ProcessorProcess]:
 
 
 async def test_a_celery_worker_is_in_both_workers_views(
-        settings: Settings, processor: ProcessorProcess, pg_pool: asyncpg.Pool) -> None:
+        settings: Settings, processor: ProcessorProcess, pg_pool: asyncpg.Pool,
+        redis_client: redis.asyncio.Redis) -> None:
     queue = f"rl-hb-{uuid.uuid4().hex[:10]}"
     broker = settings.redis_url.rsplit("/", 1)[0] + f"/{BROKER_DB}"
     worker = Worker(settings, broker, queue, "resultlog://?worker_heartbeat_s=0.5")
-    client = async_client(settings)
-    view = WorkersView(settings, client)
+    view = WorkersView(settings, redis_client)
     loop = asyncio.get_running_loop()
     try:
         deadline = loop.time() + WAIT_S
@@ -51,7 +51,6 @@ async def test_a_celery_worker_is_in_both_workers_views(
         assert hb is not None and hb.queue == queue and hb.concurrency == 2 and hb.ttl_s == 2
     finally:
         worker.stop()
-        await client.aclose()
         broker_client = redis.Redis.from_url(broker)
         try:
             broker_client.delete(queue, f"_kombu.binding.{queue}")
