@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from resultlog import names
 from resultlog.errors import ConfigurationError, ResultTimeout, StoreUnavailable
 from resultlog.schemas.event import TaskEvent, validate_task_id
-from resultlog.schemas.fold import TaskView, fold
+from resultlog.schemas.fold import TaskView, fold, visible
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.views._redis import async_client, sync_client, translated
@@ -134,7 +134,7 @@ class AioState:
                 raise StoreUnavailable(
                     f"the Redis view is being rebuilt and lacks task {task_id}, and the "
                     f"history cannot be read instead: {exc}") from exc
-            folded = fold(events).get(task_id)
+            folded = visible(fold(events).get(task_id))
             if folded is not None and (not ttl_ms or folded.timestamp + ttl_ms > now_ms):
                 out[i] = folded
         return out

@@ -165,7 +165,12 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
         return attempt, fields
 
     def _forget(self, task_id: str) -> None:
-        self.reader().forget(task_id)
+        """A FORGOTTEN event, acknowledged by Kafka, then folded here: the view shows the
+        task as unknown (PENDING) at once, and a replay or a view rebuild forgets it
+        again, because the forget is in the log (``task_forgotten.v1.avsc``)."""
+        emitter = self.emitter()
+        event = build(State.FORGOTTEN, task_id, emitter.worker, TaskFields())
+        self.reader().fold([emitter.emit(event, wait=True)])
 
     # --- saved groups: events of the group's id, folded at once for read-your-writes --
 

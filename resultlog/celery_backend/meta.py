@@ -28,8 +28,9 @@ from resultlog.views.exceptions import ExceptionRebuilder
 
 _CONTENT_TYPE: Final = "application/json"
 _ENCODING: Final = "utf-8"
-#: Celery states the event contract has under the same name.
-NATIVE_STATES: Final = frozenset(s.value for s in State)
+#: Celery states the event contract has under the same name (FORGOTTEN is written by
+#: forget() only: a custom state of that name is progress, like any other).
+NATIVE_STATES: Final = frozenset(s.value for s in State if s is not State.FORGOTTEN)
 
 
 def to_plain(value: Any) -> Any:
