@@ -84,7 +84,10 @@ class ProcessorMetrics:
     def batch_written(self, rows: Sequence[Sequence[Any]], history_s: float, redis_s: float,
                       dead_letters: int) -> None:
         for state, n in Tally(map(_state_of_row, rows)).items():
-            self._folded_by_state[state].inc(n)
+            child = self._folded_by_state.get(state)
+            if child is None:  # a state this version does not list: counted all the same
+                child = self._folded_by_state[state] = self._folded.labels(state)
+            child.inc(n)
         if history_s:
             self._write_by_store["history"].observe(history_s)
         if redis_s:
