@@ -93,3 +93,25 @@ def test_metrics_count_events_by_state_and_read_lag_at_scrape() -> None:
 def test_bad_metrics_settings_name_the_variable(name: str, value: object) -> None:
     with pytest.raises(ConfigurationError, match=f"RESULTLOG_{name.upper()}"):
         Settings(**{name: value})  # type: ignore[arg-type]
+
+
+def _served_names() -> set[str]:
+    """Every resultlog_* sample name a processor's registry serves."""
+    m = ProcessorMetrics(lambda: status({0: PartitionProgress(1, 2)}), ready_max_lag=0)
+    m.batch_written([_row("SUCCESS")], 0.001, 0.001, 0)
+    return {s.name for fam in m.registry.collect() for s in fam.samples if s.name.startswith("resultlog_")}
+
+
+def test_every_metric_is_documented_and_every_documented_metric_is_served() -> None:
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).parents[2] / "docs"
+    table = (docs / "operations.md").read_text()
+    alerts = (docs / "resultlog-alerts.yml").read_text()
+    served = {n for n in _served_names() if not n.endswith("_created")}
+    families = {re.sub(r"_(bucket|count|sum)$", "", n) for n in served}
+    documented = set(re.findall(r"`(resultlog_[a-z_]+)`", table))
+    assert families == documented, (families - documented, documented - families)
+    used = set(re.findall(r"\b(resultlog_[a-z_]+)", alerts))
+    assert used <= served | families, used - served - families
