@@ -1,8 +1,8 @@
 """Sizing figures for docs/operations.md, measured on the local stack.
 
-Emits --events events (default 1,000,000: a third as many tasks, each RECEIVED with
-its name, args and kwargs, STARTED on a worker, SUCCESS with a result of about
---result-bytes bytes and a runtime) with the emitter (its default batching and
+Emits --events events (default 1,000,000: a third as many tasks with uuid4 ids, each
+RECEIVED with its name, args and kwargs, STARTED on a worker, SUCCESS with a runtime
+and a JSON result of about --result-bytes bytes of random hex) with the emitter (its default batching and
 compression), folds them with one `resultlog process` (metrics on, so its figures
 include their cost), then measures:
 
@@ -23,9 +23,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import asyncpg
@@ -40,10 +42,13 @@ from resultlog.settings import Settings
 
 
 async def emit(settings: Settings, n_events: int, result_bytes: int) -> None:
-    payload = "x" * max(0, result_bytes - 30)
+    # Random task ids (uuid4, as Celery's) and a random result: repetitive data would
+    # compress to nothing in the log and understate every figure.
+    rng = random.Random(18)
     async with Emitter(settings) as emitter:
         for i in range(n_events // 3):
-            task = f"sizing-{i:09d}"
+            task = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+            payload = rng.randbytes(max(0, result_bytes - 30) // 2).hex()
             await emitter.emit(TaskEvent.create(task, State.RECEIVED, task_name="billing.invoice",
                                                 args=[i, "EUR"], kwargs={"retry": True}))
             await emitter.emit(TaskEvent.create(task, State.STARTED, task_name="billing.invoice",
