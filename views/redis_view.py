@@ -17,7 +17,7 @@ from typing import Any, Final
 import redis.asyncio
 
 from resultlog import names
-from resultlog.errors import ViewLost
+from resultlog.errors import StoreUnavailable, ViewLost
 from resultlog.schemas.event import ExceptionInfo, TaskEvent, validate_task_id
 from resultlog.schemas.fold import STICKY_FIELDS, TaskView, visible
 from resultlog.schemas.states import READY_STATES, State
@@ -338,6 +338,16 @@ class RedisView:
             ):
                 found.add(names.task_id_from_key(prefix, text(key)))
         return sorted(found)
+
+    async def check_access(self) -> None:
+        """Raise the ConfigurationError naming the setting if Redis refuses us (wrong ACL
+        user or password, untrusted certificate); a Redis that cannot be reached is
+        left to the callers, which wait for it (StoreUnavailable is swallowed here)."""
+        try:
+            with translated("connecting"):
+                await self._client.ping()
+        except StoreUnavailable:
+            pass
 
     async def close(self) -> None:
         if self._owns_client:
