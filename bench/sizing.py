@@ -2,9 +2,9 @@
 
 Emits --events events (default 1,000,000: a third as many tasks with uuid4 ids, each
 RECEIVED with its name, args and kwargs, STARTED on a worker, SUCCESS with a runtime
-and a JSON result of about --result-bytes bytes of random hex) with the emitter (its default batching and
-compression), folds them with one `resultlog process` (metrics on, so its figures
-include their cost), then measures:
+and a JSON result of about --result-bytes bytes of random hex) with the emitter (its
+default batching and compression), folds them with one `resultlog process`, then
+measures:
 
 - the events topic in the local stack's Kafka data directory: log bytes per event;
 - Redis: MEMORY USAGE of every key under the run's prefix, per result;
