@@ -19,6 +19,7 @@ between 2 and 3 re-reads that batch, the history skips it (idempotent on
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -71,6 +72,9 @@ class SinkStats:
     dead_letters: int = 0
     redis_changed: int = 0
     heartbeats: int = 0
+    # Seconds spent writing each store (the metrics' write latency per store).
+    history_s: float = 0.0
+    redis_s: float = 0.0
 
     def add(self, other: SinkStats) -> None:
         self.read += other.read
@@ -79,6 +83,8 @@ class SinkStats:
         self.dead_letters += other.dead_letters
         self.redis_changed += other.redis_changed
         self.heartbeats += other.heartbeats
+        self.history_s += other.history_s
+        self.redis_s += other.redis_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,16 +272,20 @@ class FoldSink:
             if self.write_redis and self.workers is not None:
                 await self.workers.apply(batch.heartbeats)
         # Without the history (a Redis-only replay) the offsets still record progress.
+        began = time.perf_counter()
         if self.write_history:
             stats.inserted = await self.history.write_rows(
                 batch.rows, batch.days, offsets, consumer_group=self.consumer_group)
             stats.duplicates = len(batch.rows) - stats.inserted
         else:
             await self.history.write_rows([], set(), offsets, consumer_group=self.consumer_group)
+        stats.history_s = time.perf_counter() - began
         if self.write_redis and self.redis is not None:
+            began = time.perf_counter()
             stats.redis_changed = await self.redis.apply_rows(
                 batch.view_tasks, batch.view_rows, offsets, consumer_group=self.consumer_group,
                 starts=batch.starts)
+            stats.redis_s = time.perf_counter() - began
         return stats
 
 
