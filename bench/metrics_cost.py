@@ -15,7 +15,7 @@ from prometheus_client import generate_latest
 
 from resultlog.processors.foldstatus import FoldStatus, PartitionProgress
 from resultlog.processors.metrics import ProcessorMetrics
-from resultlog.views.history import STATE_COLUMN
+from resultlog.schemas.taskrows import STATE_COLUMN
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 
 from resultlog.processors.foldstatus import FoldStatus, readiness
 from resultlog.schemas.states import State
-from resultlog.views.history import STATE_COLUMN
+from resultlog.schemas.taskrows import STATE_COLUMN
 
 NAMESPACE: Final = "resultlog"
 #: Seconds. A small batch's single statement takes well under a millisecond; a 5,000-event

@@ -28,12 +28,12 @@ from resultlog.errors import CodecError, ValidationError
 from resultlog.processors.deadletter import DeadLetter, DeadLetterWriter, TopicWriter
 from resultlog.schemas.codec import CHORD_RECORDS, WORKER_HEARTBEAT, Codec
 from resultlog.schemas.event import TaskEvent
+from resultlog.schemas.taskrows import history_row, read_rows, view_row
 from resultlog.schemas.workers import WorkerHeartbeat
 from resultlog.settings import Settings
-from resultlog.processors.fastrows import read_rows
-from resultlog.views.history import HistoryStore, history_row
+from resultlog.views.history import HistoryStore
 from resultlog.views.partitions import DAY_MS
-from resultlog.views.redis_view import RedisView, view_row
+from resultlog.views.redis_view import RedisView
 from resultlog.views.workers import WorkersHistory, WorkersView
 
 
@@ -164,7 +164,7 @@ class FoldSink:
     def prepare(self, records: Sequence[Record]) -> Prepared:
         """Decode and sort a batch (CPU only, no I/O): what :meth:`write` then stores.
 
-        Each record takes the fast route (``fastrows``: bytes -> rows) when it can, else
+        Each record takes the fast route (``taskrows.read_rows``: bytes -> rows) when it can, else
         the canonical one (decode to a :class:`TaskEvent`, then build the rows), which
         also names what is wrong with a record that cannot be stored."""
         rows: list[tuple[Any, ...]] = []

@@ -18,9 +18,8 @@ recorded with its large fields cut, in this order, until it fits:
 Every cut is also noted in ``meta["resultlog.truncated"]`` (:data:`TRUNCATED_META_KEY`)
 as ``field:original_bytes`` pairs, e.g. ``traceback:5242880,exception.message:1200``,
 so readers of the history can tell a cut field from a short one without parsing text.
-Why a marker and not new schema fields: the TaskEvent v2 layout is hard-coded by the
-fast writer and both fast readers (``encoding.py``, ``schemas/fastread.py``,
-``processors/fastrows.py``); a v3 would add a second layout to each for a rare case that
+Why a marker and not new schema fields: every consumer of the history and the views
+would have to handle a new schema version (and its row columns) for a rare case that
 ``meta`` and the text itself already express. The fields that are never cut (ids, task
 name, worker, exception type and module) are small in practice; when they alone exceed
 the limit the event is refused with an error that says so.

@@ -42,7 +42,6 @@ from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
 from resultlog.errors import BrokerUnavailable, EmitterClosed
 from resultlog.producers.buffer import Item, Outbox, Waiter
-from resultlog.producers.encoding import EventEncoder
 from resultlog.producers.failures import Failures
 from resultlog.producers.fitting import fit_within_limit
 from resultlog.producers.kafka import abort_pending, close_producer, start_producer
@@ -51,6 +50,7 @@ from resultlog.producers.options import PipelineOptions
 from resultlog.producers.topics import ensure_topics
 from resultlog.schemas.codec import Codec
 from resultlog.schemas.event import TaskEvent
+from resultlog.schemas.taskcodec import EventEncoder
 from resultlog.settings import Settings
 
 log = logging.getLogger("resultlog.producers")

@@ -17,7 +17,7 @@ import io
 import json
 import re
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import to_parsing_canonical_form
 
 from resultlog.errors import CodecError, EventTooLarge, UnknownSchema, ValidationError
-from resultlog.schemas import fastread
+from resultlog.schemas import taskcodec
 from resultlog.schemas.event import ExceptionInfo, TaskEvent
 from resultlog.schemas.states import State
 
@@ -144,11 +144,25 @@ class Codec:
         self.store = store or default_store()
         self.max_bytes = max_bytes
         self._pin = dict(pin or {})
-        # The fast reader applies only when writer and reader are both TaskEvent v2.
+        # The generated reader applies only when the writer's TaskEvent version is the
+        # reader's (no resolution needed).
         reader = self.schema_for(TASK_EVENT)
-        self._fast_fp: bytes | None = (
-            reader.fingerprint if reader.version == fastread.FAST_VERSION else None
-        )
+        self._fast_fp: bytes | None = None
+        self._read_event: Callable[[bytes, int], TaskEvent] | None = None
+        try:
+            self._read_event = taskcodec.make_reader(reader.parsed)
+            self._fast_fp = reader.fingerprint
+        except taskcodec.Unsupported:
+            pass
+
+    def task_event_writer(self) -> Callable[[TaskEvent], bytes] | None:
+        """The generated writer of the TaskEvent version this codec writes (header
+        included), or None when that schema has none (see schemas/taskcodec.py)."""
+        schema = self.schema_for(TASK_EVENT)
+        try:
+            return taskcodec.make_writer(schema.parsed, schema.header)
+        except taskcodec.Unsupported:
+            return None
 
     def schema_for(self, name: str) -> SchemaVersion:
         """The version this codec writes and reads ``name`` as."""
@@ -210,9 +224,10 @@ class Codec:
     def decode_any(self, data: bytes) -> TaskEvent | tuple[str, dict[str, Any]]:
         """A task event (fast path when it applies), or ``(name, record)`` for any other
         record type sharing the topic."""
-        if self._fast_fp is not None and data[2:HEADER_SIZE] == self._fast_fp and data[:2] == MAGIC:
+        read = self._read_event
+        if read is not None and data[2:HEADER_SIZE] == self._fast_fp and data[:2] == MAGIC:
             try:
-                return fastread.read_v2(data, HEADER_SIZE)
+                return read(data, HEADER_SIZE)
             except Exception:  # noqa: BLE001 — the generic path raises the proper error
                 pass
         name, record = self.decode_record(data)

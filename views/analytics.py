@@ -21,7 +21,8 @@ from resultlog.errors import ConfigurationError, ValidationError
 from resultlog.schemas.event import TaskEvent, validate_task_id
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
-from resultlog.views.history import HistoryStore, from_pg_text, to_pg_text
+from resultlog.schemas.taskrows import from_pg_text, to_pg_text
+from resultlog.views.history import HistoryStore
 from resultlog.views.migrations import quote_ident
 from resultlog.views.pg import PooledStore, translate_errors
 

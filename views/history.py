@@ -7,22 +7,18 @@ same transaction as the rows, so a processor that seeks to :meth:`committed_offs
 on start writes every event exactly once whatever Kafka's own committed offsets say.
 The layout is in ``views/sql/0001_history.sql`` and docs/history.md.
 
-Text fidelity: PostgreSQL text cannot hold U+0000, and jsonb cannot hold ``\\u0000``.
-So that such an event can neither be lost nor poison its batch, every string is stored
-through :func:`to_pg_text`, a reversible escape that leaves strings without U+0000 and
-U+0001 untouched; :func:`from_pg_text` undoes it on the way out.
+Rows are laid out by ``schemas/taskrows.py`` (``history_row``, or straight from a
+record's bytes), which also escapes the text PostgreSQL cannot hold (``to_pg_text``).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from json.encoder import encode_basestring as _json_str  # C-accelerated
-from typing import Any, Final
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
@@ -30,6 +26,8 @@ from resultlog import names
 from resultlog.errors import ConfigurationError, StoreUnavailable, ValidationError
 from resultlog.schemas.event import ExceptionInfo, TaskEvent
 from resultlog.schemas.states import State
+from resultlog.schemas.taskrows import HISTORY_COLUMNS as _STAGE_COLUMNS
+from resultlog.schemas.taskrows import from_pg_text, history_row, to_pg_text
 from resultlog.settings import Settings
 from resultlog.views import migrations, partitions
 from resultlog.views.migrations import quote_ident
@@ -59,93 +57,12 @@ class StoredEvent:
     offset: int
 
 
-def to_pg_text(s: str) -> str:
-    """``s`` storable as PostgreSQL text: U+0001 -> U+0001 U+0001, U+0000 -> U+0001 '0'.
-
-    Injective, and the identity on strings without U+0000 and U+0001 (every realistic
-    one), so rows and lookups keep the original text.
-    """
-    return s.replace("\x01", "\x01\x01").replace("\x00", "\x010")
-
-
-_UNESCAPE_RE = re.compile("\x01(.)", re.DOTALL)
-
-
-def from_pg_text(s: str) -> str:
-    if "\x01" not in s:
-        return s
-    return _UNESCAPE_RE.sub(lambda m: "\x00" if m[1] == "0" else m[1], s)
-
-
-def _opt(s: str | None) -> str | None:
-    return None if s is None else to_pg_text(s)
-
-
 def _opt_back(s: str | None) -> str | None:
     return None if s is None else from_pg_text(s)
 
 
-def meta_json(meta: Mapping[str, str]) -> str | None:
-    # By hand: json.dumps() with options builds an encoder per call, 7x slower.
-    if not meta:
-        return None
-    return "{" + ",".join([
-        _json_str(to_pg_text(k)) + ":" + _json_str(to_pg_text(v)) for k, v in meta.items()
-    ]) + "}"
-
-
-# Staging columns, in the order history_row() produces values. The staging table is a TEMP
-# table: each connection has its own, emptied at every commit.
-_STAGE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("event_id", "uuid"), ("ts_ms", "bigint"), ("runtime", "double precision"),
-    ("eta_ms", "bigint"), ("kafka_offset", "bigint"), ("attempt", "integer"),
-    ("chord_size", "integer"), ("chord_index", "integer"), ("kafka_partition", "integer"),
-    ("task_id", "text"), ("state", "text"), ("token", "text"), ("task_name", "text"),
-    ("worker", "text"), ("args", "text"), ("kwargs", "text"), ("result", "text"),
-    ("exception_type", "text"), ("exception_module", "text"), ("exception_message", "text"),
-    ("traceback", "text"), ("parent_id", "text"), ("root_id", "text"), ("group_id", "text"),
-    ("chord_id", "text"), ("meta", "jsonb"), ("kafka_topic", "text"),
-)
 _STAGE_NAMES = [name for name, _ in _STAGE_COLUMNS]
 _EVENT_COLUMNS = [name if name != "ts_ms" else "ts" for name in _STAGE_NAMES]
-#: Where a history row (:func:`history_row`) holds the task state (the metrics count it).
-STATE_COLUMN: Final = _STAGE_NAMES.index("state")
-
-
-def history_row(event: TaskEvent, topic: str, partition: int, offset: int) -> tuple[Any, ...]:
-    """The row :meth:`HistoryStore.write_rows` stores for ``event`` read at
-    ``topic``/``partition``/``offset`` (staging-column order). ``processors/fastrows.py``
-    builds the same tuple straight from the record's bytes."""
-    _check_ranges(event, partition, offset)
-    e = event
-    exc = e.exception
-    return (
-        e.event_id, e.timestamp, e.runtime, e.eta, offset, e.attempt,
-        e.chord_size, e.chord_index, partition,
-        to_pg_text(e.task_id), e.state.value, e.token, _opt(e.task_name), _opt(e.worker),
-        _opt(e.args), _opt(e.kwargs), _opt(e.result),
-        None if exc is None else to_pg_text(exc.type),
-        None if exc is None else to_pg_text(exc.module),
-        None if exc is None else to_pg_text(exc.message),
-        _opt(e.traceback), _opt(e.parent_id), _opt(e.root_id), _opt(e.group_id),
-        _opt(e.chord_id), meta_json(e.meta), topic,  # Kafka names are [A-Za-z0-9._-]
-    )
-
-
-def _check_ranges(e: TaskEvent, partition: int, offset: int) -> None:
-    """Integers the columns cannot hold. The Avro types are the column types, but the
-    reader does not bound them; this stops such an event before it fails a batch."""
-    bad = None
-    if not 0 <= partition < _INT32 or not 0 <= offset < _INT64:
-        bad = f"partition {partition} / offset {offset}"
-    elif e.eta is not None and not -_INT64 <= e.eta < _INT64:
-        bad = f"eta {e.eta}"
-    elif e.chord_size is not None and not -_INT32 <= e.chord_size < _INT32:
-        bad = f"chord_size {e.chord_size}"
-    elif e.chord_index is not None and not -_INT32 <= e.chord_index < _INT32:
-        bad = f"chord_index {e.chord_index}"
-    if bad is not None:
-        raise ValidationError(f"event {e.event_id} of task {e.task_id!r}: {bad} out of range")
 
 
 _SELECT_EVENT = (
@@ -337,7 +254,7 @@ class HistoryStore(PooledStore):
                          offsets: Mapping[tuple[str, int], int], *,
                          consumer_group: str) -> int:
         """:meth:`write_batch` for rows already built by :func:`history_row` (or
-        ``processors/fastrows.py``); ``days``: the partition days they fall on."""
+        ``schemas/taskrows.read_rows``); ``days``: the partition days they fall on."""
         if not rows and not offsets:
             return 0
         _check_offsets(offsets)

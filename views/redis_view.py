@@ -19,8 +19,9 @@ import redis.asyncio
 from resultlog import names
 from resultlog.errors import StoreUnavailable, ViewLost
 from resultlog.schemas.event import ExceptionInfo, TaskEvent, validate_task_id
-from resultlog.schemas.fold import STICKY_FIELDS, TaskView, sticky_value, visible
+from resultlog.schemas.fold import STICKY_FIELDS, TaskView, visible
 from resultlog.schemas.states import READY_STATES, State
+from resultlog.schemas.taskrows import WINNER_HASH_FIELDS, view_row
 from resultlog.settings import Settings
 from resultlog.views._redis import async_client, text, translated
 from resultlog.views.coverage import WHOLE_LUA
@@ -53,12 +54,7 @@ if missed and not view_whole(KEYS[n + 1], ARGV[1], tonumber(ARGV[2])) then out[n
 return out
 """
 
-# Hash fields (the layout is documented in fold.lua's header). The script takes the
-# field names as arguments, so these tuples are the single source of the layout.
-WINNER_HASH_FIELDS: Final = (
-    "state", "event_id", "timestamp", "attempt", "worker", "result",
-    "exc_type", "exc_module", "exc_message", "traceback", "runtime", "eta",
-)
+# Hash fields: schemas/taskrows.py holds the layout (WINNER_HASH_FIELDS, then sticky).
 STICKY_HASH_FIELDS: Final = STICKY_FIELDS
 TOKEN: Final = "token"
 DATE_DONE: Final = "date_done"
@@ -69,38 +65,6 @@ _HEADER: Final = (
     str(len(WINNER_HASH_FIELDS)), str(len(STICKY_HASH_FIELDS)), str(len(READY_STATES)),
     *WINNER_HASH_FIELDS, *STICKY_HASH_FIELDS, *sorted(s.value for s in READY_STATES),
 )
-
-
-def view_value(value: object) -> str | None:
-    """A non-string event value as the hash stores it (None: absent)."""
-    if value is None:
-        return None
-    if isinstance(value, float):
-        return repr(value)  # shortest exact round trip through float()
-    return str(value)
-
-
-def view_row(event: TaskEvent, ttl_ms: int) -> list[Any]:
-    """``event`` as one row of the script's batch: ``[token, expire_at, mask,
-    *values]``, values in hash-field order (winner fields, then sticky ones) with the
-    absent ones left out and marked "0" in the mask. ``processors/fastrows.py`` builds
-    the same list straight from the record's bytes."""
-    exc = event.exception
-    optional = (
-        event.worker, event.result,
-        None if exc is None else exc.type,
-        None if exc is None else exc.module,
-        None if exc is None else exc.message,
-        event.traceback, view_value(event.runtime), view_value(event.eta),
-        *[view_value(sticky_value(event, name)) for name in STICKY_HASH_FIELDS],
-    )
-    mask = "1111" + "".join(["0" if v is None else "1" for v in optional])
-    # Exact integer arithmetic here: Lua numbers are doubles.
-    expire_at = str(event.timestamp + ttl_ms) if ttl_ms else ""
-    row: list[Any] = [event.token, expire_at, mask, event.state.value,
-                      event.event_id, str(event.timestamp), str(event.attempt)]
-    row += [v for v in optional if v is not None]
-    return row
 
 
 def script_call(
@@ -124,7 +88,7 @@ def script_call_rows(
     consumer_group: str | None = None,
     starts: Mapping[tuple[str, int], int] | None = None,
 ) -> tuple[list[str], list[str]]:
-    """:func:`script_call` for rows built by :func:`view_row` (``task_ids[i]`` is the
+    """:func:`script_call` for rows built by ``taskrows.view_row`` (``task_ids[i]`` is the
     task of ``rows[i]``). ``starts`` (with ``offsets``): where the batch begins in each
     partition, which the view must already cover (fold.lua's ARGV[5] "2")."""
     prefix = settings.redis_prefix
@@ -263,8 +227,8 @@ class RedisView:
         consumer_group: str | None = None,
         starts: Mapping[tuple[str, int], int] | None = None,
     ) -> int:
-        """:meth:`apply` for rows already built by :func:`view_row` (or
-        ``processors/fastrows.py``); ``task_ids[i]`` is the task of ``rows[i]``.
+        """:meth:`apply` for rows already built by ``taskrows.view_row`` (or
+        ``taskrows.read_rows``); ``task_ids[i]`` is the task of ``rows[i]``.
 
         With ``starts`` (the live fold: where the batch begins in each partition) the
         view must already cover every start, else nothing is written and

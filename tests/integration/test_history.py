@@ -20,7 +20,8 @@ from resultlog.schemas.event import ExceptionInfo, TaskEvent
 from resultlog.schemas.states import MAX_TIMESTAMP_MS, State
 from resultlog.settings import Settings
 from resultlog.views.migrations import load_migrations
-from resultlog.views.history import HistoryStore, StoredEvent, from_pg_text, stored, to_pg_text
+from resultlog.schemas.taskrows import from_pg_text, to_pg_text
+from resultlog.views.history import HistoryStore, StoredEvent, stored
 from resultlog.views.migrations import quote_ident
 from resultlog.views.partitions import DAY_MS, civil_from_days, partition_name
 from tests.unit.strategies import task_events

@@ -96,18 +96,6 @@ def test_bad_input_is_named() -> None:
         TaskEvent.create("t", "SUCCESS", chord_id="c", chord_size=2, chord_index=2)
 
 
-@given(task_events())
-def test_the_fast_reader_agrees_with_fastavro(event: TaskEvent) -> None:
-    from resultlog.schemas.codec import HEADER_SIZE, event_from_record
-    from resultlog.schemas.fastread import FAST_VERSION, read_v2
-
-    assume(event.state is not State.FORGOTTEN)  # a TaskForgotten record, not a TaskEvent
-    codec = Codec()
-    assert codec.schema_for(TASK_EVENT).version == FAST_VERSION, "update schemas/fastread.py"
-    data = codec.encode(event)
-    assert read_v2(data, HEADER_SIZE) == event_from_record(codec.decode_record(data)[1]) == event
-
-
 def test_a_record_the_fast_reader_rejects_gets_the_generic_error() -> None:
     data = Codec().encode(TaskEvent.create("t", "SUCCESS", result=1))
     with pytest.raises(CodecError, match="corrupt"):

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from resultlog.errors import EventTooLarge
 from resultlog.names import TRUNCATED_META_KEY
-from resultlog.producers.encoding import EventEncoder
+from resultlog.schemas.taskcodec import EventEncoder
 from resultlog.producers.fitting import FITTED_STATES, encode_within_limit, marker, truncate_text
 from resultlog.schemas.codec import Codec
 from resultlog.schemas.event import ExceptionInfo, TaskEvent, now_ms

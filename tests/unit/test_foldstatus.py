@@ -11,7 +11,7 @@ from resultlog.errors import ConfigurationError
 from resultlog.processors.foldstatus import LOG_END_STALE_S, FoldStatus, PartitionProgress, readiness
 from resultlog.processors.metrics import ProcessorMetrics
 from resultlog.settings import Settings
-from resultlog.views.history import STATE_COLUMN
+from resultlog.schemas.taskrows import STATE_COLUMN
 
 
 def status(partitions: dict[int, PartitionProgress], *, assigned: bool = True,

@@ -1,7 +1,8 @@
-"""processors/fastrows.py returns exactly what the canonical route builds, or None.
+"""taskrows.read_rows (bytes -> rows) returns exactly what the canonical route builds,
+or None. (Moved from test_fastrows.py with the code; same assertions.)
 
-The canonical route: Codec.decode_any -> TaskEvent -> history.history_row and
-redis_view.view_row. The fast route must never store anything the canonical one
+The canonical route: Codec.decode_any -> TaskEvent -> taskrows.history_row and
+taskrows.view_row. The fast route must never store anything the canonical one
 would not, so on corrupted bytes it must decline wherever the canonical one fails.
 """
 
@@ -13,15 +14,14 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from resultlog.errors import CodecError, ValidationError
-from resultlog.processors.fastrows import V2_HEADER, read_rows
-from resultlog.schemas.codec import Codec
+from resultlog.schemas.codec import TASK_EVENT, Codec
 from resultlog.schemas.event import ExceptionInfo, TaskEvent
 from resultlog.schemas.states import MAX_TIMESTAMP_MS, RECORD_STATES, State
-from resultlog.views.history import history_row
-from resultlog.views.redis_view import view_row
+from resultlog.schemas.taskrows import history_row, read_rows, view_row
 from tests.unit.strategies import task_events
 
 CODEC = Codec()
+V2_HEADER = CODEC.schema_for(TASK_EVENT).header
 TTL_MS = 86_400_000
 # Any text, including U+0000/U+0001 (which the history escapes), non-ASCII, and
 # strings long enough for multi-byte length prefixes.

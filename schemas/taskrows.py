@@ -1,0 +1,251 @@
+"""A task event as the rows the views store: the history row and the Redis view row.
+
+The two layouts are declared once, here, by name: :data:`HISTORY_COLUMNS` (the history
+staging columns and what each holds) and :data:`WINNER_HASH_FIELDS` with
+``fold.STICKY_FIELDS`` (the view hash). Both routes build rows from them:
+
+- from a :class:`TaskEvent` (:func:`history_row`, :func:`view_row`), for any event;
+- from a record's bytes (:func:`read_rows`), through the reader generated from the
+  TaskEvent schema (``schemas/taskcodec.py``), with no event object in between; it
+  handles exactly the records written with the TaskEvent version this package reads
+  that are well-formed and valid, and returns None for anything else, so that the
+  caller takes the first route, which raises the proper error or decodes the record
+  the generic way. ``tests/unit/test_taskrows.py`` checks the two routes agree.
+
+Text fidelity: PostgreSQL text cannot hold U+0000, and jsonb cannot hold ``\\u0000``.
+So that such an event can neither be lost nor poison its batch, every string is stored
+through :func:`to_pg_text`, a reversible escape that leaves strings without U+0000 and
+U+0001 untouched; :func:`from_pg_text` undoes it on the way out. The bytes route
+declines such strings rather than escape them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from json.encoder import encode_basestring as _json_str  # C-accelerated
+from operator import attrgetter, itemgetter
+from typing import Any, Final
+
+from resultlog.errors import ValidationError
+from resultlog.schemas import taskcodec
+from resultlog.schemas.codec import HEADER_SIZE, TASK_EVENT, default_store
+from resultlog.schemas.event import MAX_ID_LENGTH, TaskEvent, meta_text
+from resultlog.schemas.fold import STICKY_FIELDS
+from resultlog.schemas.states import MAX_ATTEMPT, MAX_TIMESTAMP_MS, order_token
+
+_INT32 = 2**31
+_INT64 = 2**63
+_HEX = "0123456789abcdef"
+
+_SCHEMA = default_store().latest(TASK_EVENT)
+#: The TaskEvent fields, in the schema's order.
+FIELDS: Final = taskcodec.field_names(_SCHEMA.parsed)
+# What a row can hold besides the event's own fields.
+_DERIVED = ("state_name", "token", "offset", "partition", "topic",
+            "exc_type", "exc_module", "exc_message", "meta_json", "meta_text")
+_AT = {name: i for i, name in enumerate(FIELDS + _DERIVED)}
+
+#: The history staging columns, in the order of a history row: (column, PostgreSQL
+#: type, what it holds). The staging table is a TEMP table: each connection has its
+#: own, emptied at every commit.
+HISTORY_LAYOUT: Final = (
+    ("event_id", "uuid", "event_id"), ("ts_ms", "bigint", "timestamp"),
+    ("runtime", "double precision", "runtime"), ("eta_ms", "bigint", "eta"),
+    ("kafka_offset", "bigint", "offset"), ("attempt", "integer", "attempt"),
+    ("chord_size", "integer", "chord_size"), ("chord_index", "integer", "chord_index"),
+    ("kafka_partition", "integer", "partition"), ("task_id", "text", "task_id"),
+    ("state", "text", "state_name"), ("token", "text", "token"),
+    ("task_name", "text", "task_name"), ("worker", "text", "worker"),
+    ("args", "text", "args"), ("kwargs", "text", "kwargs"), ("result", "text", "result"),
+    ("exception_type", "text", "exc_type"), ("exception_module", "text", "exc_module"),
+    ("exception_message", "text", "exc_message"), ("traceback", "text", "traceback"),
+    ("parent_id", "text", "parent_id"), ("root_id", "text", "root_id"),
+    ("group_id", "text", "group_id"), ("chord_id", "text", "chord_id"),
+    ("meta", "jsonb", "meta_json"), ("kafka_topic", "text", "topic"),
+)
+#: (column, PostgreSQL type) of the history staging table, in row order.
+HISTORY_COLUMNS: Final = tuple((column, kind) for column, kind, _ in HISTORY_LAYOUT)
+#: Where a history row holds the task state (the metrics count it).
+STATE_COLUMN: Final = [column for column, _ in HISTORY_COLUMNS].index("state")
+_HISTORY = itemgetter(*[_AT[source] for _, _, source in HISTORY_LAYOUT])
+
+#: The view hash's winner fields (the layout is documented in fold.lua's header; the
+#: script takes the field names as arguments, so these are the single source).
+WINNER_HASH_FIELDS: Final = (
+    "state", "event_id", "timestamp", "attempt", "worker", "result",
+    "exc_type", "exc_module", "exc_message", "traceback", "runtime", "eta",
+)
+# A view row: token, expire_at, mask, the four winner fields every event has, then the
+# optional ones (winner, then sticky), present ones only.
+_VIEW_SOURCES = [{"meta": "meta_text"}.get(name, name)
+                 for name in WINNER_HASH_FIELDS[4:] + STICKY_FIELDS]
+_VIEW_OPTIONAL = itemgetter(*[_AT[source] for source in _VIEW_SOURCES])
+_TYPES = {f["name"]: f["type"] for f in _SCHEMA.parsed["fields"]}
+
+
+def _view_text(avro_type: Any) -> Any:
+    """How the view stores a value of ``avro_type`` as text (what view_value does,
+    without the call); None: it is text already."""
+    kind = avro_type[1] if isinstance(avro_type, list) else avro_type
+    return {"double": repr, "int": str, "long": str}.get(kind) if isinstance(kind, str) else None
+
+
+# Optional view values that are not text in the event: (position, to text).
+_VIEW_CONVERT = tuple((i, _view_text(_TYPES[source])) for i, source in enumerate(_VIEW_SOURCES)
+                      if source in _TYPES and _view_text(_TYPES[source]) is not None)
+
+_EVENT_ID, _TASK_ID, _STATE, _TIMESTAMP, _ATTEMPT, _EXCEPTION, _META, _CHORD_ID = (
+    _AT[n] for n in ("event_id", "task_id", "state", "timestamp", "attempt", "exception",
+                     "meta", "chord_id"))
+_IDS = tuple(_AT[n] for n in ("parent_id", "root_id", "group_id"))
+_CHORD_SIZE, _CHORD_INDEX = _AT["chord_size"], _AT["chord_index"]
+_TOKEN, _STATE_NAME = _AT["token"], _AT["state_name"]
+_values = attrgetter(*FIELDS)
+_read_values = taskcodec.make_reader(_SCHEMA.parsed, clean=True, to_event=False)
+_FRAME = _SCHEMA.header
+
+
+def to_pg_text(s: str) -> str:
+    """``s`` storable as PostgreSQL text: U+0001 -> U+0001 U+0001, U+0000 -> U+0001 '0'.
+
+    Injective, and the identity on strings without U+0000 and U+0001 (every realistic
+    one), so rows and lookups keep the original text.
+    """
+    return s.replace("\x01", "\x01\x01").replace("\x00", "\x010")
+
+
+_UNESCAPE_RE = re.compile("\x01(.)", re.DOTALL)
+
+
+def from_pg_text(s: str) -> str:
+    if "\x01" not in s:
+        return s
+    return _UNESCAPE_RE.sub(lambda m: "\x00" if m[1] == "0" else m[1], s)
+
+
+def meta_json(meta: Mapping[str, str]) -> str | None:
+    """The history's jsonb text of a meta map (None when empty)."""
+    # By hand: json.dumps() with options builds an encoder per call, 7x slower.
+    if not meta:
+        return None
+    return "{" + ",".join([
+        _json_str(to_pg_text(k)) + ":" + _json_str(to_pg_text(v)) for k, v in meta.items()
+    ]) + "}"
+
+
+def view_value(value: object) -> str | None:
+    """A non-string event value as the view hash stores it (None: absent)."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        return repr(value)  # shortest exact round trip through float()
+    return str(value)
+
+
+def _extended(ext: list[Any], topic: str | None, partition: int | None,
+              offset: int | None) -> list[Any]:
+    """``ext``, the event's field values, with the derived ones (``_DERIVED`` order)
+    appended."""
+    state = ext[_STATE]
+    exc = ext[_EXCEPTION]
+    meta = ext[_META]
+    ext += (state.value,
+            order_token(ext[_ATTEMPT], state, ext[_TIMESTAMP], ext[_EVENT_ID]),
+            offset, partition, topic)
+    if exc is None:
+        ext += (None, None, None)
+    else:
+        ext += (exc.type, exc.module, exc.message)
+    if meta:
+        ext += (meta_json(meta), meta_text(meta))
+    else:
+        ext += (None, None)
+    return ext
+
+
+def _view_row(ext: list[Any], ttl_ms: int) -> list[Any]:
+    optional = list(_VIEW_OPTIONAL(ext))
+    for i, to_text in _VIEW_CONVERT:
+        v = optional[i]
+        if v is not None:
+            optional[i] = to_text(v)
+    mask = "1111" + "".join(["0" if v is None else "1" for v in optional])
+    timestamp = ext[_TIMESTAMP]
+    # Exact integer arithmetic here: Lua numbers are doubles.
+    row = [ext[_TOKEN], str(timestamp + ttl_ms) if ttl_ms else "", mask, ext[_STATE_NAME],
+           ext[_EVENT_ID], str(timestamp), str(ext[_ATTEMPT])]
+    row += [v for v in optional if v is not None]
+    return row
+
+
+def history_row(event: TaskEvent, topic: str, partition: int, offset: int) -> tuple[Any, ...]:
+    """The row the history stores for ``event`` read at ``topic``/``partition``/
+    ``offset``, in :data:`HISTORY_COLUMNS` order, strings escaped by :func:`to_pg_text`."""
+    _check_ranges(event, partition, offset)
+    row = _HISTORY(_extended(list(_values(event)), topic, partition, offset))
+    return tuple([to_pg_text(v) if type(v) is str else v for v in row])
+
+
+def view_row(event: TaskEvent, ttl_ms: int) -> list[Any]:
+    """``event`` as one row of ``fold.lua``'s batch: ``[token, expire_at, mask,
+    *values]``, values in hash-field order (winner fields, then sticky ones) with the
+    absent ones left out and marked "0" in the mask."""
+    return _view_row(_extended(list(_values(event)), None, None, None), ttl_ms)
+
+
+def _check_ranges(e: TaskEvent, partition: int, offset: int) -> None:
+    """Integers the columns cannot hold. The Avro types are the column types, but the
+    reader does not bound them; this stops such an event before it fails a batch."""
+    bad = None
+    if not 0 <= partition < _INT32 or not 0 <= offset < _INT64:
+        bad = f"partition {partition} / offset {offset}"
+    elif e.eta is not None and not -_INT64 <= e.eta < _INT64:
+        bad = f"eta {e.eta}"
+    elif e.chord_size is not None and not -_INT32 <= e.chord_size < _INT32:
+        bad = f"chord_size {e.chord_size}"
+    elif e.chord_index is not None and not -_INT32 <= e.chord_index < _INT32:
+        bad = f"chord_index {e.chord_index}"
+    if bad is not None:
+        raise ValidationError(f"event {e.event_id} of task {e.task_id!r}: {bad} out of range")
+
+
+Rows = tuple[tuple[Any, ...], str, list[Any], int, "str | None", bool]
+
+
+def read_rows(data: bytes, topic: str, partition: int, offset: int, ttl_ms: int) -> Rows | None:
+    """``(history row, task id, view row, timestamp, chord id, ready)`` for a valid
+    record of the TaskEvent version read here, else None. The rows are what
+    :func:`history_row` and :func:`view_row` build from the decoded event."""
+    if data[:HEADER_SIZE] != _FRAME:
+        return None
+    try:
+        values = _read_values(data, HEADER_SIZE)
+    except (taskcodec.Declined, IndexError, UnicodeDecodeError):
+        return None
+    if not _valid(values):
+        return None
+    ext = _extended(values, topic, partition, offset)
+    return (_HISTORY(ext), ext[_TASK_ID], _view_row(ext, ttl_ms), ext[_TIMESTAMP],
+            ext[_CHORD_ID], ext[_STATE].ready)
+
+
+def _valid(v: list[Any]) -> bool:
+    """What the event model checks, on the field values (the reader bounded the ints)."""
+    event_id, task_id = v[_EVENT_ID], v[_TASK_ID]
+    if (len(event_id) != 32 or event_id.strip(_HEX)
+            or not task_id or len(task_id) > MAX_ID_LENGTH or task_id.isspace()
+            or not 0 <= v[_TIMESTAMP] <= MAX_TIMESTAMP_MS
+            or not 0 <= v[_ATTEMPT] <= MAX_ATTEMPT):
+        return False
+    for i in _IDS:
+        value = v[i]
+        if value is not None and (not value or len(value) > MAX_ID_LENGTH):
+            return False
+    chord_id = v[_CHORD_ID]
+    if chord_id is not None:
+        size, index = v[_CHORD_SIZE], v[_CHORD_INDEX]
+        if (not chord_id or len(chord_id) > MAX_ID_LENGTH or size is None or index is None
+                or not 0 <= index < size):
+            return False
+    return True
