@@ -312,11 +312,6 @@ class PipelinedWriter:
         await self.wait()
         self._task = asyncio.ensure_future(self._write(batch))
 
-    async def poll(self) -> None:
-        """Collect a finished write, if any, without waiting."""
-        if self._task is not None and self._task.done():
-            await self.wait()
-
     async def wait(self) -> None:
         if self._task is not None:
             task, self._task = self._task, None

@@ -183,10 +183,6 @@ class Outbox:
             self._closed = reason
             self._notify()
 
-    def reopen(self) -> None:
-        with self._lock:
-            self._closed = None
-
     def _notify(self) -> None:
         self._space.notify_all()
         waiters, self._async_waiters = self._async_waiters, []

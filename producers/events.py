@@ -7,12 +7,10 @@ identically. Everything here is pure and raises before anything is buffered.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import traceback as traceback_module
-from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypedDict
 
@@ -41,34 +39,6 @@ class TaskFields(TypedDict, total=False):
 _FIELD_NAMES = frozenset(TaskFields.__annotations__)
 # States whose events may carry a ``result``.
 _RESULT_STATES = frozenset({State.SUCCESS, State.STARTED})
-
-# The exact output of ``schemas.event.to_json`` (compact, UTF-8, no NaN), produced by
-# the C encoder json.dumps() uses, built once: json.dumps() with non-default options
-# builds a new encoder per call, which costs more than encoding a small value. Without
-# the markers dict (circular-reference check) the encoder is stateless, hence shareable
-# between threads; a circular value ends in RecursionError, and every failure is
-# handed to to_json() so the error and its wording are the schema module's.
-def _no_default(value: Any) -> Any:
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-_dumps: Callable[[Any], str]
-if c_make_encoder is not None:
-    _chunks = c_make_encoder(None, _no_default, encode_basestring, None, ":", ",", False, False, False)
-
-    def _dumps(value: Any) -> str:
-        return "".join(_chunks(value, 0))
-
-else:  # a Python built without the _json accelerator
-    _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-
-
-def _json(value: Any, what: str) -> str:
-    try:
-        return _dumps(value)
-    except (TypeError, ValueError, RecursionError):
-        return to_json(value, what)  # raises ResultNotSerializable (or returns the same text)
-
 
 # Event ids need uniqueness, not secrecy: 128 bits from a private generator seeded
 # with 256 bits from the OS, and reseeded in every forked child (a child must never
@@ -146,11 +116,11 @@ def build(
         task_name=fields.get("task_name"),
         worker=fields.get("worker", worker),
         attempt=attempt,
-        args=None if args is None else _json(list(args), "args"),
-        kwargs=None if kwargs is None else _json(dict(kwargs), "kwargs"),
+        args=None if args is None else to_json(list(args), "args"),
+        kwargs=None if kwargs is None else to_json(dict(kwargs), "kwargs"),
         # A SUCCESS's return value, or a STARTED event's progress report (Celery's
         # update_state); other states' outcomes are their exception.
-        result=_json(result, "result") if state in _RESULT_STATES and (
+        result=to_json(result, "result") if state in _RESULT_STATES and (
             result is not None or state is State.SUCCESS) else None,
         exception=info,
         traceback=traceback,
