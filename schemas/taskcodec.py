@@ -143,26 +143,6 @@ def _r_clean_string(data: bytes, pos: int) -> tuple[str, int]:
     return s, end
 
 
-def _r_int(data: bytes, pos: int) -> tuple[int, int]:
-    n, pos = read_long(data, pos)
-    if not -_INT32 <= n < _INT32:
-        raise Declined
-    return n, pos
-
-
-def _r_long(data: bytes, pos: int) -> tuple[int, int]:
-    n, pos = read_long(data, pos)
-    if not -_INT64 <= n < _INT64:
-        raise Declined
-    return n, pos
-
-
-def _r_double(data: bytes, pos: int) -> tuple[float, int]:
-    if pos + 8 > len(data):
-        raise Declined
-    return _unpack_double(data, pos)[0], pos + 8
-
-
 def _map_reader(string: Callable[[bytes, int], tuple[str, int]]
                 ) -> Callable[[bytes, int], tuple[dict[str, str], int]]:
     def read_map(data: bytes, pos: int) -> tuple[dict[str, str], int]:
@@ -184,8 +164,6 @@ def _map_reader(string: Callable[[bytes, int], tuple[str, int]]
 
 _PRIMITIVE_WRITERS = {"string": "_w_string({x})", "int": "_w_int({x})",
                       "long": "_w_long({x})", "double": "_pack_double({x})"}
-_PRIMITIVE_READERS = {"string": "_string", "int": "_r_int", "long": "_r_long",
-                      "double": "_r_double"}
 
 
 def _is_optional(t: Any) -> bool:
@@ -233,10 +211,15 @@ class _Gen:
         """Statements reading a value of type ``t`` into the local ``v``."""
         if t in ("int", "long"):
             # A one-byte varint (0..63, -64..-1) inline: counts, attempts, small ints.
+            bound = "_INT32" if t == "int" else "_INT64"
             return [f"{indent}b = data[pos]", f"{indent}if b < 0x80:",
                     f"{indent}    {v} = (b >> 1) ^ -(b & 1)", f"{indent}    pos += 1",
-                    f"{indent}else:",
-                    f"{indent}    {v}, pos = {_PRIMITIVE_READERS[t]}(data, pos)"]
+                    f"{indent}else:", f"{indent}    {v}, pos = read_long(data, pos)",
+                    f"{indent}    if not -{bound} <= {v} < {bound}:",
+                    f"{indent}        raise Declined"]
+        if t == "double":
+            return [f"{indent}if pos + 8 > len(data):", f"{indent}    raise Declined",
+                    f"{indent}{v} = _unpack_double(data, pos)[0]", f"{indent}pos += 8"]
         if t == "string":
             # A length under 64 bytes (one varint byte) inline; the rest by a call.
             return [f"{indent}b = data[pos]", f"{indent}if b < 0x80 and not b & 1:",
@@ -245,8 +228,6 @@ class _Gen:
                     *([f"{indent}    if '\\x00' in {v} or '\\x01' in {v}:",
                        f"{indent}        raise Declined"] if self.clean else []),
                     f"{indent}else:", f"{indent}    {v}, pos = _string(data, pos)"]
-        if isinstance(t, str) and t in _PRIMITIVE_READERS:
-            return [f"{indent}{v}, pos = {_PRIMITIVE_READERS[t]}(data, pos)"]
         if _is_optional(t):
             return [f"{indent}b = data[pos]", f"{indent}pos += 1",
                     f"{indent}if b == 0:", f"{indent}    {v} = None",

@@ -223,21 +223,20 @@ def read_rows(data: bytes, topic: str, partition: int, offset: int, ttl_ms: int)
         values = _read_values(data, HEADER_SIZE)
     except (taskcodec.Declined, IndexError, UnicodeDecodeError):
         return None
-    if not _valid(values):
+    # What the event model checks, on the field values (the reader bounded the ints).
+    event_id, task_id = values[_EVENT_ID], values[_TASK_ID]
+    if (len(event_id) != 32 or event_id.strip(_HEX)
+            or not task_id or len(task_id) > MAX_ID_LENGTH or task_id.isspace()
+            or not 0 <= values[_TIMESTAMP] <= MAX_TIMESTAMP_MS
+            or not 0 <= values[_ATTEMPT] <= MAX_ATTEMPT or not _valid_tail(values)):
         return None
     ext = _extended(values, topic, partition, offset)
     return (_HISTORY(ext), ext[_TASK_ID], _view_row(ext, ttl_ms), ext[_TIMESTAMP],
             ext[_CHORD_ID], ext[_STATE].ready)
 
 
-def _valid(v: list[Any]) -> bool:
-    """What the event model checks, on the field values (the reader bounded the ints)."""
-    event_id, task_id = v[_EVENT_ID], v[_TASK_ID]
-    if (len(event_id) != 32 or event_id.strip(_HEX)
-            or not task_id or len(task_id) > MAX_ID_LENGTH or task_id.isspace()
-            or not 0 <= v[_TIMESTAMP] <= MAX_TIMESTAMP_MS
-            or not 0 <= v[_ATTEMPT] <= MAX_ATTEMPT):
-        return False
+def _valid_tail(v: list[Any]) -> bool:
+    """The lineage and chord ids as the event model checks them."""
     for i in _IDS:
         value = v[i]
         if value is not None and (not value or len(value) > MAX_ID_LENGTH):
