@@ -176,10 +176,11 @@ def _absent_is_one_zero(t: Any) -> bool:
 
 
 class _Gen:
-    def __init__(self, clean: bool = False) -> None:
+    def __init__(self, clean: bool = False, enum_index: bool = False) -> None:
         self.env: dict[str, Any] = {}
         self.n = 0
         self.clean = clean
+        self.enum_index = enum_index
 
     def name(self, value: Any, stem: str) -> str:
         self.n += 1
@@ -223,8 +224,8 @@ class _Gen:
         if t == "string":
             # A length under 64 bytes (one varint byte) inline; the rest by a call.
             return [f"{indent}b = data[pos]", f"{indent}if b < 0x80 and not b & 1:",
-                    f"{indent}    end = pos + 1 + (b >> 1)",
-                    f"{indent}    {v} = data[pos + 1:end].decode()", f"{indent}    pos = end",
+                    f"{indent}    stop = pos + 1 + (b >> 1)",
+                    f"{indent}    {v} = data[pos + 1:stop].decode()", f"{indent}    pos = stop",
                     *([f"{indent}    if '\\x00' in {v} or '\\x01' in {v}:",
                        f"{indent}        raise Declined"] if self.clean else []),
                     f"{indent}else:", f"{indent}    {v}, pos = _string(data, pos)"]
@@ -235,6 +236,10 @@ class _Gen:
                     f"{indent}else:", f"{indent}    raise Declined"]
         if isinstance(t, dict) and t.get("type") == "enum" and t["name"] in _ENUM_CLASSES:
             cls = _ENUM_CLASSES[t["name"]]
+            if self.enum_index:
+                return [f"{indent}b = data[pos]",
+                        f"{indent}if b & 0x81 or b >> 1 >= {len(t['symbols'])}:",
+                        f"{indent}    raise Declined", f"{indent}{v} = b >> 1", f"{indent}pos += 1"]
             symbols = self.name(tuple(cls(s) for s in t["symbols"]), "symbols")
             return [f"{indent}b = data[pos]", f"{indent}if b & 0x81:",
                     f"{indent}    raise Declined  # negative, or past the 64th symbol",
@@ -281,37 +286,38 @@ def make_reader(schema: Mapping[str, Any], *, clean: bool = False,
                 to_event: bool = True) -> Callable[[bytes, int], Any]:
     """``read(data, pos)`` of the body at ``data[pos:]`` to its end: a :class:`TaskEvent`
     (``to_event``), else the list of field values in schema order (records built,
-    enums as the Python enum). Raises :class:`Declined` (or IndexError,
+    enums as the symbol's index in the schema). Raises :class:`Declined` (or IndexError,
     UnicodeDecodeError) on a body it does not accept. ``clean``: decline strings the
     history stores escaped."""
     names = field_names(schema)
     if to_event and names != tuple(f.name for f in fields(TaskEvent)):
         raise Unsupported("the schema's fields are not TaskEvent's")
-    gen = _Gen(clean)
+    gen = _Gen(clean, enum_index=not to_event)
     gen.env["_string"] = _r_clean_string if clean else _r_string
     gen.env["_map"] = _map_reader(gen.env["_string"])
     variables = [f"v{i}" for i in range(len(names))]
     types = [f["type"] for f in schema["fields"]]
-    # The longest run of fields at the end whose absent value is one 00 byte: when the
-    # rest of the body is that many zero bytes, they are all absent (the usual event).
+    # The longest run of fields at the end whose absent value is one 00 byte. Before
+    # each of them, a body whose rest is one 00 per remaining field has them all absent
+    # (the usual event stops early: no lineage, chord, eta or meta).
     tail = len(types)
     while tail > 0 and _absent_is_one_zero(types[tail - 1]):
         tail -= 1
     lines = ["def read(data, pos):"]
     for i in range(tail):
         lines += gen.read(types[i], variables[i], "    ")
-    if tail < len(types):
-        gen.env["_TAIL"] = bytes(len(types) - tail)
-        lines.append("    if data[pos:] == _TAIL:")
-        for i in range(tail, len(types)):
-            lines.append(f"        {variables[i]} = {{}}" if not _is_optional(types[i])
-                         else f"        {variables[i]} = None")
-        lines.append("    else:")
-        for i in range(tail, len(types)):
-            lines += gen.read(types[i], variables[i], "        ")
-        lines += ["        if pos != len(data):", "            raise Declined"]
-    else:
-        lines += ["    if pos != len(data):", "        raise Declined"]
+    lines.append("    end = len(data)")
+    indent = "    "
+    for i in range(tail, len(types)):
+        left = len(types) - i
+        gen.env[f"_ABSENT{left}"] = bytes(left)
+        lines.append(f"{indent}if end - pos == {left} and data[pos:] == _ABSENT{left}:")
+        lines += [f"{indent}    {v} = {{}}" if not _is_optional(t) else f"{indent}    {v} = None"
+                  for v, t in zip(variables[i:], types[i:])]
+        lines.append(f"{indent}else:")
+        indent += "    "
+        lines += gen.read(types[i], variables[i], indent)
+    lines += [f"{indent}if pos != end:", f"{indent}    raise Declined"]
     if to_event:
         gen.env["_Event"] = TaskEvent
         lines.append("    return _Event(" + ", ".join(variables) + ")")

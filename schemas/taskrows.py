@@ -32,7 +32,7 @@ from resultlog.schemas import taskcodec
 from resultlog.schemas.codec import HEADER_SIZE, TASK_EVENT, default_store
 from resultlog.schemas.event import MAX_ID_LENGTH, TaskEvent, meta_text
 from resultlog.schemas.fold import STICKY_FIELDS
-from resultlog.schemas.states import MAX_ATTEMPT, MAX_TIMESTAMP_MS, order_token
+from resultlog.schemas.states import MAX_ATTEMPT, MAX_TIMESTAMP_MS, RANK, State
 
 _INT32 = 2**31
 _INT64 = 2**63
@@ -41,6 +41,15 @@ _HEX = "0123456789abcdef"
 _SCHEMA = default_store().latest(TASK_EVENT)
 #: The TaskEvent fields, in the schema's order.
 FIELDS: Final = taskcodec.field_names(_SCHEMA.parsed)
+_TYPES = {f["name"]: f["type"] for f in _SCHEMA.parsed["fields"]}
+# States by their index in the schema's enum (what the bytes route reads), then the
+# fold's own FORGOTTEN (its own record type: only the event route meets it).
+# Per-index tables: an Enum's hash and value are Python-level, too slow per event.
+_STATES = (*(State(s) for s in _TYPES["state"]["symbols"]), State.FORGOTTEN)
+_STATE_INDEX = {state: i for i, state in enumerate(_STATES)}
+_STATE_TEXT = tuple(s.value for s in _STATES)
+_STATE_RANK = tuple(str(RANK[s]) for s in _STATES)
+_STATE_READY = tuple(s.ready for s in _STATES)
 # What a row can hold besides the event's own fields.
 _DERIVED = ("state_name", "token", "offset", "partition", "topic",
             "exc_type", "exc_module", "exc_message", "meta_json", "meta_text")
@@ -81,7 +90,6 @@ WINNER_HASH_FIELDS: Final = (
 _VIEW_SOURCES = [{"meta": "meta_text"}.get(name, name)
                  for name in WINNER_HASH_FIELDS[4:] + STICKY_FIELDS]
 _VIEW_OPTIONAL = itemgetter(*[_AT[source] for source in _VIEW_SOURCES])
-_TYPES = {f["name"]: f["type"] for f in _SCHEMA.parsed["fields"]}
 
 
 def _view_text(avro_type: Any) -> Any:
@@ -94,6 +102,9 @@ def _view_text(avro_type: Any) -> Any:
 # Optional view values that are not text in the event: (position, to text).
 _VIEW_CONVERT = tuple((i, _view_text(_TYPES[source])) for i, source in enumerate(_VIEW_SOURCES)
                       if source in _TYPES and _view_text(_TYPES[source]) is not None)
+# Those values, read at once; usually all absent.
+_VIEW_TO_CONVERT = itemgetter(*[_AT[_VIEW_SOURCES[i]] for i, _ in _VIEW_CONVERT])
+_NONE_TO_CONVERT = _VIEW_TO_CONVERT([None] * len(_AT))
 
 _EVENT_ID, _TASK_ID, _STATE, _TIMESTAMP, _ATTEMPT, _EXCEPTION, _META, _CHORD_ID = (
     _AT[n] for n in ("event_id", "task_id", "state", "timestamp", "attempt", "exception",
@@ -143,16 +154,13 @@ def view_value(value: object) -> str | None:
     return str(value)
 
 
-def _extended(ext: list[Any], topic: str | None, partition: int | None,
+def _extended(ext: list[Any], token: str, topic: str | None, partition: int | None,
               offset: int | None) -> list[Any]:
-    """``ext``, the event's field values, with the derived ones (``_DERIVED`` order)
-    appended."""
-    state = ext[_STATE]
+    """``ext``, the event's field values (the state as its index in ``_STATES``), with
+    the derived ones (``_DERIVED`` order) appended."""
     exc = ext[_EXCEPTION]
     meta = ext[_META]
-    ext += (state.value,
-            order_token(ext[_ATTEMPT], state, ext[_TIMESTAMP], ext[_EVENT_ID]),
-            offset, partition, topic)
+    ext += (_STATE_TEXT[ext[_STATE]], token, offset, partition, topic)
     if exc is None:
         ext += (None, None, None)
     else:
@@ -165,11 +173,13 @@ def _extended(ext: list[Any], topic: str | None, partition: int | None,
 
 
 def _view_row(ext: list[Any], ttl_ms: int) -> list[Any]:
-    optional = list(_VIEW_OPTIONAL(ext))
-    for i, to_text in _VIEW_CONVERT:
-        v = optional[i]
-        if v is not None:
-            optional[i] = to_text(v)
+    optional = _VIEW_OPTIONAL(ext)
+    if _VIEW_TO_CONVERT(ext) != _NONE_TO_CONVERT:
+        optional = list(optional)
+        for i, to_text in _VIEW_CONVERT:
+            v = optional[i]
+            if v is not None:
+                optional[i] = to_text(v)
     mask = "1111" + "".join(["0" if v is None else "1" for v in optional])
     timestamp = ext[_TIMESTAMP]
     # Exact integer arithmetic here: Lua numbers are doubles.
@@ -179,11 +189,17 @@ def _view_row(ext: list[Any], ttl_ms: int) -> list[Any]:
     return row
 
 
+def _event_values(event: TaskEvent) -> list[Any]:
+    values = list(_values(event))
+    values[_STATE] = _STATE_INDEX[event.state]
+    return values
+
+
 def history_row(event: TaskEvent, topic: str, partition: int, offset: int) -> tuple[Any, ...]:
     """The row the history stores for ``event`` read at ``topic``/``partition``/
     ``offset``, in :data:`HISTORY_COLUMNS` order, strings escaped by :func:`to_pg_text`."""
     _check_ranges(event, partition, offset)
-    row = _HISTORY(_extended(list(_values(event)), topic, partition, offset))
+    row = _HISTORY(_extended(_event_values(event), event.token, topic, partition, offset))
     return tuple([to_pg_text(v) if type(v) is str else v for v in row])
 
 
@@ -191,7 +207,7 @@ def view_row(event: TaskEvent, ttl_ms: int) -> list[Any]:
     """``event`` as one row of ``fold.lua``'s batch: ``[token, expire_at, mask,
     *values]``, values in hash-field order (winner fields, then sticky ones) with the
     absent ones left out and marked "0" in the mask."""
-    return _view_row(_extended(list(_values(event)), None, None, None), ttl_ms)
+    return _view_row(_extended(_event_values(event), event.token, None, None, None), ttl_ms)
 
 
 def _check_ranges(e: TaskEvent, partition: int, offset: int) -> None:
@@ -230,9 +246,12 @@ def read_rows(data: bytes, topic: str, partition: int, offset: int, ttl_ms: int)
             or not 0 <= values[_TIMESTAMP] <= MAX_TIMESTAMP_MS
             or not 0 <= values[_ATTEMPT] <= MAX_ATTEMPT or not _valid_tail(values)):
         return None
-    ext = _extended(values, topic, partition, offset)
-    return (_HISTORY(ext), ext[_TASK_ID], _view_row(ext, ttl_ms), ext[_TIMESTAMP],
-            ext[_CHORD_ID], ext[_STATE].ready)
+    state = values[_STATE]
+    # states.order_token's format (never FORGOTTEN here); the tests hold them equal.
+    token = f"{values[_ATTEMPT]:05d}{_STATE_RANK[state]}{values[_TIMESTAMP]:015d}{event_id}"
+    ext = _extended(values, token, topic, partition, offset)
+    return (_HISTORY(ext), task_id, _view_row(ext, ttl_ms), ext[_TIMESTAMP],
+            ext[_CHORD_ID], _STATE_READY[state])
 
 
 def _valid_tail(v: list[Any]) -> bool:

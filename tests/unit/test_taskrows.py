@@ -182,3 +182,11 @@ def test_the_sink_sends_what_no_column_can_hold_to_dead_letters() -> None:
         (2, "CodecError: record has no value (a tombstone?)"),
     ]
     assert prepared.offsets == {("events", 0): 3}
+
+
+@given(event=task_events())
+def test_the_rows_token_is_the_events_order_token(event: TaskEvent) -> None:
+    # The bytes route writes states.order_token's format itself.
+    assume(not _has_escapes(event) and event.state is not State.FORGOTTEN)
+    fast = read_rows(CODEC.encode(event), "events", 0, 0, TTL_MS)
+    assert fast is not None and fast[0][11] == fast[2][0] == event.token
