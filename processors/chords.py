@@ -78,6 +78,7 @@ if TYPE_CHECKING:
     import redis.asyncio
 
     from resultlog.processors.app import Processor
+    from resultlog.processors.celeryfire import BodyFirer
 
 log = logging.getLogger("resultlog.chords")
 
@@ -163,6 +164,9 @@ class ChordAggregator:
         self._dirty_event = asyncio.Event()
         self._hooks_agent = False
         self._claimant = f"{socket.gethostname()}:{os.getpid()}"
+        #: Fires Celery chords' bodies (``resultlog process --celery-app``).
+        self.firer: BodyFirer | None = None
+        self._client: redis.asyncio.Redis | None = None
         app.task(self._run)
         if s.chord_hook:
             self.on_complete(load_hook(s.chord_hook))
@@ -211,7 +215,7 @@ class ChordAggregator:
         s = self.settings
         await ensure_topics(s, self.state.topic, configs={
             "cleanup.policy": "compact", "max.message.bytes": str(state_record_bytes(s))})
-        client = async_client(s)
+        client = self._client = async_client(s)
         store = ChordStore(s, client)
         dead_letters = DeadLetterWriter(s)
         await self.state.start()
@@ -279,6 +283,8 @@ class ChordAggregator:
             return
         if step is not None and step.completion is not None:
             await self._publish(store, step.completion)
+            if step.body is not None:
+                await self._fire(step.completion, step.body)
             part.fold.completed(step.completion)
             part.retention.completed(step.chord_id, step.completion.timestamp)
             self._dirty.pop(step.chord_id, None)
@@ -296,6 +302,19 @@ class ChordAggregator:
         await _retrying("sending a chord completion", lambda: self.writer.send([(key, data)]))
         log.info("chord %s completed: %s (%d of %d members, %d failed)", completion.chord_id,
                  completion.state.value, completion.done, completion.size, completion.failed)
+
+    async def _fire(self, completion: ChordCompleted, body: str) -> None:
+        """A Celery chord's body, fired before the chord is marked completed (so a crash
+        in between fires it again: see processors/celeryfire.py for "once")."""
+        if self.firer is None:
+            log.error("Celery chord %s completed, but this processor has no Celery app to "
+                      "fire its body with: start processors with --celery-app module:app",
+                      completion.chord_id)
+            return
+        firer, client = self.firer, self._client
+        assert client is not None
+        await _retrying("firing a Celery chord's body",
+                        lambda: firer.fire(client, completion, body))
 
     def _encode(self, completion: ChordCompleted) -> bytes:
         try:

@@ -47,6 +47,7 @@ DEFAULT_REDIS_PREFIX = "resultlog:"
 # {prefix}chord:{chord_id}     hash: a chord's progress
 # {prefix}chorddone:{chord_id} pub/sub channel: a chord completed or failed
 # {prefix}chordhook:{completion_event_id}  string: the claim of a completion's hook run (SET NX)
+# {prefix}chordfire:{completion_event_id}  string: a Celery chord's body firing ("firing:<who>", then "done")
 
 # Postgres: default schema; tables live inside it.
 DEFAULT_PG_SCHEMA = "resultlog"
@@ -132,6 +133,11 @@ def chord_done_channel(prefix: str, chord_id: str) -> str:
 
 def chord_hook_claim_key(prefix: str, completion_event_id: str) -> str:
     return f"{prefix}chordhook:{completion_event_id}"
+
+
+def chord_fire_key(prefix: str, completion_event_id: str) -> str:
+    """A Celery chord's body firing mark (processors/celeryfire.py)."""
+    return f"{prefix}chordfire:{completion_event_id}"
 
 
 def faust_group(consumer_group: str) -> str:

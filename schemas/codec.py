@@ -36,7 +36,9 @@ SCHEMA_DIR = Path(__file__).with_name("avro")
 TASK_EVENT = "io.resultlog.TaskEvent"
 # Records about chords that share the events topic with task events (keyed by chord id).
 CHORD_DECLARED = "io.resultlog.ChordDeclared"
-CHORD_RECORDS = frozenset({CHORD_DECLARED})
+# A step of Celery's chord protocol (set_chord_size, add_to_chord, on_chord_part_return).
+CELERY_CHORD = "io.resultlog.CeleryChord"
+CHORD_RECORDS = frozenset({CHORD_DECLARED, CELERY_CHORD})
 # Written by the chord aggregator to the chord-completions topic (never the events topic).
 CHORD_COMPLETED = "io.resultlog.ChordCompleted"
 _FILE_RE = re.compile(r"^(?P<stem>[a-z0-9_]+)\.v(?P<version>\d+)\.avsc$")
