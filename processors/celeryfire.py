@@ -83,7 +83,13 @@ class BodyFirer:
                         completion.chord_id, mark)
         with translated("marking a chord body as firing"):
             await client.set(key, f"firing:{self.claimant}", px=ttl_ms)
-        await asyncio.to_thread(self.fire_sync, completion, body)
+        try:
+            await asyncio.to_thread(self.fire_sync, completion, body)
+        except Exception:  # noqa: BLE001 — the user's app failed: log it, never loop on it
+            # (e.g. the broker unreachable past Celery's own publish retries). Firing it
+            # again at every restart would stop every other chord behind this one.
+            log.exception("chord %s: firing its body failed; it is not fired again",
+                          completion.chord_id)
         with translated("marking a chord body as fired"):
             await client.set(key, _DONE, px=ttl_ms)
 
@@ -91,31 +97,35 @@ class BodyFirer:
         """Send the body, or fail it as Celery does (blocking: run in a thread)."""
         from celery import maybe_signature  # type: ignore[import-untyped]
         from celery.exceptions import ChordError  # type: ignore[import-untyped]
-
         from kombu.serialization import loads
 
         app = self.app
         backend = app.backend
         callback = maybe_signature(
             loads(body, "application/json", "utf-8", accept=backend.accept), app=app)  # type: ignore[no-untyped-call]
+        error: Exception | None = None
         if not completion.successful:
             error = self._chord_error(completion)
-            log.info("chord %s failed: %s", completion.chord_id, error)
+        else:
+            try:
+                results = self._results(completion)
+            except ChordError as exc:
+                error = exc
+            except Exception as exc:  # noqa: BLE001 — as Celery: the join's error fails the body
+                error = ChordError(f"Join error: {exc!r}")
+            else:
+                try:
+                    callback.delay(results)
+                    return
+                except Exception as exc:  # noqa: BLE001 — as Celery: a failed send fails the body
+                    log.exception("chord %s: sending its body failed", completion.chord_id)
+                    error = ChordError(f"Callback error: {exc!r}")
+        log.info("chord %s failed: %s", completion.chord_id, error)
+        try:
+            # Celery's chord_error_from_stack reads the exception being handled.
+            raise error
+        except Exception:  # noqa: BLE001
             backend.chord_error_from_stack(callback, error)
-            return
-        try:
-            results = self._results(completion)
-        except ChordError as exc:
-            backend.chord_error_from_stack(callback, exc)
-            return
-        except Exception as exc:  # noqa: BLE001 — as Celery: the join's error fails the body
-            backend.chord_error_from_stack(callback, ChordError(f"Join error: {exc!r}"))
-            return
-        try:
-            callback.delay(results)
-        except Exception as exc:  # noqa: BLE001 — as Celery: a send that failed fails the body
-            log.exception("chord %s: sending its body failed", completion.chord_id)
-            backend.chord_error_from_stack(callback, ChordError(f"Callback error: {exc!r}"))
 
     def _results(self, completion: ChordCompleted) -> Any:
         from celery.result import GroupResult, allow_join_result  # type: ignore[import-untyped]
