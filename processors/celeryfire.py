@@ -55,8 +55,12 @@ def load_celery_app(spec: str) -> Any:
         raise ConfigurationError(
             "--celery-app needs Celery, which is not installed: pip install resultlog[celery]") from exc
     try:
-        return find_app(spec)
-    except Exception as exc:  # noqa: BLE001 — find_app raises whatever importing raised
+        app = find_app(spec)
+        # The app's task modules (include=, imports=), as a worker imports them: a body's
+        # new-style errback is called here, so its task must be registered.
+        app.loader.import_default_modules()
+        return app
+    except Exception as exc:  # noqa: BLE001 — importing raises whatever the app raises
         raise ConfigurationError(
             f"--celery-app {spec!r} cannot be loaded: {exc!r} (expected module:app, e.g. "
             "proj.celery:app, importable from the current directory)") from exc
