@@ -143,6 +143,12 @@ class CeleryChordFold:
     def _recount(self, chord_id: str, s: dict[str, Any]) -> None:
         done, fail_seq = 0, None
         while (entry := self.table.get(part_key(chord_id, done))) is not None:
+            # The crash may have kept an entry without its seen key (written next): it
+            # is counted now, so the member must be known as seen, or it would be
+            # counted again when it is read again.
+            seen = seen_key(chord_id, entry[_INDEX], entry[_TASK])
+            if seen not in self.table:
+                self.table[seen] = done
             if entry[_STATE] != State.SUCCESS.value and fail_seq is None:
                 fail_seq = done
             done += 1
