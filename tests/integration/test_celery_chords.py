@@ -5,9 +5,9 @@ each chord's body once, from the log; no ``celery.chord_unlock`` task, no counte
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +25,8 @@ from celery.exceptions import ChordError  # type: ignore[import-untyped]  # noqa
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CELERY_APP = "tests.integration.celery_app:app"
+DOC = ROOT / "docs" / "celery.md"
+_EXAMPLE = re.compile(r"<!-- run by tests/integration/test_celery_chords.py[^>]*-->\n```python\n(.*?)```", re.S)
 
 
 class ChordStack:
@@ -168,3 +170,9 @@ def test_a_processor_killed_mid_chord_fires_the_body_once(stack: ChordStack) -> 
     stack.redis.rpush(gate, *["go"] * 10)
     assert result.get(timeout=WAIT_S) == list(range(40))
     assert read_runs() == 1
+
+
+def test_the_chord_example_in_docs_celery_md_runs(stack: ChordStack) -> None:
+    (example,) = _EXAMPLE.findall(DOC.read_text())
+    exec(compile(example, str(DOC), "exec"), {  # noqa: S102 — our own documentation
+        "add": stack.task("t.add"), "tsum": stack.task("t.total"), "fail": stack.task("t.fail")})
