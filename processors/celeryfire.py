@@ -31,6 +31,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 from resultlog import names
@@ -77,16 +78,18 @@ class BodyFirer:
     async def fire(self, client: redis.asyncio.Redis, completion: ChordCompleted, body: str) -> None:
         key = names.chord_fire_key(self.settings.redis_prefix, completion.event_id)
         ttl_ms = self.settings.result_ttl_s * 1000 or None
-        with translated("reading a chord body's firing mark"):
-            mark = await client.get(key)
+        with translated("marking a chord body as firing"):
+            # One round trip: the mark set, and the one it replaced returned.
+            mark = await client.set(key, f"firing:{self.claimant}", px=ttl_ms, get=True)
         if mark == _DONE:
+            with translated("marking a chord body as fired"):
+                await client.set(key, _DONE, px=ttl_ms)
             log.info("chord %s: body already fired", completion.chord_id)
             return
         if mark is not None:
             log.warning("chord %s: a processor died while firing its body (%s); firing it again",
                         completion.chord_id, mark)
-        with translated("marking a chord body as firing"):
-            await client.set(key, f"firing:{self.claimant}", px=ttl_ms)
+        t0 = time.perf_counter()
         try:
             await asyncio.to_thread(self.fire_sync, completion, body)
         except Exception:  # noqa: BLE001 — the user's app failed: log it, never loop on it
@@ -96,6 +99,7 @@ class BodyFirer:
                           completion.chord_id)
         with translated("marking a chord body as fired"):
             await client.set(key, _DONE, px=ttl_ms)
+        log.debug("chord %s: body fired in %.1f ms", completion.chord_id, (time.perf_counter() - t0) * 1000)
 
     def fire_sync(self, completion: ChordCompleted, body: str) -> None:
         """Send the body, or fail it as Celery does (blocking: run in a thread)."""

@@ -282,9 +282,11 @@ class ChordAggregator:
             await _retrying("sending a dead letter", lambda: dead_letters.send([letter]))
             return
         if step is not None and step.completion is not None:
-            await self._publish(store, step.completion)
             if step.body is not None:
+                # First: a Celery body waits on nothing else (latency), and both are
+                # done before the completed mark, so neither is lost to a crash.
                 await self._fire(step.completion, step.body)
+            await self._publish(store, step.completion)
             part.fold.completed(step.completion)
             part.retention.completed(step.chord_id, step.completion.timestamp)
             self._dirty.pop(step.chord_id, None)
