@@ -151,6 +151,7 @@ class CeleryChordFold:
                 self.table[seen] = done
             if entry[_STATE] != State.SUCCESS.value and fail_seq is None:
                 fail_seq = done
+            s["ts"] = max(s["ts"], entry[_TS])
             done += 1
         s.update(done=done, fail_seq=fail_seq)
 

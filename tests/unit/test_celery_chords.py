@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -20,16 +21,19 @@ from resultlog.schemas.states import State
 from tests.unit.test_chords import LoggedTable, recovered
 
 CHORD = "group-1"
+TS = 1_700_000_000_000
 BODY = json.dumps({"task": "t.total", "args": [], "kwargs": {}, "options": {"task_id": "body-1"}})
 
 
 def part(index: int | None, task_id: str | None = None, state: State = State.SUCCESS,
          result: Any = None) -> CeleryChordRecord:
     exc = ExceptionInfo("KeyError", "builtins", f"no row {index}") if state is State.FAILURE else None
-    return CeleryChordRecord.part(
+    rec = CeleryChordRecord.part(
         CHORD, task_id or f"t{index}", index, state,
         result=json.dumps(index if result is None else result) if state is State.SUCCESS else None,
         exception=exc, body=BODY)
+    # Distinct, fixed timestamps: a completion's timestamp is the latest of its records'.
+    return dataclasses.replace(rec, timestamp=TS + 7 * (index or 0))
 
 
 def run(records: list[CeleryChordRecord], table: dict[str, Any] | None = None
