@@ -58,8 +58,13 @@ def load_celery_app(spec: str) -> Any:
     try:
         app = find_app(spec)
         # The app's task modules (include=, imports=), as a worker imports them: a body's
-        # new-style errback is called here, so its task must be registered.
+        # new-style errback is called here, so its task must be registered. And the app
+        # made current, as in a worker: signatures and shared tasks that find their app
+        # through Celery's current app (a group's, a chain's) must find this one, not a
+        # default app with a default broker.
         app.loader.import_default_modules()
+        app.set_current()
+        app.set_default()
         return app
     except Exception as exc:  # noqa: BLE001 — importing raises whatever the app raises
         raise ConfigurationError(
