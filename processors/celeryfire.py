@@ -110,12 +110,12 @@ class BodyFirer:
         """Send the body, or fail it as Celery does (blocking: run in a thread)."""
         from celery import maybe_signature  # type: ignore[import-untyped]
         from celery.exceptions import ChordError  # type: ignore[import-untyped]
-        from kombu.serialization import loads
+
+        from resultlog.celery_backend.meta import from_json
 
         app = self.app
         backend = app.backend
-        callback = maybe_signature(
-            loads(body, "application/json", "utf-8", accept=backend.accept), app=app)  # type: ignore[no-untyped-call]
+        callback = maybe_signature(from_json(body), app=app)
         error: Exception | None = None
         if not completion.successful:
             error = self._chord_error(completion)
@@ -150,11 +150,10 @@ class BodyFirer:
             saved.on_ready()
             with allow_join_result():
                 return saved.join_native(timeout=app.conf.result_chord_join_timeout, propagate=True)
-        from kombu.serialization import loads
+        from resultlog.celery_backend.meta import from_json
 
         assert completion.results is not None
-        return loads(completion.results, "application/json", "utf-8",  # type: ignore[no-untyped-call]
-                     accept=app.backend.accept)
+        return from_json(completion.results)
 
     def _chord_error(self, completion: ChordCompleted) -> Exception:
         from celery.exceptions import ChordError, TaskRevokedError
