@@ -78,14 +78,17 @@ def _new_summary() -> dict[str, Any]:
 class CeleryStep:
     """What one record changed (a :class:`~resultlog.processors.chordfold.Step`'s parts)."""
 
-    __slots__ = ("chord_id", "progress", "completion", "body")
+    __slots__ = ("chord_id", "progress", "completion", "body", "parent")
 
     def __init__(self, chord_id: str, progress: Progress | None = None,
-                 completion: ChordCompleted | None = None, body: str | None = None) -> None:
+                 completion: ChordCompleted | None = None, body: str | None = None,
+                 parent: str | None = None) -> None:
         self.chord_id = chord_id
         self.progress = progress
         self.completion = completion
         self.body = body
+        #: The member counted last: the body's parent, as when a worker sends it.
+        self.parent = parent
 
 
 class CeleryChordFold:
@@ -161,14 +164,18 @@ class CeleryChordFold:
 
     def _settle(self, chord_id: str, s: dict[str, Any], before: str) -> CeleryStep:
         completion = self._completion(chord_id, s)
-        body = None if completion is None else self.table.get(body_key(chord_id))
+        body = parent = None
+        if completion is not None:
+            body = self.table.get(body_key(chord_id))
+            last = self.table.get(part_key(chord_id, s["done"] - 1)) if s["done"] else None
+            parent = None if last is None else last[_TASK]
         if json.dumps(s, sort_keys=True) == before:
-            return CeleryStep(chord_id, None, completion, body)
+            return CeleryStep(chord_id, None, completion, body, parent)
         self.table[summary_key(chord_id)] = s
         total = self._total(s)
         progress = Progress(s["done"] if total is None else total, s["done"],
                             0 if s["fail_seq"] is None else 1, s["ts"])
-        return CeleryStep(chord_id, progress, completion, body)
+        return CeleryStep(chord_id, progress, completion, body, parent)
 
     @staticmethod
     def _total(s: dict[str, Any]) -> int | None:

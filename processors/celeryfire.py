@@ -80,7 +80,8 @@ class BodyFirer:
         self.app = app
         self.claimant = f"{socket.gethostname()}:{os.getpid()}"
 
-    async def fire(self, client: redis.asyncio.Redis, completion: ChordCompleted, body: str) -> None:
+    async def fire(self, client: redis.asyncio.Redis, completion: ChordCompleted, body: str,
+                   parent: str | None = None) -> None:
         key = names.chord_fire_key(self.settings.redis_prefix, completion.event_id)
         ttl_ms = self.settings.result_ttl_s * 1000 or None
         with translated("marking a chord body as firing"):
@@ -96,7 +97,7 @@ class BodyFirer:
                         completion.chord_id, mark)
         t0 = time.perf_counter()
         try:
-            await asyncio.to_thread(self.fire_sync, completion, body)
+            await asyncio.to_thread(self.fire_sync, completion, body, parent)
         except Exception:  # noqa: BLE001 — the user's app failed: log it, never loop on it
             # (e.g. the broker unreachable past Celery's own publish retries). Firing it
             # again at every restart would stop every other chord behind this one.
@@ -106,8 +107,11 @@ class BodyFirer:
             await client.set(key, _DONE, px=ttl_ms)
         log.debug("chord %s: body fired in %.1f ms", completion.chord_id, (time.perf_counter() - t0) * 1000)
 
-    def fire_sync(self, completion: ChordCompleted, body: str) -> None:
-        """Send the body, or fail it as Celery does (blocking: run in a thread)."""
+    def fire_sync(self, completion: ChordCompleted, body: str, parent: str | None = None) -> None:
+        """Send the body, or fail it as Celery does (blocking: run in a thread).
+
+        ``parent``: the member counted last, the body's ``parent_id`` (with Celery's
+        Redis backend the worker running the last member sends the body, as its child)."""
         from celery import maybe_signature  # type: ignore[import-untyped]
         from celery.exceptions import ChordError  # type: ignore[import-untyped]
 
@@ -128,7 +132,7 @@ class BodyFirer:
                 error = ChordError(f"Join error: {exc!r}")
             else:
                 try:
-                    callback.delay(results)
+                    callback.apply_async((results,), **({"parent_id": parent} if parent else {}))
                     return
                 except Exception as exc:  # noqa: BLE001 — as Celery: a failed send fails the body
                     log.exception("chord %s: sending its body failed", completion.chord_id)

@@ -57,6 +57,8 @@ class Step:
     completion: ChordCompleted | None = None
     #: A Celery chord's body (its signature's JSON), with its completion: to be fired.
     body: str | None = None
+    #: The Celery member counted last (the body's parent_id).
+    parent: str | None = None
 
 
 class ChordFold:
@@ -86,7 +88,7 @@ class ChordFold:
             return self.declare(ChordDeclared.from_record(record))
         if name == CELERY_CHORD:
             step = self.celery.apply(CeleryChordRecord.from_record(record))
-            return Step(step.chord_id, step.progress, step.completion, step.body)
+            return Step(step.chord_id, step.progress, step.completion, step.body, step.parent)
         raise CodecError(f"unexpected record type {name} in the chords topic")
 
     def declare(self, decl: ChordDeclared) -> Step:

@@ -295,7 +295,7 @@ class ChordAggregator:
             if step.body is not None:
                 # First: a Celery body waits on nothing else (latency), and both are
                 # done before the completed mark, so neither is lost to a crash.
-                await self._fire(step.completion, step.body)
+                await self._fire(step.completion, step.body, step.parent)
             await self._publish(store, step.completion)
             part.fold.completed(step.completion)
             part.retention.completed(step.chord_id, step.completion.timestamp)
@@ -318,7 +318,7 @@ class ChordAggregator:
         log.info("chord %s completed: %s (%d of %d members, %d failed)", completion.chord_id,
                  completion.state.value, completion.done, completion.size, completion.failed)
 
-    async def _fire(self, completion: ChordCompleted, body: str) -> None:
+    async def _fire(self, completion: ChordCompleted, body: str, parent: str | None) -> None:
         """A Celery chord's body, fired before the chord is marked completed (so a crash
         in between fires it again: see processors/celeryfire.py for "once")."""
         if self.firer is None:
@@ -329,7 +329,7 @@ class ChordAggregator:
         firer, client = self.firer, self._client
         assert client is not None
         await _retrying("firing a Celery chord's body",
-                        lambda: firer.fire(client, completion, body))
+                        lambda: firer.fire(client, completion, body, parent))
 
     def _encode(self, completion: ChordCompleted) -> bytes:
         try:

@@ -83,6 +83,9 @@ def test_a_chord_of_1000_members_fires_its_body_once_with_results_in_order(stack
     result = chord([add.s(i, i) for i in range(1000)], app=stack.app)(collect.s(runs))
     assert result.get(timeout=120) == [2 * i for i in range(1000)]
     assert read_runs() == 1
+    # Its parent is a header task, as when the worker running the last one sends it.
+    meta = stack.app.backend.get_task_meta(result.id, cache=False)
+    assert meta.get("parent_id") in {r.id for r in result.parent.results}, meta
     # The chord view shows the aggregator's outcome too.
     assert "celery.chord_unlock" not in stack.worker.output()
     # A second chord right after: nothing of the first one leaks into it.
