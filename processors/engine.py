@@ -29,6 +29,17 @@ position missing (a FLUSHDB while no events flow).
 
 Kafka's committed offsets are written once a second under any load, as the positions
 of batches both stores hold: they serve Kafka's lag tools, not the fold.
+
+Asynchronous history commits. The history commits with ``synchronous_commit = off``
+(a commit returns before its WAL is on disk: an fsync off the path of every batch). A
+PostgreSQL crash may then lose the last commits, whole transactions and always a
+suffix of the WAL, so the rows of a lost batch go with its offsets. The engine keeps,
+per partition, the position it has written to the history (``_held``); whenever the
+history's pool had to open a new connection (a crash breaks them all) it reads the
+history's positions again before the next write, and if the history holds less than
+it wrote (:class:`~resultlog.errors.HistoryRewound`) it drops the batches in hand and
+seeks every partition back to what the history holds: the lost tail is read from the
+log again and written again (idempotently), before anything after it.
 """
 
 from __future__ import annotations
@@ -41,7 +52,8 @@ from typing import Any, Final
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.errors import CommitFailedError, KafkaError  # type: ignore[import-untyped]
 
-from resultlog.errors import BrokerUnavailable, ResultlogError, StoreUnavailable, ViewLost
+from resultlog.errors import (BrokerUnavailable, HistoryRewound, ResultlogError, StoreUnavailable,
+                              ViewLost)
 from resultlog.processors.rebuild import ViewRebuilder
 from resultlog.producers.kafka import started
 from resultlog.processors.sink import FoldSink, PipelinedWriter, Prepared, SinkStats
@@ -86,6 +98,12 @@ class BatchFoldEngine:
         # Per partition: the next offset both stores hold (written batches): what Kafka
         # is told at the next commit.
         self._written: dict[int, int] = {}
+        # Per partition: the next offset the history holds by this processor's own
+        # account (its positions at assignment, then every batch written). With
+        # asynchronous commits a PostgreSQL crash can take it back: see the docstring.
+        self._held: dict[int, int] = {}
+        # The history pool's connections_opened when its positions were last checked.
+        self._connections_checked = -1
         # A failure aiokafka's rebalance listener would swallow; the fold loop raises it.
         self._failure: BaseException | None = None
 
@@ -123,6 +141,7 @@ class BatchFoldEngine:
     def revoked(self, partitions: set[int]) -> None:
         for p in partitions:
             self._next.pop(p, None)
+            self._held.pop(p, None)
 
     async def _position(self, assigned: set[TopicPartition]) -> None:
         consumer, coverage = self.consumer, self.coverage
@@ -141,6 +160,8 @@ class BatchFoldEngine:
             start = max(begin[p], min(history.get(p, begin[p]), positions.get(p, begin[p])))
             consumer.seek(tp, start)
             self._next[p] = resume[p] = start
+            if p in history:
+                self._held[p] = history[p]
         log.info("assigned %s; resuming at %s (from the stores' positions)",
                  sorted(resume), dict(sorted(resume.items())))
         if gaps:
@@ -193,10 +214,13 @@ class BatchFoldEngine:
             if self._failure is not None:
                 raise self._failure
             try:
+                await self._check_history()
                 stats = await self.sink.write(prepared)
                 for (_, p), o in prepared.offsets.items():
                     if o > self._written.get(p, -1):
                         self._written[p] = o
+                    if o > self._held.get(p, -1):
+                        self._held[p] = o
                 return stats
             except ViewLost as exc:
                 assert prepared.starts is not None
@@ -214,6 +238,58 @@ class BatchFoldEngine:
                 log.warning("writing a batch failed (%s); retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    async def _check_history(self) -> None:
+        """Raise :class:`HistoryRewound` if the history lost commits this processor made
+        (checked only after its pool opened a connection: a crash breaks them all)."""
+        history = self.sink.history
+        assert history is not None
+        if history.durable_commits or history.connections_opened == self._connections_checked:
+            return
+        opened = history.connections_opened
+        holds = await history.committed_offsets(self.settings.consumer_group,
+                                                self.settings.events_topic)
+        self._connections_checked = opened
+        lost = {p: (holds.get(p, -1), o) for p, o in self._held.items() if holds.get(p, -1) < o}
+        if not lost:
+            return
+        # Every partition goes back, not only the lost ones: the batches in hand (the one
+        # failing, the next one prepared) are dropped, and they may hold any partition.
+        positions = {}
+        for p in self._next:
+            if p in holds and p in self._held:
+                positions[p] = min(holds[p], self._held[p])
+            else:
+                positions[p] = holds.get(p, -1)  # -1: from where the log begins
+        raise HistoryRewound(
+            "the history lost commits this processor made (a PostgreSQL crash with "
+            "asynchronous commits): " + ", ".join(
+                f"partition {p} holds up to {h} of {o}" for p, (h, o) in sorted(lost.items())),
+            positions)
+
+    async def _rewind(self, consumer: AIOKafkaConsumer, positions: dict[int, int]) -> None:
+        """Seek back to where the history is whole; what it lost is read again."""
+        topic = self.settings.events_topic
+        delay = 0.1
+        while True:
+            try:
+                begin = {tp.partition: o for tp, o in (await consumer.beginning_offsets(
+                    [TopicPartition(topic, p) for p in positions])).items()}
+                break
+            except KafkaError as exc:
+                log.warning("reading where the log begins failed (%r); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        for p, o in positions.items():
+            if p not in self._next:
+                continue  # revoked meanwhile: its next owner positions it from the stores
+            o = max(o, begin[p])
+            consumer.seek(TopicPartition(topic, p), o)
+            self._next[p] = o
+            self._held.pop(p, None)
+            self._written.pop(p, None)
+        log.warning("reading the log again from %s (what the history holds)",
+                    dict(sorted((p, self._next[p]) for p in positions if p in self._next)))
 
     def _account(self, stats: SinkStats) -> None:
         self.stats.add(stats)
@@ -282,11 +358,16 @@ class BatchFoldEngine:
                     raise self._failure
                 # Before preparing: a rebalance during prepare's yields re-positions.
                 records, starts = self._positioned(fetched)
-                if records:
-                    prepared = await self.sink.prepare_yielding(records)
-                    await writer.submit(dataclasses.replace(prepared, starts=starts))
-                else:
-                    await writer.wait()
+                try:
+                    if records:
+                        prepared = await self.sink.prepare_yielding(records)
+                        await writer.submit(dataclasses.replace(prepared, starts=starts))
+                    else:
+                        await writer.wait()
+                except HistoryRewound as exc:
+                    log.warning("%s", exc)
+                    await self._rewind(consumer, exc.positions)
+                    continue
                 now = loop.time()
                 if now - last_commit >= COMMIT_INTERVAL_S:
                     last_commit = now
@@ -298,7 +379,10 @@ class BatchFoldEngine:
                     except StoreUnavailable as exc:
                         log.warning("checking the view's positions failed: %s", exc)
         finally:
-            await writer.settle()
+            try:
+                await writer.settle()
+            except HistoryRewound:
+                pass  # stopping anyway: the next start positions from the stores
             await self.rebuilder.close()
             self.consumer = None
             await consumer.stop()

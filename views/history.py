@@ -33,7 +33,7 @@ from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.views import migrations, partitions
 from resultlog.views.migrations import quote_ident
-from resultlog.views.pg import PooledStore, translate_errors
+from resultlog.views.pg import PooledStore, create_pool, translate_errors
 
 #: Partitions made ahead of the current day (plus yesterday, for clock skew).
 PARTITIONS_AHEAD_DAYS = 3
@@ -202,8 +202,18 @@ class HistoryStore(PooledStore):
     application_name = "resultlog-history"
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool | None = None, *,
-                 partitions_ahead_days: int = PARTITIONS_AHEAD_DAYS) -> None:
+                 partitions_ahead_days: int = PARTITIONS_AHEAD_DAYS,
+                 durable_commits: bool = True) -> None:
         super().__init__(settings, pool)
+        if not durable_commits and pool is not None:
+            raise ConfigurationError(
+                "HistoryStore(durable_commits=False) sets synchronous_commit on connections "
+                "of its own: do not pass it a shared pool")
+        self.durable_commits = durable_commits
+        # New physical connections opened so far. With asynchronous commits a PostgreSQL
+        # crash can lose the last commits, and a crash breaks every connection: a writer
+        # that sees this number move checks what the history still holds.
+        self.connections_opened = 0
         self._ahead = partitions_ahead_days
         self._known_days: set[int] = set()
         self._ahead_done_for: int | None = None  # the day the ahead window was last made
@@ -263,6 +273,23 @@ class HistoryStore(PooledStore):
 
     # -- lifetime -------------------------------------------------------------------
 
+    async def start(self) -> None:
+        """Open the pool (unless one was given). Without ``durable_commits`` its
+        connections commit asynchronously (``synchronous_commit = off``): a commit
+        returns before its WAL reaches the disk, and a PostgreSQL crash may lose the last
+        ones (well under a second of them), whole transactions only and always the most
+        recent, never one out of the middle. Only a writer that records its read
+        positions in the same transactions, and can read the lost tail again, may use
+        this: the live fold (``processors/engine.py``)."""
+        if self._pool is None:
+            self._pool = await create_pool(
+                self.settings, application_name=self.application_name,
+                server_settings=None if self.durable_commits else {"synchronous_commit": "off"},
+                init=self._opened)
+            self._own_pool = True
+
+    async def _opened(self, conn: asyncpg.Connection) -> None:
+        self.connections_opened += 1
 
     # -- schema ---------------------------------------------------------------------
 
