@@ -15,7 +15,8 @@ the events were accepted; within a batch order is append order. The idempotent p
 (acks=all) makes aiokafka's own retries of a batch duplicate-free. One outstanding batch
 per partition costs nothing: aiokafka sends one request per broker at a time, and that
 request carries one batch per partition anyway. While it is in flight the next batches
-fill up, so batch size adapts to load without any linger delay.
+fill up, so batch size adapts to load; ``linger_ms`` only bounds how long they wait
+for an acknowledgement, and an idle emitter sends at once.
 
 Failures. A batch aiokafka gives up on (a non-retriable broker answer such as a record
 too large for the topic) is counted as not delivered and reported: from ``flush()`` and
