@@ -34,12 +34,13 @@ Asynchronous history commits. The history commits with ``synchronous_commit = of
 (a commit returns before its WAL is on disk: an fsync off the path of every batch). A
 PostgreSQL crash may then lose the last commits, whole transactions and always a
 suffix of the WAL, so the rows of a lost batch go with its offsets. The engine keeps,
-per partition, the position it has written to the history (``_held``); whenever the
-history's pool had to open a new connection (a crash breaks them all) it reads the
-history's positions again before the next write, and if the history holds less than
-it wrote (:class:`~resultlog.errors.HistoryRewound`) it drops the batches in hand and
-seeks every partition back to what the history holds: the lost tail is read from the
-log again and written again (idempotently), before anything after it.
+per partition, the position it has written to the history (``_held``). A crash breaks
+every connection, and the history store shows the engine what the history holds on
+each new connection before its first write (``HistoryStore.verify_positions``): if the
+history holds less than the engine wrote (:class:`~resultlog.errors.HistoryRewound`),
+nothing is written, the batches in hand are dropped and every partition seeks back to
+what the history holds: the lost tail is read from the log again and written again
+(idempotently), before anything after it.
 """
 
 from __future__ import annotations
@@ -102,8 +103,6 @@ class BatchFoldEngine:
         # account (its positions at assignment, then every batch written). With
         # asynchronous commits a PostgreSQL crash can take it back: see the docstring.
         self._held: dict[int, int] = {}
-        # The history pool's connections_opened when its positions were last checked.
-        self._connections_checked = -1
         # A failure aiokafka's rebalance listener would swallow; the fold loop raises it.
         self._failure: BaseException | None = None
 
@@ -214,7 +213,6 @@ class BatchFoldEngine:
             if self._failure is not None:
                 raise self._failure
             try:
-                await self._check_history()
                 stats = await self.sink.write(prepared)
                 for (_, p), o in prepared.offsets.items():
                     if o > self._written.get(p, -1):
@@ -239,17 +237,11 @@ class BatchFoldEngine:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    async def _check_history(self) -> None:
+    def _verify_history(self, held_by_history: dict[tuple[str, str, int], int]) -> None:
         """Raise :class:`HistoryRewound` if the history lost commits this processor made
-        (checked only after its pool opened a connection: a crash breaks them all)."""
-        history = self.sink.history
-        assert history is not None
-        if history.durable_commits or history.connections_opened == self._connections_checked:
-            return
-        opened = history.connections_opened
-        holds = await history.committed_offsets(self.settings.consumer_group,
-                                                self.settings.events_topic)
-        self._connections_checked = opened
+        (shown on each new connection of the history's pool: a crash breaks them all)."""
+        group, topic = self.settings.consumer_group, self.settings.events_topic
+        holds = {p: o for (g, t, p), o in held_by_history.items() if g == group and t == topic}
         lost = {p: (holds.get(p, -1), o) for p, o in self._held.items() if holds.get(p, -1) < o}
         if not lost:
             return
@@ -333,6 +325,8 @@ class BatchFoldEngine:
         s = self.settings
         await self.sink.start()
         assert self.sink.redis is not None, "the live fold writes the Redis view"
+        assert self.sink.history is not None
+        self.sink.history.verify_positions = self._verify_history
         self.coverage = ViewCoverage(s, self.sink.redis.client, s.consumer_group)
         self.rebuilder = ViewRebuilder(s, self.coverage, self.sink.redis)
         consumer = AIOKafkaConsumer(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from json.encoder import encode_basestring as _json_str  # C-accelerated
@@ -210,10 +210,12 @@ class HistoryStore(PooledStore):
                 "HistoryStore(durable_commits=False) sets synchronous_commit on connections "
                 "of its own: do not pass it a shared pool")
         self.durable_commits = durable_commits
-        # New physical connections opened so far. With asynchronous commits a PostgreSQL
-        # crash can lose the last commits, and a crash breaks every connection: a writer
-        # that sees this number move checks what the history still holds.
-        self.connections_opened = 0
+        # With asynchronous commits a PostgreSQL crash can lose the last commits, and a
+        # crash breaks every connection. So before a new connection's first write the
+        # writer is shown what the history holds (consumer group, topic, partition ->
+        # next offset) and may refuse to go on (the live fold raises HistoryRewound).
+        self.verify_positions: Callable[[dict[tuple[str, str, int], int]], None] | None = None
+        self._unverified: set[int] = set()  # server pids of connections not yet shown
         self._ahead = partitions_ahead_days
         self._known_days: set[int] = set()
         self._ahead_done_for: int | None = None  # the day the ahead window was last made
@@ -289,7 +291,21 @@ class HistoryStore(PooledStore):
             self._own_pool = True
 
     async def _opened(self, conn: asyncpg.Connection) -> None:
-        self.connections_opened += 1
+        if not self.durable_commits:
+            self._unverified.add(conn.get_server_pid())
+
+    async def _verify(self, conn: asyncpg.Connection) -> None:
+        """On a connection's first write: show the writer what the history holds."""
+        if self.verify_positions is None or not self._unverified:
+            return
+        pid = conn.get_server_pid()
+        if pid not in self._unverified:
+            return
+        rows = await conn.fetch(
+            f"SELECT consumer_group, kafka_topic, kafka_partition, next_offset FROM {self._offsets}")
+        self._unverified.discard(pid)
+        self.verify_positions({(from_pg_text(r["consumer_group"]), r["kafka_topic"],
+                                r["kafka_partition"]): r["next_offset"] for r in rows})
 
     # -- schema ---------------------------------------------------------------------
 
@@ -397,10 +413,12 @@ class HistoryStore(PooledStore):
         if 0 < len(rows) <= SMALL_BATCH_ROWS and offset_args[0]:
             columns = [list(col) for col in zip(*rows)]
             async with self._connection() as conn:
+                await self._verify(conn)
                 count: int = await conn.fetchval(
                     self._insert_small, *columns, to_pg_text(consumer_group), *offset_args)
             return count
         async with self._connection() as conn:
+            await self._verify(conn)
             async with conn.transaction():
                 if rows:
                     await conn.execute(self._create_stage)
