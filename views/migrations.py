@@ -55,6 +55,7 @@ def placeholders(schema: str) -> dict[str, str]:
         "schema": quote_ident(schema),
         "history_table": names.HISTORY_TABLE,
         "offsets_table": names.OFFSETS_TABLE,
+        "summary_table": names.TASK_SUMMARY_TABLE,
     }
 
 
