@@ -101,3 +101,12 @@ JOIN (
     FROM {schema}.{history_table} e
     GROUP BY e.task_id
 ) f USING (task_id);
+
+-- A task page's lineage: its children, its group's and its chord's members. Partial:
+-- only the events that carry the id are indexed.
+CREATE INDEX {history_table}_parent_id_idx ON {schema}.{history_table} (parent_id)
+    WHERE parent_id IS NOT NULL;
+CREATE INDEX {history_table}_group_id_idx ON {schema}.{history_table} (group_id)
+    WHERE group_id IS NOT NULL;
+CREATE INDEX {history_table}_chord_id_idx ON {schema}.{history_table} (chord_id)
+    WHERE chord_id IS NOT NULL;
