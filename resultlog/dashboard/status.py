@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 
 import redis.asyncio
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 
 from resultlog import names
 from resultlog.processors.deadletter import OFFSET_HEADER, PARTITION_HEADER, REASON_HEADER
@@ -76,6 +77,7 @@ class PipelineStatus:
         self.history = history
         self.coverage = ViewCoverage(settings, client, settings.consumer_group)
         self._consumer: AIOKafkaConsumer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
         self._lock = asyncio.Lock()
         self._letters: tuple[tuple[int, ...], DeadLetters] | None = None
 
@@ -85,8 +87,15 @@ class PipelineStatus:
             enable_auto_commit=False, auto_offset_reset="earliest",
             request_timeout_ms=int(self.settings.kafka_timeout_s * 1000))
         self._consumer = await started(consumer, self.settings, "read offsets from")
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            request_timeout_ms=int(self.settings.kafka_timeout_s * 1000))
+        self._admin = await started(admin, self.settings, "describe topics on")
 
     async def close(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
@@ -98,11 +107,14 @@ class PipelineStatus:
         return self._consumer
 
     async def _partitions(self, topic: str) -> list[TopicPartition]:
-        found = self.consumer.partitions_for_topic(topic)
-        if found is None:
-            await self.consumer.topics()  # fetches the cluster's metadata again
-            found = self.consumer.partitions_for_topic(topic)
-        return [TopicPartition(topic, p) for p in sorted(found or ())]
+        """The topic's partitions; none if it does not exist (yet)."""
+        if self._admin is None:
+            raise RuntimeError("PipelineStatus.start() first")
+        [described] = await self._admin.describe_topics([topic])
+        if described["error_code"] != 0:
+            return []
+        return [TopicPartition(topic, p["partition"])
+                for p in sorted(described["partitions"], key=lambda p: p["partition"])]
 
     async def lag(self) -> list[PartitionLag]:
         topic = self.settings.events_topic

@@ -89,6 +89,9 @@ function connectLive() {
   source.addEventListener("ready", () => { status.textContent = "live"; status.className = "live-on"; });
   source.onerror = () => { status.textContent = "live: reconnecting"; status.className = "live-off"; };
   source.addEventListener("transitions", ev => showLive(JSON.parse(ev.data)));
+  // A page left open in the back/forward cache would keep its stream, and browsers
+  // allow only six connections per server: close it when the page goes away.
+  window.addEventListener("pagehide", () => source.close());
 }
 
 drawPlots();
