@@ -7,6 +7,7 @@ files shipped in the package (no CDN). Only GET exists: the dashboard never writ
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
@@ -15,10 +16,12 @@ from typing import Any
 
 import redis.asyncio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from resultlog.analytics_commands import parse_duration, parse_time
 from resultlog.dashboard.live import LiveHub, sse_stream
@@ -30,7 +33,7 @@ from resultlog.errors import ResultlogError, StoreUnavailable, ValidationError
 from resultlog.schemas.event import validate_task_id
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
-from resultlog.views.analytics import Analytics
+from resultlog.views.analytics import Analytics, NameStats
 from resultlog.views.history import HistoryStore
 from resultlog.views.pg import create_pool
 
@@ -94,20 +97,29 @@ async def overview(request: Request) -> Response:
     chords = await d.status.chords([c for c, _ in await d.reads.recent_chords(since)])
     plots = {
         "states": {"x": series.bucket_starts, "series": series.per_state},
-        "name": {
-            "x": [r.bucket_start.timestamp() for r in by_name],
-            "rates": {"success": [r.success_rate for r in by_name],
-                      "failure": [r.failure_rate for r in by_name],
-                      "retry": [r.retry_rate for r in by_name]},
-            "runtime": {"p50": [r.runtime_p50 for r in by_name],
-                        "p95": [r.runtime_p95 for r in by_name],
-                        "p99": [r.runtime_p99 for r in by_name]},
-        },
+        "name": name_series(by_name, series.bucket_starts),
     }
     return d.render("overview.html", page="overview", window=key, windows=list(WINDOWS),
                     table=table, names=names, name=name, plots=plots, lag=lag,
                     letters=letters, chords=[c for c in chords if not c.ready],
                     rebuilding=any(p.view_gap for p in lag))
+
+
+def name_series(rows: list[NameStats], starts: list[float]) -> dict[str, Any]:
+    """One name's per-bucket statistics laid on every bucket of the window (None where
+    the bucket had no outcome), so the plots span the whole window."""
+    at = {r.bucket_start.timestamp(): r for r in rows}
+
+    def column(field: str) -> list[float | None]:
+        return [getattr(at[x], field) if x in at else None for x in starts]
+
+    return {
+        "x": starts,
+        "rates": {"success": column("success_rate"), "failure": column("failure_rate"),
+                  "retry": column("retry_rate")},
+        "runtime": {"p50": column("runtime_p50"), "p95": column("runtime_p95"),
+                    "p99": column("runtime_p99")},
+    }
 
 
 def task_filter(request: Request) -> TaskFilter:
@@ -184,6 +196,31 @@ async def on_user_error(request: Request, exc: Exception) -> Response:
     return d.render("error.html", status, page="", message=str(exc))
 
 
+class ServerTiming:
+    """Adds ``Server-Timing: app;dur=<ms>`` to each response: the time from the request
+    to the response's first bytes, which for a page is all of its work (it is rendered
+    before it is sent). Browsers show it; bench/dashboard_pages.py reads it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+
+        async def timed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                ms = (time.perf_counter() - started) * 1000
+                headers = list(message.get("headers", []))
+                headers.append((b"server-timing", f"app;dur={ms:.1f}".encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, timed)
+
+
 def create_app(settings: Settings) -> Starlette:
     dashboard = Dashboard(settings)
 
@@ -204,5 +241,5 @@ def create_app(settings: Settings) -> Starlette:
         Route("/live", live),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
-    return Starlette(routes=routes, lifespan=lifespan,
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(ServerTiming)],
                      exception_handlers={ResultlogError: on_user_error})

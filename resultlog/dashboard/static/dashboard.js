@@ -18,7 +18,8 @@ function plot(id, x, named, yLabel) {
   if (!x.length || !labels.length) { el.textContent = "No data in this window."; return; }
   const opts = {
     width: 440, height: 220,
-    series: [{}].concat(labels.map(l => ({ label: l, stroke: COLORS[l] || "#555", width: 1.5 }))),
+    series: [{}].concat(labels.map(l => ({ label: l, stroke: COLORS[l] || "#555", width: 1.5,
+      spanGaps: true, points: { show: true, size: 4 } }))),
     axes: [{}, { label: yLabel, size: 60 }],
   };
   new uPlot(opts, [x].concat(labels.map(l => named[l])), el);
