@@ -7,6 +7,7 @@ files shipped in the package (no CDN). Only GET exists: the dashboard never writ
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -86,15 +87,18 @@ def window_of(request: Request) -> tuple[str, datetime, datetime, timedelta]:
 async def overview(request: Request) -> Response:
     d: Dashboard = request.app.state.dashboard
     key, since, until, width = window_of(request)
-    series = await d.reads.state_series(since, until, width)
-    table = await d.analytics.stats(since, until)
+    # Independent reads, each on its own pooled connection: the page waits for the
+    # slowest, not for the sum.
+    series, table, lag, letters, recent = await asyncio.gather(
+        d.reads.state_series(since, until, width), d.analytics.stats(since, until),
+        d.status.lag(), d.status.dead_letters(), d.reads.recent_chords(since))
     names = [r.task_name for r in table if r.task_name is not None]
     name = request.query_params.get("name") or (
         max(table, key=lambda r: r.outcomes).task_name if table else None)
-    by_name = [] if name is None else await d.analytics.stats(since, until, bucket=width, name=name)
-    lag = await d.status.lag()
-    letters = await d.status.dead_letters()
-    chords = await d.status.chords([c for c, _ in await d.reads.recent_chords(since)])
+    by_name, chords = await asyncio.gather(
+        d.analytics.stats(since, until, bucket=width, name=name) if name is not None
+        else _nothing(),
+        d.status.chords([c for c, _ in recent]))
     plots = {
         "states": {"x": series.bucket_starts, "series": series.per_state},
         "name": name_series(by_name, series.bucket_starts),
@@ -103,6 +107,10 @@ async def overview(request: Request) -> Response:
                     table=table, names=names, name=name, plots=plots, lag=lag,
                     letters=letters, chords=[c for c in chords if not c.ready],
                     rebuilding=any(p.view_gap for p in lag))
+
+
+async def _nothing() -> list[NameStats]:
+    return []
 
 
 def name_series(rows: list[NameStats], starts: list[float]) -> dict[str, Any]:
