@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -255,3 +256,11 @@ async def test_live_transition_appears_without_reload(stack: Stack, browser: web
     assert browser.execute_script("return window.__same_page === true"), "the page reloaded"
     assert browser.execute_script("return window.__pwned === undefined")
     shot(browser, "overview-live")
+
+
+async def test_only_reads(stack: Stack) -> None:
+    for path in ("/", "/tasks", "/tasks/bulk-000", "/workers", "/live", "/static/dashboard.js"):
+        request = urllib.request.Request(stack.url + path, data=b"x", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            await asyncio.to_thread(urllib.request.urlopen, request, timeout=10)
+        assert refused.value.code == 405, path
