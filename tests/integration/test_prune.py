@@ -230,6 +230,7 @@ async def test_cli_prune(store: HistoryStore) -> None:
     lines = out.splitlines()
     assert lines[0].startswith("dry run: would remove events before ") and lines[0].endswith("(older than 30d)")
     assert lines[1:] == [f"would drop {p(d)}: {n} rows" for d, n in ((D - 3, 3), (D - 2, 2), (D - 1, 5), (D, 2))] + [
+        "would forget 12 tasks in task_summary",
         "would remove 12 rows: 4 partition(s) dropped, 0 trimmed"]
     assert await partitions(store) == before
     code, out, err = await cli(store.settings, "prune", "--older-than", "30d")
