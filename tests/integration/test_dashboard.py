@@ -263,4 +263,5 @@ async def test_only_reads(stack: Stack) -> None:
         request = urllib.request.Request(stack.url + path, data=b"x", method="POST")
         with pytest.raises(urllib.error.HTTPError) as refused:
             await asyncio.to_thread(urllib.request.urlopen, request, timeout=10)
+        refused.value.close()
         assert refused.value.code == 405, path
