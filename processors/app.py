@@ -24,6 +24,7 @@ from resultlog import names
 from resultlog.processors import chords
 from resultlog.processors.engine import BatchFoldEngine
 from resultlog.processors.sink import FoldSink, SinkStats
+from resultlog.connections import faust_broker_credentials
 from resultlog.settings import Settings
 
 log = logging.getLogger("resultlog.processor")
@@ -36,6 +37,8 @@ def faust_settings(settings: Settings, **overrides: Any) -> dict[str, Any]:
         # partition assignor (needed for tables) cannot share a group with it.
         id=names.faust_group(settings.consumer_group),
         broker=[f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap_servers.split(",")],
+        # security.protocol, SASL and TLS for every client faust makes.
+        broker_credentials=faust_broker_credentials(settings),
         web_enabled=False,
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication_factor,

@@ -70,6 +70,7 @@ from resultlog.schemas.chords import ChordCompleted, FailedMember
 from resultlog.schemas.codec import Codec
 from resultlog.producers.topics import ensure_topics
 from resultlog.schemas.event import ExceptionInfo
+from resultlog.connections import kafka_client_args
 from resultlog.settings import Settings
 from resultlog.views._redis import async_client, translated
 from resultlog.views.chords import ChordStore, Progress
@@ -216,7 +217,7 @@ class ChordAggregator:
         dead_letters = DeadLetterWriter(s)
         await self.state.start()
         consumer = self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
+            **kafka_client_args(s),
             group_id=names.chord_group(s.consumer_group),
             enable_auto_commit=False,
             auto_offset_reset="earliest",

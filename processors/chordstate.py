@@ -28,6 +28,7 @@ from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from resultlog.errors import BrokerUnavailable
 from resultlog.producers.kafka import started
 from resultlog.producers.topics import KAFKA_DEFAULT_MAX_MESSAGE_BYTES
+from resultlog.connections import kafka_client_args
 from resultlog.settings import Settings
 
 
@@ -87,7 +88,7 @@ class ChangelogTables:
 
     async def start(self) -> None:
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            **kafka_client_args(self.settings),
             acks="all",
             enable_idempotence=True,  # ordered, and no duplicate on a retried send
             linger_ms=1,
@@ -125,7 +126,7 @@ class ChangelogTables:
         data: dict[int, dict[str, Any]] = {p: {} for p in partitions}
         if not partitions:
             return data
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers,
+        consumer = AIOKafkaConsumer(**kafka_client_args(self.settings),
                                     group_id=None, enable_auto_commit=False)
         try:
             await consumer.start()

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
 from resultlog.producers.kafka import started
 from resultlog.producers.topics import max_message_bytes
+from resultlog.connections import kafka_client_args
 from resultlog.settings import Settings
 
 REASON_HEADER = "resultlog.reason"
@@ -52,7 +53,7 @@ class TopicWriter:
     async def _get_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
             producer = AIOKafkaProducer(
-                bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                **kafka_client_args(self.settings),
                 acks="all",
                 enable_idempotence=True,
                 linger_ms=1,

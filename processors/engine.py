@@ -45,6 +45,7 @@ from resultlog.errors import BrokerUnavailable, ResultlogError, StoreUnavailable
 from resultlog.processors.rebuild import ViewRebuilder
 from resultlog.producers.kafka import started
 from resultlog.processors.sink import FoldSink, PipelinedWriter, Prepared, SinkStats
+from resultlog.connections import kafka_client_args
 from resultlog.settings import Settings
 from resultlog.views.coverage import Claim, ViewCoverage
 
@@ -260,7 +261,7 @@ class BatchFoldEngine:
         self.coverage = ViewCoverage(s, self.sink.redis.client, s.consumer_group)
         self.rebuilder = ViewRebuilder(s, self.coverage, self.sink.redis)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
+            **kafka_client_args(s),
             group_id=s.consumer_group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

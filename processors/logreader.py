@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-unt
 from resultlog.errors import ValidationError
 from resultlog.producers.kafka import started
 from resultlog.processors.sink import Record
+from resultlog.connections import kafka_client_args
 from resultlog.settings import Settings
 
 
@@ -39,7 +40,7 @@ class LogReader:
 
     async def __aenter__(self) -> LogReader:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            **kafka_client_args(self.settings),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

@@ -24,6 +24,7 @@ from resultlog.processors.progress import Progress
 from resultlog.processors.replayworkers import run_shares, split
 from resultlog.processors.sink import FoldSink, SinkStats
 from resultlog.producers.kafka import started
+from resultlog.connections import kafka_client_args, redis_url
 from resultlog.settings import Settings
 from resultlog.views.coverage import Claim, ViewCoverage
 from resultlog.views.history import HistoryStore
@@ -61,7 +62,7 @@ class ReplaySummary:
 
 async def live_members(settings: Settings) -> int:
     """How many processes are members of the live processor's consumer group now."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers,
+    admin = AIOKafkaAdminClient(**kafka_client_args(settings),
                                 request_timeout_ms=int(settings.kafka_timeout_s * 1000))
     await started(admin, settings)
     try:
@@ -81,7 +82,7 @@ async def clear_redis_view(settings: Settings) -> int:
 
     Chord hook claims stay: they record side effects that happened, which a rebuilt
     view must not make happen again."""
-    client: Redis = Redis.from_url(settings.redis_url)
+    client: Redis = Redis.from_url(redis_url(settings))
     deleted = 0
     keep = names.chord_hook_claim_key(settings.redis_prefix, "")
     try:
@@ -101,7 +102,7 @@ async def clear_redis_view(settings: Settings) -> int:
 
 
 async def clear_redis_offsets(settings: Settings, group: str) -> None:
-    client: Redis = Redis.from_url(settings.redis_url)
+    client: Redis = Redis.from_url(redis_url(settings))
     try:
         await client.delete(names.offsets_key(settings.redis_prefix, group))
     finally:
@@ -113,7 +114,7 @@ async def record_live_positions(settings: Settings, plan: Slice) -> None:
     (views/coverage.py) that the view holds the log up to the replay's end, where it
     has no record, so its next start does not rebuild again what the replay just did.
     A partition it has a record of keeps it (the processor resumes from its stores)."""
-    client: Redis = Redis.from_url(settings.redis_url)
+    client: Redis = Redis.from_url(redis_url(settings))
     try:
         coverage = ViewCoverage(settings, client, settings.consumer_group)
         await coverage.claim({p: Claim(end, end) for p, end in plan.end.items()})

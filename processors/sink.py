@@ -111,6 +111,9 @@ class FoldSink:
     async def start(self) -> None:
         if self.redis is None and self.write_redis:
             self.redis = RedisView(self.settings)
+            # A refusal (wrong password, untrusted certificate) stops the start here,
+            # naming the setting; an outage is waited out while positioning.
+            await self.redis.check_access()
         if self.history is None:
             # The history store also holds the offsets, so it is always opened.
             self.history = HistoryStore(self.settings)

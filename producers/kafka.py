@@ -15,7 +15,9 @@ from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.codec import has_lz4, has_snappy, has_zstd  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
-from resultlog.errors import BrokerUnavailable, ConfigurationError
+from resultlog.connections import kafka_client_args
+from resultlog.errors import BrokerUnavailable, ConfigurationError, ResultlogError
+from resultlog.refusals import kafka_refusal
 from resultlog.settings import Settings
 
 log = logging.getLogger("resultlog.producers")
@@ -56,7 +58,7 @@ def make_producer(settings: Settings, config: ProducerConfig) -> AIOKafkaProduce
     delay batches that are already complete.
     """
     return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **kafka_client_args(settings),
         client_id=config.client_id,
         acks="all",
         enable_idempotence=True,
@@ -73,8 +75,17 @@ def unreachable(settings: Settings, exc: BaseException | None, doing: str) -> Br
     return BrokerUnavailable(
         f"could not {doing} Kafka at {settings.kafka_bootstrap_servers} within "
         f"{settings.kafka_timeout_s:g} s ({cause}); check that the broker is running and "
-        "reachable, or set RESULTLOG_KAFKA_BOOTSTRAP_SERVERS (and RESULTLOG_KAFKA_TIMEOUT_S)"
+        "reachable, or set RESULTLOG_KAFKA_BOOTSTRAP_SERVERS (and RESULTLOG_KAFKA_TIMEOUT_S); "
+        f"RESULTLOG_KAFKA_SECURITY_PROTOCOL ({settings.kafka_security_protocol}) must be what "
+        "the broker's listener expects"
     )
+
+
+async def start_failure(settings: Settings, exc: BaseException | None, doing: str) -> ResultlogError:
+    """Why a Kafka client could not start: a refusal that names the setting to fix (wrong
+    password, untrusted certificate: resultlog/refusals.py), else :func:`unreachable`."""
+    refused = await kafka_refusal(settings)
+    return refused if refused is not None else unreachable(settings, exc, doing)
 
 
 Client = TypeVar("Client", bound=Any)
@@ -89,7 +100,7 @@ async def started(client: Client, settings: Settings, doing: str = "connect to")
     except KafkaError as exc:
         stop = getattr(client, "stop", None) or client.close
         await stop()
-        raise unreachable(settings, exc, doing) from exc
+        raise await start_failure(settings, exc, doing) from exc
     return client
 
 
@@ -102,7 +113,7 @@ async def start_producer(settings: Settings, config: ProducerConfig, topic: str)
             partitions = await producer.partitions_for(topic)
     except (KafkaError, OSError, TimeoutError) as exc:
         await close_producer(producer, settings.kafka_timeout_s)
-        raise unreachable(settings, exc, "connect to") from exc
+        raise await start_failure(settings, exc, "connect to") from exc
     except BaseException:
         await close_producer(producer, settings.kafka_timeout_s)
         raise

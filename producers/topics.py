@@ -19,7 +19,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType  #
 from aiokafka.errors import KafkaError, NoError, TopicAlreadyExistsError, for_code  # type: ignore[import-untyped]
 
 from resultlog.errors import BrokerUnavailable, ConfigurationError
-from resultlog.producers.kafka import unreachable
+from resultlog.connections import kafka_client_args
+from resultlog.producers.kafka import start_failure
 from resultlog.settings import Settings
 
 # Kafka's own default for message.max.bytes (and so for a topic's max.message.bytes).
@@ -100,7 +101,7 @@ async def ensure_topics(
     ]
     timeout_ms = int(settings.kafka_timeout_s * 1000)
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **kafka_client_args(settings),
         client_id="resultlog-admin",
         request_timeout_ms=timeout_ms,
     )
@@ -114,7 +115,7 @@ async def ensure_topics(
             await _wait_for_leaders(admin, [t.name for t in wanted])
             await _check_record_size(admin, settings, [t.name for t in wanted if t.name not in created])
     except (KafkaError, OSError, TimeoutError) as exc:
-        raise unreachable(settings, exc, "create topics on") from exc
+        raise await start_failure(settings, exc, "create topics on") from exc
     finally:
         await admin.close()
     return created

@@ -10,14 +10,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from resultlog import names
 from resultlog.errors import ConfigurationError
+from resultlog.redaction import MASK, redact_url
 
 ENV_PREFIX = "RESULTLOG_"
 
@@ -30,6 +31,19 @@ DEV_KAFKA_BROKER_COUNTS = (1, 3)
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 _IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# Kafka's own names and values (security.protocol, sasl.mechanism): see docs/operations.md.
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+# ssl.endpoint.identification.algorithm: "https" checks the broker's host name against
+# its certificate; "none" (librdkafka's word) or "" (the Java client's) does not.
+KAFKA_ENDPOINT_IDENTIFICATION = ("https", "none", "")
+# libpq's sslmode values (asyncpg takes them in the DSN's query).
+POSTGRES_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# Settings whose value is a secret: never printed.
+SECRET_SETTINGS = frozenset({"kafka_sasl_password", "kafka_ssl_key_password"})
+# Settings that are URLs which may hold a password: printed redacted.
+URL_SETTINGS = frozenset({"redis_url", "postgres_dsn"})
+
 _HOOK_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -64,6 +78,20 @@ class Settings:
     topic_retention_ms: int = -1
     consumer_group: str = names.DEFAULT_CONSUMER_GROUP
     kafka_timeout_s: float = 10.0
+    # Security, with Kafka's own names (librdkafka's where the Java client would take a
+    # keystore): security.protocol, sasl.mechanism, sasl.username, sasl.password,
+    # ssl.ca.location, ssl.certificate.location, ssl.key.location, ssl.key.password,
+    # ssl.endpoint.identification.algorithm. Every Kafka client resultlog makes uses them
+    # (resultlog/connections.py). An empty CA location trusts the system's CAs.
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
+    kafka_ssl_ca_location: str = ""
+    kafka_ssl_certificate_location: str = ""
+    kafka_ssl_key_location: str = ""
+    kafka_ssl_key_password: str = field(default="", repr=False)
+    kafka_ssl_endpoint_identification_algorithm: str = "https"
     # How long the processor keeps retrying stores that do not answer while it positions
     # newly assigned partitions, before it stops with the reason (its supervisor
     # restarts it; it could fold nothing meanwhile anyway).
@@ -75,12 +103,15 @@ class Settings:
     # Run once per completed chord by the processor: "package.module:function" taking a
     # ChordCompleted (sync or async); empty for none. See docs/chords.md.
     chord_hook: str = ""
-    # Redis
+    # Redis. TLS and ACL users go in the URL, with redis-py's names (as Celery's Redis
+    # backend takes them): rediss://user:password@host:port/0?ssl_ca_certs=ca.pem
+    # &ssl_certfile=client.pem&ssl_keyfile=client.key
     redis_url: str = f"redis://127.0.0.1:{DEV_REDIS_PORT}/0"
     redis_prefix: str = names.DEFAULT_REDIS_PREFIX
     # Like Celery's result_expires: one day. 0 means results never expire.
     result_ttl_s: int = 86_400
-    # PostgreSQL
+    # PostgreSQL. TLS goes in the DSN, with libpq's names (asyncpg reads them):
+    # ?sslmode=verify-full&sslrootcert=ca.pem&sslcert=client.pem&sslkey=client.key
     postgres_dsn: str = (
         f"postgresql://resultlog:resultlog@127.0.0.1:{DEV_POSTGRES_PORT}/resultlog"
     )
@@ -94,6 +125,27 @@ class Settings:
 
     def __post_init__(self) -> None:
         _check(self)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={self.display(f.name)}" for f in fields(self))
+        return f"Settings({shown})"
+
+    def display(self, name: str) -> str:
+        """The setting ``name`` as it may be printed: secrets masked, URLs redacted."""
+        value = getattr(self, name)
+        if name in SECRET_SETTINGS:
+            return repr(MASK if value else "")
+        if name in URL_SETTINGS:
+            return repr(redact_url(value))
+        return repr(value)
+
+    @property
+    def kafka_uses_ssl(self) -> bool:
+        return self.kafka_security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def kafka_uses_sasl(self) -> bool:
+        return self.kafka_security_protocol.startswith("SASL_")
 
     @property
     def dead_letter_topic(self) -> str:
@@ -152,7 +204,7 @@ def _parse(var: str, raw: str, type_name: Any) -> Any:
 def _check(s: Settings) -> None:
     def bad(name: str, why: str) -> ConfigurationError:
         return ConfigurationError(
-            f"setting {name} = {getattr(s, name)!r} is invalid: {why} "
+            f"setting {name} = {s.display(name)} is invalid: {why} "
             f"(set RESULTLOG_{name.upper()})"
         )
 
@@ -184,14 +236,22 @@ def _check(s: Settings) -> None:
         raise bad("assign_timeout_s", "must be positive")
     if not 1024 <= s.max_event_bytes <= 100_000_000:
         raise bad("max_event_bytes", "must be between 1024 and 100000000")
-    if urlsplit(s.redis_url).scheme not in ("redis", "rediss", "unix"):
-        raise bad("redis_url", "expected redis://host:port/db")
+    _check_kafka_security(s, bad)
+    redis = urlsplit(s.redis_url)
+    if redis.scheme not in ("redis", "rediss", "unix"):
+        raise bad("redis_url", "expected redis://host:port/db (rediss:// for TLS)")
+    tls_params = sorted(k for k, _ in parse_qsl(redis.query) if k.startswith("ssl_"))
+    if tls_params and redis.scheme != "rediss":
+        raise bad("redis_url", f"{', '.join(tls_params)} only apply to TLS: use rediss://")
     if not s.redis_prefix or any(c.isspace() for c in s.redis_prefix):
         raise bad("redis_prefix", "must be non-empty, without spaces")
     if s.result_ttl_s < 0:
         raise bad("result_ttl_s", "seconds >= 0 (0 means never expire)")
     if urlsplit(s.postgres_dsn).scheme not in ("postgres", "postgresql"):
         raise bad("postgres_dsn", "expected postgresql://user:password@host:port/db")
+    sslmode = dict(parse_qsl(urlsplit(s.postgres_dsn).query)).get("sslmode")
+    if sslmode is not None and sslmode not in POSTGRES_SSLMODES:
+        raise bad("postgres_dsn", f"sslmode={sslmode!r} is not one of {', '.join(POSTGRES_SSLMODES)}")
     if not _IDENT_RE.match(s.postgres_schema):
         raise bad("postgres_schema", "a lower-case SQL identifier")
     if s.chord_hook and not _HOOK_RE.match(s.chord_hook):
@@ -203,6 +263,39 @@ def _check(s: Settings) -> None:
         )
     if s.test_services not in ("auto", "local", "docker", "env"):
         raise bad("test_services", "one of auto, local, docker, env")
+
+
+def _check_kafka_security(s: Settings, bad: Callable[[str, str], ConfigurationError]) -> None:
+    if s.kafka_security_protocol not in KAFKA_SECURITY_PROTOCOLS:
+        raise bad("kafka_security_protocol", f"one of {', '.join(KAFKA_SECURITY_PROTOCOLS)}")
+    if s.kafka_uses_sasl:
+        if s.kafka_sasl_mechanism not in KAFKA_SASL_MECHANISMS:
+            raise bad("kafka_sasl_mechanism", f"one of {', '.join(KAFKA_SASL_MECHANISMS)}")
+        for name in ("kafka_sasl_username", "kafka_sasl_password"):
+            if not getattr(s, name):
+                raise bad(name, f"required with security.protocol {s.kafka_security_protocol}")
+    else:
+        # A credential that would be ignored is a mistake in the other setting.
+        for name in ("kafka_sasl_username", "kafka_sasl_password"):
+            if getattr(s, name):
+                raise bad(name, f"SASL credentials need kafka_security_protocol SASL_SSL or "
+                                f"SASL_PLAINTEXT, not {s.kafka_security_protocol}")
+    tls_files = ("kafka_ssl_ca_location", "kafka_ssl_certificate_location",
+                 "kafka_ssl_key_location", "kafka_ssl_key_password")
+    if not s.kafka_uses_ssl:
+        for name in tls_files:
+            if getattr(s, name):
+                raise bad(name, f"TLS settings need kafka_security_protocol SSL or SASL_SSL, "
+                                f"not {s.kafka_security_protocol}")
+    if bool(s.kafka_ssl_certificate_location) != bool(s.kafka_ssl_key_location):
+        name = "kafka_ssl_key_location" if s.kafka_ssl_certificate_location else "kafka_ssl_certificate_location"
+        raise bad(name, "a client certificate needs both kafka_ssl_certificate_location and "
+                        "kafka_ssl_key_location")
+    if s.kafka_ssl_key_password and not s.kafka_ssl_key_location:
+        raise bad("kafka_ssl_key_password", "a key password needs kafka_ssl_key_location")
+    if s.kafka_ssl_endpoint_identification_algorithm not in KAFKA_ENDPOINT_IDENTIFICATION:
+        raise bad("kafka_ssl_endpoint_identification_algorithm",
+                  "https (check the broker's host name) or none")
 
 
 def port_of(url_or_hostport: str, default: int) -> int:

@@ -34,6 +34,10 @@ MAGIC = b"\xc3\x01"
 HEADER_SIZE = 10
 SCHEMA_DIR = Path(__file__).with_name("avro")
 TASK_EVENT = "io.resultlog.TaskEvent"
+# A forget: read back as a TaskEvent of state FORGOTTEN (see task_forgotten.v1.avsc).
+# Its own record type, so that the TaskEvent enum, and the fast readers and writers of
+# TaskEvent v2, stay as they are.
+TASK_FORGOTTEN = "io.resultlog.TaskForgotten"
 # Records about chords that share the events topic with task events (keyed by chord id).
 CHORD_DECLARED = "io.resultlog.ChordDeclared"
 CHORD_RECORDS = frozenset({CHORD_DECLARED})
@@ -197,6 +201,8 @@ class Codec:
 
     # Task events ---------------------------------------------------------------------
     def encode(self, event: TaskEvent) -> bytes:
+        if event.state is State.FORGOTTEN:
+            return self.encode_record(TASK_FORGOTTEN, forgotten_to_record(event))
         return self.encode_record(TASK_EVENT, event_to_record(event, self.schema_for(TASK_EVENT).version))
 
     def decode_any(self, data: bytes) -> TaskEvent | tuple[str, dict[str, Any]]:
@@ -210,6 +216,8 @@ class Codec:
         name, record = self.decode_record(data)
         if name == TASK_EVENT:
             return event_from_record(record)
+        if name == TASK_FORGOTTEN:
+            return forgotten_from_record(record)
         return name, record
 
     def decode(self, data: bytes) -> TaskEvent:
@@ -280,6 +288,20 @@ def event_from_record(record: Mapping[str, Any]) -> TaskEvent:
             eta=record.get("eta"),
             meta=record.get("meta") or {},
         )
+    except KeyError as exc:
+        raise CodecError(f"record lacks required field {exc}") from None
+
+
+def forgotten_to_record(event: TaskEvent) -> dict[str, Any]:
+    return {"event_id": event.event_id, "task_id": event.task_id,
+            "timestamp": event.timestamp, "worker": event.worker, "meta": dict(event.meta)}
+
+
+def forgotten_from_record(record: Mapping[str, Any]) -> TaskEvent:
+    try:
+        return TaskEvent(event_id=record["event_id"], task_id=record["task_id"],
+                         state=State.FORGOTTEN, timestamp=record["timestamp"],
+                         worker=record.get("worker"), meta=record.get("meta") or {})
     except KeyError as exc:
         raise CodecError(f"record lacks required field {exc}") from None
 

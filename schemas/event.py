@@ -26,6 +26,11 @@ from resultlog.schemas.states import (
 )
 
 MAX_ID_LENGTH = 255
+# The fields a FORGOTTEN event (a TaskForgotten record) cannot carry.
+_NOT_FORGOTTEN = (
+    "task_name", "attempt", "args", "kwargs", "result", "exception", "traceback", "runtime",
+    "parent_id", "root_id", "group_id", "chord_id", "chord_size", "chord_index", "eta",
+)
 _EVENT_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -85,6 +90,13 @@ class TaskEvent:
             value = getattr(self, name)
             if value is not None:
                 validate_id(name, value)
+        if self.state is State.FORGOTTEN:
+            # Its record (TaskForgotten) carries nothing else; refuse what would be lost.
+            extra = [name for name in _NOT_FORGOTTEN if getattr(self, name) not in (None, 0)]
+            if extra:
+                raise ValidationError(
+                    f"a FORGOTTEN event carries only event_id, task_id, timestamp, worker "
+                    f"and meta; it also has {', '.join(extra)}")
         if self.chord_id is not None:
             if self.chord_size is None or self.chord_index is None:
                 raise ValidationError("a chord member needs chord_size and chord_index")

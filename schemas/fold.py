@@ -78,6 +78,12 @@ class TaskView:
         }
 
 
+def visible(view: TaskView | None) -> TaskView | None:
+    """What a reader is shown of ``view``: nothing for a forgotten task (the view keeps
+    the FORGOTTEN winner as a tombstone, so that no late event brings the result back)."""
+    return None if view is None or view.state is State.FORGOTTEN else view
+
+
 def apply(view: TaskView | None, event: TaskEvent) -> TaskView:
     """``view`` joined with ``event``."""
     token = event.token

@@ -11,6 +11,10 @@ Why this order:
 - Within one attempt the lifecycle only moves forward: RECEIVED < STARTED < RETRY
   (this attempt ended and another is coming) < FAILURE < SUCCESS < REVOKED. REVOKED
   ranks highest because a revocation is the user's last word on the task.
+- FORGOTTEN ranks above everything and, whatever the event says, counts as the last
+  possible attempt: forgetting is the user's word on every attempt so far, and a
+  late event (a re-fold, a replay, a redelivered SUCCESS) must not bring the result
+  back. The price: a task id reused after its forget stays forgotten.
 - ``timestamp`` then ``event_id`` break ties deterministically, e.g. two STARTED
   events of the same attempt sent by a redelivered message.
 
@@ -35,6 +39,10 @@ class State(str, Enum):
     FAILURE = "FAILURE"
     SUCCESS = "SUCCESS"
     REVOKED = "REVOKED"
+    #: The result was forgotten (``forget()``). Carried by its own record type
+    #: (``TaskForgotten``), not by the TaskEvent enum, and never ready: readers see a
+    #: forgotten task as unknown.
+    FORGOTTEN = "FORGOTTEN"
 
     def __str__(self) -> str:
         return self.value
@@ -71,9 +79,12 @@ RANK: Final[dict[State, int]] = {
     State.FAILURE: 4,
     State.SUCCESS: 5,
     State.REVOKED: 6,
+    State.FORGOTTEN: 7,
 }
 
 READY_STATES: Final = frozenset({State.SUCCESS, State.FAILURE, State.REVOKED})
+#: The states a TaskEvent record carries (a forget has a record type of its own).
+RECORD_STATES: Final = tuple(s for s in State if s is not State.FORGOTTEN)
 EXCEPTION_STATES: Final = frozenset({State.FAILURE, State.RETRY, State.REVOKED})
 
 # Bounds that keep order_token fixed-width (and so byte-comparable).
@@ -84,9 +95,13 @@ OrderKey = tuple[int, int, int, str]
 
 
 def order_key(attempt: int, state: State, timestamp_ms: int, event_id: str) -> OrderKey:
+    if state is State.FORGOTTEN:
+        attempt = MAX_ATTEMPT
     return (attempt, RANK[state], timestamp_ms, event_id)
 
 
 def order_token(attempt: int, state: State, timestamp_ms: int, event_id: str) -> str:
     """``order_key`` as a string: 5-digit attempt, rank digit, 15-digit ms, event id."""
+    if state is State.FORGOTTEN:
+        attempt = MAX_ATTEMPT
     return f"{attempt:05d}{RANK[state]}{timestamp_ms:015d}{event_id}"

@@ -34,11 +34,13 @@ import pytest
 import redis.asyncio
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 
+from resultlog.connections import kafka_client_args, postgres_dsn, redis_url
 from resultlog.devstack import DevStack
 from resultlog.devstack.kafka import KafkaService
 from resultlog.devstack.postgres import PostgresService
 from resultlog.devstack.redis import RedisService
 from resultlog.devstack.service import Service
+from resultlog.redaction import redact_url
 from resultlog.settings import Settings
 
 _SERVICE_FIXTURES = {"base_settings"}
@@ -64,7 +66,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     }[s.test_services]
     return (
         f"resultlog services ({s.test_services}): {where}: kafka {s.kafka_bootstrap_servers}, "
-        f"redis {s.redis_url}, postgres {s.postgres_dsn.rpartition('@')[2]}"
+        f"redis {redact_url(s.redis_url)}, postgres {s.postgres_dsn.rpartition('@')[2]}"
     )
 
 
@@ -134,9 +136,7 @@ async def cleanup(settings: Settings) -> None:
 
 
 async def _delete_topics(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=15000
-    )
+    admin = AIOKafkaAdminClient(**kafka_client_args(settings), request_timeout_ms=15000)
     try:
         await admin.start()
         topics = [t for t in await admin.list_topics() if t.startswith(settings.events_topic)]
@@ -147,7 +147,7 @@ async def _delete_topics(settings: Settings) -> None:
 
 
 async def _delete_keys(settings: Settings) -> None:
-    client = redis.asyncio.Redis.from_url(settings.redis_url)
+    client = redis.asyncio.Redis.from_url(redis_url(settings))
     try:
         batch: list[Any] = []
         async for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000):
@@ -162,7 +162,7 @@ async def _delete_keys(settings: Settings) -> None:
 
 
 async def _drop_schema(settings: Settings) -> None:
-    conn = await asyncpg.connect(settings.postgres_dsn)
+    conn = await asyncpg.connect(postgres_dsn(settings))
     try:
         schema = settings.postgres_schema.replace('"', '""')
         # A connection the test leaked would block the drop forever: fail instead.
@@ -174,7 +174,7 @@ async def _drop_schema(settings: Settings) -> None:
 
 @pytest.fixture
 async def redis_client(settings: Settings) -> AsyncIterator[redis.asyncio.Redis]:
-    client = redis.asyncio.Redis.from_url(settings.redis_url)
+    client = redis.asyncio.Redis.from_url(redis_url(settings))
     try:
         yield client
     finally:
@@ -184,7 +184,7 @@ async def redis_client(settings: Settings) -> AsyncIterator[redis.asyncio.Redis]
 @pytest.fixture
 async def pg_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     pool = await asyncpg.create_pool(
-        settings.postgres_dsn,
+        postgres_dsn(settings),
         min_size=1,
         max_size=5,
         server_settings={"search_path": f"{settings.postgres_schema},public"},
@@ -197,7 +197,7 @@ async def pg_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture
 async def kafka_admin(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(**kafka_client_args(settings))
     await admin.start()
     try:
         yield admin

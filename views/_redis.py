@@ -12,7 +12,9 @@ import redis.exceptions
 import redis.retry
 from redis.backoff import ExponentialWithJitterBackoff
 
+from resultlog.connections import redis_url
 from resultlog.errors import StoreUnavailable
+from resultlog.refusals import redis_refusal
 from resultlog.settings import Settings
 
 # What "Redis could not be reached" looks like from redis-py (and the OS under it).
@@ -33,7 +35,7 @@ def _backoff() -> ExponentialWithJitterBackoff:
 
 def async_client(settings: Settings) -> redis.asyncio.Redis:
     pool = redis.asyncio.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=MAX_CONNECTIONS, timeout=None,
+        redis_url(settings), max_connections=MAX_CONNECTIONS, timeout=None,
         # Keepalive: a waiter's pub/sub connection may sit idle for hours.
         decode_responses=True, socket_keepalive=True,
         retry=redis.asyncio.retry.Retry(_backoff(), _RETRIES),
@@ -43,17 +45,24 @@ def async_client(settings: Settings) -> redis.asyncio.Redis:
 
 def sync_client(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(
-        settings.redis_url, decode_responses=True, socket_keepalive=True,
+        redis_url(settings), decode_responses=True, socket_keepalive=True,
         retry=redis.retry.Retry(_backoff(), _RETRIES),
     )
 
 
 @contextmanager
 def translated(doing: str) -> Iterator[None]:
-    """Re-raise redis-py's connection failures as :class:`StoreUnavailable`."""
+    """Re-raise redis-py's connection failures as :class:`StoreUnavailable`, and a
+    refusal (wrong password, untrusted certificate) as the ConfigurationError naming
+    the setting to fix."""
     try:
         yield
-    except UNAVAILABLE as exc:
+    except (*UNAVAILABLE, redis.exceptions.NoPermissionError) as exc:
+        refused = redis_refusal(exc)
+        if refused is not None:
+            raise refused from exc
+        if isinstance(exc, redis.exceptions.NoPermissionError):
+            raise
         raise StoreUnavailable(f"Redis is unavailable while {doing}: {exc}") from exc
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from resultlog import names
 from resultlog.errors import ConfigurationError, ResultTimeout, StoreUnavailable
 from resultlog.schemas.event import TaskEvent, validate_task_id
-from resultlog.schemas.fold import TaskView, fold
+from resultlog.schemas.fold import TaskView, fold, visible
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.views._redis import async_client, sync_client, translated
@@ -134,7 +134,7 @@ class AioState:
                 raise StoreUnavailable(
                     f"the Redis view is being rebuilt and lacks task {task_id}, and the "
                     f"history cannot be read instead: {exc}") from exc
-            folded = fold(events).get(task_id)
+            folded = visible(fold(events).get(task_id))
             if folded is not None and (not ttl_ms or folded.timestamp + ttl_ms > now_ms):
                 out[i] = folded
         return out
@@ -153,13 +153,23 @@ class AioState:
                 return view
             return await self._wait_pending(task_id, deadline)
 
-    async def _wait_pending(self, task_id: str, deadline: float | None) -> TaskView:
+    async def wait_sent(self, task_id: str, on_subscribed: Callable[[], None]) -> TaskView:
+        """:meth:`wait_ready` for a task being sent: it cannot be ready yet, so the wait
+        subscribes at once (no read ahead of it) and calls ``on_subscribed`` as soon as
+        the subscription is live."""
+        async with self._op():
+            return await self._wait_pending(task_id, None, on_subscribed)
+
+    async def _wait_pending(self, task_id: str, deadline: float | None,
+                            on_subscribed: Callable[[], None] | None = None) -> TaskView:
         if deadline is not None and deadline <= self.loop.time():
             raise ResultTimeout(f"task {task_id} is not ready (timed out)")
         channel = names.task_done_channel(self.settings.redis_prefix, task_id)
         try:
             async with asyncio.timeout_at(deadline):
                 async with self.notifier.watch(channel) as watch:
+                    if on_subscribed is not None:
+                        on_subscribed()
                     # Subscribed first, read second: see notify.py.
                     while True:
                         watch.clear()
@@ -407,14 +417,25 @@ class ResultBackend:
         with translated("folding events into the view"):
             self._fold_script(keys=keys, args=args)
 
-    def watch_ready(self, task_id: str) -> concurrent.futures.Future[TaskView]:
+    def watch_ready(self, task_id: str, *, sent: bool = False
+                    ) -> concurrent.futures.Future[TaskView]:
         """The task's view once it is ready, as a future: :meth:`wait_ready` without
         blocking the caller (for push-based waiters such as the Celery backend's result
-        consumer). Cancel the future to stop waiting."""
+        consumer). Cancel the future to stop waiting.
+
+        ``sent``: the task is being sent now. Returns once the wait's subscription is
+        live (or the wait failed), so that whoever sent it knows it is watched — one
+        round trip to Redis, as Celery's Redis backend subscribes when it sends."""
         validate_task_id(task_id)
         waiter = self._waiter()
         state = waiter.state
-        return waiter.submit(lambda: state.wait_ready(task_id, None))
+        if not sent:
+            return waiter.submit(lambda: state.wait_ready(task_id, None))
+        live = threading.Event()
+        future = waiter.submit(lambda: state.wait_sent(task_id, live.set))
+        future.add_done_callback(lambda _: live.set())  # failed to subscribe: do not block
+        live.wait()
+        return future
 
     def wait_many(
         self, task_ids: Sequence[str], timeout: float | None, stop_at_failure: bool

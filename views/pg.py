@@ -6,11 +6,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import ClassVar, Self
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]
 
+from resultlog.connections import postgres_dsn
 from resultlog.errors import StoreUnavailable
+from resultlog.redaction import redact_url
+from resultlog.refusals import postgres_refusal
 from resultlog.settings import Settings
 
 CONNECT_TIMEOUT_S = 10.0
@@ -30,20 +32,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def redact_dsn(dsn: str) -> str:
-    """``dsn`` without its password (in the netloc or as a query parameter)."""
-    parts = urlsplit(dsn)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        netloc = f"{userinfo.partition(':')[0]}@{hostport}"
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k.lower() != "password"])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
 def unavailable(settings: Settings, exc: BaseException) -> StoreUnavailable:
     return StoreUnavailable(
-        f"PostgreSQL at {redact_dsn(settings.postgres_dsn)} is unavailable "
+        f"PostgreSQL at {redact_url(settings.postgres_dsn)} is unavailable "
         f"({type(exc).__name__}: {exc}). Start it (`resultlog dev up` for the local stack) "
         "or set RESULTLOG_POSTGRES_DSN to a server that is running"
     )
@@ -51,17 +42,22 @@ def unavailable(settings: Settings, exc: BaseException) -> StoreUnavailable:
 
 @contextmanager
 def translate_errors(settings: Settings) -> Iterator[None]:
-    """Re-raise connection failures inside the block as :class:`StoreUnavailable`."""
+    """Re-raise connection failures inside the block as :class:`StoreUnavailable`, and a
+    refusal (wrong password, untrusted certificate, TLS required) as the
+    ConfigurationError naming the setting to fix."""
     try:
         yield
     except CONNECTION_ERRORS as exc:
+        refused = postgres_refusal(exc)
+        if refused is not None:
+            raise refused from exc
         raise unavailable(settings, exc) from exc
 
 
 async def create_pool(settings: Settings, *, application_name: str, max_size: int = 4) -> asyncpg.Pool:
     with translate_errors(settings):
         pool: asyncpg.Pool = await asyncpg.create_pool(
-            settings.postgres_dsn,
+            postgres_dsn(settings),
             min_size=1,
             max_size=max_size,
             timeout=CONNECT_TIMEOUT_S,

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import asyncpg  # type: ignore[import-untyped]
 
 from resultlog import names
+from resultlog.connections import postgres_dsn
 from resultlog.errors import ResultlogError, ValidationError
 from resultlog.settings import Settings
 from resultlog.views.migrations import advisory_key, quote_ident
@@ -143,7 +144,7 @@ async def prune(settings: Settings, cutoff_ms: int, *, dry_run: bool = False,
     report = PruneReport(cutoff_ms, dry_run)
     with translate_errors(settings):
         conn: asyncpg.Connection = await asyncpg.connect(
-            settings.postgres_dsn, server_settings={"application_name": "resultlog-prune"})
+            postgres_dsn(settings), server_settings={"application_name": "resultlog-prune"})
     try:
         with translate_errors(settings):
             if await conn.fetchval("SELECT to_regclass($1)", parent) is None:

@@ -17,9 +17,9 @@ from typing import Any, Final
 import redis.asyncio
 
 from resultlog import names
-from resultlog.errors import ViewLost
+from resultlog.errors import StoreUnavailable, ViewLost
 from resultlog.schemas.event import ExceptionInfo, TaskEvent, validate_task_id
-from resultlog.schemas.fold import STICKY_FIELDS, TaskView
+from resultlog.schemas.fold import STICKY_FIELDS, TaskView, visible
 from resultlog.schemas.states import READY_STATES, State
 from resultlog.settings import Settings
 from resultlog.views._redis import async_client, text, translated
@@ -195,7 +195,7 @@ def view_from_push(task_id: str, payload: str | None) -> TaskView | None:
     """The view a done-channel message carries, if it carries one (see fold.lua)."""
     if not payload or not payload.startswith("["):
         return None  # just the state name: the hash was too large to push
-    return view_from_hash(task_id, _pairs(json.loads(payload)))
+    return visible(view_from_hash(task_id, _pairs(json.loads(payload))))
 
 
 def checked_read_call(settings: Settings, task_ids: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -211,7 +211,7 @@ def checked_read_call(settings: Settings, task_ids: Sequence[str]) -> tuple[list
 def checked_read_reply(task_ids: Sequence[str], replies: Sequence[Any]
                        ) -> tuple[list[TaskView | None], bool]:
     """READ_CHECKED_SCRIPT's reply: the views in order, and whether the view is whole."""
-    views = [None if not r else view_from_hash(t, _pairs(json.loads(text(r))))
+    views = [None if not r else visible(view_from_hash(t, _pairs(json.loads(text(r)))))
              for t, r in zip(task_ids, replies)]
     return views, text(replies[-1]) == "1"
 
@@ -339,6 +339,16 @@ class RedisView:
             ):
                 found.add(names.task_id_from_key(prefix, text(key)))
         return sorted(found)
+
+    async def check_access(self) -> None:
+        """Raise the ConfigurationError naming the setting if Redis refuses us (wrong ACL
+        user or password, untrusted certificate); a Redis that cannot be reached is
+        left to the callers, which wait for it (StoreUnavailable is swallowed here)."""
+        try:
+            with translated("connecting"):
+                await self._client.ping()
+        except StoreUnavailable:
+            pass
 
     async def close(self) -> None:
         if self._owns_client:

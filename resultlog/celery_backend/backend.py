@@ -24,6 +24,7 @@ from typing import Any
 from celery.backends.asynchronous import AsyncBackendMixin  # type: ignore[import-untyped]
 from celery.backends.base import Backend  # type: ignore[import-untyped]
 from celery.result import result_from_tuple  # type: ignore[import-untyped]
+from celery._state import task_join_will_block  # type: ignore[import-untyped]
 from kombu.exceptions import EncodeError
 
 from resultlog.celery_backend.config import CONF_KEY, BackendConfig, check_serializer
@@ -90,8 +91,10 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
     persistent = True
 
     def __init__(self, app: Any, url: str | None = None, **kwargs: Any) -> None:
+        # Before Celery's own set-up, which fails with a bare KeyError on a serializer
+        # kombu does not know.
+        check_serializer(kwargs.get("serializer") or app.conf.result_serializer)
         super().__init__(app, url=url, **kwargs)
-        check_serializer(self.serializer)
         if self.compression:
             raise ConfigurationError(
                 f"result_compression {self.compression!r} is not supported by the resultlog "
@@ -164,8 +167,17 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
                     del fields[name]  # type: ignore[misc]
         return attempt, fields
 
+    def forget(self, task_id: str) -> None:
+        super().forget(task_id)
+        self.result_consumer.cancel_for(task_id)
+
     def _forget(self, task_id: str) -> None:
-        self.reader().forget(task_id)
+        """A FORGOTTEN event, acknowledged by Kafka, then folded here: the view shows the
+        task as unknown (PENDING) at once, and a replay or a view rebuild forgets it
+        again, because the forget is in the log (``task_forgotten.v1.avsc``)."""
+        emitter = self.emitter()
+        event = build(State.FORGOTTEN, task_id, emitter.worker, TaskFields())
+        self.reader().fold([emitter.emit(event, wait=True)])
 
     # --- saved groups: events of the group's id, folded at once for read-your-writes --
 
@@ -188,16 +200,29 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
         if (view is None or view.task_name != names.CELERY_SAVED_GROUP_TASK
                 or view.state is not State.SUCCESS or view.result is None):
             return None
-        members = from_json(view.result, self.accept)
+        members = from_json(view.result)
         return {"task_id": group_id, "result": result_from_tuple(members, self.app),
                 "date_done": date_done(view)}
 
     # --- reads -----------------------------------------------------------------------
 
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        """Start waiting for a task as it is sent (as Celery's Redis backend subscribes
+        then): the subscription is in place while the task runs, so a later ``get()``
+        usually finds the result already delivered. Not in a worker, where a task that
+        waited on a subtask could deadlock the pool (``task_join_will_block``); the wait
+        ends when the ``AsyncResult`` is collected or forgotten, or the result arrives."""
+        if not task_join_will_block():
+            self.result_consumer.consume_from(task_id, sent=True)
+
+    def result_channel(self, task_id: str) -> str:
+        """The Redis channel the view publishes ``task_id``'s readiness on."""
+        return names.task_done_channel(self.config.settings.redis_prefix, task_id)
+
     def meta_for(self, task_id: str, view: TaskView | None) -> dict[str, Any]:
         """Celery's meta of a task from its view."""
         extended = bool(self.app.conf.find_value_for_key("extended", "result"))
-        return task_meta(task_id, view, self.accept, self.rebuilder, extended)
+        return task_meta(task_id, view, self.rebuilder, extended)
 
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
         return self.meta_for(task_id, self.reader().read(task_id))

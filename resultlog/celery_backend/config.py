@@ -30,8 +30,12 @@ IMPORT_MODULES: Final = "import_modules"
 OPTIONS: Final = (ACK_READY, READ_YOUR_WRITES, IMPORT_MODULES)
 #: The Celery conf key holding a mapping of the same names.
 CONF_KEY: Final = "resultlog"
-# Serializers whose output is JSON text, which is what an event's result holds.
-JSON_SERIALIZERS: Final = ("json",)
+# Result serializers an app may configure. An event's result is JSON text whatever the
+# app's choice (the log is read by SQL, replay and other languages, not only by this
+# app), so every value goes through kombu's JSON: it carries every type msgpack can, and
+# datetime, Decimal, UUID and bytes besides; a value only YAML can carry (a set) is
+# refused as unserializable, as Celery refuses what its serializer cannot encode.
+SERIALIZERS: Final = ("json", "msgpack", "yaml")
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
@@ -132,9 +136,9 @@ def check_serializer(serializer: str) -> None:
             "chosen by whoever wrote them. Use result_serializer = 'json' (Celery's default; "
             "kombu's JSON keeps datetime, Decimal, UUID and bytes)"
         )
-    if serializer not in JSON_SERIALIZERS:
+    if serializer not in SERIALIZERS:
         raise ConfigurationError(
-            f"result_serializer {serializer!r} is not supported by the resultlog backend yet: "
-            "an event's result is JSON text. Use result_serializer = 'json' (kombu's JSON "
-            "keeps datetime, Decimal, UUID and bytes)"
+            f"result_serializer {serializer!r} is not supported by the resultlog backend: "
+            f"use one of {', '.join(SERIALIZERS)} (results are kept in the log as kombu's "
+            "JSON whichever is chosen, which keeps datetime, Decimal, UUID and bytes)"
         )

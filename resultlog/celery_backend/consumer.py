@@ -61,13 +61,15 @@ class ViewResultConsumer(BaseResultConsumer):  # type: ignore[misc]
             if wait is not None:
                 wait.cancel()
 
-    def consume_from(self, task_id: str) -> None:
+    def consume_from(self, task_id: str, *, sent: bool = False) -> None:
+        """Wait for ``task_id``; ``sent``: it is being sent now, return once the wait is
+        subscribed (see ``ResultBackend.watch_ready``)."""
         with self._lock:
             if task_id in self._waits:
                 return
             self._waits[task_id] = None
         # Outside the lock: submitting allocates, so the collector may run __del__s here.
-        wait = self.backend.reader().watch_ready(task_id)
+        wait = self.backend.reader().watch_ready(task_id, sent=sent)
         with self._lock:
             keep = task_id in self._waits and self._waits[task_id] is None
             if keep:
@@ -78,7 +80,11 @@ class ViewResultConsumer(BaseResultConsumer):  # type: ignore[misc]
         wait.add_done_callback(lambda w: self._finished(task_id, w))
 
     def _finished(self, task_id: str, wait: _Wait) -> None:
-        if not wait.cancelled():
+        # Only for a task still waited on: a producer that sends tasks and drops their
+        # AsyncResults (each drop cancels its wait) must not fill the queue.
+        with self._lock:
+            wanted = self._waits.get(task_id) is wait
+        if wanted and not wait.cancelled():
             self._done.put((task_id, wait))
 
     def cancel_for(self, task_id: str) -> None:

@@ -15,7 +15,6 @@ the types they were, as from Celery's Redis backend.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
 from datetime import datetime, timezone
 from typing import Any, Final
 
@@ -28,8 +27,10 @@ from resultlog.views.exceptions import ExceptionRebuilder
 
 _CONTENT_TYPE: Final = "application/json"
 _ENCODING: Final = "utf-8"
-#: Celery states the event contract has under the same name.
-NATIVE_STATES: Final = frozenset(s.value for s in State)
+_ACCEPT: Final = frozenset({_CONTENT_TYPE})
+#: Celery states the event contract has under the same name (FORGOTTEN is written by
+#: forget() only: a custom state of that name is progress, like any other).
+NATIVE_STATES: Final = frozenset(s.value for s in State if s is not State.FORGOTTEN)
 
 
 def to_plain(value: Any) -> Any:
@@ -39,9 +40,13 @@ def to_plain(value: Any) -> Any:
     return json.loads(text)
 
 
-def from_json(text: str, accept: Collection[str]) -> Any:
-    """A value written by :func:`to_plain`, decoded by kombu (its types restored)."""
-    return loads(text, _CONTENT_TYPE, _ENCODING, accept=accept)  # type: ignore[no-untyped-call]
+def from_json(text: str) -> Any:
+    """A value written by :func:`to_plain`, decoded by kombu (its types restored).
+
+    JSON whatever the app's ``result_accept_content``: the log holds only the JSON this
+    backend wrote (never a content type chosen by the writer), so nothing else is
+    decoded here."""
+    return loads(text, _CONTENT_TYPE, _ENCODING, accept=_ACCEPT)  # type: ignore[no-untyped-call]
 
 
 def event_state(celery_state: str) -> tuple[State, bool]:
@@ -66,7 +71,6 @@ def date_done(view: TaskView) -> datetime | None:
 def task_meta(
     task_id: str,
     view: TaskView | None,
-    accept: Collection[str],
     rebuilder: ExceptionRebuilder,
     extended: bool,
 ) -> dict[str, Any]:
@@ -75,7 +79,7 @@ def task_meta(
     if view is None:
         return {"task_id": task_id, "status": "PENDING", "result": None, "traceback": None,
                 "children": [], "date_done": None}
-    status, result = _outcome(view, accept, rebuilder)
+    status, result = _outcome(view, rebuilder)
     meta: dict[str, Any] = {
         "task_id": task_id,
         "status": status,
@@ -92,8 +96,8 @@ def task_meta(
     if extended:
         meta.update(
             name=view.task_name,
-            args=None if view.args is None else from_json(view.args, accept),
-            kwargs=None if view.kwargs is None else from_json(view.kwargs, accept),
+            args=None if view.args is None else from_json(view.args),
+            kwargs=None if view.kwargs is None else from_json(view.kwargs),
             worker=view.worker,
             retries=view.attempt,
             queue=None,
@@ -101,17 +105,16 @@ def task_meta(
     return meta
 
 
-def _outcome(view: TaskView, accept: Collection[str], rebuilder: ExceptionRebuilder
-             ) -> tuple[str, Any]:
+def _outcome(view: TaskView, rebuilder: ExceptionRebuilder) -> tuple[str, Any]:
     state = view.state
     if state is State.SUCCESS:
-        return state.value, None if view.result is None else from_json(view.result, accept)
+        return state.value, None if view.result is None else from_json(view.result)
     if state is State.STARTED or state is State.RECEIVED:
         if view.result is not None:
             value = json.loads(view.result)
             if isinstance(value, dict) and names.CELERY_STATE_KEY in value:
                 meta = json.dumps(value.get(names.CELERY_META_KEY))
-                return str(value[names.CELERY_STATE_KEY]), from_json(meta, accept)
+                return str(value[names.CELERY_STATE_KEY]), from_json(meta)
         return state.value, None
     if view.exception is not None:
         return state.value, rebuilder.rebuild(view.exception, view.traceback)

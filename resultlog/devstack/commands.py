@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from resultlog.devstack.kafka_nodes import cluster_bootstrap
+from resultlog.devstack.secure import dev_secure_settings, exports
 from resultlog.devstack.stack import SERVICE_NAMES, DevStack, parse_only
 from resultlog.settings import DEV_KAFKA_BROKER_COUNTS, Settings
 
@@ -18,10 +19,18 @@ _BROKERS_HELP = (
 )
 
 
-def _add_brokers(parser: Any) -> None:
+_SECURE_HELP = (
+    "TLS and authentication everywhere: Kafka SASL_SSL (SCRAM), Redis TLS with an ACL user, "
+    "PostgreSQL TLS only, on a CA made in <dev dir>/tls; give it to every `dev` command, or "
+    "export what `dev up --secure` prints"
+)
+
+
+def _add_stack_options(parser: Any) -> None:
     parser.add_argument(
         "--brokers", type=int, choices=DEV_KAFKA_BROKER_COUNTS, metavar="N", help=_BROKERS_HELP
     )
+    parser.add_argument("--secure", action="store_true", help=_SECURE_HELP)
 
 
 def register(subparsers: Any) -> None:
@@ -39,12 +48,12 @@ def register(subparsers: Any) -> None:
         "up", help="start what is not running (installing/fetching what is missing)"
     )
     up.add_argument("--only", metavar="SERVICES", help=_ONLY_HELP)
-    _add_brokers(up)
+    _add_stack_options(up)
     up.set_defaults(func=_up)
 
     down = actions.add_parser("down", help="stop what `dev up` started")
     down.add_argument("--only", metavar="SERVICES", help=_ONLY_HELP)
-    _add_brokers(down)
+    _add_stack_options(down)
     down.add_argument(
         "--purge", action="store_true", help="also delete the services' data and logs"
     )
@@ -54,27 +63,29 @@ def register(subparsers: Any) -> None:
         "status", help="show what runs; exit status 1 if a service is down"
     )
     status.add_argument("--only", metavar="SERVICES", help=_ONLY_HELP)
-    _add_brokers(status)
+    _add_stack_options(status)
     status.set_defaults(func=_status)
 
     logs = actions.add_parser("logs", help="show the end of the services' logs")
     logs.add_argument("service", nargs="?", choices=SERVICE_NAMES, help="one service")
     logs.add_argument("-n", "--lines", type=int, default=40, help="lines per log (default 40)")
-    _add_brokers(logs)
+    _add_stack_options(logs)
     logs.set_defaults(func=_logs)
 
 
-def _stack(only: str | None, brokers: int | None) -> DevStack:
+def _stack(only: str | None, brokers: int | None, secure: bool = False) -> DevStack:
     # aiokafka logs every refused connection at ERROR; readiness probes expect those.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     settings = Settings.from_env()
     if brokers is not None:
         settings = settings.replace(dev_kafka_brokers=brokers)
+    if secure:
+        settings = dev_secure_settings(settings)
     return DevStack(settings, only=parse_only(only))
 
 
 def _up(args: argparse.Namespace) -> int:
-    stack = _stack(args.only, args.brokers)
+    stack = _stack(args.only, args.brokers, args.secure)
     reports = asyncio.run(stack.up())
     print()
     for r in reports:
@@ -91,16 +102,19 @@ def _up(args: argparse.Namespace) -> int:
             f"  export RESULTLOG_TOPIC_REPLICATION_FACTOR={replicas}\n"
             f"  export RESULTLOG_TOPIC_MIN_INSYNC_REPLICAS={replicas - 1}"
         )
+    if args.secure:
+        print("\nThe stack requires TLS and a login; for clients (the password stays in its file):")
+        print("\n".join(f"  {line}" for line in exports(settings)))
     return 0
 
 
 def _down(args: argparse.Namespace) -> int:
-    asyncio.run(_stack(args.only, args.brokers).down(purge=args.purge))
+    asyncio.run(_stack(args.only, args.brokers, args.secure).down(purge=args.purge))
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    stack = _stack(args.only, args.brokers)
+    stack = _stack(args.only, args.brokers, args.secure)
     states = asyncio.run(stack.status())
     print(f"state directory: {stack.dev_dir}")
     healthy = True
@@ -120,6 +134,6 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    stack = _stack(args.service, args.brokers)
+    stack = _stack(args.service, args.brokers, args.secure)
     print(stack.logs(max(0, args.lines)))
     return 0

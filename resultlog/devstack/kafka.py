@@ -30,7 +30,8 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
-from resultlog.devstack import process
+from resultlog.connections import kafka_client_args
+from resultlog.devstack import process, secure
 from resultlog.devstack.kafka_nodes import (
     node_name,
     node_ports,
@@ -135,11 +136,14 @@ def broker_properties(
     data_dir: Path,
     node_id: int = 1,
     voters: Mapping[int, int] | None = None,
+    overrides: Mapping[str, str] | None = None,
 ) -> str:
-    """server.properties for :func:`broker_config`."""
+    """server.properties for :func:`broker_config`, with ``overrides`` (the secure
+    listener of resultlog/devstack/secure.py) replacing or adding properties."""
     props = broker_config(
         port=port, controller_port=controller_port, data_dir=data_dir, node_id=node_id, voters=voters
     )
+    props.update(overrides or {})
     head = "# Written by `resultlog dev up` on every start; edits are overwritten.\n"
     return head + "".join(f"{key}={value}\n" for key, value in props.items())
 
@@ -303,15 +307,18 @@ class KafkaService(Service):
     def _write_config(self) -> None:
         broker, controller = (p.number for p in self.ports)
         voters = {i: port + 1 for i, port in enumerate(node_ports(self.settings), start=1)}
-        (self.home / "server.properties").write_text(
+        properties = self.home / "server.properties"
+        properties.write_text(
             broker_properties(
                 port=broker,
                 controller_port=controller,
                 data_dir=self.data_dir.resolve(),
                 node_id=self.node_id,
                 voters=voters,
+                overrides=secure.kafka_listener_config(self.settings, broker, controller),
             )
         )
+        properties.chmod(0o600)  # it may hold the SASL users' passwords
         (self.home / "log4j2.properties").write_text(_resource("kafka-log4j2.properties"))
 
     def _java(self, main_class: str, *args: str, options: list[str] = JVM_OPTIONS) -> list[str]:
@@ -339,11 +346,13 @@ class KafkaService(Service):
                 "-t", cluster_id,
                 "-c", str((self.home / "server.properties").resolve()),
                 "--ignore-formatted",
+                *secure.kafka_format_arguments(self.settings),
                 options=TOOL_JVM_OPTIONS,
             ),
             log_path=self.home / "format.log",
             what="kafka storage format",
             cwd=self.home,
+            secrets=secure.kafka_secrets(self.settings),
         )
 
     # -- run ----------------------------------------------------------------------------
@@ -366,7 +375,7 @@ class KafkaService(Service):
         if not await process.port_open(broker):
             return False  # spares aiokafka's connection-error logging
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=f"127.0.0.1:{broker}",
+            **kafka_client_args(self.settings, f"127.0.0.1:{broker}"),
             client_id="resultlog-devstack",
             request_timeout_ms=5000,
         )

@@ -19,6 +19,7 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
+from resultlog.connections import kafka_client_args
 from resultlog.errors import DevStackError
 from resultlog.settings import DEV_KAFKA_PORT, Settings, port_of
 
@@ -111,7 +112,7 @@ def _formatted_cluster_id(data_dir: Path) -> str | None:
     return None
 
 
-async def ensure_internal_topics(bootstrap_servers: str, *, timeout_s: float = 60.0) -> None:
+async def ensure_internal_topics(settings: Settings, *, timeout_s: float = 60.0) -> None:
     """Have a cluster create its group-offsets and transaction topics now.
 
     Kafka creates them on the first FindCoordinator request, with their full
@@ -123,7 +124,7 @@ async def ensure_internal_topics(bootstrap_servers: str, *, timeout_s: float = 6
     pending = {0: "group", 1: "transaction"}  # FindCoordinator key types
     while pending:
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=bootstrap_servers,
+            **kafka_client_args(settings, cluster_bootstrap(settings)),
             client_id="resultlog-devstack",
             request_timeout_ms=5000,
         )

@@ -18,7 +18,8 @@ from urllib.parse import unquote, urlsplit
 
 import asyncpg  # type: ignore[import-untyped]
 
-from resultlog.devstack import process
+from resultlog.connections import postgres_dsn
+from resultlog.devstack import process, secure
 from resultlog.devstack.service import Port, Service
 from resultlog.errors import DevStackError
 from resultlog.settings import DEV_POSTGRES_PORT, port_of
@@ -159,10 +160,35 @@ class PostgresService(Service):
             "log_timezone = 'UTC'",
             "log_line_prefix = '%m [%p] %q%u@%d '",
             "logging_collector = off",
+            # TLS when the DSN's sslmode requires it: resultlog/devstack/secure.py.
+            *secure.postgres_ssl_lines(self.settings, self.key_dir),
             "",
         ])
 
+    @property
+    def key_dir(self) -> Path:
+        return self.home.resolve() / "tls"
+
+    def _write_access(self) -> None:
+        """pg_hba.conf, and the server's certificate and key where PostgreSQL accepts
+        them: owned by its user, the key mode 0600."""
+        hba = self.data_dir / "pg_hba.conf"
+        hba.write_text(secure.postgres_hba(self.settings))
+        self._chown(hba)
+        if not secure.postgres_secure(self.settings):
+            return
+        certs = secure.certificates(self.settings)
+        self.key_dir.mkdir(mode=0o700, exist_ok=True)
+        self._chown(self.key_dir)
+        for source, name in ((certs.server_cert, "server.pem"), (certs.server_key, "server.key"),
+                             (certs.ca, "ca.pem")):
+            target = self.key_dir / name
+            shutil.copyfile(source, target)
+            target.chmod(0o600)
+            self._chown(target)
+
     def start(self) -> None:
+        self._write_access()
         conf = self.data_dir / "resultlog.conf"
         conf.write_text(self.config())
         self._chown(conf)
@@ -193,7 +219,7 @@ class PostgresService(Service):
     async def answers(self) -> bool:
         """SELECT 1 with the settings' DSN (over TCP, with its password)."""
         try:
-            conn = await asyncpg.connect(self.settings.postgres_dsn, timeout=3)
+            conn = await asyncpg.connect(postgres_dsn(self.settings), timeout=3)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             return False
         try:

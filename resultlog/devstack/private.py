@@ -36,9 +36,11 @@ from urllib.parse import urlsplit, urlunsplit
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
+from resultlog.connections import kafka_client_args
 from resultlog.devstack import process
 from resultlog.devstack.kafka_nodes import cluster_bootstrap, node_name
 from resultlog.devstack.process import Out
+from resultlog.devstack.secure import secure_settings
 from resultlog.devstack.service import Service, elapsed
 from resultlog.devstack.stack import DevStack, print_flush
 from resultlog.errors import DevStackError
@@ -115,6 +117,7 @@ class PrivateStack:
         *,
         brokers: int = 1,
         base: Settings | None = None,
+        secure: bool = False,
         out: Out = print_flush,
     ) -> None:
         self.owns_dir = dev_dir is None
@@ -125,6 +128,8 @@ class PrivateStack:
         self.dev_dir = dev_dir
         base = base if base is not None else Settings.from_env()
         self.settings = private_settings(base, dev_dir, brokers=brokers)
+        if secure:
+            self.settings = secure_settings(self.settings)
         self.out = out
         self.dev = DevStack(self.settings, out=lambda line: out(f"[{dev_dir.name}] {line}"))
 
@@ -232,7 +237,7 @@ class PrivateStack:
     async def _describe(self, topic: str, partition: int) -> PartitionState | str:
         """The partition's state, or why it could not be read (worth asking again)."""
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.bootstrap_servers,
+            **kafka_client_args(self.settings, self.bootstrap_servers),
             client_id="resultlog-private-stack",
             request_timeout_ms=5000,
         )
@@ -283,6 +288,7 @@ async def private_stack(
     *,
     brokers: int = 1,
     base: Settings | None = None,
+    secure: bool = False,
     out: Out = print_flush,
 ) -> AsyncIterator[PrivateStack]:
     """A :class:`PrivateStack`, up; stopped and deleted on leaving (kept if the block raised).
@@ -290,9 +296,12 @@ async def private_stack(
     ``dev_dir``: its state directory (the postgres user must be able to enter it);
     default a new one under /var/tmp. ``brokers``: 1 or 3 Kafka nodes. ``base``: the
     settings to start from (default: from the environment); only ports, ``dev_dir``,
-    the broker count and the topics' replication are changed.
+    the broker count and the topics' replication are changed. ``secure``: TLS and
+    authentication everywhere (Kafka SASL_SSL with SCRAM, Redis ``rediss://`` as an ACL
+    user with a client certificate, PostgreSQL ``sslmode=verify-full``), on a CA of the
+    stack's own in ``<dev_dir>/tls``: see resultlog/devstack/secure.py.
     """
-    stack = PrivateStack(dev_dir, brokers=brokers, base=base, out=out)
+    stack = PrivateStack(dev_dir, brokers=brokers, base=base, secure=secure, out=out)
     try:
         await stack.up()
         yield stack

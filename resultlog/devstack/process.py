@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 from resultlog.errors import DevStackError
+from resultlog.redaction import redact_text
 
 LOG_TAIL_LINES = 30
 
@@ -196,15 +197,17 @@ def run_logged(
     env: Mapping[str, str] | None = None,
     on_line: Callable[[str], None] | None = None,
     timeout_s: float = 900.0,
+    secrets: Sequence[str] = (),
 ) -> None:
     """Run a command to completion, appending its output to ``log_path``.
 
     ``on_line`` sees every output line (for progress reports). A non-zero exit, or
     running longer than ``timeout_s``, is a DevStackError with the log's tail.
+    ``secrets`` (passwords among the arguments) are masked in the logged command line.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        log.write(f"$ {' '.join(argv)}\n".encode())
+        log.write(f"$ {redact_text(' '.join(argv), list(secrets))}\n".encode())
         log.flush()
         try:
             proc = subprocess.Popen(

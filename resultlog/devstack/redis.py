@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import redis.asyncio
 import redis.exceptions
 
-from resultlog.devstack import process
+from resultlog.connections import redis_url
+from resultlog.devstack import process, secure
 from resultlog.devstack.service import Port, Service
 from resultlog.settings import DEV_REDIS_PORT, port_of
 
@@ -39,11 +39,11 @@ class RedisService(Service):
         return [] if _server_binary() else [PACKAGE]
 
     def config(self) -> str:
-        password = urlsplit(self.settings.redis_url).password
         lines = [
             "# Written by `resultlog dev up` on every start; edits are overwritten.",
             "bind 127.0.0.1",
-            f"port {self.ports[0].number}",
+            # The port (a TLS port for rediss://) and the user: resultlog/devstack/secure.py.
+            *secure.redis_config_lines(self.settings, self.ports[0].number),
             "protected-mode yes",
             "daemonize no",  # started detached by resultlog, which keeps the pid
             'logfile ""',  # stdout, which goes to redis.log
@@ -53,8 +53,6 @@ class RedisService(Service):
             "appendonly no",
             "databases 16",
         ]
-        if password:
-            lines.append(f"requirepass {password}")
         return "\n".join(lines) + "\n"
 
     def start(self) -> None:
@@ -63,6 +61,7 @@ class RedisService(Service):
         self.home.mkdir(parents=True, exist_ok=True)
         conf = self.home / "redis.conf"
         conf.write_text(self.config())
+        conf.chmod(0o600)  # it may hold the user's password
         process.rotate(self.log_path)
         pid = process.spawn_detached(
             [binary, str(conf)], cwd=self.home, log_path=self.log_path
@@ -71,7 +70,7 @@ class RedisService(Service):
 
     async def answers(self) -> bool:
         client = redis.asyncio.Redis.from_url(
-            self.settings.redis_url, socket_connect_timeout=1, socket_timeout=2
+            redis_url(self.settings), socket_connect_timeout=1, socket_timeout=2
         )
         try:
             return bool(await client.ping())

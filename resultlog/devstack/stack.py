@@ -26,9 +26,9 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 
-from resultlog.devstack import apt, process
+from resultlog.devstack import apt, process, secure
 from resultlog.devstack.kafka import KafkaService
-from resultlog.devstack.kafka_nodes import CLUSTER_ID_FILE, cluster_bootstrap, ensure_internal_topics
+from resultlog.devstack.kafka_nodes import CLUSTER_ID_FILE, ensure_internal_topics
 from resultlog.devstack.postgres import PostgresService
 from resultlog.devstack.process import Out
 from resultlog.devstack.redis import RedisService
@@ -109,7 +109,7 @@ class DevStack:
         """Start every selected service that is not running; wait until all answer."""
         reports = await self.up_services(self.services)
         if self.settings.dev_kafka_brokers > 1 and any(s.kind == "kafka" for s in self.services):
-            await ensure_internal_topics(cluster_bootstrap(self.settings))
+            await ensure_internal_topics(self.settings)
         return reports
 
     async def up_services(self, services: Sequence[Service]) -> list[UpReport]:
@@ -119,6 +119,9 @@ class DevStack:
             running = {svc.name: svc.pid() for svc in services}
             to_start = [svc for svc in services if running[svc.name] is None]
             self._check_can_start(to_start)
+            if to_start:
+                # Before the services prepare in parallel: they share one CA.
+                await asyncio.to_thread(secure.prepare_certificates, self.settings)
             needs_apt = {svc.name: svc.missing_packages() for svc in to_start}
             packages = sorted({pkg for pkgs in needs_apt.values() for pkg in pkgs})
             apt_task: asyncio.Task[None] | None = None

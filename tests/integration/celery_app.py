@@ -27,14 +27,20 @@ def side_channel(settings: Settings, name: str) -> str:
     return f"{settings.redis_prefix}test:{name}"
 
 
-def make_app(backend_url: str, broker_url: str, queue: str) -> Any:
+def side_channel_client(settings: Settings) -> redis.Redis:
+    """A client for BLPOPs on side channels: redis-py 8 gives every client a 5 s socket
+    timeout by default, which would cut a longer BLPOP short with a TimeoutError."""
+    return redis.Redis.from_url(settings.redis_url, socket_timeout=None)
+
+
+def make_app(backend_url: str, broker_url: str, queue: str, serializer: str = "json") -> Any:
     app = Celery("resultlog-celery-tests", broker=broker_url, backend=backend_url,
                  set_as_current=False)
     app.conf.update(
         task_default_queue=queue,
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
+        task_serializer=serializer,
+        result_serializer=serializer,
+        accept_content=sorted({serializer, "json"}),
         task_track_started=True,
         result_extended=True,
         worker_prefetch_multiplier=1,
@@ -69,7 +75,7 @@ def make_app(backend_url: str, broker_url: str, queue: str) -> Any:
     @app.task(name="t.progress", bind=True, shared=False)
     def progress(self: Any, gate: str) -> str:
         self.update_state(state="PROGRESS", meta={"done": 1, "of": 2})
-        client = redis.Redis.from_url(settings().redis_url)
+        client = side_channel_client(settings())
         try:
             client.blpop([gate], timeout=60)  # the test releases it once it saw PROGRESS
         finally:
@@ -78,7 +84,7 @@ def make_app(backend_url: str, broker_url: str, queue: str) -> Any:
 
     @app.task(name="t.block", bind=True, shared=False)
     def block(self: Any, started: str, gate: str) -> str:
-        client = redis.Redis.from_url(settings().redis_url)
+        client = side_channel_client(settings())
         try:
             client.rpush(started, self.request.id)
             client.blpop([gate], timeout=120)
@@ -97,4 +103,5 @@ app = make_app(
     os.environ.get("CELERY_TEST_RESULT_BACKEND", "resultlog://"),
     os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:16379/7"),
     os.environ.get("CELERY_TEST_QUEUE", "resultlog-tests"),
+    os.environ.get("CELERY_TEST_SERIALIZER", "json"),
 )

@@ -19,8 +19,11 @@ from urllib.parse import urlencode
 import pytest
 import redis
 
+from resultlog.errors import ConfigurationError
+from resultlog.schemas.states import State
 from resultlog.settings import Settings
-from tests.integration.celery_app import TaskBroke, make_app, side_channel
+from resultlog.views import ResultBackend
+from tests.integration.celery_app import TaskBroke, make_app, side_channel, side_channel_client
 from tests.integration.processes import ProcessorProcess
 
 celery = pytest.importorskip("celery")
@@ -49,11 +52,12 @@ class Worker:
     """``celery worker -P prefork -c 2`` in a child process, settings by environment."""
 
     def __init__(self, settings: Settings, broker: str, queue: str,
-                 backend: str = "resultlog://") -> None:
+                 backend: str = "resultlog://", serializer: str = "json") -> None:
         self.log = Path(tempfile.mkstemp(prefix="resultlog-celery-worker-", suffix=".log")[1])
         env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}
         env.update(settings.to_env(), CELERY_BROKER_URL=broker, CELERY_TEST_QUEUE=queue,
-                   CELERY_TEST_RESULT_BACKEND=backend, PYTHONUNBUFFERED="1")
+                   CELERY_TEST_RESULT_BACKEND=backend, CELERY_TEST_SERIALIZER=serializer,
+                   PYTHONUNBUFFERED="1")
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "tests.integration.celery_app", "worker",
@@ -94,12 +98,15 @@ def stack(
     """A client app and a worker; ``@pytest.mark.parametrize("stack", [options],
     indirect=True)`` adds backend options (a URL query) to both."""
     options = getattr(request, "param", "")
+    serializer = "json"
+    if options.startswith("serializer="):  # a Celery setting, not a backend option
+        serializer, options = options.removeprefix("serializer="), ""
     queue = f"rl-test-{uuid.uuid4().hex[:10]}"
     broker = worker_settings.redis_url.rsplit("/", 1)[0] + f"/{BROKER_DB}"
     worker = Worker(worker_settings, broker, queue,
-                    "resultlog://" + (f"?{options}" if options else ""))
+                    "resultlog://" + (f"?{options}" if options else ""), serializer)
     client = make_app(backend_url(worker_settings) + (f"&{options}" if options else ""),
-                      broker, queue)
+                      broker, queue, serializer)
     try:
         yield client
     finally:
@@ -131,6 +138,16 @@ def test_delay_get_round_trips_values_through_the_log(app: Any) -> None:
     assert result.worker is not None and "@" in result.worker
 
 
+@pytest.mark.parametrize("stack", ["serializer=msgpack"], indirect=True)
+def test_an_app_on_msgpack_gets_its_values_back(app: Any) -> None:
+    """result_serializer = "msgpack": the log still holds JSON (kombu's), and every value
+    msgpack carries comes back as it was."""
+    value = {"raw": b"\x00bytes", "list": [1, "two", None], "float": 1.5, "big": 2**40}
+    result = app.tasks["t.echo"].delay(value)
+    assert result.get(timeout=WAIT_S) == value
+    assert result.args == [value]
+
+
 def test_failure_comes_back_as_the_original_type(app: Any) -> None:
     result = app.tasks["t.fail"].delay("no luck")
     with pytest.raises(TaskBroke, match="no luck"):
@@ -158,7 +175,7 @@ def test_update_state_progress_is_readable_while_running(
         pass
     assert meta is not None and meta["result"] == {"done": 1, "of": 2}
     assert result.state == "PROGRESS" and result.info == {"done": 1, "of": 2}
-    client = redis.Redis.from_url(worker_settings.redis_url)
+    client = side_channel_client(worker_settings)
     try:
         client.rpush(gate, "go")
         assert result.get(timeout=WAIT_S) == "finished"
@@ -170,7 +187,7 @@ def test_update_state_progress_is_readable_while_running(
 def test_revoke_with_terminate_is_recorded_and_raised(app: Any, worker_settings: Settings) -> None:
     tag = uuid.uuid4().hex
     started, gate = side_channel(worker_settings, f"started-{tag}"), side_channel(worker_settings, tag)
-    client = redis.Redis.from_url(worker_settings.redis_url)
+    client = side_channel_client(worker_settings)
     try:
         result = app.tasks["t.block"].delay(started, gate)
         assert client.blpop([started], timeout=WAIT_S) is not None  # it is running
@@ -191,12 +208,25 @@ def test_group_joins_natively(app: Any) -> None:
     assert group_result.completed_count() == 6 and group_result.successful()
 
 
-def test_forget_drops_the_result(app: Any) -> None:
+def test_forget_drops_the_result_for_good(app: Any, worker_settings: Settings) -> None:
     result = app.tasks["t.add"].delay(1, 1)
     assert result.get(timeout=WAIT_S) == 2
     result.forget()
     fresh = app.AsyncResult(result.id)
     assert fresh.state == "PENDING"
+    # The forget is an event in the log, folded into the history by the processor like
+    # any other: a replay or a view rebuild forgets the result again
+    # (test_view_heals.py rebuilds a view holding a forget).
+    with ResultBackend(worker_settings) as backend:
+        def states_in_history() -> list[State]:
+            try:
+                return [e.state for e in backend.AsyncResult(result.id).history()]
+            except ConfigurationError:  # the processor has not created the tables yet
+                return []
+
+        for states in _until(states_in_history, lambda states: State.FORGOTTEN in states):
+            pass
+    assert states[-1] is State.FORGOTTEN and State.SUCCESS in states
 
 
 def test_a_result_over_the_size_limit_is_a_failure_with_the_reason(app: Any) -> None:
@@ -254,10 +284,10 @@ def test_a_finalizer_cancelling_inside_consume_from_does_not_deadlock(
     reader = client.backend.reader()
     real = reader.watch_ready
 
-    def collected_meanwhile(task_id: str) -> Any:
+    def collected_meanwhile(task_id: str, *, sent: bool = False) -> Any:
         consumer.cancel_for("another-task")
         consumer.cancel_for(task_id)  # its own result object finalized meanwhile
-        return real(task_id)
+        return real(task_id, sent=sent)
 
     monkeypatch.setattr(reader, "watch_ready", collected_meanwhile)
     done = threading.Event()
@@ -305,6 +335,6 @@ def test_a_hard_time_limit_is_recorded_by_the_workers_main_process(
             result.get(timeout=WAIT_S)
         assert result.state == "FAILURE"
     finally:
-        client = redis.Redis.from_url(worker_settings.redis_url)
+        client = side_channel_client(worker_settings)
         client.delete(started, gate)
         client.close()

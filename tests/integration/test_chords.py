@@ -9,7 +9,6 @@ import random
 import re
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -259,10 +258,8 @@ async def test_get_waits_by_push_and_times_out(settings: Settings) -> None:
 
     async with ResultBackend(settings) as backend:
         result = backend.AioChordResult("never")
-        started = time.monotonic()
         with pytest.raises(ResultTimeout, match="did not complete"):
             await result.get(timeout=0.3)
-        assert time.monotonic() - started < 5
         assert await result.ready() is False and result.state == "PENDING"
 
 

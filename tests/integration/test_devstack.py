@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -140,16 +139,13 @@ async def test_a_port_taken_by_a_foreign_socket_fails_fast_and_starts_nothing(
     with socket.socket() as foreign:
         foreign.bind(("127.0.0.1", redis_port))
         foreign.listen()
-        started = time.monotonic()
         with pytest.raises(DevStackError) as caught:
             await stack.up()
-        took = time.monotonic() - started
 
     message = str(caught.value)
     assert f"port {redis_port} (redis)" in message
     assert "RESULTLOG_REDIS_URL" in message
     assert f"pid {os.getpid()}" in message  # who holds it
-    assert took < 5, took
     assert not any(s.running for s in await stack.status())
     assert sorted(p.name for p in dev_dir.iterdir()) == [".lock"]
 

@@ -18,7 +18,7 @@ from resultlog import names
 from resultlog.errors import InvalidTaskId
 from resultlog.schemas.event import ExceptionInfo, TaskEvent, now_ms
 from resultlog.schemas.fold import fold
-from resultlog.schemas.states import State
+from resultlog.schemas.states import RECORD_STATES, State
 from resultlog.settings import Settings
 from resultlog.views.redis_view import RedisView, view_from_push
 from tests.unit.strategies import task_events
@@ -237,7 +237,7 @@ async def test_concurrent_batches_never_regress(settings: Settings) -> None:
     s = settings.replace(result_ttl_s=0)
     rnd = random.Random(7)
     t = 1_700_000_000_000
-    events = [ev(f"t{i % 5}", rnd.choice(list(State)), t + rnd.randrange(5), attempt=rnd.randrange(3),
+    events = [ev(f"t{i % 5}", rnd.choice(RECORD_STATES), t + rnd.randrange(5), attempt=rnd.randrange(3),
                  result=1, worker=f"w{i}") for i in range(200)]
     async with RedisView(s) as a, RedisView(s) as b:
         chunks = [events[i:i + 7] for i in range(0, len(events), 7)]

@@ -159,3 +159,36 @@ async def _all(settings: Settings, ids: list[str]) -> bool:
 async def _some(settings: Settings, prefix: str, n: int) -> bool:
     async with RedisView(settings) as view:
         return len([t for t in await view.task_ids() if t.startswith(prefix)]) >= n
+
+
+async def test_a_forgotten_task_stays_forgotten_when_the_view_is_rebuilt(
+        settings: Settings, redis_client: redis.asyncio.Redis) -> None:
+    """forget() as an event (state FORGOTTEN, a TaskForgotten record): the rebuilt view,
+    the history fallback and verify all agree that the task is gone, while its
+    neighbour, not forgotten, comes back."""
+    ids = await emit_successes(settings, "f", 2)
+    kept, forgotten = ids
+    async with Emitter(settings) as em:
+        await em.emit_state(forgotten, "FORGOTTEN", wait=True)
+    with ProcessorProcess(settings) as proc:
+        await eventually(lambda: _all(settings, [kept]), f"visible\n{proc.output()[-3000:]}")
+        await eventually(lambda: _state_in_view(settings, forgotten, State.FORGOTTEN),
+                         "the forget folded")
+        async with ResultBackend(settings) as backend:
+            assert not await backend.AioAsyncResult(forgotten).exists()
+            # While the view is gone, readers fall back to the history: still forgotten.
+            await drop_view(redis_client, settings)
+            assert not await backend.AioAsyncResult(forgotten).exists()
+            await eventually(lambda: view_whole(settings, redis_client), "the view whole again")
+            await eventually(lambda: _all(settings, [kept]), "the neighbour rebuilt")
+            assert await _state_in_view(settings, forgotten, State.FORGOTTEN)
+            assert not await backend.AioAsyncResult(forgotten).exists()
+            assert await backend.AioAsyncResult(kept).get(timeout=5) == 0
+    report = await verify(settings)
+    assert report.ok, [d.render() for d in report.differences[:5]]
+
+
+async def _state_in_view(settings: Settings, task_id: str, state: State) -> bool:
+    async with RedisView(settings) as view:
+        raw = await view.get(task_id)
+    return raw is not None and raw.state is state

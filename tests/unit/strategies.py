@@ -15,16 +15,21 @@ maybe = st.none() | st.text(max_size=8)
 @st.composite
 def task_events(draw: st.DrawFn, task_ids: st.SearchStrategy[str] | None = None) -> TaskEvent:
     state = draw(st.sampled_from(list(State)))
+    task_id = draw(task_ids if task_ids is not None else st.sampled_from(["a", "b", "c"]))
+    timestamp = draw(st.integers(1_700_000_000_000, 1_700_000_000_003))
+    if state is State.FORGOTTEN:  # a forget carries nothing else
+        return TaskEvent(event_id=draw(hex_ids), task_id=task_id, state=state,
+                         timestamp=timestamp, worker=draw(maybe))
     exc = None
     if state in (State.FAILURE, State.RETRY) and draw(st.booleans()):
         exc = ExceptionInfo(draw(st.sampled_from(["ValueError", "KeyError"])), "builtins", draw(st.text(max_size=5)))
     chord = draw(st.booleans())
     return TaskEvent(
         event_id=draw(hex_ids),
-        task_id=draw(task_ids if task_ids is not None else st.sampled_from(["a", "b", "c"])),
+        task_id=task_id,
         state=state,
         # A narrow range of small values makes ties in attempt and timestamp common.
-        timestamp=draw(st.integers(1_700_000_000_000, 1_700_000_000_003)),
+        timestamp=timestamp,
         attempt=draw(st.integers(0, 2)),
         task_name=draw(st.none() | st.sampled_from(["add", "mul"])),
         worker=draw(maybe),

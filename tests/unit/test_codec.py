@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 
 from resultlog.errors import (
     CodecError,
@@ -101,6 +101,7 @@ def test_the_fast_reader_agrees_with_fastavro(event: TaskEvent) -> None:
     from resultlog.schemas.codec import HEADER_SIZE, event_from_record
     from resultlog.schemas.fastread import FAST_VERSION, read_v2
 
+    assume(event.state is not State.FORGOTTEN)  # a TaskForgotten record, not a TaskEvent
     codec = Codec()
     assert codec.schema_for(TASK_EVENT).version == FAST_VERSION, "update schemas/fastread.py"
     data = codec.encode(event)
@@ -113,3 +114,24 @@ def test_a_record_the_fast_reader_rejects_gets_the_generic_error() -> None:
         Codec().decode(data + b"\x07")  # trailing garbage
     with pytest.raises(CodecError):
         Codec().decode(data[:-3])
+
+
+def test_a_forget_round_trips_as_its_own_record_and_outranks_every_attempt() -> None:
+    from resultlog.schemas.codec import TASK_FORGOTTEN
+    from resultlog.schemas.fold import fold, visible
+
+    codec = Codec()
+    forget = TaskEvent.create("t", State.FORGOTTEN, timestamp=1_000, worker="client")
+    data = codec.encode(forget)
+    assert codec.decode_record(data)[0] == TASK_FORGOTTEN
+    assert codec.decode(data) == forget
+    # A later attempt's SUCCESS, even one timed after the forget, does not bring it back.
+    late = TaskEvent.create("t", State.SUCCESS, timestamp=2_000, attempt=7, result=1)
+    for events in ([forget, late], [late, forget]):
+        view = fold(events)["t"]
+        assert view.state is State.FORGOTTEN and visible(view) is None
+
+
+def test_a_forget_refuses_fields_its_record_cannot_carry() -> None:
+    with pytest.raises(ValidationError, match="FORGOTTEN event carries only"):
+        TaskEvent.create("t", State.FORGOTTEN, task_name="x")

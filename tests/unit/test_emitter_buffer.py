@@ -32,7 +32,7 @@ def test_full_by_count_raises_naming_the_timeout() -> None:
     started = time.monotonic()
     with pytest.raises(BufferFull, match=r"0\.2 s \(buffer_timeout_s\)"):
         box.put_blocking(b"k", b"v", 0, None, 0.2)
-    assert 0.15 < time.monotonic() - started < 2
+    assert time.monotonic() - started >= 0.19  # it waited buffer_timeout_s first
 
 
 def test_full_by_bytes_but_one_oversized_event_always_fits_alone() -> None:

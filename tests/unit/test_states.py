@@ -16,7 +16,8 @@ from resultlog.schemas.states import (
 
 
 def test_lifecycle_within_an_attempt_only_moves_forward() -> None:
-    order = [State.RECEIVED, State.STARTED, State.RETRY, State.FAILURE, State.SUCCESS, State.REVOKED]
+    order = [State.RECEIVED, State.STARTED, State.RETRY, State.FAILURE, State.SUCCESS, State.REVOKED,
+             State.FORGOTTEN]
     assert sorted(State, key=lambda s: s.rank) == order
 
 
