@@ -35,6 +35,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-
 
 from bench._common import cleanup
 from resultlog import names
+from resultlog.connections import kafka_client_args
 from resultlog.dashboard.app import create_app
 from resultlog.dashboard.tasklist import Cursor
 from resultlog.settings import Settings
@@ -184,7 +185,7 @@ async def main() -> None:
     settings = Settings.from_env().replace(
         events_topic=f"bench.dash.{schema}", consumer_group=f"bench.dash.{schema}",
         redis_prefix=f"bench{schema}:", postgres_schema=schema, topic_partitions=8)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(**kafka_client_args(settings))
     await admin.start()
     try:
         if settings.events_topic not in await admin.list_topics():

@@ -25,6 +25,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from resultlog.analytics_commands import parse_duration, parse_time
+from resultlog.connections import redis_url
 from resultlog.dashboard.live import LiveHub, sse_stream
 from resultlog.dashboard.queries import HistoryReads
 from resultlog.dashboard.status import PipelineStatus
@@ -57,7 +58,7 @@ class Dashboard:
     async def start(self) -> None:
         s = self.settings
         self.pool = await create_pool(s, application_name="resultlog-dashboard", max_size=8)
-        self.redis = redis.asyncio.Redis.from_url(s.redis_url, decode_responses=True)
+        self.redis = redis.asyncio.Redis.from_url(redis_url(s), decode_responses=True)
         self.history = HistoryStore(s, self.pool)
         self.analytics = Analytics(s, self.pool)
         self.reads = HistoryReads(self.pool, s.postgres_schema)

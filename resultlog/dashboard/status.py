@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-unt
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 
 from resultlog import names
+from resultlog.connections import kafka_client_args
 from resultlog.processors.deadletter import OFFSET_HEADER, PARTITION_HEADER, REASON_HEADER
 from resultlog.producers.kafka import started
 from resultlog.settings import Settings
@@ -83,12 +84,12 @@ class PipelineStatus:
 
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers, group_id=None,
+            **kafka_client_args(self.settings), group_id=None,
             enable_auto_commit=False, auto_offset_reset="earliest",
             request_timeout_ms=int(self.settings.kafka_timeout_s * 1000))
         self._consumer = await started(consumer, self.settings, "read offsets from")
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            **kafka_client_args(self.settings),
             request_timeout_ms=int(self.settings.kafka_timeout_s * 1000))
         self._admin = await started(admin, self.settings, "describe topics on")
 

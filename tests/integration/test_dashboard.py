@@ -150,7 +150,12 @@ def browser(base_settings: Settings) -> Iterator[webdriver.Chrome]:
 
 def shot(browser: webdriver.Chrome, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(SHOTS / f"{name}.png"))
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1400, min(int(height) + 20, 4000))  # the whole page
+    try:
+        browser.save_screenshot(str(SHOTS / f"{name}.png"))
+    finally:
+        browser.set_window_size(1400, 1000)
 
 
 def wait_for(browser: webdriver.Chrome, what: str, check: object) -> None:
