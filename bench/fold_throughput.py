@@ -3,7 +3,8 @@
 Pre-loads N events (default 300,000: 100,000 tasks x STARTED/SUCCESS/+1 RECEIVED)
 into a fresh topic, starts `resultlog process`, and measures how fast the history
 table and the Redis view fill, excluding the processor's start-up (the clock starts
-at the first written row). Prints events/s.
+at the first written row). Prints events/s, and the processor's own CPU time per event
+(the figure to compare on a shared machine: the rate moves with the load).
 
     .venv/bin/python bench/fold_throughput.py [--events 300000]
 """
@@ -47,6 +48,14 @@ async def preload(settings, n_events: int) -> None:  # type: ignore[no-untyped-d
         await producer.stop()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux): unlike the wall-clock rate,
+    it hardly moves when other work shares the cores."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=300_000)
@@ -82,6 +91,7 @@ async def main() -> None:
             count = await conn.fetchval(progress_sql, settings.consumer_group)
             if count and first_at is None:
                 first_at, first_count = time.monotonic(), count
+                first_cpu = cpu_seconds(proc.pid)
             if proc.poll() is not None:
                 raise SystemExit("the processor died")
             await asyncio.sleep(0.05)
@@ -95,11 +105,14 @@ async def main() -> None:
                     break
                 await asyncio.sleep(0.01)
         done = time.monotonic()
+        cpu = cpu_seconds(proc.pid) - first_cpu
         assert first_at is not None
         rate = (n - first_count) / (done - first_at)
         print(f"fold throughput (history + Redis, 1 processor): {rate:,.0f} events/s "
               f"({n:,} events; history complete after {history_done - first_at:.2f}s, "
               f"Redis after {done - first_at:.2f}s)")
+        print(f"processor CPU: {cpu * 1e6 / (n - first_count):.1f} us per event "
+              f"({cpu:.2f}s user+system for {n - first_count:,} events)")
     finally:
         proc.terminate()
         proc.wait()

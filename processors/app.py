@@ -22,7 +22,10 @@ import faust
 
 from resultlog import names
 from resultlog.processors import chords
+from resultlog.errors import ConfigurationError
 from resultlog.processors.engine import BatchFoldEngine
+from resultlog.processors.health import HealthServer
+from resultlog.processors.metrics import ProcessorMetrics
 from resultlog.processors.sink import FoldSink, SinkStats
 from resultlog.connections import faust_broker_credentials
 from resultlog.settings import Settings
@@ -68,9 +71,27 @@ class Processor:
         # faust makes only the last directory of datadir itself.
         Path(conf["datadir"]).mkdir(parents=True, exist_ok=True)
         self.app = faust.App(**conf)
-        self.engine = BatchFoldEngine(settings, self.sink, self.stats)
+        self.metrics = ProcessorMetrics(lambda: self.engine.status(), settings.ready_max_lag)
+        self.engine = BatchFoldEngine(settings, self.sink, self.stats, self.metrics)
         self.app.task(self._run_engine)
+        if settings.metrics_port:
+            self.app.task(self._serve_health)
         self.chords = chords.install(self)
+
+    async def _serve_health(self) -> None:
+        server = HealthServer(self.settings, self.metrics, self.engine.status)
+        try:
+            await server.start()
+        except ConfigurationError as exc:
+            # Asked for metrics and cannot serve them: say so and stop, rather than run
+            # unwatched.
+            log.critical("%s; stopping the worker", exc)
+            await self.app.crash(exc)
+            return
+        try:
+            await asyncio.Event().wait()  # serve until the worker stops (cancels this task)
+        finally:
+            await server.close()
 
     async def _run_engine(self) -> None:
         try:

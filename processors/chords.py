@@ -106,7 +106,8 @@ def load_hook(spec: str) -> Hook:
     return hook  # type: ignore[no-any-return]
 
 
-async def _retrying(what: str, op: Callable[[], Awaitable[T]]) -> T:
+async def _retrying(what: str, op: Callable[[], Awaitable[T]],
+                    on_retry: Callable[[], None] | None = None) -> T:
     """``op()``, retried while Redis or Kafka is unavailable: the chord cannot move on."""
     delay = 0.1
     while True:
@@ -116,6 +117,8 @@ async def _retrying(what: str, op: Callable[[], Awaitable[T]]) -> T:
             if isinstance(exc, ResultlogError) and not exc.retriable:
                 raise
             log.warning("%s failed (%r); retrying in %.1fs", what, exc, delay)
+            if on_retry is not None:
+                on_retry()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -152,6 +155,7 @@ class ChordAggregator:
     def __init__(self, processor: Processor) -> None:
         s = self.settings = processor.settings
         self.app = app = processor.app
+        self.metrics = processor.metrics
         self.codec = Codec(max_bytes=s.max_event_bytes)
         self.hooks: list[Hook] = []
         self.completions_topic = _raw_topic(app, s.chord_completions_topic, s.topic_partitions)
@@ -180,6 +184,9 @@ class ChordAggregator:
             self.app.agent(self.completions_topic, name="chord-hooks", concurrency=1)(self._run_hooks)
         return hook
 
+    def _retried(self) -> None:
+        self.metrics.write_retried("chords")
+
     async def load(self, partitions: set[int]) -> None:
         """Own ``partitions``: their tables, read from the changelog.
 
@@ -189,7 +196,8 @@ class ChordAggregator:
         whose summary expired in between would complete a second time.
         """
         async with self.lock:
-            await _retrying("loading the chord state", lambda: self.state.load(partitions))
+            await _retrying("loading the chord state", lambda: self.state.load(partitions),
+                            self._retried)
             s = self.settings
             self.partitions = {p: _Partition(table, s.result_ttl_s * 1000, s.topic_partitions)
                                for p, table in self.state.tables.items()}
@@ -258,7 +266,7 @@ class ChordAggregator:
             for rec in records:
                 await self._record(part, rec, store, dead_letters)
             offsets[tp] = records[-1].offset + 1
-        await _retrying("writing the chord state changelog", self.state.flush)
+        await _retrying("writing the chord state changelog", self.state.flush, self._retried)
         if not offsets:
             return
         try:
@@ -276,7 +284,8 @@ class ChordAggregator:
             # The fold forwards only records it decoded: this one came from elsewhere.
             letter = DeadLetter(rec.key, rec.value, f"{type(exc).__name__}: {exc}",
                                 rec.topic, rec.partition, rec.offset)
-            await _retrying("sending a dead letter", lambda: dead_letters.send([letter]))
+            await _retrying("sending a dead letter", lambda: dead_letters.send([letter]), self._retried)
+            self.metrics.dead_lettered("chords")
             return
         if step is not None and step.completion is not None:
             await self._publish(store, step.completion)
@@ -291,10 +300,13 @@ class ChordAggregator:
 
     async def _publish(self, store: ChordStore, completion: ChordCompleted) -> None:
         """The outcome to Redis (readers first), then to the completions topic."""
-        await _retrying("writing a chord completion to Redis", lambda: store.complete(completion))
+        await _retrying("writing a chord completion to Redis", lambda: store.complete(completion),
+                       self._retried)
         data = self._encode(completion)
         key = completion.chord_id.encode()
-        await _retrying("sending a chord completion", lambda: self.writer.send([(key, data)]))
+        await _retrying("sending a chord completion", lambda: self.writer.send([(key, data)]),
+                        self._retried)
+        self.metrics.chord_completed(completion.state.value)
         log.info("chord %s completed: %s (%d of %d members, %d failed)", completion.chord_id,
                  completion.state.value, completion.done, completion.size, completion.failed)
 
@@ -367,7 +379,7 @@ class ChordAggregator:
             with translated("claiming a chord hook run"):
                 return bool(await client.set(key, self._claimant, nx=True, px=ttl_ms))
 
-        return await _retrying("claiming a chord hook run", claim)
+        return await _retrying("claiming a chord hook run", claim, self._retried)
 
     async def _call_hooks(self, completion: ChordCompleted) -> None:
         for hook in self.hooks:

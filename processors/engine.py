@@ -42,6 +42,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError  # type: ignore[import-untyped]
 
 from resultlog.errors import BrokerUnavailable, ResultlogError, StoreUnavailable, ViewLost
+from resultlog.processors.foldstatus import FoldStatus, LogEnds, PartitionProgress
+from resultlog.processors.metrics import ProcessorMetrics
 from resultlog.processors.rebuild import ViewRebuilder
 from resultlog.producers.kafka import started
 from resultlog.processors.sink import FoldSink, PipelinedWriter, Prepared, SinkStats
@@ -72,10 +74,12 @@ class _Positioning(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class BatchFoldEngine:
-    def __init__(self, settings: Settings, sink: FoldSink, stats: SinkStats) -> None:
+    def __init__(self, settings: Settings, sink: FoldSink, stats: SinkStats,
+                 metrics: ProcessorMetrics | None = None) -> None:
         self.settings = settings
         self.sink = sink
         self.stats = stats
+        self.metrics = metrics
         self.consumer: AIOKafkaConsumer | None = None
         self.coverage: ViewCoverage | None = None
         self.rebuilder: ViewRebuilder | None = None
@@ -89,6 +93,12 @@ class BatchFoldEngine:
         self._written: dict[int, int] = {}
         # A failure aiokafka's rebalance listener would swallow; the fold loop raises it.
         self._failure: BaseException | None = None
+        # For status(): per positioned partition, the next offset both stores hold; and
+        # whether the current assignment has been positioned.
+        self._stored: dict[int, int] = {}
+        self._assigned = False
+        self._log_ends: LogEnds | None = None
+        self._stopped_on_error = False
 
     # -- positions --------------------------------------------------------------------
 
@@ -105,6 +115,7 @@ class BatchFoldEngine:
         while True:
             try:
                 await self._position(assigned)
+                self._assigned = True
                 return
             except Exception as exc:
                 # A KafkaError here is the broker not answering a metadata request;
@@ -122,8 +133,10 @@ class BatchFoldEngine:
                 delay = min(delay * 2, 5.0)
 
     def revoked(self, partitions: set[int]) -> None:
+        self._assigned = False
         for p in partitions:
             self._next.pop(p, None)
+            self._stored.pop(p, None)
 
     async def _position(self, assigned: set[TopicPartition]) -> None:
         consumer, coverage = self.consumer, self.coverage
@@ -141,7 +154,7 @@ class BatchFoldEngine:
             p = tp.partition
             start = max(begin[p], min(history.get(p, begin[p]), positions.get(p, begin[p])))
             consumer.seek(tp, start)
-            self._next[p] = resume[p] = start
+            self._next[p] = resume[p] = self._stored[p] = start
         log.info("assigned %s; resuming at %s (from the stores' positions)",
                  sorted(resume), dict(sorted(resume.items())))
         if gaps:
@@ -198,12 +211,19 @@ class BatchFoldEngine:
                 for (_, p), o in prepared.offsets.items():
                     if o > self._written.get(p, -1):
                         self._written[p] = o
+                    if p in self._next and o > self._stored.get(p, -1):
+                        self._stored[p] = o
+                if self.metrics is not None:
+                    self.metrics.batch_written(prepared.rows, stats.history_s, stats.redis_s,
+                                               stats.dead_letters)
                 return stats
             except ViewLost as exc:
                 assert prepared.starts is not None
                 log.warning("%s; claiming and rebuilding it", exc)
                 try:
                     await self._heal({p: o for (_, p), o in prepared.starts.items()})
+                    if self.metrics is not None:
+                        self.metrics.write_retried("fold")
                     continue
                 except ResultlogError as heal_exc:
                     if not heal_exc.retriable:
@@ -213,6 +233,8 @@ class BatchFoldEngine:
                 if not exc.retriable:
                     raise
                 log.warning("writing a batch failed (%s); retrying in %.1fs", exc, delay)
+            if self.metrics is not None:
+                self.metrics.write_retried("fold")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -252,6 +274,31 @@ class BatchFoldEngine:
             except (CommitFailedError, KafkaError) as exc:
                 log.info("Kafka offset commit skipped (lag tools only): %r", exc)
 
+    # -- status (health endpoint, metrics) ----------------------------------------------
+
+    def status(self) -> FoldStatus:
+        consumer, ends = self.consumer, self._log_ends
+        owned = consumer.assignment() if consumer is not None else set()
+        topic = self.settings.events_topic
+        partitions = {}
+        for p, position in list(self._stored.items()):
+            tp = TopicPartition(topic, p)
+            known = [position]  # the stores hold it, so the log reaches at least there
+            if ends is not None and p in ends.ends:
+                known.append(ends.ends[p])
+            highwater = consumer.highwater(tp) if consumer is not None and tp in owned else None
+            if highwater is not None:
+                known.append(highwater)
+            log_end = max(known) if len(known) > 1 else None
+            partitions[p] = PartitionProgress(position, log_end)
+        rebuilder = self.rebuilder
+        return FoldStatus(
+            assigned=self._assigned, partitions=partitions,
+            log_end_age_s=None if ends is None else ends.age_s(),
+            failed=self._stopped_on_error,
+            rebuilding=rebuilder is not None and rebuilder.rebuilding,
+            rebuilt_events=0 if rebuilder is None else rebuilder.rebuilt)
+
     # -- the loop ---------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -273,6 +320,8 @@ class BatchFoldEngine:
         # listener, which needs it) before start() returns.
         self.consumer = consumer
         await started(consumer, s)
+        self._log_ends = LogEnds(consumer, s.events_topic, lambda: list(self._stored), s.kafka_timeout_s)
+        self._log_ends.start()
         writer = PipelinedWriter(self._write, self._account)
         loop = asyncio.get_running_loop()
         last_commit = last_check = loop.time()
@@ -298,7 +347,11 @@ class BatchFoldEngine:
                         await self._check_view()
                     except StoreUnavailable as exc:
                         log.warning("checking the view's positions failed: %s", exc)
+        except Exception:
+            self._stopped_on_error = True
+            raise
         finally:
+            await self._log_ends.close()
             await writer.settle()
             await self.rebuilder.close()
             self.consumer = None

@@ -21,7 +21,7 @@ import struct
 from typing import Any
 
 from resultlog.schemas.codec import HEADER_SIZE, MAGIC, TASK_EVENT, default_store
-from resultlog.schemas.event import MAX_ID_LENGTH
+from resultlog.schemas.event import MAX_ID_LENGTH, meta_text
 from resultlog.schemas.fastread import read_long as _varint
 from resultlog.schemas.states import MAX_ATTEMPT, MAX_TIMESTAMP_MS, RANK, State
 from resultlog.views.history import meta_json
@@ -147,10 +147,11 @@ def _read(data: bytes, topic: str, partition: int, offset: int, ttl_ms: int) -> 
     elif branch != 0:
         raise _Decline
     if data[pos:] == _NO_TAIL:  # the usual event: no lineage, chord, eta or meta
-        parent_id = root_id = group_id = chord_id = meta = None
+        parent_id = root_id = group_id = chord_id = meta = meta_view = None
         chord_size = chord_index = eta = None
     else:
-        parent_id, root_id, group_id, chord_id, chord_size, chord_index, eta, meta = _tail(data, pos)
+        (parent_id, root_id, group_id, chord_id, chord_size, chord_index, eta, meta,
+         meta_view) = _tail(data, pos)
     state = _STATE_NAME[state_index]
     token = f"{attempt:05d}{_STATE_RANK[state_index]}{timestamp:015d}{event_id}"
     history_row = (
@@ -165,7 +166,7 @@ def _read(data: bytes, topic: str, partition: int, offset: int, ttl_ms: int) -> 
         worker, result, exc_type, exc_module, exc_message, traceback,
         view_value(runtime), view_value(eta),
         task_name, args, kwargs, parent_id, root_id, group_id, chord_id,
-        view_value(chord_size), view_value(chord_index),
+        view_value(chord_size), view_value(chord_index), meta_view,
     )
     mask = "1111" + "".join(["0" if v is None else "1" for v in optional])
     view_row = [token, str(timestamp + ttl_ms) if ttl_ms else "", mask,
@@ -183,11 +184,12 @@ def _tail(data: bytes, pos: int) -> tuple[Any, ...]:
     chord_size, pos = _opt_long(data, pos)
     chord_index, pos = _opt_long(data, pos)
     eta, pos = _opt_long(data, pos)
-    meta = None
+    meta = meta_view = None
     if data[pos] == 0:
         pos += 1
     else:
-        meta, pos = _read_meta(data, pos)
+        read, pos = _read_meta(data, pos)
+        meta, meta_view = meta_json(read), meta_text(read)
     if pos != len(data):
         raise _Decline
     _check_id(parent_id)
@@ -201,10 +203,10 @@ def _tail(data: bytes, pos: int) -> tuple[Any, ...]:
             or (chord_index is not None and not -_INT32 <= chord_index < _INT32)
             or (eta is not None and not -_INT64 <= eta < _INT64)):
         raise _Decline
-    return parent_id, root_id, group_id, chord_id, chord_size, chord_index, eta, meta
+    return parent_id, root_id, group_id, chord_id, chord_size, chord_index, eta, meta, meta_view
 
 
-def _read_meta(data: bytes, pos: int) -> tuple[str | None, int]:
+def _read_meta(data: bytes, pos: int) -> tuple[dict[str, str], int]:
     meta: dict[str, str] = {}
     while True:
         count, pos = _varint(data, pos)
@@ -216,4 +218,4 @@ def _read_meta(data: bytes, pos: int) -> tuple[str | None, int]:
         for _ in range(count):
             key, pos = _string(data, pos)
             meta[key], pos = _string(data, pos)
-    return meta_json(meta), pos
+    return meta, pos

@@ -19,19 +19,22 @@ between 2 and 3 re-reads that batch, the history skips it (idempotent on
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from resultlog.errors import CodecError, ValidationError
 from resultlog.processors.deadletter import DeadLetter, DeadLetterWriter, TopicWriter
-from resultlog.schemas.codec import CHORD_RECORDS, Codec
+from resultlog.schemas.codec import CHORD_RECORDS, WORKER_HEARTBEAT, Codec
 from resultlog.schemas.event import TaskEvent
+from resultlog.schemas.workers import WorkerHeartbeat
 from resultlog.settings import Settings
 from resultlog.processors.fastrows import read_rows
 from resultlog.views.history import HistoryStore, history_row
 from resultlog.views.partitions import DAY_MS
 from resultlog.views.redis_view import RedisView, view_row
+from resultlog.views.workers import WorkersHistory, WorkersView
 
 
 class Record(Protocol):
@@ -68,6 +71,10 @@ class SinkStats:
     duplicates: int = 0  # history rows already present
     dead_letters: int = 0
     redis_changed: int = 0
+    heartbeats: int = 0
+    # Seconds spent writing each store (the metrics' write latency per store).
+    history_s: float = 0.0
+    redis_s: float = 0.0
 
     def add(self, other: SinkStats) -> None:
         self.read += other.read
@@ -75,6 +82,9 @@ class SinkStats:
         self.duplicates += other.duplicates
         self.dead_letters += other.dead_letters
         self.redis_changed += other.redis_changed
+        self.heartbeats += other.heartbeats
+        self.history_s += other.history_s
+        self.redis_s += other.redis_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +103,8 @@ class Prepared:
     # The live fold only: where the batch begins in each partition. The Redis view must
     # already cover these starts, else the write raises ViewLost (views/coverage.py).
     starts: dict[tuple[str, int], int] | None = None
+    # Worker heartbeats (schemas/workers.py), for the workers views.
+    heartbeats: list[WorkerHeartbeat] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -107,6 +119,8 @@ class FoldSink:
     dead_letters: DeadLetterWriter | None = None
     # Set by the chord aggregator: where chord declarations and members' outcomes go.
     chord_forwarder: TopicWriter | None = None
+    workers: WorkersView | None = None
+    workers_history: WorkersHistory | None = None
 
     async def start(self) -> None:
         if self.redis is None and self.write_redis:
@@ -119,6 +133,10 @@ class FoldSink:
             self.history = HistoryStore(self.settings)
             await self.history.start()
             await self.history.migrate()
+        if self.workers is None and self.redis is not None:
+            self.workers = WorkersView(self.settings, self.redis.client)
+        if self.workers_history is None:
+            self.workers_history = WorkersHistory(self.settings, self.history.pool)
         if self.dead_letters is None:
             self.dead_letters = DeadLetterWriter(self.settings)
 
@@ -155,6 +173,7 @@ class FoldSink:
         days: set[int] = set()
         bad: list[DeadLetter] = []
         chord_traffic: list[tuple[bytes, bytes]] = []
+        heartbeats: list[WorkerHeartbeat] = []
         offsets: dict[tuple[str, int], int] = {}
         decode_any = self.codec.decode_any
         forward = self.chord_forwarder is not None
@@ -175,6 +194,9 @@ class FoldSink:
                     decoded = decode_any(value)
                     if not isinstance(decoded, TaskEvent):
                         name, record = decoded
+                        if name == WORKER_HEARTBEAT:
+                            heartbeats.append(WorkerHeartbeat.from_record(record))
+                            continue
                         if name not in CHORD_RECORDS:
                             raise CodecError(f"unexpected record type {name} in the events topic")
                         if forward:
@@ -195,7 +217,7 @@ class FoldSink:
             if forward and chord_id is not None and ready:
                 chord_traffic.append((chord_id.encode(), value))  # type: ignore[arg-type]
         return Prepared(len(records), rows, view_tasks, view_rows, days, bad, chord_traffic,
-                        offsets)
+                        offsets, heartbeats=heartbeats)
 
     async def prepare_yielding(self, records: Sequence[Record], chunk: int = 500) -> Prepared:
         """:meth:`prepare`, giving the event loop a turn every ``chunk`` records, so
@@ -220,6 +242,7 @@ class FoldSink:
             [b for p in parts for b in p.bad],
             [c for p in parts for c in p.chord_traffic],
             offsets,
+            heartbeats=[h for p in parts for h in p.heartbeats],
         )
 
     async def handle(self, records: Sequence[Record]) -> SinkStats:
@@ -240,17 +263,29 @@ class FoldSink:
             # Repartition by chord id for the aggregator; awaited before the offsets
             # move, so a member's outcome is never lost between the two topics.
             await self.chord_forwarder.send(chord_traffic)
+        # Heartbeats before the offsets move: both writes are idempotent, so a batch
+        # re-read after a crash between here and the offsets adds nothing.
+        stats.heartbeats = len(batch.heartbeats)
+        if batch.heartbeats:
+            if self.write_history and self.workers_history is not None:
+                await self.workers_history.write(batch.heartbeats)
+            if self.write_redis and self.workers is not None:
+                await self.workers.apply(batch.heartbeats)
         # Without the history (a Redis-only replay) the offsets still record progress.
+        began = time.perf_counter()
         if self.write_history:
             stats.inserted = await self.history.write_rows(
                 batch.rows, batch.days, offsets, consumer_group=self.consumer_group)
             stats.duplicates = len(batch.rows) - stats.inserted
         else:
             await self.history.write_rows([], set(), offsets, consumer_group=self.consumer_group)
+        stats.history_s = time.perf_counter() - began
         if self.write_redis and self.redis is not None:
+            began = time.perf_counter()
             stats.redis_changed = await self.redis.apply_rows(
                 batch.view_tasks, batch.view_rows, offsets, consumer_group=self.consumer_group,
                 starts=batch.starts)
+            stats.redis_s = time.perf_counter() - began
         return stats
 
 

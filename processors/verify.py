@@ -56,9 +56,14 @@ async def events_from_log(settings: Settings, progress: bool = False) -> tuple[l
         async for batch in reader.read(plan):
             for rec in batch:
                 try:
-                    events.append(codec.decode(rec.value or b""))
+                    decoded = codec.decode_any(rec.value or b"")
                 except Exception:  # undecodable records are the dead letters' business
                     bad += 1
+                    continue
+                # Other record types (chord declarations, worker heartbeats) are not
+                # task events: neither view of tasks holds them.
+                if isinstance(decoded, TaskEvent):
+                    events.append(decoded)
             if bar is not None:
                 bar.advance(len(batch))
         if bar is not None:

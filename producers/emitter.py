@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Unpack
@@ -91,12 +92,22 @@ class Emitter:
         return self._pipeline.unacked_events
 
     # Emitting ----------------------------------------------------------------------
-    async def emit(self, event: TaskEvent, *, wait: bool = False) -> None:
-        """Emit a ready-made event."""
+    async def emit(self, event: TaskEvent, *, wait: bool = False) -> TaskEvent:
+        """Emit a ready-made event; returns it as recorded (an outcome over the size limit
+        is recorded with its large fields cut: :mod:`.fitting`)."""
         pipeline = self._pipeline
         if not pipeline.running:
             await self.start()
-        await pipeline.accept(event, wait=wait)
+        return await pipeline.accept(event, wait=wait)
+
+    async def emit_record(self, name: str, key: str, record: Mapping[str, Any], timestamp: int,
+                          *, wait: bool = False) -> None:
+        """Emit a record of another type that shares the events topic (schema ``name``,
+        e.g. :data:`~resultlog.schemas.codec.WORKER_HEARTBEAT`), keyed by ``key``."""
+        pipeline = self._pipeline
+        if not pipeline.running:
+            await self.start()
+        await pipeline.accept_record(name, key, record, timestamp, wait=wait)
 
     async def emit_state(
         self,

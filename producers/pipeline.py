@@ -33,6 +33,7 @@ import asyncio
 import logging
 import threading
 from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import Future as ThreadFuture
 from functools import partial
 from typing import Any
@@ -200,14 +201,28 @@ class Pipeline:
         if self.failures.pending_for_callers:
             self.failures.raise_for_callers()
 
-    async def accept(self, event: TaskEvent, *, wait: bool = False) -> None:
-        """From the event loop: buffer ``event`` (waiting for room); with ``wait``, until acknowledged."""
+    async def accept(self, event: TaskEvent, *, wait: bool = False) -> TaskEvent:
+        """From the event loop: buffer ``event`` (waiting for room); with ``wait``, until
+        acknowledged. Returns the event as recorded (cut to fit, if it had to be)."""
         self.check()
-        key, value = self.encode(event)
+        recorded, key, value = self.encode_recorded(event)
+        await self._accept(key, value, event.timestamp, wait)
+        return recorded
+
+    async def accept_record(self, name: str, key: str, record: Mapping[str, Any], timestamp: int,
+                            *, wait: bool = False) -> None:
+        """:meth:`accept` for a record of another type sharing the events topic (the
+        schema ``name``, e.g. a worker heartbeat), keyed by ``key``; encoded with this
+        pipeline's codec, so the same size limit applies."""
+        self.check()
+        value = self.encoder.codec.encode_record(name, record)
+        await self._accept(key.encode(), value, timestamp, wait)
+
+    async def _accept(self, key: bytes, value: bytes, timestamp: int, wait: bool) -> None:
         if wait:
-            await self._accept_and_wait(key, value, event.timestamp)
-        elif not self._outbox.offer(key, value, event.timestamp):
-            await self._outbox.put(key, value, event.timestamp, None, self.options.buffer_timeout_s)
+            await self._accept_and_wait(key, value, timestamp)
+        elif not self._outbox.offer(key, value, timestamp):
+            await self._outbox.put(key, value, timestamp, None, self.options.buffer_timeout_s)
         self._since_yield += 1
         if self._since_yield >= _YIELD_EVERY:
             # A caller emitting in a tight loop never suspends (there is room), which
@@ -232,17 +247,27 @@ class Pipeline:
         the event as recorded (cut to fit within the size limit, if it had to be)."""
         self.check()
         recorded, key, value = self.encode_recorded(event)
+        self._accept_blocking(key, value, event.timestamp, wait)
+        return recorded
+
+    def accept_record_blocking(self, name: str, key: str, record: Mapping[str, Any],
+                               timestamp: int, *, wait: bool = False) -> None:
+        """:meth:`accept_record` from any other thread, blocking that thread."""
+        self.check()
+        value = self.encoder.codec.encode_record(name, record)
+        self._accept_blocking(key.encode(), value, timestamp, wait)
+
+    def _accept_blocking(self, key: bytes, value: bytes, timestamp: int, wait: bool) -> None:
         if not wait:
-            if not self._outbox.offer(key, value, event.timestamp):
-                self._outbox.put_blocking(key, value, event.timestamp, None, self.options.buffer_timeout_s)
-            return recorded
+            if not self._outbox.offer(key, value, timestamp):
+                self._outbox.put_blocking(key, value, timestamp, None, self.options.buffer_timeout_s)
+            return
         waiter: ThreadFuture[None] = ThreadFuture()
-        self._outbox.put_blocking(key, value, event.timestamp, waiter, self.options.buffer_timeout_s)
+        self._outbox.put_blocking(key, value, timestamp, waiter, self.options.buffer_timeout_s)
         try:
             waiter.result(timeout=self.settings.kafka_timeout_s)
         except TimeoutError:
             raise self._no_ack() from None
-        return recorded
 
     def _no_ack(self) -> BrokerUnavailable:
         return BrokerUnavailable(

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
@@ -177,6 +177,11 @@ class SyncEmitter:
         """Emit a ready-made event; returns it as recorded (an outcome over the size limit
         is recorded with its large fields cut: :mod:`.fitting`)."""
         return self._current().pipeline.accept_blocking(event, wait=wait)
+
+    def emit_record(self, name: str, key: str, record: Mapping[str, Any], timestamp: int,
+                    *, wait: bool = False) -> None:
+        """:meth:`Emitter.emit_record <resultlog.producers.emitter.Emitter.emit_record>`, blocking."""
+        self._current().pipeline.accept_record_blocking(name, key, record, timestamp, wait=wait)
 
     def emit_state(
         self,

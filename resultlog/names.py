@@ -35,6 +35,10 @@ CELERY_META_KEY = "meta"
 # A Celery GroupResult.save() is a SUCCESS event of the group's id under this task name,
 # its result the group's member tuple; delete() is a REVOKED event of it.
 CELERY_SAVED_GROUP_TASK = "celery.group.saved"
+# Event meta keys (the view keeps an event's meta map): the queue a Celery task came
+# from, and the tasks it sent (Celery's result tuples, JSON), as Celery's meta has them.
+CELERY_QUEUE_META = "celery.queue"
+CELERY_CHILDREN_META = "celery.children"
 
 # Redis: defaults and the layout below the prefix.
 DEFAULT_REDIS_PREFIX = "resultlog:"
@@ -66,7 +70,7 @@ ATTEMPTS_VIEW = "attempts"  # one row per (task, attempt)
 TASKS_VIEW = "tasks"  # one row per task: the fold's winner and totals
 TASK_STATS_FUNCTION = "task_stats"  # per task name and time bucket
 # One row per task (the fold's winner), kept by a trigger on the history
-# (views/sql/0003_task_summary.sql); what the dashboard's task list pages over.
+# (views/sql/0004_task_summary.sql); what the dashboard's task list pages over.
 TASK_SUMMARY_TABLE = "task_summary"
 # Purpose of the advisory lock that serializes `resultlog prune` runs on one schema.
 PRUNE_LOCK = "prune"
@@ -164,3 +168,28 @@ def history_partition(yyyymmdd: str) -> str:
 def pg_advisory_lock(schema: str, purpose: str) -> str:
     """Text hashed into the advisory lock key that serializes ``purpose`` within ``schema``."""
     return f"resultlog:{schema}:{purpose}"
+
+
+# Worker heartbeats (schemas/workers.py, views/workers.py).
+# {prefix}worker:{worker_id}  hash: the worker's latest heartbeat; expires with it
+# {prefix}workers             sorted set: worker id -> expiry (ms), the live workers' index
+WORKER_HEARTBEATS_TABLE = "worker_heartbeats"  # every heartbeat (views/sql/0003_workers.sql)
+WORKER_SESSIONS_VIEW = "worker_sessions"  # one row per worker id: uptime, throughput
+
+
+def worker_key(prefix: str, worker_id: str) -> str:
+    return f"{prefix}worker:{worker_id}"
+
+
+def workers_index_key(prefix: str) -> str:
+    return f"{prefix}workers"
+
+
+# The Chicory backend (resultlog/chicory_backend/): a task event's result that carries a
+# Chicory state the event contract has no name for (PENDING, DEAD_LETTERED), or a result
+# on a state other than SUCCESS: {"resultlog.chicory_state": "DEAD_LETTERED", "result": ...}.
+CHICORY_STATE_KEY = "resultlog.chicory_state"
+CHICORY_RESULT_KEY = "result"
+# Heartbeat meta entries: a Chicory worker's connection statuses, as JSON.
+CHICORY_BROKER_META = "chicory.broker"
+CHICORY_BACKEND_META = "chicory.backend"

@@ -116,6 +116,13 @@ class Settings:
         f"postgresql://resultlog:resultlog@127.0.0.1:{DEV_POSTGRES_PORT}/resultlog"
     )
     postgres_schema: str = names.DEFAULT_PG_SCHEMA
+    # Metrics and health: `resultlog process` serves /metrics, /health/live and
+    # /health/ready on metrics_host:metrics_port (docs/operations.md). Off by default
+    # (0): several processors on one host would otherwise fight over one port.
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    # Ready once assigned and every partition is within this many offsets of the log's end.
+    ready_max_lag: int = 10_000
     # Local development stack and tests
     dev_dir: str = field(default_factory=_default_dev_dir)
     dev_cache_dir: str = field(default_factory=_default_dev_cache_dir)
@@ -256,6 +263,12 @@ def _check(s: Settings) -> None:
         raise bad("postgres_schema", "a lower-case SQL identifier")
     if s.chord_hook and not _HOOK_RE.match(s.chord_hook):
         raise bad("chord_hook", "empty, or package.module:function")
+    if not 0 <= s.metrics_port <= 65535:
+        raise bad("metrics_port", "0 (off) or a TCP port, 1 to 65535")
+    if not s.metrics_host or any(c.isspace() for c in s.metrics_host):
+        raise bad("metrics_host", "an address to bind, e.g. 127.0.0.1, or 0.0.0.0 for every interface")
+    if s.ready_max_lag < 0:
+        raise bad("ready_max_lag", "offsets >= 0")
     if s.dev_kafka_brokers not in DEV_KAFKA_BROKER_COUNTS:
         raise bad(
             "dev_kafka_brokers",

@@ -41,6 +41,8 @@ TASK_FORGOTTEN = "io.resultlog.TaskForgotten"
 # Records about chords that share the events topic with task events (keyed by chord id).
 CHORD_DECLARED = "io.resultlog.ChordDeclared"
 CHORD_RECORDS = frozenset({CHORD_DECLARED})
+# Worker heartbeats share the events topic too (keyed by worker id): schemas/workers.py.
+WORKER_HEARTBEAT = "io.resultlog.WorkerHeartbeat"
 # Written by the chord aggregator to the chord-completions topic (never the events topic).
 CHORD_COMPLETED = "io.resultlog.ChordCompleted"
 _FILE_RE = re.compile(r"^(?P<stem>[a-z0-9_]+)\.v(?P<version>\d+)\.avsc$")

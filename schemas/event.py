@@ -143,6 +143,14 @@ class TaskEvent:
         return None if self.result is None else json.loads(self.result)
 
 
+def meta_text(meta: Mapping[str, str]) -> str | None:
+    """An event's meta map as the views keep it: compact JSON in the map's order, None
+    when empty (an empty map is no value, so it never wins a sticky field)."""
+    if not meta:
+        return None
+    return json.dumps(meta, separators=(",", ":"), ensure_ascii=False)
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 

@@ -9,9 +9,11 @@ idempotent — any order and any duplication of events fold to the same view):
 - The *winner* is the event with the greatest :func:`order_key`; the view's state,
   outcome fields (result, exception, traceback, runtime, eta), worker, attempt and
   timestamp come from it.
-- *Sticky* fields (task name, args, kwargs, lineage, chord membership) are taken,
+- *Sticky* fields (task name, args, kwargs, lineage, chord membership, meta) are taken,
   each on its own, from the greatest-keyed event that carries a non-null value, because
-  a SUCCESS event need not repeat the args its RECEIVED event already recorded.
+  a SUCCESS event need not repeat the args its RECEIVED event already recorded. The
+  meta map is one value (:func:`~resultlog.schemas.event.meta_text`): the whole map of
+  the greatest-keyed event carrying a non-empty one, never a merge.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from resultlog.schemas.event import ExceptionInfo, TaskEvent
+from resultlog.schemas.event import ExceptionInfo, TaskEvent, meta_text
 from resultlog.schemas.states import State
 
 WINNER_FIELDS = (
@@ -29,7 +31,7 @@ WINNER_FIELDS = (
 )
 STICKY_FIELDS = (
     "task_name", "args", "kwargs", "parent_id", "root_id", "group_id",
-    "chord_id", "chord_size", "chord_index",
+    "chord_id", "chord_size", "chord_index", "meta",
 )
 
 
@@ -58,6 +60,7 @@ class TaskView:
     chord_id: str | None = None
     chord_size: int | None = None
     chord_index: int | None = None
+    meta: str | None = None  # JSON object text (meta_text), None when no event had one
     # order token of the event each sticky field came from
     sticky_tokens: tuple[tuple[str, str], ...] = ()
 
@@ -84,15 +87,23 @@ def visible(view: TaskView | None) -> TaskView | None:
     return None if view is None or view.state is State.FORGOTTEN else view
 
 
+def sticky_value(event: TaskEvent, name: str) -> Any:
+    """The value ``event`` offers for the sticky field ``name`` (None: none)."""
+    if name == "meta":
+        return meta_text(event.meta)
+    return getattr(event, name)
+
+
 def apply(view: TaskView | None, event: TaskEvent) -> TaskView:
     """``view`` joined with ``event``."""
     token = event.token
     if view is None:
-        sticky = tuple(sorted((n, token) for n in STICKY_FIELDS if getattr(event, n) is not None))
+        values = {n: sticky_value(event, n) for n in STICKY_FIELDS}
+        sticky = tuple(sorted((n, token) for n, v in values.items() if v is not None))
         return TaskView(
             task_id=event.task_id, token=token,
             **{n: getattr(event, n) for n in WINNER_FIELDS},
-            **{n: getattr(event, n) for n in STICKY_FIELDS},
+            **values,
             sticky_tokens=sticky,
         )
     changes: dict[str, Any] = {}
@@ -102,7 +113,7 @@ def apply(view: TaskView | None, event: TaskEvent) -> TaskView:
             changes[name] = getattr(event, name)
     tokens = dict(view.sticky_tokens)
     for name in STICKY_FIELDS:
-        value = getattr(event, name)
+        value = sticky_value(event, name)
         if value is not None and token > tokens.get(name, ""):
             changes[name] = value
             tokens[name] = token

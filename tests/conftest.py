@@ -32,6 +32,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 import redis.asyncio
+from hypothesis import HealthCheck, settings as hypothesis_settings
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 
 from resultlog.connections import kafka_client_args, postgres_dsn, redis_url
@@ -42,6 +43,12 @@ from resultlog.devstack.redis import RedisService
 from resultlog.devstack.service import Service
 from resultlog.redaction import redact_url
 from resultlog.settings import Settings
+
+# How fast examples are generated and run depends on the machine's load, not on the
+# code under test: a shared 2-core machine must not fail a property for being busy.
+hypothesis_settings.register_profile(
+    "resultlog", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.load_profile("resultlog")
 
 _SERVICE_FIXTURES = {"base_settings"}
 

@@ -17,6 +17,7 @@ Key layout (names built by resultlog/names.py):
       date_done          the winner's timestamp, present only while it is ready
       -- sticky fields: each taken from the greatest-token event carrying a value
       task_name args kwargs parent_id root_id group_id chord_id chord_size chord_index
+      meta               (the event meta map as JSON text: schemas/event.py meta_text)
       token:{field}      order token of the event each sticky field came from
 
   {prefix}done:{task_id}   channel: PUBLISHed whenever a batch moves the task's

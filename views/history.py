@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from json.encoder import encode_basestring as _json_str  # C-accelerated
-from typing import Any
+from typing import Any, Final
 
 import asyncpg  # type: ignore[import-untyped]
 
@@ -108,6 +108,8 @@ _STAGE_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 _STAGE_NAMES = [name for name, _ in _STAGE_COLUMNS]
 _EVENT_COLUMNS = [name if name != "ts_ms" else "ts" for name in _STAGE_NAMES]
+#: Where a history row (:func:`history_row`) holds the task state (the metrics count it).
+STATE_COLUMN: Final = _STAGE_NAMES.index("state")
 
 
 def history_row(event: TaskEvent, topic: str, partition: int, offset: int) -> tuple[Any, ...]:

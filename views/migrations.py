@@ -55,6 +55,8 @@ def placeholders(schema: str) -> dict[str, str]:
         "schema": quote_ident(schema),
         "history_table": names.HISTORY_TABLE,
         "offsets_table": names.OFFSETS_TABLE,
+        "worker_heartbeats_table": names.WORKER_HEARTBEATS_TABLE,
+        "worker_sessions_view": names.WORKER_SESSIONS_VIEW,
         "summary_table": names.TASK_SUMMARY_TABLE,
     }
 

@@ -19,7 +19,7 @@ import redis.asyncio
 from resultlog import names
 from resultlog.errors import StoreUnavailable, ViewLost
 from resultlog.schemas.event import ExceptionInfo, TaskEvent, validate_task_id
-from resultlog.schemas.fold import STICKY_FIELDS, TaskView, visible
+from resultlog.schemas.fold import STICKY_FIELDS, TaskView, sticky_value, visible
 from resultlog.schemas.states import READY_STATES, State
 from resultlog.settings import Settings
 from resultlog.views._redis import async_client, text, translated
@@ -92,7 +92,7 @@ def view_row(event: TaskEvent, ttl_ms: int) -> list[Any]:
         None if exc is None else exc.module,
         None if exc is None else exc.message,
         event.traceback, view_value(event.runtime), view_value(event.eta),
-        *[view_value(getattr(event, name)) for name in STICKY_HASH_FIELDS],
+        *[view_value(sticky_value(event, name)) for name in STICKY_HASH_FIELDS],
     )
     mask = "1111" + "".join(["0" if v is None else "1" for v in optional])
     # Exact integer arithmetic here: Lua numbers are doubles.

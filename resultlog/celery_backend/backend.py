@@ -28,11 +28,13 @@ from celery._state import task_join_will_block  # type: ignore[import-untyped]
 from kombu.exceptions import EncodeError
 
 from resultlog.celery_backend.config import CONF_KEY, BackendConfig, check_serializer
+from resultlog.celery_backend import heartbeat
 from resultlog.celery_backend.consumer import ViewResultConsumer
 from resultlog import names
 from resultlog.celery_backend.meta import (
     date_done,
     event_state,
+    request_meta,
     from_json,
     progress,
     task_meta,
@@ -106,6 +108,9 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
         self.rebuilder = ExceptionRebuilder(self.config.import_modules, call_class=True)
         self.result_consumer = ViewResultConsumer(
             self, self.app, self.accept, self._pending_results, self._pending_messages)
+        # Heartbeats from this app's worker, should this process become one.
+        settings = self.config.settings
+        heartbeat.install(app, lambda: _emitter(settings), self.config.worker_heartbeat_s)
 
     # --- the process's shared emitter and reader -----------------------------------
 
@@ -125,6 +130,10 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
         state still waits for the acknowledgement unless ``ack_ready`` is off."""
         attempt, fields = self._request_fields(task_id, request)
         kind, keep_state = event_state(state)
+        if kind.ready and getattr(request, "id", None) == task_id:
+            meta = request_meta(self.current_task_children(request), request)
+            if meta:
+                fields["meta"] = meta
         emitter = self.emitter()
         try:
             if kind is State.SUCCESS:

@@ -27,7 +27,10 @@ from resultlog.settings import ENV_PREFIX, Settings
 ACK_READY: Final = "ack_ready"
 READ_YOUR_WRITES: Final = "read_your_writes"
 IMPORT_MODULES: Final = "import_modules"
-OPTIONS: Final = (ACK_READY, READ_YOUR_WRITES, IMPORT_MODULES)
+WORKER_HEARTBEAT_S: Final = "worker_heartbeat_s"
+OPTIONS: Final = (ACK_READY, READ_YOUR_WRITES, IMPORT_MODULES, WORKER_HEARTBEAT_S)
+#: Celery's own worker-heartbeat event interval (celery.worker.heartbeat.Heart).
+DEFAULT_WORKER_HEARTBEAT_S: Final = 2.0
 #: The Celery conf key holding a mapping of the same names.
 CONF_KEY: Final = "resultlog"
 # Result serializers an app may configure. An event's result is JSON text whatever the
@@ -55,6 +58,8 @@ class BackendConfig:
     read_your_writes: bool = True
     #: Modules the exception rebuilder may import (views/exceptions.py).
     import_modules: tuple[str, ...] = ()
+    #: A worker's heartbeat interval (resultlog/celery_backend/heartbeat.py); 0: none.
+    worker_heartbeat_s: float = DEFAULT_WORKER_HEARTBEAT_S
 
     @classmethod
     def load(
@@ -79,6 +84,8 @@ class BackendConfig:
         ack_ready = _bool(ACK_READY, given.pop(ACK_READY, "true"))
         read_your_writes = _bool(READ_YOUR_WRITES, given.pop(READ_YOUR_WRITES, "true"))
         modules = tuple(m.strip() for m in given.pop(IMPORT_MODULES, "").split(",") if m.strip())
+        heartbeat_s = _seconds(WORKER_HEARTBEAT_S,
+                               given.pop(WORKER_HEARTBEAT_S, str(DEFAULT_WORKER_HEARTBEAT_S)))
         merged = dict(os.environ if env is None else env)
         merged.update({ENV_PREFIX + name.upper(): value for name, value in given.items()})
         try:
@@ -88,7 +95,7 @@ class BackendConfig:
                 f"the resultlog Celery backend's settings are invalid: {exc} (a name given in "
                 f"the result_backend URL or app.conf.{CONF_KEY} is reported as RESULTLOG_NAME)"
             ) from None
-        return cls(settings, ack_ready, read_your_writes, modules)
+        return cls(settings, ack_ready, read_your_writes, modules, heartbeat_s)
 
 
 def _url_options(url: str | None) -> dict[str, str]:
@@ -125,6 +132,17 @@ def _bool(name: str, raw: str) -> bool:
     if value in _FALSE:
         return False
     raise ConfigurationError(f"resultlog backend setting {name}={raw!r} is not a boolean (true/false)")
+
+
+def _seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ConfigurationError(
+            f"resultlog backend setting {name}={raw!r} is not a number of seconds >= 0 (0: off)")
+    return value
 
 
 def check_serializer(serializer: str) -> None:

@@ -57,6 +57,19 @@ def event_state(celery_state: str) -> tuple[State, bool]:
     return State.STARTED, True
 
 
+def request_meta(children: list[Any] | None, request: Any) -> dict[str, str]:
+    """The event meta recording what Celery's meta has and the contract lacks: the
+    task's queue and the tasks it sent (``children``, Celery's result tuples)."""
+    meta: dict[str, str] = {}
+    delivery = getattr(request, "delivery_info", None)
+    queue = delivery.get("routing_key") if isinstance(delivery, dict) else None
+    if isinstance(queue, str) and queue:
+        meta[names.CELERY_QUEUE_META] = queue
+    if children:
+        meta[names.CELERY_CHILDREN_META] = json.dumps(to_plain(children), separators=(",", ":"))
+    return meta
+
+
 def progress(celery_state: str, meta: Any) -> dict[str, Any]:
     """A STARTED event's result recording ``celery_state`` with its meta."""
     return {names.CELERY_STATE_KEY: celery_state, names.CELERY_META_KEY: to_plain(meta)}
@@ -80,13 +93,14 @@ def task_meta(
         return {"task_id": task_id, "status": "PENDING", "result": None, "traceback": None,
                 "children": [], "date_done": None}
     status, result = _outcome(view, rebuilder)
+    recorded: dict[str, str] = {} if view.meta is None else json.loads(view.meta)
+    children = recorded.get(names.CELERY_CHILDREN_META)
     meta: dict[str, Any] = {
         "task_id": task_id,
         "status": status,
         "result": result,
         "traceback": view.traceback,
-        # Children (the tasks a task sent) are not recorded in the log.
-        "children": [],
+        "children": [] if children is None else from_json(children),
         "date_done": date_done(view),
     }
     if view.group_id:
@@ -100,7 +114,7 @@ def task_meta(
             kwargs=None if view.kwargs is None else from_json(view.kwargs),
             worker=view.worker,
             retries=view.attempt,
-            queue=None,
+            queue=recorded.get(names.CELERY_QUEUE_META),
         )
     return meta
 

@@ -3,7 +3,7 @@
 Per-name statistics come from :class:`~resultlog.views.analytics.Analytics` (the same
 ``task_stats()`` as ``resultlog stats``); this module adds what only the dashboard
 shows. Each query is bounded by a time window or a task id and served by an index
-(``views/sql/0001_history.sql``, ``0003_task_summary.sql``); docs/dashboard.md times
+(``views/sql/0001_history.sql``, ``0004_task_summary.sql``); docs/dashboard.md times
 them on a history of a million tasks.
 """
 

@@ -58,6 +58,10 @@ def make_app(backend_url: str, broker_url: str, queue: str, serializer: str = "j
     def total(values: list[int]) -> int:
         return sum(values)
 
+    @app.task(name="t.spawn", shared=False)
+    def spawn(n: int) -> list[str]:
+        return [add.delay(i, i).id for i in range(n)]
+
     @app.task(name="t.echo", shared=False)
     def echo(value: Any) -> Any:
         return value

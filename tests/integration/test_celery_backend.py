@@ -138,6 +138,15 @@ def test_delay_get_round_trips_values_through_the_log(app: Any) -> None:
     assert result.worker is not None and "@" in result.worker
 
 
+def test_the_tasks_a_task_sent_and_its_queue_are_kept(app: Any) -> None:
+    result = app.tasks["t.spawn"].delay(2)
+    sent = result.get(timeout=WAIT_S)
+    fresh = app.AsyncResult(result.id)  # read back from the view, not a local cache
+    assert [child.id for child in fresh.children] == sent
+    assert [child.get(timeout=WAIT_S) for child in fresh.children] == [0, 2]
+    assert fresh.queue == app.conf.task_default_queue
+
+
 @pytest.mark.parametrize("stack", ["serializer=msgpack"], indirect=True)
 def test_an_app_on_msgpack_gets_its_values_back(app: Any) -> None:
     """result_serializer = "msgpack": the log still holds JSON (kombu's), and every value

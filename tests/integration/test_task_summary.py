@@ -1,4 +1,4 @@
-"""task_summary (views/sql/0003_task_summary.sql) against a real PostgreSQL: whatever the
+"""task_summary (views/sql/0004_task_summary.sql) against a real PostgreSQL: whatever the
 batches and their order, and with duplicates, it holds each task's fold winner, the
 same as the ``tasks`` view computes from the whole history; ``reset()`` empties it; and
 a schema migrated with history already in it gets its summary from that history."""
@@ -101,12 +101,12 @@ async def test_migration_folds_an_existing_history(settings: Settings, pg_pool: 
         await store.write_batch(stored(events), {}, consumer_group="g")
         expected = await summary(pg_pool, schema)
         s = quote_ident(schema)
-        # Back to before 0003, keeping the history: the migration must fold it.
+        # Back to before 0004, keeping the history: the migration must fold it.
         await pg_pool.execute(
             f"DROP TABLE {s}.{names.TASK_SUMMARY_TABLE}; DROP FUNCTION {s}.fold_task_summary CASCADE;"
             f" DROP INDEX {s}.task_events_parent_id_idx, {s}.task_events_group_id_idx,"
             f" {s}.task_events_chord_id_idx;"
-            f" DELETE FROM {s}.{names.MIGRATIONS_TABLE} WHERE version = 3")
+            f" DELETE FROM {s}.{names.MIGRATIONS_TABLE} WHERE version = 4")
         async with pg_pool.acquire() as conn:
-            assert await migrations.migrate(conn, schema) == [3]
+            assert await migrations.migrate(conn, schema) == [4]
     assert await summary(pg_pool, schema) == expected

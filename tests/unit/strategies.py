@@ -44,4 +44,5 @@ def task_events(draw: st.DrawFn, task_ids: st.SearchStrategy[str] | None = None)
         chord_id="c1" if chord else None,
         chord_size=3 if chord else None,
         chord_index=draw(st.integers(0, 2)) if chord else None,
+        meta=draw(st.sampled_from([{}, {}, {"trace": "1"}, {"celery.queue": "q", "trace": "2"}])),
     )

@@ -80,3 +80,15 @@ def test_celery_states_map_onto_the_event_contract() -> None:
     assert event_state("REVOKED") == (State.REVOKED, False)
     assert event_state("STARTED") == (State.STARTED, True)  # keeps Celery's pid/hostname meta
     assert event_state("PROGRESS") == (State.STARTED, True)
+
+
+def test_the_worker_heartbeat_interval_is_an_option_and_zero_turns_it_off() -> None:
+    assert BackendConfig.load("resultlog://", env={}).worker_heartbeat_s == 2.0
+    assert BackendConfig.load("resultlog://?worker_heartbeat_s=0.5", env={}).worker_heartbeat_s == 0.5
+    assert BackendConfig.load("resultlog://?worker_heartbeat_s=0", env={}).worker_heartbeat_s == 0.0
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "inf", "nan"])
+def test_a_bad_worker_heartbeat_interval_is_named(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="worker_heartbeat_s"):
+        BackendConfig.load(f"resultlog://?worker_heartbeat_s={value}", env={})

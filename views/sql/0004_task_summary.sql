@@ -1,4 +1,4 @@
--- 0003: task_summary, one row per task (the fold's winner), kept by the history itself.
+-- 0004: task_summary, one row per task (the fold's winner), kept by the history itself.
 --
 -- What the dashboard's task list (resultlog/dashboard/tasklist.py) pages over: a list
 -- filtered by state, name or worker and ordered by when each task was first seen,

@@ -1,0 +1,194 @@
+"""``ResultlogBackend``: Chicory's result backend on resultlog.
+
+    from chicory import Chicory
+    from resultlog.chicory_backend import ResultlogBackend
+
+    app = Chicory(broker=BrokerType.REDIS, backend=ResultlogBackend())
+
+An adapter, never a second store: writes are events sent by resultlog's asyncio
+:class:`~resultlog.producers.Emitter` (a stored result returns once Kafka acknowledged
+it, and is then folded into the view at once, so it reads back immediately: the
+processor folding it again changes nothing); reads come from the Redis view through
+:class:`~resultlog.views.backend.AioState`, which also gives :meth:`wait`, a push-based
+wait Chicory's polling ``AsyncResult.get()`` has no hook for (docs/chicory.md). Worker
+heartbeats are :class:`~resultlog.schemas.workers.WorkerHeartbeat` records, read from
+the Redis workers view.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chicory.backend.base import Backend
+from chicory.types import BackendStatus, TaskResult, TaskState, WorkerStats
+
+from resultlog.chicory_backend.mapping import heartbeat, task_event, task_result, worker_stats
+from resultlog.errors import ValidationError
+from resultlog.producers.emitter import Emitter
+from resultlog.producers.events import TaskFields, build
+from resultlog.producers.heartbeats import send_heartbeat
+from resultlog.schemas.event import validate_id, validate_task_id
+from resultlog.schemas.states import State
+from resultlog.settings import Settings
+from resultlog.views.backend import AioState, ResultBackend
+from resultlog.views.workers import WorkersView
+
+NOT_CONNECTED = "the resultlog Chicory backend is not connected: await backend.connect() first " \
+                "(Chicory's app.connect() and its worker do)"
+
+
+class ResultlogBackend(Backend):
+    """Chicory's ``Backend`` over resultlog's log and views.
+
+    ``settings``: resultlog's settings (default: the ``RESULTLOG_*`` environment).
+    ``read_your_writes`` (default on): a result or heartbeat acknowledged by Kafka is
+    folded into the view by the writer too, so it reads back at once; off, only the
+    processor folds, and a read right after a write may miss it.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, read_your_writes: bool = True) -> None:
+        if settings is not None and not isinstance(settings, Settings):
+            raise TypeError(f"settings must be resultlog Settings, got {type(settings).__name__}")
+        self.settings = settings if settings is not None else Settings.from_env()
+        self.read_your_writes = bool(read_your_writes)
+        self._emitter: Emitter | None = None
+        self._reader: ResultBackend | None = None
+        self._state: AioState | None = None
+        self._workers: WorkersView | None = None
+
+    # --- lifetime ----------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Start the emitter (:class:`~resultlog.errors.BrokerUnavailable` if Kafka does
+        not answer) and the view's connections. Idempotent."""
+        if self._state is not None:
+            return
+        emitter = Emitter(self.settings)
+        await emitter.start()
+        reader = ResultBackend(self.settings)
+        state = reader.aio()
+        self._emitter, self._reader, self._state = emitter, reader, state
+        self._workers = WorkersView(self.settings, state.client)
+
+    async def disconnect(self) -> None:
+        """Deliver what was emitted, then close. Idempotent."""
+        emitter, reader = self._emitter, self._reader
+        self._emitter = self._reader = self._state = self._workers = None
+        try:
+            if emitter is not None:
+                await emitter.stop()
+        finally:
+            if reader is not None:
+                await reader.aclose()
+
+    def _connected(self) -> tuple[Emitter, AioState, WorkersView]:
+        if self._emitter is None or self._state is None or self._workers is None:
+            raise RuntimeError(NOT_CONNECTED)
+        return self._emitter, self._state, self._workers
+
+    # --- task results ------------------------------------------------------------------
+
+    async def set_state(self, task_id: str, state: TaskState) -> None:
+        """Record ``state`` for the task. A ready state (SUCCESS, FAILURE,
+        DEAD_LETTERED) returns once Kafka acknowledged it; the others (STARTED, RETRY)
+        once buffered, as the emitter does for progress."""
+        validate_task_id(task_id)
+        if not isinstance(state, TaskState):
+            raise ValidationError(f"state must be a chicory TaskState, got {state!r}")
+        await self._store(task_id, TaskResult[Any](task_id=task_id, state=state))
+
+    async def store_result(self, task_id: str, result: TaskResult[Any]) -> None:
+        """Record ``result``; returns once Kafka acknowledged it."""
+        validate_task_id(task_id)
+        if not isinstance(result, TaskResult):
+            raise ValidationError(f"result must be a chicory TaskResult, got {type(result).__name__}")
+        if result.task_id != task_id:
+            raise ValidationError(
+                f"the result is for task {result.task_id!r}, not {task_id!r}: store it under its own id")
+        await self._store(task_id, result, wait=True)
+
+    async def _store(self, task_id: str, result: TaskResult[Any], *, wait: bool = False) -> None:
+        emitter, state, _ = self._connected()
+        event = task_event(task_id, result, emitter.worker)
+        wait = wait or event.state.ready
+        recorded = await emitter.emit(event, wait=wait)
+        if wait and self.read_your_writes:
+            await state.view.apply([recorded])
+
+    async def get_result(self, task_id: str) -> TaskResult[Any] | None:
+        """The task's latest result from the view; None for a task nobody recorded."""
+        validate_task_id(task_id)
+        _, state, _ = self._connected()
+        view = await state.read(task_id)
+        return None if view is None else task_result(view)
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> TaskResult[Any]:
+        """The task's result once it is SUCCESS, FAILURE or DEAD_LETTERED, woken by the
+        view's push (no polling); :class:`~resultlog.errors.ResultTimeout` (a
+        ``TimeoutError``) after ``timeout`` seconds."""
+        validate_task_id(task_id)
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+            raise ValidationError(f"timeout must be seconds >= 0 or None, got {timeout!r}")
+        _, state, _ = self._connected()
+        return task_result(await state.wait_ready(task_id, timeout))
+
+    async def delete_result(self, task_id: str) -> None:
+        """Forget the task's result, durably: a FORGOTTEN event (the contract's forget,
+        docs/contract.md), acknowledged by Kafka, then folded here. The task reads as
+        unknown at once, and stays so through a replay or a view rebuild, whatever
+        event of it arrives later (a task id reused after its deletion stays deleted)."""
+        validate_task_id(task_id)
+        emitter, state, _ = self._connected()
+        event = build(State.FORGOTTEN, task_id, emitter.worker, TaskFields())
+        recorded = await emitter.emit(event, wait=True)
+        if self.read_your_writes:
+            await state.view.apply([recorded])
+
+    # --- workers -----------------------------------------------------------------------
+
+    async def store_heartbeat(self, worker_id: str, heartbeat_: WorkerStats, ttl: int = 30) -> None:
+        """Record the worker's heartbeat (alive for ``ttl`` s); returns once Kafka
+        acknowledged it."""
+        validate_id("worker_id", worker_id)
+        if not isinstance(heartbeat_, WorkerStats):
+            raise ValidationError(f"heartbeat must be a chicory WorkerStats, got {type(heartbeat_).__name__}")
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1:
+            raise ValidationError(f"ttl must be whole seconds >= 1, got {ttl!r}")
+        emitter, _, workers = self._connected()
+        hb = heartbeat(worker_id, heartbeat_, ttl)
+        await send_heartbeat(emitter, hb, wait=True)
+        if self.read_your_writes:
+            await workers.apply([hb])
+
+    async def get_heartbeat(self, worker_id: str) -> WorkerStats | None:
+        """The worker's latest heartbeat, unless it expired."""
+        validate_id("worker_id", worker_id)
+        _, _, workers = self._connected()
+        hb = await workers.get(worker_id)
+        return None if hb is None else worker_stats(hb)
+
+    async def get_active_workers(self) -> list[WorkerStats]:
+        """Every worker whose latest heartbeat has not expired (Celery workers on the
+        same resultlog prefix included)."""
+        _, _, workers = self._connected()
+        return [worker_stats(hb) for hb in await workers.live()]
+
+    async def cleanup_stale_clients(self, stale_seconds: float = 60.0) -> int:
+        """Drop workers expired more than ``stale_seconds`` ago from the view's index;
+        how many. (Expired workers are already absent from every read.)"""
+        if isinstance(stale_seconds, bool) or not isinstance(stale_seconds, (int, float)) \
+                or stale_seconds < 0:
+            raise ValidationError(f"stale_seconds must be >= 0, got {stale_seconds!r}")
+        if self._workers is None:
+            return 0
+        return await self._workers.prune(stale_seconds)
+
+    async def healthcheck(self) -> BackendStatus:
+        """Connected when the Redis view answers and the emitter runs."""
+        if self._state is None or self._emitter is None:
+            return BackendStatus(connected=False, error="Not connected")
+        try:
+            await self._state.client.ping()
+        except Exception as exc:  # noqa: BLE001 -- reported, as Chicory's backends do
+            return BackendStatus(connected=False, error=f"Redis: {exc}")
+        return BackendStatus(connected=True)

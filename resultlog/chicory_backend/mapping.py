@@ -1,0 +1,140 @@
+"""Chicory's values <-> resultlog's records, as pure functions.
+
+Task results. Chicory's ``TaskResult`` (state, result, error, traceback) becomes one
+task event and comes back from the task's view:
+
+| Chicory state   | event state | why                                                    |
+|-----------------|-------------|--------------------------------------------------------|
+| PENDING         | RECEIVED    | resultlog never emits PENDING (it is what unknown reads as) |
+| STARTED         | STARTED     |                                                        |
+| RETRY           | RETRY       |                                                        |
+| SUCCESS         | SUCCESS     |                                                        |
+| FAILURE         | FAILURE     |                                                        |
+| DEAD_LETTERED   | FAILURE     | a failure that went to the dead-letter queue: ready, and |
+|                 |             | counted as a failure by every reader of the contract   |
+
+A Chicory state that is not the event's own name (PENDING, DEAD_LETTERED), or a result
+on an event that is not a SUCCESS, travels in the event's ``result`` as
+``{"resultlog.chicory_state": <state>, "result": <value>}`` -- the way the Celery
+backend carries Celery states the contract has no name for -- so no schema changes and
+no reader of the contract is surprised: a dead-lettered task is a FAILURE to all of
+them, and a DEAD_LETTERED to Chicory. A SUCCESS's result is the plain value, so
+resultlog's own ``AsyncResult.get()`` returns what Chicory's does.
+
+``error`` is the event's exception message, as ``builtins.Exception`` (what Chicory's
+``AsyncResult.get()`` raises); no error, no exception. ``result`` goes through
+pydantic's JSON mode, as Chicory's own backends store it (``model_dump_json``).
+
+Worker stats. Chicory's ``WorkerStats`` is a :class:`WorkerHeartbeat` of source
+``chicory``; its times are kept to the millisecond (the contract's unit), and a
+connection status (``broker``/``backend``) travels in ``meta`` as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from chicory.types import BackendStatus, BrokerStatus, TaskResult, TaskState, WorkerStats
+
+from resultlog import names
+from resultlog.producers.events import new_event_id
+from resultlog.schemas.event import ExceptionInfo, TaskEvent, now_ms, to_json
+from resultlog.schemas.fold import TaskView
+from resultlog.schemas.states import State
+from resultlog.schemas.workers import WorkerHeartbeat
+
+SOURCE: Final = "chicory"
+
+TO_EVENT_STATE: Final[dict[TaskState, State]] = {
+    TaskState.PENDING: State.RECEIVED,
+    TaskState.STARTED: State.STARTED,
+    TaskState.RETRY: State.RETRY,
+    TaskState.SUCCESS: State.SUCCESS,
+    TaskState.FAILURE: State.FAILURE,
+    TaskState.DEAD_LETTERED: State.FAILURE,
+}
+# What an event state reads as when its result names no Chicory state. REVOKED (a
+# Celery revoke, or resultlog's own) is a failure to Chicory, which has no revoke.
+FROM_EVENT_STATE: Final[dict[State, TaskState]] = {
+    State.RECEIVED: TaskState.PENDING,
+    State.STARTED: TaskState.STARTED,
+    State.RETRY: TaskState.RETRY,
+    State.SUCCESS: TaskState.SUCCESS,
+    State.FAILURE: TaskState.FAILURE,
+    State.REVOKED: TaskState.FAILURE,
+}
+_WRAPPER_KEYS: Final = frozenset({names.CHICORY_STATE_KEY, names.CHICORY_RESULT_KEY})
+# What Chicory's AsyncResult.get() raises for a FAILURE: Exception(error).
+_ERROR_TYPE: Final = ExceptionInfo("Exception", "builtins", "")
+
+
+def task_event(task_id: str, result: TaskResult[Any], worker: str | None) -> TaskEvent:
+    """The event recording ``result`` for ``task_id``."""
+    state = TO_EVENT_STATE[result.state]
+    value = result.model_dump(mode="json")["result"]
+    carried: str | None
+    if state is State.SUCCESS:
+        carried = to_json(value, "result")
+    elif FROM_EVENT_STATE[state] is not result.state or value is not None:
+        carried = to_json({names.CHICORY_STATE_KEY: result.state.value,
+                           names.CHICORY_RESULT_KEY: value}, "result")
+    else:
+        carried = None
+    error = None if result.error is None else ExceptionInfo(
+        _ERROR_TYPE.type, _ERROR_TYPE.module, result.error)
+    return TaskEvent(event_id=new_event_id(), task_id=task_id, state=state, timestamp=now_ms(),
+                     worker=worker, result=carried, exception=error, traceback=result.traceback)
+
+
+def task_result(view: TaskView) -> TaskResult[Any]:
+    """Chicory's ``TaskResult`` of a task's view."""
+    state = FROM_EVENT_STATE[view.state]
+    value = None if view.result is None else json.loads(view.result)
+    if view.state is not State.SUCCESS and isinstance(value, dict) and value.keys() == _WRAPPER_KEYS:
+        state = TaskState(value[names.CHICORY_STATE_KEY])
+        value = value[names.CHICORY_RESULT_KEY]
+    return TaskResult[Any](
+        task_id=view.task_id, state=state, result=value,
+        error=None if view.exception is None else view.exception.message,
+        traceback=view.traceback)
+
+
+def _ms(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _moment(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def heartbeat(worker_id: str, stats: WorkerStats, ttl_s: int) -> WorkerHeartbeat:
+    """``stats`` as a heartbeat of ``worker_id`` that lives ``ttl_s`` seconds."""
+    meta = {}
+    if stats.broker is not None:
+        meta[names.CHICORY_BROKER_META] = stats.broker.model_dump_json()
+    if stats.backend is not None:
+        meta[names.CHICORY_BACKEND_META] = stats.backend.model_dump_json()
+    return WorkerHeartbeat.create(
+        worker_id, ttl_s=ttl_s, source=SOURCE, hostname=stats.hostname, pid=stats.pid,
+        queue=stats.queue, concurrency=stats.concurrency, started_at=_ms(stats.started_at),
+        tasks_processed=stats.tasks_processed, tasks_failed=stats.tasks_failed,
+        active_tasks=stats.active_tasks, is_running=stats.is_running,
+        beat_at=None if stats.last_heartbeat is None else _ms(stats.last_heartbeat), meta=meta)
+
+
+def worker_stats(hb: WorkerHeartbeat) -> WorkerStats:
+    """Chicory's ``WorkerStats`` of a heartbeat (of any source: Celery workers too)."""
+    broker = hb.meta.get(names.CHICORY_BROKER_META)
+    backend = hb.meta.get(names.CHICORY_BACKEND_META)
+    return WorkerStats(
+        worker_id=hb.worker_id, hostname=hb.hostname, pid=hb.pid, queue=hb.queue,
+        concurrency=hb.concurrency, tasks_processed=hb.tasks_processed,
+        tasks_failed=hb.tasks_failed, active_tasks=hb.active_tasks,
+        started_at=_moment(hb.started_at), last_heartbeat=_moment(hb.beat_at),
+        is_running=hb.is_running,
+        broker=None if broker is None else BrokerStatus.model_validate_json(broker),
+        backend=None if backend is None else BackendStatus.model_validate_json(backend))

@@ -1,0 +1,257 @@
+"""resultlog as Chicory's result backend, with a real Chicory worker on the local Redis
+broker and a real processor: every result and heartbeat goes through the log."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+pytest.importorskip("chicory")
+
+from chicory import Chicory, Worker  # noqa: E402
+from chicory.result import AsyncResult  # noqa: E402
+from chicory.types import TaskResult, TaskState, WorkerStats  # noqa: E402
+
+from resultlog import names  # noqa: E402
+from resultlog.chicory_backend import ResultlogBackend  # noqa: E402
+from resultlog.errors import ConfigurationError, ResultTimeout  # noqa: E402
+from resultlog.settings import Settings  # noqa: E402
+from resultlog.views.backend import ResultBackend  # noqa: E402
+from tests.integration.chicory_app import broker_url, make_app  # noqa: E402
+from tests.integration.processes import ProcessorProcess  # noqa: E402
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIT_S = 30.0
+T = TypeVar("T")
+
+
+async def until(read: Callable[[], Awaitable[T]], done: Callable[[T], bool],
+                timeout: float = WAIT_S) -> T:
+    """``read()`` again until ``done`` holds of its value (a condition, not a sleep)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await read()
+        if done(value) or asyncio.get_running_loop().time() > deadline:
+            return value
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def processor(settings: Settings) -> Iterator[ProcessorProcess]:
+    with ProcessorProcess(settings) as processor:
+        yield processor
+        assert processor.alive(), processor.output()[-5000:]
+
+
+@pytest.fixture
+async def app(settings: Settings, processor: ProcessorProcess) -> AsyncIterator[Chicory]:
+    app = make_app(settings, broker_url(settings))
+    await app.connect()
+    await app.broker.purge_queue()
+    await app.broker.purge_dlq()
+    yield app
+    await app.disconnect()
+
+
+@pytest.fixture
+async def worker(app: Chicory, settings: Settings) -> AsyncIterator[Worker]:
+    # An app of its own, as a worker process has: Worker.start() connects its app again,
+    # and Chicory's Redis broker would drop (not close) the client app's connections.
+    worker = Worker(make_app(settings, broker_url(settings)))
+    await worker.start()
+    yield worker
+    await worker.stop(timeout=5)  # disconnects its app
+
+
+def backend(app: Chicory) -> ResultlogBackend:
+    assert isinstance(app.backend, ResultlogBackend)
+    return app.backend
+
+
+async def test_a_result_comes_back_through_the_log_with_its_history(
+        app: Chicory, worker: Worker, settings: Settings) -> None:
+    result = await app.get_task("tests.add").delay(2, 3)
+    assert await result.get(timeout=WAIT_S) == 5
+    assert await result.state() is TaskState.SUCCESS
+    # Postgres is written only by the processor: the events went through the log.
+    async with ResultBackend(settings) as reader:
+        async def history() -> list[Any]:
+            try:
+                return await reader.aio().history(result.task_id)
+            except ConfigurationError:  # the processor has not migrated the schema yet
+                return []
+
+        history_ = await until(history, lambda h: len(h) >= 2)
+    assert [e.state.value for e in history_] == ["STARTED", "SUCCESS"]
+
+
+async def test_a_failure_reads_back_with_its_error_and_traceback(app: Chicory, worker: Worker) -> None:
+    result = await app.get_task("tests.boom").delay("no luck")
+    with pytest.raises(Exception, match="no luck"):
+        await result.get(timeout=WAIT_S)
+    stored = await backend(app).get_result(result.task_id)
+    assert stored is not None and stored.state is TaskState.FAILURE
+    assert stored.error == "no luck"
+    assert stored.traceback is not None and "ValueError: no luck" in stored.traceback
+
+
+async def test_a_retried_task_succeeds_on_its_second_run(app: Chicory, worker: Worker) -> None:
+    result = await app.get_task("tests.flaky").delay()
+    assert await result.get(timeout=WAIT_S) == 1
+
+
+async def test_a_task_out_of_retries_fails_and_goes_to_the_dead_letter_queue(
+        app: Chicory, worker: Worker) -> None:
+    result = await app.get_task("tests.doomed").delay()
+    with pytest.raises(Exception, match="permanent failure"):
+        await result.get(timeout=WAIT_S)
+    dead = await until(lambda: app.broker.get_dlq_messages(count=100),
+                       lambda msgs: any(m.original_message.id == result.task_id for m in msgs))
+    assert any(m.original_message.id == result.task_id for m in dead)
+
+
+async def test_a_dead_lettered_result_round_trips_and_is_a_failure_to_resultlog(
+        app: Chicory, settings: Settings) -> None:
+    task_id = uuid.uuid4().hex
+    stored = TaskResult[Any](task_id=task_id, state=TaskState.DEAD_LETTERED, result={"k": [1]},
+                             error="gave up", traceback="Traceback ...")
+    await backend(app).store_result(task_id, stored)
+    assert await backend(app).get_result(task_id) == stored
+    async with ResultBackend(settings) as reader:
+        view = await reader.aio().read(task_id)
+    assert view is not None and view.state.value == "FAILURE" and view.ready
+
+
+async def test_the_push_wait_wakes_on_the_result(app: Chicory, worker: Worker) -> None:
+    result = await app.get_task("tests.add").delay(20, 22)
+    done = await backend(app).wait(result.task_id, timeout=WAIT_S)
+    assert (done.state, done.result) == (TaskState.SUCCESS, 42)
+    with pytest.raises(ResultTimeout):
+        await backend(app).wait(uuid.uuid4().hex, timeout=0.2)
+
+
+async def test_set_state_is_readable_and_a_ready_one_is_acknowledged(app: Chicory) -> None:
+    task_id = uuid.uuid4().hex
+    await backend(app).set_state(task_id, TaskState.SUCCESS)
+    got = await backend(app).get_result(task_id)
+    assert got == TaskResult[Any](task_id=task_id, state=TaskState.SUCCESS)
+    assert await AsyncResult(task_id, app.backend).get(timeout=1) is None
+
+
+async def test_a_deleted_result_stays_deleted_after_the_processor_and_a_replay(
+        app: Chicory, settings: Settings) -> None:
+    task_id = uuid.uuid4().hex
+    await backend(app).store_result(task_id, TaskResult[Any](task_id=task_id, state=TaskState.SUCCESS,
+                                                             result="x"))
+    await backend(app).delete_result(task_id)
+    assert await backend(app).get_result(task_id) is None
+    # The processor folds the SUCCESS and the forget (its history shows both) ...
+    async with ResultBackend(settings) as reader:
+        async def history() -> list[Any]:
+            try:
+                return await reader.aio().history(task_id)
+            except ConfigurationError:
+                return []
+
+        assert [e.state.value for e in await until(history, lambda h: len(h) >= 2)] == [
+            "SUCCESS", "FORGOTTEN"]
+    assert await backend(app).get_result(task_id) is None
+    # ... and a rebuild of the Redis view from the log forgets it again.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}
+    env.update(settings.to_env())
+    done = subprocess.run([sys.executable, "-m", "resultlog", "replay", "--redis-only", "--fresh",
+                           "--force"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert await backend(app).get_result(task_id) is None
+
+
+def stats(worker_id: str, **changes: Any) -> WorkerStats:
+    values: dict[str, Any] = dict(worker_id=worker_id, hostname="h", pid=1, queue="default",
+                                  concurrency=1, started_at=datetime.now(UTC),
+                                  last_heartbeat=datetime.now(UTC))
+    values.update(changes)
+    return WorkerStats(**values)
+
+
+async def test_heartbeats_reach_both_views_through_the_processor(
+        settings: Settings, processor: ProcessorProcess, pg_pool: asyncpg.Pool) -> None:
+    # Without read-your-writes only the processor writes the views.
+    app = make_app(settings, broker_url(settings), read_your_writes=False)
+    worker = Worker(app)
+    await worker.start()  # connects the app; stop() disconnects it
+    try:
+        active = await until(backend(app).get_active_workers,
+                             lambda ws: any(w.worker_id == worker.worker_id for w in ws))
+        assert [w.queue for w in active if w.worker_id == worker.worker_id] == ["default"]
+        hb = await backend(app).get_heartbeat(worker.worker_id)
+        assert hb is not None and hb.hostname == worker.hostname and hb.pid == os.getpid()
+    finally:
+        await worker.stop(timeout=5)
+    await app.connect()
+    schema = settings.postgres_schema
+    table = f'"{schema}".{names.WORKER_HEARTBEATS_TABLE}'
+
+    async def last_row() -> Any:
+        return await pg_pool.fetchrow(
+            f"SELECT * FROM {table} WHERE worker_id = $1 ORDER BY beat_at DESC LIMIT 1",
+            worker.worker_id)
+
+    # The worker's last heartbeat says it stopped.
+    row = await until(last_row, lambda r: r is not None and not r["is_running"])
+    assert row is not None and not row["is_running"] and row["source"] == "chicory"
+    session = await pg_pool.fetchrow(
+        f'SELECT * FROM "{schema}".{names.WORKER_SESSIONS_VIEW} WHERE worker_id = $1',
+        worker.worker_id)
+    assert session["stopped"] and session["beats"] >= 2 and session["uptime_s"] >= 0
+    await app.disconnect()
+
+
+async def test_a_killed_worker_drops_out_after_its_ttl(
+        settings: Settings, app: Chicory) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}
+    env.update(settings.to_env(), CHICORY_TEST_BROKER_URL=broker_url(settings), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "tests.integration.chicory_app"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.to_thread(proc.stdout.readline)).decode()
+        assert line.startswith("worker "), line
+        worker_id = line.split()[1]
+        live = await until(backend(app).get_active_workers,
+                           lambda ws: any(w.worker_id == worker_id for w in ws))
+        assert any(w.worker_id == worker_id and w.pid == proc.pid for w in live)
+        proc.kill()
+        proc.wait(timeout=30)
+        live = await until(backend(app).get_active_workers,
+                           lambda ws: all(w.worker_id != worker_id for w in ws))
+        assert all(w.worker_id != worker_id for w in live)
+        assert await backend(app).get_heartbeat(worker_id) is None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+async def test_a_stored_heartbeat_is_read_back_and_cleaned_once_stale(app: Chicory) -> None:
+    worker_id = f"w-{uuid.uuid4().hex}"
+    await backend(app).store_heartbeat(worker_id, stats(worker_id), ttl=3)
+    got = await backend(app).get_heartbeat(worker_id)
+    assert got is not None and got.worker_id == worker_id
+    await until(lambda: backend(app).get_heartbeat(worker_id), lambda hb: hb is None)
+    assert await backend(app).cleanup_stale_clients(stale_seconds=0) >= 1
+    assert await backend(app).cleanup_stale_clients(stale_seconds=0) == 0

@@ -1,0 +1,105 @@
+"""Chicory's TaskResult and WorkerStats through resultlog's records and back."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+pytest.importorskip("chicory")
+
+from chicory.types import BackendStatus, TaskResult, TaskState, WorkerStats  # noqa: E402
+
+from resultlog.chicory_backend.mapping import (  # noqa: E402
+    heartbeat,
+    task_event,
+    task_result,
+    worker_stats,
+)
+from resultlog.schemas.codec import Codec  # noqa: E402
+from resultlog.schemas.fold import fold  # noqa: E402
+from resultlog.schemas.states import State  # noqa: E402
+from resultlog.schemas.workers import WorkerHeartbeat  # noqa: E402
+
+codec = Codec()
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**53, 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+task_results = st.builds(
+    lambda state, result, error, tb: TaskResult[Any](
+        task_id="t-1", state=state, result=result, error=error, traceback=tb),
+    st.sampled_from(list(TaskState)), json_values,
+    st.none() | st.text(max_size=30), st.none() | st.text(max_size=60))
+
+
+def through_the_log(result: TaskResult[Any]) -> TaskResult[Any]:
+    event = codec.decode(codec.encode(task_event(result.task_id, result, "w1")))
+    return task_result(fold([event])[result.task_id])
+
+
+@given(task_results)
+def test_every_task_result_round_trips_exactly(result: TaskResult[Any]) -> None:
+    assert through_the_log(result) == result
+
+
+def test_dead_lettered_is_a_failure_to_the_contract_and_dead_lettered_to_chicory() -> None:
+    result = TaskResult[Any](task_id="t-1", state=TaskState.DEAD_LETTERED, error="boom", traceback="tb")
+    event = task_event("t-1", result, None)
+    assert event.state is State.FAILURE and event.state.ready
+    assert event.exception is not None and (event.exception.module, event.exception.type,
+                                            event.exception.message) == ("builtins", "Exception", "boom")
+    assert through_the_log(result).state is TaskState.DEAD_LETTERED
+
+
+def test_a_success_carries_its_plain_value() -> None:
+    event = task_event("t-1", TaskResult[Any](task_id="t-1", state=TaskState.SUCCESS,
+                                              result={"a": [1, 2]}), None)
+    assert event.result_value() == {"a": [1, 2]}
+
+
+def test_a_later_state_of_the_same_attempt_wins_the_fold() -> None:
+    started = task_event("t-1", TaskResult[Any](task_id="t-1", state=TaskState.STARTED), None)
+    dead = task_event("t-1", TaskResult[Any](task_id="t-1", state=TaskState.DEAD_LETTERED, error="x"), None)
+    # Chicory's worker sends STARTED then the outcome; the order of arrival does not matter.
+    assert task_result(fold([dead, started])["t-1"]).state is TaskState.DEAD_LETTERED
+
+
+def test_results_go_through_pydantic_json_mode_as_chicorys_own_backends_do() -> None:
+    moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    back = through_the_log(TaskResult[Any](task_id="t-1", state=TaskState.SUCCESS, result=moment))
+    assert back.result == TaskResult[Any].model_validate_json(
+        TaskResult[Any](task_id="t-1", state=TaskState.SUCCESS, result=moment).model_dump_json()).result
+
+
+def stats(**changes: Any) -> WorkerStats:
+    values: dict[str, Any] = dict(
+        worker_id="w-1", hostname="h", pid=12, queue="default", concurrency=4,
+        tasks_processed=10, tasks_failed=2, active_tasks=1,
+        started_at=datetime(2026, 1, 2, 3, 4, 5, 123000, tzinfo=UTC),
+        last_heartbeat=datetime(2026, 1, 2, 3, 5, 5, 456000, tzinfo=UTC), is_running=True)
+    values.update(changes)
+    return WorkerStats(**values)
+
+
+@pytest.mark.parametrize("changes", [
+    {}, {"is_running": False},
+    {"backend": BackendStatus(connected=False, error="down")},
+])
+def test_worker_stats_round_trip_through_a_heartbeat_record(changes: dict[str, Any]) -> None:
+    original = stats(**changes)
+    hb = WorkerHeartbeat.decode(codec, heartbeat("w-1", original, 30).encode(codec))
+    assert hb.source == "chicory" and hb.ttl_s == 30
+    assert hb.expires_at == hb.beat_at + 30_000
+    assert worker_stats(hb) == original
+
+
+def test_worker_times_are_kept_to_the_millisecond() -> None:
+    original = stats(started_at=datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC))
+    back = worker_stats(heartbeat("w-1", original, 30))
+    assert back.started_at == datetime(2026, 1, 2, 3, 4, 5, 123000, tzinfo=UTC)
