@@ -533,8 +533,10 @@ class HistoryStore(PooledStore):
 
     async def reset(self) -> None:
         """Empty the history (every partition; they stay attached). Offsets are kept:
-        see :meth:`reset_offsets`. For ``replay --fresh``."""
-        await self._execute(f"TRUNCATE {self._history}")
+        see :meth:`reset_offsets`. For ``replay --fresh``. The task summary (kept by a
+        trigger on the history) goes with it."""
+        summary = f"{quote_ident(self.settings.postgres_schema)}.{names.TASK_SUMMARY_TABLE}"
+        await self._execute(f"TRUNCATE {self._history}, {summary}")
 
     # -- helpers --------------------------------------------------------------------
 
