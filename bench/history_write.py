@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/history_write.py                  # 100,000 events x 500/2000/5000
     .venv/bin/python bench/history_write.py --events 200000 --repeat 3 --batch 2000
+    .venv/bin/python bench/history_write.py --without-summary   # task_summary's trigger off
 
 Uses ``RESULTLOG_POSTGRES_DSN`` (default: the local stack, ``resultlog dev up``) and a
 throwaway schema ``bench_history`` that is dropped at the end. Events look like a real
@@ -19,6 +20,7 @@ import statistics
 import time
 import uuid
 
+from resultlog import names
 from resultlog.schemas.event import TaskEvent, now_ms
 from resultlog.settings import Settings
 from resultlog.views.history import HistoryStore, StoredEvent
@@ -72,6 +74,8 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--batch", type=int, action="append", help="batch size (repeatable)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--without-summary", action="store_true",
+                        help="disable the trigger that keeps task_summary, to see its cost")
     args = parser.parse_args()
     batches = args.batch or [500, 2000, 5000]
     settings = Settings.from_env(postgres_schema=SCHEMA)
@@ -79,6 +83,10 @@ async def main() -> None:
     async with HistoryStore(settings) as store:
         await store.pool.execute(f"DROP SCHEMA IF EXISTS {quote_ident(SCHEMA)} CASCADE")
         await store.migrate()
+        if args.without_summary:
+            await store.pool.execute(
+                f"ALTER TABLE {quote_ident(SCHEMA)}.{names.HISTORY_TABLE}"
+                f" DISABLE TRIGGER {names.TASK_SUMMARY_TABLE}_fold")
         try:
             version = await store.pool.fetchval("SHOW server_version")
             print(f"PostgreSQL {version}; {args.events:,} events per run, best and median of {args.repeat}")

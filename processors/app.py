@@ -65,7 +65,10 @@ class Processor:
 
     def __init__(self, settings: Settings, **faust_overrides: Any) -> None:
         self.settings = settings
-        self.sink = FoldSink(settings, consumer_group=settings.consumer_group)
+        # The engine re-reads what an asynchronous history commit lost in a PostgreSQL
+        # crash (processors/engine.py), so the fold does not wait for each fsync.
+        self.sink = FoldSink(settings, consumer_group=settings.consumer_group,
+                             durable_history=False)
         self.stats = SinkStats()
         conf = faust_settings(settings, **faust_overrides)
         # faust makes only the last directory of datadir itself.

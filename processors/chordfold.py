@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from resultlog.errors import CodecError
+from resultlog.processors.celerychordfold import CeleryChordFold, is_celery
+from resultlog.schemas.celerychords import CeleryChordRecord
 from resultlog.schemas.chords import ChordCompleted, ChordDeclared, FailedMember, completion_event_id
-from resultlog.schemas.codec import CHORD_DECLARED, TASK_EVENT, event_from_record
+from resultlog.schemas.codec import CELERY_CHORD, CHORD_DECLARED, TASK_EVENT, event_from_record
 from resultlog.schemas.event import ExceptionInfo, TaskEvent
 from resultlog.schemas.states import State
 from resultlog.views.chords import Progress
@@ -53,6 +55,10 @@ class Step:
     chord_id: str
     progress: Progress | None = None
     completion: ChordCompleted | None = None
+    #: A Celery chord's body (its signature's JSON), with its completion: to be fired.
+    body: str | None = None
+    #: The Celery member counted last (the body's parent_id).
+    parent: str | None = None
 
 
 class ChordFold:
@@ -67,10 +73,12 @@ class ChordFold:
         self.table = table
         # Chords recounted by this process (see the module docstring); in memory only.
         self._verified: set[str] = set()
+        self.celery = CeleryChordFold(table)
 
     def forget_verified(self) -> None:
         """After a rebalance the table may hold state recovered afresh: verify again."""
         self._verified.clear()
+        self.celery.forget_verified()
 
     def apply(self, name: str, record: Mapping[str, Any]) -> Step | None:
         """Fold one decoded record from the chords topic (CodecError for other kinds)."""
@@ -78,6 +86,9 @@ class ChordFold:
             return self.member(event_from_record(record))
         if name == CHORD_DECLARED:
             return self.declare(ChordDeclared.from_record(record))
+        if name == CELERY_CHORD:
+            step = self.celery.apply(CeleryChordRecord.from_record(record))
+            return Step(step.chord_id, step.progress, step.completion, step.body, step.parent)
         raise CodecError(f"unexpected record type {name} in the chords topic")
 
     def declare(self, decl: ChordDeclared) -> Step:
@@ -130,6 +141,9 @@ class ChordFold:
     def completed(self, completion: ChordCompleted) -> None:
         """Record that ``completion`` is published; drop the members' entries."""
         key = summary_key(completion.chord_id)
+        if is_celery(self.table.get(key)):
+            self.celery.completed(completion)
+            return
         s = dict(self.table[key])
         s["completed"] = completion.state.value
         # The mark first: a deletion in the changelog then implies the mark is there.

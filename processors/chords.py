@@ -79,6 +79,7 @@ if TYPE_CHECKING:
     import redis.asyncio
 
     from resultlog.processors.app import Processor
+    from resultlog.processors.celeryfire import BodyFirer
 
 log = logging.getLogger("resultlog.chords")
 
@@ -168,6 +169,9 @@ class ChordAggregator:
         self._dirty_event = asyncio.Event()
         self._hooks_agent = False
         self._claimant = f"{socket.gethostname()}:{os.getpid()}"
+        #: Fires Celery chords' bodies (``resultlog process --celery-app``).
+        self.firer: BodyFirer | None = None
+        self._client: redis.asyncio.Redis | None = None
         app.task(self._run)
         if s.chord_hook:
             self.on_complete(load_hook(s.chord_hook))
@@ -220,7 +224,7 @@ class ChordAggregator:
         s = self.settings
         await ensure_topics(s, self.state.topic, configs={
             "cleanup.policy": "compact", "max.message.bytes": str(state_record_bytes(s))})
-        client = async_client(s)
+        client = self._client = async_client(s)
         store = ChordStore(s, client)
         dead_letters = DeadLetterWriter(s)
         await self.state.start()
@@ -288,6 +292,10 @@ class ChordAggregator:
             self.metrics.dead_lettered("chords")
             return
         if step is not None and step.completion is not None:
+            if step.body is not None:
+                # First: a Celery body waits on nothing else (latency), and both are
+                # done before the completed mark, so neither is lost to a crash.
+                await self._fire(step.completion, step.body, step.parent)
             await self._publish(store, step.completion)
             part.fold.completed(step.completion)
             part.retention.completed(step.chord_id, step.completion.timestamp)
@@ -309,6 +317,19 @@ class ChordAggregator:
         self.metrics.chord_completed(completion.state.value)
         log.info("chord %s completed: %s (%d of %d members, %d failed)", completion.chord_id,
                  completion.state.value, completion.done, completion.size, completion.failed)
+
+    async def _fire(self, completion: ChordCompleted, body: str, parent: str | None) -> None:
+        """A Celery chord's body, fired before the chord is marked completed (so a crash
+        in between fires it again: see processors/celeryfire.py for "once")."""
+        if self.firer is None:
+            log.error("Celery chord %s completed, but this processor has no Celery app to "
+                      "fire its body with: start processors with --celery-app module:app",
+                      completion.chord_id)
+            return
+        firer, client = self.firer, self._client
+        assert client is not None
+        await _retrying("firing a Celery chord's body",
+                        lambda: firer.fire(client, completion, body, parent))
 
     def _encode(self, completion: ChordCompleted) -> bytes:
         try:

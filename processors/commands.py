@@ -18,21 +18,28 @@ def register(subparsers: Any) -> None:
         "group RESULTLOG_CONSUMER_GROUP. Start more processes to scale out; stop with Ctrl-C.",
     )
     p.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--celery-app", metavar="MODULE:APP", default=None,
+                   help="the Celery app whose chords' bodies this processor fires (as celery -A "
+                        "takes it, e.g. proj.celery:app); needed where a Celery app uses "
+                        "result_backend = 'resultlog://' and chords (docs/celery.md)")
     p.set_defaults(func=_run)
     register_replay(subparsers)
 
 
 def _run(args: argparse.Namespace) -> int:
-    run(Settings.from_env(), loglevel=args.loglevel)
+    run(Settings.from_env(), loglevel=args.loglevel, celery_app=args.celery_app)
     return 0
 
 
-def run(settings: Settings, *, loglevel: str = "info") -> None:
+def run(settings: Settings, *, loglevel: str = "info", celery_app: str | None = None) -> None:
     import faust
 
     from resultlog.processors.app import Processor
+    from resultlog.processors.celeryfire import BodyFirer, load_celery_app
     from resultlog.producers.topics import ensure_topics
 
+    # Loaded first: a wrong name fails at once, not at the first chord.
+    app = None if celery_app is None else load_celery_app(celery_app)
     # faust's worker runs its own loop; create the topics on that same loop first.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -43,6 +50,8 @@ def run(settings: Settings, *, loglevel: str = "info") -> None:
                       settings.chords_topic, settings.chord_completions_topic)
     )
     processor = Processor(settings)
+    if app is not None:
+        processor.chords.firer = BodyFirer(settings, app)
     logging.getLogger("resultlog").setLevel(loglevel.upper())
     worker = faust.Worker(processor.app, loglevel=loglevel, loop=loop, quiet=True)
     worker.execute_from_commandline()

@@ -29,6 +29,18 @@ position missing (a FLUSHDB while no events flow).
 
 Kafka's committed offsets are written once a second under any load, as the positions
 of batches both stores hold: they serve Kafka's lag tools, not the fold.
+
+Asynchronous history commits. The history commits with ``synchronous_commit = off``
+(a commit returns before its WAL is on disk: an fsync off the path of every batch). A
+PostgreSQL crash may then lose the last commits, whole transactions and always a
+suffix of the WAL, so the rows of a lost batch go with its offsets. The engine keeps,
+per partition, the position it has written to the history (``_held``). A crash breaks
+every connection, and the history store shows the engine what the history holds on
+each new connection before its first write (``HistoryStore.verify_positions``): if the
+history holds less than the engine wrote (:class:`~resultlog.errors.HistoryRewound`),
+nothing is written, the batches in hand are dropped and every partition seeks back to
+what the history holds: the lost tail is read from the log again and written again
+(idempotently), before anything after it.
 """
 
 from __future__ import annotations
@@ -41,7 +53,8 @@ from typing import Any, Final
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.errors import CommitFailedError, KafkaError  # type: ignore[import-untyped]
 
-from resultlog.errors import BrokerUnavailable, ResultlogError, StoreUnavailable, ViewLost
+from resultlog.errors import (BrokerUnavailable, HistoryRewound, ResultlogError, StoreUnavailable,
+                              ViewLost)
 from resultlog.processors.foldstatus import FoldStatus, LogEnds, PartitionProgress
 from resultlog.processors.metrics import ProcessorMetrics
 from resultlog.processors.rebuild import ViewRebuilder
@@ -91,6 +104,10 @@ class BatchFoldEngine:
         # Per partition: the next offset both stores hold (written batches): what Kafka
         # is told at the next commit.
         self._written: dict[int, int] = {}
+        # Per partition: the next offset the history holds by this processor's own
+        # account (its positions at assignment, then every batch written). With
+        # asynchronous commits a PostgreSQL crash can take it back: see the docstring.
+        self._held: dict[int, int] = {}
         # A failure aiokafka's rebalance listener would swallow; the fold loop raises it.
         self._failure: BaseException | None = None
         # For status(): per positioned partition, the next offset both stores hold; and
@@ -136,6 +153,7 @@ class BatchFoldEngine:
         self._assigned = False
         for p in partitions:
             self._next.pop(p, None)
+            self._held.pop(p, None)
             self._stored.pop(p, None)
 
     async def _position(self, assigned: set[TopicPartition]) -> None:
@@ -155,6 +173,8 @@ class BatchFoldEngine:
             start = max(begin[p], min(history.get(p, begin[p]), positions.get(p, begin[p])))
             consumer.seek(tp, start)
             self._next[p] = resume[p] = self._stored[p] = start
+            if p in history:
+                self._held[p] = history[p]
         log.info("assigned %s; resuming at %s (from the stores' positions)",
                  sorted(resume), dict(sorted(resume.items())))
         if gaps:
@@ -211,6 +231,8 @@ class BatchFoldEngine:
                 for (_, p), o in prepared.offsets.items():
                     if o > self._written.get(p, -1):
                         self._written[p] = o
+                    if o > self._held.get(p, -1):
+                        self._held[p] = o
                     if p in self._next and o > self._stored.get(p, -1):
                         self._stored[p] = o
                 if self.metrics is not None:
@@ -237,6 +259,52 @@ class BatchFoldEngine:
                 self.metrics.write_retried("fold")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    def _verify_history(self, held_by_history: dict[tuple[str, str, int], int]) -> None:
+        """Raise :class:`HistoryRewound` if the history lost commits this processor made
+        (shown on each new connection of the history's pool: a crash breaks them all)."""
+        group, topic = self.settings.consumer_group, self.settings.events_topic
+        holds = {p: o for (g, t, p), o in held_by_history.items() if g == group and t == topic}
+        lost = {p: (holds.get(p, -1), o) for p, o in self._held.items() if holds.get(p, -1) < o}
+        if not lost:
+            return
+        # Every partition goes back, not only the lost ones: the batches in hand (the one
+        # failing, the next one prepared) are dropped, and they may hold any partition.
+        positions = {}
+        for p in self._next:
+            if p in holds and p in self._held:
+                positions[p] = min(holds[p], self._held[p])
+            else:
+                positions[p] = holds.get(p, -1)  # -1: from where the log begins
+        raise HistoryRewound(
+            "the history lost commits this processor made (a PostgreSQL crash with "
+            "asynchronous commits): " + ", ".join(
+                f"partition {p} holds up to {h} of {o}" for p, (h, o) in sorted(lost.items())),
+            positions)
+
+    async def _rewind(self, consumer: AIOKafkaConsumer, positions: dict[int, int]) -> None:
+        """Seek back to where the history is whole; what it lost is read again."""
+        topic = self.settings.events_topic
+        delay = 0.1
+        while True:
+            try:
+                begin = {tp.partition: o for tp, o in (await consumer.beginning_offsets(
+                    [TopicPartition(topic, p) for p in positions])).items()}
+                break
+            except KafkaError as exc:
+                log.warning("reading where the log begins failed (%r); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        for p, o in positions.items():
+            if p not in self._next:
+                continue  # revoked meanwhile: its next owner positions it from the stores
+            o = max(o, begin[p])
+            consumer.seek(TopicPartition(topic, p), o)
+            self._next[p] = self._stored[p] = o
+            self._held.pop(p, None)
+            self._written.pop(p, None)
+        log.warning("reading the log again from %s (what the history holds)",
+                    dict(sorted((p, self._next[p]) for p in positions if p in self._next)))
 
     def _account(self, stats: SinkStats) -> None:
         self.stats.add(stats)
@@ -305,6 +373,8 @@ class BatchFoldEngine:
         s = self.settings
         await self.sink.start()
         assert self.sink.redis is not None, "the live fold writes the Redis view"
+        assert self.sink.history is not None
+        self.sink.history.verify_positions = self._verify_history
         self.coverage = ViewCoverage(s, self.sink.redis.client, s.consumer_group)
         self.rebuilder = ViewRebuilder(s, self.coverage, self.sink.redis)
         consumer = AIOKafkaConsumer(
@@ -332,11 +402,16 @@ class BatchFoldEngine:
                     raise self._failure
                 # Before preparing: a rebalance during prepare's yields re-positions.
                 records, starts = self._positioned(fetched)
-                if records:
-                    prepared = await self.sink.prepare_yielding(records)
-                    await writer.submit(dataclasses.replace(prepared, starts=starts))
-                else:
-                    await writer.wait()
+                try:
+                    if records:
+                        prepared = await self.sink.prepare_yielding(records)
+                        await writer.submit(dataclasses.replace(prepared, starts=starts))
+                    else:
+                        await writer.wait()
+                except HistoryRewound as exc:
+                    log.warning("%s", exc)
+                    await self._rewind(consumer, exc.positions)
+                    continue
                 now = loop.time()
                 if now - last_commit >= COMMIT_INTERVAL_S:
                     last_commit = now
@@ -352,7 +427,10 @@ class BatchFoldEngine:
             raise
         finally:
             await self._log_ends.close()
-            await writer.settle()
+            try:
+                await writer.settle()
+            except HistoryRewound:
+                pass  # stopping anyway: the next start positions from the stores
             await self.rebuilder.close()
             self.consumer = None
             await consumer.stop()

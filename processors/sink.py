@@ -113,6 +113,9 @@ class FoldSink:
     consumer_group: str
     write_redis: bool = True
     write_history: bool = True
+    # False: the history commits asynchronously (HistoryStore(durable_commits=False));
+    # only for a caller that re-reads what a PostgreSQL crash lost (the live engine).
+    durable_history: bool = True
     codec: Codec = field(default_factory=Codec)
     redis: RedisView | None = None
     history: HistoryStore | None = None
@@ -130,7 +133,7 @@ class FoldSink:
             await self.redis.check_access()
         if self.history is None:
             # The history store also holds the offsets, so it is always opened.
-            self.history = HistoryStore(self.settings)
+            self.history = HistoryStore(self.settings, durable_commits=self.durable_history)
             await self.history.start()
             await self.history.migrate()
         if self.workers is None and self.redis is not None:

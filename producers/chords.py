@@ -16,12 +16,25 @@ arrive first are counted, and the chord completes once the declaration is seen t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from resultlog.producers.emitter import Emitter
 from resultlog.producers.pipeline import Pipeline
 from resultlog.producers.sync import SyncEmitter
 from resultlog.schemas.chords import ChordDeclared
+from resultlog.schemas.codec import Codec
+
+
+class ChordRecord(Protocol):
+    """A record about a chord, keyed by its chord id in the events topic."""
+
+    @property
+    def chord_id(self) -> str: ...
+
+    @property
+    def timestamp(self) -> int: ...
+
+    def encode(self, codec: Codec) -> bytes: ...
 
 
 def _declaration(
@@ -80,14 +93,22 @@ def declare_chord_sync(
     wait: bool = False,
 ) -> ChordDeclared:
     """:func:`declare_chord` for a :class:`SyncEmitter` (any thread, blocking)."""
+    decl = ChordDeclared.create(chord_id, size, callback=callback,
+                                callback_kwargs=callback_kwargs, wait_all=wait_all)
+    send_chord_record_sync(emitter, decl, wait=wait)
+    return decl
+
+
+def send_chord_record_sync(emitter: SyncEmitter, record: ChordRecord, *, wait: bool = False) -> None:
+    """Send ``record`` to the events topic, keyed by its chord id, through ``emitter``'s
+    pipeline (its codec's size limit applies); ``wait=True`` returns only once Kafka
+    acknowledged it."""
     pipeline = emitter._current().pipeline
     pipeline.check()
-    decl, key, value = _declaration(pipeline, chord_id, size, callback, callback_kwargs, wait_all)
+    key, value = record.chord_id.encode(), record.encode(pipeline.encoder.codec)
     outbox, timeout_s = pipeline._outbox, pipeline.options.buffer_timeout_s
     if not wait:
-        if not outbox.offer(key, value, decl.timestamp):
-            outbox.put_blocking(key, value, decl.timestamp, None, timeout_s)
-        return decl
-    rt = emitter._current()
-    rt.call(pipeline._accept_and_wait(key, value, decl.timestamp))
-    return decl
+        if not outbox.offer(key, value, record.timestamp):
+            outbox.put_blocking(key, value, record.timestamp, None, timeout_s)
+        return
+    emitter._current().call(pipeline._accept_and_wait(key, value, record.timestamp))

@@ -43,8 +43,9 @@ class EmitterOptions(TypedDict, total=False):
     #: Largest record batch per partition, before compression; keep it under the
     #: broker's ``message.max.bytes`` (1 MiB by default).
     max_batch_bytes: int
-    #: How long a partition's batch may wait for more events before it is sent (like
-    #: Kafka's ``linger.ms``); ``flush()`` never waits for it.
+    #: How long a partition's batch may wait for more events while an earlier batch is
+    #: in flight (like Kafka's ``linger.ms``; an idle emitter sends at once);
+    #: ``flush()`` never waits for it.
     linger_ms: float
     #: Back-pressure: at most this many events accepted and not yet acknowledged...
     max_buffered_events: int

@@ -15,7 +15,8 @@ the events were accepted; within a batch order is append order. The idempotent p
 (acks=all) makes aiokafka's own retries of a batch duplicate-free. One outstanding batch
 per partition costs nothing: aiokafka sends one request per broker at a time, and that
 request carries one batch per partition anyway. While it is in flight the next batches
-fill up, so batch size adapts to load without any linger delay.
+fill up, so batch size adapts to load; ``linger_ms`` only bounds how long they wait
+for an acknowledgement, and an idle emitter sends at once.
 
 Failures. A batch aiokafka gives up on (a non-retriable broker answer such as a record
 too large for the topic) is counted as not delivered and reported: from ``flush()`` and
@@ -343,20 +344,28 @@ class Pipeline:
         """Submit each idle partition's oldest batch if it is full, old enough or forced.
 
         Returns when the next lingering batch will be due (loop time), or None.
-        Lingering (``linger_ms``, as Kafka's producer does) keeps batches from being
-        sent nearly empty when acknowledgements come back faster than events arrive.
+
+        A batch lingers only while an earlier batch of this emitter is in flight, and at
+        most ``linger_ms``: when nothing is in flight every batch goes out at once (an
+        idle producer has nothing to wait for, and a lone event would otherwise pay the
+        whole linger), and while something is in flight the batches fill until its
+        acknowledgement, which wakes the pump and sends them together in one request.
+        So batches grow with load and an event at a low rate waits for nobody.
         """
         producer = self._producer
         assert producer is not None and self._loop is not None
         now = self._loop.time()
         linger = self.options.linger_s
+        # Decided once, before this pass submits anything: batches submitted together
+        # travel in one request.
+        busy = self._lanes.any_outstanding()
         due: float | None = None
         for lane in self._lanes:
             if lane.outstanding is not None or not lane.batches:
                 continue
             batch = lane.batches[0]
             # A caller awaiting an acknowledgement (wait=True) is not kept lingering.
-            if batch.open and not force and not batch.waiters and now < batch.created + linger:
+            if busy and batch.open and not force and not batch.waiters and now < batch.created + linger:
                 when = batch.created + linger
                 due = when if due is None or when < due else due
                 continue

@@ -20,6 +20,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "resultlog.processors.commands",
     "resultlog.demo",
     "resultlog.analytics_commands",
+    "resultlog.dashboard.commands",
 )
 
 

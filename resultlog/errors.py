@@ -90,6 +90,18 @@ class ViewLost(ResultlogError):
         self.partitions = partitions
 
 
+class HistoryRewound(ResultlogError):
+    """The history holds less than this processor wrote to it: PostgreSQL lost the last
+    asynchronously committed transactions in a crash (rows and their offsets together).
+
+    Raised by the live fold, which then seeks the lost partitions back to the positions
+    the history holds and reads that tail from the log again (docs/processor.md)."""
+
+    def __init__(self, message: str, positions: dict[int, int]) -> None:
+        super().__init__(message)
+        self.positions = positions
+
+
 class ResultTimeout(ResultlogError, TimeoutError):
     """``get()`` waited longer than its timeout for a task to finish."""
 

@@ -44,6 +44,9 @@ CELERY_CHILDREN_META = "celery.children"
 DEFAULT_REDIS_PREFIX = "resultlog:"
 # {prefix}task:{task_id}       hash: the latest state of one task (see views/fold.lua)
 # {prefix}done:{task_id}       pub/sub channel: a task reached a ready state
+# {prefix}transitions          pub/sub channel: every fold call that moves tasks' winners
+#                              publishes them there (one JSON message per call), if anyone
+#                              is subscribed to it (the dashboard's live page; fold.lua)
 # {prefix}offsets:{group}     hash: "topic:partition" -> next offset folded into the view,
 #                              and "gap:topic:partition" -> "start:end", events of that
 #                              range the view lacks and the processor is rebuilding
@@ -51,6 +54,7 @@ DEFAULT_REDIS_PREFIX = "resultlog:"
 # {prefix}chord:{chord_id}     hash: a chord's progress
 # {prefix}chorddone:{chord_id} pub/sub channel: a chord completed or failed
 # {prefix}chordhook:{completion_event_id}  string: the claim of a completion's hook run (SET NX)
+# {prefix}chordfire:{completion_event_id}  string: a Celery chord's body firing ("firing:<who>", then "done")
 
 # Postgres: default schema; tables live inside it.
 DEFAULT_PG_SCHEMA = "resultlog"
@@ -66,6 +70,9 @@ HISTORY_STAGE_TABLE = "resultlog_history_stage_v1"
 ATTEMPTS_VIEW = "attempts"  # one row per (task, attempt)
 TASKS_VIEW = "tasks"  # one row per task: the fold's winner and totals
 TASK_STATS_FUNCTION = "task_stats"  # per task name and time bucket
+# One row per task (the fold's winner), kept by a trigger on the history
+# (views/sql/0004_task_summary.sql); what the dashboard's task list pages over.
+TASK_SUMMARY_TABLE = "task_summary"
 # Purpose of the advisory lock that serializes `resultlog prune` runs on one schema.
 PRUNE_LOCK = "prune"
 
@@ -88,6 +95,10 @@ def task_key(prefix: str, task_id: str) -> str:
 
 def task_done_channel(prefix: str, task_id: str) -> str:
     return f"{prefix}done:{task_id}"
+
+
+def transitions_channel(prefix: str) -> str:
+    return f"{prefix}transitions"
 
 
 def task_key_pattern(prefix: str) -> str:
@@ -136,6 +147,11 @@ def chord_done_channel(prefix: str, chord_id: str) -> str:
 
 def chord_hook_claim_key(prefix: str, completion_event_id: str) -> str:
     return f"{prefix}chordhook:{completion_event_id}"
+
+
+def chord_fire_key(prefix: str, completion_event_id: str) -> str:
+    """A Celery chord's body firing mark (processors/celeryfire.py)."""
+    return f"{prefix}chordfire:{completion_event_id}"
 
 
 def faust_group(consumer_group: str) -> str:

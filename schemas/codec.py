@@ -40,7 +40,9 @@ TASK_EVENT = "io.resultlog.TaskEvent"
 TASK_FORGOTTEN = "io.resultlog.TaskForgotten"
 # Records about chords that share the events topic with task events (keyed by chord id).
 CHORD_DECLARED = "io.resultlog.ChordDeclared"
-CHORD_RECORDS = frozenset({CHORD_DECLARED})
+# A step of Celery's chord protocol (set_chord_size, add_to_chord, on_chord_part_return).
+CELERY_CHORD = "io.resultlog.CeleryChord"
+CHORD_RECORDS = frozenset({CHORD_DECLARED, CELERY_CHORD})
 # Worker heartbeats share the events topic too (keyed by worker id): schemas/workers.py.
 WORKER_HEARTBEAT = "io.resultlog.WorkerHeartbeat"
 # Written by the chord aggregator to the chord-completions topic (never the events topic).

@@ -74,11 +74,20 @@ Arguments (all strings):
                  gap and rebuilds it (views/coverage.py). Without this check a live
                  write would recreate the offsets hash and hide the loss for ever.
 
+  {prefix}transitions      channel: when it has a subscriber (SUBSCRIBE, not pattern),
+                           each call PUBLISHes ONE message listing the tasks whose
+                           winner it moved, as a JSON array of
+                           [task key, state, timestamp, attempt, worker|false,
+                            task_name|false (false: not in this batch)],
+                           for live displays (the dashboard); at most MOVED_LIMIT
+                           tasks per message. ARGV[#ARGV] names it.
+
   {prefix}offsets:{consumer group}   hash: "topic:partition" -> next offset to read
 Returns the number of tasks whose stored view changed, or -1 (see ARGV[5] "2").
 ]]
 
 local PUSH_LIMIT = 65536
+local MOVED_LIMIT = 500  -- tasks listed per transitions message
 local byte, call = string.byte, redis.call  -- locals: no global lookups in the loops
 local expiring = ARGV[1] == '1'
 local nwin, nsticky, nready = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -110,8 +119,14 @@ end
 
 local state_slot = nil
 for i = 1, nwin do if win_fields[i] == 'state' then state_slot = i end end
-local timestamp_slot = nil
-for i = 1, nwin do if win_fields[i] == 'timestamp' then timestamp_slot = i end end
+local timestamp_slot, attempt_slot, worker_slot, name_slot = nil, nil, nil, nil
+for i = 1, nwin do
+  local f = win_fields[i]
+  if f == 'timestamp' then timestamp_slot = i
+  elseif f == 'attempt' then attempt_slot = i
+  elseif f == 'worker' then worker_slot = i end
+end
+for j = 1, nsticky do if sticky_fields[j] == 'task_name' then name_slot = j end end
 
 -- The W + S values of event ev by field position (nil = absent), from its sparse
 -- form; built only for the events that win something.
@@ -157,6 +172,9 @@ end
 -- replay's Redis time); pattern subscribers may hear any channel, so with any of
 -- those every push is made.
 local listened = call('PUBSUB', 'NUMPAT') > 0
+local transitions_channel = ARGV[#ARGV]
+local watched = call('PUBSUB', 'NUMSUB', transitions_channel)[2] > 0
+local moved, nmoved = {}, 0
 local changed = 0
 for k = 1, ntasks do
   local t = tasks[k]
@@ -204,6 +222,16 @@ for k = 1, ntasks do
       elseif t.existed then
         call('PERSIST', key)
       end
+      -- A live display shows a sample of a large batch (a replay's), not all of it.
+      if watched and nmoved < MOVED_LIMIT then
+        local full = values(t.win_at)
+        local name = false
+        local named = name_slot and t.sticky_at[name_slot]
+        if named then name = values(named)[nwin + name_slot] end
+        nmoved = nmoved + 1
+        moved[nmoved] = {key, state, full[timestamp_slot], full[attempt_slot],
+                         full[worker_slot] or false, name}
+      end
       if kept and ready[state] and (listened or call('PUBSUB', 'NUMSUB', channels[k])[2] > 0) then
         local fields = call('HGETALL', key)
         local size = 0
@@ -216,6 +244,7 @@ for k = 1, ntasks do
     if kept or t.existed then changed = changed + 1 end
   end
 end
+if nmoved > 0 then call('PUBLISH', transitions_channel, cjson.encode(moved)) end
 if with_offsets then
   local okey = KEYS[#KEYS]
   for field, next_offset in pairs(offsets) do

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +31,7 @@ from resultlog.schemas.taskrows import from_pg_text, history_row, to_pg_text
 from resultlog.settings import Settings
 from resultlog.views import migrations, partitions
 from resultlog.views.migrations import quote_ident
-from resultlog.views.pg import PooledStore, translate_errors
+from resultlog.views.pg import PooledStore, create_pool, translate_errors
 
 #: Partitions made ahead of the current day (plus yesterday, for clock skew).
 PARTITIONS_AHEAD_DAYS = 3
@@ -121,8 +121,20 @@ class HistoryStore(PooledStore):
     application_name = "resultlog-history"
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool | None = None, *,
-                 partitions_ahead_days: int = PARTITIONS_AHEAD_DAYS) -> None:
+                 partitions_ahead_days: int = PARTITIONS_AHEAD_DAYS,
+                 durable_commits: bool = True) -> None:
         super().__init__(settings, pool)
+        if not durable_commits and pool is not None:
+            raise ConfigurationError(
+                "HistoryStore(durable_commits=False) sets synchronous_commit on connections "
+                "of its own: do not pass it a shared pool")
+        self.durable_commits = durable_commits
+        # With asynchronous commits a PostgreSQL crash can lose the last commits, and a
+        # crash breaks every connection. So before a new connection's first write the
+        # writer is shown what the history holds (consumer group, topic, partition ->
+        # next offset) and may refuse to go on (the live fold raises HistoryRewound).
+        self.verify_positions: Callable[[dict[tuple[str, str, int], int]], None] | None = None
+        self._unverified: set[int] = set()  # server pids of connections not yet shown
         self._ahead = partitions_ahead_days
         self._known_days: set[int] = set()
         self._ahead_done_for: int | None = None  # the day the ahead window was last made
@@ -182,6 +194,37 @@ class HistoryStore(PooledStore):
 
     # -- lifetime -------------------------------------------------------------------
 
+    async def start(self) -> None:
+        """Open the pool (unless one was given). Without ``durable_commits`` its
+        connections commit asynchronously (``synchronous_commit = off``): a commit
+        returns before its WAL reaches the disk, and a PostgreSQL crash may lose the last
+        ones (well under a second of them), whole transactions only and always the most
+        recent, never one out of the middle. Only a writer that records its read
+        positions in the same transactions, and can read the lost tail again, may use
+        this: the live fold (``processors/engine.py``)."""
+        if self._pool is None:
+            self._pool = await create_pool(
+                self.settings, application_name=self.application_name,
+                server_settings=None if self.durable_commits else {"synchronous_commit": "off"},
+                init=self._opened)
+            self._own_pool = True
+
+    async def _opened(self, conn: asyncpg.Connection) -> None:
+        if not self.durable_commits:
+            self._unverified.add(conn.get_server_pid())
+
+    async def _verify(self, conn: asyncpg.Connection) -> None:
+        """On a connection's first write: show the writer what the history holds."""
+        if self.verify_positions is None or not self._unverified:
+            return
+        pid = conn.get_server_pid()
+        if pid not in self._unverified:
+            return
+        rows = await conn.fetch(
+            f"SELECT consumer_group, kafka_topic, kafka_partition, next_offset FROM {self._offsets}")
+        self._unverified.discard(pid)
+        self.verify_positions({(from_pg_text(r["consumer_group"]), r["kafka_topic"],
+                                r["kafka_partition"]): r["next_offset"] for r in rows})
 
     # -- schema ---------------------------------------------------------------------
 
@@ -289,10 +332,12 @@ class HistoryStore(PooledStore):
         if 0 < len(rows) <= SMALL_BATCH_ROWS and offset_args[0]:
             columns = [list(col) for col in zip(*rows)]
             async with self._connection() as conn:
+                await self._verify(conn)
                 count: int = await conn.fetchval(
                     self._insert_small, *columns, to_pg_text(consumer_group), *offset_args)
             return count
         async with self._connection() as conn:
+            await self._verify(conn)
             async with conn.transaction():
                 if rows:
                     await conn.execute(self._create_stage)
@@ -405,8 +450,10 @@ class HistoryStore(PooledStore):
 
     async def reset(self) -> None:
         """Empty the history (every partition; they stay attached). Offsets are kept:
-        see :meth:`reset_offsets`. For ``replay --fresh``."""
-        await self._execute(f"TRUNCATE {self._history}")
+        see :meth:`reset_offsets`. For ``replay --fresh``. The task summary (kept by a
+        trigger on the history) goes with it."""
+        summary = f"{quote_ident(self.settings.postgres_schema)}.{names.TASK_SUMMARY_TABLE}"
+        await self._execute(f"TRUNCATE {self._history}, {summary}")
 
     # -- helpers --------------------------------------------------------------------
 

@@ -57,6 +57,7 @@ def placeholders(schema: str) -> dict[str, str]:
         "offsets_table": names.OFFSETS_TABLE,
         "worker_heartbeats_table": names.WORKER_HEARTBEATS_TABLE,
         "worker_sessions_view": names.WORKER_SESSIONS_VIEW,
+        "summary_table": names.TASK_SUMMARY_TABLE,
     }
 
 

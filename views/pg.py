@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from types import TracebackType
 from typing import ClassVar, Self
@@ -54,14 +54,20 @@ def translate_errors(settings: Settings) -> Iterator[None]:
         raise unavailable(settings, exc) from exc
 
 
-async def create_pool(settings: Settings, *, application_name: str, max_size: int = 4) -> asyncpg.Pool:
+async def create_pool(settings: Settings, *, application_name: str, max_size: int = 4,
+                      server_settings: Mapping[str, str] | None = None,
+                      init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+                      ) -> asyncpg.Pool:
+    """A pool on ``settings.postgres_dsn``; ``server_settings`` are set on each of its
+    connections, and ``init`` is awaited on each new one."""
     with translate_errors(settings):
         pool: asyncpg.Pool = await asyncpg.create_pool(
             postgres_dsn(settings),
             min_size=1,
             max_size=max_size,
             timeout=CONNECT_TIMEOUT_S,
-            server_settings={"application_name": application_name},
+            server_settings={**(server_settings or {}), "application_name": application_name},
+            init=init,
         )
     return pool
 

@@ -172,6 +172,7 @@ async def prune(settings: Settings, cutoff_ms: int, *, dry_run: bool = False,
                 report.removed.append(await _drop(conn, s, parent, t, dry_run, say))
             for t in straddling:
                 report.removed.append(await _trim(conn, s, t, cutoff_ms, dry_run, batch_rows, say))
+            await _trim_summary(conn, s, cutoff_ms, dry_run, batch_rows, say)
     finally:
         await conn.close()
     return report
@@ -224,3 +225,28 @@ async def _trim(conn: asyncpg.Connection, s: str, table: _Table, cutoff_ms: int,
             break
     say(f"deleted {rows:,} rows from {table.name} (older than the cutoff)")
     return Removed(table.name, rows, dropped=False)
+
+
+async def _trim_summary(conn: asyncpg.Connection, s: str, cutoff_ms: int, dry_run: bool,
+                        batch_rows: int, say: Callable[[str], None]) -> None:
+    """Forget, in ``task_summary``, the tasks whose winning event is older than the cutoff
+    (the summary has no partitions to drop: batches, like :func:`_trim`)."""
+    summary = f"{s}.{names.TASK_SUMMARY_TABLE}"
+    if await conn.fetchval("SELECT to_regclass($1)", summary) is None:
+        return
+    cutoff = f"{s}.ms_to_timestamptz($1::bigint)"
+    if dry_run:
+        rows: int = await conn.fetchval(
+            f"SELECT count(*) FROM {summary} WHERE last_seen < {cutoff}", cutoff_ms)
+        say(f"would forget {rows:,} tasks in {names.TASK_SUMMARY_TABLE}")
+        return
+    rows = 0
+    delete = (f"DELETE FROM {summary} WHERE task_id = ANY(ARRAY("
+              f"SELECT task_id FROM {summary} WHERE last_seen < {cutoff} LIMIT $2))")
+    while True:
+        status: str = await conn.execute(delete, cutoff_ms, batch_rows)
+        n = int(status.rsplit(" ", 1)[1])
+        rows += n
+        if n < batch_rows:
+            break
+    say(f"forgot {rows:,} tasks in {names.TASK_SUMMARY_TABLE} (latest event older than the cutoff)")

@@ -113,6 +113,7 @@ def script_call_rows(
         args.append(json.dumps({names.position_field(t, p): o for (t, p), o in offsets.items()}))
         if starts is not None:
             args.append(json.dumps({names.position_field(t, p): o for (t, p), o in starts.items()}))
+    args.append(names.transitions_channel(prefix))
     return keys, args
 
 

@@ -27,6 +27,7 @@ from celery.result import result_from_tuple  # type: ignore[import-untyped]
 from celery._state import task_join_will_block  # type: ignore[import-untyped]
 from kombu.exceptions import EncodeError
 
+from resultlog.celery_backend import chords
 from resultlog.celery_backend.config import CONF_KEY, BackendConfig, check_serializer
 from resultlog.celery_backend import heartbeat
 from resultlog.celery_backend.consumer import ViewResultConsumer
@@ -212,6 +213,20 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
         members = from_json(view.result)
         return {"task_id": group_id, "result": result_from_tuple(members, self.app),
                 "date_done": date_done(view)}
+
+    # --- chords: Celery's chord protocol onto the log (celery_backend/chords.py) ------
+
+    def apply_chord(self, header_result_args: Any, body: Any, **kwargs: Any) -> None:
+        chords.apply_chord(self, header_result_args, body, **kwargs)
+
+    def set_chord_size(self, group_id: str, chord_size: int) -> None:
+        chords.set_chord_size(self, group_id, chord_size)
+
+    def add_to_chord(self, group_id: str, result: Any) -> None:
+        chords.add_to_chord(self, group_id, result)
+
+    def on_chord_part_return(self, request: Any, state: str, result: Any, **kwargs: Any) -> None:
+        chords.on_chord_part_return(self, request, state, result)
 
     # --- reads -----------------------------------------------------------------------
 

@@ -96,6 +96,35 @@ def make_app(backend_url: str, broker_url: str, queue: str, serializer: str = "j
             client.close()
         return "not revoked"
 
+    @app.task(name="t.collect", shared=False)
+    def collect(values: Any, counter: str) -> Any:
+        """A chord body that counts its runs in Redis (``counter``) and returns its input."""
+        client = redis.Redis.from_url(settings().redis_url)
+        try:
+            client.incr(counter)
+        finally:
+            client.close()
+        return values
+
+    @app.task(name="t.incr", shared=False)
+    def incr(counter: str) -> int:
+        """An errback (old style: a task) that counts its runs."""
+        client = redis.Redis.from_url(settings().redis_url)
+        try:
+            return int(client.incr(counter))
+        finally:
+            client.close()
+
+    @app.task(name="t.gated", shared=False)
+    def gated(value: int, gate: str) -> int:
+        """Returns ``value`` once the test pushes an item onto ``gate``."""
+        client = redis.Redis.from_url(settings().redis_url)
+        try:
+            client.blpop([gate], timeout=120)
+        finally:
+            client.close()
+        return value
+
     @app.task(name="t.big", shared=False)
     def big(size: int) -> str:
         return "x" * size

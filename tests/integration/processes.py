@@ -16,17 +16,20 @@ from resultlog.settings import Settings
 class ProcessorProcess:
     """``python -m resultlog process`` with the test's settings; killable."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *args: str, env: dict[str, str] | None = None) -> None:
+        """``args``: more arguments to ``resultlog process``; ``env``: more variables."""
         self.settings = settings
+        self.args = args
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkstemp(prefix="resultlog-processor-", suffix=".log")[1])
 
     def start(self) -> ProcessorProcess:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")},
-               **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+               **self.settings.to_env(), **self.env, "PYTHONUNBUFFERED": "1"}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "resultlog", "process", "--loglevel", "info"],
+                [sys.executable, "-m", "resultlog", "process", "--loglevel", "info", *self.args],
                 env=env, stdout=out, stderr=subprocess.STDOUT,
             )
         return self

@@ -294,7 +294,7 @@ async def test_the_sql_objects_carry_the_names_in_names_py(loaded: Loaded) -> No
             "SELECT routine_name FROM information_schema.routines WHERE routine_schema = $1", schema)}
     finally:
         await conn.close()
-    assert views == {names.TASKS_VIEW, names.ATTEMPTS_VIEW}
+    assert views == {names.TASKS_VIEW, names.ATTEMPTS_VIEW, names.WORKER_SESSIONS_VIEW}
     assert names.TASK_STATS_FUNCTION in functions
 
 

@@ -275,14 +275,6 @@ def _fresh_backend(app: Any) -> Any:
     return ResultlogBackend(app, url=app.conf.result_backend)
 
 
-def test_a_chord_falls_back_to_celerys_chord_unlock_and_completes(app: Any) -> None:
-    """Chords are issue 13's: until then Celery's fallback (the celery.chord_unlock
-    task, which re-checks the header's results once a second) runs the body."""
-    add, total = app.tasks["t.add"], app.tasks["t.total"]
-    result = celery.chord([add.s(i, i) for i in range(4)], app=app)(total.s())
-    assert result.get(timeout=WAIT_S) == 12
-
-
 def test_a_finalizer_cancelling_inside_consume_from_does_not_deadlock(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

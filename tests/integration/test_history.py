@@ -436,7 +436,8 @@ async def test_unreachable_postgres_is_store_unavailable_without_the_password(se
             await store.start()
     message = str(info.value)
     assert "s3cret" not in message
-    assert f"postgresql://resultlog@127.0.0.1:{port}/resultlog" in message
+    # Redacted, not dropped (resultlog/redaction.py): where it tried, with which user.
+    assert f"postgresql://resultlog:***@127.0.0.1:{port}/resultlog" in message
     assert "RESULTLOG_POSTGRES_DSN" in message
     assert info.value.retriable
     await store.close()

@@ -86,7 +86,8 @@ async def test_a_dry_run_reports_and_changes_nothing(store: HistoryStore) -> Non
     report = await prune(store.settings, CUTOFF, dry_run=True, log=lines.append)
     assert report.removed == EXPECTED and report.rows == 7 and report.dry_run
     assert lines == [f"would drop {p(D - 3)}: 3 rows", f"would drop {p(D - 2)}: 2 rows",
-                     f"would delete 2 rows from {p(D - 1)} (older than the cutoff)"]
+                     f"would delete 2 rows from {p(D - 1)} (older than the cutoff)",
+                     "would forget 7 tasks in task_summary"]
     assert (await event_ids(store), await partitions(store)) == before
 
 
@@ -102,9 +103,15 @@ async def test_prune_removes_exactly_what_is_older_than_the_cutoff(store: Histor
         f"detaching {p(D - 2)} (waits for queries that started before it)",
         f"dropped {p(D - 2)}: 2 rows",
         f"deleted 2 rows from {p(D - 1)} (older than the cutoff)",
+        "forgot 7 tasks in task_summary (latest event older than the cutoff)",
     ]
     # The row at the cutoff and everything after it stay; nothing else does.
     assert await event_ids(store) == {event_id for event_id, keep in kept.items() if keep}
+    # One task per row: the summary keeps the tasks whose (only) event stayed.
+    summary = await store.pool.fetch(
+        f"SELECT task_id FROM {quote_ident(store.settings.postgres_schema)}.task_summary")
+    assert sorted(r["task_id"] for r in summary) == sorted(
+        f"t{i}" for i, (_, keep) in enumerate(ROWS) if keep)
     # Whole days dropped as tables; the partitions made ahead of today untouched.
     assert await partitions(store) == before - {p(D - 3), p(D - 2)}
     assert not {p(D - 3), p(D - 2)} & await tables(store)
@@ -223,6 +230,7 @@ async def test_cli_prune(store: HistoryStore) -> None:
     lines = out.splitlines()
     assert lines[0].startswith("dry run: would remove events before ") and lines[0].endswith("(older than 30d)")
     assert lines[1:] == [f"would drop {p(d)}: {n} rows" for d, n in ((D - 3, 3), (D - 2, 2), (D - 1, 5), (D, 2))] + [
+        "would forget 12 tasks in task_summary",
         "would remove 12 rows: 4 partition(s) dropped, 0 trimmed"]
     assert await partitions(store) == before
     code, out, err = await cli(store.settings, "prune", "--older-than", "30d")

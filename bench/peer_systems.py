@@ -1,0 +1,334 @@
+"""The systems bench/peers.py compares, each written and read through its own API.
+
+Every system is a :class:`System`: ``setup``/``teardown`` in the parent process (its
+isolated keys, tables or topic on the local stack), and ``open_writer``/``open_reader``
+in the child processes, giving plain blocking calls:
+
+- ``Writer.started(task_id)`` and ``Writer.success(task_id, result)``: what a worker
+  does for each task; ``Writer.close()`` waits for anything the writer buffered;
+- ``Reader.ready(task_id)``: the task's state read once (is it SUCCESS?);
+- ``Reader.get(task_id)``: the client already waiting for a result (returns it).
+
+The peers are optional dependencies of the benchmark only (``pip install -e .[bench]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis
+
+from resultlog.settings import Settings
+
+TIMEOUT_S = 120.0
+
+
+class Writer(Protocol):
+    def started(self, task_id: str) -> None: ...
+    def success(self, task_id: str, result: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
+
+
+class Reader(Protocol):
+    def ready(self, task_id: str) -> bool: ...
+    def get(self, task_id: str) -> Any: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class System:
+    """One row of the table. ``tag`` isolates this run's keys, tables and topic."""
+
+    name: str
+    keeps: str
+    tag: str
+    settings: Settings
+    _processor: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Sent to the child processes, which never need the parent's processor.
+        return {**self.__dict__, "_processor": None}
+
+    def setup(self) -> None: ...
+    def teardown(self) -> None: ...
+    def open_writer(self) -> Writer: raise NotImplementedError
+    def open_reader(self) -> Reader: raise NotImplementedError
+
+    @property
+    def schema(self) -> str:
+        return f"bench_{self.tag}"
+
+
+# -- Celery (Redis backend and database backend) ----------------------------------------
+
+def _celery_app(backend: str, **conf: Any) -> Any:
+    from celery import Celery  # type: ignore[import-untyped]
+    app = Celery(f"peers-{os.getpid()}", broker="memory://", backend=backend, set_as_current=False)
+    app.conf.update(conf)
+    return app
+
+
+class _CeleryWriter:
+    def __init__(self, app: Any) -> None:
+        self.backend = app.backend
+
+    def started(self, task_id: str) -> None:
+        self.backend.store_result(task_id, None, "STARTED")
+
+    def success(self, task_id: str, result: dict[str, Any]) -> None:
+        self.backend.store_result(task_id, result, "SUCCESS")
+
+    def close(self) -> None:
+        pass
+
+
+class _CeleryReader:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def ready(self, task_id: str) -> bool:
+        return bool(self.app.AsyncResult(task_id).state == "SUCCESS")
+
+    def get(self, task_id: str) -> Any:
+        return self.app.AsyncResult(task_id).get(timeout=TIMEOUT_S)
+
+    def close(self) -> None:
+        pass
+
+
+class CeleryRedis(System):
+    def _app(self) -> Any:
+        return _celery_app(self.settings.redis_url, result_backend_transport_options={
+            "global_keyprefix": f"{self.tag}:"})
+
+    def open_writer(self) -> Writer:
+        return _CeleryWriter(self._app())
+
+    def open_reader(self) -> Reader:
+        return _CeleryReader(self._app())
+
+    def teardown(self) -> None:
+        _delete_keys(self.settings.redis_url, f"{self.tag}:*")
+
+
+class CeleryDatabase(System):
+    def _app(self) -> Any:
+        app = _celery_app(f"db+{_sqlalchemy_dsn(self.settings, 'psycopg')}",
+                          database_table_schemas={"task": self.schema, "group": self.schema})
+        # Pooled connections, as in a forked worker or web process. In a process that
+        # never forked Celery opens a new engine and connection for every read and
+        # write (SessionManager.forked is False): that would measure connection set-up.
+        app.backend.session_manager._after_fork()
+        return app
+
+    def setup(self) -> None:
+        _psql(self.settings, f'CREATE SCHEMA "{self.schema}"')
+        # The tables, made once here rather than raced for by the writers.
+        session = self._app().backend.ResultSession()
+        session.close()
+
+    def open_writer(self) -> Writer:
+        return _CeleryWriter(self._app())
+
+    def open_reader(self) -> Reader:
+        return _CeleryReader(self._app())
+
+    def teardown(self) -> None:
+        _psql(self.settings, f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+
+
+# -- Chicory (Redis and Postgres backends; asyncio only) --------------------------------
+
+class _Loop:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+
+class _ChicoryClient(_Loop):
+    def __init__(self, backend: Any) -> None:
+        super().__init__()
+        self.backend = backend
+        self.run(backend.connect())
+
+    def started(self, task_id: str) -> None:
+        from chicory.types import TaskState  # type: ignore[import-not-found]
+        self.run(self.backend.set_state(task_id, TaskState.STARTED))
+
+    def success(self, task_id: str, result: dict[str, Any]) -> None:
+        from chicory.types import TaskResult, TaskState
+        self.run(self.backend.store_result(
+            task_id, TaskResult(task_id=task_id, state=TaskState.SUCCESS, result=result)))
+
+    def ready(self, task_id: str) -> bool:
+        from chicory.types import TaskState
+        found = self.run(self.backend.get_result(task_id))
+        return found is not None and found.state == TaskState.SUCCESS
+
+    def get(self, task_id: str) -> Any:
+        from chicory.result import AsyncResult  # type: ignore[import-not-found]
+        return self.run(AsyncResult(task_id, self.backend).get(timeout=TIMEOUT_S))
+
+    def close(self) -> None:
+        self.run(self.backend.disconnect())
+        self.loop.close()
+
+
+class ChicoryRedis(System):
+    def _client(self) -> _ChicoryClient:
+        from chicory.backend.redis import RedisBackend  # type: ignore[import-not-found]
+        from chicory.config import RedisBackendConfig  # type: ignore[import-not-found]
+        return _ChicoryClient(RedisBackend(RedisBackendConfig(url=self.settings.redis_url)))
+
+    def open_writer(self) -> Writer:
+        return self._client()
+
+    def open_reader(self) -> Reader:
+        return self._client()
+
+    def teardown(self) -> None:
+        # Chicory's keys have no configurable prefix; the task ids carry the tag.
+        _delete_keys(self.settings.redis_url, f"chicory:*:{self.tag}-*")
+
+
+class ChicoryPostgres(System):
+    def _client(self) -> _ChicoryClient:
+        from chicory.backend.database import DatabaseBackend  # type: ignore[import-not-found]
+        from chicory.backend.models import Base  # type: ignore[import-not-found]
+        from chicory.config import PostgresBackendConfig  # type: ignore[import-not-found]
+        # Chicory's table names are fixed: this run's copies live in a schema of its own.
+        for table in Base.metadata.tables.values():
+            table.schema = self.schema
+        config = PostgresBackendConfig(url=_sqlalchemy_dsn(self.settings, "asyncpg"))
+        return _ChicoryClient(DatabaseBackend(config))
+
+    def setup(self) -> None:
+        _psql(self.settings, f'CREATE SCHEMA "{self.schema}"')
+        self._client().close()  # makes the tables
+
+    def open_writer(self) -> Writer:
+        return self._client()
+
+    def open_reader(self) -> Reader:
+        return self._client()
+
+    def teardown(self) -> None:
+        _psql(self.settings, f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+
+
+# -- resultlog --------------------------------------------------------------------------
+
+class _ResultlogWriter:
+    def __init__(self, settings: Settings) -> None:
+        from resultlog.producers import SyncEmitter
+        self.emitter = SyncEmitter(settings)
+
+    def started(self, task_id: str) -> None:
+        self.emitter.started(task_id, task_name="bench.add")
+
+    def success(self, task_id: str, result: dict[str, Any]) -> None:
+        self.emitter.success(task_id, result, task_name="bench.add")
+
+    def close(self) -> None:
+        self.emitter.close()
+
+
+class _ResultlogReader:
+    def __init__(self, settings: Settings) -> None:
+        from resultlog.views import ResultBackend
+        self.backend = ResultBackend(settings)
+
+    def ready(self, task_id: str) -> bool:
+        return bool(self.backend.AsyncResult(task_id).state == "SUCCESS")
+
+    def get(self, task_id: str) -> Any:
+        return self.backend.AsyncResult(task_id).get(timeout=TIMEOUT_S)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+class Resultlog(System):
+    """The emitter, one processor process, both stores."""
+
+    def setup(self) -> None:
+        from resultlog.producers.topics import ensure_topics
+        asyncio.run(ensure_topics(self.settings, self.settings.events_topic,
+                                  self.settings.dead_letter_topic))
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")},
+               **self.settings.to_env()}
+        self._processor = subprocess.Popen(
+            [sys.executable, "-m", "resultlog", "process", "--loglevel", "warning"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Up and folding before the clock starts: one task through the whole path.
+        writer, reader = self.open_writer(), self.open_reader()
+        try:
+            writer.success(f"{self.tag}-warmup", {})
+            writer.close()
+            reader.get(f"{self.tag}-warmup")
+        finally:
+            reader.close()
+
+    def open_writer(self) -> Writer:
+        return _ResultlogWriter(self.settings)
+
+    def open_reader(self) -> Reader:
+        return _ResultlogReader(self.settings)
+
+    def teardown(self) -> None:
+        from bench._common import cleanup
+        if self._processor is not None:
+            self._processor.terminate()
+            self._processor.wait(60)
+        asyncio.run(cleanup(self.settings))
+
+
+SYSTEMS: dict[str, tuple[type[System], str, str]] = {
+    "celery-redis": (CeleryRedis, "Celery {celery} Redis backend", "latest state"),
+    "celery-db": (CeleryDatabase, "Celery {celery} database backend (PostgreSQL)", "latest state"),
+    "chicory-redis": (ChicoryRedis, "Chicory {chicory} Redis backend", "latest state"),
+    "chicory-postgres": (ChicoryPostgres, "Chicory {chicory} Postgres backend", "latest state"),
+    "resultlog": (Resultlog, "resultlog (emitter, processor, both stores)",
+                  "every transition + the log"),
+}
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+def _sqlalchemy_dsn(settings: Settings, driver: str) -> str:
+    scheme, rest = settings.postgres_dsn.split("://", 1)
+    return f"postgresql+{driver}://{rest}"
+
+
+def _psql(settings: Settings, sql: str) -> None:
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(settings.postgres_dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+    asyncio.run(run())
+
+
+def _delete_keys(url: str, pattern: str) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        batch = []
+        for key in client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                client.delete(*batch)
+                batch.clear()
+        if batch:
+            client.delete(*batch)
+    finally:
+        client.close()

@@ -1,0 +1,191 @@
+"""resultlog next to the result backends it replaces, in one run on the local stack.
+
+    .venv/bin/pip install -e '.[bench]'          # the peers: Celery's, Chicory's backends
+    .venv/bin/python -m bench.peers [--tasks 20000] [--writers 4] [--systems a,b,...]
+
+The same workload for every system, one after another, into the same Redis and
+PostgreSQL (the local stack, ``resultlog dev up``; each system's keys, tables or topic
+isolated and removed at the end): ``--tasks`` tasks written by ``--writers`` processes,
+each task STARTED then SUCCESS with a small dict, every write through the system's own
+write call, one after another, as fast as it returns. Read back through the system's own
+API. Printed per system (a Markdown table):
+
+- **tasks/s until all readable**: tasks / (from the writers' start to the moment a
+  checker process, reading each task's state through the API in write order from the
+  start, has seen every task SUCCESS). For a system that stores synchronously that is
+  when the writers finish; for resultlog it includes the fold into the view.
+- **get() p50 / p99**: a client process already waiting in ``get()``: for every
+  ``--sample-every``-th task of writer 0 the client calls ``get()``, and writer 0 writes
+  that task's SUCCESS only once the client has been in ``get()`` for ``SETTLE_S`` (the
+  other writers never wait). The figure is the time from that SUCCESS write call
+  *returning* in the writer to ``get()`` returning in the client (CLOCK_MONOTONIC in
+  both processes). Polling backends wake at their poll interval (Celery's database
+  backend 0.5 s, Chicory 0.1 s: their defaults).
+- **keeps**: what the system stores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import multiprocessing
+import os
+import platform
+import statistics
+import time
+import uuid
+from multiprocessing.connection import Connection
+from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Event
+from typing import Any
+
+from bench._common import isolated
+from bench.peer_systems import SYSTEMS, System
+
+# How long writer 0 lets the client sit in get() before writing the awaited SUCCESS.
+SETTLE_S = 0.005
+
+
+def task_id(tag: str, writer: int, i: int) -> str:
+    return f"{tag}-{writer}-{i}"
+
+
+def writer_main(system: System, writer: int, tasks: int, every: int, start: Event,
+                waiting: Synchronized, out: Connection) -> None:  # type: ignore[type-arg]
+    client = system.open_writer()
+    stamps: dict[int, int] = {}
+    out.send("ready")
+    start.wait()
+    for i in range(tasks):
+        tid = task_id(system.tag, writer, i)
+        client.started(tid)
+        sampled = writer == 0 and i % every == 0
+        if sampled:
+            while waiting.value != i:
+                time.sleep(0.0001)
+            time.sleep(SETTLE_S)
+        client.success(tid, {"task": i, "writer": writer, "ok": True})
+        if sampled:
+            stamps[i] = time.perf_counter_ns()
+    client.close()
+    out.send((time.perf_counter_ns(), stamps))
+
+
+def checker_main(system: System, writers: int, tasks: int, start: Event, out: Connection) -> None:
+    reader = system.open_reader()
+    out.send("ready")
+    start.wait()
+    for i in range(tasks):
+        for w in range(writers):
+            tid = task_id(system.tag, w, i)
+            while not reader.ready(tid):
+                time.sleep(0.001)
+    done = time.perf_counter_ns()
+    reader.close()
+    out.send(done)
+
+
+def waiter_main(system: System, tasks: int, every: int, start: Event, waiting: Synchronized,
+                out: Connection) -> None:  # type: ignore[type-arg]
+    reader = system.open_reader()
+    waits: dict[int, int] = {}
+    out.send("ready")
+    start.wait()
+    for i in range(0, tasks, every):
+        waiting.value = i
+        result = reader.get(task_id(system.tag, 0, i))
+        waits[i] = time.perf_counter_ns()
+        assert result == {"task": i, "writer": 0, "ok": True}, result
+    reader.close()
+    out.send(waits)
+
+
+def measure(system: System, tasks: int, writers: int, every: int) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Event()
+    waiting = ctx.Value("q", -1)
+    per_writer = tasks // writers
+    pipes, procs = [], []
+
+    def spawn(target: Any, *args: Any) -> None:
+        parent, child = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=target, args=(system, *args, child), daemon=True)
+        proc.start()
+        child.close()
+        pipes.append(parent)
+        procs.append(proc)
+
+    for w in range(writers):
+        spawn(writer_main, w, per_writer, every, start, waiting)
+    spawn(checker_main, writers, per_writer, start)
+    spawn(waiter_main, per_writer, every, start, waiting)
+    try:
+        for pipe in pipes:
+            if pipe.recv() != "ready":
+                raise RuntimeError("a bench process did not start")
+        began = time.perf_counter_ns()
+        start.set()
+        results = [pipe.recv() for pipe in pipes]
+    finally:
+        for proc in procs:
+            proc.join(TIMEOUT_JOIN_S)
+            if proc.is_alive():
+                proc.kill()
+    writer_results, all_readable, waits = results[:writers], results[writers], results[writers + 1]
+    stamps = writer_results[0][1]
+    latencies = [(done - stamps[i]) / 1e6 for i, done in waits.items()]
+    q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else [
+        float("nan")] * 99
+    return {
+        "tasks_per_s": per_writer * writers / ((all_readable - began) / 1e9),
+        "writers_done_s": (max(r[0] for r in writer_results) - began) / 1e9,
+        "readable_s": (all_readable - began) / 1e9,
+        "p50": q[49], "p99": q[98], "samples": len(latencies),
+    }
+
+
+TIMEOUT_JOIN_S = 60
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--writers", type=int, default=4)
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--sample-every", type=int, default=50,
+                        help="the waiting client waits for every N-th task of writer 0")
+    args = parser.parse_args()
+    versions = {p: importlib.metadata.version(p) for p in ("celery", "chicory")}
+    names = args.systems.split(",")
+    unknown = set(names) - SYSTEMS.keys()
+    if unknown:
+        parser.error(f"unknown system(s) {', '.join(sorted(unknown))}; known: {', '.join(SYSTEMS)}")
+    print(f"{args.tasks:,} tasks (STARTED, then SUCCESS with a small dict) from {args.writers} "
+          f"writer processes; {os.cpu_count()} CPUs, {platform.python_implementation()} "
+          f"{platform.python_version()}; load average before: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    rows = []
+    for name in names:
+        cls, label, keeps = SYSTEMS[name]
+        tag = f"peers{uuid.uuid4().hex[:8]}"
+        system = cls(label.format(**versions), keeps, tag, isolated("peers"))
+        system.setup()
+        try:
+            r = measure(system, args.tasks, args.writers, args.sample_every)
+        finally:
+            system.teardown()
+        print(f"  {system.name}: {r['tasks_per_s']:,.0f} tasks/s (writers done after "
+              f"{r['writers_done_s']:.2f} s, all readable after {r['readable_s']:.2f} s), get() "
+              f"p50 {r['p50']:.2f} ms p99 {r['p99']:.2f} ms over {r['samples']} waits; load "
+              f"average {os.getloadavg()[0]:.2f}", flush=True)
+        rows.append((system, r))
+    print()
+    print("| system | tasks/s until all readable | get() p50 | get() p99 | keeps |")
+    print("|---|---|---|---|---|")
+    for system, r in rows:
+        print(f"| {system.name} | {r['tasks_per_s']:,.0f} | {r['p50']:.2f} ms | {r['p99']:.2f} ms "
+              f"| {system.keeps} |")
+
+
+if __name__ == "__main__":
+    main()

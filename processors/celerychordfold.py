@@ -1,0 +1,224 @@
+"""Celery's chord protocol folded into the chord aggregator's table: its progress and its
+one completion.
+
+Pure (no I/O), like :class:`~resultlog.processors.chordfold.ChordFold`, which hands it
+every :class:`~resultlog.schemas.celerychords.CeleryChordRecord`. Celery's rules, as its
+Redis backend keeps them (``celery/backends/redis.py``, ``on_chord_part_return``):
+
+- a member is its task id *and* its index (``add_to_chord`` reuses the adding task's
+  index; the tasks of a group nested in a header restart at 0); a member returned twice
+  counts once, whatever it returned the second time;
+- the chord is complete when the members returned number the size (``set_chord_size``,
+  which may come after members returned) plus the tasks added;
+- the body gets the results ordered by index (a member without one last), then task id.
+
+Unlike Celery's Redis backend, which waits for every member and then reports the first
+failure in index order, a failed or revoked member fails the chord at once (as
+resultlog's own chords do): the body's result becomes that failure without waiting for
+members that may never finish.
+
+Table keys (beside the ``c:``/``m:`` keys of resultlog's own chords, in the same table):
+
+- ``c:<chord_id>``: the summary: ``{"celery": true, "size", "adds" (the add records'
+  ids: an add is counted once however often it is re-read), "done", "fail_seq",
+  "ts", "completed"}``; ``completed`` makes it compatible with the summaries'
+  retention (:mod:`~resultlog.processors.chordretention`);
+- ``p:<chord_id>:<seq>``: the ``seq``-th member returned, ``[state, task_id, result,
+  exc_type, exc_module, exc_message, timestamp, index]``;
+- ``q:<chord_id>:<index>:<task_id>``: that member's ``seq`` (seen already?);
+- ``b:<chord_id>``: the body's signature (JSON text), written once.
+
+Crash safety is the aggregator's (see :mod:`resultlog.processors.chords`): writes reach
+the changelog in the order made, a member's entries before the summary that counts it,
+so after a crash the summary may lag its entries; the first member seen again by this
+process recounts the chord from its ``p:`` entries.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import MutableMapping
+from typing import Any
+
+from resultlog.schemas.celerychords import ADD, PART, SIZE, CeleryChordRecord
+from resultlog.schemas.chords import ChordCompleted, FailedMember, completion_event_id
+from resultlog.schemas.event import ExceptionInfo
+from resultlog.schemas.states import State
+from resultlog.views.chords import Progress
+
+_STATE, _TASK, _RESULT, _EXC_TYPE, _EXC_MODULE, _EXC_MESSAGE, _TS, _INDEX = range(8)
+_LAST = float("inf")
+
+
+def summary_key(chord_id: str) -> str:
+    return f"c:{chord_id}"
+
+
+def part_key(chord_id: str, seq: int) -> str:
+    return f"p:{chord_id}:{seq}"
+
+
+def seen_key(chord_id: str, index: int | None, task_id: str) -> str:
+    return f"q:{chord_id}:{'' if index is None else index}:{task_id}"
+
+
+def body_key(chord_id: str) -> str:
+    return f"b:{chord_id}"
+
+
+def is_celery(summary: Any) -> bool:
+    return isinstance(summary, dict) and bool(summary.get("celery"))
+
+
+def _new_summary() -> dict[str, Any]:
+    return {"celery": True, "size": None, "adds": [], "done": 0, "fail_seq": None, "ts": 0,
+            "completed": None}
+
+
+class CeleryStep:
+    """What one record changed (a :class:`~resultlog.processors.chordfold.Step`'s parts)."""
+
+    __slots__ = ("chord_id", "progress", "completion", "body", "parent")
+
+    def __init__(self, chord_id: str, progress: Progress | None = None,
+                 completion: ChordCompleted | None = None, body: str | None = None,
+                 parent: str | None = None) -> None:
+        self.chord_id = chord_id
+        self.progress = progress
+        self.completion = completion
+        self.body = body
+        #: The member counted last: the body's parent, as when a worker sends it.
+        self.parent = parent
+
+
+class CeleryChordFold:
+    """Celery chords over the aggregator's table (a changelog-backed table, or a dict)."""
+
+    def __init__(self, table: MutableMapping[str, Any]) -> None:
+        self.table = table
+        self._verified: set[str] = set()
+
+    def forget_verified(self) -> None:
+        self._verified.clear()
+
+    def apply(self, rec: CeleryChordRecord) -> CeleryStep:
+        chord_id = rec.chord_id
+        s = self._summary(chord_id)
+        before = json.dumps(s, sort_keys=True)
+        if s["completed"] is not None:
+            # A late member after a fail-fast completion, a re-read, or a size after the
+            # chord failed early: the chord fired once and never fires again.
+            return CeleryStep(chord_id)
+        s["ts"] = max(s["ts"], rec.timestamp)
+        if rec.kind == SIZE:
+            s["size"] = rec.size
+        elif rec.kind == ADD:
+            if rec.event_id not in s["adds"]:
+                s["adds"] = [*s["adds"], rec.event_id]
+        elif rec.kind == PART:
+            self._part(chord_id, rec, s)
+        return self._settle(chord_id, s, before)
+
+    def _part(self, chord_id: str, rec: CeleryChordRecord, s: dict[str, Any]) -> None:
+        assert rec.task_id is not None and rec.state is not None
+        if rec.body is not None and body_key(chord_id) not in self.table:
+            self.table[body_key(chord_id)] = rec.body
+        seen = seen_key(chord_id, rec.index, rec.task_id)
+        if seen in self.table:
+            # A member returned again, or re-read after a crash whose entries reached
+            # the changelog without the summary counting them: recount once per chord.
+            if chord_id not in self._verified:
+                self._verified.add(chord_id)
+                self._recount(chord_id, s)
+            return
+        seq = s["done"]
+        exc = rec.exception
+        # The entries before the summary that counts them (see the module docstring).
+        self.table[part_key(chord_id, seq)] = [
+            rec.state.value, rec.task_id, rec.result, None if exc is None else exc.type,
+            None if exc is None else exc.module, None if exc is None else exc.message,
+            rec.timestamp, rec.index]
+        self.table[seen] = seq
+        s["done"] = seq + 1
+        if rec.state is not State.SUCCESS and s["fail_seq"] is None:
+            s["fail_seq"] = seq
+
+    def _recount(self, chord_id: str, s: dict[str, Any]) -> None:
+        done, fail_seq = 0, None
+        while (entry := self.table.get(part_key(chord_id, done))) is not None:
+            # The crash may have kept an entry without its seen key (written next): it
+            # is counted now, so the member must be known as seen, or it would be
+            # counted again when it is read again.
+            seen = seen_key(chord_id, entry[_INDEX], entry[_TASK])
+            if seen not in self.table:
+                self.table[seen] = done
+            if entry[_STATE] != State.SUCCESS.value and fail_seq is None:
+                fail_seq = done
+            s["ts"] = max(s["ts"], entry[_TS])
+            done += 1
+        s.update(done=done, fail_seq=fail_seq)
+
+    def _summary(self, chord_id: str) -> dict[str, Any]:
+        found = self.table.get(summary_key(chord_id))
+        return dict(found) if found is not None and is_celery(found) else _new_summary()
+
+    def _settle(self, chord_id: str, s: dict[str, Any], before: str) -> CeleryStep:
+        completion = self._completion(chord_id, s)
+        body = parent = None
+        if completion is not None:
+            body = self.table.get(body_key(chord_id))
+            last = self.table.get(part_key(chord_id, s["done"] - 1)) if s["done"] else None
+            parent = None if last is None else last[_TASK]
+        if json.dumps(s, sort_keys=True) == before:
+            return CeleryStep(chord_id, None, completion, body, parent)
+        self.table[summary_key(chord_id)] = s
+        total = self._total(s)
+        progress = Progress(s["done"] if total is None else total, s["done"],
+                            0 if s["fail_seq"] is None else 1, s["ts"])
+        return CeleryStep(chord_id, progress, completion, body, parent)
+
+    @staticmethod
+    def _total(s: dict[str, Any]) -> int | None:
+        return None if s["size"] is None else s["size"] + len(s["adds"])
+
+    def _completion(self, chord_id: str, s: dict[str, Any]) -> ChordCompleted | None:
+        if s["completed"] is not None or body_key(chord_id) not in self.table:
+            return None
+        total = self._total(s)
+        if s["fail_seq"] is not None:
+            entry = self.table[part_key(chord_id, s["fail_seq"])]
+            exc = None
+            if entry[_EXC_TYPE] is not None:
+                exc = ExceptionInfo(entry[_EXC_TYPE], entry[_EXC_MODULE] or "", entry[_EXC_MESSAGE] or "")
+            index = entry[_INDEX] if entry[_INDEX] is not None else s["fail_seq"]
+            return ChordCompleted(
+                event_id=completion_event_id(chord_id), chord_id=chord_id, state=State.FAILURE,
+                size=total or s["done"], done=s["done"], failed=1, timestamp=s["ts"],
+                failed_member=FailedMember(entry[_TASK], index, State(entry[_STATE]), exc))
+        if total is None or s["done"] < total:
+            return None
+        entries = [self.table[part_key(chord_id, i)] for i in range(s["done"])]
+        entries.sort(key=lambda e: (_LAST if e[_INDEX] is None else e[_INDEX], e[_TASK]))
+        results = "[" + ",".join("null" if e[_RESULT] is None else e[_RESULT] for e in entries) + "]"
+        return ChordCompleted(
+            event_id=completion_event_id(chord_id), chord_id=chord_id, state=State.SUCCESS,
+            size=total, done=s["done"], failed=0, timestamp=s["ts"], results=results)
+
+    def completed(self, completion: ChordCompleted) -> None:
+        """``completion`` is out (and its body fired): mark it, drop the members' entries."""
+        chord_id = completion.chord_id
+        s: dict[str, Any] = dict(self.table[summary_key(chord_id)])
+        s["completed"] = completion.state.value
+        s["adds"] = []
+        self.table[summary_key(chord_id)] = s  # the mark first, as in ChordFold
+        self._verified.discard(chord_id)
+        for seq in range(s["done"]):
+            entry = self.table.get(part_key(chord_id, seq))
+            if entry is None:
+                continue
+            seen = seen_key(chord_id, entry[_INDEX], entry[_TASK])
+            if seen in self.table:
+                del self.table[seen]
+            del self.table[part_key(chord_id, seq)]
+        if body_key(chord_id) in self.table:
+            del self.table[body_key(chord_id)]

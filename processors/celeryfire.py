@@ -1,0 +1,176 @@
+"""Firing a Celery chord's body from the processor, once its members are all in.
+
+``resultlog process --celery-app proj.celery:app`` gives the chord aggregator the user's
+Celery app; when a Celery chord completes the aggregator calls :meth:`BodyFirer.fire`
+(after the completion is in the chord view and the completions topic, before the chord
+is marked completed in its table). What it does is what Celery's Redis backend does in
+the worker whose part completes the chord (``celery/backends/redis.py``,
+``on_chord_part_return``):
+
+- every member succeeded: the body is sent with the header's results in member order
+  (``body.delay(results)``); a header saved by ``apply_chord`` because it holds groups
+  is restored and joined instead, so nested results keep their structure;
+- a member failed or was revoked: ``chord_error_from_stack(body, ChordError(...))``:
+  the body's result is a FAILURE with a ``ChordError`` naming the member (its
+  ``__cause__`` the member's exception), the body's ``link_error`` errbacks run (a
+  new-style errback, taking the request, is called in this process, as Celery calls it
+  in its worker), and so does what is chained after the body.
+
+Once: a Redis key per completion (``names.chord_fire_key``) says ``firing`` before the
+body is sent and ``done`` after. A completion seen again (the aggregator re-publishes
+one after a crash, with the same event id) whose key says ``done`` is not fired again;
+one whose key says ``firing`` is fired again: the processor died between marking and
+marking done, and may or may not have sent the body. Sending it again is the choice
+that never leaves a chord hanging; the window in which it can send it twice is the
+broker's publish plus one Redis SET (about a millisecond here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from resultlog import names
+from resultlog.errors import ConfigurationError
+from resultlog.schemas.chords import ChordCompleted
+from resultlog.settings import Settings
+from resultlog.views._redis import translated
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+log = logging.getLogger("resultlog.chords")
+
+_DONE = b"done"
+
+
+def load_celery_app(spec: str) -> Any:
+    """The Celery app named ``module:attribute`` (or ``module``), as ``celery -A`` finds it."""
+    try:
+        from celery.app.utils import find_app  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise ConfigurationError(
+            "--celery-app needs Celery, which is not installed: pip install resultlog[celery]") from exc
+    try:
+        app = find_app(spec)
+        # The app's task modules (include=, imports=), as a worker imports them: a body's
+        # new-style errback is called here, so its task must be registered. And the app
+        # made current, as in a worker: signatures and shared tasks that find their app
+        # through Celery's current app (a group's, a chain's) must find this one, not a
+        # default app with a default broker.
+        app.loader.import_default_modules()
+        app.set_current()
+        app.set_default()
+        return app
+    except Exception as exc:  # noqa: BLE001 — importing raises whatever the app raises
+        raise ConfigurationError(
+            f"--celery-app {spec!r} cannot be loaded: {exc!r} (expected module:app, e.g. "
+            "proj.celery:app, importable from the current directory)") from exc
+
+
+class BodyFirer:
+    """Fires the bodies of a Celery app's chords (see the module docstring)."""
+
+    def __init__(self, settings: Settings, app: Any) -> None:
+        self.settings = settings
+        self.app = app
+        self.claimant = f"{socket.gethostname()}:{os.getpid()}"
+
+    async def fire(self, client: redis.asyncio.Redis, completion: ChordCompleted, body: str,
+                   parent: str | None = None) -> None:
+        key = names.chord_fire_key(self.settings.redis_prefix, completion.event_id)
+        ttl_ms = self.settings.result_ttl_s * 1000 or None
+        with translated("marking a chord body as firing"):
+            # One round trip: the mark set, and the one it replaced returned.
+            mark = await client.set(key, f"firing:{self.claimant}", px=ttl_ms, get=True)
+        if mark == _DONE:
+            with translated("marking a chord body as fired"):
+                await client.set(key, _DONE, px=ttl_ms)
+            log.info("chord %s: body already fired", completion.chord_id)
+            return
+        if mark is not None:
+            log.warning("chord %s: a processor died while firing its body (%s); firing it again",
+                        completion.chord_id, mark)
+        t0 = time.perf_counter()
+        try:
+            await asyncio.to_thread(self.fire_sync, completion, body, parent)
+        except Exception:  # noqa: BLE001 — the user's app failed: log it, never loop on it
+            # (e.g. the broker unreachable past Celery's own publish retries). Firing it
+            # again at every restart would stop every other chord behind this one.
+            log.exception("chord %s: firing its body failed; it is not fired again",
+                          completion.chord_id)
+        with translated("marking a chord body as fired"):
+            await client.set(key, _DONE, px=ttl_ms)
+        log.debug("chord %s: body fired in %.1f ms", completion.chord_id, (time.perf_counter() - t0) * 1000)
+
+    def fire_sync(self, completion: ChordCompleted, body: str, parent: str | None = None) -> None:
+        """Send the body, or fail it as Celery does (blocking: run in a thread).
+
+        ``parent``: the member counted last, the body's ``parent_id`` (with Celery's
+        Redis backend the worker running the last member sends the body, as its child)."""
+        from celery import maybe_signature  # type: ignore[import-untyped]
+        from celery.exceptions import ChordError  # type: ignore[import-untyped]
+
+        from resultlog.celery_backend.meta import from_json
+
+        app = self.app
+        backend = app.backend
+        callback = maybe_signature(from_json(body), app=app)
+        error: Exception | None = None
+        if not completion.successful:
+            error = self._chord_error(completion)
+        else:
+            try:
+                results = self._results(completion)
+            except ChordError as exc:
+                error = exc
+            except Exception as exc:  # noqa: BLE001 — as Celery: the join's error fails the body
+                error = ChordError(f"Join error: {exc!r}")
+            else:
+                try:
+                    callback.apply_async((results,), **({"parent_id": parent} if parent else {}))
+                    return
+                except Exception as exc:  # noqa: BLE001 — as Celery: a failed send fails the body
+                    log.exception("chord %s: sending its body failed", completion.chord_id)
+                    error = ChordError(f"Callback error: {exc!r}")
+        log.info("chord %s failed: %s", completion.chord_id, error)
+        try:
+            # Celery's chord_error_from_stack reads the exception being handled.
+            raise error
+        except Exception:  # noqa: BLE001
+            backend.chord_error_from_stack(callback, error)
+
+    def _results(self, completion: ChordCompleted) -> Any:
+        from celery.result import GroupResult, allow_join_result  # type: ignore[import-untyped]
+
+        app = self.app
+        saved = GroupResult.restore(completion.chord_id, app=app)
+        if saved is not None:
+            # A header holding groups (saved by apply_chord): joined, for its structure.
+            saved.on_ready()
+            with allow_join_result():
+                return saved.join_native(timeout=app.conf.result_chord_join_timeout, propagate=True)
+        from resultlog.celery_backend.meta import from_json
+
+        assert completion.results is not None
+        return from_json(completion.results)
+
+    def _chord_error(self, completion: ChordCompleted) -> Exception:
+        from celery.exceptions import ChordError, TaskRevokedError
+
+        member = completion.failed_member
+        assert member is not None
+        if member.exception is None:
+            cause: Exception = TaskRevokedError("revoked")
+        else:
+            rebuilder = getattr(self.app.backend, "rebuilder", None)
+            cause = (rebuilder.rebuild(member.exception, None) if rebuilder is not None
+                     else Exception(f"{member.exception.type}: {member.exception.message}"))
+        # Celery's own wording (celery/backends/redis.py, _unpack_chord_result).
+        error: Exception = ChordError(f"Dependency {member.task_id} raised {cause!r}")
+        error.__cause__ = cause
+        return error

@@ -1,0 +1,112 @@
+"""Celery's chord protocol as records: what a Celery app's result backend is told about a
+chord, written to the log keyed by the chord's id (Celery's group id of the header).
+
+Celery tells its backend three things (``celery/canvas.py``, ``celery/app/task.py``,
+``celery/backends/base.py``):
+
+- ``set_chord_size(group_id, size)``: the header's size, counted by Celery's
+  ``_chord._descend`` rules, set just before the last header task is published (so
+  members may finish before it is known): a :data:`SIZE` record;
+- ``add_to_chord(group_id, result)`` (``Task.add_to_chord``, ``Task.replace``): one more
+  member: an :data:`ADD` record;
+- ``on_chord_part_return(request, state, result)``: a header task finished: a
+  :data:`PART` record with its task id, Celery's ``group_index``, its outcome and the
+  body's signature (``request.chord``, Celery's JSON form, with its task id, links and
+  errbacks), so the aggregator can fire the body without anything else.
+
+A member is identified by its task id and index together, as in Celery's Redis backend
+(a task added by ``add_to_chord`` shares the index of the task that added it).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from resultlog.errors import ValidationError
+from resultlog.schemas.chords import validate_size
+from resultlog.schemas.codec import CELERY_CHORD, Codec
+from resultlog.schemas.event import ExceptionInfo, now_ms, validate_id
+from resultlog.schemas.states import State
+
+SIZE: Final = "size"
+ADD: Final = "add"
+PART: Final = "part"
+KINDS: Final = frozenset({SIZE, ADD, PART})
+PART_STATES: Final = frozenset({State.SUCCESS, State.FAILURE, State.REVOKED})
+
+
+@dataclass(frozen=True, slots=True)
+class CeleryChordRecord:
+    """One step of Celery's chord protocol for chord ``chord_id``."""
+
+    event_id: str
+    chord_id: str
+    timestamp: int
+    kind: str
+    size: int | None = None
+    task_id: str | None = None
+    index: int | None = None
+    state: State | None = None
+    result: str | None = None  # JSON text
+    exception: ExceptionInfo | None = None
+    body: str | None = None  # JSON text of the body's signature
+
+    def __post_init__(self) -> None:
+        validate_id("chord_id", self.chord_id)
+        if self.kind not in KINDS:
+            raise ValidationError(f"a Celery chord record's kind is one of {sorted(KINDS)}, not {self.kind!r}")
+        if self.kind in (SIZE, ADD):
+            validate_size(self.size)
+        else:
+            validate_id("task_id", self.task_id)
+            if self.state not in PART_STATES:
+                raise ValidationError(f"a chord part's state is SUCCESS, FAILURE or REVOKED, not {self.state!r}")
+            if self.index is not None and (isinstance(self.index, bool) or not isinstance(self.index, int)):
+                raise ValidationError(f"a chord part's index is an int or None, not {self.index!r}")
+
+    @classmethod
+    def sized(cls, chord_id: str, size: int) -> CeleryChordRecord:
+        return cls(uuid.uuid4().hex, chord_id, now_ms(), SIZE, size=size)
+
+    @classmethod
+    def added(cls, chord_id: str, count: int = 1) -> CeleryChordRecord:
+        return cls(uuid.uuid4().hex, chord_id, now_ms(), ADD, size=count)
+
+    @classmethod
+    def part(cls, chord_id: str, task_id: str, index: int | None, state: State, *,
+             result: str | None = None, exception: ExceptionInfo | None = None,
+             body: str | None = None) -> CeleryChordRecord:
+        return cls(uuid.uuid4().hex, chord_id, now_ms(), PART, task_id=task_id, index=index,
+                   state=state, result=result, exception=exception, body=body)
+
+    def to_record(self) -> dict[str, Any]:
+        exc = self.exception
+        return {
+            "event_id": self.event_id, "chord_id": self.chord_id, "timestamp": self.timestamp,
+            "kind": self.kind, "size": self.size, "task_id": self.task_id, "index": self.index,
+            "state": None if self.state is None else self.state.value, "result": self.result,
+            "exc_type": None if exc is None else exc.type,
+            "exc_module": None if exc is None else exc.module,
+            "exc_message": None if exc is None else exc.message,
+            "body": self.body,
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> CeleryChordRecord:
+        exc = None
+        if record.get("exc_type") is not None:
+            exc = ExceptionInfo(record["exc_type"], record.get("exc_module") or "",
+                                record.get("exc_message") or "")
+        state = record.get("state")
+        return cls(
+            event_id=record["event_id"], chord_id=record["chord_id"], timestamp=record["timestamp"],
+            kind=record["kind"], size=record.get("size"), task_id=record.get("task_id"),
+            index=record.get("index"), state=None if state is None else State.parse(state),
+            result=record.get("result"), exception=exc, body=record.get("body"),
+        )
+
+    def encode(self, codec: Codec) -> bytes:
+        return codec.encode_record(CELERY_CHORD, self.to_record())

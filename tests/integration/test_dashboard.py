@@ -1,0 +1,272 @@
+"""The dashboard in a real headless Chromium, over a history filled by the real pipeline.
+
+Events go Emitter -> Kafka -> ``resultlog process`` -> Redis + Postgres; the dashboard
+runs as ``resultlog dashboard`` (a child process) on those stores; the browser loads
+each page and checks what a person would: the plots have points, the stats table names
+the tasks, a filter narrows the list, pages follow one another, a retried task's
+timeline shows its attempts in order, a transition appears without a reload, and a
+hostile result string stays text. Screenshots of each page are kept in
+``build/dashboard-screenshots/`` (docs/dashboard.md shows them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from resultlog.producers import Emitter
+from resultlog.settings import Settings
+from resultlog.views.history import HistoryStore
+from tests.conftest import cleanup
+from tests.integration.browser import headless_chromium
+from tests.integration.processes import ProcessorProcess
+from tests.integration.test_pipeline import eventually, produce_raw
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "build" / "dashboard-screenshots"
+HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
+BULK = 60  # more than a page (50)
+WAIT_S = 30
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    url: str
+    processor: ProcessorProcess
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def fill(settings: Settings) -> int:
+    """The history every test reads; returns how many events it holds."""
+    later = datetime.now(timezone.utc) + timedelta(seconds=30)
+    async with Emitter(settings, worker="w-alpha") as em:
+        for i in range(BULK):
+            await em.started(f"bulk-{i:03d}", task_name="shop.resize", args=[i])
+            await em.success(f"bulk-{i:03d}", {"size": i}, runtime=0.01 * (i + 1),
+                             task_name="shop.resize")
+        r = "retried-1"
+        await em.received(r, task_name="shop.email", kwargs={"to": "a@example.com"})
+        await em.started(r, task_name="shop.email", worker="w-alpha")
+        await em.retry(r, ConnectionError("smtp down"), attempt=0, eta=later, worker="w-alpha")
+        await em.started(r, attempt=1, worker="w-beta")
+        await em.retry(r, ConnectionError("smtp still down"), attempt=1, eta=later,
+                       worker="w-beta")
+        await em.started(r, attempt=2, worker="w-gamma")
+        await em.success(r, "sent", attempt=2, runtime=0.5, worker="w-gamma")
+        await em.started("failed-1", task_name="shop.email", worker="w-beta")
+        await em.failure("failed-1", KeyError("no such user"), traceback="Traceback: KeyError",
+                         runtime=0.2, task_name="shop.email", worker="w-beta")
+        await em.started("child-1", task_name="shop.thumb", parent_id="bulk-000",
+                         root_id="bulk-000")
+        await em.success("child-1", 1, parent_id="bulk-000", root_id="bulk-000")
+        await em.started("hostile-1", task_name="shop.render", args=[HOSTILE])
+        await em.failure("hostile-1", ValueError(HOSTILE), traceback=HOSTILE,
+                         task_name="shop.render")
+        await em.started("hostile-2", task_name="shop.render")
+        await em.success("hostile-2", HOSTILE, task_name="shop.render")
+    # One undecodable record: a dead letter for the overview.
+    await produce_raw(settings, [(b"junk", b"\x00not an event")])
+    return BULK * 2 + 7 + 2 + 2 + 2 + 2
+
+
+@pytest.fixture(scope="module")
+async def stack(base_settings: Settings) -> AsyncIterator[Stack]:
+    tag = uuid.uuid4().hex[:12]
+    settings = base_settings.replace(
+        events_topic=f"t.{tag}", consumer_group=f"t.{tag}.group", redis_prefix=f"t{tag}:",
+        postgres_schema=f"t_{tag}", topic_partitions=2)
+    processor = ProcessorProcess(settings).start()
+    dashboard: subprocess.Popen[bytes] | None = None
+    log = Path(tempfile.mkstemp(prefix="resultlog-dashboard-", suffix=".log")[1])
+    try:
+        expected = await fill(settings)
+        async with HistoryStore(settings) as history:
+            async def folded() -> bool:
+                try:
+                    return await history.count() == expected
+                except Exception:  # noqa: BLE001 - the processor may not have migrated yet
+                    return False
+            await eventually(folded, f"{expected} events in the history", 120)
+        port = free_port()
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")},
+               **settings.to_env()}
+        with log.open("ab") as out:
+            dashboard = subprocess.Popen(
+                [sys.executable, "-m", "resultlog", "dashboard", "--port", str(port)],
+                env=env, stdout=out, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+
+        async def serving() -> bool:
+            assert dashboard is not None and dashboard.poll() is None, log.read_text()
+            try:
+                return await asyncio.to_thread(
+                    lambda: urllib.request.urlopen(url + "/workers", timeout=5).status == 200)
+            except OSError:
+                return False
+        await eventually(serving, "the dashboard to answer", 60)
+        yield Stack(settings, url, processor)
+    finally:
+        if dashboard is not None:
+            dashboard.terminate()
+            dashboard.wait(30)
+            print(f"--- dashboard output ---\n{log.read_text(errors='replace')[-5000:]}")
+        processor.stop()
+        log.unlink(missing_ok=True)
+        await cleanup(settings)
+
+
+@pytest.fixture(scope="module")
+def browser(base_settings: Settings) -> Iterator[webdriver.Chrome]:
+    driver = headless_chromium(base_settings)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def shot(browser: webdriver.Chrome, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1400, min(int(height) + 20, 4000))  # the whole page
+    try:
+        browser.save_screenshot(str(SHOTS / f"{name}.png"))
+    finally:
+        browser.set_window_size(1400, 1000)
+
+
+def wait_for(browser: webdriver.Chrome, what: str, check: object) -> None:
+    WebDriverWait(browser, WAIT_S).until(check, message=f"gave up waiting for {what}")  # type: ignore[arg-type]
+
+
+def texts(browser: webdriver.Chrome, css: str) -> list[str]:
+    return [e.text for e in browser.find_elements(By.CSS_SELECTOR, css)]
+
+
+async def test_overview_shows_plots_stats_lag_and_dead_letters(stack: Stack, browser: webdriver.Chrome) -> None:
+    browser.get(stack.url + "/")
+    assert int(browser.find_element(By.ID, "plot-states").get_attribute("data-points") or 0) > 0
+    assert browser.find_elements(By.CSS_SELECTOR, "#plot-states canvas"), "uPlot drew no canvas"
+    names = texts(browser, "#stats-table tbody td:first-child")
+    assert {"shop.resize", "shop.email", "shop.render"} <= set(names)
+    resize = browser.find_element(By.XPATH, "//table[@id='stats-table']//tr[td/a='shop.resize']")
+    assert resize.find_elements(By.TAG_NAME, "td")[1].text == str(BULK)
+    lag_rows = browser.find_elements(By.CSS_SELECTOR, "#lag-table tbody tr")
+    assert len(lag_rows) == 2  # one per partition
+    # The processor's positions reach the log end once it folded everything.
+    for row in lag_rows:
+        cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+        assert cells[3] == "0" and cells[5] == "0", cells
+    assert browser.find_element(By.ID, "dead-letter-count").text == "1"
+    assert texts(browser, "#dead-letters .reason")[0]
+    shot(browser, "overview")
+
+
+async def test_task_list_filters_and_pages(stack: Stack, browser: webdriver.Chrome) -> None:
+    browser.get(stack.url + "/tasks")
+    first = texts(browser, "#task-table a.task-link")
+    assert len(first) == 50
+    shot(browser, "tasks")
+    browser.find_element(By.ID, "older").click()
+    second = texts(browser, "#task-table a.task-link")
+    total = BULK + 5
+    assert len(second) == total - 50 and not set(first) & set(second)
+    browser.find_element(By.ID, "newer").click()
+    assert texts(browser, "#task-table a.task-link") == first
+    Select(browser.find_element(By.NAME, "state")).select_by_visible_text("FAILURE")
+    browser.find_element(By.CSS_SELECTOR, "#task-filters button").click()
+    assert sorted(texts(browser, "#task-table a.task-link")) == ["failed-1", "hostile-1"]
+    browser.get(stack.url + "/tasks?worker=w-gamma")
+    assert texts(browser, "#task-table a.task-link") == ["retried-1"]
+    browser.get(stack.url + "/tasks?id=bulk-00")
+    assert len(texts(browser, "#task-table a.task-link")) == 10
+
+
+async def test_task_page_shows_retries_in_order_with_lineage(stack: Stack, browser: webdriver.Chrome) -> None:
+    browser.get(stack.url + "/tasks/retried-1")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#timeline tbody tr")
+    cells = [[c.text for c in r.find_elements(By.TAG_NAME, "td")] for r in rows]
+    assert [c[4] for c in cells] == ["RECEIVED", "STARTED", "RETRY", "STARTED", "RETRY",
+                                     "STARTED", "SUCCESS"]
+    assert [c[5] for c in cells] == ["0", "0", "0", "1", "1", "2", "2"]
+    assert [c[6] for c in cells][3:] == ["w-beta", "w-beta", "w-gamma", "w-gamma"]
+    assert cells[2][7] and cells[4][7], "a RETRY shows its ETA"
+    assert browser.find_element(By.ID, "task-result").text == '"sent"'
+    assert '"to": "a@example.com"' in browser.find_element(By.ID, "task-kwargs").text
+    shot(browser, "task")
+    browser.get(stack.url + "/tasks/child-1")
+    parent = browser.find_element(By.CSS_SELECTOR, "#lineage a.task-link")
+    assert parent.text == "bulk-000"
+    parent.click()
+    assert texts(browser, "#lineage a.task-link") == ["child-1"]
+
+
+async def test_workers_page(stack: Stack, browser: webdriver.Chrome) -> None:
+    browser.get(stack.url + "/workers")
+    rows = {r.find_element(By.TAG_NAME, "a").text: [c.text for c in r.find_elements(By.TAG_NAME, "td")]
+            for r in browser.find_elements(By.CSS_SELECTOR, "#worker-table tbody tr")}
+    assert rows["w-alpha"][1] == str(BULK + 3)  # bulk, child, two hostile ones
+    assert rows["w-beta"][1:4] == ["1", "1", "100.0%"]  # failed-1
+    assert rows["w-gamma"][1] == "1"
+    shot(browser, "workers")
+
+
+async def test_hostile_task_data_is_shown_as_text(stack: Stack, browser: webdriver.Chrome) -> None:
+    # The result is JSON: the page shows the JSON string, quotes escaped, tags intact.
+    for task_id, element, shown in (("hostile-1", "task-traceback", HOSTILE),
+                                    ("hostile-2", "task-result", json.dumps(HOSTILE))):
+        browser.get(f"{stack.url}/tasks/{task_id}")
+        assert browser.find_element(By.ID, element).text == shown
+        assert browser.execute_script("return window.__pwned === undefined")
+        assert not browser.find_elements(By.CSS_SELECTOR, "main img"), "markup was interpreted"
+    browser.get(stack.url + "/tasks/hostile-1")
+    assert browser.find_element(By.ID, "task-args").text == json.dumps([HOSTILE], indent=2)
+    assert HOSTILE in browser.find_element(By.ID, "task-exception").text
+    shot(browser, "task-hostile")
+
+
+async def test_live_transition_appears_without_reload(stack: Stack, browser: webdriver.Chrome) -> None:
+    browser.get(stack.url + "/")
+    wait_for(browser, "the live stream", lambda b: b.find_element(By.ID, "live-status").text == "live")
+    browser.execute_script("window.__same_page = true")
+    task_id = f"live-{uuid.uuid4().hex[:8]}"
+    async with Emitter(stack.settings, worker="w-live") as em:
+        await em.started(task_id, task_name="shop.live", args=[HOSTILE])
+        await em.success(task_id, HOSTILE, task_name="shop.live")
+    wait_for(browser, f"{task_id} in the live table",
+             lambda b: task_id in texts(b, "#live-table tbody a"))
+    assert browser.execute_script("return window.__same_page === true"), "the page reloaded"
+    assert browser.execute_script("return window.__pwned === undefined")
+    shot(browser, "overview-live")
+
+
+async def test_only_reads(stack: Stack) -> None:
+    for path in ("/", "/tasks", "/tasks/bulk-000", "/workers", "/live", "/static/dashboard.js"):
+        request = urllib.request.Request(stack.url + path, data=b"x", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            await asyncio.to_thread(urllib.request.urlopen, request, timeout=10)
+        refused.value.close()
+        assert refused.value.code == 405, path

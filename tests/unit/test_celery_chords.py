@@ -1,0 +1,168 @@
+"""The pure parts of Celery chords: the records, and their fold in the aggregator's table."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings as hsettings
+from hypothesis import strategies as st
+
+from resultlog.errors import ValidationError
+from resultlog.processors.chordfold import ChordFold
+from resultlog.processors.celerychordfold import summary_key
+from resultlog.schemas.celerychords import CeleryChordRecord
+from resultlog.schemas.chords import ChordCompleted, completion_event_id
+from resultlog.schemas.codec import CELERY_CHORD, Codec
+from resultlog.schemas.event import ExceptionInfo
+from resultlog.schemas.states import State
+from tests.unit.test_chords import LoggedTable, recovered
+
+CHORD = "group-1"
+TS = 1_700_000_000_000
+BODY = json.dumps({"task": "t.total", "args": [], "kwargs": {}, "options": {"task_id": "body-1"}})
+
+
+def part(index: int | None, task_id: str | None = None, state: State = State.SUCCESS,
+         result: Any = None) -> CeleryChordRecord:
+    exc = ExceptionInfo("KeyError", "builtins", f"no row {index}") if state is State.FAILURE else None
+    rec = CeleryChordRecord.part(
+        CHORD, task_id or f"t{index}", index, state,
+        result=json.dumps(index if result is None else result) if state is State.SUCCESS else None,
+        exception=exc, body=BODY)
+    # Distinct, fixed timestamps: a completion's timestamp is the latest of its records'.
+    return dataclasses.replace(rec, timestamp=TS + 7 * (index or 0))
+
+
+def run(records: list[CeleryChordRecord], table: dict[str, Any] | None = None
+        ) -> tuple[list[ChordCompleted], list[str | None], dict[str, Any]]:
+    """Feed records through the codec to a fold as the aggregator does (publish, fire,
+    then mark); the completions and the bodies they carried."""
+    table = {} if table is None else table
+    fold, codec = ChordFold(table), Codec()
+    completions, bodies = [], []
+    for rec in records:
+        name, record = codec.decode_record(rec.encode(codec))
+        step = fold.apply(name, record)
+        if step is not None and step.completion is not None:
+            completions.append(step.completion)
+            bodies.append(step.body)
+            fold.completed(step.completion)
+    return completions, bodies, table
+
+
+def messy(draw: st.DrawFn, records: list[CeleryChordRecord]) -> list[CeleryChordRecord]:
+    out = records + draw(st.lists(st.sampled_from(records), max_size=len(records)))
+    draw(st.randoms(use_true_random=False)).shuffle(out)
+    return out
+
+
+@hsettings(max_examples=200)
+@given(st.integers(1, 8), st.data())
+def test_any_order_and_duplication_fires_once_with_results_in_member_order(
+    size: int, data: st.DataObject
+) -> None:
+    """The size may come before, between or after the members (Celery sets it just before
+    sending the last one); a member returned twice counts once."""
+    records = messy(data.draw, [CeleryChordRecord.sized(CHORD, size)] + [part(i) for i in range(size)])
+    completions, bodies, table = run(records)
+    assert len(completions) == 1 and bodies == [BODY]
+    done = completions[0]
+    assert done.state is State.SUCCESS and done.result_values() == list(range(size))
+    assert done.event_id == completion_event_id(CHORD)
+    assert set(table) == {summary_key(CHORD)}  # members' entries and the body dropped
+
+
+def test_nothing_fires_before_the_size_is_known() -> None:
+    completions, _, _ = run([part(0), part(1)])
+    assert completions == []
+    completions, _, _ = run([part(0), part(1), CeleryChordRecord.sized(CHORD, 3)])
+    assert completions == []
+
+
+def test_a_task_added_to_the_chord_shares_an_index_and_counts_once() -> None:
+    """Task.add_to_chord gives the new task its adder's index; re-reading the add record
+    (after a crash) does not count it twice."""
+    add = CeleryChordRecord.added(CHORD)
+    records = [CeleryChordRecord.sized(CHORD, 2), part(0), add, add, part(1), part(0, "t0")]
+    completions, _, _ = run(records)
+    assert completions == []
+    completions, _, _ = run(records + [part(0, "added", result="x")])
+    # One index: ordered by task id, as Celery's Redis backend orders its sorted set
+    # (by index, then by the encoded entry, which starts with the task id).
+    assert len(completions) == 1 and completions[0].result_values() == ["x", 0, 1]
+
+
+def test_members_without_an_index_come_last() -> None:
+    completions, _, _ = run([part(None, "z", result="none"), part(1), part(0),
+                             CeleryChordRecord.sized(CHORD, 3)])
+    assert completions[0].result_values() == [0, 1, "none"]
+
+
+@hsettings(max_examples=100)
+@given(st.integers(2, 6), st.data())
+def test_a_failed_member_fails_the_chord_at_once_naming_it(size: int, data: st.DataObject) -> None:
+    failing = data.draw(st.integers(0, size - 1))
+    state = data.draw(st.sampled_from([State.FAILURE, State.REVOKED]))
+    before = [part(i) for i in range(size) if i < failing]
+    after = [part(i) for i in range(size) if i > failing]
+    completions, bodies, _ = run(before + [part(failing, state=state)] + after
+                                 + [CeleryChordRecord.sized(CHORD, size)])
+    # Fail fast: without waiting for the others, nor for the size.
+    assert len(completions) == 1 and bodies == [BODY]
+    done = completions[0]
+    assert done.state is State.FAILURE and done.failed_member is not None
+    assert done.failed_member.index == failing and done.failed_member.task_id == f"t{failing}"
+    assert done.failed_member.state is state
+    if state is State.FAILURE:
+        assert done.failed_member.exception == ExceptionInfo("KeyError", "builtins", f"no row {failing}")
+
+
+@hsettings(max_examples=300)
+@given(st.integers(1, 6), st.booleans(), st.data())
+def test_a_crash_at_any_point_of_the_changelog_still_fires_the_body_once(
+    size: int, failing: bool, data: st.DataObject
+) -> None:
+    """A crash keeps a prefix of the changelog; the records not committed are read again.
+
+    A completion published (and its body fired) before the crash is published again only
+    if its completed mark did not reach the changelog, and then with the same event id
+    (the firing mark in Redis, tested end to end, stops a second firing)."""
+    records = [CeleryChordRecord.sized(CHORD, size)] + [
+        part(i, state=State.FAILURE if failing and i == size - 1 else State.SUCCESS)
+        for i in range(size)]
+    records = messy(data.draw, records)
+    want, _, _ = run(records)
+    table = LoggedTable()
+    fold, codec = ChordFold(table), Codec()
+    ends, marks = [], []
+    for rec in records:
+        step = fold.apply(CELERY_CHORD, rec.to_record())
+        if step is not None and step.completion is not None:
+            marks.append(len(table.log))
+            fold.completed(step.completion)
+        ends.append(len(table.log))
+    cut = data.draw(st.integers(0, len(table.log)), label="changelog kept")
+    committed = data.draw(st.integers(0, sum(1 for e in ends if e <= cut)), label="records committed")
+    fired_before = [want[0] for mark in marks if mark < cut]
+    again, _, after = run(records[committed:], recovered(table.log[:cut]))
+    fired = fired_before + again
+    assert fired and all(c == want[0] for c in fired)
+    assert after[summary_key(CHORD)]["completed"] == want[0].state.value
+    del codec
+
+
+def test_records_round_trip_and_bad_ones_are_refused() -> None:
+    codec = Codec()
+    for rec in [CeleryChordRecord.sized(CHORD, 3), CeleryChordRecord.added(CHORD),
+                part(2), part(None, state=State.FAILURE)]:
+        name, record = codec.decode_record(rec.encode(codec))
+        assert name == CELERY_CHORD and CeleryChordRecord.from_record(record) == rec
+    with pytest.raises(ValidationError, match="kind"):
+        CeleryChordRecord("0" * 32, CHORD, 1, "unlock")
+    with pytest.raises(ValidationError, match="size"):
+        CeleryChordRecord.sized(CHORD, -1)
+    with pytest.raises(ValidationError, match="state"):
+        CeleryChordRecord.part(CHORD, "t", 0, State.STARTED)

@@ -1,0 +1,79 @@
+"""The dashboard's pure logic: page cursors, task filters, live messages, escaping."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from resultlog import names
+from resultlog.dashboard.commands import check_address
+from resultlog.dashboard.live import parse_message
+from resultlog.dashboard.tasklist import Cursor, TaskFilter, page_query
+from resultlog.dashboard.templating import environment
+from resultlog.errors import ValidationError
+from resultlog.schemas.states import State
+
+UTC = timezone.utc
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@given(micros=st.integers(0, 10**16), task_id=st.text(min_size=1, max_size=255))
+def test_cursor_round_trips(micros: int, task_id: str) -> None:
+    cursor = Cursor(EPOCH + timedelta(microseconds=micros), task_id)
+    assert Cursor.decode(cursor.encode()) == cursor
+
+
+@pytest.mark.parametrize("text", ["", "not-base64!", "W10", "WzEsMl0", "eyJhIjoxfQ"])
+def test_a_cursor_the_dashboard_did_not_make_is_refused(text: str) -> None:
+    with pytest.raises(ValidationError, match="start again from the first page"):
+        Cursor.decode(text)
+
+
+def test_filters_are_checked() -> None:
+    with pytest.raises(ValidationError, match="name"):
+        TaskFilter(name="")
+    with pytest.raises(ValidationError, match="timezone-aware"):
+        TaskFilter(since=datetime(2026, 1, 1))
+    with pytest.raises(ValidationError, match="not after"):
+        TaskFilter(since=datetime(2026, 1, 2, tzinfo=UTC), until=datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def test_values_reach_the_query_only_as_parameters() -> None:
+    hostile = "x'; DROP TABLE t; --"
+    f = TaskFilter(state=State.FAILURE, name=hostile, worker=hostile, id_prefix=hostile)
+    sql, args = page_query("s", f, Cursor(EPOCH, hostile), newer=False, limit=50)
+    assert hostile not in sql
+    assert args.count(hostile) == 4 and State.FAILURE.value in args  # name, worker, id, cursor
+    assert sql.endswith("ORDER BY first_seen DESC, task_id DESC LIMIT $8") and args[-1] == 51
+    newer_sql, _ = page_query("s", TaskFilter(), Cursor(EPOCH, "a"), newer=True, limit=5)
+    assert "(first_seen, task_id) > ($1, $2)" in newer_sql and "ASC" in newer_sql
+
+
+def test_live_messages_are_parsed_and_bad_entries_skipped() -> None:
+    key = names.task_key("p:", "task-1")
+    message = json.dumps([[key, "SUCCESS", 1700000000000, 2, "w1", "add"],
+                          [key, "STARTED", "nan?", 0, False, False],
+                          ["other:task-2", "STARTED", 1, 0, False, False],
+                          "junk"])
+    [t] = parse_message("p:", message)
+    assert (t.task_id, t.state, t.timestamp, t.attempt, t.worker, t.task_name) == (
+        "task-1", "SUCCESS", 1700000000000, 2, "w1", "add")
+    assert parse_message("p:", "not json") == []
+
+
+def test_templates_escape_task_data() -> None:
+    env = environment()
+    html = env.from_string("<pre>{{ v }}</pre><script>{{ d|tojson }}</script>").render(
+        v="<script>alert(1)</script>", d={"x": "</script><b>"})
+    assert "<script>alert(1)" not in html and "&lt;script&gt;" in html
+    assert "</script><b>" not in html
+
+
+@pytest.mark.parametrize("host, port", [("example.com", 80), ("127.0.0.1", 70000)])
+def test_address_is_checked(host: str, port: int) -> None:
+    with pytest.raises(ValidationError):
+        check_address(host, port)
