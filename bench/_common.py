@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import uuid
 
 import asyncpg
+import redis
 from aiokafka.admin import AIOKafkaAdminClient
 
 from resultlog.processors.replay import clear_redis_view
@@ -34,6 +36,21 @@ async def cleanup(settings: Settings) -> None:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{settings.postgres_schema}" CASCADE')
     finally:
         await conn.close()
+
+
+def stop_celery_run(procs: "list[subprocess.Popen[bytes] | None]", broker: str,
+                    queue: str) -> None:
+    """The end of a Celery benchmark run: stop its worker and processor, and delete the
+    run's queue from the broker so that the next run's worker does not consume it."""
+    for proc in procs:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=60)
+    client = redis.Redis.from_url(broker)
+    try:
+        client.delete(queue, f"_kombu.binding.{queue}")
+    finally:
+        client.close()
 
 
 def run(coro: "asyncio.Future[object] | object") -> None:

@@ -23,9 +23,8 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlencode
 
-import redis
 
-from bench._common import cleanup, isolated, run
+from bench._common import cleanup, isolated, run, stop_celery_run
 from bench.celery_app import make_app
 from resultlog.settings import Settings
 
@@ -66,13 +65,7 @@ def one(name: str, backend: str, settings: Settings, tasks: int, window: int) ->
         print(f"{name:10} {tasks / elapsed:8.0f} tasks/s   get() p50 {q[49] * 1000:7.2f} ms"
               f"   p99 {q[98] * 1000:7.2f} ms   ({tasks} tasks, window {window})", flush=True)
     finally:
-        for proc in (worker, processor):
-            if proc is not None:
-                proc.terminate()
-                proc.wait(timeout=60)
-        client = redis.Redis.from_url(broker)
-        client.delete(queue, f"_kombu.binding.{queue}")
-        client.close()
+        stop_celery_run([worker, processor], broker, queue)
 
 
 def main() -> None:

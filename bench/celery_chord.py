@@ -31,7 +31,7 @@ from urllib.parse import urlencode
 import redis
 from celery import chord  # type: ignore[import-untyped]
 
-from bench._common import cleanup, isolated, run
+from bench._common import cleanup, isolated, run, stop_celery_run
 from bench.celery_app import make_app
 from resultlog.settings import Settings
 
@@ -94,13 +94,7 @@ def one(name: str, backend: str, settings: Settings, members: int, chords: int) 
               f" of {members})", flush=True)
     finally:
         side.close()
-        for proc in (worker, processor):
-            if proc is not None:
-                proc.terminate()
-                proc.wait(timeout=60)
-        client = redis.Redis.from_url(broker)
-        client.delete(queue, f"_kombu.binding.{queue}")
-        client.close()
+        stop_celery_run([worker, processor], broker, queue)
 
 
 def main() -> None:
