@@ -49,10 +49,12 @@ CREATE TABLE {schema}.{runtimes_table} (
 -- One name's runtimes over a window (the overview's per-name plot).
 CREATE INDEX {runtimes_table}_name_idx ON {schema}.{runtimes_table} (task_name, span_s, start);
 
--- The runtime bucket of a runtime in seconds (see above).
+-- The runtime bucket of a runtime in seconds (see above). Not STRICT, so that the
+-- planner inlines it (a call costs some 4 us, the inlined expression 0.1 us).
 CREATE FUNCTION {schema}.runtime_bucket(runtime double precision) RETURNS smallint
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-    RETURN CASE WHEN runtime <= 0 THEN -32768
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN CASE WHEN runtime IS NULL THEN NULL
+                WHEN runtime <= 0 THEN -32768
                 -- In float8 throughout, as resultlog/dashboard/histogram.py computes it.
                 ELSE floor(8 * ln(greatest(runtime, 2::float8 ^ -20)) / ln(2::float8))::smallint
            END;
@@ -67,7 +69,9 @@ BEGIN
                coalesce(n.task_name,
                         (SELECT s.task_name FROM {schema}.{summary_table} s
                          WHERE s.task_id = n.task_id), '') AS task_name,
-               n.state, n.runtime
+               n.state,
+               CASE WHEN n.state IN ('RETRY', 'FAILURE', 'SUCCESS', 'REVOKED')
+                    THEN {schema}.runtime_bucket(n.runtime) END AS bucket
         FROM new_rows n
     ), counted AS (
         INSERT INTO {schema}.{minutes_table} AS m
@@ -89,15 +93,12 @@ BEGIN
     INSERT INTO {schema}.{runtimes_table} AS r (span_s, start, task_name, bucket, outcomes)
     SELECT x.span_s, x.start, x.task_name, x.bucket, count(*)
     FROM (
-        SELECT 60 AS span_s, e.minute AS start, e.task_name,
-               {schema}.runtime_bucket(e.runtime) AS bucket
-        FROM e WHERE e.runtime IS NOT NULL
-          AND e.state IN ('RETRY', 'FAILURE', 'SUCCESS', 'REVOKED')
+        SELECT 60 AS span_s, e.minute AS start, e.task_name, e.bucket
+        FROM e WHERE e.bucket IS NOT NULL
         UNION ALL
         SELECT 3600, date_bin('1 hour', e.minute, timestamptz '1970-01-01 00:00+00'),
-               e.task_name, {schema}.runtime_bucket(e.runtime)
-        FROM e WHERE e.runtime IS NOT NULL
-          AND e.state IN ('RETRY', 'FAILURE', 'SUCCESS', 'REVOKED')
+               e.task_name, e.bucket
+        FROM e WHERE e.bucket IS NOT NULL
     ) x
     GROUP BY x.span_s, x.start, x.task_name, x.bucket
     ORDER BY x.span_s, x.start, x.task_name, x.bucket
@@ -133,7 +134,9 @@ BEGIN
                coalesce(h.task_name,
                         (SELECT s.task_name FROM {schema}.{summary_table} s
                          WHERE s.task_id = h.task_id), '') AS task_name,
-               h.state, h.runtime
+               h.state,
+               CASE WHEN h.state IN ('RETRY', 'FAILURE', 'SUCCESS', 'REVOKED')
+                    THEN {schema}.runtime_bucket(h.runtime) END AS bucket
         FROM {schema}.{history_table} h
         WHERE h.ts >= from_ts AND h.ts < to_ts
     ), counted AS (
@@ -151,15 +154,12 @@ BEGIN
     INSERT INTO {schema}.{runtimes_table} (span_s, start, task_name, bucket, outcomes)
     SELECT x.span_s, x.start, x.task_name, x.bucket, count(*)
     FROM (
-        SELECT 60 AS span_s, e.minute AS start, e.task_name,
-               {schema}.runtime_bucket(e.runtime) AS bucket
-        FROM e WHERE e.runtime IS NOT NULL
-          AND e.state IN ('RETRY', 'FAILURE', 'SUCCESS', 'REVOKED')
+        SELECT 60 AS span_s, e.minute AS start, e.task_name, e.bucket
+        FROM e WHERE e.bucket IS NOT NULL
         UNION ALL
         SELECT 3600, date_bin('1 hour', e.minute, timestamptz '1970-01-01 00:00+00'),
-               e.task_name, {schema}.runtime_bucket(e.runtime)
-        FROM e WHERE e.runtime IS NOT NULL
-          AND e.state IN ('RETRY', 'FAILURE', 'SUCCESS', 'REVOKED')
+               e.task_name, e.bucket
+        FROM e WHERE e.bucket IS NOT NULL
     ) x
     GROUP BY x.span_s, x.start, x.task_name, x.bucket;
 END
