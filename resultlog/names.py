@@ -39,6 +39,9 @@ CELERY_SAVED_GROUP_TASK = "celery.group.saved"
 # from, and the tasks it sent (Celery's result tuples, JSON), as Celery's meta has them.
 CELERY_QUEUE_META = "celery.queue"
 CELERY_CHILDREN_META = "celery.children"
+# The args of an exception whose class Celery calls with more than its message (JSON:
+# {"type", "message", "args"}: which exception they belong to, and its args).
+CELERY_EXC_ARGS_META = "celery.exc_args"
 
 # Redis: defaults and the layout below the prefix.
 DEFAULT_REDIS_PREFIX = "resultlog:"
