@@ -9,7 +9,7 @@ them on a history of a million tasks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
