@@ -7,7 +7,13 @@ table and the Redis view fill, excluding the processor's start-up (the clock sta
 at the first written row). Prints events/s, and the processor's own CPU time per event
 (the figure to compare on a shared machine: the rate moves with the load).
 
+``--history-rows N``: before the processor starts, the run's schema is migrated and its
+history filled with N rows of other, older tasks (``bench/history_fill.py``: through
+the history's triggers, so task_summary and the rollups grow too); the fill's time and
+the tables' sizes are printed, then the timed fold runs as without it.
+
     .venv/bin/python -m bench.fold_throughput [--events 300000] [--processors 1]
+        [--history-rows 0] [--history-days 14]
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from bench._common import cleanup, isolated
+from bench.history_fill import describe, fill_history
 from resultlog.producers.topics import ensure_topics
 from resultlog.schemas.codec import Codec
 from resultlog.schemas.event import TaskEvent
@@ -61,11 +68,31 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=300_000)
     ap.add_argument("--processors", type=int, default=1, help="processes in the consumer group")
+    ap.add_argument("--history-rows", type=int, default=0,
+                    help="rows of older tasks in the history before the fold starts")
+    ap.add_argument("--history-days", type=float, default=14.0,
+                    help="days before now over which those rows are spread")
     args = ap.parse_args()
     if args.processors < 1:
         raise SystemExit("--processors must be at least 1")
+    if args.history_rows < 0:
+        raise SystemExit("--history-rows must be 0 or more")
+    if args.history_days <= 0:
+        raise SystemExit("--history-days must be more than 0")
     n = args.events - args.events % 3
     settings = isolated("fold", result_ttl_s=0)
+    try:
+        await run(settings, n, args.processors, args.history_rows, args.history_days)
+    finally:
+        await cleanup(settings)
+
+
+async def run(settings, n: int, processors: int, history_rows: int,  # type: ignore[no-untyped-def]
+              history_days: float) -> None:
+    if history_rows:
+        print(f"filling the history of {settings.postgres_schema} with {history_rows:,} rows ...",
+              flush=True)
+        print(describe(await fill_history(settings, history_rows, history_days)), flush=True)
     print(f"pre-loading {n:,} events into {settings.events_topic} ...", flush=True)
     t0 = time.monotonic()
     await preload(settings, n)
@@ -73,7 +100,7 @@ async def main() -> None:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}, **settings.to_env()}
     procs = [subprocess.Popen([sys.executable, "-m", "resultlog", "process", "--loglevel", "warning"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for _ in range(args.processors)]
+             for _ in range(processors)]
     conn = None
     try:
         while conn is None:
@@ -101,8 +128,6 @@ async def main() -> None:
                 raise SystemExit("a processor died")
             await asyncio.sleep(0.05)
         history_done = time.monotonic()
-        total = await conn.fetchval(f'SELECT count(*) FROM "{settings.postgres_schema}".task_events')
-        assert total == n, f"history holds {total} rows, expected {n}"
         async with RedisView(settings) as view:
             while True:
                 last = await view.get(f"task-{n // 3 - 1}")
@@ -110,6 +135,9 @@ async def main() -> None:
                     break
                 await asyncio.sleep(0.01)
         done = time.monotonic()
+        # Counted after the clock stops: over a large history the count takes seconds.
+        total = await conn.fetchval(f'SELECT count(*) FROM "{settings.postgres_schema}".task_events')
+        assert total == n + history_rows, f"history holds {total} rows, expected {n + history_rows}"
         cpu = sum(cpu_seconds(p.pid) for p in procs) - first_cpu
         assert first_at is not None
         rate = (n - first_count) / (done - first_at)
@@ -125,7 +153,6 @@ async def main() -> None:
             p.wait()
         if conn is not None:
             await conn.close()
-        await cleanup(settings)
 
 
 if __name__ == "__main__":
