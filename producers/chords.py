@@ -9,24 +9,25 @@ task events that carry ``chord_id``, ``chord_size`` and ``chord_index``::
 
 The declaration is a ``ChordDeclared`` record in the events topic, keyed by the chord
 id, sent through the emitter's own pipeline (same producer, same buffer, same
-delivery reporting). Declaring before the members is not required: members that
-arrive first are counted, and the chord completes once the declaration is seen too.
+delivery reporting, same size limit). Declaring before the members is not required:
+members that arrive first are counted, and the chord completes once the declaration is
+seen too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from resultlog.producers.emitter import Emitter
-from resultlog.producers.pipeline import Pipeline
 from resultlog.producers.sync import SyncEmitter
 from resultlog.schemas.chords import ChordDeclared
-from resultlog.schemas.codec import Codec
 
 
 class ChordRecord(Protocol):
     """A record about a chord, keyed by its chord id in the events topic."""
+
+    SCHEMA: ClassVar[str]
 
     @property
     def chord_id(self) -> str: ...
@@ -34,21 +35,7 @@ class ChordRecord(Protocol):
     @property
     def timestamp(self) -> int: ...
 
-    def encode(self, codec: Codec) -> bytes: ...
-
-
-def _declaration(
-    pipeline: Pipeline,
-    chord_id: str,
-    size: int,
-    callback: str | None,
-    callback_kwargs: Mapping[str, Any] | None,
-    wait_all: bool,
-) -> tuple[ChordDeclared, bytes, bytes]:
-    decl = ChordDeclared.create(chord_id, size, callback=callback,
-                                callback_kwargs=callback_kwargs, wait_all=wait_all)
-    # Encoded with the pipeline's codec: its size limit applies, as to task events.
-    return decl, chord_id.encode(), decl.encode(pipeline.encoder.codec)
+    def to_record(self) -> dict[str, Any]: ...
 
 
 async def declare_chord(
@@ -68,17 +55,9 @@ async def declare_chord(
     failed member, ``True`` only after every member finished (as Celery does).
     ``wait=True`` returns only once Kafka acknowledged the declaration.
     """
-    if not emitter._pipeline.running:
-        await emitter.start()
-    pipeline = emitter._pipeline
-    pipeline.check()
-    decl, key, value = _declaration(pipeline, chord_id, size, callback, callback_kwargs, wait_all)
-    # The pipeline's buffer takes encoded records; a task event's encoding is the only
-    # step skipped here. (A public Pipeline.accept_encoded would make this tidier.)
-    if wait:
-        await pipeline._accept_and_wait(key, value, decl.timestamp)
-    elif not pipeline._outbox.offer(key, value, decl.timestamp):
-        await pipeline._outbox.put(key, value, decl.timestamp, None, pipeline.options.buffer_timeout_s)
+    decl = ChordDeclared.create(chord_id, size, callback=callback,
+                                callback_kwargs=callback_kwargs, wait_all=wait_all)
+    await emitter.emit_record(decl.SCHEMA, decl.chord_id, decl.to_record(), decl.timestamp, wait=wait)
     return decl
 
 
@@ -103,12 +82,4 @@ def send_chord_record_sync(emitter: SyncEmitter, record: ChordRecord, *, wait: b
     """Send ``record`` to the events topic, keyed by its chord id, through ``emitter``'s
     pipeline (its codec's size limit applies); ``wait=True`` returns only once Kafka
     acknowledged it."""
-    pipeline = emitter._current().pipeline
-    pipeline.check()
-    key, value = record.chord_id.encode(), record.encode(pipeline.encoder.codec)
-    outbox, timeout_s = pipeline._outbox, pipeline.options.buffer_timeout_s
-    if not wait:
-        if not outbox.offer(key, value, record.timestamp):
-            outbox.put_blocking(key, value, record.timestamp, None, timeout_s)
-        return
-    emitter._current().call(pipeline._accept_and_wait(key, value, record.timestamp))
+    emitter.emit_record(record.SCHEMA, record.chord_id, record.to_record(), record.timestamp, wait=wait)

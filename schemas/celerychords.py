@@ -23,7 +23,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from resultlog.errors import ValidationError
 from resultlog.schemas.chords import validate_size
@@ -41,6 +41,9 @@ PART_STATES: Final = frozenset({State.SUCCESS, State.FAILURE, State.REVOKED})
 @dataclass(frozen=True, slots=True)
 class CeleryChordRecord:
     """One step of Celery's chord protocol for chord ``chord_id``."""
+
+    #: The record's schema in the events topic.
+    SCHEMA: ClassVar[str] = CELERY_CHORD
 
     event_id: str
     chord_id: str

@@ -17,7 +17,7 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from resultlog.errors import ChordError, CodecError, ValidationError
 from resultlog.schemas.codec import CHORD_COMPLETED, CHORD_DECLARED, Codec
@@ -45,6 +45,9 @@ def validate_size(size: object) -> int:
 @dataclass(frozen=True, slots=True)
 class ChordDeclared:
     """A chord's declaration: how many members, and what to do when they are done."""
+
+    #: The record's schema in the events topic.
+    SCHEMA: ClassVar[str] = CHORD_DECLARED
 
     event_id: str
     chord_id: str

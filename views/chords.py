@@ -185,7 +185,7 @@ async def read_chord(client: redis.asyncio.Redis, prefix: str, chord_id: str) ->
 async def wait_chord(state: AioState, chord_id: str, timeout: float | None) -> ChordView:
     """The chord's view once it completed; :class:`ResultTimeout` after ``timeout`` s."""
     prefix = state.settings.redis_prefix
-    async with state._op():
+    async with state.op():
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         view = await read_chord(state.client, prefix, chord_id)
@@ -284,7 +284,7 @@ class ChordResult(_ChordResultBase):
         if self._view is not None and self._view.ready:
             return self._view
         with translated("reading a chord"):
-            fields = self.backend._client().hgetall(
+            fields = self.backend.sync_client().hgetall(
                 names.chord_key(self.backend.settings.redis_prefix, self.id))
         self._view = view_from_hash(self.id, fields)
         return self._view
@@ -312,10 +312,7 @@ class ChordResult(_ChordResultBase):
         """
         view = self._current()
         if not view.ready:
-            waiter = self.backend._waiter()
-            state = waiter.state
-            view = waiter.call(lambda: wait_chord(state, self.id, timeout))
-            self._view = view
+            view = self._view = self.backend.run(lambda state: wait_chord(state, self.id, timeout))
         return self._settle(view, propagate)
 
 
@@ -337,7 +334,7 @@ class AioChordResult(_ChordResultBase):
     async def _load(self) -> ChordView:
         if self._view is None or not self._view.ready:
             state = self.backend.aio()
-            async with state._op():
+            async with state.op():
                 self._view = await read_chord(state.client, self.backend.settings.redis_prefix, self.id)
         return self._view
 
