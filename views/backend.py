@@ -29,7 +29,7 @@ from resultlog.schemas.event import TaskEvent, validate_task_id
 from resultlog.schemas.fold import TaskView, fold, visible
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
-from resultlog.views._redis import async_client, sync_client, translated
+from resultlog.redis_access import async_client, sync_client, translated
 from resultlog.views.exceptions import ExceptionRebuilder
 from resultlog.views.notify import Notifier
 from resultlog.views.redis_view import (
@@ -43,9 +43,9 @@ from resultlog.views.redis_view import (
 )
 
 # Module aliases: inside ResultBackend the bare names are its factory methods.
-from resultlog.views import chords as _chords
-from resultlog.views import group as _group
-from resultlog.views import result as _result
+from resultlog.chords import results as chord_results
+from resultlog.views import group as group_results
+from resultlog.views import result as task_results
 
 if TYPE_CHECKING:
     import redis
@@ -298,36 +298,36 @@ class ResultBackend:
 
     # --- result objects -------------------------------------------------------------
 
-    def AsyncResult(self, task_id: str) -> _result.AsyncResult:  # noqa: N802 (Celery's name)
-        return _result.AsyncResult(task_id, self)
+    def AsyncResult(self, task_id: str) -> task_results.AsyncResult:  # noqa: N802 (Celery's name)
+        return task_results.AsyncResult(task_id, self)
 
-    def AioAsyncResult(self, task_id: str) -> _result.AioAsyncResult:  # noqa: N802
-        return _result.AioAsyncResult(task_id, self)
+    def AioAsyncResult(self, task_id: str) -> task_results.AioAsyncResult:  # noqa: N802
+        return task_results.AioAsyncResult(task_id, self)
 
-    def ResultSet(self, results: Iterable[str | _result.AsyncResult]) -> _group.ResultSet:  # noqa: N802
-        return _group.ResultSet([self._member(r) for r in results])
+    def ResultSet(self, results: Iterable[str | task_results.AsyncResult]) -> group_results.ResultSet:  # noqa: N802
+        return group_results.ResultSet([self._member(r) for r in results])
 
-    def GroupResult(self, group_id: str, results: Iterable[str | _result.AsyncResult]) -> _group.GroupResult:  # noqa: N802
-        return _group.GroupResult(group_id, [self._member(r) for r in results])
+    def GroupResult(self, group_id: str, results: Iterable[str | task_results.AsyncResult]) -> group_results.GroupResult:  # noqa: N802
+        return group_results.GroupResult(group_id, [self._member(r) for r in results])
 
-    def AioResultSet(self, results: Iterable[str | _result.AioAsyncResult]) -> _group.AioResultSet:  # noqa: N802
-        return _group.AioResultSet([self._aio_member(r) for r in results])
+    def AioResultSet(self, results: Iterable[str | task_results.AioAsyncResult]) -> group_results.AioResultSet:  # noqa: N802
+        return group_results.AioResultSet([self._aio_member(r) for r in results])
 
     def AioGroupResult(  # noqa: N802
-        self, group_id: str, results: Iterable[str | _result.AioAsyncResult]
-    ) -> _group.AioGroupResult:
-        return _group.AioGroupResult(group_id, [self._aio_member(r) for r in results])
+        self, group_id: str, results: Iterable[str | task_results.AioAsyncResult]
+    ) -> group_results.AioGroupResult:
+        return group_results.AioGroupResult(group_id, [self._aio_member(r) for r in results])
 
-    def ChordResult(self, chord_id: str) -> _chords.ChordResult:  # noqa: N802
-        return _chords.ChordResult(chord_id, self)
+    def ChordResult(self, chord_id: str) -> chord_results.ChordResult:  # noqa: N802
+        return chord_results.ChordResult(chord_id, self)
 
-    def AioChordResult(self, chord_id: str) -> _chords.AioChordResult:  # noqa: N802
-        return _chords.AioChordResult(chord_id, self)
+    def AioChordResult(self, chord_id: str) -> chord_results.AioChordResult:  # noqa: N802
+        return chord_results.AioChordResult(chord_id, self)
 
-    def _member(self, r: str | _result.AsyncResult) -> _result.AsyncResult:
+    def _member(self, r: str | task_results.AsyncResult) -> task_results.AsyncResult:
         return self.AsyncResult(r) if isinstance(r, str) else r
 
-    def _aio_member(self, r: str | _result.AioAsyncResult) -> _result.AioAsyncResult:
+    def _aio_member(self, r: str | task_results.AioAsyncResult) -> task_results.AioAsyncResult:
         return self.AioAsyncResult(r) if isinstance(r, str) else r
 
     # --- sync primitives ------------------------------------------------------------

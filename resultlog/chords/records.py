@@ -3,7 +3,7 @@
 A chord is ``size`` header tasks (its *members*, indexed ``0..size-1``) whose outcomes
 feed one callback. The declaration goes to the events topic (keyed by chord id); the
 members are ordinary task events carrying ``chord_id``/``chord_size``/``chord_index``.
-The chord aggregator (:mod:`resultlog.processors.chords`) writes one
+The chord aggregator (:mod:`resultlog.chords.aggregator`) writes one
 :class:`ChordCompleted` per chord to the chord-completions topic.
 
 A completion's ``event_id`` is derived from the chord id (:func:`completion_event_id`),
@@ -217,3 +217,13 @@ class ChordCompleted:
         if name != CHORD_COMPLETED:
             raise CodecError(f"expected a {CHORD_COMPLETED}, got a {name}")
         return cls.from_record(record)
+
+
+@dataclass(frozen=True, slots=True)
+class ChordProgress:
+    """A chord's counts so far, as the fold reports them to the chord view."""
+
+    size: int
+    done: int
+    failed: int
+    timestamp: int = 0  # ms: the latest member outcome counted (expiry derives from it)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 from resultlog.errors import ValidationError
-from resultlog.schemas.chords import validate_size
+from resultlog.chords.records import validate_size
 from resultlog.schemas.codec import CELERY_CHORD, Codec
 from resultlog.schemas.event import ExceptionInfo, now_ms, validate_id
 from resultlog.schemas.states import State

@@ -17,11 +17,14 @@ seen too.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from resultlog.producers.emitter import Emitter
-from resultlog.producers.sync import SyncEmitter
-from resultlog.schemas.chords import ChordDeclared
+from resultlog.chords.records import ChordDeclared
+
+if TYPE_CHECKING:
+    # Types only: resultlog.producers re-exports this module's functions.
+    from resultlog.producers.emitter import Emitter
+    from resultlog.producers.sync import SyncEmitter
 
 
 class ChordRecord(Protocol):
