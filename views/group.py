@@ -89,6 +89,29 @@ class _Members(Generic[R]):
         return remaining
 
 
+class _GroupId:
+    """Equality, ``str`` and ``repr`` of a result set with a group id (both flavours)."""
+
+    __slots__ = ()
+    id: str
+    results: list[Any]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, type(self)):
+            return other.id == self.id and other.results == self.results
+        if isinstance(other, str):
+            return other == self.id
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __str__(self) -> str:
+        return self.id
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self.id} [{', '.join(r.id for r in self.results)}]>"
+
+
 def _summary(views: Sequence[TaskView | None]) -> dict[str, Any]:
     ready = [v is not None and v.ready for v in views]
     states = [None if v is None else v.state for v in views]
@@ -149,7 +172,7 @@ class ResultSet(_Members[AsyncResult]):
         return [r.get(timeout=self._remaining(deadline), propagate=propagate) for r in self.results]
 
 
-class GroupResult(ResultSet):
+class GroupResult(_GroupId, ResultSet):
     """A :class:`ResultSet` with the group's id."""
 
     __slots__ = ("id",)
@@ -157,21 +180,6 @@ class GroupResult(ResultSet):
     def __init__(self, id: str, results: Iterable[AsyncResult]) -> None:
         super().__init__(results)
         self.id = id
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, GroupResult):
-            return other.id == self.id and other.results == self.results
-        if isinstance(other, str):
-            return other == self.id
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __str__(self) -> str:
-        return self.id
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__}: {self.id} [{', '.join(r.id for r in self.results)}]>"
 
 
 class AioResultSet(_Members[AioAsyncResult]):
@@ -223,7 +231,7 @@ class AioResultSet(_Members[AioAsyncResult]):
         return [await r.get(timeout=self._remaining(deadline), propagate=propagate) for r in self.results]
 
 
-class AioGroupResult(AioResultSet):
+class AioGroupResult(_GroupId, AioResultSet):
     """An :class:`AioResultSet` with the group's id."""
 
     __slots__ = ("id",)
@@ -231,18 +239,3 @@ class AioGroupResult(AioResultSet):
     def __init__(self, id: str, results: Iterable[AioAsyncResult]) -> None:
         super().__init__(results)
         self.id = id
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, AioGroupResult):
-            return other.id == self.id and other.results == self.results
-        if isinstance(other, str):
-            return other == self.id
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __str__(self) -> str:
-        return self.id
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__}: {self.id} [{', '.join(r.id for r in self.results)}]>"
