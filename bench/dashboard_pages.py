@@ -10,6 +10,9 @@ Generates the history with SQL (INSERT ... SELECT over generate_series, in chunk
 as it would a processor's batch): tasks first seen evenly over the last 7 days, 10 task
 names, 20 workers; each task RECEIVED, STARTED and SUCCESS, except one in 20 that
 fails and one in 20 that is retried once (RETRY, STARTED, SUCCESS): 3.1 events a task.
+The rollups' trigger (views/sql/0005_rollups.sql) folds each chunk too. The 20 workers
+have heartbeats every 30 s over the 7 days up to the generation (403,220 rows; the
+last of worker-19 says it stopped).
 Then VACUUM ANALYZE (what autovacuum does on its own) and serves the dashboard with
 uvicorn in this process on 127.0.0.1, requesting each page ``--runs`` times and
 reading its ``Server-Timing`` header (request to first byte: all of a page's work).
@@ -115,6 +118,33 @@ async def generate(settings: Settings, tasks: int) -> None:
         await conn.close()
 
 
+_HEARTBEATS = """
+INSERT INTO {t} (event_id, worker_id, source, hostname, pid, queue, concurrency,
+                 tasks_processed, tasks_failed, active_tasks, started_at, beat_at, ttl_s,
+                 is_running)
+SELECT md5(w || ':' || b), 'worker-' || lpad(w::text, 2, '0'), 'bench', 'host-' || w, 1000 + w,
+       'celery', 8, b * 7, b / 3, b % 8, to_timestamp($1 / 1000.0),
+       to_timestamp(($1 + b * 30000) / 1000.0), 90, NOT (w = 19 AND b = $2)
+FROM generate_series(0, 19) w, generate_series(0, $2) b
+"""
+
+
+async def heartbeats(settings: Settings) -> None:
+    """Heartbeats of the 20 workers (unless the schema has them already)."""
+    s = quote_ident(settings.postgres_schema)
+    table = f"{s}.{names.WORKER_HEARTBEATS_TABLE}"
+    conn = await asyncpg.connect(settings.postgres_dsn)
+    try:
+        if await conn.fetchval(f"SELECT count(*) FROM {table}"):
+            return
+        start_ms = int(time.time() * 1000) - SPAN_MS
+        await conn.execute(_HEARTBEATS.format(t=table), start_ms, SPAN_MS // 30_000)
+        await conn.execute(f"VACUUM ANALYZE {table}")
+        print(f"generated {await conn.fetchval(f'SELECT count(*) FROM {table}'):,} heartbeats")
+    finally:
+        await conn.close()
+
+
 async def pages(settings: Settings) -> list[tuple[str, str]]:
     """(label, path) of each page to time; a deep cursor and a task id come from SQL."""
     s = quote_ident(settings.postgres_schema)
@@ -130,8 +160,11 @@ async def pages(settings: Settings) -> list[tuple[str, str]]:
         await conn.close()
     deep = Cursor(mid["first_seen"], mid["task_id"]).encode()
     return [
+        ("overview, 15m window", "/?window=15m"),
         ("overview, 1h window", "/"),
+        ("overview, 6h window", "/?window=6h"),
         ("overview, 24h window", "/?window=24h"),
+        ("overview, 24h, another name", "/?window=24h&name=bench.task_7"),
         ("tasks, first page", "/tasks"),
         ("tasks, page in the middle (keyset)", f"/tasks?after={deep}"),
         ("tasks, state=FAILURE", "/tasks?state=FAILURE"),
@@ -197,6 +230,7 @@ async def main() -> None:
             print(f"generating {args.tasks:,} tasks in schema {schema} "
                   f"({datetime.now(timezone.utc):%H:%M:%S} UTC)")
             await generate(settings, args.tasks)
+        await heartbeats(settings)
         await measure(settings, args.runs)
     finally:
         if args.keep:

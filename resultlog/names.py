@@ -39,6 +39,9 @@ CELERY_SAVED_GROUP_TASK = "celery.group.saved"
 # from, and the tasks it sent (Celery's result tuples, JSON), as Celery's meta has them.
 CELERY_QUEUE_META = "celery.queue"
 CELERY_CHILDREN_META = "celery.children"
+# The args of an exception whose class Celery calls with more than its message (JSON:
+# {"type", "message", "args"}: which exception they belong to, and its args).
+CELERY_EXC_ARGS_META = "celery.exc_args"
 
 # Redis: defaults and the layout below the prefix.
 DEFAULT_REDIS_PREFIX = "resultlog:"
@@ -73,6 +76,16 @@ TASK_STATS_FUNCTION = "task_stats"  # per task name and time bucket
 # One row per task (the fold's winner), kept by a trigger on the history
 # (views/sql/0004_task_summary.sql); what the dashboard's task list pages over.
 TASK_SUMMARY_TABLE = "task_summary"
+# Per-minute rollups of the history, kept by a trigger on it (views/sql/0005_rollups.sql);
+# what the dashboard's overview reads: event counts per (minute, task name, state), and
+# runtime histograms per (minute or hour, task name). The function recomputes whole
+# hours of both from the history (the migration's backfill, `resultlog prune`).
+TASK_MINUTES_TABLE = "task_minutes"
+TASK_RUNTIMES_TABLE = "task_runtimes"
+REBUILD_ROLLUPS_FUNCTION = "rebuild_rollups"
+# Its trigger: named to sort after the summary's ("task_summary_fold"), because triggers
+# on one event fire in name order and the rollups read names the summary has just folded.
+ROLLUPS_TRIGGER = f"{TASK_SUMMARY_TABLE}_then_rollups"
 # Purpose of the advisory lock that serializes `resultlog prune` runs on one schema.
 PRUNE_LOCK = "prune"
 

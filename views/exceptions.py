@@ -76,11 +76,17 @@ class ExceptionRebuilder:
         # be called so becomes Exception("<class ...>(message)"), as Celery makes it.
         self.call_class = call_class
 
-    def rebuild(self, info: ExceptionInfo, traceback: str | None = None) -> Exception:
+    def rebuild(self, info: ExceptionInfo, traceback: str | None = None,
+                args: tuple[Any, ...] | None = None) -> Exception:
+        """``args``: what to call the class with instead of the message (``call_class``
+        only: Celery calls ``cls(*args)`` with the args it stored)."""
         cls = self.resolve(info.module, info.type)
         exc = None
         if cls is not None:
-            exc = _call(cls, info.message) if self.call_class else _instantiate(cls, info.message)
+            if self.call_class:
+                exc = _call(cls, info.message, (info.message,) if args is None else args)
+            else:
+                exc = _instantiate(cls, info.message)
         if exc is None:
             stand_in = _stand_in(info.module, info.type)
             exc = stand_in(info.message, info.type, info.module)
@@ -148,9 +154,9 @@ def _instantiate(cls: type[Exception], message: str) -> Exception | None:
     return exc if type(exc) is cls else None
 
 
-def _call(cls: type[Exception], message: str) -> Exception:
+def _call(cls: type[Exception], message: str, args: tuple[Any, ...]) -> Exception:
     try:
-        exc = cls(message)
+        exc = cls(*args)
     except Exception:
         return Exception(f"{cls}({message!r})")
     return exc if issubclass(type(exc), Exception) else Exception(f"{cls}({message!r})")

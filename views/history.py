@@ -450,10 +450,12 @@ class HistoryStore(PooledStore):
 
     async def reset(self) -> None:
         """Empty the history (every partition; they stay attached). Offsets are kept:
-        see :meth:`reset_offsets`. For ``replay --fresh``. The task summary (kept by a
-        trigger on the history) goes with it."""
-        summary = f"{quote_ident(self.settings.postgres_schema)}.{names.TASK_SUMMARY_TABLE}"
-        await self._execute(f"TRUNCATE {self._history}, {summary}")
+        see :meth:`reset_offsets`. For ``replay --fresh``. What triggers on the history
+        keep (the task summary, the rollups) goes with it, in the same statement."""
+        s = quote_ident(self.settings.postgres_schema)
+        kept = ", ".join(f"{s}.{t}" for t in (names.TASK_SUMMARY_TABLE, names.TASK_MINUTES_TABLE,
+                                               names.TASK_RUNTIMES_TABLE))
+        await self._execute(f"TRUNCATE {self._history}, {kept}")
 
     # -- helpers --------------------------------------------------------------------
 

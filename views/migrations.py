@@ -58,6 +58,10 @@ def placeholders(schema: str) -> dict[str, str]:
         "worker_heartbeats_table": names.WORKER_HEARTBEATS_TABLE,
         "worker_sessions_view": names.WORKER_SESSIONS_VIEW,
         "summary_table": names.TASK_SUMMARY_TABLE,
+        "minutes_table": names.TASK_MINUTES_TABLE,
+        "runtimes_table": names.TASK_RUNTIMES_TABLE,
+        "rebuild_rollups_function": names.REBUILD_ROLLUPS_FUNCTION,
+        "rollups_trigger": names.ROLLUPS_TRIGGER,
     }
 
 

@@ -173,6 +173,7 @@ async def prune(settings: Settings, cutoff_ms: int, *, dry_run: bool = False,
             for t in straddling:
                 report.removed.append(await _trim(conn, s, t, cutoff_ms, dry_run, batch_rows, say))
             await _trim_summary(conn, s, cutoff_ms, dry_run, batch_rows, say)
+            await _trim_rollups(conn, s, cutoff_ms, dry_run, batch_rows, say)
     finally:
         await conn.close()
     return report
@@ -250,3 +251,36 @@ async def _trim_summary(conn: asyncpg.Connection, s: str, cutoff_ms: int, dry_ru
         if n < batch_rows:
             break
     say(f"forgot {rows:,} tasks in {names.TASK_SUMMARY_TABLE} (latest event older than the cutoff)")
+
+
+async def _trim_rollups(conn: asyncpg.Connection, s: str, cutoff_ms: int, dry_run: bool,
+                        batch_rows: int, say: Callable[[str], None]) -> None:
+    """Drop the rollups (views/sql/0005_rollups.sql) of the hours before the cutoff's,
+    and recompute the cutoff's hour from what the history keeps of it, so the rollups
+    count exactly the events left."""
+    minutes = f"{s}.{names.TASK_MINUTES_TABLE}"
+    runtimes = f"{s}.{names.TASK_RUNTIMES_TABLE}"
+    if await conn.fetchval("SELECT to_regclass($1)", minutes) is None:
+        return
+    hour = (f"date_bin('1 hour', {s}.ms_to_timestamptz($1::bigint),"
+            " timestamptz '1970-01-01 00:00+00')")
+    if dry_run:
+        rows: int = await conn.fetchval(
+            f"SELECT (SELECT count(*) FROM {minutes} WHERE minute < {hour})"
+            f" + (SELECT count(*) FROM {runtimes} WHERE start < {hour})", cutoff_ms)
+        say(f"would drop {rows:,} rollup rows of the hours before the cutoff's")
+        return
+    rows = 0
+    for table, column in ((minutes, "minute"), (runtimes, "start")):
+        delete = (f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
+                  f"SELECT ctid FROM {table} WHERE {column} < {hour} LIMIT $2))")
+        while True:
+            status: str = await conn.execute(delete, cutoff_ms, batch_rows)
+            n = int(status.rsplit(" ", 1)[1])
+            rows += n
+            if n < batch_rows:
+                break
+    await conn.execute(
+        f"SELECT {s}.{names.REBUILD_ROLLUPS_FUNCTION}({hour}, {hour} + interval '1 hour')",
+        cutoff_ms)
+    say(f"dropped {rows:,} rollup rows of the hours before the cutoff's; recomputed its hour")

@@ -24,10 +24,12 @@ from typing import Any
 from celery.backends.asynchronous import AsyncBackendMixin  # type: ignore[import-untyped]
 from celery.backends.base import Backend  # type: ignore[import-untyped]
 from celery.result import result_from_tuple  # type: ignore[import-untyped]
+from celery.states import PROPAGATE_STATES  # type: ignore[import-untyped]
 from celery._state import task_join_will_block  # type: ignore[import-untyped]
 from kombu.exceptions import EncodeError
 
 from resultlog.celery_backend import chords
+from resultlog.celery_backend.chains import unreached_group_members
 from resultlog.celery_backend.config import CONF_KEY, BackendConfig, check_serializer
 from resultlog.celery_backend import heartbeat
 from resultlog.celery_backend.consumer import ViewResultConsumer
@@ -35,6 +37,7 @@ from resultlog import names
 from resultlog.celery_backend.meta import (
     date_done,
     event_state,
+    exception_meta,
     request_meta,
     from_json,
     progress,
@@ -138,13 +141,18 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
         emitter = self.emitter()
         try:
             if kind is State.SUCCESS:
+                # prepare_value: a result that is itself a result (a GroupResult a task
+                # returned) is stored as its tuple, as Celery's backends store it.
                 event = build(kind, task_id, emitter.worker, fields, attempt=attempt,
-                              result=to_plain(result))
+                              result=to_plain(self.prepare_value(result)))
             elif keep_state:
                 event = build(kind, task_id, emitter.worker, fields, attempt=attempt,
                               result=progress(state, result))
             else:
                 exc = result if isinstance(result, BaseException) else RuntimeError(str(result))
+                kept = exception_meta(exc)
+                if kept:
+                    fields["meta"] = {**(fields.get("meta") or {}), **kept}
                 event = build(kind, task_id, emitter.worker, fields, attempt=attempt, exc=exc,
                               traceback=traceback)
             fold = self.config.read_your_writes
@@ -160,6 +168,24 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
             # processor folding it again changes nothing (the fold is idempotent).
             self.reader().fold([recorded])
         return result
+
+    def mark_as_failure(self, task_id: str, exc: Any, traceback: str | None = None,
+                        request: Any = None, store_result: bool = True,
+                        call_errbacks: bool = True, state: str = "FAILURE") -> None:
+        """Celery's, and then the failure stored for the members of groups chained
+        after the failed task, which Celery leaves waiting (see celery_backend/chains.py)."""
+        super().mark_as_failure(task_id, exc, traceback=traceback, request=request,
+                                store_result=store_result, call_errbacks=call_errbacks, state=state)
+        if not store_result or request is None or state not in PROPAGATE_STATES:
+            return
+        from celery.app.task import Context  # type: ignore[import-untyped]
+
+        for member in unreached_group_members(getattr(request, "chain", None)):
+            context = Context(member)
+            context.update(context.options)
+            context.id = context.options["task_id"]
+            context.group = context.options.get("group_id")
+            self.store_result(context.id, exc, state, traceback=traceback, request=context)
 
     def _request_fields(self, task_id: str, request: Any) -> tuple[int, TaskFields]:
         if request is None:

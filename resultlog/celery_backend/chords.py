@@ -5,10 +5,11 @@ polls; Celery's ``celery.chord_unlock`` task is never sent.
 Celery calls its result backend at four points of a chord's life (``celery/canvas.py``
 ``chord.run`` and ``group._apply_tasks``, ``celery/app/task.py``, ``celery/backends/base.py``):
 
-- :func:`apply_chord`, where the chord is applied, before any header task is sent:
-  nothing to record but a header that holds groups (their results must keep their
-  structure), which is saved as a group (``GroupResult.save``), as Celery's Redis
-  backend does;
+- :func:`apply_chord`, where the chord is applied, before any header task is sent: a
+  ``start`` record, acknowledged before the first header task is sent (applying a
+  frozen chord again is a new run of the same group id, and it begins there), and a
+  header that holds groups (their results must keep their structure) saved as a group
+  (``GroupResult.save``), as Celery's Redis backend does;
 - :func:`set_chord_size`, just before the last header task is sent: a ``size`` record,
   acknowledged before the task is sent, so the size is in the log before the last
   member can finish (earlier members may finish before it: the aggregator waits);
@@ -39,11 +40,12 @@ if TYPE_CHECKING:
 
 
 def apply_chord(backend: ResultlogBackend, header_result_args: Any, body: Any, **kwargs: Any) -> None:
-    """Save a header holding groups; the body is fired by the processor, not by a task."""
+    """Begin a run; save a header holding groups. The processor fires the body, not a task."""
     from celery.result import GroupResult  # type: ignore[import-untyped]
     from celery.utils.functional import _regen  # type: ignore[import-untyped]
 
     backend.ensure_chords_allowed()
+    send_chord_record_sync(backend.emitter(), CeleryChordRecord.started(header_result_args[0]), wait=True)
     if isinstance(header_result_args[1], _regen):
         return  # a lazy header: Celery's Redis backend does not look into it either
     header_result = backend.app.GroupResult(*header_result_args)

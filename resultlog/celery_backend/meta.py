@@ -18,9 +18,11 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Final
 
+from kombu.exceptions import EncodeError
 from kombu.serialization import dumps, loads
 
 from resultlog import names
+from resultlog.schemas.event import ExceptionInfo
 from resultlog.schemas.fold import TaskView
 from resultlog.schemas.states import State
 from resultlog.views.exceptions import ExceptionRebuilder
@@ -70,6 +72,38 @@ def request_meta(children: list[Any] | None, request: Any) -> dict[str, str]:
     return meta
 
 
+def exception_meta(exc: BaseException) -> dict[str, str]:
+    """The event meta keeping ``exc``'s args when they are more than its message.
+
+    Celery's backends store an exception's args and rebuild it as ``cls(*args)``; the
+    event keeps the type, module and message (``str(exc)``), which is all most
+    exceptions need. Args that are not just the message (``ExpectedException("Task
+    expected to fail", "test")``) are kept here as JSON, with the type and message they
+    belong to: the view's meta is sticky, so a later event without them (a FAILURE after
+    a RETRY) must not borrow them. Args kombu cannot encode are left out."""
+    args = exc.args
+    message = str(exc)
+    if len(args) == 1 and args[0] == message or not args and not message:
+        return {}
+    try:
+        plain = to_plain(list(args))
+    except EncodeError:
+        return {}
+    kept = {"type": type(exc).__qualname__, "message": message, "args": plain}
+    return {names.CELERY_EXC_ARGS_META: json.dumps(kept, separators=(",", ":"))}
+
+
+def exception_args(recorded: dict[str, str], info: ExceptionInfo) -> tuple[Any, ...] | None:
+    """The args :func:`exception_meta` kept for the exception ``info``, if any."""
+    text = recorded.get(names.CELERY_EXC_ARGS_META)
+    if text is None:
+        return None
+    kept = json.loads(text)
+    if kept.get("type") != info.type or kept.get("message") != info.message:
+        return None
+    return tuple(from_json(json.dumps(kept["args"])))
+
+
 def progress(celery_state: str, meta: Any) -> dict[str, Any]:
     """A STARTED event's result recording ``celery_state`` with its meta."""
     return {names.CELERY_STATE_KEY: celery_state, names.CELERY_META_KEY: to_plain(meta)}
@@ -92,8 +126,8 @@ def task_meta(
     if view is None:
         return {"task_id": task_id, "status": "PENDING", "result": None, "traceback": None,
                 "children": [], "date_done": None}
-    status, result = _outcome(view, rebuilder)
     recorded: dict[str, str] = {} if view.meta is None else json.loads(view.meta)
+    status, result = _outcome(view, rebuilder, recorded)
     children = recorded.get(names.CELERY_CHILDREN_META)
     meta: dict[str, Any] = {
         "task_id": task_id,
@@ -119,7 +153,7 @@ def task_meta(
     return meta
 
 
-def _outcome(view: TaskView, rebuilder: ExceptionRebuilder) -> tuple[str, Any]:
+def _outcome(view: TaskView, rebuilder: ExceptionRebuilder, recorded: dict[str, str]) -> tuple[str, Any]:
     state = view.state
     if state is State.SUCCESS:
         return state.value, None if view.result is None else from_json(view.result)
@@ -131,7 +165,8 @@ def _outcome(view: TaskView, rebuilder: ExceptionRebuilder) -> tuple[str, Any]:
                 return str(value[names.CELERY_STATE_KEY]), from_json(meta)
         return state.value, None
     if view.exception is not None:
-        return state.value, rebuilder.rebuild(view.exception, view.traceback)
+        args = exception_args(recorded, view.exception)
+        return state.value, rebuilder.rebuild(view.exception, view.traceback, args=args)
     # The imports are here because Celery is optional for the rest of resultlog.
     from celery.exceptions import TaskRevokedError  # type: ignore[import-untyped]
 

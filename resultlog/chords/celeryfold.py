@@ -10,7 +10,14 @@ Redis backend keeps them (``celery/backends/redis.py``, ``on_chord_part_return``
   counts once, whatever it returned the second time;
 - the chord is complete when the members returned number the size (``set_chord_size``,
   which may come after members returned) plus the tasks added;
-- the body gets the results ordered by index (a member without one last), then task id.
+- the body gets the results ordered by index (a member without one last), then task id;
+- applying a frozen chord again (same group id) after it completed is a new run, which
+  begins at its ``start`` record: members are counted afresh and the body fires again.
+  A ``start`` while a run is still open changes nothing (the runs merge, members counted
+  once by task id and index, as Celery's Redis backend does). One limit: a processor
+  that crashes after a new run began, with members of the previous run not yet
+  committed as read, reads those members again as the new run's (the same tasks of the
+  same frozen signatures); the body still fires once per run.
 
 Unlike Celery's Redis backend, which waits for every member and then reports the first
 failure in index order, a failed or revoked member fails the chord at once (as
@@ -21,7 +28,10 @@ Table keys (beside the ``c:``/``m:`` keys of resultlog's own chords, in the same
 
 - ``c:<chord_id>``: the summary: ``{"celery": true, "size", "adds" (the add records'
   ids: an add is counted once however often it is re-read), "done", "fail_seq",
-  "ts", "completed"}``; ``completed`` makes it compatible with the summaries'
+  "ts", "completed", "run", "starts"}`` (``run``: how many runs began before this
+  one, the completion of each run having its own event id, so each run fires once;
+  ``starts``: the latest start records' ids, so that one read again after a crash
+  does not begin a run); ``completed`` makes it compatible with the summaries'
   retention (:mod:`~resultlog.chords.retention`);
 - ``p:<chord_id>:<seq>``: the ``seq``-th member returned, ``[state, task_id, result,
   exc_type, exc_module, exc_message, timestamp, index]``;
@@ -40,7 +50,7 @@ import json
 from collections.abc import MutableMapping
 from typing import Any
 
-from resultlog.chords.celeryrecords import ADD, PART, SIZE, CeleryChordRecord
+from resultlog.chords.celeryrecords import ADD, PART, SIZE, START, CeleryChordRecord
 from resultlog.chords.records import ChordCompleted, FailedMember, completion_event_id
 from resultlog.schemas.event import ExceptionInfo
 from resultlog.schemas.states import State
@@ -70,9 +80,19 @@ def is_celery(summary: Any) -> bool:
     return isinstance(summary, dict) and bool(summary.get("celery"))
 
 
-def _new_summary() -> dict[str, Any]:
+#: The start records a summary remembers, to know one read again after a crash: a crash
+#: re-reads at most what followed the last committed offset, a few runs at most.
+MAX_STARTS = 32
+
+
+def _new_summary(run: int = 0) -> dict[str, Any]:
     return {"celery": True, "size": None, "adds": [], "done": 0, "fail_seq": None, "ts": 0,
-            "completed": None}
+            "completed": None, "run": run, "starts": []}
+
+
+def run_event_id(chord_id: str, run: int) -> str:
+    """The completion event id of ``chord_id``'s run ``run`` (the first run's is the chord's)."""
+    return completion_event_id(chord_id if run == 0 else f"{chord_id}#{run}")
 
 
 class CeleryStep:
@@ -105,6 +125,17 @@ class CeleryChordFold:
         chord_id = rec.chord_id
         s = self._summary(chord_id)
         before = json.dumps(s, sort_keys=True)
+        if rec.kind == START:
+            if rec.event_id in s["starts"]:
+                return CeleryStep(chord_id)  # read again (after a crash): not a new run
+            if s["completed"] is not None:
+                # A completed chord applied again: a new run. What the last run left (its
+                # entries are dropped once its completion is out, unless a crash came
+                # between) must not count in this one.
+                self._drop_entries(chord_id, s["done"])
+                s = {**_new_summary(s["run"] + 1), "starts": s["starts"], "ts": rec.timestamp}
+            s["starts"] = [*s["starts"], rec.event_id][-MAX_STARTS:]
+            return self._settle(chord_id, s, before)
         if s["completed"] is not None:
             # A late member after a fail-fast completion, a re-read, or a size after the
             # chord failed early: the chord fired once and never fires again.
@@ -160,7 +191,8 @@ class CeleryChordFold:
 
     def _summary(self, chord_id: str) -> dict[str, Any]:
         found = self.table.get(summary_key(chord_id))
-        return dict(found) if found is not None and is_celery(found) else _new_summary()
+        # Summaries written before runs existed lack "run" and "starts".
+        return {**_new_summary(), **found} if found is not None and is_celery(found) else _new_summary()
 
     def _settle(self, chord_id: str, s: dict[str, Any], before: str) -> CeleryStep:
         completion = self._completion(chord_id, s)
@@ -192,7 +224,7 @@ class CeleryChordFold:
                 exc = ExceptionInfo(entry[_EXC_TYPE], entry[_EXC_MODULE] or "", entry[_EXC_MESSAGE] or "")
             index = entry[_INDEX] if entry[_INDEX] is not None else s["fail_seq"]
             return ChordCompleted(
-                event_id=completion_event_id(chord_id), chord_id=chord_id, state=State.FAILURE,
+                event_id=run_event_id(chord_id, s["run"]), chord_id=chord_id, state=State.FAILURE,
                 size=total or s["done"], done=s["done"], failed=1, timestamp=s["ts"],
                 failed_member=FailedMember(entry[_TASK], index, State(entry[_STATE]), exc))
         if total is None or s["done"] < total:
@@ -201,7 +233,7 @@ class CeleryChordFold:
         entries.sort(key=lambda e: (_LAST if e[_INDEX] is None else e[_INDEX], e[_TASK]))
         results = "[" + ",".join("null" if e[_RESULT] is None else e[_RESULT] for e in entries) + "]"
         return ChordCompleted(
-            event_id=completion_event_id(chord_id), chord_id=chord_id, state=State.SUCCESS,
+            event_id=run_event_id(chord_id, s["run"]), chord_id=chord_id, state=State.SUCCESS,
             size=total, done=s["done"], failed=0, timestamp=s["ts"], results=results)
 
     def completed(self, completion: ChordCompleted) -> None:
@@ -212,7 +244,10 @@ class CeleryChordFold:
         s["adds"] = []
         self.table[summary_key(chord_id)] = s  # the mark first, as in ChordFold
         self._verified.discard(chord_id)
-        for seq in range(s["done"]):
+        self._drop_entries(chord_id, s["done"])
+
+    def _drop_entries(self, chord_id: str, done: int) -> None:
+        for seq in range(done):
             entry = self.table.get(part_key(chord_id, seq))
             if entry is None:
                 continue
@@ -220,5 +255,6 @@ class CeleryChordFold:
             if seen in self.table:
                 del self.table[seen]
             del self.table[part_key(chord_id, seq)]
+        self._verified.discard(chord_id)
         if body_key(chord_id) in self.table:
             del self.table[body_key(chord_id)]

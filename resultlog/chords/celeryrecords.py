@@ -1,9 +1,14 @@
 """Celery's chord protocol as records: what a Celery app's result backend is told about a
 chord, written to the log keyed by the chord's id (Celery's group id of the header).
 
-Celery tells its backend three things (``celery/canvas.py``, ``celery/app/task.py``,
+Celery tells its backend four things (``celery/canvas.py``, ``celery/app/task.py``,
 ``celery/backends/base.py``):
 
+- ``apply_chord(header_result_args, body)``: the chord is applied, before any header
+  task is published: a :data:`START` record. Applying a frozen chord again reuses its
+  group id but is a new run (Celery 5.7's Redis backend starts one too); the record,
+  acknowledged before the first header task is sent, is where that run begins in the
+  log, so no member of the new run can be read before it;
 - ``set_chord_size(group_id, size)``: the header's size, counted by Celery's
   ``_chord._descend`` rules, set just before the last header task is published (so
   members may finish before it is known): a :data:`SIZE` record;
@@ -31,10 +36,11 @@ from resultlog.schemas.codec import CELERY_CHORD, Codec
 from resultlog.schemas.event import ExceptionInfo, now_ms, validate_id
 from resultlog.schemas.states import State
 
+START: Final = "start"
 SIZE: Final = "size"
 ADD: Final = "add"
 PART: Final = "part"
-KINDS: Final = frozenset({SIZE, ADD, PART})
+KINDS: Final = frozenset({START, SIZE, ADD, PART})
 PART_STATES: Final = frozenset({State.SUCCESS, State.FAILURE, State.REVOKED})
 
 
@@ -63,12 +69,16 @@ class CeleryChordRecord:
             raise ValidationError(f"a Celery chord record's kind is one of {sorted(KINDS)}, not {self.kind!r}")
         if self.kind in (SIZE, ADD):
             validate_size(self.size)
-        else:
+        elif self.kind == PART:
             validate_id("task_id", self.task_id)
             if self.state not in PART_STATES:
                 raise ValidationError(f"a chord part's state is SUCCESS, FAILURE or REVOKED, not {self.state!r}")
             if self.index is not None and (isinstance(self.index, bool) or not isinstance(self.index, int)):
                 raise ValidationError(f"a chord part's index is an int or None, not {self.index!r}")
+
+    @classmethod
+    def started(cls, chord_id: str) -> CeleryChordRecord:
+        return cls(uuid.uuid4().hex, chord_id, now_ms(), START)
 
     @classmethod
     def sized(cls, chord_id: str, size: int) -> CeleryChordRecord:

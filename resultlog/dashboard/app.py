@@ -28,9 +28,11 @@ from resultlog.analytics_commands import parse_duration, parse_time
 from resultlog.connections import redis_url
 from resultlog.dashboard.live import LiveHub, sse_stream
 from resultlog.dashboard.queries import HistoryReads
+from resultlog.dashboard.rollups import RollupReads, minute_window
 from resultlog.dashboard.status import PipelineStatus
 from resultlog.dashboard.tasklist import PAGE_ROWS, Cursor, TaskFilter, task_page
 from resultlog.dashboard.templating import environment
+from resultlog.dashboard.workers import WorkerReads
 from resultlog.errors import ResultlogError, StoreUnavailable, ValidationError
 from resultlog.schemas.event import validate_task_id
 from resultlog.schemas.states import State
@@ -39,9 +41,10 @@ from resultlog.views.analytics import Analytics, NameStats
 from resultlog.views.history import HistoryStore
 from resultlog.views.pg import create_pool
 
-#: Windows the overview and workers pages offer, and the plot buckets for each.
+#: Windows the overview and workers pages offer, and the plot buckets for each (whole
+#: minutes: the overview reads per-minute rollups).
 WINDOWS: Mapping[str, timedelta] = {
-    "15m": timedelta(seconds=15), "1h": timedelta(minutes=1),
+    "15m": timedelta(minutes=1), "1h": timedelta(minutes=1),
     "6h": timedelta(minutes=5), "24h": timedelta(minutes=20),
 }
 DEFAULT_WINDOW = "1h"
@@ -62,6 +65,8 @@ class Dashboard:
         self.history = HistoryStore(s, self.pool)
         self.analytics = Analytics(s, self.pool)
         self.reads = HistoryReads(self.pool, s.postgres_schema)
+        self.rollups = RollupReads(self.pool, s.postgres_schema)
+        self.workers = WorkerReads(self.pool, s.postgres_schema)
         self.status = PipelineStatus(s, self.redis, self.history)
         await self.status.start()
         self.hub = LiveHub(self.redis, s.redis_prefix)
@@ -81,8 +86,8 @@ def window_of(request: Request) -> tuple[str, datetime, datetime, timedelta]:
     key = request.query_params.get("window", DEFAULT_WINDOW)
     if key not in WINDOWS:
         raise ValidationError(f"window {key!r}: choose one of {', '.join(WINDOWS)}")
-    until = datetime.now(timezone.utc)
-    return key, until - parse_duration(key, "window"), until, WINDOWS[key]
+    since, until = minute_window(parse_duration(key, "window"), datetime.now(timezone.utc))
+    return key, since, until, WINDOWS[key]
 
 
 async def overview(request: Request) -> Response:
@@ -91,13 +96,13 @@ async def overview(request: Request) -> Response:
     # Independent reads, each on its own pooled connection: the page waits for the
     # slowest, not for the sum.
     series, table, lag, letters, recent = await asyncio.gather(
-        d.reads.state_series(since, until, width), d.analytics.stats(since, until),
+        d.rollups.state_series(since, until, width), d.rollups.by_name(since, until),
         d.status.lag(), d.status.dead_letters(), d.reads.recent_chords(since))
     names = [r.task_name for r in table if r.task_name is not None]
     name = request.query_params.get("name") or (
         max(table, key=lambda r: r.outcomes).task_name if table else None)
     by_name, chords = await asyncio.gather(
-        d.analytics.stats(since, until, bucket=width, name=name) if name is not None
+        d.rollups.name_buckets(name, since, until, width) if name is not None
         else _nothing(),
         d.status.chords([c for c, _ in recent]))
     plots = {
@@ -190,7 +195,7 @@ async def workers(request: Request) -> Response:
     d: Dashboard = request.app.state.dashboard
     key, since, _, _ = window_of(request)
     return d.render("workers.html", page="workers", window=key, windows=list(WINDOWS),
-                    rows=await d.reads.workers(since))
+                    rows=await d.workers.workers(since, datetime.now(timezone.utc)))
 
 
 async def live(request: Request) -> Response:

@@ -67,8 +67,8 @@ def make_app(backend_url: str, broker_url: str, queue: str, serializer: str = "j
         return value
 
     @app.task(name="t.fail", shared=False)
-    def fail(message: str) -> None:
-        raise TaskBroke(message)
+    def fail(message: str, *more: Any) -> None:
+        raise TaskBroke(message, *more)
 
     @app.task(name="t.flaky", bind=True, max_retries=3, shared=False)
     def flaky(self: Any) -> int:

@@ -292,10 +292,25 @@ async def test_the_sql_objects_carry_the_names_in_names_py(loaded: Loaded) -> No
             "SELECT table_name FROM information_schema.views WHERE table_schema = $1", schema)}
         functions = {r[0] for r in await conn.fetch(
             "SELECT routine_name FROM information_schema.routines WHERE routine_schema = $1", schema)}
+        tables = {r[0] for r in await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = $1"
+            " AND table_type = 'BASE TABLE' AND table_name NOT LIKE $2", schema,
+            names.HISTORY_TABLE + "\\_%")}
+        triggers = {r[0] for r in await conn.fetch(
+            "SELECT DISTINCT trigger_name FROM information_schema.triggers"
+            " WHERE event_object_schema = $1", schema)}
     finally:
         await conn.close()
     assert views == {names.TASKS_VIEW, names.ATTEMPTS_VIEW, names.WORKER_SESSIONS_VIEW}
     assert names.TASK_STATS_FUNCTION in functions
+    assert names.REBUILD_ROLLUPS_FUNCTION in functions
+    assert tables == {names.HISTORY_TABLE, names.OFFSETS_TABLE, names.MIGRATIONS_TABLE,
+                      names.WORKER_HEARTBEATS_TABLE, names.TASK_SUMMARY_TABLE,
+                      names.TASK_MINUTES_TABLE, names.TASK_RUNTIMES_TABLE}
+    # The rollups' trigger reads names the summary's has just folded: it must fire later.
+    summary_trigger = f"{names.TASK_SUMMARY_TABLE}_fold"
+    assert {summary_trigger, names.ROLLUPS_TRIGGER} <= triggers
+    assert summary_trigger < names.ROLLUPS_TRIGGER
 
 
 # -- the command line ------------------------------------------------------------------

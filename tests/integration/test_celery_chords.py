@@ -52,6 +52,15 @@ class ChordStack:
         key = side_channel(self.settings, f"{name}-{uuid.uuid4().hex}")
         return key, lambda: int(self.redis.get(key) or 0)
 
+    def wait_until(self, condition: Any, timeout: float = WAIT_S) -> None:
+        """Until ``condition()`` holds, checked every 50 ms (BLPOP on a key nobody
+        pushes to is the pause); fails after ``timeout`` seconds."""
+        for _ in range(int(timeout / 0.05)):
+            if condition():
+                return
+            self.redis.blpop([side_channel(self.settings, "never")], timeout=0.05)
+        assert condition()
+
     def close(self) -> None:
         self.worker.stop()
         self.processor.stop()
@@ -133,6 +142,33 @@ def test_a_nested_chord_a_group_in_the_header_and_the_docs_example(stack: ChordS
     (example,) = _EXAMPLE.findall(DOC.read_text())
     exec(compile(example, str(DOC), "exec"), {  # noqa: S102 — our own documentation
         "add": add, "tsum": total, "fail": stack.task("t.fail")})
+
+
+def test_a_frozen_chord_applied_again_runs_again_and_a_failure_reaches_a_chained_group(
+    stack: ChordStack,
+) -> None:
+    add, fail, collect = stack.task("t.add"), stack.task("t.fail"), stack.task("t.collect")
+    runs, read_runs = stack.counter("body-runs")
+    # A frozen chord keeps its group id (and its members' ids): each apply is a run.
+    frozen = chord([add.s(1, 2), add.s(3, 4)], collect.s(runs), app=stack.app)
+    frozen.freeze()
+    assert frozen.apply_async().get(timeout=WAIT_S) == [3, 7]
+    # The second run's body has the first one's task id: its result is there already,
+    # so the run is seen in the body's own counter.
+    frozen.apply_async()
+    stack.wait_until(lambda: read_runs() >= 2)
+    assert read_runs() == 2
+    # A group chained after a failing task never runs; its members get the failure
+    # (with Celery's Redis backend they wait forever: celery#6437), and the exception
+    # comes back with all its args, as Celery rebuilds it: cls(*args).
+    chained = (fail.si("broke", 7) | group(add.s(1), add.s(2))).apply_async()
+    with pytest.raises(TaskBroke) as raised:
+        chained.get(timeout=WAIT_S)
+    assert raised.value.args == ("broke", 7)
+    # Every member, not only the first get() raised for.
+    outcomes = chained.join(timeout=WAIT_S, propagate=False)
+    assert [type(o) for o in outcomes] == [TaskBroke, TaskBroke]
+    assert [r.state for r in chained.results] == ["FAILURE", "FAILURE"]
 
 
 def test_members_that_finish_before_the_size_is_recorded_still_count(stack: ChordStack) -> None:

@@ -32,6 +32,10 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from resultlog.producers import Emitter
+from resultlog.producers.heartbeats import send_heartbeat
+from resultlog.schemas.event import now_ms
+from resultlog.schemas.workers import WorkerHeartbeat
+from resultlog.views.workers import WorkersHistory
 from resultlog.settings import Settings
 from resultlog.views.history import HistoryStore
 from tests.conftest import cleanup
@@ -51,6 +55,7 @@ class Stack:
     settings: Settings
     url: str
     processor: ProcessorProcess
+    events: int  # in the history
 
 
 def free_port() -> int:
@@ -88,6 +93,16 @@ async def fill(settings: Settings) -> int:
                          task_name="shop.render")
         await em.started("hostile-2", task_name="shop.render")
         await em.success("hostile-2", HOSTILE, task_name="shop.render")
+        # Heartbeats: w-alpha is alive (and ran the tasks above), w-old said it stopped.
+        started = now_ms() - 60_000
+        await send_heartbeat(em, WorkerHeartbeat.create(
+            "w-alpha", ttl_s=3600, source="test", hostname="host-a", pid=4242, queue="q",
+            concurrency=4, started_at=started, tasks_processed=80, tasks_failed=2,
+            active_tasks=1))
+        await send_heartbeat(em, WorkerHeartbeat.create(
+            "w-old", ttl_s=3600, source="test", hostname="host-b", pid=7, queue="q",
+            concurrency=1, started_at=started, tasks_processed=5, tasks_failed=5,
+            is_running=False))
     # One undecodable record: a dead letter for the overview.
     await produce_raw(settings, [(b"junk", b"\x00not an event")])
     return BULK * 2 + 7 + 2 + 2 + 2 + 2
@@ -111,6 +126,10 @@ async def stack(base_settings: Settings) -> AsyncIterator[Stack]:
                 except Exception:  # noqa: BLE001 - the processor may not have migrated yet
                     return False
             await eventually(folded, f"{expected} events in the history", 120)
+        async with WorkersHistory(settings) as beats:
+            async def beaten() -> bool:
+                return await beats.pool.fetchval(f"SELECT count(*) FROM {beats.table}") == 2
+            await eventually(beaten, "2 heartbeats in the history", 60)
         port = free_port()
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")},
                **settings.to_env()}
@@ -128,7 +147,7 @@ async def stack(base_settings: Settings) -> AsyncIterator[Stack]:
             except OSError:
                 return False
         await eventually(serving, "the dashboard to answer", 60)
-        yield Stack(settings, url, processor)
+        yield Stack(settings, url, processor, expected)
     finally:
         if dashboard is not None:
             dashboard.terminate()
@@ -182,6 +201,14 @@ async def test_overview_shows_plots_stats_lag_and_dead_letters(stack: Stack, bro
         assert cells[3] == "0" and cells[5] == "0", cells
     assert browser.find_element(By.ID, "dead-letter-count").text == "1"
     assert texts(browser, "#dead-letters .reason")[0]
+    # The plots and the table come from the per-minute rollups: every event of the
+    # history is in the states plot (events/s x 60 s buckets), and shop.resize's p50
+    # (runtimes 0.01..0.60 s: exactly 0.305 s) is within the histograms' 4.4%.
+    plots = json.loads(browser.find_element(By.ID, "plot-data").get_attribute("textContent") or "")
+    assert round(sum(v * 60 for vs in plots["states"]["series"].values() for v in vs)) == \
+        stack.events
+    p50 = resize.find_elements(By.TAG_NAME, "td")[9].text
+    assert abs(float(p50.rstrip("s")) - 0.305) <= 0.305 * 0.045 + 0.0005, p50
     shot(browser, "overview")
 
 
@@ -226,11 +253,19 @@ async def test_task_page_shows_retries_in_order_with_lineage(stack: Stack, brows
 
 async def test_workers_page(stack: Stack, browser: webdriver.Chrome) -> None:
     browser.get(stack.url + "/workers")
-    rows = {r.find_element(By.TAG_NAME, "a").text: [c.text for c in r.find_elements(By.TAG_NAME, "td")]
+    rows = {r.get_attribute("data-worker"): [c.text for c in r.find_elements(By.TAG_NAME, "td")]
             for r in browser.find_elements(By.CSS_SELECTOR, "#worker-table tbody tr")}
-    assert rows["w-alpha"][1] == str(BULK + 3)  # bulk, child, two hostile ones
-    assert rows["w-beta"][1:4] == ["1", "1", "100.0%"]  # failed-1
-    assert rows["w-gamma"][1] == "1"
+    # worker, status, last seen, tasks, failed, rate, processed, failed, rate, active, host
+    alpha = rows["w-alpha"]
+    assert alpha[1] == "alive" and alpha[2] != "-"
+    assert alpha[3] == str(BULK + 3)  # bulk, child, two hostile ones
+    assert alpha[6:11] == ["80", "2", "2.5%", "1", "host-a / 4242"]  # its heartbeat
+    assert rows["w-old"][1:4] == ["stopped", rows["w-old"][2], "0"]
+    assert rows["w-old"][8] == "100.0%"
+    assert rows["w-beta"][1] == "no heartbeat"
+    assert rows["w-beta"][3:6] == ["1", "1", "100.0%"]  # failed-1
+    assert rows["w-gamma"][3] == "1"
+    assert list(rows)[0] == "w-alpha", "the alive first"
     shot(browser, "workers")
 
 

@@ -87,7 +87,8 @@ async def test_a_dry_run_reports_and_changes_nothing(store: HistoryStore) -> Non
     assert report.removed == EXPECTED and report.rows == 7 and report.dry_run
     assert lines == [f"would drop {p(D - 3)}: 3 rows", f"would drop {p(D - 2)}: 2 rows",
                      f"would delete 2 rows from {p(D - 1)} (older than the cutoff)",
-                     "would forget 7 tasks in task_summary"]
+                     "would forget 7 tasks in task_summary",
+                     "would drop 6 rollup rows of the hours before the cutoff's"]
     assert (await event_ids(store), await partitions(store)) == before
 
 
@@ -104,7 +105,13 @@ async def test_prune_removes_exactly_what_is_older_than_the_cutoff(store: Histor
         f"dropped {p(D - 2)}: 2 rows",
         f"deleted 2 rows from {p(D - 1)} (older than the cutoff)",
         "forgot 7 tasks in task_summary (latest event older than the cutoff)",
+        "dropped 6 rollup rows of the hours before the cutoff's; recomputed its hour",
     ]
+    # The rollups count exactly the events left (tests/integration/test_rollups.py
+    # checks them against a recomputation).
+    assert await store.pool.fetchval(
+        f"SELECT sum(success) FROM {quote_ident(store.settings.postgres_schema)}.task_minutes"
+    ) == sum(keep for _, keep in ROWS)
     # The row at the cutoff and everything after it stay; nothing else does.
     assert await event_ids(store) == {event_id for event_id, keep in kept.items() if keep}
     # One task per row: the summary keeps the tasks whose (only) event stayed.
@@ -231,6 +238,7 @@ async def test_cli_prune(store: HistoryStore) -> None:
     assert lines[0].startswith("dry run: would remove events before ") and lines[0].endswith("(older than 30d)")
     assert lines[1:] == [f"would drop {p(d)}: {n} rows" for d, n in ((D - 3, 3), (D - 2, 2), (D - 1, 5), (D, 2))] + [
         "would forget 12 tasks in task_summary",
+        "would drop 9 rollup rows of the hours before the cutoff's",
         "would remove 12 rows: 4 partition(s) dropped, 0 trimmed"]
     assert await partitions(store) == before
     code, out, err = await cli(store.settings, "prune", "--older-than", "30d")

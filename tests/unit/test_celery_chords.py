@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from resultlog.errors import ValidationError
 from resultlog.chords.fold import ChordFold
-from resultlog.chords.celeryfold import summary_key
+from resultlog.chords.celeryfold import run_event_id, summary_key
 from resultlog.chords.celeryrecords import CeleryChordRecord
 from resultlog.chords.records import ChordCompleted, completion_event_id
 from resultlog.schemas.codec import CELERY_CHORD, Codec
@@ -130,10 +130,13 @@ def test_a_crash_at_any_point_of_the_changelog_still_fires_the_body_once(
     A completion published (and its body fired) before the crash is published again only
     if its completed mark did not reach the changelog, and then with the same event id
     (the firing mark in Redis, tested end to end, stops a second firing)."""
-    records = [CeleryChordRecord.sized(CHORD, size)] + [
+    start = CeleryChordRecord.started(CHORD)
+    records = [start, CeleryChordRecord.sized(CHORD, size)] + [
         part(i, state=State.FAILURE if failing and i == size - 1 else State.SUCCESS)
         for i in range(size)]
-    records = messy(data.draw, records)
+    # The start comes first (it is acknowledged before any member is sent); read again,
+    # it may come anywhere after.
+    records = [start] + messy(data.draw, records)
     want, _, _ = run(records)
     table = LoggedTable()
     fold, codec = ChordFold(table), Codec()
@@ -154,9 +157,36 @@ def test_a_crash_at_any_point_of_the_changelog_still_fires_the_body_once(
     del codec
 
 
+def test_applying_a_completed_chord_again_is_a_new_run_that_fires_again() -> None:
+    """A frozen chord reuses its group id (and its members' task ids): after its start
+    record, the second run counts its members afresh and fires with its own event id."""
+    first = [CeleryChordRecord.started(CHORD), part(0), CeleryChordRecord.sized(CHORD, 2), part(1)]
+    second = [CeleryChordRecord.started(CHORD), part(0, result="a"),
+              CeleryChordRecord.sized(CHORD, 2), part(1, result="b")]
+    completions, bodies, table = run(first + second)
+    assert [c.result_values() for c in completions] == [[0, 1], ["a", "b"]]
+    assert bodies == [BODY, BODY]
+    assert [c.event_id for c in completions] == [completion_event_id(CHORD), run_event_id(CHORD, 1)]
+    assert completions[0].event_id != completions[1].event_id
+    assert table[summary_key(CHORD)]["run"] == 1 and set(table) == {summary_key(CHORD)}
+
+
+def test_a_start_while_a_run_is_open_changes_nothing() -> None:
+    """Runs that overlap merge, members counted once (as Celery's Redis backend does);
+    a start read again after the run completed is not a run of its own either."""
+    start = CeleryChordRecord.started(CHORD)
+    records = [start, CeleryChordRecord.sized(CHORD, 2), part(0), start, part(0), part(1)]
+    completions, _, table = run(records)
+    assert [c.result_values() for c in completions] == [[0, 1]]
+    assert table[summary_key(CHORD)]["run"] == 0
+    # A late member of the finished run, or its start read again, change nothing.
+    completions, _, after = run([part(1), start, part(0), part(1)], table)
+    assert completions == [] and after[summary_key(CHORD)]["run"] == 0
+
+
 def test_records_round_trip_and_bad_ones_are_refused() -> None:
     codec = Codec()
-    for rec in [CeleryChordRecord.sized(CHORD, 3), CeleryChordRecord.added(CHORD),
+    for rec in [CeleryChordRecord.started(CHORD), CeleryChordRecord.sized(CHORD, 3), CeleryChordRecord.added(CHORD),
                 part(2), part(None, state=State.FAILURE)]:
         name, record = codec.decode_record(rec.encode(codec))
         assert name == CELERY_CHORD and CeleryChordRecord.from_record(record) == rec

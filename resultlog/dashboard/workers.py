@@ -1,0 +1,142 @@
+"""The workers page's reads: every worker the heartbeats or the tasks name.
+
+Two sources, joined on the worker's name (a Celery worker's node name is both its
+heartbeat's ``worker_id`` and its tasks' ``worker``):
+
+- the latest heartbeat of each worker id (``worker_heartbeats``, migration 0003; found
+  by skipping through its (worker_id, beat_at) index, one probe per worker): alive or
+  not by the rule of the Redis workers view (views/workers.py) -- alive until
+  ``beat_at + ttl_s``, unless it said it stopped -- and the worker's own counters;
+- the tasks first seen in the window whose latest event names the worker
+  (``task_summary``, through its worker index): tasks and failure rate in the window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import asyncpg  # type: ignore[import-untyped]
+
+from resultlog import names
+from resultlog.schemas.taskrows import from_pg_text
+from resultlog.views.migrations import quote_ident
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """A worker's latest heartbeat, as the page shows it."""
+
+    source: str
+    hostname: str
+    pid: int
+    started_at: datetime
+    beat_at: datetime
+    status: str  # "alive", "stopped" (it said so) or "offline" (its heartbeat expired)
+    processed: int  # the worker's own counters, since it started
+    failed: int
+    active: int
+
+    @property
+    def failure_rate(self) -> float | None:
+        return self.failed / self.processed if self.processed else None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRow:
+    worker: str
+    tasks: int  # tasks first seen in the window whose latest event names this worker
+    failed: int
+    last_task: datetime | None  # when the worker's most recent task was first seen
+    heartbeat: Heartbeat | None  # None: no heartbeat of it in the history
+
+    @property
+    def failure_rate(self) -> float | None:
+        return self.failed / self.tasks if self.tasks else None
+
+    @property
+    def last_seen(self) -> datetime | None:
+        seen = [t for t in (self.last_task, self.heartbeat and self.heartbeat.beat_at) if t]
+        return max(seen) if seen else None
+
+
+def status(beat_at: datetime, ttl_s: int, is_running: bool, now: datetime) -> str:
+    if not is_running:
+        return "stopped"
+    return "alive" if beat_at + timedelta(seconds=ttl_s) > now else "offline"
+
+
+class WorkerReads:
+    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
+        self.pool = pool
+        s = quote_ident(schema)
+        self._summary = f"{s}.{names.TASK_SUMMARY_TABLE}"
+        self._beats = f"{s}.{names.WORKER_HEARTBEATS_TABLE}"
+
+    async def workers(self, since: datetime, now: datetime) -> list[WorkerRow]:
+        """Every worker, the alive first, then by when it was last seen."""
+        beats = await self.heartbeats(now)
+        tasks = await self.task_counts(since)
+        rows = []
+        for worker in beats.keys() | tasks.keys():
+            n, failed, last = tasks.get(worker, (0, 0, None))
+            rows.append(WorkerRow(worker, n, failed, last, beats.get(worker)))
+        order = {"alive": 0, "offline": 1, "stopped": 1}
+
+        def key(r: WorkerRow) -> tuple[int, float, str]:
+            seen = r.last_seen
+            return (order[r.heartbeat.status] if r.heartbeat else 2,
+                    -seen.timestamp() if seen else 0.0, r.worker)
+        return sorted(rows, key=key)
+
+    async def heartbeats(self, now: datetime) -> dict[str, Heartbeat]:
+        rows = await self.pool.fetch(
+            f"""
+            WITH RECURSIVE w(id) AS (
+                (SELECT worker_id FROM {self._beats} ORDER BY worker_id LIMIT 1)
+                UNION ALL
+                SELECT (SELECT b.worker_id FROM {self._beats} b WHERE b.worker_id > w.id
+                        ORDER BY b.worker_id LIMIT 1)
+                FROM w WHERE w.id IS NOT NULL
+            )
+            SELECT l.* FROM w CROSS JOIN LATERAL (
+                SELECT * FROM {self._beats} b WHERE b.worker_id = w.id
+                ORDER BY b.beat_at DESC, b.event_id DESC LIMIT 1
+            ) l
+            WHERE w.id IS NOT NULL
+            """)
+        return {
+            r["worker_id"]: Heartbeat(  # written as is (views/workers.py)
+                source=r["source"], hostname=r["hostname"], pid=r["pid"],
+                started_at=r["started_at"], beat_at=r["beat_at"],
+                status=status(r["beat_at"], r["ttl_s"], r["is_running"], now),
+                processed=r["tasks_processed"], failed=r["tasks_failed"],
+                active=r["active_tasks"])
+            for r in rows
+        }
+
+    async def task_counts(self, since: datetime) -> dict[str, tuple[int, int, datetime]]:
+        """worker -> (tasks, failed, latest first_seen), skipping through the summary's
+        worker index (one probe per worker)."""
+        rows = await self.pool.fetch(
+            f"""
+            WITH RECURSIVE w(worker) AS (
+                (SELECT worker FROM {self._summary} WHERE worker IS NOT NULL
+                 ORDER BY worker LIMIT 1)
+                UNION ALL
+                SELECT (SELECT s.worker FROM {self._summary} s WHERE s.worker > w.worker
+                        ORDER BY s.worker LIMIT 1)
+                FROM w WHERE w.worker IS NOT NULL
+            )
+            SELECT w.worker, c.tasks, c.failed,
+                   (SELECT max(s.first_seen) FROM {self._summary} s
+                    WHERE s.worker = w.worker) AS last_task
+            FROM w
+            CROSS JOIN LATERAL (
+                SELECT count(*) AS tasks, count(*) FILTER (WHERE s.state = 'FAILURE') AS failed
+                FROM {self._summary} s WHERE s.worker = w.worker AND s.first_seen >= $1
+            ) c
+            WHERE w.worker IS NOT NULL
+            """, since)
+        return {from_pg_text(r["worker"]): (r["tasks"], r["failed"], r["last_task"])
+                for r in rows}
