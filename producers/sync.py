@@ -8,7 +8,7 @@ so they are cheap and safe from any number of threads; ``flush``, ``start`` and
 
 Fork safety: a process forked from one that used the emitter inherits the parent's
 ``Emitter`` and sockets, but not the loop thread. The first call in the child sees that
-``os.getpid()`` changed, abandons the inherited emitter without touching it (its
+the process was forked since the emitter started (``os.register_at_fork``), abandons the inherited emitter without touching it (its
 sockets belong to the parent) and starts a fresh one on the child's loop thread. Events
 the parent had buffered but not yet delivered are the parent's to deliver, never the
 child's.
@@ -40,6 +40,9 @@ log = logging.getLogger("resultlog.producers")
 # Emitters inherited across a fork: kept referenced forever so that garbage collection
 # never runs their finalizers (which would close sockets the parent still uses).
 _ABANDONED: list[Emitter] = []
+# Forks this process descends from: an emitter started under another count is the
+# parent's. Compared on every call instead of os.getpid(), which is a system call.
+_forks = 0
 
 
 class SyncEmitter(EmittingCalls[None]):
@@ -63,7 +66,7 @@ class SyncEmitter(EmittingCalls[None]):
         self._lock = threading.Lock()
         self._bridge = Bridge()
         self._emitter: Emitter | None = None
-        self._pid = 0
+        self._forks = -1  # the fork count its emitter was started under
         self._closed = False
         _OPEN.add(self)
 
@@ -74,13 +77,13 @@ class SyncEmitter(EmittingCalls[None]):
 
     def _current(self) -> Emitter:
         emitter = self._emitter
-        if emitter is not None and self._pid == os.getpid():
+        if emitter is not None and self._forks == _forks:
             return emitter
         with self._lock:
             if self._closed:
                 raise EmitterClosed("this emitter is closed")
             emitter = self._emitter
-            if emitter is not None and self._pid != os.getpid():
+            if emitter is not None and self._forks != _forks:
                 _ABANDONED.append(emitter)  # inherited from the parent: never touch it
                 emitter = self._emitter = None
             if emitter is None:
@@ -92,14 +95,14 @@ class SyncEmitter(EmittingCalls[None]):
                 except BaseException:
                     self._bridge.close()
                     raise
-                self._emitter, self._pid = emitter, os.getpid()
+                self._emitter, self._forks = emitter, _forks
                 _RUNNING.add(self)
             return emitter
 
     def _mine(self) -> Emitter | None:
         """The running emitter if this process started it (never one inherited)."""
         emitter = self._emitter
-        return emitter if emitter is not None and self._pid == os.getpid() else None
+        return emitter if emitter is not None and self._forks == _forks else None
 
     # Lifetime ----------------------------------------------------------------------
     def start(self) -> None:
@@ -184,6 +187,8 @@ def _close_all_at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
+    global _forks
+    _forks += 1
     # A lock held by another thread at fork time would stay held forever in the child.
     for emitter in list(_OPEN):
         emitter._lock = threading.Lock()
