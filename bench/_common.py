@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
+import sys
 import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlencode
 
 import asyncpg
 import redis
@@ -12,6 +17,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from resultlog.processors.replay import clear_redis_view
 from resultlog.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def isolated(prefix: str, **changes: object) -> Settings:
@@ -36,6 +43,37 @@ async def cleanup(settings: Settings) -> None:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{settings.postgres_schema}" CASCADE')
     finally:
         await conn.close()
+
+
+def resultlog_url(settings: Settings) -> str:
+    """A ``resultlog://`` backend URL naming the isolated settings (the client reads them
+    from it; the worker and processor have them as RESULTLOG_* too)."""
+    query = urlencode({n: str(getattr(settings, n)) for n in (
+        "events_topic", "consumer_group", "redis_prefix", "postgres_schema")})
+    return f"resultlog://?{query}"
+
+
+def start_celery_run(settings: Settings, broker: str, backend: str, queue: str,
+                     processor_args: Sequence[str] = ()) -> "list[subprocess.Popen[bytes] | None]":
+    """The start of a Celery benchmark run: a prefork worker of ``bench.celery_app``
+    (concurrency 2) consuming ``queue``, and, when the backend is resultlog, a processor
+    (log level from BENCH_PROCESSOR_LOGLEVEL, default warning). For
+    :func:`stop_celery_run`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}
+    env.update(settings.to_env(), CELERY_BROKER_URL=broker, CELERY_RESULT_BACKEND=backend,
+               CELERY_BENCH_QUEUE=queue, PYTHONPATH=str(ROOT))
+    processor = None
+    if backend.startswith("resultlog"):
+        processor = subprocess.Popen(
+            [sys.executable, "-m", "resultlog", "process", "--loglevel",
+             os.environ.get("BENCH_PROCESSOR_LOGLEVEL", "warning"), *processor_args],
+            env=env, cwd=ROOT)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker", "-P", "prefork",
+         "-c", "2", "-l", "warning", "--without-gossip", "--without-mingle",
+         "--without-heartbeat", "-n", f"{queue}@%h"],
+        env=env, cwd=ROOT)
+    return [worker, processor]
 
 
 def stop_celery_run(procs: "list[subprocess.Popen[bytes] | None]", broker: str,

@@ -14,21 +14,15 @@ first). Needs ``resultlog dev up``.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
-from urllib.parse import urlencode
 
 
-from bench._common import cleanup, isolated, run, stop_celery_run
+from bench._common import cleanup, isolated, resultlog_url, run, start_celery_run, stop_celery_run
 from bench.celery_app import make_app
 from resultlog.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
 BROKER_DB, REDIS_BACKEND_DB = 13, 14
 
 
@@ -36,18 +30,7 @@ def one(name: str, backend: str, settings: Settings, tasks: int, window: int) ->
     base = settings.redis_url.rsplit("/", 1)[0]
     broker = f"{base}/{BROKER_DB}"
     queue = f"bench-{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}
-    env.update(settings.to_env(), CELERY_BROKER_URL=broker, CELERY_RESULT_BACKEND=backend,
-               CELERY_BENCH_QUEUE=queue)
-    processor = None
-    if backend.startswith("resultlog"):
-        processor = subprocess.Popen([sys.executable, "-m", "resultlog", "process",
-                                      "--loglevel", "warning"], env=env, cwd=ROOT)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker", "-P", "prefork",
-         "-c", "2", "-l", "warning", "--without-gossip", "--without-mingle",
-         "--without-heartbeat", "-n", f"{queue}@%h"],
-        env=env, cwd=ROOT)
+    procs = start_celery_run(settings, broker, backend, queue)
     try:
         app = make_app(broker, backend, queue)
         noop = app.tasks["bench.noop"]
@@ -65,7 +48,7 @@ def one(name: str, backend: str, settings: Settings, tasks: int, window: int) ->
         print(f"{name:10} {tasks / elapsed:8.0f} tasks/s   get() p50 {q[49] * 1000:7.2f} ms"
               f"   p99 {q[98] * 1000:7.2f} ms   ({tasks} tasks, window {window})", flush=True)
     finally:
-        stop_celery_run([worker, processor], broker, queue)
+        stop_celery_run(procs, broker, queue)
 
 
 def main() -> None:
@@ -82,11 +65,7 @@ def main() -> None:
         if name == "redis":
             one(name, f"{base}/{REDIS_BACKEND_DB}", settings, args.tasks, args.window)
         else:
-            # The client (this process) names the isolated settings in the URL; the
-            # worker has them as RESULTLOG_* too.
-            query = urlencode({n: str(getattr(settings, n)) for n in (
-                "events_topic", "consumer_group", "redis_prefix", "postgres_schema")})
-            url = f"resultlog://?{query}" + (f"&{args.url_options}" if args.url_options else "")
+            url = resultlog_url(settings) + (f"&{args.url_options}" if args.url_options else "")
             try:
                 one(name, url, settings, args.tasks, args.window)
             finally:

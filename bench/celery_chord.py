@@ -19,23 +19,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import redis
 from celery import chord  # type: ignore[import-untyped]
 
-from bench._common import cleanup, isolated, run, stop_celery_run
+from bench._common import cleanup, isolated, resultlog_url, run, start_celery_run, stop_celery_run
 from bench.celery_app import make_app
 from resultlog.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
 BROKER_DB, REDIS_BACKEND_DB = 8, 9
 
 
@@ -50,19 +45,8 @@ def one(name: str, backend: str, settings: Settings, members: int, chords: int) 
     base = settings.redis_url.rsplit("/", 1)[0]
     broker = f"{base}/{BROKER_DB}"
     queue = f"bench-chord-{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}
-    env.update(settings.to_env(), CELERY_BROKER_URL=broker, CELERY_RESULT_BACKEND=backend,
-               CELERY_BENCH_QUEUE=queue, PYTHONPATH=str(ROOT))
-    processor = None
-    if backend.startswith("resultlog"):
-        processor = subprocess.Popen(
-            [sys.executable, "-m", "resultlog", "process", "--loglevel", os.environ.get("BENCH_PROCESSOR_LOGLEVEL", "warning"),
-             "--celery-app", "bench.celery_app:app"], env=env, cwd=ROOT)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker", "-P", "prefork",
-         "-c", "2", "-l", "warning", "--without-gossip", "--without-mingle",
-         "--without-heartbeat", "-n", f"{queue}@%h"],
-        env=env, cwd=ROOT)
+    procs = start_celery_run(settings, broker, backend, queue,
+                             ["--celery-app", "bench.celery_app:app"])
     side = redis.Redis.from_url(broker)
     try:
         app = make_app(broker, backend, queue)
@@ -94,7 +78,7 @@ def one(name: str, backend: str, settings: Settings, members: int, chords: int) 
               f" of {members})", flush=True)
     finally:
         side.close()
-        stop_celery_run([worker, processor], broker, queue)
+        stop_celery_run(procs, broker, queue)
 
 
 def main() -> None:
@@ -111,10 +95,8 @@ def main() -> None:
         if name == "redis":
             one(name, f"{base}/{REDIS_BACKEND_DB}", settings, args.members, args.chords)
         elif name == "resultlog":
-            query = urlencode({n: str(getattr(settings, n)) for n in (
-                "events_topic", "consumer_group", "redis_prefix", "postgres_schema")})
             try:
-                one(name, f"resultlog://?{query}", settings, args.members, args.chords)
+                one(name, resultlog_url(settings), settings, args.members, args.chords)
             finally:
                 run(cleanup(settings))
         else:

@@ -54,6 +54,19 @@ def _certificate_problem(exc: BaseException, where: str, ca_setting: str, hostna
     return None
 
 
+def _tls_refusal(exc: BaseException, where: str, ca_setting: str, hostname_setting: str,
+                 advice: str) -> ConfigurationError | None:
+    """A certificate ``where`` presented that we do not accept, or else a failed TLS
+    handshake (``advice`` says which settings to check); None when TLS is not the cause."""
+    found = _certificate_problem(exc, where, ca_setting, hostname_setting)
+    if found is not None:
+        return found
+    tls = _find(exc, ssl.SSLError)
+    if tls is not None:
+        return ConfigurationError(f"the TLS handshake with {where} failed ({tls.reason or tls}): {advice}")
+    return None
+
+
 # -- Kafka ----------------------------------------------------------------------------
 
 
@@ -87,15 +100,12 @@ async def kafka_refusal(settings: Settings) -> ConfigurationError | None:
         except UnsupportedSaslMechanismError as exc:
             return ConfigurationError(f"{where}: {exc}; set RESULTLOG_KAFKA_SASL_MECHANISM to one it enables")
         except ssl.SSLError as exc:
-            found = _certificate_problem(
+            return _tls_refusal(
                 exc, where, "RESULTLOG_KAFKA_SSL_CA_LOCATION",
-                "RESULTLOG_KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM=none")
-            return found or ConfigurationError(
-                f"the TLS handshake with {where} failed ({exc.reason or exc}): RESULTLOG_KAFKA_"
-                f"SECURITY_PROTOCOL is {protocol}; is that listener TLS (SSL or SASL_SSL)? If it "
-                f"requires a client certificate, set RESULTLOG_KAFKA_SSL_CERTIFICATE_LOCATION and "
-                f"RESULTLOG_KAFKA_SSL_KEY_LOCATION"
-            )
+                "RESULTLOG_KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM=none",
+                f"RESULTLOG_KAFKA_SECURITY_PROTOCOL is {protocol}; is that listener TLS (SSL or "
+                f"SASL_SSL)? If it requires a client certificate, set "
+                f"RESULTLOG_KAFKA_SSL_CERTIFICATE_LOCATION and RESULTLOG_KAFKA_SSL_KEY_LOCATION")
         except Exception:  # noqa: BLE001 - not a refusal we can name: try the next server
             continue
         conn.close()
@@ -121,18 +131,11 @@ def redis_refusal(exc: BaseException) -> ConfigurationError | None:
             f"grant it the key pattern of RESULTLOG_REDIS_PREFIX, the pub/sub channels and "
             f"+@all (or at least +@read +@write +@scripting +@pubsub +@keyspace)"
         )
-    found = _certificate_problem(exc, "Redis", "the ssl_ca_certs of RESULTLOG_REDIS_URL",
-                                 "ssl_check_hostname=false in RESULTLOG_REDIS_URL")
-    if found is not None:
-        return found
-    tls = _find(exc, ssl.SSLError)
-    if tls is not None:
-        return ConfigurationError(
-            f"the TLS handshake with Redis failed ({tls.reason or tls}): is RESULTLOG_REDIS_URL's "
-            f"port a TLS port (rediss://) or a plain one (redis://)? If the server requires a client "
-            f"certificate, add ssl_certfile and ssl_keyfile to the URL"
-        )
-    return None
+    return _tls_refusal(
+        exc, "Redis", "the ssl_ca_certs of RESULTLOG_REDIS_URL",
+        "ssl_check_hostname=false in RESULTLOG_REDIS_URL",
+        "is RESULTLOG_REDIS_URL's port a TLS port (rediss://) or a plain one (redis://)? If the "
+        "server requires a client certificate, add ssl_certfile and ssl_keyfile to the URL")
 
 
 # -- PostgreSQL -----------------------------------------------------------------------
@@ -154,16 +157,12 @@ def postgres_refusal(exc: BaseException) -> ConfigurationError | None:
             f"PostgreSQL refused the connection ({exc}): check the user, database and sslmode "
             f"in RESULTLOG_POSTGRES_DSN{hint}"
         )
-    found = _certificate_problem(exc, "PostgreSQL", "the sslrootcert of RESULTLOG_POSTGRES_DSN",
-                                 "sslmode=verify-ca in RESULTLOG_POSTGRES_DSN")
+    found = _tls_refusal(
+        exc, "PostgreSQL", "the sslrootcert of RESULTLOG_POSTGRES_DSN",
+        "sslmode=verify-ca in RESULTLOG_POSTGRES_DSN",
+        "check sslmode, sslcert and sslkey in RESULTLOG_POSTGRES_DSN")
     if found is not None:
         return found
-    tls = _find(exc, ssl.SSLError)
-    if tls is not None:
-        return ConfigurationError(
-            f"the TLS handshake with PostgreSQL failed ({tls.reason or tls}): check sslmode, "
-            f"sslcert and sslkey in RESULTLOG_POSTGRES_DSN"
-        )
     if "rejected SSL upgrade" in str(exc):
         return ConfigurationError(
             f"PostgreSQL does not offer TLS ({exc}), and the sslmode of RESULTLOG_POSTGRES_DSN "

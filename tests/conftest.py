@@ -17,6 +17,8 @@ Fixtures:
 - ``redis_client``: a ``redis.asyncio.Redis`` on the test's settings.
 - ``pg_pool``: an asyncpg pool whose ``search_path`` is the test's schema, then public.
 - ``kafka_admin``: a started ``AIOKafkaAdminClient``.
+- ``quiet_aiokafka``: aiokafka's logging silenced for a test that makes brokers refuse
+  or vanish (aiokafka logs each refused connection at ERROR).
 
 Any test that uses ``base_settings`` (directly or through the others) is marked
 ``integration``, so ``pytest -m "not integration"`` runs without services.
@@ -25,8 +27,9 @@ Any test that uses ``base_settings`` (directly or through the others) is marked
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -210,3 +213,12 @@ async def kafka_admin(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
         yield admin
     finally:
         await admin.close()
+
+
+@pytest.fixture
+def quiet_aiokafka() -> Iterator[None]:
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(level)

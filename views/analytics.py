@@ -23,13 +23,11 @@ from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.schemas.taskrows import from_pg_text, to_pg_text
 from resultlog.views.history import HistoryStore
-from resultlog.views.migrations import quote_ident
+from resultlog.views.migrations import NOT_MIGRATED, quote_ident
 from resultlog.views.pg import PooledStore, translate_errors
 
 #: More buckets than this per task name is a mistake (``--bucket 1s`` over a month).
 MAX_BUCKETS = 10_000
-_NOT_MIGRATED = (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError,
-                 asyncpg.InvalidSchemaNameError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +198,7 @@ class Analytics(PooledStore):
         with translate_errors(self.settings):
             try:
                 yield
-            except _NOT_MIGRATED as exc:
+            except NOT_MIGRATED as exc:
                 raise ConfigurationError(
                     f"PostgreSQL schema {self.settings.postgres_schema!r} lacks the history "
                     f"or its analytics views ({exc}): the processor creates them on start "

@@ -25,6 +25,9 @@ import asyncpg  # type: ignore[import-untyped]
 from resultlog import names
 from resultlog.errors import ConfigurationError
 
+#: What a query raises in a schema whose migrations have not run yet.
+NOT_MIGRATED = (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError,
+                asyncpg.InvalidSchemaNameError)
 _FILE_RE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 _PLACEHOLDER_RE = re.compile(r"\{([a-z_]+)\}")
 

@@ -204,6 +204,21 @@ async def _drop(conn: asyncpg.Connection, s: str, parent: str, table: _Table, dr
     return Removed(table.name, rows, dropped=True)
 
 
+async def _delete_in_batches(conn: asyncpg.Connection, delete: str, cutoff_ms: int,
+                             batch_rows: int) -> int:
+    """Run ``delete`` (which takes the cutoff as $1 and deletes at most $2 rows) until it
+    deletes fewer than ``batch_rows``; the rows deleted in all. In batches, each its own
+    transaction: a day's partition can hold millions of rows, and one DELETE would hold
+    their row locks and a snapshot for its duration."""
+    rows = 0
+    while True:
+        status: str = await conn.execute(delete, cutoff_ms, batch_rows)
+        n = int(status.rsplit(" ", 1)[1])  # "DELETE <n>"
+        rows += n
+        if n < batch_rows:
+            return rows
+
+
 async def _trim(conn: asyncpg.Connection, s: str, table: _Table, cutoff_ms: int, dry_run: bool,
                 batch_rows: int, say: Callable[[str], None]) -> Removed:
     qualified = f"{s}.{table.name}"
@@ -213,17 +228,10 @@ async def _trim(conn: asyncpg.Connection, s: str, table: _Table, cutoff_ms: int,
             f"SELECT count(*) FROM {qualified} WHERE ts < {cutoff}", cutoff_ms)
         say(f"would delete {rows:,} rows from {table.name} (older than the cutoff)")
         return Removed(table.name, rows, dropped=False)
-    # In batches, each its own transaction: a day's partition can hold millions of
-    # rows, and one DELETE would hold their row locks and a snapshot for its duration.
-    rows = 0
-    delete = (f"DELETE FROM {qualified} WHERE ctid = ANY(ARRAY("
-              f"SELECT ctid FROM {qualified} WHERE ts < {cutoff} LIMIT $2))")
-    while True:
-        status: str = await conn.execute(delete, cutoff_ms, batch_rows)
-        n = int(status.rsplit(" ", 1)[1])  # "DELETE <n>"
-        rows += n
-        if n < batch_rows:
-            break
+    rows = await _delete_in_batches(
+        conn, f"DELETE FROM {qualified} WHERE ctid = ANY(ARRAY("
+              f"SELECT ctid FROM {qualified} WHERE ts < {cutoff} LIMIT $2))",
+        cutoff_ms, batch_rows)
     say(f"deleted {rows:,} rows from {table.name} (older than the cutoff)")
     return Removed(table.name, rows, dropped=False)
 
@@ -241,15 +249,10 @@ async def _trim_summary(conn: asyncpg.Connection, s: str, cutoff_ms: int, dry_ru
             f"SELECT count(*) FROM {summary} WHERE last_seen < {cutoff}", cutoff_ms)
         say(f"would forget {rows:,} tasks in {names.TASK_SUMMARY_TABLE}")
         return
-    rows = 0
-    delete = (f"DELETE FROM {summary} WHERE task_id = ANY(ARRAY("
-              f"SELECT task_id FROM {summary} WHERE last_seen < {cutoff} LIMIT $2))")
-    while True:
-        status: str = await conn.execute(delete, cutoff_ms, batch_rows)
-        n = int(status.rsplit(" ", 1)[1])
-        rows += n
-        if n < batch_rows:
-            break
+    rows = await _delete_in_batches(
+        conn, f"DELETE FROM {summary} WHERE task_id = ANY(ARRAY("
+              f"SELECT task_id FROM {summary} WHERE last_seen < {cutoff} LIMIT $2))",
+        cutoff_ms, batch_rows)
     say(f"forgot {rows:,} tasks in {names.TASK_SUMMARY_TABLE} (latest event older than the cutoff)")
 
 
@@ -272,14 +275,10 @@ async def _trim_rollups(conn: asyncpg.Connection, s: str, cutoff_ms: int, dry_ru
         return
     rows = 0
     for table, column in ((minutes, "minute"), (runtimes, "start")):
-        delete = (f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
-                  f"SELECT ctid FROM {table} WHERE {column} < {hour} LIMIT $2))")
-        while True:
-            status: str = await conn.execute(delete, cutoff_ms, batch_rows)
-            n = int(status.rsplit(" ", 1)[1])
-            rows += n
-            if n < batch_rows:
-                break
+        rows += await _delete_in_batches(
+            conn, f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
+                  f"SELECT ctid FROM {table} WHERE {column} < {hour} LIMIT $2))",
+            cutoff_ms, batch_rows)
     await conn.execute(
         f"SELECT {s}.{names.REBUILD_ROLLUPS_FUNCTION}({hour}, {hour} + interval '1 hour')",
         cutoff_ms)

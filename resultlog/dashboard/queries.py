@@ -9,14 +9,14 @@ them on a history of a million tasks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
 from resultlog import names
+from resultlog.dashboard.reads import SchemaReads, distinct_values
 from resultlog.schemas.taskrows import from_pg_text, to_pg_text
-from resultlog.views.migrations import quote_ident
 
 #: Ids listed per lineage relation on a task's page.
 LINEAGE_LIMIT = 200
@@ -33,30 +33,22 @@ class Lineage:
     chord_members: list[str]
 
 
-class HistoryReads:
+class HistoryReads(SchemaReads):
     """The dashboard's queries over one schema's history, on a shared pool."""
 
     def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
-        self.pool = pool
-        s = quote_ident(schema)
-        self._history = f"{s}.{names.HISTORY_TABLE}"
-        self._summary = f"{s}.{names.TASK_SUMMARY_TABLE}"
+        super().__init__(pool, schema)
+        self._history = self.table(names.HISTORY_TABLE)
+        self._summary = self.table(names.TASK_SUMMARY_TABLE)
 
     async def names(self, limit: int = 200) -> list[str]:
         """Task names in the summary (skipping through the name index), for a filter."""
         rows = await self.pool.fetch(
             f"""
-            WITH RECURSIVE n(name) AS (
-                (SELECT task_name FROM {self._summary} WHERE task_name IS NOT NULL
-                 ORDER BY task_name LIMIT 1)
-                UNION ALL
-                SELECT (SELECT s.task_name FROM {self._summary} s WHERE s.task_name > n.name
-                        ORDER BY s.task_name LIMIT 1)
-                FROM n WHERE n.name IS NOT NULL
-            )
-            SELECT name FROM n WHERE name IS NOT NULL LIMIT $1
+            WITH RECURSIVE {distinct_values("n", self._summary, "task_name")}
+            SELECT value FROM n WHERE value IS NOT NULL LIMIT $1
             """, limit)
-        return [from_pg_text(r["name"]) for r in rows]
+        return [from_pg_text(r["value"]) for r in rows]
 
     async def lineage(self, task_id: str, parent_id: str | None, root_id: str | None,
                       group_id: str | None, chord_id: str | None) -> Lineage:

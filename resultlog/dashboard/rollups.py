@@ -23,10 +23,10 @@ import asyncpg  # type: ignore[import-untyped]
 
 from resultlog import names
 from resultlog.dashboard.histogram import percentiles
+from resultlog.dashboard.reads import SchemaReads
 from resultlog.errors import ValidationError
 from resultlog.schemas.taskrows import from_pg_text, to_pg_text
 from resultlog.views.analytics import NameStats
-from resultlog.views.migrations import quote_ident
 
 MINUTE: Final = timedelta(minutes=1)
 HOUR: Final = timedelta(hours=1)
@@ -80,14 +80,13 @@ def _stats(name: str, start: datetime, end: datetime, counts: Any,
         runtime_p50=p50, runtime_p95=p95, runtime_p99=p99)
 
 
-class RollupReads:
+class RollupReads(SchemaReads):
     """The overview's queries over one schema's rollups, on a shared pool."""
 
     def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
-        self.pool = pool
-        s = quote_ident(schema)
-        self._minutes = f"{s}.{names.TASK_MINUTES_TABLE}"
-        self._runtimes = f"{s}.{names.TASK_RUNTIMES_TABLE}"
+        super().__init__(pool, schema)
+        self._minutes = self.table(names.TASK_MINUTES_TABLE)
+        self._runtimes = self.table(names.TASK_RUNTIMES_TABLE)
         self._sums = ", ".join(f"sum({c})::bigint AS {c}" for c in STATE_COLUMNS.values())
 
     async def state_series(self, since: datetime, until: datetime,

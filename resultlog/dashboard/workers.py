@@ -19,8 +19,8 @@ from datetime import datetime, timedelta
 import asyncpg  # type: ignore[import-untyped]
 
 from resultlog import names
+from resultlog.dashboard.reads import SchemaReads, distinct_values
 from resultlog.schemas.taskrows import from_pg_text
-from resultlog.views.migrations import quote_ident
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +66,11 @@ def status(beat_at: datetime, ttl_s: int, is_running: bool, now: datetime) -> st
     return "alive" if beat_at + timedelta(seconds=ttl_s) > now else "offline"
 
 
-class WorkerReads:
+class WorkerReads(SchemaReads):
     def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
-        self.pool = pool
-        s = quote_ident(schema)
-        self._summary = f"{s}.{names.TASK_SUMMARY_TABLE}"
-        self._beats = f"{s}.{names.WORKER_HEARTBEATS_TABLE}"
+        super().__init__(pool, schema)
+        self._summary = self.table(names.TASK_SUMMARY_TABLE)
+        self._beats = self.table(names.WORKER_HEARTBEATS_TABLE)
 
     async def workers(self, since: datetime, now: datetime) -> list[WorkerRow]:
         """Every worker, the alive first, then by when it was last seen."""
@@ -92,18 +91,12 @@ class WorkerReads:
     async def heartbeats(self, now: datetime) -> dict[str, Heartbeat]:
         rows = await self.pool.fetch(
             f"""
-            WITH RECURSIVE w(id) AS (
-                (SELECT worker_id FROM {self._beats} ORDER BY worker_id LIMIT 1)
-                UNION ALL
-                SELECT (SELECT b.worker_id FROM {self._beats} b WHERE b.worker_id > w.id
-                        ORDER BY b.worker_id LIMIT 1)
-                FROM w WHERE w.id IS NOT NULL
-            )
+            WITH RECURSIVE {distinct_values("w", self._beats, "worker_id")}
             SELECT l.* FROM w CROSS JOIN LATERAL (
-                SELECT * FROM {self._beats} b WHERE b.worker_id = w.id
+                SELECT * FROM {self._beats} b WHERE b.worker_id = w.value
                 ORDER BY b.beat_at DESC, b.event_id DESC LIMIT 1
             ) l
-            WHERE w.id IS NOT NULL
+            WHERE w.value IS NOT NULL
             """)
         return {
             r["worker_id"]: Heartbeat(  # written as is (views/workers.py)
@@ -120,23 +113,16 @@ class WorkerReads:
         worker index (one probe per worker)."""
         rows = await self.pool.fetch(
             f"""
-            WITH RECURSIVE w(worker) AS (
-                (SELECT worker FROM {self._summary} WHERE worker IS NOT NULL
-                 ORDER BY worker LIMIT 1)
-                UNION ALL
-                SELECT (SELECT s.worker FROM {self._summary} s WHERE s.worker > w.worker
-                        ORDER BY s.worker LIMIT 1)
-                FROM w WHERE w.worker IS NOT NULL
-            )
-            SELECT w.worker, c.tasks, c.failed,
+            WITH RECURSIVE {distinct_values("w", self._summary, "worker")}
+            SELECT w.value AS worker, c.tasks, c.failed,
                    (SELECT max(s.first_seen) FROM {self._summary} s
-                    WHERE s.worker = w.worker) AS last_task
+                    WHERE s.worker = w.value) AS last_task
             FROM w
             CROSS JOIN LATERAL (
                 SELECT count(*) AS tasks, count(*) FILTER (WHERE s.state = 'FAILURE') AS failed
-                FROM {self._summary} s WHERE s.worker = w.worker AND s.first_seen >= $1
+                FROM {self._summary} s WHERE s.worker = w.value AND s.first_seen >= $1
             ) c
-            WHERE w.worker IS NOT NULL
+            WHERE w.value IS NOT NULL
             """, since)
         return {from_pg_text(r["worker"]): (r["tasks"], r["failed"], r["last_task"])
                 for r in rows}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from resultlog.devstack.kafka_nodes import cluster_bootstrap
@@ -26,13 +27,6 @@ _SECURE_HELP = (
 )
 
 
-def _add_stack_options(parser: Any) -> None:
-    parser.add_argument(
-        "--brokers", type=int, choices=DEV_KAFKA_BROKER_COUNTS, metavar="N", help=_BROKERS_HELP
-    )
-    parser.add_argument("--secure", action="store_true", help=_SECURE_HELP)
-
-
 def register(subparsers: Any) -> None:
     dev = subparsers.add_parser(
         "dev",
@@ -44,33 +38,28 @@ def register(subparsers: Any) -> None:
     )
     actions = dev.add_subparsers(dest="dev_action", metavar="ACTION", required=True)
 
-    up = actions.add_parser(
-        "up", help="start what is not running (installing/fetching what is missing)"
-    )
-    up.add_argument("--only", metavar="SERVICES", help=_ONLY_HELP)
-    _add_stack_options(up)
-    up.set_defaults(func=_up)
+    def action(name: str, help: str, func: Callable[[argparse.Namespace], int], *,
+               only: bool = True) -> Any:
+        """An action with the options every ``dev`` action takes."""
+        parser = actions.add_parser(name, help=help)
+        if only:
+            parser.add_argument("--only", metavar="SERVICES", help=_ONLY_HELP)
+        parser.add_argument(
+            "--brokers", type=int, choices=DEV_KAFKA_BROKER_COUNTS, metavar="N", help=_BROKERS_HELP
+        )
+        parser.add_argument("--secure", action="store_true", help=_SECURE_HELP)
+        parser.set_defaults(func=func)
+        return parser
 
-    down = actions.add_parser("down", help="stop what `dev up` started")
-    down.add_argument("--only", metavar="SERVICES", help=_ONLY_HELP)
-    _add_stack_options(down)
+    action("up", "start what is not running (installing/fetching what is missing)", _up)
+    down = action("down", "stop what `dev up` started", _down)
     down.add_argument(
         "--purge", action="store_true", help="also delete the services' data and logs"
     )
-    down.set_defaults(func=_down)
-
-    status = actions.add_parser(
-        "status", help="show what runs; exit status 1 if a service is down"
-    )
-    status.add_argument("--only", metavar="SERVICES", help=_ONLY_HELP)
-    _add_stack_options(status)
-    status.set_defaults(func=_status)
-
-    logs = actions.add_parser("logs", help="show the end of the services' logs")
+    action("status", "show what runs; exit status 1 if a service is down", _status)
+    logs = action("logs", "show the end of the services' logs", _logs, only=False)
     logs.add_argument("service", nargs="?", choices=SERVICE_NAMES, help="one service")
     logs.add_argument("-n", "--lines", type=int, default=40, help="lines per log (default 40)")
-    _add_stack_options(logs)
-    logs.set_defaults(func=_logs)
 
 
 def _stack(only: str | None, brokers: int | None, secure: bool = False) -> DevStack:

@@ -10,7 +10,6 @@ is published on.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from resultlog.devstack.kafka import KAFKA_VERSION, KafkaService, broker_config
 from resultlog.devstack.kafka_nodes import random_cluster_id
 from resultlog.devstack.postgres import MAJOR as POSTGRES_MAJOR
 from resultlog.devstack.postgres import PostgresService
+from resultlog.devstack.process import free_port
 from resultlog.devstack.redis import RedisService
 from resultlog.devstack.service import Service
 from resultlog.errors import DevStackError
@@ -48,13 +48,6 @@ def docker_unavailable() -> str | None:
     finally:
         client.close()
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _kafka_env(port: int) -> dict[str, str]:
@@ -93,7 +86,7 @@ class ContainerStack:
         password = unquote(dsn.password or "resultlog")
         database = unquote(dsn.path.lstrip("/")) or user
 
-        kafka_port = _free_port()
+        kafka_port = free_port()
         kafka = DockerContainer(KAFKA_IMAGE).with_bind_ports(kafka_port, kafka_port)
         for key, value in _kafka_env(kafka_port).items():
             kafka = kafka.with_env(key, value)

@@ -129,21 +129,10 @@ def broker_config(
     }
 
 
-def broker_properties(
-    *,
-    port: int,
-    controller_port: int,
-    data_dir: Path,
-    node_id: int = 1,
-    voters: Mapping[int, int] | None = None,
-    overrides: Mapping[str, str] | None = None,
-) -> str:
-    """server.properties for :func:`broker_config`, with ``overrides`` (the secure
+def broker_properties(config: Mapping[str, str], overrides: Mapping[str, str] | None = None) -> str:
+    """server.properties for a :func:`broker_config`, with ``overrides`` (the secure
     listener of resultlog/devstack/secure.py) replacing or adding properties."""
-    props = broker_config(
-        port=port, controller_port=controller_port, data_dir=data_dir, node_id=node_id, voters=voters
-    )
-    props.update(overrides or {})
+    props = {**config, **(overrides or {})}
     head = "# Written by `resultlog dev up` on every start; edits are overwritten.\n"
     return head + "".join(f"{key}={value}\n" for key, value in props.items())
 
@@ -310,12 +299,10 @@ class KafkaService(Service):
         properties = self.home / "server.properties"
         properties.write_text(
             broker_properties(
-                port=broker,
-                controller_port=controller,
-                data_dir=self.data_dir.resolve(),
-                node_id=self.node_id,
-                voters=voters,
-                overrides=secure.kafka_listener_config(self.settings, broker, controller),
+                broker_config(port=broker, controller_port=controller,
+                              data_dir=self.data_dir.resolve(), node_id=self.node_id,
+                              voters=voters),
+                secure.kafka_listener_config(self.settings, broker, controller),
             )
         )
         properties.chmod(0o600)  # it may hold the SASL users' passwords

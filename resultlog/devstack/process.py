@@ -135,6 +135,14 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (the OS picks it): for a server about to start, or
+    a client that must find nobody there."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 def port_owner(port: int) -> str | None:
     """Best effort: which process listens on a TCP port, read from /proc."""
     inodes: set[str] = set()

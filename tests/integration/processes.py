@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -64,3 +66,11 @@ class ProcessorProcess:
             tail = self.output()[-20_000:]
             print(f"--- processor output (last 20,000 chars of {self.log}) ---\n{tail}")
         self.log.unlink(missing_ok=True)
+
+
+@contextmanager
+def live_processor(settings: Settings) -> Iterator[ProcessorProcess]:
+    """A processor for a whole test, which must still be running at its end."""
+    with ProcessorProcess(settings) as processor:
+        yield processor
+        assert processor.alive(), processor.output()[-5000:]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from resultlog.schemas.workers import WorkerHeartbeat
 from resultlog.views.workers import WorkersHistory
 from resultlog.settings import Settings
 from resultlog.views.history import HistoryStore
+from resultlog.devstack.process import free_port
 from tests.conftest import cleanup
 from tests.integration.browser import headless_chromium
 from tests.integration.processes import ProcessorProcess
@@ -56,13 +56,6 @@ class Stack:
     url: str
     processor: ProcessorProcess
     events: int  # in the history
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def fill(settings: Settings) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -23,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-
 
 from resultlog.devstack import DevStack
 from resultlog.devstack import process
+from resultlog.devstack.private import private_settings
 from resultlog.errors import DevStackError
 from resultlog.settings import Settings
 
@@ -32,15 +32,6 @@ pytestmark = pytest.mark.integration
 def _needs_local_stack(settings: Settings) -> None:
     if settings.test_services not in ("auto", "local"):
         pytest.skip(f"the session's services are not the local stack ({settings.test_services})")
-
-
-def _free_port(pair: bool = False) -> int:
-    """A port that is free (and, with ``pair``, so is the next one: Kafka's controller)."""
-    for _ in range(200):
-        port = random.randint(20000, 32000)
-        if not process.port_in_use(port) and not (pair and process.port_in_use(port + 1)):
-            return port
-    raise RuntimeError("no free port found")
 
 
 @pytest.fixture
@@ -53,13 +44,19 @@ def dev_dir() -> Iterator[Path]:
 
 
 def _separate(base: Settings, dev_dir: Path) -> Settings:
-    dsn = base.postgres_dsn.rpartition("@")[0] + f"@127.0.0.1:{_free_port()}/resultlog"
-    return base.replace(
-        dev_dir=str(dev_dir),
-        kafka_bootstrap_servers=f"127.0.0.1:{_free_port(pair=True)}",
-        redis_url=f"redis://127.0.0.1:{_free_port()}/0",
-        postgres_dsn=dsn,
-    )
+    """The settings of a one-node instance of our own, on free ports, in ``dev_dir``."""
+    return private_settings(base, dev_dir, brokers=1)
+
+
+def _cli_env(settings: Settings) -> dict[str, str]:
+    """The environment of a ``resultlog dev`` command run on ``settings``' stack."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}
+    return env | {
+        "RESULTLOG_DEV_DIR": settings.dev_dir,
+        "RESULTLOG_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "RESULTLOG_REDIS_URL": settings.redis_url,
+        "RESULTLOG_POSTGRES_DSN": settings.postgres_dsn,
+    }
 
 
 async def test_up_twice_leaves_the_running_stack_alone(base_settings: Settings) -> None:
@@ -170,13 +167,7 @@ async def test_down_never_signals_a_process_it_did_not_start(
 
 def test_the_command_line_reports_status_and_logs(base_settings: Settings) -> None:
     _needs_local_stack(base_settings)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}
-    env |= {
-        "RESULTLOG_DEV_DIR": base_settings.dev_dir,
-        "RESULTLOG_KAFKA_BOOTSTRAP_SERVERS": base_settings.kafka_bootstrap_servers,
-        "RESULTLOG_REDIS_URL": base_settings.redis_url,
-        "RESULTLOG_POSTGRES_DSN": base_settings.postgres_dsn,
-    }
+    env = _cli_env(base_settings)
     cli = [sys.executable, "-m", "resultlog", "dev"]
     status = subprocess.run([*cli, "status"], env=env, capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stdout + status.stderr
@@ -198,13 +189,7 @@ def test_the_command_line_reports_status_and_logs(base_settings: Settings) -> No
 def test_the_command_line_takes_a_kafka_node_count(base_settings: Settings, dev_dir: Path) -> None:
     _needs_local_stack(base_settings)
     settings = _separate(base_settings, dev_dir)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}
-    env |= {
-        "RESULTLOG_DEV_DIR": settings.dev_dir,
-        "RESULTLOG_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "RESULTLOG_REDIS_URL": settings.redis_url,
-        "RESULTLOG_POSTGRES_DSN": settings.postgres_dsn,
-    }
+    env = _cli_env(settings)
     cli = [sys.executable, "-m", "resultlog", "dev", "status", "--only", "kafka"]
     three = subprocess.run([*cli, "--brokers", "3"], env=env, capture_output=True, text=True, timeout=60)
     assert three.returncode == 1  # nothing runs

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import socket
 import sys
 import threading
 import time
@@ -34,6 +33,7 @@ from resultlog.schemas.codec import Codec
 from resultlog.schemas.event import TaskEvent
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
+from resultlog.devstack.process import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -273,14 +273,8 @@ def test_sync_bad_input_raises_at_the_call(settings: Settings) -> None:
         emitter.failure("t", ValueError("x" * 5000), wait=True)
 
 
-def _unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_broker_unavailable_is_fast_and_says_what_to_change(settings: Settings) -> None:
-    nowhere = settings.replace(kafka_bootstrap_servers=f"127.0.0.1:{_unused_port()}", kafka_timeout_s=1.0)
+    nowhere = settings.replace(kafka_bootstrap_servers=f"127.0.0.1:{free_port()}", kafka_timeout_s=1.0)
     emitter = Emitter(nowhere)
     with pytest.raises(BrokerUnavailable) as raised:
         await emitter.started("t")

@@ -55,13 +55,17 @@ async def test_a_lost_tail_of_commits_is_read_again_from_the_log(settings: Setti
                 return 0
 
         with ProcessorProcess(settings) as proc:
-            async with Emitter(settings) as em:
-                for i in range(200):
-                    await em.success(f"before-{i}", i)
+            async def emit_and_store(prefix: str, n: int, total: int) -> None:
+                """Emit ``n`` successes, then wait until the history holds ``total`` rows."""
+                async with Emitter(settings) as em:
+                    for i in range(n):
+                        await em.success(f"{prefix}-{i}", i)
 
-            async def all_before() -> bool:
-                return await rows() == 200
-            await eventually(all_before, f"200 rows\n{proc.output()[-3000:]}")
+                async def all_stored() -> bool:
+                    return await rows() == total
+                await eventually(all_stored, f"{total} rows\n{proc.output()[-3000:]}")
+
+            await emit_and_store("before", 200, 200)
 
             async with conn.transaction():
                 lost = await conn.fetchval(
@@ -83,13 +87,7 @@ async def test_a_lost_tail_of_commits_is_read_again_from_the_log(settings: Setti
                 local_ports(proc.proc.pid))
             assert broken > 0
 
-            async with Emitter(settings) as em:
-                for i in range(20):
-                    await em.success(f"after-{i}", i)
-
-            async def all_rows() -> bool:
-                return await rows() == 220
-            await eventually(all_rows, f"220 rows\n{proc.output()[-3000:]}")
+            await emit_and_store("after", 20, 220)
             assert "the history lost commits" in proc.output(), proc.output()[-3000:]
         distinct = await conn.fetchval(f"SELECT count(DISTINCT event_id) FROM {history}")
         assert distinct == 220

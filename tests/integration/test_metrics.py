@@ -15,16 +15,11 @@ from resultlog.producers import Emitter, declare_chord
 from resultlog.schemas.event import ExceptionInfo, TaskEvent
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
+from resultlog.devstack.process import free_port
 from tests.integration.processes import ProcessorProcess
 from tests.integration.test_pipeline import eventually, produce_raw
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Endpoint:

@@ -4,7 +4,6 @@ cannot go silently wrong."""
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -12,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from resultlog.producers import Emitter
 from resultlog.settings import Settings
 from resultlog.views import HistoryStore
+from resultlog.devstack.process import free_port
 from tests.integration.processes import ProcessorProcess
 from tests.integration.test_pipeline import eventually
 
@@ -61,12 +61,6 @@ async def test_kafka_offsets_are_committed_while_events_keep_coming(settings: Se
             await producing
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_a_store_that_does_not_answer_at_assignment_stops_the_processor(
         settings: Settings) -> None:
     """Positioning partitions needs the stores; one that does not answer is retried
@@ -76,7 +70,7 @@ async def test_a_store_that_does_not_answer_at_assignment_stops_the_processor(
     happened."""
     async with Emitter(settings) as em:
         await em.success("before", 1)
-    bad = settings.replace(redis_url=f"redis://127.0.0.1:{_closed_port()}/0", assign_timeout_s=3.0)
+    bad = settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0", assign_timeout_s=3.0)
     proc = ProcessorProcess(bad).start()
     try:
         assert proc.proc is not None

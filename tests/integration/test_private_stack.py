@@ -7,8 +7,6 @@ shared stack is only looked at, to prove that nothing here touched it.
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import asyncpg  # type: ignore[import-untyped]
@@ -23,22 +21,14 @@ from resultlog.devstack import process
 from resultlog.producers.topics import ensure_topics
 from resultlog.settings import Settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# Killed brokers make aiokafka log at ERROR.
+pytestmark = [pytest.mark.integration, pytest.mark.slow,
+              pytest.mark.usefixtures("quiet_aiokafka")]
 
 
 def _needs_local_stack(settings: Settings) -> None:
     if settings.test_services not in ("auto", "local"):
         pytest.skip(f"private stacks are built like the local stack ({settings.test_services})")
-
-
-@pytest.fixture(autouse=True)
-def quiet_aiokafka() -> Iterator[None]:
-    # Killed brokers make aiokafka log every refused connection at ERROR.
-    logger = logging.getLogger("aiokafka")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)
 
 
 @dataclass

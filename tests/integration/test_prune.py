@@ -23,6 +23,7 @@ from resultlog.views.migrations import quote_ident
 from resultlog.views.partitions import DAY_MS, civil_from_days, day_of, partition_name
 from resultlog.views.prune import Removed, day_of_partition, days_from_civil, prune
 from tests.integration.test_analytics import cli
+from tests.integration.test_history import partitions_of
 
 D = day_of(int(datetime(2024, 3, 10, tzinfo=timezone.utc).timestamp() * 1000))
 HOUR_MS = 3_600_000
@@ -61,14 +62,6 @@ async def event_ids(store: HistoryStore) -> set[str]:
     return {e.event_id async for e in store.all_events()}
 
 
-async def partitions(store: HistoryStore) -> set[str]:
-    rows = await store.pool.fetch(
-        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-        " WHERE i.inhparent = $1::regclass",
-        f"{quote_ident(store.settings.postgres_schema)}.task_events")
-    return {r["relname"] for r in rows}
-
-
 async def tables(store: HistoryStore) -> set[str]:
     rows = await store.pool.fetch(
         "SELECT relname FROM pg_class WHERE relnamespace = $1::regnamespace AND relkind = 'r'",
@@ -81,7 +74,7 @@ EXPECTED = [Removed(p(D - 3), 3, True), Removed(p(D - 2), 2, True), Removed(p(D 
 
 async def test_a_dry_run_reports_and_changes_nothing(store: HistoryStore) -> None:
     await load(store)
-    before = (await event_ids(store), await partitions(store))
+    before = (await event_ids(store), await partitions_of(store))
     lines: list[str] = []
     report = await prune(store.settings, CUTOFF, dry_run=True, log=lines.append)
     assert report.removed == EXPECTED and report.rows == 7 and report.dry_run
@@ -89,12 +82,12 @@ async def test_a_dry_run_reports_and_changes_nothing(store: HistoryStore) -> Non
                      f"would delete 2 rows from {p(D - 1)} (older than the cutoff)",
                      "would forget 7 tasks in task_summary",
                      "would drop 6 rollup rows of the hours before the cutoff's"]
-    assert (await event_ids(store), await partitions(store)) == before
+    assert (await event_ids(store), await partitions_of(store)) == before
 
 
 async def test_prune_removes_exactly_what_is_older_than_the_cutoff(store: HistoryStore) -> None:
     kept = await load(store)
-    before = await partitions(store)
+    before = await partitions_of(store)
     lines: list[str] = []
     report = await prune(store.settings, CUTOFF, log=lines.append)
     assert report.removed == EXPECTED and (report.rows, report.partitions_dropped) == (7, 2)
@@ -120,7 +113,7 @@ async def test_prune_removes_exactly_what_is_older_than_the_cutoff(store: Histor
     assert sorted(r["task_id"] for r in summary) == sorted(
         f"t{i}" for i, (_, keep) in enumerate(ROWS) if keep)
     # Whole days dropped as tables; the partitions made ahead of today untouched.
-    assert await partitions(store) == before - {p(D - 3), p(D - 2)}
+    assert await partitions_of(store) == before - {p(D - 3), p(D - 2)}
     assert not {p(D - 3), p(D - 2)} & await tables(store)
     again = await prune(store.settings, CUTOFF)
     assert again.removed == [Removed(p(D - 1), 0, False)] and again.rows == 0
@@ -147,7 +140,7 @@ async def test_a_writer_that_cached_a_pruned_partition_recreates_it(store: Histo
     late = TaskEvent.create("late", "SUCCESS", timestamp=(D - 2) * DAY_MS + 7, result=1)
     # This store created p(D - 2) and still believes in it.
     assert await store.write_batch(stored([late]), {}, consumer_group="g") == 1
-    assert p(D - 2) in await partitions(store)
+    assert p(D - 2) in await partitions_of(store)
     assert late.event_id in await event_ids(store)
 
 
@@ -189,7 +182,7 @@ async def test_a_pending_detach_it_did_not_start_stops_it(store: HistoryStore) -
     await _interrupted_detach(store, p(D - 3), marked=False)
     with pytest.raises(ResultlogError, match=f"{p(D - 3)}.*FINALIZE"):
         await prune(store.settings, CUTOFF)
-    assert p(D - 2) in await partitions(store)  # nothing was done
+    assert p(D - 2) in await partitions_of(store)  # nothing was done
 
 
 async def test_detached_tables_go_only_when_prune_marked_them(store: HistoryStore) -> None:
@@ -231,7 +224,7 @@ def test_partition_names_map_back_to_their_days() -> None:
 
 async def test_cli_prune(store: HistoryStore) -> None:
     await load(store)
-    before = await partitions(store)
+    before = await partitions_of(store)
     code, out, err = await cli(store.settings, "prune", "--older-than", "30d", "--dry-run")
     assert code == 0, err
     lines = out.splitlines()
@@ -240,11 +233,11 @@ async def test_cli_prune(store: HistoryStore) -> None:
         "would forget 12 tasks in task_summary",
         "would drop 9 rollup rows of the hours before the cutoff's",
         "would remove 12 rows: 4 partition(s) dropped, 0 trimmed"]
-    assert await partitions(store) == before
+    assert await partitions_of(store) == before
     code, out, err = await cli(store.settings, "prune", "--older-than", "30d")
     assert code == 0, err
     assert out.splitlines()[-1] == "removed 12 rows: 4 partition(s) dropped, 0 trimmed"
-    assert await partitions(store) == before - {p(D - 3), p(D - 2), p(D - 1), p(D)}
+    assert await partitions_of(store) == before - {p(D - 3), p(D - 2), p(D - 1), p(D)}
     assert await store.count() == 0
 
 

@@ -62,18 +62,22 @@ async def workload(settings: Settings, n: int = 60, base_ms: int = BASE_MS, tag:
     return len(events)
 
 
+async def history_holds(settings: Settings, events: int) -> bool:
+    """Whether the history holds exactly ``events`` events (not while it does not exist)."""
+    async with HistoryStore(settings) as store:
+        try:
+            return await store.count() == events
+        except Exception:
+            return False
+
+
 async def fill_through_processor(settings: Settings, events: int,
                                  also: Callable[[], Awaitable[None]] | None = None) -> None:
     """Run a processor until both stores hold ``events`` events (and ``also`` returned:
     for what the processor does after the stores, such as chord views)."""
     with ProcessorProcess(settings) as proc:
-        async def done() -> bool:
-            async with HistoryStore(settings) as store:
-                try:
-                    return await store.count() == events
-                except Exception:
-                    return False
-        await eventually(done, f"{events} events in the history\n{proc.output()[-2000:]}")
+        await eventually(lambda: history_holds(settings, events),
+                         f"{events} events in the history\n{proc.output()[-2000:]}")
         view = RedisView(settings)
         try:
             async def redis_done() -> bool:
@@ -218,13 +222,8 @@ async def test_replay_from_a_timestamp_rebuilds_only_what_follows(settings: Sett
 async def test_replay_refuses_while_a_processor_is_live_unless_forced(settings: Settings) -> None:
     n = await workload(settings, n=4)
     with ProcessorProcess(settings) as proc:
-        async def joined() -> bool:
-            async with HistoryStore(settings) as store:
-                try:
-                    return await store.count() == n
-                except Exception:
-                    return False
-        await eventually(joined, f"the processor folded\n{proc.output()[-1500:]}")
+        await eventually(lambda: history_holds(settings, n),
+                         f"the processor folded\n{proc.output()[-1500:]}")
         with pytest.raises(ReplayRefused, match="live processor"):
             await replay(settings, progress=False)
         forced = await replay(settings, force=True, progress=False)

@@ -22,8 +22,11 @@ from resultlog.views.analytics import Analytics
 from resultlog.views.history import HistoryStore, stored
 from resultlog.views.migrations import quote_ident
 from resultlog.views.prune import prune
+from tests.integration.test_task_summary import write_shuffled
 
 HOUR_MS = 3_600_000
+# The batch sizes these tests write with (the summary's tests use their own).
+_SIZES = (1, 9, 80, 300)
 
 
 def workload(seed: int, t0: int, tasks: int = 240, span_ms: int = 2 * HOUR_MS) -> list[TaskEvent]:
@@ -89,20 +92,6 @@ async def counts_match_history(pool: asyncpg.Pool, schema: str) -> None:
     assert {k: v for k, v in dict(sums).items() if v} == by_state
 
 
-async def write_shuffled(store: HistoryStore, events: list[TaskEvent], seed: int) -> None:
-    rng = random.Random(seed)
-    rows = stored(events)
-    rng.shuffle(rows)
-    i = 0
-    while i < len(rows):
-        n = rng.choice([1, 9, 80, 300])  # both the one-statement and the COPY paths
-        batch = rows[i:i + n]
-        await store.write_batch(batch, {}, consumer_group="g")
-        if rng.random() < 0.3:  # a redelivery: nothing new, nothing counted twice
-            await store.write_batch(batch, {}, consumer_group="g")
-        i += n
-
-
 async def test_rollups_count_the_history_whatever_the_batches(
         settings: Settings, pg_pool: asyncpg.Pool) -> None:
     schema = settings.postgres_schema
@@ -113,7 +102,7 @@ async def test_rollups_count_the_history_whatever_the_batches(
         # it is folded: then the trigger agrees with a rebuild exactly.
         received = [e for e in events if e.state == "RECEIVED"]
         await store.write_batch(stored(received), {}, consumer_group="g")
-        await write_shuffled(store, [e for e in events if e.state != "RECEIVED"], seed=2)
+        await write_shuffled(store, [e for e in events if e.state != "RECEIVED"], seed=2, sizes=_SIZES)
         first = await rollups(pg_pool, schema)
         assert first == await rebuilt(pg_pool, schema)
         await counts_match_history(pg_pool, schema)
@@ -129,7 +118,7 @@ async def test_rollups_count_the_history_whatever_the_batches(
         await store.reset()
         assert await rollups(pg_pool, schema) == (set(), set())
         await store.write_batch(stored(received), {}, consumer_group="g")
-        await write_shuffled(store, [e for e in events if e.state != "RECEIVED"], seed=3)
+        await write_shuffled(store, [e for e in events if e.state != "RECEIVED"], seed=3, sizes=_SIZES)
         assert await rollups(pg_pool, schema) == first
 
 

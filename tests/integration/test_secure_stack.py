@@ -10,11 +10,10 @@ never printing the secret.
 from __future__ import annotations
 
 import asyncio
-import logging
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -30,17 +29,9 @@ from resultlog.settings import Settings
 from resultlog.views import HistoryStore, RedisView, ResultBackend
 from tests.integration.processes import ProcessorProcess
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture(autouse=True)
-def quiet_aiokafka() -> Iterator[None]:
-    # Refused logins make aiokafka log each failed bootstrap at ERROR.
-    logger = logging.getLogger("aiokafka")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)
+# Refused logins make aiokafka log at ERROR.
+pytestmark = [pytest.mark.integration, pytest.mark.slow,
+              pytest.mark.usefixtures("quiet_aiokafka")]
 
 
 @pytest.fixture(scope="module")

@@ -59,16 +59,19 @@ async def from_view(pool: asyncpg.Pool, schema: str) -> dict[str, tuple[Any, ...
     return {r["task_id"]: tuple(r) for r in rows}
 
 
-async def write_shuffled(store: HistoryStore, events: list[TaskEvent], seed: int) -> None:
+async def write_shuffled(store: HistoryStore, events: list[TaskEvent], seed: int,
+                         sizes: tuple[int, ...] = (1, 7, 60, 250)) -> None:
+    """Write ``events`` shuffled, in batches of random ``sizes`` (both the one-statement
+    and the COPY paths), some of them twice: a redelivery must change nothing."""
     rng = random.Random(seed)
     rows = stored(events)
     rng.shuffle(rows)
     i = 0
     while i < len(rows):
-        n = rng.choice([1, 7, 60, 250])  # both the one-statement and the COPY paths
+        n = rng.choice(sizes)
         batch = rows[i:i + n]
         await store.write_batch(batch, {}, consumer_group="g")
-        if rng.random() < 0.3:  # a redelivery: nothing new, nothing changes
+        if rng.random() < 0.3:
             await store.write_batch(batch, {}, consumer_group="g")
         i += n
 

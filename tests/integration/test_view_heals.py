@@ -53,6 +53,20 @@ async def view_whole(settings: Settings, client: redis.asyncio.Redis) -> bool:
     return await ViewCoverage(settings, client, settings.consumer_group).whole()
 
 
+async def rebuilt(settings: Settings, client: redis.asyncio.Redis, ids: list[str],
+                  proc: ProcessorProcess, what: str) -> None:
+    """Wait until every task of ``ids`` is visible (``what`` names that wait in a failure,
+    with the processor's output) and the view is whole again."""
+    await eventually(lambda: _all(settings, ids), f"{what}\n{proc.output()[-3000:]}")
+    await eventually(lambda: view_whole(settings, client), "the view whole again")
+
+
+async def assert_verified(settings: Settings) -> None:
+    """The view and the history agree with the log."""
+    report = await verify(settings)
+    assert report.ok, [d.render() for d in report.differences[:5]]
+
+
 async def test_a_view_flushed_while_the_processor_runs_is_rebuilt(
         settings: Settings, redis_client: redis.asyncio.Redis) -> None:
     ids = await emit_successes(settings, "a", 2000)
@@ -61,14 +75,11 @@ async def test_a_view_flushed_while_the_processor_runs_is_rebuilt(
         assert await drop_view(redis_client, settings) > 0
         assert await visible(settings, ids) == 0
         # No new event: the processor's check finds the positions gone by itself.
-        await eventually(lambda: _all(settings, ids),
-                         f"all visible again after the flush\n{proc.output()[-3000:]}")
-        await eventually(lambda: view_whole(settings, redis_client), "the view whole again")
+        await rebuilt(settings, redis_client, ids, proc, "all visible again after the flush")
         more = await emit_successes(settings, "b", 500)
         await eventually(lambda: _all(settings, more), "new events fold as before")
         assert "view rebuild done" in proc.output()
-    report = await verify(settings)
-    assert report.ok, [d.render() for d in report.differences[:5]]
+    await assert_verified(settings)
 
 
 async def test_a_view_lost_while_the_processor_was_down_is_rebuilt_at_start(
@@ -78,11 +89,8 @@ async def test_a_view_lost_while_the_processor_was_down_is_rebuilt_at_start(
         await eventually(lambda: _all(settings, ids), f"all visible\n{proc.output()[-3000:]}")
     await drop_view(redis_client, settings)
     with ProcessorProcess(settings) as proc:
-        await eventually(lambda: _all(settings, ids),
-                         f"all visible after the restart\n{proc.output()[-3000:]}")
-        await eventually(lambda: view_whole(settings, redis_client), "the view whole again")
-    report = await verify(settings)
-    assert report.ok, [d.render() for d in report.differences[:5]]
+        await rebuilt(settings, redis_client, ids, proc, "all visible after the restart")
+    await assert_verified(settings)
 
 
 async def test_a_view_that_went_back_to_an_older_copy_is_caught_up(
@@ -98,11 +106,8 @@ async def test_a_view_that_went_back_to_an_older_copy_is_caught_up(
         # The "older copy": every partition's position back at 0, no task.
         await redis_client.hset(okey, mapping={k: 0 for k in positions})
         later = await emit_successes(settings, "b", 800)
-        await eventually(lambda: _all(settings, first + later),
-                         f"older and newer all visible\n{proc.output()[-3000:]}")
-        await eventually(lambda: view_whole(settings, redis_client), "the view whole again")
-    report = await verify(settings)
-    assert report.ok, [d.render() for d in report.differences[:5]]
+        await rebuilt(settings, redis_client, first + later, proc, "older and newer all visible")
+    await assert_verified(settings)
 
 
 async def test_a_flush_under_load_loses_nothing(
@@ -122,10 +127,8 @@ async def test_a_flush_under_load_loses_nothing(
         await eventually(lambda: _some(settings, "s-", 1000), "the stream folding")
         await drop_view(redis_client, settings)
         ids = await producing
-        await eventually(lambda: _all(settings, ids), f"every task visible\n{proc.output()[-3000:]}")
-        await eventually(lambda: view_whole(settings, redis_client), "the view whole again")
-    report = await verify(settings)
-    assert report.ok, [d.render() for d in report.differences[:5]]
+        await rebuilt(settings, redis_client, ids, proc, "every task visible")
+    await assert_verified(settings)
 
 
 async def test_readers_fall_back_to_the_history_while_the_view_is_not_whole(
@@ -184,8 +187,7 @@ async def test_a_forgotten_task_stays_forgotten_when_the_view_is_rebuilt(
             assert await _state_in_view(settings, forgotten, State.FORGOTTEN)
             assert not await backend.AioAsyncResult(forgotten).exists()
             assert await backend.AioAsyncResult(kept).get(timeout=5) == 0
-    report = await verify(settings)
-    assert report.ok, [d.render() for d in report.differences[:5]]
+    await assert_verified(settings)
 
 
 async def _state_in_view(settings: Settings, task_id: str, state: State) -> bool:

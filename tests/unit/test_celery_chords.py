@@ -18,7 +18,7 @@ from resultlog.chords.records import ChordCompleted, completion_event_id
 from resultlog.schemas.codec import CELERY_CHORD, Codec
 from resultlog.schemas.event import ExceptionInfo
 from resultlog.schemas.states import State
-from tests.unit.test_chords import LoggedTable, recovered
+from tests.unit.test_chords import crash
 
 CHORD = "group-1"
 TS = 1_700_000_000_000
@@ -138,23 +138,12 @@ def test_a_crash_at_any_point_of_the_changelog_still_fires_the_body_once(
     # it may come anywhere after.
     records = [start] + messy(data.draw, records)
     want, _, _ = run(records)
-    table = LoggedTable()
-    fold, codec = ChordFold(table), Codec()
-    ends, marks = [], []
-    for rec in records:
-        step = fold.apply(CELERY_CHORD, rec.to_record())
-        if step is not None and step.completion is not None:
-            marks.append(len(table.log))
-            fold.completed(step.completion)
-        ends.append(len(table.log))
-    cut = data.draw(st.integers(0, len(table.log)), label="changelog kept")
-    committed = data.draw(st.integers(0, sum(1 for e in ends if e <= cut)), label="records committed")
-    fired_before = [want[0] for mark in marks if mark < cut]
-    again, _, after = run(records[committed:], recovered(table.log[:cut]))
+    kept, committed, published = crash(data, [(CELERY_CHORD, rec.to_record()) for rec in records])
+    fired_before = [want[0]] * published
+    again, _, after = run(records[committed:], kept)
     fired = fired_before + again
     assert fired and all(c == want[0] for c in fired)
     assert after[summary_key(CHORD)]["completed"] == want[0].state.value
-    del codec
 
 
 def test_applying_a_completed_chord_again_is_a_new_run_that_fires_again() -> None:

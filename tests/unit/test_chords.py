@@ -248,6 +248,30 @@ def recovered(log: list[tuple[str, Any]]) -> dict[str, Any]:
     return table
 
 
+def crash(data: st.DataObject, named: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any], int, int]:
+    """Fold ``named`` (record name, record) pairs on a table that logs its changelog,
+    marking each completion as the aggregator does after publishing it; then crash: draw
+    how much of the changelog was kept and how many records had been committed (every
+    one of them has all its writes in the kept prefix).
+
+    Returns the table recovered from the kept changelog, the number of records
+    committed, and how many completions were published before the crash (their mark was
+    kept)."""
+    table = LoggedTable()
+    fold = ChordFold(table)
+    ends: list[int] = []  # changelog length after each record
+    marks: list[int] = []  # changelog position of each completion's mark
+    for name, record in named:
+        step = fold.apply(name, record)
+        if step is not None and step.completion is not None:
+            marks.append(len(table.log))
+            fold.completed(step.completion)
+        ends.append(len(table.log))
+    cut = data.draw(st.integers(0, len(table.log)), label="changelog kept")
+    committed = data.draw(st.integers(0, sum(1 for e in ends if e <= cut)), label="records committed")
+    return recovered(table.log[:cut]), committed, sum(1 for mark in marks if mark < cut)
+
+
 @hsettings(max_examples=300)
 @given(success_chords() | failing_chords(), st.data())
 def test_a_crash_at_any_point_of_the_changelog_still_completes_the_chord_once(
@@ -261,21 +285,11 @@ def test_a_crash_at_any_point_of_the_changelog_still_completes_the_chord_once(
     """
     ordered, records = chord
     want, _ = run(ordered)
-    table = LoggedTable()
-    fold = ChordFold(table)
-    ends: list[int] = []  # changelog length after each record
-    marks: list[int] = []  # changelog position of each completion's mark
-    for rec in records:
-        step = (fold.apply(CHORD_DECLARED, rec.to_record()) if isinstance(rec, ChordDeclared)
-                else fold.apply(TASK_EVENT, event_to_record(rec)))
-        if step is not None and step.completion is not None:
-            marks.append(len(table.log))
-            fold.completed(step.completion)
-        ends.append(len(table.log))
-    cut = data.draw(st.integers(0, len(table.log)), label="changelog kept")
-    committed = data.draw(st.integers(0, sum(1 for e in ends if e <= cut)), label="records committed")
-    emitted_before = [want[0] for mark in marks if mark < cut]  # published before the mark
-    again, after = run(records[committed:], recovered(table.log[:cut]))
+    kept, committed, published = crash(data, [
+        (CHORD_DECLARED, rec.to_record()) if isinstance(rec, ChordDeclared)
+        else (TASK_EVENT, event_to_record(rec)) for rec in records])
+    emitted_before = [want[0]] * published
+    again, after = run(records[committed:], kept)
     assert emitted_before + again and all(c == want[0] for c in emitted_before + again)
     assert after[summary_key(CHORD)]["completed"] == want[0].state.value
 
