@@ -17,7 +17,7 @@ seen too.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict, Unpack
 
 from resultlog.chords.records import ChordDeclared
 
@@ -41,42 +41,30 @@ class ChordRecord(Protocol):
     def to_record(self) -> dict[str, Any]: ...
 
 
-async def declare_chord(
-    emitter: Emitter,
-    chord_id: str,
-    size: int,
-    *,
-    callback: str | None = None,
-    callback_kwargs: Mapping[str, Any] | None = None,
-    wait_all: bool = False,
-    wait: bool = False,
-) -> ChordDeclared:
-    """Declare chord ``chord_id`` of ``size`` members; returns the declaration sent.
+class ChordOptions(TypedDict, total=False):
+    """What a declaration says besides the chord's id and size."""
 
-    ``callback`` names the task to run with the results (resultlog only records it:
-    see docs/chords.md for running it); ``wait_all=False`` fails the chord at the first
-    failed member, ``True`` only after every member finished (as Celery does).
-    ``wait=True`` returns only once Kafka acknowledged the declaration.
-    """
-    decl = ChordDeclared.create(chord_id, size, callback=callback,
-                                callback_kwargs=callback_kwargs, wait_all=wait_all)
+    #: The task to run with the results (resultlog only records it: docs/chords.md).
+    callback: str | None
+    callback_kwargs: Mapping[str, Any] | None
+    #: False (the default): the chord fails at its first failed member; True: only
+    #: after every member finished (as Celery does).
+    wait_all: bool
+
+
+async def declare_chord(emitter: Emitter, chord_id: str, size: int, *, wait: bool = False,
+                        **options: Unpack[ChordOptions]) -> ChordDeclared:
+    """Declare chord ``chord_id`` of ``size`` members (:class:`ChordOptions`); returns
+    the declaration sent. ``wait=True`` returns only once Kafka acknowledged it."""
+    decl = ChordDeclared.create(chord_id, size, **options)
     await emitter.emit_record(decl.SCHEMA, decl.chord_id, decl.to_record(), decl.timestamp, wait=wait)
     return decl
 
 
-def declare_chord_sync(
-    emitter: SyncEmitter,
-    chord_id: str,
-    size: int,
-    *,
-    callback: str | None = None,
-    callback_kwargs: Mapping[str, Any] | None = None,
-    wait_all: bool = False,
-    wait: bool = False,
-) -> ChordDeclared:
+def declare_chord_sync(emitter: SyncEmitter, chord_id: str, size: int, *, wait: bool = False,
+                       **options: Unpack[ChordOptions]) -> ChordDeclared:
     """:func:`declare_chord` for a :class:`SyncEmitter` (any thread, blocking)."""
-    decl = ChordDeclared.create(chord_id, size, callback=callback,
-                                callback_kwargs=callback_kwargs, wait_all=wait_all)
+    decl = ChordDeclared.create(chord_id, size, **options)
     send_chord_record_sync(emitter, decl, wait=wait)
     return decl
 
