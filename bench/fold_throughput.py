@@ -1,12 +1,13 @@
-"""Sustained fold throughput of ONE processor process into both views.
+"""Sustained fold throughput of one processor process (or a few) into both views.
 
 Pre-loads N events (default 300,000: 100,000 tasks x STARTED/SUCCESS/+1 RECEIVED)
-into a fresh topic, starts `resultlog process`, and measures how fast the history
+into a fresh topic, starts `resultlog process` (``--processors 2``: two of them in one
+consumer group, sharing the partitions), and measures how fast the history
 table and the Redis view fill, excluding the processor's start-up (the clock starts
 at the first written row). Prints events/s, and the processor's own CPU time per event
 (the figure to compare on a shared machine: the rate moves with the load).
 
-    .venv/bin/python bench/fold_throughput.py [--events 300000]
+    .venv/bin/python -m bench.fold_throughput [--events 300000] [--processors 1]
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ def cpu_seconds(pid: int) -> float:
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=300_000)
+    ap.add_argument("--processors", type=int, default=1, help="processes in the consumer group")
     args = ap.parse_args()
+    if args.processors < 1:
+        raise SystemExit("--processors must be at least 1")
     n = args.events - args.events % 3
     settings = isolated("fold", result_ttl_s=0)
     print(f"pre-loading {n:,} events into {settings.events_topic} ...", flush=True)
@@ -67,8 +71,9 @@ async def main() -> None:
     await preload(settings, n)
     print(f"  pre-loaded in {time.monotonic() - t0:.1f}s", flush=True)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}, **settings.to_env()}
-    proc = subprocess.Popen([sys.executable, "-m", "resultlog", "process", "--loglevel", "warning"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [subprocess.Popen([sys.executable, "-m", "resultlog", "process", "--loglevel", "warning"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for _ in range(args.processors)]
     conn = None
     try:
         while conn is None:
@@ -91,9 +96,9 @@ async def main() -> None:
             count = await conn.fetchval(progress_sql, settings.consumer_group)
             if count and first_at is None:
                 first_at, first_count = time.monotonic(), count
-                first_cpu = cpu_seconds(proc.pid)
-            if proc.poll() is not None:
-                raise SystemExit("the processor died")
+                first_cpu = sum(cpu_seconds(p.pid) for p in procs)
+            if any(p.poll() is not None for p in procs):
+                raise SystemExit("a processor died")
             await asyncio.sleep(0.05)
         history_done = time.monotonic()
         total = await conn.fetchval(f'SELECT count(*) FROM "{settings.postgres_schema}".task_events')
@@ -105,17 +110,19 @@ async def main() -> None:
                     break
                 await asyncio.sleep(0.01)
         done = time.monotonic()
-        cpu = cpu_seconds(proc.pid) - first_cpu
+        cpu = sum(cpu_seconds(p.pid) for p in procs) - first_cpu
         assert first_at is not None
         rate = (n - first_count) / (done - first_at)
-        print(f"fold throughput (history + Redis, 1 processor): {rate:,.0f} events/s "
+        print(f"fold throughput (history + Redis, {len(procs)} processor(s)): {rate:,.0f} events/s "
               f"({n:,} events; history complete after {history_done - first_at:.2f}s, "
               f"Redis after {done - first_at:.2f}s)")
-        print(f"processor CPU: {cpu * 1e6 / (n - first_count):.1f} us per event "
+        print(f"processor CPU (all processes): {cpu * 1e6 / (n - first_count):.1f} us per event "
               f"({cpu:.2f}s user+system for {n - first_count:,} events)")
     finally:
-        proc.terminate()
-        proc.wait()
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
         if conn is not None:
             await conn.close()
         await cleanup(settings)

@@ -52,6 +52,10 @@ def run(settings: Settings, *, loglevel: str = "info", celery_app: str | None = 
     processor = Processor(settings, firer=None if app is None else BodyFirer(settings, app))
     logging.getLogger("resultlog").setLevel(loglevel.upper())
     worker = faust.Worker(processor.app, loglevel=loglevel, loop=loop, quiet=True)
+    # At --loglevel warning or error, faust's start-up spinner sets the root logger to
+    # DEBUG (to spin on every record) and leaves it there: every debug call of aiokafka
+    # then builds a record that no handler prints, a cost on each fetch and batch.
+    worker.spinner = None
     worker.execute_from_commandline()
 
 

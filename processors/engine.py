@@ -218,27 +218,48 @@ class BatchFoldEngine:
 
     # -- writing ----------------------------------------------------------------------
 
-    async def _write(self, prepared: Prepared) -> SinkStats:
-        """Write a batch, retrying while a store or the broker is unavailable: writes
-        are idempotent, and the batch must land before any later one does. A view that
-        lost what it held is claimed and rebuilt, and the batch written again."""
+    async def _write_history(self, prepared: Prepared) -> SinkStats:
+        """Write a batch's history (the first stage), retrying while a store or the
+        broker is unavailable: writes are idempotent, and the batch must land before any
+        later one does. :class:`HistoryRewound` is not retried: the fold loop rewinds."""
         delay = 0.1
         while True:
             if self._failure is not None:
                 raise self._failure
             try:
-                stats = await self.sink.write(prepared)
+                stats = await self.sink.store_history(prepared)
+                for (_, p), o in prepared.offsets.items():
+                    if o > self._held.get(p, -1):
+                        self._held[p] = o
+                return stats
+            except ResultlogError as exc:
+                if not exc.retriable:
+                    raise
+                log.warning("writing a batch's history failed (%s); retrying in %.1fs", exc, delay)
+            if self.metrics is not None:
+                self.metrics.write_retried("fold")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _write_view(self, prepared: Prepared, stats: SinkStats) -> None:
+        """Write a batch into the Redis view (the second stage, after its history),
+        retrying while Redis is unavailable. A view that lost what it held is claimed
+        and rebuilt, and the batch written again."""
+        delay = 0.1
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            try:
+                await self.sink.store_view(prepared, stats)
                 for (_, p), o in prepared.offsets.items():
                     if o > self._written.get(p, -1):
                         self._written[p] = o
-                    if o > self._held.get(p, -1):
-                        self._held[p] = o
                     if p in self._next and o > self._stored.get(p, -1):
                         self._stored[p] = o
                 if self.metrics is not None:
                     self.metrics.batch_written(prepared.rows, stats.history_s, stats.redis_s,
                                                stats.dead_letters)
-                return stats
+                return
             except ViewLost as exc:
                 assert prepared.starts is not None
                 log.warning("%s; claiming and rebuilding it", exc)
@@ -254,7 +275,7 @@ class BatchFoldEngine:
             except ResultlogError as exc:
                 if not exc.retriable:
                     raise
-                log.warning("writing a batch failed (%s); retrying in %.1fs", exc, delay)
+                log.warning("writing a batch into the view failed (%s); retrying in %.1fs", exc, delay)
             if self.metrics is not None:
                 self.metrics.write_retried("fold")
             await asyncio.sleep(delay)
@@ -392,24 +413,52 @@ class BatchFoldEngine:
         await started(consumer, s)
         self._log_ends = LogEnds(consumer, s.events_topic, lambda: list(self._stored), s.kafka_timeout_s)
         self._log_ends.start()
-        writer = PipelinedWriter(self._write, self._account)
+        writer = PipelinedWriter(self._write_history, self._account, second=self._write_view)
         loop = asyncio.get_running_loop()
         last_commit = last_check = loop.time()
+        # Fetching never waits for a write: records fetched while the history is busy
+        # are gathered into the next batch (up to BATCH_MAX), so aiokafka's buffer is
+        # drained at once and its next fetch is already parked at the broker when an
+        # event arrives (it sends none while fetched records wait to be taken).
+        fetch: asyncio.Task[dict[TopicPartition, list[Any]]] | None = None
+        records: list[Any] = []
+        starts: dict[tuple[str, int], int] = {}
         try:
             while True:
-                fetched = await consumer.getmany(timeout_ms=100, max_records=BATCH_MAX)
-                if self._failure is not None:
-                    raise self._failure
-                # Before preparing: a rebalance during prepare's yields re-positions.
-                records, starts = self._positioned(fetched)
+                if fetch is None and len(records) < BATCH_MAX:
+                    fetch = asyncio.ensure_future(
+                        consumer.getmany(timeout_ms=100, max_records=BATCH_MAX - len(records)))
+                waits: list[asyncio.Future[Any]] = [] if fetch is None else [fetch]
+                await asyncio.wait([*waits, *writer.in_flight()] if records else waits,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if fetch is not None and fetch.done():
+                    fetched, fetch = fetch.result(), None
+                    if self._failure is not None:
+                        raise self._failure
+                    # Before preparing: a rebalance during prepare's yields re-positions.
+                    more, more_starts = self._positioned(fetched)
+                    records += more
+                    for tp, start in more_starts.items():
+                        starts.setdefault(tp, start)
                 try:
-                    if records:
-                        prepared = await self.sink.prepare_yielding(records)
-                        await writer.submit(dataclasses.replace(prepared, starts=starts))
-                    else:
-                        await writer.wait()
+                    writer.check()
+                    if records and writer.ready:
+                        batch, batch_starts, records, starts = records, starts, [], {}
+                        prepared = await self.sink.prepare_yielding(batch)
+                        writer.start(dataclasses.replace(prepared, starts=batch_starts))
                 except HistoryRewound as exc:
                     log.warning("%s", exc)
+                    # Drop every batch in hand (the ones in flight end first) and any
+                    # fetch under way: all of it is read again from where the history
+                    # is whole.
+                    records, starts = [], {}
+                    if fetch is not None:
+                        fetch.cancel()
+                        await asyncio.wait([fetch])
+                        fetch = None
+                    for error in await writer.drop():
+                        if not isinstance(error, HistoryRewound):
+                            raise error
                     await self._rewind(consumer, exc.positions)
                     continue
                 now = loop.time()
@@ -426,6 +475,9 @@ class BatchFoldEngine:
             self._stopped_on_error = True
             raise
         finally:
+            if fetch is not None:
+                fetch.cancel()
+                await asyncio.wait([fetch])
             await self._log_ends.close()
             try:
                 await writer.settle()

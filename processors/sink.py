@@ -257,6 +257,14 @@ class FoldSink:
         A batch with ``starts`` (the live fold) raises
         :class:`~resultlog.errors.ViewLost` after the history was written if the Redis
         view does not cover them (see ``views/coverage.py``)."""
+        stats = await self.store_history(batch)
+        await self.store_view(batch, stats)
+        return stats
+
+    async def store_history(self, batch: Prepared) -> SinkStats:
+        """Steps 1 and 2 of the module docstring: everything but the Redis view. A
+        pipelined caller (:class:`PipelinedWriter`) writes the next batch's history
+        while this one's view is written."""
         assert self.history is not None and self.dead_letters is not None, "FoldSink.start() first"
         stats = SinkStats(read=batch.read)
         bad, chord_traffic, offsets = batch.bad, batch.chord_traffic, batch.offsets
@@ -283,44 +291,110 @@ class FoldSink:
         else:
             await self.history.write_rows([], set(), offsets, consumer_group=self.consumer_group)
         stats.history_s = time.perf_counter() - began
+        return stats
+
+    async def store_view(self, batch: Prepared, stats: SinkStats) -> None:
+        """Step 3 of the module docstring, after :meth:`store_history` of the same batch
+        (``stats`` is what that returned; the view's counts are added to it)."""
         if self.write_redis and self.redis is not None:
             began = time.perf_counter()
             stats.redis_changed = await self.redis.apply_rows(
-                batch.view_tasks, batch.view_rows, offsets, consumer_group=self.consumer_group,
-                starts=batch.starts)
+                batch.view_tasks, batch.view_rows, batch.offsets,
+                consumer_group=self.consumer_group, starts=batch.starts)
             stats.redis_s = time.perf_counter() - began
-        return stats
-
 
 
 class PipelinedWriter:
-    """Keeps one batch being written while the caller prepares the next.
+    """Writes batches strictly in order, in one or two stages, while the caller
+    prepares the next batch.
 
-    Writes stay strictly in order, one at a time, so offsets only ever move forward;
-    what overlaps is this process decoding batch N+1 (``prepare_yielding`` gives the
-    loop turns) while the servers store batch N.
+    Each stage writes one batch at a time, in submission order, and batch N enters the
+    second stage only once its first stage is done and batch N-1 has left the second.
+    So each store's offsets only ever move forward, a batch reaches the second store
+    only after the first holds it, and what overlaps is this process decoding batch
+    N+2, the first stage writing N+1 and the second writing N. A failure of batch N
+    fails every later batch in flight with it (none passes a batch that failed).
     """
 
     def __init__(self, write: Callable[[Prepared], Awaitable[SinkStats]],
-                 on_done: Callable[[SinkStats], None]) -> None:
+                 on_done: Callable[[SinkStats], None],
+                 second: Callable[[Prepared, SinkStats], Awaitable[None]] | None = None) -> None:
         self._write = write
+        self._second = second
         self._on_done = on_done
-        self._task: asyncio.Task[SinkStats] | None = None
+        self._first: asyncio.Task[SinkStats] | None = None  # the batch in the first stage
+        self._batches: list[asyncio.Task[None]] = []  # every batch in flight, oldest first
 
     @property
     def idle(self) -> bool:
-        return self._task is None
+        return not self._batches
+
+    @property
+    def ready(self) -> bool:
+        """Whether a batch can start now (the first stage is free)."""
+        return self._first is None or self._first.done()
+
+    def in_flight(self) -> list[asyncio.Task[Any]]:
+        """What to wait on to see the writer move: the first stage and every batch."""
+        return ([] if self.ready or self._first is None else [self._first]) + self._batches
+
+    def start(self, batch: Prepared) -> None:
+        """Start writing ``batch`` (only when :attr:`ready`); raises the failure of a
+        batch that has ended since the last call."""
+        assert self.ready, "PipelinedWriter.start() while the first stage is busy"
+        self.check()
+        first = asyncio.ensure_future(self._write(batch))
+        previous = self._batches[-1] if self._batches else None
+        self._first = first
+        self._batches.append(asyncio.ensure_future(self._through(batch, first, previous)))
+
+    async def _through(self, batch: Prepared, first: asyncio.Task[SinkStats],
+                       previous: asyncio.Task[None] | None) -> None:
+        stats = await first
+        if previous is not None:
+            await previous  # its failure is this batch's too: the order must hold
+        if self._second is not None:
+            await self._second(batch, stats)
+        self._on_done(stats)
+
+    def check(self) -> None:
+        """Forget the batches that have ended, oldest first; raise the first failure."""
+        first = self._first
+        if first is not None and first.done() and not first.cancelled():
+            # Raised before any later batch starts: its first stage would move that
+            # store's offsets past the batch that failed.
+            error = first.exception()
+            if error is not None:
+                raise error
+        while self._batches and self._batches[0].done():
+            self._batches.pop(0).result()
 
     async def submit(self, batch: Prepared) -> None:
-        await self.wait()
-        self._task = asyncio.ensure_future(self._write(batch))
+        """Start ``batch`` once the first stage is free."""
+        if not self.ready:
+            assert self._first is not None
+            await asyncio.wait([self._first])
+        self.start(batch)
 
     async def wait(self) -> None:
-        if self._task is not None:
-            task, self._task = self._task, None
-            self._on_done(await task)
+        """Until every batch in flight is written; raises the first failure."""
+        while self._batches:
+            await asyncio.wait([self._batches[0]])
+            self.check()
+
+    async def drop(self) -> list[BaseException]:
+        """Let every batch in flight end, written or failed, and forget them: for a
+        caller that will read what they held again. Returns their failures."""
+        batches, self._batches, self._first = self._batches, [], None
+        ended = await asyncio.gather(*batches, return_exceptions=True)
+        return [e for e in ended if isinstance(e, BaseException)]
 
     async def settle(self) -> None:
-        """On the way out: let a write in flight land (its offsets are recorded with it)."""
-        if self._task is not None and not self._task.done():
-            await asyncio.shield(self._task)
+        """On the way out: let the writes in flight land (their offsets are recorded
+        with them); raises the first failure."""
+        if self._batches:
+            ended = await asyncio.shield(asyncio.gather(*self._batches, return_exceptions=True))
+            self._batches, self._first = [], None
+            for e in ended:
+                if isinstance(e, BaseException):
+                    raise e

@@ -104,6 +104,13 @@ def _event(r: Any) -> TaskEvent:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The live fold's pool releases a connection without asyncpg's reset query: a
+    round trip after every batch, on the path of every event, to clear session state
+    (settings, listeners, advisory locks, cursors) its writes never leave behind. Its
+    staging table is temporary and emptied at each commit."""
+
+
 def _check_offsets(offsets: Mapping[tuple[str, int], int]) -> None:
     for (topic, partition), offset in offsets.items():
         if not 0 <= partition < _INT32 or not 0 <= offset < _INT64:
@@ -206,7 +213,7 @@ class HistoryStore(PooledStore):
             self._pool = await create_pool(
                 self.settings, application_name=self.application_name,
                 server_settings=None if self.durable_commits else {"synchronous_commit": "off"},
-                init=self._opened)
+                init=self._opened, reset=None if self.durable_commits else _keep_session)
             self._own_pool = True
 
     async def _opened(self, conn: asyncpg.Connection) -> None:

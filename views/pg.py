@@ -57,9 +57,13 @@ def translate_errors(settings: Settings) -> Iterator[None]:
 async def create_pool(settings: Settings, *, application_name: str, max_size: int = 4,
                       server_settings: Mapping[str, str] | None = None,
                       init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+                      reset: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
                       ) -> asyncpg.Pool:
     """A pool on ``settings.postgres_dsn``; ``server_settings`` are set on each of its
-    connections, and ``init`` is awaited on each new one."""
+    connections, and ``init`` is awaited on each new one. ``reset`` replaces asyncpg's
+    reset of a released connection (one round trip to the server: ``RESET ALL``,
+    ``UNLISTEN *``, ...) for a pool whose users leave no session state behind; an open
+    transaction is rolled back either way."""
     with translate_errors(settings):
         pool: asyncpg.Pool = await asyncpg.create_pool(
             postgres_dsn(settings),
@@ -68,6 +72,7 @@ async def create_pool(settings: Settings, *, application_name: str, max_size: in
             timeout=CONNECT_TIMEOUT_S,
             server_settings={**(server_settings or {}), "application_name": application_name},
             init=init,
+            reset=reset,
         )
     return pool
 
