@@ -27,7 +27,7 @@ from resultlog.processors.deadletter import TopicWriter
 from resultlog.processors.engine import BatchFoldEngine
 from resultlog.processors.health import HealthServer
 from resultlog.processors.metrics import ProcessorMetrics
-from resultlog.processors.sink import FoldSink, SinkStats
+from resultlog.processors.sink import FoldSink
 from resultlog.connections import faust_broker_credentials
 from resultlog.settings import Settings
 
@@ -77,13 +77,12 @@ class Processor:
         self.sink = FoldSink(settings, consumer_group=settings.consumer_group,
                              durable_history=False,
                              chord_forwarder=TopicWriter(settings, settings.chords_topic))
-        self.stats = SinkStats()
         conf = faust_settings(settings, **faust_overrides)
         # faust makes only the last directory of datadir itself.
         Path(conf["datadir"]).mkdir(parents=True, exist_ok=True)
         self.app = faust.App(**conf)
         self.metrics = ProcessorMetrics(lambda: self.engine.status(), settings.ready_max_lag)
-        self.engine = BatchFoldEngine(settings, self.sink, self.stats, self.metrics)
+        self.engine = BatchFoldEngine(settings, self.sink, self.metrics)
         self.app.task(self._run_engine)
         if settings.metrics_port:
             self.app.task(self._serve_health)
