@@ -40,9 +40,9 @@ import redis.asyncio
 from resultlog.devstack.private import PrivateStack, private_stack
 from resultlog.errors import ResultlogError
 from resultlog.producers import Emitter
-from resultlog.producers.chords import declare_chord
+from resultlog.chords.declare import declare_chord
 from resultlog.producers.topics import ensure_topics
-from resultlog.schemas.chords import ChordCompleted
+from resultlog.chords.records import ChordCompleted
 from resultlog.schemas.event import TaskEvent
 from resultlog.schemas.states import State
 from resultlog.settings import Settings

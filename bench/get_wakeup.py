@@ -8,7 +8,7 @@ script that makes the task SUCCESS (as the processor would). The waiter stamps t
 when ``get()`` returns. Latency = return - stamp, i.e. it includes the script call.
 
 Flavours: ``async`` (AioAsyncResult), ``sync`` (AsyncResult: the caller's thread hands
-the wait to the backend's waiter thread, which shares one pub/sub connection), and, for
+the wait to the process's resultlog loop thread, which shares one pub/sub connection), and, for
 comparison, ``sync-per-call``: a plain redis-py subscription opened and closed by each
 ``get()`` (the design the sync flavour did not take: a connection per waiting thread,
 and its connect + SUBSCRIBE, which happen before the write, are not in its figure).

@@ -4,7 +4,7 @@ The fold is :class:`~resultlog.processors.engine.BatchFoldEngine` (an aiokafka b
 consumer in the group ``settings.consumer_group``, run as a task of this faust app:
 docs/processor.md says why not a faust agent); the app also hosts the chord aggregator
 (another such consumer, in the group ``<consumer_group>.chords``, with changelog-backed
-tables of its own: processors/chords.py says why not a faust table), the chord hooks'
+tables of its own: resultlog/chords/aggregator.py says why not a faust table), the chord hooks'
 faust agent (in the group ``<consumer_group>.faust``), the worker's lifecycle and its
 signal handling.
 
@@ -16,19 +16,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 
 from resultlog import names
-from resultlog.processors import chords
+from resultlog.chords.aggregator import ChordAggregator
 from resultlog.errors import ConfigurationError
+from resultlog.processors.deadletter import TopicWriter
 from resultlog.processors.engine import BatchFoldEngine
 from resultlog.processors.health import HealthServer
 from resultlog.processors.metrics import ProcessorMetrics
-from resultlog.processors.sink import FoldSink, SinkStats
+from resultlog.processors.sink import FoldSink
 from resultlog.connections import faust_broker_credentials
 from resultlog.settings import Settings
+
+if TYPE_CHECKING:
+    from resultlog.chords.fire import BodyFirer
 
 log = logging.getLogger("resultlog.processor")
 
@@ -63,23 +67,26 @@ def faust_settings(settings: Settings, **overrides: Any) -> dict[str, Any]:
 class Processor:
     """Builds the faust app around one :class:`FoldSink`; ``app`` is a plain faust app."""
 
-    def __init__(self, settings: Settings, **faust_overrides: Any) -> None:
+    def __init__(self, settings: Settings, *, firer: BodyFirer | None = None,
+                 **faust_overrides: Any) -> None:
+        """``firer``: fires Celery chords' bodies (``resultlog process --celery-app``)."""
         self.settings = settings
         # The engine re-reads what an asynchronous history commit lost in a PostgreSQL
-        # crash (processors/engine.py), so the fold does not wait for each fsync.
+        # crash (processors/engine.py), so the fold does not wait for each fsync. Chord
+        # declarations and members' outcomes go on to the chord aggregator's topic.
         self.sink = FoldSink(settings, consumer_group=settings.consumer_group,
-                             durable_history=False)
-        self.stats = SinkStats()
+                             durable_history=False,
+                             chord_forwarder=TopicWriter(settings, settings.chords_topic))
         conf = faust_settings(settings, **faust_overrides)
         # faust makes only the last directory of datadir itself.
         Path(conf["datadir"]).mkdir(parents=True, exist_ok=True)
         self.app = faust.App(**conf)
         self.metrics = ProcessorMetrics(lambda: self.engine.status(), settings.ready_max_lag)
-        self.engine = BatchFoldEngine(settings, self.sink, self.stats, self.metrics)
+        self.engine = BatchFoldEngine(settings, self.sink, self.metrics)
         self.app.task(self._run_engine)
         if settings.metrics_port:
             self.app.task(self._serve_health)
-        self.chords = chords.install(self)
+        self.chords = ChordAggregator(settings, self.app, self.metrics, firer=firer)
 
     async def _serve_health(self) -> None:
         server = HealthServer(self.settings, self.metrics, self.engine.status)

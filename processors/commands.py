@@ -35,7 +35,7 @@ def run(settings: Settings, *, loglevel: str = "info", celery_app: str | None = 
     import faust
 
     from resultlog.processors.app import Processor
-    from resultlog.processors.celeryfire import BodyFirer, load_celery_app
+    from resultlog.chords.fire import BodyFirer, load_celery_app
     from resultlog.producers.topics import ensure_topics
 
     # Loaded first: a wrong name fails at once, not at the first chord.
@@ -49,9 +49,7 @@ def run(settings: Settings, *, loglevel: str = "info", celery_app: str | None = 
         ensure_topics(settings, settings.events_topic, settings.dead_letter_topic,
                       settings.chords_topic, settings.chord_completions_topic)
     )
-    processor = Processor(settings)
-    if app is not None:
-        processor.chords.firer = BodyFirer(settings, app)
+    processor = Processor(settings, firer=None if app is None else BodyFirer(settings, app))
     logging.getLogger("resultlog").setLevel(loglevel.upper())
     worker = faust.Worker(processor.app, loglevel=loglevel, loop=loop, quiet=True)
     # At --loglevel warning or error, faust's start-up spinner sets the root logger to

@@ -87,11 +87,10 @@ class _Positioning(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class BatchFoldEngine:
-    def __init__(self, settings: Settings, sink: FoldSink, stats: SinkStats,
+    def __init__(self, settings: Settings, sink: FoldSink,
                  metrics: ProcessorMetrics | None = None) -> None:
         self.settings = settings
         self.sink = sink
-        self.stats = stats
         self.metrics = metrics
         self.consumer: AIOKafkaConsumer | None = None
         self.coverage: ViewCoverage | None = None
@@ -328,7 +327,6 @@ class BatchFoldEngine:
                     dict(sorted((p, self._next[p]) for p in positions if p in self._next)))
 
     def _account(self, stats: SinkStats) -> None:
-        self.stats.add(stats)
         if stats.dead_letters:
             log.warning("%d record(s) sent to dead letters (%s)",
                         stats.dead_letters, self.settings.dead_letter_topic)

@@ -90,7 +90,7 @@ class ViewRebuilder:
                         await self._rebuild(gaps)
                     if chords:
                         # Imported here: the aggregator module imports faust.
-                        from resultlog.processors.chords import rebuild_chord_views
+                        from resultlog.chords.aggregator import rebuild_chord_views
                         n = await rebuild_chord_views(self.settings)
                         log.info("view rebuild: the views of %d chord(s) rebuilt from %s",
                                  n, self.settings.chords_topic)

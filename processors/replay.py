@@ -200,7 +200,7 @@ async def replay(
             await record_live_positions(settings, plan)
         if redis:
             # Chord views come from the chords topic, the aggregator's own input.
-            from resultlog.processors.chords import rebuild_chord_views
+            from resultlog.chords.aggregator import rebuild_chord_views
             chords = await rebuild_chord_views(settings)
             if progress and chords:
                 print(f"rebuilt the views of {chords:,} chord(s) from {settings.chords_topic}")

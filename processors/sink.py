@@ -120,7 +120,7 @@ class FoldSink:
     redis: RedisView | None = None
     history: HistoryStore | None = None
     dead_letters: DeadLetterWriter | None = None
-    # Set by the chord aggregator: where chord declarations and members' outcomes go.
+    # Where chord declarations and members' outcomes go (the chord aggregator's topic).
     chord_forwarder: TopicWriter | None = None
     workers: WorkersView | None = None
     workers_history: WorkersHistory | None = None

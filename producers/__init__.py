@@ -6,7 +6,7 @@ resultlog's topics to exist; ``resultlog.producers.celery.install`` hooks Celery
 signals (optional extra ``resultlog[celery]``).
 """
 
-from resultlog.producers.chords import declare_chord, declare_chord_sync
+from resultlog.chords.declare import declare_chord, declare_chord_sync
 from resultlog.producers.emitter import Emitter
 from resultlog.producers.events import TaskFields
 from resultlog.producers.options import EmitterOptions

@@ -11,17 +11,16 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Coroutine, Mapping
 from types import TracebackType
 from typing import Any, Unpack
 
-from resultlog.producers.events import TaskFields, build, build_state
+from resultlog.producers.calls import EmittingCalls
+from resultlog.producers.events import TaskFields
 from resultlog.producers.options import EmitterOptions, resolve
 from resultlog.producers.pipeline import Pipeline
 from resultlog.producers.tracking import AsyncTracker
 from resultlog.schemas.event import TaskEvent
-from resultlog.schemas.states import State
 from resultlog.settings import Settings
 
 
@@ -30,7 +29,7 @@ def default_worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class Emitter:
+class Emitter(EmittingCalls[Coroutine[Any, Any, None]]):
     """Emits task events to Kafka from asyncio code.
 
     Use ``async with Emitter() as emitter:`` or ``start()``/``stop()``; the first
@@ -38,6 +37,10 @@ class Emitter:
     returning (or raises :class:`~resultlog.errors.BrokerUnavailable` saying how many
     events it could not deliver). Not thread-safe: for threads and forked workers use
     :class:`~resultlog.producers.sync.SyncEmitter`.
+
+    The per-state calls (``received``, ``started``, ``retry``, ``success``,
+    ``failure``, ``revoked``, ``emit_state``: :mod:`.calls`) validate their input when
+    called and return an awaitable that emits the event.
     """
 
     def __init__(
@@ -49,18 +52,19 @@ class Emitter:
     ) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
         self.worker = worker if worker is not None else default_worker_name()
-        self._pipeline = Pipeline(self.settings, resolve(self.settings, options))
+        #: The engine that buffers and delivers (thread-safe entry: ``accept_blocking``).
+        self.pipeline = Pipeline(self.settings, resolve(self.settings, options))
         self._start_lock: asyncio.Lock | None = None
 
     # Lifetime ----------------------------------------------------------------------
     async def start(self) -> None:
         """Create the topic if missing and connect; :class:`BrokerUnavailable` if Kafka can't be reached."""
-        if self._pipeline.running:
+        if self.pipeline.running:
             return
         if self._start_lock is None:
             self._start_lock = asyncio.Lock()
         async with self._start_lock:
-            await self._pipeline.start()
+            await self.pipeline.start()
 
     async def flush(self, timeout_s: float | None = None) -> None:
         """Wait until every event accepted so far is acknowledged by Kafka.
@@ -68,11 +72,11 @@ class Emitter:
         Raises :class:`BrokerUnavailable` on timeout (the events stay buffered), or if
         any accepted event could not be delivered since the previous flush.
         """
-        await self._pipeline.flush(timeout_s)
+        await self.pipeline.flush(timeout_s)
 
     async def stop(self, timeout_s: float | None = None) -> None:
         """Flush (up to ``timeout_s``, default ``close_timeout_s``) and close. Idempotent."""
-        await self._pipeline.stop(timeout_s)
+        await self.pipeline.stop(timeout_s)
 
     async def __aenter__(self) -> Emitter:
         await self.start()
@@ -89,13 +93,13 @@ class Emitter:
     @property
     def pending(self) -> int:
         """Events accepted and not yet acknowledged (or failed)."""
-        return self._pipeline.unacked_events
+        return self.pipeline.unacked_events
 
     # Emitting ----------------------------------------------------------------------
     async def emit(self, event: TaskEvent, *, wait: bool = False) -> TaskEvent:
         """Emit a ready-made event; returns it as recorded (an outcome over the size limit
         is recorded with its large fields cut: :mod:`.fitting`)."""
-        pipeline = self._pipeline
+        pipeline = self.pipeline
         if not pipeline.running:
             await self.start()
         return await pipeline.accept(event, wait=wait)
@@ -104,97 +108,16 @@ class Emitter:
                           *, wait: bool = False) -> None:
         """Emit a record of another type that shares the events topic (schema ``name``,
         e.g. :data:`~resultlog.schemas.codec.WORKER_HEARTBEAT`), keyed by ``key``."""
-        pipeline = self._pipeline
+        pipeline = self.pipeline
         if not pipeline.running:
             await self.start()
         await pipeline.accept_record(name, key, record, timestamp, wait=wait)
 
-    async def emit_state(
-        self,
-        task_id: str,
-        state: State | str,
-        *,
-        attempt: int = 0,
-        result: Any = None,
-        exc: BaseException | None = None,
-        traceback: str | None = None,
-        runtime: float | None = None,
-        eta: datetime | int | None = None,
-        wait: bool = False,
-        **fields: Unpack[TaskFields],
-    ) -> None:
-        """Emit the state named ``state`` (``UnknownState`` if it is not one)."""
-        event = build_state(
-            task_id, state, self.worker, fields,
-            attempt=attempt, result=result, exc=exc, traceback=traceback, runtime=runtime, eta=eta,
-        )
+    async def _send(self, event: TaskEvent, wait: bool) -> None:
         await self.emit(event, wait=wait)
 
-    async def received(
-        self, task_id: str, *, attempt: int = 0, wait: bool = False, **fields: Unpack[TaskFields]
-    ) -> None:
-        """The task was received by a worker (queued there, not yet running)."""
-        await self.emit(build(State.RECEIVED, task_id, self.worker, fields, attempt=attempt), wait=wait)
-
-    async def started(
-        self, task_id: str, *, attempt: int = 0, wait: bool = False, **fields: Unpack[TaskFields]
-    ) -> None:
-        """The task started running (attempt ``attempt``, 0 for the first run)."""
-        await self.emit(build(State.STARTED, task_id, self.worker, fields, attempt=attempt), wait=wait)
-
-    async def retry(
-        self,
-        task_id: str,
-        exc: BaseException,
-        *,
-        attempt: int,
-        eta: datetime | int | None = None,
-        traceback: str | None = None,
-        wait: bool = False,
-        **fields: Unpack[TaskFields],
-    ) -> None:
-        """Attempt ``attempt`` failed with ``exc`` and will be retried (at ``eta``)."""
-        event = build(
-            State.RETRY, task_id, self.worker, fields, attempt=attempt, exc=exc, traceback=traceback, eta=eta
-        )
-        await self.emit(event, wait=wait)
-
-    async def success(
-        self,
-        task_id: str,
-        result: Any,
-        *,
-        runtime: float | None = None,
-        attempt: int = 0,
-        wait: bool = False,
-        **fields: Unpack[TaskFields],
-    ) -> None:
-        """The task returned ``result`` (JSON-encoded; ``ResultNotSerializable`` if it can't be)."""
-        event = build(State.SUCCESS, task_id, self.worker, fields, attempt=attempt, result=result, runtime=runtime)
-        await self.emit(event, wait=wait)
-
-    async def failure(
-        self,
-        task_id: str,
-        exc: BaseException,
-        *,
-        traceback: str | None = None,
-        runtime: float | None = None,
-        attempt: int = 0,
-        wait: bool = False,
-        **fields: Unpack[TaskFields],
-    ) -> None:
-        """The task raised ``exc`` (traceback taken from it unless given)."""
-        event = build(
-            State.FAILURE, task_id, self.worker, fields, attempt=attempt, exc=exc, traceback=traceback, runtime=runtime
-        )
-        await self.emit(event, wait=wait)
-
-    async def revoked(
-        self, task_id: str, *, attempt: int = 0, wait: bool = False, **fields: Unpack[TaskFields]
-    ) -> None:
-        """The task was revoked (cancelled) and will not run or finish."""
-        await self.emit(build(State.REVOKED, task_id, self.worker, fields, attempt=attempt), wait=wait)
+    def _worker_name(self) -> str:
+        return self.worker
 
     def track(self, task_id: str, *, attempt: int = 0, **fields: Unpack[TaskFields]) -> AsyncTracker:
         """STARTED now, then SUCCESS or FAILURE: ``async with`` or a decorator of async functions.

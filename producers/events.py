@@ -136,29 +136,8 @@ def build(
     )
 
 
-def build_state(
-    task_id: str,
-    state: State | str,
-    worker: str | None,
-    fields: TaskFields,
-    *,
-    attempt: int = 0,
-    result: Any = None,
-    exc: BaseException | None = None,
-    traceback: str | None = None,
-    runtime: float | None = None,
-    eta: datetime | int | None = None,
-) -> TaskEvent:
-    """Like :func:`build` with the state given by name (``UnknownState`` if it is none)."""
-    return build(
-        State.parse(state),
-        task_id,
-        worker,
-        fields,
-        attempt=attempt,
-        result=result,
-        exc=exc,
-        traceback=traceback,
-        runtime=runtime,
-        eta=eta,
-    )
+def build_state(task_id: str, state: State | str, worker: str | None, fields: TaskFields,
+                **details: Any) -> TaskEvent:
+    """Like :func:`build` with the state given by name (``UnknownState`` if it is none);
+    ``details`` are :func:`build`'s keyword arguments."""
+    return build(State.parse(state), task_id, worker, fields, **details)

@@ -163,7 +163,7 @@ def chord_hook_claim_key(prefix: str, completion_event_id: str) -> str:
 
 
 def chord_fire_key(prefix: str, completion_event_id: str) -> str:
-    """A Celery chord's body firing mark (processors/celeryfire.py)."""
+    """A Celery chord's body firing mark (resultlog/chords/fire.py)."""
     return f"{prefix}chordfire:{completion_event_id}"
 
 

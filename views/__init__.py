@@ -3,7 +3,8 @@ and the Postgres history."""
 
 from resultlog.views.analytics import Analytics
 from resultlog.views.backend import ResultBackend
-from resultlog.views.chords import AioChordResult, ChordResult, ChordView
+from resultlog.chords.results import AioChordResult, ChordResult
+from resultlog.chords.store import ChordView
 from resultlog.views.exceptions import ExceptionRebuilder, RemoteTaskError, rebuild_exception
 from resultlog.views.group import AioGroupResult, AioResultSet, GroupResult, ResultSet
 from resultlog.views.history import HistoryStore, StoredEvent

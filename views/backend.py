@@ -1,32 +1,35 @@
 """``ResultBackend``: the connections behind AsyncResult and GroupResult, owned explicitly.
 
-One backend per application (no hidden global): it holds a sync Redis client for the
-sync flavour's reads, the asyncio resources of the event loop that first uses it, and
--- for the sync flavour's waits -- a small background thread running its own event
-loop. Every waiter of a backend, sync or asyncio, shares one pub/sub connection per
-event loop (see :mod:`resultlog.views.notify`), never one per ``get()``.
+One backend per application (no hidden global). :class:`AioState` is the one
+implementation of reading, waiting and forgetting, per event loop: the asyncio flavour
+uses the state of its own loop, the sync flavour the state on the process's loop thread
+(:mod:`resultlog.bridge`), through :meth:`ResultBackend.run`. The only sync code of its
+own is a Redis client for reads and folds that need no waiting, so that a result that
+is already ready costs one round trip in the caller's thread, never a trip through the
+loop thread. Every waiter of a backend, sync or asyncio, shares one pub/sub connection
+per event loop (see :mod:`resultlog.views.notify`), never one per ``get()``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import importlib
-import os
 import threading
 import time
+from concurrent.futures import Future
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from resultlog import names
+from resultlog.bridge import Bridge
 from resultlog.errors import ConfigurationError, ResultTimeout, StoreUnavailable
 from resultlog.schemas.event import TaskEvent, validate_task_id
 from resultlog.schemas.fold import TaskView, fold, visible
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
-from resultlog.views._redis import async_client, sync_client, translated
+from resultlog.redis_access import async_client, sync_client, translated
 from resultlog.views.exceptions import ExceptionRebuilder
 from resultlog.views.notify import Notifier
 from resultlog.views.redis_view import (
@@ -40,9 +43,9 @@ from resultlog.views.redis_view import (
 )
 
 # Module aliases: inside ResultBackend the bare names are its factory methods.
-from resultlog.views import chords as _chords
-from resultlog.views import group as _group
-from resultlog.views import result as _result
+from resultlog.chords import results as chord_results
+from resultlog.views import group as group_results
+from resultlog.views import result as task_results
 
 if TYPE_CHECKING:
     import redis
@@ -85,7 +88,8 @@ class AioState:
         self._closed = False
 
     @asynccontextmanager
-    async def _op(self) -> AsyncIterator[None]:
+    async def op(self) -> AsyncIterator[None]:
+        """One operation in flight: :meth:`aclose` waits for it before closing the client."""
         if self._closed:
             raise RuntimeError(CLOSED)
         self._inflight += 1
@@ -98,11 +102,11 @@ class AioState:
                 self._idle.set()
 
     async def read(self, task_id: str) -> TaskView | None:
-        async with self._op():
+        async with self.op():
             return (await self._read_views([task_id]))[0]
 
     async def read_many(self, task_ids: Sequence[str]) -> list[TaskView | None]:
-        async with self._op():
+        async with self.op():
             return await self._read_views(task_ids)
 
     async def _read_views(self, task_ids: Sequence[str]) -> list[TaskView | None]:
@@ -140,12 +144,12 @@ class AioState:
         return out
 
     async def forget(self, task_id: str) -> bool:
-        async with self._op():
+        async with self.op():
             return await self.view.forget(task_id)
 
     async def wait_ready(self, task_id: str, timeout: float | None) -> TaskView:
         """The task's view once it is ready; :class:`ResultTimeout` after ``timeout`` s."""
-        async with self._op():
+        async with self.op():
             deadline = None if timeout is None else self.loop.time() + timeout
             view = (await self._read_views([task_id]))[0]
             if _ready(view):
@@ -157,7 +161,7 @@ class AioState:
         """:meth:`wait_ready` for a task being sent: it cannot be ready yet, so the wait
         subscribes at once (no read ahead of it) and calls ``on_subscribed`` as soon as
         the subscription is live."""
-        async with self._op():
+        async with self.op():
             return await self._wait_pending(task_id, None, on_subscribed)
 
     async def _wait_pending(self, task_id: str, deadline: float | None,
@@ -198,7 +202,7 @@ class AioState:
         Every pending member is watched concurrently, so the total wait is the slowest
         member's, not the sum.
         """
-        async with self._op():
+        async with self.op():
             return await self._wait_many(task_ids, timeout, stop_at_failure)
 
     async def _wait_many(
@@ -235,7 +239,7 @@ class AioState:
 
     async def history(self, task_id: str) -> list[TaskEvent]:
         validate_task_id(task_id)
-        async with self._op():
+        async with self.op():
             return await (await self._history_source()).history(task_id)
 
     async def _history_source(self) -> _HistorySource:
@@ -269,51 +273,6 @@ def _open_history(settings: Settings) -> _HistorySource:
     return store
 
 
-class _LoopThread:
-    """A daemon thread running an event loop, where the sync flavour's waits happen."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._main, name="resultlog-result-waiter", daemon=True
-        )
-        self._thread.start()
-        self.state = self.call(lambda: _make_state(settings))
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_forever()
-        finally:
-            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
-            self._loop.close()
-
-    def call(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        """Run ``make()`` in the loop thread and wait for it; Ctrl-C cancels it."""
-        future = asyncio.run_coroutine_threadsafe(make(), self._loop)
-        try:
-            return future.result()
-        except BaseException:
-            future.cancel()
-            raise
-
-    def submit(self, make: Callable[[], Coroutine[Any, Any, T]]) -> concurrent.futures.Future[T]:
-        """Run ``make()`` in the loop thread without waiting; cancelling the future
-        cancels it."""
-        return asyncio.run_coroutine_threadsafe(make(), self._loop)
-
-    def stop(self) -> None:
-        try:
-            self.call(self.state.aclose)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-
-
-async def _make_state(settings: Settings) -> AioState:
-    return AioState(settings)
-
-
 class ResultBackend:
     """Where results are read from: the Redis view (and the Postgres history).
 
@@ -329,49 +288,65 @@ class ResultBackend:
         self.settings = Settings.from_env() if settings is None else settings
         self.exceptions = ExceptionRebuilder(import_modules)
         self._lock = threading.Lock()
-        self._pid = os.getpid()
         self._sync: redis.Redis | None = None
         self._read_script: Script | None = None
         self._fold_script: Script | None = None
-        self._thread: _LoopThread | None = None
+        self._bridge = Bridge()
+        self._bridged: AioState | None = None  # the state on the bridge's loop
         self._aio: AioState | None = None
         self._closed = False
 
     # --- result objects -------------------------------------------------------------
 
-    def AsyncResult(self, task_id: str) -> _result.AsyncResult:  # noqa: N802 (Celery's name)
-        return _result.AsyncResult(task_id, self)
+    def AsyncResult(self, task_id: str) -> task_results.AsyncResult:  # noqa: N802 (Celery's name)
+        return task_results.AsyncResult(task_id, self)
 
-    def AioAsyncResult(self, task_id: str) -> _result.AioAsyncResult:  # noqa: N802
-        return _result.AioAsyncResult(task_id, self)
+    def AioAsyncResult(self, task_id: str) -> task_results.AioAsyncResult:  # noqa: N802
+        return task_results.AioAsyncResult(task_id, self)
 
-    def ResultSet(self, results: Iterable[str | _result.AsyncResult]) -> _group.ResultSet:  # noqa: N802
-        return _group.ResultSet([self._member(r) for r in results])
+    def ResultSet(self, results: Iterable[str | task_results.AsyncResult]) -> group_results.ResultSet:  # noqa: N802
+        return group_results.ResultSet([self._member(r) for r in results])
 
-    def GroupResult(self, group_id: str, results: Iterable[str | _result.AsyncResult]) -> _group.GroupResult:  # noqa: N802
-        return _group.GroupResult(group_id, [self._member(r) for r in results])
+    def GroupResult(self, group_id: str, results: Iterable[str | task_results.AsyncResult]) -> group_results.GroupResult:  # noqa: N802
+        return group_results.GroupResult(group_id, [self._member(r) for r in results])
 
-    def AioResultSet(self, results: Iterable[str | _result.AioAsyncResult]) -> _group.AioResultSet:  # noqa: N802
-        return _group.AioResultSet([self._aio_member(r) for r in results])
+    def AioResultSet(self, results: Iterable[str | task_results.AioAsyncResult]) -> group_results.AioResultSet:  # noqa: N802
+        return group_results.AioResultSet([self._aio_member(r) for r in results])
 
     def AioGroupResult(  # noqa: N802
-        self, group_id: str, results: Iterable[str | _result.AioAsyncResult]
-    ) -> _group.AioGroupResult:
-        return _group.AioGroupResult(group_id, [self._aio_member(r) for r in results])
+        self, group_id: str, results: Iterable[str | task_results.AioAsyncResult]
+    ) -> group_results.AioGroupResult:
+        return group_results.AioGroupResult(group_id, [self._aio_member(r) for r in results])
 
-    def ChordResult(self, chord_id: str) -> _chords.ChordResult:  # noqa: N802
-        return _chords.ChordResult(chord_id, self)
+    def ChordResult(self, chord_id: str) -> chord_results.ChordResult:  # noqa: N802
+        return chord_results.ChordResult(chord_id, self)
 
-    def AioChordResult(self, chord_id: str) -> _chords.AioChordResult:  # noqa: N802
-        return _chords.AioChordResult(chord_id, self)
+    def AioChordResult(self, chord_id: str) -> chord_results.AioChordResult:  # noqa: N802
+        return chord_results.AioChordResult(chord_id, self)
 
-    def _member(self, r: str | _result.AsyncResult) -> _result.AsyncResult:
+    def _member(self, r: str | task_results.AsyncResult) -> task_results.AsyncResult:
         return self.AsyncResult(r) if isinstance(r, str) else r
 
-    def _aio_member(self, r: str | _result.AioAsyncResult) -> _result.AioAsyncResult:
+    def _aio_member(self, r: str | task_results.AioAsyncResult) -> task_results.AioAsyncResult:
         return self.AioAsyncResult(r) if isinstance(r, str) else r
 
-    # --- sync primitives (the caller's thread, or the waiter thread) -----------------
+    # --- sync primitives ------------------------------------------------------------
+    # Reads in the caller's thread; everything else is AioState's, run on the loop thread.
+
+    def run(self, operation: Callable[[AioState], Coroutine[Any, Any, T]]) -> T:
+        """Run an asyncio ``operation`` of this backend from sync code and wait for it:
+        ``operation(state)`` runs on the process's loop thread, with that loop's
+        :class:`AioState`. Ctrl-C cancels it."""
+        self._check_open()
+        return self._bridge.run(self._on_loop(operation))
+
+    def submit(self, operation: Callable[[AioState], Coroutine[Any, Any, T]]) -> Future[T]:
+        """:meth:`run` without waiting; cancelling the future cancels the operation."""
+        self._check_open()
+        return self._bridge.submit(self._on_loop(operation))
+
+    async def _on_loop(self, operation: Callable[[AioState], Coroutine[Any, Any, T]]) -> T:
+        return await operation(self.aio())
 
     def read(self, task_id: str) -> TaskView | None:
         return self.read_many([task_id])[0]
@@ -380,29 +355,26 @@ class ResultBackend:
         if not task_ids:
             return []
         keys, args = checked_read_call(self.settings, task_ids)
-        self._client()
+        self.sync_client()
         assert self._read_script is not None
         with translated("reading tasks"):
             replies = self._read_script(keys=keys, args=args)
         views, whole = checked_read_reply(task_ids, replies)
         if whole:
             return views
-        state = self._waiter().state
-        return self._waiter().call(lambda: state.fill_from_history(task_ids, views))
+        return self.run(lambda state: state.fill_from_history(task_ids, views))
 
     def forget(self, task_id: str) -> bool:
         validate_task_id(task_id)
-        with translated("forgetting a task"):
-            return bool(self._client().delete(names.task_key(self.settings.redis_prefix, task_id)))
+        return self.run(lambda state: state.forget(task_id))
 
     def wait_ready(self, task_id: str, timeout: float | None) -> TaskView:
         validate_task_id(task_id)
-        view = self.read(task_id)  # finished tasks need no trip through the waiter thread
+        view = self.read(task_id)  # finished tasks need no trip through the loop thread
         if _ready(view):
             assert view is not None
             return view
-        state = self._waiter().state
-        return self._waiter().call(lambda: state.wait_ready(task_id, timeout))
+        return self.run(lambda state: state.wait_ready(task_id, timeout))
 
     def fold(self, events: Sequence[TaskEvent]) -> None:
         """Fold ``events`` into the view now, ahead of the processor: read-your-writes
@@ -412,13 +384,12 @@ class ResultBackend:
         if not events:
             return
         keys, args = script_call(self.settings, events)
-        self._client()
+        self.sync_client()
         assert self._fold_script is not None
         with translated("folding events into the view"):
             self._fold_script(keys=keys, args=args)
 
-    def watch_ready(self, task_id: str, *, sent: bool = False
-                    ) -> concurrent.futures.Future[TaskView]:
+    def watch_ready(self, task_id: str, *, sent: bool = False) -> Future[TaskView]:
         """The task's view once it is ready, as a future: :meth:`wait_ready` without
         blocking the caller (for push-based waiters such as the Celery backend's result
         consumer). Cancel the future to stop waiting.
@@ -427,12 +398,10 @@ class ResultBackend:
         live (or the wait failed), so that whoever sent it knows it is watched — one
         round trip to Redis, as Celery's Redis backend subscribes when it sends."""
         validate_task_id(task_id)
-        waiter = self._waiter()
-        state = waiter.state
         if not sent:
-            return waiter.submit(lambda: state.wait_ready(task_id, None))
+            return self.submit(lambda state: state.wait_ready(task_id, None))
         live = threading.Event()
-        future = waiter.submit(lambda: state.wait_sent(task_id, live.set))
+        future = self.submit(lambda state: state.wait_sent(task_id, live.set))
         future.add_done_callback(lambda _: live.set())  # failed to subscribe: do not block
         live.wait()
         return future
@@ -440,14 +409,13 @@ class ResultBackend:
     def wait_many(
         self, task_ids: Sequence[str], timeout: float | None, stop_at_failure: bool
     ) -> list[TaskView]:
-        state = self._waiter().state
-        return self._waiter().call(lambda: state.wait_many(task_ids, timeout, stop_at_failure))
+        return self.run(lambda state: state.wait_many(task_ids, timeout, stop_at_failure))
 
     def history(self, task_id: str) -> list[TaskEvent]:
-        state = self._waiter().state
-        return self._waiter().call(lambda: state.history(task_id))
+        return self.run(lambda state: state.history(task_id))
 
-    def _client(self) -> redis.Redis:
+    def sync_client(self) -> redis.Redis:
+        """The backend's sync Redis client (for reads that need no waiting)."""
         self._check_open()
         if self._sync is None:
             with self._lock:
@@ -458,21 +426,18 @@ class ResultBackend:
                     self._sync = client
         return self._sync
 
-    def _waiter(self) -> _LoopThread:
-        self._check_open()
-        with self._lock:
-            if self._thread is None or self._pid != os.getpid():
-                # After a fork the parent's thread does not exist here: start our own.
-                self._pid = os.getpid()
-                self._thread = _LoopThread(self.settings)
-            return self._thread
-
     # --- asyncio primitives ----------------------------------------------------------
 
     def aio(self) -> AioState:
         """The asyncio resources for the running event loop (created on first use)."""
         self._check_open()
         loop = asyncio.get_running_loop()
+        if loop is self._bridge.loop:
+            # The sync flavour's own state (made again in a forked child's new loop).
+            bridged = self._bridged
+            if bridged is None or bridged.loop is not loop:
+                bridged = self._bridged = AioState(self.settings)
+            return bridged
         if self._aio is None:
             self._aio = AioState(self.settings)
         elif self._aio.loop is not loop:
@@ -499,12 +464,15 @@ class ResultBackend:
 
     def _close_sync(self) -> None:
         self._closed = True
-        thread, self._thread = self._thread, None
-        if thread is not None and self._pid == os.getpid():
-            thread.stop()
-        client, self._sync = self._sync, None
-        if client is not None:
-            client.close()
+        bridged, self._bridged = self._bridged, None
+        try:
+            if bridged is not None and bridged.loop is self._bridge.loop:
+                self._bridge.run(bridged.aclose())
+        finally:
+            self._bridge.close()
+            client, self._sync = self._sync, None
+            if client is not None:
+                client.close()
 
     async def aclose(self) -> None:
         """Close everything (call it from the event loop the asyncio flavour used)."""

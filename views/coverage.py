@@ -34,7 +34,7 @@ import redis.asyncio
 
 from resultlog import names
 from resultlog.settings import Settings
-from resultlog.views._redis import text, translated
+from resultlog.redis_access import text, translated
 
 # Claims, per partition p (ARGV: topic, then p, begin, end, known per partition):
 #  - no position: the view knows nothing of p; position := end, gap := [begin, end);

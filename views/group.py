@@ -18,9 +18,9 @@ from typing import Any, Generic, TypeVar, overload
 from resultlog.errors import ResultTimeout
 from resultlog.schemas.fold import TaskView
 from resultlog.schemas.states import State
-from resultlog.views.result import AioAsyncResult, AsyncResult, _ResultBase
+from resultlog.views.result import AioAsyncResult, AsyncResult, BaseResult
 
-R = TypeVar("R", bound=_ResultBase)
+R = TypeVar("R", bound=BaseResult)
 
 
 class _Members(Generic[R]):
@@ -60,6 +60,57 @@ class _Members(Generic[R]):
     def _same_backend(self) -> bool:
         return len({id(r.backend) for r in self.results}) <= 1
 
+    def _to_read(self) -> tuple[list[TaskView | None], list[list[int]]]:
+        """The members' cached (ready) views, and the indices of the others by backend."""
+        views = [r.cached() for r in self.results]
+        by_backend: dict[int, list[int]] = {}
+        for i, view in enumerate(views):
+            if view is None:
+                by_backend.setdefault(id(self.results[i].backend), []).append(i)
+        return views, list(by_backend.values())
+
+    def _fill(self, views: list[TaskView | None], indices: list[int],
+              fresh: Sequence[TaskView | None]) -> None:
+        for i, view in zip(indices, fresh):
+            views[i] = self.results[i].keep(view)
+
+    def _settled(self, views: Sequence[TaskView], propagate: bool) -> list[Any]:
+        """What ``join()`` returns for views waited for (raises the first failure in order)."""
+        values = []
+        for r, view in zip(self.results, views):
+            r.keep(view)
+            values.append(r.settle(view, propagate))
+        return values
+
+    def _remaining(self, deadline: float | None) -> float | None:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise ResultTimeout("the result set was not ready in time")
+        return remaining
+
+
+class _GroupId:
+    """Equality, ``str`` and ``repr`` of a result set with a group id (both flavours)."""
+
+    __slots__ = ()
+    id: str
+    results: list[Any]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, type(self)):
+            return other.id == self.id and other.results == self.results
+        if isinstance(other, str):
+            return other == self.id
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __str__(self) -> str:
+        return self.id
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self.id} [{', '.join(r.id for r in self.results)}]>"
+
 
 def _summary(views: Sequence[TaskView | None]) -> dict[str, Any]:
     ready = [v is not None and v.ready for v in views]
@@ -79,19 +130,11 @@ class ResultSet(_Members[AsyncResult]):
     __slots__ = ()
 
     def _views(self) -> list[TaskView | None]:
-        # Ready members are cached; the rest are read in one pipeline per backend.
-        views: list[TaskView | None] = [
-            r._view if r._view is not None and r._view.ready else None for r in self.results
-        ]
-        todo = [i for i, v in enumerate(views) if v is None]
-        by_backend: dict[int, list[int]] = {}
-        for i in todo:
-            by_backend.setdefault(id(self.results[i].backend), []).append(i)
-        for indices in by_backend.values():
+        # Ready members are cached; the rest are read in one round trip per backend.
+        views, to_read = self._to_read()
+        for indices in to_read:
             backend = self.results[indices[0]].backend
-            fresh = backend.read_many([self.results[i].id for i in indices])
-            for i, view in zip(indices, fresh):
-                self.results[i]._view = views[i] = view
+            self._fill(views, indices, backend.read_many([self.results[i].id for i in indices]))
         return views
 
     def ready(self) -> bool:
@@ -120,27 +163,16 @@ class ResultSet(_Members[AsyncResult]):
         if not self._same_backend():
             return self._join_sequentially(timeout, propagate)
         backend = self.results[0].backend
-        views = backend.wait_many([r.id for r in self.results], timeout, propagate)
-        values = []
-        for r, view in zip(self.results, views):
-            r._view = view
-            values.append(r._settle(view, propagate))
-        return values
+        return self._settled(backend.wait_many([r.id for r in self.results], timeout, propagate), propagate)
 
     get = join
 
     def _join_sequentially(self, timeout: float | None, propagate: bool) -> list[Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
-        values = []
-        for r in self.results:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise ResultTimeout("the result set was not ready in time")
-            values.append(r.get(timeout=remaining, propagate=propagate))
-        return values
+        return [r.get(timeout=self._remaining(deadline), propagate=propagate) for r in self.results]
 
 
-class GroupResult(ResultSet):
+class GroupResult(_GroupId, ResultSet):
     """A :class:`ResultSet` with the group's id."""
 
     __slots__ = ("id",)
@@ -149,21 +181,6 @@ class GroupResult(ResultSet):
         super().__init__(results)
         self.id = id
 
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, GroupResult):
-            return other.id == self.id and other.results == self.results
-        if isinstance(other, str):
-            return other == self.id
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __str__(self) -> str:
-        return self.id
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__}: {self.id} [{', '.join(r.id for r in self.results)}]>"
-
 
 class AioResultSet(_Members[AioAsyncResult]):
     """A collection of :class:`AioAsyncResult`; the queries are coroutines."""
@@ -171,18 +188,10 @@ class AioResultSet(_Members[AioAsyncResult]):
     __slots__ = ()
 
     async def _views(self) -> list[TaskView | None]:
-        views: list[TaskView | None] = [
-            r._view if r._view is not None and r._view.ready else None for r in self.results
-        ]
-        todo = [i for i, v in enumerate(views) if v is None]
-        by_backend: dict[int, list[int]] = {}
-        for i in todo:
-            by_backend.setdefault(id(self.results[i].backend), []).append(i)
-        for indices in by_backend.values():
-            backend = self.results[indices[0]].backend
-            fresh = await backend.aio().read_many([self.results[i].id for i in indices])
-            for i, view in zip(indices, fresh):
-                views[i] = self.results[i]._set(view)
+        views, to_read = self._to_read()
+        for indices in to_read:
+            state = self.results[indices[0]].backend.aio()
+            self._fill(views, indices, await state.read_many([self.results[i].id for i in indices]))
         return views
 
     async def ready(self) -> bool:
@@ -213,27 +222,16 @@ class AioResultSet(_Members[AioAsyncResult]):
         if not self._same_backend():
             return await self._join_sequentially(timeout, propagate)
         state = self.results[0].backend.aio()
-        views = await state.wait_many([r.id for r in self.results], timeout, propagate)
-        values = []
-        for r, view in zip(self.results, views):
-            r._set(view)
-            values.append(r._settle(view, propagate))
-        return values
+        return self._settled(await state.wait_many([r.id for r in self.results], timeout, propagate), propagate)
 
     get = join
 
     async def _join_sequentially(self, timeout: float | None, propagate: bool) -> list[Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
-        values = []
-        for r in self.results:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise ResultTimeout("the result set was not ready in time")
-            values.append(await r.get(timeout=remaining, propagate=propagate))
-        return values
+        return [await r.get(timeout=self._remaining(deadline), propagate=propagate) for r in self.results]
 
 
-class AioGroupResult(AioResultSet):
+class AioGroupResult(_GroupId, AioResultSet):
     """An :class:`AioResultSet` with the group's id."""
 
     __slots__ = ("id",)
@@ -241,18 +239,3 @@ class AioGroupResult(AioResultSet):
     def __init__(self, id: str, results: Iterable[AioAsyncResult]) -> None:
         super().__init__(results)
         self.id = id
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, AioGroupResult):
-            return other.id == self.id and other.results == self.results
-        if isinstance(other, str):
-            return other == self.id
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __str__(self) -> str:
-        return self.id
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__}: {self.id} [{', '.join(r.id for r in self.results)}]>"

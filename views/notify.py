@@ -26,7 +26,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.connection import Connection
 
 from resultlog.errors import StoreUnavailable
-from resultlog.views._redis import UNAVAILABLE, text, translated
+from resultlog.redis_access import UNAVAILABLE, text, translated
 
 log = logging.getLogger(__name__)
 

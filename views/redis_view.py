@@ -23,7 +23,7 @@ from resultlog.schemas.fold import STICKY_FIELDS, TaskView, visible
 from resultlog.schemas.states import READY_STATES, State
 from resultlog.schemas.taskrows import WINNER_HASH_FIELDS, view_row
 from resultlog.settings import Settings
-from resultlog.views._redis import async_client, text, translated
+from resultlog.redis_access import async_client, text, translated
 from resultlog.views.coverage import WHOLE_LUA
 
 SCRIPT: Final = Path(__file__).with_name("fold.lua").read_text(encoding="utf-8")

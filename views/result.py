@@ -25,8 +25,11 @@ if TYPE_CHECKING:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class _ResultBase:
-    """Attribute logic shared by both flavours: everything derives from a TaskView."""
+class BaseResult:
+    """Attribute logic shared by both flavours: everything derives from a TaskView.
+
+    ``cached``, ``keep`` and ``settle`` are for collections of results (``ResultSet``).
+    """
 
     __slots__ = ("id", "backend", "_view", "_outcome")
 
@@ -120,7 +123,17 @@ class _ResultBase:
         self._outcome = (view, value)
         return value
 
-    def _settle(self, view: TaskView, propagate: bool) -> Any:
+    def cached(self) -> TaskView | None:
+        """The view this object holds if it is ready (a ready view never changes), else None."""
+        view = self._view
+        return view if view is not None and view.ready else None
+
+    def keep(self, view: TaskView | None) -> TaskView | None:
+        """Hold ``view`` as this object's current view (read for it by a collection)."""
+        self._view = view
+        return view
+
+    def settle(self, view: TaskView, propagate: bool) -> Any:
         """What ``get()`` returns (or raises) for a ready view."""
         value = self._value(view)
         if propagate and view.state in (State.FAILURE, State.REVOKED):
@@ -137,14 +150,14 @@ class _ResultBase:
         return hash(self.id)
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, _ResultBase):
+        if isinstance(other, BaseResult):
             return other.id == self.id
         if isinstance(other, str):
             return other == self.id
         return NotImplemented
 
 
-class AsyncResult(_ResultBase):
+class AsyncResult(BaseResult):
     """A task's result, sync flavour: ``AsyncResult(task_id, backend)``.
 
     Every attribute reads the view (one Redis round trip) until the task is ready;
@@ -166,16 +179,13 @@ class AsyncResult(_ResultBase):
 
     def ready(self) -> bool:
         """True once the task succeeded, failed or was revoked."""
-        view = self._current()
-        return view is not None and view.ready
+        return _is_ready(self._current())
 
     def successful(self) -> bool:
-        view = self._current()
-        return view is not None and view.state is State.SUCCESS
+        return _is_state(self._current(), State.SUCCESS)
 
     def failed(self) -> bool:
-        view = self._current()
-        return view is not None and view.state is State.FAILURE
+        return _is_state(self._current(), State.FAILURE)
 
     def exists(self) -> bool:
         """True if the view knows the task (unlike ``state``, which says PENDING either way)."""
@@ -193,7 +203,7 @@ class AsyncResult(_ResultBase):
         if view is None or not view.ready:
             view = self.backend.wait_ready(self.id, timeout)
             self._view = view
-        return self._settle(view, propagate)
+        return self.settle(view, propagate)
 
     wait = get  # Celery's deprecated alias
 
@@ -207,7 +217,7 @@ class AsyncResult(_ResultBase):
         return self.backend.history(self.id)
 
 
-class AioAsyncResult(_ResultBase):
+class AioAsyncResult(BaseResult):
     """A task's result, asyncio flavour: ``AioAsyncResult(task_id, backend)``.
 
     Attributes (``state``, ``result``, ``date_done``...) show the snapshot loaded by the
@@ -227,33 +237,29 @@ class AioAsyncResult(_ResultBase):
             )
         return self._view
 
-    def _set(self, view: TaskView | None) -> TaskView | None:
-        self._view = view
+    def keep(self, view: TaskView | None) -> TaskView | None:
         self._loaded = True
-        return view
+        return super().keep(view)
 
     async def refresh(self) -> AioAsyncResult:
         """Load the task's current state into this object's attributes."""
-        self._set(await self.backend.aio().read(self.id))
+        self.keep(await self.backend.aio().read(self.id))
         return self
 
     async def _load(self) -> TaskView | None:
         # Like the sync flavour: a ready state is cached, anything else is re-read.
         if self._view is None or not self._view.ready:
-            self._set(await self.backend.aio().read(self.id))
+            self.keep(await self.backend.aio().read(self.id))
         return self._view
 
     async def ready(self) -> bool:
-        view = await self._load()
-        return view is not None and view.ready
+        return _is_ready(await self._load())
 
     async def successful(self) -> bool:
-        view = await self._load()
-        return view is not None and view.state is State.SUCCESS
+        return _is_state(await self._load(), State.SUCCESS)
 
     async def failed(self) -> bool:
-        view = await self._load()
-        return view is not None and view.state is State.FAILURE
+        return _is_state(await self._load(), State.FAILURE)
 
     async def exists(self) -> bool:
         return await self._load() is not None
@@ -265,15 +271,23 @@ class AioAsyncResult(_ResultBase):
         view = self._view
         if view is None or not view.ready:
             view = await self.backend.aio().wait_ready(self.id, timeout)
-            self._set(view)
-        return self._settle(view, propagate)
+            self.keep(view)
+        return self.settle(view, propagate)
 
     async def forget(self) -> None:
-        self._set(None)
+        self.keep(None)
         await self.backend.aio().forget(self.id)
 
     async def history(self) -> list[TaskEvent]:
         return await self.backend.aio().history(self.id)
+
+
+def _is_ready(view: TaskView | None) -> bool:
+    return view is not None and view.ready
+
+
+def _is_state(view: TaskView | None, state: State) -> bool:
+    return view is not None and view.state is state
 
 
 def _decoded(text: str) -> Any:

@@ -26,7 +26,7 @@ import redis.asyncio
 from resultlog import names
 from resultlog.schemas.workers import WorkerHeartbeat
 from resultlog.settings import Settings
-from resultlog.views._redis import translated
+from resultlog.redis_access import translated
 from resultlog.views.migrations import quote_ident
 from resultlog.views.pg import PooledStore, translate_errors
 

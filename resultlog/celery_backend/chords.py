@@ -18,7 +18,7 @@ Celery calls its result backend at four points of a chord's life (``celery/canva
   (after storing it): a ``part`` record with the task's id, index, outcome and the
   body's signature (acknowledged, unless the backend's ``ack_ready`` is off).
 
-The records (:class:`~resultlog.schemas.celerychords.CeleryChordRecord`) are keyed by
+The records (:class:`~resultlog.chords.celeryrecords.CeleryChordRecord`) are keyed by
 the group id in the events topic; the fold forwards them to the chords topic.
 """
 
@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 from kombu.exceptions import EncodeError
 
 from resultlog.celery_backend.meta import to_plain
-from resultlog.producers.chords import send_chord_record_sync
-from resultlog.schemas.celerychords import CeleryChordRecord
+from resultlog.chords.declare import send_chord_record_sync
+from resultlog.chords.celeryrecords import CeleryChordRecord
 from resultlog.schemas.event import ExceptionInfo
 from resultlog.schemas.states import State
 

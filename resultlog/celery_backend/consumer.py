@@ -3,7 +3,7 @@
 Celery's async machinery (``celery.backends.asynchronous``) asks the consumer to
 ``consume_from(task_id)`` when a result is waited on, and calls ``drain_events`` in the
 waiting thread until the result is ready. Here each consumed task is one wait of
-:meth:`resultlog.views.ResultBackend.watch_ready` on the reader's waiter thread: it
+:meth:`resultlog.views.ResultBackend.watch_ready` on the process's resultlog loop thread: it
 subscribes to the task's done channel, then reads the task (so a result written
 before the subscription took effect is still found), then sleeps until the fold
 script publishes. A finished wait puts the view on a queue; ``drain_events`` takes it
@@ -48,7 +48,7 @@ class ViewResultConsumer(BaseResultConsumer):  # type: ignore[misc]
         self._done: queue.SimpleQueue[tuple[str, _Wait]] = queue.SimpleQueue()
 
     def on_after_fork(self) -> None:
-        # The waits ran on the parent's waiter thread, which does not exist here.
+        # The waits ran on the parent's loop thread, which does not exist here.
         self._reset()
 
     def start(self, initial_task_id: str, **kwargs: Any) -> None:

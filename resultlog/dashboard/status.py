@@ -26,7 +26,7 @@ from resultlog.connections import kafka_client_args
 from resultlog.processors.deadletter import OFFSET_HEADER, PARTITION_HEADER, REASON_HEADER
 from resultlog.producers.kafka import started
 from resultlog.settings import Settings
-from resultlog.views.chords import ChordView, view_from_hash
+from resultlog.chords.store import ChordView, view_from_hash
 from resultlog.views.coverage import ViewCoverage
 from resultlog.views.history import HistoryStore
 

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-unt
 
 from resultlog.errors import ChordError
 from resultlog.producers import Emitter, declare_chord
-from resultlog.schemas.chords import ChordCompleted, ChordDeclared, completion_event_id
+from resultlog.chords.records import ChordCompleted, ChordDeclared, completion_event_id
 from resultlog.schemas.codec import Codec
 from resultlog.schemas.event import ExceptionInfo, TaskEvent
 from resultlog.schemas.states import State

@@ -20,7 +20,7 @@ from resultlog.processors.replay import replay
 from resultlog.processors.verify import verify
 from resultlog.errors import ChordError
 from resultlog.producers import Emitter
-from resultlog.producers.chords import declare_chord
+from resultlog.chords.declare import declare_chord
 from resultlog.schemas.event import ExceptionInfo, TaskEvent
 from resultlog.settings import Settings
 from resultlog.views import HistoryStore, RedisView, ResultBackend

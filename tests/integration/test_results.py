@@ -15,6 +15,7 @@ import redis.asyncio
 
 from resultlog import names
 from resultlog.errors import InvalidTaskId, ResultTimeout, StoreUnavailable, TaskRevoked
+from resultlog.bridge import THREAD_NAME
 from resultlog.schemas.event import ExceptionInfo, TaskEvent, now_ms
 from resultlog.schemas.fold import TaskView
 from resultlog.schemas.states import State
@@ -394,14 +395,15 @@ def test_sync_flavour(settings: Settings) -> None:
         assert r.state == "PENDING" and not r.exists()
 
 
-def _waiter_threads() -> int:
-    return sum(1 for t in threading.enumerate() if t.name == "resultlog-result-waiter")
+def _loop_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == THREAD_NAME)
 
 
 def test_sync_waiters_in_many_threads_share_the_waiter_thread(settings: Settings) -> None:
-    # Other backends of this process (e.g. a Celery app's, cached for the process's
-    # life) may have waiter threads of their own: count this backend's.
-    others = _waiter_threads()
+    # One loop thread per process (resultlog.bridge): other users in this process (e.g.
+    # a Celery app's backend, cached for the process's life) may hold it already; it
+    # stops when the last user closes.
+    others = _loop_threads()
     with ResultBackend(settings) as backend:
         ids = [f"t{i}" for i in range(20)]
         got: dict[str, Any] = {}
@@ -419,8 +421,8 @@ def test_sync_waiters_in_many_threads_share_the_waiter_thread(settings: Settings
             th.join(10)
         assert got == {i: i for i in ids}
         assert threading.active_count() <= before
-        assert _waiter_threads() == others + 1
-    assert _waiter_threads() == others
+        assert _loop_threads() == 1
+    assert _loop_threads() == others
 
 
 def test_sync_get_is_interrupted_cleanly_by_a_timeout_without_leaking(settings: Settings) -> None:

@@ -11,10 +11,10 @@ from hypothesis import given, settings as hsettings
 from hypothesis import strategies as st
 
 from resultlog.errors import ValidationError
-from resultlog.processors.chordfold import ChordFold
-from resultlog.processors.celerychordfold import run_event_id, summary_key
-from resultlog.schemas.celerychords import CeleryChordRecord
-from resultlog.schemas.chords import ChordCompleted, completion_event_id
+from resultlog.chords.fold import ChordFold
+from resultlog.chords.celeryfold import run_event_id, summary_key
+from resultlog.chords.celeryrecords import CeleryChordRecord
+from resultlog.chords.records import ChordCompleted, completion_event_id
 from resultlog.schemas.codec import CELERY_CHORD, Codec
 from resultlog.schemas.event import ExceptionInfo
 from resultlog.schemas.states import State

@@ -11,9 +11,9 @@ from hypothesis import given, settings as hsettings
 from hypothesis import strategies as st
 
 from resultlog.errors import ChordError, CodecError, ConfigurationError, ValidationError
-from resultlog.processors.chordfold import ChordFold, member_key, summary_key
-from resultlog.processors.chords import load_hook
-from resultlog.schemas.chords import (
+from resultlog.chords.fold import ChordFold, member_key, summary_key
+from resultlog.chords.aggregator import load_hook
+from resultlog.chords.records import (
     ChordCompleted,
     ChordDeclared,
     FailedMember,
@@ -23,7 +23,7 @@ from resultlog.schemas.codec import CHORD_DECLARED, TASK_EVENT, Codec, event_to_
 from resultlog.schemas.event import ExceptionInfo, TaskEvent
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
-from resultlog.views.chords import completion_fields, view_from_hash
+from resultlog.chords.store import completion_fields, view_from_hash
 
 CHORD = "chord-1"
 
@@ -297,7 +297,7 @@ def test_a_crash_at_any_point_of_the_changelog_still_completes_the_chord_once(
 def test_a_partition_table_hands_the_changelog_its_writes_in_order_as_json() -> None:
     """What ChangelogTables sends: JSON keys and values in write order, None for a removal;
     read back in that order they give the table again."""
-    from resultlog.processors.chordstate import PartitionTable
+    from resultlog.chords.changelog import PartitionTable
 
     table, logged = PartitionTable(), LoggedTable()
     for mapping in (table, logged):
@@ -350,8 +350,8 @@ def test_the_completion_fields_read_back_as_the_view() -> None:
 
 
 def test_completed_summaries_are_removed_a_ttl_later_only_from_their_own_partition() -> None:
-    from resultlog.processors.chordfold import summary_key
-    from resultlog.processors.chordretention import SummaryRetention
+    from resultlog.chords.fold import summary_key
+    from resultlog.chords.retention import SummaryRetention
     from resultlog.producers.partitioner import partition_for
 
     partitions, ttl = 8, 1000

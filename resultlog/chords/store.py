@@ -1,4 +1,4 @@
-"""The Redis chord view and ``ChordResult`` / ``AioChordResult``.
+"""The Redis chord view: its layout, the aggregator's writes and the readers' reads and waits.
 
 Layout of ``names.chord_key(prefix, chord_id)`` (a hash, written only by the chord
 aggregator through :class:`ChordStore`):
@@ -21,7 +21,6 @@ and reads second (see :mod:`resultlog.views.notify`), so it cannot miss the publ
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -29,15 +28,15 @@ from typing import TYPE_CHECKING, Any, Final
 import redis.asyncio
 
 from resultlog import names
-from resultlog.errors import ChordError, ResultTimeout
-from resultlog.schemas.chords import ChordCompleted, FailedMember
-from resultlog.schemas.event import ExceptionInfo, validate_id
+from resultlog.chords.records import ChordCompleted, ChordProgress, FailedMember
+from resultlog.errors import ResultTimeout
+from resultlog.schemas.event import ExceptionInfo
 from resultlog.schemas.states import PENDING, State
+from resultlog.redis_access import text, translated
 from resultlog.settings import Settings
-from resultlog.views._redis import text, translated
 
 if TYPE_CHECKING:
-    from resultlog.views.backend import AioState, ResultBackend
+    from resultlog.views.backend import AioState
 
 STARTED: Final = "STARTED"
 _FINAL: Final = frozenset({State.SUCCESS.value, State.FAILURE.value})
@@ -68,14 +67,6 @@ for i, key in ipairs(KEYS) do
 end
 return #KEYS
 """
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    size: int
-    done: int
-    failed: int
-    timestamp: int = 0  # ms: the latest member outcome counted (expiry derives from it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +139,7 @@ class ChordStore:
         self._client = client
         self._progress = client.register_script(PROGRESS_SCRIPT)
 
-    async def progress(self, updates: Mapping[str, Progress]) -> None:
+    async def progress(self, updates: Mapping[str, ChordProgress]) -> None:
         """Raise the counts of several chords in one call (a no-op on completed ones)."""
         if not updates:
             return
@@ -185,7 +176,7 @@ async def read_chord(client: redis.asyncio.Redis, prefix: str, chord_id: str) ->
 async def wait_chord(state: AioState, chord_id: str, timeout: float | None) -> ChordView:
     """The chord's view once it completed; :class:`ResultTimeout` after ``timeout`` s."""
     prefix = state.settings.redis_prefix
-    async with state._op():
+    async with state.op():
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         view = await read_chord(state.client, prefix, chord_id)
@@ -209,158 +200,3 @@ async def wait_chord(state: AioState, chord_id: str, timeout: float | None) -> C
                 f"chord {chord_id} did not complete in time "
                 f"({view.done} of {view.size if view.size is not None else '?'} members finished)"
             ) from None
-
-
-class _ChordResultBase:
-    """What both flavours share: everything derives from a :class:`ChordView`."""
-
-    __slots__ = ("id", "backend", "_view")
-
-    def __init__(self, chord_id: str, backend: ResultBackend) -> None:
-        self.id: str = validate_id("chord_id", chord_id)
-        self.backend = backend
-        self._view: ChordView | None = None
-
-    def _current(self) -> ChordView:
-        raise NotImplementedError
-
-    @property
-    def view(self) -> ChordView:
-        return self._current()
-
-    @property
-    def state(self) -> str:
-        """PENDING, STARTED, SUCCESS or FAILURE."""
-        return self._current().state
-
-    @property
-    def size(self) -> int | None:
-        """The number of members (None while neither declaration nor member was seen)."""
-        return self._current().size
-
-    def _settle(self, view: ChordView, propagate: bool) -> Any:
-        """What ``get()`` returns (or raises) for a completed chord."""
-        if view.state == State.SUCCESS.value:
-            return [] if view.results is None else json.loads(view.results)
-        error = self._error(view)
-        if propagate:
-            raise error
-        return error
-
-    def _error(self, view: ChordView) -> ChordError:
-        m = view.failed_member
-        if m is None:
-            return ChordError(f"chord {self.id} failed")
-        error = ChordError(f"chord {self.id} failed: {m.describe()}")
-        if m.exception is not None:
-            # The member's own exception, rebuilt by the backend's rules, as the cause.
-            error.__cause__ = self.backend.exceptions.rebuild(m.exception)
-        return error
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__}: {self.id}>"
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, _ChordResultBase):
-            return other.id == self.id
-        if isinstance(other, str):
-            return other == self.id
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self.id)
-
-
-class ChordResult(_ChordResultBase):
-    """A chord's outcome, sync flavour: ``backend.ChordResult(chord_id)``.
-
-    Attributes read Redis until the chord has completed, then stay cached (a completed
-    chord never changes).
-    """
-
-    __slots__ = ()
-
-    def _current(self) -> ChordView:
-        if self._view is not None and self._view.ready:
-            return self._view
-        with translated("reading a chord"):
-            fields = self.backend._client().hgetall(
-                names.chord_key(self.backend.settings.redis_prefix, self.id))
-        self._view = view_from_hash(self.id, fields)
-        return self._view
-
-    def completed_count(self) -> int:
-        """Members that succeeded (Celery's meaning of "completed")."""
-        return self._current().succeeded
-
-    def ready(self) -> bool:
-        return self._current().ready
-
-    def successful(self) -> bool:
-        return self._current().state == State.SUCCESS.value
-
-    def failed(self) -> bool:
-        return self._current().state == State.FAILURE.value
-
-    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5) -> Any:
-        """The members' results in index order, once the chord completed (woken by push).
-
-        A failed chord raises :class:`~resultlog.errors.ChordError` naming the failed
-        member (its rebuilt exception is the ``__cause__``), or returns it when
-        ``propagate`` is false; :class:`~resultlog.errors.ResultTimeout` after
-        ``timeout`` s. ``interval`` is accepted for Celery compatibility and ignored.
-        """
-        view = self._current()
-        if not view.ready:
-            waiter = self.backend._waiter()
-            state = waiter.state
-            view = waiter.call(lambda: wait_chord(state, self.id, timeout))
-            self._view = view
-        return self._settle(view, propagate)
-
-
-class AioChordResult(_ChordResultBase):
-    """A chord's outcome, asyncio flavour: ``backend.AioChordResult(chord_id)``.
-
-    As with ``AioAsyncResult``, attributes (``state``, ``size``, ``view``) show the
-    snapshot loaded by the last awaited call; reading one before any raises
-    :class:`RuntimeError`.
-    """
-
-    __slots__ = ()
-
-    def _current(self) -> ChordView:
-        if self._view is None:
-            raise RuntimeError(f"{self!r} has not been loaded yet: await refresh(), get() or ready() first")
-        return self._view
-
-    async def _load(self) -> ChordView:
-        if self._view is None or not self._view.ready:
-            state = self.backend.aio()
-            async with state._op():
-                self._view = await read_chord(state.client, self.backend.settings.redis_prefix, self.id)
-        return self._view
-
-    async def refresh(self) -> AioChordResult:
-        await self._load()
-        return self
-
-    async def completed_count(self) -> int:
-        return (await self._load()).succeeded
-
-    async def ready(self) -> bool:
-        return (await self._load()).ready
-
-    async def successful(self) -> bool:
-        return (await self._load()).state == State.SUCCESS.value
-
-    async def failed(self) -> bool:
-        return (await self._load()).state == State.FAILURE.value
-
-    async def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5) -> Any:
-        """As :meth:`ChordResult.get`, without blocking the event loop."""
-        view = self._view
-        if view is None or not view.ready:
-            view = await wait_chord(self.backend.aio(), self.id, timeout)
-            self._view = view
-        return self._settle(view, propagate)

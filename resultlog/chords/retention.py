@@ -20,7 +20,7 @@ import heapq
 from collections.abc import MutableMapping
 from typing import Any
 
-from resultlog.processors.chordfold import summary_key
+from resultlog.chords.fold import summary_key
 from resultlog.producers.partitioner import partition_for
 
 _SUMMARY_PREFIX = summary_key("")

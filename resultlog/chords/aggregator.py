@@ -6,12 +6,12 @@ REVOKED), with its original bytes, to the chords topic keyed by chord id, so all
 chord's traffic lands in one partition and is seen by one consumer, in order. The
 aggregator (a task of the processor's faust app, driving a plain aiokafka consumer in
 the group ``<consumer group>.chords``, one record at a time) folds it into a
-changelog-backed table per partition (:mod:`resultlog.processors.chordstate`) and,
+changelog-backed table per partition (:mod:`resultlog.chords.changelog`) and,
 once a chord is complete, writes its outcome to the Redis chord view
-(:mod:`resultlog.views.chords`) and one ``ChordCompleted`` record to the
+(:mod:`resultlog.chords.store`) and one ``ChordCompleted`` record to the
 chord-completions topic. A faust agent follows that topic and runs the hooks.
 
-State (:class:`~resultlog.processors.chordfold.ChordFold`): one table per partition,
+State (:class:`~resultlog.chords.fold.ChordFold`): one table per partition,
 two kinds of keys, both in the partition's changelog partition, where they reach in
 the order they were made:
 
@@ -61,25 +61,26 @@ from resultlog.errors import (
     ResultlogError,
     ValidationError,
 )
-from resultlog.processors.chordfold import ChordFold
-from resultlog.processors.chordretention import SummaryRetention
-from resultlog.processors.chordstate import ChangelogTables, state_record_bytes
+from resultlog.chords.fold import ChordFold
+from resultlog.chords.retention import SummaryRetention
+from resultlog.chords.changelog import ChangelogTables, state_record_bytes
 from resultlog.processors.deadletter import DeadLetter, DeadLetterWriter, TopicWriter
 from resultlog.processors.logreader import LogReader
-from resultlog.schemas.chords import ChordCompleted, FailedMember
+from resultlog.chords.records import ChordCompleted, FailedMember
 from resultlog.schemas.codec import Codec
 from resultlog.producers.topics import ensure_topics
 from resultlog.schemas.event import ExceptionInfo
 from resultlog.connections import kafka_client_args
 from resultlog.settings import Settings
-from resultlog.views._redis import async_client, translated
-from resultlog.views.chords import ChordStore, Progress
+from resultlog.redis_access import async_client, translated
+from resultlog.chords.records import ChordProgress
+from resultlog.chords.store import ChordStore
 
 if TYPE_CHECKING:
     import redis.asyncio
 
-    from resultlog.processors.app import Processor
-    from resultlog.processors.celeryfire import BodyFirer
+    from resultlog.chords.fire import BodyFirer
+    from resultlog.processors.metrics import ProcessorMetrics
 
 log = logging.getLogger("resultlog.chords")
 
@@ -153,10 +154,15 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 class ChordAggregator:
     """The aggregator (a task of a :class:`Processor`'s app) and its hooks' faust agent."""
 
-    def __init__(self, processor: Processor) -> None:
-        s = self.settings = processor.settings
-        self.app = app = processor.app
-        self.metrics = processor.metrics
+    def __init__(self, settings: Settings, app: Any, metrics: ProcessorMetrics,
+                 *, firer: BodyFirer | None = None) -> None:
+        """Register the aggregator as a task of faust ``app``; ``metrics`` counts its
+        completions and retries; ``firer`` fires Celery chords' bodies
+        (``resultlog process --celery-app``). The fold must forward chord traffic to the
+        chords topic (``FoldSink(chord_forwarder=...)``), as the processor's does."""
+        s = self.settings = settings
+        self.app = app
+        self.metrics = metrics
         self.codec = Codec(max_bytes=s.max_event_bytes)
         self.hooks: list[Hook] = []
         self.completions_topic = _raw_topic(app, s.chord_completions_topic, s.topic_partitions)
@@ -165,12 +171,11 @@ class ChordAggregator:
         self.lock = asyncio.Lock()  # one batch, or one (re)load, at a time
         self.writer = TopicWriter(s, s.chord_completions_topic)
         self.consumer: AIOKafkaConsumer | None = None
-        self._dirty: dict[str, Progress] = {}
+        self._dirty: dict[str, ChordProgress] = {}
         self._dirty_event = asyncio.Event()
         self._hooks_agent = False
         self._claimant = f"{socket.gethostname()}:{os.getpid()}"
-        #: Fires Celery chords' bodies (``resultlog process --celery-app``).
-        self.firer: BodyFirer | None = None
+        self.firer = firer
         self._client: redis.asyncio.Redis | None = None
         app.task(self._run)
         if s.chord_hook:
@@ -320,7 +325,7 @@ class ChordAggregator:
 
     async def _fire(self, completion: ChordCompleted, body: str, parent: str | None) -> None:
         """A Celery chord's body, fired before the chord is marked completed (so a crash
-        in between fires it again: see processors/celeryfire.py for "once")."""
+        in between fires it again: see resultlog/chords/fire.py for "once")."""
         if self.firer is None:
             log.error("Celery chord %s completed, but this processor has no Celery app to "
                       "fire its body with: start processors with --celery-app module:app",
@@ -416,12 +421,6 @@ class ChordAggregator:
                 log.exception("chord hook %r failed for chord %s", hook, completion.chord_id)
 
 
-def install(processor: Processor) -> ChordAggregator:
-    """Add the chord aggregator to ``processor`` and make its fold forward chord traffic."""
-    processor.sink.chord_forwarder = TopicWriter(processor.settings, processor.settings.chords_topic)
-    return ChordAggregator(processor)
-
-
 async def rebuild_chord_views(settings: Settings) -> int:
     """Fold the whole chords topic again and write every chord's view; returns how many.
 
@@ -431,7 +430,7 @@ async def rebuild_chord_views(settings: Settings) -> int:
     processor and are not run again.
     """
     fold = ChordFold({})
-    last: dict[str, Progress] = {}
+    last: dict[str, ChordProgress] = {}
     client = async_client(settings)
     store = ChordStore(settings, client)
     codec = Codec(max_bytes=settings.max_event_bytes)

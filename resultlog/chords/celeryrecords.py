@@ -28,10 +28,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from resultlog.errors import ValidationError
-from resultlog.schemas.chords import validate_size
+from resultlog.chords.records import validate_size
 from resultlog.schemas.codec import CELERY_CHORD, Codec
 from resultlog.schemas.event import ExceptionInfo, now_ms, validate_id
 from resultlog.schemas.states import State
@@ -47,6 +47,9 @@ PART_STATES: Final = frozenset({State.SUCCESS, State.FAILURE, State.REVOKED})
 @dataclass(frozen=True, slots=True)
 class CeleryChordRecord:
     """One step of Celery's chord protocol for chord ``chord_id``."""
+
+    #: The record's schema in the events topic.
+    SCHEMA: ClassVar[str] = CELERY_CHORD
 
     event_id: str
     chord_id: str

@@ -3,7 +3,7 @@
 A chord is ``size`` header tasks (its *members*, indexed ``0..size-1``) whose outcomes
 feed one callback. The declaration goes to the events topic (keyed by chord id); the
 members are ordinary task events carrying ``chord_id``/``chord_size``/``chord_index``.
-The chord aggregator (:mod:`resultlog.processors.chords`) writes one
+The chord aggregator (:mod:`resultlog.chords.aggregator`) writes one
 :class:`ChordCompleted` per chord to the chord-completions topic.
 
 A completion's ``event_id`` is derived from the chord id (:func:`completion_event_id`),
@@ -17,7 +17,7 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from resultlog.errors import ChordError, CodecError, ValidationError
 from resultlog.schemas.codec import CHORD_COMPLETED, CHORD_DECLARED, Codec
@@ -45,6 +45,9 @@ def validate_size(size: object) -> int:
 @dataclass(frozen=True, slots=True)
 class ChordDeclared:
     """A chord's declaration: how many members, and what to do when they are done."""
+
+    #: The record's schema in the events topic.
+    SCHEMA: ClassVar[str] = CHORD_DECLARED
 
     event_id: str
     chord_id: str
@@ -214,3 +217,13 @@ class ChordCompleted:
         if name != CHORD_COMPLETED:
             raise CodecError(f"expected a {CHORD_COMPLETED}, got a {name}")
         return cls.from_record(record)
+
+
+@dataclass(frozen=True, slots=True)
+class ChordProgress:
+    """A chord's counts so far, as the fold reports them to the chord view."""
+
+    size: int
+    done: int
+    failed: int
+    timestamp: int = 0  # ms: the latest member outcome counted (expiry derives from it)

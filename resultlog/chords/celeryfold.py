@@ -1,8 +1,8 @@
 """Celery's chord protocol folded into the chord aggregator's table: its progress and its
 one completion.
 
-Pure (no I/O), like :class:`~resultlog.processors.chordfold.ChordFold`, which hands it
-every :class:`~resultlog.schemas.celerychords.CeleryChordRecord`. Celery's rules, as its
+Pure (no I/O), like :class:`~resultlog.chords.fold.ChordFold`, which hands it
+every :class:`~resultlog.chords.celeryrecords.CeleryChordRecord`. Celery's rules, as its
 Redis backend keeps them (``celery/backends/redis.py``, ``on_chord_part_return``):
 
 - a member is its task id *and* its index (``add_to_chord`` reuses the adding task's
@@ -32,13 +32,13 @@ Table keys (beside the ``c:``/``m:`` keys of resultlog's own chords, in the same
   one, the completion of each run having its own event id, so each run fires once;
   ``starts``: the latest start records' ids, so that one read again after a crash
   does not begin a run); ``completed`` makes it compatible with the summaries'
-  retention (:mod:`~resultlog.processors.chordretention`);
+  retention (:mod:`~resultlog.chords.retention`);
 - ``p:<chord_id>:<seq>``: the ``seq``-th member returned, ``[state, task_id, result,
   exc_type, exc_module, exc_message, timestamp, index]``;
 - ``q:<chord_id>:<index>:<task_id>``: that member's ``seq`` (seen already?);
 - ``b:<chord_id>``: the body's signature (JSON text), written once.
 
-Crash safety is the aggregator's (see :mod:`resultlog.processors.chords`): writes reach
+Crash safety is the aggregator's (see :mod:`resultlog.chords.aggregator`): writes reach
 the changelog in the order made, a member's entries before the summary that counts it,
 so after a crash the summary may lag its entries; the first member seen again by this
 process recounts the chord from its ``p:`` entries.
@@ -50,11 +50,11 @@ import json
 from collections.abc import MutableMapping
 from typing import Any
 
-from resultlog.schemas.celerychords import ADD, PART, SIZE, START, CeleryChordRecord
-from resultlog.schemas.chords import ChordCompleted, FailedMember, completion_event_id
+from resultlog.chords.celeryrecords import ADD, PART, SIZE, START, CeleryChordRecord
+from resultlog.chords.records import ChordCompleted, FailedMember, completion_event_id
 from resultlog.schemas.event import ExceptionInfo
 from resultlog.schemas.states import State
-from resultlog.views.chords import Progress
+from resultlog.chords.records import ChordProgress
 
 _STATE, _TASK, _RESULT, _EXC_TYPE, _EXC_MODULE, _EXC_MESSAGE, _TS, _INDEX = range(8)
 _LAST = float("inf")
@@ -96,11 +96,11 @@ def run_event_id(chord_id: str, run: int) -> str:
 
 
 class CeleryStep:
-    """What one record changed (a :class:`~resultlog.processors.chordfold.Step`'s parts)."""
+    """What one record changed (a :class:`~resultlog.chords.fold.Step`'s parts)."""
 
     __slots__ = ("chord_id", "progress", "completion", "body", "parent")
 
-    def __init__(self, chord_id: str, progress: Progress | None = None,
+    def __init__(self, chord_id: str, progress: ChordProgress | None = None,
                  completion: ChordCompleted | None = None, body: str | None = None,
                  parent: str | None = None) -> None:
         self.chord_id = chord_id
@@ -205,7 +205,7 @@ class CeleryChordFold:
             return CeleryStep(chord_id, None, completion, body, parent)
         self.table[summary_key(chord_id)] = s
         total = self._total(s)
-        progress = Progress(s["done"] if total is None else total, s["done"],
+        progress = ChordProgress(s["done"] if total is None else total, s["done"],
                             0 if s["fail_seq"] is None else 1, s["ts"])
         return CeleryStep(chord_id, progress, completion, body, parent)
 

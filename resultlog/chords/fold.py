@@ -1,7 +1,7 @@
 """The chord state machine: a chord's records -> its progress and its one completion.
 
-Pure (no I/O): the aggregator (:mod:`resultlog.processors.chords`) runs it over a
-changelog-backed table per partition (:mod:`~resultlog.processors.chordstate`), replay runs it over a dict, the unit tests over both
+Pure (no I/O): the aggregator (:mod:`resultlog.chords.aggregator`) runs it over a
+changelog-backed table per partition (:mod:`~resultlog.chords.changelog`), replay runs it over a dict, the unit tests over both
 kinds of mapping. Table layout and crash-safety reasoning: see the aggregator's
 module docstring.
 """
@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from resultlog.errors import CodecError
-from resultlog.processors.celerychordfold import CeleryChordFold, is_celery
-from resultlog.schemas.celerychords import CeleryChordRecord
-from resultlog.schemas.chords import ChordCompleted, ChordDeclared, FailedMember, completion_event_id
+from resultlog.chords.celeryfold import CeleryChordFold, is_celery
+from resultlog.chords.celeryrecords import CeleryChordRecord
+from resultlog.chords.records import ChordCompleted, ChordDeclared, FailedMember, completion_event_id
 from resultlog.schemas.codec import CELERY_CHORD, CHORD_DECLARED, TASK_EVENT, event_from_record
 from resultlog.schemas.event import ExceptionInfo, TaskEvent
 from resultlog.schemas.states import State
-from resultlog.views.chords import Progress
+from resultlog.chords.records import ChordProgress
 
 log = logging.getLogger("resultlog.chords")
 
@@ -53,7 +53,7 @@ class Step:
     """What one record changed: the chord's counts, and its completion if it completed."""
 
     chord_id: str
-    progress: Progress | None = None
+    progress: ChordProgress | None = None
     completion: ChordCompleted | None = None
     #: A Celery chord's body (its signature's JSON), with its completion: to be fired.
     body: str | None = None
@@ -169,7 +169,7 @@ class ChordFold:
         if s == before:
             return Step(chord_id, None, completion)
         self.table[summary_key(chord_id)] = s
-        return Step(chord_id, Progress(s["n"], s["done"], s["failed"], s["ts"]), completion)
+        return Step(chord_id, ChordProgress(s["n"], s["done"], s["failed"], s["ts"]), completion)
 
     def _recount(self, chord_id: str, s: dict[str, Any]) -> bool:
         """Counts from the members' entries; True if they differed from ``s``."""

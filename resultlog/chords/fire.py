@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 from resultlog import names
 from resultlog.errors import ConfigurationError
-from resultlog.schemas.chords import ChordCompleted
+from resultlog.chords.records import ChordCompleted
 from resultlog.settings import Settings
-from resultlog.views._redis import translated
+from resultlog.redis_access import translated
 
 if TYPE_CHECKING:
     import redis.asyncio

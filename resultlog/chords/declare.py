@@ -1,0 +1,76 @@
+"""Declaring a chord from worker (or caller) code.
+
+A chord is declared once, with :func:`declare_chord` (asyncio) or
+:func:`declare_chord_sync`; its members are then emitted by the workers as ordinary
+task events that carry ``chord_id``, ``chord_size`` and ``chord_index``::
+
+    await declare_chord(emitter, chord_id, 3, callback="tasks.sum")
+    await emitter.success(task_id, 42, chord_id=chord_id, chord_size=3, chord_index=0)
+
+The declaration is a ``ChordDeclared`` record in the events topic, keyed by the chord
+id, sent through the emitter's own pipeline (same producer, same buffer, same
+delivery reporting, same size limit). Declaring before the members is not required:
+members that arrive first are counted, and the chord completes once the declaration is
+seen too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict, Unpack
+
+from resultlog.chords.records import ChordDeclared
+
+if TYPE_CHECKING:
+    # Types only: resultlog.producers re-exports this module's functions.
+    from resultlog.producers.emitter import Emitter
+    from resultlog.producers.sync import SyncEmitter
+
+
+class ChordRecord(Protocol):
+    """A record about a chord, keyed by its chord id in the events topic."""
+
+    SCHEMA: ClassVar[str]
+
+    @property
+    def chord_id(self) -> str: ...
+
+    @property
+    def timestamp(self) -> int: ...
+
+    def to_record(self) -> dict[str, Any]: ...
+
+
+class ChordOptions(TypedDict, total=False):
+    """What a declaration says besides the chord's id and size."""
+
+    #: The task to run with the results (resultlog only records it: docs/chords.md).
+    callback: str | None
+    callback_kwargs: Mapping[str, Any] | None
+    #: False (the default): the chord fails at its first failed member; True: only
+    #: after every member finished (as Celery does).
+    wait_all: bool
+
+
+async def declare_chord(emitter: Emitter, chord_id: str, size: int, *, wait: bool = False,
+                        **options: Unpack[ChordOptions]) -> ChordDeclared:
+    """Declare chord ``chord_id`` of ``size`` members (:class:`ChordOptions`); returns
+    the declaration sent. ``wait=True`` returns only once Kafka acknowledged it."""
+    decl = ChordDeclared.create(chord_id, size, **options)
+    await emitter.emit_record(decl.SCHEMA, decl.chord_id, decl.to_record(), decl.timestamp, wait=wait)
+    return decl
+
+
+def declare_chord_sync(emitter: SyncEmitter, chord_id: str, size: int, *, wait: bool = False,
+                       **options: Unpack[ChordOptions]) -> ChordDeclared:
+    """:func:`declare_chord` for a :class:`SyncEmitter` (any thread, blocking)."""
+    decl = ChordDeclared.create(chord_id, size, **options)
+    send_chord_record_sync(emitter, decl, wait=wait)
+    return decl
+
+
+def send_chord_record_sync(emitter: SyncEmitter, record: ChordRecord, *, wait: bool = False) -> None:
+    """Send ``record`` to the events topic, keyed by its chord id, through ``emitter``'s
+    pipeline (its codec's size limit applies); ``wait=True`` returns only once Kafka
+    acknowledged it."""
+    emitter.emit_record(record.SCHEMA, record.chord_id, record.to_record(), record.timestamp, wait=wait)
