@@ -217,6 +217,13 @@ class Codec:
                 f"{len(data) - HEADER_SIZE - body.tell()} trailing byte(s)")
         return writer.name, record
 
+    def decode_expected(self, data: bytes, name: str) -> dict[str, Any]:
+        """The record in ``data``, which must be of schema ``name`` (CodecError if not)."""
+        found, record = self.decode_record(data)
+        if found != name:
+            raise CodecError(f"expected a {name}, got a {found}")
+        return record
+
     # Task events ---------------------------------------------------------------------
     def encode(self, event: TaskEvent) -> bytes:
         if event.state is State.FORGOTTEN:

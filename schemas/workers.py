@@ -120,7 +120,4 @@ class WorkerHeartbeat:
 
     @classmethod
     def decode(cls, codec: Codec, data: bytes) -> WorkerHeartbeat:
-        name, record = codec.decode_record(data)
-        if name != WORKER_HEARTBEAT:
-            raise CodecError(f"expected a {WORKER_HEARTBEAT}, got a {name}")
-        return cls.from_record(record)
+        return cls.from_record(codec.decode_expected(data, WORKER_HEARTBEAT))

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
-from resultlog.errors import ChordError, CodecError, ValidationError
+from resultlog.errors import ChordError, ValidationError
 from resultlog.schemas.codec import CHORD_COMPLETED, CHORD_DECLARED, Codec
 from resultlog.schemas.event import ExceptionInfo, now_ms, to_json, validate_id
 from resultlog.schemas.states import State
@@ -213,10 +213,7 @@ class ChordCompleted:
 
     @classmethod
     def decode(cls, codec: Codec, data: bytes) -> ChordCompleted:
-        name, record = codec.decode_record(data)
-        if name != CHORD_COMPLETED:
-            raise CodecError(f"expected a {CHORD_COMPLETED}, got a {name}")
-        return cls.from_record(record)
+        return cls.from_record(codec.decode_expected(data, CHORD_COMPLETED))
 
 
 @dataclass(frozen=True, slots=True)
