@@ -61,11 +61,11 @@ def task_events(rnd: random.Random, n: int, t0: int, index: int) -> list[TaskEve
     elif fate < 0.93:
         out.append(TaskEvent.create(
             task_id, "FAILURE", timestamp=end, runtime=runtime, traceback="Traceback ...",
-            exception=ExceptionInfo("TimeoutError", "builtins", "upstream timed out"), **common))
+            exc=ExceptionInfo("TimeoutError", "builtins", "upstream timed out"), **common))
     else:
         out.append(TaskEvent.create(
             task_id, "RETRY", timestamp=end, eta=end + 1000,
-            exception=ExceptionInfo("ConnectionError", "builtins", "reset"), **common))
+            exc=ExceptionInfo("ConnectionError", "builtins", "reset"), **common))
         out.append(TaskEvent.create(task_id, "STARTED", timestamp=end + 1000, attempt=1, **common))
         out.append(TaskEvent.create(task_id, "SUCCESS", timestamp=end + 1000 + int(runtime * 1000),
                                     attempt=1, result={"ok": True}, runtime=runtime, **common))

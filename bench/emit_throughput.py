@@ -33,9 +33,9 @@ from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from resultlog.producers.emitter import Emitter, default_worker_name
 from resultlog.producers.sync import SyncEmitter
 from resultlog.producers.topics import ensure_topics
-from resultlog.producers.events import build
 from resultlog.producers.options import DEFAULT_COMPRESSION, DEFAULT_MAX_BATCH_BYTES
 from resultlog.schemas.codec import Codec
+from resultlog.schemas.event import TaskEvent
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
 
@@ -44,9 +44,10 @@ def event_bytes(n: int) -> int:
     """Encoded size of the benchmark's events (they are all alike in size)."""
     codec = Codec()
     tid = uuid.uuid4().hex
-    fields = {"task_name": "bench.add", "args": [1, 2]}
-    started = codec.encode(build(State.STARTED, tid, default_worker_name(), fields))  # type: ignore[arg-type]
-    success = codec.encode(build(State.SUCCESS, tid, default_worker_name(), fields, result={"sum": 3}, runtime=0.001))  # type: ignore[arg-type]
+    worker = default_worker_name()
+    started = codec.encode(TaskEvent.create(tid, State.STARTED, worker=worker, task_name="bench.add", args=[1, 2]))
+    success = codec.encode(TaskEvent.create(tid, State.SUCCESS, worker=worker, task_name="bench.add", args=[1, 2],
+                                            result={"sum": 3}, runtime=0.001))
     return (len(started) + len(success)) * n // 2
 
 

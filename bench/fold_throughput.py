@@ -48,8 +48,8 @@ async def preload(settings, n_events: int) -> None:  # type: ignore[no-untyped-d
         states = (State.RECEIVED, State.STARTED, State.SUCCESS)
         for i in range(n_events):
             task = f"task-{i // 3}"
-            ev = TaskEvent.create(task, states[i % 3], result=i, task_name="bench.add",
-                                  args=[i, 1] if i % 3 == 0 else None, worker="w1")
+            ev = TaskEvent.create(task, states[i % 3], result=i if i % 3 == 2 else None,
+                                  task_name="bench.add", args=[i, 1] if i % 3 == 0 else None, worker="w1")
             await producer.send(settings.events_topic, codec.encode(ev), key=task.encode())
         await producer.flush()
     finally:

@@ -21,7 +21,7 @@ import uuid
 import redis
 
 from bench._common import cleanup, isolated
-from resultlog.producers.events import build
+from resultlog.schemas.event import TaskEvent
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.views import RedisView
@@ -39,9 +39,9 @@ def _usage(client: redis.Redis, pattern: str) -> tuple[int, int]:
 async def _resultlog(settings: Settings, task_ids: list[str]) -> None:
     async with RedisView(settings) as view:
         for i, tid in enumerate(task_ids):
-            await view.apply([build(State.STARTED, tid, "bench@host", {}),
-                              build(State.SUCCESS, tid, "bench@host", {},
-                                    result={"task": i, "writer": 0, "ok": True})])
+            await view.apply([TaskEvent.create(tid, State.STARTED, worker="bench@host"),
+                              TaskEvent.create(tid, State.SUCCESS, worker="bench@host",
+                                               result={"task": i, "writer": 0, "ok": True})])
 
 
 def _celery(redis_url: str, prefix: str, task_ids: list[str]) -> None:

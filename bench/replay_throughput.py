@@ -40,7 +40,7 @@ async def main() -> None:
             for i in range(n):
                 task = f"task-{i // 3}"
                 await emitter.emit(TaskEvent.create(
-                    task, states[i % 3], result=i, task_name="bench.add", worker="w1",
+                    task, states[i % 3], result=i if i % 3 == 2 else None, task_name="bench.add", worker="w1",
                     args=[i, 1] if i % 3 == 0 else None))
         print(f"  pre-loaded in {time.monotonic() - t0:.1f}s", flush=True)
         jobs = default_jobs() if args.jobs is None else args.jobs

@@ -8,7 +8,7 @@ signals (optional extra ``resultlog[celery]``).
 
 from resultlog.chords.declare import declare_chord, declare_chord_sync
 from resultlog.producers.emitter import Emitter
-from resultlog.producers.events import TaskFields
+from resultlog.schemas.event import TaskFields
 from resultlog.producers.options import EmitterOptions
 from resultlog.producers.sync import SyncEmitter
 from resultlog.producers.topics import ensure_topics

@@ -12,8 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, TypeVar, Unpack
 
-from resultlog.producers.events import TaskFields, build, build_state
-from resultlog.schemas.event import TaskEvent
+from resultlog.schemas.event import TaskEvent, TaskFields, check_fields
 from resultlog.schemas.states import State
 
 R = TypeVar("R")
@@ -30,6 +29,14 @@ class EmittingCalls(Generic[R]):
     def _send(self, event: TaskEvent, wait: bool) -> R:
         raise NotImplementedError
 
+    def _event(self, task_id: str, state: State | str, fields: TaskFields, **details: Any) -> TaskEvent:
+        # ``fields``: the call's own keywords (a fresh dict), which may name another worker;
+        # checked here, as TaskEvent.create would take a ``result`` for one.
+        check_fields(fields)
+        if "worker" not in fields:
+            fields["worker"] = self._worker_name()
+        return TaskEvent.create(task_id, state, **details, **fields)
+
     def emit_state(
         self,
         task_id: str,
@@ -45,19 +52,17 @@ class EmittingCalls(Generic[R]):
         **fields: Unpack[TaskFields],
     ) -> R:
         """Emit the state named ``state`` (``UnknownState`` if it is not one)."""
-        event = build_state(
-            task_id, state, self._worker_name(), fields,
-            attempt=attempt, result=result, exc=exc, traceback=traceback, runtime=runtime, eta=eta,
-        )
+        event = self._event(task_id, state, fields, attempt=attempt, result=result, exc=exc,
+                            traceback=traceback, runtime=runtime, eta=eta)
         return self._send(event, wait)
 
     def received(self, task_id: str, *, attempt: int = 0, wait: bool = False, **fields: Unpack[TaskFields]) -> R:
         """The task was received by a worker (queued there, not yet running)."""
-        return self._send(build(State.RECEIVED, task_id, self._worker_name(), fields, attempt=attempt), wait)
+        return self._send(self._event(task_id, State.RECEIVED, fields, attempt=attempt), wait)
 
     def started(self, task_id: str, *, attempt: int = 0, wait: bool = False, **fields: Unpack[TaskFields]) -> R:
         """The task started running (attempt ``attempt``, 0 for the first run)."""
-        return self._send(build(State.STARTED, task_id, self._worker_name(), fields, attempt=attempt), wait)
+        return self._send(self._event(task_id, State.STARTED, fields, attempt=attempt), wait)
 
     def retry(
         self,
@@ -71,8 +76,8 @@ class EmittingCalls(Generic[R]):
         **fields: Unpack[TaskFields],
     ) -> R:
         """Attempt ``attempt`` failed with ``exc`` and will be retried (at ``eta``)."""
-        event = build(State.RETRY, task_id, self._worker_name(), fields,
-                      attempt=attempt, exc=exc, traceback=traceback, eta=eta)
+        event = self._event(task_id, State.RETRY, fields, attempt=attempt, exc=exc,
+                            traceback=traceback, eta=eta)
         return self._send(event, wait)
 
     def success(
@@ -86,8 +91,8 @@ class EmittingCalls(Generic[R]):
         **fields: Unpack[TaskFields],
     ) -> R:
         """The task returned ``result`` (JSON-encoded; ``ResultNotSerializable`` if it can't be)."""
-        event = build(State.SUCCESS, task_id, self._worker_name(), fields,
-                      attempt=attempt, result=result, runtime=runtime)
+        event = self._event(task_id, State.SUCCESS, fields, attempt=attempt, result=result,
+                            runtime=runtime)
         return self._send(event, wait)
 
     def failure(
@@ -102,10 +107,10 @@ class EmittingCalls(Generic[R]):
         **fields: Unpack[TaskFields],
     ) -> R:
         """The task raised ``exc`` (traceback taken from it unless given)."""
-        event = build(State.FAILURE, task_id, self._worker_name(), fields,
-                      attempt=attempt, exc=exc, traceback=traceback, runtime=runtime)
+        event = self._event(task_id, State.FAILURE, fields, attempt=attempt, exc=exc,
+                            traceback=traceback, runtime=runtime)
         return self._send(event, wait)
 
     def revoked(self, task_id: str, *, attempt: int = 0, wait: bool = False, **fields: Unpack[TaskFields]) -> R:
         """The task was revoked (cancelled) and will not run or finish."""
-        return self._send(build(State.REVOKED, task_id, self._worker_name(), fields, attempt=attempt), wait)
+        return self._send(self._event(task_id, State.REVOKED, fields, attempt=attempt), wait)

@@ -36,7 +36,7 @@ from datetime import datetime
 from typing import Any
 
 from resultlog.errors import EventTooLarge, ResultNotSerializable
-from resultlog.producers.events import TaskFields
+from resultlog.schemas.event import TaskFields
 from resultlog.producers.sync import SyncEmitter
 
 def _signals() -> Any:

@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any, Unpack
 
 from resultlog.producers.calls import EmittingCalls
-from resultlog.producers.events import TaskFields
+from resultlog.schemas.event import TaskFields
 from resultlog.producers.options import EmitterOptions, resolve
 from resultlog.producers.pipeline import Pipeline
 from resultlog.producers.tracking import AsyncTracker

@@ -29,7 +29,7 @@ from resultlog.bridge import Bridge
 from resultlog.errors import EmitterClosed, ResultlogError
 from resultlog.producers.calls import EmittingCalls
 from resultlog.producers.emitter import Emitter, default_worker_name
-from resultlog.producers.events import TaskFields
+from resultlog.schemas.event import TaskFields
 from resultlog.producers.options import EmitterOptions, resolve
 from resultlog.producers.tracking import SyncTracker
 from resultlog.schemas.event import TaskEvent

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from resultlog.errors import EventTooLarge, ResultNotSerializable
-from resultlog.producers.events import TaskFields
+from resultlog.schemas.event import TaskFields
 
 if TYPE_CHECKING:
     from resultlog.producers.emitter import Emitter

@@ -8,12 +8,15 @@ that are user data (args, kwargs, result) are carried as JSON text, never pickle
 from __future__ import annotations
 
 import json
+import os
+import random
 import re
 import time
-import uuid
-from collections.abc import Mapping
+import traceback as traceback_module
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, TypedDict, Unpack
 
 from resultlog.errors import InvalidTaskId, ResultNotSerializable, ValidationError
 from resultlog.schemas.states import (
@@ -50,7 +53,7 @@ class ExceptionInfo:
 
 @dataclass(frozen=True, slots=True)
 class TaskEvent:
-    """One state change. Build new ones with :meth:`create`; the codec builds decoded ones."""
+    """One state change. Build new ones with :meth:`create`; the codecs build decoded ones."""
 
     event_id: str
     task_id: str
@@ -111,24 +114,65 @@ class TaskEvent:
         task_id: str,
         state: State | str,
         *,
+        attempt: int = 0,
         result: Any = None,
-        args: Any = None,
-        kwargs: Any = None,
+        exc: BaseException | ExceptionInfo | None = None,
+        traceback: str | None = None,
+        runtime: float | None = None,
+        eta: datetime | int | None = None,
         timestamp: int | None = None,
         event_id: str | None = None,
-        **fields: Any,
+        **fields: Unpack[TaskFields],
     ) -> TaskEvent:
-        """A new event with a fresh id and the current time; values are JSON-encoded."""
+        """A new event, validated: the one factory of the emitter, the backends and tests.
+
+        ``state`` may be a name (``UnknownState`` if it is none); args, kwargs and the
+        result are JSON-encoded; ``exc`` is an exception (its traceback is taken unless
+        given) or its :class:`ExceptionInfo`; the id and the time are fresh unless given.
+        Raises a :class:`ValidationError` subclass on bad input.
+        """
         state = State.parse(state)
+        check_fields(fields)
+        args = fields.get("args")
+        kwargs = fields.get("kwargs")
+        meta = fields.get("meta")
+        info = None
+        if isinstance(exc, BaseException):
+            info = ExceptionInfo.from_exception(exc)
+            if traceback is None and exc.__traceback__ is not None:
+                traceback = "".join(traceback_module.format_exception(exc))
+        elif exc is not None:
+            if not isinstance(exc, ExceptionInfo):
+                raise ValidationError(
+                    f"expected an exception instance, got {type(exc).__name__}: {exc!r}")
+            info = exc
+        if runtime is not None and not isinstance(runtime, (int, float)):
+            raise ValidationError(f"runtime must be seconds as a number, got {runtime!r}")
         return cls(
-            event_id=event_id or uuid.uuid4().hex,
+            event_id=event_id or new_event_id(),
             task_id=task_id,
             state=state,
             timestamp=now_ms() if timestamp is None else timestamp,
-            result=to_json(result, "result") if state is State.SUCCESS else None,
+            task_name=fields.get("task_name"),
+            worker=fields.get("worker"),
+            attempt=attempt,
             args=None if args is None else to_json(list(args), "args"),
             kwargs=None if kwargs is None else to_json(dict(kwargs), "kwargs"),
-            **fields,
+            # A SUCCESS's return value, or a STARTED event's progress report (Celery's
+            # update_state); other states' outcomes are their exception.
+            result=to_json(result, "result") if state in _RESULT_STATES and (
+                result is not None or state is State.SUCCESS) else None,
+            exception=info,
+            traceback=traceback,
+            runtime=None if runtime is None else float(runtime),
+            parent_id=fields.get("parent_id"),
+            root_id=fields.get("root_id"),
+            group_id=fields.get("group_id"),
+            chord_id=fields.get("chord_id"),
+            chord_size=fields.get("chord_size"),
+            chord_index=fields.get("chord_index"),
+            eta=eta_ms(eta),
+            meta={} if meta is None else dict(meta),
         )
 
     @property
@@ -141,6 +185,62 @@ class TaskEvent:
 
     def result_value(self) -> Any:
         return None if self.result is None else json.loads(self.result)
+
+
+class TaskFields(TypedDict, total=False):
+    """Optional facts about a task that any event may carry (the emitter's keywords)."""
+
+    task_name: str | None
+    #: Overrides the emitter's worker name for this event.
+    worker: str | None
+    args: Sequence[Any] | None
+    kwargs: Mapping[str, Any] | None
+    parent_id: str | None
+    root_id: str | None
+    group_id: str | None
+    chord_id: str | None
+    chord_size: int | None
+    chord_index: int | None
+    meta: Mapping[str, str] | None
+
+
+_FIELD_NAMES = frozenset(TaskFields.__annotations__)
+# States whose events may carry a ``result``.
+_RESULT_STATES = frozenset({State.SUCCESS, State.STARTED})
+
+# Event ids need uniqueness, not secrecy: 128 bits from a private generator seeded
+# with 256 bits from the OS, and reseeded in every forked child (a child must never
+# repeat its parent's ids). Cheaper than uuid4() or os.urandom() per event, and unlike
+# those it never releases the GIL, which would hand it to the emitter's loop thread
+# in the middle of every SyncEmitter call.
+_ids = random.Random(os.urandom(32))
+_bits = _ids.getrandbits
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
+
+
+def check_fields(fields: Mapping[str, object]) -> None:
+    """:class:`ValidationError` naming the keys of ``fields`` that are no :class:`TaskFields`."""
+    unknown = fields.keys() - _FIELD_NAMES
+    if unknown:
+        raise ValidationError(f"unknown event field(s): {', '.join(sorted(unknown))}")
+
+
+def new_event_id() -> str:
+    """32 lower-case hex digits (128 random bits), like ``uuid4().hex``."""
+    return f"{_bits(128):032x}"
+
+
+def eta_ms(eta: datetime | int | None) -> int | None:
+    """An ETA as ms since the epoch; naive datetimes are taken as UTC."""
+    if eta is None:
+        return None
+    if isinstance(eta, datetime):
+        if eta.tzinfo is None:
+            eta = eta.replace(tzinfo=timezone.utc)
+        return int(eta.timestamp() * 1000)
+    if isinstance(eta, int) and not isinstance(eta, bool):
+        return eta
+    raise ValidationError(f"eta must be a datetime or ms since the epoch, got {eta!r}")
 
 
 def meta_text(meta: Mapping[str, str]) -> str | None:

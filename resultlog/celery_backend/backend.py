@@ -46,8 +46,8 @@ from resultlog.celery_backend.meta import (
 )
 from resultlog.errors import ConfigurationError, EventTooLarge, ResultNotSerializable
 from resultlog.producers.celery import request_fields
-from resultlog.producers.events import TaskFields, build
 from resultlog.producers.sync import SyncEmitter
+from resultlog.schemas.event import TaskEvent, TaskFields
 from resultlog.schemas.fold import TaskView
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
@@ -139,22 +139,23 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
             if meta:
                 fields["meta"] = meta
         emitter = self.emitter()
+        fields.setdefault("worker", emitter.worker)
         try:
             if kind is State.SUCCESS:
                 # prepare_value: a result that is itself a result (a GroupResult a task
                 # returned) is stored as its tuple, as Celery's backends store it.
-                event = build(kind, task_id, emitter.worker, fields, attempt=attempt,
-                              result=to_plain(self.prepare_value(result)))
+                event = TaskEvent.create(task_id, kind, attempt=attempt,
+                                         result=to_plain(self.prepare_value(result)), **fields)
             elif keep_state:
-                event = build(kind, task_id, emitter.worker, fields, attempt=attempt,
-                              result=progress(state, result))
+                event = TaskEvent.create(task_id, kind, attempt=attempt,
+                                         result=progress(state, result), **fields)
             else:
                 exc = result if isinstance(result, BaseException) else RuntimeError(str(result))
                 kept = exception_meta(exc)
                 if kept:
                     fields["meta"] = {**(fields.get("meta") or {}), **kept}
-                event = build(kind, task_id, emitter.worker, fields, attempt=attempt, exc=exc,
-                              traceback=traceback)
+                event = TaskEvent.create(task_id, kind, attempt=attempt,
+                                         exc=exc, traceback=traceback, **fields)
             fold = self.config.read_your_writes
             recorded = emitter.emit(event, wait=fold or (self.config.ack_ready and kind.ready))
         except (ResultNotSerializable, EventTooLarge) as refused:
@@ -212,7 +213,7 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
         task as unknown (PENDING) at once, and a replay or a view rebuild forgets it
         again, because the forget is in the log (``task_forgotten.v1.avsc``)."""
         emitter = self.emitter()
-        event = build(State.FORGOTTEN, task_id, emitter.worker, TaskFields())
+        event = TaskEvent.create(task_id, State.FORGOTTEN, worker=emitter.worker)
         self.reader().fold([emitter.emit(event, wait=True)])
 
     # --- saved groups: events of the group's id, folded at once for read-your-writes --
@@ -226,8 +227,8 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
 
     def _group_event(self, state: State, group_id: str, members: Any) -> None:
         emitter = self.emitter()
-        event = build(state, group_id, emitter.worker,
-                      TaskFields(task_name=names.CELERY_SAVED_GROUP_TASK), result=members)
+        event = TaskEvent.create(group_id, state, worker=emitter.worker,
+                                 task_name=names.CELERY_SAVED_GROUP_TASK, result=members)
         # Acknowledged by Kafka first: the log, not the view, is what a replay restores.
         self.reader().fold([emitter.emit(event, wait=True)])
 

@@ -25,9 +25,8 @@ from chicory.types import BackendStatus, TaskResult, TaskState, WorkerStats
 from resultlog.chicory_backend.mapping import heartbeat, task_event, task_result, worker_stats
 from resultlog.errors import ValidationError
 from resultlog.producers.emitter import Emitter
-from resultlog.producers.events import TaskFields, build
 from resultlog.producers.heartbeats import send_heartbeat
-from resultlog.schemas.event import validate_id, validate_task_id
+from resultlog.schemas.event import TaskEvent, validate_id, validate_task_id
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.views.backend import AioState, ResultBackend
@@ -139,7 +138,7 @@ class ResultlogBackend(Backend):
         event of it arrives later (a task id reused after its deletion stays deleted)."""
         validate_task_id(task_id)
         emitter, state, _ = self._connected()
-        event = build(State.FORGOTTEN, task_id, emitter.worker, TaskFields())
+        event = TaskEvent.create(task_id, State.FORGOTTEN, worker=emitter.worker)
         recorded = await emitter.emit(event, wait=True)
         if self.read_your_writes:
             await state.view.apply([recorded])

@@ -39,8 +39,7 @@ from typing import Any, Final
 from chicory.types import BackendStatus, BrokerStatus, TaskResult, TaskState, WorkerStats
 
 from resultlog import names
-from resultlog.producers.events import new_event_id
-from resultlog.schemas.event import ExceptionInfo, TaskEvent, now_ms, to_json
+from resultlog.schemas.event import ExceptionInfo, TaskEvent, new_event_id, now_ms, to_json
 from resultlog.schemas.fold import TaskView
 from resultlog.schemas.states import State
 from resultlog.schemas.workers import WorkerHeartbeat

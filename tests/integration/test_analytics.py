@@ -52,7 +52,7 @@ def ev(task_id: str, state: str, ms: int, *, name: str | None = A, attempt: int 
     return TaskEvent.create(
         task_id, state, timestamp=T0_MS + ms, task_name=name, attempt=attempt, runtime=runtime,
         worker=worker, result=task_id if state == "SUCCESS" else None,
-        exception=None if exc is None else ExceptionInfo(exc, "builtins", f"{exc} in {task_id}"),
+        exc=None if exc is None else ExceptionInfo(exc, "builtins", f"{exc} in {task_id}"),
     )
 
 

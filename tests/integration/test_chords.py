@@ -83,7 +83,7 @@ def members(chord_id: str, size: int, *, failing: dict[int, Exception] | None = 
         exc = (failing or {}).get(i)
         out.append(TaskEvent.create(
             task_id, State.SUCCESS if exc is None else State.FAILURE, result=i * 2,
-            exception=None if exc is None else ExceptionInfo.from_exception(exc),
+            exc=None if exc is None else ExceptionInfo.from_exception(exc),
             chord_id=chord_id, chord_size=size, chord_index=i))
     return out
 

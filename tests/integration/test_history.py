@@ -283,7 +283,7 @@ async def test_history_is_in_transition_order_and_latest_is_the_winner(store: Hi
     # Arrival order is not transition order: a late RECEIVED, a retry's new attempt.
     events = [
         ev("t1", "STARTED", NOW_MS + 2),
-        ev("t1", "RETRY", NOW_MS + 3, exception=ExceptionInfo("KeyError", "builtins", "'x'")),
+        ev("t1", "RETRY", NOW_MS + 3, exc=ExceptionInfo("KeyError", "builtins", "'x'")),
         ev("t1", "SUCCESS", NOW_MS + 9, attempt=1, result={"ok": True}),
         ev("t1", "RECEIVED", NOW_MS + 1, args=[1]),
         ev("t1", "STARTED", NOW_MS + 5, attempt=1),
@@ -462,7 +462,7 @@ async def test_the_copy_path_and_the_one_statement_path_store_the_same_rows(sett
     from resultlog.views.history import SMALL_BATCH_ROWS
 
     events = [ev(f"t{i}", "SUCCESS", NOW_MS + i, result=f'{{"i":{i}}}', meta={"k": "v"},
-                 exception=None, runtime=0.25, attempt=i % 3) for i in range(SMALL_BATCH_ROWS + 50)]
+                 exc=None, runtime=0.25, attempt=i % 3) for i in range(SMALL_BATCH_ROWS + 50)]
     tables = []
     for label, chunk in (("copy", len(events)), ("small", 40)):
         s = settings.replace(postgres_schema=f"{settings.postgres_schema}_{label}")

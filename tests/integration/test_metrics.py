@@ -56,7 +56,7 @@ def events(n_ok: int, n_failed: int) -> Iterator[TaskEvent]:
             yield TaskEvent.create(f"ok-{i}", state, result=i if state is State.SUCCESS else None)
     for i in range(n_failed):
         yield TaskEvent.create(f"bad-{i}", State.FAILURE,
-                               exception=ExceptionInfo.from_exception(ValueError(i)))
+                               exc=ExceptionInfo.from_exception(ValueError(i)))
 
 
 async def test_metrics_move_as_events_flow_and_readiness_follows(settings: Settings) -> None:

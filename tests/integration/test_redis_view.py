@@ -112,7 +112,7 @@ async def test_apply_counts_tasks_whose_view_changed(view: RedisView) -> None:
 
 async def test_a_winner_without_a_field_clears_it(view: RedisView) -> None:
     t = 1_700_000_000_000
-    retry = ev("t", State.RETRY, t, worker="w", exception=ExceptionInfo("E", "m", "boom"), traceback="tb")
+    retry = ev("t", State.RETRY, t, worker="w", exc=ExceptionInfo("E", "m", "boom"), traceback="tb")
     again = ev("t", State.RECEIVED, t + 1, attempt=1)
     await view.apply([retry])
     await view.apply([again])
@@ -124,7 +124,7 @@ async def test_a_winner_without_a_field_clears_it(view: RedisView) -> None:
 
 async def test_values_round_trip_exactly(view: RedisView) -> None:
     e = ev("t-ü/1", State.FAILURE, 1_700_000_000_000, worker="", runtime=0.1 + 0.2,
-           exception=ExceptionInfo("Err", "pkg.mod", "naïve \x00 ☃ \n"), traceback="",
+           exc=ExceptionInfo("Err", "pkg.mod", "naïve \x00 ☃ \n"), traceback="",
            eta=10**15 - 1, meta={"k": "v"})
     await view.apply([e])
     assert await view.get("t-ü/1") == fold([e])["t-ü/1"]

@@ -49,9 +49,9 @@ async def workload(settings: Settings, n: int = 60, base_ms: int = BASE_MS, tag:
         if kind == 0:
             ev("SUCCESS", result={"i": i}, runtime=0.5)
         elif kind == 1:
-            ev("FAILURE", exception=ExceptionInfo.from_exception(ValueError(f"bad {i}")))
+            ev("FAILURE", exc=ExceptionInfo.from_exception(ValueError(f"bad {i}")))
         elif kind == 2:
-            ev("RETRY", exception=ExceptionInfo.from_exception(TimeoutError("slow")))
+            ev("RETRY", exc=ExceptionInfo.from_exception(TimeoutError("slow")))
             ev("STARTED", attempt=1)
             ev("SUCCESS", result=i, attempt=1)
         else:
@@ -131,7 +131,7 @@ async def chords(settings: Settings) -> int:
                 member = {"chord_id": chord_id, "chord_size": size, "chord_index": i}
                 if i == fail_at:
                     await em.emit(TaskEvent.create(task, "FAILURE", timestamp=BASE_MS + 500 + i,
-                                                   exception=ExceptionInfo("KeyError", "builtins", "x"), **member))
+                                                   exc=ExceptionInfo("KeyError", "builtins", "x"), **member))
                 else:
                     await em.emit(TaskEvent.create(task, "SUCCESS", result=i * 10,
                                                    timestamp=BASE_MS + 500 + i, **member))

@@ -58,7 +58,7 @@ def ev(task_id: str, state: State | str, **fields: Any) -> TaskEvent:
 
 
 def failure(task_id: str, exc_type: str = "TaskFailed", module: str = __name__, **fields: Any) -> TaskEvent:
-    return ev(task_id, State.FAILURE, exception=ExceptionInfo(exc_type, module, "it broke"),
+    return ev(task_id, State.FAILURE, exc=ExceptionInfo(exc_type, module, "it broke"),
               traceback="Traceback (most recent call last):\n  File \"task.py\"\nTaskFailed: it broke\n",
               **fields)
 
@@ -262,7 +262,7 @@ async def test_revoked(backend: ResultBackend, view: RedisView) -> None:
 
 async def test_retry_is_not_ready_and_get_waits_for_the_next_attempt(backend: ResultBackend, view: RedisView) -> None:
     t = now_ms()
-    await view.apply([ev("t", State.RETRY, timestamp=t, exception=ExceptionInfo("ValueError", "builtins", "flaky"))])
+    await view.apply([ev("t", State.RETRY, timestamp=t, exc=ExceptionInfo("ValueError", "builtins", "flaky"))])
     r = backend.AioAsyncResult("t")
     assert not await r.ready()
     assert r.state == "RETRY" and isinstance(r.result, ValueError) and r.retries == 0

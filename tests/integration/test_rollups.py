@@ -50,13 +50,13 @@ def workload(seed: int, t0: int, tasks: int = 240, span_ms: int = 2 * HOUR_MS) -
             if a < retries:
                 events.append(TaskEvent.create(
                     tid, "RETRY", timestamp=at + 500, attempt=a, worker="w", task_name=later,
-                    runtime=runtime, exception=ExceptionInfo("IOError", "builtins", "again")))
+                    runtime=runtime, exc=ExceptionInfo("IOError", "builtins", "again")))
             else:
                 failed = rng.random() < 0.2
                 events.append(TaskEvent.create(
                     tid, "FAILURE" if failed else "SUCCESS", timestamp=at + 600, attempt=a,
                     worker="w", task_name=later, runtime=runtime,
-                    exception=ExceptionInfo("KeyError", "builtins", "k") if failed else None))
+                    exc=ExceptionInfo("KeyError", "builtins", "k") if failed else None))
     return events
 
 

@@ -35,12 +35,12 @@ def workload(seed: int) -> list[TaskEvent]:
             if a < retries:
                 events.append(TaskEvent.create(
                     tid, "RETRY", timestamp=t + 100 * a + 50, attempt=a, worker=w,
-                    exception=ExceptionInfo("IOError", "builtins", "again")))
+                    exc=ExceptionInfo("IOError", "builtins", "again")))
         last = rng.choice(["SUCCESS", "FAILURE", "STARTED"])
         if last != "STARTED":
             events.append(TaskEvent.create(
                 tid, last, timestamp=t + 100 * retries + 60, attempt=retries, worker="wz",
-                exception=None if last == "SUCCESS" else ExceptionInfo("KeyError", "builtins", "k")))
+                exc=None if last == "SUCCESS" else ExceptionInfo("KeyError", "builtins", "k")))
     return events
 
 

@@ -33,7 +33,7 @@ def member(index: int, size: int, state: State = State.SUCCESS, *, result: Any =
     return TaskEvent.create(
         f"{chord_id}-t{index}", state, result=index * 10 if result is None else result,
         timestamp=ts + index, chord_id=chord_id, chord_size=size, chord_index=index,
-        exception=ExceptionInfo("ValueError", "builtins", f"{exc} {index}") if state is State.FAILURE else None,
+        exc=ExceptionInfo("ValueError", "builtins", f"{exc} {index}") if state is State.FAILURE else None,
     )
 
 

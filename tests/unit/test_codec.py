@@ -42,7 +42,7 @@ def test_every_schema_version_is_kept_and_readable() -> None:
 def test_an_event_written_under_v1_is_read_by_current_code() -> None:
     old_writer = Codec(pin={TASK_EVENT: 1})
     event = TaskEvent.create("t1", State.FAILURE, task_name="div",
-                             exception=ExceptionInfo("ZeroDivisionError", "builtins", "division by zero"))
+                             exc=ExceptionInfo("ZeroDivisionError", "builtins", "division by zero"))
     decoded = Codec().decode(old_writer.encode(event))
     assert decoded == event  # the v2-only fields take their defaults
     assert decoded.meta == {} and decoded.eta is None

@@ -1,4 +1,4 @@
-"""Building events from the emitter's per-state calls: validation happens here, up front."""
+"""Building events (TaskEvent.create, what the emitter's per-state calls use): validation up front."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resultlog.errors import ConfigurationError, InvalidTaskId, ResultNotSerializable, UnknownState, ValidationError
-from resultlog.producers.events import build, build_state, eta_ms, new_event_id
+from resultlog.producers.calls import EmittingCalls
 from resultlog.producers.options import resolve
-from resultlog.schemas.event import to_json
+from resultlog.schemas.event import TaskEvent, eta_ms, new_event_id, to_json
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
 
@@ -25,9 +25,9 @@ def test_event_ids_are_32_hex_and_unique() -> None:
 
 
 def test_success_carries_json_result_and_fields() -> None:
-    event = build(
-        State.SUCCESS, "t1", "w1",
-        {"task_name": "add", "args": (1, 2), "kwargs": {"z": 3}, "group_id": "g", "meta": {"k": "v"}},
+    event = TaskEvent.create(
+        "t1", State.SUCCESS, worker="w1",
+        task_name="add", args=(1, 2), kwargs={"z": 3}, group_id="g", meta={"k": "v"},
         result={"sum": 3}, runtime=1, attempt=2,
     )
     assert (event.state, event.task_id, event.worker, event.attempt) == (State.SUCCESS, "t1", "w1", 2)
@@ -37,15 +37,31 @@ def test_success_carries_json_result_and_fields() -> None:
     assert event.group_id == "g" and dict(event.meta) == {"k": "v"}
 
 
+class Calls(EmittingCalls[TaskEvent]):
+    """The per-state calls, returning the event they would send."""
+
+    def _worker_name(self) -> str:
+        return "w1"
+
+    def _send(self, event: TaskEvent, wait: bool) -> TaskEvent:
+        return event
+
+
 def test_worker_can_be_overridden_per_event() -> None:
-    assert build(State.STARTED, "t", "w1", {"worker": "other"}).worker == "other"
+    assert Calls().started("t").worker == "w1"
+    assert Calls().started("t", worker="other").worker == "other"
+
+
+def test_per_state_calls_refuse_fields_they_do_not_take() -> None:
+    with pytest.raises(ValidationError, match="unknown event field"):
+        Calls().received("t", result=1)  # type: ignore[call-arg]
 
 
 def test_failure_takes_type_module_message_and_traceback() -> None:
     try:
         raise KeyError("boom")
     except KeyError as exc:
-        event = build(State.FAILURE, "t", None, {}, exc=exc)
+        event = TaskEvent.create("t", State.FAILURE, exc=exc)
     assert event.exception is not None
     assert (event.exception.type, event.exception.module) == ("KeyError", "builtins")
     assert event.exception.message == "'boom'"
@@ -55,7 +71,7 @@ def test_failure_takes_type_module_message_and_traceback() -> None:
 
 def test_retry_eta() -> None:
     when = datetime(2030, 1, 1, tzinfo=timezone.utc)
-    event = build(State.RETRY, "t", None, {}, exc=ValueError("x"), attempt=1, eta=when)
+    event = TaskEvent.create("t", State.RETRY, exc=ValueError("x"), attempt=1, eta=when)
     assert event.eta == int(when.timestamp() * 1000)
     assert eta_ms(datetime(2030, 1, 1)) == event.eta  # naive means UTC
     assert event.traceback is None  # never raised: no traceback to format
@@ -64,35 +80,35 @@ def test_retry_eta() -> None:
 @pytest.mark.parametrize("task_id", ["", "   ", None, 42, b"bytes", "x" * 256])
 def test_bad_task_ids(task_id: object) -> None:
     with pytest.raises(InvalidTaskId):
-        build(State.STARTED, task_id, None, {})  # type: ignore[arg-type]
+        TaskEvent.create(task_id, State.STARTED)  # type: ignore[arg-type]
 
 
 def test_unserializable_result_args_and_kwargs() -> None:
     with pytest.raises(ResultNotSerializable, match="result"):
-        build(State.SUCCESS, "t", None, {}, result=object())
+        TaskEvent.create("t", State.SUCCESS, result=object())
     with pytest.raises(ResultNotSerializable, match="args"):
-        build(State.STARTED, "t", None, {"args": [object()]})
+        TaskEvent.create("t", State.STARTED, args=[object()])
     with pytest.raises(ResultNotSerializable, match="kwargs"):
-        build(State.STARTED, "t", None, {"kwargs": {"a": {1, 2}}})
+        TaskEvent.create("t", State.STARTED, kwargs={"a": {1, 2}})
     with pytest.raises(ResultNotSerializable):
-        build(State.SUCCESS, "t", None, {}, result=float("nan"))
+        TaskEvent.create("t", State.SUCCESS, result=float("nan"))
 
 
 def test_unknown_state() -> None:
     with pytest.raises(UnknownState, match="PENDING"):
-        build_state("t", "PENDING", None, {})
-    assert build_state("t", "success", None, {}, result=1).state is State.SUCCESS
+        TaskEvent.create("t", "PENDING")
+    assert TaskEvent.create("t", "success", result=1).state is State.SUCCESS
 
 
 def test_other_bad_input() -> None:
     with pytest.raises(ValidationError, match="unknown event field"):
-        build(State.STARTED, "t", None, {"colour": "red"})  # type: ignore[typeddict-unknown-key]
+        TaskEvent.create("t", State.STARTED, colour="red")  # type: ignore[call-arg]
     with pytest.raises(ValidationError, match="exception"):
-        build(State.FAILURE, "t", None, {}, exc="not an exception")  # type: ignore[arg-type]
+        TaskEvent.create("t", State.FAILURE, exc="not an exception")  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="chord"):
-        build(State.SUCCESS, "t", None, {"chord_id": "c", "chord_size": 2, "chord_index": 2})
+        TaskEvent.create("t", State.SUCCESS, chord_id="c", chord_size=2, chord_index=2)
     with pytest.raises(ValidationError, match="attempt"):
-        build(State.STARTED, "t", None, {}, attempt=-1)
+        TaskEvent.create("t", State.STARTED, attempt=-1)
 
 
 def test_options_are_validated() -> None:
