@@ -4,9 +4,9 @@ Pre-loads --events events (default 1,000,000: RECEIVED/STARTED/SUCCESS for a thi
 many tasks) with the emitter, then runs `replay --fresh` into empty stores and prints
 the rate. The progress bar shows on a terminal.
 
-    .venv/bin/python -m bench.replay_throughput [--events 1000000] [--batch 5000] [--jobs N] [--pipelines 2]
+    .venv/bin/python -m bench.replay_throughput [--events 1000000] [--batch 5000] [--jobs N] [--consumers 2]
 
---jobs: worker processes (default: one per CPU); --pipelines: per process.
+--jobs: worker processes (default: one per CPU); --consumers: per process.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ async def main() -> None:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--batch", type=int, default=5000)
     ap.add_argument("--jobs", type=int, default=None)
-    ap.add_argument("--pipelines", type=int, default=2)
+    ap.add_argument("--consumers", type=int, default=2)
     args = ap.parse_args()
     # Default settings (results expire after result_ttl_s): what a user's replay does.
     settings = isolated("replay")
@@ -44,11 +44,11 @@ async def main() -> None:
                     args=[i, 1] if i % 3 == 0 else None))
         print(f"  pre-loaded in {time.monotonic() - t0:.1f}s", flush=True)
         jobs = default_jobs() if args.jobs is None else args.jobs
-        print(f"replaying: {jobs} process(es) x {args.pipelines} pipeline(s), batches of "
+        print(f"replaying: {jobs} process(es) x {args.consumers} consumer(s), batches of "
               f"{args.batch:,}, {settings.topic_partitions} partitions, "
               f"{default_jobs()} CPUs", flush=True)
         summary = await replay(settings, fresh=True, batch_records=args.batch, jobs=args.jobs,
-                               pipelines=args.pipelines, progress=True)
+                               consumers=args.consumers, progress=True)
         print(summary.render())
         print(f"replay throughput into both stores: {summary.rate:,.0f} events/s "
               f"({n:,} events in {summary.seconds:.1f}s)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from typing import Any
 
 from resultlog.settings import Settings
@@ -59,6 +60,16 @@ def run(settings: Settings, *, loglevel: str = "info", celery_app: str | None = 
     worker.execute_from_commandline()
 
 
+class _Deprecated(argparse.Action):
+    """An old spelling of an option: stored as the new one, with a warning."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        new = "--" + self.dest.replace("_", "-")
+        print(f"resultlog: {option_string} is deprecated, use {new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def register_replay(subparsers: Any) -> None:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "replay",
@@ -83,8 +94,10 @@ def register_replay(subparsers: Any) -> None:
     p.add_argument("--jobs", type=int, default=None,
                    help="worker processes, each over its own share of the partitions "
                         "(default: one per CPU)")
-    p.add_argument("--pipelines", type=int, default=2,
-                   help="concurrent pipelines per process (default 2)")
+    p.add_argument("--consumers", type=int, default=2,
+                   help="concurrent consumers per process, each over its own share (default 2)")
+    p.add_argument("--pipelines", type=int, dest="consumers", action=_Deprecated,
+                   help=argparse.SUPPRESS)
     p.set_defaults(func=_replay)
 
     v: argparse.ArgumentParser = subparsers.add_parser(
@@ -146,7 +159,7 @@ def _replay(args: argparse.Namespace) -> int:
         force=args.force,
         batch_records=args.batch,
         jobs=args.jobs,
-        pipelines=args.pipelines,
+        consumers=args.consumers,
     ))
     print(summary.render())
     return 0

@@ -59,7 +59,7 @@ from resultlog.processors.foldstatus import FoldStatus, LogEnds, PartitionProgre
 from resultlog.processors.metrics import ProcessorMetrics
 from resultlog.processors.rebuild import ViewRebuilder
 from resultlog.producers.kafka import started
-from resultlog.processors.sink import FoldSink, PipelinedWriter, Prepared, SinkStats
+from resultlog.processors.sink import FoldSink, StagedWriter, Prepared, SinkStats
 from resultlog.connections import kafka_client_args
 from resultlog.settings import Settings
 from resultlog.views.coverage import Claim, ViewCoverage
@@ -411,7 +411,7 @@ class BatchFoldEngine:
         await started(consumer, s)
         self._log_ends = LogEnds(consumer, s.events_topic, lambda: list(self._stored), s.kafka_timeout_s)
         self._log_ends.start()
-        writer = PipelinedWriter(self._write_history, self._account, second=self._write_view)
+        writer = StagedWriter(self._write_history, self._account, second=self._write_view)
         loop = asyncio.get_running_loop()
         last_commit = last_check = loop.time()
         # Fetching never waits for a write: records fetched while the history is busy

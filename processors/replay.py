@@ -31,7 +31,7 @@ from resultlog.views.history import HistoryStore
 
 REPLAY_GROUP_SUFFIX = ".replay"
 #: Pipelines per process: one waits on the stores while another decodes.
-DEFAULT_PIPELINES = 2
+DEFAULT_CONSUMERS = 2
 
 
 def default_jobs() -> int:
@@ -134,21 +134,21 @@ async def replay(
     force: bool = False,
     batch_records: int = 5000,
     jobs: int | None = None,
-    pipelines: int = DEFAULT_PIPELINES,
+    consumers: int = DEFAULT_CONSUMERS,
     progress: bool = True,
     on_batch: Callable[[SinkStats], None] | None = None,
 ) -> ReplaySummary:
     """Fold the events topic (or a slice of it) into the chosen stores; see docs/replay.md.
 
-    ``jobs`` processes (default: one per CPU) each run ``pipelines`` pipelines
-    concurrently, every pipeline over its own share of the partitions; see
+    ``jobs`` processes (default: one per CPU) each run ``consumers`` consumers
+    concurrently, every consumer over its own share of the partitions; see
     ``processors/replayworkers.py``.
     """
     processes = default_jobs() if jobs is None else jobs
     if not 1 <= processes <= 64:
         raise ValidationError(f"jobs must be between 1 and 64, not {processes}")
-    if not 1 <= pipelines <= 16:
-        raise ValidationError(f"pipelines must be between 1 and 16, not {pipelines}")
+    if not 1 <= consumers <= 16:
+        raise ValidationError(f"consumers must be between 1 and 16, not {consumers}")
     if not (redis or history):
         raise ValidationError("nothing to rebuild: choose the Redis view, the history, or both")
     if sum(x is not None and x is not False for x in (from_timestamp_ms, from_offsets, resume or None)) > 1:
@@ -191,7 +191,7 @@ async def replay(
             if on_batch is not None:
                 on_batch(stats)
 
-        await run_shares(settings, group, split(plan, processes * pipelines),
+        await run_shares(settings, group, split(plan, processes * consumers),
                          processes=processes, redis=redis, history=history,
                          batch_records=batch_records, on_batch=done, store=store)
         if bar is not None:

@@ -1,7 +1,7 @@
-"""Replay's parallelism: pipelines over disjoint shares of the partitions, in this
+"""Replay's parallelism: consumers over disjoint shares of the partitions, in this
 process or in worker processes.
 
-A pipeline (one consumer, one :class:`FoldSink`, a :class:`PipelinedWriter`) spends
+A consumer (with its own :class:`FoldSink` and :class:`StagedWriter`) spends
 much of its time waiting for Redis and PostgreSQL, so a process runs a few of them
 concurrently. Decoding is CPU-bound Python, so past one core's worth of it the only
 way to go faster is more processes: :func:`run_shares` starts ``python -m
@@ -27,7 +27,7 @@ from typing import Any
 from resultlog import errors
 from resultlog.errors import ReplayFailed
 from resultlog.processors.logreader import LogReader, Slice
-from resultlog.processors.sink import FoldSink, PipelinedWriter, SinkStats
+from resultlog.processors.sink import FoldSink, StagedWriter, SinkStats
 from resultlog.settings import Settings
 from resultlog.views.history import HistoryStore
 
@@ -43,10 +43,10 @@ def split(plan: Slice, ways: int) -> list[Slice]:
             for g in groups]
 
 
-async def run_pipelines(settings: Settings, group: str, shares: Sequence[Slice], *,
+async def run_consumers(settings: Settings, group: str, shares: Sequence[Slice], *,
                         redis: bool, history: bool, batch_records: int, on_batch: OnBatch,
                         store: HistoryStore | None = None) -> None:
-    """One pipeline per share, concurrently, in this process (one history pool:
+    """One consumer per share, concurrently, in this process (one history pool:
     ``store``, left open, or one of its own)."""
     owned = store is None
     if store is None:
@@ -57,7 +57,7 @@ async def run_pipelines(settings: Settings, group: str, shares: Sequence[Slice],
 
     async def run(share: Slice, sink: FoldSink) -> None:
         await sink.start()
-        writer = PipelinedWriter(sink.write, on_batch)
+        writer = StagedWriter(sink.write, on_batch)
         try:
             async with LogReader(settings) as reader:
                 async for batch in reader.read(share, max_records=batch_records):
@@ -87,10 +87,10 @@ async def run_pipelines(settings: Settings, group: str, shares: Sequence[Slice],
 async def run_shares(settings: Settings, group: str, shares: Sequence[Slice], *, processes: int,
                      redis: bool, history: bool, batch_records: int, on_batch: OnBatch,
                      store: HistoryStore | None = None) -> None:
-    """The shares' pipelines spread over ``processes`` processes (this one when 1,
+    """The shares' consumers spread over ``processes`` processes (this one when 1,
     writing the history through ``store`` if given)."""
     if processes <= 1 or len(shares) <= 1:
-        await run_pipelines(settings, group, shares, redis=redis, history=history,
+        await run_consumers(settings, group, shares, redis=redis, history=history,
                             batch_records=batch_records, on_batch=on_batch, store=store)
         return
     # The child's settings are exactly ours: ours as variables, none inherited.
@@ -165,7 +165,7 @@ def _main(argv: list[str]) -> int:
         assert task is not None
         loop = asyncio.get_running_loop()
         loop.add_reader(sys.stdin.fileno(), _orphaned, task)
-        await run_pipelines(Settings.from_env(), job["group"], shares, redis=job["redis"],
+        await run_consumers(Settings.from_env(), job["group"], shares, redis=job["redis"],
                             history=job["history"], batch_records=job["batch"],
                             on_batch=on_batch)
 

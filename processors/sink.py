@@ -263,7 +263,7 @@ class FoldSink:
 
     async def store_history(self, batch: Prepared) -> SinkStats:
         """Steps 1 and 2 of the module docstring: everything but the Redis view. A
-        pipelined caller (:class:`PipelinedWriter`) writes the next batch's history
+        staged caller (:class:`StagedWriter`) writes the next batch's history
         while this one's view is written."""
         assert self.history is not None and self.dead_letters is not None, "FoldSink.start() first"
         stats = SinkStats(read=batch.read)
@@ -304,7 +304,7 @@ class FoldSink:
             stats.redis_s = time.perf_counter() - began
 
 
-class PipelinedWriter:
+class StagedWriter:
     """Writes batches strictly in order, in one or two stages, while the caller
     prepares the next batch.
 
@@ -341,7 +341,7 @@ class PipelinedWriter:
     def start(self, batch: Prepared) -> None:
         """Start writing ``batch`` (only when :attr:`ready`); raises the failure of a
         batch that has ended since the last call."""
-        assert self.ready, "PipelinedWriter.start() while the first stage is busy"
+        assert self.ready, "StagedWriter.start() while the first stage is busy"
         self.check()
         first = asyncio.ensure_future(self._write(batch))
         previous = self._batches[-1] if self._batches else None

@@ -251,10 +251,10 @@ async def test_an_interrupted_replay_resumes_where_it_stopped(settings: Settings
 
     stop = StopAfterFirstBatch()
 
-    # One pipeline in this process, so that what was counted is exactly what was
-    # written (concurrent pipelines may land a write the interruption did not count).
+    # One consumer in this process, so that what was counted is exactly what was
+    # written (concurrent consumers may land a write the interruption did not count).
     with pytest.raises(StopAfterFirstBatch.Interrupt):
-        await replay(settings, fresh=True, batch_records=50, jobs=1, pipelines=1, progress=False,
+        await replay(settings, fresh=True, batch_records=50, jobs=1, consumers=1, progress=False,
                      on_batch=stop)
     assert 0 < stop.seen < n
     rest = await replay(settings, resume=True, progress=False)
@@ -274,7 +274,7 @@ async def test_worker_processes_interrupted_then_resumed_rebuild_exactly(setting
     stop = StopAfterFirstBatch()
 
     with pytest.raises(StopAfterFirstBatch.Interrupt):
-        await replay(settings, fresh=True, batch_records=20, jobs=2, pipelines=1,
+        await replay(settings, fresh=True, batch_records=20, jobs=2, consumers=1,
                      progress=False, on_batch=stop)
     assert 0 < stop.seen < n
     rest = await replay(settings, resume=True, jobs=2, progress=False)

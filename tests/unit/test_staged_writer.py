@@ -1,4 +1,4 @@
-"""PipelinedWriter's ordering law, whatever each stage's speed: each stage takes one
+"""StagedWriter's ordering law, whatever each stage's speed: each stage takes one
 batch at a time in submission order, a batch's second stage follows its own first
 stage and the previous batch's second stage, and no batch starts after a first stage
 failed (its offsets would move past the failed batch)."""
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resultlog.processors.sink import Prepared, PipelinedWriter, SinkStats
+from resultlog.processors.sink import Prepared, StagedWriter, SinkStats
 
 
 def batch(i: int) -> Prepared:
@@ -23,7 +23,7 @@ async def turns(n: int) -> None:
         await asyncio.sleep(0)
 
 
-def run_pipeline(first_turns: list[int], second_turns: list[int], caller_turns: list[int]
+def run_stages(first_turns: list[int], second_turns: list[int], caller_turns: list[int]
                  ) -> list[tuple[str, str, int]]:
     log: list[tuple[str, str, int]] = []
 
@@ -41,7 +41,7 @@ def run_pipeline(first_turns: list[int], second_turns: list[int], caller_turns: 
 
     async def main() -> None:
         done: list[int] = []
-        writer = PipelinedWriter(first, lambda s: done.append(s.read), second=second)
+        writer = StagedWriter(first, lambda s: done.append(s.read), second=second)
         for i in range(len(first_turns)):
             await turns(caller_turns[i])
             await writer.submit(batch(i))
@@ -66,7 +66,7 @@ def test_each_stage_writes_one_batch_at_a_time_in_order_and_the_second_after_the
         turns_: tuple[list[int], list[int], list[int]]) -> None:
     first_turns, second_turns, caller_turns = turns_
     n = len(first_turns)
-    log = run_pipeline(first_turns, second_turns, caller_turns)
+    log = run_stages(first_turns, second_turns, caller_turns)
     in_order = [x for i in range(n) for x in (("begin", i), ("end", i))]
     assert stage(log, "first") == in_order
     assert stage(log, "second") == in_order
@@ -88,7 +88,7 @@ def test_a_first_stage_failure_stops_every_later_batch_and_drop_forgets_them() -
         await asyncio.sleep(0)
 
     async def main() -> None:
-        writer = PipelinedWriter(first, lambda s: None, second=second)
+        writer = StagedWriter(first, lambda s: None, second=second)
         await writer.submit(batch(0))
         await writer.submit(batch(1))
         with pytest.raises(RuntimeError, match="history lost"):
