@@ -142,11 +142,6 @@ def position_field(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
-def gap_field(topic: str, partition: int) -> str:
-    """The offsets hash's field for one partition's range being rebuilt."""
-    return GAP_FIELD_PREFIX + position_field(topic, partition)
-
-
 GAP_FIELD_PREFIX = "gap:"
 
 

@@ -93,8 +93,8 @@ _VIEW_OPTIONAL = itemgetter(*[_AT[source] for source in _VIEW_SOURCES])
 
 
 def _view_text(avro_type: Any) -> Any:
-    """How the view stores a value of ``avro_type`` as text (what view_value does,
-    without the call); None: it is text already."""
+    """How the view stores a value of ``avro_type`` as text (repr: the shortest exact
+    round trip of a float); None: it is text already."""
     kind = avro_type[1] if isinstance(avro_type, list) else avro_type
     return {"double": repr, "int": str, "long": str}.get(kind) if isinstance(kind, str) else None
 
@@ -143,15 +143,6 @@ def meta_json(meta: Mapping[str, str]) -> str | None:
     return "{" + ",".join([
         _json_str(to_pg_text(k)) + ":" + _json_str(to_pg_text(v)) for k, v in meta.items()
     ]) + "}"
-
-
-def view_value(value: object) -> str | None:
-    """A non-string event value as the view hash stores it (None: absent)."""
-    if value is None:
-        return None
-    if isinstance(value, float):
-        return repr(value)  # shortest exact round trip through float()
-    return str(value)
 
 
 def _extended(ext: list[Any], token: str, topic: str | None, partition: int | None,

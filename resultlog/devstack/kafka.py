@@ -18,7 +18,6 @@ against it; faust-streaming's CI tests 3.8.1 and 4.0.0).
 from __future__ import annotations
 
 import importlib.resources
-import os
 import re
 import shutil
 import string

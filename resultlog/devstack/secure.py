@@ -44,10 +44,6 @@ def certificates(settings: Settings) -> Certificates:
     return Certificates(Path(settings.dev_dir).absolute() / TLS_DIR)
 
 
-def kafka_secure(settings: Settings) -> bool:
-    return settings.kafka_security_protocol != "PLAINTEXT"
-
-
 def redis_secure(settings: Settings) -> bool:
     return urlsplit(settings.redis_url).scheme == "rediss"
 

@@ -22,7 +22,6 @@ from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.views import (
     AioAsyncResult,
-    AioGroupResult,
     AsyncResult,
     GroupResult,
     RedisView,

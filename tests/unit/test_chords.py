@@ -11,7 +11,7 @@ from hypothesis import given, settings as hsettings
 from hypothesis import strategies as st
 
 from resultlog.errors import ChordError, CodecError, ConfigurationError, ValidationError
-from resultlog.chords.fold import ChordFold, member_key, summary_key
+from resultlog.chords.fold import ChordFold, summary_key
 from resultlog.chords.aggregator import load_hook
 from resultlog.chords.records import (
     ChordCompleted,
