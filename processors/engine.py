@@ -232,13 +232,7 @@ class BatchFoldEngine:
                         self._held[p] = o
                 return stats
             except ResultlogError as exc:
-                if not exc.retriable:
-                    raise
-                log.warning("writing a batch's history failed (%s); retrying in %.1fs", exc, delay)
-            if self.metrics is not None:
-                self.metrics.write_retried("fold")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+                delay = await self._back_off(exc, "writing a batch's history", delay)
 
     async def _write_view(self, prepared: Prepared, stats: SinkStats) -> None:
         """Write a batch into the Redis view (the second stage, after its history),
@@ -268,17 +262,20 @@ class BatchFoldEngine:
                         self.metrics.write_retried("fold")
                     continue
                 except ResultlogError as heal_exc:
-                    if not heal_exc.retriable:
-                        raise
-                    log.warning("claiming the view failed (%s); retrying in %.1fs", heal_exc, delay)
+                    delay = await self._back_off(heal_exc, "claiming the view", delay)
             except ResultlogError as exc:
-                if not exc.retriable:
-                    raise
-                log.warning("writing a batch into the view failed (%s); retrying in %.1fs", exc, delay)
-            if self.metrics is not None:
-                self.metrics.write_retried("fold")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+                delay = await self._back_off(exc, "writing a batch into the view", delay)
+
+    async def _back_off(self, exc: ResultlogError, what: str, delay: float) -> float:
+        """Raise ``exc`` unless it is retriable; else log it, count a retry and wait
+        ``delay`` seconds. Returns the next delay."""
+        if not exc.retriable:
+            raise exc
+        log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+        if self.metrics is not None:
+            self.metrics.write_retried("fold")
+        await asyncio.sleep(delay)
+        return min(delay * 2, 5.0)
 
     def _verify_history(self, held_by_history: dict[tuple[str, str, int], int]) -> None:
         """Raise :class:`HistoryRewound` if the history lost commits this processor made
