@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, TypeVar, Unpack
 
-from resultlog.schemas.event import TaskEvent, TaskFields, check_fields
+from resultlog.schemas.event import FIELD_NAMES, EventDetails, TaskEvent, TaskFields, check_fields
 from resultlog.schemas.states import State
 
 R = TypeVar("R")
@@ -29,40 +29,32 @@ class EmittingCalls(Generic[R]):
     def _send(self, event: TaskEvent, wait: bool) -> R:
         raise NotImplementedError
 
-    def _event(self, task_id: str, state: State | str, fields: TaskFields, **details: Any) -> TaskEvent:
+    def _fields(self, fields: TaskFields) -> TaskFields:
         # ``fields``: the call's own keywords (a fresh dict), which may name another worker;
         # checked here, as TaskEvent.create would take a ``result`` for one.
-        check_fields(fields)
+        if not fields.keys() <= FIELD_NAMES:
+            check_fields(fields)
         if "worker" not in fields:
             fields["worker"] = self._worker_name()
-        return TaskEvent.create(task_id, state, **details, **fields)
+        return fields
 
-    def emit_state(
-        self,
-        task_id: str,
-        state: State | str,
-        *,
-        attempt: int = 0,
-        result: Any = None,
-        exc: BaseException | None = None,
-        traceback: str | None = None,
-        runtime: float | None = None,
-        eta: datetime | int | None = None,
-        wait: bool = False,
-        **fields: Unpack[TaskFields],
-    ) -> R:
-        """Emit the state named ``state`` (``UnknownState`` if it is not one)."""
-        event = self._event(task_id, state, fields, attempt=attempt, result=result, exc=exc,
-                            traceback=traceback, runtime=runtime, eta=eta)
-        return self._send(event, wait)
+    def emit_state(self, task_id: str, state: State | str, *, wait: bool = False,
+                   **details: Unpack[EventDetails]) -> R:
+        """Emit the state named ``state`` (``UnknownState`` if it is not one), with the
+        details :meth:`TaskEvent.create` takes (``attempt``, ``result``, ``exc``, ...)."""
+        if "worker" not in details:
+            details["worker"] = self._worker_name()
+        return self._send(TaskEvent.create(task_id, state, **details), wait)
 
     def received(self, task_id: str, *, attempt: int = 0, wait: bool = False, **fields: Unpack[TaskFields]) -> R:
         """The task was received by a worker (queued there, not yet running)."""
-        return self._send(self._event(task_id, State.RECEIVED, fields, attempt=attempt), wait)
+        event = TaskEvent.create(task_id, State.RECEIVED, **self._fields(fields), attempt=attempt)
+        return self._send(event, wait)
 
     def started(self, task_id: str, *, attempt: int = 0, wait: bool = False, **fields: Unpack[TaskFields]) -> R:
         """The task started running (attempt ``attempt``, 0 for the first run)."""
-        return self._send(self._event(task_id, State.STARTED, fields, attempt=attempt), wait)
+        event = TaskEvent.create(task_id, State.STARTED, **self._fields(fields), attempt=attempt)
+        return self._send(event, wait)
 
     def retry(
         self,
@@ -76,8 +68,8 @@ class EmittingCalls(Generic[R]):
         **fields: Unpack[TaskFields],
     ) -> R:
         """Attempt ``attempt`` failed with ``exc`` and will be retried (at ``eta``)."""
-        event = self._event(task_id, State.RETRY, fields, attempt=attempt, exc=exc,
-                            traceback=traceback, eta=eta)
+        event = TaskEvent.create(task_id, State.RETRY, **self._fields(fields), attempt=attempt,
+                                 exc=exc, traceback=traceback, eta=eta)
         return self._send(event, wait)
 
     def success(
@@ -91,8 +83,8 @@ class EmittingCalls(Generic[R]):
         **fields: Unpack[TaskFields],
     ) -> R:
         """The task returned ``result`` (JSON-encoded; ``ResultNotSerializable`` if it can't be)."""
-        event = self._event(task_id, State.SUCCESS, fields, attempt=attempt, result=result,
-                            runtime=runtime)
+        event = TaskEvent.create(task_id, State.SUCCESS, **self._fields(fields), attempt=attempt,
+                                 result=result, runtime=runtime)
         return self._send(event, wait)
 
     def failure(
@@ -107,10 +99,11 @@ class EmittingCalls(Generic[R]):
         **fields: Unpack[TaskFields],
     ) -> R:
         """The task raised ``exc`` (traceback taken from it unless given)."""
-        event = self._event(task_id, State.FAILURE, fields, attempt=attempt, exc=exc,
-                            traceback=traceback, runtime=runtime)
+        event = TaskEvent.create(task_id, State.FAILURE, **self._fields(fields), attempt=attempt,
+                                 exc=exc, traceback=traceback, runtime=runtime)
         return self._send(event, wait)
 
     def revoked(self, task_id: str, *, attempt: int = 0, wait: bool = False, **fields: Unpack[TaskFields]) -> R:
         """The task was revoked (cancelled) and will not run or finish."""
-        return self._send(self._event(task_id, State.REVOKED, fields, attempt=attempt), wait)
+        event = TaskEvent.create(task_id, State.REVOKED, **self._fields(fields), attempt=attempt)
+        return self._send(event, wait)

@@ -16,7 +16,7 @@ import traceback as traceback_module
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, TypedDict, Unpack
+from typing import Any, TypedDict, Unpack, cast
 
 from resultlog.errors import InvalidTaskId, ResultNotSerializable, ValidationError
 from resultlog.schemas.states import (
@@ -109,71 +109,46 @@ class TaskEvent:
                 )
 
     @classmethod
-    def create(
-        cls,
-        task_id: str,
-        state: State | str,
-        *,
-        attempt: int = 0,
-        result: Any = None,
-        exc: BaseException | ExceptionInfo | None = None,
-        traceback: str | None = None,
-        runtime: float | None = None,
-        eta: datetime | int | None = None,
-        timestamp: int | None = None,
-        event_id: str | None = None,
-        **fields: Unpack[TaskFields],
-    ) -> TaskEvent:
+    def create(cls, task_id: str, state: State | str, *, timestamp: int | None = None,
+               event_id: str | None = None, **details: Unpack[EventDetails]) -> TaskEvent:
         """A new event, validated: the one factory of the emitter, the backends and tests.
 
         ``state`` may be a name (``UnknownState`` if it is none); args, kwargs and the
-        result are JSON-encoded; ``exc`` is an exception (its traceback is taken unless
-        given) or its :class:`ExceptionInfo`; the id and the time are fresh unless given.
-        Raises a :class:`ValidationError` subclass on bad input.
+        result are JSON-encoded; the id and the time are fresh unless given. Raises a
+        :class:`ValidationError` subclass on bad input.
         """
-        state = State.parse(state)
-        check_fields(fields)
-        args = fields.get("args")
-        kwargs = fields.get("kwargs")
-        meta = fields.get("meta")
-        info = None
+        if not isinstance(state, State):
+            state = State.parse(state)
+        if not details.keys() <= _DETAIL_NAMES:
+            check_fields(details, _DETAIL_NAMES)
+        # The details not handled below have the names of the event's own fields.
+        values = cast(dict[str, Any], details)  # this call's own dict
+        exc = values.pop("exc", None)
         if isinstance(exc, BaseException):
-            info = ExceptionInfo.from_exception(exc)
-            if traceback is None and exc.__traceback__ is not None:
-                traceback = "".join(traceback_module.format_exception(exc))
-        elif exc is not None:
-            if not isinstance(exc, ExceptionInfo):
-                raise ValidationError(
-                    f"expected an exception instance, got {type(exc).__name__}: {exc!r}")
-            info = exc
-        if runtime is not None and not isinstance(runtime, (int, float)):
-            raise ValidationError(f"runtime must be seconds as a number, got {runtime!r}")
-        return cls(
-            event_id=event_id or new_event_id(),
-            task_id=task_id,
-            state=state,
-            timestamp=now_ms() if timestamp is None else timestamp,
-            task_name=fields.get("task_name"),
-            worker=fields.get("worker"),
-            attempt=attempt,
-            args=None if args is None else to_json(list(args), "args"),
-            kwargs=None if kwargs is None else to_json(dict(kwargs), "kwargs"),
-            # A SUCCESS's return value, or a STARTED event's progress report (Celery's
-            # update_state); other states' outcomes are their exception.
-            result=to_json(result, "result") if state in _RESULT_STATES and (
-                result is not None or state is State.SUCCESS) else None,
-            exception=info,
-            traceback=traceback,
-            runtime=None if runtime is None else float(runtime),
-            parent_id=fields.get("parent_id"),
-            root_id=fields.get("root_id"),
-            group_id=fields.get("group_id"),
-            chord_id=fields.get("chord_id"),
-            chord_size=fields.get("chord_size"),
-            chord_index=fields.get("chord_index"),
-            eta=eta_ms(eta),
-            meta={} if meta is None else dict(meta),
-        )
+            if values.get("traceback") is None and exc.__traceback__ is not None:
+                values["traceback"] = "".join(traceback_module.format_exception(exc))
+            exc = ExceptionInfo.from_exception(exc)
+        elif exc is not None and not isinstance(exc, ExceptionInfo):
+            raise ValidationError(f"expected an exception instance, got {type(exc).__name__}: {exc!r}")
+        runtime = values.get("runtime")
+        if runtime is not None:
+            if not isinstance(runtime, (int, float)):
+                raise ValidationError(f"runtime must be seconds as a number, got {runtime!r}")
+            values["runtime"] = float(runtime)
+        args, kwargs, meta = values.get("args"), values.get("kwargs"), values.get("meta")
+        if args is not None:
+            values["args"] = to_json(list(args), "args")
+        if kwargs is not None:
+            values["kwargs"] = to_json(dict(kwargs), "kwargs")
+        result = values.get("result")
+        # A SUCCESS's return value, or a STARTED event's progress report (Celery's
+        # update_state); other states' outcomes are their exception.
+        keep = state is State.SUCCESS or (state is State.STARTED and result is not None)
+        values["result"] = to_json(result, "result") if keep else None
+        values["eta"] = eta_ms(values.get("eta"))
+        values["meta"] = {} if meta is None else dict(meta)
+        return cls(event_id=event_id or new_event_id(), task_id=task_id, state=state,
+                   timestamp=now_ms() if timestamp is None else timestamp, exception=exc, **values)
 
     @property
     def key(self) -> OrderKey:
@@ -204,9 +179,21 @@ class TaskFields(TypedDict, total=False):
     meta: Mapping[str, str] | None
 
 
-_FIELD_NAMES = frozenset(TaskFields.__annotations__)
-# States whose events may carry a ``result``.
-_RESULT_STATES = frozenset({State.SUCCESS, State.STARTED})
+class EventDetails(TaskFields, total=False):
+    """What an event tells besides its task and state: :meth:`TaskEvent.create`'s keywords,
+    and the emitter's ``emit_state``'s."""
+
+    attempt: int
+    result: Any
+    #: An exception (its traceback is taken unless given) or its :class:`ExceptionInfo`.
+    exc: BaseException | ExceptionInfo | None
+    traceback: str | None
+    runtime: float | None
+    eta: datetime | int | None
+
+
+FIELD_NAMES = frozenset(TaskFields.__optional_keys__)
+_DETAIL_NAMES = frozenset(EventDetails.__optional_keys__)
 
 # Event ids need uniqueness, not secrecy: 128 bits from a private generator seeded
 # with 256 bits from the OS, and reseeded in every forked child (a child must never
@@ -218,9 +205,9 @@ _bits = _ids.getrandbits
 os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 
 
-def check_fields(fields: Mapping[str, object]) -> None:
-    """:class:`ValidationError` naming the keys of ``fields`` that are no :class:`TaskFields`."""
-    unknown = fields.keys() - _FIELD_NAMES
+def check_fields(given: Mapping[str, object], allowed: frozenset[str] = FIELD_NAMES) -> None:
+    """:class:`ValidationError` naming the keys of ``given`` that are not ``allowed``."""
+    unknown = given.keys() - allowed
     if unknown:
         raise ValidationError(f"unknown event field(s): {', '.join(sorted(unknown))}")
 
