@@ -327,10 +327,16 @@ async def cli(settings: Settings, *args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def test_cli_status(loaded: Loaded) -> None:
-    code, out, err = await cli(loaded.settings, "status", "a-fail-1")
+async def cli_lines(settings: Settings, *args: str) -> list[str]:
+    """The lines of ``resultlog *args``, which must succeed."""
+    code, out, err = await cli(settings, *args)
     assert code == 0, err
-    lines = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in out.splitlines())
+    return out.splitlines()
+
+
+async def test_cli_status(loaded: Loaded) -> None:
+    out = await cli_lines(loaded.settings, "status", "a-fail-1")
+    lines = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in out)
     assert lines == {
         "task": "a-fail-1", "name": A, "state": "FAILURE", "worker": "w1", "retries": "0",
         "first seen": "2025-05-06T10:13:00.000Z", "started": "2025-05-06T10:13:00.100Z",
@@ -343,9 +349,7 @@ async def test_cli_status(loaded: Loaded) -> None:
 
 
 async def test_cli_history(loaded: Loaded) -> None:
-    code, out, err = await cli(loaded.settings, "history", "a-retry-1")
-    assert code == 0, err
-    assert out.splitlines() == [
+    assert await cli_lines(loaded.settings, "history", "a-retry-1") == [
         "task a-retry-1: 5 events",
         " offset  time                      state     attempt  worker  runtime  exception",
         "+0.000s  2025-05-06T10:11:00.000Z  RECEIVED        0  w1",
@@ -359,19 +363,16 @@ async def test_cli_history(loaded: Loaded) -> None:
 
 
 async def test_cli_stats(loaded: Loaded) -> None:
-    code, out, err = await cli(loaded.settings, "stats", "--since", "2025-05-06T10:00:00Z",
-                               "--until", "2025-05-06T11:00Z", "--bucket", "30m", "--name", A)
-    assert code == 0, err
-    assert out.splitlines() == [
+    assert await cli_lines(loaded.settings, "stats", "--since", "2025-05-06T10:00:00Z",
+                           "--until", "2025-05-06T11:00Z", "--bucket", "30m", "--name", A) == [
         "task 'shop.resize' from 2025-05-06T10:00:00.000Z to 2025-05-06T11:00:00.000Z, per 30m",
         "name         bucket                    count  ok  failed  retried  revoked    ok%  fail%  retry%     p50      p95      p99",
         "shop.resize  2025-05-06T10:00:00.000Z     18  14       1        2        1   77.8    5.6    11.1  8.000s  15.800s  19.160s",
         "shop.resize  2025-05-06T10:30:00.000Z      4   4       0        0        0  100.0    0.0     0.0  5.000s   7.700s   7.940s",
     ]
-    code, out, err = await cli(loaded.settings, "stats", "--since", "2025-05-06T10:00:00Z",
-                               "--until", "2025-05-06T11:00Z")
-    assert code == 0, err
-    assert [line.split()[:2] for line in out.splitlines()[2:]] == [[B, "4"], [A, "22"], ["(unnamed)", "1"]]
+    out = await cli_lines(loaded.settings, "stats", "--since", "2025-05-06T10:00:00Z",
+                          "--until", "2025-05-06T11:00Z")
+    assert [line.split()[:2] for line in out[2:]] == [[B, "4"], [A, "22"], ["(unnamed)", "1"]]
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -425,9 +426,7 @@ def test_the_doc_shows_every_read_command() -> None:
 @pytest.mark.parametrize("index", range(len(doc_sessions())))
 async def test_doc_command_prints_what_the_doc_shows(loaded: Loaded, index: int) -> None:
     args, expected = doc_sessions()[index]
-    code, out, err = await cli(loaded.settings, *args)
-    assert code == 0, err
-    assert out.splitlines() == expected
+    assert await cli_lines(loaded.settings, *args) == expected
 
 _SQL_BLOCK = re.compile(r"```sql\n(?P<sql>.*?)```", re.S)
 

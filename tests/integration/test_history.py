@@ -391,19 +391,14 @@ async def test_concurrent_migrate_from_two_stores_is_safe(settings: Settings) ->
         assert await b.write_batch(batch, offsets, consumer_group="g") == 1
 
 
-async def test_migrate_refuses_a_schema_from_a_newer_resultlog(store: HistoryStore) -> None:
+@pytest.mark.parametrize(("change", "refusal"), [
+    ("INSERT INTO {} (version, name, checksum) VALUES (9999, 'future', 'x')", "9999"),
+    ("UPDATE {} SET checksum = 'edited' WHERE version = 1", "0001_history.sql differs"),
+], ids=["a schema from a newer resultlog", "an applied migration that was edited"])
+async def test_migrate_refuses(store: HistoryStore, change: str, refusal: str) -> None:
     await store.pool.execute(
-        f"INSERT INTO {quote_ident(store.settings.postgres_schema)}.schema_migrations"
-        " (version, name, checksum) VALUES (9999, 'future', 'x')")
-    with pytest.raises(ConfigurationError, match="9999"):
-        await store.migrate()
-
-
-async def test_migrate_refuses_an_applied_migration_that_was_edited(store: HistoryStore) -> None:
-    await store.pool.execute(
-        f"UPDATE {quote_ident(store.settings.postgres_schema)}.schema_migrations"
-        " SET checksum = 'edited' WHERE version = 1")
-    with pytest.raises(ConfigurationError, match="0001_history.sql differs"):
+        change.format(f"{quote_ident(store.settings.postgres_schema)}.schema_migrations"))
+    with pytest.raises(ConfigurationError, match=refusal):
         await store.migrate()
 
 
