@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -51,6 +52,34 @@ def resultlog_url(settings: Settings) -> str:
     query = urlencode({n: str(getattr(settings, n)) for n in (
         "events_topic", "consumer_group", "redis_prefix", "postgres_schema")})
     return f"resultlog://?{query}"
+
+
+def backends_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line of a benchmark that compares backends: ``--backends`` is what
+    :func:`for_each_backend` takes; the description is ``doc``'s first paragraph."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--backends", default="redis,resultlog",
+                        help="comma-separated, in the order run (default redis,resultlog)")
+    return parser
+
+
+def for_each_backend(backends: str, prefix: str, redis_db: int,
+                     one: Callable[[str, str, Settings], None], url_options: str = "") -> None:
+    """``one(name, backend_url, settings)`` for each of ``backends`` (comma-separated:
+    redis, resultlog), each on isolated settings; a resultlog run's stores are cleaned
+    up after it. Redis is the local stack's, database ``redis_db``."""
+    for name in backends.split(","):
+        settings = isolated(prefix)
+        if name == "redis":
+            one(name, f"{settings.redis_url.rsplit('/', 1)[0]}/{redis_db}", settings)
+        elif name == "resultlog":
+            try:
+                one(name, resultlog_url(settings) + (f"&{url_options}" if url_options else ""),
+                    settings)
+            finally:
+                run(cleanup(settings))
+        else:
+            raise SystemExit(f"unknown backend {name!r}: redis or resultlog")
 
 
 def start_celery_run(settings: Settings, broker: str, backend: str, queue: str,

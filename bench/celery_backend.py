@@ -13,13 +13,12 @@ first). Needs ``resultlog dev up``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 import uuid
 
 
-from bench._common import cleanup, isolated, resultlog_url, run, start_celery_run, stop_celery_run
+from bench._common import backends_parser, for_each_backend, start_celery_run, stop_celery_run
 from bench.celery_app import make_app
 from resultlog.settings import Settings
 
@@ -52,24 +51,15 @@ def one(name: str, backend: str, settings: Settings, tasks: int, window: int) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = backends_parser(__doc__)
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--window", type=int, default=200)
-    parser.add_argument("--backends", default="redis,resultlog")
     parser.add_argument("--url-options", default="",
                         help="extra resultlog:// query, e.g. read_your_writes=false")
     args = parser.parse_args()
-    for name in args.backends.split(","):
-        settings = isolated("celery")
-        base = settings.redis_url.rsplit("/", 1)[0]
-        if name == "redis":
-            one(name, f"{base}/{REDIS_BACKEND_DB}", settings, args.tasks, args.window)
-        else:
-            url = resultlog_url(settings) + (f"&{args.url_options}" if args.url_options else "")
-            try:
-                one(name, url, settings, args.tasks, args.window)
-            finally:
-                run(cleanup(settings))
+    for_each_backend(args.backends, "celery", REDIS_BACKEND_DB,
+                     lambda name, url, settings: one(name, url, settings, args.tasks, args.window),
+                     args.url_options)
 
 
 if __name__ == "__main__":

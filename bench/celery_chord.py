@@ -16,7 +16,6 @@ deleted at the end). Needs ``resultlog dev up``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
@@ -27,7 +26,7 @@ from typing import Any
 import redis
 from celery import chord  # type: ignore[import-untyped]
 
-from bench._common import cleanup, isolated, resultlog_url, run, start_celery_run, stop_celery_run
+from bench._common import backends_parser, for_each_backend, start_celery_run, stop_celery_run
 from bench.celery_app import make_app
 from resultlog.settings import Settings
 
@@ -82,25 +81,14 @@ def one(name: str, backend: str, settings: Settings, members: int, chords: int) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = backends_parser(__doc__)
     parser.add_argument("--members", type=int, default=1000)
     parser.add_argument("--chords", type=int, default=10)
-    parser.add_argument("--backends", default="redis,resultlog")
     args = parser.parse_args()
     if args.members < 1 or args.chords < 1:
         parser.error("--members and --chords must be at least 1")
-    for name in args.backends.split(","):
-        settings = isolated("chord")
-        base = settings.redis_url.rsplit("/", 1)[0]
-        if name == "redis":
-            one(name, f"{base}/{REDIS_BACKEND_DB}", settings, args.members, args.chords)
-        elif name == "resultlog":
-            try:
-                one(name, resultlog_url(settings), settings, args.members, args.chords)
-            finally:
-                run(cleanup(settings))
-        else:
-            parser.error(f"unknown backend {name!r}: redis or resultlog")
+    for_each_backend(args.backends, "chord", REDIS_BACKEND_DB,
+                     lambda name, url, settings: one(name, url, settings, args.members, args.chords))
 
 
 if __name__ == "__main__":

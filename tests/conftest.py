@@ -27,6 +27,7 @@ Any test that uses ``base_settings`` (directly or through the others) is marked
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -184,11 +185,18 @@ async def _drop_schema(settings: Settings) -> None:
 
 @pytest.fixture
 async def redis_client(settings: Settings) -> AsyncIterator[redis.asyncio.Redis]:
-    client = redis.asyncio.Redis.from_url(redis_url(settings))
-    try:
+    async with redis.asyncio.Redis.from_url(redis_url(settings)) as client:
         yield client
+
+
+@contextlib.asynccontextmanager
+async def pg_connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """One PostgreSQL connection, closed on the way out."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
     finally:
-        await client.aclose()
+        await conn.close()
 
 
 @pytest.fixture

@@ -174,10 +174,6 @@ class KafkaService(Service):
     def libs_dir(self) -> Path:
         return self.cache_dir / "libs"
 
-    @property
-    def data_dir(self) -> Path:
-        return self.home / "data"
-
     def classpath_ready(self) -> bool:
         return (self.libs_dir / _COMPLETE).exists()
 

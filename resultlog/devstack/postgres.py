@@ -56,10 +56,6 @@ class PostgresService(Service):
         return [Port(port, "postgres", "RESULTLOG_POSTGRES_DSN")]
 
     @property
-    def data_dir(self) -> Path:
-        return self.home / "data"
-
-    @property
     def socket_dir(self) -> Path:
         return self.home / "run"
 

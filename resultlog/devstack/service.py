@@ -98,6 +98,11 @@ class Service(abc.ABC):
         return self.home / f"{self.kind}.pid"
 
     @property
+    def data_dir(self) -> Path:
+        """Where a service that keeps data keeps it (Kafka's log, PostgreSQL's cluster)."""
+        return self.home / "data"
+
+    @property
     def process_home(self) -> Path:
         """The working directory of the service's process (how we know it is ours)."""
         return self.home

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from resultlog import names
@@ -28,7 +27,7 @@ from resultlog.settings import Settings
 from resultlog.views.analytics import Analytics, NameStats, check_window
 from resultlog.views.history import HistoryStore
 from resultlog.views.migrations import quote_ident
-from tests.conftest import cleanup
+from tests.conftest import cleanup, pg_connection
 from tests.integration.processes import ProcessorProcess
 from tests.integration.test_pipeline import eventually
 
@@ -285,8 +284,7 @@ async def test_transitions_in_fold_order_with_offsets(analytics: Analytics) -> N
 
 
 async def test_the_sql_objects_carry_the_names_in_names_py(loaded: Loaded) -> None:
-    conn = await asyncpg.connect(loaded.settings.postgres_dsn)
-    try:
+    async with pg_connection(loaded.settings.postgres_dsn) as conn:
         schema = loaded.settings.postgres_schema
         views = {r[0] for r in await conn.fetch(
             "SELECT table_name FROM information_schema.views WHERE table_schema = $1", schema)}
@@ -299,8 +297,6 @@ async def test_the_sql_objects_carry_the_names_in_names_py(loaded: Loaded) -> No
         triggers = {r[0] for r in await conn.fetch(
             "SELECT DISTINCT trigger_name FROM information_schema.triggers"
             " WHERE event_object_schema = $1", schema)}
-    finally:
-        await conn.close()
     assert views == {names.TASKS_VIEW, names.ATTEMPTS_VIEW, names.WORKER_SESSIONS_VIEW}
     assert names.TASK_STATS_FUNCTION in functions
     assert names.REBUILD_ROLLUPS_FUNCTION in functions
@@ -447,9 +443,6 @@ async def test_doc_example_runs(loaded: Loaded, index: int) -> None:
                  doc_examples()[index])
     # The examples look at "the last hour": here, the hour of the loaded history.
     sql = sql.replace("now()", "timestamptz '2025-05-06 11:00:00+00'")
-    conn = await asyncpg.connect(loaded.settings.postgres_dsn)
-    try:
+    async with pg_connection(loaded.settings.postgres_dsn) as conn:
         rows = await conn.fetch(sql)
-    finally:
-        await conn.close()
     assert rows, sql

@@ -16,7 +16,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg  # type: ignore[import-untyped]
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 
@@ -25,6 +24,7 @@ from resultlog.devstack import process
 from resultlog.devstack.private import private_settings
 from resultlog.errors import DevStackError
 from resultlog.settings import Settings
+from tests.conftest import pg_connection
 
 pytestmark = pytest.mark.integration
 
@@ -93,11 +93,8 @@ async def test_down_then_up_on_a_separate_instance(base_settings: Settings, dev_
             await admin.create_topics([NewTopic("kept", num_partitions=1, replication_factor=1)])
         finally:
             await admin.close()
-        conn = await asyncpg.connect(settings.postgres_dsn)
-        try:
+        async with pg_connection(settings.postgres_dsn) as conn:
             await conn.execute("CREATE TABLE kept (id int)")
-        finally:
-            await conn.close()
 
         outcomes = await stack.down()
         assert all(o.startswith("stopped") for o in outcomes.values()), outcomes
@@ -117,11 +114,8 @@ async def test_down_then_up_on_a_separate_instance(base_settings: Settings, dev_
             assert "kept" in await admin.list_topics()
         finally:
             await admin.close()
-        conn = await asyncpg.connect(settings.postgres_dsn)
-        try:
+        async with pg_connection(settings.postgres_dsn) as conn:
             assert await conn.fetchval("SELECT count(*) FROM kept") == 0
-        finally:
-            await conn.close()
     finally:
         await stack.down(purge=True)
 

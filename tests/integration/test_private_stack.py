@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-import asyncpg  # type: ignore[import-untyped]
 import pytest
 import redis.asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
@@ -20,6 +19,7 @@ from resultlog.devstack import DevStack, private_stack
 from resultlog.devstack import process
 from resultlog.producers.topics import ensure_topics
 from resultlog.settings import Settings
+from tests.conftest import pg_connection
 
 # Killed brokers make aiokafka log at ERROR.
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
@@ -51,35 +51,23 @@ async def test_a_private_stack_survives_killing_its_stores_and_leaves_nothing_be
         settings = stack.settings
         assert settings.kafka_bootstrap_servers != base_settings.kafka_bootstrap_servers
         assert settings.redis_url != base_settings.redis_url
-        client = redis.asyncio.Redis.from_url(settings.redis_url)
-        try:
+        async with redis.asyncio.Redis.from_url(settings.redis_url) as client:
             await client.set("kept?", "no")
-        finally:
-            await client.aclose()
-        conn = await asyncpg.connect(settings.postgres_dsn)
-        try:
+        async with pg_connection(settings.postgres_dsn) as conn:
             await conn.execute("CREATE TABLE kept (id int); INSERT INTO kept VALUES (1)")
-        finally:
-            await conn.close()
 
         redis_pid = stack.dev.service("redis").pid()
         await stack.kill("redis")
         assert redis_pid is not None and not process.pid_alive(redis_pid)
         await stack.start("redis")
-        client = redis.asyncio.Redis.from_url(settings.redis_url)
-        try:
+        async with redis.asyncio.Redis.from_url(settings.redis_url) as client:
             assert await client.ping()
             assert await client.dbsize() == 0  # no persistence: it restarts empty
-        finally:
-            await client.aclose()
 
         await stack.kill("postgres")
         await stack.start("postgres")
-        conn = await asyncpg.connect(settings.postgres_dsn)
-        try:
+        async with pg_connection(settings.postgres_dsn) as conn:
             assert await conn.fetchval("SELECT count(*) FROM kept") == 1  # crash recovery
-        finally:
-            await conn.close()
         pids = [svc.pid() for svc in stack.dev.services]
         dev_dir = stack.dev_dir
 

@@ -10,7 +10,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import asyncpg
 import pytest
 from redis.asyncio import Redis
 
@@ -24,6 +23,7 @@ from resultlog.chords.declare import declare_chord
 from resultlog.schemas.event import ExceptionInfo, TaskEvent
 from resultlog.settings import Settings
 from resultlog.views import HistoryStore, RedisView, ResultBackend
+from tests.conftest import pg_connection
 from tests.integration.processes import ProcessorProcess
 from tests.integration.test_pipeline import eventually
 
@@ -111,11 +111,8 @@ async def redis_snapshot(settings: Settings) -> dict[str, Any]:
 
 
 async def history_snapshot(settings: Settings) -> list[tuple[Any, ...]]:
-    conn = await asyncpg.connect(settings.postgres_dsn)
-    try:
+    async with pg_connection(settings.postgres_dsn) as conn:
         rows = await conn.fetch(f'SELECT * FROM "{settings.postgres_schema}".{names.HISTORY_TABLE} ORDER BY event_id')
-    finally:
-        await conn.close()
     return [tuple(r.values()) for r in rows]
 
 
@@ -186,12 +183,9 @@ async def test_verify_names_exactly_the_corrupted_tasks(settings: Settings) -> N
         await client.delete(names.task_key(settings.redis_prefix, "w-5"))
     finally:
         await client.aclose()
-    conn = await asyncpg.connect(settings.postgres_dsn)
-    try:
+    async with pg_connection(settings.postgres_dsn) as conn:
         await conn.execute(
             f"DELETE FROM \"{settings.postgres_schema}\".{names.HISTORY_TABLE} WHERE task_id = 'w-9' AND state = 'FAILURE'")
-    finally:
-        await conn.close()
     report = await verify(settings)
     assert sorted((d.store, d.task_id) for d in report.differences) == [
         ("postgres", "w-9"), ("redis", "w-0"), ("redis", "w-5")]
