@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from resultlog.errors import TaskRevoked
 from resultlog.schemas.event import TaskEvent, validate_task_id
@@ -23,6 +24,30 @@ if TYPE_CHECKING:
     from resultlog.views.backend import ResultBackend
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+T = TypeVar("T")
+
+
+class FromView(Generic[T]):
+    """A result's attribute read from its task's current view (None while there is none)."""
+
+    __slots__ = ("read",)
+
+    def __init__(self, read: Callable[[TaskView], T]) -> None:
+        self.read = read
+
+    @overload
+    def __get__(self, result: None, owner: type[BaseResult]) -> FromView[T]: ...
+
+    @overload
+    def __get__(self, result: BaseResult, owner: type[BaseResult]) -> T | None: ...
+
+    def __get__(self, result: BaseResult | None, owner: type[BaseResult]) -> FromView[T] | T | None:
+        if result is None:
+            return self
+        view = result.view
+        return None if view is None else self.read(view)
 
 
 class BaseResult:
@@ -69,10 +94,7 @@ class BaseResult:
 
     info = result
 
-    @property
-    def traceback(self) -> str | None:
-        view = self._current()
-        return None if view is None else view.traceback
+    traceback = FromView(lambda view: view.traceback)
 
     @property
     def date_done(self) -> datetime | None:
@@ -82,30 +104,12 @@ class BaseResult:
             return None
         return _EPOCH + timedelta(milliseconds=view.timestamp)
 
-    @property
-    def name(self) -> str | None:
-        view = self._current()
-        return None if view is None else view.task_name
-
-    @property
-    def args(self) -> list[Any] | None:
-        view = self._current()
-        return None if view is None or view.args is None else _decoded(view.args)
-
-    @property
-    def kwargs(self) -> dict[str, Any] | None:
-        view = self._current()
-        return None if view is None or view.kwargs is None else _decoded(view.kwargs)
-
-    @property
-    def worker(self) -> str | None:
-        view = self._current()
-        return None if view is None else view.worker
-
-    @property
-    def retries(self) -> int | None:
-        view = self._current()
-        return None if view is None else view.attempt
+    name = FromView(lambda view: view.task_name)
+    args: FromView[list[Any] | None] = FromView(lambda view: None if view.args is None else _decoded(view.args))
+    kwargs: FromView[dict[str, Any] | None] = FromView(
+        lambda view: None if view.kwargs is None else _decoded(view.kwargs))
+    worker = FromView(lambda view: view.worker)
+    retries = FromView(lambda view: view.attempt)
 
     def _value(self, view: TaskView) -> Any:
         if self._outcome is not None and self._outcome[0] == view:
