@@ -41,64 +41,86 @@ log = logging.getLogger("resultlog.producers")
 # Events per fold call at most: Redis runs a script alone, so a very large call would
 # hold up every other client (the processor's batches are of the same order).
 MAX_FOLD_EVENTS = 2_000
+# Fold calls in flight at most: a new acknowledgement does not wait for an earlier
+# call's round trip (the fold commutes), and a slow Redis is still not flooded.
+MAX_IN_FLIGHT = 4
 # After a failed fold, release batches unfolded this long before trying again.
 RETRY_AFTER_S = 1.0
 
 
 class AckedFold:
-    """Folds acknowledged batches into the view, in the order they were acknowledged,
-    coalescing what is acknowledged while a fold call is in flight into the next call.
+    """Folds acknowledged batches into the view, up to :data:`MAX_IN_FLIGHT` fold calls
+    at a time; what is acknowledged while every call is busy goes in the next one.
 
-    ``released(batch)`` is called for every batch handed in, folded or not (the
-    pipeline resolves its waiters and frees its room there). Event loop only.
+    Concurrent calls are safe because the fold is commutative and idempotent; a batch
+    is released (``released(batch)``: the pipeline resolves its waiters and frees its
+    room) when its own call has returned, folded or not. Event loop only.
     """
 
     def __init__(self, settings: Settings, released: Callable[[Batch], None]) -> None:
         self.settings = settings
         self._released = released
         self._view: RedisView | None = None
-        self._queue: deque[Batch] = deque()
-        self._task: asyncio.Task[None] | None = None
+        self._queued: deque[Batch] = deque()
+        self._folding: dict[asyncio.Task[None], list[Batch]] = {}
         self._failing = False
         self._retry_at = 0.0  # loop time: no fold before this, after a failed one
 
     def add(self, batch: Batch) -> None:
         """Fold ``batch`` (acknowledged by Kafka) soon, then release it."""
-        self._queue.append(batch)
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name="resultlog-emitter-view-fold")
+        self._queued.append(batch)
+        self._start_folds()
 
     def oldest_seq(self) -> int | None:
         """The smallest sequence number acknowledged but not yet folded and released."""
-        return self._queue[0].first_seq if self._queue else None
+        seqs = [batches[0].first_seq for batches in self._folding.values()]
+        if self._queued:
+            seqs.append(self._queued[0].first_seq)
+        return min(seqs) if seqs else None
 
     async def close(self) -> None:
-        """Stop folding; what is still queued is released unfolded (the processor folds it)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        while self._queue:
-            self._released(self._queue.popleft())
+        """Stop folding; what is not folded yet is released unfolded (the processor folds it)."""
+        tasks = list(self._folding)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for batches in self._folding.values():
+            for batch in batches:
+                self._released(batch)
+        self._folding.clear()
+        while self._queued:
+            self._released(self._queued.popleft())
         if self._view is not None:
             await self._view.close()
             self._view = None
 
-    async def _run(self) -> None:
-        queue = self._queue
-        while queue:
-            # Take whole batches up to the call's limit (at least one).
-            events = list(queue[0].events)
-            taken = 1
-            while taken < len(queue) and len(events) + len(queue[taken].events) <= MAX_FOLD_EVENTS:
-                events.extend(queue[taken].events)
-                taken += 1
-            if asyncio.get_running_loop().time() >= self._retry_at:
-                await self._fold(events)
-            for _ in range(taken):
-                self._released(queue.popleft())
+    def _start_folds(self) -> None:
+        queued = self._queued
+        loop = asyncio.get_running_loop()
+        while queued and len(self._folding) < MAX_IN_FLIGHT:
+            if loop.time() < self._retry_at:  # Redis failed just now: do not hold anyone up
+                while queued:
+                    self._released(queued.popleft())
+                return
+            # Whole batches up to the call's limit (at least one).
+            batches = [queued.popleft()]
+            count = len(batches[0].events)
+            while queued and count + len(queued[0].events) <= MAX_FOLD_EVENTS:
+                count += len(queued[0].events)
+                batches.append(queued.popleft())
+            task = loop.create_task(self._fold(batches), name="resultlog-emitter-view-fold")
+            self._folding[task] = batches
+            task.add_done_callback(self._folded)
 
-    async def _fold(self, events: list[TaskEvent]) -> None:
+    def _folded(self, task: asyncio.Task[None]) -> None:
+        batches = self._folding.pop(task, None)
+        if batches is None:
+            return  # close() took it
+        for batch in batches:
+            self._released(batch)
+        self._start_folds()
+
+    async def _fold(self, batches: list[Batch]) -> None:
         if self._view is None:
             # The one place producers/ reaches into views/ (docs/ARCHITECTURE.md): the
             # emitter writes the view with the processor's own fold call. Imported here,
@@ -106,6 +128,7 @@ class AckedFold:
             from resultlog.views.redis_view import RedisView
 
             self._view = RedisView(self.settings)
+        events = [event for batch in batches for event in batch.events]
         try:
             await self._view.apply(events)
         except asyncio.CancelledError:
