@@ -226,9 +226,9 @@ class ChicoryPostgres(System):
 # -- resultlog --------------------------------------------------------------------------
 
 class _ResultlogWriter:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, read_your_writes: bool) -> None:
         from resultlog.producers import SyncEmitter
-        self.emitter = SyncEmitter(settings)
+        self.emitter = SyncEmitter(settings, read_your_writes=read_your_writes)
 
     def started(self, task_id: str) -> None:
         self.emitter.started(task_id, task_name="bench.add")
@@ -258,6 +258,8 @@ class _ResultlogReader:
 class Resultlog(System):
     """The emitter, one processor process, both stores."""
 
+    read_your_writes = False
+
     def setup(self) -> None:
         from resultlog.producers.topics import ensure_topics
         asyncio.run(ensure_topics(self.settings, self.settings.events_topic,
@@ -268,7 +270,8 @@ class Resultlog(System):
             [sys.executable, "-m", "resultlog", "process", "--loglevel", "warning"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # Up and folding before the clock starts: one task through the whole path.
-        writer, reader = self.open_writer(), self.open_reader()
+        # A writer that does not fold itself: what becomes readable, the processor folded.
+        writer, reader = _ResultlogWriter(self.settings, False), self.open_reader()
         try:
             writer.success(f"{self.tag}-warmup", {})
             writer.close()
@@ -277,7 +280,7 @@ class Resultlog(System):
             reader.close()
 
     def open_writer(self) -> Writer:
-        return _ResultlogWriter(self.settings)
+        return _ResultlogWriter(self.settings, self.read_your_writes)
 
     def open_reader(self) -> Reader:
         return _ResultlogReader(self.settings)
@@ -290,6 +293,13 @@ class Resultlog(System):
         asyncio.run(cleanup(self.settings))
 
 
+class ResultlogReadYourWrites(Resultlog):
+    """The same, with the emitter folding what Kafka acknowledged into the view itself
+    (the emitter option ``read_your_writes``; the processor folds it again)."""
+
+    read_your_writes = True
+
+
 SYSTEMS: dict[str, tuple[type[System], str, str]] = {
     "celery-redis": (CeleryRedis, "Celery {celery} Redis backend", "latest state"),
     "celery-db": (CeleryDatabase, "Celery {celery} database backend (PostgreSQL)", "latest state"),
@@ -297,6 +307,9 @@ SYSTEMS: dict[str, tuple[type[System], str, str]] = {
     "chicory-postgres": (ChicoryPostgres, "Chicory {chicory} Postgres backend", "latest state"),
     "resultlog": (Resultlog, "resultlog (emitter, processor, both stores)",
                   "every transition + the log"),
+    "resultlog-ryw": (ResultlogReadYourWrites,
+                      "resultlog, emitter with read_your_writes (processor, both stores)",
+                      "every transition + the log"),
 }
 
 

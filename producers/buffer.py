@@ -21,6 +21,7 @@ from concurrent.futures import Future as ThreadFuture
 from typing import NamedTuple
 
 from resultlog.errors import BufferFull, EmitterClosed
+from resultlog.schemas.event import TaskEvent
 
 #: Resolved when the event's batch is acknowledged (only requested with ``wait=True``).
 Waiter = asyncio.Future[None] | ThreadFuture[None]
@@ -32,6 +33,8 @@ class Item(NamedTuple):
     value: bytes
     timestamp_ms: int
     waiter: Waiter | None
+    #: The event itself, kept only for read-your-writes (see :mod:`.viewfold`).
+    event: TaskEvent | None = None
 
 
 class Outbox:
@@ -53,7 +56,8 @@ class Outbox:
         self.unacked_bytes = 0
 
     # Callers ---------------------------------------------------------------------------
-    def _try_put(self, key: bytes, value: bytes, ts: int, waiter: Waiter | None) -> int | None:
+    def _try_put(self, key: bytes, value: bytes, ts: int, waiter: Waiter | None,
+                 event: TaskEvent | None) -> int | None:
         """Under the lock: the new item's seq, or None when there is no room."""
         if self._closed is not None:
             raise EmitterClosed(self._closed)
@@ -64,7 +68,7 @@ class Outbox:
         if n >= self.max_events or (n and self.unacked_bytes + size > self.max_bytes):
             return None
         self._seq += 1
-        self._items.append(Item(self._seq, key, value, ts, waiter))
+        self._items.append(Item(self._seq, key, value, ts, waiter, event))
         self.unacked_events = n + 1
         self.unacked_bytes += size
         return self._seq
@@ -73,10 +77,10 @@ class Outbox:
         wake, self._wake = self._wake, None
         return wake
 
-    def offer(self, key: bytes, value: bytes, ts: int) -> bool:
+    def offer(self, key: bytes, value: bytes, ts: int, event: TaskEvent | None = None) -> bool:
         """Queue without waiting; False when there is no room. The common, fast path."""
         with self._lock:
-            if self._try_put(key, value, ts, None) is None:
+            if self._try_put(key, value, ts, None, event) is None:
                 return False
             wake, self._wake = self._wake, None
         if wake is not None:
@@ -84,12 +88,13 @@ class Outbox:
         return True
 
     def put_blocking(
-        self, key: bytes, value: bytes, ts: int, waiter: Waiter | None, timeout_s: float
+        self, key: bytes, value: bytes, ts: int, waiter: Waiter | None, timeout_s: float,
+        event: TaskEvent | None = None,
     ) -> int:
         """From any thread but the event loop's: wait up to ``timeout_s`` for room."""
         deadline: float | None = None
         with self._lock:
-            while (seq := self._try_put(key, value, ts, waiter)) is None:
+            while (seq := self._try_put(key, value, ts, waiter, event)) is None:
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + timeout_s
@@ -103,14 +108,15 @@ class Outbox:
         return seq
 
     async def put(
-        self, key: bytes, value: bytes, ts: int, waiter: Waiter | None, timeout_s: float
+        self, key: bytes, value: bytes, ts: int, waiter: Waiter | None, timeout_s: float,
+        event: TaskEvent | None = None,
     ) -> int:
         """From the event loop's thread: wait up to ``timeout_s`` for room without blocking it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
             with self._lock:
-                seq = self._try_put(key, value, ts, waiter)
+                seq = self._try_put(key, value, ts, waiter, event)
                 if seq is not None:
                     wake = self._take_wake()
                 else:

@@ -15,12 +15,14 @@ from aiokafka.producer.message_accumulator import BatchBuilder  # type: ignore[i
 
 from resultlog.producers.buffer import Item, Waiter
 from resultlog.producers.partitioner import KeyHashes
+from resultlog.schemas.event import TaskEvent
 
 
 class Batch:
     """One aiokafka record batch and what the pipeline must know about its events."""
 
-    __slots__ = ("builder", "open", "finished", "count", "nbytes", "first_seq", "created", "waiters")
+    __slots__ = ("builder", "open", "finished", "count", "nbytes", "first_seq", "created", "waiters",
+                 "events")
 
     def __init__(self, builder: BatchBuilder, first_seq: int, created: float) -> None:
         self.builder = builder
@@ -31,6 +33,7 @@ class Batch:
         self.nbytes = 0
         self.first_seq = first_seq
         self.waiters: list[Waiter] = []
+        self.events: list[TaskEvent] = []  # read-your-writes only (see .viewfold)
 
 
 class Lane:
@@ -79,6 +82,8 @@ class Lanes:
             batch.nbytes += len(item.value)
             if item.waiter is not None:
                 batch.waiters.append(item.waiter)
+            if item.event is not None:
+                batch.events.append(item.event)
 
     def any_outstanding(self) -> bool:
         return any(lane.outstanding is not None for lane in self._lanes.values())

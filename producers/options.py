@@ -35,6 +35,7 @@ class PipelineOptions:
     buffer_timeout_s: float
     close_timeout_s: float
     create_topics: bool
+    read_your_writes: bool
 
 
 class EmitterOptions(TypedDict, total=False):
@@ -57,6 +58,10 @@ class EmitterOptions(TypedDict, total=False):
     close_timeout_s: float
     #: Create the events topic at start if it is missing (needs the CREATE right).
     create_topics: bool
+    #: Fold each event into the Redis view as soon as Kafka acknowledges it, ahead of
+    #: the processor, so a waiting client wakes after the acknowledgement and one Redis
+    #: call (default off: the worker then needs Redis too). See ``producers/viewfold.py``.
+    read_your_writes: bool
     client_id: str
 
 
@@ -78,10 +83,15 @@ def resolve(settings: Settings, options: EmitterOptions) -> PipelineOptions:
         buffer_timeout_s=options.get("buffer_timeout_s", settings.kafka_timeout_s),
         close_timeout_s=options.get("close_timeout_s", DEFAULT_CLOSE_TIMEOUT_S),
         create_topics=options.get("create_topics", True),
+        read_your_writes=options.get("read_your_writes", False),
     )
     for name in ("max_buffered_events", "max_buffered_bytes"):
         if getattr(opts, name) < 1:
             raise ConfigurationError(f"emitter option {name} must be at least 1")
+    for name in ("create_topics", "read_your_writes"):
+        if not isinstance(getattr(opts, name), bool):
+            raise ConfigurationError(f"emitter option {name} must be True or False, "
+                                     f"not {getattr(opts, name)!r}")
     for name in ("linger_s", "buffer_timeout_s", "close_timeout_s"):
         if getattr(opts, name) < 0:
             raise ConfigurationError(f"emitter option {name} must not be negative")

@@ -49,6 +49,7 @@ from resultlog.producers.kafka import abort_pending, close_producer, start_produ
 from resultlog.producers.lanes import Batch, Lane, Lanes
 from resultlog.producers.options import PipelineOptions
 from resultlog.producers.topics import ensure_topics
+from resultlog.producers.viewfold import AckedFold
 from resultlog.schemas.codec import Codec
 from resultlog.schemas.event import TaskEvent
 from resultlog.schemas.taskcodec import EventEncoder
@@ -81,6 +82,9 @@ class Pipeline:
         self._loop_thread = 0
         self._work: asyncio.Event | None = None
         self._pump_task: asyncio.Task[None] | None = None
+        # Read-your-writes: acknowledged batches go through here before they are released.
+        self._acked_fold: AckedFold | None = None
+        self._keep_events = options.read_your_writes
 
     # Lifecycle (event loop) ---------------------------------------------------------
     @property
@@ -100,6 +104,8 @@ class Pipeline:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._work = asyncio.Event()
+        if self._keep_events:
+            self._acked_fold = AckedFold(self.settings, self._release)
         self._state = "running"
         self._pump_task = asyncio.create_task(self._pump(), name=f"resultlog-emitter-pump[{self.topic}]")
         self._pump_task.add_done_callback(self._pump_done)
@@ -166,6 +172,8 @@ class Pipeline:
         if self._pump_task is not None:
             self._pump_task.cancel()
             await asyncio.gather(self._pump_task, return_exceptions=True)
+        if self._acked_fold is not None:
+            await self._acked_fold.close()
         producer, self._producer = self._producer, None
         if producer is not None:
             if self._outbox.unacked_events:
@@ -207,7 +215,7 @@ class Pipeline:
         acknowledged. Returns the event as recorded (cut to fit, if it had to be)."""
         self.check()
         recorded, key, value = self.encode_recorded(event)
-        await self._accept(key, value, event.timestamp, wait)
+        await self._accept(key, value, event.timestamp, wait, recorded if self._keep_events else None)
         return recorded
 
     async def accept_record(self, name: str, key: str, record: Mapping[str, Any], timestamp: int,
@@ -219,11 +227,12 @@ class Pipeline:
         value = self.encoder.codec.encode_record(name, record)
         await self._accept(key.encode(), value, timestamp, wait)
 
-    async def _accept(self, key: bytes, value: bytes, timestamp: int, wait: bool) -> None:
+    async def _accept(self, key: bytes, value: bytes, timestamp: int, wait: bool,
+                      event: TaskEvent | None = None) -> None:
         if wait:
-            await self._accept_and_wait(key, value, timestamp)
-        elif not self._outbox.offer(key, value, timestamp):
-            await self._outbox.put(key, value, timestamp, None, self.options.buffer_timeout_s)
+            await self._accept_and_wait(key, value, timestamp, event)
+        elif not self._outbox.offer(key, value, timestamp, event):
+            await self._outbox.put(key, value, timestamp, None, self.options.buffer_timeout_s, event)
         self._since_yield += 1
         if self._since_yield >= _YIELD_EVERY:
             # A caller emitting in a tight loop never suspends (there is room), which
@@ -231,9 +240,9 @@ class Pipeline:
             self._since_yield = 0
             await asyncio.sleep(0)
 
-    async def _accept_and_wait(self, key: bytes, value: bytes, ts: int) -> None:
+    async def _accept_and_wait(self, key: bytes, value: bytes, ts: int, event: TaskEvent | None) -> None:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._outbox.put(key, value, ts, waiter, self.options.buffer_timeout_s)
+        await self._outbox.put(key, value, ts, waiter, self.options.buffer_timeout_s, event)
         try:
             async with asyncio.timeout(self.settings.kafka_timeout_s):
                 await asyncio.shield(waiter)
@@ -248,7 +257,7 @@ class Pipeline:
         the event as recorded (cut to fit within the size limit, if it had to be)."""
         self.check()
         recorded, key, value = self.encode_recorded(event)
-        self._accept_blocking(key, value, event.timestamp, wait)
+        self._accept_blocking(key, value, event.timestamp, wait, recorded if self._keep_events else None)
         return recorded
 
     def accept_record_blocking(self, name: str, key: str, record: Mapping[str, Any],
@@ -258,13 +267,15 @@ class Pipeline:
         value = self.encoder.codec.encode_record(name, record)
         self._accept_blocking(key.encode(), value, timestamp, wait)
 
-    def _accept_blocking(self, key: bytes, value: bytes, timestamp: int, wait: bool) -> None:
+    def _accept_blocking(self, key: bytes, value: bytes, timestamp: int, wait: bool,
+                         event: TaskEvent | None = None) -> None:
         if not wait:
-            if not self._outbox.offer(key, value, timestamp):
-                self._outbox.put_blocking(key, value, timestamp, None, self.options.buffer_timeout_s)
+            if not self._outbox.offer(key, value, timestamp, event):
+                self._outbox.put_blocking(key, value, timestamp, None, self.options.buffer_timeout_s,
+                                          event)
             return
         waiter: ThreadFuture[None] = ThreadFuture()
-        self._outbox.put_blocking(key, value, timestamp, waiter, self.options.buffer_timeout_s)
+        self._outbox.put_blocking(key, value, timestamp, waiter, self.options.buffer_timeout_s, event)
         try:
             waiter.result(timeout=self.settings.kafka_timeout_s)
         except TimeoutError:
@@ -397,6 +408,13 @@ class Pipeline:
         if lane.outstanding is batch:
             lane.outstanding = None
         if exc is None:
+            if batch.events and self._acked_fold is not None:
+                # In the log: fold it into the view before its waiters and room are
+                # released; the lane may send its next batch meanwhile.
+                self._acked_fold.add(batch)
+                if self._work is not None:
+                    self._work.set()
+                return
             for waiter in batch.waiters:
                 _resolve(waiter, None)
         else:
@@ -411,6 +429,14 @@ class Pipeline:
             self.failures.add(batch.count, batch.count - len(batch.waiters), cause)
             # The producer's sequence numbers now have a gap: replace it before sending more.
             self._restart_needed = True
+        self._outbox.release(batch.count, batch.nbytes)
+        if self._work is not None:
+            self._work.set()
+
+    def _release(self, batch: Batch) -> None:
+        """An acknowledged batch is through read-your-writes' fold: release it."""
+        for waiter in batch.waiters:
+            _resolve(waiter, None)
         self._outbox.release(batch.count, batch.nbytes)
         if self._work is not None:
             self._work.set()
@@ -451,7 +477,9 @@ class Pipeline:
     # Flush bookkeeping ----------------------------------------------------------------
     def _low_watermark(self) -> int:
         """The oldest sequence number not yet acknowledged or failed (last + 1 if none)."""
-        seqs = [seq for seq in (self._outbox.head_seq(), self._lanes.oldest_seq()) if seq is not None]
+        folding = self._acked_fold.oldest_seq() if self._acked_fold is not None else None
+        seqs = [seq for seq in (self._outbox.head_seq(), self._lanes.oldest_seq(), folding)
+                if seq is not None]
         return min(seqs) if seqs else self._outbox.last_seq + 1
 
     def _wake_flushers(self) -> None:

@@ -34,11 +34,9 @@ from resultlog.views.exceptions import ExceptionRebuilder
 from resultlog.views.notify import Notifier
 from resultlog.views.redis_view import (
     READ_CHECKED_SCRIPT,
-    SCRIPT,
     RedisView,
     checked_read_call,
     checked_read_reply,
-    script_call,
     view_from_push,
 )
 
@@ -290,7 +288,6 @@ class ResultBackend:
         self._lock = threading.Lock()
         self._sync: redis.Redis | None = None
         self._read_script: Script | None = None
-        self._fold_script: Script | None = None
         self._bridge = Bridge()
         self._bridged: AioState | None = None  # the state on the bridge's loop
         self._aio: AioState | None = None
@@ -376,19 +373,6 @@ class ResultBackend:
             return view
         return self.run(lambda state: state.wait_ready(task_id, timeout))
 
-    def fold(self, events: Sequence[TaskEvent]) -> None:
-        """Fold ``events`` into the view now, ahead of the processor: read-your-writes
-        for a writer that has had Kafka acknowledge them. Safe because the fold is
-        idempotent and commutative: the processor folding the same events later changes
-        nothing, and no position is recorded here."""
-        if not events:
-            return
-        keys, args = script_call(self.settings, events)
-        self.sync_client()
-        assert self._fold_script is not None
-        with translated("folding events into the view"):
-            self._fold_script(keys=keys, args=args)
-
     def watch_ready(self, task_id: str, *, sent: bool = False) -> Future[TaskView]:
         """The task's view once it is ready, as a future: :meth:`wait_ready` without
         blocking the caller (for push-based waiters such as the Celery backend's result
@@ -422,7 +406,6 @@ class ResultBackend:
                 if self._sync is None:
                     client = sync_client(self.settings)
                     self._read_script = client.register_script(READ_CHECKED_SCRIPT)
-                    self._fold_script = client.register_script(SCRIPT)
                     self._sync = client
         return self._sync
 

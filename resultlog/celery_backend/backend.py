@@ -57,7 +57,7 @@ from resultlog.views.exceptions import ExceptionRebuilder
 _shared_lock = threading.Lock()
 # Kept across a fork on purpose: the emitter and the reader notice the new process
 # themselves and re-create their connections and threads there.
-_emitters: dict[Settings, SyncEmitter] = {}
+_emitters: dict[tuple[Settings, bool], SyncEmitter] = {}
 _readers: dict[tuple[Settings, tuple[str, ...]], ResultBackend] = {}
 
 
@@ -70,11 +70,12 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _emitter(settings: Settings) -> SyncEmitter:
+def _emitter(settings: Settings, read_your_writes: bool) -> SyncEmitter:
     with _shared_lock:
-        emitter = _emitters.get(settings)
+        emitter = _emitters.get((settings, read_your_writes))
         if emitter is None:
-            emitter = _emitters[settings] = SyncEmitter(settings)
+            emitter = _emitters[settings, read_your_writes] = SyncEmitter(
+                settings, read_your_writes=read_your_writes)
         return emitter
 
 
@@ -113,13 +114,15 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
         self.result_consumer = ViewResultConsumer(
             self, self.app, self.accept, self._pending_results, self._pending_messages)
         # Heartbeats from this app's worker, should this process become one.
-        settings = self.config.settings
-        heartbeat.install(app, lambda: _emitter(settings), self.config.worker_heartbeat_s)
+        settings, fold = self.config.settings, self.config.read_your_writes
+        heartbeat.install(app, lambda: _emitter(settings, fold), self.config.worker_heartbeat_s)
 
     # --- the process's shared emitter and reader -----------------------------------
 
     def emitter(self) -> SyncEmitter:
-        return _emitter(self.config.settings)
+        """The process's emitter for these settings; with ``read_your_writes`` it folds
+        what Kafka acknowledged into the view before a waiting emit returns."""
+        return _emitter(self.config.settings, self.config.read_your_writes)
 
     def reader(self) -> ResultBackend:
         return _reader(self.config.settings, self.config.import_modules)
@@ -129,9 +132,9 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
     def store_result(self, task_id: str, result: Any, state: str, traceback: str | None = None,
                      request: Any = None, **kwargs: Any) -> Any:
         """Emit the state as an event from this process. With ``read_your_writes`` (the
-        default) wait for Kafka's acknowledgement and fold the event into the view at
-        once, so what was stored is readable as soon as this returns; else a ready
-        state still waits for the acknowledgement unless ``ack_ready`` is off."""
+        default) wait for Kafka's acknowledgement and the emitter's fold of the event
+        into the view, so what was stored is readable as soon as this returns; else a
+        ready state still waits for the acknowledgement unless ``ack_ready`` is off."""
         attempt, fields = self._request_fields(task_id, request)
         kind, keep_state = event_state(state)
         if kind.ready and getattr(request, "id", None) == task_id:
@@ -156,18 +159,14 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
                     fields["meta"] = {**(fields.get("meta") or {}), **kept}
                 event = TaskEvent.create(task_id, kind, attempt=attempt,
                                          exc=exc, traceback=traceback, **fields)
-            fold = self.config.read_your_writes
-            recorded = emitter.emit(event, wait=fold or (self.config.ack_ready and kind.ready))
+            emitter.emit(event, wait=self.config.read_your_writes
+                         or (self.config.ack_ready and kind.ready))
         except (ResultNotSerializable, EventTooLarge) as refused:
             # Only a SUCCESS or a progress report can be refused (an outcome is cut to
             # fit): Celery's trace records an EncodeError as the task's FAILURE, and the
             # client's get() raises it, as with Celery's own backends.
             raise EncodeError(
                 f"the {state} result of task {task_id} cannot be stored: {refused}") from refused
-        if fold:
-            # Acknowledged: the event is in the log, so the view may show it now. The
-            # processor folding it again changes nothing (the fold is idempotent).
-            self.reader().fold([recorded])
         return result
 
     def mark_as_failure(self, task_id: str, exc: Any, traceback: str | None = None,
@@ -209,14 +208,14 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
         self.result_consumer.cancel_for(task_id)
 
     def _forget(self, task_id: str) -> None:
-        """A FORGOTTEN event, acknowledged by Kafka, then folded here: the view shows the
-        task as unknown (PENDING) at once, and a replay or a view rebuild forgets it
-        again, because the forget is in the log (``task_forgotten.v1.avsc``)."""
+        """A FORGOTTEN event, acknowledged by Kafka (and, with read-your-writes, folded
+        by the emitter: the view shows the task as unknown (PENDING) at once); a replay
+        or a view rebuild forgets it again, because the forget is in the log
+        (``task_forgotten.v1.avsc``)."""
         emitter = self.emitter()
-        event = TaskEvent.create(task_id, State.FORGOTTEN, worker=emitter.worker)
-        self.reader().fold([emitter.emit(event, wait=True)])
+        emitter.emit(TaskEvent.create(task_id, State.FORGOTTEN, worker=emitter.worker), wait=True)
 
-    # --- saved groups: events of the group's id, folded at once for read-your-writes --
+    # --- saved groups: events of the group's id ----------------------------------------
 
     def _save_group(self, group_id: str, result: Any) -> Any:
         self._group_event(State.SUCCESS, group_id, to_plain(result.as_tuple()))
@@ -229,8 +228,9 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
         emitter = self.emitter()
         event = TaskEvent.create(group_id, state, worker=emitter.worker,
                                  task_name=names.CELERY_SAVED_GROUP_TASK, result=members)
-        # Acknowledged by Kafka first: the log, not the view, is what a replay restores.
-        self.reader().fold([emitter.emit(event, wait=True)])
+        # Acknowledged by Kafka (and folded, with read-your-writes) before this returns:
+        # the log, not the view, is what a replay restores.
+        emitter.emit(event, wait=True)
 
     def _restore_group(self, group_id: str) -> dict[str, Any] | None:
         view = self.reader().read(group_id)

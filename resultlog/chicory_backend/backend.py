@@ -41,8 +41,9 @@ class ResultlogBackend(Backend):
 
     ``settings``: resultlog's settings (default: the ``RESULTLOG_*`` environment).
     ``read_your_writes`` (default on): a result or heartbeat acknowledged by Kafka is
-    folded into the view by the writer too, so it reads back at once; off, only the
-    processor folds, and a read right after a write may miss it.
+    folded into the view by the writer too (results by the emitter's option of that
+    name), so it reads back at once; off, only the processor folds, and a read right
+    after a write may miss it.
     """
 
     def __init__(self, settings: Settings | None = None, *, read_your_writes: bool = True) -> None:
@@ -62,7 +63,7 @@ class ResultlogBackend(Backend):
         not answer) and the view's connections. Idempotent."""
         if self._state is not None:
             return
-        emitter = Emitter(self.settings)
+        emitter = Emitter(self.settings, read_your_writes=self.read_your_writes)
         await emitter.start()
         reader = ResultBackend(self.settings)
         state = reader.aio()
@@ -107,12 +108,10 @@ class ResultlogBackend(Backend):
         await self._store(task_id, result, wait=True)
 
     async def _store(self, task_id: str, result: TaskResult[Any], *, wait: bool = False) -> None:
-        emitter, state, _ = self._connected()
+        emitter, _, _ = self._connected()
         event = task_event(task_id, result, emitter.worker)
         wait = wait or event.state.ready
-        recorded = await emitter.emit(event, wait=wait)
-        if wait and self.read_your_writes:
-            await state.view.apply([recorded])
+        await emitter.emit(event, wait=wait)
 
     async def get_result(self, task_id: str) -> TaskResult[Any] | None:
         """The task's latest result from the view; None for a task nobody recorded."""
@@ -137,11 +136,9 @@ class ResultlogBackend(Backend):
         unknown at once, and stays so through a replay or a view rebuild, whatever
         event of it arrives later (a task id reused after its deletion stays deleted)."""
         validate_task_id(task_id)
-        emitter, state, _ = self._connected()
+        emitter, _, _ = self._connected()
         event = TaskEvent.create(task_id, State.FORGOTTEN, worker=emitter.worker)
-        recorded = await emitter.emit(event, wait=True)
-        if self.read_your_writes:
-            await state.view.apply([recorded])
+        await emitter.emit(event, wait=True)
 
     # --- workers -----------------------------------------------------------------------
 

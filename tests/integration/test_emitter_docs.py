@@ -34,6 +34,8 @@ async def test_example_runs(index: int, settings: Settings) -> None:
         RESULTLOG_KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
         RESULTLOG_EVENTS_TOPIC=settings.events_topic,  # the test's own topic, deleted after
         RESULTLOG_TOPIC_PARTITIONS=str(settings.topic_partitions),
+        RESULTLOG_REDIS_URL=settings.redis_url,  # read-your-writes: the test's own keys
+        RESULTLOG_REDIS_PREFIX=settings.redis_prefix,
     )
     done = subprocess.run(
         [sys.executable, "-c", examples()[index]],

@@ -1,0 +1,148 @@
+"""Read-your-writes for the emitter: acknowledged events folded into the Redis view at once.
+
+With the emitter option ``read_your_writes=True`` the pipeline hands every batch Kafka
+acknowledges to :class:`AckedFold`, which folds the batch's events into the view (the
+``fold.lua`` call the processor makes) and only then resolves the batch's waiters and
+gives its room in the buffer back. A client waiting in ``AsyncResult.get()`` then wakes
+after Kafka's acknowledgement and one Redis call, instead of after the processor's fetch
+and both of its store writes; ``emit(..., wait=True)`` and ``flush()`` return once what
+they waited for is readable.
+
+Why it is safe: only acknowledged events are folded, so the view never shows what the
+log does not hold; the fold is idempotent and commutative, so the processor folding the
+same events later changes nothing; and no position is recorded here, so what the
+processor knows it has folded (``views/coverage.py``) is untouched — a Redis that
+restarted empty is still found and rebuilt by the processor.
+
+A Redis that cannot be reached does not fail an emit: the event is in the log and the
+processor folds it. The failure is logged once per outage and the batch released; for
+:data:`RETRY_AFTER_S` after a failed fold, batches are released unfolded, so that an
+outage (a fold call retries for about 3 s before it fails) does not hold up the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from resultlog.producers.lanes import Batch
+from resultlog.redaction import redact_url
+from resultlog.schemas.event import TaskEvent
+from resultlog.settings import Settings
+
+if TYPE_CHECKING:
+    from resultlog.views.redis_view import RedisView
+
+log = logging.getLogger("resultlog.producers")
+
+# Events per fold call at most: Redis runs a script alone, so a very large call would
+# hold up every other client (the processor's batches are of the same order).
+MAX_FOLD_EVENTS = 2_000
+# Fold calls in flight at most: a new acknowledgement does not wait for an earlier
+# call's round trip (the fold commutes), and a slow Redis is still not flooded.
+MAX_IN_FLIGHT = 4
+# After a failed fold, release batches unfolded this long before trying again.
+RETRY_AFTER_S = 1.0
+
+
+class AckedFold:
+    """Folds acknowledged batches into the view, up to :data:`MAX_IN_FLIGHT` fold calls
+    at a time; what is acknowledged while every call is busy goes in the next one.
+
+    Concurrent calls are safe because the fold is commutative and idempotent; a batch
+    is released (``released(batch)``: the pipeline resolves its waiters and frees its
+    room) when its own call has returned, folded or not. Event loop only.
+    """
+
+    def __init__(self, settings: Settings, released: Callable[[Batch], None]) -> None:
+        self.settings = settings
+        self._released = released
+        self._view: RedisView | None = None
+        self._queued: deque[Batch] = deque()
+        self._folding: dict[asyncio.Task[None], list[Batch]] = {}
+        self._failing = False
+        self._retry_at = 0.0  # loop time: no fold before this, after a failed one
+
+    def add(self, batch: Batch) -> None:
+        """Fold ``batch`` (acknowledged by Kafka) soon, then release it."""
+        self._queued.append(batch)
+        self._start_folds()
+
+    def oldest_seq(self) -> int | None:
+        """The smallest sequence number acknowledged but not yet folded and released."""
+        seqs = [batches[0].first_seq for batches in self._folding.values()]
+        if self._queued:
+            seqs.append(self._queued[0].first_seq)
+        return min(seqs) if seqs else None
+
+    async def close(self) -> None:
+        """Stop folding; what is not folded yet is released unfolded (the processor folds it)."""
+        tasks = list(self._folding)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for batches in self._folding.values():
+            for batch in batches:
+                self._released(batch)
+        self._folding.clear()
+        while self._queued:
+            self._released(self._queued.popleft())
+        if self._view is not None:
+            await self._view.close()
+            self._view = None
+
+    def _start_folds(self) -> None:
+        queued = self._queued
+        loop = asyncio.get_running_loop()
+        while queued and len(self._folding) < MAX_IN_FLIGHT:
+            if loop.time() < self._retry_at:  # Redis failed just now: do not hold anyone up
+                while queued:
+                    self._released(queued.popleft())
+                return
+            # Whole batches up to the call's limit (at least one).
+            batches = [queued.popleft()]
+            count = len(batches[0].events)
+            while queued and count + len(queued[0].events) <= MAX_FOLD_EVENTS:
+                count += len(queued[0].events)
+                batches.append(queued.popleft())
+            task = loop.create_task(self._fold(batches), name="resultlog-emitter-view-fold")
+            self._folding[task] = batches
+            task.add_done_callback(self._folded)
+
+    def _folded(self, task: asyncio.Task[None]) -> None:
+        batches = self._folding.pop(task, None)
+        if batches is None:
+            return  # close() took it
+        for batch in batches:
+            self._released(batch)
+        self._start_folds()
+
+    async def _fold(self, batches: list[Batch]) -> None:
+        if self._view is None:
+            # The one place producers/ reaches into views/ (docs/ARCHITECTURE.md): the
+            # emitter writes the view with the processor's own fold call. Imported here,
+            # at the first fold, so that importing the emitter never loads the views.
+            from resultlog.views.redis_view import RedisView
+
+            self._view = RedisView(self.settings)
+        events = [event for batch in batches for event in batch.events]
+        try:
+            await self._view.apply(events)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the log holds the events: never fail the emit for the view
+            if not self._failing:
+                log.warning(
+                    "resultlog: read-your-writes could not fold acknowledged events into the "
+                    "Redis view at %s (%s: %s); they are in Kafka and the processor will fold "
+                    "them. Logged once until a fold succeeds again.",
+                    redact_url(self.settings.redis_url), type(exc).__name__, exc)
+            self._failing = True
+            self._retry_at = asyncio.get_running_loop().time() + RETRY_AFTER_S
+        else:
+            if self._failing:
+                log.info("resultlog: read-your-writes folds into Redis again")
+            self._failing = False

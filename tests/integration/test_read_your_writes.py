@@ -1,0 +1,90 @@
+"""The emitter's ``read_your_writes`` option against the real Kafka and Redis, with no
+processor running: whatever becomes readable was folded by the emitter itself."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+
+import pytest
+
+from resultlog.errors import ConfigurationError
+from resultlog.producers import Emitter, SyncEmitter
+from resultlog.schemas.states import State
+from resultlog.settings import Settings
+from resultlog.views import RedisView, ResultBackend
+from resultlog.devstack.process import free_port
+from tests.integration.test_emitter import consume
+from tests.integration.test_results import subscribed
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_waiting_client_wakes_without_a_processor(settings: Settings) -> None:
+    async with ResultBackend(settings) as backend, Emitter(settings, read_your_writes=True) as emitter:
+        waiter = asyncio.create_task(backend.AioAsyncResult("ryw-1").get(timeout=60))
+        await subscribed(settings, "ryw-1")
+        await emitter.started("ryw-1", task_name="add")
+        await emitter.success("ryw-1", {"sum": 3})  # buffered: returns before Kafka's ack
+        assert await waiter == {"sum": 3}
+        view = await backend.aio().view.get("ryw-1")
+        assert view is not None and view.state is State.SUCCESS and view.task_name == "add"
+
+
+async def test_wait_and_flush_return_once_the_events_are_readable(settings: Settings) -> None:
+    async with RedisView(settings) as view, Emitter(settings, read_your_writes=True) as emitter:
+        await emitter.success("ryw-waited", 1, wait=True)
+        waited = await view.get("ryw-waited")
+        assert waited is not None and waited.result is not None and json.loads(waited.result) == 1
+        ids = [f"ryw-{i}" for i in range(3_000)]  # more than one fold call
+        for i, task_id in enumerate(ids):
+            await emitter.started(task_id)
+            await emitter.success(task_id, i)
+        await emitter.flush()
+        views = await view.get_many(ids)
+        assert [json.loads(v.result) if v is not None and v.result else None for v in views] == list(range(3_000))
+        assert all(v is not None and v.state is State.SUCCESS for v in views)
+
+
+def test_the_sync_emitter_reads_its_writes(settings: Settings) -> None:
+    backend = ResultBackend(settings)
+    emitter = SyncEmitter(settings, read_your_writes=True)
+    try:
+        emitter.failure("ryw-sync", ValueError("no"), wait=True)
+        assert backend.AsyncResult("ryw-sync").state == "FAILURE"
+        emitter.success("ryw-sync-2", [1, 2])
+        emitter.flush()
+        assert backend.AsyncResult("ryw-sync-2").get(timeout=0) == [1, 2]
+    finally:
+        emitter.close()
+        backend.close()
+
+
+async def test_without_the_option_only_the_processor_writes_the_view(settings: Settings) -> None:
+    async with RedisView(settings) as view, Emitter(settings) as emitter:
+        await emitter.success("ryw-off", 1, wait=True)
+        await emitter.flush()
+        assert await view.get("ryw-off") is None
+    assert len(await consume(settings, 1)) == 1
+
+
+async def test_an_unreachable_redis_fails_no_emit_and_is_logged_once(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    gone = dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    caplog.set_level(logging.WARNING, logger="resultlog.producers")
+    async with Emitter(gone, read_your_writes=True) as emitter:
+        for i in range(3):
+            await emitter.success(f"ryw-gone-{i}", i, wait=True)
+    # Every event is in the log, for the processor to fold; one warning for the outage.
+    assert len(await consume(settings, 3)) == 3
+    warnings = [r for r in caplog.records if "read-your-writes could not fold" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "the processor will fold them" in warnings[0].getMessage()
+
+
+def test_the_option_must_be_a_bool(settings: Settings) -> None:
+    with pytest.raises(ConfigurationError, match="read_your_writes must be True or False"):
+        Emitter(settings, read_your_writes="yes")  # type: ignore[typeddict-item]
