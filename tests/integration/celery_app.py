@@ -33,6 +33,20 @@ def side_channel_client(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url, socket_timeout=None)
 
 
+def arithmetic(app: Any, prefix: str) -> Any:
+    """The tasks every test app has, ``<prefix>.add`` and ``<prefix>.total``; returns add."""
+
+    @app.task(name=f"{prefix}.add", shared=False)
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @app.task(name=f"{prefix}.total", shared=False)
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    return add
+
+
 def make_app(backend_url: str, broker_url: str, queue: str, serializer: str = "json") -> Any:
     app = Celery("resultlog-celery-tests", broker=broker_url, backend=backend_url,
                  set_as_current=False)
@@ -50,13 +64,7 @@ def make_app(backend_url: str, broker_url: str, queue: str, serializer: str = "j
     def settings() -> Settings:
         return Settings.from_env()
 
-    @app.task(name="t.add", shared=False)
-    def add(a: int, b: int) -> int:
-        return a + b
-
-    @app.task(name="t.total", shared=False)
-    def total(values: list[int]) -> int:
-        return sum(values)
+    add = arithmetic(app, "t")
 
     @app.task(name="t.spawn", shared=False)
     def spawn(n: int) -> list[str]:

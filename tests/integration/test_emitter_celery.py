@@ -13,6 +13,7 @@ from resultlog.producers.celery import Installation, install
 from resultlog.schemas.event import TaskEvent
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
+from tests.integration.celery_app import arithmetic
 from tests.integration.test_emitter import consume
 
 celery = pytest.importorskip("celery")
@@ -32,13 +33,7 @@ def app() -> Any:
     app = celery.Celery("resultlog-tests", broker="memory://", backend="cache+memory://", set_as_current=False)
     app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
 
-    @app.task(name="tests.add", shared=False)
-    def add(a: int, b: int) -> int:
-        return a + b
-
-    @app.task(name="tests.total", shared=False)
-    def total(values: list[int]) -> int:
-        return sum(values)
+    arithmetic(app, "tests")
 
     @app.task(name="tests.fail", shared=False)
     def fail() -> None:
