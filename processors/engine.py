@@ -1,46 +1,15 @@
 """The fold engine: the events topic consumed in large batches, positions from the stores.
 
-Why not a faust agent: faust-streaming moves every message through its own
-per-event machinery (Message and Event objects, stream processors, per-offset ack
-bookkeeping). On this project's 2-core machine a do-nothing ``take_events`` agent
-reads ~11,000 events/s, while aiokafka's ``getmany`` reads ~550,000 (bench figures in
-docs/processor.md). The fold's own work is ~50 us/event, so to fold 20,000 events/s
-the consumption itself must be nearly free. This engine runs inside the faust worker
-(as an app task), in the consumer group ``settings.consumer_group``.
-
-Positions. Each store records the offsets it has folded atomically with the data (the
-tracking record in the same Postgres transaction as the history rows; the view's
-offsets hash in the same Redis script call as the view). On every assignment each
-partition is positioned from the stores, never from Kafka's committed offsets:
-
-- both stores know it: resume at the smaller position (a crash between the two writes
-  re-reads that tail; the writes are idempotent);
-- the Redis view knows nothing of it while the history does (Redis restarted empty,
-  flushed, failed over): the view is *claimed* (``views/coverage.py``): its position
-  becomes the history's, the gap before it is recorded and rebuilt from the log in the
-  background (``processors/rebuild.py``) while the fold goes on from the history's
-  position;
-- the history knows nothing of it: start at the beginning of the log.
-
-While running, the same claim happens when a write finds the view lost
-(:class:`~resultlog.errors.ViewLost`: fold.lua refuses to write a partition whose
-position is missing or behind the batch) and when a check once a second finds a
-position missing (a FLUSHDB while no events flow).
-
-Kafka's committed offsets are written once a second under any load, as the positions
-of batches both stores hold: they serve Kafka's lag tools, not the fold.
-
-Asynchronous history commits. The history commits with ``synchronous_commit = off``
-(a commit returns before its WAL is on disk: an fsync off the path of every batch). A
-PostgreSQL crash may then lose the last commits, whole transactions and always a
-suffix of the WAL, so the rows of a lost batch go with its offsets. The engine keeps,
-per partition, the position it has written to the history (``_held``). A crash breaks
-every connection, and the history store shows the engine what the history holds on
-each new connection before its first write (``HistoryStore.verify_positions``): if the
-history holds less than the engine wrote (:class:`~resultlog.errors.HistoryRewound`),
-nothing is written, the batches in hand are dropped and every partition seeks back to
-what the history holds: the lost tail is read from the log again and written again
-(idempotently), before anything after it.
+It runs inside the faust worker (as an app task, in the consumer group
+``settings.consumer_group``) but reads with aiokafka's ``getmany``: a faust agent's
+per-event machinery costs more than the fold itself (docs/processor.md, "Why the fold is
+not a faust agent"). Each store records its offsets atomically with its data; every
+assigned partition is positioned from the stores, never from Kafka's committed offsets
+(written once a second for Kafka's lag tools only), and a lost view is claimed and
+rebuilt (docs/processor.md, "Where a partition resumes"). The history commits
+asynchronously; the engine keeps what it wrote (``_held``) and, when the history shows
+less (:class:`~resultlog.errors.HistoryRewound`), drops its batches and reads the lost
+tail again (docs/processor.md, "Asynchronous history commits").
 """
 
 from __future__ import annotations

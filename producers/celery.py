@@ -1,28 +1,15 @@
-"""Celery integration: Celery's task signals → resultlog events.
+"""Celery integration: Celery's task signals → resultlog events (docs/emitter.md, "Celery").
 
     from resultlog.producers import SyncEmitter
     from resultlog.producers.celery import install
 
     install(app, SyncEmitter())
 
-| Celery signal   | event    | where it fires                              |
-|-----------------|----------|---------------------------------------------|
-| task_received   | RECEIVED | the worker's main process                   |
-| task_prerun     | STARTED  | the process running the task                |
-| task_success    | SUCCESS  | idem; result JSON-encoded, never pickled    |
-| task_failure    | FAILURE  | idem; type, module, message, traceback      |
-| task_retry      | RETRY    | idem; the original exception and the ETA    |
-| task_revoked    | REVOKED  | the worker's main process                   |
-
-Every event carries the task name, args/kwargs, ``retries`` as ``attempt``, parent,
-root and group ids, chord membership where the request carries the chord's size
-(by default Celery's canvas does not put it there: docs/emitter.md), and the
-worker's hostname. RECEIVED and REVOKED come from the main process and the rest from
-the pool process, i.e. from different producers: Kafka does not order those against
-each other, and does not need to, since the views order states by rank and attempt.
-
-Celery is an optional dependency (``pip install resultlog[celery]``) imported only by
-:func:`install`. Errors in a handler are logged by Celery's signal dispatcher, never
+task_received and task_revoked fire in the worker's main process, the others in the
+pool process running the task: different producers, which Kafka does not order against
+each other, and need not, as the views order states by rank and attempt. Celery is an
+optional dependency (``pip install resultlog[celery]``) imported only by
+:func:`install`; errors in a handler are logged by Celery's signal dispatcher, never
 raised into the task.
 """
 

@@ -1,28 +1,15 @@
 """Fitting a task's outcome within the event size limit instead of refusing it.
 
-A SUCCESS whose result is over ``max_event_bytes`` is refused at the call
-(:class:`~resultlog.errors.EventTooLarge`): the caller can still act on it, and
-:meth:`~resultlog.producers.emitter.Emitter.track` turns it into a FAILURE. A FAILURE,
-RETRY or REVOKED event is different: it is the last word on an attempt, and refusing it
-leaves a client waiting for ever for a task that finished. So an oversized one is
-recorded with its large fields cut, in this order, until it fits:
-
-1. ``traceback`` and ``exception.message``, levelled: the longer is cut first, down to
-   a common length, so both keep some of themselves. A cut text keeps its head (a
-   third) and its tail (two thirds: a traceback's innermost frames and the exception
-   line are at the end) around the marker ``…[truncated from N bytes]…``, N being its
-   original size in bytes (UTF-8);
-2. ``args``, then ``kwargs``: JSON cannot be cut and stay JSON, so they are dropped;
-3. the event's ``meta`` entries: dropped.
-
-Every cut is also noted in ``meta["resultlog.truncated"]`` (:data:`TRUNCATED_META_KEY`)
-as ``field:original_bytes`` pairs, e.g. ``traceback:5242880,exception.message:1200``,
-so readers of the history can tell a cut field from a short one without parsing text.
-Why a marker and not new schema fields: every consumer of the history and the views
-would have to handle a new schema version (and its row columns) for a rare case that
-``meta`` and the text itself already express. The fields that are never cut (ids, task
-name, worker, exception type and module) are small in practice; when they alone exceed
-the limit the event is refused with an error that says so.
+A SUCCESS over ``max_event_bytes`` is refused at the call
+(:class:`~resultlog.errors.EventTooLarge`): the caller can still act on it. A FAILURE,
+RETRY or REVOKED is the last word on an attempt, and refusing it would leave a client
+waiting for ever, so an oversized one is recorded with its large fields cut until it
+fits: the traceback and exception message (levelled, head and tail kept around
+``…[truncated from N bytes]…``), then args, kwargs and meta entries (dropped: JSON cut
+is not JSON). Every cut is noted in ``meta["resultlog.truncated"]``
+(:data:`TRUNCATED_META_KEY`). A marker rather than new schema fields: a new schema
+version for a rare case every reader would have to handle. The rules and their
+reasons: docs/emitter.md, "Size limit".
 """
 
 from __future__ import annotations

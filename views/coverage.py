@@ -1,27 +1,15 @@
 """What part of the log the Redis view covers: positions, gaps, and whether it is whole.
 
-The view is a cache of the log, and Redis may lose it at any time (a restart without
-persistence, a FLUSHDB, a failover to an empty replica, an evicted key). The view's
-offsets hash (``names.offsets_key``) is its own record of what it holds, written in the
-same atomic script call as the data (``fold.lua``):
-
-- ``topic:partition`` -> the next offset folded into the view (its *position*);
-- ``gap:topic:partition`` -> ``"start:end"``: events of ``[start, end)`` that the view
-  lacks and that the processor is rebuilding from the log.
-
-A position field that is missing means the view knows nothing of that partition. The
-live fold never writes a partition whose position is missing or behind the batch it
-writes (``fold.lua`` refuses, the processor gets :class:`~resultlog.errors.ViewLost`),
-so a lost view can never be papered over by new writes: the processor *claims* the
-partition instead (:meth:`ViewCoverage.claim`), recording the position it resumes from
-and the gap before it in one atomic step, and rebuilds the gap while it goes on folding
-new events (``processors/rebuild.py``). The fold is a maximum, so old events written by
-the rebuild and new ones written live land in any order with the same outcome.
-
-Readers ask :meth:`ViewCoverage.whole` (or the read scripts in ``redis_view.py``, which
-answer it in the same round trip as a miss): a view that is not whole may lack a task
-the log holds, so a miss is not PENDING there (``views/backend.py`` falls back to the
-history).
+The view's offsets hash (``names.offsets_key``), written in the same script call as the
+data (``fold.lua``), holds ``topic:partition`` -> the view's position and
+``gap:topic:partition`` -> ``"start:end"``, a range being rebuilt from the log. A
+missing position means the view knows nothing of that partition; the live fold never
+writes such a partition (``fold.lua`` refuses: :class:`~resultlog.errors.ViewLost`), so
+a loss cannot be papered over: the processor claims the partition
+(:meth:`ViewCoverage.claim`) and rebuilds the gap (``processors/rebuild.py``). Readers
+ask :meth:`ViewCoverage.whole`: a miss in a view that is not whole is not PENDING
+(``views/backend.py`` falls back to the history). See docs/processor.md, "The view
+heals itself".
 """
 
 from __future__ import annotations

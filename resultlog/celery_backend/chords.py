@@ -2,24 +2,14 @@
 aggregator (in the processor) can fire the body. No worker counts anything; nothing
 polls; Celery's ``celery.chord_unlock`` task is never sent.
 
-Celery calls its result backend at four points of a chord's life (``celery/canvas.py``
-``chord.run`` and ``group._apply_tasks``, ``celery/app/task.py``, ``celery/backends/base.py``):
-
-- :func:`apply_chord`, where the chord is applied, before any header task is sent: a
-  ``start`` record, acknowledged before the first header task is sent (applying a
-  frozen chord again is a new run of the same group id, and it begins there), and a
-  header that holds groups (their results must keep their structure) saved as a group
-  (``GroupResult.save``), as Celery's Redis backend does;
-- :func:`set_chord_size`, just before the last header task is sent: a ``size`` record,
-  acknowledged before the task is sent, so the size is in the log before the last
-  member can finish (earlier members may finish before it: the aggregator waits);
-- :func:`add_to_chord` (``Task.add_to_chord``, ``Task.replace``): an ``add`` record;
-- :func:`on_chord_part_return`, in the process that stored a header task's outcome
-  (after storing it): a ``part`` record with the task's id, index, outcome and the
-  body's signature (acknowledged, unless the backend's ``ack_ready`` is off).
-
-The records (:class:`~resultlog.chords.celeryrecords.CeleryChordRecord`) are keyed by
-the group id in the events topic; the fold forwards them to the chords topic.
+One function per call Celery makes (the protocol and its records:
+:mod:`resultlog.chords.celeryrecords`): :func:`apply_chord` (a ``start`` record, and a
+header holding groups saved as a group, as Celery's Redis backend does),
+:func:`set_chord_size`, :func:`add_to_chord` and :func:`on_chord_part_return`. The
+``start`` and ``size`` records are acknowledged before the next header task is sent, so
+a new run begins, and the size is known, in the log before a member can finish; a
+``part`` record is acknowledged unless the backend's ``ack_ready`` is off. The records
+are keyed by the group id in the events topic; the fold forwards them to the chords topic.
 """
 
 from __future__ import annotations

@@ -1,33 +1,14 @@
 """Chicory's values <-> resultlog's records, as pure functions.
 
-Task results. Chicory's ``TaskResult`` (state, result, error, traceback) becomes one
-task event and comes back from the task's view:
-
-| Chicory state   | event state | why                                                    |
-|-----------------|-------------|--------------------------------------------------------|
-| PENDING         | RECEIVED    | resultlog never emits PENDING (it is what unknown reads as) |
-| STARTED         | STARTED     |                                                        |
-| RETRY           | RETRY       |                                                        |
-| SUCCESS         | SUCCESS     |                                                        |
-| FAILURE         | FAILURE     |                                                        |
-| DEAD_LETTERED   | FAILURE     | a failure that went to the dead-letter queue: ready, and |
-|                 |             | counted as a failure by every reader of the contract   |
-
-A Chicory state that is not the event's own name (PENDING, DEAD_LETTERED), or a result
-on an event that is not a SUCCESS, travels in the event's ``result`` as
-``{"resultlog.chicory_state": <state>, "result": <value>}`` -- the way the Celery
-backend carries Celery states the contract has no name for -- so no schema changes and
-no reader of the contract is surprised: a dead-lettered task is a FAILURE to all of
-them, and a DEAD_LETTERED to Chicory. A SUCCESS's result is the plain value, so
-resultlog's own ``AsyncResult.get()`` returns what Chicory's does.
-
-``error`` is the event's exception message, as ``builtins.Exception`` (what Chicory's
-``AsyncResult.get()`` raises); no error, no exception. ``result`` goes through
-pydantic's JSON mode, as Chicory's own backends store it (``model_dump_json``).
-
-Worker stats. Chicory's ``WorkerStats`` is a :class:`WorkerHeartbeat` of source
-``chicory``; its times are kept to the millisecond (the contract's unit), and a
-connection status (``broker``/``backend``) travels in ``meta`` as JSON.
+Chicory's ``TaskResult`` is one task event (docs/chicory.md, "Chicory's states in the
+contract"): PENDING becomes RECEIVED, DEAD_LETTERED a FAILURE, the others their own
+state. A Chicory state that is not the event's own, or a result on a state other than
+SUCCESS, travels in the event's ``result`` as ``{"resultlog.chicory_state": <state>,
+"result": <value>}``, as the Celery backend carries the states the contract has no
+name for; a SUCCESS's result is the plain value. ``error`` is the exception message
+(as ``builtins.Exception``); results go through pydantic's JSON mode, as Chicory's own
+backends store them. Chicory's ``WorkerStats`` is a :class:`WorkerHeartbeat` of
+source ``chicory`` (times to the millisecond; a connection status in ``meta``).
 """
 
 from __future__ import annotations

@@ -1,41 +1,19 @@
-"""The chord aggregator: chord completion detected from the log.
+"""The chord aggregator: chord completion detected from the log (docs/chords.md, "How it works").
 
-Data flow. The fold (:class:`~resultlog.processors.sink.FoldSink`) forwards every
-``ChordDeclared`` record and every chord member's ready event (SUCCESS, FAILURE,
-REVOKED), with its original bytes, to the chords topic keyed by chord id, so all of a
-chord's traffic lands in one partition and is seen by one consumer, in order. The
-aggregator (a task of the processor's faust app, driving a plain aiokafka consumer in
-the group ``<consumer group>.chords``, one record at a time) folds it into a
-changelog-backed table per partition (:mod:`resultlog.chords.changelog`) and,
-once a chord is complete, writes its outcome to the Redis chord view
-(:mod:`resultlog.chords.store`) and one ``ChordCompleted`` record to the
-chord-completions topic. A faust agent follows that topic and runs the hooks.
+The fold forwards chord declarations and members' ready events to the chords topic,
+keyed by chord id; the aggregator (a task of the processor's faust app driving a plain
+aiokafka consumer in ``<consumer group>.chords``) folds them into a changelog-backed
+table per partition (:mod:`resultlog.chords.changelog`, keys ``m:<chord>:<index>`` per
+member, ``c:<chord>`` summary: :class:`~resultlog.chords.fold.ChordFold`) and publishes
+each completion to the Redis chord view and the chord-completions topic, whose faust
+agent runs the hooks.
 
-State (:class:`~resultlog.chords.fold.ChordFold`): one table per partition,
-two kinds of keys, both in the partition's changelog partition, where they reach in
-the order they were made:
-
-- ``m:<chord_id>:<index>`` -> ``[state, task_id, result, exc_type, exc_module,
-  exc_message, timestamp]``: a member's outcome, recorded once (the first ready
-  event for that index wins; duplicates change nothing). One small value per member:
-  a value holding every member, rewritten per update, would make the changelog
-  quadratic in the chord's size.
-- ``c:<chord_id>`` -> a small summary: size, counts, smallest failed index, the
-  declaration's callback, and ``completed`` once the outcome is out.
-
-Crash safety (a batch's table changes are in the changelog, acknowledged, before its
-offsets are committed, so a committed offset implies its table writes; what may be
-lost is the tail of uncommitted work, which is processed again):
-
-- a member's entry is written before the summary that counts it; after a crash the
-  entry may be in the changelog without the count. The re-read member then looks like
-  a duplicate, so the first duplicate of a chord seen by this process recounts the
-  chord from its entries (once per chord per load of the partition: cheap, and enough);
-- the completion is published (Redis, then the completions topic, both awaited)
-  before the summary is marked completed, and members' entries are deleted only after
-  that mark; a crash in between re-publishes the same completion (same event_id)
-  rather than losing it: the completions topic is at-least-once, its consumers dedupe
-  by event_id, and so do the hooks (see :meth:`ChordAggregator._run_hooks`).
+Crash safety: a batch's table writes are acknowledged in the changelog before its
+offsets are committed. A member's entry is written before the summary that counts it,
+so after a crash the first duplicate of a chord recounts it from its entries. A
+completion is published (Redis, then the topic) before the summary is marked
+completed, and entries are deleted only after that mark: a crash in between
+re-publishes the same completion (same event_id), which consumers and hooks dedupe.
 """
 
 from __future__ import annotations

@@ -2,27 +2,18 @@
 
 ``resultlog process --celery-app proj.celery:app`` gives the chord aggregator the user's
 Celery app; when a Celery chord completes the aggregator calls :meth:`BodyFirer.fire`
-(after the completion is in the chord view and the completions topic, before the chord
-is marked completed in its table). What it does is what Celery's Redis backend does in
-the worker whose part completes the chord (``celery/backends/redis.py``,
-``on_chord_part_return``):
-
-- every member succeeded: the body is sent with the header's results in member order
-  (``body.delay(results)``); a header saved by ``apply_chord`` because it holds groups
-  is restored and joined instead, so nested results keep their structure;
-- a member failed or was revoked: ``chord_error_from_stack(body, ChordError(...))``:
-  the body's result is a FAILURE with a ``ChordError`` naming the member (its
-  ``__cause__`` the member's exception), the body's ``link_error`` errbacks run (a
-  new-style errback, taking the request, is called in this process, as Celery calls it
-  in its worker), and so does what is chained after the body.
+(after the completion is published, before the chord is marked completed). It does
+what Celery's Redis backend does in the worker whose part completes the chord
+(``on_chord_part_return``): all succeeded, the body is sent with the header's results in
+member order (a saved header with groups is restored and joined); a member failed or
+was revoked, ``chord_error_from_stack`` makes the body a FAILURE with a ``ChordError``
+and runs its errbacks and what is chained after it.
 
 Once: a Redis key per completion (``names.chord_fire_key``) says ``firing`` before the
-body is sent and ``done`` after. A completion seen again (the aggregator re-publishes
-one after a crash, with the same event id) whose key says ``done`` is not fired again;
-one whose key says ``firing`` is fired again: the processor died between marking and
-marking done, and may or may not have sent the body. Sending it again is the choice
-that never leaves a chord hanging; the window in which it can send it twice is the
-broker's publish plus one Redis SET (about a millisecond here).
+body is sent and ``done`` after. A completion seen again whose key says ``done`` is not
+fired again; one whose key says ``firing`` is (the processor died in between and may or
+may not have sent it): never a chord left hanging, at the price of a possible second
+send within a publish plus one Redis SET.
 """
 
 from __future__ import annotations
