@@ -1,22 +1,14 @@
 """A task event as the rows the views store: the history row and the Redis view row.
 
-The two layouts are declared once, here, by name: :data:`HISTORY_COLUMNS` (the history
-staging columns and what each holds) and :data:`WINNER_HASH_FIELDS` with
-``fold.STICKY_FIELDS`` (the view hash). Both routes build rows from them:
-
-- from a :class:`TaskEvent` (:func:`history_row`, :func:`view_row`), for any event;
-- from a record's bytes (:func:`read_rows`), through the reader generated from the
-  TaskEvent schema (``schemas/taskcodec.py``), with no event object in between; it
-  handles exactly the records written with the TaskEvent version this package reads
-  that are well-formed and valid, and returns None for anything else, so that the
-  caller takes the first route, which raises the proper error or decodes the record
-  the generic way. ``tests/unit/test_taskrows.py`` checks the two routes agree.
-
-Text fidelity: PostgreSQL text cannot hold U+0000, and jsonb cannot hold ``\\u0000``.
-So that such an event can neither be lost nor poison its batch, every string is stored
-through :func:`to_pg_text`, a reversible escape that leaves strings without U+0000 and
-U+0001 untouched; :func:`from_pg_text` undoes it on the way out. The bytes route
-declines such strings rather than escape them.
+The two layouts are declared once, here, by name: :data:`HISTORY_COLUMNS` and
+:data:`WINNER_HASH_FIELDS` with ``fold.STICKY_FIELDS``. Rows are built from a
+:class:`TaskEvent` (:func:`history_row`, :func:`view_row`), or straight from a record's
+bytes (:func:`read_rows`, through the reader ``schemas/taskcodec.py`` generates), which
+returns None for anything but a well-formed, valid record of the version this package
+reads, so the caller takes the first route (``tests/unit/test_taskrows.py`` checks the
+two agree). Every string is stored through :func:`to_pg_text`, the reversible escape
+of U+0000 that PostgreSQL text cannot hold (docs/history.md); the bytes route declines
+such strings.
 """
 
 from __future__ import annotations

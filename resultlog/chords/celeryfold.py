@@ -1,47 +1,30 @@
 """Celery's chord protocol folded into the chord aggregator's table: its progress and its
-one completion.
+one completion. Pure (no I/O); :class:`~resultlog.chords.fold.ChordFold` hands it every
+:class:`~resultlog.chords.celeryrecords.CeleryChordRecord`.
 
-Pure (no I/O), like :class:`~resultlog.chords.fold.ChordFold`, which hands it
-every :class:`~resultlog.chords.celeryrecords.CeleryChordRecord`. Celery's rules, as its
-Redis backend keeps them (``celery/backends/redis.py``, ``on_chord_part_return``):
+Celery's rules, as its Redis backend keeps them (``on_chord_part_return``): a member is
+its task id *and* its index, counted once; the chord is complete when the members
+returned number the size (which may come after members) plus the tasks added; the body
+gets the results ordered by index, then task id. Applying a frozen chord again after it
+completed is a new run, begun at its ``start`` record (a ``start`` while a run is open
+changes nothing). One limit: a processor that crashes after a new run began, with
+members of the previous run not yet committed as read, reads them again as the new
+run's; the body still fires once per run. Unlike Celery's Redis backend, a failed or
+revoked member fails the chord at once, as resultlog's own chords do.
 
-- a member is its task id *and* its index (``add_to_chord`` reuses the adding task's
-  index; the tasks of a group nested in a header restart at 0); a member returned twice
-  counts once, whatever it returned the second time;
-- the chord is complete when the members returned number the size (``set_chord_size``,
-  which may come after members returned) plus the tasks added;
-- the body gets the results ordered by index (a member without one last), then task id;
-- applying a frozen chord again (same group id) after it completed is a new run, which
-  begins at its ``start`` record: members are counted afresh and the body fires again.
-  A ``start`` while a run is still open changes nothing (the runs merge, members counted
-  once by task id and index, as Celery's Redis backend does). One limit: a processor
-  that crashes after a new run began, with members of the previous run not yet
-  committed as read, reads those members again as the new run's (the same tasks of the
-  same frozen signatures); the body still fires once per run.
+Table keys (beside the ``c:``/``m:`` keys of resultlog's own chords):
 
-Unlike Celery's Redis backend, which waits for every member and then reports the first
-failure in index order, a failed or revoked member fails the chord at once (as
-resultlog's own chords do): the body's result becomes that failure without waiting for
-members that may never finish.
-
-Table keys (beside the ``c:``/``m:`` keys of resultlog's own chords, in the same table):
-
-- ``c:<chord_id>``: the summary: ``{"celery": true, "size", "adds" (the add records'
-  ids: an add is counted once however often it is re-read), "done", "fail_seq",
-  "ts", "completed", "run", "starts"}`` (``run``: how many runs began before this
-  one, the completion of each run having its own event id, so each run fires once;
-  ``starts``: the latest start records' ids, so that one read again after a crash
-  does not begin a run); ``completed`` makes it compatible with the summaries'
-  retention (:mod:`~resultlog.chords.retention`);
+- ``c:<chord_id>``: the summary ``{"celery": true, "size", "adds" (ids of the add
+  records counted), "done", "fail_seq", "ts", "completed", "run" (runs begun before
+  this one: each run's completion has its own event id), "starts" (the latest start
+  records' ids, so one read again after a crash begins no run)}``;
 - ``p:<chord_id>:<seq>``: the ``seq``-th member returned, ``[state, task_id, result,
   exc_type, exc_module, exc_message, timestamp, index]``;
 - ``q:<chord_id>:<index>:<task_id>``: that member's ``seq`` (seen already?);
 - ``b:<chord_id>``: the body's signature (JSON text), written once.
 
-Crash safety is the aggregator's (see :mod:`resultlog.chords.aggregator`): writes reach
-the changelog in the order made, a member's entries before the summary that counts it,
-so after a crash the summary may lag its entries; the first member seen again by this
-process recounts the chord from its ``p:`` entries.
+Crash safety is the aggregator's: after a crash the summary may lag its entries, and
+the first member seen again recounts the chord from its ``p:`` entries.
 """
 
 from __future__ import annotations

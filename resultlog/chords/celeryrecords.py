@@ -1,26 +1,14 @@
 """Celery's chord protocol as records: what a Celery app's result backend is told about a
 chord, written to the log keyed by the chord's id (Celery's group id of the header).
 
-Celery tells its backend four things (``celery/canvas.py``, ``celery/app/task.py``,
-``celery/backends/base.py``):
-
-- ``apply_chord(header_result_args, body)``: the chord is applied, before any header
-  task is published: a :data:`START` record. Applying a frozen chord again reuses its
-  group id but is a new run (Celery 5.7's Redis backend starts one too); the record,
-  acknowledged before the first header task is sent, is where that run begins in the
-  log, so no member of the new run can be read before it;
-- ``set_chord_size(group_id, size)``: the header's size, counted by Celery's
-  ``_chord._descend`` rules, set just before the last header task is published (so
-  members may finish before it is known): a :data:`SIZE` record;
-- ``add_to_chord(group_id, result)`` (``Task.add_to_chord``, ``Task.replace``): one more
-  member: an :data:`ADD` record;
-- ``on_chord_part_return(request, state, result)``: a header task finished: a
-  :data:`PART` record with its task id, Celery's ``group_index``, its outcome and the
-  body's signature (``request.chord``, Celery's JSON form, with its task id, links and
-  errbacks), so the aggregator can fire the body without anything else.
-
-A member is identified by its task id and index together, as in Celery's Redis backend
-(a task added by ``add_to_chord`` shares the index of the task that added it).
+One kind of record per call Celery makes (docs/celery.md, "Chords"): ``apply_chord``,
+a :data:`START` (a frozen chord applied again is a new run of the same group id, begun
+at its start record); ``set_chord_size``, a :data:`SIZE` (just before the last header
+task is sent: members may finish before it); ``add_to_chord``, an :data:`ADD`; and
+``on_chord_part_return``, a :data:`PART` with the member's task id, ``group_index``,
+outcome and the body's signature (``request.chord``), so the aggregator can fire the
+body with nothing else. A member is its task id and index together, as in Celery's
+Redis backend (a task added by ``add_to_chord`` shares the index of the one that added it).
 """
 
 from __future__ import annotations

@@ -1,22 +1,11 @@
 """Private stacks: a whole local stack on free ports of its own, to break on purpose.
 
 Fault tests SIGKILL brokers and stores; they must never do that to the stack other
-tests (and other developers) share. A private stack is Kafka (one node or a
-three-node KRaft cluster), Redis and PostgreSQL on ports nobody else uses, with state
-in a directory of its own::
-
-    async with private_stack(brokers=3) as stack:
-        settings = stack.settings                 # points at this stack only
-        await stack.kill("redis")                 # SIGKILL; returns once it is gone
-        await stack.start("redis")                # returns once it answers: EMPTY
-        leader = await stack.partition_leader(topic, 0)
-        await stack.kill_broker(leader)
-        await stack.partition_leader(topic, 0, other_than=leader)  # the new leader
-        await stack.start_broker(leader)
-
-Leaving the block stops every server with SIGKILL (its data is thrown away) and
-deletes the state directory, except when the block raised: then the directory, with
-every service's log, stays and its path is printed.
+tests (and other developers) share. A private stack is Kafka (one node or a three-node
+KRaft cluster), Redis and PostgreSQL on ports nobody else uses, with state in a
+directory of its own; usage in docs/local-stack.md. Leaving the block stops every
+server with SIGKILL and deletes the state directory, except when the block raised: then
+the directory, with every service's log, stays and its path is printed.
 """
 
 from __future__ import annotations

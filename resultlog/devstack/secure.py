@@ -1,22 +1,13 @@
 """The local stack served the way the settings ask to connect: TLS, SASL, ACL users.
 
 The stack reads the *client* settings and configures each server to match, so one set
-of ``RESULTLOG_*`` variables describes both sides:
-
-- Kafka: ``kafka_security_protocol`` other than PLAINTEXT gives the client listener
-  that protocol (SSL, SASL_PLAINTEXT or SASL_SSL), named as the protocol; brokers talk
-  to each other on it too, as an ``admin`` user. SASL users: the settings' user with
-  SCRAM-SHA-256 and SCRAM-SHA-512 credentials (stored when the storage is formatted:
-  ``--add-scram``), and PLAIN through the listener's JAAS configuration.
-- Redis: a ``rediss://`` URL makes Redis listen with TLS only (``port 0``,
-  ``tls-port``); a user name in the URL makes it an ACL user, with the ``default``
-  user turned off; a client certificate in the URL makes Redis require one.
-- PostgreSQL: ``sslmode`` require, verify-ca or verify-full in the DSN turns ``ssl``
-  on and makes TCP connections TLS only (``hostssl``; ``hostnossl ... reject``).
-
-Certificates come from resultlog/devstack/certs.py, in ``<dev_dir>/tls``; the server
-certificate names 127.0.0.1 and localhost. :func:`secure_settings` makes settings
-that ask for all of this, with a fresh password, for a private stack.
+of ``RESULTLOG_*`` variables describes both sides (docs/local-stack.md, "A secure
+stack"): Kafka's client listener takes ``kafka_security_protocol`` (SCRAM users stored
+at format time, PLAIN through the listener's JAAS configuration; brokers talk to each
+other on it as ``admin``); a ``rediss://`` URL makes Redis TLS only, a user in it an ACL
+user (``default`` off), a client certificate in it required; ``sslmode`` require,
+verify-ca or verify-full makes PostgreSQL's TCP connections TLS only. Certificates
+come from :mod:`resultlog.devstack.certs`, in ``<dev_dir>/tls``.
 """
 
 from __future__ import annotations
