@@ -1,19 +1,14 @@
 """One batch of raw Kafka records -> both views, exactly once in the history.
 
-Both the live processor (faust) and replay feed batches through :class:`FoldSink`,
-so there is one write path to get right.
-
-Order matters, and it is the whole crash-safety argument:
-1. decode; undecodable or invalid records go to the dead-letter topic, chord traffic
-   to the chords topic (both awaited);
-2. insert the history rows and the consumed offsets in ONE Postgres transaction;
-3. fold the events into Redis, recording the same offsets in the same atomic script
-   call (an idempotent compare-and-set: re-applying is harmless).
-History first, so that when ``AsyncResult.get()`` wakes, ``history()`` already holds
-the transition. Each store records what it holds, atomically with it, so the point
-to resume from is the minimum of the two (:meth:`FoldSink.resume_offsets`): a crash
-between 2 and 3 re-reads that batch, the history skips it (idempotent on
-``event_id``), Redis catches up.
+The live processor and replay feed batches through :class:`FoldSink`, so there is one
+write path to get right. In this order, which is the crash-safety argument
+(docs/processor.md, "What happens to a batch"): 1. decode, sending bad records to the
+dead-letter topic and chord traffic to the chords topic (both awaited); 2. the history
+rows and the consumed offsets in ONE Postgres transaction; 3. the fold into Redis,
+recording the same offsets in the same atomic script call. Each store records what it
+holds atomically with it, so a partition resumes at the smaller position
+(:meth:`FoldSink.resume_offsets`): a crash between 2 and 3 re-reads the batch, which
+both writes take idempotently.
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
 """The one bridge from sync code to resultlog's asyncio implementation.
 
-Every sync face of resultlog (``SyncEmitter``, ``AsyncResult``, ``ResultSet``,
-``ChordResult``, ``ResultBackend``'s sync primitives) runs the asyncio implementation
-on ONE event loop thread per process, ``resultlog-loop``, through a :class:`Bridge`.
-Work that needs no I/O wait (building and encoding an event, buffering it, reading an
+Every sync face of resultlog runs the asyncio implementation on ONE event loop thread
+per process, ``resultlog-loop``, through a :class:`Bridge` (docs/ARCHITECTURE.md). Work
+that needs no I/O wait (building, encoding and buffering an event, reading an
 already-ready result) stays in the caller's thread; only what must wait on the loop
-(connecting, flushing, waiting for a result) crosses over.
-
-Lifetime. The thread starts when the first bridge is used and stops when the last one
-is closed, so a program that closes what it opened leaves no thread behind.
-
-Fork safety. A process forked from one that used the loop inherits the loop object and
-its sockets, but not the thread. A bridge used in the child sees that ``os.getpid()``
-changed and takes the child's own loop thread; the inherited one is abandoned untouched
-(its sockets belong to the parent) and kept referenced, so garbage collection never
+crosses over. The thread starts with the first bridge used and stops when the last is
+closed. A forked child takes a loop thread of its own; the inherited loop (its sockets
+are the parent's) is left untouched and kept referenced, so garbage collection never
 runs finalizers that would close them.
 """
 

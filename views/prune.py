@@ -1,20 +1,13 @@
 """Retention: remove the history older than a cutoff (``resultlog prune``).
 
-Whole daily partitions entirely older than the cutoff are detached with ``DETACH
-PARTITION ... CONCURRENTLY`` and dropped: no row-by-row delete, no bloat, and the
-parent is only ever locked SHARE UPDATE EXCLUSIVE, which neither readers nor writers
-conflict with. The one partition that straddles the cutoff loses only its rows older
-than the cutoff, deleted in small batches (each its own transaction). A row exactly at
-the cutoff is kept.
-
-A writer that cached a pruned partition gets "no partition found" on its next insert
-into that day; ``HistoryStore.write_batch`` then recreates the partition and retries.
-
-Interrupted prunes are finished by the next run. Before detaching a partition, prune
-marks it with a table comment. A cancelled DETACH CONCURRENTLY leaves the partition
-"pending detach" (FINALIZE completes it); a run stopped between the detach and the
-drop leaves a marked table outside the parent. Only attached partitions and marked
-tables are ever dropped, never a table someone detached on purpose.
+Whole daily partitions older than the cutoff are detached ``CONCURRENTLY`` (the parent
+only ever locked SHARE UPDATE EXCLUSIVE, which neither readers nor writers conflict
+with) and dropped; the partition that straddles the cutoff loses its older rows in
+small batches; a row exactly at the cutoff is kept. A writer that cached a pruned
+partition recreates it and retries (``HistoryStore.write_batch``). A partition is
+marked (a table comment) before it is detached, so the next run finishes an
+interrupted one, and only attached partitions and marked tables are ever dropped.
+Details: docs/analytics.md, "Retention".
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
 """The chord aggregator's state: one in-memory table per partition, kept in a changelog topic.
 
-Each partition of the chords topic has its own table (a chord's keys all live in its
-partition, the topic being keyed by chord id), and each table its own partition of
-the compacted changelog topic ``<consumer group>.chord-state-changelog``: a change
-is the key and its JSON value, a removal a tombstone. Loading a partition reads its
-changelog partition from the beginning to the end offset of that moment.
-
-Why not a faust table: faust's table recovery resumes the stream partitions and then
-awaits the seek to their committed offsets while its fetcher is running
-(faust/tables/recovery.py, ``Recovery.on_recovery_completed``). Records fetched
-before the seek are delivered during it, the ``flow_control.resume()`` that follows
-clears the stream's queue (``clear_on_resume``), and the second delivery of the same
-records is dropped as already read (``Consumer._drain_messages``): a record cleared
-from the queue that way is never processed, and its chord never completes. See
-docs/chords.md ("How it works").
+Each partition of the chords topic (keyed by chord id) has its own table, and each
+table its own partition of the compacted changelog topic
+``<consumer group>.chord-state-changelog``: a change is the key and its JSON value, a
+removal a tombstone. Loading a partition reads its changelog partition from the
+beginning to the end offset of that moment. Not a faust table: faust's recovery can
+drop records fetched during its seek, and their chords never complete (docs/chords.md,
+"How it works").
 """
 
 from __future__ import annotations
