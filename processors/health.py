@@ -2,15 +2,8 @@
 
 Served on ``RESULTLOG_METRICS_HOST:RESULTLOG_METRICS_PORT`` by the processor's own event
 loop (aiohttp, already there for faust), so an answer also proves the loop is not
-blocked:
-
-- ``GET /metrics``: every metric of :class:`ProcessorMetrics`, in Prometheus' text
-  format (or OpenMetrics when the scraper asks for it);
-- ``GET /health/live``: 200 while the fold runs; 503 once it stopped on an error (the
-  worker is then stopping);
-- ``GET /health/ready``: 200 once the group assigned this processor its partitions and
-  each is within ``RESULTLOG_READY_MAX_LAG`` offsets of the log's end; 503 otherwise,
-  with the reason. Both health answers are JSON.
+blocked: ``/metrics`` (:class:`ProcessorMetrics`), ``/health/live`` and
+``/health/ready``, as docs/operations.md describes them.
 """
 
 from __future__ import annotations

@@ -1,17 +1,13 @@
 """Replay's parallelism: consumers over disjoint shares of the partitions, in this
-process or in worker processes.
+process or in worker processes (docs/replay.md).
 
-A consumer (with its own :class:`FoldSink` and :class:`StagedWriter`) spends
-much of its time waiting for Redis and PostgreSQL, so a process runs a few of them
-concurrently. Decoding is CPU-bound Python, so past one core's worth of it the only
-way to go faster is more processes: :func:`run_shares` starts ``python -m
-resultlog.processors.replayworkers`` once per group of shares (a plain subprocess:
-forking a process with a running event loop and open sockets is not safe, and
-multiprocessing's spawn would re-run the caller's main module) and relays each
-batch's counts to the caller as they come, one JSON line per batch.
-
-Every write records its offsets per partition in both stores, so processes need no
-coordination, and an interrupted replay resumes from what each one finished.
+A consumer (with its own :class:`FoldSink` and :class:`StagedWriter`) mostly waits for
+Redis and PostgreSQL, so a process runs a few concurrently; decoding is CPU-bound, so
+beyond one core :func:`run_shares` starts ``python -m resultlog.processors.replayworkers``
+per group of shares (a plain subprocess: forking a running event loop with open sockets
+is not safe, and multiprocessing's spawn would re-run the caller's main module) and
+relays each batch's counts, one JSON line per batch. Every write records its offsets in
+both stores, so processes need no coordination and an interrupted replay resumes.
 """
 
 from __future__ import annotations

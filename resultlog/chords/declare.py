@@ -1,17 +1,11 @@
-"""Declaring a chord from worker (or caller) code.
+"""Declaring a chord from worker (or caller) code (docs/chords.md).
 
 A chord is declared once, with :func:`declare_chord` (asyncio) or
-:func:`declare_chord_sync`; its members are then emitted by the workers as ordinary
-task events that carry ``chord_id``, ``chord_size`` and ``chord_index``::
-
-    await declare_chord(emitter, chord_id, 3, callback="tasks.sum")
-    await emitter.success(task_id, 42, chord_id=chord_id, chord_size=3, chord_index=0)
-
-The declaration is a ``ChordDeclared`` record in the events topic, keyed by the chord
-id, sent through the emitter's own pipeline (same producer, same buffer, same
-delivery reporting, same size limit). Declaring before the members is not required:
-members that arrive first are counted, and the chord completes once the declaration is
-seen too.
+:func:`declare_chord_sync`: a ``ChordDeclared`` record in the events topic, keyed by the
+chord id, sent through the emitter's own pipeline (same producer, buffer, delivery
+reporting and size limit). Its members are ordinary task events carrying ``chord_id``,
+``chord_size`` and ``chord_index``; members that arrive before the declaration are
+counted, and the chord completes once it is seen too.
 """
 
 from __future__ import annotations

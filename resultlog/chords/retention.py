@@ -1,17 +1,12 @@
 """Removing completed chords' summaries from the aggregator's table once they expire.
 
 A completed chord keeps its summary (``c:<chord_id>``) so that a re-delivered member
-never fires the chord again; kept forever, the summaries would grow the processor's
-memory and its start-up replay of the changelog without bound. The view of a chord
-expires ``result_ttl_s`` after its completion (log time), so its summary goes then too.
-
-Where a removal may be written: faust writes a table change to the changelog
-partition of the record being processed, and a chord's keys live in its own
-partition (the chords topic is keyed by chord id). So a summary is removed only while
-a record of that same partition is processed: :meth:`SummaryRetention.sweep` is
-called with the current record's partition. A quiet partition keeps its due
-summaries until its next record. A member arriving after its chord's summary is gone
-starts an undeclared chord that never completes; such leftovers are not swept.
+never fires it again; kept forever, summaries would grow the processor's memory and
+its start-up read of the changelog without bound, so a summary goes when the chord's
+view expires, ``result_ttl_s`` after its completion (log time). A chord's keys live in
+its own partition's table, so a summary is removed only while a record of that
+partition is processed (:meth:`SummaryRetention.sweep`); docs/chords.md, "How it
+works", says what that leaves.
 """
 
 from __future__ import annotations

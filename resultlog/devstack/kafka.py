@@ -1,18 +1,10 @@
 """Apache Kafka for the local stack: KRaft nodes (each broker and controller), no Docker.
 
 One node by default; three with ``dev_kafka_brokers=3`` (``resultlog dev up --brokers
-3``): a quorum of three voters that keeps working when any one node dies, each node in
-``<dev_dir>/kafka-<id>`` with its own ports, all formatted with one cluster id.
-
-The broker's classpath is assembled once from Maven Central (``kafka_2.13`` plus a
-log4j2 binding) into ``<dev_cache_dir>/kafka-<version>/libs`` and reused from then on;
-Maven runs only when that directory is missing or incomplete. The node's storage is
-formatted on the first start (``kafka.tools.StorageTool format``) in
-``<dev_dir>/kafka/data``, and the broker is ``java -cp 'libs/*' kafka.Kafka
-server.properties``, listening on 127.0.0.1 only.
-
-Why 4.0.0: see docs/local-stack.md (aiokafka 0.14 and faust-streaming 0.15.3 verified
-against it; faust-streaming's CI tests 3.8.1 and 4.0.0).
+3``), each in ``<dev_dir>/kafka-<id>`` with its own ports, formatted with one cluster
+id. The classpath is assembled once from Maven Central into
+``<dev_cache_dir>/kafka-<version>/libs``; a node's storage is formatted on its first
+start; the broker listens on 127.0.0.1 only. Versions: docs/local-stack.md.
 """
 
 from __future__ import annotations
