@@ -18,7 +18,7 @@ import json
 import re
 import struct
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -256,64 +256,33 @@ class Codec:
 _STATES = {s.value: s for s in State}
 
 
+# The TaskEvent fields a TaskEvent record carries under the same name and as they are.
+_REQUIRED = ("event_id", "task_id", "timestamp")
+_OPTIONAL = tuple(f.name for f in fields(TaskEvent)
+                  if f.name not in _REQUIRED + ("state", "exception", "attempt", "meta"))
+
+
 def event_to_record(event: TaskEvent, version: int = 2) -> dict[str, Any]:
+    record: dict[str, Any] = {name: getattr(event, name) for name in _REQUIRED + _OPTIONAL}
     exc = event.exception
-    record: dict[str, Any] = {
-        "event_id": event.event_id,
-        "task_id": event.task_id,
-        "state": event.state.value,
-        "timestamp": event.timestamp,
-        "task_name": event.task_name,
-        "worker": event.worker,
-        "attempt": event.attempt,
-        "args": event.args,
-        "kwargs": event.kwargs,
-        "result": event.result,
-        "exception": None
-        if exc is None
-        else {"type": exc.type, "module": exc.module, "message": exc.message},
-        "traceback": event.traceback,
-        "runtime": event.runtime,
-        "parent_id": event.parent_id,
-        "root_id": event.root_id,
-        "group_id": event.group_id,
-        "chord_id": event.chord_id,
-        "chord_size": event.chord_size,
-        "chord_index": event.chord_index,
-    }
-    if version >= 2:
-        record["eta"] = event.eta
-        record["meta"] = dict(event.meta)
+    record.update(
+        state=event.state.value, attempt=event.attempt, meta=dict(event.meta),
+        exception=None if exc is None else {"type": exc.type, "module": exc.module,
+                                            "message": exc.message})
+    if version < 2:  # v1 has neither
+        del record["eta"], record["meta"]
     return record
 
 
 def event_from_record(record: Mapping[str, Any]) -> TaskEvent:
     exc = record.get("exception")
     try:
-        state = _STATES[record["state"]]
+        values: dict[str, Any] = {name: record[name] for name in _REQUIRED}
+        values.update((name, record.get(name)) for name in _OPTIONAL)
         return TaskEvent(
-            event_id=record["event_id"],
-            task_id=record["task_id"],
-            state=state,
-            timestamp=record["timestamp"],
-            task_name=record.get("task_name"),
-            worker=record.get("worker"),
-            attempt=record.get("attempt", 0),
-            args=record.get("args"),
-            kwargs=record.get("kwargs"),
-            result=record.get("result"),
+            state=_STATES[record["state"]], attempt=record.get("attempt", 0),
             exception=None if exc is None else ExceptionInfo(exc["type"], exc["module"], exc["message"]),
-            traceback=record.get("traceback"),
-            runtime=record.get("runtime"),
-            parent_id=record.get("parent_id"),
-            root_id=record.get("root_id"),
-            group_id=record.get("group_id"),
-            chord_id=record.get("chord_id"),
-            chord_size=record.get("chord_size"),
-            chord_index=record.get("chord_index"),
-            eta=record.get("eta"),
-            meta=record.get("meta") or {},
-        )
+            meta=record.get("meta") or {}, **values)
     except KeyError as exc:
         raise CodecError(f"record lacks required field {exc}") from None
 
