@@ -73,34 +73,26 @@ _SELECT_EVENT = (
 )
 
 
+# Event fields a history row holds under their own name: text (escaped) and as they are.
+_TEXT_FIELDS = ("task_name", "worker", "args", "kwargs", "result", "traceback", "parent_id",
+                "root_id", "group_id", "chord_id")
+_PLAIN_FIELDS = ("attempt", "runtime", "chord_size", "chord_index")
+
+
 def _event(r: Any) -> TaskEvent:
     meta = r["meta"]
     exc_type = r["exception_type"]
+    values: dict[str, Any] = {name: _opt_back(r[name]) for name in _TEXT_FIELDS}
+    values.update((name, r[name]) for name in _PLAIN_FIELDS)
     return TaskEvent(
-        event_id=r["event_id"].hex,
-        task_id=from_pg_text(r["task_id"]),
-        state=State(r["state"]),
-        timestamp=r["ts_ms"],
-        task_name=_opt_back(r["task_name"]),
-        worker=_opt_back(r["worker"]),
-        attempt=r["attempt"],
-        args=_opt_back(r["args"]),
-        kwargs=_opt_back(r["kwargs"]),
-        result=_opt_back(r["result"]),
+        event_id=r["event_id"].hex, task_id=from_pg_text(r["task_id"]), state=State(r["state"]),
+        timestamp=r["ts_ms"], eta=r["eta_ms"],
         exception=None if exc_type is None else ExceptionInfo(
             from_pg_text(exc_type), from_pg_text(r["exception_module"]),
             from_pg_text(r["exception_message"])),
-        traceback=_opt_back(r["traceback"]),
-        runtime=r["runtime"],
-        parent_id=_opt_back(r["parent_id"]),
-        root_id=_opt_back(r["root_id"]),
-        group_id=_opt_back(r["group_id"]),
-        chord_id=_opt_back(r["chord_id"]),
-        chord_size=r["chord_size"],
-        chord_index=r["chord_index"],
-        eta=r["eta_ms"],
         meta={} if meta is None else {
             from_pg_text(k): from_pg_text(v) for k, v in json.loads(meta).items()},
+        **values,
     )
 
 
