@@ -1,15 +1,12 @@
 """Rebuilding what the Redis view lost, from the log, while the live fold goes on.
 
-The live processor claims a partition whose view lost events (``views/coverage.py``):
-the claim records the gap ``[start, end)`` the view lacks. :class:`ViewRebuilder`
-reads exactly that slice of the events topic (outside any consumer group, like
-replay), folds it into Redis only (the history already holds it), and records its
-progress in the gap after each batch, so a processor killed mid-rebuild resumes where
-it stopped. The fold is a maximum over order tokens, so these old events and the new
-ones the live fold writes meanwhile may land in any order: the outcome is the same.
-
-Chord views live in Redis too; when the whole view was lost (its offsets hash was
-gone), they are rebuilt from the chords topic afterwards (as ``resultlog replay`` does).
+The live processor claims a partition whose view lost events (``views/coverage.py``),
+recording the gap ``[start, end)``. :class:`ViewRebuilder` reads that slice of the
+events topic outside any consumer group, folds it into Redis only (the history holds
+it) and records its progress in the gap after each batch, so a processor killed
+mid-rebuild resumes. The fold is a maximum, so old and new events land in any order.
+When the whole view was lost, the chord views are rebuilt from the chords topic too
+(docs/processor.md, "The view heals itself").
 """
 
 from __future__ import annotations

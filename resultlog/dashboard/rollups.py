@@ -2,14 +2,12 @@
 by state, and per task name the outcome rates and runtime percentiles of a window.
 
 A window is read at minute resolution: its ends must be whole UTC minutes
-(:func:`minute_window`). The counts come from one row per minute and name; runtimes
-from the hour rows for the whole hours inside the window and minute rows for its ends,
-so a 24 h window reads some 14,000 count rows and a few thousand histogram rows
-whatever the number of tasks (figures in docs/dashboard.md).
-
-The rates count outcome events where ``task_stats()`` counts each attempt's winning
-outcome: they differ only for an attempt with two outcome events (a SUCCESS later
-REVOKED). Percentiles are within 4.4% of ``task_stats()``'s (:mod:`.histogram`).
+(:func:`minute_window`). Counts come from the minute rows; runtimes from the hour rows
+for the whole hours inside the window and the minute rows at its ends, so what a window
+reads does not grow with the number of tasks (docs/dashboard.md). The rates count
+outcome events where ``task_stats()`` counts each attempt's winning outcome (they
+differ only for an attempt with two outcome events); percentiles are within
+:data:`~.histogram.MAX_RELATIVE_ERROR` of ``task_stats()``'s.
 """
 
 from __future__ import annotations
