@@ -10,9 +10,9 @@ awaitable, :class:`~resultlog.producers.sync.SyncEmitter` ``None`` once done.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, TypeVar, Unpack
+from typing import Any, Generic, TypeVar, Unpack, cast
 
-from resultlog.schemas.event import FIELD_NAMES, EventDetails, TaskEvent, TaskFields, check_fields
+from resultlog.schemas.event import FIELD_NAMES, EventDetails, TaskEvent, TaskFields, check_fields, new_event
 from resultlog.schemas.states import State
 
 R = TypeVar("R")
@@ -29,14 +29,17 @@ class EmittingCalls(Generic[R]):
     def _send(self, event: TaskEvent, wait: bool) -> R:
         raise NotImplementedError
 
-    def _fields(self, fields: TaskFields) -> TaskFields:
-        # ``fields``: the call's own keywords (a fresh dict), which may name another worker;
-        # checked here, as TaskEvent.create would take a ``result`` for one.
+    def _event(self, task_id: str, state: State, fields: TaskFields, **details: Any) -> TaskEvent:
+        # ``fields``: the call's own keywords (a fresh dict, so new_event may take it
+        # over), which may name another worker; checked here, as the event's details
+        # would take a ``result`` for one.
         if not fields.keys() <= FIELD_NAMES:
             check_fields(fields)
         if "worker" not in fields:
             fields["worker"] = self._worker_name()
-        return fields
+        event_details = cast(EventDetails, fields)
+        event_details.update(details)  # type: ignore[typeddict-item]
+        return new_event(task_id, state, event_details)
 
     def emit_state(self, task_id: str, state: State | str, *, wait: bool = False,
                    **details: Unpack[EventDetails]) -> R:
@@ -44,16 +47,16 @@ class EmittingCalls(Generic[R]):
         details :meth:`TaskEvent.create` takes (``attempt``, ``result``, ``exc``, ...)."""
         if "worker" not in details:
             details["worker"] = self._worker_name()
-        return self._send(TaskEvent.create(task_id, state, **details), wait)
+        return self._send(new_event(task_id, state, details), wait)
 
     def received(self, task_id: str, *, attempt: int = 0, wait: bool = False, **fields: Unpack[TaskFields]) -> R:
         """The task was received by a worker (queued there, not yet running)."""
-        event = TaskEvent.create(task_id, State.RECEIVED, **self._fields(fields), attempt=attempt)
+        event = self._event(task_id, State.RECEIVED, fields, attempt=attempt)
         return self._send(event, wait)
 
     def started(self, task_id: str, *, attempt: int = 0, wait: bool = False, **fields: Unpack[TaskFields]) -> R:
         """The task started running (attempt ``attempt``, 0 for the first run)."""
-        event = TaskEvent.create(task_id, State.STARTED, **self._fields(fields), attempt=attempt)
+        event = self._event(task_id, State.STARTED, fields, attempt=attempt)
         return self._send(event, wait)
 
     def retry(
@@ -68,7 +71,7 @@ class EmittingCalls(Generic[R]):
         **fields: Unpack[TaskFields],
     ) -> R:
         """Attempt ``attempt`` failed with ``exc`` and will be retried (at ``eta``)."""
-        event = TaskEvent.create(task_id, State.RETRY, **self._fields(fields), attempt=attempt,
+        event = self._event(task_id, State.RETRY, fields, attempt=attempt,
                                  exc=exc, traceback=traceback, eta=eta)
         return self._send(event, wait)
 
@@ -83,7 +86,7 @@ class EmittingCalls(Generic[R]):
         **fields: Unpack[TaskFields],
     ) -> R:
         """The task returned ``result`` (JSON-encoded; ``ResultNotSerializable`` if it can't be)."""
-        event = TaskEvent.create(task_id, State.SUCCESS, **self._fields(fields), attempt=attempt,
+        event = self._event(task_id, State.SUCCESS, fields, attempt=attempt,
                                  result=result, runtime=runtime)
         return self._send(event, wait)
 
@@ -99,11 +102,11 @@ class EmittingCalls(Generic[R]):
         **fields: Unpack[TaskFields],
     ) -> R:
         """The task raised ``exc`` (traceback taken from it unless given)."""
-        event = TaskEvent.create(task_id, State.FAILURE, **self._fields(fields), attempt=attempt,
+        event = self._event(task_id, State.FAILURE, fields, attempt=attempt,
                                  exc=exc, traceback=traceback, runtime=runtime)
         return self._send(event, wait)
 
     def revoked(self, task_id: str, *, attempt: int = 0, wait: bool = False, **fields: Unpack[TaskFields]) -> R:
         """The task was revoked (cancelled) and will not run or finish."""
-        event = TaskEvent.create(task_id, State.REVOKED, **self._fields(fields), attempt=attempt)
+        event = self._event(task_id, State.REVOKED, fields, attempt=attempt)
         return self._send(event, wait)

@@ -117,38 +117,7 @@ class TaskEvent:
         result are JSON-encoded; the id and the time are fresh unless given. Raises a
         :class:`ValidationError` subclass on bad input.
         """
-        if not isinstance(state, State):
-            state = State.parse(state)
-        if not details.keys() <= _DETAIL_NAMES:
-            check_fields(details, _DETAIL_NAMES)
-        # The details not handled below have the names of the event's own fields.
-        values = cast(dict[str, Any], details)  # this call's own dict
-        exc = values.pop("exc", None)
-        if isinstance(exc, BaseException):
-            if values.get("traceback") is None and exc.__traceback__ is not None:
-                values["traceback"] = "".join(traceback_module.format_exception(exc))
-            exc = ExceptionInfo.from_exception(exc)
-        elif exc is not None and not isinstance(exc, ExceptionInfo):
-            raise ValidationError(f"expected an exception instance, got {type(exc).__name__}: {exc!r}")
-        runtime = values.get("runtime")
-        if runtime is not None:
-            if not isinstance(runtime, (int, float)):
-                raise ValidationError(f"runtime must be seconds as a number, got {runtime!r}")
-            values["runtime"] = float(runtime)
-        args, kwargs, meta = values.get("args"), values.get("kwargs"), values.get("meta")
-        if args is not None:
-            values["args"] = to_json(list(args), "args")
-        if kwargs is not None:
-            values["kwargs"] = to_json(dict(kwargs), "kwargs")
-        result = values.get("result")
-        # A SUCCESS's return value, or a STARTED event's progress report (Celery's
-        # update_state); other states' outcomes are their exception.
-        keep = state is State.SUCCESS or (state is State.STARTED and result is not None)
-        values["result"] = to_json(result, "result") if keep else None
-        values["eta"] = eta_ms(values.get("eta"))
-        values["meta"] = {} if meta is None else dict(meta)
-        return cls(event_id=event_id or new_event_id(), task_id=task_id, state=state,
-                   timestamp=now_ms() if timestamp is None else timestamp, exception=exc, **values)
+        return new_event(task_id, state, details, timestamp=timestamp, event_id=event_id)
 
     @property
     def key(self) -> OrderKey:
@@ -203,6 +172,49 @@ _DETAIL_NAMES = frozenset(EventDetails.__optional_keys__)
 _ids = random.Random(os.urandom(32))
 _bits = _ids.getrandbits
 os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
+
+
+def new_event(task_id: str, state: State | str, details: EventDetails, *,
+              timestamp: int | None = None, event_id: str | None = None) -> TaskEvent:
+    """:meth:`TaskEvent.create` with the details as a dict, which it takes over (and
+    changes): the emitter's per-state calls pass their own keywords' dict, unpacked once."""
+    if not isinstance(state, State):
+        state = State.parse(state)
+    if not details.keys() <= _DETAIL_NAMES:
+        check_fields(details, _DETAIL_NAMES)
+    # The details not handled below have the names of the event's own fields.
+    values = cast(dict[str, Any], details)
+    exc = values.pop("exc", None)
+    if isinstance(exc, BaseException):
+        if values.get("traceback") is None and exc.__traceback__ is not None:
+            values["traceback"] = "".join(traceback_module.format_exception(exc))
+        exc = ExceptionInfo.from_exception(exc)
+    elif exc is not None and not isinstance(exc, ExceptionInfo):
+        raise ValidationError(f"expected an exception instance, got {type(exc).__name__}: {exc!r}")
+    runtime = values.get("runtime")
+    if runtime is not None:
+        if not isinstance(runtime, (int, float)):
+            raise ValidationError(f"runtime must be seconds as a number, got {runtime!r}")
+        values["runtime"] = float(runtime)
+    args, kwargs, meta = values.get("args"), values.get("kwargs"), values.get("meta")
+    if args is not None:
+        values["args"] = to_json(list(args), "args")
+    if kwargs is not None:
+        values["kwargs"] = to_json(dict(kwargs), "kwargs")
+    result = values.get("result")
+    # A SUCCESS's return value, or a STARTED event's progress report (Celery's
+    # update_state); other states' outcomes are their exception.
+    if state is State.SUCCESS or (state is State.STARTED and result is not None):
+        values["result"] = to_json(result, "result")
+    elif result is not None:
+        del values["result"]
+    if values.get("eta") is not None:
+        values["eta"] = eta_ms(values["eta"])
+    if "meta" in values:
+        values["meta"] = {} if meta is None else dict(meta)
+    return TaskEvent(event_id=event_id or new_event_id(), task_id=task_id, state=state,
+                     timestamp=now_ms() if timestamp is None else timestamp, exception=exc,
+                     **values)
 
 
 def check_fields(given: Mapping[str, object], allowed: frozenset[str] = FIELD_NAMES) -> None:
