@@ -1,14 +1,10 @@
 """Worker heartbeats: a worker's liveness and counters as a record in the log.
 
-A heartbeat is a ``WorkerHeartbeat`` record in the events topic, keyed by the worker's
-id (the chord declarations' pattern: one topic, several record types). The processor
-folds it into the Redis workers view, where it expires ``ttl_s`` after ``beat_at``,
-and appends it to the Postgres ``worker_heartbeats`` table. Every integration (Chicory's
-``store_heartbeat``, Celery's worker) sends the same record; ``source`` says which.
-
-Like task events, a heartbeat's ``event_id`` is its idempotency key, and the view
-keeps, per worker, the heartbeat with the greatest ``(beat_at, event_id)``, so
-duplicated or reordered delivery never moves a worker back in time.
+A ``WorkerHeartbeat`` record in the events topic, keyed by the worker's id, sent alike by
+every integration (``source`` says which) and folded by the processor into the Redis
+workers view and the Postgres ``worker_heartbeats`` table (:mod:`resultlog.views.workers`).
+Its ``event_id`` is its idempotency key, and the view keeps per worker the greatest
+``(beat_at, event_id)``, so duplicated or reordered delivery never moves a worker back.
 """
 
 from __future__ import annotations

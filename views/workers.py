@@ -1,17 +1,11 @@
 """The workers views: the Redis workers view (who is alive now) and the Postgres
-``worker_heartbeats`` table (every heartbeat, for SQL).
+``worker_heartbeats`` table (every heartbeat, for SQL); docs/chicory.md, "Workers as events".
 
-Redis layout (names from :mod:`resultlog.names`):
-
-- ``{prefix}worker:{worker_id}``: hash ``token`` (the order of the heartbeat held,
-  :attr:`WorkerHeartbeat.token`), ``value`` (its record as JSON); expires at the
-  heartbeat's ``beat_at + ttl_s``, so a worker that stops beating drops out by itself.
-- ``{prefix}workers``: sorted set, worker id -> expiry (ms): the index the list of live
-  workers is read from; members past their expiry are removed by every write.
-
-:data:`FOLD_SCRIPT` keeps, per worker, the heartbeat with the greatest token, and never
-writes one that has already expired (Redis's own clock), so re-reading the log (a
-replay, a processor restart) never brings a dead worker back.
+Redis (names from :mod:`resultlog.names`): ``{prefix}worker:{worker_id}``, a hash of the
+heartbeat held (``token``, ``value``: its record as JSON) expiring at ``beat_at + ttl_s``,
+and ``{prefix}workers``, worker id -> expiry, the index live workers are read from.
+:data:`FOLD_SCRIPT` keeps per worker the heartbeat with the greatest token and never
+writes an expired one (Redis's clock), so re-reading the log never brings a dead worker back.
 """
 
 from __future__ import annotations
