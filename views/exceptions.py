@@ -1,26 +1,13 @@
 """Rebuild a task's exception from the data an event recorded: type, module, message.
 
 The data comes off the log, which every worker can write, so rebuilding must never
-become a way to run code. The rules:
-
-1. The class is looked up, never created from the data: ``module`` must already be
-   in ``sys.modules``, or be on the caller's allow-list (then, and only then, it is
-   imported). The qualified name is walked with :func:`inspect.getattr_static`, so no
-   module ``__getattr__``, property or descriptor runs.
-2. Only real :class:`Exception` subclasses are rebuilt as themselves. Other
-   ``BaseException`` subclasses (``SystemExit``, ``KeyboardInterrupt``,
-   ``asyncio.CancelledError``...) would make ``get()`` exit the process or cancel the
-   caller's task, so they become stand-ins like unknown classes do.
-3. No code of the class runs: built-in exception types are called (C code); any other
-   class is made by its ``__new__`` only when that is a built-in (C) one, and its
-   ``__init__`` is skipped, so ``args == (message,)`` and attributes that ``__init__``
-   would set are absent. A class with a Python ``__new__`` gets a stand-in.
-4. Anything else -- unknown module, unknown or non-exception name, failed import --
-   becomes a :class:`RemoteTaskError` subclass named after the original, carrying
-   ``exc_type``, ``exc_module`` and the message.
-
-No pickle and no eval anywhere. The remote traceback, when recorded, is attached as
-a note (PEP 678), so it prints with the exception.
+become a way to run code (the rules, and why: docs/results.md, "Exceptions"). The class
+is looked up, never created: its module already imported or on the caller's allow-list,
+its name walked with :func:`inspect.getattr_static`. Only :class:`Exception` subclasses
+are rebuilt as themselves, and no code of the class runs (built-in types are called,
+others made by a built-in ``__new__`` without ``__init__``). Anything else becomes a
+:class:`RemoteTaskError` subclass named after the original. No pickle, no eval; the
+remote traceback is attached as a note (PEP 678).
 """
 
 from __future__ import annotations

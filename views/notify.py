@@ -1,15 +1,11 @@
-"""Wake-ups by push: one pub/sub connection multiplexing every waiter of a backend.
+"""Wake-ups by push: one pub/sub connection multiplexing every waiter of a backend
+(docs/results.md, "How the wake-up works").
 
-A waiter enters :meth:`Notifier.watch` (SUBSCRIBE, and return only once the server
-has processed it), then reads the task, then waits; the fold script PUBLISHes when a
-task becomes ready. Subscribing before reading is what makes it race-free: a result
-written before the subscription took effect is seen by the read, one written after is
-pushed. Wake-ups only ever mean "read again", so a spurious one is harmless, and that
-is how a reconnect is handled: everyone is woken to re-read.
-
-"Subscription has taken effect" is a barrier: a ``PING <token>`` sent on the pub/sub
-connection after the SUBSCRIBE. Redis answers commands of one connection in order, so
-when the matching pong arrives every earlier SUBSCRIBE has been processed.
+A waiter enters :meth:`Notifier.watch` (SUBSCRIBE, returning only once the server has
+processed it), then reads the task, then waits; the fold script PUBLISHes when a task
+becomes ready. Subscribing before reading makes it race-free, and since a wake-up only
+means "read again", a reconnect wakes everyone. "Processed" is a barrier: a ``PING
+<token>`` sent after the SUBSCRIBE on the same connection, which Redis answers in order.
 """
 
 from __future__ import annotations
