@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING
 
 from resultlog.producers.lanes import Batch
 from resultlog.redaction import redact_url
-from resultlog.schemas.event import TaskEvent
 from resultlog.settings import Settings
 
 if TYPE_CHECKING:
