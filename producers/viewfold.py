@@ -64,9 +64,13 @@ class AckedFold:
         self._folding: dict[asyncio.Task[None], list[Batch]] = {}
         self._failing = False
         self._retry_at = 0.0  # loop time: no fold before this, after a failed one
+        self._closed = False
 
     def add(self, batch: Batch) -> None:
         """Fold ``batch`` (acknowledged by Kafka) soon, then release it."""
+        if self._closed:  # acknowledged while the emitter closes: the processor folds it
+            self._released(batch)
+            return
         self._queued.append(batch)
         self._start_folds()
 
@@ -79,6 +83,8 @@ class AckedFold:
 
     async def close(self) -> None:
         """Stop folding; what is not folded yet is released unfolded (the processor folds it)."""
+        # First, so that a fold ending below starts no other (it would outlive close()).
+        self._closed = True
         tasks = list(self._folding)
         for task in tasks:
             task.cancel()
@@ -94,6 +100,8 @@ class AckedFold:
             self._view = None
 
     def _start_folds(self) -> None:
+        if self._closed:
+            return
         queued = self._queued
         loop = asyncio.get_running_loop()
         while queued and len(self._folding) < MAX_IN_FLIGHT:
