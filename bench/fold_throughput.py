@@ -28,7 +28,7 @@ import time
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from bench._common import cleanup, isolated
+from bench._common import cleanup, cpu_seconds, isolated
 from bench.history_fill import describe, fill_history
 from resultlog.producers.topics import ensure_topics
 from resultlog.schemas.codec import Codec
@@ -54,14 +54,6 @@ async def preload(settings, n_events: int) -> None:  # type: ignore[no-untyped-d
         await producer.flush()
     finally:
         await producer.stop()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux): unlike the wall-clock rate,
-    it hardly moves when other work shares the cores."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def main() -> None:

@@ -9,6 +9,7 @@ write. With ``--read-your-writes`` the emitter folds each acknowledged event int
 one Redis call. Prints p50/p90/p99/max.
 
     .venv/bin/python -m bench.visible_latency [--rate 1000] [--seconds 15] [--read-your-writes]
+        [--processor-linger-ms 0]
 
 The emitter and the listener are separate processes, as a worker and a waiting client
 are; both stamp with ``time.perf_counter`` (CLOCK_MONOTONIC, one clock for the machine).
@@ -28,7 +29,7 @@ from multiprocessing.connection import Connection
 
 from redis.asyncio import Redis
 
-from bench._common import cleanup, isolated
+from bench._common import cleanup, cpu_seconds, isolated, machine_busy_seconds
 from resultlog import names
 from resultlog.producers import Emitter
 from resultlog.producers.topics import ensure_topics
@@ -77,8 +78,10 @@ async def main() -> None:
                     help="the emitting loop sleeps at least this long between events (default 1)")
     ap.add_argument("--read-your-writes", action="store_true",
                     help="the emitter folds acknowledged events into the view itself")
+    ap.add_argument("--processor-linger-ms", type=int, default=0,
+                    help="the processor's RESULTLOG_PROCESSOR_LINGER_MS (default 0)")
     args = ap.parse_args()
-    settings = isolated("lat")
+    settings = isolated("lat").replace(processor_linger_ms=args.processor_linger_ms)
     await ensure_topics(settings, settings.events_topic, settings.dead_letter_topic)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}, **settings.to_env()}
     proc = subprocess.Popen([sys.executable, "-m", "resultlog", "process", "--loglevel", "warning"],
@@ -100,6 +103,7 @@ async def main() -> None:
         async with Emitter(settings, linger_ms=args.linger_ms,
                            read_your_writes=args.read_your_writes) as emitter:
             interval = 1.0 / args.rate
+            cpu_before = cpu_seconds(proc.pid), machine_busy_seconds()
             start = time.perf_counter()
             for i in range(total):
                 target = start + i * interval
@@ -113,6 +117,9 @@ async def main() -> None:
                 sent[task_id] = time.perf_counter()
                 await emitter.success(task_id, i)
             await emitter.flush()
+            elapsed = time.perf_counter() - start
+            processor_cores = (cpu_seconds(proc.pid) - cpu_before[0]) / elapsed
+            machine_cores = (machine_busy_seconds() - cpu_before[1]) / elapsed
         # Everything has arrived, or the listener is told to stop after 30 s more.
         if not await asyncio.to_thread(ours.poll, 30):
             ours.send("stop")
@@ -121,9 +128,13 @@ async def main() -> None:
         missing = total - len(lat)
         q = statistics.quantiles(lat, n=100)
         how = " (read-your-writes)" if args.read_your_writes else ""
+        if args.processor_linger_ms:
+            how += f" (processor linger {args.processor_linger_ms} ms)"
         print(f"emit-to-visible{how} at {args.rate}/s over {args.seconds:.0f}s ({len(lat):,} tasks, "
               f"{missing} missing): p50 {q[49]:.1f} ms, p90 {q[89]:.1f} ms, p99 {q[98]:.1f} ms, "
               f"max {lat[-1]:.1f} ms")
+        print(f"CPU while emitting: the processor {processor_cores:.2f} of a core, the whole "
+              f"machine {machine_cores:.2f} of {os.cpu_count()} cores")
     finally:
         listener.kill()
         proc.terminate()

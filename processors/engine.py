@@ -40,6 +40,23 @@ BATCH_MAX: Final = 5000
 COMMIT_INTERVAL_S: Final = 1.0
 #: How often the view's positions are checked while no write would notice a loss.
 VIEW_CHECK_INTERVAL_S: Final = 1.0
+#: With a processor linger, a fetch is answered early once this much (of record
+#: batches, as stored: compressed) has arrived, so a backlog is read without waiting.
+LINGER_FETCH_BYTES: Final = 512 * 1024
+
+
+def fetch_wait(linger_ms: int) -> dict[str, int]:
+    """The consumer's fetch settings for a processor linger (docs/processor.md).
+
+    Without a linger the broker answers a fetch as soon as it has one record (its wait,
+    5 ms, only bounds an empty fetch). With one, it holds the fetch until
+    :data:`LINGER_FETCH_BYTES` have arrived or the linger has passed: at a low rate a
+    batch gathers every event of the linger, under load the bytes arrive first and
+    nothing waits.
+    """
+    if linger_ms == 0:
+        return {"fetch_max_wait_ms": 5, "fetch_min_bytes": 1}
+    return {"fetch_max_wait_ms": linger_ms, "fetch_min_bytes": LINGER_FETCH_BYTES}
 
 
 class _Positioning(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -368,7 +385,7 @@ class BatchFoldEngine:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_wait_ms=5,  # low latency at low rates; batches fill under load anyway
+            **fetch_wait(s.processor_linger_ms),
         )
         consumer.subscribe([s.events_topic], listener=_Positioning(self))
         # Set before it starts: the group may assign partitions (and so call the

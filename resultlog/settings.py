@@ -26,6 +26,9 @@ ENV_PREFIX = "RESULTLOG_"
 DEV_KAFKA_PORT = 19092
 DEV_REDIS_PORT = 16379
 DEV_POSTGRES_PORT = 15432
+# The processor's fetch is answered within a second at most, so the engine's periodic
+# work (Kafka commits, the view check) never waits longer than that for a fetch.
+MAX_PROCESSOR_LINGER_MS = 1000
 # How many Kafka nodes the local stack can run (RESULTLOG_DEV_KAFKA_BROKERS).
 DEV_KAFKA_BROKER_COUNTS = (1, 3)
 
@@ -123,6 +126,10 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     # Ready once assigned and every partition is within this many offsets of the log's end.
     ready_max_lag: int = 10_000
+    # How long the processor's fetch may wait for more events at low rates, so that a
+    # batch folds many events instead of one (docs/processor.md, "Processor linger").
+    # 0 folds every event as soon as it is in the log. Under load batches fill anyway.
+    processor_linger_ms: int = 0
     # Local development stack and tests
     dev_dir: str = field(default_factory=_default_dev_dir)
     dev_cache_dir: str = field(default_factory=_default_dev_cache_dir)
@@ -269,6 +276,9 @@ def _check(s: Settings) -> None:
         raise bad("metrics_host", "an address to bind, e.g. 127.0.0.1, or 0.0.0.0 for every interface")
     if s.ready_max_lag < 0:
         raise bad("ready_max_lag", "offsets >= 0")
+    if not 0 <= s.processor_linger_ms <= MAX_PROCESSOR_LINGER_MS:
+        raise bad("processor_linger_ms",
+                  f"milliseconds from 0 (fold at once) to {MAX_PROCESSOR_LINGER_MS}")
     if s.dev_kafka_brokers not in DEV_KAFKA_BROKER_COUNTS:
         raise bad(
             "dev_kafka_brokers",

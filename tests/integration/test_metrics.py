@@ -129,3 +129,31 @@ async def test_a_metrics_port_in_use_stops_the_processor_naming_the_setting(sett
         finally:
             proc.stop()
             proc.log.unlink(missing_ok=True)
+
+
+async def test_a_processor_linger_gathers_events_into_batches_and_folds_a_lone_one(
+        settings: Settings) -> None:
+    """With RESULTLOG_PROCESSOR_LINGER_MS the broker holds the fetch for the linger: events
+    acknowledged one by one are folded in a few batches, and a lone event is folded too
+    (the fetch is answered when the linger passes, not only once 512 KiB arrived)."""
+    s = settings.replace(metrics_port=free_port(), processor_linger_ms=1000)
+    http = Endpoint(s)
+    async with Emitter(s) as emitter:
+        await emitter.success("warm", 0, wait=True)
+        with ProcessorProcess(s) as proc:
+            async def folded(n: int) -> bool:
+                status, _ = await http.get("/metrics")
+                return status == 200 and value(await http.samples(), "resultlog_events_folded_total",
+                                               state="SUCCESS") >= n
+            await eventually(lambda: folded(1), f"the lone event folded\n{proc.output()[-3000:]}")
+            before = value(await http.samples(), "resultlog_batch_write_seconds_count", store="history")
+            # Each acknowledged before the next is sent: one Kafka batch per event.
+            for i in range(20):
+                await emitter.success(f"one-by-one-{i}", i, wait=True)
+            await eventually(lambda: folded(21), f"20 more events folded\n{proc.output()[-3000:]}")
+            batches = value(await http.samples(), "resultlog_batch_write_seconds_count",
+                            store="history") - before
+            # A fetch is held for a second and the 20 events take a few milliseconds:
+            # they land in one or two fetches (a fetch parked before them may be
+            # answered midway). Without the linger they came in 8 batches here.
+            assert 1 <= batches <= 3, batches

@@ -49,3 +49,11 @@ def test_the_local_stack_runs_one_kafka_node_or_three() -> None:
     assert Settings.from_env({"RESULTLOG_DEV_KAFKA_BROKERS": "3"}).dev_kafka_brokers == 3
     with pytest.raises(ConfigurationError, match="RESULTLOG_DEV_KAFKA_BROKERS"):
         Settings.from_env({"RESULTLOG_DEV_KAFKA_BROKERS": "2"})
+
+
+def test_the_processor_linger_is_0_to_1000_ms() -> None:
+    assert Settings.from_env({}).processor_linger_ms == 0
+    assert Settings.from_env({"RESULTLOG_PROCESSOR_LINGER_MS": "20"}).processor_linger_ms == 20
+    for bad in ("-1", "1001"):
+        with pytest.raises(ConfigurationError, match=r"processor_linger_ms.*0 \(fold at once\) to 1000"):
+            Settings.from_env({"RESULTLOG_PROCESSOR_LINGER_MS": bad})
