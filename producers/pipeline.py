@@ -83,8 +83,7 @@ class Pipeline:
         self._work: asyncio.Event | None = None
         self._pump_task: asyncio.Task[None] | None = None
         # Read-your-writes: acknowledged batches go through here before they are released.
-        self._acked_fold: AckedFold | None = None
-        self._keep_events = options.read_your_writes
+        self._acked_fold = AckedFold(settings, self._release) if options.read_your_writes else None
 
     # Lifecycle (event loop) ---------------------------------------------------------
     @property
@@ -104,8 +103,6 @@ class Pipeline:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._work = asyncio.Event()
-        if self._keep_events:
-            self._acked_fold = AckedFold(self.settings, self._release)
         self._state = "running"
         self._pump_task = asyncio.create_task(self._pump(), name=f"resultlog-emitter-pump[{self.topic}]")
         self._pump_task.add_done_callback(self._pump_done)
@@ -215,7 +212,7 @@ class Pipeline:
         acknowledged. Returns the event as recorded (cut to fit, if it had to be)."""
         self.check()
         recorded, key, value = self.encode_recorded(event)
-        await self._accept(key, value, event.timestamp, wait, recorded if self._keep_events else None)
+        await self._accept(key, value, event.timestamp, wait, recorded if self._acked_fold is not None else None)
         return recorded
 
     async def accept_record(self, name: str, key: str, record: Mapping[str, Any], timestamp: int,
@@ -257,7 +254,7 @@ class Pipeline:
         the event as recorded (cut to fit within the size limit, if it had to be)."""
         self.check()
         recorded, key, value = self.encode_recorded(event)
-        self._accept_blocking(key, value, event.timestamp, wait, recorded if self._keep_events else None)
+        self._accept_blocking(key, value, event.timestamp, wait, recorded if self._acked_fold is not None else None)
         return recorded
 
     def accept_record_blocking(self, name: str, key: str, record: Mapping[str, Any],
