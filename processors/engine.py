@@ -50,9 +50,9 @@ def fetch_wait(linger_ms: int) -> dict[str, int]:
 
     Without a linger the broker answers a fetch as soon as it has one record (its wait,
     5 ms, only bounds an empty fetch). With one, it holds the fetch until
-    :data:`LINGER_FETCH_BYTES` have arrived or the linger has passed: at a low rate a
-    batch gathers every event of the linger, under load the bytes arrive first and
-    nothing waits.
+    :data:`LINGER_FETCH_BYTES` have arrived or the linger has passed: a batch gathers
+    every event of the linger, and a backlog (a processor catching up) is read
+    without waiting.
     """
     if linger_ms == 0:
         return {"fetch_max_wait_ms": 5, "fetch_min_bytes": 1}

@@ -128,7 +128,7 @@ class Settings:
     ready_max_lag: int = 10_000
     # How long the processor's fetch may wait for more events at low rates, so that a
     # batch folds many events instead of one (docs/processor.md, "Processor linger").
-    # 0 folds every event as soon as it is in the log. Under load batches fill anyway.
+    # 0 folds every event as soon as it is in the log; a backlog is read at once anyway.
     processor_linger_ms: int = 0
     # Local development stack and tests
     dev_dir: str = field(default_factory=_default_dev_dir)
