@@ -26,8 +26,8 @@ ENV_PREFIX = "RESULTLOG_"
 DEV_KAFKA_PORT = 19092
 DEV_REDIS_PORT = 16379
 DEV_POSTGRES_PORT = 15432
-# The processor's fetch is answered within a second at most, so the engine's periodic
-# work (Kafka commits, the view check) never waits longer than that for a fetch.
+# The history and chord bodies lag the log by up to the processor's linger; a lag of
+# seconds would buy nothing more (a batch is already full of events long before).
 MAX_PROCESSOR_LINGER_MS = 1000
 # How many Kafka nodes the local stack can run (RESULTLOG_DEV_KAFKA_BROKERS).
 DEV_KAFKA_BROKER_COUNTS = (1, 3)
