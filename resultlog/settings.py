@@ -26,8 +26,9 @@ ENV_PREFIX = "RESULTLOG_"
 DEV_KAFKA_PORT = 19092
 DEV_REDIS_PORT = 16379
 DEV_POSTGRES_PORT = 15432
-# The history and chord bodies lag the log by up to the processor's linger; a lag of
-# seconds would buy nothing more (a batch is already full of events long before).
+# The history and chord bodies lag the log by up to the processor's linger: a second
+# bounds that lag, and a batch of a second's events is already large at any rate
+# worth lingering for (the saving is in batches of one becoming batches of tens).
 MAX_PROCESSOR_LINGER_MS = 1000
 # How many Kafka nodes the local stack can run (RESULTLOG_DEV_KAFKA_BROKERS).
 DEV_KAFKA_BROKER_COUNTS = (1, 3)
