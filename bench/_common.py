@@ -37,6 +37,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def start_processor(settings: Settings) -> "subprocess.Popen[bytes]":
+    """``resultlog process`` on ``settings`` (the caller's own RESULTLOG_* variables
+    left out), quiet; the caller terminates it."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")},
+           **settings.to_env()}
+    return subprocess.Popen([sys.executable, "-m", "resultlog", "process", "--loglevel", "warning"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def machine_busy_seconds() -> float:
     """CPU time the whole machine has spent busy so far, summed over its cores (Linux:
     /proc/stat, everything but idle and iowait)."""

@@ -16,25 +16,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import cleanup, isolated  # noqa: E402
+from bench._common import cleanup, isolated, start_processor  # noqa: E402
 from resultlog.producers import Emitter, declare_chord  # noqa: E402
-from resultlog.settings import Settings  # noqa: E402
 from resultlog.views import ResultBackend  # noqa: E402
-
-
-def start_processor(settings: Settings) -> subprocess.Popen[bytes]:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}, **settings.to_env()}
-    return subprocess.Popen([sys.executable, "-m", "resultlog", "process", "--loglevel", "warning"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 async def one_chord(emitter: Emitter, backend: ResultBackend, chord_id: str, size: int) -> tuple[float, float]:

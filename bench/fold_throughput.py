@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import subprocess
-import sys
 import time
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from bench._common import cleanup, cpu_seconds, isolated
+from bench._common import cleanup, cpu_seconds, isolated, start_processor
 from bench.history_fill import describe, fill_history
 from resultlog.producers.topics import ensure_topics
 from resultlog.schemas.codec import Codec
@@ -89,10 +86,7 @@ async def run(settings, n: int, processors: int, history_rows: int,  # type: ign
     t0 = time.monotonic()
     await preload(settings, n)
     print(f"  pre-loaded in {time.monotonic() - t0:.1f}s", flush=True)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}, **settings.to_env()}
-    procs = [subprocess.Popen([sys.executable, "-m", "resultlog", "process", "--loglevel", "warning"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for _ in range(processors)]
+    procs = [start_processor(settings) for _ in range(processors)]
     conn = None
     try:
         while conn is None:

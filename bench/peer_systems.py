@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -265,11 +264,9 @@ class Resultlog(System):
         from resultlog.producers.topics import ensure_topics
         asyncio.run(ensure_topics(self.settings, self.settings.events_topic,
                                   self.settings.dead_letter_topic))
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")},
-               **self.settings.replace(processor_linger_ms=self.processor_linger_ms).to_env()}
-        self._processor = subprocess.Popen(
-            [sys.executable, "-m", "resultlog", "process", "--loglevel", "warning"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        from bench._common import start_processor
+        self._processor = start_processor(
+            self.settings.replace(processor_linger_ms=self.processor_linger_ms))
         # Up and folding before the clock starts: one task through the whole path.
         # A writer that does not fold itself: what becomes readable, the processor folded.
         writer, reader = _ResultlogWriter(self.settings, False), self.open_reader()

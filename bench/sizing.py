@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -33,7 +30,7 @@ from pathlib import Path
 import asyncpg
 import redis.asyncio
 
-from bench._common import cleanup, isolated
+from bench._common import cleanup, isolated, start_processor
 from resultlog.processors.replay import replay
 from resultlog.producers import Emitter
 from resultlog.schemas.event import TaskEvent
@@ -60,10 +57,7 @@ async def emit(settings: Settings, n_events: int, result_bytes: int) -> None:
 
 async def fold(settings: Settings, n_events: int) -> float:
     """Runs one processor until the history holds every event; returns events/s."""
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")},
-           **settings.to_env()}
-    proc = subprocess.Popen([sys.executable, "-m", "resultlog", "process", "--loglevel", "warning"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_processor(settings)
     sql = (f'SELECT coalesce(sum(next_offset), 0)::bigint FROM "{settings.postgres_schema}".consumer_offsets'
            " WHERE consumer_group = $1")
     conn = await asyncpg.connect(settings.postgres_dsn)

@@ -22,14 +22,12 @@ import asyncio
 import multiprocessing
 import os
 import statistics
-import subprocess
-import sys
 import time
 from multiprocessing.connection import Connection
 
 from redis.asyncio import Redis
 
-from bench._common import cleanup, cpu_seconds, isolated, machine_busy_seconds
+from bench._common import cleanup, cpu_seconds, isolated, machine_busy_seconds, start_processor
 from resultlog import names
 from resultlog.producers import Emitter
 from resultlog.producers.topics import ensure_topics
@@ -83,9 +81,7 @@ async def main() -> None:
     args = ap.parse_args()
     settings = isolated("lat").replace(processor_linger_ms=args.processor_linger_ms)
     await ensure_topics(settings, settings.events_topic, settings.dead_letter_topic)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")}, **settings.to_env()}
-    proc = subprocess.Popen([sys.executable, "-m", "resultlog", "process", "--loglevel", "warning"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_processor(settings)
     total = int(args.rate * args.seconds)
     ours, theirs = multiprocessing.get_context("spawn").Pipe()
     listener = multiprocessing.get_context("spawn").Process(
