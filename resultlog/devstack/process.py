@@ -86,7 +86,16 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     # The state is the first field after the parenthesised command name.
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+    if stat.rpartition(")")[2].split()[0] not in ("Z", "X"):
+        return True
+    # A thread-group leader shows Z as soon as its own thread has exited, but the
+    # process (its files, listening sockets among them) lives until its last thread
+    # has: a killed redis-server's port could still be bound. Exited threads other
+    # than the leader leave /proc at once, so any still listed is still running.
+    try:
+        return any(task != str(pid) for task in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return False
 
 
 def process_cwd(pid: int) -> Path | None:
