@@ -150,12 +150,14 @@ async def test_the_real_processor_folds_a_shuffled_duplicated_stream_like_the_or
                     except Exception:
                         return False
             await eventually(all_in, f"{label}: all {len(events)} events in the history\n{proc.output()[-2000:]}")
-            # Redis is written right after the history commit of the same batch.
+            # Redis is written right after the history commit of the same batch: once
+            # the view's offsets reach the history's, it holds every batch.
             async def redis_done() -> bool:
-                async with RedisView(s) as view:
-                    return len(await view.task_ids()) == 200
-            await eventually(redis_done, "all tasks in Redis")
-            await asyncio.sleep(1)  # let the last Redis apply land; equality below is the check
+                async with RedisView(s) as view, HistoryStore(s) as store:
+                    redis_at = await view.committed_offsets(s.consumer_group, s.events_topic)
+                    pg_at = await store.committed_offsets(s.consumer_group, s.events_topic)
+                return bool(pg_at) and all(redis_at.get(p, -1) >= o for p, o in pg_at.items())
+            await eventually(redis_done, "Redis caught up with the history")
         snaps.append(await snapshot(s, {e.task_id for e in events}))
         await cleanup(s)
     (redis_a, rows_a), (redis_b, rows_b) = snaps
