@@ -34,6 +34,7 @@ import platform
 import statistics
 import time
 import uuid
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
@@ -100,7 +101,11 @@ def waiter_main(system: System, tasks: int, every: int, start: Event, waiting: S
     out.send(waits)
 
 
-def measure(system: System, tasks: int, writers: int, every: int) -> dict[str, Any]:
+def measure(system: System, tasks: int, writers: int, every: int,
+            writer: Callable[..., None] = writer_main) -> dict[str, Any]:
+    """The figures of one system. ``writer``: the writer processes' function (the
+    signature of :func:`writer_main`; bench.peer_hops times writer 0's hops); what
+    writer 0 sends after its stamps is returned as ``"writer0"``."""
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Event()
     waiting = ctx.Value("q", -1)
@@ -116,7 +121,7 @@ def measure(system: System, tasks: int, writers: int, every: int) -> dict[str, A
         procs.append(proc)
 
     for w in range(writers):
-        spawn(writer_main, w, per_writer, every, start, waiting)
+        spawn(writer, w, per_writer, every, start, waiting)
     spawn(checker_main, writers, per_writer, start)
     spawn(waiter_main, per_writer, every, start, waiting)
     try:
@@ -141,6 +146,7 @@ def measure(system: System, tasks: int, writers: int, every: int) -> dict[str, A
         "writers_done_s": (max(r[0] for r in writer_results) - began) / 1e9,
         "readable_s": (all_readable - began) / 1e9,
         "p50": q[49], "p99": q[98], "samples": len(latencies),
+        "stamps": stamps, "waits": waits, "writer0": writer_results[0][2:],
     }
 
 
