@@ -13,7 +13,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from resultlog import names
-from resultlog.chords.store import ChordView, read_chord, view_from_hash, wait_chord
+from resultlog.chords.store import ChordView, chord_view_from_hash, read_chord, wait_chord
 from resultlog.errors import ChordError
 from resultlog.redis_access import translated
 from resultlog.schemas.event import validate_id
@@ -98,7 +98,7 @@ class ChordResult(_ChordResultBase):
         with translated("reading a chord"):
             fields = self.backend.sync_client().hgetall(
                 names.chord_key(self.backend.settings.redis_prefix, self.id))
-        self._view = view_from_hash(self.id, fields)
+        self._view = chord_view_from_hash(self.id, fields)
         return self._view
 
     def completed_count(self) -> int:

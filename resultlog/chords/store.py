@@ -92,7 +92,7 @@ class ChordView:
         return self.done - self.failed
 
 
-def view_from_hash(chord_id: str, fields: Mapping[Any, Any]) -> ChordView:
+def chord_view_from_hash(chord_id: str, fields: Mapping[Any, Any]) -> ChordView:
     h = {text(k): text(v) for k, v in fields.items()}
     member = None
     if "failed_task_id" in h:
@@ -170,7 +170,7 @@ class ChordStore:
 async def read_chord(client: redis.asyncio.Redis, prefix: str, chord_id: str) -> ChordView:
     with translated("reading a chord"):
         fields = await client.hgetall(names.chord_key(prefix, chord_id))
-    return view_from_hash(chord_id, fields)
+    return chord_view_from_hash(chord_id, fields)
 
 
 async def wait_chord(state: AioState, chord_id: str, timeout: float | None) -> ChordView:

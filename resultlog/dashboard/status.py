@@ -26,7 +26,7 @@ from resultlog.connections import kafka_client_args
 from resultlog.processors.deadletter import OFFSET_HEADER, PARTITION_HEADER, REASON_HEADER
 from resultlog.producers.kafka import started
 from resultlog.settings import Settings
-from resultlog.chords.store import ChordView, view_from_hash
+from resultlog.chords.store import ChordView, chord_view_from_hash
 from resultlog.views.coverage import ViewCoverage
 from resultlog.views.history import HistoryStore
 
@@ -176,7 +176,7 @@ class PipelineStatus:
             for chord_id in chord_ids:
                 pipe.hgetall(names.chord_key(prefix, chord_id))
             hashes = await pipe.execute()
-        return [view_from_hash(c, h) for c, h in zip(chord_ids, hashes) if h]
+        return [chord_view_from_hash(c, h) for c, h in zip(chord_ids, hashes) if h]
 
 
 def _letter(rec: object) -> DeadLetterRow:

@@ -23,7 +23,7 @@ from resultlog.schemas.codec import CHORD_DECLARED, TASK_EVENT, Codec, event_to_
 from resultlog.schemas.event import ExceptionInfo, TaskEvent
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
-from resultlog.chords.store import completion_fields, view_from_hash
+from resultlog.chords.store import chord_view_from_hash, completion_fields
 
 CHORD = "chord-1"
 
@@ -342,11 +342,11 @@ def test_the_completion_fields_read_back_as_the_view() -> None:
     failed = ChordCompleted(
         completion_event_id(CHORD), CHORD, State.FAILURE, 3, 2, 1, 5,
         failed_member=FailedMember("t1", 1, State.REVOKED, None))
-    view = view_from_hash(CHORD, completion_fields(failed))
+    view = chord_view_from_hash(CHORD, completion_fields(failed))
     assert (view.state, view.size, view.done, view.failed, view.ready) == ("FAILURE", 3, 2, 1, True)
     assert view.failed_member == failed.failed_member and view.completion_id == failed.event_id
-    assert view_from_hash(CHORD, {}).state == "PENDING"
-    assert view_from_hash(CHORD, {b"state": b"STARTED", b"done": b"4", b"failed": b"1"}).succeeded == 3
+    assert chord_view_from_hash(CHORD, {}).state == "PENDING"
+    assert chord_view_from_hash(CHORD, {b"state": b"STARTED", b"done": b"4", b"failed": b"1"}).succeeded == 3
 
 
 def test_completed_summaries_are_removed_a_ttl_later_only_from_their_own_partition() -> None:
