@@ -7,22 +7,30 @@ table and the Redis view fill, excluding the processor's start-up (the clock sta
 at the first written row). Prints events/s, and the processor's own CPU time per event
 (the figure to compare on a shared machine: the rate moves with the load).
 
+``--redis-latency``: while the processor folds, another client PINGs Redis every 2 ms
+and the round trips' p50, p99, p99.9 and maximum are printed: what any other Redis client
+(a waiting ``get()``, a Celery broker on the same Redis) sees while the view is written
+in batches (Redis runs each fold call alone).
+
 ``--history-rows N``: before the processor starts, the run's schema is migrated and its
 history filled with N rows of other, older tasks (``bench/history_fill.py``: through
 the history's triggers, so task_summary and the rollups grow too); the fill's time and
 the tables' sizes are printed, then the timed fold runs as without it.
 
     .venv/bin/python -m bench.fold_throughput [--events 300000] [--processors 1]
-        [--history-rows 0] [--history-days 14]
+        [--history-rows 0] [--history-days 14] [--redis-latency]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
+import threading
 import time
 
 import asyncpg
+import redis
 from aiokafka import AIOKafkaProducer
 
 from bench._common import cleanup, cpu_seconds, isolated, start_processor
@@ -61,6 +69,8 @@ async def main() -> None:
                     help="rows of older tasks in the history before the fold starts")
     ap.add_argument("--history-days", type=float, default=14.0,
                     help="days before now over which those rows are spread")
+    ap.add_argument("--redis-latency", action="store_true",
+                    help="PING Redis every 2 ms during the fold and print the round trips")
     args = ap.parse_args()
     if args.processors < 1:
         raise SystemExit("--processors must be at least 1")
@@ -71,13 +81,43 @@ async def main() -> None:
     n = args.events - args.events % 3
     settings = isolated("fold", result_ttl_s=0)
     try:
-        await run(settings, n, args.processors, args.history_rows, args.history_days)
+        await run(settings, n, args.processors, args.history_rows, args.history_days,
+                  args.redis_latency)
     finally:
         await cleanup(settings)
 
 
+class RedisPinger(threading.Thread):
+    """PINGs Redis every :data:`PING_EVERY_S` until stopped; keeps the round trips (ms)."""
+
+    PING_EVERY_S = 0.002
+
+    def __init__(self, settings) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(daemon=True)
+        self.client = redis.Redis.from_url(settings.redis_url)
+        self.stopped = threading.Event()
+        self.round_trips: list[float] = []
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.PING_EVERY_S):
+            began = time.perf_counter_ns()
+            self.client.ping()
+            self.round_trips.append((time.perf_counter_ns() - began) / 1e6)
+
+    def report(self) -> str:
+        self.stopped.set()
+        self.join()
+        self.client.close()
+        if len(self.round_trips) < 2:
+            return "a Redis client's PING during the fold: too few round trips to say"
+        q = statistics.quantiles(self.round_trips, n=1000, method="inclusive")
+        return (f"a Redis client's PING during the fold ({len(self.round_trips):,} round trips): "
+                f"p50 {q[499]:.2f} ms, p99 {q[989]:.2f} ms, p99.9 {q[998]:.2f} ms, "
+                f"max {max(self.round_trips):.2f} ms")
+
+
 async def run(settings, n: int, processors: int, history_rows: int,  # type: ignore[no-untyped-def]
-              history_days: float) -> None:
+              history_days: float, redis_latency: bool = False) -> None:
     if history_rows:
         print(f"filling the history of {settings.postgres_schema} with {history_rows:,} rows ...",
               flush=True)
@@ -110,6 +150,9 @@ async def run(settings, n: int, processors: int, history_rows: int,  # type: ign
             if count and first_at is None:
                 first_at, first_count = time.monotonic(), count
                 first_cpu = sum(cpu_seconds(p.pid) for p in procs)
+                if redis_latency:
+                    pinger = RedisPinger(settings)
+                    pinger.start()
             if any(p.poll() is not None for p in procs):
                 raise SystemExit("a processor died")
             await asyncio.sleep(0.05)
@@ -121,6 +164,7 @@ async def run(settings, n: int, processors: int, history_rows: int,  # type: ign
                     break
                 await asyncio.sleep(0.01)
         done = time.monotonic()
+        pinged = pinger.report() if redis_latency else None
         # Counted after the clock stops: over a large history the count takes seconds.
         total = await conn.fetchval(f'SELECT count(*) FROM "{settings.postgres_schema}".task_events')
         assert total == n + history_rows, f"history holds {total} rows, expected {n + history_rows}"
@@ -132,6 +176,8 @@ async def run(settings, n: int, processors: int, history_rows: int,  # type: ign
               f"Redis after {done - first_at:.2f}s)")
         print(f"processor CPU (all processes): {cpu * 1e6 / (n - first_count):.1f} us per event "
               f"({cpu:.2f}s user+system for {n - first_count:,} events)")
+        if pinged is not None:
+            print(pinged)
     finally:
         for p in procs:
             p.terminate()
