@@ -37,8 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("resultlog.producers")
 
-# Events per fold call at most: Redis runs a script alone, so a very large call would
-# hold up every other client (the processor's batches are of the same order).
+# Events per fold at most (RedisView writes them in parts of at most PART_TASKS tasks, so
+# that Redis serves its other clients in between): the batches of one fold are released
+# together, when its last part is written.
 MAX_FOLD_EVENTS = 2_000
 # Fold calls in flight at most: a new acknowledgement does not wait for an earlier
 # call's round trip (the fold commutes), and a slow Redis is still not flooded.

@@ -137,6 +137,11 @@ def offsets_key(prefix: str, consumer_group: str) -> str:
     return f"{prefix}offsets:{consumer_group}"
 
 
+def view_batch_marker_key(prefix: str, consumer_group: str, batch_id: str) -> str:
+    """String: how many parts of a batch written in parts are in the view (fold.lua)."""
+    return f"{prefix}viewbatch:{consumer_group}:{batch_id}"
+
+
 def position_field(topic: str, partition: int) -> str:
     """The offsets hash's field for one partition's position."""
     return f"{topic}:{partition}"

@@ -45,12 +45,14 @@ built for. A missing token is "", which sorts below every real token.
 
 Arguments (all strings):
   KEYS[k]        the hash of the k-th distinct task in the batch; when ARGV[5] is
-                 "1", the last key is the offsets hash instead (see below)
+                 not "0", the last key is the offsets hash instead (see below), and
+                 with "3" the offsets hash and then the batch's marker
   ARGV[1]        "1": expire (PEXPIREAT), "0": never expire (PERSIST)
   ARGV[2..4]     W, S, R: number of winner fields, sticky fields, ready states
   ARGV[5]        "1" when the call also records consumed offsets, "2" when it also
                  requires the view to cover the batch (the live fold; see below),
-                 else "0"
+                 "3" as "2" for one part of a batch written in several calls (see
+                 below), else "0"
   next W+S+R     the winner field names, sticky field names, ready state names
   next #tasks    the done channel of each task key, in KEYS order
   next           JSON array: the key index k of each event's task, in event order
@@ -66,13 +68,24 @@ Arguments (all strings):
                  offsets hash with a maximum, in the same atomic call as the views,
                  so a processor restarting from these offsets never skips an event
                  whose view change is not in Redis.
-  next (ARGV[5] "2") JSON object {"topic:partition": first_offset}: where the batch
+  next (ARGV[5] "2", "3") JSON object {"topic:partition": first_offset}: where the batch
                  starts in each partition. Every such partition's recorded offset must
                  exist and be at least that start, else the view lost what it says it
                  holds (Redis restarted empty, flushed, failed over, the hash evicted):
                  the call writes nothing and returns -1, and the processor claims the
                  gap and rebuilds it (views/coverage.py). Without this check a live
                  write would recreate the offsets hash and hide the loss for ever.
+  next 2 (ARGV[5] "3") the part's number (0 for the first) and "1" if it is the last
+                 part, else "0". A large batch is written in parts so that Redis,
+                 which runs a script alone, serves its other clients in between. The
+                 last key is then the batch's marker (after the offsets hash): the
+                 number of parts written so far. A part writes nothing and returns -1
+                 unless the marker says exactly the parts before it are written (a
+                 Redis that lost one, restarted or failed over to a replica behind it,
+                 lost the marker's later value with it: Redis keeps writes in order),
+                 so only the last part records the offsets, and only with every part
+                 of its batch in the view. The marker expires after MARKER_TTL_MS (a
+                 batch whose writer died between parts leaves it behind).
 
   {prefix}transitions      channel: when it has a subscriber (SUBSCRIBE, not pattern),
                            each call PUBLISHes ONE message listing the tasks whose
@@ -83,17 +96,26 @@ Arguments (all strings):
                            tasks per message. ARGV[#ARGV] names it.
 
   {prefix}offsets:{consumer group}   hash: "topic:partition" -> next offset to read
-Returns the number of tasks whose stored view changed, or -1 (see ARGV[5] "2").
+Returns the number of tasks whose stored view changed, or -1 (see ARGV[5] "2", "3").
 ]]
 
 local PUSH_LIMIT = 65536
 local MOVED_LIMIT = 500  -- tasks listed per transitions message
+local MARKER_TTL_MS = 3600000
 local byte, call = string.byte, redis.call  -- locals: no global lookups in the loops
 local expiring = ARGV[1] == '1'
 local nwin, nsticky, nready = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local with_offsets = ARGV[5] ~= '0'
+local mode = ARGV[5]
+local with_offsets = mode ~= '0'
 local ntasks = #KEYS
-if with_offsets then ntasks = ntasks - 1 end
+local okey, marker = nil, nil
+if mode == '3' then
+  okey, marker = KEYS[#KEYS - 1], KEYS[#KEYS]
+  ntasks = ntasks - 2
+elseif with_offsets then
+  okey = KEYS[#KEYS]
+  ntasks = ntasks - 1
+end
 local pos = 6
 local win_fields, sticky_fields, sticky_token_fields, ready = {}, {}, {}, {}
 for i = 1, nwin do win_fields[i] = ARGV[pos]; pos = pos + 1 end
@@ -109,12 +131,16 @@ local event_keys = cjson.decode(ARGV[pos])
 local events = cjson.decode(ARGV[pos + 1])
 local offsets = nil
 if with_offsets then offsets = cjson.decode(ARGV[pos + 2]) end
-if ARGV[5] == '2' then
-  local okey = KEYS[#KEYS]
+if mode == '2' or mode == '3' then
   for field, first in pairs(cjson.decode(ARGV[pos + 3])) do
     local current = tonumber(call('HGET', okey, field))
     if current == nil or current < first then return -1 end
   end
+end
+local part, last_part = 0, true
+if mode == '3' then
+  part, last_part = tonumber(ARGV[pos + 4]), ARGV[pos + 5] == '1'
+  if tonumber(call('GET', marker) or '0') ~= part then return -1 end
 end
 
 local state_slot = nil
@@ -245,13 +271,16 @@ for k = 1, ntasks do
   end
 end
 if nmoved > 0 then call('PUBLISH', transitions_channel, cjson.encode(moved)) end
-if with_offsets then
-  local okey = KEYS[#KEYS]
+if with_offsets and last_part then
   for field, next_offset in pairs(offsets) do
     local current = tonumber(call('HGET', okey, field))
     if current == nil or next_offset > current then
       call('HSET', okey, field, string.format('%d', next_offset))
     end
   end
+end
+if mode == '3' then
+  if last_part then call('DEL', marker)
+  else call('SET', marker, string.format('%d', part + 1), 'PX', MARKER_TTL_MS) end
 end
 return changed

@@ -1,7 +1,8 @@
 """The Redis latest-state view: one hash per task, folded by ``fold.lua``.
 
-:meth:`RedisView.apply` folds a whole batch of events in one script call (EVALSHA; the
-script is loaded again by redis-py if the server answers NOSCRIPT). The script is
+:meth:`RedisView.apply` folds a batch of events in one script call (EVALSHA; the
+script is loaded again by redis-py if the server answers NOSCRIPT), or a batch of more
+than :data:`PART_TASKS` tasks in parts, one call each. The script is
 ``schemas/fold.py`` verbatim: this module only lays the events out as arguments and
 reads hashes back into :class:`~resultlog.schemas.fold.TaskView`.
 """
@@ -9,6 +10,7 @@ reads hashes back into :class:`~resultlog.schemas.fold.TaskView`.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -60,6 +62,12 @@ TOKEN: Final = "token"
 DATE_DONE: Final = "date_done"
 STICKY_TOKEN_PREFIX: Final = "token:"
 
+#: Tasks per fold call at most. Redis runs a script alone (~46 µs a task here: a batch
+#: of 2,500 tasks held every other client for 115 ms), so a larger batch is written in
+#: parts of a few ms each, and other clients are served between them. Fewer tasks per
+#: part cost more calls per batch; 100 kept the fold's rate (docs/processor.md).
+PART_TASKS: Final = 100
+
 _INT_FIELDS: Final = frozenset({"timestamp", "attempt", "eta", "chord_size", "chord_index"})
 _HEADER: Final = (
     str(len(WINNER_HASH_FIELDS)), str(len(STICKY_HASH_FIELDS)), str(len(READY_STATES)),
@@ -87,10 +95,14 @@ def script_call_rows(
     offsets: Mapping[tuple[str, int], int] | None = None,
     consumer_group: str | None = None,
     starts: Mapping[tuple[str, int], int] | None = None,
+    part: tuple[str, int, bool] | None = None,
 ) -> tuple[list[str], list[str]]:
     """:func:`script_call` for rows built by ``taskrows.view_row`` (``task_ids[i]`` is the
     task of ``rows[i]``). ``starts`` (with ``offsets``): where the batch begins in each
-    partition, which the view must already cover (fold.lua's ARGV[5] "2")."""
+    partition, which the view must already cover (fold.lua's ARGV[5] "2"). ``part``
+    (with ``starts``): this call is one part of a batch written in several, as (the
+    batch's marker key, the part's number from 0, whether it is the last); only the
+    last part records ``offsets`` (fold.lua's ARGV[5] "3")."""
     prefix = settings.redis_prefix
     index: dict[str, int] = {}
     ks = []
@@ -101,7 +113,7 @@ def script_call_rows(
         ks.append(k)
     keys = [names.task_key(prefix, task_id) for task_id in index]
     with_offsets = offsets is not None
-    mode = "0" if not with_offsets else "2" if starts is not None else "1"
+    mode = "0" if not with_offsets else "3" if part is not None else "2" if starts is not None else "1"
     args = ["1" if settings.result_ttl_s else "0", *_HEADER[:3], mode, *_HEADER[3:]]
     args += [names.task_done_channel(prefix, task_id) for task_id in index]
     args.append(json.dumps(ks, separators=(",", ":")))
@@ -113,8 +125,32 @@ def script_call_rows(
         args.append(json.dumps({names.position_field(t, p): o for (t, p), o in offsets.items()}))
         if starts is not None:
             args.append(json.dumps({names.position_field(t, p): o for (t, p), o in starts.items()}))
+        if part is not None:
+            if starts is None:
+                raise ValueError("a batch written in parts needs where it starts")
+            marker, number, last = part
+            keys.append(marker)
+            args += [str(number), "1" if last else "0"]
     args.append(names.transitions_channel(prefix))
     return keys, args
+
+
+def split_by_task(task_ids: Sequence[str], rows: Sequence[list[Any]], limit: int
+                  ) -> list[tuple[Sequence[str], Sequence[list[Any]]]]:
+    """``(task_ids, rows)`` in parts of at most ``limit`` tasks each, every task's rows
+    in one part and in their order (parts in the order of each task's first row)."""
+    if len(task_ids) <= limit:
+        return [(task_ids, rows)]
+    part_of: dict[str, int] = {}
+    for task_id in task_ids:
+        part_of.setdefault(task_id, len(part_of) // limit)
+    parts: list[tuple[list[str], list[list[Any]]]] = [
+        ([], []) for _ in range(-(-len(part_of) // limit))]
+    for task_id, row in zip(task_ids, rows):
+        ids, part_rows = parts[part_of[task_id]]
+        ids.append(task_id)
+        part_rows.append(row)
+    return list(parts)
 
 
 def view_from_hash(task_id: str, fields: Mapping[Any, Any]) -> TaskView | None:
@@ -184,11 +220,16 @@ class RedisView:
     """Folds event batches into Redis and reads tasks back (asyncio).
 
     ``client`` is borrowed, not closed; without one the view opens (and closes) its
-    own from ``settings.redis_url``.
+    own from ``settings.redis_url``. ``part_tasks``: tasks per fold call at most
+    (:data:`PART_TASKS`).
     """
 
-    def __init__(self, settings: Settings, client: redis.asyncio.Redis | None = None) -> None:
+    def __init__(self, settings: Settings, client: redis.asyncio.Redis | None = None, *,
+                 part_tasks: int = PART_TASKS) -> None:
+        if part_tasks < 1:
+            raise ValueError(f"part_tasks must be at least 1, not {part_tasks}")
         self.settings = settings
+        self.part_tasks = part_tasks
         self._owns_client = client is None
         self._client = async_client(settings) if client is None else client
         self._script = self._client.register_script(SCRIPT)
@@ -206,15 +247,20 @@ class RedisView:
         *,
         consumer_group: str | None = None,
     ) -> int:
-        """Fold ``events`` (any order, duplicates welcome) in one atomic script call.
+        """Fold ``events`` (any order, duplicates welcome).
 
         ``offsets`` ((topic, partition) -> next offset to read) are recorded for
-        ``consumer_group`` in the same call, never moving backwards: a processor that
-        resumes from them cannot skip an event whose change is not in the view.
-        Returns how many tasks' stored views changed.
+        ``consumer_group`` in the same atomic script call, never moving backwards: a
+        processor that resumes from them cannot skip an event whose change is not in
+        the view. Without offsets, more than :attr:`part_tasks` tasks are folded in
+        several calls. Returns how many tasks' stored views changed.
         """
         if not events and not offsets:
             return 0
+        if offsets is None:
+            ttl_ms = self.settings.result_ttl_s * 1000
+            return await self.apply_rows([e.task_id for e in events],
+                                         [view_row(e, ttl_ms) for e in events])
         keys, args = script_call(self.settings, events, offsets, consumer_group)
         with translated("folding events into the view"):
             return int(await self._script(keys=keys, args=args))
@@ -232,12 +278,40 @@ class RedisView:
         ``taskrows.read_rows``); ``task_ids[i]`` is the task of ``rows[i]``.
 
         With ``starts`` (the live fold: where the batch begins in each partition) the
-        view must already cover every start, else nothing is written and
-        :class:`ViewLost` names the partitions (see ``views/coverage.py``)."""
+        view must already cover every start, else :class:`ViewLost` names the
+        partitions (see ``views/coverage.py``).
+
+        More than :attr:`part_tasks` tasks are written in parts, one call each, except
+        with ``offsets`` but no ``starts`` (one atomic call). With ``starts`` every part
+        checks the coverage and that the parts before it are still in the view, and
+        only the last records ``offsets`` (``fold.lua``, ARGV[5] "3"): a part that finds
+        the view lost writes nothing, and no position is recorded for a batch the view
+        does not wholly hold."""
         if not rows and not offsets:
             return 0
+        parts = split_by_task(task_ids, rows, self.part_tasks)
+        if len(parts) == 1 or (offsets is not None and starts is None):
+            return await self._call(task_ids, rows, offsets, consumer_group, starts, None)
+        changed = 0
+        if offsets is None:
+            for part_ids, part_rows in parts:
+                changed += await self._call(part_ids, part_rows, None, None, None, None)
+            return changed
+        if not consumer_group:
+            raise ValueError("recording offsets needs the consumer group")
+        marker = names.view_batch_marker_key(self.settings.redis_prefix, consumer_group,
+                                             uuid.uuid4().hex)
+        for number, (part_ids, part_rows) in enumerate(parts):
+            changed += await self._call(part_ids, part_rows, offsets, consumer_group, starts,
+                                        (marker, number, number == len(parts) - 1))
+        return changed
+
+    async def _call(self, task_ids: Sequence[str], rows: Sequence[list[Any]],
+                    offsets: Mapping[tuple[str, int], int] | None, consumer_group: str | None,
+                    starts: Mapping[tuple[str, int], int] | None,
+                    part: tuple[str, int, bool] | None) -> int:
         keys, args = script_call_rows(self.settings, task_ids, rows, offsets, consumer_group,
-                                      starts)
+                                      starts, part)
         with translated("folding events into the view"):
             changed = int(await self._script(keys=keys, args=args))
         if changed < 0:

@@ -20,7 +20,8 @@ from resultlog.schemas.event import ExceptionInfo, TaskEvent, now_ms
 from resultlog.schemas.fold import fold
 from resultlog.schemas.states import RECORD_STATES, State
 from resultlog.settings import Settings
-from resultlog.views.redis_view import RedisView, view_from_push
+from resultlog.schemas.taskrows import view_row
+from resultlog.views.redis_view import SCRIPT, RedisView, script_call_rows, view_from_push
 from tests.unit.strategies import task_events
 
 pytestmark = pytest.mark.integration
@@ -69,7 +70,8 @@ async def test_any_order_duplication_and_batching_folds_to_the_spec(
     cuts = sorted(data.draw(st.sets(st.integers(1, len(delivered)), max_size=6)))
     batches = [delivered[a:b] for a, b in zip([0, *cuts], [*cuts, len(delivered)]) if a < b]
 
-    async with RedisView(s) as v:
+    # Any number of tasks per fold call: a batch of more is folded in parts.
+    async with RedisView(s, part_tasks=data.draw(st.integers(1, 4))) as v:
         for batch in batches:
             await v.apply(batch)
         expected = fold(events)
@@ -95,6 +97,61 @@ async def test_several_events_of_one_task_in_one_batch(view: RedisView) -> None:
     assert (got.state, got.result, got.task_name, got.args, got.worker, got.runtime) == (
         State.SUCCESS, "3", "add", "[1,2]", "w2", 0.25)
     assert await view.apply([received, started]) == 0
+
+
+async def test_a_live_batch_of_many_tasks_is_written_in_parts_and_its_position_recorded_once_whole(
+    settings: Settings, client: redis.asyncio.Redis
+) -> None:
+    s = settings.replace(result_ttl_s=0)
+    topic, t = s.events_topic, 1_700_000_000_000
+    events = [ev(f"t{i % 7}", state, t + i, attempt=i // 14, result=i)
+              for i, state in enumerate([State.STARTED, State.SUCCESS] * 14)]
+    ids, rows = [e.task_id for e in events], [view_row(e, 0) for e in events]
+    in_parts = RedisView(s, part_tasks=2)
+    in_one = RedisView(s.replace(redis_prefix=f"{s.redis_prefix}one:"))
+    try:
+        for v in (in_parts, in_one):
+            await v.apply([], {(topic, 0): 10}, consumer_group="g")
+            assert await v.apply_rows(ids, rows, {(topic, 0): 38}, consumer_group="g",
+                                      starts={(topic, 0): 10}) == 7
+        expected = fold(events)
+        for task_id in expected:
+            assert await in_parts.get(task_id) == await in_one.get(task_id) == expected[task_id]
+        assert await in_parts.committed_offsets("g", topic) == {0: 38}
+        assert [k async for k in client.scan_iter(match=f"{s.redis_prefix}viewbatch:*")] == []
+    finally:
+        await in_parts.close()
+        await in_one.close()
+
+
+async def test_a_part_of_a_batch_writes_only_after_the_parts_before_it(
+    settings: Settings, client: redis.asyncio.Redis
+) -> None:
+    s = settings.replace(result_ttl_s=0)
+    topic, t = s.events_topic, 1_700_000_000_000
+    offsets, starts = {(topic, 0): 30}, {(topic, 0): 10}
+    marker = names.view_batch_marker_key(s.redis_prefix, "g", "batch")
+
+    async def part(task_id: str, number: int, last: bool) -> Any:
+        row = view_row(ev(task_id, State.SUCCESS, t, result=number), 0)
+        keys, args = script_call_rows(s, [task_id], [row], offsets, "g", starts, (marker, number, last))
+        return await client.eval(SCRIPT, len(keys), *keys, *args)
+
+    async with RedisView(s) as view:
+        await view.apply([], {(topic, 0): 10}, consumer_group="g")
+        # The second part, with the first not in the view (lost, or never written).
+        assert await part("second", 1, True) == -1
+        assert await view.get("second") is None
+        assert await view.committed_offsets("g", topic) == {0: 10}
+        # The first part: written, counted in the marker, no position yet.
+        assert await part("first", 0, False) == 1
+        assert await client.get(marker) == "1"
+        assert await view.committed_offsets("g", topic) == {0: 10}
+        # The last part: written, the position recorded, the marker gone.
+        assert await part("second", 1, True) == 1
+        assert (await view.get("second")) is not None
+        assert await view.committed_offsets("g", topic) == {0: 30}
+        assert await client.exists(marker) == 0
 
 
 async def test_apply_counts_tasks_whose_view_changed(view: RedisView) -> None:
