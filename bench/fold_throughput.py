@@ -30,12 +30,12 @@ import threading
 import time
 
 import asyncpg
-import redis
 from aiokafka import AIOKafkaProducer
 
 from bench._common import cleanup, cpu_seconds, isolated, start_processor
 from bench.history_fill import describe, fill_history
 from resultlog.producers.topics import ensure_topics
+from resultlog.redis_access import sync_client
 from resultlog.schemas.codec import Codec
 from resultlog.schemas.event import TaskEvent
 from resultlog.schemas.states import State
@@ -94,7 +94,7 @@ class RedisPinger(threading.Thread):
 
     def __init__(self, settings) -> None:  # type: ignore[no-untyped-def]
         super().__init__(daemon=True)
-        self.client = redis.Redis.from_url(settings.redis_url)
+        self.client = sync_client(settings)  # the product's client: TLS and credentials too
         self.stopped = threading.Event()
         self.round_trips: list[float] = []
 
