@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
+import statistics
 import subprocess
 import sys
 import uuid
@@ -27,6 +29,19 @@ def isolated(prefix: str, **changes: object) -> Settings:
     return Settings.from_env().replace(
         events_topic=f"bench.{tag}", consumer_group=f"bench.{tag}", redis_prefix=f"bench{tag}:",
         postgres_schema=f"bench_{tag}", **changes)
+
+
+def percentiles(values: Sequence[float], *points: float) -> list[float]:
+    """The given percentiles (50, 99, 99.9 ...) of ``values``, each bench computing them
+    the same way: linear interpolation between the closest ranks (``method="inclusive"``,
+    numpy's default), so a tail percentile never lies beyond the largest value measured.
+    NaN for each when there are no values; every point is the value itself when there is one."""
+    if not values:
+        return [math.nan for _ in points]
+    if len(values) == 1:
+        return [float(values[0]) for _ in points]
+    cuts = statistics.quantiles(values, n=1000, method="inclusive")
+    return [cuts[round(point * 10) - 1] for point in points]
 
 
 def cpu_seconds(pid: int) -> float:

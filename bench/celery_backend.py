@@ -13,12 +13,12 @@ first). Needs ``resultlog dev up``.
 
 from __future__ import annotations
 
-import statistics
 import time
 import uuid
 
 
-from bench._common import backends_parser, for_each_backend, start_celery_run, stop_celery_run
+from bench._common import (backends_parser, for_each_backend, percentiles, start_celery_run,
+                           stop_celery_run)
 from bench.celery_app import make_app
 from resultlog.settings import Settings
 
@@ -43,9 +43,9 @@ def one(name: str, backend: str, settings: Settings, tasks: int, window: int) ->
                 r.get(timeout=120)
                 latencies.append(time.perf_counter() - t0)
         elapsed = time.perf_counter() - start
-        q = statistics.quantiles(latencies, n=100)
-        print(f"{name:10} {tasks / elapsed:8.0f} tasks/s   get() p50 {q[49] * 1000:7.2f} ms"
-              f"   p99 {q[98] * 1000:7.2f} ms   ({tasks} tasks, window {window})", flush=True)
+        p50, p99 = percentiles(latencies, 50, 99)
+        print(f"{name:10} {tasks / elapsed:8.0f} tasks/s   get() p50 {p50 * 1000:7.2f} ms"
+              f"   p99 {p99 * 1000:7.2f} ms   ({tasks} tasks, window {window})", flush=True)
     finally:
         stop_celery_run(procs, broker, queue)
 

@@ -26,7 +26,8 @@ from typing import Any
 import redis
 from celery import chord  # type: ignore[import-untyped]
 
-from bench._common import backends_parser, for_each_backend, start_celery_run, stop_celery_run
+from bench._common import (backends_parser, for_each_backend, percentiles, start_celery_run,
+                           stop_celery_run)
 from bench.celery_app import make_app
 from resultlog.settings import Settings
 
@@ -70,9 +71,9 @@ def one(name: str, backend: str, settings: Settings, members: int, chords: int) 
             if os.environ.get("BENCH_VERBOSE"):
                 print(f"last member done {datetime.fromtimestamp(max(done))}, body started "
                       f"{datetime.fromtimestamp(started)}", flush=True)
-        q = statistics.quantiles(lags, n=100, method="inclusive") if len(lags) > 1 else lags * 99
-        print(f"{name:10} last member SUCCESS -> body start: p50 {q[49] * 1000:7.1f} ms"
-              f"   p99 {q[98] * 1000:7.1f} ms   max {max(lags) * 1000:7.1f} ms"
+        p50, p99 = percentiles(lags, 50, 99)
+        print(f"{name:10} last member SUCCESS -> body start: p50 {p50 * 1000:7.1f} ms"
+              f"   p99 {p99 * 1000:7.1f} ms   max {max(lags) * 1000:7.1f} ms"
               f"   (chord wall time p50 {statistics.median(walls):.1f} s; {chords} chords"
               f" of {members})", flush=True)
     finally:

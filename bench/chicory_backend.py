@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ from typing import Any
 import asyncpg
 import redis
 
-from bench._common import cleanup, isolated
+from bench._common import cleanup, isolated, percentiles
 from bench.chicory_app import make_app
 from resultlog.chicory_backend import ResultlogBackend
 from resultlog.settings import Settings
@@ -45,8 +44,8 @@ BROKER_DB, REDIS_BACKEND_DB = 13, 14
 
 
 def quantiles(values: list[float]) -> str:
-    q = statistics.quantiles(values, n=100)
-    return f"p50 {q[49] * 1000:7.2f} ms  p99 {q[98] * 1000:7.2f} ms"
+    p50, p99 = percentiles(values, 50, 99)
+    return f"p50 {p50 * 1000:7.2f} ms  p99 {p99 * 1000:7.2f} ms"
 
 
 async def measure(name: str, tasks: int, window: int, latency_tasks: int) -> None:

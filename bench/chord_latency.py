@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import cleanup, isolated, start_processor  # noqa: E402
+from bench._common import cleanup, isolated, percentiles, start_processor  # noqa: E402
 from resultlog.producers import Emitter, declare_chord  # noqa: E402
 from resultlog.views import ResultBackend  # noqa: E402
 
@@ -57,8 +56,8 @@ async def one_chord(emitter: Emitter, backend: ResultBackend, chord_id: str, siz
 
 
 def describe(name: str, values: list[float]) -> str:
-    qs = statistics.quantiles(values, n=100, method="inclusive")
-    return (f"{name:<28} p50 {qs[49]:6.1f}  p90 {qs[89]:6.1f}  p99 {qs[98]:6.1f}  "
+    p50, p90, p99 = percentiles(values, 50, 90, 99)
+    return (f"{name:<28} p50 {p50:6.1f}  p90 {p90:6.1f}  p99 {p99:6.1f}  "
             f"max {max(values):6.1f} ms  (n={len(values)})")
 
 

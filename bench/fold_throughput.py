@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import threading
 import time
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from bench._common import cleanup, cpu_seconds, isolated, start_processor
+from bench._common import cleanup, cpu_seconds, isolated, percentiles, start_processor
 from bench.history_fill import describe, fill_history
 from resultlog.producers.topics import ensure_topics
 from resultlog.redis_access import sync_client
@@ -110,9 +109,9 @@ class RedisPinger(threading.Thread):
         self.client.close()
         if len(self.round_trips) < 2:
             return "a Redis client's PING during the fold: too few round trips to say"
-        q = statistics.quantiles(self.round_trips, n=1000, method="inclusive")
+        p50, p99, p999 = percentiles(self.round_trips, 50, 99, 99.9)
         return (f"a Redis client's PING during the fold ({len(self.round_trips):,} round trips): "
-                f"p50 {q[499]:.2f} ms, p99 {q[989]:.2f} ms, p99.9 {q[998]:.2f} ms, "
+                f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, p99.9 {p999:.2f} ms, "
                 f"max {max(self.round_trips):.2f} ms")
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import statistics
 import sys
 import time
 import uuid
@@ -32,6 +31,7 @@ from typing import Any
 
 import redis
 
+from bench._common import percentiles
 from resultlog import names
 from resultlog.schemas.event import TaskEvent
 from resultlog.schemas.states import State
@@ -151,9 +151,8 @@ def ping_baseline(settings: Settings, n: int) -> list[float]:
 
 
 def report(name: str, ms: list[float]) -> tuple[float, float]:
-    q = statistics.quantiles(ms, n=100, method="inclusive")
-    p50, p99 = q[49], q[98]
-    print(f"{name:<14} n={len(ms):>5}  p50 {p50:6.3f} ms  p90 {q[89]:6.3f} ms  "
+    p50, p90, p99 = percentiles(ms, 50, 90, 99)
+    print(f"{name:<14} n={len(ms):>5}  p50 {p50:6.3f} ms  p90 {p90:6.3f} ms  "
           f"p99 {p99:6.3f} ms  max {max(ms):7.3f} ms")
     return p50, p99
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.metadata
-import statistics
 import time
 import uuid
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 from typing import Any
 
-from bench._common import isolated
+from bench._common import isolated, percentiles
 from bench.peer_systems import SYSTEMS, System
 from bench.peers import measure, task_id, writer_main
 
@@ -116,8 +115,8 @@ def hops_writer(system: System, writer: int, tasks: int, every: int, start: Even
 def _quantiles(values: list[float]) -> str:
     if len(values) < 2:
         return "-"
-    q = statistics.quantiles(values, n=100, method="inclusive")
-    return f"{q[49]:.2f} / {q[89]:.2f}"
+    p50, p90 = percentiles(values, 50, 90)
+    return f"{p50:.2f} / {p90:.2f}"
 
 
 def main() -> None:

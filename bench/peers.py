@@ -31,7 +31,6 @@ import importlib.metadata
 import multiprocessing
 import os
 import platform
-import statistics
 import time
 import uuid
 from collections.abc import Callable
@@ -40,7 +39,7 @@ from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 from typing import Any
 
-from bench._common import isolated
+from bench._common import isolated, percentiles
 from bench.peer_systems import SYSTEMS, System
 
 # How long writer 0 lets the client sit in get() before writing the awaited SUCCESS.
@@ -139,13 +138,12 @@ def measure(system: System, tasks: int, writers: int, every: int,
     writer_results, all_readable, waits = results[:writers], results[writers], results[writers + 1]
     stamps = writer_results[0][1]
     latencies = [(done - stamps[i]) / 1e6 for i, done in waits.items()]
-    q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else [
-        float("nan")] * 99
+    p50, p99 = percentiles(latencies, 50, 99)
     return {
         "tasks_per_s": per_writer * writers / ((all_readable - began) / 1e9),
         "writers_done_s": (max(r[0] for r in writer_results) - began) / 1e9,
         "readable_s": (all_readable - began) / 1e9,
-        "p50": q[49], "p99": q[98], "samples": len(latencies),
+        "p50": p50, "p99": p99, "samples": len(latencies),
         "stamps": stamps, "waits": waits, "writer0": writer_results[0][2:],
     }
 

@@ -21,13 +21,13 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import statistics
 import time
 from multiprocessing.connection import Connection
 
 from redis.asyncio import Redis
 
-from bench._common import cleanup, cpu_seconds, isolated, machine_busy_seconds, start_processor
+from bench._common import (cleanup, cpu_seconds, isolated, machine_busy_seconds, percentiles,
+                           start_processor)
 from resultlog import names
 from resultlog.producers import Emitter
 from resultlog.producers.topics import ensure_topics
@@ -122,12 +122,12 @@ async def main() -> None:
         seen: dict[str, float] = await asyncio.to_thread(ours.recv)
         lat = sorted((seen[t] - sent[t]) * 1000 for t in sent if t in seen)
         missing = total - len(lat)
-        q = statistics.quantiles(lat, n=100)
+        p50, p90, p99 = percentiles(lat, 50, 90, 99)
         how = " (read-your-writes)" if args.read_your_writes else ""
         if args.processor_linger_ms:
             how += f" (processor linger {args.processor_linger_ms} ms)"
         print(f"emit-to-visible{how} at {args.rate}/s over {args.seconds:.0f}s ({len(lat):,} tasks, "
-              f"{missing} missing): p50 {q[49]:.1f} ms, p90 {q[89]:.1f} ms, p99 {q[98]:.1f} ms, "
+              f"{missing} missing): p50 {p50:.1f} ms, p90 {p90:.1f} ms, p99 {p99:.1f} ms, "
               f"max {lat[-1]:.1f} ms")
         print(f"CPU while emitting: the processor {processor_cores:.2f} of a core, the whole "
               f"machine {machine_cores:.2f} of {os.cpu_count()} cores")
