@@ -28,6 +28,8 @@ from pathlib import Path
 import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from resultlog.producers import Emitter
@@ -174,6 +176,18 @@ def wait_for(browser: webdriver.Chrome, what: str, check: object) -> None:
     WebDriverWait(browser, WAIT_S).until(check, message=f"gave up waiting for {what}")  # type: ignore[arg-type]
 
 
+def follow(browser: webdriver.Chrome, element: WebElement) -> None:
+    """Click a link or a form's button and wait until the page it leads to has loaded.
+    WebDriver's click returns once the click is dispatched, not once the navigation it
+    starts has finished: reading right after it may read the old page, or a new one
+    still empty."""
+    old = browser.find_element(By.TAG_NAME, "html")
+    element.click()
+    wait_for(browser, "the old page to go", expected_conditions.staleness_of(old))
+    wait_for(browser, "the new page to load",
+             lambda b: b.execute_script("return document.readyState") == "complete")
+
+
 def texts(browser: webdriver.Chrome, css: str) -> list[str]:
     return [e.text for e in browser.find_elements(By.CSS_SELECTOR, css)]
 
@@ -210,14 +224,14 @@ async def test_task_list_filters_and_pages(stack: Stack, browser: webdriver.Chro
     first = texts(browser, "#task-table a.task-link")
     assert len(first) == 50
     shot(browser, "tasks")
-    browser.find_element(By.ID, "older").click()
+    follow(browser, browser.find_element(By.ID, "older"))
     second = texts(browser, "#task-table a.task-link")
     total = BULK + 5
     assert len(second) == total - 50 and not set(first) & set(second)
-    browser.find_element(By.ID, "newer").click()
+    follow(browser, browser.find_element(By.ID, "newer"))
     assert texts(browser, "#task-table a.task-link") == first
     Select(browser.find_element(By.NAME, "state")).select_by_visible_text("FAILURE")
-    browser.find_element(By.CSS_SELECTOR, "#task-filters button").click()
+    follow(browser, browser.find_element(By.CSS_SELECTOR, "#task-filters button"))
     assert sorted(texts(browser, "#task-table a.task-link")) == ["failed-1", "hostile-1"]
     browser.get(stack.url + "/tasks?worker=w-gamma")
     assert texts(browser, "#task-table a.task-link") == ["retried-1"]
@@ -240,7 +254,7 @@ async def test_task_page_shows_retries_in_order_with_lineage(stack: Stack, brows
     browser.get(stack.url + "/tasks/child-1")
     parent = browser.find_element(By.CSS_SELECTOR, "#lineage a.task-link")
     assert parent.text == "bulk-000"
-    parent.click()
+    follow(browser, parent)
     assert texts(browser, "#lineage a.task-link") == ["child-1"]
 
 
