@@ -33,7 +33,7 @@ from resultlog.redis_access import async_client, sync_client, translated
 from resultlog.views.exceptions import ExceptionRebuilder
 from resultlog.views.notify import Notifier
 from resultlog.views.redis_view import (
-    READ_CHECKED_SCRIPT,
+    READ_SCRIPT,
     RedisView,
     checked_read_call,
     checked_read_reply,
@@ -405,7 +405,7 @@ class ResultBackend:
             with self._lock:
                 if self._sync is None:
                     client = sync_client(self.settings)
-                    self._read_script = client.register_script(READ_CHECKED_SCRIPT)
+                    self._read_script = client.register_script(READ_SCRIPT)
                     self._sync = client
         return self._sync
 
