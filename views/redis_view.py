@@ -26,7 +26,7 @@ from resultlog.schemas.states import READY_STATES, State
 from resultlog.schemas.taskrows import WINNER_HASH_FIELDS, view_row
 from resultlog.settings import Settings
 from resultlog.redis_access import async_client, text, translated
-from resultlog.views.coverage import WHOLE_LUA
+from resultlog.views.coverage import WHOLE_LUA, ViewCoverage
 
 SCRIPT: Final = Path(__file__).with_name("fold.lua").read_text(encoding="utf-8")
 # Each key's HGETALL as ONE JSON string ("" for a missing key): redis-py parses a reply
@@ -337,15 +337,8 @@ class RedisView:
 
     async def committed_offsets(self, consumer_group: str, topic: str) -> dict[int, int]:
         """The offsets recorded by :meth:`apply` for ``consumer_group`` in ``topic``."""
-        key = names.offsets_key(self.settings.redis_prefix, consumer_group)
-        with translated("reading the view's offsets"):
-            raw = await self.client.hgetall(key)
-        out: dict[int, int] = {}
-        for field, value in raw.items():
-            t, _, p = text(field).rpartition(":")
-            if t == topic:
-                out[int(p)] = int(text(value))
-        return out
+        coverage = ViewCoverage(self.settings, self._client, consumer_group, topic)
+        return (await coverage.read()).positions
 
     async def task_ids(self) -> list[str]:
         """Every task id in the view (a SCAN: for tools and verification, not hot paths)."""
