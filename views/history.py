@@ -58,18 +58,14 @@ _STAGE_NAMES = [name for name, _ in _STAGE_COLUMNS]
 _EVENT_COLUMNS = [name if name != "ts_ms" else "ts" for name in _STAGE_NAMES]
 
 
-_SELECT_EVENT = (
-    "SELECT event_id, {schema}.timestamptz_to_ms(ts) AS ts_ms, task_id, state, task_name,"
-    " worker, attempt, args, kwargs, result, exception_type, exception_module,"
-    " exception_message, traceback, runtime, parent_id, root_id, group_id, chord_id,"
-    " chord_size, chord_index, eta_ms, meta FROM {history}"
-)
-
-
 # Event fields a history row holds under their own name: text (escaped) and as they are.
 _TEXT_FIELDS = ("task_name", "worker", "args", "kwargs", "result", "traceback", "parent_id",
                 "root_id", "group_id", "chord_id")
 _PLAIN_FIELDS = ("attempt", "runtime", "chord_size", "chord_index")
+_SELECT_EVENT = (
+    "SELECT event_id, {schema}.timestamptz_to_ms(ts) AS ts_ms, task_id, state, eta_ms, meta,"
+    " exception_type, exception_module, exception_message, "
+    + ", ".join(_TEXT_FIELDS + _PLAIN_FIELDS) + " FROM {history}")
 
 
 def _event(r: Any) -> TaskEvent:
