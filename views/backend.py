@@ -84,8 +84,7 @@ class AioState:
                 self._idle.set()
 
     async def read(self, task_id: str) -> TaskView | None:
-        async with self.op():
-            return (await self._read_views([task_id]))[0]
+        return (await self.read_many([task_id]))[0]
 
     async def read_many(self, task_ids: Sequence[str]) -> list[TaskView | None]:
         async with self.op():

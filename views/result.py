@@ -246,9 +246,8 @@ class AioAsyncResult(BaseResult):
 
     async def _load(self) -> TaskView | None:
         # Like the sync flavour: a ready state is cached, anything else is re-read.
-        if self._view is None or not self._view.ready:
-            self.keep(await self.backend.aio().read(self.id))
-        return self._view
+        view = self.cached()
+        return view if view is not None else self.keep(await self.backend.aio().read(self.id))
 
     async def ready(self) -> bool:
         return _is_ready(await self._load())
