@@ -8,23 +8,20 @@ a bound parameter; the only text formatted into a query is the schema's quoted n
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
 from resultlog import names
-from resultlog.errors import ConfigurationError, ValidationError
+from resultlog.errors import ValidationError
 from resultlog.schemas.event import TaskEvent, validate_task_id
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.schemas.taskrows import from_pg_text, to_pg_text
 from resultlog.views.history import HistoryStore
-from resultlog.views.migrations import NOT_MIGRATED, quote_ident
-from resultlog.views.pg import PooledStore, translate_errors
+from resultlog.views.migrations import quote_ident
+from resultlog.views.pg import PooledStore
 
 #: More buckets than this per task name is a mistake (``--bucket 1s`` over a month).
 MAX_BUCKETS = 10_000
@@ -98,13 +95,14 @@ def _opt(s: str | None) -> str | None:
 
 
 class Analytics(PooledStore):
-    """Queries over the history of ``settings.postgres_schema``.
-
-    ``pool``: an asyncpg pool to share (left open by :meth:`close`); by default one is
-    made in :meth:`start`. The schema must have been migrated (the processor does it).
-    """
+    """Queries over the history of ``settings.postgres_schema`` (``pool``: see
+    PooledStore). The schema must have been migrated (the processor does it)."""
 
     application_name = "resultlog-analytics"
+    not_migrated = (
+        "PostgreSQL schema {schema!r} lacks the history or its analytics views ({exc}): the "
+        "processor creates them on start (`resultlog process`), or check "
+        "RESULTLOG_POSTGRES_SCHEMA")
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool | None = None) -> None:
         super().__init__(settings, pool)
@@ -158,8 +156,7 @@ class Analytics(PooledStore):
         offset from the task's earliest event (so offsets are >= 0 even when a worker's
         clock ran behind)."""
         validate_task_id(task_id)
-        with self._guard():
-            events = await HistoryStore(self.settings, self.pool).history(task_id)
+        events = await HistoryStore(self.settings, self.pool).history(task_id)
         if not events:
             return []
         first = min(e.timestamp for e in events)
@@ -188,27 +185,6 @@ class Analytics(PooledStore):
             )
             for r in rows
         ]
-
-    # -- helpers --------------------------------------------------------------------
-
-    @contextmanager
-    def _guard(self) -> Iterator[None]:
-        """Connection failures -> StoreUnavailable; missing tables, views or function ->
-        a ConfigurationError that says how to get them."""
-        with translate_errors(self.settings):
-            try:
-                yield
-            except NOT_MIGRATED as exc:
-                raise ConfigurationError(
-                    f"PostgreSQL schema {self.settings.postgres_schema!r} lacks the history "
-                    f"or its analytics views ({exc}): the processor creates them on start "
-                    "(`resultlog process`), or check RESULTLOG_POSTGRES_SCHEMA"
-                ) from None
-
-    async def _fetch(self, query: str, *args: Any) -> list[Any]:
-        with self._guard():
-            rows: list[Any] = await self.pool.fetch(query, *args)
-        return rows
 
 
 def check_window(since: datetime, until: datetime, bucket: timedelta | None) -> None:

@@ -1,26 +1,22 @@
 """``ResultBackend``: the connections behind AsyncResult and GroupResult, owned explicitly.
 
-One backend per application (no hidden global). :class:`AioState` is the one
-implementation of reading, waiting and forgetting, per event loop: the asyncio flavour
-uses the state of its own loop, the sync flavour the state on the process's loop thread
-(:mod:`resultlog.bridge`), through :meth:`ResultBackend.run`. The only sync code of its
-own is a Redis client for reads and folds that need no waiting, so that a result that
-is already ready costs one round trip in the caller's thread, never a trip through the
-loop thread. Every waiter of a backend, sync or asyncio, shares one pub/sub connection
-per event loop (see :mod:`resultlog.views.notify`), never one per ``get()``.
+:class:`AioState` is the one implementation of reading, waiting and forgetting, per event
+loop; the sync flavour runs it on the process's loop thread through :meth:`ResultBackend.run`
+(docs/ARCHITECTURE.md, "asyncio inside, sync outside"). Its only sync code of its own is a
+Redis client for reads that need no waiting, so that a result already ready costs one round
+trip in the caller's thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import threading
 import time
 from concurrent.futures import Future
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from resultlog import names
 from resultlog.bridge import Bridge
@@ -31,9 +27,10 @@ from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.redis_access import async_client, sync_client, translated
 from resultlog.views.exceptions import ExceptionRebuilder
-from resultlog.views.notify import Notifier
+from resultlog.views.history import HistoryStore
+from resultlog.views.notify import CLOSED, Notifier
 from resultlog.views.redis_view import (
-    READ_CHECKED_SCRIPT,
+    READ_SCRIPT,
     RedisView,
     checked_read_call,
     checked_read_reply,
@@ -52,19 +49,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _PROPAGATE = frozenset({State.FAILURE, State.REVOKED})
-CLOSED = "the result backend is closed"
-
-
-class _HistorySource(Protocol):
-    """What :meth:`ResultBackend.history` needs of ``resultlog.views.history.HistoryStore``."""
-
-    async def start(self) -> None: ...
-    async def history(self, task_id: str) -> list[TaskEvent]: ...
-    async def close(self) -> None: ...
-
-
-def _ready(view: TaskView | None) -> bool:
-    return view is not None and view.state.ready
 
 
 class AioState:
@@ -76,7 +60,7 @@ class AioState:
         self.client = async_client(settings)
         self.view = RedisView(settings, self.client)
         self.notifier = Notifier(self.client)
-        self._history: _HistorySource | None = None
+        self._history: HistoryStore | None = None
         self._history_lock = asyncio.Lock()
         # Operations in flight, so that aclose() closes the client only after they
         # have finished (a read racing with close would otherwise leak a connection).
@@ -100,8 +84,7 @@ class AioState:
                 self._idle.set()
 
     async def read(self, task_id: str) -> TaskView | None:
-        async with self.op():
-            return (await self._read_views([task_id]))[0]
+        return (await self.read_many([task_id]))[0]
 
     async def read_many(self, task_ids: Sequence[str]) -> list[TaskView | None]:
         async with self.op():
@@ -150,8 +133,7 @@ class AioState:
         async with self.op():
             deadline = None if timeout is None else self.loop.time() + timeout
             view = (await self._read_views([task_id]))[0]
-            if _ready(view):
-                assert view is not None
+            if view is not None and view.ready:
                 return view
             return await self._wait_pending(task_id, deadline)
 
@@ -176,14 +158,12 @@ class AioState:
                     while True:
                         watch.clear()
                         view = (await self._read_views([task_id]))[0]
-                        if _ready(view):
-                            assert view is not None
+                        if view is not None and view.ready:
                             return view
-                        await watch.wait(None)
+                        await watch.wait()
                         # The push usually carries the view itself: no second read.
                         view = view_from_push(task_id, watch.payload)
-                        if _ready(view):
-                            assert view is not None
+                        if view is not None and view.ready:
                             return view
         except TimeoutError as exc:
             if isinstance(exc, ResultTimeout):
@@ -201,49 +181,44 @@ class AioState:
         member's, not the sum.
         """
         async with self.op():
-            return await self._wait_many(task_ids, timeout, stop_at_failure)
-
-    async def _wait_many(
-        self, task_ids: Sequence[str], timeout: float | None, stop_at_failure: bool
-    ) -> list[TaskView]:
-        deadline = None if timeout is None else self.loop.time() + timeout
-        views = await self._read_views(task_ids)
-        pending: dict[int, asyncio.Task[TaskView]] = {}
-        try:
-            for i, (task_id, view) in enumerate(zip(task_ids, views)):
-                if not _ready(view):
-                    pending[i] = self.loop.create_task(self._wait_pending(task_id, deadline))
-            done: list[TaskView] = []
-            for i, view in enumerate(views):
-                if i in pending:
-                    view = await pending[i]
-                assert view is not None
-                done.append(view)
-                if stop_at_failure and view.state in _PROPAGATE:
-                    break
-            return done
-        except ResultTimeout:
-            ready = sum(1 for t in pending.values()
-                        if t.done() and not t.cancelled() and t.exception() is None)
-            raise ResultTimeout(
-                f"{len(task_ids) - len(pending) + ready} of {len(task_ids)} tasks were ready"
-                " before the timeout"
-            ) from None
-        finally:
-            for task in pending.values():
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending.values(), return_exceptions=True)
+            deadline = None if timeout is None else self.loop.time() + timeout
+            views = await self._read_views(task_ids)
+            pending: dict[int, asyncio.Task[TaskView]] = {}
+            try:
+                for i, (task_id, view) in enumerate(zip(task_ids, views)):
+                    if view is None or not view.ready:
+                        pending[i] = self.loop.create_task(self._wait_pending(task_id, deadline))
+                done: list[TaskView] = []
+                for i, view in enumerate(views):
+                    if i in pending:
+                        view = await pending[i]
+                    assert view is not None
+                    done.append(view)
+                    if stop_at_failure and view.state in _PROPAGATE:
+                        break
+                return done
+            except ResultTimeout:
+                ready = sum(1 for t in pending.values()
+                            if t.done() and not t.cancelled() and t.exception() is None)
+                raise ResultTimeout(
+                    f"{len(task_ids) - len(pending) + ready} of {len(task_ids)} tasks were ready"
+                    " before the timeout"
+                ) from None
+            finally:
+                for task in pending.values():
+                    task.cancel()
+                if pending:
+                    await asyncio.gather(*pending.values(), return_exceptions=True)
 
     async def history(self, task_id: str) -> list[TaskEvent]:
         validate_task_id(task_id)
         async with self.op():
             return await (await self._history_source()).history(task_id)
 
-    async def _history_source(self) -> _HistorySource:
+    async def _history_source(self) -> HistoryStore:
         async with self._history_lock:
             if self._history is None:
-                history = _open_history(self.settings)
+                history = HistoryStore(self.settings)
                 await history.start()
                 self._history = history
             return self._history
@@ -260,15 +235,6 @@ class AioState:
         if self._history is not None:
             history, self._history = self._history, None
             await history.close()
-
-
-def _open_history(settings: Settings) -> _HistorySource:
-    try:
-        module = importlib.import_module("resultlog.views.history")
-    except ImportError as exc:
-        raise StoreUnavailable(f"the Postgres history store is not available: {exc}") from exc
-    store: _HistorySource = module.HistoryStore(settings)
-    return store
 
 
 class ResultBackend:
@@ -368,8 +334,7 @@ class ResultBackend:
     def wait_ready(self, task_id: str, timeout: float | None) -> TaskView:
         validate_task_id(task_id)
         view = self.read(task_id)  # finished tasks need no trip through the loop thread
-        if _ready(view):
-            assert view is not None
+        if view is not None and view.ready:
             return view
         return self.run(lambda state: state.wait_ready(task_id, timeout))
 
@@ -405,7 +370,7 @@ class ResultBackend:
             with self._lock:
                 if self._sync is None:
                     client = sync_client(self.settings)
-                    self._read_script = client.register_script(READ_CHECKED_SCRIPT)
+                    self._read_script = client.register_script(READ_SCRIPT)
                     self._sync = client
         return self._sync
 

@@ -1,15 +1,10 @@
 """What part of the log the Redis view covers: positions, gaps, and whether it is whole.
 
-The view's offsets hash (``names.offsets_key``), written in the same script call as the
-data (``fold.lua``), holds ``topic:partition`` -> the view's position and
-``gap:topic:partition`` -> ``"start:end"``, a range being rebuilt from the log. A
-missing position means the view knows nothing of that partition; the live fold never
-writes such a partition (``fold.lua`` refuses: :class:`~resultlog.errors.ViewLost`), so
-a loss cannot be papered over: the processor claims the partition
-(:meth:`ViewCoverage.claim`) and rebuilds the gap (``processors/rebuild.py``). Readers
-ask :meth:`ViewCoverage.whole`: a miss in a view that is not whole is not PENDING
-(``views/backend.py`` falls back to the history). See docs/processor.md, "The view
-heals itself".
+The offsets hash (``names.offsets_key``, written in the same ``fold.lua`` call as the
+data), how a loss is noticed, claimed (:meth:`ViewCoverage.claim`) and rebuilt
+(``processors/rebuild.py``): docs/processor.md, "The view heals itself". Readers ask
+:meth:`ViewCoverage.whole`: a miss in a view that is not whole is not PENDING
+(``views/backend.py`` falls back to the history).
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
 """Rebuild a task's exception from the data an event recorded: type, module, message.
 
 The data comes off the log, which every worker can write, so rebuilding must never
-become a way to run code (the rules, and why: docs/results.md, "Exceptions"). The class
-is looked up, never created: its module already imported or on the caller's allow-list,
-its name walked with :func:`inspect.getattr_static`. Only :class:`Exception` subclasses
-are rebuilt as themselves, and no code of the class runs (built-in types are called,
-others made by a built-in ``__new__`` without ``__init__``). Anything else becomes a
-:class:`RemoteTaskError` subclass named after the original. No pickle, no eval; the
-remote traceback is attached as a note (PEP 678).
+become a way to run code: the class is looked up, never created, no code of it runs,
+and anything else becomes a :class:`RemoteTaskError` subclass named after the original.
+The rules, and why: docs/results.md, "Exceptions".
 """
 
 from __future__ import annotations

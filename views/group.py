@@ -1,12 +1,7 @@
 """``ResultSet`` / ``GroupResult`` (sync) and ``AioResultSet`` / ``AioGroupResult`` (asyncio).
 
-Celery's semantics: ``ready()`` = every member is ready, ``successful()`` = every member
-succeeded, ``failed()`` = some member failed, ``waiting()`` = some member is not ready,
-``completed_count()`` = how many succeeded. ``join()``/``get()`` return the results in
-member order under ONE deadline for the whole set, and with ``propagate`` raise what a
-sequential Celery ``join`` would raise first: the exception of the first member, in
-order, that failed. Members are read with one pipelined round trip and waited on
-concurrently, each woken by push.
+Celery's semantics, under ONE deadline for the whole set, raising the first failure in
+member order: docs/results.md, "What you get".
 """
 
 from __future__ import annotations

@@ -1,22 +1,17 @@
 """The Postgres history: every event, once, with the Kafka offsets it was read at.
 
-``task_events`` (in ``settings.postgres_schema``) is append-only: one row per event,
-partitioned by day of event time, idempotent on (ts, event_id). ``consumer_offsets``
-holds, per consumer group and partition, the next offset to read, and is written in the
-same transaction as the rows, so a processor that seeks to :meth:`committed_offsets`
-on start writes every event exactly once whatever Kafka's own committed offsets say.
-The layout is in ``views/sql/0001_history.sql`` and docs/history.md.
-
-Rows are laid out by ``schemas/taskrows.py`` (``history_row``, or straight from a
-record's bytes), which also escapes the text PostgreSQL cannot hold (``to_pg_text``).
+Tables, partitions and the exactly-once argument: docs/history.md (DDL in
+``views/sql/0001_history.sql``). Rows are laid out by ``schemas/taskrows.py``
+(``history_row``, or straight from a record's bytes), which also escapes the text
+PostgreSQL cannot hold (``to_pg_text``).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,8 +38,6 @@ _WRITE_ATTEMPTS = 3
 _PAGE_ROWS = 5000
 # Up to this many rows a batch is written by one statement instead of COPY.
 SMALL_BATCH_ROWS = 200
-_NOT_MIGRATED = (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError,
-                 asyncpg.InvalidSchemaNameError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,18 +58,14 @@ _STAGE_NAMES = [name for name, _ in _STAGE_COLUMNS]
 _EVENT_COLUMNS = [name if name != "ts_ms" else "ts" for name in _STAGE_NAMES]
 
 
-_SELECT_EVENT = (
-    "SELECT event_id, {schema}.timestamptz_to_ms(ts) AS ts_ms, task_id, state, task_name,"
-    " worker, attempt, args, kwargs, result, exception_type, exception_module,"
-    " exception_message, traceback, runtime, parent_id, root_id, group_id, chord_id,"
-    " chord_size, chord_index, eta_ms, meta FROM {history}"
-)
-
-
 # Event fields a history row holds under their own name: text (escaped) and as they are.
 _TEXT_FIELDS = ("task_name", "worker", "args", "kwargs", "result", "traceback", "parent_id",
                 "root_id", "group_id", "chord_id")
 _PLAIN_FIELDS = ("attempt", "runtime", "chord_size", "chord_index")
+_SELECT_EVENT = (
+    "SELECT event_id, {schema}.timestamptz_to_ms(ts) AS ts_ms, task_id, state, eta_ms, meta,"
+    " exception_type, exception_module, exception_message, "
+    + ", ".join(_TEXT_FIELDS + _PLAIN_FIELDS) + " FROM {history}")
 
 
 def _event(r: Any) -> TaskEvent:
@@ -103,6 +92,16 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     staging table is temporary and emptied at each commit."""
 
 
+def _upsert_offsets(table: str, n: int) -> str:
+    """Offsets written from ``$n`` (the consumer group) and ``$n+1``..``$n+3`` (topics,
+    partitions, next offsets); GREATEST: an offset never moves back (a zombie's batch)."""
+    return (f"INSERT INTO {table} AS o (consumer_group, kafka_topic, kafka_partition, next_offset)"
+            f" SELECT ${n}, t, p, n FROM unnest(${n + 1}::text[], ${n + 2}::int[],"
+            f" ${n + 3}::bigint[]) AS u(t, p, n)"
+            " ON CONFLICT (consumer_group, kafka_topic, kafka_partition) DO UPDATE"
+            " SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), updated_at = now()")
+
+
 def _check_offsets(offsets: Mapping[tuple[str, int], int]) -> None:
     for (topic, partition), offset in offsets.items():
         if not 0 <= partition < _INT32 or not 0 <= offset < _INT64:
@@ -111,11 +110,7 @@ def _check_offsets(offsets: Mapping[tuple[str, int], int]) -> None:
 
 
 class HistoryStore(PooledStore):
-    """The history table and the offsets table of one schema.
-
-    ``pool``: an asyncpg pool to share (left open by :meth:`close`); by default the
-    store makes its own from ``settings.postgres_dsn`` in :meth:`start`.
-    """
+    """The history table and the offsets table of one schema (``pool``: see PooledStore)."""
 
     application_name = "resultlog-history"
 
@@ -159,19 +154,10 @@ class HistoryStore(PooledStore):
             f" SELECT {select_cols} FROM {stage} ORDER BY ts_ms, event_id"
         )
         self._insert = self._insert_new + " ON CONFLICT (ts, event_id) DO NOTHING"
-        # ON CONFLICT costs a quarter of the insert (speculative insertion) to skip rows
-        # that are usually not there. So a large batch is first inserted without it,
-        # under a savepoint; a duplicate rolls that back and the batch is inserted again
-        # with it, and so are the following batches until one has no duplicate.
+        # A large batch is first inserted without ON CONFLICT (a quarter of the insert's
+        # cost), under a savepoint: docs/history.md, "Offsets, in the same transaction".
         self._expect_new = True
-        # GREATEST: an offset never moves back, e.g. when a zombie writes an older batch.
-        self._upsert_offsets = (
-            f"INSERT INTO {self._offsets} AS o"
-            " (consumer_group, kafka_topic, kafka_partition, next_offset)"
-            " SELECT $1, t, p, n FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(t, p, n)"
-            " ON CONFLICT (consumer_group, kafka_topic, kafka_partition) DO UPDATE"
-            " SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), updated_at = now()"
-        )
+        self._upsert_offsets = _upsert_offsets(self._offsets, 1)
         # Small batches (the common case at low rates): rows and offsets in ONE statement,
         # atomic by itself, so a batch costs one round trip instead of seven (BEGIN,
         # staging table, COPY, INSERT, offsets, COMMIT). Latency, not throughput, is
@@ -182,25 +168,17 @@ class HistoryStore(PooledStore):
             f"WITH ins AS (INSERT INTO {self._history} ({', '.join(_EVENT_COLUMNS)})"
             f" SELECT {select_cols} FROM unnest({arrays}) AS s({', '.join(_STAGE_NAMES)})"
             " ORDER BY ts_ms, event_id ON CONFLICT (ts, event_id) DO NOTHING RETURNING 1),"
-            f" off AS (INSERT INTO {self._offsets} AS o"
-            " (consumer_group, kafka_topic, kafka_partition, next_offset)"
-            f" SELECT ${k + 1}, t, p, n FROM unnest(${k + 2}::text[], ${k + 3}::int[], ${k + 4}::bigint[])"
-            " AS u(t, p, n)"
-            " ON CONFLICT (consumer_group, kafka_topic, kafka_partition) DO UPDATE"
-            " SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), updated_at = now())"
-            " SELECT count(*) FROM ins"
+            f" off AS ({_upsert_offsets(self._offsets, k + 1)}) SELECT count(*) FROM ins"
         )
 
     # -- lifetime -------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the pool (unless one was given). Without ``durable_commits`` its
-        connections commit asynchronously (``synchronous_commit = off``): a commit
-        returns before its WAL reaches the disk, and a PostgreSQL crash may lose the last
-        ones (well under a second of them), whole transactions only and always the most
-        recent, never one out of the middle. Only a writer that records its read
-        positions in the same transactions, and can read the lost tail again, may use
-        this: the live fold (``processors/engine.py``)."""
+        connections commit asynchronously (``synchronous_commit = off``), which only a
+        writer that records its read positions in the same transactions and can read a
+        lost tail again may use: the live fold (docs/processor.md, "Asynchronous history
+        commits")."""
         if self._pool is None:
             self._pool = await create_pool(
                 self.settings, application_name=self.application_name,
@@ -260,20 +238,6 @@ class HistoryStore(PooledStore):
         self._known_days |= missing
         self._ahead_done_for = today
         return created
-
-    @contextmanager
-    def _guard(self) -> Iterator[None]:
-        """Connection failures -> StoreUnavailable; a schema never migrated -> a
-        ConfigurationError that says so (rather than "relation does not exist")."""
-        with translate_errors(self.settings):
-            try:
-                yield
-            except _NOT_MIGRATED:
-                raise ConfigurationError(
-                    f"PostgreSQL schema {self.settings.postgres_schema!r} has no history "
-                    "tables: run HistoryStore.migrate() (the processor does on start), or "
-                    "check RESULTLOG_POSTGRES_SCHEMA"
-                ) from None
 
     # -- writing --------------------------------------------------------------------
 
@@ -457,11 +421,6 @@ class HistoryStore(PooledStore):
         await self._execute(f"TRUNCATE {self._history}, {kept}")
 
     # -- helpers --------------------------------------------------------------------
-
-    async def _fetch(self, query: str, *args: Any) -> list[Any]:
-        with self._guard():
-            rows: list[Any] = await self.pool.fetch(query, *args)
-        return rows
 
     async def _execute(self, query: str, *args: Any) -> str:
         with self._guard():

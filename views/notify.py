@@ -1,11 +1,8 @@
-"""Wake-ups by push: one pub/sub connection multiplexing every waiter of a backend
-(docs/results.md, "How the wake-up works").
+"""Wake-ups by push: one pub/sub connection multiplexing every waiter of a backend.
 
-A waiter enters :meth:`Notifier.watch` (SUBSCRIBE, returning only once the server has
-processed it), then reads the task, then waits; the fold script PUBLISHes when a task
-becomes ready. Subscribing before reading makes it race-free, and since a wake-up only
-means "read again", a reconnect wakes everyone. "Processed" is a barrier: a ``PING
-<token>`` sent after the SUBSCRIBE on the same connection, which Redis answers in order.
+A waiter enters :meth:`Notifier.watch` (SUBSCRIBE, live once a ``PING <token>`` sent
+after it on the same connection is answered), then reads the task, then waits; why that
+is race-free, and why a reconnect wakes everyone: docs/results.md, "How the wake-up works".
 """
 
 from __future__ import annotations
@@ -48,17 +45,11 @@ class Watch:
         self._event.clear()
         self.payload = None
 
-    async def wait(self, timeout: float | None) -> bool:
-        """Wait for a wake-up: True if woken, False if ``timeout`` seconds passed."""
-        if not self._event.is_set():
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._event.wait()
-            except TimeoutError:
-                return False
+    async def wait(self) -> None:
+        """Wait for a wake-up (the caller bounds the wait, e.g. ``asyncio.timeout``)."""
+        await self._event.wait()
         if self._error is not None:
             raise self._error
-        return True
 
     def _wake(self, error: BaseException | None = None, payload: str | None = None) -> None:
         if error is not None:
@@ -280,14 +271,7 @@ class Notifier:
     def _fail_all(self, error: StoreUnavailable) -> None:
         # Start afresh on the next watch; everyone waiting now gets the error.
         pubsub, self._pubsub, self._reader = self._pubsub, None, None
-        for barrier in self._barriers.values():
-            _fail(barrier.future, error)
-        self._barriers.clear()
-        for entry in self._channels.values():
-            _fail(entry.subscribed, error)
-            for w in entry.watches:
-                w._wake(error)
-        self._channels.clear()
+        self._release(error)
         if pubsub is not None:
             self._forget_connection()
             self._spawn(self._discard(pubsub))
@@ -319,9 +303,13 @@ class Notifier:
         if pubsub is not None:
             self._forget_connection()
             await self._discard(pubsub)
-        error = RuntimeError(CLOSED)
+        self._release(RuntimeError(CLOSED))
+
+    def _release(self, error: BaseException) -> None:
+        """Fail every barrier, subscription and waiter with ``error``; forget them."""
         for barrier in self._barriers.values():
             _fail(barrier.future, error)
+        self._barriers.clear()
         for entry in self._channels.values():
             _fail(entry.subscribed, error)
             for w in entry.watches:

@@ -1,13 +1,7 @@
 """Daily partitions of the history table: naming, day arithmetic, race-safe creation.
 
-One partition per UTC day of event time, named ``task_events_YYYYMMDD``. They are made
-ahead of time (:meth:`HistoryStore.migrate` and the first batch of each day make the
-next few days) and on demand for whatever days a batch's events fall on, however old
-or far ahead. A partition is created as a plain table and then ATTACHed: CREATE TABLE
-... PARTITION OF would take an ACCESS EXCLUSIVE lock on the parent, i.e. wait for every
-running query on the history (a long analytics query included) and block all others
-meanwhile, while ATTACH PARTITION needs only SHARE UPDATE EXCLUSIVE, which neither
-inserts nor reads conflict with.
+Why they are made ahead and on demand, and ATTACHed rather than created ``PARTITION OF``
+(which would lock the whole history): docs/history.md, "Partitioning".
 """
 
 from __future__ import annotations

@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import asyncpg  # type: ignore[import-untyped]
 
 from resultlog.connections import postgres_dsn
-from resultlog.errors import StoreUnavailable
+from resultlog.errors import ConfigurationError, StoreUnavailable
 from resultlog.redaction import redact_url
 from resultlog.refusals import postgres_refusal
 from resultlog.settings import Settings
+from resultlog.views.migrations import NOT_MIGRATED
 
 CONNECT_TIMEOUT_S = 10.0
 
@@ -85,6 +86,10 @@ class PooledStore:
     """
 
     application_name: ClassVar[str] = "resultlog"
+    # What _guard says of a schema never migrated ({schema!r}, {exc}: the schema, the error).
+    not_migrated: ClassVar[str] = (
+        "PostgreSQL schema {schema!r} has no history tables: run HistoryStore.migrate() (the "
+        "processor does on start), or check RESULTLOG_POSTGRES_SCHEMA")
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool | None = None) -> None:
         self.settings = settings
@@ -114,3 +119,19 @@ class PooledStore:
         if self._pool is None:
             raise RuntimeError(f"{type(self).__name__}.start() first")
         return self._pool
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Connection failures -> StoreUnavailable; a schema never migrated -> a
+        ConfigurationError that says so (rather than "relation does not exist")."""
+        with translate_errors(self.settings):
+            try:
+                yield
+            except NOT_MIGRATED as exc:
+                raise ConfigurationError(self.not_migrated.format(
+                    schema=self.settings.postgres_schema, exc=exc)) from None
+
+    async def _fetch(self, query: str, *args: Any) -> list[Any]:
+        with self._guard():
+            rows: list[Any] = await self.pool.fetch(query, *args)
+        return rows

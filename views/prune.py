@@ -1,13 +1,8 @@
 """Retention: remove the history older than a cutoff (``resultlog prune``).
 
-Whole daily partitions older than the cutoff are detached ``CONCURRENTLY`` (the parent
-only ever locked SHARE UPDATE EXCLUSIVE, which neither readers nor writers conflict
-with) and dropped; the partition that straddles the cutoff loses its older rows in
-small batches; a row exactly at the cutoff is kept. A writer that cached a pruned
-partition recreates it and retries (``HistoryStore.write_batch``). A partition is
-marked (a table comment) before it is detached, so the next run finishes an
-interrupted one, and only attached partitions and marked tables are ever dropped.
-Details: docs/analytics.md, "Retention".
+Whole days detached ``CONCURRENTLY`` and dropped, the straddling day trimmed in batches,
+only attached or marked partitions ever dropped, interrupted runs finished by the next
+one: docs/analytics.md, "Retention".
 """
 
 from __future__ import annotations
@@ -197,12 +192,14 @@ async def _drop(conn: asyncpg.Connection, s: str, parent: str, table: _Table, dr
     return Removed(table.name, rows, dropped=True)
 
 
-async def _delete_in_batches(conn: asyncpg.Connection, delete: str, cutoff_ms: int,
-                             batch_rows: int) -> int:
-    """Run ``delete`` (which takes the cutoff as $1 and deletes at most $2 rows) until it
-    deletes fewer than ``batch_rows``; the rows deleted in all. In batches, each its own
+async def _delete_in_batches(conn: asyncpg.Connection, table: str, key: str, where: str,
+                             cutoff_ms: int, batch_rows: int) -> int:
+    """Delete the rows of ``table`` matching ``where`` (the cutoff is $1), picked by
+    ``key``, ``batch_rows`` at a time; the rows deleted in all. In batches, each its own
     transaction: a day's partition can hold millions of rows, and one DELETE would hold
     their row locks and a snapshot for its duration."""
+    delete = (f"DELETE FROM {table} WHERE {key} = ANY(ARRAY("
+              f"SELECT {key} FROM {table} WHERE {where} LIMIT $2))")
     rows = 0
     while True:
         status: str = await conn.execute(delete, cutoff_ms, batch_rows)
@@ -221,10 +218,8 @@ async def _trim(conn: asyncpg.Connection, s: str, table: _Table, cutoff_ms: int,
             f"SELECT count(*) FROM {qualified} WHERE ts < {cutoff}", cutoff_ms)
         say(f"would delete {rows:,} rows from {table.name} (older than the cutoff)")
         return Removed(table.name, rows, dropped=False)
-    rows = await _delete_in_batches(
-        conn, f"DELETE FROM {qualified} WHERE ctid = ANY(ARRAY("
-              f"SELECT ctid FROM {qualified} WHERE ts < {cutoff} LIMIT $2))",
-        cutoff_ms, batch_rows)
+    rows = await _delete_in_batches(conn, qualified, "ctid", f"ts < {cutoff}",
+                                    cutoff_ms, batch_rows)
     say(f"deleted {rows:,} rows from {table.name} (older than the cutoff)")
     return Removed(table.name, rows, dropped=False)
 
@@ -242,10 +237,8 @@ async def _trim_summary(conn: asyncpg.Connection, s: str, cutoff_ms: int, dry_ru
             f"SELECT count(*) FROM {summary} WHERE last_seen < {cutoff}", cutoff_ms)
         say(f"would forget {rows:,} tasks in {names.TASK_SUMMARY_TABLE}")
         return
-    rows = await _delete_in_batches(
-        conn, f"DELETE FROM {summary} WHERE task_id = ANY(ARRAY("
-              f"SELECT task_id FROM {summary} WHERE last_seen < {cutoff} LIMIT $2))",
-        cutoff_ms, batch_rows)
+    rows = await _delete_in_batches(conn, summary, "task_id", f"last_seen < {cutoff}",
+                                    cutoff_ms, batch_rows)
     say(f"forgot {rows:,} tasks in {names.TASK_SUMMARY_TABLE} (latest event older than the cutoff)")
 
 
@@ -268,10 +261,8 @@ async def _trim_rollups(conn: asyncpg.Connection, s: str, cutoff_ms: int, dry_ru
         return
     rows = 0
     for table, column in ((minutes, "minute"), (runtimes, "start")):
-        rows += await _delete_in_batches(
-            conn, f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
-                  f"SELECT ctid FROM {table} WHERE {column} < {hour} LIMIT $2))",
-            cutoff_ms, batch_rows)
+        rows += await _delete_in_batches(conn, table, "ctid", f"{column} < {hour}",
+                                         cutoff_ms, batch_rows)
     await conn.execute(
         f"SELECT {s}.{names.REBUILD_ROLLUPS_FUNCTION}({hour}, {hour} + interval '1 hour')",
         cutoff_ms)

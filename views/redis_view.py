@@ -26,52 +26,41 @@ from resultlog.schemas.states import READY_STATES, State
 from resultlog.schemas.taskrows import WINNER_HASH_FIELDS, view_row
 from resultlog.settings import Settings
 from resultlog.redis_access import async_client, text, translated
-from resultlog.views.coverage import WHOLE_LUA
+from resultlog.views.coverage import WHOLE_LUA, ViewCoverage
 
 SCRIPT: Final = Path(__file__).with_name("fold.lua").read_text(encoding="utf-8")
 # Each key's HGETALL as ONE JSON string ("" for a missing key): redis-py parses a reply
 # element by element in Python, ~25 per task, which made reading 333,000 tasks take
 # half a minute; one string per task parsed by the json module's C code is ~5x less.
-READ_MANY_SCRIPT: Final = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local fields = redis.call('HGETALL', key)
-  if #fields == 0 then out[i] = '' else out[i] = cjson.encode(fields) end
-end
-return out
-"""
-# READ_MANY_SCRIPT's answer, and one more element: "1" if the view is whole (every
-# partition has a position and none is being rebuilt: views/coverage.py), "0" if not,
-# so a miss can be told from a task the view may have lost. Checked only on a miss.
-# KEYS: the task hashes, then the offsets hash; ARGV: the events topic, its partitions.
-READ_CHECKED_SCRIPT: Final = WHOLE_LUA + """
-local n = #KEYS - 1
+# With ARGV (the events topic, its partitions) the last key is the offsets hash and one
+# more element says "1" if the view is whole (every partition has a position and none
+# is being rebuilt: views/coverage.py), "0" if not, so a miss can be told from a task
+# the view may have lost. Checked only on a miss.
+READ_SCRIPT: Final = WHOLE_LUA + """
+local n = #ARGV > 0 and #KEYS - 1 or #KEYS
 local out, missed = {}, false
 for i = 1, n do
   local fields = redis.call('HGETALL', KEYS[i])
   if #fields == 0 then out[i] = ''; missed = true else out[i] = cjson.encode(fields) end
 end
+if #ARGV == 0 then return out end
 out[n + 1] = '1'
 if missed and not view_whole(KEYS[n + 1], ARGV[1], tonumber(ARGV[2])) then out[n + 1] = '0' end
 return out
 """
 
 # Hash fields: schemas/taskrows.py holds the layout (WINNER_HASH_FIELDS, then sticky).
-STICKY_HASH_FIELDS: Final = STICKY_FIELDS
 TOKEN: Final = "token"
-DATE_DONE: Final = "date_done"
 STICKY_TOKEN_PREFIX: Final = "token:"
 
-#: Tasks per fold call at most. Redis runs a script alone (~46 µs a task here: a batch
-#: of 2,500 tasks held every other client for 115 ms), so a larger batch is written in
-#: parts of a few ms each, and other clients are served between them. Fewer tasks per
-#: part cost more calls per batch; 100 kept the fold's rate (docs/processor.md).
+#: Tasks per fold call at most: Redis runs a script alone, so a larger batch is written
+#: in parts and other clients are served between them (docs/processor.md, "Large batches").
 PART_TASKS: Final = 100
 
 _INT_FIELDS: Final = frozenset({"timestamp", "attempt", "eta", "chord_size", "chord_index"})
 _HEADER: Final = (
-    str(len(WINNER_HASH_FIELDS)), str(len(STICKY_HASH_FIELDS)), str(len(READY_STATES)),
-    *WINNER_HASH_FIELDS, *STICKY_HASH_FIELDS, *sorted(s.value for s in READY_STATES),
+    str(len(WINNER_HASH_FIELDS)), str(len(STICKY_FIELDS)), str(len(READY_STATES)),
+    *WINNER_HASH_FIELDS, *STICKY_FIELDS, *sorted(s.value for s in READY_STATES),
 )
 
 
@@ -164,7 +153,7 @@ def view_from_hash(task_id: str, fields: Mapping[Any, Any]) -> TaskView | None:
         exception = ExceptionInfo(h["exc_type"], h.get("exc_module", ""), h.get("exc_message", ""))
     sticky: dict[str, Any] = {}
     tokens = []
-    for name in STICKY_HASH_FIELDS:
+    for name in STICKY_FIELDS:
         if name in h:
             sticky[name] = int(h[name]) if name in _INT_FIELDS else h[name]
             tokens.append((name, h.get(STICKY_TOKEN_PREFIX + name, "")))
@@ -199,7 +188,7 @@ def view_from_push(task_id: str, payload: str | None) -> TaskView | None:
 
 
 def checked_read_call(settings: Settings, task_ids: Sequence[str]) -> tuple[list[str], list[str]]:
-    """``(keys, args)`` of one READ_CHECKED_SCRIPT call reading ``task_ids``."""
+    """``(keys, args)`` of one READ_SCRIPT call reading ``task_ids`` and checking the view."""
     for task_id in task_ids:
         validate_task_id(task_id)
     prefix = settings.redis_prefix
@@ -210,7 +199,7 @@ def checked_read_call(settings: Settings, task_ids: Sequence[str]) -> tuple[list
 
 def checked_read_reply(task_ids: Sequence[str], replies: Sequence[Any]
                        ) -> tuple[list[TaskView | None], bool]:
-    """READ_CHECKED_SCRIPT's reply: the views in order, and whether the view is whole."""
+    """That call's reply: the views in order, and whether the view is whole."""
     views = [None if not r else visible(view_from_hash(t, _pairs(json.loads(text(r)))))
              for t, r in zip(task_ids, replies)]
     return views, text(replies[-1]) == "1"
@@ -233,8 +222,7 @@ class RedisView:
         self._owns_client = client is None
         self._client = async_client(settings) if client is None else client
         self._script = self._client.register_script(SCRIPT)
-        self._read_many = self._client.register_script(READ_MANY_SCRIPT)
-        self._read_checked = self._client.register_script(READ_CHECKED_SCRIPT)
+        self._read = self._client.register_script(READ_SCRIPT)
 
     @property
     def client(self) -> redis.asyncio.Redis:
@@ -255,15 +243,10 @@ class RedisView:
         the view. Without offsets, more than :attr:`part_tasks` tasks are folded in
         several calls. Returns how many tasks' stored views changed.
         """
-        if not events and not offsets:
-            return 0
-        if offsets is None:
-            ttl_ms = self.settings.result_ttl_s * 1000
-            return await self.apply_rows([e.task_id for e in events],
-                                         [view_row(e, ttl_ms) for e in events])
-        keys, args = script_call(self.settings, events, offsets, consumer_group)
-        with translated("folding events into the view"):
-            return int(await self._script(keys=keys, args=args))
+        ttl_ms = self.settings.result_ttl_s * 1000
+        return await self.apply_rows([e.task_id for e in events],
+                                     [view_row(e, ttl_ms) for e in events],
+                                     offsets, consumer_group=consumer_group)
 
     async def apply_rows(
         self,
@@ -282,11 +265,8 @@ class RedisView:
         partitions (see ``views/coverage.py``).
 
         More than :attr:`part_tasks` tasks are written in parts, one call each, except
-        with ``offsets`` but no ``starts`` (one atomic call). With ``starts`` every part
-        checks the coverage and that the parts before it are still in the view, and
-        only the last records ``offsets`` (``fold.lua``, ARGV[5] "3"): a part that finds
-        the view lost writes nothing, and no position is recorded for a batch the view
-        does not wholly hold."""
+        with ``offsets`` but no ``starts`` (one atomic call); with ``starts`` only the
+        last part records ``offsets`` (docs/processor.md, "Large batches")."""
         if not rows and not offsets:
             return 0
         parts = split_by_task(task_ids, rows, self.part_tasks)
@@ -337,7 +317,7 @@ class RedisView:
             return []
         prefix = self.settings.redis_prefix
         with translated("reading tasks"):
-            replies = await self._read_many(keys=[names.task_key(prefix, t) for t in task_ids])
+            replies = await self._read(keys=[names.task_key(prefix, t) for t in task_ids])
         return [None if not r else view_from_hash(t, _pairs(json.loads(r)))
                 for t, r in zip(task_ids, replies)]
 
@@ -346,7 +326,7 @@ class RedisView:
         that is not whole may be one the log holds (see ``views/coverage.py``)."""
         keys, args = checked_read_call(self.settings, task_ids)
         with translated("reading tasks"):
-            replies = await self._read_checked(keys=keys, args=args)
+            replies = await self._read(keys=keys, args=args)
         return checked_read_reply(task_ids, replies)
 
     async def forget(self, task_id: str) -> bool:
@@ -357,15 +337,8 @@ class RedisView:
 
     async def committed_offsets(self, consumer_group: str, topic: str) -> dict[int, int]:
         """The offsets recorded by :meth:`apply` for ``consumer_group`` in ``topic``."""
-        key = names.offsets_key(self.settings.redis_prefix, consumer_group)
-        with translated("reading the view's offsets"):
-            raw = await self.client.hgetall(key)
-        out: dict[int, int] = {}
-        for field, value in raw.items():
-            t, _, p = text(field).rpartition(":")
-            if t == topic:
-                out[int(p)] = int(text(value))
-        return out
+        coverage = ViewCoverage(self.settings, self._client, consumer_group, topic)
+        return (await coverage.read()).positions
 
     async def task_ids(self) -> list[str]:
         """Every task id in the view (a SCAN: for tools and verification, not hot paths)."""

@@ -1,10 +1,7 @@
 """``AsyncResult`` (sync) and ``AioAsyncResult`` (asyncio): Celery's result API over the view.
 
-Both read the Redis view and wait by push (see :mod:`resultlog.views.notify`), never by
-polling. The sync flavour reads Redis on each attribute access until the task is ready
-and caches it from then on, as Celery does. The asyncio flavour cannot read in a
-property, so its attributes show the snapshot its last awaited call loaded
-(``await r.refresh()``, ``get()``, ``ready()``...).
+Both wait by push (see :mod:`resultlog.views.notify`), never by polling; each class says
+what its attributes read (docs/results.md).
 """
 
 from __future__ import annotations
@@ -171,11 +168,8 @@ class AsyncResult(BaseResult):
     __slots__ = ()
 
     def _current(self) -> TaskView | None:
-        if self._view is not None and self._view.ready:
-            return self._view
-        view = self.backend.read(self.id)
-        self._view = view
-        return view
+        view = self.cached()
+        return view if view is not None else self.keep(self.backend.read(self.id))
 
     def refresh(self) -> AsyncResult:
         self._view = self.backend.read(self.id)
@@ -252,9 +246,8 @@ class AioAsyncResult(BaseResult):
 
     async def _load(self) -> TaskView | None:
         # Like the sync flavour: a ready state is cached, anything else is re-read.
-        if self._view is None or not self._view.ready:
-            self.keep(await self.backend.aio().read(self.id))
-        return self._view
+        view = self.cached()
+        return view if view is not None else self.keep(await self.backend.aio().read(self.id))
 
     async def ready(self) -> bool:
         return _is_ready(await self._load())

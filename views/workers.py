@@ -149,11 +149,3 @@ class WorkersHistory(PooledStore):
         with translate_errors(self.settings):
             status: str = await self.pool.execute(self._insert, *columns)
         return int(status.rsplit(" ", 1)[1])
-
-    async def rows(self, worker_id: str) -> list[dict[str, Any]]:
-        """The worker's heartbeats, oldest first, as the table holds them."""
-        with translate_errors(self.settings):
-            found = await self.pool.fetch(
-                f"SELECT * FROM {self.table} WHERE worker_id = $1 ORDER BY beat_at, event_id",
-                worker_id)
-        return [dict(r) for r in found]

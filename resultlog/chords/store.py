@@ -192,7 +192,7 @@ async def wait_chord(state: AioState, chord_id: str, timeout: float | None) -> C
                         view = await read_chord(state.client, prefix, chord_id)
                         if view.ready:
                             return view
-                        await watch.wait(None)
+                        await watch.wait()
         except TimeoutError as exc:
             if isinstance(exc, ResultTimeout):
                 raise
