@@ -1,9 +1,6 @@
-"""The processor's HTTP endpoint: Prometheus metrics, liveness and readiness.
-
-Served on ``RESULTLOG_METRICS_HOST:RESULTLOG_METRICS_PORT`` by the processor's own event
-loop (aiohttp, already there for faust), so an answer also proves the loop is not
-blocked: ``/metrics`` (:class:`ProcessorMetrics`), ``/health/live`` and
-``/health/ready``, as docs/operations.md describes them.
+"""The processor's HTTP endpoint (docs/operations.md): Prometheus metrics, liveness and
+readiness, served by the processor's own event loop, so an answer also proves the loop
+is not blocked.
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
-"""Rebuild the Redis view and/or the Postgres history by re-reading the events topic.
-
-Replay feeds the log through the same :class:`FoldSink` the live processor uses, so a
-rebuilt view is the live view by construction. It reads outside any consumer group
-(the live group is untouched) and records its progress as offsets under its own name
-(``<consumer_group>.replay``) in the history's offsets table, so an interrupted replay
-can be resumed (``resume=True``) or simply rerun: every write is idempotent.
+"""Rebuild the Redis view and/or the Postgres history by re-reading the events topic,
+through the live processor's :class:`FoldSink`, outside any consumer group, with its
+progress recorded under ``<consumer_group>.replay`` (docs/replay.md says why).
 """
 
 from __future__ import annotations

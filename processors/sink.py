@@ -227,11 +227,7 @@ class FoldSink:
         return await self.write(self.prepare(records))
 
     async def write(self, batch: Prepared) -> SinkStats:
-        """Store a prepared batch; see the module docstring for why in this order.
-
-        A batch with ``starts`` (the live fold) raises
-        :class:`~resultlog.errors.ViewLost` after the history was written if the Redis
-        view does not cover them (see ``views/coverage.py``)."""
+        """Store a prepared batch; see the module docstring for why in this order."""
         stats = await self.store_history(batch)
         await self.store_view(batch, stats)
         return stats
