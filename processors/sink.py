@@ -363,9 +363,5 @@ class StagedWriter:
     async def settle(self) -> None:
         """On the way out: let the writes in flight land (their offsets are recorded
         with them); raises the first failure."""
-        if self._batches:
-            ended = await asyncio.shield(asyncio.gather(*self._batches, return_exceptions=True))
-            self._batches, self._first = [], None
-            for e in ended:
-                if isinstance(e, BaseException):
-                    raise e
+        for error in await asyncio.shield(self.drop()):
+            raise error
