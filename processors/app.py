@@ -7,8 +7,6 @@ docs/processor.md says why not a faust agent); the app also hosts the chord aggr
 tables of its own: resultlog/chords/aggregator.py says why not a faust table), the chord hooks'
 faust agent (in the group ``<consumer_group>.faust``), the worker's lifecycle and its
 signal handling.
-
-Positions come from the stores, not from Kafka's committed offsets: see the engine.
 """
 
 from __future__ import annotations
@@ -106,8 +104,6 @@ class Processor:
     async def _run_engine(self) -> None:
         try:
             await self.engine.run()
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
             # A fold that stopped must stop the worker too: a live-looking processor
             # that folds nothing is the worst outcome. The supervisor restarts it.

@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import logging
 import sys
+from datetime import datetime, timezone
 from typing import Any
 
+from resultlog.errors import ValidationError
 from resultlog.settings import Settings
 
 
@@ -114,10 +116,6 @@ def register_replay(subparsers: Any) -> None:
 
 def parse_timestamp(text: str) -> int:
     """ms since the epoch from ISO 8601 or a number; a clear error otherwise."""
-    from datetime import datetime, timezone
-
-    from resultlog.errors import ValidationError
-
     if text.isdigit():
         return int(text)
     try:
@@ -133,8 +131,6 @@ def parse_timestamp(text: str) -> int:
 
 
 def parse_offsets(text: str) -> dict[int, int]:
-    from resultlog.errors import ValidationError
-
     out: dict[int, int] = {}
     for part in text.split(","):
         p, sep, o = part.strip().partition(":")

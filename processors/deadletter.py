@@ -1,9 +1,5 @@
-"""Dead letters: events that cannot be decoded or are invalid, kept with the reason.
-
-A dead letter carries the original key and bytes unchanged, so a fixed decoder can
-re-feed it, plus headers naming why it was rejected and where it came from. Sending
-is awaited (acks=all) before the batch's offsets are committed, so a poison message
-is never silently dropped: it is in the dead-letter topic or it will be re-read.
+"""Dead letters: events that cannot be decoded or are invalid, kept unchanged with the
+reason and their origin in headers (docs/processor.md, "What happens to a batch").
 """
 
 from __future__ import annotations
@@ -89,8 +85,7 @@ class DeadLetterWriter:
     """Sends dead letters to ``settings.dead_letter_topic`` and waits for the acks."""
 
     def __init__(self, settings: Settings) -> None:
-        self.topic = settings.dead_letter_topic
-        self._writer = TopicWriter(settings, self.topic)
+        self._writer = TopicWriter(settings, settings.dead_letter_topic)
 
     async def send(self, letters: Sequence[DeadLetter]) -> None:
         await self._writer.send([(l.key, l.value) for l in letters], [l.headers() for l in letters])

@@ -1,15 +1,10 @@
-"""The fold engine: the events topic consumed in large batches, positions from the stores.
+"""The fold engine: the events topic read in large batches with aiokafka's ``getmany``,
+as a task of the faust worker, in the consumer group ``settings.consumer_group``.
 
-It runs inside the faust worker (as an app task, in the consumer group
-``settings.consumer_group``) but reads with aiokafka's ``getmany``: a faust agent's
-per-event machinery costs more than the fold itself (docs/processor.md, "Why the fold is
-not a faust agent"). Each store records its offsets atomically with its data; every
-assigned partition is positioned from the stores, never from Kafka's committed offsets
-(written once a second for Kafka's lag tools only), and a lost view is claimed and
-rebuilt (docs/processor.md, "Where a partition resumes"). The history commits
-asynchronously; the engine keeps what it wrote (``_held``) and, when the history shows
-less (:class:`~resultlog.errors.HistoryRewound`), drops its batches and reads the lost
-tail again (docs/processor.md, "Asynchronous history commits").
+docs/processor.md explains it: "Why the fold is not a faust agent"; "Where a partition
+resumes" (from the stores, never from Kafka's committed offsets, which are written for
+lag tools only; a lost view is claimed and rebuilt); "Asynchronous history commits"
+(``_held``, and the re-read on :class:`~resultlog.errors.HistoryRewound`).
 """
 
 from __future__ import annotations
@@ -46,14 +41,8 @@ LINGER_FETCH_BYTES: Final = 512 * 1024
 
 
 def fetch_wait(linger_ms: int) -> dict[str, int]:
-    """The consumer's fetch settings for a processor linger (docs/processor.md).
-
-    Without a linger the broker answers a fetch as soon as it has one record (its wait,
-    5 ms, only bounds an empty fetch). With one, it holds the fetch until
-    :data:`LINGER_FETCH_BYTES` have arrived or the linger has passed: a batch gathers
-    every event of the linger, and a backlog (a processor catching up) is read
-    without waiting.
-    """
+    """The consumer's fetch settings for a processor linger (docs/processor.md, "Processor
+    linger"). Without one, the 5 ms wait only bounds an empty fetch."""
     if linger_ms == 0:
         return {"fetch_max_wait_ms": 5, "fetch_min_bytes": 1}
     return {"fetch_max_wait_ms": linger_ms, "fetch_min_bytes": LINGER_FETCH_BYTES}
@@ -143,14 +132,10 @@ class BatchFoldEngine:
 
     async def _position(self, assigned: set[TopicPartition]) -> None:
         consumer, coverage = self.consumer, self.coverage
-        assert consumer is not None and coverage is not None and self.sink.history is not None
+        assert consumer is not None and coverage is not None
         if not assigned:
             return
-        begin = {tp.partition: o for tp, o in (await consumer.beginning_offsets(list(assigned))).items()}
-        history = await self.sink.history.committed_offsets(self.settings.consumer_group,
-                                                            self.settings.events_topic)
-        gaps, whole_view_lost = await self._claim(
-            {p: Claim(b, history.get(p, b)) for p, b in begin.items()})
+        begin, history = await self._claim({tp.partition: -1 for tp in assigned})
         positions = (await coverage.read()).positions
         resume = {}
         for tp in assigned:
@@ -162,36 +147,30 @@ class BatchFoldEngine:
                 self._held[p] = history[p]
         log.info("assigned %s; resuming at %s (from the stores' positions)",
                  sorted(resume), dict(sorted(resume.items())))
-        if gaps:
-            assert self.rebuilder is not None
-            self.rebuilder.add(gaps, chords_lost=whole_view_lost)
 
-    async def _claim(self, claims: dict[int, Claim]) -> tuple[dict[int, tuple[int, int]], bool]:
-        """Claim the partitions the view lost; returns the gaps to rebuild, and whether
-        the view's whole record was gone (so chord views went with it)."""
-        assert self.coverage is not None
+    async def _claim(self, known: dict[int, int]) -> tuple[dict[int, int], dict[int, int]]:
+        """Claim the partitions of ``known`` the view lost (``known``: partition -> the
+        position this processor saw the view reach, -1 if none) and queue their rebuild,
+        the chord views' too if the view's whole record was gone. Returns, per partition,
+        where the log begins and the history's position."""
+        assert self.consumer is not None and self.coverage is not None
+        assert self.sink.history is not None and self.rebuilder is not None
+        topic = self.settings.events_topic
+        try:
+            begin = {tp.partition: o for tp, o in (await self.consumer.beginning_offsets(
+                [TopicPartition(topic, p) for p in known])).items()}
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"cannot read where the log begins: {exc!r}") from exc
+        history = await self.sink.history.committed_offsets(self.settings.consumer_group, topic)
         before = await self.coverage.read()
-        gaps = await self.coverage.claim(claims)
+        gaps = await self.coverage.claim(
+            {p: Claim(b, history.get(p, b), known[p]) for p, b in begin.items()})
         lost = {p: g for p, g in gaps.items() if p not in before.gaps or before.gaps[p] != g}
         if lost:
             log.warning("the Redis view lacks events the log holds: %s",
                         ", ".join(f"partition {p} [{a}, {b})" for p, (a, b) in sorted(lost.items())))
-        return gaps, not before.exists and bool(gaps)
-
-    async def _heal(self, known: dict[int, int]) -> None:
-        """The view lost partitions while running: claim them (``known``: partition ->
-        the position this processor saw the view reach, -1 if none) and rebuild."""
-        assert self.consumer is not None and self.sink.history is not None and self.rebuilder is not None
-        topic = self.settings.events_topic
-        tps = [TopicPartition(topic, p) for p in known]
-        try:
-            begin = {tp.partition: o for tp, o in (await self.consumer.beginning_offsets(tps)).items()}
-        except KafkaError as exc:
-            raise BrokerUnavailable(f"cannot read where the log begins: {exc!r}") from exc
-        history = await self.sink.history.committed_offsets(self.settings.consumer_group, topic)
-        gaps, whole_view_lost = await self._claim(
-            {p: Claim(b, history.get(p, b), known[p]) for p, b in begin.items()})
-        self.rebuilder.add(gaps, chords_lost=whole_view_lost)
+        self.rebuilder.add(gaps, chords_lost=not before.exists and bool(gaps))
+        return begin, history
 
     async def _check_view(self) -> None:
         """A loss no write would notice (no events flowing): any assigned partition
@@ -199,7 +178,7 @@ class BatchFoldEngine:
         assert self.coverage is not None
         missing = await self.coverage.missing(set(self._next))
         if missing:
-            await self._heal({p: -1 for p in missing})
+            await self._claim({p: -1 for p in missing})
 
     # -- writing ----------------------------------------------------------------------
 
@@ -243,7 +222,7 @@ class BatchFoldEngine:
                 assert prepared.starts is not None
                 log.warning("%s; claiming and rebuilding it", exc)
                 try:
-                    await self._heal({p: o for (_, p), o in prepared.starts.items()})
+                    await self._claim({p: o for (_, p), o in prepared.starts.items()})
                     if self.metrics is not None:
                         self.metrics.write_retried("fold")
                     continue

@@ -1,9 +1,6 @@
-"""The processor's HTTP endpoint: Prometheus metrics, liveness and readiness.
-
-Served on ``RESULTLOG_METRICS_HOST:RESULTLOG_METRICS_PORT`` by the processor's own event
-loop (aiohttp, already there for faust), so an answer also proves the loop is not
-blocked: ``/metrics`` (:class:`ProcessorMetrics`), ``/health/live`` and
-``/health/ready``, as docs/operations.md describes them.
+"""The processor's HTTP endpoint (docs/operations.md): Prometheus metrics, liveness and
+readiness, served by the processor's own event loop, so an answer also proves the loop
+is not blocked.
 """
 
 from __future__ import annotations
@@ -41,10 +38,6 @@ class HealthServer:
         self.status = status
         self._runner: web.AppRunner | None = None
 
-    @property
-    def address(self) -> str:
-        return f"http://{self.settings.metrics_host}:{self.settings.metrics_port}"
-
     async def start(self) -> None:
         """Listen, or raise :class:`ConfigurationError` naming the settings (port taken,
         address not on this host)."""
@@ -64,8 +57,8 @@ class HealthServer:
                 "(set RESULTLOG_METRICS_PORT to a free port, 0 to turn metrics off, or "
                 "RESULTLOG_METRICS_HOST to an address of this host)") from exc
         self._runner = runner
-        log.info("serving metrics on %s%s, health on %s and %s", self.address, METRICS_PATH,
-                 LIVE_PATH, READY_PATH)
+        log.info("serving metrics on http://%s:%s%s, health on %s and %s", s.metrics_host,
+                 s.metrics_port, METRICS_PATH, LIVE_PATH, READY_PATH)
 
     async def close(self) -> None:
         if self._runner is not None:

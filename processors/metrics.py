@@ -1,14 +1,7 @@
-"""The processor's Prometheus metrics (``prometheus_client``), one registry per processor.
-
-Two kinds, chosen for their cost on the fold's hot path:
-
-- counted as things happen, once per *batch* (never per event): events folded by
-  state, batch write latency per store, dead letters, write retries, chord
-  completions;
-- read only when scraped, from the engine's own bookkeeping (:class:`FoldStatus`): lag
-  and positions per partition, assigned partitions, readiness, view rebuilds.
-
-``docs/operations.md`` describes each metric and gives alert rules.
+"""The processor's Prometheus metrics (``prometheus_client``), one registry per processor:
+counted once per batch (never per event, for the fold's hot path), or read from the
+engine's :class:`FoldStatus` when scraped. docs/operations.md describes each metric,
+what they cost and alert rules.
 """
 
 from __future__ import annotations

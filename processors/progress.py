@@ -21,11 +21,6 @@ class Progress:
         self._last = 0.0
         self._drawn = -1  # self.done at the last draw
 
-    @property
-    def rate(self) -> float:
-        elapsed = time.monotonic() - self.started
-        return self.done / elapsed if elapsed > 0 else 0.0
-
     def advance(self, n: int) -> None:
         self.done += n
         now = time.monotonic()
@@ -35,7 +30,8 @@ class Progress:
 
     def _draw(self, final: bool = False) -> None:
         self._drawn = self.done
-        rate = self.rate
+        elapsed = time.monotonic() - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
         if self.total:
             pct = min(100.0, 100.0 * self.done / self.total)
             left = (self.total - self.done) / rate if rate > 0 else 0.0

@@ -1,12 +1,6 @@
-"""Rebuilding what the Redis view lost, from the log, while the live fold goes on.
-
-The live processor claims a partition whose view lost events (``views/coverage.py``),
-recording the gap ``[start, end)``. :class:`ViewRebuilder` reads that slice of the
-events topic outside any consumer group, folds it into Redis only (the history holds
-it) and records its progress in the gap after each batch, so a processor killed
-mid-rebuild resumes. The fold is a maximum, so old and new events land in any order.
-When the whole view was lost, the chord views are rebuilt from the chords topic too
-(docs/processor.md, "The view heals itself").
+"""Rebuilding the gaps the live processor claimed in the Redis view (``views/coverage.py``)
+from the log, into Redis only, while the live fold goes on (docs/processor.md, "The view
+heals itself", says why that is safe and how a rebuild resumes).
 """
 
 from __future__ import annotations
@@ -42,13 +36,8 @@ class ViewRebuilder:
         self._pending: dict[int, tuple[int, int]] = {}
         self._chords_lost = False
         self._task: asyncio.Task[None] | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self.rebuilt = 0  # events folded by rebuilds, for logs and tests
-
-    @property
-    def rebuilding(self) -> bool:
-        return not self._idle.is_set()
+        self.rebuilding = False  # a rebuild is queued or running
+        self.rebuilt = 0  # events folded by rebuilds, for logs and the metrics
 
     def add(self, gaps: Mapping[int, tuple[int, int]], *, chords_lost: bool = False) -> None:
         """Rebuild ``gaps`` (partition -> [start, end)); a partition already queued keeps
@@ -62,12 +51,8 @@ class ViewRebuilder:
             self._pending[p] = (start, end)
         self._chords_lost = self._chords_lost or chords_lost
         if (self._pending or self._chords_lost) and (self._task is None or self._task.done()):
-            self._idle.clear()
+            self.rebuilding = True
             self._task = asyncio.get_running_loop().create_task(self._run(), name="view-rebuild")
-
-    async def wait(self) -> None:
-        """Until nothing is queued or running (tests; a shutdown that wants it done)."""
-        await self._idle.wait()
 
     async def close(self) -> None:
         """Stop a rebuild in progress: its recorded progress lets the next start resume."""
@@ -75,7 +60,7 @@ class ViewRebuilder:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        self._idle.set()
+        self.rebuilding = False
 
     async def _run(self) -> None:
         try:
@@ -98,7 +83,7 @@ class ViewRebuilder:
                     return
         finally:
             if not self._pending:
-                self._idle.set()
+                self.rebuilding = False
 
     async def _rebuild(self, gaps: dict[int, tuple[int, int]]) -> None:
         s = self.settings

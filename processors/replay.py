@@ -1,10 +1,6 @@
-"""Rebuild the Redis view and/or the Postgres history by re-reading the events topic.
-
-Replay feeds the log through the same :class:`FoldSink` the live processor uses, so a
-rebuilt view is the live view by construction. It reads outside any consumer group
-(the live group is untouched) and records its progress as offsets under its own name
-(``<consumer_group>.replay``) in the history's offsets table, so an interrupted replay
-can be resumed (``resume=True``) or simply rerun: every write is idempotent.
+"""Rebuild the Redis view and/or the Postgres history by re-reading the events topic,
+through the live processor's :class:`FoldSink`, outside any consumer group, with its
+progress recorded under ``<consumer_group>.replay`` (docs/replay.md says why).
 """
 
 from __future__ import annotations
@@ -30,7 +26,7 @@ from resultlog.views.coverage import Claim, ViewCoverage
 from resultlog.views.history import HistoryStore
 
 REPLAY_GROUP_SUFFIX = ".replay"
-#: Pipelines per process: one waits on the stores while another decodes.
+#: Consumers per process: one waits on the stores while another decodes.
 DEFAULT_CONSUMERS = 2
 
 
@@ -82,10 +78,9 @@ async def clear_redis_view(settings: Settings) -> int:
 
     Chord hook claims stay: they record side effects that happened, which a rebuilt
     view must not make happen again."""
-    client: Redis = Redis.from_url(redis_url(settings))
     deleted = 0
     keep = names.chord_hook_claim_key(settings.redis_prefix, "")
-    try:
+    async with Redis.from_url(redis_url(settings)) as client:
         batch: list[bytes] = []
         async for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=5000):
             if key.decode(errors="replace").startswith(keep):
@@ -96,17 +91,12 @@ async def clear_redis_view(settings: Settings) -> int:
                 batch.clear()
         if batch:
             deleted += await client.unlink(*batch)
-    finally:
-        await client.aclose()
     return deleted
 
 
 async def clear_redis_offsets(settings: Settings, group: str) -> None:
-    client: Redis = Redis.from_url(redis_url(settings))
-    try:
+    async with Redis.from_url(redis_url(settings)) as client:
         await client.delete(names.offsets_key(settings.redis_prefix, group))
-    finally:
-        await client.aclose()
 
 
 async def record_live_positions(settings: Settings, plan: Slice) -> None:
@@ -114,12 +104,9 @@ async def record_live_positions(settings: Settings, plan: Slice) -> None:
     (views/coverage.py) that the view holds the log up to the replay's end, where it
     has no record, so its next start does not rebuild again what the replay just did.
     A partition it has a record of keeps it (the processor resumes from its stores)."""
-    client: Redis = Redis.from_url(redis_url(settings))
-    try:
+    async with Redis.from_url(redis_url(settings)) as client:
         coverage = ViewCoverage(settings, client, settings.consumer_group)
         await coverage.claim({p: Claim(end, end) for p, end in plan.end.items()})
-    finally:
-        await client.aclose()
 
 
 async def replay(

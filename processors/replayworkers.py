@@ -1,13 +1,10 @@
 """Replay's parallelism: consumers over disjoint shares of the partitions, in this
-process or in worker processes (docs/replay.md).
+process or in worker processes (docs/replay.md, "Parallelism and throughput").
 
-A consumer (with its own :class:`FoldSink` and :class:`StagedWriter`) mostly waits for
-Redis and PostgreSQL, so a process runs a few concurrently; decoding is CPU-bound, so
-beyond one core :func:`run_shares` starts ``python -m resultlog.processors.replayworkers``
-per group of shares (a plain subprocess: forking a running event loop with open sockets
-is not safe, and multiprocessing's spawn would re-run the caller's main module) and
-relays each batch's counts, one JSON line per batch. Every write records its offsets in
-both stores, so processes need no coordination and an interrupted replay resumes.
+A worker is a plain subprocess, ``python -m resultlog.processors.replayworkers``:
+forking a running event loop with open sockets is not safe, and multiprocessing's spawn
+would re-run the caller's main module. It reports each batch's counts on stdout, one
+JSON line per batch.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 from resultlog.errors import CodecError, ValidationError
@@ -50,7 +50,7 @@ class Record(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class RawRecord:
-    """A :class:`Record` made by hand (faust events, tests)."""
+    """A :class:`Record` made by hand (tests)."""
 
     topic: str
     partition: int
@@ -72,14 +72,8 @@ class SinkStats:
     redis_s: float = 0.0
 
     def add(self, other: SinkStats) -> None:
-        self.read += other.read
-        self.inserted += other.inserted
-        self.duplicates += other.duplicates
-        self.dead_letters += other.dead_letters
-        self.redis_changed += other.redis_changed
-        self.heartbeats += other.heartbeats
-        self.history_s += other.history_s
-        self.redis_s += other.redis_s
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +94,10 @@ class Prepared:
     starts: dict[tuple[str, int], int] | None = None
     # Worker heartbeats (schemas/workers.py), for the workers views.
     heartbeats: list[WorkerHeartbeat] = field(default_factory=list)
+
+
+def _empty(read: int) -> Prepared:
+    return Prepared(read, [], [], [], set(), [], [], {})
 
 
 @dataclass(slots=True)
@@ -165,14 +163,24 @@ class FoldSink:
         Each record takes the fast route (``taskrows.read_rows``: bytes -> rows) when it can, else
         the canonical one (decode to a :class:`TaskEvent`, then build the rows), which
         also names what is wrong with a record that cannot be stored."""
-        rows: list[tuple[Any, ...]] = []
-        view_tasks: list[str] = []
-        view_rows: list[list[Any]] = []
-        days: set[int] = set()
-        bad: list[DeadLetter] = []
-        chord_traffic: list[tuple[bytes, bytes]] = []
-        heartbeats: list[WorkerHeartbeat] = []
-        offsets: dict[tuple[str, int], int] = {}
+        batch = _empty(len(records))
+        self._prepare_into(batch, records)
+        return batch
+
+    async def prepare_yielding(self, records: Sequence[Record], chunk: int = 500) -> Prepared:
+        """:meth:`prepare`, giving the event loop a turn every ``chunk`` records, so
+        that the previous batch's writes (many short round trips) progress meanwhile."""
+        batch = _empty(len(records))
+        for i in range(0, len(records), chunk):
+            if i:
+                await asyncio.sleep(0)
+            self._prepare_into(batch, records[i:i + chunk])
+        return batch
+
+    def _prepare_into(self, batch: Prepared, records: Sequence[Record]) -> None:
+        rows, view_tasks, view_rows = batch.rows, batch.view_tasks, batch.view_rows
+        days, bad, heartbeats = batch.days, batch.bad, batch.heartbeats
+        chord_traffic, offsets = batch.chord_traffic, batch.offsets
         decode_any = self.codec.decode_any
         forward = self.chord_forwarder is not None
         ttl_ms = self.settings.result_ttl_s * 1000
@@ -214,44 +222,12 @@ class FoldSink:
             days.add(timestamp // DAY_MS)
             if forward and chord_id is not None and ready:
                 chord_traffic.append((chord_id.encode(), value))  # type: ignore[arg-type]
-        return Prepared(len(records), rows, view_tasks, view_rows, days, bad, chord_traffic,
-                        offsets, heartbeats=heartbeats)
-
-    async def prepare_yielding(self, records: Sequence[Record], chunk: int = 500) -> Prepared:
-        """:meth:`prepare`, giving the event loop a turn every ``chunk`` records, so
-        that the previous batch's writes (many short round trips) progress meanwhile."""
-        if len(records) <= chunk:
-            return self.prepare(records)
-        parts = []
-        for i in range(0, len(records), chunk):
-            parts.append(self.prepare(records[i:i + chunk]))
-            await asyncio.sleep(0)
-        offsets: dict[tuple[str, int], int] = {}
-        for part in parts:
-            for tp, o in part.offsets.items():
-                if o > offsets.get(tp, -1):
-                    offsets[tp] = o
-        return Prepared(
-            sum(p.read for p in parts),
-            [r for p in parts for r in p.rows],
-            [t for p in parts for t in p.view_tasks],
-            [v for p in parts for v in p.view_rows],
-            set().union(*(p.days for p in parts)),
-            [b for p in parts for b in p.bad],
-            [c for p in parts for c in p.chord_traffic],
-            offsets,
-            heartbeats=[h for p in parts for h in p.heartbeats],
-        )
 
     async def handle(self, records: Sequence[Record]) -> SinkStats:
         return await self.write(self.prepare(records))
 
     async def write(self, batch: Prepared) -> SinkStats:
-        """Store a prepared batch; see the module docstring for why in this order.
-
-        A batch with ``starts`` (the live fold) raises
-        :class:`~resultlog.errors.ViewLost` after the history was written if the Redis
-        view does not cover them (see ``views/coverage.py``)."""
+        """Store a prepared batch; see the module docstring for why in this order."""
         stats = await self.store_history(batch)
         await self.store_view(batch, stats)
         return stats
@@ -387,9 +363,5 @@ class StagedWriter:
     async def settle(self) -> None:
         """On the way out: let the writes in flight land (their offsets are recorded
         with them); raises the first failure."""
-        if self._batches:
-            ended = await asyncio.shield(asyncio.gather(*self._batches, return_exceptions=True))
-            self._batches, self._first = [], None
-            for e in ended:
-                if isinstance(e, BaseException):
-                    raise e
+        for error in await asyncio.shield(self.drop()):
+            raise error

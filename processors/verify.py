@@ -9,7 +9,7 @@ absent from Redis.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,10 +75,6 @@ async def events_from_log(settings: Settings, progress: bool = False) -> tuple[l
 _READ_CHUNK = 2000
 
 
-def _expired(view: TaskView, ttl_s: int, now_ms: int) -> bool:
-    return ttl_s > 0 and view.timestamp + ttl_s * 1000 <= now_ms
-
-
 async def verify(
     settings: Settings,
     *,
@@ -88,9 +84,7 @@ async def verify(
     progress: bool = False,
 ) -> VerifyReport:
     report = VerifyReport()
-    store = HistoryStore(settings)
-    await store.start()
-    try:
+    async with HistoryStore(settings) as store:
         if source == "log":
             events, report.undecodable = await events_from_log(settings, progress)
         elif source == "history":
@@ -104,8 +98,6 @@ async def verify(
             await _compare_redis(settings, expected, report)
         if history and source == "log":
             await _compare_history(store, events, report)
-    finally:
-        await store.close()
     return report
 
 
@@ -119,12 +111,12 @@ async def _read_views(view: RedisView, task_ids: list[str]) -> AsyncIterator[tup
 
 
 async def _compare_redis(settings: Settings, expected: dict[str, TaskView], report: VerifyReport) -> None:
-    view = RedisView(settings)
     now = int(time.time() * 1000)
-    try:
+    ttl_ms = settings.result_ttl_s * 1000
+    async with RedisView(settings) as view:
         async for task_id, got in _read_views(view, list(expected)):
             want = expected[task_id]
-            if _expired(want, settings.result_ttl_s, now):
+            if ttl_ms > 0 and want.timestamp + ttl_ms <= now:
                 continue  # gone by TTL, or about to be: both are right
             if got is None or got.public() != want.public():
                 report.differences.append(Difference(
@@ -133,17 +125,11 @@ async def _compare_redis(settings: Settings, expected: dict[str, TaskView], repo
         async for task_id, got in _read_views(view, extra):
             report.differences.append(Difference(
                 "redis", task_id, None, None if got is None else got.public()))
-    finally:
-        await view.close()
-
-
-def _rows(events: Iterable[TaskEvent]) -> dict[str, TaskEvent]:
-    return {e.event_id: e for e in events}
 
 
 async def _compare_history(store: HistoryStore, events: list[TaskEvent], report: VerifyReport) -> None:
-    want = _rows(events)
-    got = _rows([e async for e in store.all_events()])
+    want = {e.event_id: e for e in events}
+    got = {e.event_id: e async for e in store.all_events()}
     for event_id in want.keys() | got.keys():
         a, b = want.get(event_id), got.get(event_id)
         if a != b:
