@@ -16,11 +16,10 @@ from types import TracebackType
 from typing import Any, Unpack
 
 from resultlog.producers.calls import EmittingCalls
-from resultlog.schemas.event import TaskFields
 from resultlog.producers.options import EmitterOptions, resolve
 from resultlog.producers.pipeline import Pipeline
 from resultlog.producers.tracking import AsyncTracker
-from resultlog.schemas.event import TaskEvent
+from resultlog.schemas.event import TaskEvent, TaskFields
 from resultlog.settings import Settings
 
 

@@ -3,9 +3,8 @@
 One pipeline per emitter. Callers encode events and put them in the bounded
 :class:`~.buffer.Outbox`; a single pump task on the event loop takes them out in order,
 appends them to one aiokafka record batch per partition, and submits batches with
-``send_batch``. Building batches ourselves instead of calling ``send()`` per event is
-what makes 50,000+ events/s possible in one Python process: ``send()`` costs a
-coroutine, a future, a partitioner call and a metadata check for every event.
+``send_batch``: ``send()`` per event would cost a coroutine, a future, a partitioner
+call and a metadata check each (docs/emitter.md, "Performance").
 
 Ordering. All events of a task share the key ``task_id`` and so one partition
 (:mod:`.partitioner` reproduces Kafka's default partitioner). Per partition the pump
@@ -18,14 +17,12 @@ request carries one batch per partition anyway. While it is in flight the next b
 fill up, so batch size adapts to load; ``linger_ms`` only bounds how long they wait
 for an acknowledgement, and an idle emitter sends at once.
 
-Failures. A batch aiokafka gives up on (a non-retriable broker answer such as a record
-too large for the topic) is counted as not delivered and reported: from ``flush()`` and
-``stop()``, and from the next call that emits (see :class:`Failures`). Its sequence
-numbers leave a gap the idempotent producer cannot recover from, so the pump then waits
-for in-flight batches, replaces the producer (new producer id) and carries on with the
-events queued behind it. Retriable trouble (broker down) is retried by aiokafka forever,
-which fills the buffer and turns into ``BufferFull`` for callers: back-pressure, never a
-silent drop. ``stop()`` gives up after its timeout and reports what it could not send.
+Failures (what callers are told: docs/emitter.md, "Guarantees"). A batch aiokafka gives
+up on (a non-retriable broker answer such as a record too large for the topic) is
+counted in :class:`Failures`. Its sequence numbers leave a gap the idempotent producer
+cannot recover from, so the pump then waits for in-flight batches, replaces the producer
+(new producer id) and carries on with the events queued behind it. Retriable trouble
+(broker down) is retried by aiokafka forever: the buffer fills, callers get ``BufferFull``.
 """
 
 from __future__ import annotations
@@ -336,14 +333,10 @@ class Pipeline:
     async def _submit(self, *, force: bool) -> float | None:
         """Submit each idle partition's oldest batch if it is full, old enough or forced.
 
-        Returns when the next lingering batch will be due (loop time), or None.
-
-        A batch lingers only while an earlier batch of this emitter is in flight, and at
-        most ``linger_ms``: when nothing is in flight every batch goes out at once (an
-        idle producer has nothing to wait for, and a lone event would otherwise pay the
-        whole linger), and while something is in flight the batches fill until its
-        acknowledgement, which wakes the pump and sends them together in one request.
-        So batches grow with load and an event at a low rate waits for nobody.
+        Returns when the next lingering batch will be due (loop time), or None. A batch
+        lingers (at most ``linger_ms``) only while an earlier batch is in flight, whose
+        acknowledgement wakes the pump and sends them together: an idle producer has
+        nothing to wait for, and a lone event would otherwise pay the whole linger.
         """
         producer = self._producer
         assert producer is not None and self._loop is not None
