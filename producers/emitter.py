@@ -1,9 +1,5 @@
-"""The asyncio emitter: what worker code calls to record a task's state changes.
-
-Each call validates and encodes its event at once (bad input raises there, before
-anything is buffered), then returns as soon as the event is in the emitter's bounded
-buffer; ``wait=True`` also waits for Kafka's acknowledgement. See
-:mod:`resultlog.producers.pipeline` for how events get to Kafka and in what order.
+"""The asyncio emitter: what worker code calls to record a task's state changes
+(docs/emitter.md); :mod:`resultlog.producers.pipeline` gets the events to Kafka, in order.
 """
 
 from __future__ import annotations

@@ -111,15 +111,13 @@ async def start_producer(settings: Settings, config: ProducerConfig, topic: str)
         async with asyncio.timeout(settings.kafka_timeout_s):
             await producer.start()
             partitions = await producer.partitions_for(topic)
-    except (KafkaError, OSError, TimeoutError) as exc:
+        if not partitions:
+            raise BrokerUnavailable(f"Kafka reports no partitions for topic {topic!r}")
+    except BaseException as exc:
         await close_producer(producer, settings.kafka_timeout_s)
-        raise await start_failure(settings, exc, "connect to") from exc
-    except BaseException:
-        await close_producer(producer, settings.kafka_timeout_s)
+        if isinstance(exc, (KafkaError, OSError, TimeoutError)):
+            raise await start_failure(settings, exc, "connect to") from exc
         raise
-    if not partitions:
-        await close_producer(producer, settings.kafka_timeout_s)
-        raise BrokerUnavailable(f"Kafka reports no partitions for topic {topic!r}")
     return producer, len(partitions)
 
 

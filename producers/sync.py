@@ -149,8 +149,7 @@ class SyncEmitter(EmittingCalls[None]):
         self._current().pipeline.accept_blocking(event, wait=wait)
 
     def emit(self, event: TaskEvent, *, wait: bool = False) -> TaskEvent:
-        """Emit a ready-made event; returns it as recorded (an outcome over the size limit
-        is recorded with its large fields cut: :mod:`.fitting`)."""
+        """:meth:`Emitter.emit <resultlog.producers.emitter.Emitter.emit>`, blocking."""
         return self._current().pipeline.accept_blocking(event, wait=wait)
 
     def emit_record(self, name: str, key: str, record: Mapping[str, Any], timestamp: int,
