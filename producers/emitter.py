@@ -49,15 +49,13 @@ class Emitter(EmittingCalls[Coroutine[Any, Any, None]]):
         self.worker = worker if worker is not None else default_worker_name()
         #: The engine that buffers and delivers (thread-safe entry: ``accept_blocking``).
         self.pipeline = Pipeline(self.settings, resolve(self.settings, options))
-        self._start_lock: asyncio.Lock | None = None
+        self._start_lock = asyncio.Lock()
 
     # Lifetime ----------------------------------------------------------------------
     async def start(self) -> None:
         """Create the topic if missing and connect; :class:`BrokerUnavailable` if Kafka can't be reached."""
         if self.pipeline.running:
             return
-        if self._start_lock is None:
-            self._start_lock = asyncio.Lock()
         async with self._start_lock:
             await self.pipeline.start()
 
