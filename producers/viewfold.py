@@ -3,10 +3,11 @@ acknowledges is folded into the Redis view, with the processor's own ``fold.lua`
 before its waiters are resolved and its room in the buffer given back.
 
 What it buys, why it is safe (only acknowledged events; an idempotent, commutative fold;
-no position recorded, so ``views/coverage.py`` still finds a Redis that restarted empty)
-and why Redis trouble never fails an emit: docs/emitter.md, "Read-your-writes". A fold
-call retries for about 3 s before it fails: for :data:`RETRY_AFTER_S` after a failed
-fold, batches are released unfolded, so that an outage does not hold up the workers.
+no position recorded, so the processor still finds and rebuilds a Redis that restarted
+empty: ``views/coverage.py``) and why Redis trouble never fails an emit: docs/emitter.md,
+"Read-your-writes". A fold call retries for about 3 s before it fails: for
+:data:`RETRY_AFTER_S` after a failed fold, batches are released unfolded, so that an
+outage does not hold up the workers.
 """
 
 from __future__ import annotations
