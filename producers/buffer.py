@@ -41,8 +41,6 @@ class Outbox:
     """A FIFO of :class:`Item` with a bound on unacknowledged events and bytes."""
 
     def __init__(self, max_events: int, max_bytes: int) -> None:
-        if max_events < 1 or max_bytes < 1:
-            raise ValueError("buffer limits must be positive")
         self.max_events = max_events
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
@@ -194,9 +192,15 @@ class Outbox:
         waiters, self._async_waiters = self._async_waiters, []
         for room in waiters:
             if not room.done():
-                room.get_loop().call_soon_threadsafe(_resolve, room)
+                room.get_loop().call_soon_threadsafe(resolve, room)
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+def resolve(waiter: Waiter, error: BaseException | None = None) -> None:
+    """Set ``waiter``'s outcome, unless its caller gave up waiting (cancelled it; the
+    pipeline still counts a failure)."""
+    if waiter.done():
+        return
+    if error is None:
+        waiter.set_result(None)
+    else:
+        waiter.set_exception(error)

@@ -1,16 +1,7 @@
-"""Celery integration: Celery's task signals → resultlog events (docs/emitter.md, "Celery").
+"""Celery integration: Celery's task signals → resultlog events (docs/emitter.md, "Celery":
+which signal fires in which process, and why their order across processes does not matter).
 
-    from resultlog.producers import SyncEmitter
-    from resultlog.producers.celery import install
-
-    install(app, SyncEmitter())
-
-task_received and task_revoked fire in the worker's main process, the others in the
-pool process running the task: different producers, which Kafka does not order against
-each other, and need not, as the views order states by rank and attempt. Celery is an
-optional dependency (``pip install resultlog[celery]``) imported only by
-:func:`install`; errors in a handler are logged by Celery's signal dispatcher, never
-raised into the task.
+Celery is an optional dependency (``resultlog[celery]``) imported only by :func:`install`.
 """
 
 from __future__ import annotations

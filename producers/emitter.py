@@ -1,9 +1,5 @@
-"""The asyncio emitter: what worker code calls to record a task's state changes.
-
-Each call validates and encodes its event at once (bad input raises there, before
-anything is buffered), then returns as soon as the event is in the emitter's bounded
-buffer; ``wait=True`` also waits for Kafka's acknowledgement. See
-:mod:`resultlog.producers.pipeline` for how events get to Kafka and in what order.
+"""The asyncio emitter: what worker code calls to record a task's state changes
+(docs/emitter.md); :mod:`resultlog.producers.pipeline` gets the events to Kafka, in order.
 """
 
 from __future__ import annotations
@@ -16,11 +12,10 @@ from types import TracebackType
 from typing import Any, Unpack
 
 from resultlog.producers.calls import EmittingCalls
-from resultlog.schemas.event import TaskFields
 from resultlog.producers.options import EmitterOptions, resolve
 from resultlog.producers.pipeline import Pipeline
 from resultlog.producers.tracking import AsyncTracker
-from resultlog.schemas.event import TaskEvent
+from resultlog.schemas.event import TaskEvent, TaskFields
 from resultlog.settings import Settings
 
 
@@ -54,15 +49,13 @@ class Emitter(EmittingCalls[Coroutine[Any, Any, None]]):
         self.worker = worker if worker is not None else default_worker_name()
         #: The engine that buffers and delivers (thread-safe entry: ``accept_blocking``).
         self.pipeline = Pipeline(self.settings, resolve(self.settings, options))
-        self._start_lock: asyncio.Lock | None = None
+        self._start_lock = asyncio.Lock()
 
     # Lifetime ----------------------------------------------------------------------
     async def start(self) -> None:
         """Create the topic if missing and connect; :class:`BrokerUnavailable` if Kafka can't be reached."""
         if self.pipeline.running:
             return
-        if self._start_lock is None:
-            self._start_lock = asyncio.Lock()
         async with self._start_lock:
             await self.pipeline.start()
 

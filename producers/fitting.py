@@ -1,15 +1,10 @@
 """Fitting a task's outcome within the event size limit instead of refusing it.
 
-A SUCCESS over ``max_event_bytes`` is refused at the call
-(:class:`~resultlog.errors.EventTooLarge`): the caller can still act on it. A FAILURE,
-RETRY or REVOKED is the last word on an attempt, and refusing it would leave a client
-waiting for ever, so an oversized one is recorded with its large fields cut until it
-fits: the traceback and exception message (levelled, head and tail kept around
-``…[truncated from N bytes]…``), then args, kwargs and meta entries (dropped: JSON cut
-is not JSON). Every cut is noted in ``meta["resultlog.truncated"]``
-(:data:`TRUNCATED_META_KEY`). A marker rather than new schema fields: a new schema
-version for a rare case every reader would have to handle. The rules and their
-reasons: docs/emitter.md, "Size limit".
+A SUCCESS over ``max_event_bytes`` is refused at the call: the caller can still act on
+it. A FAILURE, RETRY or REVOKED is the last word on an attempt, and refusing it would
+leave a client waiting for ever, so it is recorded with its large fields cut. What is
+cut, in which order, and why a marker rather than new schema fields: docs/emitter.md,
+"Size limit".
 """
 
 from __future__ import annotations
@@ -85,21 +80,16 @@ def _level(keeps: list[int], target: int) -> int:
     return max(keeps)
 
 
-def encode_within_limit(event: TaskEvent, encode: Callable[[TaskEvent], bytes]) -> bytes:
-    """``encode(event)``; for a FAILURE, RETRY or REVOKED over the limit, a cut copy's.
+def fit_within_limit(event: TaskEvent, encode: Callable[[TaskEvent], bytes]
+                     ) -> tuple[TaskEvent, bytes]:
+    """``event`` and ``encode(event)``; for a FAILURE, RETRY or REVOKED over the limit,
+    its cut copy and the copy's bytes: what a reader of the log will see.
 
     ``encode`` raises :class:`EventTooLarge` (with ``size`` and ``limit``) for anything
     over the limit; its result is the only measure used, so what this returns is always
     within the limit. Other states' EventTooLarge, and a fitted state's whose uncut
     fields alone are over the limit, propagate.
     """
-    return fit_within_limit(event, encode)[1]
-
-
-def fit_within_limit(event: TaskEvent, encode: Callable[[TaskEvent], bytes]
-                     ) -> tuple[TaskEvent, bytes]:
-    """:func:`encode_within_limit`, and the event those bytes hold (``event`` itself, or
-    its cut copy): what a reader of the log will see."""
     try:
         return event, encode(event)
     except EventTooLarge as exc:

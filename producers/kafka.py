@@ -69,8 +69,13 @@ def make_producer(settings: Settings, config: ProducerConfig) -> AIOKafkaProduce
     )
 
 
-def unreachable(settings: Settings, exc: BaseException | None, doing: str) -> BrokerUnavailable:
-    """The error for a broker that could not be reached, naming what to check."""
+async def start_failure(settings: Settings, exc: BaseException | None, doing: str) -> ResultlogError:
+    """Why a Kafka client could not start: a refusal that names the setting to fix (wrong
+    password, untrusted certificate: resultlog/refusals.py), else that it could not reach
+    the broker, naming what to check."""
+    refused = await kafka_refusal(settings)
+    if refused is not None:
+        return refused
     cause = "timed out" if exc is None or isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
     return BrokerUnavailable(
         f"could not {doing} Kafka at {settings.kafka_bootstrap_servers} within "
@@ -79,13 +84,6 @@ def unreachable(settings: Settings, exc: BaseException | None, doing: str) -> Br
         f"RESULTLOG_KAFKA_SECURITY_PROTOCOL ({settings.kafka_security_protocol}) must be what "
         "the broker's listener expects"
     )
-
-
-async def start_failure(settings: Settings, exc: BaseException | None, doing: str) -> ResultlogError:
-    """Why a Kafka client could not start: a refusal that names the setting to fix (wrong
-    password, untrusted certificate: resultlog/refusals.py), else :func:`unreachable`."""
-    refused = await kafka_refusal(settings)
-    return refused if refused is not None else unreachable(settings, exc, doing)
 
 
 Client = TypeVar("Client", bound=Any)
@@ -111,15 +109,13 @@ async def start_producer(settings: Settings, config: ProducerConfig, topic: str)
         async with asyncio.timeout(settings.kafka_timeout_s):
             await producer.start()
             partitions = await producer.partitions_for(topic)
-    except (KafkaError, OSError, TimeoutError) as exc:
+        if not partitions:
+            raise BrokerUnavailable(f"Kafka reports no partitions for topic {topic!r}")
+    except BaseException as exc:
         await close_producer(producer, settings.kafka_timeout_s)
-        raise await start_failure(settings, exc, "connect to") from exc
-    except BaseException:
-        await close_producer(producer, settings.kafka_timeout_s)
+        if isinstance(exc, (KafkaError, OSError, TimeoutError)):
+            raise await start_failure(settings, exc, "connect to") from exc
         raise
-    if not partitions:
-        await close_producer(producer, settings.kafka_timeout_s)
-        raise BrokerUnavailable(f"Kafka reports no partitions for topic {topic!r}")
     return producer, len(partitions)
 
 

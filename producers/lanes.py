@@ -57,9 +57,6 @@ class Lanes:
     def __iter__(self) -> Iterator[Lane]:
         return iter(list(self._lanes.values()))
 
-    def __len__(self) -> int:
-        return len(self._lanes)
-
     def add(self, items: deque[Item], partitions: int, new_builder: Callable[[], BatchBuilder], now: float) -> None:
         """Append ``items`` (in order) to their partitions' open batches, opening new ones as needed."""
         hashes, lanes = self._hashes, self._lanes

@@ -39,28 +39,17 @@ class PipelineOptions:
 
 
 class EmitterOptions(TypedDict, total=False):
-    #: Kafka batch compression: "zstd" (default), "lz4", "snappy", "gzip" or None.
+    """The keyword options of both emitters: their meaning and defaults are the table in
+    docs/emitter.md, "Options"."""
+
     compression_type: Compression
-    #: Largest record batch per partition, before compression; keep it under the
-    #: broker's ``message.max.bytes`` (1 MiB by default).
     max_batch_bytes: int
-    #: How long a partition's batch may wait for more events while an earlier batch is
-    #: in flight (like Kafka's ``linger.ms``; an idle emitter sends at once);
-    #: ``flush()`` never waits for it.
     linger_ms: float
-    #: Back-pressure: at most this many events accepted and not yet acknowledged...
     max_buffered_events: int
-    #: ...and at most this many encoded bytes.
     max_buffered_bytes: int
-    #: How long an emitting call waits for room before ``BufferFull`` (default: kafka_timeout_s).
     buffer_timeout_s: float
-    #: How long ``stop()``/``close()`` waits for acknowledgements before giving up.
     close_timeout_s: float
-    #: Create the events topic at start if it is missing (needs the CREATE right).
     create_topics: bool
-    #: Fold each event into the Redis view as soon as Kafka acknowledges it, ahead of
-    #: the processor, so a waiting client wakes after the acknowledgement and one Redis
-    #: call (default off: the worker then needs Redis too). See ``producers/viewfold.py``.
     read_your_writes: bool
     client_id: str
 

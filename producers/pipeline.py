@@ -3,9 +3,8 @@
 One pipeline per emitter. Callers encode events and put them in the bounded
 :class:`~.buffer.Outbox`; a single pump task on the event loop takes them out in order,
 appends them to one aiokafka record batch per partition, and submits batches with
-``send_batch``. Building batches ourselves instead of calling ``send()`` per event is
-what makes 50,000+ events/s possible in one Python process: ``send()`` costs a
-coroutine, a future, a partitioner call and a metadata check for every event.
+``send_batch``: ``send()`` per event would cost a coroutine, a future, a partitioner
+call and a metadata check each (docs/emitter.md, "Performance").
 
 Ordering. All events of a task share the key ``task_id`` and so one partition
 (:mod:`.partitioner` reproduces Kafka's default partitioner). Per partition the pump
@@ -18,14 +17,12 @@ request carries one batch per partition anyway. While it is in flight the next b
 fill up, so batch size adapts to load; ``linger_ms`` only bounds how long they wait
 for an acknowledgement, and an idle emitter sends at once.
 
-Failures. A batch aiokafka gives up on (a non-retriable broker answer such as a record
-too large for the topic) is counted as not delivered and reported: from ``flush()`` and
-``stop()``, and from the next call that emits (see :class:`Failures`). Its sequence
-numbers leave a gap the idempotent producer cannot recover from, so the pump then waits
-for in-flight batches, replaces the producer (new producer id) and carries on with the
-events queued behind it. Retriable trouble (broker down) is retried by aiokafka forever,
-which fills the buffer and turns into ``BufferFull`` for callers: back-pressure, never a
-silent drop. ``stop()`` gives up after its timeout and reports what it could not send.
+Failures (what callers are told: docs/emitter.md, "Guarantees"). A batch aiokafka gives
+up on (a non-retriable broker answer such as a record too large for the topic) is
+counted in :class:`Failures`. Its sequence numbers leave a gap the idempotent producer
+cannot recover from, so the pump then waits for in-flight batches, replaces the producer
+(new producer id) and carries on with the events queued behind it. Retriable trouble
+(broker down) is retried by aiokafka forever: the buffer fills, callers get ``BufferFull``.
 """
 
 from __future__ import annotations
@@ -42,7 +39,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
 from resultlog.errors import BrokerUnavailable, EmitterClosed
-from resultlog.producers.buffer import Item, Outbox, Waiter
+from resultlog.producers.buffer import Item, Outbox, resolve
 from resultlog.producers.failures import Failures
 from resultlog.producers.fitting import fit_within_limit
 from resultlog.producers.kafka import abort_pending, close_producer, start_producer
@@ -80,7 +77,7 @@ class Pipeline:
         self._since_yield = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        self._work: asyncio.Event | None = None
+        self._work = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
         # Read-your-writes: acknowledged batches go through here before they are released.
         self._acked_fold = AckedFold(settings, self._release) if options.read_your_writes else None
@@ -102,7 +99,6 @@ class Pipeline:
         )
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._work = asyncio.Event()
         self._state = "running"
         self._pump_task = asyncio.create_task(self._pump(), name=f"resultlog-emitter-pump[{self.topic}]")
         self._pump_task.add_done_callback(self._pump_done)
@@ -112,7 +108,7 @@ class Pipeline:
         if self._state in ("running", "stopping"):
             target = self._outbox.last_seq
             if self._low_watermark() <= target:
-                assert self._loop is not None and self._work is not None
+                assert self._loop is not None
                 done: asyncio.Future[None] = self._loop.create_future()
                 self._flush_waiters.append((target, done))
                 self._work.set()
@@ -179,22 +175,11 @@ class Pipeline:
                 await asyncio.sleep(0)  # let the batch callbacks run
             await close_producer(producer, self.settings.kafka_timeout_s)
         self._fail_unsent("the emitter stopped before they were acknowledged")
-        for _, done in self._flush_waiters:
-            if not done.done():
-                done.set_result(None)
 
     # Accepting (callers) -------------------------------------------------------------
-    def encode(self, event: TaskEvent) -> tuple[bytes, bytes]:
-        """Key and value for ``event``; raises (EventTooLarge, ...) before anything is buffered.
-
-        An outcome (FAILURE, RETRY, REVOKED) over the size limit is cut to fit, never
-        refused: see :mod:`.fitting`.
-        """
-        _, key, value = self.encode_recorded(event)
-        return key, value
-
     def encode_recorded(self, event: TaskEvent) -> tuple[TaskEvent, bytes, bytes]:
-        """:meth:`encode`, and the event as recorded (cut to fit, if it had to be)."""
+        """The event as recorded, its key and value; raises (EventTooLarge, ...) before
+        anything is buffered. An outcome over the size limit is cut to fit: :mod:`.fitting`."""
         if not isinstance(event, TaskEvent):
             raise TypeError(f"expected a TaskEvent, got {type(event).__name__}")
         recorded, value = fit_within_limit(event, self.encoder.encode)
@@ -291,14 +276,14 @@ class Pipeline:
 
     # The pump (event loop) -----------------------------------------------------------
     def _wake(self) -> None:
-        assert self._work is not None and self._loop is not None
+        assert self._loop is not None
         if threading.get_ident() == self._loop_thread:
             self._work.set()
         else:
             self._loop.call_soon_threadsafe(self._work.set)
 
     async def _pump(self) -> None:
-        assert self._work is not None and self._loop is not None
+        assert self._loop is not None
         work, loop = self._work, self._loop
         timer: asyncio.TimerHandle | None = None
         while True:
@@ -335,9 +320,6 @@ class Pipeline:
             log.error("resultlog emitter pump crashed", exc_info=exc)
             self._outbox.close(f"the emitter's pump crashed: {exc!r}")
             self._fail_unsent(f"the emitter's pump crashed: {exc!r}")
-            for _, done in self._flush_waiters:
-                if not done.done():
-                    done.set_result(None)
 
     def _distribute(self, items: deque[Item]) -> None:
         if not items:
@@ -351,14 +333,10 @@ class Pipeline:
     async def _submit(self, *, force: bool) -> float | None:
         """Submit each idle partition's oldest batch if it is full, old enough or forced.
 
-        Returns when the next lingering batch will be due (loop time), or None.
-
-        A batch lingers only while an earlier batch of this emitter is in flight, and at
-        most ``linger_ms``: when nothing is in flight every batch goes out at once (an
-        idle producer has nothing to wait for, and a lone event would otherwise pay the
-        whole linger), and while something is in flight the batches fill until its
-        acknowledgement, which wakes the pump and sends them together in one request.
-        So batches grow with load and an event at a low rate waits for nobody.
+        Returns when the next lingering batch will be due (loop time), or None. A batch
+        lingers (at most ``linger_ms``) only while an earlier batch is in flight, whose
+        acknowledgement wakes the pump and sends them together: an idle producer has
+        nothing to wait for, and a lone event would otherwise pay the whole linger.
         """
         producer = self._producer
         assert producer is not None and self._loop is not None
@@ -404,39 +382,32 @@ class Pipeline:
         batch.finished = True
         if lane.outstanding is batch:
             lane.outstanding = None
-        if exc is None:
-            if batch.events and self._acked_fold is not None:
-                # In the log: fold it into the view before its waiters and room are
-                # released; the lane may send its next batch meanwhile.
-                self._acked_fold.add(batch)
-                if self._work is not None:
-                    self._work.set()
-                return
-            for waiter in batch.waiters:
-                _resolve(waiter, None)
-        else:
+        if exc is None and batch.events and self._acked_fold is not None:
+            # In the log: fold it into the view before its waiters and room are
+            # released; the lane may send its next batch meanwhile.
+            self._acked_fold.add(batch)
+            self._work.set()
+            return
+        error = None
+        if exc is not None:
             cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             log.error(
                 "resultlog: %d event(s) not delivered to %s[%d]: %s",
                 batch.count, self.topic, lane.partition, cause,
             )
             error = BrokerUnavailable(f"the event was not delivered to Kafka topic {self.topic!r}: {cause}")
-            for waiter in batch.waiters:
-                _resolve(waiter, error)
             self.failures.add(batch.count, batch.count - len(batch.waiters), cause)
             # The producer's sequence numbers now have a gap: replace it before sending more.
             self._restart_needed = True
-        self._outbox.release(batch.count, batch.nbytes)
-        if self._work is not None:
-            self._work.set()
+        self._release(batch, error)
 
-    def _release(self, batch: Batch) -> None:
-        """An acknowledged batch is through read-your-writes' fold: release it."""
+    def _release(self, batch: Batch, error: BaseException | None = None) -> None:
+        """Resolve ``batch``'s waiters (with ``error`` if it failed) and give its room back;
+        read-your-writes' fold calls this once an acknowledged batch is folded."""
         for waiter in batch.waiters:
-            _resolve(waiter, None)
+            resolve(waiter, error)
         self._outbox.release(batch.count, batch.nbytes)
-        if self._work is not None:
-            self._work.set()
+        self._work.set()
 
     async def _restart(self) -> None:
         old, self._producer = self._producer, None
@@ -458,18 +429,23 @@ class Pipeline:
         self._restart_needed = False
 
     def _fail_unsent(self, cause: str) -> None:
-        """Count everything still queued, batched or unresolved as not delivered."""
+        """Count everything still queued, batched or unresolved as not delivered; then
+        every flush waiting returns (and reports it): nothing will be delivered any more."""
         batches = self._lanes.take_unfinished()
         items = self._outbox.take()
         events = sum(b.count for b in batches) + len(items)
-        if not events:
-            return
-        waiters = [w for b in batches for w in b.waiters] + [i.waiter for i in items if i.waiter is not None]
-        error = BrokerUnavailable(f"the event was not delivered to Kafka topic {self.topic!r}: {cause}")
-        for waiter in waiters:
-            _resolve(waiter, error)
-        self.failures.add(events, events - len(waiters), cause)
-        self._outbox.release(events, sum(b.nbytes for b in batches) + sum(len(i.value) for i in items))
+        if events:
+            waiters = [w for b in batches for w in b.waiters]
+            waiters += [i.waiter for i in items if i.waiter is not None]
+            error = BrokerUnavailable(f"the event was not delivered to Kafka topic {self.topic!r}: {cause}")
+            for waiter in waiters:
+                resolve(waiter, error)
+            self.failures.add(events, events - len(waiters), cause)
+            nbytes = sum(b.nbytes for b in batches) + sum(len(i.value) for i in items)
+            self._outbox.release(events, nbytes)
+        for _, done in self._flush_waiters:
+            if not done.done():
+                done.set_result(None)
 
     # Flush bookkeeping ----------------------------------------------------------------
     def _low_watermark(self) -> int:
@@ -491,12 +467,3 @@ class Pipeline:
 def _consume(fut: asyncio.Future[None]) -> None:
     if not fut.cancelled():
         fut.exception()
-
-
-def _resolve(waiter: Waiter, error: BaseException | None) -> None:
-    if waiter.done():
-        return  # the caller gave up waiting (cancelled); the outcome is still counted
-    if error is None:
-        waiter.set_result(None)
-    else:
-        waiter.set_exception(error)

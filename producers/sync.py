@@ -1,17 +1,11 @@
-"""The emitter for threaded and forked (prefork) workers.
+"""The emitter for threaded and forked (prefork) workers: the asyncio
+:class:`~resultlog.producers.emitter.Emitter` run through :mod:`resultlog.bridge`
+(docs/emitter.md, "Threads and forked workers").
 
-``SyncEmitter`` is the asyncio :class:`~resultlog.producers.emitter.Emitter` run on the
-process's loop thread (:mod:`resultlog.bridge`). Emitting calls do their work
-(validation, encoding, buffering) in the calling thread and only hand bytes to the loop,
-so they are cheap and safe from any number of threads; ``flush``, ``start`` and
-``close`` run on the loop and block the caller.
-
-Fork safety: a process forked from one that used the emitter inherits the parent's
-``Emitter`` and sockets, but not the loop thread. The first call in the child sees that
-the process was forked since the emitter started (``os.register_at_fork``), abandons the inherited emitter without touching it (its
-sockets belong to the parent) and starts a fresh one on the child's loop thread. Events
-the parent had buffered but not yet delivered are the parent's to deliver, never the
-child's.
+Fork safety: a forked child inherits the parent's ``Emitter`` and sockets but not the
+loop thread. Its first call sees the fork (a count kept by ``os.register_at_fork``),
+abandons the inherited emitter without touching it (its sockets, and the events it had
+buffered, are the parent's) and starts a fresh one.
 """
 
 from __future__ import annotations
@@ -29,10 +23,9 @@ from resultlog.bridge import Bridge
 from resultlog.errors import EmitterClosed, ResultlogError
 from resultlog.producers.calls import EmittingCalls
 from resultlog.producers.emitter import Emitter, default_worker_name
-from resultlog.schemas.event import TaskFields
 from resultlog.producers.options import EmitterOptions, resolve
 from resultlog.producers.tracking import SyncTracker
-from resultlog.schemas.event import TaskEvent
+from resultlog.schemas.event import TaskEvent, TaskFields
 from resultlog.settings import Settings
 
 log = logging.getLogger("resultlog.producers")
@@ -156,8 +149,7 @@ class SyncEmitter(EmittingCalls[None]):
         self._current().pipeline.accept_blocking(event, wait=wait)
 
     def emit(self, event: TaskEvent, *, wait: bool = False) -> TaskEvent:
-        """Emit a ready-made event; returns it as recorded (an outcome over the size limit
-        is recorded with its large fields cut: :mod:`.fitting`)."""
+        """:meth:`Emitter.emit <resultlog.producers.emitter.Emitter.emit>`, blocking."""
         return self._current().pipeline.accept_blocking(event, wait=wait)
 
     def emit_record(self, name: str, key: str, record: Mapping[str, Any], timestamp: int,

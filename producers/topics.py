@@ -1,11 +1,8 @@
-"""Creating resultlog's topics when they are missing.
+"""Creating resultlog's topics when they are missing (docs/emitter.md, "Topics").
 
-Used by the emitter at start and by the processors for their own topics. Idempotent and
-race-safe: several workers starting at once may all try to create the topic, and
-``TopicAlreadyExists`` from the losers is success. Topics that already exist are left
-exactly as they are (their partitions, replication and retention are never altered);
-one whose ``max.message.bytes`` is too small for ``max_event_bytes`` is an error at once,
-rather than a refused FAILURE later that leaves its client waiting.
+Idempotent and safe to race; an existing topic is never altered, and one whose
+``max.message.bytes`` is too small for ``max_event_bytes`` is an error at once, rather
+than a refused FAILURE later that leaves its client waiting.
 """
 
 from __future__ import annotations
@@ -71,15 +68,12 @@ async def ensure_topics(
 ) -> list[str]:
     """Create each of ``topics`` that does not exist; return the ones this call created.
 
-    Partitions, replication, ``retention.ms`` and ``min.insync.replicas`` default to
-    the settings (``topic_partitions``, ``topic_replication_factor``,
-    ``topic_retention_ms``, ``topic_min_insync_replicas`` when it is not 0);
-    ``max.message.bytes`` is :func:`max_message_bytes`; ``configs`` adds other topic
-    configs (e.g. ``cleanup.policy``). Waits until every partition of every named topic
-    has a leader, so a producer can use it at once. Raises :class:`BrokerUnavailable`
-    if Kafka cannot be reached within ``kafka_timeout_s``, and
-    :class:`ConfigurationError` if the broker rejects the topic's configuration or an
-    existing topic's ``max.message.bytes`` is below what ``max_event_bytes`` needs.
+    What is left unset comes from the settings, ``max.message.bytes`` from
+    :func:`max_message_bytes`; ``configs`` adds other topic configs (e.g.
+    ``cleanup.policy``). Waits until every partition has a leader, so a producer can use
+    it at once. Raises :class:`BrokerUnavailable` if Kafka cannot be reached within
+    ``kafka_timeout_s``, :class:`ConfigurationError` for a configuration the broker
+    refuses or an existing topic too small for ``max_event_bytes``.
     """
     if not topics:
         return []
@@ -130,19 +124,16 @@ async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic], timeout_ms
         error = for_code(code)
         if error is NoError:
             created.append(name)
-        elif error is TopicAlreadyExistsError:
+            continue
+        if error is TopicAlreadyExistsError:
             continue  # someone else created it between our listing and our request
-        elif error.__name__ in _CONFIG_ERRORS:
+        refused = f"Kafka refused to create topic {name!r}: {error.__name__}"
+        if message:
+            refused += f" ({message})"
+        if error.__name__ in _CONFIG_ERRORS:
             settings_named = " or ".join(f"RESULTLOG_{n.upper()}" for n in _CONFIG_ERRORS[error.__name__])
-            raise ConfigurationError(
-                f"Kafka refused to create topic {name!r}: {error.__name__}"
-                f"{f' ({message})' if message else ''}; check {settings_named}"
-            )
-        else:
-            raise BrokerUnavailable(
-                f"Kafka refused to create topic {name!r}: {error.__name__}"
-                f"{f' ({message})' if message else ''}"
-            )
+            raise ConfigurationError(f"{refused}; check {settings_named}")
+        raise BrokerUnavailable(refused)
     return created
 
 

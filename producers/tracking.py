@@ -1,9 +1,8 @@
 """Tracking a block of code as a task: STARTED, then SUCCESS or FAILURE.
 
-``emitter.track(task_id, ...)`` returns one of these; it works as a context manager
-(``async with`` / ``with``) and as a decorator. A result that cannot be recorded (not
-JSON-encodable, or too large) turns the task into a FAILURE carrying that error, and
-the error is raised: the work succeeded but nobody could ever read its result.
+``emitter.track(task_id, ...)`` returns one of these: a context manager and a
+decorator (docs/emitter.md, "track"). A result that cannot be recorded is a FAILURE
+carrying that error, raised: the work succeeded but nobody could ever read its result.
 
 How a tracked block ends is written once, as a coroutine (:meth:`_Tracker._close`). The
 asyncio tracker awaits it; the sync tracker runs it to the end at once in the caller's

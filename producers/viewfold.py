@@ -1,23 +1,13 @@
-"""Read-your-writes for the emitter: acknowledged events folded into the Redis view at once.
+"""Read-your-writes for the emitter (option ``read_your_writes``): each batch Kafka
+acknowledges is folded into the Redis view, with the processor's own ``fold.lua`` call,
+before its waiters are resolved and its room in the buffer given back.
 
-With the emitter option ``read_your_writes=True`` the pipeline hands every batch Kafka
-acknowledges to :class:`AckedFold`, which folds the batch's events into the view (the
-``fold.lua`` call the processor makes) and only then resolves the batch's waiters and
-gives its room in the buffer back. A client waiting in ``AsyncResult.get()`` then wakes
-after Kafka's acknowledgement and one Redis call, instead of after the processor's fetch
-and both of its store writes; ``emit(..., wait=True)`` and ``flush()`` return once what
-they waited for is readable.
-
-Why it is safe: only acknowledged events are folded, so the view never shows what the
-log does not hold; the fold is idempotent and commutative, so the processor folding the
-same events later changes nothing; and no position is recorded here, so what the
-processor knows it has folded (``views/coverage.py``) is untouched — a Redis that
-restarted empty is still found and rebuilt by the processor.
-
-A Redis that cannot be reached does not fail an emit: the event is in the log and the
-processor folds it. The failure is logged once per outage and the batch released; for
+What it buys, why it is safe (only acknowledged events; an idempotent, commutative fold;
+no position recorded, so the processor still finds and rebuilds a Redis that restarted
+empty: ``views/coverage.py``) and why Redis trouble never fails an emit: docs/emitter.md,
+"Read-your-writes". A fold call retries for about 3 s before it fails: for
 :data:`RETRY_AFTER_S` after a failed fold, batches are released unfolded, so that an
-outage (a fold call retries for about 3 s before it fails) does not hold up the workers.
+outage does not hold up the workers.
 """
 
 from __future__ import annotations

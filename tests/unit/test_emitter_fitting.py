@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from resultlog.errors import EventTooLarge
 from resultlog.names import TRUNCATED_META_KEY
 from resultlog.schemas.taskcodec import EventEncoder
-from resultlog.producers.fitting import FITTED_STATES, encode_within_limit, marker, truncate_text
+from resultlog.producers.fitting import FITTED_STATES, fit_within_limit, marker, truncate_text
 from resultlog.schemas.codec import Codec
 from resultlog.schemas.event import ExceptionInfo, TaskEvent, now_ms
 from resultlog.schemas.states import State
@@ -63,7 +63,7 @@ def test_an_outcome_always_encodes_within_the_limit(
 ) -> None:
     original = event(state, tb=tb, message=message, args=args, kwargs=kwargs, meta=meta)
     enc = encoder(limit)
-    data = encode_within_limit(original, enc.encode)  # never raises: the fixed fields are small
+    data = fit_within_limit(original, enc.encode)[1]  # never raises: the fixed fields are small
     assert len(data) <= limit
     got = enc.codec.decode(data)
     whole = UNLIMITED.encode(original)
@@ -95,7 +95,7 @@ def test_an_outcome_always_encodes_within_the_limit(
 def test_a_5_mb_traceback_and_a_3_mb_message_both_keep_a_share() -> None:
     original = event(State.FAILURE, tb="T" * 5_000_000, message="m" * 3_000_000, args="[1,2]")
     enc = encoder(1_000_000)
-    got = enc.codec.decode(encode_within_limit(original, enc.encode))
+    got = enc.codec.decode(fit_within_limit(original, enc.encode)[1])
     assert got.traceback is not None and got.exception is not None
     assert 400_000 < len(got.traceback) < 500_100 and 400_000 < len(got.exception.message) < 500_100
     assert got.args == "[1,2]"  # text went first; args were not needed
@@ -105,7 +105,7 @@ def test_a_5_mb_traceback_and_a_3_mb_message_both_keep_a_share() -> None:
 def test_huge_args_are_dropped_when_cutting_text_is_not_enough() -> None:
     original = event(State.RETRY, tb="short", args=json.dumps(["x" * 2_000_000]))
     enc = encoder(1_000_000)
-    got = enc.codec.decode(encode_within_limit(original, enc.encode))
+    got = enc.codec.decode(fit_within_limit(original, enc.encode)[1])
     assert got.args is None and got.traceback == "short"
     assert got.meta[TRUNCATED_META_KEY] == "args:2000004"  # ["…"]
 
@@ -113,11 +113,11 @@ def test_huge_args_are_dropped_when_cutting_text_is_not_enough() -> None:
 def test_a_success_over_the_limit_is_refused_with_its_size() -> None:
     big = TaskEvent.create("task-1", State.SUCCESS, result="x" * 5000)
     with pytest.raises(EventTooLarge, match="RESULTLOG_MAX_EVENT_BYTES") as raised:
-        encode_within_limit(big, encoder(2048).encode)
+        fit_within_limit(big, encoder(2048).encode)
     assert raised.value.limit == 2048 and raised.value.size == len(UNLIMITED.encode(big))
 
 
 def test_an_outcome_whose_uncut_fields_exceed_the_limit_is_refused_saying_which() -> None:
     original = event(State.FAILURE, tb="x" * 5000, task_name="n" * 3000)
     with pytest.raises(EventTooLarge, match="task name, worker name or exception type"):
-        encode_within_limit(original, encoder(2048).encode)
+        fit_within_limit(original, encoder(2048).encode)
