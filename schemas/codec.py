@@ -208,9 +208,9 @@ class Codec:
 
     # Task events ---------------------------------------------------------------------
     def encode(self, event: TaskEvent) -> bytes:
-        if event.state is State.FORGOTTEN:
-            return self.encode_record(TASK_FORGOTTEN, forgotten_to_record(event))
-        return self.encode_record(TASK_EVENT, event_to_record(event))
+        # A forget's record has a subset of the fields (TaskEvent refuses any other).
+        name = TASK_FORGOTTEN if event.state is State.FORGOTTEN else TASK_EVENT
+        return self.encode_record(name, event_to_record(event))
 
     def decode_any(self, data: bytes) -> TaskEvent | tuple[str, dict[str, Any]]:
         """A task event (fast path when it applies), or ``(name, record)`` for any other
@@ -225,7 +225,7 @@ class Codec:
         if name == TASK_EVENT:
             return event_from_record(record)
         if name == TASK_FORGOTTEN:
-            return forgotten_from_record(record)
+            return event_from_record(record | {"state": State.FORGOTTEN.value})
         return name, record
 
     def decode(self, data: bytes) -> TaskEvent:
@@ -264,20 +264,6 @@ def event_from_record(record: Mapping[str, Any]) -> TaskEvent:
             state=_STATES[record["state"]], attempt=record.get("attempt", 0),
             exception=None if exc is None else ExceptionInfo(exc["type"], exc["module"], exc["message"]),
             meta=record.get("meta") or {}, **values)
-    except KeyError as exc:
-        raise CodecError(f"record lacks required field {exc}") from None
-
-
-def forgotten_to_record(event: TaskEvent) -> dict[str, Any]:
-    return {"event_id": event.event_id, "task_id": event.task_id,
-            "timestamp": event.timestamp, "worker": event.worker, "meta": dict(event.meta)}
-
-
-def forgotten_from_record(record: Mapping[str, Any]) -> TaskEvent:
-    try:
-        return TaskEvent(event_id=record["event_id"], task_id=record["task_id"],
-                         state=State.FORGOTTEN, timestamp=record["timestamp"],
-                         worker=record.get("worker"), meta=record.get("meta") or {})
     except KeyError as exc:
         raise CodecError(f"record lacks required field {exc}") from None
 
