@@ -85,7 +85,6 @@ RANK: Final[dict[State, int]] = {
 READY_STATES: Final = frozenset({State.SUCCESS, State.FAILURE, State.REVOKED})
 #: The states a TaskEvent record carries (a forget has a record type of its own).
 RECORD_STATES: Final = tuple(s for s in State if s is not State.FORGOTTEN)
-EXCEPTION_STATES: Final = frozenset({State.FAILURE, State.RETRY, State.REVOKED})
 
 # Bounds that keep order_token fixed-width (and so byte-comparable).
 MAX_ATTEMPT: Final = 99_999
