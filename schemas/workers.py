@@ -93,14 +93,9 @@ class WorkerHeartbeat:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> WorkerHeartbeat:
+        # Decoded records (defaults filled in) and the workers view's JSON have every field.
         try:
-            return cls(
-                record["event_id"], record["worker_id"], record["beat_at"], record["ttl_s"],
-                record["source"], record["hostname"], record["pid"], record["queue"],
-                record["concurrency"], record.get("tasks_processed", 0),
-                record.get("tasks_failed", 0), record.get("active_tasks", 0),
-                record["started_at"], bool(record.get("is_running", True)),
-                record.get("meta") or {})
+            return cls(**{f.name: record[f.name] for f in fields(cls)})
         except KeyError as exc:
             raise CodecError(f"heartbeat record lacks required field {exc}") from None
 
