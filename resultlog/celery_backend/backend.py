@@ -1,8 +1,5 @@
 """``ResultlogBackend``: a Celery result backend whose writes are events and whose reads
-come from the Redis view.
-
-    app.conf.result_backend = "resultlog://"     # the whole switch (an entry point of
-                                                  # the celery.result_backends group)
+come from the Redis view (docs/celery.md).
 
 It is an adapter, never a second store: ``store_result`` hands the state to the
 process's :class:`~resultlog.producers.SyncEmitter`; ``get_task_meta`` reads the

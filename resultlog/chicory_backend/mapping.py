@@ -1,14 +1,7 @@
-"""Chicory's values <-> resultlog's records, as pure functions.
-
-Chicory's ``TaskResult`` is one task event (docs/chicory.md, "Chicory's states in the
-contract"): PENDING becomes RECEIVED, DEAD_LETTERED a FAILURE, the others their own
-state. A Chicory state that is not the event's own, or a result on a state other than
-SUCCESS, travels in the event's ``result`` as ``{"resultlog.chicory_state": <state>,
-"result": <value>}``, as the Celery backend carries the states the contract has no
-name for; a SUCCESS's result is the plain value. ``error`` is the exception message
-(as ``builtins.Exception``); results go through pydantic's JSON mode, as Chicory's own
-backends store them. Chicory's ``WorkerStats`` is a :class:`WorkerHeartbeat` of
-source ``chicory`` (times to the millisecond; a connection status in ``meta``).
+"""Chicory's values <-> resultlog's records, as pure functions: a ``TaskResult`` is one
+task event, a ``WorkerStats`` a :class:`WorkerHeartbeat` of source ``chicory``. The
+mapping and its reasons: docs/chicory.md, "Chicory's states in the contract" and
+"Workers as events".
 """
 
 from __future__ import annotations
