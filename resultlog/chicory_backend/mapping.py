@@ -39,8 +39,6 @@ FROM_EVENT_STATE: Final[dict[State, TaskState]] = {
     State.REVOKED: TaskState.FAILURE,
 }
 _WRAPPER_KEYS: Final = frozenset({names.CHICORY_STATE_KEY, names.CHICORY_RESULT_KEY})
-# What Chicory's AsyncResult.get() raises for a FAILURE: Exception(error).
-_ERROR_TYPE: Final = ExceptionInfo("Exception", "builtins", "")
 
 
 def task_event(task_id: str, result: TaskResult[Any], worker: str | None) -> TaskEvent:
@@ -55,8 +53,8 @@ def task_event(task_id: str, result: TaskResult[Any], worker: str | None) -> Tas
                            names.CHICORY_RESULT_KEY: value}, "result")
     else:
         carried = None
-    error = None if result.error is None else ExceptionInfo(
-        _ERROR_TYPE.type, _ERROR_TYPE.module, result.error)
+    # What Chicory's AsyncResult.get() raises for a FAILURE: Exception(error).
+    error = None if result.error is None else ExceptionInfo("Exception", "builtins", result.error)
     return TaskEvent(event_id=new_event_id(), task_id=task_id, state=state, timestamp=now_ms(),
                      worker=worker, result=carried, exception=error, traceback=result.traceback)
 
