@@ -251,11 +251,6 @@ def _compile(source: str, env: dict[str, Any], name: str) -> Any:
     return namespace[name]
 
 
-def field_names(schema: Mapping[str, Any]) -> tuple[str, ...]:
-    """The record's field names, in the schema's (the wire's) order."""
-    return tuple(f["name"] for f in schema["fields"])
-
-
 def make_writer(schema: Mapping[str, Any], header: bytes) -> Callable[[TaskEvent], bytes]:
     """``write(event) -> header + body``, for the TaskEvent ``schema`` (parsed)."""
     gen = _Gen()
@@ -274,7 +269,7 @@ def make_reader(schema: Mapping[str, Any], *, clean: bool = False,
     enums as the symbol's index in the schema). Raises :class:`Declined` (or IndexError,
     UnicodeDecodeError) on a body it does not accept. ``clean``: decline strings the
     history stores escaped."""
-    names = field_names(schema)
+    names = tuple(f["name"] for f in schema["fields"])
     if to_event and names != tuple(f.name for f in fields(TaskEvent)):
         raise Unsupported("the schema's fields are not TaskEvent's")
     gen = _Gen(clean, enum_index=not to_event)
