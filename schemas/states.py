@@ -101,6 +101,4 @@ def order_key(attempt: int, state: State, timestamp_ms: int, event_id: str) -> O
 
 def order_token(attempt: int, state: State, timestamp_ms: int, event_id: str) -> str:
     """``order_key`` as a string: 5-digit attempt, rank digit, 15-digit ms, event id."""
-    if state is State.FORGOTTEN:
-        attempt = MAX_ATTEMPT
-    return f"{attempt:05d}{RANK[state]}{timestamp_ms:015d}{event_id}"
+    return "%05d%d%015d%s" % order_key(attempt, state, timestamp_ms, event_id)
