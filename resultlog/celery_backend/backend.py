@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from celery.app.task import Context  # type: ignore[import-untyped]
 from celery.backends.asynchronous import AsyncBackendMixin  # type: ignore[import-untyped]
 from celery.backends.base import Backend  # type: ignore[import-untyped]
 from celery.result import result_from_tuple  # type: ignore[import-untyped]
@@ -175,8 +176,6 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
                                 store_result=store_result, call_errbacks=call_errbacks, state=state)
         if not store_result or request is None or state not in PROPAGATE_STATES:
             return
-        from celery.app.task import Context  # type: ignore[import-untyped]
-
         for member in unreached_group_members(getattr(request, "chain", None)):
             context = Context(member)
             context.update(context.options)
