@@ -245,8 +245,7 @@ class _Gen:
 
 
 def _compile(source: str, env: dict[str, Any], name: str) -> Any:
-    namespace = dict(globals())
-    namespace.update(env)
+    namespace = {**globals(), **env}
     exec(compile(source, f"<generated {name}>", "exec"), namespace)  # noqa: S102
     return namespace[name]
 
