@@ -92,8 +92,8 @@ class TaskEvent:
                 validate_id(name, value)
         if self.state is State.FORGOTTEN:
             # Refuse what its record would lose.
-            extra = [f.name for f in fields(self)
-                     if f.name not in _FORGOTTEN_FIELDS and getattr(self, f.name) not in (None, 0)]
+            extra = [f.name for f in fields(self) if f.name not in _FORGOTTEN_FIELDS
+                     and getattr(self, f.name) not in (None, 0)]
             if extra:
                 raise ValidationError(
                     f"a FORGOTTEN event carries only event_id, task_id, timestamp, worker "
