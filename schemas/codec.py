@@ -16,13 +16,13 @@ from __future__ import annotations
 import io
 import json
 import re
-import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.schema import fingerprint as avro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
 from resultlog.errors import CodecError, EventTooLarge, UnknownSchema, ValidationError
@@ -50,26 +50,10 @@ CHORD_COMPLETED = "io.resultlog.ChordCompleted"
 _FILE_RE = re.compile(r"^(?P<stem>[a-z0-9_]+)\.v(?P<version>\d+)\.avsc$")
 
 
-def _crc64_table() -> list[int]:
-    empty = 0xC15D213AA4D7A795
-    table = []
-    for i in range(256):
-        fp = i
-        for _ in range(8):
-            fp = (fp >> 1) ^ (empty & -(fp & 1))
-        table.append(fp)
-    return table
-
-
-_CRC64_TABLE = _crc64_table()
-
-
 def crc64_avro(data: bytes) -> int:
-    """The Rabin fingerprint the Avro specification names CRC-64-AVRO."""
-    fp = 0xC15D213AA4D7A795
-    for byte in data:
-        fp = (fp >> 8) ^ _CRC64_TABLE[(fp ^ byte) & 0xFF]
-    return fp
+    """The Rabin fingerprint the Avro specification names CRC-64-AVRO (fastavro's; its hex
+    is of the little-endian bytes)."""
+    return int.from_bytes(bytes.fromhex(avro_fingerprint(data.decode(), "CRC-64-AVRO")), "little")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +85,7 @@ class SchemaStore:
         if not isinstance(parsed, dict) or "name" not in parsed:
             raise CodecError(f"schema version {version} is not a named Avro record")
         canonical = to_parsing_canonical_form(parsed)
-        fingerprint = struct.pack("<Q", crc64_avro(canonical.encode()))
+        fingerprint = crc64_avro(canonical.encode()).to_bytes(8, "little")
         name = str(parsed["name"])
         entry = SchemaVersion(name, version, parsed, fingerprint)
         self._by_fp[fingerprint] = entry
@@ -203,10 +187,8 @@ class Codec:
         reader = self.schema_for(writer.name)
         body = io.BytesIO(data[HEADER_SIZE:])
         try:
-            if reader is writer:
-                record = schemaless_reader(body, writer.parsed, None)
-            else:
-                record = schemaless_reader(body, writer.parsed, reader.parsed)
+            record = schemaless_reader(body, writer.parsed,
+                                       None if reader is writer else reader.parsed)
         except Exception as exc:  # fastavro raises many kinds on corrupt bodies
             raise CodecError(f"corrupt {writer.name} v{writer.version} body: {exc!r}") from None
         if not isinstance(record, dict):
@@ -226,9 +208,9 @@ class Codec:
 
     # Task events ---------------------------------------------------------------------
     def encode(self, event: TaskEvent) -> bytes:
-        if event.state is State.FORGOTTEN:
-            return self.encode_record(TASK_FORGOTTEN, forgotten_to_record(event))
-        return self.encode_record(TASK_EVENT, event_to_record(event, self.schema_for(TASK_EVENT).version))
+        # A forget's record has a subset of the fields (TaskEvent refuses any other).
+        name = TASK_FORGOTTEN if event.state is State.FORGOTTEN else TASK_EVENT
+        return self.encode_record(name, event_to_record(event))
 
     def decode_any(self, data: bytes) -> TaskEvent | tuple[str, dict[str, Any]]:
         """A task event (fast path when it applies), or ``(name, record)`` for any other
@@ -243,7 +225,7 @@ class Codec:
         if name == TASK_EVENT:
             return event_from_record(record)
         if name == TASK_FORGOTTEN:
-            return forgotten_from_record(record)
+            return event_from_record(record | {"state": State.FORGOTTEN.value})
         return name, record
 
     def decode(self, data: bytes) -> TaskEvent:
@@ -262,15 +244,14 @@ _OPTIONAL = tuple(f.name for f in fields(TaskEvent)
                   if f.name not in _REQUIRED + ("state", "exception", "attempt", "meta"))
 
 
-def event_to_record(event: TaskEvent, version: int = 2) -> dict[str, Any]:
+def event_to_record(event: TaskEvent) -> dict[str, Any]:
+    """The record of ``event``; a version's writer skips the fields it lacks."""
     record: dict[str, Any] = {name: getattr(event, name) for name in _REQUIRED + _OPTIONAL}
     exc = event.exception
     record.update(
         state=event.state.value, attempt=event.attempt, meta=dict(event.meta),
         exception=None if exc is None else {"type": exc.type, "module": exc.module,
                                             "message": exc.message})
-    if version < 2:  # v1 has neither
-        del record["eta"], record["meta"]
     return record
 
 
@@ -283,20 +264,6 @@ def event_from_record(record: Mapping[str, Any]) -> TaskEvent:
             state=_STATES[record["state"]], attempt=record.get("attempt", 0),
             exception=None if exc is None else ExceptionInfo(exc["type"], exc["module"], exc["message"]),
             meta=record.get("meta") or {}, **values)
-    except KeyError as exc:
-        raise CodecError(f"record lacks required field {exc}") from None
-
-
-def forgotten_to_record(event: TaskEvent) -> dict[str, Any]:
-    return {"event_id": event.event_id, "task_id": event.task_id,
-            "timestamp": event.timestamp, "worker": event.worker, "meta": dict(event.meta)}
-
-
-def forgotten_from_record(record: Mapping[str, Any]) -> TaskEvent:
-    try:
-        return TaskEvent(event_id=record["event_id"], task_id=record["task_id"],
-                         state=State.FORGOTTEN, timestamp=record["timestamp"],
-                         worker=record.get("worker"), meta=record.get("meta") or {})
     except KeyError as exc:
         raise CodecError(f"record lacks required field {exc}") from None
 

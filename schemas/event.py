@@ -14,7 +14,7 @@ import re
 import time
 import traceback as traceback_module
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any, TypedDict, Unpack, cast
 
@@ -29,11 +29,8 @@ from resultlog.schemas.states import (
 )
 
 MAX_ID_LENGTH = 255
-# The fields a FORGOTTEN event (a TaskForgotten record) cannot carry.
-_NOT_FORGOTTEN = (
-    "task_name", "attempt", "args", "kwargs", "result", "exception", "traceback", "runtime",
-    "parent_id", "root_id", "group_id", "chord_id", "chord_size", "chord_index", "eta",
-)
+# The fields a FORGOTTEN event can carry (a TaskForgotten record has no others).
+_FORGOTTEN_FIELDS = ("event_id", "task_id", "state", "timestamp", "worker", "meta")
 _EVENT_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -94,8 +91,9 @@ class TaskEvent:
             if value is not None:
                 validate_id(name, value)
         if self.state is State.FORGOTTEN:
-            # Its record (TaskForgotten) carries nothing else; refuse what would be lost.
-            extra = [name for name in _NOT_FORGOTTEN if getattr(self, name) not in (None, 0)]
+            # Refuse what its record would lose.
+            extra = [f.name for f in fields(self) if f.name not in _FORGOTTEN_FIELDS
+                     and getattr(self, f.name) not in (None, 0)]
             if extra:
                 raise ValidationError(
                     f"a FORGOTTEN event carries only event_id, task_id, timestamp, worker "

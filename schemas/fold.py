@@ -70,15 +70,11 @@ class TaskView:
 
     def public(self) -> dict[str, Any]:
         """The view's content without bookkeeping (what two views must agree on)."""
-        return {
-            "task_id": self.task_id, "state": self.state.value, "event_id": self.event_id,
-            "timestamp": self.timestamp, "attempt": self.attempt, "worker": self.worker,
-            "result": self.result,
-            "exception": None if self.exception is None else (
-                self.exception.type, self.exception.module, self.exception.message),
-            "traceback": self.traceback, "runtime": self.runtime, "eta": self.eta,
-            **{name: getattr(self, name) for name in STICKY_FIELDS},
-        }
+        public = {n: getattr(self, n) for n in ("task_id", *WINNER_FIELDS, *STICKY_FIELDS)}
+        exc = self.exception
+        public.update(state=self.state.value,
+                      exception=None if exc is None else (exc.type, exc.module, exc.message))
+        return public
 
 
 def visible(view: TaskView | None) -> TaskView | None:

@@ -85,7 +85,6 @@ RANK: Final[dict[State, int]] = {
 READY_STATES: Final = frozenset({State.SUCCESS, State.FAILURE, State.REVOKED})
 #: The states a TaskEvent record carries (a forget has a record type of its own).
 RECORD_STATES: Final = tuple(s for s in State if s is not State.FORGOTTEN)
-EXCEPTION_STATES: Final = frozenset({State.FAILURE, State.RETRY, State.REVOKED})
 
 # Bounds that keep order_token fixed-width (and so byte-comparable).
 MAX_ATTEMPT: Final = 99_999
@@ -102,6 +101,4 @@ def order_key(attempt: int, state: State, timestamp_ms: int, event_id: str) -> O
 
 def order_token(attempt: int, state: State, timestamp_ms: int, event_id: str) -> str:
     """``order_key`` as a string: 5-digit attempt, rank digit, 15-digit ms, event id."""
-    if state is State.FORGOTTEN:
-        attempt = MAX_ATTEMPT
-    return f"{attempt:05d}{RANK[state]}{timestamp_ms:015d}{event_id}"
+    return "%05d%d%015d%s" % order_key(attempt, state, timestamp_ms, event_id)

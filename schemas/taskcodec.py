@@ -126,21 +126,10 @@ def _r_string(data: bytes, pos: int) -> tuple[str, int]:
 
 def _r_clean_string(data: bytes, pos: int) -> tuple[str, int]:
     """:func:`_r_string` declining U+0000 and U+0001, which the history stores escaped."""
-    b = data[pos]
-    if b < 0x80:
-        if b & 1:
-            raise Declined
-        n = b >> 1
-        pos += 1
-    else:
-        n, pos = read_long(data, pos)
-        if n < 0:
-            raise Declined
-    end = pos + n  # past the end: caught by the reader's final check
-    s = data[pos:end].decode()
+    s, pos = _r_string(data, pos)
     if "\x00" in s or "\x01" in s:
         raise Declined
-    return s, end
+    return s, pos
 
 
 def _map_reader(string: Callable[[bytes, int], tuple[str, int]]
@@ -235,15 +224,11 @@ class _Gen:
                     f"{indent}elif b == 2:", *self.read(t[1], v, indent + "    "),
                     f"{indent}else:", f"{indent}    raise Declined"]
         if isinstance(t, dict) and t.get("type") == "enum" and t["name"] in _ENUM_CLASSES:
-            cls = _ENUM_CLASSES[t["name"]]
-            if self.enum_index:
-                return [f"{indent}b = data[pos]",
-                        f"{indent}if b & 0x81 or b >> 1 >= {len(t['symbols'])}:",
-                        f"{indent}    raise Declined", f"{indent}{v} = b >> 1", f"{indent}pos += 1"]
-            symbols = self.name(tuple(cls(s) for s in t["symbols"]), "symbols")
-            return [f"{indent}b = data[pos]", f"{indent}if b & 0x81:",
-                    f"{indent}    raise Declined  # negative, or past the 64th symbol",
-                    f"{indent}{v} = {symbols}[b >> 1]", f"{indent}pos += 1"]
+            symbols = tuple(_ENUM_CLASSES[t["name"]](s) for s in t["symbols"])
+            value = "b >> 1" if self.enum_index else f"{self.name(symbols, 'symbols')}[b >> 1]"
+            return [f"{indent}b = data[pos]", f"{indent}if b & 0x81 or b >> 1 >= {len(symbols)}:",
+                    f"{indent}    raise Declined  # negative, or no such symbol",
+                    f"{indent}{v} = {value}", f"{indent}pos += 1"]
         if isinstance(t, dict) and t.get("type") == "map" and t.get("values") == "string":
             return [f"{indent}if data[pos] == 0:", f"{indent}    {v} = {{}}",
                     f"{indent}    pos += 1", f"{indent}else:",
@@ -260,15 +245,9 @@ class _Gen:
 
 
 def _compile(source: str, env: dict[str, Any], name: str) -> Any:
-    namespace = dict(globals())
-    namespace.update(env)
+    namespace = {**globals(), **env}
     exec(compile(source, f"<generated {name}>", "exec"), namespace)  # noqa: S102
     return namespace[name]
-
-
-def field_names(schema: Mapping[str, Any]) -> tuple[str, ...]:
-    """The record's field names, in the schema's (the wire's) order."""
-    return tuple(f["name"] for f in schema["fields"])
 
 
 def make_writer(schema: Mapping[str, Any], header: bytes) -> Callable[[TaskEvent], bytes]:
@@ -289,7 +268,7 @@ def make_reader(schema: Mapping[str, Any], *, clean: bool = False,
     enums as the symbol's index in the schema). Raises :class:`Declined` (or IndexError,
     UnicodeDecodeError) on a body it does not accept. ``clean``: decline strings the
     history stores escaped."""
-    names = field_names(schema)
+    names = tuple(f["name"] for f in schema["fields"])
     if to_event and names != tuple(f.name for f in fields(TaskEvent)):
         raise Unsupported("the schema's fields are not TaskEvent's")
     gen = _Gen(clean, enum_index=not to_event)

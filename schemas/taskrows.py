@@ -31,9 +31,9 @@ _INT64 = 2**63
 _HEX = "0123456789abcdef"
 
 _SCHEMA = default_store().latest(TASK_EVENT)
-#: The TaskEvent fields, in the schema's order.
-FIELDS: Final = taskcodec.field_names(_SCHEMA.parsed)
 _TYPES = {f["name"]: f["type"] for f in _SCHEMA.parsed["fields"]}
+#: The TaskEvent fields, in the schema's order.
+FIELDS: Final = tuple(_TYPES)
 # States by their index in the schema's enum (what the bytes route reads), then the
 # fold's own FORGOTTEN (its own record type: only the event route meets it).
 # Per-index tables: an Enum's hash and value are Python-level, too slow per event.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
 from resultlog.errors import CodecError, ValidationError
@@ -89,25 +89,13 @@ class WorkerHeartbeat:
         return f"{self.beat_at:020d}{self.event_id}"
 
     def to_record(self) -> dict[str, Any]:
-        return {
-            "event_id": self.event_id, "worker_id": self.worker_id, "beat_at": self.beat_at,
-            "ttl_s": self.ttl_s, "source": self.source, "hostname": self.hostname,
-            "pid": self.pid, "queue": self.queue, "concurrency": self.concurrency,
-            "tasks_processed": self.tasks_processed, "tasks_failed": self.tasks_failed,
-            "active_tasks": self.active_tasks, "started_at": self.started_at,
-            "is_running": self.is_running, "meta": dict(self.meta),
-        }
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {"meta": dict(self.meta)}
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> WorkerHeartbeat:
+        # Decoded records (defaults filled in) and the workers view's JSON have every field.
         try:
-            return cls(
-                record["event_id"], record["worker_id"], record["beat_at"], record["ttl_s"],
-                record["source"], record["hostname"], record["pid"], record["queue"],
-                record["concurrency"], record.get("tasks_processed", 0),
-                record.get("tasks_failed", 0), record.get("active_tasks", 0),
-                record["started_at"], bool(record.get("is_running", True)),
-                record.get("meta") or {})
+            return cls(**{f.name: record[f.name] for f in fields(cls)})
         except KeyError as exc:
             raise CodecError(f"heartbeat record lacks required field {exc}") from None
 

@@ -1,8 +1,5 @@
 """``ResultlogBackend``: a Celery result backend whose writes are events and whose reads
-come from the Redis view.
-
-    app.conf.result_backend = "resultlog://"     # the whole switch (an entry point of
-                                                  # the celery.result_backends group)
+come from the Redis view (docs/celery.md).
 
 It is an adapter, never a second store: ``store_result`` hands the state to the
 process's :class:`~resultlog.producers.SyncEmitter`; ``get_task_meta`` reads the
@@ -21,6 +18,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from celery.app.task import Context  # type: ignore[import-untyped]
 from celery.backends.asynchronous import AsyncBackendMixin  # type: ignore[import-untyped]
 from celery.backends.base import Backend  # type: ignore[import-untyped]
 from celery.result import result_from_tuple  # type: ignore[import-untyped]
@@ -178,8 +176,6 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
                                 store_result=store_result, call_errbacks=call_errbacks, state=state)
         if not store_result or request is None or state not in PROPAGATE_STATES:
             return
-        from celery.app.task import Context  # type: ignore[import-untyped]
-
         for member in unreached_group_members(getattr(request, "chain", None)):
             context = Context(member)
             context.update(context.options)

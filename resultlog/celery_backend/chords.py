@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from celery.result import GroupResult  # type: ignore[import-untyped]
+from celery.utils.functional import _regen  # type: ignore[import-untyped]
 from kombu.exceptions import EncodeError
 
 from resultlog.celery_backend.meta import to_plain
@@ -31,9 +33,6 @@ if TYPE_CHECKING:
 
 def apply_chord(backend: ResultlogBackend, header_result_args: Any, body: Any, **kwargs: Any) -> None:
     """Begin a run; save a header holding groups. The processor fires the body, not a task."""
-    from celery.result import GroupResult  # type: ignore[import-untyped]
-    from celery.utils.functional import _regen  # type: ignore[import-untyped]
-
     backend.ensure_chords_allowed()
     send_chord_record_sync(backend.emitter(), CeleryChordRecord.started(header_result_args[0]), wait=True)
     if isinstance(header_result_args[1], _regen):

@@ -69,9 +69,8 @@ class BackendConfig:
         env: Mapping[str, str] | None = None,
     ) -> BackendConfig:
         """The configuration named by ``url`` and ``conf`` (Celery's ``app.conf.resultlog``)."""
-        given: dict[str, str] = {}
-        for name, value in (conf or {}).items():
-            given[name] = ",".join(value) if isinstance(value, (list, tuple)) else str(value)
+        given = {name: ",".join(value) if isinstance(value, (list, tuple)) else str(value)
+                 for name, value in (conf or {}).items()}
         given.update(_url_options(url))
         known = {f.name for f in fields(Settings)}
         for name in given:

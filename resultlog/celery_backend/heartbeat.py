@@ -1,17 +1,7 @@
 """A Celery worker's heartbeats as events: the same ``WorkerHeartbeat`` records a
-Chicory worker sends, so the workers views show Celery workers too.
-
-Celery sends its own ``worker-heartbeat`` events only with events enabled (``-E``);
-these do not depend on that. When the worker is ready (``worker_ready``, in its main
-process) a repeating timer on the worker's own timer sends one every
-``worker_heartbeat_s`` seconds (the backend option; Celery's event interval, 2 s, by
-default), alive for three intervals; the last one, sent at ``worker_shutdown``, says it
-stopped. The counters are the main process's (``celery.worker.state``): tasks
-processed and active. Celery's main process does not count failures, so
-``tasks_failed`` is 0.
-
-The worker id is Celery's node name (``celery@host``), stable across restarts; a
-restart is a new ``started_at`` (the ``worker_sessions`` view has one row per session).
+Chicory worker sends, so the workers views show Celery workers too, without Celery's
+events (``-E``). When they are sent and what they count: docs/chicory.md, "Workers as
+events" (the worker id is Celery's node name; a restart is a new ``started_at``).
 """
 
 from __future__ import annotations

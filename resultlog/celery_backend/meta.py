@@ -18,6 +18,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Final
 
+from celery.exceptions import TaskRevokedError  # type: ignore[import-untyped]
 from kombu.exceptions import EncodeError
 from kombu.serialization import dumps, loads
 
@@ -167,9 +168,6 @@ def _outcome(view: TaskView, rebuilder: ExceptionRebuilder, recorded: dict[str, 
     if view.exception is not None:
         args = exception_args(recorded, view.exception)
         return state.value, rebuilder.rebuild(view.exception, view.traceback, args=args)
-    # The imports are here because Celery is optional for the rest of resultlog.
-    from celery.exceptions import TaskRevokedError  # type: ignore[import-untyped]
-
     if state is State.REVOKED:
         return state.value, TaskRevokedError("revoked")
     return state.value, Exception(f"task {view.task_id} failed without recording an exception")

@@ -1,9 +1,4 @@
-"""``ResultlogBackend``: Chicory's result backend on resultlog.
-
-    from chicory import Chicory
-    from resultlog.chicory_backend import ResultlogBackend
-
-    app = Chicory(broker=BrokerType.REDIS, backend=ResultlogBackend())
+"""``ResultlogBackend``: Chicory's result backend on resultlog (docs/chicory.md).
 
 An adapter, never a second store: writes are events sent by resultlog's asyncio
 :class:`~resultlog.producers.Emitter` (a stored result returns once Kafka acknowledged

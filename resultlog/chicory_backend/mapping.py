@@ -1,14 +1,7 @@
-"""Chicory's values <-> resultlog's records, as pure functions.
-
-Chicory's ``TaskResult`` is one task event (docs/chicory.md, "Chicory's states in the
-contract"): PENDING becomes RECEIVED, DEAD_LETTERED a FAILURE, the others their own
-state. A Chicory state that is not the event's own, or a result on a state other than
-SUCCESS, travels in the event's ``result`` as ``{"resultlog.chicory_state": <state>,
-"result": <value>}``, as the Celery backend carries the states the contract has no
-name for; a SUCCESS's result is the plain value. ``error`` is the exception message
-(as ``builtins.Exception``); results go through pydantic's JSON mode, as Chicory's own
-backends store them. Chicory's ``WorkerStats`` is a :class:`WorkerHeartbeat` of
-source ``chicory`` (times to the millisecond; a connection status in ``meta``).
+"""Chicory's values <-> resultlog's records, as pure functions: a ``TaskResult`` is one
+task event, a ``WorkerStats`` a :class:`WorkerHeartbeat` of source ``chicory``. The
+mapping and its reasons: docs/chicory.md, "Chicory's states in the contract" and
+"Workers as events".
 """
 
 from __future__ import annotations
@@ -46,8 +39,6 @@ FROM_EVENT_STATE: Final[dict[State, TaskState]] = {
     State.REVOKED: TaskState.FAILURE,
 }
 _WRAPPER_KEYS: Final = frozenset({names.CHICORY_STATE_KEY, names.CHICORY_RESULT_KEY})
-# What Chicory's AsyncResult.get() raises for a FAILURE: Exception(error).
-_ERROR_TYPE: Final = ExceptionInfo("Exception", "builtins", "")
 
 
 def task_event(task_id: str, result: TaskResult[Any], worker: str | None) -> TaskEvent:
@@ -62,8 +53,8 @@ def task_event(task_id: str, result: TaskResult[Any], worker: str | None) -> Tas
                            names.CHICORY_RESULT_KEY: value}, "result")
     else:
         carried = None
-    error = None if result.error is None else ExceptionInfo(
-        _ERROR_TYPE.type, _ERROR_TYPE.module, result.error)
+    # What Chicory's AsyncResult.get() raises for a FAILURE: Exception(error).
+    error = None if result.error is None else ExceptionInfo("Exception", "builtins", result.error)
     return TaskEvent(event_id=new_event_id(), task_id=task_id, state=state, timestamp=now_ms(),
                      worker=worker, result=carried, exception=error, traceback=result.traceback)
 
