@@ -1,11 +1,7 @@
-"""Declaring a chord from worker (or caller) code (docs/chords.md).
+"""Declaring a chord from worker (or caller) code (docs/chords.md, "Declaring a chord").
 
-A chord is declared once, with :func:`declare_chord` (asyncio) or
-:func:`declare_chord_sync`: a ``ChordDeclared`` record in the events topic, keyed by the
-chord id, sent through the emitter's own pipeline (same producer, buffer, delivery
-reporting and size limit). Its members are ordinary task events carrying ``chord_id``,
-``chord_size`` and ``chord_index``; members that arrive before the declaration are
-counted, and the chord completes once it is seen too.
+The ``ChordDeclared`` record goes through the emitter's own pipeline: the same producer,
+buffer, delivery reporting and size limit as task events.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
-"""Chord records: a chord's declaration and its completion, as frozen dataclasses.
+"""Chord records: a chord's declaration and its completion, and what the fold reports.
 
-A chord is ``size`` header tasks (its *members*, indexed ``0..size-1``) whose outcomes
-feed one callback. The declaration goes to the events topic (keyed by chord id); the
-members are ordinary task events carrying ``chord_id``/``chord_size``/``chord_index``.
-The chord aggregator (:mod:`resultlog.chords.aggregator`) writes one
-:class:`ChordCompleted` per chord to the chord-completions topic.
-
-A completion's ``event_id`` is derived from the chord id (:func:`completion_event_id`),
-not drawn at random: a completion re-emitted after a processor crash carries the same
-id, so whoever follows the completions topic can recognise the repeat.
+What a chord is and where each record goes: docs/chords.md. A completion's ``event_id``
+is derived from the chord id (:func:`completion_event_id`), not drawn at random: a
+completion re-emitted after a processor crash carries the same id, so whoever follows
+the completions topic can recognise the repeat.
 """
 
 from __future__ import annotations
@@ -16,7 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Final
 
 from resultlog.errors import ChordError, ValidationError
@@ -170,9 +165,7 @@ class ChordCompleted:
         return ChordError(self.error_message())
 
     def without_results(self) -> ChordCompleted:
-        return ChordCompleted(
-            self.event_id, self.chord_id, self.state, self.size, self.done, self.failed,
-            self.timestamp, None, True, self.failed_member, self.callback, self.callback_kwargs)
+        return replace(self, results=None, results_omitted=True)
 
     def to_record(self) -> dict[str, Any]:
         m = self.failed_member
@@ -224,3 +217,16 @@ class ChordProgress:
     done: int
     failed: int
     timestamp: int = 0  # ms: the latest member outcome counted (expiry derives from it)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What the fold made of one record: the chord's counts, and its completion if it completed."""
+
+    chord_id: str
+    progress: ChordProgress | None = None
+    completion: ChordCompleted | None = None
+    #: A Celery chord's body (its signature's JSON), with its completion: to be fired.
+    body: str | None = None
+    #: The Celery member counted last: the body's parent, as when a worker sends it.
+    parent: str | None = None

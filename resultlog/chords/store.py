@@ -41,9 +41,9 @@ if TYPE_CHECKING:
 STARTED: Final = "STARTED"
 _FINAL: Final = frozenset({State.SUCCESS.value, State.FAILURE.value})
 
-# KEYS: chord hashes. ARGV[1]: ttl in ms (0: keep forever); then per key: size, done, failed.
 PROGRESS_SCRIPT: Final = """
--- ARGV[1]: "1" to expire; then per key: size, done, failed, expire_at (ms, exact string)
+-- KEYS: chord hashes. ARGV[1]: "1" to expire; then per key: size, done, failed,
+-- expire_at (ms, exact string)
 local expiring = ARGV[1] == '1'
 for i, key in ipairs(KEYS) do
   local base = 4 * (i - 1) + 1
