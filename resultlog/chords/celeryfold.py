@@ -35,8 +35,7 @@ from typing import Any
 
 from resultlog.chords.celeryrecords import ADD, PART, SIZE, START, CeleryChordRecord
 from resultlog.chords.records import (
-    ChordCompleted, ChordProgress, FailedMember, Step, completion_event_id)
-from resultlog.schemas.event import ExceptionInfo
+    ChordCompleted, ChordProgress, FailedMember, Step, completion_event_id, exception_info)
 from resultlog.schemas.states import State
 
 _STATE, _TASK, _RESULT, _EXC_TYPE, _EXC_MODULE, _EXC_MESSAGE, _TS, _INDEX = range(8)
@@ -184,9 +183,7 @@ class CeleryChordFold:
         total = self._total(s)
         if s["fail_seq"] is not None:
             entry = self.table[part_key(chord_id, s["fail_seq"])]
-            exc = None
-            if entry[_EXC_TYPE] is not None:
-                exc = ExceptionInfo(entry[_EXC_TYPE], entry[_EXC_MODULE] or "", entry[_EXC_MESSAGE] or "")
+            exc = exception_info(*entry[_EXC_TYPE:_TS])
             index = entry[_INDEX] if entry[_INDEX] is not None else s["fail_seq"]
             return ChordCompleted(
                 event_id=run_event_id(chord_id, s["run"]), chord_id=chord_id, state=State.FAILURE,

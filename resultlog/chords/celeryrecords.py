@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 from resultlog.errors import ValidationError
-from resultlog.chords.records import validate_size
+from resultlog.chords.records import exception_info, validate_size
 from resultlog.schemas.codec import CELERY_CHORD, Codec
 from resultlog.schemas.event import ExceptionInfo, now_ms, validate_id
 from resultlog.schemas.states import State
@@ -97,10 +97,8 @@ class CeleryChordRecord:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> CeleryChordRecord:
-        exc = None
-        if record.get("exc_type") is not None:
-            exc = ExceptionInfo(record["exc_type"], record.get("exc_module") or "",
-                                record.get("exc_message") or "")
+        exc = exception_info(record.get("exc_type"), record.get("exc_module"),
+                             record.get("exc_message"))
         state = record.get("state")
         return cls(
             event_id=record["event_id"], chord_id=record["chord_id"], timestamp=record["timestamp"],

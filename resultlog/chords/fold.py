@@ -15,9 +15,10 @@ from resultlog.errors import CodecError
 from resultlog.chords.celeryfold import CeleryChordFold, is_celery, summary_key
 from resultlog.chords.celeryrecords import CeleryChordRecord
 from resultlog.chords.records import (
-    ChordCompleted, ChordDeclared, ChordProgress, FailedMember, Step, completion_event_id)
+    ChordCompleted, ChordDeclared, ChordProgress, FailedMember, Step, completion_event_id,
+    exception_info)
 from resultlog.schemas.codec import CELERY_CHORD, CHORD_DECLARED, TASK_EVENT, event_from_record
-from resultlog.schemas.event import ExceptionInfo, TaskEvent
+from resultlog.schemas.event import TaskEvent
 from resultlog.schemas.states import State
 
 log = logging.getLogger("resultlog.chords")
@@ -192,9 +193,7 @@ class ChordFold:
         if entry is None:
             self._recount(chord_id, s)
             return None
-        exc = None
-        if entry[_EXC_TYPE] is not None:
-            exc = ExceptionInfo(entry[_EXC_TYPE], entry[_EXC_MODULE] or "", entry[_EXC_MESSAGE] or "")
+        exc = exception_info(*entry[_EXC_TYPE:_TS])
         member = FailedMember(entry[_TASK], index, State(entry[_STATE]), exc)
         return ChordCompleted(
             event_id=completion_event_id(chord_id), chord_id=chord_id, state=State.FAILURE,

@@ -37,6 +37,12 @@ def validate_size(size: object) -> int:
     return size
 
 
+def exception_info(exc_type: str | None, module: str | None,
+                   message: str | None) -> ExceptionInfo | None:
+    """An exception kept as three fields; None without a type."""
+    return None if exc_type is None else ExceptionInfo(exc_type, module or "", message or "")
+
+
 @dataclass(frozen=True, slots=True)
 class ChordDeclared:
     """A chord's declaration: how many members, and what to do when they are done."""
@@ -187,12 +193,9 @@ class ChordCompleted:
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> ChordCompleted:
         m = record.get("failed_member")
-        member = None
-        if m is not None:
-            exc = None
-            if m.get("exc_type") is not None:
-                exc = ExceptionInfo(m["exc_type"], m.get("exc_module") or "", m.get("exc_message") or "")
-            member = FailedMember(m["task_id"], m["index"], State(m["state"]), exc)
+        member = None if m is None else FailedMember(
+            m["task_id"], m["index"], State(m["state"]),
+            exception_info(m.get("exc_type"), m.get("exc_module"), m.get("exc_message")))
         return cls(
             event_id=record["event_id"], chord_id=record["chord_id"], state=State(record["state"]),
             size=record["size"], done=record["done"], failed=record["failed"],

@@ -28,9 +28,8 @@ from typing import TYPE_CHECKING, Any, Final
 import redis.asyncio
 
 from resultlog import names
-from resultlog.chords.records import ChordCompleted, ChordProgress, FailedMember
+from resultlog.chords.records import ChordCompleted, ChordProgress, FailedMember, exception_info
 from resultlog.errors import ResultTimeout
-from resultlog.schemas.event import ExceptionInfo
 from resultlog.schemas.states import PENDING, State
 from resultlog.redis_access import text, translated
 from resultlog.settings import Settings
@@ -96,9 +95,7 @@ def chord_view_from_hash(chord_id: str, fields: Mapping[Any, Any]) -> ChordView:
     h = {text(k): text(v) for k, v in fields.items()}
     member = None
     if "failed_task_id" in h:
-        exc = None
-        if "exc_type" in h:
-            exc = ExceptionInfo(h["exc_type"], h.get("exc_module", ""), h.get("exc_message", ""))
+        exc = exception_info(h.get("exc_type"), h.get("exc_module"), h.get("exc_message"))
         member = FailedMember(h["failed_task_id"], int(h["failed_index"]),
                               State(h.get("failed_state", State.FAILURE.value)), exc)
     return ChordView(
