@@ -96,11 +96,6 @@ async def _retrying(what: str, op: Callable[[], Awaitable[T]],
             delay = min(delay * 2, 5.0)
 
 
-def _raw_topic(app: Any, name: str, partitions: int) -> Any:
-    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                     value_serializer="raw", partitions=partitions)
-
-
 class _Partition:
     """What the aggregator holds for one partition of the chords topic it owns."""
 
@@ -136,12 +131,13 @@ class ChordAggregator:
         self.metrics = metrics
         self.codec = Codec(max_bytes=s.max_event_bytes)
         self.hooks: list[Hook] = []
-        self.completions_topic = _raw_topic(app, s.chord_completions_topic, s.topic_partitions)
+        self.completions_topic = app.topic(
+            s.chord_completions_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+            value_serializer="raw", partitions=s.topic_partitions)
         self.state = ChangelogTables(s, names.chord_state_changelog_topic(s.consumer_group))
         self.partitions: dict[int, _Partition] = {}
         self.lock = asyncio.Lock()  # one batch, or one (re)load, at a time
         self.writer = TopicWriter(s, s.chord_completions_topic)
-        self.consumer: AIOKafkaConsumer | None = None
         self._dirty: dict[str, ChordProgress] = {}
         self._dirty_event = asyncio.Event()
         self._hooks_agent = False
@@ -204,7 +200,7 @@ class ChordAggregator:
         store = ChordStore(s, client)
         dead_letters = DeadLetterWriter(s)
         await self.state.start()
-        consumer = self.consumer = AIOKafkaConsumer(
+        consumer = AIOKafkaConsumer(
             **kafka_client_args(s),
             group_id=names.chord_group(s.consumer_group),
             enable_auto_commit=False,
@@ -228,7 +224,6 @@ class ChordAggregator:
             except ResultlogError as exc:
                 log.warning("chord progress not written at stop: %s", exc)
             self._dirty.clear()
-            self.consumer = None
             await consumer.stop()
             await self.state.close()
             await self.writer.close()

@@ -11,11 +11,7 @@ aggregator through :class:`ChordStore`):
   ``exc_module``, ``exc_message`` of the member that failed the chord;
 - ``completion_id``, ``date_done`` (ms since the epoch) once completed.
 
-Progress writes (:meth:`ChordStore.progress`) go through one Lua script that only
-raises the counts (a maximum, so a late or repeated write never moves them back) and
-never touches a completed chord's state; the completion is one MULTI/EXEC that writes
-the outcome and PUBLISHes on ``names.chord_done_channel``. A waiter subscribes first
-and reads second (see :mod:`resultlog.views.notify`), so it cannot miss the publish.
+How it is written and waited on: docs/chords.md, "How it works" (last paragraph).
 """
 
 from __future__ import annotations
