@@ -35,7 +35,8 @@ from typing import Any
 
 from resultlog.chords.celeryrecords import ADD, PART, SIZE, START, CeleryChordRecord
 from resultlog.chords.records import (
-    ChordCompleted, ChordProgress, FailedMember, Step, completion_event_id, exception_info)
+    ChordCompleted, ChordProgress, FailedMember, Step, completion_event_id, exception_fields,
+    exception_info)
 from resultlog.schemas.states import State
 
 _STATE, _TASK, _RESULT, _EXC_TYPE, _EXC_MODULE, _EXC_MESSAGE, _TS, _INDEX = range(8)
@@ -127,11 +128,9 @@ class CeleryChordFold:
                 self._recount(chord_id, s)
             return
         seq = s["done"]
-        exc = rec.exception
         # The entries before the summary that counts them (see the module docstring).
         self.table[part_key(chord_id, seq)] = [
-            rec.state.value, rec.task_id, rec.result, None if exc is None else exc.type,
-            None if exc is None else exc.module, None if exc is None else exc.message,
+            rec.state.value, rec.task_id, rec.result, *exception_fields(rec.exception).values(),
             rec.timestamp, rec.index]
         self.table[seen] = seq
         s["done"] = seq + 1

@@ -16,7 +16,7 @@ from resultlog.chords.celeryfold import CeleryChordFold, is_celery, summary_key
 from resultlog.chords.celeryrecords import CeleryChordRecord
 from resultlog.chords.records import (
     ChordCompleted, ChordDeclared, ChordProgress, FailedMember, Step, completion_event_id,
-    exception_info)
+    exception_fields, exception_info)
 from resultlog.schemas.codec import CELERY_CHORD, CHORD_DECLARED, TASK_EVENT, event_from_record
 from resultlog.schemas.event import TaskEvent
 from resultlog.schemas.states import State
@@ -37,18 +37,16 @@ def _new_summary() -> dict[str, Any]:
 
 
 def _entry(event: TaskEvent) -> list[Any]:
-    exc = event.exception
     return [event.state.value, event.task_id, event.result,
-            None if exc is None else exc.type, None if exc is None else exc.module,
-            None if exc is None else exc.message, event.timestamp]
+            *exception_fields(event.exception).values(), event.timestamp]
 
 
 class ChordFold:
-    """The chord state machine over a mapping: a changelog-backed table in the processor, a dict in tests.
+    """The chord state machine over ``table`` (see the module docstring).
 
-    Pure (no I/O). For a given set of records, any order and any duplication yields
-    the same SUCCESS completion, and a chord completes exactly once: the caller
-    publishes the completion a step returns, then calls :meth:`completed`.
+    For a given set of records, any order and any duplication yields the same SUCCESS
+    completion, and a chord completes exactly once: the caller publishes the completion
+    a step returns, then calls :meth:`completed`.
     """
 
     def __init__(self, table: MutableMapping[str, Any]) -> None:

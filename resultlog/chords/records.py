@@ -43,6 +43,13 @@ def exception_info(exc_type: str | None, module: str | None,
     return None if exc_type is None else ExceptionInfo(exc_type, module or "", message or "")
 
 
+def exception_fields(exc: ExceptionInfo | None) -> dict[str, str | None]:
+    """:func:`exception_info`'s inverse: ``exc_type``, ``exc_module``, ``exc_message``."""
+    if exc is None:
+        return {"exc_type": None, "exc_module": None, "exc_message": None}
+    return {"exc_type": exc.type, "exc_module": exc.module, "exc_message": exc.message}
+
+
 @dataclass(frozen=True, slots=True)
 class ChordDeclared:
     """A chord's declaration: how many members, and what to do when they are done."""
@@ -175,7 +182,6 @@ class ChordCompleted:
 
     def to_record(self) -> dict[str, Any]:
         m = self.failed_member
-        exc = None if m is None else m.exception
         return {
             "event_id": self.event_id, "chord_id": self.chord_id, "state": self.state.value,
             "size": self.size, "done": self.done, "failed": self.failed,
@@ -183,9 +189,7 @@ class ChordCompleted:
             "results_omitted": self.results_omitted,
             "failed_member": None if m is None else {
                 "task_id": m.task_id, "index": m.index, "state": m.state.value,
-                "exc_type": None if exc is None else exc.type,
-                "exc_module": None if exc is None else exc.module,
-                "exc_message": None if exc is None else exc.message,
+                **exception_fields(m.exception),
             },
             "callback": self.callback, "callback_kwargs": self.callback_kwargs,
         }
