@@ -3,7 +3,7 @@
 The package, from the contract inwards:
 
 - :mod:`.records` -- the records on the wire (``ChordDeclared``, ``ChordCompleted``,
-  ``FailedMember``) and the counts the fold reports (``ChordProgress``);
+  ``FailedMember``) and what the fold reports (``ChordProgress``, ``Step``);
   :mod:`.celeryrecords` -- Celery's chord protocol as records (``CeleryChordRecord``).
 - :mod:`.declare` -- declaring a chord from worker code, through an emitter.
 - :mod:`.fold` -- the pure state machine: a chord's records -> its progress and its one

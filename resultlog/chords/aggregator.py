@@ -1,19 +1,13 @@
-"""The chord aggregator: chord completion detected from the log (docs/chords.md, "How it works").
+"""The chord aggregator: chord completion detected from the log.
 
-The fold forwards chord declarations and members' ready events to the chords topic,
-keyed by chord id; the aggregator (a task of the processor's faust app driving a plain
-aiokafka consumer in ``<consumer group>.chords``) folds them into a changelog-backed
-table per partition (:mod:`resultlog.chords.changelog`, keys ``m:<chord>:<index>`` per
-member, ``c:<chord>`` summary: :class:`~resultlog.chords.fold.ChordFold`) and publishes
-each completion to the Redis chord view and the chord-completions topic, whose faust
-agent runs the hooks.
-
-Crash safety: a batch's table writes are acknowledged in the changelog before its
-offsets are committed. A member's entry is written before the summary that counts it,
-so after a crash the first duplicate of a chord recounts it from its entries. A
-completion is published (Redis, then the topic) before the summary is marked
-completed, and entries are deleted only after that mark: a crash in between
-re-publishes the same completion (same event_id), which consumers and hooks dedupe.
+How it works and why (the chords topic, the table per partition in a changelog topic,
+the hooks' agent): docs/chords.md, "How it works" and "Once". Crash safety rests on the
+order of writes: a batch's table writes are acknowledged in the changelog before its
+offsets are committed; a member's entry is written before the summary that counts it
+(the first duplicate of a chord after a crash recounts it from its entries); a
+completion is published (Redis, then the topic) before the summary is marked completed,
+and entries are deleted only after that mark (a crash in between re-publishes the same
+completion, same event_id, which consumers and hooks dedupe).
 """
 
 from __future__ import annotations
@@ -26,6 +20,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition  # type: ignore[import-untyped]
@@ -44,14 +39,12 @@ from resultlog.chords.retention import SummaryRetention
 from resultlog.chords.changelog import ChangelogTables, state_record_bytes
 from resultlog.processors.deadletter import DeadLetter, DeadLetterWriter, TopicWriter
 from resultlog.processors.logreader import LogReader
-from resultlog.chords.records import ChordCompleted, FailedMember
+from resultlog.chords.records import ChordCompleted, ChordProgress
 from resultlog.schemas.codec import Codec
 from resultlog.producers.topics import ensure_topics
-from resultlog.schemas.event import ExceptionInfo
 from resultlog.connections import kafka_client_args
 from resultlog.settings import Settings
 from resultlog.redis_access import async_client, translated
-from resultlog.chords.records import ChordProgress
 from resultlog.chords.store import ChordStore
 
 if TYPE_CHECKING:
@@ -103,11 +96,6 @@ async def _retrying(what: str, op: Callable[[], Awaitable[T]],
             delay = min(delay * 2, 5.0)
 
 
-def _raw_topic(app: Any, name: str, partitions: int) -> Any:
-    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                     value_serializer="raw", partitions=partitions)
-
-
 class _Partition:
     """What the aggregator holds for one partition of the chords topic it owns."""
 
@@ -143,12 +131,13 @@ class ChordAggregator:
         self.metrics = metrics
         self.codec = Codec(max_bytes=s.max_event_bytes)
         self.hooks: list[Hook] = []
-        self.completions_topic = _raw_topic(app, s.chord_completions_topic, s.topic_partitions)
+        self.completions_topic = app.topic(
+            s.chord_completions_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+            value_serializer="raw", partitions=s.topic_partitions)
         self.state = ChangelogTables(s, names.chord_state_changelog_topic(s.consumer_group))
         self.partitions: dict[int, _Partition] = {}
         self.lock = asyncio.Lock()  # one batch, or one (re)load, at a time
         self.writer = TopicWriter(s, s.chord_completions_topic)
-        self.consumer: AIOKafkaConsumer | None = None
         self._dirty: dict[str, ChordProgress] = {}
         self._dirty_event = asyncio.Event()
         self._hooks_agent = False
@@ -211,7 +200,7 @@ class ChordAggregator:
         store = ChordStore(s, client)
         dead_letters = DeadLetterWriter(s)
         await self.state.start()
-        consumer = self.consumer = AIOKafkaConsumer(
+        consumer = AIOKafkaConsumer(
             **kafka_client_args(s),
             group_id=names.chord_group(s.consumer_group),
             enable_auto_commit=False,
@@ -235,7 +224,6 @@ class ChordAggregator:
             except ResultlogError as exc:
                 log.warning("chord progress not written at stop: %s", exc)
             self._dirty.clear()
-            self.consumer = None
             await consumer.stop()
             await self.state.close()
             await self.writer.close()
@@ -323,11 +311,8 @@ class ChordAggregator:
         smaller = completion.without_results()
         m = smaller.failed_member
         if m is not None and m.exception is not None and len(m.exception.message) > _MAX_MESSAGE:
-            exc = ExceptionInfo(m.exception.type, m.exception.module, m.exception.message[:_MAX_MESSAGE] + "...")
-            smaller = ChordCompleted(
-                smaller.event_id, smaller.chord_id, smaller.state, smaller.size, smaller.done,
-                smaller.failed, smaller.timestamp, None, True,
-                FailedMember(m.task_id, m.index, m.state, exc), smaller.callback, smaller.callback_kwargs)
+            exc = replace(m.exception, message=m.exception.message[:_MAX_MESSAGE] + "...")
+            smaller = replace(smaller, failed_member=replace(m, exception=exc))
         return smaller.encode(self.codec)
 
     async def _flush_progress(self, store: ChordStore) -> None:
@@ -348,17 +333,10 @@ class ChordAggregator:
 
     # The hooks agent ---------------------------------------------------------------------
     async def _run_hooks(self, stream: Any) -> None:
-        """Run the hooks for each completion on the completions topic, once per chord.
-
-        "Once" is at-most-once, by an atomic claim: ``SET NX`` of a key derived from the
-        completion's event_id, taken before the hooks run. A completion re-emitted after
-        a crash (same event_id), or re-read after this agent's crash, finds the claim
-        and is skipped. The price: if the processor dies while a hook runs, that hook is
-        not run again. We chose that over at-least-once because a chord callback
-        typically starts work (``send_task``) that is not idempotent, and a callback
-        sent twice is worse than one to re-send by hand; the completions topic itself
-        is at-least-once, for consumers that want to decide otherwise.
-        """
+        """Run the hooks for each completion on the completions topic, at most once per
+        chord: an atomic claim (``SET NX`` of a key derived from the completion's
+        event_id) is taken before they run, and a completion seen again finds it. Why
+        at-most-once: docs/chords.md, "Once"."""
         client = async_client(self.settings)
         ttl_ms = self.settings.result_ttl_s * 1000 or None
         try:

@@ -34,16 +34,17 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from resultlog.chords.celeryrecords import ADD, PART, SIZE, START, CeleryChordRecord
-from resultlog.chords.records import ChordCompleted, FailedMember, completion_event_id
-from resultlog.schemas.event import ExceptionInfo
+from resultlog.chords.records import (
+    ChordCompleted, ChordProgress, FailedMember, Step, completion_event_id, exception_fields,
+    exception_info)
 from resultlog.schemas.states import State
-from resultlog.chords.records import ChordProgress
 
 _STATE, _TASK, _RESULT, _EXC_TYPE, _EXC_MODULE, _EXC_MESSAGE, _TS, _INDEX = range(8)
 _LAST = float("inf")
 
 
 def summary_key(chord_id: str) -> str:
+    """The key of the summary of a chord of either kind (its ``"celery"`` field tells which)."""
     return f"c:{chord_id}"
 
 
@@ -78,39 +79,20 @@ def run_event_id(chord_id: str, run: int) -> str:
     return completion_event_id(chord_id if run == 0 else f"{chord_id}#{run}")
 
 
-class CeleryStep:
-    """What one record changed (a :class:`~resultlog.chords.fold.Step`'s parts)."""
-
-    __slots__ = ("chord_id", "progress", "completion", "body", "parent")
-
-    def __init__(self, chord_id: str, progress: ChordProgress | None = None,
-                 completion: ChordCompleted | None = None, body: str | None = None,
-                 parent: str | None = None) -> None:
-        self.chord_id = chord_id
-        self.progress = progress
-        self.completion = completion
-        self.body = body
-        #: The member counted last: the body's parent, as when a worker sends it.
-        self.parent = parent
-
-
 class CeleryChordFold:
     """Celery chords over the aggregator's table (a changelog-backed table, or a dict)."""
 
     def __init__(self, table: MutableMapping[str, Any]) -> None:
         self.table = table
-        self._verified: set[str] = set()
+        self._verified: set[str] = set()  # as in ChordFold
 
-    def forget_verified(self) -> None:
-        self._verified.clear()
-
-    def apply(self, rec: CeleryChordRecord) -> CeleryStep:
+    def apply(self, rec: CeleryChordRecord) -> Step:
         chord_id = rec.chord_id
         s = self._summary(chord_id)
         before = json.dumps(s, sort_keys=True)
         if rec.kind == START:
             if rec.event_id in s["starts"]:
-                return CeleryStep(chord_id)  # read again (after a crash): not a new run
+                return Step(chord_id)  # read again (after a crash): not a new run
             if s["completed"] is not None:
                 # A completed chord applied again: a new run. What the last run left (its
                 # entries are dropped once its completion is out, unless a crash came
@@ -122,7 +104,7 @@ class CeleryChordFold:
         if s["completed"] is not None:
             # A late member after a fail-fast completion, a re-read, or a size after the
             # chord failed early: the chord fired once and never fires again.
-            return CeleryStep(chord_id)
+            return Step(chord_id)
         s["ts"] = max(s["ts"], rec.timestamp)
         if rec.kind == SIZE:
             s["size"] = rec.size
@@ -146,11 +128,9 @@ class CeleryChordFold:
                 self._recount(chord_id, s)
             return
         seq = s["done"]
-        exc = rec.exception
         # The entries before the summary that counts them (see the module docstring).
         self.table[part_key(chord_id, seq)] = [
-            rec.state.value, rec.task_id, rec.result, None if exc is None else exc.type,
-            None if exc is None else exc.module, None if exc is None else exc.message,
+            rec.state.value, rec.task_id, rec.result, *exception_fields(rec.exception).values(),
             rec.timestamp, rec.index]
         self.table[seen] = seq
         s["done"] = seq + 1
@@ -177,7 +157,7 @@ class CeleryChordFold:
         # Summaries written before runs existed lack "run" and "starts".
         return {**_new_summary(), **found} if found is not None and is_celery(found) else _new_summary()
 
-    def _settle(self, chord_id: str, s: dict[str, Any], before: str) -> CeleryStep:
+    def _settle(self, chord_id: str, s: dict[str, Any], before: str) -> Step:
         completion = self._completion(chord_id, s)
         body = parent = None
         if completion is not None:
@@ -185,12 +165,12 @@ class CeleryChordFold:
             last = self.table.get(part_key(chord_id, s["done"] - 1)) if s["done"] else None
             parent = None if last is None else last[_TASK]
         if json.dumps(s, sort_keys=True) == before:
-            return CeleryStep(chord_id, None, completion, body, parent)
+            return Step(chord_id, None, completion, body, parent)
         self.table[summary_key(chord_id)] = s
         total = self._total(s)
         progress = ChordProgress(s["done"] if total is None else total, s["done"],
                             0 if s["fail_seq"] is None else 1, s["ts"])
-        return CeleryStep(chord_id, progress, completion, body, parent)
+        return Step(chord_id, progress, completion, body, parent)
 
     @staticmethod
     def _total(s: dict[str, Any]) -> int | None:
@@ -202,9 +182,7 @@ class CeleryChordFold:
         total = self._total(s)
         if s["fail_seq"] is not None:
             entry = self.table[part_key(chord_id, s["fail_seq"])]
-            exc = None
-            if entry[_EXC_TYPE] is not None:
-                exc = ExceptionInfo(entry[_EXC_TYPE], entry[_EXC_MODULE] or "", entry[_EXC_MESSAGE] or "")
+            exc = exception_info(*entry[_EXC_TYPE:_TS])
             index = entry[_INDEX] if entry[_INDEX] is not None else s["fail_seq"]
             return ChordCompleted(
                 event_id=run_event_id(chord_id, s["run"]), chord_id=chord_id, state=State.FAILURE,
@@ -226,7 +204,6 @@ class CeleryChordFold:
         s["completed"] = completion.state.value
         s["adds"] = []
         self.table[summary_key(chord_id)] = s  # the mark first, as in ChordFold
-        self._verified.discard(chord_id)
         self._drop_entries(chord_id, s["done"])
 
     def _drop_entries(self, chord_id: str, done: int) -> None:

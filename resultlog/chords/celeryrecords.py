@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 from resultlog.errors import ValidationError
-from resultlog.chords.records import validate_size
+from resultlog.chords.records import exception_fields, exception_info, validate_size
 from resultlog.schemas.codec import CELERY_CHORD, Codec
 from resultlog.schemas.event import ExceptionInfo, now_ms, validate_id
 from resultlog.schemas.states import State
@@ -84,23 +84,17 @@ class CeleryChordRecord:
                    state=state, result=result, exception=exception, body=body)
 
     def to_record(self) -> dict[str, Any]:
-        exc = self.exception
         return {
             "event_id": self.event_id, "chord_id": self.chord_id, "timestamp": self.timestamp,
             "kind": self.kind, "size": self.size, "task_id": self.task_id, "index": self.index,
             "state": None if self.state is None else self.state.value, "result": self.result,
-            "exc_type": None if exc is None else exc.type,
-            "exc_module": None if exc is None else exc.module,
-            "exc_message": None if exc is None else exc.message,
-            "body": self.body,
+            **exception_fields(self.exception), "body": self.body,
         }
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> CeleryChordRecord:
-        exc = None
-        if record.get("exc_type") is not None:
-            exc = ExceptionInfo(record["exc_type"], record.get("exc_module") or "",
-                                record.get("exc_message") or "")
+        exc = exception_info(record.get("exc_type"), record.get("exc_module"),
+                             record.get("exc_message"))
         state = record.get("state")
         return cls(
             event_id=record["event_id"], chord_id=record["chord_id"], timestamp=record["timestamp"],

@@ -1,38 +1,21 @@
-"""Declaring a chord from worker (or caller) code (docs/chords.md).
+"""Declaring a chord from worker (or caller) code (docs/chords.md, "Declaring a chord").
 
-A chord is declared once, with :func:`declare_chord` (asyncio) or
-:func:`declare_chord_sync`: a ``ChordDeclared`` record in the events topic, keyed by the
-chord id, sent through the emitter's own pipeline (same producer, buffer, delivery
-reporting and size limit). Its members are ordinary task events carrying ``chord_id``,
-``chord_size`` and ``chord_index``; members that arrive before the declaration are
-counted, and the chord completes once it is seen too.
+The ``ChordDeclared`` record goes through the emitter's own pipeline: the same producer,
+buffer, delivery reporting and size limit as task events.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
+from resultlog.chords.celeryrecords import CeleryChordRecord
 from resultlog.chords.records import ChordDeclared
 
 if TYPE_CHECKING:
     # Types only: resultlog.producers re-exports this module's functions.
     from resultlog.producers.emitter import Emitter
     from resultlog.producers.sync import SyncEmitter
-
-
-class ChordRecord(Protocol):
-    """A record about a chord, keyed by its chord id in the events topic."""
-
-    SCHEMA: ClassVar[str]
-
-    @property
-    def chord_id(self) -> str: ...
-
-    @property
-    def timestamp(self) -> int: ...
-
-    def to_record(self) -> dict[str, Any]: ...
 
 
 class ChordOptions(TypedDict, total=False):
@@ -63,7 +46,8 @@ def declare_chord_sync(emitter: SyncEmitter, chord_id: str, size: int, *, wait: 
     return decl
 
 
-def send_chord_record_sync(emitter: SyncEmitter, record: ChordRecord, *, wait: bool = False) -> None:
+def send_chord_record_sync(emitter: SyncEmitter, record: ChordDeclared | CeleryChordRecord, *,
+                           wait: bool = False) -> None:
     """Send ``record`` to the events topic, keyed by its chord id, through ``emitter``'s
     pipeline (its codec's size limit applies); ``wait=True`` returns only once Kafka
     acknowledged it."""

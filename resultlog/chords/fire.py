@@ -1,19 +1,14 @@
 """Firing a Celery chord's body from the processor, once its members are all in.
 
 ``resultlog process --celery-app proj.celery:app`` gives the chord aggregator the user's
-Celery app; when a Celery chord completes the aggregator calls :meth:`BodyFirer.fire`
-(after the completion is published, before the chord is marked completed). It does
-what Celery's Redis backend does in the worker whose part completes the chord
-(``on_chord_part_return``): all succeeded, the body is sent with the header's results in
-member order (a saved header with groups is restored and joined); a member failed or
-was revoked, ``chord_error_from_stack`` makes the body a FAILURE with a ``ChordError``
-and runs its errbacks and what is chained after it.
+Celery app; when a Celery chord completes the aggregator calls :meth:`BodyFirer.fire`,
+before the chord is marked completed. What is sent, as Celery's Redis backend does in
+``on_chord_part_return``: docs/celery.md, "Chords".
 
 Once: a Redis key per completion (``names.chord_fire_key``) says ``firing`` before the
 body is sent and ``done`` after. A completion seen again whose key says ``done`` is not
 fired again; one whose key says ``firing`` is (the processor died in between and may or
-may not have sent it): never a chord left hanging, at the price of a possible second
-send within a publish plus one Redis SET.
+may not have sent it): never a chord left hanging, at the price of a possible second send.
 """
 
 from __future__ import annotations

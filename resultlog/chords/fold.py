@@ -1,35 +1,30 @@
 """The chord state machine: a chord's records -> its progress and its one completion.
 
-Pure (no I/O): the aggregator (:mod:`resultlog.chords.aggregator`) runs it over a
-changelog-backed table per partition (:mod:`~resultlog.chords.changelog`), replay runs it over a dict, the unit tests over both
-kinds of mapping. Table layout and crash-safety reasoning: see the aggregator's
-module docstring.
+Pure (no I/O): the aggregator runs it over a changelog-backed table per partition, replay
+over a dict, the unit tests over both. Table layout: docs/chords.md, "How it works"; the
+order of writes that makes it crash-safe: the aggregator's module docstring.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass
 from typing import Any
 
 from resultlog.errors import CodecError
-from resultlog.chords.celeryfold import CeleryChordFold, is_celery
+from resultlog.chords.celeryfold import CeleryChordFold, is_celery, summary_key
 from resultlog.chords.celeryrecords import CeleryChordRecord
-from resultlog.chords.records import ChordCompleted, ChordDeclared, FailedMember, completion_event_id
+from resultlog.chords.records import (
+    ChordCompleted, ChordDeclared, ChordProgress, FailedMember, Step, completion_event_id,
+    exception_fields, exception_info)
 from resultlog.schemas.codec import CELERY_CHORD, CHORD_DECLARED, TASK_EVENT, event_from_record
-from resultlog.schemas.event import ExceptionInfo, TaskEvent
+from resultlog.schemas.event import TaskEvent
 from resultlog.schemas.states import State
-from resultlog.chords.records import ChordProgress
 
 log = logging.getLogger("resultlog.chords")
 
 # Member entry layout (a JSON list in the table).
 _STATE, _TASK, _RESULT, _EXC_TYPE, _EXC_MODULE, _EXC_MESSAGE, _TS = range(7)
-
-
-def summary_key(chord_id: str) -> str:
-    return f"c:{chord_id}"
 
 
 def member_key(chord_id: str, index: int) -> str:
@@ -42,43 +37,24 @@ def _new_summary() -> dict[str, Any]:
 
 
 def _entry(event: TaskEvent) -> list[Any]:
-    exc = event.exception
     return [event.state.value, event.task_id, event.result,
-            None if exc is None else exc.type, None if exc is None else exc.module,
-            None if exc is None else exc.message, event.timestamp]
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """What one record changed: the chord's counts, and its completion if it completed."""
-
-    chord_id: str
-    progress: ChordProgress | None = None
-    completion: ChordCompleted | None = None
-    #: A Celery chord's body (its signature's JSON), with its completion: to be fired.
-    body: str | None = None
-    #: The Celery member counted last (the body's parent_id).
-    parent: str | None = None
+            *exception_fields(event.exception).values(), event.timestamp]
 
 
 class ChordFold:
-    """The chord state machine over a mapping: a changelog-backed table in the processor, a dict in tests.
+    """The chord state machine over ``table`` (see the module docstring).
 
-    Pure (no I/O). For a given set of records, any order and any duplication yields
-    the same SUCCESS completion, and a chord completes exactly once: the caller
-    publishes the completion a step returns, then calls :meth:`completed`.
+    For a given set of records, any order and any duplication yields the same SUCCESS
+    completion, and a chord completes exactly once: the caller publishes the completion
+    a step returns, then calls :meth:`completed`.
     """
 
     def __init__(self, table: MutableMapping[str, Any]) -> None:
         self.table = table
-        # Chords recounted by this process (see the module docstring); in memory only.
+        # Chords recounted by this fold, in memory only: a partition loaded afresh after
+        # a rebalance gets a new fold, which verifies again.
         self._verified: set[str] = set()
         self.celery = CeleryChordFold(table)
-
-    def forget_verified(self) -> None:
-        """After a rebalance the table may hold state recovered afresh: verify again."""
-        self._verified.clear()
-        self.celery.forget_verified()
 
     def apply(self, name: str, record: Mapping[str, Any]) -> Step | None:
         """Fold one decoded record from the chords topic (CodecError for other kinds)."""
@@ -87,8 +63,7 @@ class ChordFold:
         if name == CHORD_DECLARED:
             return self.declare(ChordDeclared.from_record(record))
         if name == CELERY_CHORD:
-            step = self.celery.apply(CeleryChordRecord.from_record(record))
-            return Step(step.chord_id, step.progress, step.completion, step.body, step.parent)
+            return self.celery.apply(CeleryChordRecord.from_record(record))
         raise CodecError(f"unexpected record type {name} in the chords topic")
 
     def declare(self, decl: ChordDeclared) -> Step:
@@ -216,9 +191,7 @@ class ChordFold:
         if entry is None:
             self._recount(chord_id, s)
             return None
-        exc = None
-        if entry[_EXC_TYPE] is not None:
-            exc = ExceptionInfo(entry[_EXC_TYPE], entry[_EXC_MODULE] or "", entry[_EXC_MESSAGE] or "")
+        exc = exception_info(*entry[_EXC_TYPE:_TS])
         member = FailedMember(entry[_TASK], index, State(entry[_STATE]), exc)
         return ChordCompleted(
             event_id=completion_event_id(chord_id), chord_id=chord_id, state=State.FAILURE,

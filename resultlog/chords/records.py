@@ -1,14 +1,9 @@
-"""Chord records: a chord's declaration and its completion, as frozen dataclasses.
+"""Chord records: a chord's declaration and its completion, and what the fold reports.
 
-A chord is ``size`` header tasks (its *members*, indexed ``0..size-1``) whose outcomes
-feed one callback. The declaration goes to the events topic (keyed by chord id); the
-members are ordinary task events carrying ``chord_id``/``chord_size``/``chord_index``.
-The chord aggregator (:mod:`resultlog.chords.aggregator`) writes one
-:class:`ChordCompleted` per chord to the chord-completions topic.
-
-A completion's ``event_id`` is derived from the chord id (:func:`completion_event_id`),
-not drawn at random: a completion re-emitted after a processor crash carries the same
-id, so whoever follows the completions topic can recognise the repeat.
+What a chord is and where each record goes: docs/chords.md. A completion's ``event_id``
+is derived from the chord id (:func:`completion_event_id`), not drawn at random: a
+completion re-emitted after a processor crash carries the same id, so whoever follows
+the completions topic can recognise the repeat.
 """
 
 from __future__ import annotations
@@ -16,7 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Final
 
 from resultlog.errors import ChordError, ValidationError
@@ -40,6 +35,19 @@ def validate_size(size: object) -> int:
     if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_CHORD_SIZE:
         raise ValidationError(f"chord size must be an int in 0..{MAX_CHORD_SIZE}, got {size!r}")
     return size
+
+
+def exception_info(exc_type: str | None, module: str | None,
+                   message: str | None) -> ExceptionInfo | None:
+    """An exception kept as three fields; None without a type."""
+    return None if exc_type is None else ExceptionInfo(exc_type, module or "", message or "")
+
+
+def exception_fields(exc: ExceptionInfo | None) -> dict[str, str | None]:
+    """:func:`exception_info`'s inverse: ``exc_type``, ``exc_module``, ``exc_message``."""
+    if exc is None:
+        return {"exc_type": None, "exc_module": None, "exc_message": None}
+    return {"exc_type": exc.type, "exc_module": exc.module, "exc_message": exc.message}
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,13 +178,10 @@ class ChordCompleted:
         return ChordError(self.error_message())
 
     def without_results(self) -> ChordCompleted:
-        return ChordCompleted(
-            self.event_id, self.chord_id, self.state, self.size, self.done, self.failed,
-            self.timestamp, None, True, self.failed_member, self.callback, self.callback_kwargs)
+        return replace(self, results=None, results_omitted=True)
 
     def to_record(self) -> dict[str, Any]:
         m = self.failed_member
-        exc = None if m is None else m.exception
         return {
             "event_id": self.event_id, "chord_id": self.chord_id, "state": self.state.value,
             "size": self.size, "done": self.done, "failed": self.failed,
@@ -184,9 +189,7 @@ class ChordCompleted:
             "results_omitted": self.results_omitted,
             "failed_member": None if m is None else {
                 "task_id": m.task_id, "index": m.index, "state": m.state.value,
-                "exc_type": None if exc is None else exc.type,
-                "exc_module": None if exc is None else exc.module,
-                "exc_message": None if exc is None else exc.message,
+                **exception_fields(m.exception),
             },
             "callback": self.callback, "callback_kwargs": self.callback_kwargs,
         }
@@ -194,12 +197,9 @@ class ChordCompleted:
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> ChordCompleted:
         m = record.get("failed_member")
-        member = None
-        if m is not None:
-            exc = None
-            if m.get("exc_type") is not None:
-                exc = ExceptionInfo(m["exc_type"], m.get("exc_module") or "", m.get("exc_message") or "")
-            member = FailedMember(m["task_id"], m["index"], State(m["state"]), exc)
+        member = None if m is None else FailedMember(
+            m["task_id"], m["index"], State(m["state"]),
+            exception_info(m.get("exc_type"), m.get("exc_module"), m.get("exc_message")))
         return cls(
             event_id=record["event_id"], chord_id=record["chord_id"], state=State(record["state"]),
             size=record["size"], done=record["done"], failed=record["failed"],
@@ -224,3 +224,16 @@ class ChordProgress:
     done: int
     failed: int
     timestamp: int = 0  # ms: the latest member outcome counted (expiry derives from it)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What the fold made of one record: the chord's counts, and its completion if it completed."""
+
+    chord_id: str
+    progress: ChordProgress | None = None
+    completion: ChordCompleted | None = None
+    #: A Celery chord's body (its signature's JSON), with its completion: to be fired.
+    body: str | None = None
+    #: The Celery member counted last: the body's parent, as when a worker sends it.
+    parent: str | None = None

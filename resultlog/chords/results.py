@@ -1,10 +1,7 @@
-"""``ChordResult`` (sync) and ``AioChordResult`` (asyncio): a chord's outcome, read from the chord view.
-
-Both derive everything from a :class:`~resultlog.chords.store.ChordView`. The asyncio
-flavour is the implementation of waiting (:func:`~resultlog.chords.store.wait_chord`);
-the sync flavour reads the view in the caller's thread and waits through
-:meth:`ResultBackend.run <resultlog.views.backend.ResultBackend.run>` on the process's
-loop thread.
+"""``ChordResult`` (sync) and ``AioChordResult`` (asyncio): a chord's outcome, read from
+the chord view. Both wait with :func:`~resultlog.chords.store.wait_chord`, the sync flavour
+through :meth:`ResultBackend.run <resultlog.views.backend.ResultBackend.run>` on the
+process's loop thread (it reads the view in the caller's thread).
 """
 
 from __future__ import annotations

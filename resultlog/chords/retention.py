@@ -1,12 +1,10 @@
 """Removing completed chords' summaries from the aggregator's table once they expire.
 
 A completed chord keeps its summary (``c:<chord_id>``) so that a re-delivered member
-never fires it again; kept forever, summaries would grow the processor's memory and
-its start-up read of the changelog without bound, so a summary goes when the chord's
-view expires, ``result_ttl_s`` after its completion (log time). A chord's keys live in
-its own partition's table, so a summary is removed only while a record of that
-partition is processed (:meth:`SummaryRetention.sweep`); docs/chords.md, "How it
-works", says what that leaves.
+never fires it again, until its view expires (why not forever, and what removing it
+leaves: docs/chords.md, "How it works"). A chord's keys live in its own partition's
+table, so a summary is removed only while a record of that partition is processed
+(:meth:`SummaryRetention.sweep`).
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ import heapq
 from collections.abc import MutableMapping
 from typing import Any
 
-from resultlog.chords.fold import summary_key
+from resultlog.chords.celeryfold import summary_key
 from resultlog.producers.partitioner import partition_for
 
 _SUMMARY_PREFIX = summary_key("")
@@ -35,12 +33,10 @@ class SummaryRetention:
         self.partitions = partitions
         self.per_sweep = per_sweep  # bounded, so a backlog never stalls the stream
         self._due: dict[int, list[tuple[int, str]]] = {}
-        self._indexed = False
-
-    def reset(self) -> None:
-        """After a rebalance: the table's partitions changed; index it again when next asked."""
-        self._due.clear()
-        self._indexed = False
+        # The summaries already in the table (recovered from the changelog).
+        for key, summary in table.items():
+            if key.startswith(_SUMMARY_PREFIX) and summary.get("completed") is not None:
+                self.completed(key[len(_SUMMARY_PREFIX):], summary["ts"])
 
     def completed(self, chord_id: str, timestamp_ms: int) -> None:
         """``chord_id`` completed at ``timestamp_ms`` (log time): due a TTL later."""
@@ -54,8 +50,6 @@ class SummaryRetention:
         returns the chords removed. Call only while processing a record of ``partition``."""
         if not self.retention_ms:
             return []
-        if not self._indexed:
-            self._index()
         due = self._due.get(partition)
         removed: list[str] = []
         while due and due[0][0] <= now_ms and len(removed) < self.per_sweep:
@@ -66,10 +60,3 @@ class SummaryRetention:
                 del self.table[key]
                 removed.append(chord_id)
         return removed
-
-    def _index(self) -> None:
-        # The summaries already in the table (recovered from the changelog).
-        self._indexed = True
-        for key, summary in list(self.table.items()):
-            if key.startswith(_SUMMARY_PREFIX) and summary.get("completed") is not None:
-                self.completed(key[len(_SUMMARY_PREFIX):], summary["ts"])

@@ -11,11 +11,7 @@ aggregator through :class:`ChordStore`):
   ``exc_module``, ``exc_message`` of the member that failed the chord;
 - ``completion_id``, ``date_done`` (ms since the epoch) once completed.
 
-Progress writes (:meth:`ChordStore.progress`) go through one Lua script that only
-raises the counts (a maximum, so a late or repeated write never moves them back) and
-never touches a completed chord's state; the completion is one MULTI/EXEC that writes
-the outcome and PUBLISHes on ``names.chord_done_channel``. A waiter subscribes first
-and reads second (see :mod:`resultlog.views.notify`), so it cannot miss the publish.
+How it is written and waited on: docs/chords.md, "How it works" (last paragraph).
 """
 
 from __future__ import annotations
@@ -28,9 +24,8 @@ from typing import TYPE_CHECKING, Any, Final
 import redis.asyncio
 
 from resultlog import names
-from resultlog.chords.records import ChordCompleted, ChordProgress, FailedMember
+from resultlog.chords.records import ChordCompleted, ChordProgress, FailedMember, exception_info
 from resultlog.errors import ResultTimeout
-from resultlog.schemas.event import ExceptionInfo
 from resultlog.schemas.states import PENDING, State
 from resultlog.redis_access import text, translated
 from resultlog.settings import Settings
@@ -41,9 +36,9 @@ if TYPE_CHECKING:
 STARTED: Final = "STARTED"
 _FINAL: Final = frozenset({State.SUCCESS.value, State.FAILURE.value})
 
-# KEYS: chord hashes. ARGV[1]: ttl in ms (0: keep forever); then per key: size, done, failed.
 PROGRESS_SCRIPT: Final = """
--- ARGV[1]: "1" to expire; then per key: size, done, failed, expire_at (ms, exact string)
+-- KEYS: chord hashes. ARGV[1]: "1" to expire; then per key: size, done, failed,
+-- expire_at (ms, exact string)
 local expiring = ARGV[1] == '1'
 for i, key in ipairs(KEYS) do
   local base = 4 * (i - 1) + 1
@@ -96,9 +91,7 @@ def chord_view_from_hash(chord_id: str, fields: Mapping[Any, Any]) -> ChordView:
     h = {text(k): text(v) for k, v in fields.items()}
     member = None
     if "failed_task_id" in h:
-        exc = None
-        if "exc_type" in h:
-            exc = ExceptionInfo(h["exc_type"], h.get("exc_module", ""), h.get("exc_message", ""))
+        exc = exception_info(h.get("exc_type"), h.get("exc_module"), h.get("exc_message"))
         member = FailedMember(h["failed_task_id"], int(h["failed_index"]),
                               State(h.get("failed_state", State.FAILURE.value)), exc)
     return ChordView(
