@@ -115,14 +115,6 @@ def broker_config(
     }
 
 
-def broker_properties(config: Mapping[str, str], overrides: Mapping[str, str] | None = None) -> str:
-    """server.properties for a :func:`broker_config`, with ``overrides`` (the secure
-    listener of resultlog/devstack/secure.py) replacing or adding properties."""
-    props = {**config, **(overrides or {})}
-    head = "# Written by `resultlog dev up` on every start; edits are overwritten.\n"
-    return head + "".join(f"{key}={value}\n" for key, value in props.items())
-
-
 def _resource(name: str) -> str:
     return importlib.resources.files("resultlog.devstack").joinpath(name).read_text()
 
@@ -273,14 +265,15 @@ class KafkaService(Service):
     def _write_config(self) -> None:
         broker, controller = (p.number for p in self.ports)
         voters = {i: port + 1 for i, port in enumerate(node_ports(self.settings), start=1)}
+        config = broker_config(port=broker, controller_port=controller,
+                               data_dir=self.data_dir.resolve(), node_id=self.node_id,
+                               voters=voters)
+        # The secure listener, if the settings ask for one, replaces the PLAINTEXT one.
+        config.update(secure.kafka_listener_config(self.settings, broker, controller))
         properties = self.home / "server.properties"
         properties.write_text(
-            broker_properties(
-                broker_config(port=broker, controller_port=controller,
-                              data_dir=self.data_dir.resolve(), node_id=self.node_id,
-                              voters=voters),
-                secure.kafka_listener_config(self.settings, broker, controller),
-            )
+            "# Written by `resultlog dev up` on every start; edits are overwritten.\n"
+            + "".join(f"{key}={value}\n" for key, value in config.items())
         )
         properties.chmod(0o600)  # it may hold the SASL users' passwords
         (self.home / "log4j2.properties").write_text(_resource("kafka-log4j2.properties"))

@@ -79,15 +79,14 @@ def private_settings(base: Settings, dev_dir: Path, *, brokers: int) -> Settings
         )
     taken: set[int] = set()
     kafka = free_port_run(2 * brokers, taken=taken)  # node i: kafka + 2(i-1), its controller + 1
-    replicas = min(brokers, 3)
     return base.replace(
         dev_dir=str(dev_dir),
         dev_kafka_brokers=brokers,
         kafka_bootstrap_servers=",".join(f"127.0.0.1:{kafka + 2 * i}" for i in range(brokers)),
         redis_url=_with_port(base.redis_url, free_port_run(1, taken=taken)),
         postgres_dsn=_with_port(base.postgres_dsn, free_port_run(1, taken=taken)),
-        topic_replication_factor=replicas,
-        topic_min_insync_replicas=replicas - 1 if replicas > 1 else 0,
+        topic_replication_factor=brokers,
+        topic_min_insync_replicas=brokers - 1,  # 0 with one node: the broker's default
     )
 
 

@@ -195,17 +195,14 @@ class Service(abc.ABC):
 
     async def state(self) -> ServiceState:
         pid = self.pid()
-        answering = False
-        detail = ""
-        if pid is not None:
-            try:
-                answering = await asyncio.wait_for(self.answers(), 10)
-            except asyncio.TimeoutError:
-                answering = False
-        else:
-            taken = self.port_conflicts()
-            detail = "; ".join(taken)
-        return ServiceState(self.name, self.address, pid, answering, self.log_path, detail)
+        if pid is None:
+            taken = "; ".join(self.port_conflicts())
+            return ServiceState(self.name, self.address, None, False, self.log_path, taken)
+        try:
+            answering = await asyncio.wait_for(self.answers(), 10)
+        except asyncio.TimeoutError:
+            answering = False
+        return ServiceState(self.name, self.address, pid, answering, self.log_path)
 
 
 def elapsed(since: float) -> float:
