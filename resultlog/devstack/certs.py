@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from resultlog.errors import DevStackError
@@ -27,28 +26,18 @@ SERVER_NAMES = "subjectAltName=IP:127.0.0.1,DNS:localhost"
 _KEY_OPTIONS = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]
 
 
-# Each file of a Certificates: its attribute and its name in the directory.
-_FILES = {"ca": "ca.pem", "ca_key": "ca.key", "server_cert": "server.pem",
-          "server_key": "server.key", "server_bundle": "server-bundle.pem",
-          "client_cert": "client.pem", "client_key": "client.key"}
-
-
-@dataclass(frozen=True, slots=True)
 class Certificates:
     """Where the files of one CA and its certificates are (all in ``directory``)."""
 
-    directory: Path
-    ca: Path = field(init=False)
-    ca_key: Path = field(init=False)
-    server_cert: Path = field(init=False)
-    server_key: Path = field(init=False)
-    server_bundle: Path = field(init=False)
-    client_cert: Path = field(init=False)
-    client_key: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        for attribute, name in _FILES.items():
-            object.__setattr__(self, attribute, self.directory / name)
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.ca = directory / "ca.pem"
+        self.ca_key = directory / "ca.key"
+        self.server_cert = directory / "server.pem"
+        self.server_key = directory / "server.key"
+        self.server_bundle = directory / "server-bundle.pem"
+        self.client_cert = directory / "client.pem"
+        self.client_key = directory / "client.key"
 
     def complete(self) -> bool:
         return all(p.exists() for p in (self.ca, self.server_bundle, self.client_cert, self.client_key))

@@ -1,10 +1,7 @@
 """Apache Kafka for the local stack: KRaft nodes (each broker and controller), no Docker.
 
-One node by default; three with ``dev_kafka_brokers=3`` (``resultlog dev up --brokers
-3``), each in ``<dev_dir>/kafka-<id>`` with its own ports, formatted with one cluster
-id. The classpath is assembled once from Maven Central into
-``<dev_cache_dir>/kafka-<version>/libs``; a node's storage is formatted on its first
-start; the broker listens on 127.0.0.1 only. Versions: docs/local-stack.md.
+How the jars are fetched and a node formatted and run, and why this version:
+docs/local-stack.md; the nodes of a cluster: :mod:`resultlog.devstack.kafka_nodes`.
 """
 
 from __future__ import annotations
@@ -18,12 +15,11 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
-from resultlog.connections import kafka_client_args
 from resultlog.devstack import process, secure
 from resultlog.devstack.kafka_nodes import (
+    admin_client,
     node_name,
     node_ports,
     random_cluster_id,
@@ -69,10 +65,11 @@ def broker_config(
     """The configuration of one node that is both broker and controller.
 
     ``voters`` maps each node id of the cluster to its controller port (default: this
-    node alone). With one node every internal topic has one replica; with three or
-    more, three replicas and two in sync, so the cluster accepts acks=all writes and
-    keeps its group offsets and transactions while any one node is down.
-    docker-compose.yml and the Docker test fixture use the one-node settings.
+    node alone). Internal topics (and topics created without a replication factor, such
+    as faust's) get every node up to three and need all but one of them in sync, so a
+    cluster accepts acks=all writes and keeps its group offsets and transactions while
+    any one node is down. docker-compose.yml and the Docker test fixture use the
+    one-node settings.
     """
     voters = {node_id: controller_port} if voters is None else voters
     replicas = str(min(len(voters), 3))
@@ -89,8 +86,6 @@ def broker_config(
         "controller.listener.names": "CONTROLLER",
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
         "log.dirs": str(data_dir),
-        # Internal topics (and topics created without a replication factor, such as
-        # faust's) get every node up to three, and need all but one of them in sync.
         "default.replication.factor": replicas,
         "min.insync.replicas": in_sync,
         "offsets.topic.replication.factor": replicas,
@@ -118,14 +113,6 @@ def broker_config(
         "log.segment.delete.delay.ms": "1000",
         "file.delete.delay.ms": "1000",
     }
-
-
-def broker_properties(config: Mapping[str, str], overrides: Mapping[str, str] | None = None) -> str:
-    """server.properties for a :func:`broker_config`, with ``overrides`` (the secure
-    listener of resultlog/devstack/secure.py) replacing or adding properties."""
-    props = {**config, **(overrides or {})}
-    head = "# Written by `resultlog dev up` on every start; edits are overwritten.\n"
-    return head + "".join(f"{key}={value}\n" for key, value in props.items())
 
 
 def _resource(name: str) -> str:
@@ -174,15 +161,11 @@ class KafkaService(Service):
     def check_tools(self) -> None:
         self.check_host(self.settings.kafka_bootstrap_servers, "RESULTLOG_KAFKA_BOOTSTRAP_SERVERS")
         java = shutil.which("java")
-        if java is None:
+        major = None if java is None else _java_major(java)
+        if java is None or (major is not None and major < MIN_JAVA):
+            found = "`java` is not on PATH" if java is None else f"{java} is Java {major}"
             raise DevStackError(
-                f"kafka: `java` is not on PATH; Kafka {KAFKA_VERSION} needs Java {MIN_JAVA} "
-                f"or newer (Debian: apt-get install -y openjdk-{MIN_JAVA}-jre-headless)"
-            )
-        major = _java_major(java)
-        if major is not None and major < MIN_JAVA:
-            raise DevStackError(
-                f"kafka: {java} is Java {major}; Kafka {KAFKA_VERSION} needs Java {MIN_JAVA} "
+                f"kafka: {found}; Kafka {KAFKA_VERSION} needs Java {MIN_JAVA} "
                 f"or newer (Debian: apt-get install -y openjdk-{MIN_JAVA}-jre-headless)"
             )
         if not self.classpath_ready() and shutil.which("mvn") is None:
@@ -215,7 +198,6 @@ class KafkaService(Service):
             return None
         return f"Kafka node(s) {', '.join(running)} of {dev_dir} run with another node count: {advice}"
 
-    # -- prepare: classpath and storage -------------------------------------------------
     # -- prepare: classpath and storage -------------------------------------------------
 
     def prepare(self) -> None:
@@ -283,14 +265,15 @@ class KafkaService(Service):
     def _write_config(self) -> None:
         broker, controller = (p.number for p in self.ports)
         voters = {i: port + 1 for i, port in enumerate(node_ports(self.settings), start=1)}
+        config = broker_config(port=broker, controller_port=controller,
+                               data_dir=self.data_dir.resolve(), node_id=self.node_id,
+                               voters=voters)
+        # The secure listener, if the settings ask for one, replaces the PLAINTEXT one.
+        config.update(secure.kafka_listener_config(self.settings, broker, controller))
         properties = self.home / "server.properties"
         properties.write_text(
-            broker_properties(
-                broker_config(port=broker, controller_port=controller,
-                              data_dir=self.data_dir.resolve(), node_id=self.node_id,
-                              voters=voters),
-                secure.kafka_listener_config(self.settings, broker, controller),
-            )
+            "# Written by `resultlog dev up` on every start; edits are overwritten.\n"
+            + "".join(f"{key}={value}\n" for key, value in config.items())
         )
         properties.chmod(0o600)  # it may hold the SASL users' passwords
         (self.home / "log4j2.properties").write_text(_resource("kafka-log4j2.properties"))
@@ -348,23 +331,16 @@ class KafkaService(Service):
         broker = self.ports[0].number
         if not await process.port_open(broker):
             return False  # spares aiokafka's connection-error logging
-        admin = AIOKafkaAdminClient(
-            **kafka_client_args(self.settings, f"127.0.0.1:{broker}"),
-            client_id="resultlog-devstack",
-            request_timeout_ms=5000,
-        )
         try:
-            await admin.start()
-            brokers = (await admin.describe_cluster()).get("brokers", [])
-            if self.settings.dev_kafka_brokers == 1:
-                # Any broker: the test fixtures also probe Kafkas that are not ours
-                # (RESULTLOG_TEST_SERVICES=env), whose node ids we do not know.
-                return bool(brokers)
-            return any(b.get("node_id") == self.node_id for b in brokers)
+            async with admin_client(self.settings, f"127.0.0.1:{broker}") as admin:
+                brokers = (await admin.describe_cluster()).get("brokers", [])
         except (KafkaError, OSError, TimeoutError):
             return False
-        finally:
-            await admin.close()
+        if self.settings.dev_kafka_brokers == 1:
+            # Any broker: the test fixtures also probe Kafkas that are not ours
+            # (RESULTLOG_TEST_SERVICES=env), whose node ids we do not know.
+            return bool(brokers)
+        return any(b.get("node_id") == self.node_id for b in brokers)
 
 
 def _java_major(java: str) -> int | None:

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
@@ -25,6 +28,22 @@ from resultlog.settings import DEV_KAFKA_PORT, Settings, port_of
 
 # In the state dir: the id every node of a multi-node cluster is formatted with.
 CLUSTER_ID_FILE = "kafka-cluster.id"
+
+
+@contextlib.asynccontextmanager
+async def admin_client(
+    settings: Settings, bootstrap: str, client_id: str = "resultlog-devstack"
+) -> AsyncIterator[Any]:
+    """An aiokafka admin client on ``bootstrap``, started; closed on leaving, also when
+    starting failed (the caller catches ``KafkaError``, ``OSError``, ``TimeoutError``)."""
+    admin = AIOKafkaAdminClient(
+        **kafka_client_args(settings, bootstrap), client_id=client_id, request_timeout_ms=5000
+    )
+    try:
+        await admin.start()
+        yield admin
+    finally:
+        await admin.close()
 
 
 def random_cluster_id() -> str:
@@ -123,16 +142,11 @@ async def ensure_internal_topics(settings: Settings, *, timeout_s: float = 60.0)
     deadline = time.monotonic() + timeout_s
     pending = {0: "group", 1: "transaction"}  # FindCoordinator key types
     while pending:
-        admin = AIOKafkaAdminClient(
-            **kafka_client_args(settings, cluster_bootstrap(settings)),
-            client_id="resultlog-devstack",
-            request_timeout_ms=5000,
-        )
         try:
-            await admin.start()
-            for key_type in list(pending):
-                await admin.find_coordinator("resultlog-devstack", key_type)
-                del pending[key_type]
+            async with admin_client(settings, cluster_bootstrap(settings)) as admin:
+                for key_type in list(pending):
+                    await admin.find_coordinator("resultlog-devstack", key_type)
+                    del pending[key_type]
         except (KafkaError, OSError, TimeoutError) as exc:
             if time.monotonic() > deadline:
                 kinds = " and ".join(pending.values())
@@ -141,5 +155,3 @@ async def ensure_internal_topics(settings: Settings, *, timeout_s: float = 60.0)
                     f"(the internal topics were not created): {exc!r}"
                 ) from exc
             await asyncio.sleep(0.2)
-        finally:
-            await admin.close()

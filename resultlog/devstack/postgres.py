@@ -73,25 +73,18 @@ class PostgresService(Service):
 
     def check_tools(self) -> None:
         self.check_host(self.settings.postgres_dsn, "RESULTLOG_POSTGRES_DSN")
-        if self._os_user is not None:
-            try:
-                pwd.getpwnam(OS_USER)
-            except KeyError:
-                if not self.missing_packages():
-                    raise DevStackError(
-                        f"postgres: there is no `{OS_USER}` user to run PostgreSQL as "
-                        f"(reinstall {PACKAGE}: apt-get install --reinstall {PACKAGE})"
-                    ) from None
-        self._check_reachable()
-
-    def _check_reachable(self) -> None:
-        """As root, the server runs as `postgres`: it must be able to enter the dev dir."""
         if self._os_user is None:
             return
         try:
             uid = pwd.getpwnam(self._os_user).pw_uid
         except KeyError:
+            if not self.missing_packages():
+                raise DevStackError(
+                    f"postgres: there is no `{OS_USER}` user to run PostgreSQL as "
+                    f"(reinstall {PACKAGE}: apt-get install --reinstall {PACKAGE})"
+                ) from None
             return  # the package (and its user) is about to be installed
+        # As root, the server runs as `postgres`: it must be able to enter the dev dir.
         target = self.home.absolute()
         for path in [*reversed(target.parents), target]:
             if not path.exists():
@@ -111,19 +104,18 @@ class PostgresService(Service):
         argv = process.as_user([str(BIN_DIR / tool), *args], self._os_user)
         process.run_logged(argv, log_path=self.home / "setup.log", what=what, cwd=self.home)
 
-    def _chown(self, path: Path) -> None:
+    def _chown(self, *paths: Path) -> None:
         if self._os_user is not None:
             entry = pwd.getpwnam(self._os_user)
-            os.chown(path, entry.pw_uid, entry.pw_gid)
+            for path in paths:
+                os.chown(path, entry.pw_uid, entry.pw_gid)
 
     def prepare(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         self.home.chmod(0o700)
-        self._chown(self.home)
         (self.home / "setup.log").touch()
-        self._chown(self.home / "setup.log")
         self.socket_dir.mkdir(exist_ok=True)
-        self._chown(self.socket_dir)
+        self._chown(self.home, self.home / "setup.log", self.socket_dir)
         if (self.data_dir / "PG_VERSION").exists():
             return
         self.say(f"initdb {self.data_dir}")
@@ -187,10 +179,9 @@ class PostgresService(Service):
         self._write_access()
         conf = self.data_dir / "resultlog.conf"
         conf.write_text(self.config())
-        self._chown(conf)
         process.rotate(self.log_path)
         self.log_path.touch()
-        self._chown(self.log_path)
+        self._chown(conf, self.log_path)
         try:
             # -w: pg_ctl returns once the postmaster accepts connections, or failed.
             self._run(
@@ -223,23 +214,14 @@ class PostgresService(Service):
         finally:
             await conn.close()
 
-    async def wait_ready(self) -> None:
-        async def superuser_answers() -> bool:
-            try:
-                conn = await self._superuser()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-                return False
-            await conn.close()
-            return True
-
-        # The DSN's role may not exist yet: wait for the server via the local socket.
-        await process.wait_until_ready(
-            superuser_answers,
-            alive=lambda: self.pid() is not None,
-            what=f"postgres ({self.address})",
-            log_path=self.log_path,
-            timeout_s=self.start_timeout_s,
-        )
+    async def starting_answers(self) -> bool:
+        """The DSN's role may not exist yet: wait for the server via the local socket."""
+        try:
+            conn = await self._superuser()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return False
+        await conn.close()
+        return True
 
     async def after_ready(self) -> None:
         """Create the role and database named by ``postgres_dsn`` if they are missing."""

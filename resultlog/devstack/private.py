@@ -1,11 +1,7 @@
 """Private stacks: a whole local stack on free ports of its own, to break on purpose.
 
 Fault tests SIGKILL brokers and stores; they must never do that to the stack other
-tests (and other developers) share. A private stack is Kafka (one node or a three-node
-KRaft cluster), Redis and PostgreSQL on ports nobody else uses, with state in a
-directory of its own; usage in docs/local-stack.md. Leaving the block stops every
-server with SIGKILL and deletes the state directory, except when the block raised: then
-the directory, with every service's log, stays and its path is printed.
+tests (and other developers) share. Usage: docs/local-stack.md, "Private stacks".
 """
 
 from __future__ import annotations
@@ -16,18 +12,16 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
-from resultlog.connections import kafka_client_args
 from resultlog.devstack import process
-from resultlog.devstack.kafka_nodes import cluster_bootstrap, node_name
+from resultlog.devstack.kafka_nodes import admin_client, cluster_bootstrap, node_name
 from resultlog.devstack.process import Out
 from resultlog.devstack.secure import secure_settings
 from resultlog.devstack.service import Service, elapsed
@@ -85,20 +79,20 @@ def private_settings(base: Settings, dev_dir: Path, *, brokers: int) -> Settings
         )
     taken: set[int] = set()
     kafka = free_port_run(2 * brokers, taken=taken)  # node i: kafka + 2(i-1), its controller + 1
-    replicas = min(brokers, 3)
     return base.replace(
         dev_dir=str(dev_dir),
         dev_kafka_brokers=brokers,
         kafka_bootstrap_servers=",".join(f"127.0.0.1:{kafka + 2 * i}" for i in range(brokers)),
         redis_url=_with_port(base.redis_url, free_port_run(1, taken=taken)),
         postgres_dsn=_with_port(base.postgres_dsn, free_port_run(1, taken=taken)),
-        topic_replication_factor=replicas,
-        topic_min_insync_replicas=replicas - 1 if replicas > 1 else 0,
+        topic_replication_factor=brokers,
+        topic_min_insync_replicas=brokers - 1,  # 0 with one node: the broker's default
     )
 
 
 class PrivateStack:
-    """A local stack of its own; see the module's docstring. Use :func:`private_stack`."""
+    """A local stack of its own; use :func:`private_stack`. The faults, what each does
+    to the stack and how long it takes: docs/local-stack.md, "Private stacks"."""
 
     def __init__(
         self,
@@ -140,18 +134,12 @@ class PrivateStack:
     # -- faults -------------------------------------------------------------------------
 
     async def kill(self, service: str) -> None:
-        """SIGKILL ``kafka`` (every node), ``redis`` or ``postgres``; return once gone.
-
-        Each server dies with its whole process group, as in a crash of the server.
-        """
+        """SIGKILL ``kafka`` (every node), ``redis`` or ``postgres``; return once gone."""
         await self._kill(self.dev.services_of(service))
 
     async def start(self, service: str) -> None:
-        """Start ``kafka`` (every node that is down), ``redis`` or ``postgres`` again.
-
-        Returns once it answers. Redis comes back empty (it runs without persistence);
-        PostgreSQL and Kafka recover what they had written.
-        """
+        """Start ``kafka`` (every node that is down), ``redis`` or ``postgres`` again;
+        return once it answers (Redis comes back empty)."""
         await self.dev.up_services(self.dev.services_of(service))
 
     async def kill_broker(self, node_id: int) -> None:
@@ -159,11 +147,7 @@ class PrivateStack:
         await self._kill([self._node(node_id)])
 
     async def start_broker(self, node_id: int) -> None:
-        """Start one Kafka node again; return once the cluster lists it as a broker.
-
-        Kafka 4.0 accepts the new incarnation only after the old one's session expired
-        (``broker.session.timeout.ms``, 9 s after the kill; see docs/local-stack.md).
-        """
+        """Start one Kafka node again; return once the cluster lists it as a broker."""
         await self.dev.up_services([self._node(node_id)])
 
     def _node(self, node_id: int) -> Service:
@@ -187,17 +171,9 @@ class PrivateStack:
         """Leader, replicas and in-sync replicas of one partition, from the metadata.
 
         The metadata may lag a kill by a moment (a dead leader stays listed until the
-        controller fences it, ``broker.session.timeout.ms``): to wait for a new leader
-        use :meth:`partition_leader` with ``other_than``.
+        controller fences it): to wait for a new leader use :meth:`partition_leader`.
         """
-        deadline = time.monotonic() + timeout_s
-        while True:
-            found = await self._describe(topic, partition)
-            if isinstance(found, PartitionState):
-                return found
-            if time.monotonic() > deadline:
-                raise DevStackError(f"{topic}[{partition}]: no metadata within {timeout_s:.0f} s: {found}")
-            await asyncio.sleep(0.2)
+        return await self._wait_for(topic, partition, "metadata", lambda state: True, timeout_s)
 
     async def partition_leader(
         self,
@@ -212,32 +188,34 @@ class PrivateStack:
         With ``other_than``, waits until the leader is another node: after killing the
         leader, this returns once the cluster elected a new one.
         """
+        wanted = "a leader" if other_than is None else f"a leader other than node {other_than}"
+        state = await self._wait_for(
+            topic, partition, wanted, lambda s: s.leader >= 0 and s.leader != other_than, timeout_s
+        )
+        return state.leader
+
+    async def _wait_for(
+        self, topic: str, partition: int, wanted: str,
+        accept: Callable[[PartitionState], bool], timeout_s: float,
+    ) -> PartitionState:
         deadline = time.monotonic() + timeout_s
-        last: PartitionState | str = "no answer yet"
         while True:
-            last = await self._describe(topic, partition)
-            if isinstance(last, PartitionState) and last.leader >= 0 and last.leader != other_than:
-                return last.leader
+            found = await self._describe(topic, partition)
+            if isinstance(found, PartitionState) and accept(found):
+                return found
             if time.monotonic() > deadline:
-                wanted = "a leader" if other_than is None else f"a leader other than node {other_than}"
-                raise DevStackError(f"{topic}[{partition}] has no {wanted} after {timeout_s:.0f} s: {last}")
+                raise DevStackError(f"{topic}[{partition}] has no {wanted} after {timeout_s:.0f} s: {found}")
             await asyncio.sleep(0.2)
 
     async def _describe(self, topic: str, partition: int) -> PartitionState | str:
         """The partition's state, or why it could not be read (worth asking again)."""
-        admin = AIOKafkaAdminClient(
-            **kafka_client_args(self.settings, self.bootstrap_servers),
-            client_id="resultlog-private-stack",
-            request_timeout_ms=5000,
-        )
         try:
-            await admin.start()
-            topics: list[dict[str, Any]] = await admin.describe_topics([topic])
+            async with admin_client(self.settings, self.bootstrap_servers,
+                                    "resultlog-private-stack") as admin:
+                topics: list[dict[str, Any]] = await admin.describe_topics([topic])
         except (KafkaError, OSError, TimeoutError) as exc:
             # A dead node can still be in the client's metadata and be the one asked.
             return f"metadata request failed: {exc!r}"
-        finally:
-            await admin.close()
         for entry in topics:
             if entry["topic"] != topic:
                 continue
@@ -256,8 +234,7 @@ class PrivateStack:
         Safe after any failure, and twice: servers that are not running are skipped.
         A directory given by the caller is left in place, only its content is deleted.
         """
-        running = [svc for svc in self.dev.services if svc.pid() is not None]
-        await asyncio.gather(*(asyncio.to_thread(svc.kill) for svc in running))
+        await asyncio.gather(*(asyncio.to_thread(svc.kill) for svc in self.dev.services))
         if not purge:
             self.out(f"private stack stopped; its state and logs are kept in {self.dev_dir}")
             return
@@ -286,9 +263,8 @@ async def private_stack(
     default a new one under /var/tmp. ``brokers``: 1 or 3 Kafka nodes. ``base``: the
     settings to start from (default: from the environment); only ports, ``dev_dir``,
     the broker count and the topics' replication are changed. ``secure``: TLS and
-    authentication everywhere (Kafka SASL_SSL with SCRAM, Redis ``rediss://`` as an ACL
-    user with a client certificate, PostgreSQL ``sslmode=verify-full``), on a CA of the
-    stack's own in ``<dev_dir>/tls``: see resultlog/devstack/secure.py.
+    authentication everywhere, on a CA of the stack's own (see
+    :func:`resultlog.devstack.secure.secure_settings`).
     """
     stack = PrivateStack(dev_dir, brokers=brokers, base=base, secure=secure, out=out)
     try:

@@ -98,22 +98,16 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def process_cwd(pid: int) -> Path | None:
-    try:
-        return Path(os.readlink(f"/proc/{pid}/cwd"))
-    except OSError:
-        return None
-
-
 def owned_pid(pid_file: Path, home: Path) -> int | None:
     """The pid in ``pid_file`` if that process is alive and works in ``home``."""
     pid = read_pid(pid_file)
     if pid is None or not pid_alive(pid):
         return None
-    cwd = process_cwd(pid)
-    if cwd is None or cwd != home.resolve():
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
         return None
-    return pid
+    return pid if cwd == home.resolve() else None
 
 
 def describe_pid(pid: int) -> str:
@@ -259,7 +253,6 @@ def spawn_detached(
     *,
     cwd: Path,
     log_path: Path,
-    env: Mapping[str, str] | None = None,
 ) -> int:
     """Start ``argv`` in a new session, not a child of this process; return its pid.
 
@@ -274,7 +267,6 @@ def spawn_detached(
         done = subprocess.run(
             ["sh", "-c", launcher, "sh", str(log_path), *argv],
             cwd=cwd,
-            env=None if env is None else dict(env),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

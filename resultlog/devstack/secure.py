@@ -1,13 +1,9 @@
 """The local stack served the way the settings ask to connect: TLS, SASL, ACL users.
 
 The stack reads the *client* settings and configures each server to match, so one set
-of ``RESULTLOG_*`` variables describes both sides (docs/local-stack.md, "A secure
-stack"): Kafka's client listener takes ``kafka_security_protocol`` (SCRAM users stored
-at format time, PLAIN through the listener's JAAS configuration; brokers talk to each
-other on it as ``admin``); a ``rediss://`` URL makes Redis TLS only, a user in it an ACL
-user (``default`` off), a client certificate in it required; ``sslmode`` require,
-verify-ca or verify-full makes PostgreSQL's TCP connections TLS only. Certificates
-come from :mod:`resultlog.devstack.certs`, in ``<dev_dir>/tls``.
+of ``RESULTLOG_*`` variables describes both sides; what each server then requires:
+docs/operations.md, "The secure local stack". Certificates come from
+:mod:`resultlog.devstack.certs`, in ``<dev_dir>/tls``.
 """
 
 from __future__ import annotations
@@ -25,6 +21,8 @@ TLS_DIR = "tls"
 INTER_BROKER_USER = "admin"
 INTER_BROKER_MECHANISM = "SCRAM-SHA-512"
 SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+# The ``admin`` user's password, made once per state directory and kept: the SCRAM
+# credential formatted into each node's storage must keep matching it.
 _SECRET_FILE = "kafka-admin.secret"
 # The password of the user `resultlog dev up --secure` makes (the same for all three).
 PASSWORD_FILE = "password"
@@ -43,13 +41,9 @@ def postgres_secure(settings: Settings) -> bool:
     return dict(parse_qsl(urlsplit(settings.postgres_dsn).query)).get("sslmode") in TLS_SSLMODES
 
 
-def needs_certificates(settings: Settings) -> bool:
-    return (settings.kafka_uses_ssl or redis_secure(settings)) or postgres_secure(settings)
-
-
 def prepare_certificates(settings: Settings) -> Certificates | None:
     """The stack's CA and certificates, made once, if any service serves TLS."""
-    if not needs_certificates(settings):
+    if not (settings.kafka_uses_ssl or redis_secure(settings) or postgres_secure(settings)):
         return None
     return ensure_certificates(certificates(settings).directory)
 
@@ -57,15 +51,9 @@ def prepare_certificates(settings: Settings) -> Certificates | None:
 # -- Kafka ----------------------------------------------------------------------------
 
 
-def inter_broker_password(settings: Settings) -> str:
-    """The ``admin`` user's password, made once per state directory and kept (the
-    SCRAM credential formatted into each node's storage must keep matching it)."""
-    return kept_secret(settings, _SECRET_FILE)
-
-
 def kept_secret(settings: Settings, name: str) -> str:
     """A random password in ``<dev_dir>/tls/<name>`` (mode 0600), made on first use."""
-    path = Path(settings.dev_dir).absolute() / TLS_DIR / name
+    path = certificates(settings).directory / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         draft = path.with_name(path.name + ".new")
@@ -81,7 +69,7 @@ def _jaas(module: str, username: str, password: str, extra: str = "") -> str:
 
 def kafka_listener_config(settings: Settings, port: int, controller_port: int) -> dict[str, str]:
     """The broker properties that replace its PLAINTEXT listener with the settings'
-    protocol (see the module's docstring); empty for PLAINTEXT."""
+    protocol; empty for PLAINTEXT."""
     protocol = settings.kafka_security_protocol
     if protocol == "PLAINTEXT":
         return {}
@@ -103,7 +91,7 @@ def kafka_listener_config(settings: Settings, port: int, controller_port: int) -
             "ssl.client.auth": "requested",
         })
     if settings.kafka_uses_sasl:
-        admin = inter_broker_password(settings)
+        admin = kept_secret(settings, _SECRET_FILE)
         user, password = settings.kafka_sasl_username, settings.kafka_sasl_password
         for value in (user, password):
             if '"' in value or "\\" in value:
@@ -131,7 +119,7 @@ def kafka_secrets(settings: Settings) -> list[str]:
     """The passwords :func:`kafka_format_arguments` puts on a command line (to mask in logs)."""
     if not settings.kafka_uses_sasl:
         return []
-    return [inter_broker_password(settings), settings.kafka_sasl_password]
+    return [kept_secret(settings, _SECRET_FILE), settings.kafka_sasl_password]
 
 
 def kafka_format_arguments(settings: Settings) -> list[str]:
@@ -139,7 +127,7 @@ def kafka_format_arguments(settings: Settings) -> list[str]:
     brokers' ``admin`` and the settings' user, for both SCRAM mechanisms."""
     if not settings.kafka_uses_sasl:
         return []
-    users = {INTER_BROKER_USER: inter_broker_password(settings),
+    users = {INTER_BROKER_USER: kept_secret(settings, _SECRET_FILE),
              settings.kafka_sasl_username: settings.kafka_sasl_password}
     args: list[str] = []
     for user, password in users.items():
@@ -152,7 +140,7 @@ def kafka_format_arguments(settings: Settings) -> list[str]:
 
 
 def redis_config_lines(settings: Settings, port: int) -> list[str]:
-    """redis.conf lines for the port, TLS and the user (see the module's docstring)."""
+    """redis.conf lines for the port, TLS and the user."""
     url = urlsplit(settings.redis_url)
     password = url.password
     lines = []
@@ -242,7 +230,7 @@ def exports(settings: Settings) -> list[str]:
     """Shell lines exporting the security settings of ``settings`` made by
     :func:`dev_secure_settings`; the password is read from its file, never printed."""
     password = kept_secret(settings, PASSWORD_FILE)
-    from_file = f"$(cat {Path(settings.dev_dir).absolute() / TLS_DIR / PASSWORD_FILE})"
+    from_file = f"$(cat {certificates(settings).directory / PASSWORD_FILE})"
     names = ("kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
              "kafka_sasl_password", "kafka_ssl_ca_location", "redis_url", "postgres_dsn")
     env = settings.to_env()

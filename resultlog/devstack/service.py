@@ -162,9 +162,13 @@ class Service(abc.ABC):
     async def answers(self) -> bool:
         """One quick attempt at a real request; True if it succeeded."""
 
+    async def starting_answers(self) -> bool:
+        """What ``wait_ready`` polls: :meth:`answers` unless a service must ask otherwise."""
+        return await self.answers()
+
     async def wait_ready(self) -> None:
         await process.wait_until_ready(
-            self.answers,
+            self.starting_answers,
             alive=lambda: self.pid() is not None,
             what=f"{self.name} ({self.address})",
             log_path=self.log_path,
@@ -180,31 +184,25 @@ class Service(abc.ABC):
         self.pid_path.unlink(missing_ok=True)
         return ok
 
-    def kill(self) -> bool:
-        """SIGKILL our server (its whole process group); return once it is gone.
+    def kill(self) -> None:
+        """SIGKILL our server (its whole process group) if it runs; return once it is gone.
 
-        False if it was not running. The pid file is left as it is: a stale one is
-        never taken for ours (see :func:`resultlog.devstack.process.owned_pid`).
+        The pid file is left as it is: a stale one is never taken for ours (see
+        :func:`resultlog.devstack.process.owned_pid`).
         """
-        pid = self.pid()
-        if pid is None:
-            return False
-        process.kill_group(pid, what=f"{self.name} (pid {pid})", reaped=self.kill_waits_for_reaping)
-        return True
+        if (pid := self.pid()) is not None:
+            process.kill_group(pid, what=f"{self.name} (pid {pid})", reaped=self.kill_waits_for_reaping)
 
     async def state(self) -> ServiceState:
         pid = self.pid()
-        answering = False
-        detail = ""
-        if pid is not None:
-            try:
-                answering = await asyncio.wait_for(self.answers(), 10)
-            except asyncio.TimeoutError:
-                answering = False
-        else:
-            taken = self.port_conflicts()
-            detail = "; ".join(taken)
-        return ServiceState(self.name, self.address, pid, answering, self.log_path, detail)
+        if pid is None:
+            taken = "; ".join(self.port_conflicts())
+            return ServiceState(self.name, self.address, None, False, self.log_path, taken)
+        try:
+            answering = await asyncio.wait_for(self.answers(), 10)
+        except asyncio.TimeoutError:
+            answering = False
+        return ServiceState(self.name, self.address, pid, answering, self.log_path)
 
 
 def elapsed(since: float) -> float:

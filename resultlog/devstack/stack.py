@@ -1,18 +1,7 @@
 """The local stack as a whole: bring services up in parallel, stop them, report on them.
 
-Python API (what ``resultlog dev`` and the test fixtures use)::
-
-    stack = DevStack(Settings.from_env(), only=["redis", "postgres"])
-    reports = await stack.up()      # idempotent; waits until each service answers
-    states = await stack.status()
-    await stack.down()              # stops only what `up` started
-    await stack.up_services(stack.services_of("kafka"))   # some services only
-
-With ``settings.dev_kafka_brokers == 3`` the stack has one Kafka service per node
-(``kafka-1`` ...); ``--only kafka`` selects them all.
-
-``up`` changes nothing unless every selected service can start: tools, host names and
-ports are all checked first. One command at a time per state directory (a lock file).
+What ``resultlog dev`` and the test fixtures use; what each command does and
+guarantees: docs/local-stack.md, "How it works".
 """
 
 from __future__ import annotations
