@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -28,6 +28,8 @@ from resultlog.views.migrations import quote_ident
 #: Rows per page unless asked otherwise, and the most a page may have.
 PAGE_ROWS = 50
 MAX_PAGE_ROWS = 500
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +66,7 @@ class Cursor:
     task_id: str
 
     def encode(self) -> str:
-        micros = _micros(self.first_seen)
+        micros = (self.first_seen - _EPOCH) // _MICROSECOND
         raw = json.dumps([micros, self.task_id], separators=(",", ":")).encode()
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -75,18 +77,12 @@ class Cursor:
             micros, task_id = json.loads(raw)
             if not isinstance(micros, int) or not isinstance(task_id, str):
                 raise ValueError(raw)
-            when = datetime.fromtimestamp(micros // 1_000_000, timezone.utc).replace(
-                microsecond=micros % 1_000_000)
-        except (ValueError, TypeError, OverflowError, OSError):
+            when = _EPOCH + micros * _MICROSECOND
+        except (ValueError, TypeError, OverflowError):
             raise ValidationError(
                 f"page cursor {text[:80]!r} is not one this dashboard made; "
                 "start again from the first page") from None
         return cls(when, task_id)
-
-
-def _micros(when: datetime) -> int:
-    delta = when - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 @dataclass(frozen=True, slots=True)
