@@ -1,8 +1,5 @@
-"""The dashboard's web application: a read-only Starlette app over the history and views.
-
-Pages: ``/`` (overview), ``/tasks`` (the filtered list), ``/tasks/{id}`` (one task),
-``/workers``; ``/live`` streams transitions (server-sent events); ``/static`` serves the
-files shipped in the package (no CDN). Only GET exists: the dashboard never writes.
+"""The dashboard's web application: a read-only Starlette app over the history and views
+(docs/dashboard.md). Only GET exists: the dashboard never writes.
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
 """The pipeline's health: lag per partition, views being rebuilt, dead letters, chords.
 
-Lag is the log end offset (from Kafka) minus each store's recorded position: the Redis
-view's offsets hash (:class:`~resultlog.views.coverage.ViewCoverage`) and the history's
-``consumer_offsets`` rows, both written atomically with the data they cover. A gap in
-the Redis view's hash means that view is being rebuilt from the log.
-
-Dead letters are read from their topic: the count is what the topic holds, the latest
-are the last records of each partition, with the reason header
-(:mod:`resultlog.processors.deadletter`). They are read again only when the topic's
-end offsets moved.
+Lag is the log end offset minus each store's recorded position (the Redis view's
+:class:`~resultlog.views.coverage.ViewCoverage`, the history's ``consumer_offsets``).
+Dead letters are read from their topic again only when its end offsets moved.
 """
 
 from __future__ import annotations

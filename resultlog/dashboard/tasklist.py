@@ -1,11 +1,7 @@
-"""The task list: filtered pages over ``task_summary``, by keyset.
-
-Newest first, ordered by ``(first_seen, task_id)`` descending. A page never counts or
-skips rows: its query is one range scan of an index of ``views/sql/0004_task_summary.sql``
-that starts where the previous page ended (the *cursor*: the last row's key) and stops
-after ``limit`` rows, so page 10,000 costs what page 1 does. The filter picks the index
-(state, name or worker, else first_seen); the other filters are checked on the rows
-the scan meets. docs/dashboard.md shows the plans and the time of a page.
+"""The task list: filtered keyset pages over ``task_summary``, newest first by
+``(first_seen, task_id)``. A page never counts or skips rows: it is one range scan of an
+index from where the previous page ended (the *cursor*), so page 10,000 costs what page
+1 does (docs/dashboard.md shows the plans).
 """
 
 from __future__ import annotations
