@@ -81,9 +81,8 @@ class LiveHub:
             yield queue
         finally:
             self._queues.discard(queue)
-            if not self._queues and self._reader is not None:
-                self._reader.cancel()
-                self._reader = None
+            if not self._queues:
+                await self.close()
 
     async def close(self) -> None:
         if self._reader is not None:
