@@ -223,11 +223,10 @@ def _check(s: Settings) -> None:
             f"(set RESULTLOG_{name.upper()})"
         )
 
-    for name in ("kafka_bootstrap_servers",):
-        for hostport in s.kafka_bootstrap_servers.split(","):
-            host, _, port = hostport.strip().rpartition(":")
-            if not host or not port.isdigit():
-                raise bad(name, "expected host:port[,host:port...]")
+    for hostport in s.kafka_bootstrap_servers.split(","):
+        host, _, port = hostport.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise bad("kafka_bootstrap_servers", "expected host:port[,host:port...]")
     if not _TOPIC_RE.match(s.events_topic) or len(s.events_topic) > 180:
         raise bad("events_topic", "a Kafka topic name: letters, digits, '.', '_', '-'")
     if not 1 <= s.topic_partitions <= 10_000:
