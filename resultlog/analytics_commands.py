@@ -12,12 +12,17 @@ import asyncio
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from resultlog.errors import ValidationError
 from resultlog.settings import Settings
+
+if TYPE_CHECKING:
+    from resultlog.views.analytics import Analytics
+
+T = TypeVar("T")
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _DURATION_RE = re.compile(r"^(?:\d{1,9}[smhdw])+$")
@@ -131,42 +136,46 @@ def register(subparsers: Any) -> None:
     r.set_defaults(func=_prune)
 
 
-def _stats(args: argparse.Namespace) -> int:
+def _read(query: Callable[[Analytics], Awaitable[T]]) -> T:
+    """One query of the history, on a pool opened for it and closed after."""
     from resultlog.views.analytics import Analytics
 
+    async def run() -> T:
+        async with Analytics(Settings.from_env()) as analytics:
+            return await query(analytics)
+
+    return asyncio.run(run())
+
+
+def _stats(args: argparse.Namespace) -> int:
     now = datetime.now(timezone.utc)
     since = parse_time(args.since, "--since", now)
     until = now if args.until is None else parse_time(args.until, "--until", now)
     bucket = None if args.bucket is None else parse_duration(args.bucket, "--bucket")
     if args.name is not None and not args.name.strip():
         raise ValidationError("--name must not be empty")
-
-    async def run() -> int:
-        async with Analytics(Settings.from_env()) as analytics:
-            rows = await analytics.stats(since, until, bucket=bucket, name=args.name)
-        what = f"task {args.name!r}" if args.name else "all tasks"
-        per = f", per {fmt_duration(bucket)}" if bucket else ""
-        print(f"{what} from {fmt_time(since)} to {fmt_time(until)}{per}")
-        if not rows:
-            print("no outcomes in this window")
-            return 0
-        headers = ["name", *(["bucket"] if bucket else []), "count", "ok", "failed", "retried",
-                   "revoked", "ok%", "fail%", "retry%", "p50", "p95", "p99"]
-        cells = []
-        for st in rows:
-            cells.append([
-                st.task_name if st.task_name is not None else "(unnamed)",
-                *([fmt_time(st.bucket_start)] if bucket else []),
-                f"{st.outcomes:,}", f"{st.succeeded:,}", f"{st.failed:,}", f"{st.retried:,}",
-                f"{st.revoked:,}", f"{100 * st.success_rate:.1f}", f"{100 * st.failure_rate:.1f}",
-                f"{100 * st.retry_rate:.1f}", fmt_seconds(st.runtime_p50),
-                fmt_seconds(st.runtime_p95), fmt_seconds(st.runtime_p99),
-            ])
-        first_number = 2 if bucket else 1
-        print(table(headers, cells, right=range(first_number, len(headers))))
+    rows = _read(lambda a: a.stats(since, until, bucket=bucket, name=args.name))
+    what = f"task {args.name!r}" if args.name else "all tasks"
+    per = f", per {fmt_duration(bucket)}" if bucket else ""
+    print(f"{what} from {fmt_time(since)} to {fmt_time(until)}{per}")
+    if not rows:
+        print("no outcomes in this window")
         return 0
-
-    return asyncio.run(run())
+    headers = ["name", *(["bucket"] if bucket else []), "count", "ok", "failed", "retried",
+               "revoked", "ok%", "fail%", "retry%", "p50", "p95", "p99"]
+    cells = []
+    for st in rows:
+        cells.append([
+            st.task_name if st.task_name is not None else "(unnamed)",
+            *([fmt_time(st.bucket_start)] if bucket else []),
+            f"{st.outcomes:,}", f"{st.succeeded:,}", f"{st.failed:,}", f"{st.retried:,}",
+            f"{st.revoked:,}", f"{100 * st.success_rate:.1f}", f"{100 * st.failure_rate:.1f}",
+            f"{100 * st.retry_rate:.1f}", fmt_seconds(st.runtime_p50),
+            fmt_seconds(st.runtime_p95), fmt_seconds(st.runtime_p99),
+        ])
+    first_number = 2 if bucket else 1
+    print(table(headers, cells, right=range(first_number, len(headers))))
+    return 0
 
 
 def _unknown(task_id: str) -> int:
@@ -176,54 +185,42 @@ def _unknown(task_id: str) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
-    from resultlog.views.analytics import Analytics
-
-    async def run() -> int:
-        async with Analytics(Settings.from_env()) as analytics:
-            transitions = await analytics.transitions(args.task_id)
-        if not transitions:
-            return _unknown(args.task_id)
-        cells = []
-        for t in transitions:
-            e = t.event
-            exc = "" if e.exception is None else f"{e.exception.type}: {e.exception.message}"
-            cells.append([
-                f"+{t.offset_s:.3f}s",
-                fmt_time(datetime.fromtimestamp(e.timestamp / 1000, timezone.utc)),
-                e.state.value, str(e.attempt), e.worker or "-",
-                fmt_seconds(e.runtime) if e.runtime is not None else "", exc,
-            ])
-        print(f"task {args.task_id}: {len(transitions)} events")
-        print(table(["offset", "time", "state", "attempt", "worker", "runtime", "exception"],
-                    cells, right=(0, 3, 5)))
-        return 0
-
-    return asyncio.run(run())
+    transitions = _read(lambda a: a.transitions(args.task_id))
+    if not transitions:
+        return _unknown(args.task_id)
+    cells = []
+    for t in transitions:
+        e = t.event
+        exc = "" if e.exception is None else f"{e.exception.type}: {e.exception.message}"
+        cells.append([
+            f"+{t.offset_s:.3f}s",
+            fmt_time(datetime.fromtimestamp(e.timestamp / 1000, timezone.utc)),
+            e.state.value, str(e.attempt), e.worker or "-",
+            fmt_seconds(e.runtime) if e.runtime is not None else "", exc,
+        ])
+    print(f"task {args.task_id}: {len(transitions)} events")
+    print(table(["offset", "time", "state", "attempt", "worker", "runtime", "exception"],
+                cells, right=(0, 3, 5)))
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    from resultlog.views.analytics import Analytics
-
-    async def run() -> int:
-        async with Analytics(Settings.from_env()) as analytics:
-            task = await analytics.task(args.task_id)
-        if task is None:
-            return _unknown(args.task_id)
-        exc = "-" if task.exception_type is None else (
-            f"{task.exception_type}: {task.exception_message}")
-        pairs = [
-            ("task", task.task_id), ("name", task.task_name or "-"), ("state", task.state.value),
-            ("worker", task.worker or "-"), ("retries", str(task.retries)),
-            ("first seen", fmt_time(task.first_seen)), ("started", fmt_time(task.started)),
-            ("finished", fmt_time(task.finished)), ("runtime", fmt_seconds(task.runtime)),
-            ("exception", exc),
-        ]
-        width = max(len(k) for k, _ in pairs)
-        for key, value in pairs:
-            print(f"{key.ljust(width)}  {value}")
-        return 0
-
-    return asyncio.run(run())
+    task = _read(lambda a: a.task(args.task_id))
+    if task is None:
+        return _unknown(args.task_id)
+    exc = "-" if task.exception_type is None else (
+        f"{task.exception_type}: {task.exception_message}")
+    pairs = [
+        ("task", task.task_id), ("name", task.task_name or "-"), ("state", task.state.value),
+        ("worker", task.worker or "-"), ("retries", str(task.retries)),
+        ("first seen", fmt_time(task.first_seen)), ("started", fmt_time(task.started)),
+        ("finished", fmt_time(task.finished)), ("runtime", fmt_seconds(task.runtime)),
+        ("exception", exc),
+    ]
+    width = max(len(k) for k, _ in pairs)
+    for key, value in pairs:
+        print(f"{key.ljust(width)}  {value}")
+    return 0
 
 
 def _prune(args: argparse.Namespace) -> int:

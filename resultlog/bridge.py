@@ -1,13 +1,9 @@
-"""The one bridge from sync code to resultlog's asyncio implementation.
+"""The one bridge from sync code to resultlog's asyncio implementation: ONE event loop
+thread per process, ``resultlog-loop`` (docs/ARCHITECTURE.md, "one bridge").
 
-Every sync face of resultlog runs the asyncio implementation on ONE event loop thread
-per process, ``resultlog-loop``, through a :class:`Bridge` (docs/ARCHITECTURE.md). Work
-that needs no I/O wait (building, encoding and buffering an event, reading an
-already-ready result) stays in the caller's thread; only what must wait on the loop
-crosses over. The thread starts with the first bridge used and stops when the last is
-closed. A forked child takes a loop thread of its own; the inherited loop (its sockets
-are the parent's) is left untouched and kept referenced, so garbage collection never
-runs finalizers that would close them.
+A forked child takes a loop thread of its own; the inherited loop (its sockets are the
+parent's) is left untouched and kept referenced, so garbage collection never runs
+finalizers that would close them.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """Settings turned into connection arguments: the one place that knows how resultlog
 connects to Kafka, Redis and PostgreSQL, TLS and credentials included.
 
-Every aiokafka client resultlog makes takes ``**kafka_client_args(settings)``; the
-faust app takes :func:`faust_broker_credentials`; Redis clients are made from
-:func:`redis_url` and asyncpg connections from :func:`postgres_dsn`, both checked
-here first. A file a setting names that is missing or unreadable is a
-:class:`ConfigurationError` naming the setting, before any connection is tried.
+A file a setting names that is missing or unreadable is a :class:`ConfigurationError`
+naming the setting, before any connection is tried.
 
 Why failures to connect are told apart from "unreachable": see resultlog/refusals.py.
 """
@@ -32,6 +29,15 @@ def check_file(path: str, setting: str, what: str) -> None:
         raise ConfigurationError(f"{setting} names {what} {path!r}, which does not exist or is not a file")
     if not os.access(path, os.R_OK):
         raise ConfigurationError(f"{setting} names {what} {path!r}, which this user cannot read")
+
+
+def _checked_url(url: str, setting: str, file_parameters: tuple[str, ...]) -> str:
+    """``url``, once the files its query parameters ``file_parameters`` name are readable."""
+    query = dict(parse_qsl(urlsplit(url).query))
+    for name in file_parameters:
+        if name in query:
+            check_file(query[name], f"{setting} (its {name})", "the file")
+    return url
 
 
 # -- Kafka ----------------------------------------------------------------------------
@@ -115,33 +121,16 @@ def faust_broker_credentials(settings: Settings) -> Any:
     return None
 
 
-# -- Redis ----------------------------------------------------------------------------
+# -- Redis and PostgreSQL -------------------------------------------------------------
 
 
 def redis_url(settings: Settings) -> str:
-    """``settings.redis_url``, once the files its TLS parameters name are readable.
-
-    The URL carries everything (scheme ``rediss`` for TLS, the ACL user and password,
-    ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``): redis-py reads it as it is.
-    """
-    query = dict(parse_qsl(urlsplit(settings.redis_url).query))
-    for name in REDIS_FILE_PARAMETERS:
-        if name in query:
-            check_file(query[name], f"RESULTLOG_REDIS_URL (its {name})", "the file")
-    return settings.redis_url
-
-
-# -- PostgreSQL -----------------------------------------------------------------------
+    """``settings.redis_url``, checked. It carries everything (scheme ``rediss`` for TLS,
+    the ACL user and password, the TLS files): redis-py reads it as it is."""
+    return _checked_url(settings.redis_url, "RESULTLOG_REDIS_URL", REDIS_FILE_PARAMETERS)
 
 
 def postgres_dsn(settings: Settings) -> str:
-    """``settings.postgres_dsn``, once the files its TLS parameters name are readable.
-
-    asyncpg reads ``sslmode``, ``sslrootcert``, ``sslcert`` and ``sslkey`` from the DSN
-    as libpq does. ``sslmode=verify-full`` checks the server's certificate and host name.
-    """
-    query = dict(parse_qsl(urlsplit(settings.postgres_dsn).query))
-    for name in POSTGRES_FILE_PARAMETERS:
-        if name in query:
-            check_file(query[name], f"RESULTLOG_POSTGRES_DSN (its {name})", "the file")
-    return settings.postgres_dsn
+    """``settings.postgres_dsn``, checked. asyncpg reads ``sslmode`` (``verify-full``
+    checks the server's certificate and host name) and the TLS files from it as libpq does."""
+    return _checked_url(settings.postgres_dsn, "RESULTLOG_POSTGRES_DSN", POSTGRES_FILE_PARAMETERS)

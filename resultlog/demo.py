@@ -38,9 +38,8 @@ class FlakyError(ConnectionError):
     """Raised by the demo's flaky task on its first attempt."""
 
 
-def _workload(emitter: SyncEmitter, run: str, n: int) -> list[tuple[str, str]]:
-    """Emit the demo's tasks from a pool of worker threads; returns (task id, what)."""
-    tasks: list[tuple[str, str]] = []
+def _workload(emitter: SyncEmitter, run: str, n: int) -> list[str]:
+    """Emit the demo's tasks from a pool of worker threads; returns their ids."""
 
     def add(i: int) -> None:
         task_id = f"{run}-add-{i}"
@@ -49,13 +48,10 @@ def _workload(emitter: SyncEmitter, run: str, n: int) -> list[tuple[str, str]]:
             time.sleep(random.uniform(0.001, 0.02))
             tracker.result = i + i * 10
 
-    for i in range(n):
-        tasks.append((f"{run}-add-{i}", "add"))
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="worker") as pool:
         list(pool.map(add, range(n)))
 
     div = f"{run}-divide"
-    tasks.append((div, "fails"))
     emitter.received(div, task_name="demo.divide", args=[1, 0])
     try:
         with emitter.track(div, task_name="demo.divide", args=[1, 0]):
@@ -64,7 +60,6 @@ def _workload(emitter: SyncEmitter, run: str, n: int) -> list[tuple[str, str]]:
         pass
 
     flaky = f"{run}-flaky"
-    tasks.append((flaky, "retried once"))
     emitter.received(flaky, task_name="demo.flaky")
     emitter.started(flaky, task_name="demo.flaky")
     emitter.retry(flaky, FlakyError("upstream timed out"), attempt=0)
@@ -72,16 +67,15 @@ def _workload(emitter: SyncEmitter, run: str, n: int) -> list[tuple[str, str]]:
         tracker.result = {"fetched": 3}
 
     revoked = f"{run}-revoked"
-    tasks.append((revoked, "revoked"))
     emitter.received(revoked, task_name="demo.slow")
     emitter.revoked(revoked, task_name="demo.slow")
     emitter.flush()
-    return tasks
+    return [*(f"{run}-add-{i}" for i in range(n)), div, flaky, revoked]
 
 
-def _show(backend: ResultBackend, tasks: list[tuple[str, str]]) -> None:
+def _show(backend: ResultBackend, tasks: list[str]) -> None:
     print(f"\n{'task':<34} {'state':<8} {'retries':>7}  result / exception")
-    for task_id, _what in tasks:
+    for task_id in tasks:
         result = backend.AsyncResult(task_id)
         try:
             value: Any = result.get(timeout=60, propagate=False)

@@ -9,17 +9,7 @@ from __future__ import annotations
 
 # Kafka: defaults (overridable by settings).
 DEFAULT_EVENTS_TOPIC = "resultlog.events"
-DEAD_LETTER_SUFFIX = ".deadletter"
-CHORDS_SUFFIX = ".chords"
-CHORD_COMPLETIONS_SUFFIX = ".chord-completions"
 DEFAULT_CONSUMER_GROUP = "resultlog-processor"
-# With the batch fold engine, the faust app (chord aggregator) is a consumer group of
-# its own: its partition assignor cannot share a group with a plain aiokafka consumer.
-FAUST_GROUP_SUFFIX = ".faust"
-# The chord aggregator's consumer group (a plain aiokafka consumer of the chords topic)
-# and its state's changelog topic, both named from the processor's consumer group.
-CHORD_GROUP_SUFFIX = ".chords"
-CHORD_STATE_CHANGELOG_SUFFIX = ".chord-state-changelog"
 
 # The event meta entry that lists the fields the emitter cut to fit an outcome within
 # RESULTLOG_MAX_EVENT_BYTES, as "field:original_bytes" pairs (producers/fitting.py).
@@ -91,15 +81,15 @@ PRUNE_LOCK = "prune"
 
 
 def dead_letter_topic(events_topic: str) -> str:
-    return events_topic + DEAD_LETTER_SUFFIX
+    return events_topic + ".deadletter"
 
 
 def chords_topic(events_topic: str) -> str:
-    return events_topic + CHORDS_SUFFIX
+    return events_topic + ".chords"
 
 
 def chord_completions_topic(events_topic: str) -> str:
-    return events_topic + CHORD_COMPLETIONS_SUFFIX
+    return events_topic + ".chord-completions"
 
 
 def task_key(prefix: str, task_id: str) -> str:
@@ -168,15 +158,18 @@ def chord_fire_key(prefix: str, completion_event_id: str) -> str:
 
 
 def faust_group(consumer_group: str) -> str:
-    return consumer_group + FAUST_GROUP_SUFFIX
+    """The faust app's group (why one of its own: processors/app.py)."""
+    return consumer_group + ".faust"
 
 
+# The chord aggregator's consumer group (a plain aiokafka consumer of the chords topic)
+# and its state's changelog topic, both named from the processor's consumer group.
 def chord_group(consumer_group: str) -> str:
-    return consumer_group + CHORD_GROUP_SUFFIX
+    return consumer_group + ".chords"
 
 
 def chord_state_changelog_topic(consumer_group: str) -> str:
-    return consumer_group + CHORD_STATE_CHANGELOG_SUFFIX
+    return consumer_group + ".chord-state-changelog"
 
 
 def history_partition(yyyymmdd: str) -> str:

@@ -61,8 +61,6 @@ def translated(doing: str) -> Iterator[None]:
         refused = redis_refusal(exc)
         if refused is not None:
             raise refused from exc
-        if isinstance(exc, redis.exceptions.NoPermissionError):
-            raise
         raise StoreUnavailable(f"Redis is unavailable while {doing}: {exc}") from exc
 
 

@@ -38,7 +38,10 @@ def _find(exc: BaseException, kind: type[BaseException]) -> Any:
     return next((e for e in _chain(exc) if isinstance(e, kind)), None)
 
 
-def _certificate_problem(exc: BaseException, where: str, ca_setting: str, hostname_setting: str) -> ConfigurationError | None:
+def _tls_refusal(exc: BaseException, where: str, ca_setting: str, hostname_setting: str,
+                 advice: str) -> ConfigurationError | None:
+    """A certificate ``where`` presented that we do not accept, or else a failed TLS
+    handshake (``advice`` says which settings to check); None when TLS is not the cause."""
     verify = _find(exc, ssl.SSLCertVerificationError)
     if verify is not None:
         reason = getattr(verify, "verify_message", None) or str(verify)
@@ -51,16 +54,6 @@ def _certificate_problem(exc: BaseException, where: str, ca_setting: str, hostna
             f"{where} presented a certificate that is not trusted ({reason}): point {ca_setting} "
             f"at the CA that signed the server's certificate"
         )
-    return None
-
-
-def _tls_refusal(exc: BaseException, where: str, ca_setting: str, hostname_setting: str,
-                 advice: str) -> ConfigurationError | None:
-    """A certificate ``where`` presented that we do not accept, or else a failed TLS
-    handshake (``advice`` says which settings to check); None when TLS is not the cause."""
-    found = _certificate_problem(exc, where, ca_setting, hostname_setting)
-    if found is not None:
-        return found
     tls = _find(exc, ssl.SSLError)
     if tls is not None:
         return ConfigurationError(f"the TLS handshake with {where} failed ({tls.reason or tls}): {advice}")

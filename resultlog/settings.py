@@ -38,8 +38,7 @@ _IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # Kafka's own names and values (security.protocol, sasl.mechanism): see docs/operations.md.
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-# ssl.endpoint.identification.algorithm: "https" checks the broker's host name against
-# its certificate; "none" (librdkafka's word) or "" (the Java client's) does not.
+# ssl.endpoint.identification.algorithm: "none" is librdkafka's off, "" the Java client's.
 KAFKA_ENDPOINT_IDENTIFICATION = ("https", "none", "")
 # libpq's sslmode values (asyncpg takes them in the DSN's query).
 POSTGRES_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -82,11 +81,8 @@ class Settings:
     topic_retention_ms: int = -1
     consumer_group: str = names.DEFAULT_CONSUMER_GROUP
     kafka_timeout_s: float = 10.0
-    # Security, with Kafka's own names (librdkafka's where the Java client would take a
-    # keystore): security.protocol, sasl.mechanism, sasl.username, sasl.password,
-    # ssl.ca.location, ssl.certificate.location, ssl.key.location, ssl.key.password,
-    # ssl.endpoint.identification.algorithm. Every Kafka client resultlog makes uses them
-    # (resultlog/connections.py). An empty CA location trusts the system's CAs.
+    # Security, with Kafka's own names (docs/operations.md, "Kafka: Kafka's own names"),
+    # for every Kafka client resultlog makes (resultlog/connections.py).
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str = "PLAIN"
     kafka_sasl_username: str = ""
@@ -107,22 +103,18 @@ class Settings:
     # Run once per completed chord by the processor: "package.module:function" taking a
     # ChordCompleted (sync or async); empty for none. See docs/chords.md.
     chord_hook: str = ""
-    # Redis. TLS and ACL users go in the URL, with redis-py's names (as Celery's Redis
-    # backend takes them): rediss://user:password@host:port/0?ssl_ca_certs=ca.pem
-    # &ssl_certfile=client.pem&ssl_keyfile=client.key
+    # Redis. TLS and ACL users go in the URL, with redis-py's names (docs/operations.md).
     redis_url: str = f"redis://127.0.0.1:{DEV_REDIS_PORT}/0"
     redis_prefix: str = names.DEFAULT_REDIS_PREFIX
     # Like Celery's result_expires: one day. 0 means results never expire.
     result_ttl_s: int = 86_400
-    # PostgreSQL. TLS goes in the DSN, with libpq's names (asyncpg reads them):
-    # ?sslmode=verify-full&sslrootcert=ca.pem&sslcert=client.pem&sslkey=client.key
+    # PostgreSQL. TLS goes in the DSN, with libpq's names (docs/operations.md).
     postgres_dsn: str = (
         f"postgresql://resultlog:resultlog@127.0.0.1:{DEV_POSTGRES_PORT}/resultlog"
     )
     postgres_schema: str = names.DEFAULT_PG_SCHEMA
-    # Metrics and health: `resultlog process` serves /metrics, /health/live and
-    # /health/ready on metrics_host:metrics_port (docs/operations.md). Off by default
-    # (0): several processors on one host would otherwise fight over one port.
+    # Metrics and health of `resultlog process` (docs/operations.md); off by default (0):
+    # several processors on one host would otherwise fight over one port.
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
     # Ready once assigned and every partition is within this many offsets of the log's end.
@@ -223,11 +215,10 @@ def _check(s: Settings) -> None:
             f"(set RESULTLOG_{name.upper()})"
         )
 
-    for name in ("kafka_bootstrap_servers",):
-        for hostport in s.kafka_bootstrap_servers.split(","):
-            host, _, port = hostport.strip().rpartition(":")
-            if not host or not port.isdigit():
-                raise bad(name, "expected host:port[,host:port...]")
+    for hostport in s.kafka_bootstrap_servers.split(","):
+        host, _, port = hostport.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise bad("kafka_bootstrap_servers", "expected host:port[,host:port...]")
     if not _TOPIC_RE.match(s.events_topic) or len(s.events_topic) > 180:
         raise bad("events_topic", "a Kafka topic name: letters, digits, '.', '_', '-'")
     if not 1 <= s.topic_partitions <= 10_000:

@@ -1,8 +1,5 @@
-"""The dashboard's web application: a read-only Starlette app over the history and views.
-
-Pages: ``/`` (overview), ``/tasks`` (the filtered list), ``/tasks/{id}`` (one task),
-``/workers``; ``/live`` streams transitions (server-sent events); ``/static`` serves the
-files shipped in the package (no CDN). Only GET exists: the dashboard never writes.
+"""The dashboard's web application: a read-only Starlette app over the history and views
+(docs/dashboard.md). Only GET exists: the dashboard never writes.
 """
 
 from __future__ import annotations
@@ -30,7 +27,7 @@ from resultlog.dashboard.live import LiveHub, sse_stream
 from resultlog.dashboard.queries import HistoryReads
 from resultlog.dashboard.rollups import RollupReads, minute_window
 from resultlog.dashboard.status import PipelineStatus
-from resultlog.dashboard.tasklist import PAGE_ROWS, Cursor, TaskFilter, task_page
+from resultlog.dashboard.tasklist import Cursor, TaskFilter, task_page
 from resultlog.dashboard.templating import environment
 from resultlog.dashboard.workers import WorkerReads
 from resultlog.errors import ResultlogError, StoreUnavailable, ValidationError
@@ -154,13 +151,9 @@ async def tasks(request: Request) -> Response:
     d: Dashboard = request.app.state.dashboard
     f = task_filter(request)
     q = request.query_params
-    before, after = q.get("before"), q.get("after")
-    if before:
-        page = await task_page(d.pool, d.settings.postgres_schema, f, Cursor.decode(before),
-                               newer=True, limit=PAGE_ROWS)
-    else:
-        page = await task_page(d.pool, d.settings.postgres_schema, f,
-                               Cursor.decode(after) if after else None, limit=PAGE_ROWS)
+    cursor = q.get("before") or q.get("after")
+    page = await task_page(d.pool, d.settings.postgres_schema, f,
+                           Cursor.decode(cursor) if cursor else None, newer=bool(q.get("before")))
     keep = {k: v for k, v in q.items() if k not in ("after", "before") and v}
     return d.render("tasks.html", page="tasks", rows=page.rows, filters=keep,
                     older=page.older.encode() if page.older else None,

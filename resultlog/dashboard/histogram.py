@@ -1,13 +1,7 @@
 """Runtime histograms as the rollups keep them (views/sql/0005_rollups.sql), and the
-percentiles read from them.
-
-Bucket ``b`` holds the runtimes in [2^(b/8), 2^((b+1)/8)) seconds; a runtime of 0 (or
-less) has bucket :data:`ZERO_BUCKET`, and runtimes below 2^-20 s count in bucket -160.
-A percentile is ``percentile_cont``'s (what ``task_stats()`` computes from the events):
-the linear interpolation between the two order statistics around the rank, each taken
-as its bucket's geometric middle. Every runtime is within a factor 2^(1/16) of its
-bucket's middle, and the interpolation keeps that bound, so a percentile of runtimes of
-at least 2^-20 s is within :data:`MAX_RELATIVE_ERROR` (4.4%) of the exact one.
+percentiles read from them as docs/dashboard.md describes. The error bound: a runtime of
+at least 2^-20 s is within a factor 2^(1/16) of its bucket's geometric middle, and the
+interpolation between two such values keeps that bound (:data:`MAX_RELATIVE_ERROR`).
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
-"""Live transitions: the Redis view's pushes, fanned out to every open page.
-
-``fold.lua`` publishes, on ``names.transitions_channel``, each fold call's moved
-winners, but only while someone is subscribed (so a processor with no dashboard open
-pays one PUBSUB NUMSUB per call). The hub holds ONE subscription while at least one
-page listens, and hands each message to every listener's bounded queue as
-:class:`Transition` objects; a listener too slow to keep up loses the oldest messages,
-never blocks the others. Pages receive them as server-sent events
-(``text/event-stream``), which the browser's EventSource reconnects by itself.
+"""Live transitions (docs/dashboard.md, "Live updates"): ONE subscription to the channel
+``fold.lua`` publishes on, held while at least one page listens, fanned out to each
+listener's bounded queue; a listener too slow to keep up loses the oldest messages and
+never blocks the others.
 """
 
 from __future__ import annotations
@@ -86,9 +81,8 @@ class LiveHub:
             yield queue
         finally:
             self._queues.discard(queue)
-            if not self._queues and self._reader is not None:
-                self._reader.cancel()
-                self._reader = None
+            if not self._queues:
+                await self.close()
 
     async def close(self) -> None:
         if self._reader is not None:

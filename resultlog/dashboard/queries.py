@@ -1,9 +1,6 @@
-"""The dashboard's reads of the Postgres history: task names, one task's lineage.
-
-Rates and runtimes over a window come from the rollups (:mod:`.rollups`); this module
-reads what only the events and the task summary hold; workers are in :mod:`.workers`. Each query is bounded by a time window or a task id and served by an index
-(``views/sql/0001_history.sql``, ``0004_task_summary.sql``); docs/dashboard.md times
-them on a history of a million tasks.
+"""The dashboard's reads of what only the history's events and the task summary hold:
+task names, one task's lineage, recent chords; each bounded by a time window or a task
+id and served by an index (docs/dashboard.md, "What each page reads").
 """
 
 from __future__ import annotations

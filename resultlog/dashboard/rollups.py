@@ -1,13 +1,7 @@
 """The overview's reads of the rollups (views/sql/0005_rollups.sql): events per second
-by state, and per task name the outcome rates and runtime percentiles of a window.
-
-A window is read at minute resolution: its ends must be whole UTC minutes
-(:func:`minute_window`). Counts come from the minute rows; runtimes from the hour rows
-for the whole hours inside the window and the minute rows at its ends, so what a window
-reads does not grow with the number of tasks (docs/dashboard.md). The rates count
-outcome events where ``task_stats()`` counts each attempt's winning outcome (they
-differ only for an attempt with two outcome events); percentiles are within
-:data:`~.histogram.MAX_RELATIVE_ERROR` of ``task_stats()``'s.
+by state, and per task name the outcome rates and runtime percentiles of a window of
+whole UTC minutes (:func:`minute_window`). What they read and how they compare with
+``task_stats()``: docs/dashboard.md.
 """
 
 from __future__ import annotations

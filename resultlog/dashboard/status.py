@@ -1,14 +1,8 @@
 """The pipeline's health: lag per partition, views being rebuilt, dead letters, chords.
 
-Lag is the log end offset (from Kafka) minus each store's recorded position: the Redis
-view's offsets hash (:class:`~resultlog.views.coverage.ViewCoverage`) and the history's
-``consumer_offsets`` rows, both written atomically with the data they cover. A gap in
-the Redis view's hash means that view is being rebuilt from the log.
-
-Dead letters are read from their topic: the count is what the topic holds, the latest
-are the last records of each partition, with the reason header
-(:mod:`resultlog.processors.deadletter`). They are read again only when the topic's
-end offsets moved.
+Lag is the log end offset minus each store's recorded position (the Redis view's
+:class:`~resultlog.views.coverage.ViewCoverage`, the history's ``consumer_offsets``).
+Dead letters are read from their topic again only when its end offsets moved.
 """
 
 from __future__ import annotations
@@ -77,8 +71,6 @@ class PipelineStatus:
         self.client = client
         self.history = history
         self.coverage = ViewCoverage(settings, client, settings.consumer_group)
-        self._consumer: AIOKafkaConsumer | None = None
-        self._admin: AIOKafkaAdminClient | None = None
         self._lock = asyncio.Lock()
         self._letters: tuple[tuple[int, ...], DeadLetters] | None = None
 
@@ -87,31 +79,19 @@ class PipelineStatus:
             **kafka_client_args(self.settings), group_id=None,
             enable_auto_commit=False, auto_offset_reset="earliest",
             request_timeout_ms=int(self.settings.kafka_timeout_s * 1000))
-        self._consumer = await started(consumer, self.settings, "read offsets from")
+        self.consumer = await started(consumer, self.settings, "read offsets from")
         admin = AIOKafkaAdminClient(
             **kafka_client_args(self.settings),
             request_timeout_ms=int(self.settings.kafka_timeout_s * 1000))
-        self._admin = await started(admin, self.settings, "describe topics on")
+        self.admin = await started(admin, self.settings, "describe topics on")
 
     async def close(self) -> None:
-        if self._admin is not None:
-            await self._admin.close()
-            self._admin = None
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
-
-    @property
-    def consumer(self) -> AIOKafkaConsumer:
-        if self._consumer is None:
-            raise RuntimeError("PipelineStatus.start() first")
-        return self._consumer
+        await self.admin.close()
+        await self.consumer.stop()
 
     async def _partitions(self, topic: str) -> list[TopicPartition]:
         """The topic's partitions; none if it does not exist (yet)."""
-        if self._admin is None:
-            raise RuntimeError("PipelineStatus.start() first")
-        [described] = await self._admin.describe_topics([topic])
+        [described] = await self.admin.describe_topics([topic])
         if described["error_code"] != 0:
             return []
         return [TopicPartition(topic, p["partition"])

@@ -1,11 +1,7 @@
-"""The task list: filtered pages over ``task_summary``, by keyset.
-
-Newest first, ordered by ``(first_seen, task_id)`` descending. A page never counts or
-skips rows: its query is one range scan of an index of ``views/sql/0004_task_summary.sql``
-that starts where the previous page ended (the *cursor*: the last row's key) and stops
-after ``limit`` rows, so page 10,000 costs what page 1 does. The filter picks the index
-(state, name or worker, else first_seen); the other filters are checked on the rows
-the scan meets. docs/dashboard.md shows the plans and the time of a page.
+"""The task list: filtered keyset pages over ``task_summary``, newest first by
+``(first_seen, task_id)``. A page never counts or skips rows: it is one range scan of an
+index from where the previous page ended (the *cursor*), so page 10,000 costs what page
+1 does (docs/dashboard.md shows the plans).
 """
 
 from __future__ import annotations
@@ -13,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -28,6 +24,8 @@ from resultlog.views.migrations import quote_ident
 #: Rows per page unless asked otherwise, and the most a page may have.
 PAGE_ROWS = 50
 MAX_PAGE_ROWS = 500
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +62,7 @@ class Cursor:
     task_id: str
 
     def encode(self) -> str:
-        micros = _micros(self.first_seen)
+        micros = (self.first_seen - _EPOCH) // _MICROSECOND
         raw = json.dumps([micros, self.task_id], separators=(",", ":")).encode()
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -75,18 +73,12 @@ class Cursor:
             micros, task_id = json.loads(raw)
             if not isinstance(micros, int) or not isinstance(task_id, str):
                 raise ValueError(raw)
-            when = datetime.fromtimestamp(micros // 1_000_000, timezone.utc).replace(
-                microsecond=micros % 1_000_000)
-        except (ValueError, TypeError, OverflowError, OSError):
+            when = _EPOCH + micros * _MICROSECOND
+        except (ValueError, TypeError, OverflowError):
             raise ValidationError(
                 f"page cursor {text[:80]!r} is not one this dashboard made; "
                 "start again from the first page") from None
         return cls(when, task_id)
-
-
-def _micros(when: datetime) -> int:
-    delta = when - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 @dataclass(frozen=True, slots=True)

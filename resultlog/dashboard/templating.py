@@ -1,9 +1,7 @@
 """Jinja2 set up for the dashboard: templates from the package, HTML always escaped.
 
-Task data (results, arguments, tracebacks, names) is user data. ``autoescape=True``
-escapes every ``{{ value }}`` whatever the template's name, and nothing here marks a
-value safe; data handed to scripts goes through ``tojson``, which escapes ``<``, ``>``
-and ``&`` so that no string can close the ``<script>`` element it sits in.
+Task data is user data: ``autoescape=True`` escapes every ``{{ value }}`` and nothing
+here marks a value safe; data handed to scripts goes through ``tojson`` (docs/dashboard.md).
 """
 
 from __future__ import annotations

@@ -1,14 +1,7 @@
-"""The workers page's reads: every worker the heartbeats or the tasks name.
-
-Two sources, joined on the worker's name (a Celery worker's node name is both its
-heartbeat's ``worker_id`` and its tasks' ``worker``):
-
-- the latest heartbeat of each worker id (``worker_heartbeats``, migration 0003; found
-  by skipping through its (worker_id, beat_at) index, one probe per worker): alive or
-  not by the rule of the Redis workers view (views/workers.py) -- alive until
-  ``beat_at + ttl_s``, unless it said it stopped -- and the worker's own counters;
-- the tasks first seen in the window whose latest event names the worker
-  (``task_summary``, through its worker index): tasks and failure rate in the window.
+"""The workers page's reads (docs/dashboard.md): each worker's latest heartbeat
+(``worker_heartbeats``) and its tasks first seen in the window (``task_summary``),
+joined on the worker's name, each found by skipping through an index (one probe per
+worker).
 """
 
 from __future__ import annotations
