@@ -22,6 +22,8 @@ from typing import Any, Final
 
 from aiokafka import TopicPartition  # type: ignore[import-untyped]
 
+from resultlog.background import cancel_and_wait
+
 log = logging.getLogger("resultlog.processor")
 
 #: How often the log's end offsets are asked of the broker.
@@ -109,10 +111,8 @@ class LogEnds:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="log-ends")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def age_s(self) -> float | None:
         return None if self.updated_at is None else time.monotonic() - self.updated_at

@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping
 from typing import Final
 
+from resultlog.background import cancel_and_wait
 from resultlog.errors import ResultlogError
 from resultlog.processors.logreader import LogReader, Slice
 from resultlog.processors.sink import FoldSink
@@ -56,10 +57,8 @@ class ViewRebuilder:
 
     async def close(self) -> None:
         """Stop a rebuild in progress: its recorded progress lets the next start resume."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self.rebuilding = False
 
     async def _run(self) -> None:

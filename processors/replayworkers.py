@@ -18,6 +18,7 @@ from dataclasses import astuple
 from typing import Any
 
 from resultlog import errors
+from resultlog.background import cancel_and_wait
 from resultlog.errors import ReplayFailed
 from resultlog.processors.logreader import LogReader, Slice
 from resultlog.processors.sink import FoldSink, StagedWriter, SinkStats
@@ -65,9 +66,7 @@ async def run_consumers(settings: Settings, group: str, shares: Sequence[Slice],
     except BaseException:
         # One failed (or we were cancelled): stop the others before closing what they
         # write with; the first error is the one reported.
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
         raise
     finally:
         for sink in sinks:
@@ -102,9 +101,7 @@ async def run_shares(settings: Settings, group: str, shares: Sequence[Slice], *,
         try:
             await asyncio.gather(*relays)
         finally:
-            for relay in relays:  # after a failure: the first error is the one raised
-                relay.cancel()
-            await asyncio.gather(*relays, return_exceptions=True)
+            await cancel_and_wait(*relays)  # after a failure: the first error is the one raised
     finally:
         for proc in procs:
             if proc.returncode is None:

@@ -38,6 +38,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
+from resultlog.background import cancel_and_wait
 from resultlog.errors import BrokerUnavailable, EmitterClosed
 from resultlog.producers.buffer import Item, Outbox, resolve
 from resultlog.producers.failures import Failures
@@ -162,9 +163,7 @@ class Pipeline:
 
     async def _shutdown(self, timeout_s: float) -> None:
         self._state = "stopped"
-        if self._pump_task is not None:
-            self._pump_task.cancel()
-            await asyncio.gather(self._pump_task, return_exceptions=True)
+        await cancel_and_wait(self._pump_task)
         if self._acked_fold is not None:
             await self._acked_fold.close()
         producer, self._producer = self._producer, None

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from resultlog.background import cancel_and_wait
 from resultlog.producers.lanes import Batch
 from resultlog.redaction import redact_url
 from resultlog.settings import Settings
@@ -76,10 +77,7 @@ class AckedFold:
         """Stop folding; what is not folded yet is released unfolded (the processor folds it)."""
         # First, so that a fold ending below starts no other (it would outlive close()).
         self._closed = True
-        tasks = list(self._folding)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*self._folding)
         for batches in self._folding.values():
             for batch in batches:
                 self._released(batch)

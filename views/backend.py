@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from resultlog import names
+from resultlog.background import cancel_and_wait
 from resultlog.bridge import Bridge
 from resultlog.errors import ConfigurationError, ResultTimeout, StoreUnavailable
 from resultlog.schemas.event import TaskEvent, validate_task_id
@@ -205,10 +206,7 @@ class AioState:
                     " before the timeout"
                 ) from None
             finally:
-                for task in pending.values():
-                    task.cancel()
-                if pending:
-                    await asyncio.gather(*pending.values(), return_exceptions=True)
+                await cancel_and_wait(*pending.values())
 
     async def history(self, task_id: str) -> list[TaskEvent]:
         validate_task_id(task_id)

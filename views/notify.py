@@ -18,6 +18,7 @@ import redis.asyncio
 from redis.asyncio.client import PubSub
 from redis.asyncio.connection import Connection
 
+from resultlog.background import cancel_and_wait
 from resultlog.errors import StoreUnavailable
 from resultlog.redis_access import UNAVAILABLE, text, translated
 
@@ -296,9 +297,7 @@ class Notifier:
         self._closed = True
         tasks = [t for t in (self._reader, *self._tasks) if t is not None]
         self._reader = None
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             self._forget_connection()

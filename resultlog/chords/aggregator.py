@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from resultlog import names
+from resultlog.background import cancel_and_wait
 from resultlog.errors import (
     CodecError,
     ConfigurationError,
@@ -217,8 +218,7 @@ class ChordAggregator:
                     async with self.lock:
                         await self._batch(consumer, store, dead_letters, fetched)
         finally:
-            flusher.cancel()
-            await asyncio.gather(flusher, return_exceptions=True)
+            await cancel_and_wait(flusher)
             try:
                 await store.progress(self._dirty)
             except ResultlogError as exc:

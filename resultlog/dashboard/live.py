@@ -29,6 +29,9 @@ _RETRY_S = 1.0
 
 @dataclass(frozen=True, slots=True)
 class Transition:
+    """A task whose latest state a fold moved, as the live pages show it (one entry of a
+    ``transitions`` message; ``task_name`` None when the batch did not carry it)."""
+
     task_id: str
     state: str
     timestamp: int  # ms since the epoch

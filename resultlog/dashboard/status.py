@@ -31,6 +31,9 @@ _FETCH_TIMEOUT_MS = 1000
 
 @dataclass(frozen=True, slots=True)
 class PartitionLag:
+    """Where the view and the history are in one partition of the events topic, against
+    the log's end: what the status page's lag table shows."""
+
     partition: int
     end_offset: int
     view_position: int | None  # None: the view has no position (knows nothing yet)
