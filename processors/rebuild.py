@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from resultlog.background import cancel_and_wait
-from resultlog.errors import ResultlogError
+from resultlog.errors import ResultlogError, ViewLost
 from resultlog.processors.logreader import LogReader, Slice
 from resultlog.processors.sink import FoldSink
 from resultlog.settings import Settings
@@ -84,6 +84,15 @@ class ViewRebuilder:
             if not self._pending:
                 self.rebuilding = False
 
+    async def _again(self, gaps: Mapping[int, tuple[int, int]]) -> None:
+        """The view lacks a write of this rebuild (Redis restarted from its files or failed
+        over): queue the gaps again from the progress the view still records, which a
+        lost write never got past (see ``views/coverage.py``, ``RebuildChain``)."""
+        recorded = (await self.coverage.read()).gaps
+        log.warning("view rebuild: the Redis view lacks some of this rebuild's writes "
+                    "(restarted or failed over?); rebuilding again from its recorded progress")
+        self.add({p: recorded[p] for p in gaps if p in recorded})
+
     async def _rebuild(self, gaps: dict[int, tuple[int, int]]) -> None:
         s = self.settings
         plan = Slice(s.events_topic, {p: g[0] for p, g in gaps.items()},
@@ -95,16 +104,24 @@ class ViewRebuilder:
         started = last_report = time.monotonic()
         done = 0
         active = set(gaps)
+        chain = self.coverage.chain()
         async with LogReader(s) as reader:
             async for batch in reader.read(plan):
                 prepared = self._rows.prepare(batch)
-                await self.view.apply_rows(prepared.view_tasks, prepared.view_rows)
+                try:
+                    await self.view.apply_rows(prepared.view_tasks, prepared.view_rows, chain=chain)
+                except ViewLost:
+                    await self._again(gaps)
+                    return
                 done += prepared.read
                 self.rebuilt += prepared.read
                 for (_, p), next_offset in prepared.offsets.items():
                     if p not in active:
                         continue
-                    answer = await self.coverage.advance(p, gaps[p][1], next_offset)
+                    answer = await self.coverage.advance(p, gaps[p][1], next_offset, chain)
+                    if answer == -2:
+                        await self._again(gaps)
+                        return
                     if answer < 0:
                         log.warning("view rebuild: the view lost partition %d again; "
                                     "the next claim starts it over", p)
@@ -119,7 +136,10 @@ class ViewRebuilder:
         for p in active:
             # The slice is read to its end; a tail of control records (transactions)
             # has no record to report it, so close each gap explicitly.
-            await self.coverage.advance(p, gaps[p][1], gaps[p][1])
+            if await self.coverage.advance(p, gaps[p][1], gaps[p][1], chain) == -2:
+                await self._again(gaps)
+                return
+        await self.coverage.end(chain)
         seconds = time.monotonic() - started
         log.info("view rebuild done: %d events in %.1f s (%.0f events/s)", done, seconds,
                  done / seconds if seconds > 0 else 0.0)

@@ -128,7 +128,8 @@ def offsets_key(prefix: str, consumer_group: str) -> str:
 
 
 def view_batch_marker_key(prefix: str, consumer_group: str, batch_id: str) -> str:
-    """String: how many parts of a batch written in parts are in the view (fold.lua)."""
+    """String: how many calls of a batch written in parts, or of a rebuild, the view holds
+    (fold.lua; ``batch_id`` is unique to the batch or the rebuild)."""
     return f"{prefix}viewbatch:{consumer_group}:{batch_id}"
 
 

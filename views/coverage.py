@@ -9,6 +9,7 @@ data), how a loss is noticed, claimed (:meth:`ViewCoverage.claim`) and rebuilt
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -54,11 +55,14 @@ end
 return out
 """
 
-# A rebuild's progress (ARGV: position field, the gap's end as claimed, the new start).
-# Returns -1 if the view lost the partition again (the next claim starts over), 0 if
-# the gap is no longer the one being rebuilt (merged or done elsewhere), 1 if moved on.
+# A rebuild's progress (KEYS: the offsets hash, the rebuild's chain marker; ARGV: position
+# field, the gap's end as claimed, the new start, the rebuild's fold calls so far).
+# Returns -2 if the view lacks one of those calls (see RebuildChain), -1 if it lost the
+# partition again (the next claim starts over), 0 if the gap is no longer the one being
+# rebuilt (merged or done elsewhere), 1 if moved on.
 ADVANCE_SCRIPT: Final = """
 local okey, f = KEYS[1], ARGV[1]
+if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[4]) then return -2 end
 if redis.call('HEXISTS', okey, f) == 0 then return -1 end
 local g = redis.call('HGET', okey, 'gap:' .. f)
 if not g then return 0 end
@@ -106,6 +110,21 @@ class Claim:
     known: int = -1  # the position this processor last saw the view reach (-1: none)
 
 
+@dataclass(slots=True)
+class RebuildChain:
+    """One rebuild's writes to the view, proved unbroken. Its fold calls and its progress
+    records are separate Redis calls, and a Redis that restarts from its files or fails
+    over to a replica loses its latest writes; the rebuild's next call would go on as if
+    the lost one had landed, and record progress past events the view never got.
+    ``key`` counts the rebuild's fold calls in the view: each call checks and increments
+    it (``fold.lua``, ARGV[5] "4"), each progress record checks it (``ADVANCE_SCRIPT``).
+    Redis applies and keeps writes in one order, so a copy without a call has the count
+    from before it, and the rebuild starts again from the progress it still records."""
+
+    key: str
+    written: int = 0  # fold calls of this rebuild the view holds
+
+
 @dataclass(frozen=True, slots=True)
 class Coverage:
     positions: dict[int, int]
@@ -128,6 +147,7 @@ class ViewCoverage:
         self.settings = settings
         self.client = client
         self.topic = topic or settings.events_topic
+        self.consumer_group = consumer_group
         self.key = names.offsets_key(settings.redis_prefix, consumer_group)
         self._claim = client.register_script(CLAIM_SCRIPT)
         self._advance = client.register_script(ADVANCE_SCRIPT)
@@ -168,12 +188,24 @@ class ViewCoverage:
                 out[p] = gap
         return out
 
-    async def advance(self, partition: int, gap_end: int, new_start: int) -> int:
+    def chain(self) -> RebuildChain:
+        """A new rebuild's chain (its marker key is unique to it)."""
+        return RebuildChain(names.view_batch_marker_key(
+            self.settings.redis_prefix, self.consumer_group, "rebuild-" + uuid.uuid4().hex))
+
+    async def advance(self, partition: int, gap_end: int, new_start: int,
+                      chain: RebuildChain) -> int:
         """Record a rebuild's progress (see ADVANCE_SCRIPT for the answer)."""
         with translated("recording a rebuild's progress"):
             return int(await self._advance(
-                keys=[self.key],
-                args=[names.position_field(self.topic, partition), str(gap_end), str(new_start)]))
+                keys=[self.key, chain.key],
+                args=[names.position_field(self.topic, partition), str(gap_end), str(new_start),
+                      str(chain.written)]))
+
+    async def end(self, chain: RebuildChain) -> None:
+        """Remove a finished rebuild's marker (left alone, it would expire in an hour)."""
+        with translated("ending a rebuild"):
+            await self.client.delete(chain.key)
 
     async def missing(self, partitions: set[int]) -> set[int]:
         """Which of ``partitions`` the view has no position for (one round trip)."""

@@ -45,14 +45,15 @@ built for. A missing token is "", which sorts below every real token.
 
 Arguments (all strings):
   KEYS[k]        the hash of the k-th distinct task in the batch; when ARGV[5] is
-                 not "0", the last key is the offsets hash instead (see below), and
-                 with "3" the offsets hash and then the batch's marker
+                 "1" or "2", the last key is the offsets hash instead (see below),
+                 with "3" the offsets hash and then the batch's marker, with "4" the
+                 rebuild's marker
   ARGV[1]        "1": expire (PEXPIREAT), "0": never expire (PERSIST)
   ARGV[2..4]     W, S, R: number of winner fields, sticky fields, ready states
   ARGV[5]        "1" when the call also records consumed offsets, "2" when it also
                  requires the view to cover the batch (the live fold; see below),
                  "3" as "2" for one part of a batch written in several calls (see
-                 below), else "0"
+                 below), "4" for a rebuild's call (no offsets; see below), else "0"
   next W+S+R     the winner field names, sticky field names, ready state names
   next #tasks    the done channel of each task key, in KEYS order
   next           JSON array: the key index k of each event's task, in event order
@@ -86,6 +87,12 @@ Arguments (all strings):
                  so only the last part records the offsets, and only with every part
                  of its batch in the view. The marker expires after MARKER_TTL_MS (a
                  batch whose writer died between parts leaves it behind).
+  next (ARGV[5] "4") the call's number in its rebuild (0 for the first). A rebuild
+                 (processors/rebuild.py) records its progress in separate calls
+                 (views/coverage.py, ADVANCE_SCRIPT); the marker, the last key, counts
+                 the rebuild's calls in the view, so that a Redis that lost one (and so
+                 the marker's later count) is found by the next call, which writes
+                 nothing and returns -1, or by the next progress record, which refuses.
 
   {prefix}transitions      channel: when it has a subscriber (SUBSCRIBE, not pattern),
                            each call PUBLISHes ONE message listing the tasks whose
@@ -96,7 +103,7 @@ Arguments (all strings):
                            tasks per message. ARGV[#ARGV] names it.
 
   {prefix}offsets:{consumer group}   hash: "topic:partition" -> next offset to read
-Returns the number of tasks whose stored view changed, or -1 (see ARGV[5] "2", "3").
+Returns the number of tasks whose stored view changed, or -1 (see ARGV[5] "2" to "4").
 ]]
 
 local PUSH_LIMIT = 65536
@@ -106,12 +113,15 @@ local byte, call = string.byte, redis.call  -- locals: no global lookups in the 
 local expiring = ARGV[1] == '1'
 local nwin, nsticky, nready = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local mode = ARGV[5]
-local with_offsets = mode ~= '0'
+local with_offsets = mode == '1' or mode == '2' or mode == '3'
 local ntasks = #KEYS
 local okey, marker = nil, nil
 if mode == '3' then
   okey, marker = KEYS[#KEYS - 1], KEYS[#KEYS]
   ntasks = ntasks - 2
+elseif mode == '4' then
+  marker = KEYS[#KEYS]
+  ntasks = ntasks - 1
 elseif with_offsets then
   okey = KEYS[#KEYS]
   ntasks = ntasks - 1
@@ -140,8 +150,10 @@ end
 local part, last_part = 0, true
 if mode == '3' then
   part, last_part = tonumber(ARGV[pos + 4]), ARGV[pos + 5] == '1'
-  if tonumber(call('GET', marker) or '0') ~= part then return -1 end
+elseif mode == '4' then
+  part, last_part = tonumber(ARGV[pos + 2]), false
 end
+if marker and tonumber(call('GET', marker) or '0') ~= part then return -1 end
 
 local state_slot = nil
 for i = 1, nwin do if win_fields[i] == 'state' then state_slot = i end end
@@ -279,7 +291,7 @@ if with_offsets and last_part then
     end
   end
 end
-if mode == '3' then
+if marker then
   if last_part then call('DEL', marker)
   else call('SET', marker, string.format('%d', part + 1), 'PX', MARKER_TTL_MS) end
 end

@@ -26,7 +26,7 @@ from resultlog.schemas.states import READY_STATES, State
 from resultlog.schemas.taskrows import WINNER_HASH_FIELDS, view_row
 from resultlog.settings import Settings
 from resultlog.redis_access import async_client, text, translated
-from resultlog.views.coverage import WHOLE_LUA, ViewCoverage
+from resultlog.views.coverage import WHOLE_LUA, RebuildChain, ViewCoverage
 
 SCRIPT: Final = Path(__file__).with_name("fold.lua").read_text(encoding="utf-8")
 # Each key's HGETALL as ONE JSON string ("" for a missing key): redis-py parses a reply
@@ -88,10 +88,11 @@ def script_call_rows(
 ) -> tuple[list[str], list[str]]:
     """:func:`script_call` for rows built by ``taskrows.view_row`` (``task_ids[i]`` is the
     task of ``rows[i]``). ``starts`` (with ``offsets``): where the batch begins in each
-    partition, which the view must already cover (fold.lua's ARGV[5] "2"). ``part``
-    (with ``starts``): this call is one part of a batch written in several, as (the
-    batch's marker key, the part's number from 0, whether it is the last); only the
-    last part records ``offsets`` (fold.lua's ARGV[5] "3")."""
+    partition, which the view must already cover (fold.lua's ARGV[5] "2"). ``part``:
+    this call's place in a chain of calls, as (the chain's marker key, the call's number
+    from 0, whether it is the last): with ``starts``, one part of a batch written in
+    several, of which only the last records ``offsets`` (fold.lua's ARGV[5] "3");
+    without ``offsets``, one call of a rebuild (ARGV[5] "4")."""
     prefix = settings.redis_prefix
     index: dict[str, int] = {}
     ks = []
@@ -102,7 +103,10 @@ def script_call_rows(
         ks.append(k)
     keys = [names.task_key(prefix, task_id) for task_id in index]
     with_offsets = offsets is not None
-    mode = "0" if not with_offsets else "3" if part is not None else "2" if starts is not None else "1"
+    if not with_offsets:
+        mode = "0" if part is None else "4"
+    else:
+        mode = "3" if part is not None else "2" if starts is not None else "1"
     args = ["1" if settings.result_ttl_s else "0", *_HEADER[:3], mode, *_HEADER[3:]]
     args += [names.task_done_channel(prefix, task_id) for task_id in index]
     args.append(json.dumps(ks, separators=(",", ":")))
@@ -120,6 +124,9 @@ def script_call_rows(
             marker, number, last = part
             keys.append(marker)
             args += [str(number), "1" if last else "0"]
+    elif part is not None:
+        keys.append(part[0])
+        args.append(str(part[1]))
     args.append(names.transitions_channel(prefix))
     return keys, args
 
@@ -256,6 +263,7 @@ class RedisView:
         *,
         consumer_group: str | None = None,
         starts: Mapping[tuple[str, int], int] | None = None,
+        chain: RebuildChain | None = None,
     ) -> int:
         """:meth:`apply` for rows already built by ``taskrows.view_row`` (or
         ``taskrows.read_rows``); ``task_ids[i]`` is the task of ``rows[i]``.
@@ -266,13 +274,24 @@ class RedisView:
 
         More than :attr:`part_tasks` tasks are written in parts, one call each, except
         with ``offsets`` but no ``starts`` (one atomic call); with ``starts`` only the
-        last part records ``offsets`` (docs/processor.md, "Large batches")."""
+        last part records ``offsets`` (docs/processor.md, "Large batches").
+
+        With ``chain`` (a rebuild's, no ``offsets``) every call proves the rebuild's
+        earlier calls are in the view and counts itself, else :class:`ViewLost`."""
         if not rows and not offsets:
             return 0
         parts = split_by_task(task_ids, rows, self.part_tasks)
-        if len(parts) == 1 or (offsets is not None and starts is None):
+        if chain is None and (len(parts) == 1 or (offsets is not None and starts is None)):
             return await self._call(task_ids, rows, offsets, consumer_group, starts, None)
         changed = 0
+        if chain is not None:
+            if offsets is not None:
+                raise ValueError("a rebuild's calls record no offsets")
+            for part_ids, part_rows in parts:
+                changed += await self._call(part_ids, part_rows, None, None, None,
+                                            (chain.key, chain.written, False))
+                chain.written += 1
+            return changed
         if offsets is None:
             for part_ids, part_rows in parts:
                 changed += await self._call(part_ids, part_rows, None, None, None, None)
@@ -294,6 +313,9 @@ class RedisView:
                                       starts, part)
         with translated("folding events into the view"):
             changed = int(await self._script(keys=keys, args=args))
+        if changed < 0 and starts is None:
+            raise ViewLost("the Redis view lacks a write of this rebuild (restarted or failed "
+                           "over?): the rebuild starts again from its recorded progress")
         if changed < 0:
             assert starts is not None
             raise ViewLost(

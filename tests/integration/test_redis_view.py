@@ -15,12 +15,13 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from resultlog import names
-from resultlog.errors import InvalidTaskId
+from resultlog.errors import InvalidTaskId, ViewLost
 from resultlog.schemas.event import ExceptionInfo, TaskEvent, now_ms
 from resultlog.schemas.fold import fold
 from resultlog.schemas.states import RECORD_STATES, State
 from resultlog.settings import Settings
 from resultlog.schemas.taskrows import view_row
+from resultlog.views.coverage import Claim, ViewCoverage
 from resultlog.views.redis_view import SCRIPT, RedisView, script_call_rows, view_from_push
 from tests.unit.strategies import task_events
 
@@ -152,6 +153,47 @@ async def test_a_part_of_a_batch_writes_only_after_the_parts_before_it(
         assert (await view.get("second")) is not None
         assert await view.committed_offsets("g", topic) == {0: 30}
         assert await client.exists(marker) == 0
+
+
+async def test_a_rebuild_whose_write_the_view_lost_records_no_progress_past_it(
+    settings: Settings, client: redis.asyncio.Redis
+) -> None:
+    """A Redis that restarts from its files or fails over loses its latest writes; a
+    rebuild going on afterwards must neither write on top of the hole nor record progress
+    past it (the gap would be closed over events the view never got)."""
+    s = settings.replace(result_ttl_s=0)
+    topic, t = s.events_topic, 1_700_000_000_000
+    coverage = ViewCoverage(s, client, "g", topic)
+    gaps = await coverage.claim({0: Claim(begin=0, resume=30)})
+    assert gaps == {0: (0, 30)}
+
+    def rows(*task_ids: str) -> tuple[list[str], list[list[Any]]]:
+        return list(task_ids), [view_row(ev(i, State.SUCCESS, t, result=i), 0) for i in task_ids]
+
+    async with RedisView(s, client, part_tasks=2) as view:
+        chain = coverage.chain()
+        # Two calls (three tasks, two per call), each counted.
+        assert await view.apply_rows(*rows("a", "b", "c"), chain=chain) == 3
+        assert chain.written == 2
+        assert await coverage.advance(0, 30, 10, chain) == 1
+        assert (await coverage.read()).gaps == {0: (10, 30)}
+        # The next call lands, then Redis goes back to a copy from before it: the task
+        # and the marker's later count are gone, the progress recorded before it is not.
+        assert await view.apply_rows(*rows("d"), chain=chain) == 1
+        await client.delete(names.task_key(s.redis_prefix, "d"))
+        await client.set(chain.key, "2")
+        assert await coverage.advance(0, 30, 20, chain) == -2
+        with pytest.raises(ViewLost):
+            await view.apply_rows(*rows("e"), chain=chain)
+        assert await view.get("e") is None
+        assert (await coverage.read()).gaps == {0: (10, 30)}
+        # A new chain (the rebuild starting again from the recorded progress) goes on.
+        again = coverage.chain()
+        assert await view.apply_rows(*rows("d", "e"), chain=again) == 2
+        assert await coverage.advance(0, 30, 30, again) == 1
+        assert (await coverage.read()).gaps == {}
+        await coverage.end(again)
+        assert await client.exists(again.key) == 0
 
 
 async def test_apply_counts_tasks_whose_view_changed(view: RedisView) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pytest
 import redis.asyncio
@@ -21,7 +23,9 @@ from resultlog.schemas.event import TaskEvent
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.views import HistoryStore, RedisView, ResultBackend
-from resultlog.views.coverage import ViewCoverage
+from resultlog.processors.logreader import LogReader
+from resultlog.processors.rebuild import ViewRebuilder
+from resultlog.views.coverage import Claim, RebuildChain, ViewCoverage
 from resultlog.views.history import stored
 from tests.integration.processes import ProcessorProcess
 from tests.integration.test_pipeline import eventually
@@ -153,6 +157,58 @@ async def test_readers_fall_back_to_the_history_while_the_view_is_not_whole(
         assert backend.AsyncResult("done").state == "SUCCESS"
         assert backend.AsyncResult("done").get(timeout=5) == 42
         assert backend.AsyncResult("unknown").state == "PENDING"
+
+
+class ViewLosingTheRebuildsFirstWrites(RedisView):
+    """A view whose Redis goes back, right after a rebuild's first ``apply_rows``, to a
+    copy from before it: what a restart from its files or a failover to a lagging replica
+    does. The tasks written and the chain's later count are gone, nothing else."""
+
+    lost: list[str] = []
+
+    async def apply_rows(self, task_ids: Sequence[str], rows: Sequence[list[Any]],
+                         offsets: Mapping[tuple[str, int], int] | None = None, *,
+                         consumer_group: str | None = None,
+                         starts: Mapping[tuple[str, int], int] | None = None,
+                         chain: RebuildChain | None = None) -> int:
+        before = None if chain is None else chain.written
+        changed = await super().apply_rows(task_ids, rows, offsets, consumer_group=consumer_group,
+                                           starts=starts, chain=chain)
+        if chain is not None and not self.lost:
+            self.lost = list(dict.fromkeys(task_ids))
+            prefix = self.settings.redis_prefix
+            await self.client.delete(*(names.task_key(prefix, t) for t in self.lost))
+            if before:
+                await self.client.set(chain.key, str(before))
+            else:
+                await self.client.delete(chain.key)
+        return changed
+
+
+async def test_a_rebuild_whose_writes_redis_lost_starts_again_from_its_recorded_progress(
+        settings: Settings, redis_client: redis.asyncio.Redis) -> None:
+    ids = await emit_successes(settings, "a", 600)
+    async with LogReader(settings) as reader:
+        plan = await reader.plan()
+    coverage = ViewCoverage(settings, redis_client, settings.consumer_group)
+    gaps = await coverage.claim({p: Claim(plan.start[p], plan.end[p]) for p in plan.end})
+    assert sum(end - start for start, end in gaps.values()) == 600
+    async with ViewLosingTheRebuildsFirstWrites(settings) as view:
+        rebuilder = ViewRebuilder(settings, coverage, view)
+        try:
+            rebuilder.add(gaps)
+
+            async def finished() -> bool:
+                return not rebuilder.rebuilding
+
+            await eventually(finished, "the rebuild to finish")
+        finally:
+            await rebuilder.close()
+        assert view.lost, "the simulated loss took nothing"
+    # Without the chain, the progress recorded after the lost writes would close the
+    # gaps over them: a view calling itself whole without those tasks.
+    assert await visible(settings, ids) == len(ids)
+    assert await view_whole(settings, redis_client)
 
 
 async def _all(settings: Settings, ids: list[str]) -> bool:
