@@ -92,14 +92,7 @@ def kafka_listener_config(settings: Settings, port: int, controller_port: int) -
         })
     if settings.kafka_uses_sasl:
         admin = kept_secret(settings, _SECRET_FILE)
-        user, password = settings.kafka_sasl_username, settings.kafka_sasl_password
-        for value in (user, password):
-            if '"' in value or "\\" in value:
-                raise DevStackError(
-                    "kafka: the local stack cannot put a SASL user name or password containing "
-                    "'\"' or '\\' into its JAAS configuration; choose another "
-                    "RESULTLOG_KAFKA_SASL_USERNAME / RESULTLOG_KAFKA_SASL_PASSWORD"
-                )
+        user, password = _sasl_login(settings)
         scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
         plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
         config.update({
@@ -115,6 +108,24 @@ def kafka_listener_config(settings: Settings, port: int, controller_port: int) -
     return config
 
 
+def _sasl_login(settings: Settings) -> tuple[str, str]:
+    """The settings' SASL user and password, if the local stack's brokers can take them."""
+    user, password = settings.kafka_sasl_username, settings.kafka_sasl_password
+    for value in (user, password):
+        if '"' in value or "\\" in value:
+            raise DevStackError(
+                "kafka: the local stack cannot put a SASL user name or password containing "
+                "'\"' or '\\' into its JAAS configuration; choose another "
+                "RESULTLOG_KAFKA_SASL_USERNAME / RESULTLOG_KAFKA_SASL_PASSWORD"
+            )
+    if user == INTER_BROKER_USER:
+        # The brokers' own login: one user with two passwords would lock one side out.
+        raise DevStackError(
+            f"kafka: the local stack's brokers log in to each other as {INTER_BROKER_USER!r}; "
+            "choose another RESULTLOG_KAFKA_SASL_USERNAME")
+    return user, password
+
+
 def kafka_secrets(settings: Settings) -> list[str]:
     """The passwords :func:`kafka_format_arguments` puts on a command line (to mask in logs)."""
     if not settings.kafka_uses_sasl:
@@ -127,8 +138,8 @@ def kafka_format_arguments(settings: Settings) -> list[str]:
     brokers' ``admin`` and the settings' user, for both SCRAM mechanisms."""
     if not settings.kafka_uses_sasl:
         return []
-    users = {INTER_BROKER_USER: kept_secret(settings, _SECRET_FILE),
-             settings.kafka_sasl_username: settings.kafka_sasl_password}
+    user, password = _sasl_login(settings)
+    users = {INTER_BROKER_USER: kept_secret(settings, _SECRET_FILE), user: password}
     args: list[str] = []
     for user, password in users.items():
         for mechanism in SCRAM_MECHANISMS:

@@ -25,7 +25,7 @@ from resultlog.devstack.secure import (
     redis_config_lines,
     secure_settings,
 )
-from resultlog.errors import ConfigurationError
+from resultlog.errors import ConfigurationError, DevStackError
 from resultlog.redaction import MASK, redact_text, redact_url
 from resultlog.settings import Settings
 
@@ -182,3 +182,10 @@ def test_the_secure_stack_serves_what_its_settings_ask_for(tmp_path: Path) -> No
     assert kafka_listener_config(plain, 21000, 21001) == {} and kafka_format_arguments(plain) == []
     assert redis_config_lines(plain, 21002) == ["port 21002"]
     assert "hostssl" not in postgres_hba(plain)
+
+
+def test_the_secure_stack_refuses_a_client_user_its_brokers_log_in_as(tmp_path: Path) -> None:
+    s = secure_settings(Settings(dev_dir=str(tmp_path))).replace(kafka_sasl_username="admin")
+    for build in (lambda: kafka_listener_config(s, 21000, 21001), lambda: kafka_format_arguments(s)):
+        with pytest.raises(DevStackError, match="RESULTLOG_KAFKA_SASL_USERNAME"):
+            build()
