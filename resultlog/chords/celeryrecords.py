@@ -73,8 +73,10 @@ class CeleryChordRecord:
         return cls(uuid.uuid4().hex, chord_id, now_ms(), SIZE, size=size)
 
     @classmethod
-    def added(cls, chord_id: str, count: int = 1) -> CeleryChordRecord:
-        return cls(uuid.uuid4().hex, chord_id, now_ms(), ADD, size=count)
+    def added(cls, chord_id: str) -> CeleryChordRecord:
+        """One task added to the chord (Celery's ``add_to_chord`` adds one at a time;
+        the fold counts each add record once)."""
+        return cls(uuid.uuid4().hex, chord_id, now_ms(), ADD, size=1)
 
     @classmethod
     def part(cls, chord_id: str, task_id: str, index: int | None, state: State, *,
