@@ -16,7 +16,7 @@ from resultlog.errors import ResultlogError, ViewLost
 from resultlog.processors.logreader import LogReader, Slice
 from resultlog.processors.sink import FoldSink
 from resultlog.settings import Settings
-from resultlog.views.coverage import ViewCoverage
+from resultlog.views.coverage import RebuildChain, ViewCoverage
 from resultlog.views.redis_view import RedisView
 
 log = logging.getLogger("resultlog.processor")
@@ -84,62 +84,62 @@ class ViewRebuilder:
             if not self._pending:
                 self.rebuilding = False
 
-    async def _again(self, gaps: Mapping[int, tuple[int, int]]) -> None:
-        """The view lacks a write of this rebuild (Redis restarted from its files or failed
-        over): queue the gaps again from the progress the view still records, which a
-        lost write never got past (see ``views/coverage.py``, ``RebuildChain``)."""
-        recorded = (await self.coverage.read()).gaps
-        log.warning("view rebuild: the Redis view lacks some of this rebuild's writes "
-                    "(restarted or failed over?); rebuilding again from its recorded progress")
-        self.add({p: recorded[p] for p in gaps if p in recorded})
-
     async def _rebuild(self, gaps: dict[int, tuple[int, int]]) -> None:
-        s = self.settings
-        plan = Slice(s.events_topic, {p: g[0] for p, g in gaps.items()},
+        plan = Slice(self.settings.events_topic, {p: g[0] for p, g in gaps.items()},
                      {p: g[1] for p, g in gaps.items()})
-        total = plan.total
         log.info("view rebuild: the Redis view lacks %d event(s) the log holds, in partition(s) %s; "
                  "rebuilding from the log while folding new events",
-                 total, ", ".join(f"{p} [{a}, {b})" for p, (a, b) in sorted(gaps.items())))
-        started = last_report = time.monotonic()
+                 plan.total, ", ".join(f"{p} [{a}, {b})" for p, (a, b) in sorted(gaps.items())))
+        started = time.monotonic()
+        chain = self.coverage.chain()
+        try:
+            done = await self._fold(gaps, plan, chain, started)
+        except ViewLost:
+            # A write of this rebuild is not in the view (Redis restarted from its files or
+            # failed over): start again from the progress the view still records, which
+            # no lost write got past (``views/coverage.py``, ``RebuildChain``).
+            recorded = (await self.coverage.read()).gaps
+            log.warning("view rebuild: the Redis view lacks some of this rebuild's writes "
+                        "(restarted or failed over?); rebuilding again from its recorded progress")
+            self.add({p: recorded[p] for p in gaps if p in recorded})
+            return
+        if done is None:
+            return
+        await self.coverage.end(chain)
+        seconds = time.monotonic() - started
+        log.info("view rebuild done: %d events in %.1f s (%.0f events/s)", done, seconds,
+                 done / seconds if seconds > 0 else 0.0)
+
+    async def _fold(self, gaps: dict[int, tuple[int, int]], plan: Slice, chain: RebuildChain,
+                    started: float) -> int | None:
+        """Fold the slice into the view, recording progress after each batch; the events
+        folded, or None if the view lost a partition again (its next claim starts over)."""
+        last_report = started
         done = 0
         active = set(gaps)
-        chain = self.coverage.chain()
-        async with LogReader(s) as reader:
+        async with LogReader(self.settings) as reader:
             async for batch in reader.read(plan):
                 prepared = self._rows.prepare(batch)
-                try:
-                    await self.view.apply_rows(prepared.view_tasks, prepared.view_rows, chain=chain)
-                except ViewLost:
-                    await self._again(gaps)
-                    return
+                await self.view.apply_rows(prepared.view_tasks, prepared.view_rows, chain=chain)
                 done += prepared.read
                 self.rebuilt += prepared.read
                 for (_, p), next_offset in prepared.offsets.items():
                     if p not in active:
                         continue
                     answer = await self.coverage.advance(p, gaps[p][1], next_offset, chain)
-                    if answer == -2:
-                        await self._again(gaps)
-                        return
                     if answer < 0:
                         log.warning("view rebuild: the view lost partition %d again; "
                                     "the next claim starts it over", p)
-                        return
+                        return None
                     if answer == 0:
                         active.discard(p)  # merged into a larger gap, queued by its claim
                 now = time.monotonic()
                 if now - last_report >= PROGRESS_EVERY_S:
                     last_report = now
-                    log.info("view rebuild: %d of %d events (%.0f%%), %.0f events/s", done, total,
-                             100.0 * done / max(total, 1), done / (now - started))
+                    log.info("view rebuild: %d of %d events (%.0f%%), %.0f events/s", done,
+                             plan.total, 100.0 * done / max(plan.total, 1), done / (now - started))
         for p in active:
             # The slice is read to its end; a tail of control records (transactions)
             # has no record to report it, so close each gap explicitly.
-            if await self.coverage.advance(p, gaps[p][1], gaps[p][1], chain) == -2:
-                await self._again(gaps)
-                return
-        await self.coverage.end(chain)
-        seconds = time.monotonic() - started
-        log.info("view rebuild done: %d events in %.1f s (%.0f events/s)", done, seconds,
-                 done / seconds if seconds > 0 else 0.0)
+            await self.coverage.advance(p, gaps[p][1], gaps[p][1], chain)
+        return done

@@ -17,6 +17,7 @@ from typing import Final
 import redis.asyncio
 
 from resultlog import names
+from resultlog.errors import ViewLost
 from resultlog.settings import Settings
 from resultlog.redis_access import text, translated
 
@@ -57,8 +58,8 @@ return out
 
 # A rebuild's progress (KEYS: the offsets hash, the rebuild's chain marker; ARGV: position
 # field, the gap's end as claimed, the new start, the rebuild's fold calls so far).
-# Returns -2 if the view lacks one of those calls (see RebuildChain), -1 if it lost the
-# partition again (the next claim starts over), 0 if the gap is no longer the one being
+# Returns -2 if the view lacks one of those calls (see RebuildChain: ViewCoverage.advance
+# raises ViewLost), -1 if it lost the partition again (the next claim starts over), 0 if the gap is no longer the one being
 # rebuilt (merged or done elsewhere), 1 if moved on.
 ADVANCE_SCRIPT: Final = """
 local okey, f = KEYS[1], ARGV[1]
@@ -123,6 +124,11 @@ class RebuildChain:
 
     key: str
     written: int = 0  # fold calls of this rebuild the view holds
+
+
+#: What :class:`~resultlog.errors.ViewLost` says when a rebuild's chain is broken.
+CHAIN_BROKEN: Final = ("the Redis view lacks a write of this rebuild (restarted or failed "
+                       "over?): the rebuild starts again from its recorded progress")
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,12 +201,16 @@ class ViewCoverage:
 
     async def advance(self, partition: int, gap_end: int, new_start: int,
                       chain: RebuildChain) -> int:
-        """Record a rebuild's progress (see ADVANCE_SCRIPT for the answer)."""
+        """Record a rebuild's progress (see ADVANCE_SCRIPT for the answer); raises
+        :class:`~resultlog.errors.ViewLost` if the view lacks one of its writes."""
         with translated("recording a rebuild's progress"):
-            return int(await self._advance(
+            answer = int(await self._advance(
                 keys=[self.key, chain.key],
                 args=[names.position_field(self.topic, partition), str(gap_end), str(new_start),
                       str(chain.written)]))
+        if answer == -2:
+            raise ViewLost(CHAIN_BROKEN)
+        return answer
 
     async def end(self, chain: RebuildChain) -> None:
         """Remove a finished rebuild's marker (left alone, it would expire in an hour)."""

@@ -26,7 +26,7 @@ from resultlog.schemas.states import READY_STATES, State
 from resultlog.schemas.taskrows import WINNER_HASH_FIELDS, view_row
 from resultlog.settings import Settings
 from resultlog.redis_access import async_client, text, translated
-from resultlog.views.coverage import WHOLE_LUA, RebuildChain, ViewCoverage
+from resultlog.views.coverage import CHAIN_BROKEN, WHOLE_LUA, RebuildChain, ViewCoverage
 
 SCRIPT: Final = Path(__file__).with_name("fold.lua").read_text(encoding="utf-8")
 # Each key's HGETALL as ONE JSON string ("" for a missing key): redis-py parses a reply
@@ -314,8 +314,7 @@ class RedisView:
         with translated("folding events into the view"):
             changed = int(await self._script(keys=keys, args=args))
         if changed < 0 and starts is None:
-            raise ViewLost("the Redis view lacks a write of this rebuild (restarted or failed "
-                           "over?): the rebuild starts again from its recorded progress")
+            raise ViewLost(CHAIN_BROKEN)
         if changed < 0:
             assert starts is not None
             raise ViewLost(
