@@ -17,16 +17,23 @@ history filled with N rows of other, older tasks (``bench/history_fill.py``: thr
 the history's triggers, so task_summary and the rollups grow too); the fill's time and
 the tables' sizes are printed, then the timed fold runs as without it.
 
+``--task-ids uuid``: the events' task ids are uuids (as Celery's and Chicory's are)
+instead of ``task-<n>``. Sequential ids fall in one narrow range of task_summary's
+primary key, so their upserts touch few of its pages; uuids touch pages all over it,
+which is what a large history costs a real fold.
+
     .venv/bin/python -m bench.fold_throughput [--events 300000] [--processors 1]
-        [--history-rows 0] [--history-days 14] [--redis-latency]
+        [--history-rows 0] [--history-days 14] [--task-ids sequential|uuid] [--redis-latency]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import threading
 import time
+import uuid
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -41,7 +48,15 @@ from resultlog.schemas.states import State
 from resultlog.views import RedisView
 
 
-async def preload(settings, n_events: int) -> None:  # type: ignore[no-untyped-def]
+def task_id(k: int, kind: str) -> str:
+    """Task ``k``'s id: ``task-<k>``, or a uuid derived from k (never one of
+    bench/history_fill.py's, which hash another prefix)."""
+    if kind == "uuid":
+        return str(uuid.UUID(bytes=hashlib.md5(f"fold-task-{k}".encode()).digest()))
+    return f"task-{k}"
+
+
+async def preload(settings, n_events: int, ids: str) -> None:  # type: ignore[no-untyped-def]
     await ensure_topics(settings, settings.events_topic)
     codec = Codec()
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
@@ -51,7 +66,7 @@ async def preload(settings, n_events: int) -> None:  # type: ignore[no-untyped-d
     try:
         states = (State.RECEIVED, State.STARTED, State.SUCCESS)
         for i in range(n_events):
-            task = f"task-{i // 3}"
+            task = task_id(i // 3, ids)
             ev = TaskEvent.create(task, states[i % 3], result=i if i % 3 == 2 else None,
                                   task_name="bench.add", args=[i, 1] if i % 3 == 0 else None, worker="w1")
             await producer.send(settings.events_topic, codec.encode(ev), key=task.encode())
@@ -68,6 +83,8 @@ async def main() -> None:
                     help="rows of older tasks in the history before the fold starts")
     ap.add_argument("--history-days", type=float, default=14.0,
                     help="days before now over which those rows are spread")
+    ap.add_argument("--task-ids", choices=("sequential", "uuid"), default="sequential",
+                    help="task-<n> (default) or uuids, which spread over task_summary's index")
     ap.add_argument("--redis-latency", action="store_true",
                     help="PING Redis every 2 ms during the fold and print the round trips")
     args = ap.parse_args()
@@ -81,7 +98,7 @@ async def main() -> None:
     settings = isolated("fold", result_ttl_s=0)
     try:
         await run(settings, n, args.processors, args.history_rows, args.history_days,
-                  args.redis_latency)
+                  args.redis_latency, args.task_ids)
     finally:
         await cleanup(settings)
 
@@ -116,14 +133,14 @@ class RedisPinger(threading.Thread):
 
 
 async def run(settings, n: int, processors: int, history_rows: int,  # type: ignore[no-untyped-def]
-              history_days: float, redis_latency: bool = False) -> None:
+              history_days: float, redis_latency: bool = False, ids: str = "sequential") -> None:
     if history_rows:
         print(f"filling the history of {settings.postgres_schema} with {history_rows:,} rows ...",
               flush=True)
         print(describe(await fill_history(settings, history_rows, history_days)), flush=True)
     print(f"pre-loading {n:,} events into {settings.events_topic} ...", flush=True)
     t0 = time.monotonic()
-    await preload(settings, n)
+    await preload(settings, n, ids)
     print(f"  pre-loaded in {time.monotonic() - t0:.1f}s", flush=True)
     procs = [start_processor(settings) for _ in range(processors)]
     conn = None
@@ -158,7 +175,7 @@ async def run(settings, n: int, processors: int, history_rows: int,  # type: ign
         history_done = time.monotonic()
         async with RedisView(settings) as view:
             while True:
-                last = await view.get(f"task-{n // 3 - 1}")
+                last = await view.get(task_id(n // 3 - 1, ids))
                 if last is not None and last.state is State.SUCCESS:
                     break
                 await asyncio.sleep(0.01)
@@ -170,7 +187,8 @@ async def run(settings, n: int, processors: int, history_rows: int,  # type: ign
         cpu = sum(cpu_seconds(p.pid) for p in procs) - first_cpu
         assert first_at is not None
         rate = (n - first_count) / (done - first_at)
-        print(f"fold throughput (history + Redis, {len(procs)} processor(s)): {rate:,.0f} events/s "
+        print(f"fold throughput (history + Redis, {len(procs)} processor(s), {ids} task ids): "
+              f"{rate:,.0f} events/s "
               f"({n:,} events; history complete after {history_done - first_at:.2f}s, "
               f"Redis after {done - first_at:.2f}s)")
         print(f"processor CPU (all processes): {cpu * 1e6 / (n - first_count):.1f} us per event "
