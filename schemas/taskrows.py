@@ -122,9 +122,15 @@ _UNESCAPE_RE = re.compile("\x01(.)", re.DOTALL)
 
 
 def from_pg_text(s: str) -> str:
+    """The original of :func:`to_pg_text`'s ``s``."""
     if "\x01" not in s:
         return s
     return _UNESCAPE_RE.sub(lambda m: "\x00" if m[1] == "0" else m[1], s)
+
+
+def optional_from_pg_text(s: str | None) -> str | None:
+    """:func:`from_pg_text` of a nullable column (None stays None)."""
+    return None if s is None else from_pg_text(s)
 
 
 def meta_json(meta: Mapping[str, str]) -> str | None:

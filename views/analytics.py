@@ -18,7 +18,7 @@ from resultlog.errors import ValidationError
 from resultlog.schemas.event import TaskEvent, validate_task_id
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
-from resultlog.schemas.taskrows import from_pg_text, to_pg_text
+from resultlog.schemas.taskrows import optional_from_pg_text, to_pg_text
 from resultlog.views.history import HistoryStore
 from resultlog.views.migrations import quote_ident
 from resultlog.views.pg import PooledStore
@@ -90,10 +90,6 @@ class NameStats:
     runtime_p99: float | None
 
 
-def _opt(s: str | None) -> str | None:
-    return None if s is None else from_pg_text(s)
-
-
 class Analytics(PooledStore):
     """Queries over the history of ``settings.postgres_schema`` (``pool``: see
     PooledStore). The schema must have been migrated (the processor does it)."""
@@ -129,11 +125,12 @@ class Analytics(PooledStore):
             return None
         r = rows[0]
         return TaskSummary(
-            task_id=task_id, task_name=_opt(r["task_name"]), state=State(r["state"]),
-            worker=_opt(r["worker"]), retries=r["retries"], first_seen=r["first_seen"],
+            task_id=task_id, task_name=optional_from_pg_text(r["task_name"]),
+            state=State(r["state"]), worker=optional_from_pg_text(r["worker"]),
+            retries=r["retries"], first_seen=r["first_seen"],
             started=r["started"], finished=r["finished"], runtime=r["runtime"],
-            exception_type=_opt(r["exception_type"]),
-            exception_message=_opt(r["exception_message"]),
+            exception_type=optional_from_pg_text(r["exception_type"]),
+            exception_message=optional_from_pg_text(r["exception_message"]),
         )
 
     async def attempts(self, task_id: str) -> list[Attempt]:
@@ -141,12 +138,13 @@ class Analytics(PooledStore):
         rows = await self._fetch(self._attempts, to_pg_text(validate_task_id(task_id)))
         return [
             Attempt(
-                task_id=task_id, attempt=r["attempt"], task_name=_opt(r["task_name"]),
-                state=State(r["state"]), worker=_opt(r["worker"]), first_seen=r["first_seen"],
+                task_id=task_id, attempt=r["attempt"],
+                task_name=optional_from_pg_text(r["task_name"]), state=State(r["state"]),
+                worker=optional_from_pg_text(r["worker"]), first_seen=r["first_seen"],
                 started=r["started"], finished=r["finished"], runtime=r["runtime"],
                 outcome=None if r["outcome"] is None else State(r["outcome"]),
-                exception_type=_opt(r["exception_type"]),
-                exception_message=_opt(r["exception_message"]),
+                exception_type=optional_from_pg_text(r["exception_type"]),
+                exception_message=optional_from_pg_text(r["exception_message"]),
             )
             for r in rows
         ]
@@ -176,7 +174,7 @@ class Analytics(PooledStore):
                                  None if name is None else to_pg_text(name))
         return [
             NameStats(
-                task_name=_opt(r["task_name"]), bucket_start=r["bucket_start"],
+                task_name=optional_from_pg_text(r["task_name"]), bucket_start=r["bucket_start"],
                 bucket_end=r["bucket_end"], outcomes=r["outcomes"], succeeded=r["succeeded"],
                 failed=r["failed"], retried=r["retried"], revoked=r["revoked"],
                 success_rate=r["success_rate"], failure_rate=r["failure_rate"],

@@ -22,7 +22,7 @@ from resultlog.errors import ConfigurationError, StoreUnavailable, ValidationErr
 from resultlog.schemas.event import ExceptionInfo, TaskEvent
 from resultlog.schemas.states import State
 from resultlog.schemas.taskrows import HISTORY_COLUMNS as _STAGE_COLUMNS
-from resultlog.schemas.taskrows import from_pg_text, history_row, to_pg_text
+from resultlog.schemas.taskrows import from_pg_text, history_row, optional_from_pg_text, to_pg_text
 from resultlog.settings import Settings
 from resultlog.views import migrations, partitions
 from resultlog.views.migrations import quote_ident
@@ -50,10 +50,6 @@ class StoredEvent:
     offset: int
 
 
-def _opt_back(s: str | None) -> str | None:
-    return None if s is None else from_pg_text(s)
-
-
 _STAGE_NAMES = [name for name, _ in _STAGE_COLUMNS]
 _EVENT_COLUMNS = [name if name != "ts_ms" else "ts" for name in _STAGE_NAMES]
 
@@ -71,7 +67,7 @@ _SELECT_EVENT = (
 def _event(r: Any) -> TaskEvent:
     meta = r["meta"]
     exc_type = r["exception_type"]
-    values: dict[str, Any] = {name: _opt_back(r[name]) for name in _TEXT_FIELDS}
+    values: dict[str, Any] = {name: optional_from_pg_text(r[name]) for name in _TEXT_FIELDS}
     values.update((name, r[name]) for name in _PLAIN_FIELDS)
     return TaskEvent(
         event_id=r["event_id"].hex, task_id=from_pg_text(r["task_id"]), state=State(r["state"]),

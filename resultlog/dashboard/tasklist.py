@@ -18,7 +18,7 @@ from resultlog import names
 from resultlog.errors import ValidationError
 from resultlog.schemas.event import MAX_ID_LENGTH
 from resultlog.schemas.states import State
-from resultlog.schemas.taskrows import from_pg_text, to_pg_text
+from resultlog.schemas.taskrows import from_pg_text, optional_from_pg_text, to_pg_text
 from resultlog.views.migrations import quote_ident
 
 #: Rows per page unless asked otherwise, and the most a page may have.
@@ -161,14 +161,13 @@ async def task_page(pool: asyncpg.Pool, schema: str, f: TaskFilter, after: Curso
 
 
 def _row(r: Any) -> TaskRow:
-    name, worker, exc = r["task_name"], r["worker"], r["exception_type"]
     return TaskRow(
         task_id=from_pg_text(r["task_id"]),
-        task_name=None if name is None else from_pg_text(name),
+        task_name=optional_from_pg_text(r["task_name"]),
         state=State(r["state"]),
-        worker=None if worker is None else from_pg_text(worker),
+        worker=optional_from_pg_text(r["worker"]),
         attempt=r["attempt"],
         first_seen=r["first_seen"],
         last_seen=r["last_seen"],
-        exception_type=None if exc is None else from_pg_text(exc),
+        exception_type=optional_from_pg_text(r["exception_type"]),
     )
