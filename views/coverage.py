@@ -59,8 +59,8 @@ return out
 # A rebuild's progress (KEYS: the offsets hash, the rebuild's chain marker; ARGV: position
 # field, the gap's end as claimed, the new start, the rebuild's fold calls so far).
 # Returns -2 if the view lacks one of those calls (see RebuildChain: ViewCoverage.advance
-# raises ViewLost), -1 if it lost the partition again (the next claim starts over), 0 if the gap is no longer the one being
-# rebuilt (merged or done elsewhere), 1 if moved on.
+# raises ViewLost), -1 if it lost the partition again (the next claim starts over), 0 if
+# the gap is no longer the one being rebuilt (merged or done elsewhere), 1 if moved on.
 ADVANCE_SCRIPT: Final = """
 local okey, f = KEYS[1], ARGV[1]
 if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[4]) then return -2 end
