@@ -19,6 +19,7 @@ from aiokafka.errors import CommitFailedError, KafkaError  # type: ignore[import
 
 from resultlog.errors import (BrokerUnavailable, HistoryRewound, ResultlogError, StoreUnavailable,
                               ViewLost)
+from resultlog.processors.fetchcursor import FetchCursor
 from resultlog.processors.foldstatus import FoldStatus, LogEnds, PartitionProgress
 from resultlog.processors.metrics import ProcessorMetrics
 from resultlog.processors.rebuild import ViewRebuilder
@@ -73,8 +74,9 @@ class BatchFoldEngine:
         # Per partition positioned from the stores since its assignment: the offset the
         # next fetched batch starts at. Records of any other partition are dropped: the
         # consumer may fetch a newly assigned partition from Kafka's committed offsets
-        # while the rebalance listener is still positioning it (or failed to).
-        self._next: dict[int, int] = {}
+        # while the rebalance listener is still positioning it (or failed to); and a
+        # fetch begun before a seek is never taken (processors/fetchcursor.py).
+        self._cursor = FetchCursor()
         # Per partition: the next offset both stores hold (written batches): what Kafka
         # is told at the next commit.
         self._written: dict[int, int] = {}
@@ -125,8 +127,8 @@ class BatchFoldEngine:
 
     def revoked(self, partitions: set[int]) -> None:
         self._assigned = False
+        self._cursor.drop(partitions)
         for p in partitions:
-            self._next.pop(p, None)
             self._held.pop(p, None)
             self._stored.pop(p, None)
 
@@ -142,9 +144,10 @@ class BatchFoldEngine:
             p = tp.partition
             start = max(begin[p], min(history.get(p, begin[p]), positions.get(p, begin[p])))
             consumer.seek(tp, start)
-            self._next[p] = resume[p] = self._stored[p] = start
+            resume[p] = self._stored[p] = start
             if p in history:
                 self._held[p] = history[p]
+        self._cursor.seek(resume)
         log.info("assigned %s; resuming at %s (from the stores' positions)",
                  sorted(resume), dict(sorted(resume.items())))
 
@@ -176,7 +179,7 @@ class BatchFoldEngine:
         """A loss no write would notice (no events flowing): any assigned partition
         whose position is gone is claimed now."""
         assert self.coverage is not None
-        missing = await self.coverage.missing(set(self._next))
+        missing = await self.coverage.missing(set(self._cursor.next))
         if missing:
             await self._claim({p: -1 for p in missing})
 
@@ -212,7 +215,7 @@ class BatchFoldEngine:
                 for (_, p), o in prepared.offsets.items():
                     if o > self._written.get(p, -1):
                         self._written[p] = o
-                    if p in self._next and o > self._stored.get(p, -1):
+                    if p in self._cursor.next and o > self._stored.get(p, -1):
                         self._stored[p] = o
                 if self.metrics is not None:
                     self.metrics.batch_written(prepared.rows, stats.history_s, stats.redis_s,
@@ -253,7 +256,7 @@ class BatchFoldEngine:
         # Every partition goes back, not only the lost ones: the batches in hand (the one
         # failing, the next one prepared) are dropped, and they may hold any partition.
         positions = {}
-        for p in self._next:
+        for p in self._cursor.next:
             if p in holds and p in self._held:
                 positions[p] = min(holds[p], self._held[p])
             else:
@@ -277,40 +280,21 @@ class BatchFoldEngine:
                 log.warning("reading where the log begins failed (%r); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        sought = {}
         for p, o in positions.items():
-            if p not in self._next:
+            if p not in self._cursor.next:
                 continue  # revoked meanwhile: its next owner positions it from the stores
-            o = max(o, begin[p])
+            o = sought[p] = self._stored[p] = max(o, begin[p])
             consumer.seek(TopicPartition(topic, p), o)
-            self._next[p] = self._stored[p] = o
             self._held.pop(p, None)
             self._written.pop(p, None)
-        log.warning("reading the log again from %s (what the history holds)",
-                    dict(sorted((p, self._next[p]) for p in positions if p in self._next)))
+        self._cursor.seek(sought)
+        log.warning("reading the log again from %s (what the history holds)", dict(sorted(sought.items())))
 
     def _account(self, stats: SinkStats) -> None:
         if stats.dead_letters:
             log.warning("%d record(s) sent to dead letters (%s)",
                         stats.dead_letters, self.settings.dead_letter_topic)
-
-    def _positioned(self, fetched: dict[TopicPartition, list[Any]]
-                    ) -> tuple[list[Any], dict[tuple[str, int], int]]:
-        """The records of positioned partitions, and where they begin per partition
-        (moving each partition's next start on)."""
-        records: list[Any] = []
-        starts = {}
-        for tp, messages in fetched.items():
-            p = tp.partition
-            start = self._next.get(p)
-            if start is None:
-                continue
-            messages = [m for m in messages if m.offset >= start]
-            if not messages:
-                continue
-            records += messages
-            starts[(tp.topic, p)] = start
-            self._next[p] = messages[-1].offset + 1
-        return records, starts
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
         topic = self.settings.events_topic
@@ -381,6 +365,7 @@ class BatchFoldEngine:
         # drained at once and its next fetch is already parked at the broker when an
         # event arrives (it sends none while fetched records wait to be taken).
         fetch: asyncio.Task[dict[TopicPartition, list[Any]]] | None = None
+        fetch_begun = self._cursor.begin()
         records: list[Any] = []
         starts: dict[tuple[str, int], int] = {}
         try:
@@ -388,6 +373,7 @@ class BatchFoldEngine:
                 if fetch is None and len(records) < BATCH_MAX:
                     fetch = asyncio.ensure_future(
                         consumer.getmany(timeout_ms=100, max_records=BATCH_MAX - len(records)))
+                    fetch_begun = self._cursor.begin()
                 waits: list[asyncio.Future[Any]] = [] if fetch is None else [fetch]
                 await asyncio.wait([*waits, *writer.in_flight()] if records else waits,
                                    return_when=asyncio.FIRST_COMPLETED)
@@ -396,9 +382,11 @@ class BatchFoldEngine:
                     if self._failure is not None:
                         raise self._failure
                     # Before preparing: a rebalance during prepare's yields re-positions.
-                    more, more_starts = self._positioned(fetched)
-                    records += more
-                    for tp, start in more_starts.items():
+                    taken = self._cursor.take(fetched, fetch_begun)
+                    for p, o in taken.seek.items():
+                        consumer.seek(TopicPartition(s.events_topic, p), o)
+                    records += taken.records
+                    for tp, start in taken.starts.items():
                         starts.setdefault(tp, start)
                 try:
                     writer.check()
