@@ -39,6 +39,7 @@ from resultlog.chords.fold import ChordFold
 from resultlog.chords.retention import SummaryRetention
 from resultlog.chords.changelog import ChangelogTables, state_record_bytes
 from resultlog.processors.deadletter import DeadLetter, DeadLetterWriter, TopicWriter
+from resultlog.processors.engine import fetch_wait
 from resultlog.processors.logreader import LogReader
 from resultlog.chords.records import ChordCompleted, ChordProgress
 from resultlog.schemas.codec import Codec
@@ -206,7 +207,7 @@ class ChordAggregator:
             group_id=names.chord_group(s.consumer_group),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=5,  # latency at low rates; batches fill under load anyway
+            **fetch_wait(0),  # no linger: a chord's completion waits on this consumer
         )
         consumer.subscribe([s.chords_topic], listener=_Rebalance(self))
         flusher = asyncio.get_running_loop().create_task(self._flush_progress(store))

@@ -3,11 +3,12 @@ the linger (or until enough has arrived) with one."""
 
 from __future__ import annotations
 
-from resultlog.processors.engine import LINGER_FETCH_BYTES, fetch_wait
+from resultlog.processors.engine import EMPTY_FETCH_WAIT_MS, LINGER_FETCH_BYTES, fetch_wait
 
 
 def test_without_a_linger_one_record_answers_the_fetch() -> None:
-    assert fetch_wait(0) == {"fetch_max_wait_ms": 5, "fetch_min_bytes": 1}
+    # One record answers it; the wait bounds only a fetch that finds nothing.
+    assert fetch_wait(0) == {"fetch_max_wait_ms": EMPTY_FETCH_WAIT_MS, "fetch_min_bytes": 1}
 
 
 def test_a_linger_holds_the_fetch_for_it_or_until_enough_has_arrived() -> None:
