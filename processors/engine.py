@@ -370,43 +370,50 @@ class BatchFoldEngine:
         # Fetching never waits for a write: records fetched while the history is busy
         # are gathered into the next batch (up to BATCH_MAX), so aiokafka's buffer is
         # drained at once and its next fetch is already parked at the broker when an
-        # event arrives (it sends none while fetched records wait to be taken).
+        # event arrives (it sends none while fetched records wait to be taken). They
+        # are decoded as they arrive, so that this process's CPU for the next batch
+        # overlaps PostgreSQL's for the batch in hand instead of following it; the
+        # batch is still everything gathered while the history was busy.
         fetch: asyncio.Task[dict[TopicPartition, list[Any]]] | None = None
         fetch_begun = self._cursor.begin()
-        records: list[Any] = []
+        gathered: Prepared | None = None  # the next batch, decoded
         starts: dict[tuple[str, int], int] = {}
         try:
             while True:
-                if fetch is None and len(records) < BATCH_MAX:
+                held = 0 if gathered is None else gathered.read
+                if fetch is None and held < BATCH_MAX:
                     fetch = asyncio.ensure_future(
-                        consumer.getmany(timeout_ms=100, max_records=BATCH_MAX - len(records)))
+                        consumer.getmany(timeout_ms=100, max_records=BATCH_MAX - held))
                     fetch_begun = self._cursor.begin()
                 waits: list[asyncio.Future[Any]] = [] if fetch is None else [fetch]
-                await asyncio.wait([*waits, *writer.in_flight()] if records else waits,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                if gathered is not None:
+                    waits += writer.in_flight()
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                more: list[Any] = []
                 if fetch is not None and fetch.done():
                     fetched, fetch = fetch.result(), None
                     if self._failure is not None:
                         raise self._failure
-                    # Before preparing: a rebalance during prepare's yields re-positions.
+                    # Before decoding: a rebalance during its yields re-positions.
                     taken = self._cursor.take(fetched, fetch_begun)
                     for p, o in taken.seek.items():
                         consumer.seek(TopicPartition(s.events_topic, p), o)
-                    records += taken.records
+                    more = taken.records
                     for tp, start in taken.starts.items():
                         starts.setdefault(tp, start)
                 try:
                     writer.check()
-                    if records and writer.ready:
-                        batch, batch_starts, records, starts = records, starts, [], {}
-                        prepared = await self.sink.prepare_yielding(batch)
-                        writer.start(dataclasses.replace(prepared, starts=batch_starts))
+                    if more:
+                        gathered = await self.sink.prepare_yielding(more, into=gathered)
+                    if gathered is not None and writer.ready:
+                        batch, batch_starts, gathered, starts = gathered, starts, None, {}
+                        writer.start(dataclasses.replace(batch, starts=batch_starts))
                 except HistoryRewound as exc:
                     log.warning("%s", exc)
                     # Drop every batch in hand (the ones in flight end first) and any
                     # fetch under way: all of it is read again from where the history
                     # is whole.
-                    records, starts = [], {}
+                    gathered, starts = None, {}
                     if fetch is not None:
                         fetch.cancel()
                         await asyncio.wait([fetch])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 from resultlog.errors import CodecError, ValidationError
@@ -167,10 +167,15 @@ class FoldSink:
         self._prepare_into(batch, records)
         return batch
 
-    async def prepare_yielding(self, records: Sequence[Record], chunk: int = 500) -> Prepared:
+    async def prepare_yielding(self, records: Sequence[Record], chunk: int = 500,
+                               into: Prepared | None = None) -> Prepared:
         """:meth:`prepare`, giving the event loop a turn every ``chunk`` records, so
-        that the previous batch's writes (many short round trips) progress meanwhile."""
-        batch = _empty(len(records))
+        that the previous batch's writes (many short round trips) progress meanwhile.
+
+        ``into``: a batch prepared earlier that ``records`` follow in the log; the
+        result is that batch with them added (its lists are extended in place)."""
+        batch = _empty(len(records)) if into is None else replace(
+            into, read=into.read + len(records))
         for i in range(0, len(records), chunk):
             if i:
                 await asyncio.sleep(0)
