@@ -29,6 +29,7 @@ from resultlog.chicory_backend import ResultlogBackend  # noqa: E402
 from resultlog.errors import ConfigurationError, ResultTimeout  # noqa: E402
 from resultlog.settings import Settings  # noqa: E402
 from resultlog.views.backend import ResultBackend  # noqa: E402
+from resultlog.views.coverage import ViewCoverage  # noqa: E402
 from tests.integration.chicory_app import broker_url, make_app  # noqa: E402
 from tests.integration.processes import ProcessorProcess, live_processor  # noqa: E402
 
@@ -258,13 +259,12 @@ async def view_behind_log(settings: Settings) -> int:
         ends = await consumer.end_offsets(tps)
     finally:
         await consumer.stop()
-    client = redis.asyncio.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis.asyncio.Redis.from_url(settings.redis_url)
     try:
-        held = await client.hgetall(names.offsets_key(settings.redis_prefix, settings.consumer_group))
+        held = (await ViewCoverage(settings, client, settings.consumer_group).read()).positions
     finally:
         await client.aclose()
-    return sum(max(0, end - int(held.get(f"{tp.topic}:{tp.partition}", 0)))
-               for tp, end in ends.items())
+    return sum(max(0, end - held.get(tp.partition, 0)) for tp, end in ends.items())
 
 
 async def test_a_stored_heartbeat_is_read_back_and_cleaned_once_stale(
