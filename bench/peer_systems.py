@@ -18,7 +18,7 @@ import asyncio
 import os
 import subprocess
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import redis
 
@@ -48,6 +48,8 @@ class System:
     tag: str
     settings: Settings
     _processor: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    #: The modules this system imports beyond resultlog's own (the ``bench`` extra).
+    needs: ClassVar[tuple[str, ...]] = ()
 
     def __getstate__(self) -> dict[str, Any]:
         # Sent to the child processes, which never need the parent's processor.
@@ -101,6 +103,8 @@ class _CeleryReader:
 
 
 class CeleryRedis(System):
+    needs = ("celery",)
+
     def _app(self) -> Any:
         return _celery_app(self.settings.redis_url, result_backend_transport_options={
             "global_keyprefix": f"{self.tag}:"})
@@ -116,6 +120,8 @@ class CeleryRedis(System):
 
 
 class CeleryDatabase(System):
+    needs = ("celery", "sqlalchemy", "psycopg")
+
     def _app(self) -> Any:
         app = _celery_app(f"db+{_sqlalchemy_dsn(self.settings, 'psycopg')}",
                           database_table_schemas={"task": self.schema, "group": self.schema})
@@ -181,6 +187,8 @@ class _ChicoryClient(_Loop):
 
 
 class ChicoryRedis(System):
+    needs = ("chicory",)
+
     def _client(self) -> _ChicoryClient:
         from chicory.backend.redis import RedisBackend  # type: ignore[import-not-found]
         from chicory.config import RedisBackendConfig  # type: ignore[import-not-found]
@@ -198,6 +206,8 @@ class ChicoryRedis(System):
 
 
 class ChicoryPostgres(System):
+    needs = ("chicory", "sqlalchemy", "asyncpg")
+
     def _client(self) -> _ChicoryClient:
         from chicory.backend.database import DatabaseBackend  # type: ignore[import-not-found]
         from chicory.backend.models import Base  # type: ignore[import-not-found]

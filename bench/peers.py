@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
 import multiprocessing
 import os
 import platform
@@ -151,6 +152,14 @@ def measure(system: System, tasks: int, writers: int, every: int,
 TIMEOUT_JOIN_S = 60
 
 
+def installed_version(package: str) -> str:
+    """The package's version for the table's labels ("not installed" for a peer left out)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=20_000)
@@ -159,11 +168,20 @@ def main() -> None:
     parser.add_argument("--sample-every", type=int, default=50,
                         help="the waiting client waits for every N-th task of writer 0")
     args = parser.parse_args()
-    versions = {p: importlib.metadata.version(p) for p in ("celery", "chicory")}
     names = args.systems.split(",")
     unknown = set(names) - SYSTEMS.keys()
     if unknown:
         parser.error(f"unknown system(s) {', '.join(sorted(unknown))}; known: {', '.join(SYSTEMS)}")
+    # Checked before anything runs: a missing peer otherwise fails inside a writer
+    # process, after the systems before it have run.
+    missing = {name: [m for m in SYSTEMS[name][0].needs if importlib.util.find_spec(m) is None]
+               for name in names}
+    if any(missing.values()):
+        parser.error("not installed: " + "; ".join(
+            f"{name} needs {', '.join(mods)}" for name, mods in missing.items() if mods)
+            + ". The peers are the bench extra: .venv/bin/pip install -e '.[bench]'"
+            + " (or leave them out: --systems resultlog,resultlog-ryw)")
+    versions = {p: installed_version(p) for p in ("celery", "chicory")}
     print(f"{args.tasks:,} tasks (STARTED, then SUCCESS with a small dict) from {args.writers} "
           f"writer processes; {os.cpu_count()} CPUs, {platform.python_implementation()} "
           f"{platform.python_version()}; load average before: "
