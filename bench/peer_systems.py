@@ -6,7 +6,10 @@ in the child processes, giving plain blocking calls:
 
 - ``Writer.started(task_id)`` and ``Writer.success(task_id, result)``: what a worker
   does for each task; ``Writer.close()`` waits for anything the writer buffered;
-- ``Reader.ready(task_id)``: the task's state read once (is it SUCCESS?);
+- ``Reader.ready_many(task_ids)``: which of the tasks are SUCCESS, read once, in as few
+  round trips as the system's API allows (Celery's key-value backends: ``get_many``, one
+  MGET; resultlog: ``ResultBackend.read_many``, one script call; Celery's database
+  backend and Chicory have no read of many tasks: one by one);
 - ``Reader.get(task_id)``: the client already waiting for a result (returns it).
 
 The peers are optional dependencies of the benchmark only (``pip install -e .[bench]``).
@@ -34,7 +37,7 @@ class Writer(Protocol):
 
 
 class Reader(Protocol):
-    def ready(self, task_id: str) -> bool: ...
+    def ready_many(self, task_ids: list[str]) -> set[str]: ...
     def get(self, task_id: str) -> Any: ...
     def close(self) -> None: ...
 
@@ -92,8 +95,14 @@ class _CeleryReader:
     def __init__(self, app: Any) -> None:
         self.app = app
 
-    def ready(self, task_id: str) -> bool:
-        return bool(self.app.AsyncResult(task_id).state == "SUCCESS")
+    def ready_many(self, task_ids: list[str]) -> set[str]:
+        backend = self.app.backend
+        if hasattr(backend, "get_many"):
+            # One MGET of the tasks not already ready (the interval and the one
+            # iteration keep get_many from waiting for the rest).
+            return {tid for tid, meta in backend.get_many(task_ids, interval=0, max_iterations=1)
+                    if meta["status"] == "SUCCESS"}
+        return {tid for tid in task_ids if self.app.AsyncResult(tid).state == "SUCCESS"}
 
     def get(self, task_id: str) -> Any:
         return self.app.AsyncResult(task_id).get(timeout=TIMEOUT_S)
@@ -172,10 +181,14 @@ class _ChicoryClient(_Loop):
         self.run(self.backend.store_result(
             task_id, TaskResult(task_id=task_id, state=TaskState.SUCCESS, result=result)))
 
-    def ready(self, task_id: str) -> bool:
+    def ready_many(self, task_ids: list[str]) -> set[str]:
         from chicory.types import TaskState
-        found = self.run(self.backend.get_result(task_id))
-        return found is not None and found.state == TaskState.SUCCESS
+        ready = set()
+        for tid in task_ids:
+            found = self.run(self.backend.get_result(tid))
+            if found is not None and found.state == TaskState.SUCCESS:
+                ready.add(tid)
+        return ready
 
     def get(self, task_id: str) -> Any:
         from chicory.result import AsyncResult  # type: ignore[import-not-found]
@@ -254,8 +267,10 @@ class _ResultlogReader:
         from resultlog.views import ResultBackend
         self.backend = ResultBackend(settings)
 
-    def ready(self, task_id: str) -> bool:
-        return bool(self.backend.AsyncResult(task_id).state == "SUCCESS")
+    def ready_many(self, task_ids: list[str]) -> set[str]:
+        from resultlog.schemas.states import State
+        views = self.backend.read_many(task_ids)
+        return {tid for tid, v in zip(task_ids, views) if v is not None and v.state is State.SUCCESS}
 
     def get(self, task_id: str) -> Any:
         return self.backend.AsyncResult(task_id).get(timeout=TIMEOUT_S)

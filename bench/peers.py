@@ -11,9 +11,13 @@ write call, one after another, as fast as it returns. Read back through the syst
 API. Printed per system (a Markdown table):
 
 - **tasks/s until all readable**: tasks / (from the writers' start to the moment a
-  checker process, reading each task's state through the API in write order from the
-  start, has seen every task SUCCESS). For a system that stores synchronously that is
-  when the writers finish; for resultlog it includes the fold into the view.
+  checker process, reading the tasks' states through the API in write order from the
+  start, has seen every task SUCCESS). It reads the first ``CHECK_MANY`` tasks not yet
+  seen SUCCESS at a time, with the system's read of many tasks where it has one
+  (``Reader.ready_many``), so that the checker is not what bounds the figure: one
+  read per task costs ~0.4 ms here, ~2,600 tasks/s at most, less beside the writers.
+  For a system that stores synchronously that is when the writers finish; for resultlog
+  it includes the fold into the view.
 - **get() p50 / p99**: a client process already waiting in ``get()``: for every
   ``--sample-every``-th task of writer 0 the client calls ``get()``, and writer 0 writes
   that task's SUCCESS only once the client has been in ``get()`` for ``SETTLE_S`` (the
@@ -45,6 +49,10 @@ from bench.peer_systems import SYSTEMS, System
 
 # How long writer 0 lets the client sit in get() before writing the awaited SUCCESS.
 SETTLE_S = 0.005
+# How many tasks the checker reads at a time, and how long it waits when none of them
+# was ready (reading the same unready tasks without a pause would load the store).
+CHECK_MANY = 100
+CHECK_PAUSE_S = 0.001
 
 
 def task_id(tag: str, writer: int, i: int) -> str:
@@ -76,11 +84,14 @@ def checker_main(system: System, writers: int, tasks: int, start: Event, out: Co
     reader = system.open_reader()
     out.send("ready")
     start.wait()
-    for i in range(tasks):
-        for w in range(writers):
-            tid = task_id(system.tag, w, i)
-            while not reader.ready(tid):
-                time.sleep(0.001)
+    pending = [task_id(system.tag, w, i) for i in range(tasks) for w in range(writers)]
+    while pending:
+        head = pending[:CHECK_MANY]
+        ready = reader.ready_many(head)
+        if ready:
+            pending = [tid for tid in head if tid not in ready] + pending[CHECK_MANY:]
+        else:
+            time.sleep(CHECK_PAUSE_S)
     done = time.perf_counter_ns()
     reader.close()
     out.send(done)
