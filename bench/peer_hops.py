@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import time
 import uuid
 from collections.abc import Sequence
@@ -37,7 +36,7 @@ from typing import Any
 
 from bench._common import isolated, percentiles
 from bench.peer_systems import SYSTEMS, System
-from bench.peers import measure, task_id, writer_main
+from bench.peers import installed_version, measure, task_id, writer_main
 
 RESULTLOG_SYSTEMS = ("resultlog", "resultlog-ryw")
 
@@ -129,7 +128,7 @@ def main() -> None:
     names = args.systems.split(",")
     if not set(names) <= set(RESULTLOG_SYSTEMS):
         parser.error(f"--systems: hops are timed for {', '.join(RESULTLOG_SYSTEMS)} only")
-    versions = {p: importlib.metadata.version(p) for p in ("celery", "chicory")}
+    versions = {p: installed_version(p) for p in ("celery", "chicory")}
     print("| system | tasks/s | get() | in the emitter | Kafka ack | to the fold call | fold call "
           "| after the ack | samples matched |")
     print("|---|---|---|---|---|---|---|---|---|")
