@@ -84,13 +84,15 @@ def checker_main(system: System, writers: int, tasks: int, start: Event, out: Co
     reader = system.open_reader()
     out.send("ready")
     start.wait()
-    pending = [task_id(system.tag, w, i) for i in range(tasks) for w in range(writers)]
-    while pending:
-        head = pending[:CHECK_MANY]
+    order = [task_id(system.tag, w, i) for i in range(tasks) for w in range(writers)]
+    unready: list[str] = []  # read, not SUCCESS yet; read again first (write order)
+    taken = 0  # order[:taken] have been read at least once
+    while unready or taken < len(order):
+        head = unready + order[taken:taken + CHECK_MANY - len(unready)]
+        taken += len(head) - len(unready)
         ready = reader.ready_many(head)
-        if ready:
-            pending = [tid for tid in head if tid not in ready] + pending[CHECK_MANY:]
-        else:
+        unready = [tid for tid in head if tid not in ready]
+        if not ready:
             time.sleep(CHECK_PAUSE_S)
     done = time.perf_counter_ns()
     reader.close()
