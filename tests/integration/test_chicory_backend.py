@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 import redis.asyncio
-from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 
 pytest.importorskip("chicory")
 
@@ -26,10 +25,11 @@ from chicory.types import TaskResult, TaskState, WorkerStats  # noqa: E402
 
 from resultlog import names  # noqa: E402
 from resultlog.chicory_backend import ResultlogBackend  # noqa: E402
+from resultlog.dashboard.status import PipelineStatus  # noqa: E402
 from resultlog.errors import ConfigurationError, ResultTimeout  # noqa: E402
 from resultlog.settings import Settings  # noqa: E402
 from resultlog.views.backend import ResultBackend  # noqa: E402
-from resultlog.views.coverage import ViewCoverage  # noqa: E402
+from resultlog.views.history import HistoryStore  # noqa: E402
 from tests.integration.chicory_app import broker_url, make_app  # noqa: E402
 from tests.integration.processes import ProcessorProcess, live_processor  # noqa: E402
 
@@ -249,22 +249,13 @@ async def test_a_killed_worker_drops_out_after_its_ttl(
             proc.stdout.close()
 
 
-async def view_behind_log(settings: Settings) -> int:
+async def view_behind_log(status: PipelineStatus) -> int:
     """How many records of this test's events topic the processor has not yet folded
-    into the Redis view (its positions against the log's ends)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(settings.events_topic, p) for p in range(settings.topic_partitions)]
-        ends = await consumer.end_offsets(tps)
-    finally:
-        await consumer.stop()
-    client = redis.asyncio.Redis.from_url(settings.redis_url)
-    try:
-        held = (await ViewCoverage(settings, client, settings.consumer_group).read()).positions
-    finally:
-        await client.aclose()
-    return sum(max(0, end - held.get(tp.partition, 0)) for tp, end in ends.items())
+    into the Redis view (the dashboard's lag table, summed; a partition the view has no
+    position for counts whole)."""
+    lags = await status.lag()
+    assert lags, f"the events topic {status.settings.events_topic} has no partitions"
+    return sum(p.end_offset if p.view_lag is None else max(0, p.view_lag) for p in lags)
 
 
 async def test_a_stored_heartbeat_is_read_back_and_cleaned_once_stale(
@@ -281,10 +272,16 @@ async def test_a_stored_heartbeat_is_read_back_and_cleaned_once_stale(
     await backend(app).store_heartbeat(worker_id, stats(worker_id), ttl=3)
     got = await backend(app).get_heartbeat(worker_id)
     assert got is not None and got.worker_id == worker_id
-    assert await until(lambda: view_behind_log(settings), lambda behind: behind == 0) == 0
     index = names.workers_index_key(settings.redis_prefix)
     client = redis.asyncio.Redis.from_url(settings.redis_url)
     try:
+        async with HistoryStore(settings) as history:
+            status = PipelineStatus(settings, client, history)
+            await status.start()
+            try:
+                assert await until(lambda: view_behind_log(status), lambda behind: behind == 0) == 0
+            finally:
+                await status.close()
         await until(lambda: backend(app).get_heartbeat(worker_id), lambda hb: hb is None)
         assert await client.zscore(index, worker_id) is not None, \
             "the processor folded the heartbeat only after its 3 s ttl"
