@@ -30,13 +30,12 @@ import time
 import uuid
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
-from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 from typing import Any
 
 from bench._common import isolated, percentiles
 from bench.peer_systems import SYSTEMS, System
-from bench.peers import installed_version, measure, task_id, writer_main
+from bench.peers import Rendezvous, installed_version, measure, task_id, writer_main
 
 RESULTLOG_SYSTEMS = ("resultlog", "resultlog-ryw")
 
@@ -103,12 +102,12 @@ class _WithHops:
         return hops
 
 
-def hops_writer(system: System, writer: int, tasks: int, every: int, start: Event,
-                waiting: Synchronized, out: Connection) -> None:  # type: ignore[type-arg]
+def hops_writer(system: System, writer: int, tasks: int, start: Event, meet: Rendezvous | None,
+                out: Connection) -> None:
     if writer == 0:
         _install_hooks()
         out = _WithHops(out, system.tag, system.settings.topic_partitions)  # type: ignore[assignment]
-    writer_main(system, writer, tasks, every, start, waiting, out)
+    writer_main(system, writer, tasks, start, meet, out)
 
 
 def _quantiles(values: list[float]) -> str:
@@ -137,7 +136,8 @@ def main() -> None:
         system = cls(label.format(**versions), keeps, f"hops{uuid.uuid4().hex[:8]}", isolated("peers"))
         system.setup()
         try:
-            r = measure(system, args.tasks, args.writers, args.sample_every, hops_writer)
+            # One waiting client, beside writer 0, whose hops are timed.
+            r = measure(system, args.tasks, args.writers, args.sample_every, 1, hops_writer)
         finally:
             system.teardown()
         [hops] = r["writer0"]

@@ -292,13 +292,23 @@ class Resultlog(System):
         from bench._common import start_processor
         self._processor = start_processor(
             self.settings.replace(processor_linger_ms=self.processor_linger_ms))
-        # Up and folding before the clock starts: one task through the whole path.
-        # A writer that does not fold itself: what becomes readable, the processor folded.
+        # Up and folding before the clock starts: a task through the whole path on every
+        # partition (a partition first written during the run can still answer "not
+        # leader" for a moment after the topic was made, and aiokafka retries it). A
+        # writer that does not fold itself: what becomes readable, the processor folded.
+        from resultlog.producers.partitioner import partition_for
+        partitions = self.settings.topic_partitions
+        warmups = {partition_for(f"{self.tag}-warmup-{k}".encode(), partitions):
+                   f"{self.tag}-warmup-{k}" for k in range(64 * partitions)}
+        if len(warmups) < partitions:
+            raise RuntimeError(f"warm-up ids cover {len(warmups)} of {partitions} partitions")
         writer, reader = _ResultlogWriter(self.settings, False), self.open_reader()
         try:
-            writer.success(f"{self.tag}-warmup", {})
+            for tid in warmups.values():
+                writer.success(tid, {})
             writer.close()
-            reader.get(f"{self.tag}-warmup")
+            for tid in warmups.values():
+                reader.get(tid)
         finally:
             reader.close()
 
