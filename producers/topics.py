@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError, NoError, TopicAlreadyExistsError, for_code  # type: ignore[import-untyped]
@@ -70,8 +71,8 @@ async def ensure_topics(
 
     What is left unset comes from the settings, ``max.message.bytes`` from
     :func:`max_message_bytes`; ``configs`` adds other topic configs (e.g.
-    ``cleanup.policy``). Waits until every partition has a leader, so a producer can use
-    it at once. Raises :class:`BrokerUnavailable` if Kafka cannot be reached within
+    ``cleanup.policy``). Waits until every partition has a leader that answers for it,
+    so a producer can use it at once. Raises :class:`BrokerUnavailable` if Kafka cannot be reached within
     ``kafka_timeout_s``, :class:`ConfigurationError` for a configuration the broker
     refuses or an existing topic too small for ``max_event_bytes``.
     """
@@ -107,6 +108,8 @@ async def ensure_topics(
             missing = [t for t in wanted if t.name not in existing]
             created = await _create(admin, missing, timeout_ms) if missing else []
             await _wait_for_leaders(admin, [t.name for t in wanted])
+            await _wait_until_leading(settings, {t.name: t.num_partitions for t in missing
+                                                 if t.name in created})
             await _check_record_size(admin, settings, [t.name for t in wanted if t.name not in created])
     except (KafkaError, OSError, TimeoutError) as exc:
         raise await start_failure(settings, exc, "create topics on") from exc
@@ -172,3 +175,30 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str]) -> Non
         if ready >= set(names):
             return
         await asyncio.sleep(0.05)
+
+
+# How long to wait between asking a new partition's leader again (aiokafka's default,
+# 100 ms, is most of the wait it would cut short).
+_LEADING_BACKOFF_MS = 10
+
+
+async def _wait_until_leading(settings: Settings, partitions: Mapping[str, int]) -> None:
+    """Ask each partition of the topics just created for its end offset until its leader
+    answers (the caller's timeout bounds it).
+
+    The metadata names a new partition's leader a moment before that broker has taken
+    it over; a produce request in between is refused ("not leader") and retried by
+    aiokafka after its backoff, with a warning. A list-offsets request passes the same
+    check on the broker, and aiokafka's consumer retries it quietly.
+    """
+    if not partitions:
+        return
+    consumer = AIOKafkaConsumer(**kafka_client_args(settings), client_id="resultlog-admin",
+                                retry_backoff_ms=_LEADING_BACKOFF_MS,
+                                request_timeout_ms=int(settings.kafka_timeout_s * 1000))
+    await consumer.start()
+    try:
+        await consumer.end_offsets([TopicPartition(name, p) for name, count in partitions.items()
+                                    for p in range(count)])
+    finally:
+        await consumer.stop()

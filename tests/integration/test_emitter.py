@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import sys
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pytest
-from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType  # type: ignore[import-untyped]
 
@@ -392,3 +393,24 @@ async def test_ensure_topics_creates_once_with_partitions_and_retention(settings
         assert configs["retention.ms"] == "3600000"
     finally:
         await admin.close()
+
+
+async def test_a_created_topic_takes_a_write_on_every_partition_at_once(
+        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """ensure_topics returns once each new partition's leader answers for it: the first
+    produce to every partition is not refused as "not leader" (aiokafka would retry it
+    after its backoff, with a warning)."""
+    topic = settings.events_topic
+    assert await ensure_topics(settings, topic) == [topic]
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers,
+                                acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="aiokafka"):
+            sent = [await producer.send(topic, b"x", partition=p)
+                    for p in range(settings.topic_partitions)]
+            await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+    refused = [r.getMessage() for r in caplog.records if "NotLeader" in r.getMessage()]
+    assert refused == []
