@@ -293,8 +293,7 @@ class Resultlog(System):
         self._processor = start_processor(
             self.settings.replace(processor_linger_ms=self.processor_linger_ms))
         # Up and folding before the clock starts: a task through the whole path on every
-        # partition (a partition first written during the run can still answer "not
-        # leader" for a moment after the topic was made, and aiokafka retries it). A
+        # partition (each partition's first batch, fetch and fold are behind us). A
         # writer that does not fold itself: what becomes readable, the processor folded.
         from resultlog.producers.partitioner import partition_for
         partitions = self.settings.topic_partitions
