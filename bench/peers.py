@@ -94,15 +94,16 @@ def writer_main(system: System, writer: int, tasks: int, start: Event,
     for i in range(tasks):
         tid = task_id(system.tag, writer, i)
         client.started(tid)
-        if meet is not None and meet.waiting.value == i:
-            pause = meet.since.value + SETTLE_NS - time.perf_counter_ns()
+        # The rendezvous, when the client waits for this very task.
+        sampled = meet if meet is not None and meet.waiting.value == i else None
+        if sampled is not None:
+            pause = sampled.since.value + SETTLE_NS - time.perf_counter_ns()
             if pause > 0:
                 time.sleep(pause / 1e9)
                 settled_ns += pause
-            client.success(tid, {"task": i, "writer": writer, "ok": True})
+        client.success(tid, {"task": i, "writer": writer, "ok": True})
+        if sampled is not None:
             stamps[i] = time.perf_counter_ns()
-        else:
-            client.success(tid, {"task": i, "writer": writer, "ok": True})
         if meet is not None:
             meet.written.value = i
     client.close()
@@ -197,8 +198,8 @@ def measure(system: System, tasks: int, writers: int, every: int, waiters: int,
         "settled_s": sum(r[2] for r in writer_results) / 1e9,
         "p50": p50, "p99": p99, "samples": len(latencies),
         "dropped": sum(len(waits) for waits in results[writers + 1:]) - len(latencies),
-        "stamps": {i: pair[0] for i, pair in samples[0].items()} if samples else {},
-        "waits": {i: pair[1] for i, pair in samples[0].items()} if samples else {},
+        "stamps": {i: returned for i, (returned, _) in samples[0].items()},
+        "waits": {i: done for i, (_, done) in samples[0].items()},
         "writer0": writer_results[0][3:],
     }
 
@@ -227,8 +228,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.writers < 1 or args.tasks < args.writers:
         parser.error("--writers must be at least 1 and --tasks at least --writers")
-    waiters = args.waiters
-    if not 1 <= waiters <= args.writers:
+    if not 1 <= args.waiters <= args.writers:
         parser.error(f"--waiters must be 1..{args.writers} (one client beside each writer)")
     if args.sample_every < 1:
         parser.error("--sample-every must be at least 1")
@@ -247,7 +247,7 @@ def main() -> None:
             + " (or leave them out: --systems resultlog,resultlog-ryw)")
     versions = {p: installed_version(p) for p in ("celery", "chicory")}
     print(f"{args.tasks:,} tasks (STARTED, then SUCCESS with a small dict) from {args.writers} "
-          f"writer processes, {waiters} waiting client(s); {os.cpu_count()} CPUs, "
+          f"writer processes, {args.waiters} waiting client(s); {os.cpu_count()} CPUs, "
           f"{platform.python_implementation()} {platform.python_version()}; load average before: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     rows = []
@@ -257,7 +257,7 @@ def main() -> None:
         system = cls(label.format(**versions), keeps, tag, isolated("peers"))
         system.setup()
         try:
-            r = measure(system, args.tasks, args.writers, args.sample_every, waiters)
+            r = measure(system, args.tasks, args.writers, args.sample_every, args.waiters)
         finally:
             system.teardown()
         print(f"  {system.name}: {r['tasks_per_s']:,.0f} tasks/s (writers done after "

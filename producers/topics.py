@@ -18,7 +18,7 @@ from aiokafka.errors import KafkaError, NoError, TopicAlreadyExistsError, for_co
 
 from resultlog.errors import BrokerUnavailable, ConfigurationError
 from resultlog.connections import kafka_client_args
-from resultlog.producers.kafka import start_failure
+from resultlog.producers.kafka import start_failure, started
 from resultlog.settings import Settings
 
 # Kafka's own default for message.max.bytes (and so for a topic's max.message.bytes).
@@ -72,8 +72,8 @@ async def ensure_topics(
     What is left unset comes from the settings, ``max.message.bytes`` from
     :func:`max_message_bytes`; ``configs`` adds other topic configs (e.g.
     ``cleanup.policy``). Waits until every partition has a leader that answers for it,
-    so a producer can use it at once. Raises :class:`BrokerUnavailable` if Kafka cannot be reached within
-    ``kafka_timeout_s``, :class:`ConfigurationError` for a configuration the broker
+    so a producer can use it at once. Raises :class:`BrokerUnavailable` if Kafka cannot
+    be reached within ``kafka_timeout_s``, :class:`ConfigurationError` for a configuration the broker
     refuses or an existing topic too small for ``max_event_bytes``.
     """
     if not topics:
@@ -193,10 +193,11 @@ async def _wait_until_leading(settings: Settings, partitions: Mapping[str, int])
     """
     if not partitions:
         return
-    consumer = AIOKafkaConsumer(**kafka_client_args(settings), client_id="resultlog-admin",
-                                retry_backoff_ms=_LEADING_BACKOFF_MS,
-                                request_timeout_ms=int(settings.kafka_timeout_s * 1000))
-    await consumer.start()
+    consumer = await started(
+        AIOKafkaConsumer(**kafka_client_args(settings), client_id="resultlog-admin",
+                         retry_backoff_ms=_LEADING_BACKOFF_MS,
+                         request_timeout_ms=int(settings.kafka_timeout_s * 1000)),
+        settings, "create topics on")
     try:
         await consumer.end_offsets([TopicPartition(name, p) for name, count in partitions.items()
                                     for p in range(count)])
