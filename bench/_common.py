@@ -52,6 +52,38 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def server_cpu_seconds(pid: int) -> float:
+    """CPU time of a server process and all its workers so far (Linux): its own, its live
+    children's, and what its children that have exited left in its ``cutime``/``cstime``
+    (PostgreSQL's backends come and go; the postmaster reaps them)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    ticks = sum(int(v) for v in fields[11:15])
+    total = ticks / os.sysconf("SC_CLK_TCK")
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        children = []
+    for child in children:
+        try:
+            total += cpu_seconds(child)
+        except OSError:  # exited since the listing: counted in cutime from now on
+            pass
+    return total
+
+
+def local_pid(pid: int, program: str) -> int | None:
+    """``pid`` if it is a process of this machine running ``program`` (a store of the
+    local stack), else None: a server elsewhere reports a pid that means nothing here."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return None
+    return pid if program.encode() in cmdline else None
+
+
 def start_processor(settings: Settings) -> "subprocess.Popen[bytes]":
     """``resultlog process`` on ``settings`` (the caller's own RESULTLOG_* variables
     left out), quiet; the caller terminates it."""

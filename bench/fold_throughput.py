@@ -5,7 +5,11 @@ into a fresh topic, starts `resultlog process` (``--processors 2``: two of them 
 consumer group, sharing the partitions), and measures how fast the history
 table and the Redis view fill, excluding the processor's start-up (the clock starts
 at the first written row). Prints events/s, and the processor's own CPU time per event
-(the figure to compare on a shared machine: the rate moves with the load).
+(the figure to compare on a shared machine: the rate moves with the load), and where the
+stores run on this machine (the local stack), theirs: PostgreSQL's (all its processes)
+and Redis's, with the time Redis spent inside the fold script and in the commands it
+calls (``INFO commandstats``, before and after: wall time, as Redis counts it, so it
+includes any time Redis waited for a core), and how busy the whole machine was.
 
 ``--redis-latency``: while the processor folds, another client PINGs Redis every 2 ms
 and the round trips' p50, p99, p99.9 and maximum are printed: what any other Redis client
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
 import threading
 import time
 import uuid
@@ -38,7 +43,8 @@ import uuid
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from bench._common import cleanup, cpu_seconds, isolated, percentiles, start_processor
+from bench._common import (cleanup, cpu_seconds, isolated, local_pid, machine_busy_seconds,
+                           percentiles, server_cpu_seconds, start_processor)
 from bench.history_fill import describe, fill_history
 from resultlog.producers.topics import ensure_topics
 from resultlog.redis_access import sync_client
@@ -101,6 +107,48 @@ async def main() -> None:
                   args.redis_latency, args.task_ids)
     finally:
         await cleanup(settings)
+
+
+class StoreMeter:
+    """The stores' CPU time while the processor folds, when they run on this machine."""
+
+    def __init__(self, settings, postgres_backend_pid: int) -> None:  # type: ignore[no-untyped-def]
+        self.client = sync_client(settings)
+        with open(f"/proc/{postgres_backend_pid}/status") as f:
+            ppid = int(next(line for line in f if line.startswith("PPid:")).split()[1])
+        self.postgres = local_pid(ppid, "postgres")
+        self.redis = local_pid(int(self.client.info("server")["process_id"]), "redis-server")
+        self.machine_before = machine_busy_seconds()
+        self.began = time.monotonic()
+        self.before = self._read()
+
+    def _read(self) -> tuple[float | None, float | None, dict[str, tuple[int, int]]]:
+        stats = {name.removeprefix("cmdstat_"): (v["calls"], v["usec"])
+                 for name, v in self.client.info("commandstats").items()}
+        return (None if self.postgres is None else server_cpu_seconds(self.postgres),
+                None if self.redis is None else server_cpu_seconds(self.redis), stats)
+
+    def report(self, events: int) -> str:
+        pg, rd, stats = self._read()
+        cores = (machine_busy_seconds() - self.machine_before) / (time.monotonic() - self.began)
+        self.client.close()
+        pg0, rd0, stats0 = self.before
+
+        def per_event(seconds: float) -> str:
+            return f"{seconds * 1e6 / events:.1f} us"
+        parts = [f"PostgreSQL {'not on this machine' if pg is None or pg0 is None else per_event(pg - pg0)}",
+                 f"Redis {'not on this machine' if rd is None or rd0 is None else per_event(rd - rd0)}"]
+        used = {name: (calls - stats0.get(name, (0, 0))[0], (usec - stats0.get(name, (0, 0))[1]) / 1e6)
+                for name, (calls, usec) in stats.items()}
+        script = used.get("evalsha", (0, 0.0))[1] + used.get("eval", (0, 0.0))[1]
+        # Commands a script calls are counted both on their own and in the script's time.
+        inside = sorted(((secs, name) for name, (calls, secs) in used.items()
+                         if name not in ("evalsha", "eval") and calls >= events // 100),
+                        reverse=True)
+        calls = ", ".join(f"{name} {per_event(secs)}" for secs, name in inside[:4])
+        return (f"stores' CPU per event: {'; '.join(parts)} (time inside fold.lua "
+                f"{per_event(script)}, of which in the commands it calls: {calls or 'none'}); "
+                f"the whole machine: {cores:.2f} of {os.cpu_count()} cores busy")
 
 
 class RedisPinger(threading.Thread):
@@ -166,6 +214,7 @@ async def run(settings, n: int, processors: int, history_rows: int,  # type: ign
             if count and first_at is None:
                 first_at, first_count = time.monotonic(), count
                 first_cpu = sum(cpu_seconds(p.pid) for p in procs)
+                stores = StoreMeter(settings, conn.get_server_pid())
                 if redis_latency:
                     pinger = RedisPinger(settings)
                     pinger.start()
@@ -180,6 +229,7 @@ async def run(settings, n: int, processors: int, history_rows: int,  # type: ign
                     break
                 await asyncio.sleep(0.01)
         done = time.monotonic()
+        stores_used = stores.report(n - first_count)
         pinged = pinger.report() if redis_latency else None
         # Counted after the clock stops: over a large history the count takes seconds.
         total = await conn.fetchval(f'SELECT count(*) FROM "{settings.postgres_schema}".task_events')
@@ -193,6 +243,7 @@ async def run(settings, n: int, processors: int, history_rows: int,  # type: ign
               f"Redis after {done - first_at:.2f}s)")
         print(f"processor CPU (all processes): {cpu * 1e6 / (n - first_count):.1f} us per event "
               f"({cpu:.2f}s user+system for {n - first_count:,} events)")
+        print(stores_used)
         if pinged is not None:
             print(pinged)
     finally:
