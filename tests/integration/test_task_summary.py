@@ -87,8 +87,15 @@ async def test_summary_is_the_fold_whatever_the_batches(settings: Settings, pg_p
         view = await from_view(pg_pool, schema)
         for task_id, (_, first_seen, _, attempt, token, state, name, _, exc) in first.items():
             assert view[task_id] == (task_id, first_seen, attempt, token, state, name, exc)
-        # The winner's worker, or the latest event's that carries one.
-        assert {row[7] for row in first.values()} <= {"w0", "w1", "w2", "wz"}
+        # The worker (and name) of the greatest-token event that carries one.
+        for field, column in (("worker", 7), ("task_name", 6)):
+            latest: dict[str, TaskEvent] = {}
+            for e in events:
+                if getattr(e, field) is not None and (
+                        e.task_id not in latest or e.token > latest[e.task_id].token):
+                    latest[e.task_id] = e
+            assert {t: row[column] for t, row in first.items()} == \
+                {t: getattr(latest[t], field) if t in latest else None for t in first}
 
         await store.reset()
         assert await summary(pg_pool, schema) == {}
