@@ -44,22 +44,25 @@ def percentiles(values: Sequence[float], *points: float) -> list[float]:
     return [cuts[round(point * 10) - 1] for point in points]
 
 
+def _stat_seconds(pid: int, with_exited_children: bool) -> float:
+    """utime + stime of /proc/<pid>/stat (and cutime + cstime: the children it reaped)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()  # after the command name, which may hold spaces
+    ticks = fields[11:15] if with_exited_children else fields[11:13]
+    return sum(int(v) for v in ticks) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux): unlike the wall-clock rate,
     it hardly moves when other work shares the cores."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _stat_seconds(pid, with_exited_children=False)
 
 
 def server_cpu_seconds(pid: int) -> float:
     """CPU time of a server process and all its workers so far (Linux): its own, its live
     children's, and what its children that have exited left in its ``cutime``/``cstime``
     (PostgreSQL's backends come and go; the postmaster reaps them)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    ticks = sum(int(v) for v in fields[11:15])
-    total = ticks / os.sysconf("SC_CLK_TCK")
+    total = _stat_seconds(pid, with_exited_children=True)
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
             children = [int(c) for c in f.read().split()]

@@ -136,10 +136,13 @@ class StoreMeter:
 
         def per_event(seconds: float) -> str:
             return f"{seconds * 1e6 / events:.1f} us"
+        # A store not on this machine has no pid here: None before and after.
         parts = [f"PostgreSQL {'not on this machine' if pg is None or pg0 is None else per_event(pg - pg0)}",
                  f"Redis {'not on this machine' if rd is None or rd0 is None else per_event(rd - rd0)}"]
-        used = {name: (calls - stats0.get(name, (0, 0))[0], (usec - stats0.get(name, (0, 0))[1]) / 1e6)
-                for name, (calls, usec) in stats.items()}
+        used = {}
+        for name, (calls, usec) in stats.items():
+            calls0, usec0 = stats0.get(name, (0, 0))
+            used[name] = (calls - calls0, (usec - usec0) / 1e6)
         script = used.get("evalsha", (0, 0.0))[1] + used.get("eval", (0, 0.0))[1]
         # Commands a script calls are counted both on their own and in the script's time.
         inside = sorted(((secs, name) for name, (calls, secs) in used.items()

@@ -6,16 +6,16 @@
 -- token order, gives all of it: the rows are sorted once, each window aggregate is
 -- computed once per task (the frame is the whole task), and DISTINCT ON keeps the
 -- first row of each task in that order, the winner. For 5,000 events (1,667 tasks) the
--- SELECT took 11-19 ms in 0004's form and 8.6 ms in this one (docs/benchmarks.md).
+-- SELECT took 11-23 ms in 0004's form and 9-13 ms in this one on a "C" database, and
+-- 33-93 ms against 8 ms under an ICU en-US collation (docs/benchmarks.md).
 --
 -- Tasks are sorted bytewise (COLLATE "C", the order of the summary's key) whatever the
--- database's collation: cheaper than a locale's, and every writer takes the row locks
--- in that one order.
+-- database's collation: cheaper than a locale's, and every writer (all run this
+-- function once it is migrated) takes the row locks in that one order.
 --
 -- Same result, row for row: the winner (greatest token), min(ts), and the name and
 -- worker of the greatest-token row that carries one (array_agg keeps the window's
--- order; FILTER drops the rows without a value; [1] of none is NULL). Same upsert and
--- the same lock order (task_id).
+-- order; FILTER drops the rows without a value; [1] of none is NULL). Same upsert.
 CREATE OR REPLACE FUNCTION {schema}.fold_task_summary() RETURNS trigger
 LANGUAGE plpgsql AS $fold$
 BEGIN
