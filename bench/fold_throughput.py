@@ -137,8 +137,8 @@ class StoreMeter:
         def per_event(seconds: float) -> str:
             return f"{seconds * 1e6 / events:.1f} us"
         # A store not on this machine has no pid here: None before and after.
-        parts = [f"PostgreSQL {'not on this machine' if pg is None or pg0 is None else per_event(pg - pg0)}",
-                 f"Redis {'not on this machine' if rd is None or rd0 is None else per_event(rd - rd0)}"]
+        parts = [f"PostgreSQL {'not on this machine' if pg is None else per_event(pg - (pg0 or 0.0))}",
+                 f"Redis {'not on this machine' if rd is None else per_event(rd - (rd0 or 0.0))}"]
         used = {}
         for name, (calls, usec) in stats.items():
             calls0, usec0 = stats0.get(name, (0, 0))
@@ -148,9 +148,9 @@ class StoreMeter:
         inside = sorted(((secs, name) for name, (calls, secs) in used.items()
                          if name not in ("evalsha", "eval") and calls >= events // 100),
                         reverse=True)
-        calls = ", ".join(f"{name} {per_event(secs)}" for secs, name in inside[:4])
+        commands = ", ".join(f"{name} {per_event(secs)}" for secs, name in inside[:4])
         return (f"stores' CPU per event: {'; '.join(parts)} (time inside fold.lua "
-                f"{per_event(script)}, of which in the commands it calls: {calls or 'none'}); "
+                f"{per_event(script)}, of which in the commands it calls: {commands or 'none'}); "
                 f"the whole machine: {cores:.2f} of {os.cpu_count()} cores busy")
 
 
