@@ -248,9 +248,14 @@ class ChicoryPostgres(System):
 # -- resultlog --------------------------------------------------------------------------
 
 class _ResultlogWriter:
-    def __init__(self, settings: Settings, read_your_writes: bool) -> None:
+    def __init__(self, settings: Settings, read_your_writes: bool,
+                 max_buffered_events: int | None = None) -> None:
         from resultlog.producers import SyncEmitter
-        self.emitter = SyncEmitter(settings, read_your_writes=read_your_writes)
+        from resultlog.producers.options import EmitterOptions
+        options = EmitterOptions(read_your_writes=read_your_writes)
+        if max_buffered_events is not None:
+            options["max_buffered_events"] = max_buffered_events
+        self.emitter = SyncEmitter(settings, **options)
 
     def started(self, task_id: str) -> None:
         self.emitter.started(task_id, task_name="bench.add")
@@ -284,6 +289,8 @@ class Resultlog(System):
 
     read_your_writes = False
     processor_linger_ms = 0
+    #: The writers' emitter option (bench.peers --max-buffered-events); None: its default.
+    max_buffered_events: int | None = None
 
     def setup(self) -> None:
         from resultlog.producers.topics import ensure_topics
@@ -312,7 +319,7 @@ class Resultlog(System):
             reader.close()
 
     def open_writer(self) -> Writer:
-        return _ResultlogWriter(self.settings, self.read_your_writes)
+        return _ResultlogWriter(self.settings, self.read_your_writes, self.max_buffered_events)
 
     def open_reader(self) -> Reader:
         return _ResultlogReader(self.settings)

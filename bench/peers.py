@@ -34,6 +34,12 @@ API. Printed per system (a Markdown table):
 - **get() waits**: how many waits the two percentiles are over. A client waits for one
   task at a time, so a system whose results arrive behind a backlog completes few.
 - **keeps**: what the system stores.
+
+``--max-buffered-events N`` sets the resultlog writers' emitter option of that name (its
+rows' labels say so). Its emit call returns once the event is buffered, so behind
+writers that emit faster than the pipeline acknowledges, a waited-for result queues
+behind up to N events of its writer: the bound trades tasks/s for get() latency
+(docs/benchmarks.md, "Bounding the emitter's buffer").
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ from multiprocessing.synchronize import Event
 from typing import Any
 
 from bench._common import isolated, percentiles
-from bench.peer_systems import SYSTEMS, System
+from bench.peer_systems import SYSTEMS, Resultlog, System
 
 # How long a client has sat in get() before its writer writes the awaited SUCCESS.
 SETTLE_NS = 5_000_000
@@ -225,7 +231,12 @@ def main() -> None:
     parser.add_argument("--sample-every", type=int, default=50,
                         help="a client waits for a task at least N tasks past its previous "
                              "one and past its writer's progress")
+    parser.add_argument("--max-buffered-events", type=int, default=None,
+                        help="the resultlog writers' emitter option max_buffered_events "
+                             "(default: the emitter's own)")
     args = parser.parse_args()
+    if args.max_buffered_events is not None and args.max_buffered_events < 1:
+        parser.error("--max-buffered-events must be at least 1")
     if args.writers < 1 or args.tasks < args.writers:
         parser.error("--writers must be at least 1 and --tasks at least --writers")
     if not 1 <= args.waiters <= args.writers:
@@ -255,6 +266,9 @@ def main() -> None:
         cls, label, keeps = SYSTEMS[name]
         tag = f"peers{uuid.uuid4().hex[:8]}"
         system = cls(label.format(**versions), keeps, tag, isolated("peers"))
+        if isinstance(system, Resultlog) and args.max_buffered_events is not None:
+            system.max_buffered_events = args.max_buffered_events
+            system.name += f", max_buffered_events={args.max_buffered_events:,}"
         system.setup()
         try:
             r = measure(system, args.tasks, args.writers, args.sample_every, args.waiters)
