@@ -8,7 +8,8 @@ write. A client waits for every ``--sample-every``-th task (subscribed to its ch
 a waiting AsyncResult is): every event is emitted and folded, but only the waited-for
 tasks are pushed, as in a deployment where clients wait for some results. Waiting for
 every task (``--sample-every 1``) made Redis publish each whole hash and the listener
-parse it: at 10,000/s ~0.4 of this machine's 2 cores, the bench's own load. With ``--read-your-writes`` the emitter folds each acknowledged event into the view itself
+parse it: at 10,000/s ~0.4 of this machine's 2 cores, the bench's own load. With
+``--read-your-writes`` the emitter folds each acknowledged event into the view itself
 (the processor still runs and folds it again): visible after Kafka's acknowledgement and
 one Redis call. Prints p50/p90/p99/max.
 
@@ -148,8 +149,8 @@ async def main() -> None:
         if args.processor_linger_ms:
             how += f" (processor linger {args.processor_linger_ms} ms)"
         print(f"emit-to-visible{how} at {args.rate}/s over {args.seconds:.0f}s ({total:,} tasks, "
-              f"every {args.sample_every} waited for: {len(lat):,} waits, {missing} missing): p50 {p50:.1f} ms, p90 {p90:.1f} ms, p99 {p99:.1f} ms, "
-              f"max {lat[-1]:.1f} ms")
+              f"every {args.sample_every} waited for: {len(lat):,} waits, {missing} missing): "
+              f"p50 {p50:.1f} ms, p90 {p90:.1f} ms, p99 {p99:.1f} ms, max {lat[-1]:.1f} ms")
         print(f"CPU while emitting: the processor {processor_cores:.2f} of a core, the whole "
               f"machine {machine_cores:.2f} of {os.cpu_count()} cores")
     finally:
