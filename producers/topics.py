@@ -73,8 +73,9 @@ async def ensure_topics(
     :func:`max_message_bytes`; ``configs`` adds other topic configs (e.g.
     ``cleanup.policy``). Waits until every partition has a leader that answers for it,
     so a producer can use it at once. Raises :class:`BrokerUnavailable` if Kafka cannot
-    be reached within ``kafka_timeout_s``, :class:`ConfigurationError` for a configuration the broker
-    refuses or an existing topic too small for ``max_event_bytes``.
+    be reached within ``kafka_timeout_s``, :class:`ConfigurationError` for a
+    configuration the broker refuses or an existing topic too small for
+    ``max_event_bytes``.
     """
     if not topics:
         return []
