@@ -20,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
+from urllib.parse import urlencode
 
 import redis
 
@@ -291,6 +293,9 @@ class Resultlog(System):
     processor_linger_ms = 0
     #: The writers' emitter option (bench.peers --max-buffered-events); None: its default.
     max_buffered_events: int | None = None
+    #: Whether a write call returns once its event is buffered, before Kafka acknowledged
+    #: it: only then does max_buffered_events bound what a waited-for result queues behind.
+    buffers: ClassVar[bool] = True
 
     def setup(self) -> None:
         from resultlog.producers.topics import ensure_topics
@@ -342,6 +347,33 @@ class ResultlogReadYourWrites(Resultlog):
     processor_linger_ms = 20
 
 
+class CeleryResultlog(ResultlogReadYourWrites):
+    """resultlog as what a Celery app switches to with one setting: ``result_backend =
+    "resultlog://"``, written and read through Celery's API exactly as the Celery rows
+    are. With the backend's defaults its ``store_result`` returns once Kafka acknowledged
+    the event and the storing process folded it into the view (``read_your_writes``), as
+    Celery's Redis backend returns once its ``SET`` is done; so, unlike the emitter rows,
+    a write call never returns ahead of what it wrote. The processor lingers 20 ms, as
+    in ``resultlog-ryw``, whatever the options: they are all that differs between runs."""
+
+    needs = ("celery",)
+    buffers = False
+    #: More of the backend's options in its URL (bench.peers --celery-resultlog-options),
+    #: e.g. {"read_your_writes": "false"}; empty: its defaults.
+    options: Mapping[str, str] = {}
+
+    def _url(self) -> str:
+        from bench._common import resultlog_url
+        url = resultlog_url(self.settings)  # the run's isolated settings
+        return f"{url}&{urlencode(self.options)}" if self.options else url
+
+    def open_writer(self) -> Writer:
+        return _CeleryWriter(_celery_app(self._url()))
+
+    def open_reader(self) -> Reader:
+        return _CeleryReader(_celery_app(self._url()))
+
+
 SYSTEMS: dict[str, tuple[type[System], str, str]] = {
     "celery-redis": (CeleryRedis, "Celery {celery} Redis backend", "latest state"),
     "celery-db": (CeleryDatabase, "Celery {celery} database backend (PostgreSQL)", "latest state"),
@@ -353,6 +385,9 @@ SYSTEMS: dict[str, tuple[type[System], str, str]] = {
                       "resultlog, emitter with read_your_writes (processor lingering 20 ms, "
                       "both stores)",
                       "every transition + the log"),
+    "celery-resultlog": (CeleryResultlog,
+                         "Celery {celery} on resultlog:// (processor lingering 20 ms, both stores)",
+                         "every transition + the log"),
 }
 
 

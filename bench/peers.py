@@ -35,6 +35,13 @@ API. Printed per system (a Markdown table):
   task at a time, so a system whose results arrive behind a backlog completes few.
 - **keeps**: what the system stores.
 
+The ``celery-resultlog`` row is a Celery app whose ``result_backend`` is
+``resultlog://``, written and read through Celery's API exactly as the Celery rows are:
+what a Celery user switches to with one setting. With the backend's defaults each
+``store_result`` returns only once Kafka acknowledged its event and the writer folded
+it into the view. ``--celery-resultlog-options QUERY`` adds the backend's options to its
+URL (e.g. ``read_your_writes=false``; the row's label shows them).
+
 ``--max-buffered-events N`` sets the resultlog writers' emitter option of that name (its
 rows' labels say so). Its emit call returns once the event is buffered, so behind
 writers that emit faster than the pipeline acknowledges, a waited-for result queues
@@ -57,9 +64,11 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from bench._common import isolated, percentiles
-from bench.peer_systems import SYSTEMS, Resultlog, System
+from bench.peer_systems import SYSTEMS, CeleryResultlog, Resultlog, System
+from resultlog.errors import ConfigurationError
 
 # How long a client has sat in get() before its writer writes the awaited SUCCESS.
 SETTLE_NS = 5_000_000
@@ -221,6 +230,19 @@ def installed_version(package: str) -> str:
         return "(not installed)"
 
 
+def celery_backend_options(query: str) -> dict[str, str]:
+    """``query`` (``name=value&...``) as options of the resultlog Celery backend's URL,
+    checked here as the backend will check them, so that a wrong one stops the bench
+    before anything runs rather than in a writer process."""
+    if not query:
+        return {}
+    # Imported only here: the package imports Celery, which only some rows need.
+    from resultlog.celery_backend.config import BackendConfig
+    options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=True))
+    BackendConfig.load("resultlog://?" + urlencode(options), env={})
+    return options
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=20_000)
@@ -234,7 +256,14 @@ def main() -> None:
     parser.add_argument("--max-buffered-events", type=int, default=None,
                         help="the resultlog writers' emitter option max_buffered_events "
                              "(default: the emitter's own)")
+    parser.add_argument("--celery-resultlog-options", default="", metavar="QUERY",
+                        help="more options for the celery-resultlog row's resultlog:// URL, "
+                             "as its query, e.g. read_your_writes=false (default: none)")
     args = parser.parse_args()
+    try:
+        celery_resultlog_options = celery_backend_options(args.celery_resultlog_options)
+    except (ValueError, ConfigurationError) as exc:
+        parser.error(f"--celery-resultlog-options: {exc}")
     if args.max_buffered_events is not None and args.max_buffered_events < 1:
         parser.error("--max-buffered-events must be at least 1")
     if args.writers < 1 or args.tasks < args.writers:
@@ -266,9 +295,13 @@ def main() -> None:
         cls, label, keeps = SYSTEMS[name]
         tag = f"peers{uuid.uuid4().hex[:8]}"
         system = cls(label.format(**versions), keeps, tag, isolated("peers"))
-        if isinstance(system, Resultlog) and args.max_buffered_events is not None:
+        if isinstance(system, Resultlog) and system.buffers and args.max_buffered_events is not None:
             system.max_buffered_events = args.max_buffered_events
             system.name += f", max_buffered_events={args.max_buffered_events:,}"
+        if isinstance(system, CeleryResultlog) and celery_resultlog_options:
+            system.options = celery_resultlog_options
+            system.name = system.name.replace(
+                "resultlog://", f"resultlog://?{args.celery_resultlog_options}")
         system.setup()
         try:
             r = measure(system, args.tasks, args.writers, args.sample_every, args.waiters)
