@@ -262,6 +262,9 @@ def main() -> None:
     args = parser.parse_args()
     try:
         celery_resultlog_options = celery_backend_options(args.celery_resultlog_options)
+    except ModuleNotFoundError as exc:
+        parser.error(f"--celery-resultlog-options needs Celery ({exc}): "
+                     ".venv/bin/pip install -e '.[bench]'")
     except (ValueError, ConfigurationError) as exc:
         parser.error(f"--celery-resultlog-options: {exc}")
     if args.max_buffered_events is not None and args.max_buffered_events < 1:
@@ -276,6 +279,9 @@ def main() -> None:
     unknown = set(names) - SYSTEMS.keys()
     if unknown:
         parser.error(f"unknown system(s) {', '.join(sorted(unknown))}; known: {', '.join(SYSTEMS)}")
+    if celery_resultlog_options and "celery-resultlog" not in names:
+        parser.error("--celery-resultlog-options is for the celery-resultlog row, which "
+                     "--systems leaves out")
     # Checked before anything runs: a missing peer otherwise fails inside a writer
     # process, after the systems before it have run.
     missing = {name: [m for m in SYSTEMS[name][0].needs if importlib.util.find_spec(m) is None]
