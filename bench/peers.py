@@ -301,7 +301,8 @@ def main() -> None:
         cls, label, keeps = SYSTEMS[name]
         tag = f"peers{uuid.uuid4().hex[:8]}"
         system = cls(label.format(**versions), keeps, tag, isolated("peers"))
-        if isinstance(system, Resultlog) and system.buffers and args.max_buffered_events is not None:
+        if (isinstance(system, Resultlog) and system.buffers
+                and args.max_buffered_events is not None):
             system.max_buffered_events = args.max_buffered_events
             system.name += f", max_buffered_events={args.max_buffered_events:,}"
         if isinstance(system, CeleryResultlog) and celery_resultlog_options:

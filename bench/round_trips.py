@@ -15,8 +15,9 @@ counts), from a bare ``PING`` to Redis up through the layers a stored result pas
 - aiokafka's ``send_and_wait`` of one event's record (the producer the emitter uses);
 - ``Emitter.success(..., wait=True)``, without and with ``read_your_writes``;
 - ``SyncEmitter.success(..., wait=True)`` with ``read_your_writes`` (a worker thread);
-- a Celery app's ``backend.store_result(id, result, "SUCCESS")`` on ``resultlog://``
-  with the backend's defaults (skipped without the ``celery`` package).
+- a Celery app's ``backend.store_result(id, result, "SUCCESS")``: on Celery's Redis
+  backend (a ``SET`` and a ``PUBLISH``, the peer), then on ``resultlog://`` with the
+  backend's defaults (both skipped without the ``celery`` package).
 """
 
 from __future__ import annotations
@@ -156,6 +157,13 @@ def main() -> None:
                   "(.venv/bin/pip install -e '.[bench]')")
         else:
             from celery import Celery  # type: ignore[import-untyped]
+            peer: Any = Celery("round-trips-redis", broker="memory://", backend=settings.redis_url,
+                               set_as_current=False)
+            # Its keys under the run's prefix, which the cleanup removes.
+            peer.conf.result_backend_transport_options = {
+                "global_keyprefix": settings.redis_prefix}
+            timed_sync("Celery store_result on Celery's Redis backend", args.calls,
+                       lambda i: peer.backend.store_result(f"rt-peer-{i}", RESULT, "SUCCESS"))
             app: Any = Celery("round-trips", broker="memory://", backend=resultlog_url(settings),
                               set_as_current=False)
             timed_sync("Celery store_result on resultlog://, its defaults", args.calls,
