@@ -27,7 +27,7 @@ import asyncio
 import importlib.util
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,9 +37,9 @@ from resultlog.producers.kafka import ProducerConfig, close_producer, make_produ
 from resultlog.producers.options import DEFAULT_COMPRESSION, DEFAULT_MAX_BATCH_BYTES
 from resultlog.producers.topics import ensure_topics
 from resultlog.redis_access import async_client
+from resultlog.schemas.codec import Codec
 from resultlog.schemas.event import TaskEvent
 from resultlog.schemas.states import State
-from resultlog.schemas.codec import Codec
 from resultlog.schemas.taskcodec import EventEncoder
 from resultlog.settings import Settings
 from resultlog.views.redis_view import RedisView
@@ -54,26 +54,27 @@ def report(what: str, walls: list[float], cpu_s: float) -> None:
           flush=True)
 
 
-def timed_sync(what: str, calls: int, call: Callable[[int], object]) -> None:
-    call(-1)  # the first call sets up whatever it lazily needs
+def laps(what: str, calls: int) -> Iterator[int]:
+    """0 to ``calls`` - 1, the loop's body timed for each; reports ``what`` once done."""
     walls = []
     cpu = time.process_time()
     for i in range(calls):
-        t = time.perf_counter()
-        call(i)
-        walls.append(time.perf_counter() - t)
+        start = time.perf_counter()
+        yield i
+        walls.append(time.perf_counter() - start)
     report(what, walls, time.process_time() - cpu)
+
+
+def timed_sync(what: str, calls: int, call: Callable[[int], object]) -> None:
+    call(-1)  # the first call sets up whatever it lazily needs
+    for i in laps(what, calls):
+        call(i)
 
 
 async def timed(what: str, calls: int, call: Callable[[int], Awaitable[object]]) -> None:
     await call(-1)
-    walls = []
-    cpu = time.process_time()
-    for i in range(calls):
-        t = time.perf_counter()
+    for i in laps(what, calls):
         await call(i)
-        walls.append(time.perf_counter() - t)
-    report(what, walls, time.process_time() - cpu)
 
 
 class _Pong(asyncio.Protocol):
