@@ -9,8 +9,10 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -18,6 +20,7 @@ import asyncpg
 import redis
 from aiokafka.admin import AIOKafkaAdminClient
 
+from resultlog.devstack.stack import DevStack
 from resultlog.processors.replay import clear_redis_view
 from resultlog.settings import Settings
 
@@ -102,6 +105,55 @@ def machine_busy_seconds() -> float:
     with open("/proc/stat") as f:
         ticks = [int(v) for v in f.readline().split()[1:]]
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_of(read: Callable[[int], float], pids: Sequence[int]) -> float:
+    return sum(read(pid) for pid in pids)
+
+
+def process_cpu(pid: int) -> Callable[[], float]:
+    """A reader of one process's CPU time so far (not its children's)."""
+    return partial(cpu_seconds, pid)
+
+
+def local_stack_cpu(settings: Settings) -> dict[str, Callable[[], float]]:
+    """Readers of the CPU time of the local stack's servers (``resultlog dev up``) that run
+    on this machine: Kafka (its nodes together), PostgreSQL (with its backends), Redis. A
+    server the stack does not run here is left out: its CPU cannot be read."""
+    readers: dict[str, Callable[[], float]] = {}
+    services = DevStack(settings, out=lambda line: None).services
+    for kind, label, read in (("kafka", "Kafka", cpu_seconds), ("postgres", "PostgreSQL", server_cpu_seconds),
+                              ("redis", "Redis", cpu_seconds)):
+        pids = [pid for svc in services if svc.kind == kind and (pid := svc.pid()) is not None]
+        if pids:
+            readers[label] = partial(_cpu_of, read, pids)
+    return readers
+
+
+class CpuMeter:
+    """Where the CPU goes while a bench runs: each named process's CPU time from
+    construction to :meth:`report`, and the whole machine's."""
+
+    def __init__(self, readers: Mapping[str, Callable[[], float]]) -> None:
+        self.readers = dict(readers)
+        self.before = {name: read() for name, read in self.readers.items()}
+        self.machine_before = machine_busy_seconds()
+        self.began = time.monotonic()
+
+    def cores(self) -> dict[str, float]:
+        """Each process's share of a core since construction, and ``"the whole machine"``'s."""
+        elapsed = time.monotonic() - self.began
+        shares = {name: (read() - self.before[name]) / elapsed for name, read in self.readers.items()}
+        shares["the whole machine"] = (machine_busy_seconds() - self.machine_before) / elapsed
+        return shares
+
+    def report(self, rate: float) -> str:
+        """One line: each process's cores and its CPU per event at ``rate`` events/s, then
+        the machine's cores."""
+        shares = self.cores()
+        machine = shares.pop("the whole machine")
+        parts = [f"{name} {cores:.2f} ({cores / rate * 1e6:.0f} us per event)" for name, cores in shares.items()]
+        return f"{', '.join(parts)}; the whole machine {machine:.2f} of {os.cpu_count()} cores"
 
 
 async def cleanup(settings: Settings) -> None:

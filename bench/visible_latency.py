@@ -11,7 +11,8 @@ every task (``--sample-every 1``) made Redis publish each whole hash and the lis
 parse it: at 10,000/s ~0.4 of this machine's 2 cores, the bench's own load. With
 ``--read-your-writes`` the emitter folds each acknowledged event into the view itself
 (the processor still runs and folds it again): visible after Kafka's acknowledgement and
-one Redis call. Prints p50/p90/p99/max.
+one Redis call. Prints p50/p90/p99/max, and each process's CPU while emitting (the
+emitter, the processor, the local stack's servers when they run here, the listener).
 
     .venv/bin/python -m bench.visible_latency [--rate 1000] [--seconds 15] [--read-your-writes]
         [--processor-linger-ms 0] [--sample-every 10]
@@ -31,7 +32,7 @@ from multiprocessing.connection import Connection
 
 from redis.asyncio import Redis
 
-from bench._common import (cleanup, cpu_seconds, isolated, machine_busy_seconds, percentiles,
+from bench._common import (CpuMeter, cleanup, isolated, local_stack_cpu, percentiles, process_cpu,
                            start_processor)
 from resultlog import names
 from resultlog.producers import Emitter
@@ -109,6 +110,7 @@ async def main() -> None:
     listener = multiprocessing.get_context("spawn").Process(
         target=listener_main, args=(settings, sampled, theirs), daemon=True)
     listener.start()
+    assert listener.pid is not None  # started
     sent: dict[str, float] = {}
     try:
         assert await asyncio.to_thread(ours.recv) == "ready"
@@ -121,7 +123,10 @@ async def main() -> None:
         async with Emitter(settings, linger_ms=args.linger_ms,
                            read_your_writes=args.read_your_writes) as emitter:
             interval = 1.0 / args.rate
-            cpu_before = cpu_seconds(proc.pid), machine_busy_seconds()
+            meter = CpuMeter({"the emitter (this process)": process_cpu(os.getpid()),
+                              "the processor": process_cpu(proc.pid),
+                              **local_stack_cpu(settings),
+                              "the listener": process_cpu(listener.pid)})
             start = time.perf_counter()
             for i in range(total):
                 target = start + i * interval
@@ -135,9 +140,7 @@ async def main() -> None:
                 sent[task_id] = time.perf_counter()
                 await emitter.success(task_id, i)
             await emitter.flush()
-            elapsed = time.perf_counter() - start
-            processor_cores = (cpu_seconds(proc.pid) - cpu_before[0]) / elapsed
-            machine_cores = (machine_busy_seconds() - cpu_before[1]) / elapsed
+            cpu = meter.report(total / (time.perf_counter() - start))
         # Everything has arrived, or the listener is told to stop after 30 s more.
         if not await asyncio.to_thread(ours.poll, 30):
             ours.send("stop")
@@ -151,8 +154,7 @@ async def main() -> None:
         print(f"emit-to-visible{how} at {args.rate}/s over {args.seconds:.0f}s ({total:,} tasks, "
               f"every {args.sample_every} waited for: {len(lat):,} waits, {missing} missing): "
               f"p50 {p50:.1f} ms, p90 {p90:.1f} ms, p99 {p99:.1f} ms, max {lat[-1]:.1f} ms")
-        print(f"CPU while emitting: the processor {processor_cores:.2f} of a core, the whole "
-              f"machine {machine_cores:.2f} of {os.cpu_count()} cores")
+        print(f"CPU while emitting, in cores: {cpu}")
     finally:
         listener.kill()
         proc.terminate()
