@@ -22,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from resultlog.devstack.stack import DevStack
 from resultlog.processors.replay import clear_redis_view
+from resultlog.redis_access import sync_client
 from resultlog.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,23 +117,44 @@ def process_cpu(pid: int) -> Callable[[], float]:
     return partial(cpu_seconds, pid)
 
 
-def local_stack_cpu(settings: Settings) -> dict[str, Callable[[], float]]:
-    """Readers of the CPU time of the local stack's servers (``resultlog dev up``) that run
-    on this machine: Kafka (its nodes together), PostgreSQL (with its backends), Redis. A
-    server the stack does not run here is left out: its CPU cannot be read."""
+async def local_servers_cpu(settings: Settings) -> dict[str, Callable[[], float]]:
+    """Readers of the CPU time of the servers of ``settings`` that run on this machine,
+    each asked for its pid where it can be: PostgreSQL (the server behind a connection's
+    backend, with all its backends), Redis (the process it reports, with the children it
+    forks to save snapshots), Kafka (the local
+    stack's nodes together, ``resultlog dev up``: a broker cannot be asked). A server
+    elsewhere is left out: its CPU cannot be read from here."""
     readers: dict[str, Callable[[], float]] = {}
-    services = DevStack(settings, out=lambda line: None).services
-    for kind, label, read in (("kafka", "Kafka", cpu_seconds), ("postgres", "PostgreSQL", server_cpu_seconds),
-                              ("redis", "Redis", cpu_seconds)):
-        pids = [pid for svc in services if svc.kind == kind and (pid := svc.pid()) is not None]
-        if pids:
-            readers[label] = partial(_cpu_of, read, pids)
-    return readers
+    conn = await asyncpg.connect(settings.postgres_dsn)
+    try:
+        backend = conn.get_server_pid()
+        try:
+            with open(f"/proc/{backend}/status") as f:
+                ppid = int(next(line for line in f if line.startswith("PPid:")).split()[1])
+        except OSError:  # not a process of this machine
+            ppid = None
+        postgres = None if ppid is None else local_pid(ppid, "postgres")
+    finally:
+        await conn.close()
+    if postgres is not None:
+        readers["PostgreSQL"] = partial(server_cpu_seconds, postgres)
+    client = sync_client(settings)
+    try:
+        redis_pid = local_pid(int(client.info("server")["process_id"]), "redis-server")
+    finally:
+        client.close()
+    if redis_pid is not None:
+        readers["Redis"] = partial(server_cpu_seconds, redis_pid)  # with a snapshot's fork
+    kafka = [pid for svc in DevStack(settings, out=lambda line: None).services
+             if svc.kind == "kafka" and (pid := svc.pid()) is not None]
+    if kafka:
+        readers["Kafka"] = partial(_cpu_of, cpu_seconds, kafka)
+    return {name: readers[name] for name in ("Kafka", "PostgreSQL", "Redis") if name in readers}
 
 
 class CpuMeter:
     """Where the CPU goes while a bench runs: each named process's CPU time from
-    construction to :meth:`report`, and the whole machine's."""
+    construction on, and the whole machine's."""
 
     def __init__(self, readers: Mapping[str, Callable[[], float]]) -> None:
         self.readers = dict(readers)
@@ -140,20 +162,21 @@ class CpuMeter:
         self.machine_before = machine_busy_seconds()
         self.began = time.monotonic()
 
-    def cores(self) -> dict[str, float]:
-        """Each process's share of a core since construction, and ``"the whole machine"``'s."""
-        elapsed = time.monotonic() - self.began
-        shares = {name: (read() - self.before[name]) / elapsed for name, read in self.readers.items()}
-        shares["the whole machine"] = (machine_busy_seconds() - self.machine_before) / elapsed
-        return shares
+    def seconds(self) -> dict[str, float]:
+        """Each process's CPU seconds since construction."""
+        return {name: read() - self.before[name] for name, read in self.readers.items()}
+
+    def machine_cores(self) -> float:
+        """How many of the machine's cores were busy since construction, on average."""
+        return (machine_busy_seconds() - self.machine_before) / (time.monotonic() - self.began)
 
     def report(self, rate: float) -> str:
-        """One line: each process's cores and its CPU per event at ``rate`` events/s, then
-        the machine's cores."""
-        shares = self.cores()
-        machine = shares.pop("the whole machine")
-        parts = [f"{name} {cores:.2f} ({cores / rate * 1e6:.0f} us per event)" for name, cores in shares.items()]
-        return f"{', '.join(parts)}; the whole machine {machine:.2f} of {os.cpu_count()} cores"
+        """One line: each process's share of a core and its CPU per event at ``rate``
+        events/s, then the machine's busy cores."""
+        elapsed = time.monotonic() - self.began
+        parts = [f"{name} {used / elapsed:.2f} ({used / elapsed / rate * 1e6:.0f} us per event)"
+                 for name, used in self.seconds().items()]
+        return f"{', '.join(parts)}; the whole machine {self.machine_cores():.2f} of {os.cpu_count()} cores"
 
 
 async def cleanup(settings: Settings) -> None:

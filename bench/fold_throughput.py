@@ -39,12 +39,13 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable, Mapping
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from bench._common import (cleanup, cpu_seconds, isolated, local_pid, machine_busy_seconds,
-                           percentiles, server_cpu_seconds, start_processor)
+from bench._common import (CpuMeter, cleanup, cpu_seconds, isolated, local_servers_cpu, percentiles,
+                           start_processor)
 from bench.history_fill import describe, fill_history
 from resultlog.producers.topics import ensure_topics
 from resultlog.redis_access import sync_client
@@ -110,38 +111,29 @@ async def main() -> None:
 
 
 class StoreMeter:
-    """The stores' CPU time while the processor folds, when they run on this machine."""
+    """The stores' CPU time while the processor folds, when they run on this machine, and
+    what Redis spent in each command."""
 
-    def __init__(self, settings, postgres_backend_pid: int) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, settings, servers: Mapping[str, Callable[[], float]]) -> None:  # type: ignore[no-untyped-def]
         self.client = sync_client(settings)
-        with open(f"/proc/{postgres_backend_pid}/status") as f:
-            ppid = int(next(line for line in f if line.startswith("PPid:")).split()[1])
-        self.postgres = local_pid(ppid, "postgres")
-        self.redis = local_pid(int(self.client.info("server")["process_id"]), "redis-server")
-        self.machine_before = machine_busy_seconds()
-        self.began = time.monotonic()
-        self.before = self._read()
+        self.cpu = CpuMeter({name: read for name, read in servers.items() if name in ("PostgreSQL", "Redis")})
+        self.before = self._commands()
 
-    def _read(self) -> tuple[float | None, float | None, dict[str, tuple[int, int]]]:
-        stats = {name.removeprefix("cmdstat_"): (v["calls"], v["usec"])
-                 for name, v in self.client.info("commandstats").items()}
-        return (None if self.postgres is None else server_cpu_seconds(self.postgres),
-                None if self.redis is None else server_cpu_seconds(self.redis), stats)
+    def _commands(self) -> dict[str, tuple[int, int]]:
+        return {name.removeprefix("cmdstat_"): (v["calls"], v["usec"])
+                for name, v in self.client.info("commandstats").items()}
 
     def report(self, events: int) -> str:
-        pg, rd, stats = self._read()
-        cores = (machine_busy_seconds() - self.machine_before) / (time.monotonic() - self.began)
+        stats, used_cpu, cores = self._commands(), self.cpu.seconds(), self.cpu.machine_cores()
         self.client.close()
-        pg0, rd0, stats0 = self.before
 
         def per_event(seconds: float) -> str:
             return f"{seconds * 1e6 / events:.1f} us"
-        # A store not on this machine has no pid here: None before and after.
-        parts = [f"PostgreSQL {'not on this machine' if pg is None else per_event(pg - (pg0 or 0.0))}",
-                 f"Redis {'not on this machine' if rd is None else per_event(rd - (rd0 or 0.0))}"]
+        parts = [f"{name} {per_event(used_cpu[name]) if name in used_cpu else 'not on this machine'}"
+                 for name in ("PostgreSQL", "Redis")]
         used = {}
         for name, (calls, usec) in stats.items():
-            calls0, usec0 = stats0.get(name, (0, 0))
+            calls0, usec0 = self.before.get(name, (0, 0))
             used[name] = (calls - calls0, (usec - usec0) / 1e6)
         script = used.get("evalsha", (0, 0.0))[1] + used.get("eval", (0, 0.0))[1]
         # Commands a script calls are counted both on their own and in the script's time.
@@ -193,6 +185,7 @@ async def run(settings, n: int, processors: int, history_rows: int,  # type: ign
     t0 = time.monotonic()
     await preload(settings, n, ids)
     print(f"  pre-loaded in {time.monotonic() - t0:.1f}s", flush=True)
+    servers = await local_servers_cpu(settings)
     procs = [start_processor(settings) for _ in range(processors)]
     conn = None
     try:
@@ -217,7 +210,7 @@ async def run(settings, n: int, processors: int, history_rows: int,  # type: ign
             if count and first_at is None:
                 first_at, first_count = time.monotonic(), count
                 first_cpu = sum(cpu_seconds(p.pid) for p in procs)
-                stores = StoreMeter(settings, conn.get_server_pid())
+                stores = StoreMeter(settings, servers)
                 if redis_latency:
                     pinger = RedisPinger(settings)
                     pinger.start()

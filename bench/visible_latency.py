@@ -12,7 +12,7 @@ parse it: at 10,000/s ~0.4 of this machine's 2 cores, the bench's own load. With
 ``--read-your-writes`` the emitter folds each acknowledged event into the view itself
 (the processor still runs and folds it again): visible after Kafka's acknowledgement and
 one Redis call. Prints p50/p90/p99/max, and each process's CPU while emitting (the
-emitter, the processor, the local stack's servers when they run here, the listener).
+emitter, the processor, Kafka, PostgreSQL and Redis when they run here, the listener).
 
     .venv/bin/python -m bench.visible_latency [--rate 1000] [--seconds 15] [--read-your-writes]
         [--processor-linger-ms 0] [--sample-every 10]
@@ -32,7 +32,7 @@ from multiprocessing.connection import Connection
 
 from redis.asyncio import Redis
 
-from bench._common import (CpuMeter, cleanup, isolated, local_stack_cpu, percentiles, process_cpu,
+from bench._common import (CpuMeter, cleanup, isolated, local_servers_cpu, percentiles, process_cpu,
                            start_processor)
 from resultlog import names
 from resultlog.producers import Emitter
@@ -113,6 +113,7 @@ async def main() -> None:
     assert listener.pid is not None  # started
     sent: dict[str, float] = {}
     try:
+        servers = await local_servers_cpu(settings)
         assert await asyncio.to_thread(ours.recv) == "ready"
         # Warm up: the processor has joined and folds (an emitter that does not fold
         # itself, so what becomes visible was folded by the processor).
@@ -125,7 +126,7 @@ async def main() -> None:
             interval = 1.0 / args.rate
             meter = CpuMeter({"the emitter (this process)": process_cpu(os.getpid()),
                               "the processor": process_cpu(proc.pid),
-                              **local_stack_cpu(settings),
+                              **servers,
                               "the listener": process_cpu(listener.pid)})
             start = time.perf_counter()
             for i in range(total):
