@@ -121,9 +121,9 @@ async def local_servers_cpu(settings: Settings) -> dict[str, Callable[[], float]
     """Readers of the CPU time of the servers of ``settings`` that run on this machine,
     each asked for its pid where it can be: PostgreSQL (the server behind a connection's
     backend, with all its backends), Redis (the process it reports, with the children it
-    forks to save snapshots), Kafka (the local
-    stack's nodes together, ``resultlog dev up``: a broker cannot be asked). A server
-    elsewhere is left out: its CPU cannot be read from here."""
+    forks to save snapshots), Kafka (the local stack's nodes together, ``resultlog dev
+    up``: a broker cannot be asked). A server elsewhere is left out: its CPU cannot be
+    read from here."""
     readers: dict[str, Callable[[], float]] = {}
     conn = await asyncpg.connect(settings.postgres_dsn)
     try:
