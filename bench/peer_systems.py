@@ -347,7 +347,7 @@ class ResultlogReadYourWrites(Resultlog):
     processor_linger_ms = 20
 
 
-class CeleryResultlog(ResultlogReadYourWrites):
+class CeleryResultlog(Resultlog):
     """resultlog as what a Celery app switches to with one setting: ``result_backend =
     "resultlog://"``, written and read through Celery's API exactly as the Celery rows
     are. With the backend's defaults its ``store_result`` returns once Kafka acknowledged
@@ -358,6 +358,7 @@ class CeleryResultlog(ResultlogReadYourWrites):
 
     needs = ("celery",)
     buffers = False
+    processor_linger_ms = 20  # as resultlog-ryw's (its writers fold for themselves too)
     #: More of the backend's options in its URL (bench.peers --celery-resultlog-options),
     #: e.g. {"read_your_writes": "false"}; empty: its defaults.
     options: Mapping[str, str] = {}
