@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from resultlog.errors import ValidationError
+from resultlog.gc_policy import settle_after_start
 from resultlog.settings import Settings
 
 
@@ -59,6 +60,9 @@ def run(settings: Settings, *, loglevel: str = "info", celery_app: str | None = 
     # DEBUG (to spin on every record) and leaves it there: every debug call of aiokafka
     # then builds a record that no handler prints, a cost on each fetch and batch.
     worker.spinner = None
+    # Everything this process keeps for its life is imported and built by now: keep the
+    # collector's full collections off it (resultlog/gc_policy.py says why).
+    settle_after_start()
     worker.execute_from_commandline()
 
 
@@ -144,6 +148,7 @@ def _replay(args: argparse.Namespace) -> int:
     from resultlog.processors.replay import replay
 
     settings = Settings.from_env()
+    settle_after_start()  # a replay folds in bulk too (resultlog/gc_policy.py)
     summary = asyncio.run(replay(
         settings,
         redis=not args.history_only,

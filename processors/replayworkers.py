@@ -20,6 +20,7 @@ from typing import Any
 from resultlog import errors
 from resultlog.background import cancel_and_wait
 from resultlog.errors import ReplayFailed
+from resultlog.gc_policy import settle_after_start
 from resultlog.processors.logreader import LogReader, Slice
 from resultlog.processors.sink import FoldSink, StagedWriter, SinkStats
 from resultlog.settings import Settings
@@ -159,6 +160,7 @@ def _main(argv: list[str]) -> int:
                             history=job["history"], batch_records=job["batch"],
                             on_batch=on_batch)
 
+    settle_after_start()  # this process folds in bulk (resultlog/gc_policy.py)
     try:
         asyncio.run(work())
     except asyncio.CancelledError:
