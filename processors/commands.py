@@ -60,8 +60,8 @@ def run(settings: Settings, *, loglevel: str = "info", celery_app: str | None = 
     # DEBUG (to spin on every record) and leaves it there: every debug call of aiokafka
     # then builds a record that no handler prints, a cost on each fetch and batch.
     worker.spinner = None
-    # Everything this process keeps for its life is imported and built by now: keep the
-    # collector's full collections off it (resultlog/gc_policy.py says why).
+    # The modules and the app are built by now: keep them out of the collector's full
+    # collections, and collect the young less often (resultlog/gc_policy.py says why).
     settle_after_start()
     worker.execute_from_commandline()
 
