@@ -148,7 +148,9 @@ def _replay(args: argparse.Namespace) -> int:
     from resultlog.processors.replay import replay
 
     settings = Settings.from_env()
-    settle_after_start()  # a replay folds in bulk too (resultlog/gc_policy.py)
+    # This process folds itself with --jobs 1 or a single share (else its workers do, and
+    # settle their own): resultlog/gc_policy.py.
+    settle_after_start()
     summary = asyncio.run(replay(
         settings,
         redis=not args.history_only,
