@@ -1,12 +1,19 @@
 """Replay throughput into both stores (the Redis view and the Postgres history).
 
 Pre-loads --events events (default 1,000,000: RECEIVED/STARTED/SUCCESS for a third as
-many tasks) with the emitter, then runs `replay --fresh` into empty stores and prints
-the rate. The progress bar shows on a terminal.
+many tasks) with the emitter, then replays them and prints the rate. The progress bar
+shows on a terminal.
 
-    .venv/bin/python -m bench.replay_throughput [--events 1000000] [--batch 5000] [--jobs N] [--consumers 2]
+    .venv/bin/python -m bench.replay_throughput [--events 1000000] [--batch 5000] [--jobs N]
+        [--consumers 2] [--modes both[,again,redis,history]]
 
 --jobs: worker processes (default: one per CPU); --consumers: per process.
+--modes: the replays to run over the one pre-loaded topic, in the order given:
+  both     `replay --fresh`: both stores emptied first (the default)
+  redis    `replay --redis-only --fresh`: the view emptied and rebuilt, the history untouched
+  history  `replay --history-only --fresh`: likewise the history
+  again    `replay` into both stores as they are: after `both`, every history row is a
+           duplicate and no hash changes (what a replay over whole stores costs)
 """
 
 from __future__ import annotations
@@ -14,12 +21,40 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from typing import NamedTuple
 
 from bench._common import cleanup, isolated
+from resultlog.errors import ValidationError
 from resultlog.processors.replay import default_jobs, replay
 from resultlog.producers import Emitter
 from resultlog.schemas.event import TaskEvent
 from resultlog.schemas.states import State
+
+
+class Mode(NamedTuple):
+    """One replay of --modes: the stores it writes, and whether it empties them first."""
+    redis: bool
+    history: bool
+    fresh: bool
+    into: str  # how its figure is labelled
+
+
+MODES: dict[str, Mode] = {
+    "both": Mode(True, True, True, "both stores, emptied first"),
+    "redis": Mode(True, False, True, "the Redis view only"),
+    "history": Mode(False, True, True, "the history only"),
+    "again": Mode(True, True, False, "both stores, already whole"),
+}
+
+
+def parse_modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if not modes or unknown:
+        raise ValidationError(
+            f"--modes {text!r}: give a comma-separated list of {', '.join(MODES)}"
+            + (f" (not {', '.join(unknown)})" if unknown else ""))
+    return modes
 
 
 async def main() -> None:
@@ -28,7 +63,13 @@ async def main() -> None:
     ap.add_argument("--batch", type=int, default=5000)
     ap.add_argument("--jobs", type=int, default=None)
     ap.add_argument("--consumers", type=int, default=2)
+    ap.add_argument("--modes", default="both",
+                    help="replays to run in order: both, redis, history, again (see above)")
     args = ap.parse_args()
+    try:
+        modes = parse_modes(args.modes)
+    except ValidationError as exc:
+        ap.error(str(exc))
     # Default settings (results expire after result_ttl_s): what a user's replay does.
     settings = isolated("replay")
     n = args.events
@@ -47,11 +88,14 @@ async def main() -> None:
         print(f"replaying: {jobs} process(es) x {args.consumers} consumer(s), batches of "
               f"{args.batch:,}, {settings.topic_partitions} partitions, "
               f"{default_jobs()} CPUs", flush=True)
-        summary = await replay(settings, fresh=True, batch_records=args.batch, jobs=args.jobs,
-                               consumers=args.consumers, progress=True)
-        print(summary.render())
-        print(f"replay throughput into both stores: {summary.rate:,.0f} events/s "
-              f"({n:,} events in {summary.seconds:.1f}s)")
+        for mode in modes:
+            m = MODES[mode]
+            summary = await replay(settings, redis=m.redis, history=m.history, fresh=m.fresh,
+                                   batch_records=args.batch, jobs=args.jobs,
+                                   consumers=args.consumers, progress=True)
+            print(summary.render())
+            print(f"replay throughput ({mode}: {m.into}): {summary.rate:,.0f} events/s "
+                  f"({n:,} events in {summary.seconds:.1f}s)", flush=True)
     finally:
         await cleanup(settings)
 
