@@ -24,7 +24,6 @@ import time
 from typing import NamedTuple
 
 from bench._common import cleanup, isolated
-from resultlog.errors import ValidationError
 from resultlog.processors.replay import default_jobs, replay
 from resultlog.producers import Emitter
 from resultlog.schemas.event import TaskEvent
@@ -48,11 +47,12 @@ MODES: dict[str, Mode] = {
 
 
 def parse_modes(text: str) -> list[str]:
+    """--modes' type: argparse reports what this raises as a usage error."""
     modes = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
     if not modes or unknown:
-        raise ValidationError(
-            f"--modes {text!r}: give a comma-separated list of {', '.join(MODES)}"
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a comma-separated list of {', '.join(MODES)}"
             + (f" (not {', '.join(unknown)})" if unknown else ""))
     return modes
 
@@ -63,13 +63,9 @@ async def main() -> None:
     ap.add_argument("--batch", type=int, default=5000)
     ap.add_argument("--jobs", type=int, default=None)
     ap.add_argument("--consumers", type=int, default=2)
-    ap.add_argument("--modes", default="both",
+    ap.add_argument("--modes", type=parse_modes, default="both",
                     help="replays to run in order: both, redis, history, again (see above)")
     args = ap.parse_args()
-    try:
-        modes = parse_modes(args.modes)
-    except ValidationError as exc:
-        ap.error(str(exc))
     # Default settings (results expire after result_ttl_s): what a user's replay does.
     settings = isolated("replay")
     n = args.events
@@ -88,7 +84,7 @@ async def main() -> None:
         print(f"replaying: {jobs} process(es) x {args.consumers} consumer(s), batches of "
               f"{args.batch:,}, {settings.topic_partitions} partitions, "
               f"{default_jobs()} CPUs", flush=True)
-        for mode in modes:
+        for mode in args.modes:
             m = MODES[mode]
             summary = await replay(settings, redis=m.redis, history=m.history, fresh=m.fresh,
                                    batch_records=args.batch, jobs=args.jobs,
