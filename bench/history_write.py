@@ -90,7 +90,7 @@ async def main() -> None:
         if args.without_summary:
             await store.pool.execute(
                 f"ALTER TABLE {quote_ident(SCHEMA)}.{names.HISTORY_TABLE}"
-                f" DISABLE TRIGGER {names.TASK_SUMMARY_TABLE}_fold")
+                f" DISABLE TRIGGER {names.TASK_SUMMARY_TRIGGER}")
         if args.without_rollups:
             await store.pool.execute(
                 f"ALTER TABLE {quote_ident(SCHEMA)}.{names.HISTORY_TABLE}"

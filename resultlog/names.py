@@ -66,6 +66,8 @@ TASK_STATS_FUNCTION = "task_stats"  # per task name and time bucket
 # One row per task (the fold's winner), kept by a trigger on the history
 # (views/sql/0004_task_summary.sql); what the dashboard's task list pages over.
 TASK_SUMMARY_TABLE = "task_summary"
+# Its trigger (0004 spells it "{summary_table}_fold": a migration's text never changes).
+TASK_SUMMARY_TRIGGER = f"{TASK_SUMMARY_TABLE}_fold"
 # Per-minute rollups of the history, kept by a trigger on it (views/sql/0005_rollups.sql);
 # what the dashboard's overview reads: event counts per (minute, task name, state), and
 # runtime histograms per (minute or hour, task name). The function recomputes whole
@@ -73,7 +75,7 @@ TASK_SUMMARY_TABLE = "task_summary"
 TASK_MINUTES_TABLE = "task_minutes"
 TASK_RUNTIMES_TABLE = "task_runtimes"
 REBUILD_ROLLUPS_FUNCTION = "rebuild_rollups"
-# Its trigger: named to sort after the summary's ("task_summary_fold"), because triggers
+# Its trigger: named to sort after the summary's (TASK_SUMMARY_TRIGGER), because triggers
 # on one event fire in name order and the rollups read names the summary has just folded.
 ROLLUPS_TRIGGER = f"{TASK_SUMMARY_TABLE}_then_rollups"
 # Purpose of the advisory lock that serializes `resultlog prune` runs on one schema.

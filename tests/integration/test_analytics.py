@@ -304,9 +304,8 @@ async def test_the_sql_objects_carry_the_names_in_names_py(loaded: Loaded) -> No
                       names.WORKER_HEARTBEATS_TABLE, names.TASK_SUMMARY_TABLE,
                       names.TASK_MINUTES_TABLE, names.TASK_RUNTIMES_TABLE}
     # The rollups' trigger reads names the summary's has just folded: it must fire later.
-    summary_trigger = f"{names.TASK_SUMMARY_TABLE}_fold"
-    assert {summary_trigger, names.ROLLUPS_TRIGGER} <= triggers
-    assert summary_trigger < names.ROLLUPS_TRIGGER
+    assert {names.TASK_SUMMARY_TRIGGER, names.ROLLUPS_TRIGGER} <= triggers
+    assert names.TASK_SUMMARY_TRIGGER < names.ROLLUPS_TRIGGER
 
 
 # -- the command line ------------------------------------------------------------------
