@@ -26,8 +26,16 @@ instead of ``task-<n>``. Sequential ids fall in one narrow range of task_summary
 primary key, so their upserts touch few of its pages; uuids touch pages all over it,
 which is what a large history costs a real fold.
 
+``--spread W``: the log holds the tasks in waves of W, each wave's RECEIVED beside the
+wave before's STARTED and the SUCCESS of the wave before that, as live traffic spreads a
+task's events over time. With W at least a batch's tasks, the three events of a task
+fall into three batches: its Redis hash and its task_summary row are written three
+times instead of once (each a state change, so none of the summary's updates is HOT).
+The default, 0, puts each task's three events next to each other.
+
     .venv/bin/python -m bench.fold_throughput [--events 300000] [--processors 1]
-        [--history-rows 0] [--history-days 14] [--task-ids sequential|uuid] [--redis-latency]
+        [--history-rows 0] [--history-days 14] [--task-ids sequential|uuid] [--spread 0]
+        [--redis-latency]
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -63,7 +71,25 @@ def task_id(k: int, kind: str) -> str:
     return f"task-{k}"
 
 
-async def preload(settings, n_events: int, ids: str) -> None:  # type: ignore[no-untyped-def]
+def event_order(n_tasks: int, spread: int) -> Iterator[tuple[int, int]]:
+    """(task, step) in log order: each task's steps 0, 1, 2 next to each other, or with
+    ``spread`` W > 0 in waves of W tasks, step s of wave w beside step 0 of wave w + s."""
+    if spread == 0:
+        for k in range(n_tasks):
+            yield k, 0
+            yield k, 1
+            yield k, 2
+        return
+    waves = -(-n_tasks // spread)
+    for wave in range(waves + 2):
+        for j in range(spread):
+            for step in range(3):
+                k = (wave - step) * spread + j
+                if 0 <= k < n_tasks and wave - step < waves:
+                    yield k, step
+
+
+async def preload(settings, n_events: int, ids: str, spread: int = 0) -> None:  # type: ignore[no-untyped-def]
     await ensure_topics(settings, settings.events_topic)
     codec = Codec()
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
@@ -72,10 +98,11 @@ async def preload(settings, n_events: int, ids: str) -> None:  # type: ignore[no
     await producer.start()
     try:
         states = (State.RECEIVED, State.STARTED, State.SUCCESS)
-        for i in range(n_events):
-            task = task_id(i // 3, ids)
-            ev = TaskEvent.create(task, states[i % 3], result=i if i % 3 == 2 else None,
-                                  task_name="bench.add", args=[i, 1] if i % 3 == 0 else None, worker="w1")
+        for k, step in event_order(n_events // 3, spread):
+            i = 3 * k + step
+            task = task_id(k, ids)
+            ev = TaskEvent.create(task, states[step], result=i if step == 2 else None,
+                                  task_name="bench.add", args=[i, 1] if step == 0 else None, worker="w1")
             await producer.send(settings.events_topic, codec.encode(ev), key=task.encode())
         await producer.flush()
     finally:
@@ -92,6 +119,9 @@ async def main() -> None:
                     help="days before now over which those rows are spread")
     ap.add_argument("--task-ids", choices=("sequential", "uuid"), default="sequential",
                     help="task-<n> (default) or uuids, which spread over task_summary's index")
+    ap.add_argument("--spread", type=int, default=0, metavar="W",
+                    help="tasks per wave when a task's three events lie waves apart "
+                         "(as live traffic spreads them); 0: next to each other")
     ap.add_argument("--redis-latency", action="store_true",
                     help="PING Redis every 2 ms during the fold and print the round trips")
     args = ap.parse_args()
@@ -101,11 +131,13 @@ async def main() -> None:
         raise SystemExit("--history-rows must be 0 or more")
     if args.history_days <= 0:
         raise SystemExit("--history-days must be more than 0")
+    if args.spread < 0:
+        raise SystemExit("--spread must be 0 (events next to each other) or more")
     n = args.events - args.events % 3
     settings = isolated("fold", result_ttl_s=0)
     try:
         await run(settings, n, args.processors, args.history_rows, args.history_days,
-                  args.redis_latency, args.task_ids)
+                  args.redis_latency, args.task_ids, args.spread)
     finally:
         await cleanup(settings)
 
@@ -176,14 +208,15 @@ class RedisPinger(threading.Thread):
 
 
 async def run(settings, n: int, processors: int, history_rows: int,  # type: ignore[no-untyped-def]
-              history_days: float, redis_latency: bool = False, ids: str = "sequential") -> None:
+              history_days: float, redis_latency: bool = False, ids: str = "sequential",
+              spread: int = 0) -> None:
     if history_rows:
         print(f"filling the history of {settings.postgres_schema} with {history_rows:,} rows ...",
               flush=True)
         print(describe(await fill_history(settings, history_rows, history_days)), flush=True)
     print(f"pre-loading {n:,} events into {settings.events_topic} ...", flush=True)
     t0 = time.monotonic()
-    await preload(settings, n, ids)
+    await preload(settings, n, ids, spread)
     print(f"  pre-loaded in {time.monotonic() - t0:.1f}s", flush=True)
     servers = await local_servers_cpu(settings)
     procs = [start_processor(settings) for _ in range(processors)]
@@ -233,7 +266,9 @@ async def run(settings, n: int, processors: int, history_rows: int,  # type: ign
         cpu = sum(cpu_seconds(p.pid) for p in procs) - first_cpu
         assert first_at is not None
         rate = (n - first_count) / (done - first_at)
-        print(f"fold throughput (history + Redis, {len(procs)} processor(s), {ids} task ids): "
+        order = f"spread in waves of {spread:,} tasks" if spread else "next to each other"
+        print(f"fold throughput (history + Redis, {len(procs)} processor(s), {ids} task ids, "
+              f"a task's events {order}): "
               f"{rate:,.0f} events/s "
               f"({n:,} events; history complete after {history_done - first_at:.2f}s, "
               f"Redis after {done - first_at:.2f}s)")
