@@ -28,10 +28,12 @@ which is what a large history costs a real fold.
 
 ``--spread W``: the log holds the tasks in waves of W, each wave's RECEIVED beside the
 wave before's STARTED and the SUCCESS of the wave before that, as live traffic spreads a
-task's events over time. With W at least a batch's tasks, the three events of a task
-fall into three batches: its Redis hash and its task_summary row are written three
-times instead of once (each a state change, so none of the summary's updates is HOT).
-The default, 0, puts each task's three events next to each other.
+task's events over time. When a partition's share of a wave (3W events over the
+topic's partitions) is more than a batch (5,000 events; W = 20,000 with 8 partitions),
+the three events of a task fall into three batches: its Redis hash and its
+task_summary row are written three times instead of once (each a state change, so
+none of the summary's updates is HOT). The default, 0, puts each task's three events
+next to each other.
 
     .venv/bin/python -m bench.fold_throughput [--events 300000] [--processors 1]
         [--history-rows 0] [--history-days 14] [--task-ids sequential|uuid] [--spread 0]
