@@ -7,8 +7,10 @@ are per-emitter choices. The defaults are the ones measured best by
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from resultlog.errors import ConfigurationError
 from resultlog.producers.kafka import Compression, ProducerConfig
@@ -55,33 +57,46 @@ class EmitterOptions(TypedDict, total=False):
 
 
 def resolve(settings: Settings, options: EmitterOptions) -> PipelineOptions:
-    """Validated pipeline options; unknown or bad values are a ConfigurationError."""
+    """Validated pipeline options; unknown or bad values are a ConfigurationError that
+    names the option as the caller spelled it."""
     unknown = options.keys() - EmitterOptions.__annotations__.keys()
     if unknown:
         known = ", ".join(sorted(EmitterOptions.__annotations__))
         raise ConfigurationError(f"unknown emitter option(s) {', '.join(sorted(unknown))}; known: {known}")
-    opts = PipelineOptions(
+    given: Mapping[str, object] = options  # read by name below
+    for name in ("create_topics", "read_your_writes"):
+        if not isinstance(given.get(name, False), bool):
+            raise ConfigurationError(f"emitter option {name} must be True or False, "
+                                     f"not {given[name]!r}")
+    client_id = options.get("client_id", "resultlog-emitter")
+    if not isinstance(client_id, str) or not client_id:
+        raise ConfigurationError(f"emitter option client_id must be a non-empty str, not {client_id!r}")
+    return PipelineOptions(
         producer=ProducerConfig(
             compression_type=options.get("compression_type", DEFAULT_COMPRESSION),
-            max_batch_bytes=options.get("max_batch_bytes", DEFAULT_MAX_BATCH_BYTES),
-            client_id=options.get("client_id", "resultlog-emitter"),
+            max_batch_bytes=_number(given, "max_batch_bytes", DEFAULT_MAX_BATCH_BYTES, 1, int),
+            client_id=client_id,
         ),
-        linger_s=options.get("linger_ms", DEFAULT_LINGER_MS) / 1000,
-        max_buffered_events=options.get("max_buffered_events", DEFAULT_MAX_BUFFERED_EVENTS),
-        max_buffered_bytes=options.get("max_buffered_bytes", DEFAULT_MAX_BUFFERED_BYTES),
-        buffer_timeout_s=options.get("buffer_timeout_s", settings.kafka_timeout_s),
-        close_timeout_s=options.get("close_timeout_s", DEFAULT_CLOSE_TIMEOUT_S),
+        linger_s=_number(given, "linger_ms", DEFAULT_LINGER_MS, 0, float) / 1000,
+        max_buffered_events=_number(given, "max_buffered_events", DEFAULT_MAX_BUFFERED_EVENTS, 1, int),
+        max_buffered_bytes=_number(given, "max_buffered_bytes", DEFAULT_MAX_BUFFERED_BYTES, 1, int),
+        buffer_timeout_s=_number(given, "buffer_timeout_s", settings.kafka_timeout_s, 0, float),
+        close_timeout_s=_number(given, "close_timeout_s", DEFAULT_CLOSE_TIMEOUT_S, 0, float),
         create_topics=options.get("create_topics", True),
         read_your_writes=options.get("read_your_writes", False),
     )
-    for name in ("max_buffered_events", "max_buffered_bytes"):
-        if getattr(opts, name) < 1:
-            raise ConfigurationError(f"emitter option {name} must be at least 1")
-    for name in ("create_topics", "read_your_writes"):
-        if not isinstance(getattr(opts, name), bool):
-            raise ConfigurationError(f"emitter option {name} must be True or False, "
-                                     f"not {getattr(opts, name)!r}")
-    for name in ("linger_s", "buffer_timeout_s", "close_timeout_s"):
-        if getattr(opts, name) < 0:
-            raise ConfigurationError(f"emitter option {name} must not be negative")
-    return opts
+
+
+def _number(options: Mapping[str, object], name: str, default: float, least: int, kind: type) -> Any:
+    """``options[name]`` (``default`` when absent), checked to be a ``kind`` (int, or any
+    real number for float) of at least ``least``. A bool is not a number here; NaN and
+    infinity are refused (an infinite timeout overflows the waits that take it)."""
+    value = options.get(name, default)
+    kinds = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+        what = "an int" if kind is int else "a finite number"
+        raise ConfigurationError(f"emitter option {name} must be {what}, not {value!r}")
+    if value < least:
+        bound = "must not be negative" if least == 0 else f"must be at least {least}"
+        raise ConfigurationError(f"emitter option {name} {bound}, not {value!r}")
+    return value

@@ -88,8 +88,9 @@ class PooledStore:
     application_name: ClassVar[str] = "resultlog"
     # What _guard says of a schema never migrated ({schema!r}, {exc}: the schema, the error).
     not_migrated: ClassVar[str] = (
-        "PostgreSQL schema {schema!r} has no history tables: run HistoryStore.migrate() (the "
-        "processor does on start), or check RESULTLOG_POSTGRES_SCHEMA")
+        "PostgreSQL schema {schema!r} has no history tables: the processor creates them on "
+        "start (`resultlog process`; HistoryStore.migrate() in code), or check "
+        "RESULTLOG_POSTGRES_SCHEMA")
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool | None = None) -> None:
         self.settings = settings

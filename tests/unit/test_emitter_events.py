@@ -122,6 +122,34 @@ def test_options_are_validated() -> None:
         resolve(settings, {"max_batch_bytes": 10})
 
 
+@pytest.mark.parametrize(("options", "message"), [
+    # The option is named as the caller spelled it (linger_ms, not the pipeline's linger_s).
+    ({"linger_ms": -1}, "linger_ms must not be negative, not -1"),
+    ({"linger_ms": "5"}, "linger_ms must be a finite number, not '5'"),
+    ({"linger_ms": float("nan")}, "linger_ms must be a finite number, not nan"),
+    ({"buffer_timeout_s": float("inf")}, "buffer_timeout_s must be a finite number, not inf"),
+    ({"close_timeout_s": -0.5}, "close_timeout_s must not be negative"),
+    ({"max_buffered_events": 0}, "max_buffered_events must be at least 1, not 0"),
+    ({"max_buffered_events": 2.5}, "max_buffered_events must be an int, not 2.5"),
+    ({"max_buffered_bytes": True}, "max_buffered_bytes must be an int, not True"),
+    ({"max_batch_bytes": "64k"}, "max_batch_bytes must be an int, not '64k'"),
+    ({"read_your_writes": "yes"}, "read_your_writes must be True or False, not 'yes'"),
+    ({"create_topics": 1}, "create_topics must be True or False, not 1"),
+    ({"client_id": ""}, "client_id must be a non-empty str"),
+    ({"client_id": 7}, "client_id must be a non-empty str, not 7"),
+])
+def test_a_bad_option_is_named_with_what_was_wrong(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"^emitter option {re.escape(message)}"):
+        resolve(Settings(), options)  # type: ignore[arg-type]
+
+
+def test_good_options_are_taken_as_given() -> None:
+    opts = resolve(Settings(), {"linger_ms": 0, "buffer_timeout_s": 2, "max_buffered_events": 10,
+                                "close_timeout_s": 0.5, "client_id": "w1", "read_your_writes": True})
+    assert (opts.linger_s, opts.buffer_timeout_s, opts.max_buffered_events) == (0, 2, 10)
+    assert (opts.close_timeout_s, opts.producer.client_id, opts.read_your_writes) == (0.5, "w1", True)
+
+
 def test_a_forked_child_never_repeats_its_parents_event_ids() -> None:
     import os
 
