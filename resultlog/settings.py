@@ -8,13 +8,14 @@ names it: a typo must never silently fall back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from resultlog import names
 from resultlog.errors import ConfigurationError
@@ -215,10 +216,23 @@ def _check(s: Settings) -> None:
             f"(set RESULTLOG_{name.upper()})"
         )
 
+    for f in fields(s):
+        # Settings made in code skip _parse: a value of the wrong type would otherwise fail
+        # far from here (a port as a str, a URL as an int), and NaN passes every bound.
+        value = getattr(s, f.name)
+        kind = str(f.type)
+        wanted = {"str": (str,), "int": (int,), "float": (int, float)}[kind]
+        if isinstance(value, bool) or not isinstance(value, wanted):
+            raise ConfigurationError(f"setting {f.name} must be {'an' if kind == 'int' else 'a'} "
+                                     f"{kind}, not {type(value).__name__} "
+                                     f"(set RESULTLOG_{f.name.upper()})")
+        if kind == "float" and not math.isfinite(getattr(s, f.name)):
+            raise bad(f.name, "must be a finite number")
     for hostport in s.kafka_bootstrap_servers.split(","):
         host, _, port = hostport.strip().rpartition(":")
-        if not host or not port.isdigit():
-            raise bad("kafka_bootstrap_servers", "expected host:port[,host:port...]")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise bad("kafka_bootstrap_servers", "expected host:port[,host:port...], each port "
+                                                 "from 1 to 65535")
     if not _TOPIC_RE.match(s.events_topic) or len(s.events_topic) > 180:
         raise bad("events_topic", "a Kafka topic name: letters, digits, '.', '_', '-'")
     if not 1 <= s.topic_partitions <= 10_000:
@@ -246,6 +260,10 @@ def _check(s: Settings) -> None:
     redis = urlsplit(s.redis_url)
     if redis.scheme not in ("redis", "rediss", "unix"):
         raise bad("redis_url", "expected redis://host:port/db (rediss:// for TLS)")
+    if not _port_is_valid(redis) or (redis.scheme != "unix"
+                                     and redis.path.strip("/") and not redis.path.strip("/").isdigit()):
+        raise bad("redis_url", "expected redis://host:port/db, a port from 1 to 65535 and a "
+                               "database number")
     tls_params = sorted(k for k, _ in parse_qsl(redis.query) if k.startswith("ssl_"))
     if tls_params and redis.scheme != "rediss":
         raise bad("redis_url", f"{', '.join(tls_params)} only apply to TLS: use rediss://")
@@ -255,6 +273,9 @@ def _check(s: Settings) -> None:
         raise bad("result_ttl_s", "seconds >= 0 (0 means never expire)")
     if urlsplit(s.postgres_dsn).scheme not in ("postgres", "postgresql"):
         raise bad("postgres_dsn", "expected postgresql://user:password@host:port/db")
+    pg = urlsplit(s.postgres_dsn)
+    if "," not in pg.netloc and not _port_is_valid(pg):  # libpq's host1:p1,host2:p2 aside
+        raise bad("postgres_dsn", "the port must be a number from 1 to 65535")
     sslmode = dict(parse_qsl(urlsplit(s.postgres_dsn).query)).get("sslmode")
     if sslmode is not None and sslmode not in POSTGRES_SSLMODES:
         raise bad("postgres_dsn", f"sslmode={sslmode!r} is not one of {', '.join(POSTGRES_SSLMODES)}")
@@ -278,6 +299,15 @@ def _check(s: Settings) -> None:
         )
     if s.test_services not in ("auto", "local", "docker", "env"):
         raise bad("test_services", "one of auto, local, docker, env")
+
+
+def _port_is_valid(url: SplitResult) -> bool:
+    """Whether the URL's port, if it names one, is a number from 1 to 65535."""
+    try:
+        port = url.port  # ValueError: not a number, or out of range
+    except ValueError:
+        return False
+    return port != 0
 
 
 def _check_kafka_security(s: Settings, bad: Callable[[str, str], ConfigurationError]) -> None:

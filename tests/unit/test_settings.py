@@ -57,3 +57,43 @@ def test_the_processor_linger_is_0_to_1000_ms() -> None:
     for bad in ("-1", "1001"):
         with pytest.raises(ConfigurationError, match=r"processor_linger_ms.*0 \(fold at once\) to 1000"):
             Settings.from_env({"RESULTLOG_PROCESSOR_LINGER_MS": bad})
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"RESULTLOG_REDIS_URL": "redis://h:port/0"}, "redis_url = 'redis://h:port/0' is invalid: expected"),
+    ({"RESULTLOG_REDIS_URL": "redis://h:70000/0"}, "redis_url = 'redis://h:70000/0' is invalid"),
+    ({"RESULTLOG_REDIS_URL": "redis://h:6379/cache"}, "redis_url .* a database number"),
+    ({"RESULTLOG_POSTGRES_DSN": "postgresql://u@h:0/db"}, "postgres_dsn .* port must be a number"),
+    ({"RESULTLOG_KAFKA_BOOTSTRAP_SERVERS": "h:9092,h:99999"}, "kafka_bootstrap_servers .* each port"),
+    ({"RESULTLOG_KAFKA_TIMEOUT_S": "nan"}, "kafka_timeout_s = nan is invalid: must be a finite number"),
+    ({"RESULTLOG_ASSIGN_TIMEOUT_S": "inf"}, "assign_timeout_s = inf is invalid: must be a finite number"),
+])
+def test_a_url_port_database_or_number_that_cannot_work_is_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        Settings.from_env(env)
+
+
+@pytest.mark.parametrize("url", [
+    "redis://h:6379", "redis://h/", "rediss://u:p@h:6380/3?ssl_cert_reqs=none",
+    "unix:///run/redis.sock?db=2",
+])
+def test_the_redis_urls_redis_py_takes_are_accepted(url: str) -> None:
+    assert Settings.from_env({"RESULTLOG_REDIS_URL": url}).redis_url == url
+
+
+@pytest.mark.parametrize("dsn", [
+    "postgresql://u:p@h1:5432,h2:5433/db", "postgresql://u@[::1]:5432/db",
+    "postgresql:///db?host=/var/run/postgresql",
+])
+def test_the_postgres_dsns_libpq_takes_are_accepted(dsn: str) -> None:
+    assert Settings.from_env({"RESULTLOG_POSTGRES_DSN": dsn}).postgres_dsn == dsn
+
+
+def test_settings_made_in_code_are_checked_for_type() -> None:
+    with pytest.raises(ConfigurationError, match=r"^setting redis_url must be a str, not int \(set RESULTLOG_REDIS_URL\)"):
+        Settings(redis_url=5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="topic_partitions must be an int, not str"):
+        Settings(topic_partitions="8")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="metrics_port must be an int, not bool"):
+        Settings(metrics_port=True)
+    assert Settings(kafka_timeout_s=5).kafka_timeout_s == 5  # an int is a number of seconds too
