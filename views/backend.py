@@ -10,6 +10,7 @@ trip in the caller's thread.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from concurrent.futures import Future
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from resultlog import names
 from resultlog.background import cancel_and_wait
 from resultlog.bridge import Bridge
-from resultlog.errors import ConfigurationError, ResultTimeout, StoreUnavailable
+from resultlog.errors import ConfigurationError, ResultTimeout, StoreUnavailable, ValidationError
 from resultlog.schemas.event import TaskEvent, validate_task_id
 from resultlog.schemas.fold import TaskView, fold, visible
 from resultlog.schemas.states import State
@@ -129,10 +130,20 @@ class AioState:
         async with self.op():
             return await self.view.forget(task_id)
 
+    def deadline(self, timeout: float | None) -> float | None:
+        """The loop time ``timeout`` seconds from now; None (and infinity): no deadline.
+        A negative timeout has passed already (``deadline - time.time()`` may be), not a
+        mistake; a timeout that is not a number is."""
+        if timeout is None:
+            return None
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout):
+            raise ValidationError(f"timeout must be None or a number of seconds, not {timeout!r}")
+        return None if math.isinf(timeout) and timeout > 0 else self.loop.time() + timeout
+
     async def wait_ready(self, task_id: str, timeout: float | None) -> TaskView:
         """The task's view once it is ready; :class:`ResultTimeout` after ``timeout`` s."""
         async with self.op():
-            deadline = None if timeout is None else self.loop.time() + timeout
+            deadline = self.deadline(timeout)
             view = (await self._read_views([task_id]))[0]
             if view is not None and view.ready:
                 return view
@@ -182,7 +193,7 @@ class AioState:
         member's, not the sum.
         """
         async with self.op():
-            deadline = None if timeout is None else self.loop.time() + timeout
+            deadline = self.deadline(timeout)
             views = await self._read_views(task_ids)
             pending: dict[int, asyncio.Task[TaskView]] = {}
             try:
@@ -286,10 +297,11 @@ class ResultBackend:
         return chord_results.AioChordResult(chord_id, self)
 
     def _member(self, r: str | task_results.AsyncResult) -> task_results.AsyncResult:
-        return self.AsyncResult(r) if isinstance(r, str) else r
+        # Anything else is a task id, checked by AsyncResult (None, an int: InvalidTaskId).
+        return r if isinstance(r, task_results.AsyncResult) else self.AsyncResult(r)
 
     def _aio_member(self, r: str | task_results.AioAsyncResult) -> task_results.AioAsyncResult:
-        return self.AioAsyncResult(r) if isinstance(r, str) else r
+        return r if isinstance(r, task_results.AioAsyncResult) else self.AioAsyncResult(r)
 
     # --- sync primitives ------------------------------------------------------------
     # Reads in the caller's thread; everything else is AioState's, run on the loop thread.

@@ -170,8 +170,7 @@ async def wait_chord(state: AioState, chord_id: str, timeout: float | None) -> C
     """The chord's view once it completed; :class:`ResultTimeout` after ``timeout`` s."""
     prefix = state.settings.redis_prefix
     async with state.op():
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        deadline = state.deadline(timeout)
         view = await read_chord(state.client, prefix, chord_id)
         if view.ready:
             return view

@@ -14,7 +14,7 @@ import redis
 import redis.asyncio
 
 from resultlog import names
-from resultlog.errors import InvalidTaskId, ResultTimeout, StoreUnavailable, TaskRevoked
+from resultlog.errors import InvalidTaskId, ResultTimeout, StoreUnavailable, TaskRevoked, ValidationError
 from resultlog.bridge import THREAD_NAME
 from resultlog.schemas.event import ExceptionInfo, TaskEvent, now_ms
 from resultlog.schemas.fold import TaskView
@@ -133,6 +133,28 @@ async def test_malformed_ids_are_rejected(backend: ResultBackend, bad: Any) -> N
         AsyncResult(bad, backend)
     with pytest.raises(InvalidTaskId):
         backend.AioAsyncResult(bad)
+
+
+@pytest.mark.parametrize("bad", [None, 42, AioAsyncResult])
+async def test_a_group_member_that_is_no_task_id_is_rejected(backend: ResultBackend, bad: Any) -> None:
+    member = backend.AioAsyncResult("b") if bad is AioAsyncResult else bad
+    with pytest.raises(InvalidTaskId, match="task id must be a str"):
+        backend.GroupResult("g", ["a", member])
+    with pytest.raises(InvalidTaskId, match="task id must be a str"):
+        backend.AioResultSet(["a", backend.AsyncResult("b") if bad is AioAsyncResult else bad])
+
+
+@pytest.mark.parametrize("bad", ["10", float("nan"), True, [1]])
+async def test_a_timeout_that_is_no_number_is_rejected(backend: ResultBackend, view: RedisView,
+                                                       bad: Any) -> None:
+    await view.apply([ev("done", State.SUCCESS, result=1)])
+    with pytest.raises(ValidationError, match="timeout must be None or a number of seconds"):
+        await backend.AioAsyncResult("done").get(timeout=bad)
+    with pytest.raises(ValidationError, match="timeout must be None or a number of seconds"):
+        await backend.aio().wait_many(["done"], bad, stop_at_failure=True)
+    # A negative timeout (a deadline already past) and infinity are numbers of seconds.
+    assert await backend.AioAsyncResult("done").get(timeout=-1) == 1
+    assert await backend.AioAsyncResult("done").get(timeout=float("inf")) == 1
 
 
 async def test_success_and_its_attributes(backend: ResultBackend, view: RedisView) -> None:
