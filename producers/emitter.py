@@ -45,7 +45,7 @@ class Emitter(EmittingCalls[Coroutine[Any, Any, None]]):
         worker: str | None = None,
         **options: Unpack[EmitterOptions],
     ) -> None:
-        self.settings = settings if settings is not None else Settings.from_env()
+        self.settings = Settings.given(settings, "Emitter")
         self.worker = worker if worker is not None else default_worker_name()
         #: The engine that buffers and delivers (thread-safe entry: ``accept_blocking``).
         self.pipeline = Pipeline(self.settings, resolve(self.settings, options))

@@ -52,7 +52,7 @@ class SyncEmitter(EmittingCalls[None]):
         worker: str | None = None,
         **options: Unpack[EmitterOptions],
     ) -> None:
-        self.settings = settings if settings is not None else Settings.from_env()
+        self.settings = Settings.given(settings, "SyncEmitter")
         self._worker = worker
         resolve(self.settings, options)  # bad options fail here, not on first use
         self._options = options

@@ -189,6 +189,21 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
+    @classmethod
+    def given(cls, settings: Settings | None, owner: str) -> Settings:
+        """What an entry point taking ``settings=None`` uses: ``settings``, or the
+        ``RESULTLOG_*`` variables' when None. Anything else (a URL string is the usual
+        slip) is a ConfigurationError naming ``owner`` here, not an AttributeError at
+        first use."""
+        if settings is None:
+            return cls.from_env()
+        if not isinstance(settings, cls):
+            raise ConfigurationError(
+                f"{owner}: settings must be resultlog Settings (Settings(...) or "
+                f"Settings.from_env()), or None for the RESULTLOG_* variables; got "
+                f"{type(settings).__name__} {settings!r}")
+        return settings
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 

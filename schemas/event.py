@@ -8,6 +8,7 @@ that are user data (args, kwargs, result) are carried as JSON text, never pickle
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -98,6 +99,10 @@ class TaskEvent:
                 raise ValidationError(
                     f"a FORGOTTEN event carries only event_id, task_id, timestamp, worker "
                     f"and meta; it also has {', '.join(extra)}")
+        for name in ("chord_size", "chord_index"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValidationError(f"{name} must be an int, got {value!r}")
         if self.chord_id is not None:
             if self.chord_size is None or self.chord_index is None:
                 raise ValidationError("a chord member needs chord_size and chord_index")
@@ -191,8 +196,12 @@ def new_event(task_id: str, state: State | str, details: EventDetails, *,
         raise ValidationError(f"expected an exception instance, got {type(exc).__name__}: {exc!r}")
     runtime = values.get("runtime")
     if runtime is not None:
-        if not isinstance(runtime, (int, float)):
-            raise ValidationError(f"runtime must be seconds as a number, got {runtime!r}")
+        # Checked here, where an event is made, not in TaskEvent: the contract's runtime
+        # is any double, and a record another producer wrote must still decode. A NaN or
+        # negative runtime would poison every percentile of its task name.
+        if isinstance(runtime, bool) or not isinstance(runtime, (int, float)) \
+                or not 0 <= runtime < math.inf:
+            raise ValidationError(f"runtime must be seconds, a finite number >= 0, got {runtime!r}")
         values["runtime"] = float(runtime)
     args, kwargs, meta = values.get("args"), values.get("kwargs"), values.get("meta")
     if args is not None:

@@ -258,7 +258,7 @@ class ResultBackend:
     """
 
     def __init__(self, settings: Settings | None = None, *, import_modules: Iterable[str] = ()) -> None:
-        self.settings = Settings.from_env() if settings is None else settings
+        self.settings = Settings.given(settings, "ResultBackend")
         self.exceptions = ExceptionRebuilder(import_modules)
         self._lock = threading.Lock()
         self._sync: redis.Redis | None = None

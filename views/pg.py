@@ -93,7 +93,7 @@ class PooledStore:
         "RESULTLOG_POSTGRES_SCHEMA")
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool | None = None) -> None:
-        self.settings = settings
+        self.settings = Settings.given(settings, type(self).__name__)
         self._pool = pool
         self._own_pool = pool is None
 

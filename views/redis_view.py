@@ -224,7 +224,7 @@ class RedisView:
                  part_tasks: int = PART_TASKS) -> None:
         if part_tasks < 1:
             raise ValueError(f"part_tasks must be at least 1, not {part_tasks}")
-        self.settings = settings
+        self.settings = Settings.given(settings, "RedisView")
         self.part_tasks = part_tasks
         self._owns_client = client is None
         self._client = async_client(settings) if client is None else client

@@ -18,7 +18,7 @@ from chicory.backend.base import Backend
 from chicory.types import BackendStatus, TaskResult, TaskState, WorkerStats
 
 from resultlog.chicory_backend.mapping import heartbeat, task_event, task_result, worker_stats
-from resultlog.errors import ValidationError
+from resultlog.errors import ConfigurationError, ValidationError
 from resultlog.producers.emitter import Emitter
 from resultlog.producers.heartbeats import send_heartbeat
 from resultlog.schemas.event import TaskEvent, validate_id, validate_task_id
@@ -42,10 +42,11 @@ class ResultlogBackend(Backend):
     """
 
     def __init__(self, settings: Settings | None = None, *, read_your_writes: bool = True) -> None:
-        if settings is not None and not isinstance(settings, Settings):
-            raise TypeError(f"settings must be resultlog Settings, got {type(settings).__name__}")
-        self.settings = settings if settings is not None else Settings.from_env()
-        self.read_your_writes = bool(read_your_writes)
+        self.settings = Settings.given(settings, "ResultlogBackend")
+        if not isinstance(read_your_writes, bool):
+            raise ConfigurationError(f"ResultlogBackend: read_your_writes must be True or False, "
+                                     f"not {read_your_writes!r}")
+        self.read_your_writes = read_your_writes
         self._emitter: Emitter | None = None
         self._reader: ResultBackend | None = None
         self._state: AioState | None = None

@@ -63,7 +63,7 @@ class DevStack:
         only: str | Iterable[str] | None = None,
         out: Out = print_flush,
     ) -> None:
-        self.settings = settings if settings is not None else Settings.from_env()
+        self.settings = Settings.given(settings, "DevStack")
         self.out = out
         self.dev_dir = Path(self.settings.dev_dir)
         self.services: list[Service] = []

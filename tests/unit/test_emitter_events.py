@@ -109,6 +109,17 @@ def test_other_bad_input() -> None:
         TaskEvent.create("t", State.SUCCESS, chord_id="c", chord_size=2, chord_index=2)
     with pytest.raises(ValidationError, match="attempt"):
         TaskEvent.create("t", State.STARTED, attempt=-1)
+    with pytest.raises(ValidationError, match="chord_size must be an int, got '3'"):
+        TaskEvent.create("t", State.SUCCESS, chord_id="c", chord_size="3", chord_index=0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [-1, -0.001, float("nan"), float("inf"), True, "2.5"])
+def test_a_runtime_that_is_no_duration_is_refused_where_the_event_is_made(bad: object) -> None:
+    with pytest.raises(ValidationError, match=r"runtime must be seconds, a finite number >= 0"):
+        TaskEvent.create("t", State.SUCCESS, result=1, runtime=bad)  # type: ignore[arg-type]
+    # A record another producer wrote is read as it is: the contract's runtime is a double.
+    assert TaskEvent(event_id="0" * 32, task_id="t", state=State.SUCCESS, timestamp=1,
+                     runtime=-0.5).runtime == -0.5
 
 
 def test_options_are_validated() -> None:

@@ -97,3 +97,25 @@ def test_settings_made_in_code_are_checked_for_type() -> None:
     with pytest.raises(ConfigurationError, match="metrics_port must be an int, not bool"):
         Settings(metrics_port=True)
     assert Settings(kafka_timeout_s=5).kafka_timeout_s == 5  # an int is a number of seconds too
+
+
+def test_settings_given_is_the_settings_or_the_environments() -> None:
+    s = Settings(consumer_group="g1")
+    assert Settings.given(s, "X") is s
+    assert Settings.given(None, "X") == Settings.from_env()
+
+
+def test_every_entry_point_that_takes_settings_refuses_something_else_by_name() -> None:
+    from resultlog.chicory_backend import ResultlogBackend
+    from resultlog.producers import Emitter, SyncEmitter
+    from resultlog.views import RedisView, ResultBackend
+    from resultlog.views.analytics import Analytics
+    from resultlog.views.history import HistoryStore
+
+    for make in (Emitter, SyncEmitter, ResultBackend, HistoryStore, Analytics, RedisView,
+                 ResultlogBackend):
+        with pytest.raises(ConfigurationError,
+                           match=rf"^{make.__name__}: settings must be resultlog Settings .* got str 'redis://h:6379/0'"):
+            make("redis://h:6379/0")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="read_your_writes must be True or False, not 'false'"):
+        ResultlogBackend(read_your_writes="false")  # type: ignore[arg-type]
