@@ -109,6 +109,13 @@ def test_other_bad_input() -> None:
         TaskEvent.create("t", State.SUCCESS, chord_id="c", chord_size=2, chord_index=2)
     with pytest.raises(ValidationError, match="attempt"):
         TaskEvent.create("t", State.STARTED, attempt=-1)
+    with pytest.raises(ValidationError, match="args must be a list or tuple .* got int: 5"):
+        TaskEvent.create("t", State.RECEIVED, args=5)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="args must be a list or tuple .* got str: 'ab'"):
+        TaskEvent.create("t", State.RECEIVED, args="ab")
+    with pytest.raises(ValidationError, match=r"kwargs must be a mapping .* got list: \[1\]"):
+        TaskEvent.create("t", State.RECEIVED, kwargs=[1])  # type: ignore[arg-type]
+    assert TaskEvent.create("t", State.RECEIVED, args=(1, "x"), kwargs={"k": 2}).args == '[1,"x"]'
     with pytest.raises(ValidationError, match="chord_size must be an int, got '3'"):
         TaskEvent.create("t", State.SUCCESS, chord_id="c", chord_size="3", chord_index=0)  # type: ignore[arg-type]
 
