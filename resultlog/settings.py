@@ -286,12 +286,12 @@ def _check(s: Settings) -> None:
         raise bad("redis_prefix", "must be non-empty, without spaces")
     if s.result_ttl_s < 0:
         raise bad("result_ttl_s", "seconds >= 0 (0 means never expire)")
-    if urlsplit(s.postgres_dsn).scheme not in ("postgres", "postgresql"):
-        raise bad("postgres_dsn", "expected postgresql://user:password@host:port/db")
     pg = urlsplit(s.postgres_dsn)
+    if pg.scheme not in ("postgres", "postgresql"):
+        raise bad("postgres_dsn", "expected postgresql://user:password@host:port/db")
     if "," not in pg.netloc and not _port_is_valid(pg):  # libpq's host1:p1,host2:p2 aside
         raise bad("postgres_dsn", "the port must be a number from 1 to 65535")
-    sslmode = dict(parse_qsl(urlsplit(s.postgres_dsn).query)).get("sslmode")
+    sslmode = dict(parse_qsl(pg.query)).get("sslmode")
     if sslmode is not None and sslmode not in POSTGRES_SSLMODES:
         raise bad("postgres_dsn", f"sslmode={sslmode!r} is not one of {', '.join(POSTGRES_SSLMODES)}")
     if not _IDENT_RE.match(s.postgres_schema):

@@ -99,10 +99,11 @@ class TaskEvent:
                 raise ValidationError(
                     f"a FORGOTTEN event carries only event_id, task_id, timestamp, worker "
                     f"and meta; it also has {', '.join(extra)}")
-        for name in ("chord_size", "chord_index"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValidationError(f"{name} must be an int, got {value!r}")
+        if self.chord_size is not None or self.chord_index is not None:  # most events: no loop
+            for name in ("chord_size", "chord_index"):
+                value = getattr(self, name)
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                    raise ValidationError(f"{name} must be an int, got {value!r}")
         if self.chord_id is not None:
             if self.chord_size is None or self.chord_index is None:
                 raise ValidationError("a chord member needs chord_size and chord_index")
