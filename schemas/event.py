@@ -206,12 +206,14 @@ def new_event(task_id: str, state: State | str, details: EventDetails, *,
         values["runtime"] = float(runtime)
     args, kwargs, meta = values.get("args"), values.get("kwargs"), values.get("meta")
     if args is not None:
-        if isinstance(args, (str, bytes, Mapping)) or not isinstance(args, (list, tuple, Sequence)):
+        # list and tuple first: the ABC checks cost ~0.5 us, on the emit path of every event.
+        if type(args) not in (list, tuple) and (
+                isinstance(args, (str, bytes, Mapping)) or not isinstance(args, Sequence)):
             raise ValidationError(f"args must be a list or tuple of the task's positional "
                                   f"arguments, got {type(args).__name__}: {args!r}")
         values["args"] = to_json(list(args), "args")
     if kwargs is not None:
-        if not isinstance(kwargs, Mapping):
+        if type(kwargs) is not dict and not isinstance(kwargs, Mapping):
             raise ValidationError(f"kwargs must be a mapping of the task's keyword arguments, "
                                   f"got {type(kwargs).__name__}: {kwargs!r}")
         values["kwargs"] = to_json(dict(kwargs), "kwargs")
