@@ -36,7 +36,7 @@ SCHEMA_DIR = Path(__file__).with_name("avro")
 TASK_EVENT = "io.resultlog.TaskEvent"
 # A forget: read back as a TaskEvent of state FORGOTTEN (see task_forgotten.v1.avsc).
 # Its own record type, so that the TaskEvent enum, and the fast readers and writers of
-# TaskEvent v2, stay as they are.
+# TaskEvent, stay as they are.
 TASK_FORGOTTEN = "io.resultlog.TaskForgotten"
 # Records about chords that share the events topic with task events (keyed by chord id).
 CHORD_DECLARED = "io.resultlog.ChordDeclared"

@@ -16,7 +16,7 @@ import time
 import traceback as traceback_module
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypedDict, Unpack, cast
 
 from resultlog.errors import InvalidTaskId, ResultNotSerializable, ValidationError
@@ -74,6 +74,9 @@ class TaskEvent:
     chord_index: int | None = None
     eta: int | None = None  # ms since the epoch
     meta: Mapping[str, str] = field(default_factory=dict)
+    #: How long the views keep the task's state while this event is its latest, in ms
+    #: after ``timestamp``; 0: for ever; None: the folding process's ``result_ttl_s``.
+    result_ttl_ms: int | None = None
 
     def __post_init__(self) -> None:
         validate_task_id(self.task_id)
@@ -99,6 +102,11 @@ class TaskEvent:
                 raise ValidationError(
                     f"a FORGOTTEN event carries only event_id, task_id, timestamp, worker "
                     f"and meta; it also has {', '.join(extra)}")
+        ttl = self.result_ttl_ms
+        if ttl is not None and (type(ttl) is not int or not 0 <= ttl <= MAX_TIMESTAMP_MS):
+            raise ValidationError(
+                f"result_ttl_ms must be an int of ms, 0 (keep for ever) to {MAX_TIMESTAMP_MS}, "
+                f"or None (the processor's result_ttl_s), got {ttl!r}")
         if self.chord_size is not None or self.chord_index is not None:  # most events: no loop
             for name in ("chord_size", "chord_index"):
                 value = getattr(self, name)
@@ -150,6 +158,9 @@ class TaskFields(TypedDict, total=False):
     chord_size: int | None
     chord_index: int | None
     meta: Mapping[str, str] | None
+    #: How long the views keep the task's state while this event is its latest (a
+    #: ``timedelta``, or ms); 0: for ever; None: the processor's ``result_ttl_s``.
+    result_ttl: timedelta | int | None
 
 
 class EventDetails(TaskFields, total=False):
@@ -226,6 +237,8 @@ def new_event(task_id: str, state: State | str, details: EventDetails, *,
         del values["result"]
     if values.get("eta") is not None:
         values["eta"] = eta_ms(values["eta"])
+    if "result_ttl" in values:
+        values["result_ttl_ms"] = ttl_ms(values.pop("result_ttl"))
     if "meta" in values:
         values["meta"] = {} if meta is None else dict(meta)
     return TaskEvent(event_id=event_id or new_event_id(), task_id=task_id, state=state,
@@ -256,6 +269,21 @@ def eta_ms(eta: datetime | int | None) -> int | None:
     if isinstance(eta, int) and not isinstance(eta, bool):
         return eta
     raise ValidationError(f"eta must be a datetime or ms since the epoch, got {eta!r}")
+
+
+def ttl_ms(ttl: timedelta | int | None) -> int | None:
+    """A result TTL as whole ms (a ``timedelta`` rounded up, so that a positive one never
+    becomes 0, which means for ever)."""
+    if isinstance(ttl, timedelta):
+        ms: int | None = math.ceil(ttl / timedelta(milliseconds=1))
+    elif ttl is None or (isinstance(ttl, int) and not isinstance(ttl, bool)):
+        ms = ttl
+    else:
+        raise ValidationError(f"result_ttl must be a timedelta or an int of ms, got {ttl!r}")
+    if ms is not None and not 0 <= ms <= MAX_TIMESTAMP_MS:
+        raise ValidationError(f"result_ttl must be 0 (keep for ever) to {MAX_TIMESTAMP_MS} ms, "
+                              f"got {ttl!r}")
+    return ms
 
 
 def meta_text(meta: Mapping[str, str]) -> str | None:

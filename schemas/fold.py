@@ -14,12 +14,14 @@ idempotent — any order and any duplication of events fold to the same view):
   a SUCCESS event need not repeat the args its RECEIVED event already recorded. The
   meta map is one value (:func:`~resultlog.schemas.event.meta_text`): the whole map of
   the greatest-keyed event carrying a non-empty one, never a merge.
+- *Expiry* follows the winner (:func:`expire_at`): its timestamp plus its own
+  ``result_ttl_ms``, or plus the folding process's TTL when it carries none.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from resultlog.schemas.event import ExceptionInfo, TaskEvent, meta_text
@@ -61,6 +63,10 @@ class TaskView:
     chord_size: int | None = None
     chord_index: int | None = None
     meta: str | None = None  # JSON object text (meta_text), None when no event had one
+    # The winner's own result TTL (TaskEvent.result_ttl_ms), for expire_at: not content,
+    # nor compared (the Redis view keeps the expiry as its key's, so a view read from
+    # Redis has None here).
+    result_ttl_ms: int | None = field(default=None, compare=False)
     # order token of the event each sticky field came from
     sticky_tokens: tuple[tuple[str, str], ...] = ()
 
@@ -100,11 +106,13 @@ def apply(view: TaskView | None, event: TaskEvent) -> TaskView:
             task_id=event.task_id, token=token,
             **{n: getattr(event, n) for n in WINNER_FIELDS},
             **values,
+            result_ttl_ms=event.result_ttl_ms,
             sticky_tokens=sticky,
         )
     changes: dict[str, Any] = {}
     if token > view.token:
         changes["token"] = token
+        changes["result_ttl_ms"] = event.result_ttl_ms
         for name in WINNER_FIELDS:
             changes[name] = getattr(event, name)
     tokens = dict(view.sticky_tokens)
@@ -117,6 +125,16 @@ def apply(view: TaskView | None, event: TaskEvent) -> TaskView:
         return view
     changes["sticky_tokens"] = tuple(sorted(tokens.items()))
     return replace(view, **changes)
+
+
+def expire_at(view: TaskView, ttl_ms: int) -> int | None:
+    """When the views drop ``view`` (ms since the epoch; None: never): the winner's
+    timestamp plus its own TTL, or plus ``ttl_ms`` (the folding process's
+    ``result_ttl_s``; 0: never) when it carries none. ``fold.lua`` PEXPIREATs what
+    ``schemas/taskrows.py`` computes by this rule."""
+    own = view.result_ttl_ms
+    ttl = ttl_ms if own is None else own
+    return view.timestamp + ttl if ttl else None
 
 
 def fold(events: Iterable[TaskEvent]) -> dict[str, TaskView]:

@@ -64,6 +64,7 @@ HISTORY_LAYOUT: Final = (
     ("parent_id", "text", "parent_id"), ("root_id", "text", "root_id"),
     ("group_id", "text", "group_id"), ("chord_id", "text", "chord_id"),
     ("meta", "jsonb", "meta_json"), ("kafka_topic", "text", "topic"),
+    ("result_ttl_ms", "bigint", "result_ttl_ms"),
 )
 #: (column, PostgreSQL type) of the history staging table, in row order.
 HISTORY_COLUMNS: Final = tuple((column, kind) for column, kind, _ in HISTORY_LAYOUT)
@@ -98,9 +99,9 @@ _VIEW_CONVERT = tuple((i, _view_text(_TYPES[source])) for i, source in enumerate
 _VIEW_TO_CONVERT = itemgetter(*[_AT[_VIEW_SOURCES[i]] for i, _ in _VIEW_CONVERT])
 _NONE_TO_CONVERT = _VIEW_TO_CONVERT([None] * len(_AT))
 
-_EVENT_ID, _TASK_ID, _STATE, _TIMESTAMP, _ATTEMPT, _EXCEPTION, _META, _CHORD_ID = (
+_EVENT_ID, _TASK_ID, _STATE, _TIMESTAMP, _ATTEMPT, _EXCEPTION, _META, _CHORD_ID, _TTL = (
     _AT[n] for n in ("event_id", "task_id", "state", "timestamp", "attempt", "exception",
-                     "meta", "chord_id"))
+                     "meta", "chord_id", "result_ttl_ms"))
 _IDS = tuple(_AT[n] for n in ("parent_id", "root_id", "group_id"))
 _CHORD_SIZE, _CHORD_INDEX = _AT["chord_size"], _AT["chord_index"]
 _TOKEN, _STATE_NAME = _AT["token"], _AT["state_name"]
@@ -162,6 +163,10 @@ def _extended(ext: list[Any], token: str, topic: str | None, partition: int | No
 
 
 def _view_row(ext: list[Any], ttl_ms: int) -> list[Any]:
+    """``ttl_ms``: the folding process's result TTL, for an event that carries none."""
+    own_ttl = ext[_TTL]
+    if own_ttl is not None:
+        ttl_ms = own_ttl
     optional = _VIEW_OPTIONAL(ext)
     if _VIEW_TO_CONVERT(ext) != _NONE_TO_CONVERT:
         optional = list(optional)
@@ -171,7 +176,8 @@ def _view_row(ext: list[Any], ttl_ms: int) -> list[Any]:
                 optional[i] = to_text(v)
     mask = "1111" + "".join(["0" if v is None else "1" for v in optional])
     timestamp = ext[_TIMESTAMP]
-    # Exact integer arithmetic here: Lua numbers are doubles.
+    # Exact integer arithmetic here: Lua numbers are doubles. (schemas/fold.py's
+    # expire_at, on rows.)
     row = [ext[_TOKEN], str(timestamp + ttl_ms) if ttl_ms else "", mask, ext[_STATE_NAME],
            ext[_EVENT_ID], str(timestamp), str(ext[_ATTEMPT])]
     row += [v for v in optional if v is not None]
@@ -233,7 +239,8 @@ def read_rows(data: bytes, topic: str, partition: int, offset: int, ttl_ms: int)
     if (len(event_id) != 32 or event_id.strip(_HEX)
             or not task_id or len(task_id) > MAX_ID_LENGTH or task_id.isspace()
             or not 0 <= values[_TIMESTAMP] <= MAX_TIMESTAMP_MS
-            or not 0 <= values[_ATTEMPT] <= MAX_ATTEMPT or not _valid_tail(values)):
+            or not 0 <= values[_ATTEMPT] <= MAX_ATTEMPT or not _valid_tail(values)
+            or not (values[_TTL] is None or 0 <= values[_TTL] <= MAX_TIMESTAMP_MS)):
         return None
     state = values[_STATE]
     # states.order_token's format (never FORGOTTEN here); the tests hold them equal.

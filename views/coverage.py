@@ -118,7 +118,7 @@ class RebuildChain:
     over to a replica loses its latest writes; the rebuild's next call would go on as if
     the lost one had landed, and record progress past events the view never got.
     ``key`` counts the rebuild's fold calls in the view: each call checks and increments
-    it (``fold.lua``, ARGV[5] "4"), each progress record checks it (``ADVANCE_SCRIPT``).
+    it (``fold.lua``, ARGV[4] "4"), each progress record checks it (``ADVANCE_SCRIPT``).
     Redis applies and keeps writes in one order, so a copy without a call has the count
     from before it, and the rebuild starts again from the progress it still records."""
 

@@ -31,9 +31,10 @@ Key layout (names built by resultlog/names.py):
                            hash covers whatever was published before they listened.
 
 Expiry is a function of the log, never of the wall clock at write time, so a view
-rebuilt by replay is exact: PEXPIREAT the winner's expire_at (its timestamp plus
-result_ttl_s, computed by the caller as an exact integer string), or PERSIST when
-the TTL is off. A winner whose expiry is already past makes Redis delete the key at
+rebuilt by replay is exact: PEXPIREAT the winner's expire_at (its timestamp plus its
+own result_ttl_ms, or plus the caller's result_ttl_s when it carries none: computed by
+the caller as an exact integer string, schemas/fold.py's expire_at), or PERSIST when
+the winner does not expire. A winner whose expiry is already past makes Redis delete the key at
 once, so such a task is simply not kept. Known limit: once a key has expired, a late
 event that would have lost to the vanished winner recreates the key on its own; only
 keeping tombstones could prevent that.
@@ -44,13 +45,12 @@ locale collates in ASCII order, so strcoll agrees with the byte order the tokens
 built for. A missing token is "", which sorts below every real token.
 
 Arguments (all strings):
-  KEYS[k]        the hash of the k-th distinct task in the batch; when ARGV[5] is
+  KEYS[k]        the hash of the k-th distinct task in the batch; when ARGV[4] is
                  "1" or "2", the last key is the offsets hash instead (see below),
                  with "3" the offsets hash and then the batch's marker, with "4" the
                  rebuild's marker
-  ARGV[1]        "1": expire (PEXPIREAT), "0": never expire (PERSIST)
-  ARGV[2..4]     W, S, R: number of winner fields, sticky fields, ready states
-  ARGV[5]        "1" when the call also records consumed offsets, "2" when it also
+  ARGV[1..3]     W, S, R: number of winner fields, sticky fields, ready states
+  ARGV[4]        "1" when the call also records consumed offsets, "2" when it also
                  requires the view to cover the batch (the live fold; see below),
                  "3" as "2" for one part of a batch written in several calls (see
                  below), "4" for a rebuild's call (no offsets; see below), else "0"
@@ -69,14 +69,14 @@ Arguments (all strings):
                  offsets hash with a maximum, in the same atomic call as the views,
                  so a processor restarting from these offsets never skips an event
                  whose view change is not in Redis.
-  next (ARGV[5] "2", "3") JSON object {"topic:partition": first_offset}: where the batch
+  next (ARGV[4] "2", "3") JSON object {"topic:partition": first_offset}: where the batch
                  starts in each partition. Every such partition's recorded offset must
                  exist and be at least that start, else the view lost what it says it
                  holds (Redis restarted empty, flushed, failed over, the hash evicted):
                  the call writes nothing and returns -1, and the processor claims the
                  gap and rebuilds it (views/coverage.py). Without this check a live
                  write would recreate the offsets hash and hide the loss for ever.
-  next 2 (ARGV[5] "3") the part's number (0 for the first) and "1" if it is the last
+  next 2 (ARGV[4] "3") the part's number (0 for the first) and "1" if it is the last
                  part, else "0". A large batch is written in parts so that Redis,
                  which runs a script alone, serves its other clients in between. The
                  last key is then the batch's marker (after the offsets hash): the
@@ -87,7 +87,7 @@ Arguments (all strings):
                  so only the last part records the offsets, and only with every part
                  of its batch in the view. The marker expires after MARKER_TTL_MS (a
                  batch whose writer died between parts leaves it behind).
-  next (ARGV[5] "4") the call's number in its rebuild (0 for the first). A rebuild
+  next (ARGV[4] "4") the call's number in its rebuild (0 for the first). A rebuild
                  (processors/rebuild.py) records its progress in separate calls
                  (views/coverage.py, ADVANCE_SCRIPT); the marker, the last key, counts
                  the rebuild's calls in the view, so that a Redis that lost one (and so
@@ -103,16 +103,15 @@ Arguments (all strings):
                            tasks per message. ARGV[#ARGV] names it.
 
   {prefix}offsets:{consumer group}   hash: "topic:partition" -> next offset to read
-Returns the number of tasks whose stored view changed, or -1 (see ARGV[5] "2" to "4").
+Returns the number of tasks whose stored view changed, or -1 (see ARGV[4] "2" to "4").
 ]]
 
 local PUSH_LIMIT = 65536
 local MOVED_LIMIT = 500  -- tasks listed per transitions message
 local MARKER_TTL_MS = 3600000
 local byte, call = string.byte, redis.call  -- locals: no global lookups in the loops
-local expiring = ARGV[1] == '1'
-local nwin, nsticky, nready = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local mode = ARGV[5]
+local nwin, nsticky, nready = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local mode = ARGV[4]
 local with_offsets = mode == '1' or mode == '2' or mode == '3'
 local ntasks = #KEYS
 local okey, marker = nil, nil
@@ -126,7 +125,7 @@ elseif with_offsets then
   okey = KEYS[#KEYS]
   ntasks = ntasks - 1
 end
-local pos = 6
+local pos = 5
 local win_fields, sticky_fields, sticky_token_fields, ready = {}, {}, {}, {}
 for i = 1, nwin do win_fields[i] = ARGV[pos]; pos = pos + 1 end
 for i = 1, nsticky do
@@ -254,8 +253,9 @@ for k = 1, ntasks do
     local kept = true
     if t.win_at then
       -- Expiry follows the winner only, so it is recomputed only when the winner moves.
-      if expiring then
-        call('PEXPIREAT', key, t.win_at[2])
+      local expire_at = t.win_at[2]
+      if expire_at ~= '' then
+        call('PEXPIREAT', key, expire_at)
         kept = call('EXISTS', key) == 1
       elseif t.existed then
         call('PERSIST', key)

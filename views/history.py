@@ -57,7 +57,7 @@ _EVENT_COLUMNS = [name if name != "ts_ms" else "ts" for name in _STAGE_NAMES]
 # Event fields a history row holds under their own name: text (escaped) and as they are.
 _TEXT_FIELDS = ("task_name", "worker", "args", "kwargs", "result", "traceback", "parent_id",
                 "root_id", "group_id", "chord_id")
-_PLAIN_FIELDS = ("attempt", "runtime", "chord_size", "chord_index")
+_PLAIN_FIELDS = ("attempt", "runtime", "chord_size", "chord_index", "result_ttl_ms")
 _SELECT_EVENT = (
     "SELECT event_id, {schema}.timestamptz_to_ms(ts) AS ts_ms, task_id, state, eta_ms, meta,"
     " exception_type, exception_module, exception_message, "

@@ -88,11 +88,11 @@ def script_call_rows(
 ) -> tuple[list[str], list[str]]:
     """:func:`script_call` for rows built by ``taskrows.view_row`` (``task_ids[i]`` is the
     task of ``rows[i]``). ``starts`` (with ``offsets``): where the batch begins in each
-    partition, which the view must already cover (fold.lua's ARGV[5] "2"). ``part``:
+    partition, which the view must already cover (fold.lua's ARGV[4] "2"). ``part``:
     this call's place in a chain of calls, as (the chain's marker key, the call's number
     from 0, whether it is the last): with ``starts``, one part of a batch written in
-    several, of which only the last records ``offsets`` (fold.lua's ARGV[5] "3");
-    without ``offsets``, one call of a rebuild (ARGV[5] "4")."""
+    several, of which only the last records ``offsets`` (fold.lua's ARGV[4] "3");
+    without ``offsets``, one call of a rebuild (ARGV[4] "4")."""
     prefix = settings.redis_prefix
     index: dict[str, int] = {}
     ks = []
@@ -107,7 +107,7 @@ def script_call_rows(
         mode = "0" if part is None else "4"
     else:
         mode = "3" if part is not None else "2" if starts is not None else "1"
-    args = ["1" if settings.result_ttl_s else "0", *_HEADER[:3], mode, *_HEADER[3:]]
+    args = [*_HEADER[:3], mode, *_HEADER[3:]]
     args += [names.task_done_channel(prefix, task_id) for task_id in index]
     args.append(json.dumps(ks, separators=(",", ":")))
     args.append(json.dumps(rows, ensure_ascii=False, separators=(",", ":")))

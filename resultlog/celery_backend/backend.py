@@ -13,6 +13,7 @@ child re-creates its own on first use.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -47,7 +48,7 @@ from resultlog.producers.celery import request_fields
 from resultlog.producers.sync import SyncEmitter
 from resultlog.schemas.event import TaskEvent, TaskFields
 from resultlog.schemas.fold import TaskView
-from resultlog.schemas.states import State
+from resultlog.schemas.states import MAX_TIMESTAMP_MS, State
 from resultlog.settings import Settings
 from resultlog.views.backend import ResultBackend
 from resultlog.views.exceptions import ExceptionRebuilder
@@ -66,6 +67,19 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def result_ttl_ms(setting: str, seconds: float | None) -> int:
+    """Celery's expiry in seconds (None or 0: never, as Celery's Redis backend takes it)
+    as an event's result TTL in ms (0: for ever)."""
+    if not seconds:
+        return 0
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+            or not 0 < seconds <= MAX_TIMESTAMP_MS / 1000:
+        raise ConfigurationError(
+            f"{setting} must be None, 0 (keep results for ever) or a positive number of "
+            f"seconds (or a timedelta), got {seconds!r}")
+    return math.ceil(seconds * 1000)
 
 
 def _emitter(settings: Settings, read_your_writes: bool) -> SyncEmitter:
@@ -94,6 +108,8 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
     # set by whoever folds the event (the processor, or the storing process).
     supports_autoexpire = True
     persistent = True
+    #: result_failure_expires is applied to FAILURE results, as by Celery's Redis backend.
+    supports_failure_expires = True
 
     def __init__(self, app: Any, url: str | None = None, **kwargs: Any) -> None:
         # Before Celery's own set-up, which fails with a bare KeyError on a serializer
@@ -106,6 +122,12 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
                 "backend: events are compressed on the wire by Kafka (zstd). Unset it"
             )
         self.config = BackendConfig.load(url, app.conf.get(CONF_KEY))
+        # Celery's result expiry, carried by each event (docs/celery.md, "Expiry"): the
+        # log, not a setting of the processor, then says how long the view keeps it.
+        self.result_ttl_ms = result_ttl_ms("result_expires", self.expires)
+        failure = app.conf.get("result_failure_expires")
+        self.failure_ttl_ms = self.result_ttl_ms if failure is None else result_ttl_ms(
+            "result_failure_expires", self.prepare_expires(failure))
         # Celery calls a task's exception class to rebuild it; so does this backend, for
         # the classes resultlog's rules let it find (docs/celery.md, "Exceptions").
         self.rebuilder = ExceptionRebuilder(self.config.import_modules, call_class=True)
@@ -141,6 +163,7 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
                 fields["meta"] = meta
         emitter = self.emitter()
         fields.setdefault("worker", emitter.worker)
+        fields["result_ttl"] = self.failure_ttl_ms if state == "FAILURE" else self.result_ttl_ms
         try:
             if kind is State.SUCCESS:
                 # prepare_value: a result that is itself a result (a GroupResult a task
@@ -223,7 +246,8 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
     def _group_event(self, state: State, group_id: str, members: Any) -> None:
         emitter = self.emitter()
         event = TaskEvent.create(group_id, state, worker=emitter.worker,
-                                 task_name=names.CELERY_SAVED_GROUP_TASK, result=members)
+                                 task_name=names.CELERY_SAVED_GROUP_TASK, result=members,
+                                 result_ttl=self.result_ttl_ms)
         # Acknowledged by Kafka (and folded, with read-your-writes) before this returns:
         # the log, not the view, is what a replay restores.
         emitter.emit(event, wait=True)

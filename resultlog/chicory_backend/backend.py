@@ -22,7 +22,7 @@ from resultlog.errors import ConfigurationError, ValidationError
 from resultlog.producers.emitter import Emitter
 from resultlog.producers.heartbeats import send_heartbeat
 from resultlog.schemas.event import TaskEvent, validate_id, validate_task_id
-from resultlog.schemas.states import State
+from resultlog.schemas.states import MAX_TIMESTAMP_MS, State
 from resultlog.settings import Settings
 from resultlog.views.backend import AioState, ResultBackend
 from resultlog.views.workers import WorkersView
@@ -38,15 +38,24 @@ class ResultlogBackend(Backend):
     ``read_your_writes`` (default on): a result or heartbeat acknowledged by Kafka is
     folded into the view by the writer too (results by the emitter's option of that
     name), so it reads back at once; off, only the processor folds, and a read right
-    after a write may miss it.
+    after a write may miss it. ``result_ttl``: seconds the view keeps a result after it
+    was stored, 0 for ever, as Chicory's Redis backend's ``result_ttl``; None (the
+    default): the processor's ``RESULTLOG_RESULT_TTL_S``.
     """
 
-    def __init__(self, settings: Settings | None = None, *, read_your_writes: bool = True) -> None:
+    def __init__(self, settings: Settings | None = None, *, read_your_writes: bool = True,
+                 result_ttl: int | None = None) -> None:
         self.settings = Settings.given(settings, "ResultlogBackend")
         if not isinstance(read_your_writes, bool):
             raise ConfigurationError(f"ResultlogBackend: read_your_writes must be True or False, "
                                      f"not {read_your_writes!r}")
+        if result_ttl is not None and (isinstance(result_ttl, bool) or not isinstance(result_ttl, int)
+                                       or not 0 <= result_ttl <= MAX_TIMESTAMP_MS // 1000):
+            raise ConfigurationError(f"ResultlogBackend: result_ttl must be None (the processor's "
+                                     f"RESULTLOG_RESULT_TTL_S), 0 (for ever) or whole seconds, "
+                                     f"not {result_ttl!r}")
         self.read_your_writes = read_your_writes
+        self.result_ttl_ms = None if result_ttl is None else result_ttl * 1000
         self._emitter: Emitter | None = None
         self._reader: ResultBackend | None = None
         self._state: AioState | None = None
@@ -105,7 +114,7 @@ class ResultlogBackend(Backend):
 
     async def _store(self, task_id: str, result: TaskResult[Any], *, wait: bool = False) -> None:
         emitter, _, _ = self._connected()
-        event = task_event(task_id, result, emitter.worker)
+        event = task_event(task_id, result, emitter.worker, self.result_ttl_ms)
         wait = wait or event.state.ready
         await emitter.emit(event, wait=wait)
 

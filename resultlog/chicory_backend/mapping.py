@@ -41,8 +41,10 @@ FROM_EVENT_STATE: Final[dict[State, TaskState]] = {
 _WRAPPER_KEYS: Final = frozenset({names.CHICORY_STATE_KEY, names.CHICORY_RESULT_KEY})
 
 
-def task_event(task_id: str, result: TaskResult[Any], worker: str | None) -> TaskEvent:
-    """The event recording ``result`` for ``task_id``."""
+def task_event(task_id: str, result: TaskResult[Any], worker: str | None,
+               result_ttl_ms: int | None = None) -> TaskEvent:
+    """The event recording ``result`` for ``task_id``, expiring ``result_ttl_ms`` after
+    it (None: the processor's TTL)."""
     state = TO_EVENT_STATE[result.state]
     value = result.model_dump(mode="json")["result"]
     carried: str | None
@@ -56,7 +58,8 @@ def task_event(task_id: str, result: TaskResult[Any], worker: str | None) -> Tas
     # What Chicory's AsyncResult.get() raises for a FAILURE: Exception(error).
     error = None if result.error is None else ExceptionInfo("Exception", "builtins", result.error)
     return TaskEvent(event_id=new_event_id(), task_id=task_id, state=state, timestamp=now_ms(),
-                     worker=worker, result=carried, exception=error, traceback=result.traceback)
+                     worker=worker, result=carried, exception=error, traceback=result.traceback,
+                     result_ttl_ms=result_ttl_ms)
 
 
 def task_result(view: TaskView) -> TaskResult[Any]:

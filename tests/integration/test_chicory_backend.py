@@ -152,6 +152,29 @@ async def test_set_state_is_readable_and_a_ready_one_is_acknowledged(app: Chicor
     assert await AsyncResult(task_id, app.backend).get(timeout=1) is None
 
 
+async def test_result_ttl_is_each_results_expiry_as_with_chicorys_redis_backend(
+        settings: Settings) -> None:
+    """Carried by each event, so the writer's fold and the processor's (and a replay's)
+    give the key the same expiry: the event's timestamp plus result_ttl."""
+    client = redis.asyncio.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        for ttl, expected in ((120, 120_000), (0, None), (None, settings.result_ttl_s * 1000)):
+            chicory_backend = ResultlogBackend(settings, result_ttl=ttl)
+            await chicory_backend.connect()
+            try:
+                task_id = uuid.uuid4().hex
+                await chicory_backend.store_result(
+                    task_id, TaskResult[Any](task_id=task_id, state=TaskState.SUCCESS, result=1))
+            finally:
+                await chicory_backend.disconnect()
+            key = names.task_key(settings.redis_prefix, task_id)
+            at = await client.pexpiretime(key)
+            got = None if at == -1 else at - int(await client.hget(key, "timestamp") or 0)
+            assert got == expected, ttl
+    finally:
+        await client.aclose()
+
+
 async def test_a_deleted_result_stays_deleted_after_the_processor_and_a_replay(
         app: Chicory, settings: Settings) -> None:
     task_id = uuid.uuid4().hex

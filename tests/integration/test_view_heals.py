@@ -159,6 +159,26 @@ async def test_readers_fall_back_to_the_history_while_the_view_is_not_whole(
         assert backend.AsyncResult("unknown").state == "PENDING"
 
 
+async def test_the_history_fallback_expires_a_task_as_the_view_would(
+        settings: Settings, redis_client: redis.asyncio.Redis) -> None:
+    """While the view is not whole, a task the history holds is shown until its winner's
+    expiry: its own TTL when it carries one (0: never), else the reader's result_ttl_s."""
+    t = int(time.time() * 1000) - 10_000  # ten seconds ago
+    s = settings.replace(result_ttl_s=5)
+    events = [TaskEvent.create("by-setting", State.SUCCESS, timestamp=t, result=1),
+              TaskEvent.create("own-short", State.SUCCESS, timestamp=t, result=2, result_ttl=1000),
+              TaskEvent.create("own-long", State.SUCCESS, timestamp=t, result=3, result_ttl=60_000),
+              TaskEvent.create("own-never", State.SUCCESS, timestamp=t, result=4, result_ttl=0)]
+    async with HistoryStore(s) as store:
+        await store.migrate()
+        await store.write_batch(stored(events, s.events_topic), {}, consumer_group=s.consumer_group)
+    assert not await view_whole(s, redis_client)
+    with ResultBackend(s) as backend:
+        states = {e.task_id: backend.AsyncResult(e.task_id).state for e in events}
+    assert states == {"by-setting": "PENDING", "own-short": "PENDING",
+                      "own-long": "SUCCESS", "own-never": "SUCCESS"}
+
+
 class ViewLosingTheRebuildsFirstWrites(RedisView):
     """A view whose Redis goes back, right after a rebuild's first ``apply_rows``, to a
     copy from before it: what a restart from its files or a failover to a lagging replica

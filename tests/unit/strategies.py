@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from resultlog.schemas.event import ExceptionInfo, TaskEvent
-from resultlog.schemas.states import State
+from resultlog.schemas.states import MAX_TIMESTAMP_MS, State
 
 hex_ids = st.uuids().map(lambda u: u.hex)
 json_text = st.sampled_from(['1', '"x"', '{"a":[1,2]}', 'null', '[]'])
@@ -45,4 +45,7 @@ def task_events(draw: st.DrawFn, task_ids: st.SearchStrategy[str] | None = None)
         chord_size=3 if chord else None,
         chord_index=draw(st.integers(0, 2)) if chord else None,
         meta=draw(st.sampled_from([{}, {}, {"trace": "1"}, {"celery.queue": "q", "trace": "2"}])),
+        # TTLs that keep these timestamps' tasks (an expired winner's key is gone, and a
+        # late loser then recreates it: fold.lua's known limit): tests of expiry draw their own.
+        result_ttl_ms=draw(st.sampled_from([None, None, 0, MAX_TIMESTAMP_MS])),
     )

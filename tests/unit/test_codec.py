@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 from hypothesis import given
@@ -62,6 +63,30 @@ def test_a_v1_event_file_from_disk_decodes() -> None:
     assert v1["name"] == "TaskEvent"
     data = Codec(pin={TASK_EVENT: 1}).encode(TaskEvent.create("x", "SUCCESS", result=[1]))
     assert Codec().decode(data).result_value() == [1]
+
+
+def test_result_ttl_is_v3_and_reads_as_none_from_older_records() -> None:
+    """A v2 writer (an emitter not yet upgraded) carries no TTL: the processor's applies.
+    A v2 reader (a processor not yet upgraded) skips the field: its own TTL applies."""
+    event = TaskEvent.create("t", State.SUCCESS, result=1, result_ttl=timedelta(seconds=1.5))
+    assert event.result_ttl_ms == 1500
+    assert Codec().decode(Codec().encode(event)).result_ttl_ms == 1500
+    assert Codec(pin={TASK_EVENT: 2}).decode(Codec().encode(event)).result_ttl_ms is None
+    assert Codec().decode(Codec(pin={TASK_EVENT: 2}).encode(event)).result_ttl_ms is None
+
+
+@pytest.mark.parametrize("bad", [-1, timedelta(seconds=-1), 1.5, "60", True, 10**15])
+def test_a_bad_result_ttl_is_named(bad: object) -> None:
+    with pytest.raises(ValidationError, match="result_ttl"):
+        TaskEvent.create("t", State.SUCCESS, result=1, result_ttl=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="result_ttl_ms"):
+        TaskEvent(event_id="0" * 32, task_id="t", state=State.SUCCESS, timestamp=1,
+                  result_ttl_ms=bad)  # type: ignore[arg-type]
+
+
+def test_a_forget_carries_no_ttl() -> None:
+    with pytest.raises(ValidationError, match="result_ttl_ms"):
+        TaskEvent.create("t", State.FORGOTTEN, result_ttl=5)
 
 
 def test_garbage_is_a_codec_error() -> None:

@@ -119,3 +119,6 @@ def test_every_entry_point_that_takes_settings_refuses_something_else_by_name() 
             make("redis://h:6379/0")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="read_your_writes must be True or False, not 'false'"):
         ResultlogBackend(read_your_writes="false")  # type: ignore[arg-type]
+    for bad in (-1, 1.5, "60", True):
+        with pytest.raises(ConfigurationError, match="result_ttl must be None"):
+            ResultlogBackend(result_ttl=bad)  # type: ignore[arg-type]

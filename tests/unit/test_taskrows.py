@@ -8,6 +8,7 @@ would not, so on corrupted bytes it must decline wherever the canonical one fail
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import assume, given, settings
@@ -16,12 +17,13 @@ from hypothesis import strategies as st
 from resultlog.errors import CodecError, ValidationError
 from resultlog.schemas.codec import TASK_EVENT, Codec
 from resultlog.schemas.event import ExceptionInfo, TaskEvent
+from resultlog.schemas.fold import expire_at, fold
 from resultlog.schemas.states import MAX_TIMESTAMP_MS, RECORD_STATES, State
 from resultlog.schemas.taskrows import history_row, read_rows, view_row
 from tests.unit.strategies import task_events
 
 CODEC = Codec()
-V2_HEADER = CODEC.schema_for(TASK_EVENT).header
+TASK_HEADER = CODEC.schema_for(TASK_EVENT).header
 TTL_MS = 86_400_000
 # Any text, including U+0000/U+0001 (which the history escapes), non-ASCII, and
 # strings long enough for multi-byte length prefixes.
@@ -92,18 +94,35 @@ def test_the_fast_rows_are_the_canonical_rows(event: TaskEvent, partition: int, 
         # Such strings are stored escaped: left to the canonical route.
         assert fast is None
     elif event.state is State.FORGOTTEN:
-        # A TaskForgotten record, not a TaskEvent v2: the canonical route's.
+        # A TaskForgotten record, not a TaskEvent: the canonical route's.
         assert fast is None and canonical(data, partition, offset) is not None
     else:
-        assert fast is not None, "a valid v2 event must take the fast route"
+        assert fast is not None, "a valid event of the latest version must take the fast route"
         assert fast == canonical(data, partition, offset)
 
 
 @given(event=task_events())
 def test_without_expiry_the_view_row_has_no_expire_at(event: TaskEvent) -> None:
     assume(not _has_escapes(event) and event.state is not State.FORGOTTEN)
+    assume(not event.result_ttl_ms)
     fast = read_rows(CODEC.encode(event), "events", 0, 0, 0)
     assert fast is not None and fast[2] == view_row(event, 0) and fast[2][1] == ""
+
+
+@given(event=task_events(), own=st.none() | st.integers(0, MAX_TIMESTAMP_MS),
+       ttl_ms=st.sampled_from([0, TTL_MS]))
+def test_an_events_own_ttl_wins_over_the_processors(event: TaskEvent, own: int | None,
+                                                     ttl_ms: int) -> None:
+    """expire_at is the timestamp plus the event's own TTL, else the processor's; 0 (either
+    way) is no expiry: the rule schemas/fold.py's expire_at states, on rows."""
+    assume(not _has_escapes(event) and event.state is not State.FORGOTTEN)
+    event = replace(event, result_ttl_ms=own)
+    fast = read_rows(CODEC.encode(event), "events", 0, 0, ttl_ms)
+    assert fast is not None and fast[2] == view_row(event, ttl_ms)
+    at = expire_at(fold([event])[event.task_id], ttl_ms)
+    assert fast[2][1] == ("" if at is None else str(at))
+    ttl = ttl_ms if own is None else own
+    assert at == (event.timestamp + ttl if ttl else None)
 
 
 @settings(max_examples=600)
@@ -112,10 +131,10 @@ def test_corrupted_bytes_are_never_stored_differently(event: TaskEvent, data: st
     raw = bytearray(CODEC.encode(event))
     how = data.draw(st.sampled_from(["flip", "truncate", "extend"]))
     if how == "flip":
-        i = data.draw(st.integers(len(V2_HEADER), len(raw) - 1))
+        i = data.draw(st.integers(len(TASK_HEADER), len(raw) - 1))
         raw[i] = data.draw(st.integers(0, 255))
     elif how == "truncate":
-        del raw[data.draw(st.integers(len(V2_HEADER), len(raw) - 1)):]
+        del raw[data.draw(st.integers(len(TASK_HEADER), len(raw) - 1)):]
     else:
         raw += data.draw(st.binary(min_size=1, max_size=4))
     mangled = bytes(raw)
@@ -140,7 +159,7 @@ def test_invalid_events_are_declined() -> None:
     good = TaskEvent.create("t1", State.SUCCESS, result=1)
     data = CODEC.encode(good)
     # The task id "t1" is 2 bytes: a length prefix 0x04 after the 32-char event id.
-    at = len(V2_HEADER) + 1 + 32
+    at = len(TASK_HEADER) + 1 + 32
     assert data[at:at + 3] == b"\x04t1"
     blank = data[:at] + b"\x02 " + data[at + 3:]  # task id " "
     assert read_rows(blank, "events", 0, 0, TTL_MS) is None
@@ -161,7 +180,7 @@ def test_the_sink_sends_what_no_column_can_hold_to_dead_letters() -> None:
     from resultlog.schemas.codec import event_to_record
     from resultlog.settings import Settings
 
-    schema = json.loads((Path(__file__).parents[2] / "schemas" / "avro" / "task_event.v2.avsc").read_text())
+    schema = json.loads((Path(__file__).parents[2] / "schemas" / "avro" / "task_event.v3.avsc").read_text())
     for f in schema["fields"]:
         if f["name"] == "chord_size":
             f["type"] = ["null", "long"]
@@ -169,7 +188,7 @@ def test_the_sink_sends_what_no_column_can_hold_to_dead_letters() -> None:
     record = event_to_record(wide) | {"chord_size": 2**40}
     body = io.BytesIO()
     schemaless_writer(body, parse_schema(schema), record)
-    foreign = V2_HEADER + body.getvalue()
+    foreign = TASK_HEADER + body.getvalue()
     good = CODEC.encode(TaskEvent.create("t1", State.SUCCESS, result=1))
 
     sink = FoldSink(Settings(), consumer_group="g")
