@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import random
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -278,6 +279,29 @@ async def test_ttl_zero_never_expires(settings: Settings, client: redis.asyncio.
         # A new winner under ttl 0 removes an expiry set before.
         await v.apply([ev("t", State.SUCCESS, now, result=1)])
     assert await client.pttl(key(settings, "t")) == -1
+
+
+async def test_an_events_own_ttl_wins_and_expiry_follows_the_winner(
+        settings: Settings, client: redis.asyncio.Redis) -> None:
+    """TaskEvent v3's result_ttl_ms: the winner's own TTL, else the view's; 0 never."""
+    s = settings.replace(result_ttl_s=3600)
+    now = now_ms()
+    async with RedisView(s) as v:
+        await v.apply([replace(ev("t", State.STARTED, now - 3), result_ttl_ms=60_000)])
+        assert await client.pexpiretime(key(s, "t")) == now - 3 + 60_000
+        # A winner with no TTL of its own takes the view's.
+        await v.apply([ev("t", State.RETRY, now - 2)])
+        assert await client.pexpiretime(key(s, "t")) == now - 2 + 3_600_000
+        # 0: for ever, though the view's TTL is not.
+        await v.apply([replace(ev("t", State.SUCCESS, now - 1, result=1), result_ttl_ms=0)])
+        assert await client.pexpiretime(key(s, "t")) == -1
+        # A losing event's TTL changes nothing.
+        await v.apply([replace(ev("t", State.STARTED, now), result_ttl_ms=5)])
+        assert await client.pexpiretime(key(s, "t")) == -1
+    async with RedisView(s.replace(result_ttl_s=0)) as v:
+        # A view that never expires still expires an event that says so.
+        await v.apply([replace(ev("u", State.SUCCESS, now, result=1), result_ttl_ms=90_000)])
+        assert await client.pexpiretime(key(s, "u")) == now + 90_000
 
 
 async def test_an_event_older_than_the_ttl_is_not_kept(settings: Settings, client: redis.asyncio.Redis) -> None:

@@ -48,14 +48,15 @@ async def workload(settings: Settings, n: int = 60, base_ms: int = BASE_MS, tag:
         kind = i % 4
         if kind == 0:
             ev("SUCCESS", result={"i": i}, runtime=0.5)
-        elif kind == 1:
-            ev("FAILURE", exc=ExceptionInfo.from_exception(ValueError(f"bad {i}")))
+        elif kind == 1:  # kept a week (the event's own TTL), not the settings' day
+            ev("FAILURE", exc=ExceptionInfo.from_exception(ValueError(f"bad {i}")),
+               result_ttl=7 * 86_400_000)
         elif kind == 2:
             ev("RETRY", exc=ExceptionInfo.from_exception(TimeoutError("slow")))
             ev("STARTED", attempt=1)
             ev("SUCCESS", result=i, attempt=1)
         else:
-            ev("REVOKED")
+            ev("REVOKED", result_ttl=0)  # kept for ever
     async with Emitter(settings) as em:
         for event in events:
             await em.emit(event)
@@ -158,6 +159,10 @@ async def test_replay_rebuilds_both_stores_exactly_and_verify_agrees(settings: S
     n += members
     redis_before, history_before = await redis_snapshot(settings), await history_snapshot(settings)
     assert len(history_before) == n and len(redis_before) == 60 + members + 3
+    # Each expiry as the winner's own TTL (or the settings') says: compared below too.
+    expiries = {redis_before[names.task_key(settings.redis_prefix, f"w-{i}")][1] for i in range(4)}
+    assert expiries == {BASE_MS + 2 + settings.result_ttl_s * 1000, BASE_MS + 1 + 7 * 86_400_000,
+                        BASE_MS + 0 + settings.result_ttl_s * 1000, -1}
 
     report = await verify(settings)
     assert report.ok, [d.render() for d in report.differences]
