@@ -141,24 +141,28 @@ class AioState:
             raise ValidationError(f"timeout must be None or a number of seconds, not {timeout!r}")
         return None if math.isinf(timeout) and timeout > 0 else self.loop.time() + timeout
 
-    async def wait_ready(self, task_id: str, timeout: float | None) -> TaskView:
-        """The task's view once it is ready; :class:`ResultTimeout` after ``timeout`` s."""
+    async def wait_ready(self, task_id: str, timeout: float | None,
+                         on_change: Callable[[TaskView], None] | None = None) -> TaskView:
+        """The task's view once it is ready; :class:`ResultTimeout` after ``timeout`` s.
+        ``on_change``: called with each not-ready state pushed while waiting."""
         async with self.op():
             deadline = self.deadline(timeout)
             view = (await self._read_views([task_id]))[0]
             if view is not None and view.ready:
                 return view
-            return await self._wait_pending(task_id, deadline)
+            return await self._wait_pending(task_id, deadline, on_change=on_change)
 
-    async def wait_sent(self, task_id: str, on_subscribed: Callable[[], None]) -> TaskView:
+    async def wait_sent(self, task_id: str, on_subscribed: Callable[[], None],
+                        on_change: Callable[[TaskView], None] | None = None) -> TaskView:
         """:meth:`wait_ready` for a task being sent: it cannot be ready yet, so the wait
         subscribes at once (no read ahead of it) and calls ``on_subscribed`` as soon as
         the subscription is live."""
         async with self.op():
-            return await self._wait_pending(task_id, None, on_subscribed)
+            return await self._wait_pending(task_id, None, on_subscribed, on_change)
 
     async def _wait_pending(self, task_id: str, deadline: float | None,
-                            on_subscribed: Callable[[], None] | None = None) -> TaskView:
+                            on_subscribed: Callable[[], None] | None = None,
+                            on_change: Callable[[TaskView], None] | None = None) -> TaskView:
         if deadline is not None and deadline <= self.loop.time():
             raise ResultTimeout(f"task {task_id} is not ready (timed out)")
         channel = names.task_done_channel(self.settings.redis_prefix, task_id)
@@ -168,16 +172,23 @@ class AioState:
                     if on_subscribed is not None:
                         on_subscribed()
                     # Subscribed first, read second: see notify.py.
-                    while True:
-                        watch.clear()
-                        view = (await self._read_views([task_id]))[0]
-                        if view is not None and view.ready:
-                            return view
+                    view = (await self._read_views([task_id]))[0]
+                    while view is None or not view.ready:
                         await watch.wait()
-                        # The push usually carries the view itself: no second read.
-                        view = view_from_push(task_id, watch.payload)
-                        if view is not None and view.ready:
-                            return view
+                        # A push arriving after the take wakes the next wait: none is
+                        # missed. Each push usually carries the view itself (every
+                        # change of the winner is pushed, in fold order): no read.
+                        # Without one (a reconnect's wake-up, a view too large to
+                        # push, a forget), read.
+                        for payload in watch.take():
+                            view = view_from_push(task_id, payload)
+                            if view is None:
+                                view = (await self._read_views([task_id]))[0]
+                            elif on_change is not None and not view.ready:
+                                on_change(view)
+                            if view is not None and view.ready:
+                                break
+                    return view
         except TimeoutError as exc:
             if isinstance(exc, ResultTimeout):
                 raise
@@ -349,19 +360,22 @@ class ResultBackend:
             return view
         return self.run(lambda state: state.wait_ready(task_id, timeout))
 
-    def watch_ready(self, task_id: str, *, sent: bool = False) -> Future[TaskView]:
+    def watch_ready(self, task_id: str, *, sent: bool = False,
+                    on_change: Callable[[TaskView], None] | None = None) -> Future[TaskView]:
         """The task's view once it is ready, as a future: :meth:`wait_ready` without
         blocking the caller (for push-based waiters such as the Celery backend's result
         consumer). Cancel the future to stop waiting.
 
         ``sent``: the task is being sent now. Returns once the wait's subscription is
         live (or the wait failed), so that whoever sent it knows it is watched — one
-        round trip to Redis, as Celery's Redis backend subscribes when it sends."""
+        round trip to Redis, as Celery's Redis backend subscribes when it sends.
+        ``on_change``: called, in the backend's loop thread, with each not-ready state
+        pushed while the wait lasts (Celery's ``get(on_message=...)``)."""
         validate_task_id(task_id)
         if not sent:
-            return self.submit(lambda state: state.wait_ready(task_id, None))
+            return self.submit(lambda state: state.wait_ready(task_id, None, on_change))
         live = threading.Event()
-        future = self.submit(lambda state: state.wait_sent(task_id, live.set))
+        future = self.submit(lambda state: state.wait_sent(task_id, live.set, on_change))
         future.add_done_callback(lambda _: live.set())  # failed to subscribe: do not block
         live.wait()
         return future

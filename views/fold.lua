@@ -21,8 +21,9 @@ Key layout (names built by resultlog/names.py):
       token:{field}      order token of the event each sticky field came from
 
   {prefix}done:{task_id}   channel: PUBLISHed whenever a batch moves the task's
-                           winner to a ready state (and the key is kept), if anyone
-                           is subscribed to it (or to any pattern). Payload:
+                           winner (to any state: waiters wake on a ready one, Celery's
+                           get(on_message=...) hears the others) and the key is kept,
+                           if anyone is subscribed to it (or to any pattern). Payload:
                            the whole hash as a JSON array [field, value, ...] (what
                            HGETALL returns), so a woken waiter need not read it
                            again; just the state name if the values exceed
@@ -205,9 +206,10 @@ for e = 1, #events do
 end
 
 -- Pass 2: one write per task that changed.
--- A push nobody hears costs an HGETALL and an encode per ready task (a fifth of a
--- replay's Redis time); pattern subscribers may hear any channel, so with any of
--- those every push is made.
+-- A push nobody hears costs an HGETALL and an encode per changed task (a fifth of a
+-- replay's Redis time for its ready ones alone), so a task's channel is asked first
+-- (~1 us); pattern subscribers may hear any channel, so with any of those every push
+-- is made.
 local listened = call('PUBSUB', 'NUMPAT') > 0
 local transitions_channel = ARGV[#ARGV]
 local watched = call('PUBSUB', 'NUMSUB', transitions_channel)[2] > 0
@@ -270,7 +272,7 @@ for k = 1, ntasks do
         moved[nmoved] = {key, state, full[timestamp_slot], full[attempt_slot],
                          full[worker_slot] or false, name}
       end
-      if kept and ready[state] and (listened or call('PUBSUB', 'NUMSUB', channels[k])[2] > 0) then
+      if kept and (listened or call('PUBSUB', 'NUMSUB', channels[k])[2] > 0) then
         local fields = call('HGETALL', key)
         local size = 0
         for i = 2, #fields, 2 do size = size + #fields[i] end

@@ -33,18 +33,26 @@ BARRIER_PATIENCE_S = 5.0
 class Watch:
     """One waiter's interest in one channel."""
 
-    __slots__ = ("channel", "payload", "_event", "_error")
+    __slots__ = ("channel", "_payloads", "_event", "_error")
 
     def __init__(self, channel: str) -> None:
         self.channel = channel
-        self.payload: str | None = None  # the last message's data (None: just re-read)
+        # Every wake-up since the last take, in order: a message's data, or None (a
+        # reconnect's: re-read). All of them, not the last: a waiter behind by two
+        # pushes still hands each state on (Celery's get(on_message=...)).
+        self._payloads: list[str | None] = []
         self._event = asyncio.Event()
         self._error: BaseException | None = None
 
     def clear(self) -> None:
         """Forget earlier wake-ups: call before each read of the task."""
+        self.take()
+
+    def take(self) -> list[str | None]:
+        """The wake-ups since the last take or clear, oldest first; forgets them."""
+        payloads, self._payloads = self._payloads, []
         self._event.clear()
-        self.payload = None
+        return payloads
 
     async def wait(self) -> None:
         """Wait for a wake-up (the caller bounds the wait, e.g. ``asyncio.timeout``)."""
@@ -55,7 +63,7 @@ class Watch:
     def _wake(self, error: BaseException | None = None, payload: str | None = None) -> None:
         if error is not None:
             self._error = error
-        self.payload = payload
+        self._payloads.append(payload)
         self._event.set()
 
 

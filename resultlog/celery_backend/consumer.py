@@ -7,8 +7,11 @@ waiting thread until the result is ready. Here each consumed task is one wait of
 subscribes to the task's done channel, then reads the task (so a result written
 before the subscription took effect is still found), then sleeps until the fold
 script publishes. A finished wait puts the view on a queue; ``drain_events`` takes it
-off in the waiting thread and hands Celery the meta. Nothing polls: ``drain_events``
-blocks on the queue, and its timeout only lets Celery check its own deadline.
+off in the waiting thread and hands Celery the meta. The states a task passes through
+while waited on (STARTED, progress reports) are pushed too and take the same queue, so
+``get(on_message=...)`` hears them, as with Celery's Redis backend. Nothing polls:
+``drain_events`` blocks on the queue, and its timeout only lets Celery check its own
+deadline.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ if TYPE_CHECKING:
     from resultlog.celery_backend.backend import ResultlogBackend
 
 _Wait = concurrent.futures.Future[TaskView]
+# What the queue carries: a finished wait, or a state the task passed through.
+_Item = tuple[str, "_Wait | TaskView"]
 
 
 class ViewResultConsumer(BaseResultConsumer):  # type: ignore[misc]
@@ -45,7 +50,7 @@ class ViewResultConsumer(BaseResultConsumer):  # type: ignore[misc]
         # task id -> its wait; None while the wait is being set up.
         self._waits: dict[str, _Wait | None] = {}
         # SimpleQueue: its put() is safe from __del__ and from any thread.
-        self._done: queue.SimpleQueue[tuple[str, _Wait]] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[_Item] = queue.SimpleQueue()
 
     def on_after_fork(self) -> None:
         # The waits ran on the parent's loop thread, which does not exist here.
@@ -69,7 +74,8 @@ class ViewResultConsumer(BaseResultConsumer):  # type: ignore[misc]
                 return
             self._waits[task_id] = None
         # Outside the lock: submitting allocates, so the collector may run __del__s here.
-        wait = self.backend.reader().watch_ready(task_id, sent=sent)
+        wait = self.backend.reader().watch_ready(
+            task_id, sent=sent, on_change=lambda view: self._changed(task_id, view))
         with self._lock:
             keep = task_id in self._waits and self._waits[task_id] is None
             if keep:
@@ -86,6 +92,15 @@ class ViewResultConsumer(BaseResultConsumer):  # type: ignore[misc]
             wanted = self._waits.get(task_id) is wait
         if wanted and not wait.cancelled():
             self._done.put((task_id, wait))
+
+    def _changed(self, task_id: str, view: TaskView) -> None:
+        # A state the task passed through (STARTED, a progress report): Celery hands it
+        # to get()'s on_message, as its Redis backend hands every message it hears.
+        # Only for a task still waited on, as in _finished.
+        with self._lock:
+            wanted = task_id in self._waits
+        if wanted:
+            self._done.put((task_id, view))
 
     def cancel_for(self, task_id: str) -> None:
         with self._lock:
@@ -106,7 +121,10 @@ class ViewResultConsumer(BaseResultConsumer):  # type: ignore[misc]
             except queue.Empty:
                 return
 
-    def _deliver(self, task_id: str, wait: _Wait) -> None:
+    def _deliver(self, task_id: str, wait: _Wait | TaskView) -> None:
+        if isinstance(wait, TaskView):  # not ready: on_message's, if anyone's
+            self.on_state_change(self.backend.meta_for(task_id, wait), None)
+            return
         with self._lock:
             if self._waits.get(task_id) is wait:
                 del self._waits[task_id]

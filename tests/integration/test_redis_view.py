@@ -324,7 +324,7 @@ async def test_an_event_older_than_the_ttl_is_not_kept(settings: Settings, clien
 # -- push on ready ----------------------------------------------------------------------
 
 
-async def test_publishes_when_a_task_becomes_ready(view: RedisView, client: redis.asyncio.Redis, settings: Settings) -> None:
+async def test_publishes_each_change_of_a_tasks_winner(view: RedisView, client: redis.asyncio.Redis, settings: Settings) -> None:
     channel = names.task_done_channel(settings.redis_prefix, "t")
     t = now_ms()
 
@@ -341,7 +341,11 @@ async def test_publishes_when_a_task_becomes_ready(view: RedisView, client: redi
             assert pushed is not None
             return msg["channel"], pushed.state.value
 
+        # Not only ready states: Celery's get(on_message=...) hears the others.
         await view.apply([ev("t", State.RECEIVED, t), ev("t", State.STARTED, t + 1)])
+        assert await next_message() == (channel, "STARTED")  # one message a batch
+        assert await next_message() is None
+        await view.apply([ev("t", State.RECEIVED, t + 9)])  # a loser is not news
         assert await next_message() is None
         success = ev("t", State.SUCCESS, t + 2, result=1)
         await view.apply([success, ev("other", State.STARTED, t)])

@@ -585,3 +585,33 @@ async def test_history_lists_every_transition(backend: ResultBackend, settings: 
                                 consumer_group="g")
     assert await backend.AioAsyncResult("t").history() == events[:3]
     assert await asyncio.to_thread(backend.AsyncResult("t").history) == events[:3]
+
+
+def test_a_waiter_behind_by_several_pushes_hands_each_state_on(settings: Settings) -> None:
+    """Every change is pushed, and a waiter whose loop was busy while several arrived
+    hands each one on in order (Celery's get(on_message=...) hears every state), not
+    only the last."""
+    t = now_ms()
+    with ResultBackend(settings) as backend:
+        seen: list[tuple[State, str | None]] = []
+        waiting = backend.watch_ready(
+            "late", sent=True, on_change=lambda v: seen.append((v.state, v.result)))
+        apply_sync(settings, [ev("late", State.RECEIVED, timestamp=t)])
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:  # the waiter is past its read
+            time.sleep(0.005)
+        assert seen == [(State.RECEIVED, None)]
+        gate = threading.Event()
+
+        async def busy(_: Any) -> None:
+            gate.wait()  # blocks the backend's loop thread while three pushes arrive
+
+        blocked = backend.submit(busy)
+        apply_sync(settings, [ev("late", State.STARTED, timestamp=t + 1)])
+        apply_sync(settings, [ev("late", State.STARTED, timestamp=t + 2, result={"done": 1})])
+        apply_sync(settings, [ev("late", State.SUCCESS, timestamp=t + 3, result=1)])
+        gate.set()
+        blocked.result(timeout=10)
+        view = waiting.result(timeout=10)
+    assert view.state is State.SUCCESS
+    assert seen == [(State.RECEIVED, None), (State.STARTED, None), (State.STARTED, '{"done":1}')]
