@@ -98,6 +98,8 @@ class TaskEvent:
             # Refuse what its record would lose.
             extra = [f.name for f in fields(self) if f.name not in _FORGOTTEN_FIELDS
                      and getattr(self, f.name) not in (None, 0)]
+            if self.result_ttl_ms == 0:  # 0 is a TTL (for ever), not an absent one
+                extra.append("result_ttl_ms")
             if extra:
                 raise ValidationError(
                     f"a FORGOTTEN event carries only event_id, task_id, timestamp, worker "

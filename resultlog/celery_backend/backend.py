@@ -104,8 +104,9 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
     """Celery's result backend on resultlog (scheme ``resultlog://``)."""
 
     supports_native_join = True
-    # Results expire with the view: RESULTLOG_RESULT_TTL_S after the event's timestamp,
-    # set by whoever folds the event (the processor, or the storing process).
+    # Results expire with the view: result_expires (result_failure_expires for a
+    # FAILURE) after the event's timestamp, carried by the event, so whoever folds it
+    # (the processor, the storing process, a replay) sets the same expiry.
     supports_autoexpire = True
     persistent = True
     #: result_failure_expires is applied to FAILURE results, as by Celery's Redis backend.
