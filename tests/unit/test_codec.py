@@ -67,7 +67,7 @@ def test_a_v1_event_file_from_disk_decodes() -> None:
 
 def test_result_ttl_is_v3_and_reads_as_none_from_older_records() -> None:
     """A v2 writer (an emitter not yet upgraded) carries no TTL: the processor's applies.
-    A v2 reader (a processor not yet upgraded) skips the field: its own TTL applies."""
+    A reader pinned to v2 skips the field: its own TTL applies."""
     event = TaskEvent.create("t", State.SUCCESS, result=1, result_ttl=timedelta(seconds=1.5))
     assert event.result_ttl_ms == 1500
     assert Codec().decode(Codec().encode(event)).result_ttl_ms == 1500
