@@ -594,12 +594,15 @@ def test_a_waiter_behind_by_several_pushes_hands_each_state_on(settings: Setting
     t = now_ms()
     with ResultBackend(settings) as backend:
         seen: list[tuple[State, str | None]] = []
-        waiting = backend.watch_ready(
-            "late", sent=True, on_change=lambda v: seen.append((v.state, v.result)))
+        heard_one = threading.Event()
+
+        def on_change(view: TaskView) -> None:
+            seen.append((view.state, view.result))
+            heard_one.set()
+
+        waiting = backend.watch_ready("late", sent=True, on_change=on_change)
         apply_sync(settings, [ev("late", State.RECEIVED, timestamp=t)])
-        deadline = time.monotonic() + 10
-        while not seen and time.monotonic() < deadline:  # the waiter is past its read
-            time.sleep(0.005)
+        assert heard_one.wait(10)  # the waiter is past its first read, waiting for pushes
         assert seen == [(State.RECEIVED, None)]
         gate = threading.Event()
 
