@@ -6,16 +6,22 @@ Celery is an optional dependency (``resultlog[celery]``) imported only by :func:
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from resultlog.errors import EventTooLarge, ResultNotSerializable
+from resultlog.errors import ConfigurationError, EventTooLarge, ResultNotSerializable
 from resultlog.schemas.event import TaskFields
+from resultlog.schemas.states import MAX_TIMESTAMP_MS
 from resultlog.producers.sync import SyncEmitter
+
+log = logging.getLogger(__name__)
+
 
 def _signals() -> Any:
     try:
@@ -63,6 +69,32 @@ def request_fields(request: Any, task: Any = None) -> tuple[str | None, int, Tas
     return get("id"), retries if isinstance(retries, int) else 0, fields
 
 
+def result_ttl_ms(setting: str, seconds: float | timedelta | None) -> int:
+    """Celery's expiry in seconds or a timedelta (None or 0: never, as Celery's Redis
+    backend takes it) as an event's result TTL in ms (0: for ever)."""
+    if isinstance(seconds, timedelta):
+        seconds = seconds.total_seconds()
+    if not seconds:
+        return 0
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+            or not 0 < seconds <= MAX_TIMESTAMP_MS / 1000:
+        raise ConfigurationError(
+            f"{setting} must be None, 0 (keep results for ever) or a positive number of "
+            f"seconds (or a timedelta), got {seconds!r}")
+    return math.ceil(seconds * 1000)
+
+
+def celery_result_ttls(expires: float | timedelta | None,
+                       failure_expires: float | timedelta | None) -> tuple[int, int]:
+    """(for every state, for FAILURE) result TTLs in ms from a Celery app's
+    ``result_expires`` and ``result_failure_expires`` (which defaults to the former), as
+    Celery's Redis backend applies them."""
+    result = result_ttl_ms("result_expires", expires)
+    if failure_expires is None:
+        return result, result
+    return result, result_ttl_ms("result_failure_expires", failure_expires)
+
+
 @dataclass
 class Installation:
     """The connected handlers; :meth:`uninstall` disconnects them."""
@@ -77,20 +109,44 @@ class Installation:
 
 
 def install(app: Any, emitter: SyncEmitter) -> Installation:
-    """Emit resultlog events for Celery's tasks (only ``app``'s, unless ``app`` is None)."""
+    """Emit resultlog events for Celery's tasks (only ``app``'s, unless ``app`` is None).
+
+    Each event carries its app's ``result_expires`` (``result_failure_expires`` for a
+    FAILURE) as its result TTL, read when the event is emitted: apps are often
+    configured after the module that creates them calls this."""
     signals = _signals()
     started_at: dict[str, float] = {}
     lock = threading.Lock()
+    refused: set[tuple[int, str]] = set()
 
     def ours(sender: Any) -> bool:
         return app is None or getattr(sender, "app", None) is app
+
+    def expiring(sender: Any, fields: TaskFields, *, failed: bool = False) -> TaskFields:
+        owner = app if app is not None else getattr(sender, "app", None)
+        conf = getattr(owner, "conf", None)
+        if conf is None:
+            return fields  # no app to ask: the processor's TTL
+        try:
+            every, failure = celery_result_ttls(conf.get("result_expires"),
+                                                conf.get("result_failure_expires"))
+        except ConfigurationError as exc:
+            # In a signal handler an error would lose the event (Celery logs and drops
+            # it): keep the event under the processor's TTL and say so, once per value.
+            if (id(owner), str(exc)) not in refused:
+                refused.add((id(owner), str(exc)))
+                log.warning("%s; resultlog events of this app expire after the processor's "
+                            "RESULTLOG_RESULT_TTL_S until it is fixed", exc)
+            return fields
+        fields["result_ttl"] = failure if failed else every
+        return fields
 
     def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
         if request is None or not ours(sender):
             return
         task_id, attempt, fields = request_fields(request)
         if task_id:
-            emitter.received(task_id, attempt=attempt, **fields)
+            emitter.received(task_id, attempt=attempt, **expiring(sender, fields))
 
     def on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None, **_: Any) -> None:
         if task is None or not task_id or not ours(task):
@@ -98,7 +154,7 @@ def install(app: Any, emitter: SyncEmitter) -> Installation:
         _id, attempt, fields = request_fields(task.request, task)
         with lock:
             started_at[task_id] = time.perf_counter()
-        emitter.started(task_id, attempt=attempt, **fields)
+        emitter.started(task_id, attempt=attempt, **expiring(task, fields))
 
     def runtime_of(task_id: str, given: Any) -> float | None:
         with lock:
@@ -115,10 +171,12 @@ def install(app: Any, emitter: SyncEmitter) -> Installation:
             return
         runtime = runtime_of(task_id, kw.get("runtime"))
         try:
-            emitter.success(task_id, result, runtime=runtime, attempt=attempt, **fields)
+            emitter.success(task_id, result, runtime=runtime, attempt=attempt,
+                            **expiring(sender, fields))
         except (ResultNotSerializable, EventTooLarge) as exc:
             # Celery stored the result its own way, but resultlog cannot: record why.
-            emitter.failure(task_id, exc, runtime=runtime, attempt=attempt, **fields)
+            emitter.failure(task_id, exc, runtime=runtime, attempt=attempt,
+                            **expiring(sender, fields, failed=True))
             raise
 
     def on_failure(
@@ -134,7 +192,8 @@ def install(app: Any, emitter: SyncEmitter) -> Installation:
         tb = getattr(einfo, "traceback", None)
         emitter.failure(
             task_id, exception, traceback=tb if isinstance(tb, str) else None,
-            runtime=runtime_of(task_id, None), attempt=attempt, **fields,
+            runtime=runtime_of(task_id, None), attempt=attempt,
+            **expiring(sender, fields, failed=True),
         )
 
     def on_retry(sender: Any = None, request: Any = None, reason: Any = None, einfo: Any = None, **_: Any) -> None:
@@ -153,7 +212,7 @@ def install(app: Any, emitter: SyncEmitter) -> Installation:
         emitter.retry(
             task_id, exc, attempt=attempt,
             eta=when if isinstance(when, datetime) else None,
-            traceback=tb if isinstance(tb, str) else None, **fields,
+            traceback=tb if isinstance(tb, str) else None, **expiring(sender, fields),
         )
 
     def on_revoked(
@@ -166,7 +225,7 @@ def install(app: Any, emitter: SyncEmitter) -> Installation:
             return
         reason = "expired" if expired else "terminated" if terminated else "revoked"
         fields["meta"] = {"revoked": reason}
-        emitter.revoked(task_id, attempt=attempt, **fields)
+        emitter.revoked(task_id, attempt=attempt, **expiring(sender, fields))
 
     installation = Installation(emitter)
     for signal, receiver in (

@@ -13,7 +13,6 @@ child re-creates its own on first use.
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -44,11 +43,11 @@ from resultlog.celery_backend.meta import (
     to_plain,
 )
 from resultlog.errors import ConfigurationError, EventTooLarge, ResultNotSerializable
-from resultlog.producers.celery import request_fields
+from resultlog.producers.celery import celery_result_ttls, request_fields
 from resultlog.producers.sync import SyncEmitter
 from resultlog.schemas.event import TaskEvent, TaskFields
 from resultlog.schemas.fold import TaskView
-from resultlog.schemas.states import MAX_TIMESTAMP_MS, State
+from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.views.backend import ResultBackend
 from resultlog.views.exceptions import ExceptionRebuilder
@@ -67,19 +66,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def result_ttl_ms(setting: str, seconds: float | None) -> int:
-    """Celery's expiry in seconds (None or 0: never, as Celery's Redis backend takes it)
-    as an event's result TTL in ms (0: for ever)."""
-    if not seconds:
-        return 0
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
-            or not 0 < seconds <= MAX_TIMESTAMP_MS / 1000:
-        raise ConfigurationError(
-            f"{setting} must be None, 0 (keep results for ever) or a positive number of "
-            f"seconds (or a timedelta), got {seconds!r}")
-    return math.ceil(seconds * 1000)
 
 
 def _emitter(settings: Settings, read_your_writes: bool) -> SyncEmitter:
@@ -125,10 +111,8 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
         self.config = BackendConfig.load(url, app.conf.get(CONF_KEY))
         # Celery's result expiry, carried by each event (docs/celery.md, "Expiry"): the
         # log, not a setting of the processor, then says how long the view keeps it.
-        self.result_ttl_ms = result_ttl_ms("result_expires", self.expires)
-        failure = app.conf.get("result_failure_expires")
-        self.failure_ttl_ms = self.result_ttl_ms if failure is None else result_ttl_ms(
-            "result_failure_expires", self.prepare_expires(failure))
+        self.result_ttl_ms, self.failure_ttl_ms = celery_result_ttls(
+            self.expires, app.conf.get("result_failure_expires"))
         # Celery calls a task's exception class to rebuild it; so does this backend, for
         # the classes resultlog's rules let it find (docs/celery.md, "Exceptions").
         self.rebuilder = ExceptionRebuilder(self.config.import_modules, call_class=True)

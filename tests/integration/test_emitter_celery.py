@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -131,6 +132,54 @@ async def test_celery_chord_members_are_reported_as_members_of_their_group(
     members = [e for e in events if e.task_name == "tests.add"]
     assert len(members) == 9 and {e.group_id for e in members} == {group_id}
     assert all(e.chord_id is None and e.chord_size is None for e in members)
+
+
+async def test_events_carry_the_apps_result_expiry_read_when_emitted(
+    app: Any, emitter: SyncEmitter, installed: Installation, settings: Settings
+) -> None:
+    """As the result backend does (test_celery_expiry.py): result_expires on every
+    event, result_failure_expires on a FAILURE, read at each event (set here after
+    install, as an app configured after its module calls install() would be)."""
+    app.conf.task_always_eager = True
+    app.tasks["tests.add"].apply_async((1, 1), task_id="default-ttl")
+    app.conf.update(result_expires=timedelta(minutes=1), result_failure_expires=600)
+    app.tasks["tests.add"].apply_async((2, 3), task_id="ttl-ok")
+    app.tasks["tests.fail"].apply_async(task_id="ttl-fail")
+    app.tasks["tests.flaky"].apply_async(task_id="ttl-flaky")
+    app.conf.update(result_expires=None, result_failure_expires=None)
+    app.tasks["tests.add"].apply_async((3, 3), task_id="ttl-never")
+    emitter.flush()
+    events = [c.event for c in await consume(settings, 12, settle_s=0.5)]
+    ttls = {(e.task_id, e.state, e.attempt): e.result_ttl_ms for e in events}
+    day = 86_400_000  # Celery's default result_expires
+    assert ttls == {
+        ("default-ttl", State.STARTED, 0): day, ("default-ttl", State.SUCCESS, 0): day,
+        ("ttl-ok", State.STARTED, 0): 60_000, ("ttl-ok", State.SUCCESS, 0): 60_000,
+        ("ttl-fail", State.STARTED, 0): 60_000, ("ttl-fail", State.FAILURE, 0): 600_000,
+        ("ttl-flaky", State.STARTED, 0): 60_000, ("ttl-flaky", State.RETRY, 0): 60_000,
+        ("ttl-flaky", State.STARTED, 1): 60_000, ("ttl-flaky", State.SUCCESS, 1): 60_000,
+        ("ttl-never", State.STARTED, 0): 0, ("ttl-never", State.SUCCESS, 0): 0,
+    }
+
+
+async def test_a_bad_result_expiry_is_logged_once_and_loses_no_event(
+    app: Any, emitter: SyncEmitter, installed: Installation, settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An error in a signal handler would drop the event: it keeps the processor's TTL."""
+    app.conf.update(task_always_eager=True, result_expires=-5)
+    # Celery's worker (an earlier test's) sets the root logger to ERROR.
+    with caplog.at_level(logging.WARNING, logger="resultlog.producers.celery"):
+        for i in range(2):
+            app.tasks["tests.add"].apply_async((i, i), task_id=f"bad-ttl-{i}")
+    emitter.flush()
+    events = [c.event for c in await consume(settings, 4, settle_s=0.5)]
+    assert sorted((e.task_id, e.state) for e in events) == [
+        ("bad-ttl-0", State.STARTED), ("bad-ttl-0", State.SUCCESS),
+        ("bad-ttl-1", State.STARTED), ("bad-ttl-1", State.SUCCESS)]
+    assert all(e.result_ttl_ms is None for e in events)
+    warned = [r.getMessage() for r in caplog.records if "result_expires must be" in r.getMessage()]
+    assert len(warned) == 1 and "RESULTLOG_RESULT_TTL_S" in warned[0], warned
 
 
 def test_install_without_celery_names_the_extra(monkeypatch: pytest.MonkeyPatch, emitter: SyncEmitter) -> None:
