@@ -14,7 +14,7 @@ import random
 import re
 import time
 import traceback as traceback_module
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypedDict, Unpack, cast
@@ -309,6 +309,23 @@ def validate_task_id(task_id: object) -> str:
     if len(task_id) > MAX_ID_LENGTH:
         raise InvalidTaskId(f"task id is {len(task_id)} characters; at most {MAX_ID_LENGTH}")
     return task_id
+
+
+def listed_ids(values: object) -> list[Any]:
+    """``values`` (a list, tuple or other iterable of task ids or results) as a list; a
+    lone string, a mapping or None is refused rather than read as one id per character
+    (or as none)."""
+    if values is None or isinstance(values, (str, bytes, Mapping)) \
+            or not isinstance(values, Iterable):
+        raise InvalidTaskId(
+            f"expected a list of task ids, got {type(values).__name__}: {values!r:.80}"
+            "; for one task, pass [task_id]")
+    return list(values)
+
+
+def validate_task_ids(task_ids: object) -> list[str]:
+    """``task_ids`` as a list (:func:`listed_ids`), each id checked."""
+    return [validate_task_id(task_id) for task_id in listed_ids(task_ids)]
 
 
 def validate_id(name: str, value: object) -> str:

@@ -23,7 +23,7 @@ from resultlog import names
 from resultlog.background import cancel_and_wait
 from resultlog.bridge import Bridge
 from resultlog.errors import ConfigurationError, ResultTimeout, StoreUnavailable, ValidationError
-from resultlog.schemas.event import TaskEvent, validate_task_id
+from resultlog.schemas.event import TaskEvent, listed_ids, validate_task_id, validate_task_ids
 from resultlog.schemas.fold import TaskView, expire_at, fold, visible
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
@@ -88,9 +88,10 @@ class AioState:
     async def read(self, task_id: str) -> TaskView | None:
         return (await self.read_many([task_id]))[0]
 
-    async def read_many(self, task_ids: Sequence[str]) -> list[TaskView | None]:
+    async def read_many(self, task_ids: Iterable[str]) -> list[TaskView | None]:
+        ids = validate_task_ids(task_ids)
         async with self.op():
-            return await self._read_views(task_ids)
+            return await self._read_views(ids)
 
     async def _read_views(self, task_ids: Sequence[str]) -> list[TaskView | None]:
         views, whole = await self.view.read_checked(task_ids)
@@ -289,18 +290,18 @@ class ResultBackend:
         return task_results.AioAsyncResult(task_id, self)
 
     def ResultSet(self, results: Iterable[str | task_results.AsyncResult]) -> group_results.ResultSet:  # noqa: N802
-        return group_results.ResultSet([self._member(r) for r in results])
+        return group_results.ResultSet([self._member(r) for r in listed_ids(results)])
 
     def GroupResult(self, group_id: str, results: Iterable[str | task_results.AsyncResult]) -> group_results.GroupResult:  # noqa: N802
-        return group_results.GroupResult(group_id, [self._member(r) for r in results])
+        return group_results.GroupResult(group_id, [self._member(r) for r in listed_ids(results)])
 
     def AioResultSet(self, results: Iterable[str | task_results.AioAsyncResult]) -> group_results.AioResultSet:  # noqa: N802
-        return group_results.AioResultSet([self._aio_member(r) for r in results])
+        return group_results.AioResultSet([self._aio_member(r) for r in listed_ids(results)])
 
     def AioGroupResult(  # noqa: N802
         self, group_id: str, results: Iterable[str | task_results.AioAsyncResult]
     ) -> group_results.AioGroupResult:
-        return group_results.AioGroupResult(group_id, [self._aio_member(r) for r in results])
+        return group_results.AioGroupResult(group_id, [self._aio_member(r) for r in listed_ids(results)])
 
     def ChordResult(self, chord_id: str) -> chord_results.ChordResult:  # noqa: N802
         return chord_results.ChordResult(chord_id, self)
@@ -336,10 +337,10 @@ class ResultBackend:
     def read(self, task_id: str) -> TaskView | None:
         return self.read_many([task_id])[0]
 
-    def read_many(self, task_ids: Sequence[str]) -> list[TaskView | None]:
+    def read_many(self, task_ids: Iterable[str]) -> list[TaskView | None]:
+        task_ids, keys, args = checked_read_call(self.settings, task_ids)
         if not task_ids:
             return []
-        keys, args = checked_read_call(self.settings, task_ids)
         self.sync_client()
         assert self._read_script is not None
         with translated("reading tasks"):

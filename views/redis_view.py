@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -20,7 +20,7 @@ import redis.asyncio
 
 from resultlog import names
 from resultlog.errors import StoreUnavailable, ViewLost
-from resultlog.schemas.event import ExceptionInfo, TaskEvent, validate_task_id
+from resultlog.schemas.event import ExceptionInfo, TaskEvent, validate_task_id, validate_task_ids
 from resultlog.schemas.fold import STICKY_FIELDS, TaskView, visible
 from resultlog.schemas.states import READY_STATES, State
 from resultlog.schemas.taskrows import WINNER_HASH_FIELDS, view_row
@@ -194,14 +194,15 @@ def view_from_push(task_id: str, payload: str | None) -> TaskView | None:
     return visible(view_from_hash(task_id, _pairs(json.loads(payload))))
 
 
-def checked_read_call(settings: Settings, task_ids: Sequence[str]) -> tuple[list[str], list[str]]:
-    """``(keys, args)`` of one READ_SCRIPT call reading ``task_ids`` and checking the view."""
-    for task_id in task_ids:
-        validate_task_id(task_id)
+def checked_read_call(settings: Settings, task_ids: Iterable[str]
+                      ) -> tuple[list[str], list[str], list[str]]:
+    """``(ids, keys, args)`` of one READ_SCRIPT call reading ``task_ids`` (checked, as a
+    list: pass ``ids`` on to :func:`checked_read_reply`) and checking the view."""
+    ids = validate_task_ids(task_ids)
     prefix = settings.redis_prefix
-    keys = [names.task_key(prefix, t) for t in task_ids]
+    keys = [names.task_key(prefix, t) for t in ids]
     keys.append(names.offsets_key(prefix, settings.consumer_group))
-    return keys, [settings.events_topic, str(settings.topic_partitions)]
+    return ids, keys, [settings.events_topic, str(settings.topic_partitions)]
 
 
 def checked_read_reply(task_ids: Sequence[str], replies: Sequence[Any]
@@ -330,10 +331,9 @@ class RedisView:
             fields = await self._client.hgetall(names.task_key(self.settings.redis_prefix, task_id))
         return view_from_hash(task_id, fields)
 
-    async def get_many(self, task_ids: Sequence[str]) -> list[TaskView | None]:
+    async def get_many(self, task_ids: Iterable[str]) -> list[TaskView | None]:
         """Several tasks in one round trip, in the order asked."""
-        for task_id in task_ids:
-            validate_task_id(task_id)
+        task_ids = validate_task_ids(task_ids)
         if not task_ids:
             return []
         prefix = self.settings.redis_prefix
@@ -342,13 +342,13 @@ class RedisView:
         return [None if not r else view_from_hash(t, _pairs(json.loads(r)))
                 for t, r in zip(task_ids, replies)]
 
-    async def read_checked(self, task_ids: Sequence[str]) -> tuple[list[TaskView | None], bool]:
+    async def read_checked(self, task_ids: Iterable[str]) -> tuple[list[TaskView | None], bool]:
         """:meth:`get_many`, and whether the view is whole: a task missing from a view
         that is not whole may be one the log holds (see ``views/coverage.py``)."""
-        keys, args = checked_read_call(self.settings, task_ids)
+        ids, keys, args = checked_read_call(self.settings, task_ids)
         with translated("reading tasks"):
             replies = await self._read(keys=keys, args=args)
-        return checked_read_reply(task_ids, replies)
+        return checked_read_reply(ids, replies)
 
     async def forget(self, task_id: str) -> bool:
         """Drop the task's hash; True if there was one. A later event recreates it."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -133,6 +133,27 @@ async def test_malformed_ids_are_rejected(backend: ResultBackend, bad: Any) -> N
         AsyncResult(bad, backend)
     with pytest.raises(InvalidTaskId):
         backend.AioAsyncResult(bad)
+
+
+@pytest.mark.parametrize("bad", ["abc", None, b"abc", {"a": 1}, 42])
+async def test_a_list_of_ids_that_is_no_list_is_rejected(backend: ResultBackend, view: RedisView,
+                                                         bad: Any) -> None:
+    """A lone string would otherwise be read as one task per character, None as none."""
+    await view.apply([ev("a", State.SUCCESS, result=1)])
+    calls: list[Callable[[], Any]] = [
+        lambda: backend.read_many(bad), lambda: backend.GroupResult("g", bad),
+        lambda: backend.ResultSet(bad), lambda: backend.AioResultSet(bad),
+        lambda: backend.AioGroupResult("g", bad)]
+    for call in calls:
+        with pytest.raises(InvalidTaskId, match="expected a list of task ids"):
+            call()
+    for aio_call in (backend.aio().read_many, view.get_many, view.read_checked):
+        with pytest.raises(InvalidTaskId, match="expected a list of task ids"):
+            await aio_call(bad)
+    # Any other iterable of ids is read once, in order, as a list would be.
+    assert [v and v.state for v in backend.read_many(iter(["a", "b"]))] == [State.SUCCESS, None]
+    assert [v and v.state for v in await backend.aio().read_many(t for t in ("b", "a"))] == [None, State.SUCCESS]
+    assert backend.read_many([]) == [] and await view.get_many(()) == []
 
 
 @pytest.mark.parametrize("bad", [None, 42, AioAsyncResult])
