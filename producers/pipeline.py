@@ -39,7 +39,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
 from resultlog.background import cancel_and_wait
-from resultlog.errors import BrokerUnavailable, EmitterClosed
+from resultlog.errors import BrokerUnavailable, EmitterClosed, ValidationError
 from resultlog.producers.buffer import Item, Outbox, resolve
 from resultlog.producers.failures import Failures
 from resultlog.producers.fitting import fit_within_limit
@@ -210,8 +210,10 @@ class Pipeline:
 
     async def _accept(self, key: bytes, value: bytes, timestamp: int, wait: bool,
                       event: TaskEvent | None = None) -> None:
-        if wait:
+        if wait is True:
             await self._accept_and_wait(key, value, timestamp, event)
+        elif wait is not False:
+            raise _bad_wait(wait)
         elif not self._outbox.offer(key, value, timestamp, event):
             await self._outbox.put(key, value, timestamp, None, self.options.buffer_timeout_s, event)
         self._since_yield += 1
@@ -250,7 +252,9 @@ class Pipeline:
 
     def _accept_blocking(self, key: bytes, value: bytes, timestamp: int, wait: bool,
                          event: TaskEvent | None = None) -> None:
-        if not wait:
+        if wait is not True:
+            if wait is not False:
+                raise _bad_wait(wait)
             if not self._outbox.offer(key, value, timestamp, event):
                 self._outbox.put_blocking(key, value, timestamp, None, self.options.buffer_timeout_s,
                                           event)
@@ -461,6 +465,12 @@ class Pipeline:
         for target, done in self._flush_waiters:
             if low > target and not done.done():
                 done.set_result(None)
+
+
+def _bad_wait(wait: object) -> ValidationError:
+    # Refused, not taken for its truth: wait="no" would otherwise wait.
+    return ValidationError(f"wait must be True or False, got {type(wait).__name__}: {wait!r:.40}"
+                           "; the event was not emitted")
 
 
 def _consume(fut: asyncio.Future[None]) -> None:

@@ -27,6 +27,7 @@ from resultlog.errors import (
     InvalidTaskId,
     ResultNotSerializable,
     UnknownState,
+    ValidationError,
 )
 from resultlog.producers import Emitter, SyncEmitter, ensure_topics
 from resultlog.producers.partitioner import partition_for
@@ -253,6 +254,9 @@ async def test_bad_input_raises_at_the_call_and_buffers_nothing(settings: Settin
             await emitter.started(42)  # type: ignore[arg-type]
         with pytest.raises(UnknownState):
             await emitter.emit_state("t", "PENDING")
+        for bad_wait in ("no", 0, None):
+            with pytest.raises(ValidationError, match="wait must be True or False"):
+                await emitter.started("t", wait=bad_wait)  # type: ignore[arg-type]
         assert emitter.pending == 0
         await emitter.started("good")
     consumed = await consume(settings, 1, settle_s=1.0)
@@ -269,6 +273,8 @@ def test_sync_bad_input_raises_at_the_call(settings: Settings) -> None:
             emitter.revoked("  ")
         with pytest.raises(UnknownState):
             emitter.emit_state("t", "DONE")
+        with pytest.raises(ValidationError, match="wait must be True or False"):
+            emitter.started("t", wait="yes")  # type: ignore[arg-type]
         assert emitter.pending == 0
         # An outcome over the limit is cut to fit, never refused (producers/fitting.py).
         emitter.failure("t", ValueError("x" * 5000), wait=True)
