@@ -23,7 +23,7 @@ from resultlog import names
 from resultlog.background import cancel_and_wait
 from resultlog.bridge import Bridge
 from resultlog.errors import ConfigurationError, ResultTimeout, StoreUnavailable, ValidationError
-from resultlog.schemas.event import TaskEvent, listed_ids, validate_task_id, validate_task_ids
+from resultlog.schemas.event import TaskEvent, listed_ids, validate_task_id
 from resultlog.schemas.fold import TaskView, expire_at, fold, visible
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
@@ -89,7 +89,7 @@ class AioState:
         return (await self.read_many([task_id]))[0]
 
     async def read_many(self, task_ids: Iterable[str]) -> list[TaskView | None]:
-        ids = validate_task_ids(task_ids)
+        ids = listed_ids(task_ids)  # each id is checked by the read
         async with self.op():
             return await self._read_views(ids)
 
