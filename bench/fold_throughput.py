@@ -57,6 +57,7 @@ from aiokafka import AIOKafkaProducer
 from bench._common import (CpuMeter, cleanup, cpu_seconds, isolated, local_servers_cpu, percentiles,
                            start_processor)
 from bench.history_fill import describe, fill_history
+from resultlog.producers.options import DEFAULT_COMPRESSION
 from resultlog.producers.topics import ensure_topics
 from resultlog.redis_access import sync_client
 from resultlog.schemas.codec import Codec
@@ -96,7 +97,9 @@ async def preload(settings, n_events: int, ids: str, spread: int = 0) -> None:  
     codec = Codec()
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
                                 enable_idempotence=True, linger_ms=20, max_batch_size=512 * 1024,
-                                compression_type="gzip")
+                                # The emitter's, as a live processor reads (gzip until
+                                # 30 Nov 2026: docs/benchmarks.md, "A fast spell ...").
+                                compression_type=DEFAULT_COMPRESSION)
     await producer.start()
     try:
         states = (State.RECEIVED, State.STARTED, State.SUCCESS)
