@@ -17,7 +17,7 @@ from resultlog.processors.logreader import LogReader
 from resultlog.processors.progress import Progress
 from resultlog.schemas.codec import Codec
 from resultlog.schemas.event import TaskEvent
-from resultlog.schemas.fold import TaskView, expire_at, fold
+from resultlog.schemas.fold import TaskView, expired, fold
 from resultlog.settings import Settings
 from resultlog.views.history import HistoryStore
 from resultlog.views.redis_view import RedisView
@@ -116,8 +116,7 @@ async def _compare_redis(settings: Settings, expected: dict[str, TaskView], repo
     async with RedisView(settings) as view:
         async for task_id, got in _read_views(view, list(expected)):
             want = expected[task_id]
-            gone_at = expire_at(want, ttl_ms)
-            if gone_at is not None and gone_at <= now:
+            if expired(want, ttl_ms, now):
                 continue  # gone by TTL, or about to be: both are right
             if got is None or got.public() != want.public():
                 report.differences.append(Difference(

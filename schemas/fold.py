@@ -137,6 +137,12 @@ def expire_at(view: TaskView, ttl_ms: int) -> int | None:
     return view.timestamp + ttl if ttl else None
 
 
+def expired(view: TaskView, ttl_ms: int, now_ms: int) -> bool:
+    """Whether the views have dropped ``view`` by ``now_ms`` (:func:`expire_at`)."""
+    at = expire_at(view, ttl_ms)
+    return at is not None and at <= now_ms
+
+
 def fold(events: Iterable[TaskEvent]) -> dict[str, TaskView]:
     """The latest view of every task in ``events``."""
     views: dict[str, TaskView] = {}

@@ -24,7 +24,7 @@ from resultlog.background import cancel_and_wait
 from resultlog.bridge import Bridge
 from resultlog.errors import ConfigurationError, ResultTimeout, StoreUnavailable, ValidationError
 from resultlog.schemas.event import TaskEvent, listed_ids, validate_task_id
-from resultlog.schemas.fold import TaskView, expire_at, fold, visible
+from resultlog.schemas.fold import TaskView, expired, fold, visible
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.redis_access import async_client, sync_client, translated
@@ -123,8 +123,7 @@ class AioState:
                     f"the Redis view is being rebuilt and lacks task {task_id}, and the "
                     f"history cannot be read instead: {exc}") from exc
             folded = visible(fold(events).get(task_id))
-            gone_at = None if folded is None else expire_at(folded, ttl_ms)
-            if folded is not None and (gone_at is None or gone_at > now_ms):
+            if folded is not None and not expired(folded, ttl_ms, now_ms):
                 out[i] = folded
         return out
 
