@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from resultlog.errors import ValidationError
@@ -112,34 +112,56 @@ def register_replay(subparsers: Any) -> None:
     )
     v.add_argument("--source", choices=["log", "history"], default="log",
                    help="what the expected state is folded from (default: the log)")
-    v.add_argument("--redis-only", action="store_true")
-    v.add_argument("--history-only", action="store_true")
-    v.add_argument("--max-report", type=int, default=50, help="differences to print (default 50)")
+    only = v.add_mutually_exclusive_group()
+    only.add_argument("--redis-only", action="store_true", help="check only the Redis view")
+    only.add_argument("--history-only", action="store_true", help="check only the Postgres history")
+    v.add_argument("--max-report", type=int, default=50,
+                   help="differences to print (default 50; 0 prints only their count)")
     v.set_defaults(func=_verify)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _is_number(text: str) -> bool:
+    # str.isdigit() alone takes "²", which int() then refuses with a bare ValueError.
+    return text.isascii() and text.isdigit()
+
+
 def parse_timestamp(text: str) -> int:
-    """ms since the epoch from ISO 8601 or a number; a clear error otherwise."""
-    if text.isdigit():
-        return int(text)
+    """ms since the epoch from ISO 8601 or a number, within what Kafka and a datetime
+    can hold; a clear error otherwise."""
+    # Imported here, as the commands below import what they run: aiokafka and the stores
+    # stay out of every other command's start-up.
+    from resultlog.processors.logreader import check_timestamp_ms
+
+    what = f"--from-timestamp {text!r}"
+    if _is_number(text):
+        return check_timestamp_ms(int(text), what)
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise ValidationError(
-            f"--from-timestamp {text!r}: expected ISO 8601 such as 2026-11-22T10:00:00Z "
+            f"{what}: expected ISO 8601 such as 2026-11-22T10:00:00Z "
             "or milliseconds since the epoch"
         ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
-    return int(when.timestamp() * 1000)
+    # Whole milliseconds by timedelta arithmetic: exact, where a float timestamp can
+    # land one millisecond short.
+    return check_timestamp_ms((when - _EPOCH) // timedelta(milliseconds=1), what)
 
 
 def parse_offsets(text: str) -> dict[int, int]:
+    """PARTITION:OFFSET[,...] as a dict; each partition at most once."""
     out: dict[int, int] = {}
     for part in text.split(","):
         p, sep, o = part.strip().partition(":")
-        if not sep or not p.isdigit() or not o.isdigit():
+        if not sep or not _is_number(p) or not _is_number(o):
             raise ValidationError(f"--from-offsets {text!r}: expected PARTITION:OFFSET[,...], e.g. 0:100,3:0")
+        if int(p) in out:
+            raise ValidationError(f"--from-offsets {text!r}: partition {int(p)} is given twice; "
+                                  "give each partition one offset")
         out[int(p)] = int(o)
     return out
 
@@ -155,8 +177,9 @@ def _replay(args: argparse.Namespace) -> int:
         settings,
         redis=not args.history_only,
         history=not args.redis_only,
-        from_timestamp_ms=parse_timestamp(args.from_timestamp) if args.from_timestamp else None,
-        from_offsets=parse_offsets(args.from_offsets) if args.from_offsets else None,
+        # "is not None": an empty value is refused by the parser, not taken as absent.
+        from_timestamp_ms=None if args.from_timestamp is None else parse_timestamp(args.from_timestamp),
+        from_offsets=None if args.from_offsets is None else parse_offsets(args.from_offsets),
         resume=args.resume,
         fresh=args.fresh,
         force=args.force,
@@ -171,12 +194,16 @@ def _replay(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from resultlog.processors.verify import verify
 
+    # Checked before reading the log: a negative count would slice from the end.
+    if args.max_report < 0:
+        raise ValidationError(f"--max-report must be 0 or more, not {args.max_report} "
+                              "(0 prints only the count of differences)")
     settings = Settings.from_env()
     report = asyncio.run(verify(settings, redis=not args.history_only,
                                 history=not args.redis_only, source=args.source, progress=True))
     for diff in report.differences[: args.max_report]:
         print(diff.render())
-    if len(report.differences) > args.max_report:
+    if args.max_report and len(report.differences) > args.max_report:
         print(f"... and {len(report.differences) - args.max_report} more")
     verdict = "OK: the views equal the fold" if report.ok else f"{len(report.differences)} difference(s)"
     print(f"verified {report.tasks:,} tasks from {report.events:,} events "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 
@@ -17,6 +18,25 @@ from resultlog.producers.kafka import started
 from resultlog.processors.sink import Record
 from resultlog.connections import kafka_client_args
 from resultlog.settings import Settings
+
+
+#: The latest start time a reader takes: the last millisecond a datetime can hold
+#: (9999-12-31T23:59:59.999Z), well within Kafka's own limit (a signed 64-bit count).
+MAX_TIMESTAMP_MS: Final = 253_402_300_799_999
+
+
+def check_timestamp_ms(ms: int, what: str) -> int:
+    """``ms`` if Kafka can look it up; a ValidationError naming ``what`` otherwise.
+
+    Checked before a replay empties anything: Kafka itself refuses a time before the
+    epoch only when asked, and one beyond a 64-bit count fails in the client's encoder."""
+    if ms < 0:
+        raise ValidationError(f"{what}: before the epoch (1970-01-01T00:00:00Z), where Kafka's "
+                              "record times start; give a later time")
+    if ms > MAX_TIMESTAMP_MS:
+        raise ValidationError(f"{what}: after 9999-12-31T23:59:59.999Z, the latest time a start "
+                              "point can name; give an earlier time")
+    return ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +99,8 @@ class LogReader:
         from_timestamp_ms: int | None = None,
         from_offsets: Mapping[int, int] | None = None,
     ) -> Slice:
+        if from_timestamp_ms is not None:
+            check_timestamp_ms(from_timestamp_ms, f"start time {from_timestamp_ms} (ms since the epoch)")
         tps = await self.partitions()
         end = {tp.partition: o for tp, o in (await self.consumer.end_offsets(tps)).items()}
         begin = {tp.partition: o for tp, o in (await self.consumer.beginning_offsets(tps)).items()}
@@ -91,7 +113,17 @@ class LogReader:
             for p, o in from_offsets.items():
                 if p not in end:
                     raise ValidationError(f"partition {p} is not in topic {self.topic} (partitions: {sorted(end)})")
-                start[p] = max(begin[p], min(o, end[p]))
+                if o < 0:
+                    raise ValidationError(f"offset {o} of partition {p} is negative; offsets start at 0")
+                # Past the end is refused, not taken as "nothing to read": it is a typo or
+                # another topic's offset, and a --fresh replay would lose that partition.
+                # Before the beginning is taken as the beginning (retention removed the rest).
+                if o > end[p]:
+                    raise ValidationError(
+                        f"offset {o} of partition {p} is past the end of topic {self.topic} "
+                        f"(the partition ends at offset {end[p]}); give an offset up to {end[p]}"
+                    )
+                start[p] = max(begin[p], o)
         return Slice(self.topic, start, end)
 
     async def read(self, slice_: Slice, max_records: int = 5000) -> AsyncIterator[list[Record]]:

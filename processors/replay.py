@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from resultlog import names
 from resultlog.errors import ReplayRefused, ValidationError
-from resultlog.processors.logreader import LogReader, Slice
+from resultlog.processors.logreader import LogReader, Slice, check_timestamp_ms
 from resultlog.processors.progress import Progress
 from resultlog.processors.replayworkers import run_shares, split
 from resultlog.processors.sink import FoldSink, SinkStats
@@ -138,8 +138,15 @@ async def replay(
         raise ValidationError(f"consumers must be between 1 and 16, not {consumers}")
     if not (redis or history):
         raise ValidationError("nothing to rebuild: choose the Redis view, the history, or both")
+    if batch_records < 1:
+        raise ValidationError(f"batch must be at least 1 (records per write batch), not {batch_records}")
     if sum(x is not None and x is not False for x in (from_timestamp_ms, from_offsets, resume or None)) > 1:
         raise ValidationError("choose one starting point: a timestamp, offsets, or --resume")
+    if fresh and resume:
+        raise ValidationError("--fresh and --resume: choose one (--fresh empties the stores and "
+                              "rebuilds them from the start; --resume continues from what they recorded)")
+    if from_timestamp_ms is not None:
+        check_timestamp_ms(from_timestamp_ms, f"from_timestamp_ms {from_timestamp_ms}")
     if not force:
         members = await live_members(settings)
         if members:
@@ -155,6 +162,13 @@ async def replay(
                     write_history=history, history=store)
     try:
         await store.migrate()
+        await sink.start()
+        if resume:
+            from_offsets = await sink.resume_offsets(settings.events_topic)
+        # Planned before --fresh empties anything: a partition, offset or time the topic
+        # cannot serve is refused while the stores still hold what they held.
+        async with LogReader(settings) as reader:
+            plan: Slice = await reader.plan(from_timestamp_ms=from_timestamp_ms, from_offsets=from_offsets)
         if fresh:
             if redis:
                 await clear_redis_view(settings)
@@ -162,11 +176,6 @@ async def replay(
                 await store.reset()
             await store.reset_offsets(group)
             await clear_redis_offsets(settings, group)
-        await sink.start()
-        if resume:
-            from_offsets = await sink.resume_offsets(settings.events_topic)
-        async with LogReader(settings) as reader:
-            plan: Slice = await reader.plan(from_timestamp_ms=from_timestamp_ms, from_offsets=from_offsets)
         bar = Progress(plan.total, "replay") if progress else None
         totals = SinkStats()
         started = time.monotonic()

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from resultlog.errors import ValidationError
 from resultlog.processors.logreader import LogReader
 from resultlog.processors.progress import Progress
 from resultlog.schemas.codec import Codec
@@ -83,14 +84,21 @@ async def verify(
     source: str = "log",
     progress: bool = False,
 ) -> VerifyReport:
+    # Refused rather than reported "OK": a check that compares nothing proves nothing.
+    if source not in ("log", "history"):
+        raise ValidationError(f"source must be 'log' or 'history', not {source!r}")
+    if not (redis or history):
+        raise ValidationError("nothing to verify: choose the Redis view, the history, or both")
+    if source == "history" and not redis:
+        raise ValidationError("--source history with --history-only compares nothing: the "
+                              "history is then both the expected state and what is checked; "
+                              "check the history against the log (--source log)")
     report = VerifyReport()
     async with HistoryStore(settings) as store:
         if source == "log":
             events, report.undecodable = await events_from_log(settings, progress)
-        elif source == "history":
-            events = [e async for e in store.all_events()]
         else:
-            raise ValueError(f"source must be 'log' or 'history', not {source!r}")
+            events = [e async for e in store.all_events()]
         report.events = len(events)
         expected = fold(events)
         report.tasks = len(expected)

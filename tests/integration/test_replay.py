@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from resultlog import names
-from resultlog.errors import ReplayRefused, StoreUnavailable
+from resultlog.errors import ReplayRefused, StoreUnavailable, ValidationError
 from resultlog.processors.replay import replay
 from resultlog.processors.verify import verify
 from resultlog.errors import ChordError
@@ -321,3 +322,74 @@ async def test_the_replay_and_verify_commands(settings: Settings) -> None:
     bad = await asyncio.to_thread(_cli, settings, "replay", "--jobs", "0")
     assert bad.returncode == 1
     assert "jobs must be between 1 and 64, not 0" in bad.stderr
+
+
+async def all_keys(settings: Settings) -> set[bytes]:
+    """Every key under the prefix, bookkeeping (offsets, coverage) included."""
+    client = Redis.from_url(settings.redis_url)
+    try:
+        return {key async for key in client.scan_iter(match=f"{settings.redis_prefix}*")}
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["replay", "--fresh", "--batch", "0"], "batch must be at least 1 (records per write batch), not 0"),
+    (["replay", "--fresh", "--from-offsets", "99:0"], "partition 99 is not in topic"),
+    (["replay", "--fresh", "--from-offsets", "0:1000000"],
+     "offset 1000000 of partition 0 is past the end of topic"),
+    (["replay", "--fresh", "--from-offsets", "0:1,0:2"], "--from-offsets '0:1,0:2': partition 0 is given twice"),
+    (["replay", "--fresh", "--from-offsets", ""], "--from-offsets '': expected PARTITION:OFFSET"),
+    (["replay", "--fresh", "--from-offsets", "0:\u00b2"], "--from-offsets '0:\u00b2': expected PARTITION:OFFSET"),
+    (["replay", "--fresh", "--from-timestamp", "0001-01-01"],
+     "--from-timestamp '0001-01-01': before the epoch (1970-01-01T00:00:00Z)"),
+    (["replay", "--fresh", "--from-timestamp", "99999999999999999999"],
+     "--from-timestamp '99999999999999999999': after 9999-12-31T23:59:59.999Z"),
+    (["replay", "--fresh", "--from-timestamp", ""], "--from-timestamp '': expected ISO 8601"),
+    (["replay", "--fresh", "--from-timestamp", "\u00b2"], "--from-timestamp '\u00b2': expected ISO 8601"),
+    (["replay", "--fresh", "--resume"], "--fresh and --resume: choose one"),
+    (["verify", "--max-report", "-1"], "--max-report must be 0 or more, not -1"),
+    (["verify", "--redis-only", "--history-only"],
+     "argument --history-only: not allowed with argument --redis-only"),
+    (["verify", "--source", "history", "--history-only"],
+     "--source history with --history-only compares nothing"),
+])
+async def test_bad_options_are_refused_before_anything_is_deleted(
+        settings: Settings, args: list[str], message: str) -> None:
+    """A replay refuses a bad option before it empties anything (--fresh): a bad batch
+    size, partition, offset or time once emptied the stores and only then failed."""
+    n = await workload(settings, n=12)
+    await replay(settings, jobs=1, progress=False)
+    views, history, keys = (await redis_snapshot(settings), await history_snapshot(settings),
+                            await all_keys(settings))
+    assert len(history) == n and views
+
+    done = await asyncio.to_thread(_cli, settings, *args)
+    # 1: refused by resultlog; 2: a usage error, refused by the parser.
+    assert done.returncode in (1, 2), done.stdout + done.stderr
+    assert await redis_snapshot(settings) == views, done.stderr
+    assert await history_snapshot(settings) == history, done.stderr
+    assert await all_keys(settings) == keys, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    if done.returncode == 1:
+        assert done.stderr.startswith("resultlog: error: "), done.stderr
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"batch_records": 0}, "batch must be at least 1 (records per write batch), not 0"),
+    ({"from_timestamp_ms": -1}, "from_timestamp_ms -1: before the epoch"),
+    ({"from_offsets": {0: -1}}, "offset -1 of partition 0 is negative"),
+    ({"from_offsets": {0: 10**6}}, "offset 1000000 of partition 0 is past the end of topic"),
+    ({"from_offsets": {-1: 0}}, "partition -1 is not in topic"),
+    ({"resume": True}, "--fresh and --resume: choose one"),
+])
+async def test_replay_refuses_a_bad_start_before_it_empties_the_stores(
+        settings: Settings, options: dict[str, Any], message: str) -> None:
+    n = await workload(settings, n=12)
+    await replay(settings, jobs=1, progress=False)
+    views, history = await redis_snapshot(settings), await history_snapshot(settings)
+    assert len(history) == n and views
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        await replay(settings, fresh=True, jobs=1, progress=False, **options)
+    assert await redis_snapshot(settings) == views
+    assert await history_snapshot(settings) == history
