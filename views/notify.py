@@ -170,11 +170,27 @@ class Notifier:
             except UNAVAILABLE:
                 pass  # the reader notices a dead connection on its own
 
+    def _check_open(self) -> None:
+        # The notifier's own tasks call this after awaiting redis-py: aclose() cancels
+        # them, but on Python 3.11 a cancellation can be lost there (redis-py sends
+        # through asyncio.wait_for, which returns the result of a send that finished
+        # as the cancellation arrived: CPython gh-86296, fixed in 3.12). A subscription
+        # going on after aclose() would PING a connection whose reader is gone and wait
+        # for its answer for ever, and aclose() with it.
+        if self._closed:
+            raise RuntimeError(CLOSED)
+
     async def _ensure_started(self) -> PubSub:
         async with self._start_lock:
+            self._check_open()
             if self._pubsub is None:
                 pubsub = self._client.pubsub()
-                await pubsub.connect()  # type: ignore[no-untyped-call]
+                try:
+                    await pubsub.connect()  # type: ignore[no-untyped-call]
+                    self._check_open()
+                except BaseException:
+                    await self._discard(pubsub)
+                    raise
                 assert pubsub.connection is not None
                 # After redis-py's own callback (which re-subscribes), ours sends the
                 # resync barrier; both run on every reconnect of this connection.
@@ -188,11 +204,13 @@ class Notifier:
 
     async def _barrier(self, pubsub: PubSub) -> None:
         while True:
+            self._check_open()
             token = f"{_BARRIER_PREFIX}{next(self._tokens)}"
             barrier = _Barrier(asyncio.get_running_loop().create_future())
             self._barriers[token] = barrier
             try:
                 await pubsub.ping(token)
+                self._check_open()
                 # Read after the send: a reconnect inside it re-sent the PING on the
                 # new connection, whose pong will come.
                 barrier.generation = self._generation

@@ -174,6 +174,9 @@ async def wait_chord(state: AioState, chord_id: str, timeout: float | None) -> C
         view = await read_chord(state.client, prefix, chord_id)
         if view.ready:
             return view
+        if deadline is not None and deadline <= state.loop.time():
+            # Only what is ready now (timeout 0): no subscription to set up and drop.
+            raise _not_in_time(chord_id, view)
         try:
             async with asyncio.timeout_at(deadline):
                 async with state.notifier.watch(names.chord_done_channel(prefix, chord_id)) as watch:
@@ -188,7 +191,11 @@ async def wait_chord(state: AioState, chord_id: str, timeout: float | None) -> C
         except TimeoutError as exc:
             if isinstance(exc, ResultTimeout):
                 raise
-            raise ResultTimeout(
-                f"chord {chord_id} did not complete in time "
-                f"({view.done} of {view.size if view.size is not None else '?'} members finished)"
-            ) from None
+            raise _not_in_time(chord_id, view) from None
+
+
+def _not_in_time(chord_id: str, view: ChordView) -> ResultTimeout:
+    return ResultTimeout(
+        f"chord {chord_id} did not complete in time "
+        f"({view.done} of {view.size if view.size is not None else '?'} members finished)"
+    )

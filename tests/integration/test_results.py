@@ -273,6 +273,28 @@ async def test_timeout(backend: ResultBackend, view: RedisView) -> None:
     assert backend.aio().notifier._channels == {}
 
 
+@pytest.mark.parametrize("kind", ["task", "chord"])
+async def test_closing_while_a_wait_subscribes_does_not_hang(settings: Settings, kind: str) -> None:
+    # A backend closed while a waiter's subscription is being set up cancels it; on
+    # Python 3.11 that cancellation could be lost inside redis-py (views/notify.py,
+    # _check_open), and the subscription then waited for ever for the answer to a
+    # PING on a connection whose reader was gone, and the close with it. Where the
+    # close lands depends on how far the setup got: a sweep over the loop's steps from
+    # the moment the waiter asks for its subscription.
+    for steps in range(12):
+        backend = ResultBackend(settings)
+        result = backend.AioAsyncResult("never") if kind == "task" else backend.AioChordResult("never")
+        waiter = asyncio.create_task(result.get(timeout=60))
+        while not backend.aio().notifier._channels:
+            await asyncio.sleep(0)
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        # A bound only so that a hang fails the test instead of stalling the run.
+        await asyncio.wait_for(backend.aclose(), timeout=30)
+        with pytest.raises(RuntimeError, match="closed"):
+            await waiter
+
+
 async def test_failure_raises_the_rebuilt_exception(backend: ResultBackend, view: RedisView) -> None:
     await view.apply([failure("f")])
     r = backend.AioAsyncResult("f")
