@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import Any, Unpack
 
 from resultlog.producers.calls import EmittingCalls
-from resultlog.producers.options import EmitterOptions, resolve
+from resultlog.producers.options import EmitterOptions, checked_worker, resolve
 from resultlog.producers.pipeline import Pipeline
 from resultlog.producers.tracking import AsyncTracker
 from resultlog.schemas.event import TaskEvent, TaskFields
@@ -46,7 +46,7 @@ class Emitter(EmittingCalls[Coroutine[Any, Any, None]]):
         **options: Unpack[EmitterOptions],
     ) -> None:
         self.settings = Settings.given(settings, "Emitter")
-        self.worker = worker if worker is not None else default_worker_name()
+        self.worker = default_worker_name() if worker is None else checked_worker(worker)
         #: The engine that buffers and delivers (thread-safe entry: ``accept_blocking``).
         self.pipeline = Pipeline(self.settings, resolve(self.settings, options))
         self._start_lock = asyncio.Lock()

@@ -87,6 +87,15 @@ def resolve(settings: Settings, options: EmitterOptions) -> PipelineOptions:
     )
 
 
+def checked_worker(worker: object) -> str:
+    """``worker``, the emitter's worker name, if events can carry it; else a
+    ConfigurationError now rather than a ValidationError from every emit after."""
+    if not isinstance(worker, str) or not worker or worker.isspace():
+        raise ConfigurationError(f"emitter option worker must be a non-empty str (the name its "
+                                 f"events carry; None: host:pid), not {worker!r:.60}")
+    return worker
+
+
 def _number(options: Mapping[str, object], name: str, default: float, least: int, kind: type) -> Any:
     """``options[name]`` (``default`` when absent), checked to be a ``kind`` (int, or any
     real number for float) of at least ``least``. A bool is not a number here; NaN and

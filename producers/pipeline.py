@@ -52,6 +52,7 @@ from resultlog.schemas.codec import Codec
 from resultlog.schemas.event import TaskEvent
 from resultlog.schemas.taskcodec import EventEncoder
 from resultlog.settings import Settings
+from resultlog.timeouts import checked_timeout
 
 log = logging.getLogger("resultlog.producers")
 
@@ -106,6 +107,7 @@ class Pipeline:
 
     async def flush(self, timeout_s: float | None = None) -> None:
         """Wait until every event accepted before this call is acknowledged (or failed)."""
+        timeout_s = checked_timeout(timeout_s, "timeout_s")
         if self._state in ("running", "stopping"):
             target = self._outbox.last_seq
             if self._low_watermark() <= target:
@@ -134,6 +136,9 @@ class Pipeline:
         Raises :class:`BrokerUnavailable` if any accepted event could not be delivered
         (since the last flush), after everything is closed.
         """
+        # Before anything changes: a bad timeout found half-way would leave the emitter
+        # stopping, with its accepted events neither delivered nor counted.
+        timeout_s = checked_timeout(timeout_s, "timeout_s")
         if self._state in ("stopping", "stopped"):
             return
         if self._state == "new":
@@ -180,7 +185,10 @@ class Pipeline:
         """The event as recorded, its key and value; raises (EventTooLarge, ...) before
         anything is buffered. An outcome over the size limit is cut to fit: :mod:`.fitting`."""
         if not isinstance(event, TaskEvent):
-            raise TypeError(f"expected a TaskEvent, got {type(event).__name__}")
+            raise ValidationError(
+                f"emit() takes a TaskEvent, got {type(event).__name__}: {event!r:.60}; build one "
+                "with TaskEvent.create(task_id, state, ...), or use the per-state calls "
+                "(started, success, ...); the event was not emitted")
         recorded, value = fit_within_limit(event, self.encoder.encode)
         return recorded, event.task_id.encode(), value
 

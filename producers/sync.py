@@ -23,10 +23,11 @@ from resultlog.bridge import Bridge
 from resultlog.errors import EmitterClosed, ResultlogError
 from resultlog.producers.calls import EmittingCalls
 from resultlog.producers.emitter import Emitter, default_worker_name
-from resultlog.producers.options import EmitterOptions, resolve
+from resultlog.producers.options import EmitterOptions, checked_worker, resolve
 from resultlog.producers.tracking import SyncTracker
 from resultlog.schemas.event import TaskEvent, TaskFields
 from resultlog.settings import Settings
+from resultlog.timeouts import checked_timeout
 
 log = logging.getLogger("resultlog.producers")
 
@@ -53,8 +54,9 @@ class SyncEmitter(EmittingCalls[None]):
         **options: Unpack[EmitterOptions],
     ) -> None:
         self.settings = Settings.given(settings, "SyncEmitter")
-        self._worker = worker
-        resolve(self.settings, options)  # bad options fail here, not on first use
+        # Bad options fail here, not on first use.
+        self._worker = None if worker is None else checked_worker(worker)
+        resolve(self.settings, options)
         self._options = options
         self._lock = threading.Lock()
         self._bridge = Bridge()
@@ -104,12 +106,16 @@ class SyncEmitter(EmittingCalls[None]):
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Block until every event accepted so far in this process is acknowledged."""
+        timeout_s = checked_timeout(timeout_s, "timeout_s")  # refused alike with no emitter yet
         emitter = self._mine()
         if emitter is not None:
             self._bridge.run(emitter.flush(timeout_s))
 
     def close(self, timeout_s: float | None = None) -> None:
         """Flush (up to ``timeout_s``, default ``close_timeout_s``) and stop. Idempotent."""
+        # Checked before this emitter lets go of its running one: refused later, in
+        # stop(), it would leave that one running unreferenced, its events undelivered.
+        timeout_s = checked_timeout(timeout_s, "timeout_s")
         with self._lock:
             self._closed = True
             emitter = self._mine()

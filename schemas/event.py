@@ -86,10 +86,13 @@ class TaskEvent:
             )
         if not isinstance(self.state, State):
             raise ValidationError(f"state must be a State, got {self.state!r}")
-        if not isinstance(self.timestamp, int) or not 0 <= self.timestamp <= MAX_TIMESTAMP_MS:
-            raise ValidationError(f"timestamp {self.timestamp!r} must be ms since the epoch")
-        if not isinstance(self.attempt, int) or not 0 <= self.attempt <= MAX_ATTEMPT:
-            raise ValidationError(f"attempt {self.attempt!r} must be 0..{MAX_ATTEMPT}")
+        # type() is int, not isinstance: a bool is an int to Python, never to the contract
+        # (True would be written as 1); and the cheaper test, on every event decoded.
+        if type(self.timestamp) is not int or not 0 <= self.timestamp <= MAX_TIMESTAMP_MS:
+            raise ValidationError(f"timestamp {self.timestamp!r} must be an int of ms since the "
+                                  f"epoch, 0 to {MAX_TIMESTAMP_MS}")
+        if type(self.attempt) is not int or not 0 <= self.attempt <= MAX_ATTEMPT:
+            raise ValidationError(f"attempt {self.attempt!r} must be an int, 0..{MAX_ATTEMPT}")
         for name in ("parent_id", "root_id", "group_id", "chord_id"):
             value = getattr(self, name)
             if value is not None:
@@ -242,7 +245,14 @@ def new_event(task_id: str, state: State | str, details: EventDetails, *,
     if "result_ttl" in values:
         values["result_ttl_ms"] = ttl_ms(values.pop("result_ttl"))
     if "meta" in values:
-        values["meta"] = {} if meta is None else dict(meta)
+        values["meta"] = {} if meta is None else meta_map(meta)
+    if "chord_size" in values or "chord_index" in values:
+        # Here, where an event is made, like runtime: TaskEvent checks their type, and
+        # a record another producer wrote must still decode.
+        for name in ("chord_size", "chord_index"):
+            value = values.get(name)
+            if type(value) is int and value < 0:
+                raise ValidationError(f"{name} must not be negative, got {value}")
     return TaskEvent(event_id=event_id or new_event_id(), task_id=task_id, state=state,
                      timestamp=now_ms() if timestamp is None else timestamp, exception=exc,
                      **values)
@@ -261,16 +271,38 @@ def new_event_id() -> str:
 
 
 def eta_ms(eta: datetime | int | None) -> int | None:
-    """An ETA as ms since the epoch; naive datetimes are taken as UTC."""
+    """An ETA as ms since the epoch; naive datetimes are taken as UTC. The range is the
+    timestamp's: a negative one would sort the retry before the epoch."""
     if eta is None:
         return None
     if isinstance(eta, datetime):
-        if eta.tzinfo is None:
-            eta = eta.replace(tzinfo=timezone.utc)
-        return int(eta.timestamp() * 1000)
-    if isinstance(eta, int) and not isinstance(eta, bool):
-        return eta
-    raise ValidationError(f"eta must be a datetime or ms since the epoch, got {eta!r}")
+        aware = eta if eta.tzinfo is not None else eta.replace(tzinfo=timezone.utc)
+        ms = int(aware.timestamp() * 1000)
+    elif isinstance(eta, int) and not isinstance(eta, bool):
+        ms = eta
+    else:
+        raise ValidationError(f"eta must be a datetime or ms since the epoch, got {eta!r}")
+    if not 0 <= ms <= MAX_TIMESTAMP_MS:
+        raise ValidationError(f"eta must be at or after the epoch (1970-01-01 UTC) and at most "
+                              f"{MAX_TIMESTAMP_MS} ms after it, got {eta!r}")
+    return ms
+
+
+def meta_map(meta: object) -> dict[str, str]:
+    """``meta`` (string headers such as a trace id) as a dict of its own; else a
+    :class:`ValidationError` naming the entry that is not str to str."""
+    if type(meta) is not dict and not isinstance(meta, Mapping):
+        raise ValidationError(f"meta must be a mapping of str to str (headers such as a trace "
+                              f"id), got {type(meta).__name__}: {meta!r:.80}")
+    copied = dict(meta)
+    for key, value in copied.items():
+        if type(key) is not str or type(value) is not str:
+            if not isinstance(key, str):
+                raise ValidationError(f"meta keys must be str, got {type(key).__name__}: {key!r:.80}")
+            if not isinstance(value, str):
+                raise ValidationError(f"meta[{key!r:.80}] must be a str, got {type(value).__name__}: "
+                                      f"{value!r:.80}; convert it with str() first")
+    return copied
 
 
 def ttl_ms(ttl: timedelta | int | None) -> int | None:

@@ -257,6 +257,9 @@ async def test_bad_input_raises_at_the_call_and_buffers_nothing(settings: Settin
         for bad_wait in ("no", 0, None):
             with pytest.raises(ValidationError, match="wait must be True or False"):
                 await emitter.started("t", wait=bad_wait)  # type: ignore[arg-type]
+        for not_an_event in ({"task_id": "a1"}, None):
+            with pytest.raises(ValidationError, match="emit\\(\\) takes a TaskEvent, got"):
+                await emitter.emit(not_an_event)  # type: ignore[arg-type]
         assert emitter.pending == 0
         await emitter.started("good")
     consumed = await consume(settings, 1, settle_s=1.0)
@@ -275,9 +278,44 @@ def test_sync_bad_input_raises_at_the_call(settings: Settings) -> None:
             emitter.emit_state("t", "DONE")
         with pytest.raises(ValidationError, match="wait must be True or False"):
             emitter.started("t", wait="yes")  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="emit\\(\\) takes a TaskEvent, got dict"):
+            emitter.emit({"task_id": "a1"})  # type: ignore[arg-type]
         assert emitter.pending == 0
         # An outcome over the limit is cut to fit, never refused (producers/fitting.py).
         emitter.failure("t", ValueError("x" * 5000), wait=True)
+
+
+BAD_TIMEOUTS: list[object] = ["x", "30", True, float("nan"), -1, -0.5]
+
+
+async def test_a_bad_timeout_is_refused_before_the_sync_emitter_closes_anything(settings: Settings) -> None:
+    emitter = SyncEmitter(settings)
+    for n in range(20_000):
+        emitter.started(f"t{n % 500}")
+    # Refused before anything is done: nothing closed, nothing dropped as timed out.
+    for bad in BAD_TIMEOUTS:
+        with pytest.raises(ValidationError, match="^timeout_s must be None or a number of seconds"):
+            emitter.close(bad)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="^timeout_s must be None or a number of seconds"):
+            emitter.flush(bad)  # type: ignore[arg-type]
+    emitter.started("after")  # still usable
+    emitter.close()
+    assert len(await consume(settings, 20_001, settle_s=1.0)) == 20_001
+
+
+async def test_a_bad_timeout_is_refused_before_the_emitter_stops(settings: Settings) -> None:
+    emitter = Emitter(settings)
+    for n in range(5_000):
+        await emitter.started(f"t{n % 500}")
+    for bad in BAD_TIMEOUTS:
+        with pytest.raises(ValidationError, match="^timeout_s must be None or a number of seconds"):
+            await emitter.stop(bad)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="^timeout_s must be None or a number of seconds"):
+            await emitter.flush(bad)  # type: ignore[arg-type]
+    await emitter.started("after")
+    await emitter.flush(float("inf"))  # no limit, as get(timeout=inf)
+    await emitter.stop()
+    assert len(await consume(settings, 5_001, settle_s=1.0)) == 5_001
 
 
 async def test_broker_unavailable_is_fast_and_says_what_to_change(settings: Settings) -> None:

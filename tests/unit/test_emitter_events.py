@@ -11,11 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resultlog.errors import ConfigurationError, InvalidTaskId, ResultNotSerializable, UnknownState, ValidationError
+from resultlog.producers import Emitter, SyncEmitter
 from resultlog.producers.calls import EmittingCalls
 from resultlog.producers.options import resolve
 from resultlog.schemas.event import TaskEvent, eta_ms, new_event_id, to_json
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
+from resultlog.timeouts import checked_timeout
 
 
 def test_event_ids_are_32_hex_and_unique() -> None:
@@ -120,6 +122,41 @@ def test_other_bad_input() -> None:
         TaskEvent.create("t", State.SUCCESS, chord_id="c", chord_size="3", chord_index=0)  # type: ignore[arg-type]
 
 
+def test_bools_are_not_ints_for_timestamp_and_attempt() -> None:
+    with pytest.raises(ValidationError, match="timestamp True must be an int of ms since the epoch"):
+        TaskEvent.create("t", State.STARTED, timestamp=True)
+    with pytest.raises(ValidationError, match="attempt True must be an int"):
+        TaskEvent.create("t", State.STARTED, attempt=True)
+    with pytest.raises(ValidationError, match="attempt False must be an int"):
+        Calls().started("t", attempt=False)
+
+
+@pytest.mark.parametrize("name", ["chord_size", "chord_index"])
+def test_a_negative_chord_size_or_index_is_refused(name: str) -> None:
+    with pytest.raises(ValidationError, match=f"^{name} must not be negative, got -1$"):
+        TaskEvent.create("t", State.STARTED, **{name: -1})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("eta", [-5, -1, datetime(1, 1, 1), datetime(1969, 12, 31, 23, 59, tzinfo=timezone.utc),
+                                 10**15])
+def test_an_eta_out_of_the_timestamps_range_is_refused(eta: datetime | int) -> None:
+    with pytest.raises(ValidationError, match="eta must be at or after the epoch"):
+        Calls().retry("t", ValueError("x"), attempt=0, eta=eta)
+    with pytest.raises(ValidationError, match="eta must be at or after the epoch"):
+        eta_ms(eta)
+
+
+@pytest.mark.parametrize(("meta", "message"), [
+    ("abc", "meta must be a mapping of str to str (headers such as a trace id), got str: 'abc'"),
+    ([("k", "v")], "meta must be a mapping of str to str"),
+    ({"k": 1}, "meta['k'] must be a str, got int: 1; convert it with str() first"),
+    ({1: "v"}, "meta keys must be str, got int: 1"),
+])
+def test_meta_that_is_not_str_to_str_is_refused_by_name(meta: object, message: str) -> None:
+    with pytest.raises(ValidationError, match=f"^{re.escape(message)}"):
+        Calls().started("a1", meta=meta)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("bad", [-1, -0.001, float("nan"), float("inf"), True, "2.5"])
 def test_a_runtime_that_is_no_duration_is_refused_where_the_event_is_made(bad: object) -> None:
     with pytest.raises(ValidationError, match=r"runtime must be seconds, a finite number >= 0"):
@@ -159,6 +196,32 @@ def test_options_are_validated() -> None:
 def test_a_bad_option_is_named_with_what_was_wrong(options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigurationError, match=f"^emitter option {re.escape(message)}"):
         resolve(Settings(), options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("worker", [5, "", "  ", b"w1"])
+def test_a_bad_worker_name_is_refused_when_the_emitter_is_made(worker: object) -> None:
+    message = "^emitter option worker must be a non-empty str"
+    with pytest.raises(ConfigurationError, match=message):
+        Emitter(Settings(), worker=worker)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=message):
+        SyncEmitter(Settings(), worker=worker)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", ["x", "30", True, float("nan"), [1]])
+def test_a_timeout_that_is_no_number_is_refused(bad: object) -> None:
+    with pytest.raises(ValidationError, match="^timeout_s must be None or a number of seconds, not"):
+        checked_timeout(bad, "timeout_s")
+    with pytest.raises(ValidationError, match="^timeout must be None or a number of seconds, not"):
+        checked_timeout(bad, negative=True)
+
+
+def test_a_negative_timeout_is_refused_unless_the_caller_takes_one() -> None:
+    with pytest.raises(ValidationError, match=r"^timeout_s must be None or a number of seconds >= 0, not -1$"):
+        checked_timeout(-1, "timeout_s")
+    assert checked_timeout(-1, negative=True) == -1.0
+    assert checked_timeout(None) is None and checked_timeout(0) == 0.0
+    assert checked_timeout(float("inf")) == float("inf") and checked_timeout(10**400) == float("inf")
+    assert checked_timeout(-(10**400), negative=True) == float("-inf")
 
 
 def test_good_options_are_taken_as_given() -> None:
