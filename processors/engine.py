@@ -17,6 +17,7 @@ from typing import Any, Final
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.errors import CommitFailedError, KafkaError  # type: ignore[import-untyped]
 
+from resultlog.background import stop_if_cancelled
 from resultlog.errors import (BrokerUnavailable, HistoryRewound, ResultlogError, StoreUnavailable,
                               ViewLost)
 from resultlog.processors.fetchcursor import FetchCursor
@@ -380,6 +381,7 @@ class BatchFoldEngine:
         starts: dict[tuple[str, int], int] = {}
         try:
             while True:
+                stop_if_cancelled()
                 held = 0 if gathered is None else gathered.read
                 if fetch is None and held < BATCH_MAX:
                     fetch = asyncio.ensure_future(

@@ -38,7 +38,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
-from resultlog.background import cancel_and_wait
+from resultlog.background import cancel_and_wait, stop_if_cancelled
 from resultlog.errors import BrokerUnavailable, EmitterClosed, ValidationError
 from resultlog.producers.buffer import Item, Outbox, resolve
 from resultlog.producers.failures import Failures
@@ -298,6 +298,7 @@ class Pipeline:
         work, loop = self._work, self._loop
         timer: asyncio.TimerHandle | None = None
         while True:
+            stop_if_cancelled()  # stop() cancels the pump and waits for it
             work.clear()
             deadline = None
             if self._restart_needed:

@@ -1,4 +1,5 @@
-"""Stopping background asyncio tasks: cancel them, then wait until each has finished."""
+"""Stopping background asyncio tasks: cancel them, then wait until each has finished;
+and making sure a cancelled loop stops even when a library lost the cancellation."""
 
 from __future__ import annotations
 
@@ -16,3 +17,18 @@ async def cancel_and_wait(*tasks: asyncio.Future[Any] | None) -> None:
         task.cancel()
     if running:
         await asyncio.gather(*running, return_exceptions=True)
+
+
+def stop_if_cancelled() -> None:
+    """Raise :class:`asyncio.CancelledError` if the running task was cancelled and runs on.
+
+    On Python 3.11 a library can lose a cancellation: ``asyncio.wait_for`` returns the
+    result of an operation that finished as the cancellation arrived (CPython
+    gh-86296, fixed in 3.12), and redis-py sends every command through it when the
+    connection has a socket timeout. The task then goes on with the request still
+    counted (``Task.cancelling()``), and a loop that only ends by being cancelled,
+    awaited by whoever cancelled it, would never end. Such loops call this each round.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

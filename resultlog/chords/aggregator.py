@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from resultlog import names
-from resultlog.background import cancel_and_wait
+from resultlog.background import cancel_and_wait, stop_if_cancelled
 from resultlog.errors import (
     CodecError,
     ConfigurationError,
@@ -214,6 +214,7 @@ class ChordAggregator:
         try:
             await consumer.start()
             while True:
+                stop_if_cancelled()
                 fetched = await consumer.getmany(timeout_ms=100, max_records=BATCH_MAX)
                 if fetched:
                     async with self.lock:
@@ -319,6 +320,9 @@ class ChordAggregator:
     async def _flush_progress(self, store: ChordStore) -> None:
         # Coalesces: a 10,000-member chord costs about 20 progress writes a second.
         while True:
+            # Else a cancellation lost in the write below would leave this waiting for
+            # progress that never comes, and the aggregator's stop waiting for it.
+            stop_if_cancelled()
             await self._dirty_event.wait()
             self._dirty_event.clear()
             batch, self._dirty = self._dirty, {}

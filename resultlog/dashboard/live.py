@@ -17,6 +17,7 @@ import redis.asyncio
 from redis.exceptions import RedisError
 
 from resultlog import names
+from resultlog.background import stop_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class LiveHub:
 
     async def _read(self) -> None:
         while True:
+            stop_if_cancelled()
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)

@@ -1,0 +1,43 @@
+"""stop_if_cancelled: a loop stops even when a library lost its task's cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+from resultlog.background import stop_if_cancelled
+
+
+async def test_a_loop_whose_cancellation_was_lost_still_stops() -> None:
+    rounds = 0
+    swallowed = asyncio.Event()
+
+    async def loop() -> None:
+        nonlocal rounds
+        while True:
+            stop_if_cancelled()
+            rounds += 1
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                # What Python 3.11's asyncio.wait_for does to a cancellation that
+                # arrives as the awaited operation finishes: it returns instead.
+                swallowed.set()
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0)
+    task.cancel()
+    # Bounded, so that without the check the test fails instead of hanging.
+    await asyncio.wait({task}, timeout=10)
+    assert swallowed.is_set() and rounds == 1
+    assert task.cancelled()
+
+
+async def test_a_task_not_cancelled_goes_on() -> None:
+    stop_if_cancelled()  # the test's own task: nothing asked it to stop
+
+    async def once() -> str:
+        stop_if_cancelled()
+        return "went on"
+
+    assert await asyncio.create_task(once()) == "went on"
+
