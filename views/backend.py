@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from resultlog import names
 from resultlog.background import cancel_and_wait
 from resultlog.bridge import Bridge
-from resultlog.errors import ConfigurationError, ResultTimeout, StoreUnavailable, ValidationError
+from resultlog.errors import ConfigurationError, ResultTimeout, StoreUnavailable
 from resultlog.schemas.event import TaskEvent, listed_ids, validate_task_id
 from resultlog.schemas.fold import TaskView, expired, fold, visible
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
+from resultlog.timeouts import checked_timeout
 from resultlog.redis_access import async_client, sync_client, translated
 from resultlog.views.exceptions import ExceptionRebuilder
 from resultlog.views.history import HistoryStore
@@ -135,11 +136,8 @@ class AioState:
         """The loop time ``timeout`` seconds from now; None (and infinity): no deadline.
         A negative timeout has passed already (``deadline - time.time()`` may be), not a
         mistake; a timeout that is not a number is."""
-        if timeout is None:
-            return None
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout):
-            raise ValidationError(f"timeout must be None or a number of seconds, not {timeout!r}")
-        return None if math.isinf(timeout) and timeout > 0 else self.loop.time() + timeout
+        seconds = checked_timeout(timeout, negative=True)
+        return None if seconds is None or seconds == math.inf else self.loop.time() + seconds
 
     async def wait_ready(self, task_id: str, timeout: float | None,
                          on_change: Callable[[TaskView], None] | None = None) -> TaskView:

@@ -6,6 +6,7 @@ member order: docs/results.md, "What you get".
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar, overload
@@ -13,6 +14,7 @@ from typing import Any, Generic, TypeVar, overload
 from resultlog.errors import ResultTimeout
 from resultlog.schemas.fold import TaskView
 from resultlog.schemas.states import State
+from resultlog.timeouts import checked_timeout
 from resultlog.views.result import AioAsyncResult, AsyncResult, BaseResult
 
 R = TypeVar("R", bound=BaseResult)
@@ -76,6 +78,13 @@ class _Members(Generic[R]):
             r.keep(view)
             values.append(r.settle(view, propagate))
         return values
+
+    @staticmethod
+    def _deadline(timeout: float | None) -> float | None:
+        # Checked as one backend's wait checks it: members on several backends are
+        # waited for one after another, under this one deadline.
+        seconds = checked_timeout(timeout, negative=True)
+        return None if seconds is None or seconds == math.inf else time.monotonic() + seconds
 
     def _remaining(self, deadline: float | None) -> float | None:
         remaining = None if deadline is None else deadline - time.monotonic()
@@ -163,7 +172,7 @@ class ResultSet(_Members[AsyncResult]):
     get = join
 
     def _join_sequentially(self, timeout: float | None, propagate: bool) -> list[Any]:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = self._deadline(timeout)
         return [r.get(timeout=self._remaining(deadline), propagate=propagate) for r in self.results]
 
 
@@ -222,7 +231,7 @@ class AioResultSet(_Members[AioAsyncResult]):
     get = join
 
     async def _join_sequentially(self, timeout: float | None, propagate: bool) -> list[Any]:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = self._deadline(timeout)
         return [await r.get(timeout=self._remaining(deadline), propagate=propagate) for r in self.results]
 
 

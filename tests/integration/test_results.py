@@ -22,6 +22,7 @@ from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.views import (
     AioAsyncResult,
+    AioResultSet,
     AsyncResult,
     GroupResult,
     RedisView,
@@ -173,6 +174,15 @@ async def test_a_timeout_that_is_no_number_is_rejected(backend: ResultBackend, v
         await backend.AioAsyncResult("done").get(timeout=bad)
     with pytest.raises(ValidationError, match="timeout must be None or a number of seconds"):
         await backend.aio().wait_many(["done"], bad, stop_at_failure=True)
+    # Members on two backends are waited for one after another, under the same check.
+    async with ResultBackend(backend.settings) as other:
+        mixed = [backend.AioAsyncResult("done"), other.AioAsyncResult("done")]
+        with pytest.raises(ValidationError, match="timeout must be None or a number of seconds"):
+            await AioResultSet(mixed).join(timeout=bad)
+        assert await AioResultSet(mixed).join(timeout=float("inf")) == [1, 1]
+        with pytest.raises(ValidationError, match="timeout must be None or a number of seconds"):
+            await asyncio.to_thread(
+                ResultSet([backend.AsyncResult("done"), other.AsyncResult("done")]).join, timeout=bad)
     # A negative timeout (a deadline already past) and infinity are numbers of seconds.
     assert await backend.AioAsyncResult("done").get(timeout=-1) == 1
     assert await backend.AioAsyncResult("done").get(timeout=float("inf")) == 1
