@@ -74,16 +74,14 @@ async def live_members(settings: Settings) -> int:
 
 
 async def clear_redis_view(settings: Settings) -> int:
-    """Delete every view key under the prefix (tasks, chords, offsets); returns how many.
-
-    Chord hook claims stay: they record side effects that happened, which a rebuilt
-    view must not make happen again."""
+    """Delete every view key under the prefix (tasks, chords, offsets, workers; not the
+    chord hooks' claims, nor anything else's keys: names.is_view_key); returns how many."""
     deleted = 0
-    keep = names.chord_hook_claim_key(settings.redis_prefix, "")
+    prefix = settings.redis_prefix
     async with Redis.from_url(redis_url(settings)) as client:
         batch: list[bytes] = []
-        async for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=5000):
-            if key.decode(errors="replace").startswith(keep):
+        async for key in client.scan_iter(match=names.prefix_pattern(prefix), count=5000):
+            if not names.is_view_key(prefix, key.decode(errors="replace")):
                 continue
             batch.append(key)
             if len(batch) >= 5000:

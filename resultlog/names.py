@@ -108,7 +108,27 @@ def transitions_channel(prefix: str) -> str:
 
 def task_key_pattern(prefix: str) -> str:
     """A SCAN MATCH pattern for every task hash under ``prefix`` (glob characters escaped)."""
-    return _glob_escape(f"{prefix}task:") + "*"
+    return prefix_pattern(f"{prefix}task:")
+
+
+# The key families a rebuild of the view clears (above). Not the chord hooks' claims:
+# they record side effects that happened, which a rebuilt view must not make happen again.
+_VIEW_KEY_FAMILIES = ("task:", "offsets:", "viewbatch:", "chord:", "chordfire:", "worker:")
+
+
+def prefix_pattern(prefix: str) -> str:
+    """A SCAN MATCH pattern for every key under ``prefix`` (glob characters escaped)."""
+    return _glob_escape(prefix) + "*"
+
+
+def is_view_key(prefix: str, key: str) -> bool:
+    """Whether ``key`` is one of the view's keys under ``prefix`` (a rebuild clears it):
+    one of resultlog's key families, so that another application's key that merely
+    starts with the prefix (``app1``, ``app10:...``) never is."""
+    if not key.startswith(prefix):
+        return False
+    rest = key[len(prefix):]
+    return rest.startswith(_VIEW_KEY_FAMILIES) or key == workers_index_key(prefix)
 
 
 def task_id_from_key(prefix: str, key: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import subprocess
@@ -16,7 +17,7 @@ from redis.asyncio import Redis
 
 from resultlog import names
 from resultlog.errors import ReplayRefused, StoreUnavailable, ValidationError
-from resultlog.processors.replay import replay
+from resultlog.processors.replay import clear_redis_view, replay
 from resultlog.processors.verify import verify
 from resultlog.errors import ChordError
 from resultlog.producers import Emitter
@@ -204,6 +205,28 @@ async def test_verify_names_exactly_the_corrupted_tasks(settings: Settings) -> N
     assert [(d.store, d.task_id) for d in (await verify(settings)).differences] == [("redis", "w-0")]
     await replay(settings, fresh=True, progress=False)
     assert (await verify(settings)).ok
+
+
+async def test_a_fresh_view_clears_its_own_keys_and_nobody_elses(settings: Settings) -> None:
+    # A prefix with glob characters, and keys of other applications that a SCAN for
+    # "prefix*" used to match: one that the unescaped glob matches, and ones that merely
+    # start with the prefix (as "app10:..." starts with "app1").
+    base = settings.redis_prefix.rstrip(":")
+    prefix = f"{base}[x]?"
+    ours = [names.task_key(prefix, "a"), names.chord_key(prefix, "c"), names.offsets_key(prefix, "g"),
+            names.chord_fire_key(prefix, "e1"), names.worker_key(prefix, "w1"),
+            names.workers_index_key(prefix), names.view_batch_marker_key(prefix, "g", "b1")]
+    kept = [names.chord_hook_claim_key(prefix, "e1"),  # a side effect that happened
+            f"{base}xY:precious", f"{prefix}0:precious", f"{prefix}taskish", f"{base}:task:a"]
+    async with Redis.from_url(settings.redis_url) as client:
+        for key in ours + kept:
+            await client.set(key, "1")
+        try:
+            fresh = dataclasses.replace(settings, redis_prefix=prefix)
+            assert await clear_redis_view(fresh) == len(ours)
+            assert [k for k in ours + kept if await client.exists(k)] == kept
+        finally:
+            await client.delete(*ours, *kept)
 
 
 async def test_replay_from_a_timestamp_rebuilds_only_what_follows(settings: Settings) -> None:
