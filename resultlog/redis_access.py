@@ -62,6 +62,12 @@ def translated(doing: str) -> Iterator[None]:
         if refused is not None:
             raise refused from exc
         raise StoreUnavailable(f"Redis is unavailable while {doing}: {exc}") from exc
+    except redis.exceptions.ResponseError as exc:
+        # Most are the command's own (a script's error): only a refusal is renamed.
+        refused = redis_refusal(exc)
+        if refused is not None:
+            raise refused from exc
+        raise
 
 
 def text(value: str | bytes) -> str:

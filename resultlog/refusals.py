@@ -124,6 +124,12 @@ def redis_refusal(exc: BaseException) -> ConfigurationError | None:
             f"grant it the key pattern of RESULTLOG_REDIS_PREFIX, the pub/sub channels and "
             f"+@all (or at least +@read +@write +@scripting +@pubsub +@keyspace)"
         )
+    if isinstance(exc, redis.exceptions.ResponseError) and "DB index is out of range" in str(exc):
+        # The connection's SELECT: the URL names a database the server does not have.
+        return ConfigurationError(
+            f"Redis has no such database ({exc}): the /db of RESULTLOG_REDIS_URL must be "
+            f"below the server's 'databases' setting (16 unless configured)"
+        )
     return _tls_refusal(
         exc, "Redis", "the ssl_ca_certs of RESULTLOG_REDIS_URL",
         "ssl_check_hostname=false in RESULTLOG_REDIS_URL",

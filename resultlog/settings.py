@@ -248,8 +248,8 @@ def _check(s: Settings) -> None:
         if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
             raise bad("kafka_bootstrap_servers", "expected host:port[,host:port...], each port "
                                                  "from 1 to 65535")
-    if not _TOPIC_RE.match(s.events_topic) or len(s.events_topic) > 180:
-        raise bad("events_topic", "a Kafka topic name: letters, digits, '.', '_', '-'")
+    if not _TOPIC_RE.match(s.events_topic) or len(s.events_topic) > 180 or s.events_topic in (".", ".."):
+        raise bad("events_topic", "a Kafka topic name: letters, digits, '.', '_', '-' (not '.' or '..')")
     if not 1 <= s.topic_partitions <= 10_000:
         raise bad("topic_partitions", "must be between 1 and 10000")
     if s.topic_replication_factor < 1:

@@ -14,7 +14,7 @@ import redis
 import redis.asyncio
 
 from resultlog import names
-from resultlog.errors import InvalidTaskId, ResultTimeout, StoreUnavailable, TaskRevoked, ValidationError
+from resultlog.errors import ConfigurationError, InvalidTaskId, ResultTimeout, StoreUnavailable, TaskRevoked, ValidationError
 from resultlog.bridge import THREAD_NAME
 from resultlog.schemas.event import ExceptionInfo, TaskEvent, now_ms
 from resultlog.schemas.fold import TaskView
@@ -186,6 +186,20 @@ async def test_a_timeout_that_is_no_number_is_rejected(backend: ResultBackend, v
     # A negative timeout (a deadline already past) and infinity are numbers of seconds.
     assert await backend.AioAsyncResult("done").get(timeout=-1) == 1
     assert await backend.AioAsyncResult("done").get(timeout=float("inf")) == 1
+
+
+async def test_a_redis_database_the_server_lacks_is_a_configuration_error(settings: Settings) -> None:
+    # The URL's /db is checked to be a number; whether the server has it, only Redis
+    # knows (its SELECT at connect): that refusal names the setting to fix.
+    base = settings.redis_url.rsplit("/", 1)[0]
+    missing = settings.replace(redis_url=f"{base}/99999")
+    async with ResultBackend(missing) as backend:
+        with pytest.raises(ConfigurationError, match="RESULTLOG_REDIS_URL must be below the server's 'databases'"):
+            await backend.aio().read("t")
+        with pytest.raises(ConfigurationError, match="RESULTLOG_REDIS_URL"):
+            await backend.AioAsyncResult("t").get(timeout=1)
+        with pytest.raises(ConfigurationError, match="RESULTLOG_REDIS_URL"):
+            await asyncio.to_thread(lambda: backend.AsyncResult("t").state)
 
 
 async def test_success_and_its_attributes(backend: ResultBackend, view: RedisView) -> None:

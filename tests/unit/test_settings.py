@@ -67,6 +67,9 @@ def test_the_processor_linger_is_0_to_1000_ms() -> None:
     ({"RESULTLOG_KAFKA_BOOTSTRAP_SERVERS": "h:9092,h:99999"}, "kafka_bootstrap_servers .* each port"),
     ({"RESULTLOG_KAFKA_TIMEOUT_S": "nan"}, "kafka_timeout_s = nan is invalid: must be a finite number"),
     ({"RESULTLOG_ASSIGN_TIMEOUT_S": "inf"}, "assign_timeout_s = inf is invalid: must be a finite number"),
+    # Names Kafka refuses only when the topic is created.
+    ({"RESULTLOG_EVENTS_TOPIC": "."}, r"events_topic = '\.' is invalid: a Kafka topic name"),
+    ({"RESULTLOG_EVENTS_TOPIC": ".."}, r"events_topic = '\.\.' is invalid: a Kafka topic name"),
 ])
 def test_a_url_port_database_or_number_that_cannot_work_is_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
