@@ -29,7 +29,7 @@ from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.timeouts import checked_timeout
 from resultlog.redis_access import async_client, sync_client, translated
-from resultlog.views.exceptions import ExceptionRebuilder
+from resultlog.views.exceptions import ExceptionRebuilder, module_names
 from resultlog.views.history import HistoryStore
 from resultlog.views.notify import CLOSED, Notifier
 from resultlog.views.redis_view import (
@@ -261,7 +261,8 @@ class ResultBackend:
 
     ``import_modules``: modules that may be imported to rebuild a task's exception
     class (see :mod:`resultlog.views.exceptions`); by default only modules already
-    imported are used.
+    imported are used. A lone string (``"myapp"``, not ``["myapp"]``), None or an entry
+    that is not a module name is a :class:`ConfigurationError`, as a bad ``settings`` is.
 
     Close it with :meth:`close` (sync use) or ``await`` :meth:`aclose` (if the asyncio
     flavour was used), or use it as a context manager of either kind.
@@ -269,7 +270,7 @@ class ResultBackend:
 
     def __init__(self, settings: Settings | None = None, *, import_modules: Iterable[str] = ()) -> None:
         self.settings = Settings.given(settings, "ResultBackend")
-        self.exceptions = ExceptionRebuilder(import_modules)
+        self.exceptions = ExceptionRebuilder(module_names(import_modules, "ResultBackend: import_modules"))
         self._lock = threading.Lock()
         self._sync: redis.Redis | None = None
         self._read_script: Script | None = None

@@ -17,7 +17,8 @@ from collections.abc import Iterable
 from types import BuiltinFunctionType, ModuleType
 from typing import Any, Final
 
-from resultlog.schemas.event import ExceptionInfo
+from resultlog.errors import ConfigurationError, InvalidTaskId
+from resultlog.schemas.event import ExceptionInfo, listed_ids
 
 _BUILTIN_EXCEPTIONS: Final = tuple(
     v for v in vars(builtins).values() if isinstance(v, type) and issubclass(v, BaseException)
@@ -50,10 +51,11 @@ class ExceptionRebuilder:
 
     ``import_modules`` names modules (a name also covers its submodules) that may be
     imported to find a class; the default imports nothing. Only list your own code.
+    Anything but a list (tuple, ...) of module names is a :class:`ConfigurationError`.
     """
 
     def __init__(self, import_modules: Iterable[str] = (), *, call_class: bool = False) -> None:
-        self.import_modules = frozenset(import_modules)
+        self.import_modules = frozenset(module_names(import_modules))
         # Celery's way, for the Celery backend: a class found by rule 1 and 2 is called
         # with the message, so its __init__ runs (rule 3 does not hold); one that cannot
         # be called so becomes Exception("<class ...>(message)"), as Celery makes it.
@@ -107,6 +109,29 @@ class ExceptionRebuilder:
             module_name == allowed or module_name.startswith(allowed + ".")
             for allowed in self.import_modules
         )
+
+
+def module_names(value: object, what: str = "import_modules") -> tuple[str, ...]:
+    """``value`` (a list, tuple or other iterable of dotted module names) as a tuple;
+    else :class:`ConfigurationError` naming ``what``.
+
+    Checked when the rebuilder is made: a lone string would otherwise allow one module
+    per character, and an entry that is not a name would fail only when a failed task's
+    exception is rebuilt, far from the mistake (or never match, silently).
+    """
+    try:
+        entries = listed_ids(value)
+    except InvalidTaskId:  # the same shape rule as a list of task ids, in these words
+        example = f"[{value!r:.60}]" if isinstance(value, str) else "['myapp']"
+        raise ConfigurationError(
+            f"{what}: expected a list of module names, got {type(value).__name__} "
+            f"{value!r:.60}; for one module pass {example}, for none pass []") from None
+    for entry in entries:
+        if not isinstance(entry, str) or not _dotted(entry):
+            raise ConfigurationError(
+                f"{what}: each entry must be a module name such as 'myapp' or 'myapp.tasks', "
+                f"got {type(entry).__name__} {entry!r:.60}")
+    return tuple(entries)
 
 
 def rebuild_exception(

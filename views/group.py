@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, ClassVar, Generic, TypeVar, overload
 
-from resultlog.errors import ResultTimeout
+from resultlog.errors import ResultTimeout, ValidationError
+from resultlog.schemas.event import listed_ids, validate_id
 from resultlog.schemas.fold import TaskView
 from resultlog.schemas.states import State
 from resultlog.timeouts import checked_timeout
@@ -22,14 +23,28 @@ R = TypeVar("R", bound=BaseResult)
 
 class _Members(Generic[R]):
     __slots__ = ("results",)
+    #: The flavour of result a member must be.
+    member_type: ClassVar[type[BaseResult]]
 
     def __init__(self, results: Iterable[R]) -> None:
-        self.results: list[R] = list(results)
+        # A lone string would be one member per character; a task id (only the
+        # backend's factories make results of ids) would fail at the first read.
+        self.results: list[R] = [self._checked(r) for r in listed_ids(results)]
 
     def add(self, result: R) -> None:
         """Add a member (no-op if it is one already)."""
+        self._checked(result)
         if result not in self.results:
             self.results.append(result)
+
+    def _checked(self, result: object) -> R:
+        if not isinstance(result, self.member_type):
+            kind, name = self.member_type.__name__, type(self).__name__
+            raise ValidationError(
+                f"{name} members must be {kind}s, got {type(result).__name__} {result!r:.60}; "
+                f"pass backend.{kind}(task_id), or make the set with backend.{name}(...), "
+                f"which takes task ids")
+        return result  # type: ignore[return-value]  # R is member_type, for each subclass
 
     def __len__(self) -> int:
         return len(self.results)
@@ -132,6 +147,7 @@ class ResultSet(_Members[AsyncResult]):
     """A collection of sync :class:`AsyncResult`."""
 
     __slots__ = ()
+    member_type = AsyncResult
 
     def _views(self) -> list[TaskView | None]:
         # Ready members are cached; the rest are read in one round trip per backend.
@@ -182,14 +198,16 @@ class GroupResult(_GroupId, ResultSet):
     __slots__ = ("id",)
 
     def __init__(self, id: str, results: Iterable[AsyncResult]) -> None:
+        # As an event's group_id is checked: str() and repr() of it must be a str.
+        self.id = validate_id("group_id", id)
         super().__init__(results)
-        self.id = id
 
 
 class AioResultSet(_Members[AioAsyncResult]):
     """A collection of :class:`AioAsyncResult`; the queries are coroutines."""
 
     __slots__ = ()
+    member_type = AioAsyncResult
 
     async def _views(self) -> list[TaskView | None]:
         views, to_read = self._to_read()
@@ -241,5 +259,6 @@ class AioGroupResult(_GroupId, AioResultSet):
     __slots__ = ("id",)
 
     def __init__(self, id: str, results: Iterable[AioAsyncResult]) -> None:
+        # As an event's group_id is checked: str() and repr() of it must be a str.
+        self.id = validate_id("group_id", id)
         super().__init__(results)
-        self.id = id

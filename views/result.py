@@ -6,12 +6,13 @@ what its attributes read (docs/results.md).
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import UTC, datetime, timedelta
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from resultlog.errors import TaskRevoked
+from resultlog.errors import TaskRevoked, ValidationError
 from resultlog.schemas.event import TaskEvent, validate_task_id
 from resultlog.schemas.fold import TaskView
 from resultlog.schemas.states import PENDING, State
@@ -21,6 +22,27 @@ if TYPE_CHECKING:
     from resultlog.views.backend import ResultBackend
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@functools.cache
+def _backend_class() -> type[ResultBackend]:
+    # Imported on first use, as views.backend imports this module; cached, because a
+    # function-level import costs more than making the result object (every member of
+    # a ResultSet is one).
+    from resultlog.views.backend import ResultBackend
+
+    return ResultBackend
+
+
+def checked_backend(backend: object, owner: str) -> ResultBackend:
+    """``backend`` if it is a :class:`ResultBackend`, else :class:`ValidationError`
+    naming ``owner``: checked when a result object is made, not as an AttributeError at
+    its first read (a URL string or None handed in where the backend goes)."""
+    if not isinstance(backend, _backend_class()):
+        raise ValidationError(
+            f"{owner}: backend must be a resultlog ResultBackend (ResultBackend(settings)), got "
+            f"{type(backend).__name__}; or make it from one: backend.{owner}(...)")
+    return backend
 
 
 T = TypeVar("T")
@@ -57,7 +79,7 @@ class BaseResult:
 
     def __init__(self, task_id: str, backend: ResultBackend) -> None:
         self.id: str = validate_task_id(task_id)
-        self.backend = backend
+        self.backend = checked_backend(backend, type(self).__name__)
         self._view: TaskView | None = None
         # (view, value): the decoded result or rebuilt exception of that view, so
         # repeated reads give the same object.

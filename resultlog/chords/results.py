@@ -15,6 +15,7 @@ from resultlog.errors import ChordError
 from resultlog.redis_access import translated
 from resultlog.schemas.event import validate_id
 from resultlog.schemas.states import State
+from resultlog.views.result import checked_backend
 
 if TYPE_CHECKING:
     from resultlog.views.backend import ResultBackend
@@ -27,7 +28,7 @@ class _ChordResultBase:
 
     def __init__(self, chord_id: str, backend: ResultBackend) -> None:
         self.id: str = validate_id("chord_id", chord_id)
-        self.backend = backend
+        self.backend = checked_backend(backend, type(self).__name__)
         self._view: ChordView | None = None
 
     def _current(self) -> ChordView:

@@ -22,8 +22,11 @@ from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.views import (
     AioAsyncResult,
+    AioChordResult,
+    AioGroupResult,
     AioResultSet,
     AsyncResult,
+    ChordResult,
     GroupResult,
     RedisView,
     RemoteTaskError,
@@ -144,7 +147,10 @@ async def test_a_list_of_ids_that_is_no_list_is_rejected(backend: ResultBackend,
     calls: list[Callable[[], Any]] = [
         lambda: backend.read_many(bad), lambda: backend.GroupResult("g", bad),
         lambda: backend.ResultSet(bad), lambda: backend.AioResultSet(bad),
-        lambda: backend.AioGroupResult("g", bad)]
+        lambda: backend.AioGroupResult("g", bad),
+        # Made directly, as the backend's factories make them.
+        lambda: ResultSet(bad), lambda: GroupResult("g", bad),
+        lambda: AioResultSet(bad), lambda: AioGroupResult("g", bad)]
     for call in calls:
         with pytest.raises(InvalidTaskId, match="expected a list of task ids"):
             call()
@@ -164,6 +170,50 @@ async def test_a_group_member_that_is_no_task_id_is_rejected(backend: ResultBack
         backend.GroupResult("g", ["a", member])
     with pytest.raises(InvalidTaskId, match="task id must be a str"):
         backend.AioResultSet(["a", backend.AsyncResult("b") if bad is AioAsyncResult else bad])
+
+
+@pytest.mark.parametrize("bad", [None, "redis://127.0.0.1:16379/0", Settings(), object()])
+async def test_a_result_made_directly_refuses_what_is_no_backend(bad: Any) -> None:
+    """It was taken, and the first read failed with an AttributeError."""
+    for make in (AsyncResult, AioAsyncResult, ChordResult, AioChordResult):
+        with pytest.raises(ValidationError,
+                           match=f"^{make.__name__}: backend must be a resultlog ResultBackend"):
+            make("x", bad)
+
+
+async def test_a_result_set_made_directly_takes_only_results_of_its_flavour(
+        backend: ResultBackend) -> None:
+    """A task id, None or a result of the other flavour was taken as a member, and the
+    first query failed with an AttributeError ('str' object has no attribute 'cached')."""
+    sync, aio = backend.AsyncResult, backend.AioAsyncResult
+    flavours: list[tuple[Callable[[list[Any]], Any], str, Callable[[str], Any], Callable[[str], Any]]] = [
+        (ResultSet, "ResultSet", sync, aio),
+        (lambda members: GroupResult("g", members), "GroupResult", sync, aio),
+        (AioResultSet, "AioResultSet", aio, sync),
+        (lambda members: AioGroupResult("g", members), "AioGroupResult", aio, sync),
+    ]
+    for make, name, right, wrong in flavours:
+        for bad in ("a", wrong("a"), None, 1):
+            with pytest.raises(ValidationError, match=f"^{name} members must be "):
+                make([right("b"), bad])
+            members = make([right("b")])
+            with pytest.raises(ValidationError, match=f"^{name} members must be "):
+                members.add(bad)
+            assert [r.id for r in members] == ["b"]
+        members.add(right("c"))
+        assert [r.id for r in members] == ["b", "c"]
+
+
+@pytest.mark.parametrize("bad", [123, None, "", "x" * 256])
+async def test_a_group_id_that_is_no_id_is_rejected(backend: ResultBackend, bad: Any) -> None:
+    """123 was taken (and str() of the group raised TypeError), as were None and ''."""
+    makes: list[Callable[[], Any]] = [
+        lambda: backend.GroupResult(bad, ["a"]), lambda: backend.AioGroupResult(bad, ["a"]),
+        lambda: GroupResult(bad, [backend.AsyncResult("a")]),
+        lambda: AioGroupResult(bad, [backend.AioAsyncResult("a")])]
+    for make in makes:
+        with pytest.raises(ValidationError, match="group_id must be a non-empty str"):
+            make()
 
 
 @pytest.mark.parametrize("bad", ["10", float("nan"), True, [1]])

@@ -13,7 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from resultlog.errors import ConfigurationError
 from resultlog.schemas.event import ExceptionInfo
+from resultlog.settings import Settings
+from resultlog.views.backend import ResultBackend
 from resultlog.views.exceptions import ExceptionRebuilder, RemoteTaskError, rebuild_exception
 
 HERE = __name__
@@ -169,6 +172,26 @@ def test_allow_listed_modules_are_imported(side_effect_module: Path, monkeypatch
     # An allow-list entry covers submodules, not look-alike names.
     assert rebuilder._may_import("resultlog_test_sidefx.sub")
     assert not rebuilder._may_import("resultlog_test_sidefx_other")
+
+
+@pytest.mark.parametrize("bad", ["wave", None, b"wave", {"wave": 1}, 42,
+                                 [None], [b"wave"], [""], ["my app"], ["wave."], ["ok", 1]])
+def test_import_modules_that_are_no_list_of_module_names_are_refused_up_front(bad: object) -> None:
+    """A lone str was one module per character, a bytes one per byte value; None or an
+    entry that is no str failed only when a failed task's exception was rebuilt."""
+    with pytest.raises(ConfigurationError, match="^import_modules: "):
+        ExceptionRebuilder(bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="^ResultBackend: import_modules: "):
+        ResultBackend(Settings(), import_modules=bad)  # type: ignore[arg-type]
+
+
+def test_a_lone_module_name_is_refused_with_how_to_pass_it() -> None:
+    with pytest.raises(ConfigurationError, match=r"got str 'wave'; for one module pass \['wave'\]"):
+        ResultBackend(Settings(), import_modules="wave")
+    # Any list, tuple or other iterable of names is taken; none is ().
+    assert ResultBackend(Settings(), import_modules=["wave"]).exceptions.import_modules == {"wave"}
+    assert ExceptionRebuilder(n for n in ("a.b", "c")).import_modules == {"a.b", "c"}
+    assert ExceptionRebuilder(()).import_modules == frozenset()
 
 
 def test_an_allow_listed_module_that_fails_to_import_gives_a_stand_in() -> None:
