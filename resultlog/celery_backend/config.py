@@ -21,7 +21,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from resultlog import names
 from resultlog.errors import ConfigurationError
-from resultlog.settings import ENV_PREFIX, Settings
+from resultlog.settings import ENV_PREFIX, SECRET_SETTINGS, URL_SETTINGS, Settings
+from resultlog.views.exceptions import module_names
 
 #: The backend's own options, beside the Settings fields.
 ACK_READY: Final = "ack_ready"
@@ -42,6 +43,14 @@ SERIALIZERS: Final = ("json", "msgpack", "yaml")
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
+
+#: What each option takes in ``app.conf.resultlog``, as Settings fields are typed.
+_OPTION_KINDS: Final = {ACK_READY: "bool", READ_YOUR_WRITES: "bool", IMPORT_MODULES: "modules",
+                        WORKER_HEARTBEAT_S: "float"}
+# Besides a str (parsed as the URL's text is), what a value in app.conf.resultlog may be:
+# its own type, as Python code writes it ({"topic_partitions": 16, "ack_ready": False}).
+_CONF_TYPES: Final[dict[str, tuple[type, ...]]] = {
+    "int": (int,), "float": (int, float), "bool": (bool, int)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +78,19 @@ class BackendConfig:
         env: Mapping[str, str] | None = None,
     ) -> BackendConfig:
         """The configuration named by ``url`` and ``conf`` (Celery's ``app.conf.resultlog``)."""
-        given = {name: ",".join(value) if isinstance(value, (list, tuple)) else str(value)
+        if url is not None and not isinstance(url, str):
+            raise ConfigurationError(
+                f"result_backend must be a {names.CELERY_BACKEND_SCHEME}:// URL string "
+                f"(a str), got {type(url).__name__}")  # not shown: it may hold a password
+        if conf is not None and not isinstance(conf, Mapping):
+            raise ConfigurationError(
+                f"app.conf.{CONF_KEY} must be a mapping of setting names to values (e.g. "
+                f"{{'events_topic': 'proj.events'}}), got {type(conf).__name__}")  # may hold a secret
+        kinds = {f.name: str(f.type) for f in fields(Settings)}
+        given = {name: _conf_value(name, value, kinds.get(name, _OPTION_KINDS.get(name)))
                  for name, value in (conf or {}).items()}
         given.update(_url_options(url))
-        known = {f.name for f in fields(Settings)}
+        known = set(kinds)
         for name in given:
             if name not in known and name not in OPTIONS:
                 raise ConfigurationError(
@@ -82,7 +100,10 @@ class BackendConfig:
                 )
         ack_ready = _bool(ACK_READY, given.pop(ACK_READY, "true"))
         read_your_writes = _bool(READ_YOUR_WRITES, given.pop(READ_YOUR_WRITES, "true"))
-        modules = tuple(m.strip() for m in given.pop(IMPORT_MODULES, "").split(",") if m.strip())
+        modules = given.pop(IMPORT_MODULES, ())
+        if isinstance(modules, str):  # comma-separated, as a URL gives it
+            modules = module_names([m.strip() for m in modules.split(",") if m.strip()],
+                                   f"resultlog backend setting {IMPORT_MODULES}")
         heartbeat_s = _seconds(WORKER_HEARTBEAT_S,
                                given.pop(WORKER_HEARTBEAT_S, str(DEFAULT_WORKER_HEARTBEAT_S)))
         merged = dict(os.environ if env is None else env)
@@ -95,6 +116,32 @@ class BackendConfig:
                 f"the result_backend URL or app.conf.{CONF_KEY} is reported as RESULTLOG_NAME)"
             ) from None
         return cls(settings, ack_ready, read_your_writes, modules, heartbeat_s)
+
+
+def _conf_value(name: object, value: object, kind: str | None) -> Any:
+    """``app.conf.resultlog[name]`` as text, as the URL would give it (import_modules
+    given as a list: the checked tuple); else :class:`ConfigurationError` naming it.
+    str() of anything else gave a topic or prefix named 'None' without a word."""
+    where = f"app.conf.{CONF_KEY}[{name!r}]"
+    if kind is None:  # unknown: refused by name with the list of known ones
+        return value
+    if isinstance(value, str):  # import_modules too: comma-separated, as in the URL
+        return value
+    if kind == "modules":
+        return module_names(value, where)
+    if kind == "str" and isinstance(value, (list, tuple)) \
+            and all(isinstance(entry, str) for entry in value):
+        return ",".join(value)  # e.g. several kafka_bootstrap_servers
+    allowed = _CONF_TYPES.get(kind, ())
+    if isinstance(value, allowed) and (kind == "bool" or not isinstance(value, bool)):
+        return str(value)
+    wanted = {"str": "a str", "int": "an int", "float": "a number",
+              "bool": "True or False"}.get(kind, f"a {kind}")
+    # A password, or a URL that may hold one, is never printed (as Settings.display).
+    shown = "" if name in SECRET_SETTINGS or name in URL_SETTINGS else f" {value!r:.60}"
+    raise ConfigurationError(
+        f"{where} must be {wanted} (or its text, as in the result_backend URL), got "
+        f"{type(value).__name__}{shown}; leave the name out for its default")
 
 
 def _url_options(url: str | None) -> dict[str, str]:

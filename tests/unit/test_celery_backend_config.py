@@ -92,3 +92,59 @@ def test_the_worker_heartbeat_interval_is_an_option_and_zero_turns_it_off() -> N
 def test_a_bad_worker_heartbeat_interval_is_named(value: str) -> None:
     with pytest.raises(ConfigurationError, match="worker_heartbeat_s"):
         BackendConfig.load(f"resultlog://?worker_heartbeat_s={value}", env={})
+
+
+@pytest.mark.parametrize(("conf", "named"), [
+    ({"events_topic": None}, r"app.conf.resultlog\['events_topic'\] must be a str"),
+    ({"redis_prefix": None}, r"app.conf.resultlog\['redis_prefix'\] must be a str"),
+    ({"redis_prefix": 7}, r"app.conf.resultlog\['redis_prefix'\] must be a str"),
+    ({"topic_partitions": True}, r"app.conf.resultlog\['topic_partitions'\] must be an int"),
+    ({"kafka_timeout_s": [1]}, r"app.conf.resultlog\['kafka_timeout_s'\] must be a number"),
+    ({"ack_ready": None}, r"app.conf.resultlog\['ack_ready'\] must be True or False"),
+    ({"worker_heartbeat_s": None}, r"app.conf.resultlog\['worker_heartbeat_s'\] must be a number"),
+    ({"import_modules": None}, r"app.conf.resultlog\['import_modules'\]: expected a list of module names"),
+    ({"import_modules": ["proj", None]}, r"app.conf.resultlog\['import_modules'\]: each entry"),
+    ({"import_modules": ("proj", b"x")}, r"app.conf.resultlog\['import_modules'\]: each entry"),
+])
+def test_a_conf_value_of_the_wrong_kind_is_named_not_turned_into_text(
+        conf: dict[str, Any], named: str) -> None:
+    """str() of None was a topic (or prefix, or module) named 'None'."""
+    with pytest.raises(ConfigurationError, match=named):
+        BackendConfig.load("resultlog://", conf, {})
+
+
+def test_a_secret_of_the_wrong_kind_is_not_printed() -> None:
+    with pytest.raises(ConfigurationError, match="kafka_sasl_password'\\] must be a str") as raised:
+        BackendConfig.load("resultlog://", {"kafka_sasl_password": 12345678}, {})
+    assert "12345678" not in str(raised.value)
+
+
+@pytest.mark.parametrize("conf", ["events_topic=x", ["events_topic"], 3])
+def test_a_conf_that_is_no_mapping_is_refused(conf: Any) -> None:
+    with pytest.raises(ConfigurationError, match="app.conf.resultlog must be a mapping"):
+        BackendConfig.load("resultlog://", conf, {})
+    with pytest.raises(ConfigurationError, match="app.conf.resultlog must be a mapping"):
+        app(result_backend="resultlog://", resultlog=conf).backend
+
+
+@pytest.mark.parametrize("url", [123, b"resultlog://", ["resultlog://"]])
+def test_a_url_that_is_no_str_is_refused(url: Any) -> None:
+    with pytest.raises(ConfigurationError, match="result_backend must be a resultlog:// URL string"):
+        BackendConfig.load(url, None, {})
+
+
+def test_conf_values_may_be_given_as_python_values_or_as_text() -> None:
+    config = BackendConfig.load("resultlog://", {
+        "topic_partitions": 4, "kafka_timeout_s": 3, "ack_ready": False, "read_your_writes": 0,
+        "worker_heartbeat_s": 0.5, "kafka_bootstrap_servers": ["h1:9092", "h2:9092"],
+        "import_modules": ("proj", "other.tasks"), "events_topic": "conf.events"}, {})
+    assert (config.settings.topic_partitions, config.settings.kafka_timeout_s) == (4, 3.0)
+    assert (config.ack_ready, config.read_your_writes, config.worker_heartbeat_s) == (False, False, 0.5)
+    assert config.settings.kafka_bootstrap_servers == "h1:9092,h2:9092"
+    assert config.import_modules == ("proj", "other.tasks")
+    # Text, as the URL gives it: import_modules comma-separated.
+    config = BackendConfig.load("resultlog://", {"import_modules": "proj, other", "ack_ready": "no"}, {})
+    assert config.import_modules == ("proj", "other") and config.ack_ready is False
+    with pytest.raises(ConfigurationError, match="import_modules: each entry"):
+        BackendConfig.load("resultlog://?import_modules=proj,my+app", None, {})
+
