@@ -176,10 +176,17 @@ class ResultlogBackend(Backend):
 
     async def cleanup_stale_clients(self, stale_seconds: float = 60.0) -> int:
         """Drop workers expired more than ``stale_seconds`` ago from the view's index;
-        how many. (Expired workers are already absent from every read.)"""
+        how many. (Expired workers are already absent from every read.)
+
+        Anything but a number of seconds from 0 to the latest time an event can carry is
+        a ValidationError (a ValueError, as Chicory's database backend raises for NaN):
+        NaN passes a ``< 0`` test, and NaN or infinity would fail in computing the
+        cutoff, as a ValueError or OverflowError that names neither."""
+        # not 0 <= x <= max is true for NaN, as for any number out of range.
         if isinstance(stale_seconds, bool) or not isinstance(stale_seconds, (int, float)) \
-                or stale_seconds < 0:
-            raise ValidationError(f"stale_seconds must be >= 0, got {stale_seconds!r}")
+                or not 0 <= stale_seconds <= MAX_TIMESTAMP_MS // 1000:
+            raise ValidationError(f"stale_seconds must be a number of seconds from 0 to "
+                                  f"{MAX_TIMESTAMP_MS // 1000}, got {stale_seconds!r:.40}")
         if self._workers is None:
             return 0
         return await self._workers.prune(stale_seconds)

@@ -26,7 +26,7 @@ from chicory.types import TaskResult, TaskState, WorkerStats  # noqa: E402
 from resultlog import names  # noqa: E402
 from resultlog.chicory_backend import ResultlogBackend  # noqa: E402
 from resultlog.dashboard.status import PipelineStatus  # noqa: E402
-from resultlog.errors import ConfigurationError, ResultTimeout  # noqa: E402
+from resultlog.errors import ConfigurationError, ResultTimeout, ValidationError  # noqa: E402
 from resultlog.settings import Settings  # noqa: E402
 from resultlog.views.backend import ResultBackend  # noqa: E402
 from resultlog.views.history import HistoryStore  # noqa: E402
@@ -313,3 +313,19 @@ async def test_a_stored_heartbeat_is_read_back_and_cleaned_once_stale(
     finally:
         await client.aclose()
     assert await backend(app).cleanup_stale_clients(stale_seconds=0) == 0
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 10**400, -1, True,
+                                 "60", None])
+async def test_cleanup_refuses_what_is_no_number_of_seconds(settings: Settings, bad: Any) -> None:
+    """NaN passed the check and failed in computing the cutoff (ValueError: cannot convert
+    float NaN to integer), infinity and a huge int with an OverflowError."""
+    connected = ResultlogBackend(settings)
+    await connected.connect()
+    try:
+        with pytest.raises(ValidationError, match="stale_seconds must be a number of seconds"):
+            await connected.cleanup_stale_clients(bad)
+        assert await connected.cleanup_stale_clients(0) == 0
+    finally:
+        await connected.disconnect()
+

@@ -7,8 +7,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from resultlog.errors import ValidationError
+from resultlog.producers.emitter import Emitter
+from resultlog.producers.heartbeats import send_heartbeat, send_heartbeat_sync
+from resultlog.producers.sync import SyncEmitter
 from resultlog.schemas.codec import Codec
 from resultlog.schemas.workers import WorkerHeartbeat
+from resultlog.settings import Settings
 
 codec = Codec()
 
@@ -46,3 +50,17 @@ def test_an_empty_worker_id_is_refused() -> None:
     with pytest.raises(ValidationError, match="worker_id"):
         WorkerHeartbeat.create("", ttl_s=30, source="c", hostname="h", pid=1, queue="q",
                                concurrency=1, started_at=0)
+
+
+@pytest.mark.parametrize("bad", [None, {"worker_id": "w-1"}, "w-1"])
+async def test_sending_what_is_no_heartbeat_is_a_validation_error(bad: object) -> None:
+    """As emit() refuses what is no TaskEvent (it was a plain TypeError); nothing starts."""
+    sync = SyncEmitter(Settings())
+    try:
+        with pytest.raises(ValidationError, match="expected a WorkerHeartbeat, got "):
+            await send_heartbeat(Emitter(Settings()), bad)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="expected a WorkerHeartbeat, got "):
+            send_heartbeat_sync(sync, bad)  # type: ignore[arg-type]
+    finally:
+        sync.close()
+
