@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from resultlog import names
-from resultlog.background import cancel_and_wait
+from resultlog.background import cancel_and_wait, stop_if_cancelled
 from resultlog.bridge import Bridge
 from resultlog.errors import ConfigurationError, ResultTimeout, StoreUnavailable
 from resultlog.schemas.event import TaskEvent, listed_ids, validate_task_id
@@ -172,6 +172,9 @@ class AioState:
                     # Subscribed first, read second: see notify.py.
                     view = (await self._read_views([task_id]))[0]
                     while view is None or not view.ready:
+                        # A wait that is dropped is cancelled (Celery's result consumer,
+                        # a join's members): it must end even if redis-py lost that.
+                        stop_if_cancelled()
                         await watch.wait()
                         # A push arriving after the take wakes the next wait: none is
                         # missed. Each push usually carries the view itself (every

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 import redis.asyncio
 
 from resultlog import names
+from resultlog.background import stop_if_cancelled
 from resultlog.chords.records import ChordCompleted, ChordProgress, FailedMember, exception_info
 from resultlog.errors import ResultTimeout
 from resultlog.schemas.states import PENDING, State
@@ -187,6 +188,7 @@ async def wait_chord(state: AioState, chord_id: str, timeout: float | None) -> C
                         view = await read_chord(state.client, prefix, chord_id)
                         if view.ready:
                             return view
+                        stop_if_cancelled()  # as a task's wait (views/backend.py)
                         await watch.wait()
         except TimeoutError as exc:
             if isinstance(exc, ResultTimeout):
