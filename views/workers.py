@@ -18,6 +18,7 @@ from typing import Any, Final
 import redis.asyncio
 
 from resultlog import names
+from resultlog.schemas.taskrows import meta_json, to_pg_text
 from resultlog.schemas.workers import WorkerHeartbeat
 from resultlog.settings import Settings
 from resultlog.redis_access import translated
@@ -115,11 +116,14 @@ _COLUMNS: Final = ("event_id", "worker_id", "source", "hostname", "pid", "queue"
 
 
 def heartbeat_row(hb: WorkerHeartbeat) -> tuple[Any, ...]:
-    """``hb`` as the table's columns (times as ms: the INSERT converts them)."""
-    return (hb.event_id, hb.worker_id, hb.source, hb.hostname, hb.pid, hb.queue,
+    """``hb`` as the table's columns (times as ms: the INSERT converts them), its text
+    stored as the history's is (``to_pg_text``, ``meta_json``): PostgreSQL refuses a
+    NUL in text and jsonb, and a heartbeat whose row it refused stopped the processor
+    at every start. The worker id so escaped also equals the task summary's."""
+    return (to_pg_text(hb.event_id), to_pg_text(hb.worker_id), to_pg_text(hb.source),
+            to_pg_text(hb.hostname), hb.pid, to_pg_text(hb.queue),
             hb.concurrency, hb.tasks_processed, hb.tasks_failed, hb.active_tasks,
-            hb.started_at, hb.beat_at, hb.ttl_s, hb.is_running,
-            json.dumps(dict(hb.meta)) if hb.meta else None)
+            hb.started_at, hb.beat_at, hb.ttl_s, hb.is_running, meta_json(hb.meta))
 
 
 class WorkersHistory(PooledStore):

@@ -92,8 +92,8 @@ class WorkerReads(SchemaReads):
             WHERE w.value IS NOT NULL
             """)
         return {
-            r["worker_id"]: Heartbeat(  # written as is (views/workers.py)
-                source=r["source"], hostname=r["hostname"], pid=r["pid"],
+            from_pg_text(r["worker_id"]): Heartbeat(  # escaped as written (views/workers.py)
+                source=from_pg_text(r["source"]), hostname=from_pg_text(r["hostname"]), pid=r["pid"],
                 started_at=r["started_at"], beat_at=r["beat_at"],
                 status=status(r["beat_at"], r["ttl_s"], r["is_running"], now),
                 processed=r["tasks_processed"], failed=r["tasks_failed"],
