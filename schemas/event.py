@@ -340,7 +340,24 @@ def validate_task_id(task_id: object) -> str:
         raise InvalidTaskId("task id must not be empty")
     if len(task_id) > MAX_ID_LENGTH:
         raise InvalidTaskId(f"task id is {len(task_id)} characters; at most {MAX_ID_LENGTH}")
+    surrogate = _lone_surrogate(task_id)
+    if surrogate is not None:
+        raise InvalidTaskId(f"task id {task_id!r:.80} {surrogate}")
     return task_id
+
+
+def _lone_surrogate(value: str) -> str | None:
+    """Why ``value`` cannot be stored, if it holds a lone surrogate (what Python makes of
+    bytes that were not UTF-8, e.g. in a command line's arguments): Redis, Kafka and
+    PostgreSQL take UTF-8 only, and redis-py or asyncpg would fail with their own error."""
+    if value.isascii():  # the usual id: no scan beyond this
+        return None
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        return (f"is not valid Unicode text: a lone surrogate {value[exc.start]!r} at "
+                f"position {exc.start} (bytes that were not UTF-8?)")
+    return None
 
 
 def listed_ids(values: object) -> list[Any]:
@@ -363,6 +380,9 @@ def validate_task_ids(task_ids: object) -> list[str]:
 def validate_id(name: str, value: object) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
         raise ValidationError(f"{name} must be a non-empty str of at most {MAX_ID_LENGTH} characters, got {value!r}")
+    surrogate = _lone_surrogate(value)
+    if surrogate is not None:
+        raise ValidationError(f"{name} {value!r:.80} {surrogate}")
     return value
 
 

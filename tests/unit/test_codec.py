@@ -113,6 +113,13 @@ def test_bad_input_is_named() -> None:
         TaskEvent.create("", "SUCCESS")
     with pytest.raises(InvalidTaskId, match="must be a str"):
         TaskEvent.create(42, "SUCCESS")  # type: ignore[arg-type]
+    # A lone surrogate (bytes that were not UTF-8, as Python decodes argv): no store
+    # takes it, and redis-py and asyncpg failed with their own encoding errors.
+    with pytest.raises(InvalidTaskId, match=r"not valid Unicode text: a lone surrogate '\\udcff' at position 2"):
+        TaskEvent.create("ab\udcff", "SUCCESS")
+    with pytest.raises(ValidationError, match="group_id .* not valid Unicode text"):
+        TaskEvent.create("t", "SUCCESS", group_id="\ud800")
+    assert TaskEvent.create("tâche-€", "SUCCESS").task_id == "tâche-€"
     with pytest.raises(ResultNotSerializable, match="result cannot be encoded as JSON"):
         TaskEvent.create("t", "SUCCESS", result=object())
     with pytest.raises(ResultNotSerializable):
