@@ -27,8 +27,15 @@ T = TypeVar("T")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _DURATION_RE = re.compile(r"^(?:\d{1,9}[smhdw])+$")
 _PART_RE = re.compile(r"(\d+)([smhdw])")
-#: Longer than this is a typo (and would take a timestamp below the epoch).
+#: Longer than this is a typo (a century; a window's start is further held to the epoch).
 MAX_DURATION = timedelta(days=36_500)
+#: The times a window can start or end at, in UTC: the history's event times count
+#: milliseconds from the epoch, and 9999-12-31T23:59:59.999Z is the last millisecond a
+#: datetime holds (the range of ``resultlog replay --from-timestamp``). Checked here, as
+#: asyncpg sends the first and last datetime as -infinity and infinity, and a time
+#: whose UTC form is outside them cannot be sent at all.
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST_TIME = datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=timezone.utc)
 
 
 def parse_duration(text: str, option: str) -> timedelta:
@@ -41,23 +48,37 @@ def parse_duration(text: str, option: str) -> timedelta:
     seconds = sum(int(n) * _UNITS[unit] for n, unit in _PART_RE.findall(spec))
     if seconds == 0:
         raise ValidationError(f"{option} {text!r}: the duration must be more than zero")
-    duration = timedelta(seconds=seconds)
-    if duration > MAX_DURATION:
+    # Compared as a count of seconds: a sum of parts can exceed what a timedelta holds
+    # (OverflowError), and the cap is far below that.
+    if seconds > MAX_DURATION // timedelta(seconds=1):
         raise ValidationError(f"{option} {text!r}: at most {MAX_DURATION.days} days")
-    return duration
+    return timedelta(seconds=seconds)
 
 
 def parse_time(text: str, option: str, now: datetime) -> datetime:
-    """A duration back from ``now`` (``1h``) or an ISO 8601 time (UTC unless it says)."""
+    """A duration back from ``now`` (``1h``) or an ISO 8601 time (UTC unless it says),
+    from EARLIEST_TIME to LATEST_TIME."""
     if _DURATION_RE.match(text.strip().lower()):
-        return now - parse_duration(text, option)
-    try:
-        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
+        when = now - parse_duration(text, option)
+    else:
+        try:
+            when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ValidationError(
+                f"{option} {text!r}: expected a duration back from now (1h, 30m, 2d) or an "
+                "ISO 8601 time such as 2026-11-22T10:00:00Z") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+    # Compared, not converted: converting 0001-01-01T00:00+05:00 to UTC overflows.
+    if when < EARLIEST_TIME:
         raise ValidationError(
-            f"{option} {text!r}: expected a duration back from now (1h, 30m, 2d) or an "
-            "ISO 8601 time such as 2026-11-22T10:00:00Z") from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+            f"{option} {text!r}: before {fmt_time(EARLIEST_TIME)} (the epoch), where the "
+            "history's times start; give a later time")
+    if when > LATEST_TIME:
+        raise ValidationError(
+            f"{option} {text!r}: after {fmt_time(LATEST_TIME)}, the latest time a window "
+            "can name; give an earlier time")
+    return when
 
 
 def fmt_time(when: datetime | None) -> str:

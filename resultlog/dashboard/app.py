@@ -28,7 +28,7 @@ from resultlog.dashboard.queries import HistoryReads
 from resultlog.dashboard.rollups import RollupReads, minute_window
 from resultlog.dashboard.status import PipelineStatus
 from resultlog.dashboard.tasklist import Cursor, TaskFilter, task_page
-from resultlog.dashboard.templating import environment
+from resultlog.dashboard.templating import TASK_BY_QUERY, environment
 from resultlog.dashboard.workers import WorkerReads
 from resultlog.errors import ResultlogError, StoreUnavailable, ValidationError
 from resultlog.schemas.event import validate_task_id
@@ -162,8 +162,11 @@ async def tasks(request: Request) -> Response:
 
 
 async def task(request: Request) -> Response:
+    """A task's page: ``/tasks/{id}``, or ``/task?id=`` for the ids a path cannot carry
+    (templating.task_href)."""
     d: Dashboard = request.app.state.dashboard
-    task_id = validate_task_id(request.path_params["task_id"])
+    given = request.path_params.get("task_id", request.query_params.get("id", ""))
+    task_id = validate_task_id(given)
     summary = await d.analytics.task(task_id)
     if summary is None:
         return d.render("error.html", 404, page="tasks",
@@ -244,6 +247,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/", overview),
         Route("/tasks", tasks),
         Route("/tasks/{task_id:path}", task),
+        Route(TASK_BY_QUERY, task),
         Route("/workers", workers),
         Route("/live", live),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from resultlog import names
 from resultlog.background import stop_if_cancelled
+from resultlog.dashboard.templating import task_href
 
 log = logging.getLogger(__name__)
 
@@ -131,5 +132,7 @@ async def sse_stream(hub: LiveHub) -> AsyncIterator[str]:
             except TimeoutError:
                 yield ": keepalive\n\n"
                 continue
-            data = json.dumps([asdict(t) for t in batch], separators=(",", ":"))
+            # Each with the link to its page, made as the templates make theirs.
+            data = json.dumps([{**asdict(t), "href": task_href(t.task_id)} for t in batch],
+                              separators=(",", ":"))
             yield f"event: transitions\ndata: {data}\n\n"

@@ -71,7 +71,8 @@ class Cursor:
         try:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
             micros, task_id = json.loads(raw)
-            if not isinstance(micros, int) or not isinstance(task_id, str):
+            # type(), not isinstance(): JSON's true and false are ints to isinstance().
+            if type(micros) is not int or not isinstance(task_id, str):
                 raise ValueError(raw)
             when = _EPOCH + micros * _MICROSECOND
         except (ValueError, TypeError, OverflowError):

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import quote
 
 import jinja2
+import markupsafe
 
 from resultlog.analytics_commands import fmt_duration, fmt_seconds, fmt_time
 
@@ -38,6 +41,33 @@ def seconds_between(a_ms: int, b_ms: int) -> str:
     return fmt_seconds((b_ms - a_ms) / 1000)
 
 
+#: The page of a task whose id a path cannot carry (see task_href).
+TASK_BY_QUERY = "/task"
+#: Shown for U+0000, which HTML cannot carry: a parser drops it from text and makes it
+#: U+FFFD in an attribute, so "a\0b" would read as task "ab".
+NUL_SHOWN = "\N{SYMBOL FOR NULL}"
+
+
+def task_href(task_id: str) -> str:
+    """The link to a task's page, for the templates and the live stream alike.
+
+    Every character but letters, digits and ``-._~`` is %-escaped, "/" too: unescaped,
+    a browser resolves ``a/../b`` to task ``b``. The ids ``.`` and ``..`` are dot
+    segments however spelled (browsers resolve ``%2E%2E`` too), so those two go in the
+    query string of TASK_BY_QUERY instead."""
+    if task_id in (".", ".."):
+        return f"{TASK_BY_QUERY}?id={quote(task_id, safe='')}"
+    return f"/tasks/{quote(task_id, safe='')}"
+
+
+def _shown(value: Any) -> Any:
+    """Every ``{{ value }}`` before it is escaped: text without U+0000. Markup (a macro's
+    output, ``tojson``) is left alone: its parts went through here, or are escaped."""
+    if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
+        return value.replace("\0", NUL_SHOWN)
+    return value
+
+
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("resultlog.dashboard", "templates"),
@@ -45,8 +75,10 @@ def environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=_shown,
     )
     env.filters.update(
+        task_href=task_href,
         time=fmt_time, ms_time=ms_time, seconds=fmt_seconds, percent=percent,
         pretty_json=pretty_json, duration=lambda d: fmt_duration(d) if isinstance(
             d, timedelta) else "-",

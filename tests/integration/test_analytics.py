@@ -376,6 +376,14 @@ async def test_cli_stats(loaded: Loaded) -> None:
     (["stats", "--since", "2025-05-06T11:00Z", "--until", "2025-05-06T10:00Z"], "the window is empty"),
     (["stats", "--name", ""], "--name must not be empty"),
     (["status", ""], "task id must not be empty"),
+    # Beyond what a timedelta holds: refused by the cap, not an OverflowError.
+    (["stats", "--since", "999999999w999999999w"], "--since '999999999w999999999w': at most"),
+    (["stats", "--bucket", "999999999w999999999w"], "--bucket '999999999w999999999w': at most"),
+    (["prune", "--older-than", "999999999w999999999w", "--dry-run"], "at most 36500 days"),
+    # Outside what the history holds (asyncpg: out of range, or sent as -infinity).
+    (["stats", "--since", "0001-01-01"], "--since '0001-01-01': before 1970-01-01T00:00:00.000Z"),
+    (["stats", "--since", "0001-01-01T00:00:00+05:00"], "before 1970-01-01T00:00:00.000Z"),
+    (["stats", "--until", "9999-12-31T23:59:59-05:00"], "after 9999-12-31T23:59:59.999Z"),
 ])
 async def test_cli_refuses_bad_input_clearly(settings: Settings, args: list[str], message: str) -> None:
     code, out, err = await cli(settings, *args)
@@ -393,12 +401,27 @@ def test_durations_and_times() -> None:
     assert parse_duration("12h", "--x") == timedelta(hours=12)
     assert parse_duration("90m", "--x") == timedelta(minutes=90)
     assert parse_duration("1h30m", "--x") == timedelta(minutes=90)
-    for bad in ("", "30", "d", "-1d", "1.5h", "30 days", "0s", "99999999d"):
+    for bad in ("", "30", "d", "-1d", "1.5h", "30 days", "0s", "99999999d", "36501d",
+                "999999999w999999999w"):
         with pytest.raises(ValidationError, match="--x"):
             parse_duration(bad, "--x")
+    assert parse_duration("36500d", "--x") == timedelta(days=36_500)
     assert parse_time("1h", "--since", T0) == T0 - timedelta(hours=1)
     assert parse_time("2025-05-06T10:00", "--since", T0) == T0  # naive means UTC
     assert parse_time("2025-05-06T12:00+02:00", "--since", T0) == T0
+    # From the epoch to the last millisecond of 9999, in UTC whatever the zone given.
+    assert parse_time("1970-01-01", "--since", T0) == datetime(1970, 1, 1, tzinfo=UTC)
+    assert parse_time("1970-01-01T05:00+05:00", "--since", T0) == datetime(1970, 1, 1, tzinfo=UTC)
+    assert parse_time("9999-12-31T23:59:59.999Z", "--until", T0) == datetime(
+        9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC)
+    for early in ("0001-01-01", "0001-01-01T00:00:00+05:00", "1969-12-31T23:59:59.999999Z",
+                  "1970-01-01T04:59:59+05:00", "36500d"):
+        with pytest.raises(ValidationError, match=re.escape(f"--since {early!r}: before 1970-01-01T")):
+            parse_time(early, "--since", T0)
+    for late in ("9999-12-31T23:59:59.999999", "9999-12-31T23:59:59-05:00",
+                 "9999-12-31T23:59:59.999001Z"):
+        with pytest.raises(ValidationError, match=re.escape(f"--until {late!r}: after 9999-12-31T")):
+            parse_time(late, "--until", T0)
     assert table(["a", "n"], [["x", "1"], ["yy", "10"]], right=[1]) == "a    n\nx    1\nyy  10"
 
 

@@ -4,8 +4,9 @@ Events go Emitter -> Kafka -> ``resultlog process`` -> Redis + Postgres; the das
 runs as ``resultlog dashboard`` (a child process) on those stores; the browser loads
 each page and checks what a person would: the plots have points, the stats table names
 the tasks, a filter narrows the list, pages follow one another, a retried task's
-timeline shows its attempts in order, a transition appears without a reload, and a
-hostile result string stays text. Screenshots of each page are kept in
+timeline shows its attempts in order, a transition appears without a reload, a
+hostile result string stays text, and a task whose id is awkward in a URL (slashes,
+dot segments, a NUL) is reached by its links. Screenshots of each page are kept in
 ``build/dashboard-screenshots/`` (docs/dashboard.md shows them).
 """
 
@@ -14,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import urllib.error
 import urllib.request
 import uuid
+from urllib.parse import quote
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -39,7 +42,6 @@ from resultlog.schemas.workers import WorkerHeartbeat
 from resultlog.views.workers import WorkersHistory
 from resultlog.settings import Settings
 from resultlog.views.history import HistoryStore
-from resultlog.devstack.process import free_port
 from tests.conftest import cleanup
 from tests.integration.browser import headless_chromium
 from tests.integration.processes import ProcessorProcess
@@ -49,6 +51,11 @@ ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "build" / "dashboard-screenshots"
 HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
 BULK = 60  # more than a page (50)
+#: Task ids a path cannot carry as they are (run by w-odd): "/" unescaped leads
+#: elsewhere, "." and ".." are dot segments the browser resolves, HTML drops a NUL.
+#: "." is left to the live test.
+ODD_IDS = ("dots/../x", "a/b", "..", "%2E%2E", "nul\x00id")
+NAMELESS = "nameless-1"  # no event names it: the overview's (unnamed) row
 WAIT_S = 30
 
 
@@ -98,9 +105,13 @@ async def fill(settings: Settings) -> int:
             "w-old", ttl_s=3600, source="test", hostname="host-b", pid=7, queue="q",
             concurrency=1, started_at=started, tasks_processed=5, tasks_failed=5,
             is_running=False))
+        for task_id in (*ODD_IDS, NAMELESS):
+            name = None if task_id == NAMELESS else "shop.odd"
+            await em.started(task_id, task_name=name, worker="w-odd")
+            await em.success(task_id, 1, task_name=name, worker="w-odd")
     # One undecodable record: a dead letter for the overview.
     await produce_raw(settings, [(b"junk", b"\x00not an event")])
-    return BULK * 2 + 7 + 2 + 2 + 2 + 2
+    return BULK * 2 + 7 + 2 + 2 + 2 + 2 + 2 * (len(ODD_IDS) + 1)
 
 
 @pytest.fixture(scope="module")
@@ -125,14 +136,23 @@ async def stack(base_settings: Settings) -> AsyncIterator[Stack]:
             async def beaten() -> bool:
                 return await beats.pool.fetchval(f"SELECT count(*) FROM {beats.table}") == 2
             await eventually(beaten, "2 heartbeats in the history", 60)
-        port = free_port()
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")},
                **settings.to_env()}
         with log.open("ab") as out:
+            # Port 0: the system picks a free one, and the dashboard prints which.
             dashboard = subprocess.Popen(
-                [sys.executable, "-m", "resultlog", "dashboard", "--port", str(port)],
+                [sys.executable, "-m", "resultlog", "dashboard", "--port", "0"],
                 env=env, stdout=out, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
+        url = ""
+
+        async def announced() -> bool:
+            nonlocal url
+            assert dashboard is not None and dashboard.poll() is None, log.read_text()
+            found = re.search(r"resultlog dashboard: (http://127\.0\.0\.1:\d+)/ ", log.read_text())
+            url = found.group(1) if found else ""
+            return bool(found)
+        await eventually(announced, "the dashboard to print its address", 60)
+        assert not url.endswith(":0"), f"the dashboard printed port 0: {log.read_text()}"
 
         async def serving() -> bool:
             assert dashboard is not None and dashboard.poll() is None, log.read_text()
@@ -226,7 +246,7 @@ async def test_task_list_filters_and_pages(stack: Stack, browser: webdriver.Chro
     shot(browser, "tasks")
     follow(browser, browser.find_element(By.ID, "older"))
     second = texts(browser, "#task-table a.task-link")
-    total = BULK + 5
+    total = BULK + 5 + len(ODD_IDS) + 1
     assert len(second) == total - 50 and not set(first) & set(second)
     follow(browser, browser.find_element(By.ID, "newer"))
     assert texts(browser, "#task-table a.task-link") == first
@@ -290,6 +310,54 @@ async def test_hostile_task_data_is_shown_as_text(stack: Stack, browser: webdriv
     shot(browser, "task-hostile")
 
 
+def shown(task_id: str) -> str:
+    """A task id as the pages show it: HTML cannot carry U+0000."""
+    return task_id.replace("\x00", "\N{SYMBOL FOR NULL}")
+
+
+def get(url: str) -> tuple[int, str]:
+    """Status and body of a GET, errors included."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.read().decode()
+
+
+async def test_task_links_reach_the_task_whatever_its_id(stack: Stack, browser: webdriver.Chrome) -> None:
+    for task_id in ODD_IDS:
+        browser.get(stack.url + "/tasks?worker=w-odd")
+        [link] = [a for a in browser.find_elements(By.CSS_SELECTOR, "#task-table a.task-link")
+                  if a.text == shown(task_id)]
+        follow(browser, link)
+        assert browser.find_element(By.ID, "task-id").text == shown(task_id), browser.current_url
+    # The escaped slash reaches the route as a slash.
+    assert (await asyncio.to_thread(get, stack.url + "/tasks/a%2Fb"))[0] == 200
+    # A NUL is never written into the page as it is.
+    status, html = await asyncio.to_thread(get, stack.url + "/tasks?worker=w-odd")
+    assert status == 200 and "\x00" not in html and shown("nul\x00id") in html
+
+
+async def test_the_unnamed_row_links_nowhere(stack: Stack, browser: webdriver.Chrome) -> None:
+    browser.get(stack.url + "/")
+    [row] = browser.find_elements(By.XPATH, "//table[@id='stats-table']//tr[td='(unnamed)']")
+    assert not row.find_elements(By.TAG_NAME, "a"), "the task list has no filter for 'no name'"
+    assert row.find_elements(By.TAG_NAME, "td")[1].text == "1"  # nameless-1
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("since=999999999w999999999w", "at most 36500 days"),
+    ("until=9999-12-31T23:59:59-05:00", "after 9999-12-31T23:59:59.999Z"),
+    ("since=0001-01-01T00:00:00%2B05:00", "before 1970-01-01T00:00:00.000Z"),
+    ("since=0001-01-01", "before 1970-01-01T00:00:00.000Z"),
+    ("after=W3RydWUsIngiXQ", "start again from the first page"),  # [true,"x"]
+])
+async def test_bad_task_list_requests_are_refused(stack: Stack, query: str, message: str) -> None:
+    status, html = await asyncio.to_thread(get, f"{stack.url}/tasks?{query}")
+    assert status == 400 and message in html, (status, html[-2000:])
+
+
 async def test_live_transition_appears_without_reload(stack: Stack, browser: webdriver.Chrome) -> None:
     browser.get(stack.url + "/")
     wait_for(browser, "the live stream", lambda b: b.find_element(By.ID, "live-status").text == "live")
@@ -303,6 +371,35 @@ async def test_live_transition_appears_without_reload(stack: Stack, browser: web
     assert browser.execute_script("return window.__same_page === true"), "the page reloaded"
     assert browser.execute_script("return window.__pwned === undefined")
     shot(browser, "overview-live")
+    # A live row's link reaches its task, even one whose id is a dot segment.
+    async with Emitter(stack.settings, worker="w-live") as em:
+        await em.started(".", task_name="shop.live")
+    wait_for(browser, "task '.' in the live table",
+             lambda b: "." in texts(b, "#live-table tbody a"))
+    [dot] = [a for a in browser.find_elements(By.CSS_SELECTOR, "#live-table tbody a")
+             if a.text == "."]
+    follow(browser, dot)
+    assert browser.current_url == stack.url + "/task?id=."
+    # The history may store the event a moment after the Redis view published it.
+    wait_for(browser, "task '.' in the history",
+             lambda b: b.refresh() or texts(b, "#task-id") == ["."])
+
+
+async def test_live_transition_extends_the_open_timeline(stack: Stack, browser: webdriver.Chrome) -> None:
+    task_id = f"live\x00{uuid.uuid4().hex[:8]}"  # matched to the page's id despite the NUL
+    page = stack.url + "/tasks/" + quote(task_id, safe="")
+    async with Emitter(stack.settings, worker="w-live") as em:
+        await em.started(task_id, task_name="shop.live")
+
+        async def known() -> bool:
+            return (await asyncio.to_thread(get, page))[0] == 200
+        await eventually(known, f"{task_id!r} in the history")
+        browser.get(page)
+        wait_for(browser, "the live stream",
+                 lambda b: b.find_element(By.ID, "live-status").text == "live")
+        await em.success(task_id, 1, task_name="shop.live")
+    wait_for(browser, "the SUCCESS in the timeline",
+             lambda b: texts(b, "#timeline tbody td.state") == ["STARTED", "SUCCESS"])
 
 
 async def test_only_reads(stack: Stack) -> None:

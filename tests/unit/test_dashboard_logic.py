@@ -27,7 +27,9 @@ def test_cursor_round_trips(micros: int, task_id: str) -> None:
     assert Cursor.decode(cursor.encode()) == cursor
 
 
-@pytest.mark.parametrize("text", ["", "not-base64!", "W10", "WzEsMl0", "eyJhIjoxfQ"])
+# [], [1,2], {"a":1}, [true,"x"] and [false,"x"] (JSON's booleans are no microseconds)
+@pytest.mark.parametrize("text", ["", "not-base64!", "W10", "WzEsMl0", "eyJhIjoxfQ",
+                                  "W3RydWUsIngiXQ", "W2ZhbHNlLCJ4Il0"])
 def test_a_cursor_the_dashboard_did_not_make_is_refused(text: str) -> None:
     with pytest.raises(ValidationError, match="start again from the first page"):
         Cursor.decode(text)
@@ -71,6 +73,44 @@ def test_templates_escape_task_data() -> None:
         v="<script>alert(1)</script>", d={"x": "</script><b>"})
     assert "<script>alert(1)" not in html and "&lt;script&gt;" in html
     assert "</script><b>" not in html
+
+
+@pytest.mark.parametrize(("task_id", "href"), [
+    ("plain-1", "/tasks/plain-1"),
+    ("dots/../x", "/tasks/dots%2F..%2Fx"),  # not /tasks/x once the browser resolves ".."
+    ("a b?c#d&e+f%g\\h", "/tasks/a%20b%3Fc%23d%26e%2Bf%25g%5Ch"),
+    (".", "/task?id=."), ("..", "/task?id=.."),  # dot segments: not a path at all
+    ("...", "/tasks/..."), ("%2E%2E", "/tasks/%252E%252E"),
+    ("nul\x00id", "/tasks/nul%00id"),
+])
+def test_task_links_keep_the_id_whole(task_id: str, href: str) -> None:
+    from resultlog.dashboard.templating import task_href
+
+    assert task_href(task_id) == href
+    html = environment().from_string('<a href="{{ i|task_href }}">{{ i }}</a>').render(i=task_id)
+    assert html.startswith(f'<a href="{href.replace("&", "&amp;")}">')
+
+
+def test_templates_never_write_a_nul() -> None:
+    env = environment()
+    html = env.from_string(
+        "{% macro m(v) %}<i>{{ v }}</i>{% endmacro %}<b>{{ v }}</b>{{ m(v) }}<p x='{{ v|tojson }}'>"
+    ).render(v="a\x00b<")
+    assert "\x00" not in html
+    assert "<b>a\N{SYMBOL FOR NULL}b&lt;</b><i>a\N{SYMBOL FOR NULL}b&lt;</i>" in html
+    assert "a\\u0000b" in html  # tojson: the script reads the id as it is
+
+
+def test_port_0_is_announced_as_the_port_it_got() -> None:
+    from resultlog.dashboard.commands import address_url, listen
+
+    with listen("127.0.0.1", 0) as sock:
+        port = sock.getsockname()[1]
+        assert port != 0 and address_url(sock) == f"http://127.0.0.1:{port}/"
+        with pytest.raises(ValidationError, match=f"--port {port}: cannot listen there"):
+            listen("127.0.0.1", port)
+    with listen("::1", 0) as sock:
+        assert address_url(sock) == f"http://[::1]:{sock.getsockname()[1]}/"
 
 
 @pytest.mark.parametrize("host, port", [("example.com", 80), ("127.0.0.1", 70000)])

@@ -52,7 +52,7 @@ function showLive(list) {
       row.className = "fresh state-" + t.state;
       cell(row, isoTime(t.timestamp));
       const link = document.createElement("a");
-      link.href = "/tasks/" + encodeURIComponent(t.task_id);
+      link.href = t.href;  // made by the server as the pages' links are (task_href)
       link.textContent = t.task_id;
       cell(row, "").appendChild(link);
       cell(row, t.task_name || "");
@@ -65,8 +65,10 @@ function showLive(list) {
   }
   const timeline = document.getElementById("timeline");
   if (timeline) {
+    // JSON in the attribute: a NUL in the id would not survive as plain HTML.
+    const pageTask = JSON.parse(timeline.dataset.taskId);
     for (const t of list) {
-      if (t.task_id !== timeline.dataset.taskId) continue;
+      if (t.task_id !== pageTask) continue;
       const body = timeline.tBodies[0];
       const row = document.createElement("tr");
       row.className = "transition fresh state-" + t.state;
