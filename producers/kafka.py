@@ -9,15 +9,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.codec import has_lz4, has_snappy, has_zstd  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from resultlog.connections import kafka_client_args
-from resultlog.errors import BrokerUnavailable, ConfigurationError, ResultlogError
+from resultlog.errors import BrokerUnavailable, ConfigurationError, ResultlogError, ValidationError
 from resultlog.refusals import kafka_refusal
+from resultlog.schemas.event import now_ms
 from resultlog.settings import Settings
 
 log = logging.getLogger("resultlog.producers")
@@ -25,6 +26,27 @@ log = logging.getLogger("resultlog.producers")
 Compression = Literal["gzip", "lz4", "zstd", "snappy"] | None
 
 _NEEDS_CRAMJAM = {"lz4": has_lz4, "zstd": has_zstd, "snappy": has_snappy}
+
+#: How far ahead of this host's clock a record's timestamp may be. Kafka refuses a record
+#: further ahead of the broker's clock (log.message.timestamp.after.max.ms: an hour by
+#: default since Kafka 4.0) with InvalidTimestampError, which failed the record's whole
+#: batch (the events of other callers in it too) and reached the caller as a retriable
+#: BrokerUnavailable, then again from the next flush()/stop(): retrying cannot help.
+MAX_AHEAD_MS: Final = 3_600_000
+
+
+def check_not_ahead(timestamp_ms: int, what: str, of: str) -> None:
+    """Refuse (:class:`ValidationError`) a record timestamp Kafka would refuse for being
+    more than :data:`MAX_AHEAD_MS` in the future; ``what`` names it, ``of`` whose it is
+    (a task or worker id), for the caller."""
+    ahead_ms = timestamp_ms - now_ms()
+    if ahead_ms > MAX_AHEAD_MS:
+        raise ValidationError(
+            f"{what} {timestamp_ms} (ms since the epoch) of {of!r:.80} is "
+            f"{ahead_ms / 1000:.0f} s ahead of this host's clock; Kafka refuses a "
+            f"record timestamped more than {MAX_AHEAD_MS // 1000} s in the future "
+            "(log.message.timestamp.after.max.ms): give the time it happened, at the latest "
+            "now; nothing was emitted")
 
 
 @dataclass(frozen=True, slots=True)

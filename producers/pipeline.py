@@ -43,7 +43,7 @@ from resultlog.errors import BrokerUnavailable, EmitterClosed, ValidationError
 from resultlog.producers.buffer import Item, Outbox, resolve
 from resultlog.producers.failures import Failures
 from resultlog.producers.fitting import fit_within_limit
-from resultlog.producers.kafka import abort_pending, close_producer, start_producer
+from resultlog.producers.kafka import abort_pending, check_not_ahead, close_producer, start_producer
 from resultlog.producers.lanes import Batch, Lane, Lanes
 from resultlog.producers.options import PipelineOptions
 from resultlog.producers.topics import ensure_topics
@@ -203,7 +203,8 @@ class Pipeline:
         """From the event loop: buffer ``event`` (waiting for room); with ``wait``, until
         acknowledged. Returns the event as recorded (cut to fit, if it had to be)."""
         self.check()
-        recorded, key, value = self.encode_recorded(event)
+        recorded, key, value = self.encode_recorded(event)  # first: refuses a non-TaskEvent
+        check_not_ahead(event.timestamp, "the event's timestamp", event.task_id)
         await self._accept(key, value, event.timestamp, wait, recorded if self._acked_fold is not None else None)
         return recorded
 
@@ -213,6 +214,7 @@ class Pipeline:
         schema ``name``, e.g. a worker heartbeat), keyed by ``key``; encoded with this
         pipeline's codec, so the same size limit applies."""
         self.check()
+        check_not_ahead(timestamp, f"the {name} record's timestamp", key)
         value = self.encoder.codec.encode_record(name, record)
         await self._accept(key.encode(), value, timestamp, wait)
 
@@ -247,7 +249,8 @@ class Pipeline:
         """From any other thread: same as :meth:`accept`, blocking that thread. Returns
         the event as recorded (cut to fit within the size limit, if it had to be)."""
         self.check()
-        recorded, key, value = self.encode_recorded(event)
+        recorded, key, value = self.encode_recorded(event)  # first: refuses a non-TaskEvent
+        check_not_ahead(event.timestamp, "the event's timestamp", event.task_id)
         self._accept_blocking(key, value, event.timestamp, wait, recorded if self._acked_fold is not None else None)
         return recorded
 
@@ -255,6 +258,7 @@ class Pipeline:
                                timestamp: int, *, wait: bool = False) -> None:
         """:meth:`accept_record` from any other thread, blocking that thread."""
         self.check()
+        check_not_ahead(timestamp, f"the {name} record's timestamp", key)
         value = self.encoder.codec.encode_record(name, record)
         self._accept_blocking(key.encode(), value, timestamp, wait)
 

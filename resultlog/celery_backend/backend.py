@@ -45,10 +45,11 @@ from resultlog.celery_backend.meta import (
 from resultlog.errors import ConfigurationError, EventTooLarge, ResultNotSerializable
 from resultlog.producers.celery import celery_result_ttls, request_fields
 from resultlog.producers.sync import SyncEmitter
-from resultlog.schemas.event import TaskEvent, TaskFields
+from resultlog.schemas.event import TaskEvent, TaskFields, validate_task_ids
 from resultlog.schemas.fold import TaskView
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
+from resultlog.timeouts import checked_timeout
 from resultlog.views.backend import ResultBackend
 from resultlog.views.exceptions import ExceptionRebuilder
 
@@ -271,6 +272,16 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
         if not task_join_will_block():
             self.result_consumer.consume_from(task_id, sent=True)
 
+    def _wait_for_pending(self, result: Any, timeout: Any = None, **kwargs: Any) -> Iterator[None]:
+        """Celery's wait (``get()``, ``join_native()``, ``iter_native()``), its timeout
+        checked first (a :class:`~resultlog.errors.ValidationError`): Celery's drainer
+        only compares the time spent with it, so a NaN never ran out (a wait for ever)
+        and a str failed there as a bare TypeError. A negative one is allowed: Celery
+        hands on what is left of a deadline, which may have passed."""
+        checked_timeout(timeout, negative=True)
+        waiting: Iterator[None] = super()._wait_for_pending(result, timeout=timeout, **kwargs)
+        return waiting
+
     def result_channel(self, task_id: str) -> str:
         """The Redis channel the view publishes ``task_id``'s readiness on."""
         return names.task_done_channel(self.config.settings.redis_prefix, task_id)
@@ -287,8 +298,20 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
                  max_iterations: int | None = None, **kwargs: Any
                  ) -> Iterator[tuple[str, dict[str, Any]]]:
         """(task_id, meta) of each task once ready (Celery's ``get_many``); with
-        ``max_iterations=1``, only those ready now."""
-        ids = list(dict.fromkeys(task_ids))
+        ``max_iterations=1``, only those ready now.
+
+        ``task_ids`` is a set, list or other iterable of ids, as Celery's backends take
+        (``ResultSet`` passes a set). A lone str, None or an entry that is no id is an
+        :class:`~resultlog.errors.InvalidTaskId` here, at the call: a str was read as one
+        id per character (found by none, so waited on for ever), and the rest failed as
+        a bare TypeError at the first ``next()``. So is a ``timeout`` that is not a
+        number, which would otherwise fail only once something is waited on."""
+        ids = list(dict.fromkeys(validate_task_ids(task_ids)))
+        checked_timeout(timeout, negative=True)
+        return self._get_many(ids, timeout, max_iterations)
+
+    def _get_many(self, ids: list[str], timeout: float | None, max_iterations: int | None
+                  ) -> Iterator[tuple[str, dict[str, Any]]]:
         views = self.reader().read_many(ids)
         pending = []
         for task_id, view in zip(ids, views):

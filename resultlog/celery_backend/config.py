@@ -13,6 +13,7 @@ name or a malformed value is a :class:`ConfigurationError` naming it.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -32,6 +33,13 @@ WORKER_HEARTBEAT_S: Final = "worker_heartbeat_s"
 OPTIONS: Final = (ACK_READY, READ_YOUR_WRITES, IMPORT_MODULES, WORKER_HEARTBEAT_S)
 #: Celery's own worker-heartbeat event interval (celery.worker.heartbeat.Heart).
 DEFAULT_WORKER_HEARTBEAT_S: Final = 2.0
+#: The intervals worker_heartbeat_s may take besides 0 (off). Below 0.1 s the worker's
+#: timer would spend its time beating and flood the log; above a day a dead worker
+#: would stay listed for days (it counts as alive for three intervals), and beyond
+#: about 23 years the derived ttl_s no longer fits the heartbeat record's int, so every
+#: beat failed (only a logged warning) and the worker never showed.
+MIN_WORKER_HEARTBEAT_S: Final = 0.1
+MAX_WORKER_HEARTBEAT_S: Final = 86_400.0
 #: The Celery conf key holding a mapping of the same names.
 CONF_KEY: Final = "resultlog"
 # Result serializers an app may configure. An event's result is JSON text whatever the
@@ -105,7 +113,8 @@ class BackendConfig:
             modules = module_names([m.strip() for m in modules.split(",") if m.strip()],
                                    f"resultlog backend setting {IMPORT_MODULES}")
         heartbeat_s = _seconds(WORKER_HEARTBEAT_S,
-                               given.pop(WORKER_HEARTBEAT_S, str(DEFAULT_WORKER_HEARTBEAT_S)))
+                               given.pop(WORKER_HEARTBEAT_S, str(DEFAULT_WORKER_HEARTBEAT_S)),
+                               MIN_WORKER_HEARTBEAT_S, MAX_WORKER_HEARTBEAT_S)
         merged = dict(os.environ if env is None else env)
         merged.update({ENV_PREFIX + name.upper(): value for name, value in given.items()})
         try:
@@ -180,15 +189,19 @@ def _bool(name: str, raw: str) -> bool:
     raise ConfigurationError(f"resultlog backend setting {name}={raw!r} is not a boolean (true/false)")
 
 
-def _seconds(name: str, raw: str) -> float:
+def _seconds(name: str, raw: str, low: float, high: float) -> float:
+    """``raw`` (the URL's text, or app.conf's number as text) as seconds: 0 (off) or
+    from ``low`` to ``high``; else :class:`ConfigurationError` naming it."""
     try:
         value = float(raw)
     except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
+        value = math.nan
+    # not low <= value <= high: true for NaN and infinity too.
+    if value != 0 and not low <= value <= high:
         raise ConfigurationError(
-            f"resultlog backend setting {name}={raw!r} is not a number of seconds >= 0 (0: off)")
-    return value
+            f"resultlog backend setting {name}={raw!r:.40} must be 0 (off) or a number of "
+            f"seconds from {low:g} to {high:g}")
+    return value + 0.0  # -0.0 as 0.0
 
 
 def check_serializer(serializer: str) -> None:

@@ -13,6 +13,8 @@ from typing import Any, Final
 from chicory.types import BackendStatus, BrokerStatus, TaskResult, TaskState, WorkerStats
 
 from resultlog import names
+from resultlog.errors import ResultNotSerializable
+from resultlog.producers.kafka import check_not_ahead
 from resultlog.schemas.event import ExceptionInfo, TaskEvent, new_event_id, now_ms, to_json
 from resultlog.schemas.fold import TaskView
 from resultlog.schemas.states import State
@@ -46,7 +48,7 @@ def task_event(task_id: str, result: TaskResult[Any], worker: str | None,
     """The event recording ``result`` for ``task_id``, expiring ``result_ttl_ms`` after
     it (None: the processor's TTL)."""
     state = TO_EVENT_STATE[result.state]
-    value = result.model_dump(mode="json")["result"]
+    value = _json_mode(result)
     carried: str | None
     if state is State.SUCCESS:
         carried = to_json(value, "result")
@@ -60,6 +62,22 @@ def task_event(task_id: str, result: TaskResult[Any], worker: str | None,
     return TaskEvent(event_id=new_event_id(), task_id=task_id, state=state, timestamp=now_ms(),
                      worker=worker, result=carried, exception=error, traceback=result.traceback,
                      result_ttl_ms=result_ttl_ms)
+
+
+def _json_mode(result: TaskResult[Any]) -> Any:
+    """``result.result`` in pydantic's JSON mode, as Chicory's own backends encode it;
+    what it cannot encode is :class:`ResultNotSerializable`, as the emitter refuses such
+    a value, not pydantic's PydanticSerializationError (an object of no JSON type) or a
+    UnicodeDecodeError (bytes that are not UTF-8), which named neither the task's result
+    nor what to do."""
+    try:
+        return result.model_dump(mode="json", include={"result"})["result"]
+    except (TypeError, ValueError) as exc:  # both are ValueErrors, as to_json's are
+        raise ResultNotSerializable(
+            f"the task's result cannot be encoded as JSON ({exc}); return plain JSON types "
+            "(dict, list, str, int, float, bool, None), or values pydantic's JSON mode "
+            "encodes (datetime, UUID, Decimal, bytes of UTF-8 text), or convert it first"
+        ) from None
 
 
 def task_result(view: TaskView) -> TaskResult[Any]:
@@ -92,12 +110,17 @@ def heartbeat(worker_id: str, stats: WorkerStats, ttl_s: int) -> WorkerHeartbeat
         meta[names.CHICORY_BROKER_META] = stats.broker.model_dump_json()
     if stats.backend is not None:
         meta[names.CHICORY_BACKEND_META] = stats.backend.model_dump_json()
+    beat_at = None
+    if stats.last_heartbeat is not None:
+        beat_at = _ms(stats.last_heartbeat)
+        # Here, naming Chicory's field; the emitter would refuse it too, as the record's.
+        check_not_ahead(beat_at, "last_heartbeat", worker_id)
     return WorkerHeartbeat.create(
         worker_id, ttl_s=ttl_s, source=SOURCE, hostname=stats.hostname, pid=stats.pid,
         queue=stats.queue, concurrency=stats.concurrency, started_at=_ms(stats.started_at),
         tasks_processed=stats.tasks_processed, tasks_failed=stats.tasks_failed,
         active_tasks=stats.active_tasks, is_running=stats.is_running,
-        beat_at=None if stats.last_heartbeat is None else _ms(stats.last_heartbeat), meta=meta)
+        beat_at=beat_at, meta=meta)
 
 
 def worker_stats(hb: WorkerHeartbeat) -> WorkerStats:

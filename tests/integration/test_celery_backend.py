@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import pytest
 import redis
 
-from resultlog.errors import ConfigurationError
+from resultlog.errors import ConfigurationError, InvalidTaskId, ValidationError
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.views import ResultBackend
@@ -365,3 +365,53 @@ def test_a_hard_time_limit_is_recorded_by_the_workers_main_process(
         client = side_channel_client(worker_settings)
         client.delete(started, gate)
         client.close()
+
+
+def test_get_many_takes_a_collection_of_ids_and_refuses_a_lone_str(settings: Settings) -> None:
+    """A str was read as one id per character: [] with max_iterations=1, else a wait
+    for ever for tasks 't', '-', ...; None or a list of lists was a bare TypeError."""
+    backend = make_app(backend_url(settings), "memory://", "unused").backend
+    done = [f"gm-{n}-{uuid.uuid4().hex[:8]}" for n in range(2)]
+    for n, task_id in enumerate(done):
+        backend.store_result(task_id, n, "SUCCESS")
+    # What Celery's backends take: a set (ResultSet passes one), a list, any iterable.
+    for ids in (set(done), list(done), tuple(done), iter(done)):
+        got = {task_id: meta["result"] for task_id, meta in backend.get_many(ids, max_iterations=1)}
+        assert got == {done[0]: 0, done[1]: 1}
+    for bad, named in ((done[0], "expected a list of task ids, got str"),
+                       (None, "expected a list of task ids, got NoneType"),
+                       ([["a"]], "task id must be a str, got list"),
+                       ([done[0], None], "task id must be a str, got NoneType")):
+        with pytest.raises(InvalidTaskId, match=f"^{named}"):
+            backend.get_many(bad, max_iterations=1)  # at the call, not at the first next()
+        with pytest.raises(InvalidTaskId, match=f"^{named}"):
+            list(backend.get_many(bad))
+    with pytest.raises(ValidationError, match="^timeout must be None or a number of seconds"):
+        backend.get_many(done, timeout="soon")
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), "10", True])
+def test_a_wait_whose_timeout_is_no_number_is_refused(settings: Settings, timeout: Any) -> None:
+    """Celery's wait loop compares the time spent with the timeout: NaN never ran out
+    (get() hung for ever), a str failed as a bare TypeError, True was one second."""
+    client = make_app(backend_url(settings), "memory://", "unused")
+    never = client.AsyncResult(f"never-{uuid.uuid4().hex}")
+    members = client.GroupResult(f"g-{uuid.uuid4().hex}", [client.AsyncResult(f"m-{uuid.uuid4().hex}")])
+    for wait in (lambda: never.get(timeout=timeout), lambda: members.join_native(timeout=timeout)):
+        raised: list[BaseException] = []
+
+        def waiting() -> None:
+            try:
+                wait()
+            except BaseException as exc:  # noqa: BLE001 -- handed to the test's thread
+                raised.append(exc)
+
+        thread = threading.Thread(target=waiting, daemon=True)
+        thread.start()
+        thread.join(WAIT_S)
+        assert not thread.is_alive(), f"a wait with timeout={timeout!r} did not end"
+        assert len(raised) == 1 and isinstance(raised[0], ValidationError), raised
+        assert str(raised[0]).startswith("timeout must be None or a number of seconds")
+    # A deadline already passed is no mistake: Celery's own timeout, at once.
+    with pytest.raises(celery.exceptions.TimeoutError):
+        never.get(timeout=-1)

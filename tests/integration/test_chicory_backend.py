@@ -9,7 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +26,12 @@ from chicory.types import TaskResult, TaskState, WorkerStats  # noqa: E402
 from resultlog import names  # noqa: E402
 from resultlog.chicory_backend import ResultlogBackend  # noqa: E402
 from resultlog.dashboard.status import PipelineStatus  # noqa: E402
-from resultlog.errors import ConfigurationError, ResultTimeout, ValidationError  # noqa: E402
+from resultlog.errors import (  # noqa: E402
+    ConfigurationError,
+    ResultNotSerializable,
+    ResultTimeout,
+    ValidationError,
+)
 from resultlog.settings import Settings  # noqa: E402
 from resultlog.views.backend import ResultBackend  # noqa: E402
 from resultlog.views.history import HistoryStore  # noqa: E402
@@ -329,3 +334,24 @@ async def test_cleanup_refuses_what_is_no_number_of_seconds(settings: Settings, 
     finally:
         await connected.disconnect()
 
+
+
+async def test_what_can_never_be_stored_is_refused_at_the_call_and_not_again_later(
+        settings: Settings) -> None:
+    """A result pydantic's JSON mode cannot encode raised pydantic's own error (or a
+    UnicodeDecodeError); a last_heartbeat over an hour ahead, which Kafka refuses, was a
+    retriable BrokerUnavailable, and disconnect() raised it again."""
+    connected = ResultlogBackend(settings)
+    await connected.connect()
+    try:
+        for value in (object(), b"\xff\x00"):
+            with pytest.raises(ResultNotSerializable, match="^the task's result cannot be encoded"):
+                await connected.store_result("t-1", TaskResult[Any](
+                    task_id="t-1", state=TaskState.SUCCESS, result=value))
+        ahead = stats("w-ahead", last_heartbeat=datetime.now(UTC) + timedelta(hours=2))
+        with pytest.raises(ValidationError, match="^last_heartbeat .* s ahead of this host's clock"):
+            await connected.store_heartbeat("w-ahead", ahead, ttl=30)
+        assert await connected.get_heartbeat("w-ahead") is None
+        assert await connected.get_result("t-1") is None
+    finally:
+        await connected.disconnect()  # nothing failed to deliver: nothing raised

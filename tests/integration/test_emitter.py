@@ -285,6 +285,26 @@ def test_sync_bad_input_raises_at_the_call(settings: Settings) -> None:
         emitter.failure("t", ValueError("x" * 5000), wait=True)
 
 
+async def test_a_timestamp_kafka_would_refuse_as_too_far_ahead_is_refused_at_the_call(
+        settings: Settings) -> None:
+    """Kafka 4.0 refuses a record more than an hour ahead of its clock: that was a
+    retriable BrokerUnavailable, raised again by stop(), for an event that can never be
+    delivered. Up to an hour ahead is taken (and delivered)."""
+    ahead = int(time.time() * 1000) + 2 * 3_600_000
+    event = TaskEvent.create("t", State.STARTED, timestamp=ahead)
+    async with Emitter(settings) as emitter:
+        with pytest.raises(ValidationError, match="^the event's timestamp .* of 't' is 7[12][0-9][0-9] s ahead"):
+            await emitter.emit(event, wait=True)
+        assert emitter.pending == 0
+        await emitter.emit(TaskEvent.create("soon", State.STARTED,
+                                            timestamp=ahead - 3_600_000 - 60_000), wait=True)
+    with SyncEmitter(settings) as sync:
+        with pytest.raises(ValidationError, match="^the event's timestamp .* ahead"):
+            sync.emit(event)
+    consumed = await consume(settings, 1, settle_s=1.0)
+    assert [c.event.task_id for c in consumed] == ["soon"]
+
+
 BAD_TIMEOUTS: list[object] = ["x", "30", True, float("nan"), -1, -0.5]
 
 

@@ -94,6 +94,24 @@ def test_a_bad_worker_heartbeat_interval_is_named(value: str) -> None:
         BackendConfig.load(f"resultlog://?worker_heartbeat_s={value}", env={})
 
 
+@pytest.mark.parametrize("value", ["1e10", "0.0000001", "0.09", "86401"])
+def test_a_worker_heartbeat_interval_out_of_bounds_is_refused_in_the_url_and_the_conf(
+        value: str) -> None:
+    """1e10 s made a ttl_s past the record's int, so every beat failed (only a logged
+    warning); 100 ns would have had the worker's timer beat without pause."""
+    bounds = "must be 0 \\(off\\) or a number of seconds from 0.1 to 86400"
+    with pytest.raises(ConfigurationError, match=f"worker_heartbeat_s='{value}' {bounds}"):
+        BackendConfig.load(f"resultlog://?worker_heartbeat_s={value}", env={})
+    with pytest.raises(ConfigurationError, match=f"worker_heartbeat_s=.* {bounds}"):
+        BackendConfig.load("resultlog://", {"worker_heartbeat_s": float(value)}, {})
+    # The bounds themselves are taken.
+    for bound in (0.1, 86_400):
+        assert BackendConfig.load("resultlog://", {"worker_heartbeat_s": bound}, {}
+                                  ).worker_heartbeat_s == bound
+        assert BackendConfig.load(f"resultlog://?worker_heartbeat_s={bound}", env={}
+                                  ).worker_heartbeat_s == bound
+
+
 @pytest.mark.parametrize(("conf", "named"), [
     ({"events_topic": None}, r"app.conf.resultlog\['events_topic'\] must be a str"),
     ({"redis_prefix": None}, r"app.conf.resultlog\['redis_prefix'\] must be a str"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from resultlog.chicory_backend.mapping import (  # noqa: E402
     task_result,
     worker_stats,
 )
+from resultlog.errors import ResultNotSerializable, ValidationError  # noqa: E402
 from resultlog.schemas.codec import Codec  # noqa: E402
 from resultlog.schemas.fold import fold  # noqa: E402
 from resultlog.schemas.states import State  # noqa: E402
@@ -77,6 +78,16 @@ def test_results_go_through_pydantic_json_mode_as_chicorys_own_backends_do() -> 
         TaskResult[Any](task_id="t-1", state=TaskState.SUCCESS, result=moment).model_dump_json()).result
 
 
+@pytest.mark.parametrize("value", [object(), b"\xff\x00", {"nested": [object()]}])
+@pytest.mark.parametrize("state", [TaskState.SUCCESS, TaskState.RETRY])
+def test_a_result_json_mode_cannot_encode_is_result_not_serializable(
+        value: Any, state: TaskState) -> None:
+    """Was pydantic's PydanticSerializationError, or a UnicodeDecodeError for bytes that
+    are not UTF-8; the emitter's own error for what JSON cannot encode instead."""
+    with pytest.raises(ResultNotSerializable, match="^the task's result cannot be encoded as JSON"):
+        task_event("t-1", TaskResult[Any](task_id="t-1", state=state, result=value), None)
+
+
 def stats(**changes: Any) -> WorkerStats:
     values: dict[str, Any] = dict(
         worker_id="w-1", hostname="h", pid=12, queue="default", concurrency=4,
@@ -103,3 +114,14 @@ def test_worker_times_are_kept_to_the_millisecond() -> None:
     original = stats(started_at=datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC))
     back = worker_stats(heartbeat("w-1", original, 30))
     assert back.started_at == datetime(2026, 1, 2, 3, 4, 5, 123000, tzinfo=UTC)
+
+
+def test_a_last_heartbeat_more_than_an_hour_ahead_is_refused_as_kafka_would() -> None:
+    """Kafka refuses such a record (InvalidTimestampError): it reached Chicory as a
+    retriable BrokerUnavailable, and again from disconnect()."""
+    now = datetime.now(UTC)
+    with pytest.raises(ValidationError, match="^last_heartbeat .* of 'w-1' is .* s ahead"):
+        heartbeat("w-1", stats(last_heartbeat=now + timedelta(hours=2)), 30)
+    # Up to an hour ahead (a host's clock a little fast) is what Kafka takes.
+    hb = heartbeat("w-1", stats(last_heartbeat=now + timedelta(minutes=59)), 30)
+    assert worker_stats(hb).last_heartbeat is not None
