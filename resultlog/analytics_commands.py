@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from resultlog.schemas.event import validate_id
 from resultlog.errors import ValidationError
 from resultlog.settings import Settings
 
@@ -59,7 +60,9 @@ def parse_time(text: str, option: str, now: datetime) -> datetime:
     """A duration back from ``now`` (``1h``) or an ISO 8601 time (UTC unless it says),
     from EARLIEST_TIME to LATEST_TIME."""
     if _DURATION_RE.match(text.strip().lower()):
-        when = now - parse_duration(text, option)
+        # "The last N": nothing is older than the epoch, so a century back from now
+        # means from the epoch (what it matched before these bounds).
+        return max(now - parse_duration(text, option), EARLIEST_TIME)
     else:
         try:
             when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
@@ -175,6 +178,8 @@ def _stats(args: argparse.Namespace) -> int:
     bucket = None if args.bucket is None else parse_duration(args.bucket, "--bucket")
     if args.name is not None and not args.name.strip():
         raise ValidationError("--name must not be empty")
+    if args.name is not None:
+        validate_id("--name", args.name)  # its length, and text PostgreSQL can take
     rows = _read(lambda a: a.stats(since, until, bucket=bucket, name=args.name))
     what = f"task {args.name!r}" if args.name else "all tasks"
     per = f", per {fmt_duration(bucket)}" if bucket else ""

@@ -375,6 +375,9 @@ async def test_cli_stats(loaded: Loaded) -> None:
     (["stats", "--bucket", "0m"], "--bucket '0m': the duration must be more than zero"),
     (["stats", "--since", "2025-05-06T11:00Z", "--until", "2025-05-06T10:00Z"], "the window is empty"),
     (["stats", "--name", ""], "--name must not be empty"),
+    # A command line's bytes that were not UTF-8 (Python's lone surrogates).
+    (["stats", "--name", "\udcff"], "--name '\\udcff' is not valid Unicode text"),
+    (["status", "\udcff"], "task id '\\udcff' is not valid Unicode text"),
     (["status", ""], "task id must not be empty"),
     # Beyond what a timedelta holds: refused by the cap, not an OverflowError.
     (["stats", "--since", "999999999w999999999w"], "--since '999999999w999999999w': at most"),
@@ -415,9 +418,11 @@ def test_durations_and_times() -> None:
     assert parse_time("9999-12-31T23:59:59.999Z", "--until", T0) == datetime(
         9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC)
     for early in ("0001-01-01", "0001-01-01T00:00:00+05:00", "1969-12-31T23:59:59.999999Z",
-                  "1970-01-01T04:59:59+05:00", "36500d"):
+                  "1970-01-01T04:59:59+05:00"):
         with pytest.raises(ValidationError, match=re.escape(f"--since {early!r}: before 1970-01-01T")):
             parse_time(early, "--since", T0)
+    # A duration back past the epoch means from the epoch: nothing is older.
+    assert parse_time("36500d", "--since", T0) == datetime(1970, 1, 1, tzinfo=UTC)
     for late in ("9999-12-31T23:59:59.999999", "9999-12-31T23:59:59-05:00",
                  "9999-12-31T23:59:59.999001Z"):
         with pytest.raises(ValidationError, match=re.escape(f"--until {late!r}: after 9999-12-31T")):
