@@ -9,20 +9,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 
 from resultlog.errors import ValidationError
+from resultlog.schemas.states import LATEST_DATETIME_MS
 from resultlog.producers.kafka import started
 from resultlog.processors.sink import Record
 from resultlog.connections import kafka_client_args
 from resultlog.settings import Settings
-
-
-#: The latest start time a reader takes: the last millisecond a datetime can hold
-#: (9999-12-31T23:59:59.999Z), well within Kafka's own limit (a signed 64-bit count).
-MAX_TIMESTAMP_MS: Final = 253_402_300_799_999
 
 
 def check_timestamp_ms(ms: int, what: str) -> int:
@@ -33,7 +28,7 @@ def check_timestamp_ms(ms: int, what: str) -> int:
     if ms < 0:
         raise ValidationError(f"{what}: before the epoch (1970-01-01T00:00:00Z), where Kafka's "
                               "record times start; give a later time")
-    if ms > MAX_TIMESTAMP_MS:
+    if ms > LATEST_DATETIME_MS:  # well within Kafka's own limit (a signed 64-bit count)
         raise ValidationError(f"{what}: after 9999-12-31T23:59:59.999Z, the latest time a start "
                               "point can name; give an earlier time")
     return ms

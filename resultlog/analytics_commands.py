@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from resultlog.schemas.event import validate_id
+from resultlog.schemas.states import LATEST_DATETIME_MS
 from resultlog.errors import ValidationError
 from resultlog.settings import Settings
 
@@ -36,7 +37,7 @@ MAX_DURATION = timedelta(days=36_500)
 #: asyncpg sends the first and last datetime as -infinity and infinity, and a time
 #: whose UTC form is outside them cannot be sent at all.
 EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
-LATEST_TIME = datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=timezone.utc)
+LATEST_TIME = EARLIEST_TIME + timedelta(milliseconds=LATEST_DATETIME_MS)
 
 
 def parse_duration(text: str, option: str) -> timedelta:

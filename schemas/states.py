@@ -89,6 +89,10 @@ RECORD_STATES: Final = tuple(s for s in State if s is not State.FORGOTTEN)
 # Bounds that keep order_token fixed-width (and so byte-comparable).
 MAX_ATTEMPT: Final = 99_999
 MAX_TIMESTAMP_MS: Final = 10**15 - 1
+#: The last millisecond a datetime holds, 9999-12-31T23:59:59.999Z: the latest time a
+#: command or the dashboard takes from a user (a replay's start, an analytics window),
+#: where events themselves may carry up to MAX_TIMESTAMP_MS.
+LATEST_DATETIME_MS: Final = 253_402_300_799_999
 
 OrderKey = tuple[int, int, int, str]
 

@@ -21,17 +21,17 @@ def test_replay_takes_consumers_and_the_old_pipelines_spelling_with_a_warning(
 def test_replay_start_times_are_exact_and_within_what_kafka_can_look_up() -> None:
     from resultlog.errors import ValidationError
     from resultlog.processors.commands import parse_timestamp
-    from resultlog.processors.logreader import MAX_TIMESTAMP_MS
+    from resultlog.schemas.states import LATEST_DATETIME_MS
 
     assert parse_timestamp("1970-01-01") == 0 == parse_timestamp("0")
     # A float timestamp lands 1 ms short here; timedelta arithmetic does not.
     assert parse_timestamp("1970-01-01T00:01:05.526Z") == 65_526
     assert parse_timestamp("2026-11-22T11:00:00+01:00") == parse_timestamp("2026-11-22T10:00:00Z")
-    assert parse_timestamp("9999-12-31T23:59:59.999Z") == MAX_TIMESTAMP_MS
-    assert parse_timestamp(str(MAX_TIMESTAMP_MS)) == MAX_TIMESTAMP_MS
+    assert parse_timestamp("9999-12-31T23:59:59.999Z") == LATEST_DATETIME_MS
+    assert parse_timestamp(str(LATEST_DATETIME_MS)) == LATEST_DATETIME_MS
     for text, message in (("1969-12-31T23:59:59.999Z", "before the epoch"),
                           ("9999-12-31T23:59:59-00:01", "after 9999-12-31T23:59:59.999Z"),
-                          (str(MAX_TIMESTAMP_MS + 1), "after 9999-12-31T23:59:59.999Z"),
+                          (str(LATEST_DATETIME_MS + 1), "after 9999-12-31T23:59:59.999Z"),
                           ("-5", "expected ISO 8601"), ("", "expected ISO 8601")):
         with pytest.raises(ValidationError, match=message):
             parse_timestamp(text)
