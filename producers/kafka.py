@@ -92,9 +92,9 @@ def make_producer(settings: Settings, config: ProducerConfig) -> AIOKafkaProduce
 
 
 async def start_failure(settings: Settings, exc: BaseException | None, doing: str) -> ResultlogError:
-    """Why a Kafka client could not start: a refusal that names the setting to fix (wrong
-    password, untrusted certificate: resultlog/refusals.py), else that it could not reach
-    the broker, naming what to check."""
+    """Why a Kafka client could not start or answer: a refusal that names the setting to
+    fix (wrong password, untrusted certificate: resultlog/refusals.py), else that it could
+    not reach the broker, naming what to check."""
     refused = await kafka_refusal(settings)
     if refused is not None:
         return refused

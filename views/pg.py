@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -55,6 +55,19 @@ def translate_errors(settings: Settings) -> Iterator[None]:
         raise unavailable(settings, exc) from exc
 
 
+@contextmanager
+def guarded(settings: Settings, not_migrated: str) -> Iterator[None]:
+    """Connection failures -> StoreUnavailable (translate_errors); a schema never
+    migrated -> a ConfigurationError saying so (rather than "relation does not exist"):
+    ``not_migrated`` with ``{schema!r}`` and ``{exc}`` (the schema, the error)."""
+    with translate_errors(settings):
+        try:
+            yield
+        except NOT_MIGRATED as exc:
+            raise ConfigurationError(not_migrated.format(
+                schema=settings.postgres_schema, exc=exc)) from None
+
+
 async def create_pool(settings: Settings, *, application_name: str, max_size: int = 4,
                       server_settings: Mapping[str, str] | None = None,
                       init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
@@ -86,7 +99,7 @@ class PooledStore:
     """
 
     application_name: ClassVar[str] = "resultlog"
-    # What _guard says of a schema never migrated ({schema!r}, {exc}: the schema, the error).
+    # What _guard says of a schema never migrated (see guarded).
     not_migrated: ClassVar[str] = (
         "PostgreSQL schema {schema!r} has no history tables: the processor creates them on "
         "start (`resultlog process`; HistoryStore.migrate() in code), or check "
@@ -121,16 +134,8 @@ class PooledStore:
             raise RuntimeError(f"{type(self).__name__}.start() first")
         return self._pool
 
-    @contextmanager
-    def _guard(self) -> Iterator[None]:
-        """Connection failures -> StoreUnavailable; a schema never migrated -> a
-        ConfigurationError that says so (rather than "relation does not exist")."""
-        with translate_errors(self.settings):
-            try:
-                yield
-            except NOT_MIGRATED as exc:
-                raise ConfigurationError(self.not_migrated.format(
-                    schema=self.settings.postgres_schema, exc=exc)) from None
+    def _guard(self) -> AbstractContextManager[None]:
+        return guarded(self.settings, self.not_migrated)
 
     async def _fetch(self, query: str, *args: Any) -> list[Any]:
         with self._guard():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -30,13 +30,15 @@ from resultlog.dashboard.status import PipelineStatus
 from resultlog.dashboard.tasklist import Cursor, TaskFilter, task_page
 from resultlog.dashboard.templating import TASK_BY_QUERY, environment
 from resultlog.dashboard.workers import WorkerReads
-from resultlog.errors import ResultlogError, StoreUnavailable, ValidationError
+from resultlog.errors import (BrokerUnavailable, ConfigurationError, ResultlogError,
+                              StoreUnavailable, ValidationError)
+from resultlog.redis_access import translated
 from resultlog.schemas.event import validate_task_id
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.views.analytics import Analytics, NameStats
 from resultlog.views.history import HistoryStore
-from resultlog.views.pg import create_pool
+from resultlog.views.pg import create_pool, guarded
 
 #: Windows the overview and workers pages offer, and the plot buckets for each (whole
 #: minutes: the overview reads per-minute rollups).
@@ -200,9 +202,28 @@ async def live(request: Request) -> Response:
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
+Page = Callable[[Request], Awaitable[Response]]
+
+
+def reads_stores(page: Page) -> Page:
+    """``page`` with the stores' own errors made resultlog's, so that they reach
+    on_user_error as a page saying what to do rather than a bare 500: PostgreSQL or
+    Redis unreachable, and a schema the processor has not yet migrated (the dashboard
+    never creates tables: it only reads)."""
+    async def read(request: Request) -> Response:
+        d: Dashboard = request.app.state.dashboard
+        with guarded(d.settings, Analytics.not_migrated), translated("reading a dashboard page"):
+            return await page(request)
+    return read
+
+
+# Errors of the service rather than of the request: the same request may succeed later.
+NOT_READY = (StoreUnavailable, BrokerUnavailable, ConfigurationError)
+
+
 async def on_user_error(request: Request, exc: Exception) -> Response:
     d: Dashboard = request.app.state.dashboard
-    status = 503 if isinstance(exc, StoreUnavailable) else 400
+    status = 503 if isinstance(exc, NOT_READY) else 400
     return d.render("error.html", status, page="", message=str(exc))
 
 
@@ -244,11 +265,11 @@ def create_app(settings: Settings) -> Starlette:
             await dashboard.close()
 
     routes = [
-        Route("/", overview),
-        Route("/tasks", tasks),
-        Route("/tasks/{task_id:path}", task),
-        Route(TASK_BY_QUERY, task),
-        Route("/workers", workers),
+        Route("/", reads_stores(overview)),
+        Route("/tasks", reads_stores(tasks)),
+        Route("/tasks/{task_id:path}", reads_stores(task)),
+        Route(TASK_BY_QUERY, reads_stores(task)),
+        Route("/workers", reads_stores(workers)),
         Route("/live", live),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]

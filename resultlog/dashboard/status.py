@@ -8,17 +8,20 @@ Dead letters are read from their topic again only when its end offsets moved.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import redis.asyncio
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from resultlog import names
 from resultlog.connections import kafka_client_args
 from resultlog.processors.deadletter import OFFSET_HEADER, PARTITION_HEADER, REASON_HEADER
-from resultlog.producers.kafka import started
+from resultlog.producers.kafka import start_failure, started
 from resultlog.settings import Settings
 from resultlog.chords.store import ChordView, chord_view_from_hash
 from resultlog.views.coverage import ViewCoverage
@@ -92,6 +95,14 @@ class PipelineStatus:
         await self.admin.close()
         await self.consumer.stop()
 
+    @asynccontextmanager
+    async def _asking_kafka(self) -> AsyncIterator[None]:
+        """Kafka gone while the dashboard runs -> BrokerUnavailable naming what to check."""
+        try:
+            yield
+        except KafkaError as exc:
+            raise await start_failure(self.settings, exc, "read offsets from") from exc
+
     async def _partitions(self, topic: str) -> list[TopicPartition]:
         """The topic's partitions; none if it does not exist (yet)."""
         [described] = await self.admin.describe_topics([topic])
@@ -102,8 +113,9 @@ class PipelineStatus:
 
     async def lag(self) -> list[PartitionLag]:
         topic = self.settings.events_topic
-        tps = await self._partitions(topic)
-        ends = await self.consumer.end_offsets(tps) if tps else {}
+        async with self._asking_kafka():
+            tps = await self._partitions(topic)
+            ends = await self.consumer.end_offsets(tps) if tps else {}
         coverage = await self.coverage.read()
         history = await self.history.committed_offsets(self.settings.consumer_group, topic)
         return [
@@ -113,7 +125,7 @@ class PipelineStatus:
         ]
 
     async def dead_letters(self) -> DeadLetters:
-        async with self._lock:  # one reader of the shared consumer's assignment
+        async with self._lock, self._asking_kafka():  # one reader of the consumer's assignment
             tps = await self._partitions(self.settings.dead_letter_topic)
             if not tps:
                 return DeadLetters(0, [])

@@ -24,6 +24,7 @@ import urllib.request
 import uuid
 from urllib.parse import quote
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -121,8 +122,6 @@ async def stack(base_settings: Settings) -> AsyncIterator[Stack]:
         events_topic=f"t.{tag}", consumer_group=f"t.{tag}.group", redis_prefix=f"t{tag}:",
         postgres_schema=f"t_{tag}", topic_partitions=2)
     processor = ProcessorProcess(settings).start()
-    dashboard: subprocess.Popen[bytes] | None = None
-    log = Path(tempfile.mkstemp(prefix="resultlog-dashboard-", suffix=".log")[1])
     try:
         expected = await fill(settings)
         async with HistoryStore(settings) as history:
@@ -136,6 +135,19 @@ async def stack(base_settings: Settings) -> AsyncIterator[Stack]:
             async def beaten() -> bool:
                 return await beats.pool.fetchval(f"SELECT count(*) FROM {beats.table}") == 2
             await eventually(beaten, "2 heartbeats in the history", 60)
+        async with running_dashboard(settings) as url:
+            yield Stack(settings, url, processor, expected)
+    finally:
+        processor.stop()
+        await cleanup(settings)
+
+
+@asynccontextmanager
+async def running_dashboard(settings: Settings) -> AsyncIterator[str]:
+    """``resultlog dashboard`` on these settings, answering; yields its address."""
+    log = Path(tempfile.mkstemp(prefix="resultlog-dashboard-", suffix=".log")[1])
+    dashboard: subprocess.Popen[bytes] | None = None
+    try:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("RESULTLOG_")},
                **settings.to_env()}
         with log.open("ab") as out:
@@ -157,20 +169,18 @@ async def stack(base_settings: Settings) -> AsyncIterator[Stack]:
         async def serving() -> bool:
             assert dashboard is not None and dashboard.poll() is None, log.read_text()
             try:
-                return await asyncio.to_thread(
-                    lambda: urllib.request.urlopen(url + "/workers", timeout=5).status == 200)
-            except OSError:
+                await asyncio.to_thread(get, url + "/static/dashboard.js")
+            except OSError:  # not listening yet
                 return False
+            return True
         await eventually(serving, "the dashboard to answer", 60)
-        yield Stack(settings, url, processor, expected)
+        yield url
     finally:
         if dashboard is not None:
             dashboard.terminate()
             dashboard.wait(30)
             print(f"--- dashboard output ---\n{log.read_text(errors='replace')[-5000:]}")
-        processor.stop()
         log.unlink(missing_ok=True)
-        await cleanup(settings)
 
 
 @pytest.fixture(scope="module")
@@ -409,3 +419,21 @@ async def test_only_reads(stack: Stack) -> None:
             await asyncio.to_thread(urllib.request.urlopen, request, timeout=10)
         refused.value.close()
         assert refused.value.code == 405, path
+
+
+async def test_before_the_processor_has_run_each_page_says_what_to_do(base_settings: Settings) -> None:
+    # A schema no processor has migrated: the dashboard only reads, so it cannot create
+    # the tables; each page says so and what to run, rather than a bare server error.
+    tag = uuid.uuid4().hex[:12]
+    settings = base_settings.replace(
+        events_topic=f"t.{tag}", consumer_group=f"t.{tag}.group", redis_prefix=f"t{tag}:",
+        postgres_schema=f"t_{tag}")
+    try:
+        async with running_dashboard(settings) as url:
+            for path in ("/", "/tasks", "/tasks/x", "/task?id=..", "/workers"):
+                status, html = await asyncio.to_thread(get, url + path)
+                assert status == 503, (path, status, html[-2000:])
+                assert f"schema &#39;t_{tag}&#39; lacks the history" in html, (path, html[-2000:])
+                assert "`resultlog process`" in html, (path, html[-2000:])
+    finally:
+        await cleanup(settings)
