@@ -253,7 +253,8 @@ def new_event(task_id: str, state: State | str, details: EventDetails, *,
             value = values.get(name)
             if type(value) is int and value < 0:
                 raise ValidationError(f"{name} must not be negative, got {value}")
-    return TaskEvent(event_id=event_id or new_event_id(), task_id=task_id, state=state,
+    # Only None asks for a fresh id: an empty one given is a caller's mistake, refused.
+    return TaskEvent(event_id=new_event_id() if event_id is None else event_id, task_id=task_id, state=state,
                      timestamp=now_ms() if timestamp is None else timestamp, exception=exc,
                      **values)
 

@@ -126,6 +126,8 @@ def test_bad_input_is_named() -> None:
         TaskEvent.create("t", "SUCCESS", result=float("nan"))
     with pytest.raises(ValidationError, match="event_id"):
         TaskEvent.create("t", "SUCCESS", event_id="nope")
+    with pytest.raises(ValidationError, match="event_id '' must be"):  # not "make one up"
+        TaskEvent.create("t", "SUCCESS", event_id="")
     with pytest.raises(ValidationError, match="chord_index"):
         TaskEvent.create("t", "SUCCESS", chord_id="c", chord_size=2, chord_index=2)
 
