@@ -5,16 +5,18 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from resultlog.errors import BrokerUnavailable
+from resultlog.errors import BrokerUnavailable, DeliveryRefused
 
 
 @dataclass(slots=True)
 class _Failure:
     events: int = 0
     causes: list[str] = field(default_factory=list)
+    refused: bool = True  # every one of the events refused by the broker (not retriable)
 
-    def add(self, events: int, cause: str) -> None:
+    def add(self, events: int, cause: str, refused: bool) -> None:
         self.events += events
+        self.refused = self.refused and refused
         if cause not in self.causes and len(self.causes) < 5:
             self.causes.append(cause)
 
@@ -34,11 +36,12 @@ class Failures:
         self._for_flush = _Failure()
         self._lock = threading.Lock()
 
-    def add(self, events: int, unwaited: int, cause: str) -> None:
+    def add(self, events: int, unwaited: int, cause: str, refused: bool) -> None:
+        """``refused``: the broker answered that it will not take them (DeliveryRefused)."""
         with self._lock:
-            self._for_flush.add(events, cause)
+            self._for_flush.add(events, cause, refused)
             if unwaited:
-                self._for_callers.add(unwaited, cause)
+                self._for_callers.add(unwaited, cause, refused)
 
     @property
     def pending_for_callers(self) -> bool:
@@ -57,7 +60,8 @@ class Failures:
             raise self._error(failure, "")
 
     def _error(self, failure: _Failure, earlier: str) -> BrokerUnavailable:
-        return BrokerUnavailable(
+        kind = DeliveryRefused if failure.refused else BrokerUnavailable
+        return kind(
             f"{failure.events} {earlier}event(s) accepted by the emitter were not delivered "
             f"to Kafka topic {self.topic!r}: {'; '.join(failure.causes)}"
         )

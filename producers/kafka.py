@@ -13,7 +13,7 @@ from typing import Any, Final, Literal, TypeVar
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.codec import has_lz4, has_snappy, has_zstd  # type: ignore[import-untyped]
-from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+from aiokafka.errors import BrokerResponseError, KafkaError  # type: ignore[import-untyped]
 
 from resultlog.connections import kafka_client_args
 from resultlog.errors import BrokerUnavailable, ConfigurationError, ResultlogError, ValidationError
@@ -89,6 +89,12 @@ def make_producer(settings: Settings, config: ProducerConfig) -> AIOKafkaProduce
         linger_ms=0,
         request_timeout_ms=int(settings.kafka_timeout_s * 1000),
     )
+
+
+def refused_by_broker(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is the broker's own answer that it will not take the records
+    (retrying cannot help), rather than the broker being out of reach."""
+    return isinstance(exc, BrokerResponseError) and not exc.retriable
 
 
 async def start_failure(settings: Settings, exc: BaseException | None, doing: str) -> ResultlogError:

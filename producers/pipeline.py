@@ -39,11 +39,12 @@ from typing import Any
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
 from resultlog.background import cancel_and_wait, stop_if_cancelled
-from resultlog.errors import BrokerUnavailable, EmitterClosed, ValidationError
+from resultlog.errors import BrokerUnavailable, DeliveryRefused, EmitterClosed, ValidationError
 from resultlog.producers.buffer import Item, Outbox, resolve
 from resultlog.producers.failures import Failures
 from resultlog.producers.fitting import fit_within_limit
-from resultlog.producers.kafka import abort_pending, check_not_ahead, close_producer, start_producer
+from resultlog.producers.kafka import (abort_pending, check_not_ahead, close_producer,
+                                       refused_by_broker, start_producer)
 from resultlog.producers.lanes import Batch, Lane, Lanes
 from resultlog.producers.options import PipelineOptions
 from resultlog.producers.topics import ensure_topics
@@ -161,7 +162,9 @@ class Pipeline:
             self.failures.raise_for_flush()
         except BrokerUnavailable as exc:
             if flush_error is not None:
-                raise BrokerUnavailable(f"{flush_error}; and then: {exc}") from exc
+                both_refused = isinstance(flush_error, DeliveryRefused) and isinstance(exc, DeliveryRefused)
+                kind = DeliveryRefused if both_refused else BrokerUnavailable
+                raise kind(f"{flush_error}; and then: {exc}") from exc
             raise
         if flush_error is not None:
             raise flush_error
@@ -411,8 +414,10 @@ class Pipeline:
                 "resultlog: %d event(s) not delivered to %s[%d]: %s",
                 batch.count, self.topic, lane.partition, cause,
             )
-            error = BrokerUnavailable(f"the event was not delivered to Kafka topic {self.topic!r}: {cause}")
-            self.failures.add(batch.count, batch.count - len(batch.waiters), cause)
+            refused = refused_by_broker(exc)
+            kind = DeliveryRefused if refused else BrokerUnavailable
+            error = kind(f"the event was not delivered to Kafka topic {self.topic!r}: {cause}")
+            self.failures.add(batch.count, batch.count - len(batch.waiters), cause, refused)
             # The producer's sequence numbers now have a gap: replace it before sending more.
             self._restart_needed = True
         self._release(batch, error)
@@ -456,7 +461,7 @@ class Pipeline:
             error = BrokerUnavailable(f"the event was not delivered to Kafka topic {self.topic!r}: {cause}")
             for waiter in waiters:
                 resolve(waiter, error)
-            self.failures.add(events, events - len(waiters), cause)
+            self.failures.add(events, events - len(waiters), cause, refused=False)
             nbytes = sum(b.nbytes for b in batches) + sum(len(i.value) for i in items)
             self._outbox.release(events, nbytes)
         for _, done in self._flush_waiters:

@@ -62,6 +62,15 @@ class BrokerUnavailable(ResultlogError):
     retriable = True
 
 
+class DeliveryRefused(BrokerUnavailable):
+    """Kafka answered and refused the events (a record over the topic's
+    ``max.message.bytes``, a timestamp outside its window, no write permission): sending
+    them again would be refused again. A :class:`BrokerUnavailable`, so that code
+    catching that hears of it, but not retriable."""
+
+    retriable = False
+
+
 class EmitterClosed(ResultlogError):
     """An event was handed to an emitter that is stopped or stopping."""
 

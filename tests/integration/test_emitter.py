@@ -22,6 +22,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType  #
 from resultlog.errors import (
     BrokerUnavailable,
     BufferFull,
+    DeliveryRefused,
     EmitterClosed,
     EventTooLarge,
     InvalidTaskId,
@@ -367,14 +368,17 @@ async def test_rejected_batch_surfaces_and_the_emitter_recovers(settings: Settin
         await emitter.flush()
         # Random text: compressed (zstd by default) it stays over 2 KB.
         await emitter.success("too-big", secrets.token_urlsafe(4000))
-        with pytest.raises(BrokerUnavailable, match="1 event"):
+        # Refused, each time: sending them again would not help (not retriable), and
+        # the message names the broker's answer.
+        with pytest.raises(DeliveryRefused, match="1 event.*MessageSizeTooLarge") as told:
             await emitter.flush(timeout_s=30)
-        with pytest.raises(BrokerUnavailable, match="1 earlier event"):
+        assert not told.value.retriable
+        with pytest.raises(DeliveryRefused, match="1 earlier event"):
             await emitter.started("refused")  # told once, and this one is not accepted
-        with pytest.raises(BrokerUnavailable, match="not delivered"):
+        with pytest.raises(DeliveryRefused, match="not delivered"):
             await emitter.success("too-big-waited", secrets.token_urlsafe(4000), wait=True)
         await emitter.started("ok-2")  # the waiting caller was told: callers hear nothing more...
-        with pytest.raises(BrokerUnavailable, match="1 event"):
+        with pytest.raises(DeliveryRefused, match="1 event"):
             await emitter.flush(timeout_s=30)  # ...but flush reports all losses since the last flush
     consumed = await consume(settings, 2, settle_s=1.0)
     assert sorted(c.event.task_id for c in consumed) == ["ok-1", "ok-2"]

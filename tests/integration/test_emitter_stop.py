@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from resultlog.errors import BrokerUnavailable
+from resultlog.errors import DeliveryRefused
 from resultlog.producers import Emitter
 from resultlog.producers.topics import ensure_topics
 from resultlog.schemas.event import TaskEvent, now_ms
@@ -19,6 +19,6 @@ async def test_an_event_kafka_refuses_is_reported_by_leaving_the_emitter(setting
     await ensure_topics(settings, settings.events_topic,
                         configs={"message.timestamp.after.max.ms": "1000"})
     far_future = TaskEvent.create("t", "SUCCESS", timestamp=now_ms() + 600_000)
-    with pytest.raises(BrokerUnavailable, match="1 event.*not delivered.*InvalidTimestamp"):
+    with pytest.raises(DeliveryRefused, match="1 event.*not delivered.*InvalidTimestamp"):
         async with Emitter(settings) as emitter:
             await emitter.emit(far_future)

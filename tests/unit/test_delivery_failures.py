@@ -1,0 +1,45 @@
+"""Which undelivered events are reported as refused (retrying cannot help) and which as
+Kafka unavailable: producers/failures.py and producers/kafka.refused_by_broker."""
+
+from __future__ import annotations
+
+import pytest
+from aiokafka.errors import (  # type: ignore[import-untyped]
+    InvalidTimestampError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NotLeaderForPartitionError,
+    ProducerClosed,
+    TopicAuthorizationFailedError,
+)
+
+from resultlog.errors import BrokerUnavailable, DeliveryRefused
+from resultlog.producers.failures import Failures
+from resultlog.producers.kafka import refused_by_broker
+
+
+@pytest.mark.parametrize(("exc", "refused"), [
+    (MessageSizeTooLargeError(), True),
+    (InvalidTimestampError(), True),
+    (TopicAuthorizationFailedError(), True),
+    (NotLeaderForPartitionError(), False),  # a partition without a leader for too long
+    (KafkaTimeoutError(), False),
+    (ProducerClosed(), False),  # the emitter stopped under it
+    (BrokerUnavailable("cancelled"), False),
+    (None, False),
+])
+def test_only_the_brokers_final_answer_is_a_refusal(exc: BaseException | None, refused: bool) -> None:
+    assert refused_by_broker(exc) is refused
+
+
+def test_a_report_is_a_refusal_only_if_every_event_in_it_was_refused() -> None:
+    failures = Failures("t")
+    failures.add(2, 2, "MessageSizeTooLargeError", refused=True)
+    with pytest.raises(DeliveryRefused, match="2 earlier event.*MessageSizeTooLarge") as told:
+        failures.raise_for_callers()
+    assert not told.value.retriable
+    failures.add(1, 0, "the emitter stopped before they were acknowledged", refused=False)
+    with pytest.raises(BrokerUnavailable, match="3 event") as told_flush:
+        failures.raise_for_flush()  # refused and unsent together: the broker may be back
+    assert type(told_flush.value) is BrokerUnavailable and told_flush.value.retriable
+    failures.raise_for_flush()  # told: nothing more
