@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from resultlog.errors import ConfigurationError
+from resultlog.errors import ConfigurationError, ValidationError
 from resultlog.producers.kafka import Compression, ProducerConfig
+from resultlog.schemas.event import validate_name
 from resultlog.settings import Settings
 
 # zstd: 5x fewer bytes on the wire and on disk for a log kept forever, for ~3 % of
@@ -93,7 +94,10 @@ def checked_worker(worker: object) -> str:
     if not isinstance(worker, str) or not worker or worker.isspace():
         raise ConfigurationError(f"emitter option worker must be a non-empty str (the name its "
                                  f"events carry; None: host:pid), not {worker!r:.60}")
-    return worker
+    try:
+        return validate_name("emitter option worker", worker)
+    except ValidationError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def _number(options: Mapping[str, object], name: str, default: float, least: int, kind: type) -> Any:

@@ -30,6 +30,11 @@ from resultlog.schemas.states import (
 )
 
 MAX_ID_LENGTH = 255
+#: The longest task name and worker name, in characters, as an id: both are indexed in
+#: the history (task_name, worker), and 255 characters of 4 UTF-8 bytes, even escaped
+#: (taskrows.to_pg_text), fit in a PostgreSQL btree index row (at most 2,704 bytes);
+#: a longer one failed the history's write of its batch, at every restart.
+MAX_NAME_LENGTH = MAX_ID_LENGTH
 # The fields a FORGOTTEN event can carry (a TaskForgotten record has no others).
 _FORGOTTEN_FIELDS = ("event_id", "task_id", "state", "timestamp", "worker", "meta")
 _EVENT_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -97,6 +102,10 @@ class TaskEvent:
             value = getattr(self, name)
             if value is not None:
                 validate_id(name, value)
+        for name in ("task_name", "worker"):
+            value = getattr(self, name)
+            if value is not None:
+                validate_name(name, value)
         if self.state is State.FORGOTTEN:
             # Refuse what its record would lose.
             extra = [f.name for f in fields(self) if f.name not in _FORGOTTEN_FIELDS
@@ -381,6 +390,20 @@ def validate_task_ids(task_ids: object) -> list[str]:
 def validate_id(name: str, value: object) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
         raise ValidationError(f"{name} must be a non-empty str of at most {MAX_ID_LENGTH} characters, got {value!r}")
+    surrogate = _lone_surrogate(value)
+    if surrogate is not None:
+        raise ValidationError(f"{name} {value!r:.80} {surrogate}")
+    return value
+
+
+def validate_name(name: str, value: object) -> str:
+    """A task name or worker name: a str of at most :data:`MAX_NAME_LENGTH` characters
+    (empty allowed: it names nobody, as None does), in valid Unicode text."""
+    if not isinstance(value, str) or len(value) > MAX_NAME_LENGTH:
+        raise ValidationError(
+            f"{name} must be a str of at most {MAX_NAME_LENGTH} characters, got "
+            f"{type(value).__name__} {value!r:.80}"
+            + (f" ({len(value)} characters)" if isinstance(value, str) else ""))
     surrogate = _lone_surrogate(value)
     if surrogate is not None:
         raise ValidationError(f"{name} {value!r:.80} {surrogate}")

@@ -22,7 +22,7 @@ from typing import Any, Final
 from resultlog.errors import ValidationError
 from resultlog.schemas import taskcodec
 from resultlog.schemas.codec import HEADER_SIZE, TASK_EVENT, default_store
-from resultlog.schemas.event import MAX_ID_LENGTH, TaskEvent, meta_text
+from resultlog.schemas.event import MAX_ID_LENGTH, MAX_NAME_LENGTH, TaskEvent, meta_text
 from resultlog.schemas.fold import STICKY_FIELDS
 from resultlog.schemas.states import MAX_ATTEMPT, MAX_TIMESTAMP_MS, RANK, State
 
@@ -103,6 +103,7 @@ _EVENT_ID, _TASK_ID, _STATE, _TIMESTAMP, _ATTEMPT, _EXCEPTION, _META, _CHORD_ID,
     _AT[n] for n in ("event_id", "task_id", "state", "timestamp", "attempt", "exception",
                      "meta", "chord_id", "result_ttl_ms"))
 _IDS = tuple(_AT[n] for n in ("parent_id", "root_id", "group_id"))
+_NAMES = tuple(_AT[n] for n in ("task_name", "worker"))
 _CHORD_SIZE, _CHORD_INDEX = _AT["chord_size"], _AT["chord_index"]
 _TOKEN, _STATE_NAME = _AT["token"], _AT["state_name"]
 _values = attrgetter(*FIELDS)
@@ -251,10 +252,14 @@ def read_rows(data: bytes, topic: str, partition: int, offset: int, ttl_ms: int)
 
 
 def _valid_tail(v: list[Any]) -> bool:
-    """The lineage and chord ids as the event model checks them."""
+    """The lineage and chord ids, and the names, as the event model checks them."""
     for i in _IDS:
         value = v[i]
         if value is not None and (not value or len(value) > MAX_ID_LENGTH):
+            return False
+    for i in _NAMES:
+        value = v[i]
+        if value is not None and len(value) > MAX_NAME_LENGTH:
             return False
     chord_id = v[_CHORD_ID]
     if chord_id is not None:

@@ -16,8 +16,11 @@ SMALLEST_RUNTIME_S: Final = 2.0 ** -20
 MAX_RELATIVE_ERROR: Final = 2.0 ** (1 / (2 * BUCKETS_PER_OCTAVE)) - 1
 
 
-def bucket_of(runtime_s: float) -> int:
-    """The bucket of a runtime, as the SQL function ``runtime_bucket`` computes it."""
+def bucket_of(runtime_s: float) -> int | None:
+    """The bucket of a runtime, as the SQL function ``runtime_bucket`` computes it: None
+    for NaN and +infinity, which no bucket counts (views/sql/0008)."""
+    if math.isnan(runtime_s) or runtime_s == math.inf:
+        return None
     if runtime_s <= 0:
         return ZERO_BUCKET
     return math.floor(BUCKETS_PER_OCTAVE * math.log(max(runtime_s, SMALLEST_RUNTIME_S))

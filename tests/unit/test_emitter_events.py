@@ -207,6 +207,17 @@ def test_a_bad_worker_name_is_refused_when_the_emitter_is_made(worker: object) -
         SyncEmitter(Settings(), worker=worker)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("worker", "message"), [
+    ("w" * 256, "must be a str of at most 255 characters"),  # the history indexes it
+    ("w\udc80", "is not valid Unicode text"),
+])
+def test_a_worker_name_no_event_can_carry_is_refused_when_the_emitter_is_made(
+        worker: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"^emitter option worker .*{message}"):
+        Emitter(Settings(), worker=worker)
+    assert Emitter(Settings(), worker="\U0001F600" * 255).worker == "\U0001F600" * 255
+
+
 @pytest.mark.parametrize("bad", ["x", "30", True, float("nan"), [1]])
 def test_a_timeout_that_is_no_number_is_refused(bad: object) -> None:
     with pytest.raises(ValidationError, match="^timeout_s must be None or a number of seconds, not"):

@@ -26,10 +26,11 @@ def encoder(limit: int) -> EventEncoder:
 
 
 def event(state: State, *, tb: str | None = "", message: str = "", args: str | None = None,
-          kwargs: str | None = None, meta: dict[str, str] | None = None, task_name: str = "t") -> TaskEvent:
+          kwargs: str | None = None, meta: dict[str, str] | None = None, task_name: str = "t",
+          worker: str = "w") -> TaskEvent:
     return TaskEvent(
         event_id="a" * 32, task_id="task-1", state=state, timestamp=now_ms(), task_name=task_name,
-        worker="w", args=args, kwargs=kwargs,
+        worker=worker, args=args, kwargs=kwargs,
         exception=None if state is State.REVOKED else ExceptionInfo("ValueError", "builtins", message),
         traceback=tb, meta=meta or {},
     )
@@ -118,6 +119,8 @@ def test_a_success_over_the_limit_is_refused_with_its_size() -> None:
 
 
 def test_an_outcome_whose_uncut_fields_exceed_the_limit_is_refused_saying_which() -> None:
-    original = event(State.FAILURE, tb="x" * 5000, task_name="n" * 3000)
+    # Names of the greatest length, in 4-byte characters: 2,040 bytes of the 2,048.
+    original = event(State.FAILURE, tb="x" * 5000, task_name="\U0001F600" * 255,
+                     worker="\U0001F601" * 255)
     with pytest.raises(EventTooLarge, match="task name, worker name or exception type"):
         fit_within_limit(original, encoder(2048).encode)

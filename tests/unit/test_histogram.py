@@ -43,6 +43,9 @@ def test_a_runtime_is_near_its_bucket_middle(x: float) -> None:
 
 def test_zero_and_empty() -> None:
     assert bucket_of(0.0) == ZERO_BUCKET and middle(ZERO_BUCKET) == 0.0
+    # A runtime that is not a number of seconds counts in no bucket (views/sql/0008).
+    assert bucket_of(math.nan) is None and bucket_of(math.inf) is None
+    assert bucket_of(-math.inf) == ZERO_BUCKET
     assert percentiles({}, [0.5, 0.99]) == [None, None]
     assert percentiles({ZERO_BUCKET: 3}, [0.5]) == [0.0]
     assert MAX_RELATIVE_ERROR < 0.045

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from resultlog.errors import CodecError, ValidationError
 from resultlog.schemas.codec import TASK_EVENT, Codec
-from resultlog.schemas.event import ExceptionInfo, TaskEvent
+from resultlog.schemas.event import MAX_NAME_LENGTH, ExceptionInfo, TaskEvent
 from resultlog.schemas.fold import expire_at, fold
 from resultlog.schemas.states import MAX_TIMESTAMP_MS, RECORD_STATES, State
 from resultlog.schemas.taskrows import history_row, read_rows, view_row
@@ -164,6 +164,15 @@ def test_invalid_events_are_declined() -> None:
     blank = data[:at] + b"\x02 " + data[at + 3:]  # task id " "
     assert read_rows(blank, "events", 0, 0, TTL_MS) is None
     assert canonical(blank, 0, 0) is None
+    # Names longer than the history's indexes can hold (MAX_NAME_LENGTH).
+    for name in ("task_name", "worker"):
+        event = TaskEvent.create("t1", State.SUCCESS, result=1)
+        object.__setattr__(event, name, "n" * (MAX_NAME_LENGTH + 1))  # past the model's check
+        data = CODEC.encode(event)
+        assert read_rows(data, "events", 0, 0, TTL_MS) is None
+        assert canonical(data, 0, 0) is None
+        object.__setattr__(event, name, "\U0001F600" * MAX_NAME_LENGTH)
+        assert read_rows(CODEC.encode(event), "events", 0, 0, TTL_MS) is not None
 
 
 def test_the_sink_sends_what_no_column_can_hold_to_dead_letters() -> None:

@@ -40,6 +40,8 @@ def test_a_later_beat_orders_after_an_earlier_one() -> None:
 
 @pytest.mark.parametrize("changes", [
     {"ttl_s": 0}, {"pid": -1}, {"source": ""}, {"concurrency": True}, {"tasks_processed": 2**64},
+    # Past the timestamps PostgreSQL holds (it stopped the processor at every start).
+    {"started_at": 10**15}, {"beat_at": 2**63 - 1},
 ])
 def test_bad_values_are_refused_naming_the_field(changes: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
