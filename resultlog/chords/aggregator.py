@@ -37,7 +37,7 @@ from resultlog.errors import (
 )
 from resultlog.chords.fold import ChordFold
 from resultlog.chords.retention import SummaryRetention
-from resultlog.chords.changelog import ChangelogTables, state_record_bytes
+from resultlog.chords.changelog import ChangelogTables, max_value_bytes, state_record_bytes
 from resultlog.processors.deadletter import DeadLetter, DeadLetterWriter, TopicWriter
 from resultlog.processors.engine import fetch_wait
 from resultlog.processors.logreader import LogReader
@@ -101,9 +101,9 @@ async def _retrying(what: str, op: Callable[[], Awaitable[T]],
 class _Partition:
     """What the aggregator holds for one partition of the chords topic it owns."""
 
-    def __init__(self, table: MutableMapping[str, Any], retention_ms: int, partitions: int) -> None:
-        self.fold = ChordFold(table)
-        self.retention = SummaryRetention(table, retention_ms, partitions)
+    def __init__(self, table: MutableMapping[str, Any], settings: Settings) -> None:
+        self.fold = ChordFold(table, max_value_bytes(settings))
+        self.retention = SummaryRetention(table, settings.result_ttl_s * 1000, settings.topic_partitions)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -176,8 +176,7 @@ class ChordAggregator:
         async with self.lock:
             await _retrying("loading the chord state", lambda: self.state.load(partitions),
                             self._retried)
-            s = self.settings
-            self.partitions = {p: _Partition(table, s.result_ttl_s * 1000, s.topic_partitions)
+            self.partitions = {p: _Partition(table, self.settings)
                                for p, table in self.state.tables.items()}
             log.info("chord aggregator: partitions %s loaded (%d keys)", sorted(partitions),
                      sum(len(t) for t in self.state.tables.values()))
@@ -390,7 +389,7 @@ async def rebuild_chord_views(settings: Settings) -> int:
     are written, not published to the completions topic: hooks ran with the live
     processor and are not run again.
     """
-    fold = ChordFold({})
+    fold = ChordFold({}, max_value_bytes(settings))  # the live aggregator's cuts (entries.py)
     last: dict[str, ChordProgress] = {}
     client = async_client(settings)
     store = ChordStore(settings, client)

@@ -29,6 +29,11 @@ def encode_key(key: str) -> bytes:
     return json.dumps(key).encode()
 
 
+def encode_value(value: Any) -> bytes:
+    """A table's value as its changelog record holds it (and the measure of its size)."""
+    return json.dumps(value).encode()
+
+
 class PartitionTable(MutableMapping[str, Any]):
     """One partition's table; remembers its changes, in order, until they are taken."""
 
@@ -41,7 +46,7 @@ class PartitionTable(MutableMapping[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         # Encoded now: the changelog gets the value as it was when it was written.
-        self._changes.append((encode_key(key), json.dumps(value).encode()))
+        self._changes.append((encode_key(key), encode_value(value)))
         self.data[key] = value
 
     def __delitem__(self, key: str) -> None:
@@ -59,14 +64,29 @@ class PartitionTable(MutableMapping[str, Any]):
         return changes
 
 
-def state_record_bytes(settings: Settings) -> int:
-    """The largest record the aggregator's table may write to its changelog.
+# Beside its value, a changelog record (in a batch of its own when large) holds its key,
+# e.g. ``"m:<chord_id>:<index>"`` (an id of up to 255 characters, escaped: at most 3,060
+# bytes), its framing and the batch header (61 bytes): well within this.
+_RECORD_FRAMING_BYTES = 16 * 1024
 
-    A member's entry holds its result's JSON text as a JSON string, written as JSON
-    (the standard library's, escaping non-ASCII): a 2-byte character becomes a
-    6-byte ``\\uXXXX``, so an entry is at most 3 times the event it came from.
+
+def state_record_bytes(settings: Settings) -> int:
+    """The largest record the aggregator's table may write to its changelog: the
+    changelog topic's ``max.message.bytes`` and its producer's ``max_request_size``.
+
+    Room for any value of :func:`max_value_bytes` and its framing. A value is what the
+    fold makes of an event, encoded by :func:`encode_value`; no multiple of the event's
+    size bounds it (the standard library's JSON writes a character below U+0020 as a
+    6-byte ``\\u00XX``), so the fold fits each member's entry within
+    :func:`max_value_bytes` itself (``resultlog/chords/entries.py``). The formula stays:
+    a changelog topic keeps the limit it was created with.
     """
-    return max(KAFKA_DEFAULT_MAX_MESSAGE_BYTES, 3 * settings.max_event_bytes + 16 * 1024)
+    return max(KAFKA_DEFAULT_MAX_MESSAGE_BYTES, 3 * settings.max_event_bytes + _RECORD_FRAMING_BYTES)
+
+
+def max_value_bytes(settings: Settings) -> int:
+    """The largest encoded value (:func:`encode_value`) a table may hold."""
+    return state_record_bytes(settings) - _RECORD_FRAMING_BYTES
 
 
 class ChangelogTables:

@@ -14,31 +14,36 @@ from typing import Any
 from resultlog.errors import CodecError
 from resultlog.chords.celeryfold import CeleryChordFold, is_celery, summary_key
 from resultlog.chords.celeryrecords import CeleryChordRecord
+from resultlog.chords.entries import EXC_TYPE, RESULT, STATE, TASK, TS, member_entry
 from resultlog.chords.records import (
     ChordCompleted, ChordDeclared, ChordProgress, FailedMember, Step, completion_event_id,
-    exception_fields, exception_info)
+    exception_info)
 from resultlog.schemas.codec import CELERY_CHORD, CHORD_DECLARED, TASK_EVENT, event_from_record
 from resultlog.schemas.event import TaskEvent
 from resultlog.schemas.states import State
 
 log = logging.getLogger("resultlog.chords")
 
-# Member entry layout (a JSON list in the table).
-_STATE, _TASK, _RESULT, _EXC_TYPE, _EXC_MODULE, _EXC_MESSAGE, _TS = range(7)
+_MEMBER_PREFIX = "m:"
 
 
 def member_key(chord_id: str, index: int) -> str:
-    return f"m:{chord_id}:{index}"
+    return f"{_MEMBER_PREFIX}{chord_id}:{index}"
+
+
+def _member_indexes(table: Mapping[str, Any]) -> dict[str, set[int]]:
+    """Each chord's member indexes with an entry in ``table``, from its keys."""
+    present: dict[str, set[int]] = {}
+    for key in table:
+        if key.startswith(_MEMBER_PREFIX):
+            chord_id, _, index = key[len(_MEMBER_PREFIX):].rpartition(":")
+            present.setdefault(chord_id, set()).add(int(index))
+    return present
 
 
 def _new_summary() -> dict[str, Any]:
     return {"n": 0, "declared": False, "wait_all": False, "callback": None, "kwargs": None,
             "done": 0, "failed": 0, "fail_index": None, "ts": 0, "completed": None}
-
-
-def _entry(event: TaskEvent) -> list[Any]:
-    return [event.state.value, event.task_id, event.result,
-            *exception_fields(event.exception).values(), event.timestamp]
 
 
 class ChordFold:
@@ -49,12 +54,19 @@ class ChordFold:
     a step returns, then calls :meth:`completed`.
     """
 
-    def __init__(self, table: MutableMapping[str, Any]) -> None:
+    def __init__(self, table: MutableMapping[str, Any], max_entry_bytes: int) -> None:
+        """``max_entry_bytes``: the largest encoded value ``table`` may hold (see
+        :func:`~resultlog.chords.entries.member_entry`); a dict holds what a changelog would."""
         self.table = table
+        self.max_entry_bytes = max_entry_bytes
         # Chords recounted by this fold, in memory only: a partition loaded afresh after
         # a rebalance gets a new fold, which verifies again.
         self._verified: set[str] = set()
-        self.celery = CeleryChordFold(table)
+        # The indexes of each chord's entries, in memory only (rebuilt from the table's
+        # keys): every walk over a chord's members visits those present, never its
+        # declared size, which may be 2**31 - 1 with one member in.
+        self._present = _member_indexes(table)
+        self.celery = CeleryChordFold(table, max_entry_bytes)
 
     def apply(self, name: str, record: Mapping[str, Any]) -> Step | None:
         """Fold one decoded record from the chords topic (CodecError for other kinds)."""
@@ -105,9 +117,12 @@ class ChordFold:
                     log.info("chord %s: counts repaired from its members' entries", chord_id)
             return self._settle(chord_id, s, before)
         # The entry before the summary that counts it (see the module docstring).
-        self.table[mkey] = _entry(event)
+        entry = member_entry(event.state, event.task_id, event.result, event.exception,
+                             event.timestamp, max_bytes=self.max_entry_bytes)
+        self.table[mkey] = entry
+        self._present.setdefault(chord_id, set()).add(index)
         s["done"] += 1
-        if event.state is not State.SUCCESS:
+        if entry[STATE] != State.SUCCESS.value:
             s["failed"] += 1
             s["fail_index"] = index if s["fail_index"] is None else min(s["fail_index"], index)
         s["ts"] = max(s["ts"], event.timestamp)
@@ -124,10 +139,9 @@ class ChordFold:
         # The mark first: a deletion in the changelog then implies the mark is there.
         self.table[key] = s
         self._verified.discard(completion.chord_id)
-        for i in range(s["n"]):
-            mkey = member_key(completion.chord_id, i)
-            if mkey in self.table:
-                del self.table[mkey]
+        # Those beyond a declared size that shrank too: nothing reads them any more.
+        for i in sorted(self._present.pop(completion.chord_id, ())):
+            del self.table[member_key(completion.chord_id, i)]
 
     def _summary(self, chord_id: str) -> dict[str, Any]:
         # A copy: a table writes a change to its changelog only when a value is assigned.
@@ -151,19 +165,21 @@ class ChordFold:
         done = failed = 0
         fail_index: int | None = None
         ts = s["ts"]
-        for i in range(s["n"]):
-            entry = self.table.get(member_key(chord_id, i))
-            if entry is None:
-                continue
+        for i in self._indexes(chord_id, s):
+            entry = self.table[member_key(chord_id, i)]
             done += 1
-            ts = max(ts, entry[_TS])
-            if entry[_STATE] != State.SUCCESS.value:
+            ts = max(ts, entry[TS])
+            if entry[STATE] != State.SUCCESS.value:
                 failed += 1
                 if fail_index is None:
                     fail_index = i
         changed = (done, failed, fail_index) != (s["done"], s["failed"], s["fail_index"])
         s.update(done=done, failed=failed, fail_index=fail_index, ts=ts)
         return changed
+
+    def _indexes(self, chord_id: str, s: dict[str, Any]) -> list[int]:
+        """The indexes of ``chord_id``'s entries that count (below its size), in order."""
+        return sorted(i for i in self._present.get(chord_id, ()) if i < s["n"])
 
     def _completion(self, chord_id: str, s: dict[str, Any]) -> ChordCompleted | None:
         if s["completed"] is not None or not s["declared"]:
@@ -172,14 +188,16 @@ class ChordFold:
             return self._failure(chord_id, s)
         if s["done"] < s["n"]:
             return None
-        entries = [self.table.get(member_key(chord_id, i)) for i in range(s["n"])]
-        if any(e is None for e in entries):
+        indexes = self._indexes(chord_id, s)
+        if len(indexes) < s["n"]:
             # Counted but not recorded: cannot happen in changelog order; repair anyway.
             self._recount(chord_id, s)
             return None
         if s["failed"]:
             return self._failure(chord_id, s)
-        results = "[" + ",".join("null" if e[_RESULT] is None else e[_RESULT] for e in entries) + "]"  # type: ignore[index]
+        # Every index below the size has its entry (and no other counts): in index order.
+        entries = [self.table[member_key(chord_id, i)] for i in indexes]
+        results = "[" + ",".join("null" if e[RESULT] is None else e[RESULT] for e in entries) + "]"
         return ChordCompleted(
             event_id=completion_event_id(chord_id), chord_id=chord_id, state=State.SUCCESS,
             size=s["n"], done=s["done"], failed=0, timestamp=s["ts"], results=results,
@@ -191,8 +209,8 @@ class ChordFold:
         if entry is None:
             self._recount(chord_id, s)
             return None
-        exc = exception_info(*entry[_EXC_TYPE:_TS])
-        member = FailedMember(entry[_TASK], index, State(entry[_STATE]), exc)
+        exc = exception_info(*entry[EXC_TYPE:TS])
+        member = FailedMember(entry[TASK], index, State(entry[STATE]), exc)
         return ChordCompleted(
             event_id=completion_event_id(chord_id), chord_id=chord_id, state=State.FAILURE,
             size=s["n"], done=s["done"], failed=s["failed"], timestamp=s["ts"],

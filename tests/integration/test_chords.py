@@ -337,3 +337,54 @@ async def test_a_completed_chords_state_is_removed_once_its_result_expires(setti
             log = await _changelog(s)
             return summary in log and log[summary] is None
         await eventually(summary_removed, f"the summary's removal\n{proc.output()[-3000:]}")
+
+
+async def test_a_chord_of_the_largest_size_fails_fast_and_chords_after_it_complete(settings: Settings) -> None:
+    """A chord of 2**31 - 1 members costs what its members do: the aggregator (on the
+    fold's event loop) walked the declared size, and stalled the processor at every start."""
+    n = 2**31 - 1
+    with ProcessorProcess(settings) as proc:
+        async with Emitter(settings) as emitter:
+            await declare_chord(emitter, "big", n, wait=True)
+            await emitter.failure("big-0", ValueError("x"), chord_id="big", chord_size=n, chord_index=0)
+            for _ in range(2):  # a redelivered member of an undeclared chord recounts it
+                await emitter.success("dup-0", 1, chord_id="dup", chord_size=n, chord_index=0)
+            await emitter.flush()
+        await emit(settings, members("after", 2), ("after", 2))
+        async with ResultBackend(settings) as backend:
+            with pytest.raises(ChordError, match=r"member 0 \(task big-0\) raised ValueError: x"):
+                await backend.AioChordResult("big").get(timeout=60)
+            assert await backend.AioChordResult("after").get(timeout=60) == [0, 2], proc.output()[-3000:]
+            dup = backend.AioChordResult("dup")
+            await eventually(lambda: _done(dup, 1), "the repeated member counted")
+            assert (dup.state, dup.view.done, dup.size) == ("STARTED", 1, n)
+            assert await backend.AioAsyncResult("dup-0").get(timeout=60) == 1  # tasks fold on
+
+
+async def test_a_member_entry_over_the_changelog_limit_is_cut_and_chords_after_it_complete(
+    settings: Settings,
+) -> None:
+    """A control character is 1 byte in the event and 6 in the changelog's JSON: the
+    member's entry (5.4 MB) was refused by the changelog and retried for ever, and no chord
+    completed after it. The entry is cut to fit; the chord fails fast naming the member."""
+    message = "\x01" * 900_000 + "end"
+    with ProcessorProcess(settings) as proc:
+        async with Emitter(settings) as emitter:
+            await emitter.failure("ctl-0", ValueError(message), chord_id="ctl", chord_size=2,
+                                  chord_index=0, wait=True)
+            await declare_chord(emitter, "ctl", 2)
+            await emitter.flush()
+        await emit(settings, members("after", 2), ("after", 2))
+        async with ResultBackend(settings) as backend:
+            with pytest.raises(ChordError, match=r"member 0 \(task ctl-0\) raised ValueError") as info:
+                await backend.AioChordResult("ctl").get(timeout=60)
+            assert "truncated from 900003 bytes" in str(info.value) and str(info.value).endswith("end")
+            assert await backend.AioChordResult("after").get(timeout=60) == [0, 2], proc.output()[-3000:]
+            # The member's own view keeps its message whole.
+            with pytest.raises(ValueError) as raised:
+                await backend.AioAsyncResult("ctl-0").get(timeout=60)
+            assert str(raised.value) == message
+        proc.stop()
+    completions = {c.chord_id: c for c in await read_completions(settings)}
+    failed = completions["ctl"].failed_member
+    assert failed is not None and failed.exception is not None and failed.exception.type == "ValueError"

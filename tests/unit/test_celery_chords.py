@@ -18,7 +18,7 @@ from resultlog.chords.records import ChordCompleted, completion_event_id
 from resultlog.schemas.codec import CELERY_CHORD, Codec
 from resultlog.schemas.event import ExceptionInfo
 from resultlog.schemas.states import State
-from tests.unit.test_chords import crash
+from tests.unit.test_chords import ENTRY_BYTES, crash
 
 CHORD = "group-1"
 TS = 1_700_000_000_000
@@ -41,7 +41,7 @@ def run(records: list[CeleryChordRecord], table: dict[str, Any] | None = None
     """Feed records through the codec to a fold as the aggregator does (publish, fire,
     then mark); the completions and the bodies they carried."""
     table = {} if table is None else table
-    fold, codec = ChordFold(table), Codec()
+    fold, codec = ChordFold(table, ENTRY_BYTES), Codec()
     completions, bodies = [], []
     for rec in records:
         name, record = codec.decode_record(rec.encode(codec))
@@ -95,6 +95,37 @@ def test_a_task_added_to_the_chord_shares_an_index_and_counts_once() -> None:
     assert len(completions) == 1 and completions[0].result_values() == ["x", 0, 1]
 
 
+def test_tasks_added_cost_the_summary_nothing_each() -> None:
+    """Each add record is a key of its own: the summary, rewritten at every record, stays
+    small however many tasks are added (a list of their ids grew past the changelog's
+    record limit at some 30,000, and made the changelog quadratic long before)."""
+    from resultlog.chords.changelog import PartitionTable
+
+    table = PartitionTable()
+    adds = [CeleryChordRecord.added(CHORD) for _ in range(3000)]
+    records = [CeleryChordRecord.sized(CHORD, 1), *adds, *adds[:10], part(0)]
+    completions, _, _ = run(records[:-1], table)  # type: ignore[arg-type]
+    summaries = [v for k, v in table.take_changes() if k == json.dumps(summary_key(CHORD)).encode()]
+    assert completions == [] and max(len(v or b"") for v in summaries) < 300
+    added = [part(0, f"added-{k}", result=k) for k in range(3000)]
+    completions, _, _ = run(records[-1:] + added[:-1], table)  # type: ignore[arg-type]
+    assert completions == []
+    completions, _, _ = run(added[-1:], table)  # type: ignore[arg-type]
+    assert len(completions) == 1 and completions[0].size == 3001
+    assert set(table) == {summary_key(CHORD)}  # the adds' keys dropped with the members'
+
+
+def test_a_summary_holding_its_adds_as_a_list_is_read_as_before() -> None:
+    """A changelog written before adds were keys: the ids it lists count once."""
+    add, other = CeleryChordRecord.added(CHORD), CeleryChordRecord.added(CHORD)
+    table: dict[str, Any] = {summary_key(CHORD): {
+        "celery": True, "size": 1, "adds": [add.event_id], "done": 0, "fail_seq": None,
+        "ts": TS, "completed": None, "run": 0, "starts": []}}
+    completions, _, _ = run([add, other, add, part(0), part(0, "a1"), part(0, "a2")], table)
+    assert len(completions) == 1 and completions[0].size == 3
+    assert set(table) == {summary_key(CHORD)}
+
+
 def test_members_without_an_index_come_last() -> None:
     completions, _, _ = run([part(None, "z", result="none"), part(1), part(0),
                              CeleryChordRecord.sized(CHORD, 3)])
@@ -131,9 +162,11 @@ def test_a_crash_at_any_point_of_the_changelog_still_fires_the_body_once(
     if its completed mark did not reach the changelog, and then with the same event id
     (the firing mark in Redis, tested end to end, stops a second firing)."""
     start = CeleryChordRecord.started(CHORD)
+    adds = data.draw(st.integers(0, 3), label="tasks added")
     records = [start, CeleryChordRecord.sized(CHORD, size)] + [
         part(i, state=State.FAILURE if failing and i == size - 1 else State.SUCCESS)
-        for i in range(size)]
+        for i in range(size)] + [CeleryChordRecord.added(CHORD) for _ in range(adds)] + [
+        part(0, f"added-{k}", result=k) for k in range(adds)]
     # The start comes first (it is acknowledged before any member is sent); read again,
     # it may come anywhere after.
     records = [start] + messy(data.draw, records)

@@ -11,6 +11,7 @@ from hypothesis import given, settings as hsettings
 from hypothesis import strategies as st
 
 from resultlog.errors import ChordError, CodecError, ConfigurationError, ValidationError
+from resultlog.chords.changelog import max_value_bytes
 from resultlog.chords.fold import ChordFold, summary_key
 from resultlog.chords.aggregator import load_hook
 from resultlog.chords.records import (
@@ -26,6 +27,8 @@ from resultlog.settings import Settings
 from resultlog.chords.store import chord_view_from_hash, completion_fields
 
 CHORD = "chord-1"
+# What the aggregator's tables may hold per value, with the default settings.
+ENTRY_BYTES = max_value_bytes(Settings())
 
 
 def member(index: int, size: int, state: State = State.SUCCESS, *, result: Any = None,
@@ -48,7 +51,7 @@ Record = ChordDeclared | TaskEvent
 def run(records: list[Record], table: dict[str, Any] | None = None) -> tuple[list[ChordCompleted], dict[str, Any]]:
     """Feed records to a fold as the agent does (publish, then mark); the completions."""
     table = {} if table is None else table
-    fold = ChordFold(table)
+    fold = ChordFold(table, ENTRY_BYTES)
     out = []
     for rec in records:
         if isinstance(rec, ChordDeclared):
@@ -258,7 +261,7 @@ def crash(data: st.DataObject, named: list[tuple[str, dict[str, Any]]]) -> tuple
     committed, and how many completions were published before the crash (their mark was
     kept)."""
     table = LoggedTable()
-    fold = ChordFold(table)
+    fold = ChordFold(table, ENTRY_BYTES)
     ends: list[int] = []  # changelog length after each record
     marks: list[int] = []  # changelog position of each completion's mark
     for name, record in named:
@@ -301,7 +304,7 @@ def test_a_partition_table_hands_the_changelog_its_writes_in_order_as_json() -> 
 
     table, logged = PartitionTable(), LoggedTable()
     for mapping in (table, logged):
-        fold = ChordFold(mapping)
+        fold = ChordFold(mapping, ENTRY_BYTES)
         for rec in [member(1, 2), declared(2), member(0, 2)]:
             step = (fold.apply(CHORD_DECLARED, rec.to_record()) if isinstance(rec, ChordDeclared)
                     else fold.apply(TASK_EVENT, event_to_record(rec)))
@@ -333,6 +336,108 @@ def test_ten_thousand_members_fold_in_linear_time() -> None:
     completions, table = run(records + records[:500])
     assert len(completions) == 1 and completions[0].result_values() == [i * 10 for i in range(size)]
     assert len(table) == 1
+
+
+class ReadBudget(dict[str, Any]):
+    """A table that fails a test reading it more than ``budget`` times: a walk over a
+    chord's declared size rather than its members would otherwise run for hours."""
+
+    def __init__(self, budget: int) -> None:
+        super().__init__()
+        self.budget = budget
+
+    def _read(self) -> None:
+        self.budget -= 1
+        if self.budget < 0:
+            raise AssertionError("the fold read the table more often than the members present allow")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._read()
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self._read()
+        return super().__contains__(key)
+
+    def __getitem__(self, key: str) -> Any:
+        self._read()
+        return super().__getitem__(key)
+
+
+BIGGEST = 2**31 - 1
+
+
+def test_a_chord_of_the_largest_size_costs_what_its_members_do() -> None:
+    """The fold's work follows the members present, never the declared size: with one
+    member in, a chord of 2**31 - 1 members fails fast, and a repeated member of an
+    undeclared one recounts that member alone."""
+    completions, table = run([declared(BIGGEST), member(0, BIGGEST, State.FAILURE)], ReadBudget(100))
+    assert [(c.state, c.size, c.done, c.failed) for c in completions] == [(State.FAILURE, BIGGEST, 1, 1)]
+    assert list(table) == [summary_key(CHORD)]  # its one entry dropped
+
+    completions, table = run([member(0, BIGGEST), member(0, BIGGEST)], ReadBudget(100))
+    assert completions == [] and table[summary_key(CHORD)]["done"] == 1
+    # A declaration that shrinks the chord recounts what is present: here, nothing below
+    # it; the entry beyond it goes with the chord's completion.
+    completions, table = run([member(BIGGEST - 1, BIGGEST), declared(1), member(0, 1)], ReadBudget(100))
+    assert [c.result_values() for c in completions] == [[0]] and list(table) == [summary_key(CHORD)]
+
+
+def test_a_member_entry_too_large_for_the_changelog_is_cut_and_the_chord_fails_naming_it() -> None:
+    """A control character is 1 byte in the event and 6 in the changelog's JSON: the
+    entry is cut to fit, and the chord still fails fast naming the member."""
+    from resultlog.chords.changelog import PartitionTable
+
+    message = "\x01" * 600_000 + "end"
+    failing = TaskEvent.create(f"{CHORD}-t0", State.FAILURE, timestamp=1_700_000_000_000,
+                               chord_id=CHORD, chord_size=2, chord_index=0,
+                               exc=ExceptionInfo("ValueError", "builtins", message))
+    assert len(Codec().encode_record(TASK_EVENT, event_to_record(failing))) < Settings().max_event_bytes
+    table = PartitionTable()
+    completions, _ = run([declared(2), failing], table)  # type: ignore[arg-type]
+    assert max(len(v or b"") for _, v in table.take_changes()) <= ENTRY_BYTES
+    [c] = completions
+    assert c.state is State.FAILURE and c.failed_member is not None and c.failed_member.exception
+    exc = c.failed_member.exception
+    assert (c.failed_member.index, exc.type, exc.module) == (0, "ValueError", "builtins")
+    assert "truncated from 600003 bytes" in exc.message and exc.message.endswith("end")
+
+
+def test_a_success_whose_entry_cannot_fit_fails_the_chord_saying_why() -> None:
+    """Only a result text no JSON writer made (control characters unescaped) can be too
+    large for the changelog; it cannot be cut, and the chord fails rather than stalls."""
+    from dataclasses import replace
+
+    raw = replace(member(1, 2), result='"' + "\x01" * 600_000 + '"')
+    completions, table = run([declared(2), member(0, 2), raw])
+    [c] = completions
+    assert c.state is State.FAILURE and c.failed_member is not None and c.failed_member.exception
+    assert c.failed_member.index == 1 and c.failed_member.exception.type == "EventTooLarge"
+    assert "over its" in c.failed_member.exception.message
+
+
+# Any text, and long runs of what JSON escapes most (hypothesis rarely draws long text).
+texts = st.text(st.characters(codec="utf-8"), max_size=50) | st.builds(
+    lambda piece, times: piece * times, st.text("\x01\x1f\"\\é\U0001f600a", max_size=4), st.integers(0, 600))
+
+
+@hsettings(max_examples=300)
+@given(st.sampled_from([State.SUCCESS, State.FAILURE, State.REVOKED]), texts | st.none(),
+       st.builds(ExceptionInfo, texts, texts, texts) | st.none(), st.integers(0, 2**31 - 1) | st.none(),
+       st.integers(1200, 6000))
+def test_a_member_entry_always_fits_and_is_kept_whole_when_it_can(
+    state: State, result: str | None, exc: ExceptionInfo | None, index: int | None, max_bytes: int,
+) -> None:
+    from resultlog.chords.changelog import encode_value
+    from resultlog.chords.entries import member_entry
+
+    whole = member_entry(state, "t" * 255, result, exc, 1_700_000_000_000, index, max_bytes=10**9)
+    fitted = member_entry(state, "t" * 255, result, exc, 1_700_000_000_000, index, max_bytes=max_bytes)
+    assert len(encode_value(fitted)) <= max_bytes
+    if len(encode_value(whole)) <= max_bytes:
+        assert fitted == whole
+    else:  # cut, or failing with EventTooLarge: never a success without its result
+        assert fitted[0] != State.SUCCESS.value and fitted[2] is None
 
 
 # --- the Redis hash layout ---------------------------------------------------------------
