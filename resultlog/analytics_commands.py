@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import re
 import sys
 import time
@@ -92,7 +93,10 @@ def fmt_time(when: datetime | None) -> str:
 
 
 def fmt_seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.3f}s"
+    if value is None:
+        return "-"
+    # Another producer's runtime may be NaN or infinite (docs/contract.md): "nan", not "nans".
+    return f"{value:,.3f}s" if math.isfinite(value) else str(value)
 
 
 def fmt_duration(d: timedelta) -> str:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
+from resultlog.analytics_commands import fmt_seconds
 from resultlog.cli import build_parser
 
 
@@ -53,3 +56,8 @@ def test_verify_checks_one_store_or_both() -> None:
     parser = build_parser()
     with pytest.raises(SystemExit):
         parser.parse_args(["verify", "--redis-only", "--history-only"])
+
+
+def test_a_duration_is_shown_in_seconds_and_one_that_is_no_number_as_itself() -> None:
+    assert [fmt_seconds(v) for v in (None, 1234.5, math.nan, math.inf, -math.inf)] == \
+        ["-", "1,234.500s", "nan", "inf", "-inf"]
