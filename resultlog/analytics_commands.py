@@ -225,7 +225,7 @@ def _history(args: argparse.Namespace) -> int:
         exc = "" if e.exception is None else f"{e.exception.type}: {e.exception.message}"
         cells.append([
             f"+{t.offset_s:.3f}s",
-            fmt_time(datetime.fromtimestamp(e.timestamp / 1000, timezone.utc)),
+            fmt_time(EARLIEST_TIME + timedelta(milliseconds=e.timestamp)),  # exact
             e.state.value, str(e.attempt), e.worker or "-",
             fmt_seconds(e.runtime) if e.runtime is not None else "", exc,
         ])

@@ -52,6 +52,11 @@ class CodecError(ResultlogError):
     """Bytes that cannot be decoded into an event (bad framing, unknown schema...)."""
 
 
+class CorruptResult(CodecError):
+    """A stored result, args or kwargs that is not the JSON text the contract says (a
+    producer other than resultlog's emitters wrote it): named, not decoded."""
+
+
 class UnknownSchema(CodecError):
     """The writer schema's fingerprint is not in the local schema store."""
 

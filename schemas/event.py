@@ -19,8 +19,9 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypedDict, Unpack, cast
 
-from resultlog.errors import InvalidTaskId, ResultNotSerializable, ValidationError
+from resultlog.errors import CorruptResult, InvalidTaskId, ResultNotSerializable, ValidationError
 from resultlog.schemas.states import (
+    LATEST_DATETIME_MS,
     MAX_ATTEMPT,
     MAX_TIMESTAMP_MS,
     OrderKey,
@@ -93,9 +94,9 @@ class TaskEvent:
             raise ValidationError(f"state must be a State, got {self.state!r}")
         # type() is int, not isinstance: a bool is an int to Python, never to the contract
         # (True would be written as 1); and the cheaper test, on every event decoded.
-        if type(self.timestamp) is not int or not 0 <= self.timestamp <= MAX_TIMESTAMP_MS:
+        if type(self.timestamp) is not int or not 0 <= self.timestamp <= LATEST_DATETIME_MS:
             raise ValidationError(f"timestamp {self.timestamp!r} must be an int of ms since the "
-                                  f"epoch, 0 to {MAX_TIMESTAMP_MS}")
+                                  f"epoch, 0 to {LATEST_DATETIME_MS} (9999-12-31T23:59:59.999Z)")
         if type(self.attempt) is not int or not 0 <= self.attempt <= MAX_ATTEMPT:
             raise ValidationError(f"attempt {self.attempt!r} must be an int, 0..{MAX_ATTEMPT}")
         for name in ("parent_id", "root_id", "group_id", "chord_id"):
@@ -154,7 +155,7 @@ class TaskEvent:
         return order_token(self.attempt, self.state, self.timestamp, self.event_id)
 
     def result_value(self) -> Any:
-        return None if self.result is None else json.loads(self.result)
+        return None if self.result is None else from_json(self.result, "result", self.task_id)
 
 
 class TaskFields(TypedDict, total=False):
@@ -292,9 +293,10 @@ def eta_ms(eta: datetime | int | None) -> int | None:
         ms = eta
     else:
         raise ValidationError(f"eta must be a datetime or ms since the epoch, got {eta!r}")
-    if not 0 <= ms <= MAX_TIMESTAMP_MS:
+    if not 0 <= ms <= LATEST_DATETIME_MS:
         raise ValidationError(f"eta must be at or after the epoch (1970-01-01 UTC) and at most "
-                              f"{MAX_TIMESTAMP_MS} ms after it, got {eta!r}")
+                              f"{LATEST_DATETIME_MS} ms after it (9999-12-31T23:59:59.999Z), "
+                              f"got {eta!r}")
     return ms
 
 
@@ -410,6 +412,21 @@ def validate_name(name: str, value: object) -> str:
     return value
 
 
+def from_json(text: str, what: str, task_id: str) -> Any:
+    """The value of a task's stored JSON ``text`` (its result, args or kwargs: ``what``);
+    :class:`CorruptResult` if it is not JSON Python can read back. resultlog's emitters
+    write only such text, but another producer's record may hold any string, or JSON
+    nested deeper, or with longer integers, than Python reads (a RecursionError, and a
+    ValueError past 4,300 digits)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise CorruptResult(
+            f"the {what} of task {task_id!r} is not JSON text Python can read "
+            f"({type(exc).__name__}: {exc}); it was written by a producer other than "
+            f"resultlog's emitters: {text!r:.120}") from None
+
+
 # Built once: json.dumps() with non-default options builds a new encoder per call, which
 # costs more than encoding a small value. It holds no state between calls (the circular
 # reference check's memo is made per call), so threads share it.
@@ -420,7 +437,7 @@ def to_json(value: Any, what: str = "value") -> str:
     """``value`` as compact JSON; :class:`ResultNotSerializable` names what failed."""
     try:
         return _ENCODER.encode(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise ResultNotSerializable(
             f"the task's {what} cannot be encoded as JSON ({exc}); return plain JSON "
             "types (dict, list, str, int, float, bool, None) or convert it first"

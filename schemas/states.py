@@ -86,12 +86,15 @@ READY_STATES: Final = frozenset({State.SUCCESS, State.FAILURE, State.REVOKED})
 #: The states a TaskEvent record carries (a forget has a record type of its own).
 RECORD_STATES: Final = tuple(s for s in State if s is not State.FORGOTTEN)
 
-# Bounds that keep order_token fixed-width (and so byte-comparable).
+# Bounds that keep order_token fixed-width (and so byte-comparable); MAX_TIMESTAMP_MS
+# also bounds a duration in ms (a result TTL).
 MAX_ATTEMPT: Final = 99_999
 MAX_TIMESTAMP_MS: Final = 10**15 - 1
-#: The last millisecond a datetime holds, 9999-12-31T23:59:59.999Z: the latest time a
-#: command or the dashboard takes from a user (a replay's start, an analytics window),
-#: where events themselves may carry up to MAX_TIMESTAMP_MS.
+#: The last millisecond a datetime holds, 9999-12-31T23:59:59.999Z: the latest time an
+#: event, an eta or a heartbeat may carry, and a command or the dashboard takes from a
+#: user (a replay's start, an analytics window). Events took up to MAX_TIMESTAMP_MS
+#: (year 33658) until 30 Nov 2026, which every reader of a time failed on: Python's
+#: datetime, and asyncpg reading PostgreSQL's timestamps, end with year 9999.
 LATEST_DATETIME_MS: Final = 253_402_300_799_999
 
 OrderKey = tuple[int, int, int, str]

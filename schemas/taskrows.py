@@ -24,7 +24,7 @@ from resultlog.schemas import taskcodec
 from resultlog.schemas.codec import HEADER_SIZE, TASK_EVENT, default_store
 from resultlog.schemas.event import MAX_ID_LENGTH, MAX_NAME_LENGTH, TaskEvent, meta_text
 from resultlog.schemas.fold import STICKY_FIELDS
-from resultlog.schemas.states import MAX_ATTEMPT, MAX_TIMESTAMP_MS, RANK, State
+from resultlog.schemas.states import LATEST_DATETIME_MS, MAX_ATTEMPT, MAX_TIMESTAMP_MS, RANK, State
 
 _INT32 = 2**31
 _INT64 = 2**63
@@ -239,7 +239,7 @@ def read_rows(data: bytes, topic: str, partition: int, offset: int, ttl_ms: int)
     event_id, task_id = values[_EVENT_ID], values[_TASK_ID]
     if (len(event_id) != 32 or event_id.strip(_HEX)
             or not task_id or len(task_id) > MAX_ID_LENGTH or task_id.isspace()
-            or not 0 <= values[_TIMESTAMP] <= MAX_TIMESTAMP_MS
+            or not 0 <= values[_TIMESTAMP] <= LATEST_DATETIME_MS
             or not 0 <= values[_ATTEMPT] <= MAX_ATTEMPT or not _valid_tail(values)
             or not (values[_TTL] is None or 0 <= values[_TTL] <= MAX_TIMESTAMP_MS)):
         return None

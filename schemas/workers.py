@@ -17,7 +17,7 @@ from typing import Any, Final
 from resultlog.errors import CodecError, ValidationError
 from resultlog.schemas.codec import WORKER_HEARTBEAT, Codec
 from resultlog.schemas.event import MAX_ID_LENGTH, now_ms, validate_id
-from resultlog.schemas.states import MAX_TIMESTAMP_MS
+from resultlog.schemas.states import LATEST_DATETIME_MS
 
 _INT_MAX: Final = 2**31 - 1
 _LONG_MAX: Final = 2**63 - 1
@@ -67,9 +67,9 @@ class WorkerHeartbeat:
             _check_int(name, getattr(self, name), _INT_MAX)
         # Times as an event's: the history stores them as timestamptz, which a long's
         # range overflows (a heartbeat started at 2**63 - 1 ms stopped the processor at
-        # every start).
+        # every start), and readers as datetimes.
         for name in ("beat_at", "started_at"):
-            _check_int(name, getattr(self, name), MAX_TIMESTAMP_MS)
+            _check_int(name, getattr(self, name), LATEST_DATETIME_MS)
         for name in ("tasks_processed", "tasks_failed"):
             _check_int(name, getattr(self, name), _LONG_MAX)
 

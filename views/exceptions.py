@@ -159,7 +159,18 @@ def _instantiate(cls: type[Exception], message: str) -> Exception | None:
         exc = new(cls, message)
     except Exception:
         return None
-    return exc if type(exc) is cls else None
+    if type(exc) is not cls:
+        return None
+    # Made without its __init__ (rule 3), an instance may lack attributes its __str__
+    # reads (subprocess.CalledProcessError's returncode): then ``f"{exc}"`` in the
+    # caller's own handler would raise again. Such a class gets the stand-in, whose
+    # str() is the message; the caller would run the same __str__ when logging it.
+    try:
+        str(exc)
+        repr(exc)
+    except Exception:
+        return None
+    return exc
 
 
 def _call(cls: type[Exception], message: str, args: tuple[Any, ...]) -> Exception:

@@ -7,13 +7,12 @@ what its attributes read (docs/results.md).
 from __future__ import annotations
 
 import functools
-import json
 from datetime import UTC, datetime, timedelta
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from resultlog.errors import TaskRevoked, ValidationError
-from resultlog.schemas.event import TaskEvent, validate_task_id
+from resultlog.schemas.event import TaskEvent, from_json, validate_task_id
 from resultlog.schemas.fold import TaskView
 from resultlog.schemas.states import PENDING, State
 from resultlog.views.exceptions import RemoteTaskError
@@ -124,9 +123,10 @@ class BaseResult:
         return _EPOCH + timedelta(milliseconds=view.timestamp)
 
     name = FromView(lambda view: view.task_name)
-    args: FromView[list[Any] | None] = FromView(lambda view: None if view.args is None else _decoded(view.args))
+    args: FromView[list[Any] | None] = FromView(
+        lambda view: None if view.args is None else from_json(view.args, "args", view.task_id))
     kwargs: FromView[dict[str, Any] | None] = FromView(
-        lambda view: None if view.kwargs is None else _decoded(view.kwargs))
+        lambda view: None if view.kwargs is None else from_json(view.kwargs, "kwargs", view.task_id))
     worker = FromView(lambda view: view.worker)
     retries = FromView(lambda view: view.attempt)
 
@@ -135,7 +135,7 @@ class BaseResult:
             return self._outcome[1]
         value: Any = None
         if view.state is State.SUCCESS:
-            value = None if view.result is None else _decoded(view.result)
+            value = None if view.result is None else from_json(view.result, "result", self.id)
         elif view.state is State.REVOKED:
             reason = "" if view.exception is None else f": {view.exception.message}"
             value = TaskRevoked(f"task {self.id} was revoked{reason}")
@@ -308,6 +308,3 @@ def _is_ready(view: TaskView | None) -> bool:
 def _is_state(view: TaskView | None, state: State) -> bool:
     return view is not None and view.state is state
 
-
-def _decoded(text: str) -> Any:
-    return json.loads(text)

@@ -7,20 +7,23 @@ here marks a value safe; data handed to scripts goes through ``tojson`` (docs/da
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
 
 import jinja2
 import markupsafe
 
-from resultlog.analytics_commands import fmt_duration, fmt_seconds, fmt_time
+from resultlog.analytics_commands import EARLIEST_TIME, fmt_duration, fmt_seconds, fmt_time
+from resultlog.schemas.states import LATEST_DATETIME_MS
 
 
 def ms_time(ms: int | None) -> str:
     if ms is None:
         return "-"
-    return fmt_time(datetime.fromtimestamp(ms / 1000, timezone.utc))
+    if not 0 <= ms <= LATEST_DATETIME_MS:  # an eta another producer wrote: no datetime holds it
+        return f"{ms} ms since the epoch"
+    return fmt_time(EARLIEST_TIME + timedelta(milliseconds=ms))  # exact, where ms / 1000 rounds
 
 
 def percent(value: float | None) -> str:
@@ -32,9 +35,15 @@ def pretty_json(text: str | None) -> str:
     if text is None:
         return ""
     try:
-        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-    except ValueError:
+        value = json.loads(text)
+        pretty = json.dumps(value, indent=2, ensure_ascii=False)
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than Python reads
         return text
+    try:
+        pretty.encode()
+    except UnicodeEncodeError:  # a "\ud800" escape reads as a lone surrogate: kept escaped
+        return json.dumps(value, indent=2)
+    return pretty
 
 
 def seconds_between(a_ms: int, b_ms: int) -> str:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import math
 
+import pytest
+
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 
+from resultlog.errors import CorruptResult
 from resultlog.processors.deadletter import REASON_HEADER
 from resultlog.processors.verify import verify
 from resultlog.producers import Emitter
@@ -47,9 +50,12 @@ async def test_records_the_stores_cannot_hold_are_folded_or_dead_lettered_and_th
     beat = WorkerHeartbeat.create("w-far", ttl_s=60, source="test", hostname="h", pid=1, queue="q",
                                   concurrency=1, started_at=now_ms())
     object.__setattr__(beat, "started_at", 2**63 - 1)
+    # Year 33658: the history stored it, and every reader of a time failed on it.
+    far = bypassing_checks(TaskEvent.create("far-future", State.SUCCESS, result=1),
+                           timestamp=10**15 - 1)
     await produce_raw(settings, [
         (b"long-name", codec.encode(long_name)), (b"long-worker", codec.encode(long_worker)),
-        (b"w-far", beat.encode(codec))])
+        (b"w-far", beat.encode(codec)), (b"far-future", codec.encode(far))])
 
     def event(task_id: str, state: State, runtime: float, **fields: object) -> TaskEvent:
         # Made directly: the contract's runtime is any double (TaskEvent.create refuses these).
@@ -73,20 +79,46 @@ async def test_records_the_stores_cannot_hold_are_folded_or_dead_lettered_and_th
             assert (await backend.AioAsyncResult("runtime-nan-started").refresh()).state == "STARTED"
     finally:
         processor.stop()
-    # The three records the reader refuses, in the dead letters, with the reason.
+    # The four records the reader refuses, in the dead letters, with the reason.
     consumer = AIOKafkaConsumer(settings.dead_letter_topic, bootstrap_servers=settings.kafka_bootstrap_servers,
                                 auto_offset_reset="earliest", group_id=None)
     await consumer.start()
     try:
-        letters = [await asyncio.wait_for(consumer.getone(), timeout=30) for _ in range(3)]
+        letters = [await asyncio.wait_for(consumer.getone(), timeout=30) for _ in range(4)]
     finally:
         await consumer.stop()
     reasons = {m.key: dict(m.headers)[REASON_HEADER].decode() for m in letters}
-    assert set(reasons) == {b"long-name", b"long-worker", b"w-far"}, reasons
+    assert set(reasons) == {b"long-name", b"long-worker", b"w-far", b"far-future"}, reasons
     assert "task_name must be a str of at most 255 characters" in reasons[b"long-name"]
     assert "worker must be a str of at most 255 characters" in reasons[b"long-worker"]
-    assert "started_at must be an int in 0..999999999999999" in reasons[b"w-far"]
+    assert "started_at must be an int in 0..253402300799999" in reasons[b"w-far"]
+    assert "0 to 253402300799999 (9999-12-31T23:59:59.999Z)" in reasons[b"far-future"]
     # Both stores as a fold of the log has them, the NaN runtimes included.
     report = await verify(settings)
     assert report.ok, report.differences
-    assert report.events == 5 and report.undecodable == 2  # the 2 events the reader refuses
+    assert report.events == 5 and report.undecodable == 3  # the 3 events the reader refuses
+
+
+async def test_a_result_that_is_not_json_is_named_by_every_reader(settings: Settings) -> None:
+    # Another producer's SUCCESS whose result is not one JSON value: stored as it is,
+    # and each reader says what is wrong instead of raising json's or Python's errors.
+    await ensure_topics(settings, settings.events_topic)
+    codec = Codec()
+    bad = {"not-json": "1,2", "too-deep": "[" * 5000 + "]" * 5000, "too-long": "9" * 5000}
+    await produce_raw(settings, [
+        (task_id.encode(), codec.encode(bypassing_checks(
+            TaskEvent.create(task_id, State.SUCCESS, result=1), result=text)))
+        for task_id, text in bad.items()])
+    async with Emitter(settings) as em:
+        await em.success("fine", [1])
+    with ProcessorProcess(settings):
+        async with ResultBackend(settings) as backend:
+            assert await backend.AioAsyncResult("fine").get(timeout=60) == [1]
+            for task_id in bad:
+                with pytest.raises(CorruptResult, match=f"the result of task {task_id!r} is not JSON"):
+                    await backend.AioAsyncResult(task_id).get(timeout=10)
+            with pytest.raises(CorruptResult, match="the result of task 'not-json'"):
+                await backend.AioGroupResult("g", ["fine", "not-json"]).join(timeout=10)
+            [event] = await backend.AioAsyncResult("not-json").history()
+            with pytest.raises(CorruptResult):
+                event.result_value()

@@ -19,7 +19,7 @@ from resultlog import names
 from resultlog.errors import InvalidTaskId, ViewLost
 from resultlog.schemas.event import ExceptionInfo, TaskEvent, now_ms
 from resultlog.schemas.fold import fold
-from resultlog.schemas.states import RECORD_STATES, State
+from resultlog.schemas.states import LATEST_DATETIME_MS, RECORD_STATES, State
 from resultlog.settings import Settings
 from resultlog.schemas.taskrows import view_row
 from resultlog.views.coverage import Claim, ViewCoverage
@@ -226,7 +226,7 @@ async def test_a_winner_without_a_field_clears_it(view: RedisView) -> None:
 async def test_values_round_trip_exactly(view: RedisView) -> None:
     e = ev("t-ü/1", State.FAILURE, 1_700_000_000_000, worker="", runtime=0.1 + 0.2,
            exc=ExceptionInfo("Err", "pkg.mod", "naïve \x00 ☃ \n"), traceback="",
-           eta=10**15 - 1, meta={"k": "v"})
+           eta=LATEST_DATETIME_MS, meta={"k": "v"})
     await view.apply([e])
     assert await view.get("t-ü/1") == fold([e])["t-ü/1"]
 

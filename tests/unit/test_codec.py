@@ -8,6 +8,7 @@ from hypothesis import given
 
 from resultlog.errors import (
     CodecError,
+    CorruptResult,
     EventTooLarge,
     InvalidTaskId,
     ResultNotSerializable,
@@ -159,3 +160,19 @@ def test_a_forget_round_trips_as_its_own_record_and_outranks_every_attempt() -> 
 def test_a_forget_refuses_fields_its_record_cannot_carry() -> None:
     with pytest.raises(ValidationError, match="FORGOTTEN event carries only"):
         TaskEvent.create("t", State.FORGOTTEN, task_name="x")
+
+
+@pytest.mark.parametrize("text", ["not json", "", "1 2", "9" * 5000, "[" * 5000 + "]" * 5000])
+def test_stored_text_that_is_not_json_python_reads_is_a_corrupt_result(text: str) -> None:
+    event = TaskEvent.create("t", "SUCCESS", result=1)
+    object.__setattr__(event, "result", text)  # as another producer's record may hold it
+    with pytest.raises(CorruptResult, match="the result of task 't' is not JSON text"):
+        event.result_value()
+
+
+def test_a_result_nested_deeper_than_json_writes_is_not_serializable() -> None:
+    deep: list[object] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(ResultNotSerializable, match="cannot be encoded as JSON"):
+        TaskEvent.create("t", "SUCCESS", result=deep)

@@ -13,6 +13,8 @@ from resultlog import names
 from resultlog.dashboard.commands import check_address
 from resultlog.dashboard.live import parse_message
 from resultlog.dashboard.tasklist import Cursor, TaskFilter, page_query
+from resultlog.dashboard.templating import ms_time, pretty_json
+from resultlog.schemas.states import LATEST_DATETIME_MS
 from resultlog.dashboard.templating import environment
 from resultlog.errors import ValidationError
 from resultlog.schemas.states import State
@@ -117,3 +119,15 @@ def test_port_0_is_announced_as_the_port_it_got() -> None:
 def test_address_is_checked(host: str, port: int) -> None:
     with pytest.raises(ValidationError):
         check_address(host, port)
+
+
+def test_task_data_another_producer_wrote_is_shown_not_a_500() -> None:
+    # Nested deeper than Python's json reads: shown as it is (was a RecursionError).
+    deep = "[" * 5000 + "]" * 5000
+    assert pretty_json(deep) == deep
+    # A lone surrogate escape: kept escaped (the page, UTF-8, cannot carry it raw).
+    assert pretty_json('"\\ud800"') == '"\\ud800"'
+    assert pretty_json('{"a": "\u00e9"}') == '{\n  "a": "\u00e9"\n}'
+    # An eta past what a datetime holds (events cannot carry such a timestamp any more).
+    assert ms_time(10**15 - 1) == "999999999999999 ms since the epoch"
+    assert ms_time(LATEST_DATETIME_MS) == "9999-12-31T23:59:59.999Z"

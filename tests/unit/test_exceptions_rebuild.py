@@ -79,6 +79,15 @@ def test_a_class_of_an_imported_module_is_rebuilt_without_running_init() -> None
         raise exc
 
 
+def test_a_class_whose_str_needs_its_init_becomes_a_stand_in() -> None:
+    # CalledProcessError's __str__ reads returncode, which only its __init__ sets: made
+    # without it, str(exc) raised AttributeError in the caller's own handler.
+    exc = rebuild_exception(ExceptionInfo("CalledProcessError", "subprocess", "boom"))
+    assert isinstance(exc, RemoteTaskError)
+    assert (type(exc).__name__, type(exc).__module__, str(exc)) == ("CalledProcessError", "subprocess", "boom")
+    assert repr(exc)
+
+
 def test_nested_qualified_names_resolve() -> None:
     exc = rebuild_exception(info("Outer.InnerError"))
     assert type(exc) is Outer.InnerError
@@ -219,6 +228,7 @@ def test_any_data_gives_an_exception_and_never_raises(type_: str, module: str, m
     exc = rebuild_exception(ExceptionInfo(type_, module, message))
     assert isinstance(exc, Exception)
     assert exc.args[0] == message
+    assert str(exc) is not None and repr(exc)  # what a caller's handler does with it
 
 
 class TwoArgumentError(Exception):

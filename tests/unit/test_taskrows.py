@@ -18,7 +18,7 @@ from resultlog.errors import CodecError, ValidationError
 from resultlog.schemas.codec import TASK_EVENT, Codec
 from resultlog.schemas.event import MAX_NAME_LENGTH, ExceptionInfo, TaskEvent
 from resultlog.schemas.fold import expire_at, fold
-from resultlog.schemas.states import MAX_TIMESTAMP_MS, RECORD_STATES, State
+from resultlog.schemas.states import LATEST_DATETIME_MS, MAX_TIMESTAMP_MS, RECORD_STATES, State
 from resultlog.schemas.taskrows import history_row, read_rows, view_row
 from tests.unit.strategies import task_events
 
@@ -41,7 +41,7 @@ def wide_events(draw: st.DrawFn) -> TaskEvent:
         event_id=draw(st.uuids()).hex,
         task_id=draw(ids),
         state=draw(st.sampled_from(RECORD_STATES)),
-        timestamp=draw(st.integers(0, MAX_TIMESTAMP_MS)),
+        timestamp=draw(st.integers(0, LATEST_DATETIME_MS)),
         task_name=draw(opt_text),
         worker=draw(opt_text),
         attempt=draw(st.integers(0, 99_999)),
