@@ -21,6 +21,7 @@ from resultlog.schemas.states import LATEST_DATETIME_MS, MAX_TIMESTAMP_MS, State
 from resultlog.settings import Settings
 from resultlog.views.migrations import load_migrations
 from resultlog.schemas.taskrows import from_pg_text, to_pg_text
+from resultlog.views.analytics import Analytics
 from resultlog.views.history import HistoryStore, StoredEvent, stored
 from resultlog.views.migrations import quote_ident
 from resultlog.views.partitions import DAY_MS, civil_from_days, partition_name
@@ -473,3 +474,22 @@ async def test_the_copy_path_and_the_one_statement_path_store_the_same_rows(sett
     assert tables[0] == tables[1]
     assert tables[0][0] == sorted(events, key=lambda e: (e.timestamp, e.event_id))
     assert tables[0][1] == {0: len(events)}
+
+
+async def test_a_forget_after_retries_is_the_tasks_state_in_the_tasks_view(store: HistoryStore) -> None:
+    # A forget's record has no attempt (stored as 0), but outranks every attempt: the
+    # tasks view (`resultlog status`, the dashboard's task page) showed attempt 8's
+    # SUCCESS until migration 0009.
+    t = "forgotten-after-retries"
+    events = [ev(t, "SUCCESS", NOW_MS, result=1), ev(t, "FORGOTTEN", NOW_MS + 1),
+              ev(t, "RETRY", NOW_MS + 2, attempt=7, exc=ValueError("x")),
+              ev(t, "SUCCESS", NOW_MS + 3, attempt=8, result=2),
+              ev("retried", "RETRY", NOW_MS, exc=ValueError("x")),
+              ev("retried", "SUCCESS", NOW_MS + 1, attempt=1, result=3)]
+    batch, offsets = one_partition(events)
+    await store.write_batch(batch, offsets, consumer_group="g")
+    async with Analytics(store.settings, store.pool) as analytics:
+        forgotten = await analytics.task(t)
+        retried = await analytics.task("retried")
+    assert forgotten is not None and (forgotten.state, forgotten.retries) == (State.FORGOTTEN, 8)
+    assert retried is not None and (retried.state, retried.retries) == (State.SUCCESS, 1)
