@@ -20,6 +20,7 @@ idempotent — any order and any duplication of events fold to the same view):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -79,7 +80,12 @@ class TaskView:
         public = {n: getattr(self, n) for n in ("task_id", *WINNER_FIELDS, *STICKY_FIELDS)}
         exc = self.exception
         public.update(state=self.state.value,
-                      exception=None if exc is None else (exc.type, exc.module, exc.message))
+                      exception=None if exc is None else (exc.type, exc.module, exc.message),
+                      # A mapping, whatever its text's key order: the history keeps meta
+                      # as jsonb, which orders keys its own way, so a view folded from
+                      # the history (verify --source history) has the same pairs in
+                      # another order.
+                      meta=None if self.meta is None else json.loads(self.meta))
         return public
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -57,3 +58,11 @@ def test_a_late_retry_of_an_old_attempt_does_not_regress_a_success() -> None:
     success = TaskEvent.create("t", State.SUCCESS, attempt=1, result=1, timestamp=5)
     late_retry = TaskEvent.create("t", State.RETRY, attempt=0, timestamp=9)
     assert fold([success, late_retry])["t"].state is State.SUCCESS
+
+
+def test_views_that_differ_only_in_their_metas_key_order_agree() -> None:
+    # The Redis view keeps the order the event gave; the history's jsonb its own.
+    a = fold([TaskEvent.create("t", "SUCCESS", result=1, meta={"zz": "1", "a": "2"})])["t"]
+    b = replace(a, meta='{"a":"2","zz":"1"}')
+    assert a.meta != b.meta and a.public() == b.public()
+    assert a.public() != replace(a, meta='{"a":"2"}').public()
