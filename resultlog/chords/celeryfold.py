@@ -234,6 +234,8 @@ class CeleryChordFold:
             return None
         entries = [self.table[part_key(chord_id, i)] for i in range(s["done"])]
         entries.sort(key=lambda e: (_LAST if e[INDEX] is None else e[INDEX], e[TASK]))
+        # Spliced as text, never decoded and encoded again: each SUCCESS entry's result is
+        # exactly one JSON value (member_entry records any other as the member failing).
         results = "[" + ",".join("null" if e[RESULT] is None else e[RESULT] for e in entries) + "]"
         return ChordCompleted(
             event_id=run_event_id(chord_id, s["run"]), chord_id=chord_id, state=State.SUCCESS,

@@ -13,17 +13,32 @@ the entry is cut to fit instead, as the emitter cuts an oversized FAILURE
 - a failed or revoked member's result goes first: a chord that fails never reads it;
 - then the exception message, cut in its middle with the emitter's marker (the
   member's own task view keeps it whole);
-- what still cannot fit (a SUCCESS whose result text no JSON writer made, or a
-  fixed field that large) is recorded as the member failing with ``EventTooLarge``,
-  saying so: the chord fails naming it, rather than never completing.
+- what still cannot fit (a fixed field that large) is recorded as the member failing
+  with ``EventTooLarge``, saying so: the chord fails naming it, rather than never
+  completing.
 
-Cutting depends only on the entry and the limit, so replay makes the same cuts.
+A SUCCESS member's result is spliced, as text, into its chord's results list (``"["`` +
+the members' texts joined by ``","`` + ``"]"``), so it must be exactly one JSON value.
+resultlog's emitters write only that, but another producer's record may hold any text:
+``1,2`` made a chord of 2 members return 3 values, and a text that is not JSON (or two
+halves that only together are) made the chord's results unreadable. Such a member is
+recorded as failing with ``ResultNotSerializable``, which the chord's failure names.
+A valid JSON result takes at most 3 times its bytes in an entry (``"`` and ``\\`` 2,
+``é`` 6 for 2), within the record limit: only a text no JSON writer made (control
+characters left raw) could not fit, and it is not JSON.
+
+Both decisions depend only on the entry and the limit (and on Python's limit on an
+integer's digits, the same in every process unless ``PYTHONINTMAXSTRDIGITS`` changes
+it), so replay makes the same ones.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from dataclasses import replace
+from itertools import accumulate
 from typing import Any, Final
 
 from resultlog.chords.changelog import encode_value
@@ -46,11 +61,37 @@ _ESCAPED_PER_BYTE: Final = 6
 _ESCAPED_PER_CHAR: Final = 12
 _FIXED_BYTES: Final = 128
 
+#: The deepest a member's result may nest. Python's json reads nesting as deep as the
+#: stack it is called on leaves room for (some 990 levels from an empty stack, fewer
+#: from a deep one), so whether json.loads reads a deeply nested text depends on where
+#: it is called: a fixed bound, checked on the text, makes the live fold and a replay
+#: decide the same, and leaves a reader of the chord's results (one level deeper) room.
+MAX_RESULT_DEPTH: Final = 500
+
+# A JSON string (its escapes included), and every byte but a bracket's: what is left of
+# a text without both is its brackets, in order (bytes.translate: far faster than a
+# regular expression on a text of many short runs, such as [[],[],...]).
+_STRING: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET: Final = bytes(range(256)).translate(None, b"[]{}")
+_BRACKET_STEP: Final = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
 
 def member_entry(state: State, task_id: str, result: str | None, exception: ExceptionInfo | None,
                  timestamp: int, *extra: Any, max_bytes: int) -> list[Any]:
     """The member's entry (``extra`` last), fitted within ``max_bytes`` encoded bytes
-    as the module docstring says; unchanged when it fits."""
+    as the module docstring says; unchanged when it fits. A SUCCESS whose result is not
+    exactly one JSON value is recorded as failing with ``ResultNotSerializable``."""
+    if state is State.SUCCESS and result is not None:
+        why = _not_one_json_value(result)
+        if why is not None:
+            log.warning("chord member %s: its result is not JSON text (%s); recorded as "
+                        "failing with ResultNotSerializable", task_id, why)
+            not_json = ExceptionInfo(
+                "ResultNotSerializable", "resultlog.errors",
+                f"the result of task {task_id} is not JSON text ({why}); a producer other "
+                f"than resultlog's emitters wrote it: {result!r:.120}")
+            return member_entry(State.FAILURE, task_id, None, not_json, timestamp, *extra,
+                                max_bytes=max_bytes)
     entry = _entry(state, task_id, result, exception, timestamp, extra)
     texts = (task_id, result, *(exception_fields(exception).values()))
     if _FIXED_BYTES + _ESCAPED_PER_CHAR * sum(len(t) for t in texts if t) <= max_bytes:
@@ -99,3 +140,32 @@ def _fitted_failure(state: State, task_id: str, exception: ExceptionInfo | None,
 def _entry(state: State, task_id: str, result: str | None, exception: ExceptionInfo | None,
            timestamp: int, extra: tuple[Any, ...]) -> list[Any]:
     return [state.value, task_id, result, *exception_fields(exception).values(), timestamp, *extra]
+
+
+def _not_one_json_value(text: str) -> str | None:
+    """Why ``text`` is not exactly one JSON value Python's json reads back; None if it is.
+
+    Read once (a chord member, not every event, pays for it) and never re-encoded: the
+    text is kept as its producer wrote it. Python's json refuses what RFC 8259 does
+    (two values, a raw control character in a string...) and integers of more digits
+    than ``sys.get_int_max_str_digits()`` (4,300 by default); it reads ``NaN`` and
+    ``Infinity``, as the member's own task view does. Nesting is bounded first, on the
+    text: json.loads then never runs out of stack."""
+    if _nests_deeper_than(text, MAX_RESULT_DEPTH):
+        return f"nested deeper than {MAX_RESULT_DEPTH} levels"
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _nests_deeper_than(text: str, limit: int) -> bool:
+    """Whether ``text``'s brackets outside strings nest deeper than ``limit`` (on the
+    text alone, whatever the stack: see :data:`MAX_RESULT_DEPTH`)."""
+    if text.count("[") + text.count("{") <= limit:
+        return False  # most results: they cannot nest deeper than they have brackets
+    # Outside strings a JSON text is ASCII: what is not (in a text that is not JSON) is
+    # no bracket, and dropping it changes no depth.
+    brackets = _STRING.sub("", text).encode("ascii", "ignore").translate(None, _NOT_BRACKET)
+    return max(accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0) > limit

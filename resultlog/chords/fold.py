@@ -197,6 +197,8 @@ class ChordFold:
             return self._failure(chord_id, s)
         # Every index below the size has its entry (and no other counts): in index order.
         entries = [self.table[member_key(chord_id, i)] for i in indexes]
+        # Spliced as text, never decoded and encoded again: each SUCCESS entry's result is
+        # exactly one JSON value (member_entry records any other as the member failing).
         results = "[" + ",".join("null" if e[RESULT] is None else e[RESULT] for e in entries) + "]"
         return ChordCompleted(
             event_id=completion_event_id(chord_id), chord_id=chord_id, state=State.SUCCESS,

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Final
 
-from resultlog.errors import ChordError, ValidationError
+from resultlog.errors import ChordError, CodecError, ValidationError
 from resultlog.schemas.codec import CHORD_COMPLETED, CHORD_DECLARED, Codec
 from resultlog.schemas.event import ExceptionInfo, now_ms, to_json, validate_id
 from resultlog.schemas.states import State
@@ -29,6 +29,24 @@ _COMPLETED_STATES: Final = frozenset({State.SUCCESS, State.FAILURE})
 def completion_event_id(chord_id: str) -> str:
     """The ``event_id`` of ``chord_id``'s completion: the same on every emission."""
     return uuid.uuid5(_COMPLETION_NAMESPACE, chord_id).hex
+
+
+def decode_results(chord_id: str, text: str) -> list[Any]:
+    """A completed chord's stored results (a JSON list in index order) as values.
+
+    The aggregator writes only a list of JSON values it has read (``entries.py``), but a
+    completion written before it checked them, or by another writer, may hold any text:
+    :class:`CodecError` naming the chord, rather than json's own error from deep within
+    a reader (a hook, ``ChordResult.get()``)."""
+    try:
+        values = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested past the stack
+        raise CodecError(
+            f"chord {chord_id}'s stored results are not JSON text Python can read "
+            f"({type(exc).__name__}: {exc}): {text!r:.120}") from None
+    if not isinstance(values, list):
+        raise CodecError(f"chord {chord_id}'s stored results are not a JSON list: {text!r:.120}")
+    return values
 
 
 def validate_size(size: object) -> int:
@@ -166,9 +184,7 @@ class ChordCompleted:
             raise ValidationError(
                 f"chord {self.chord_id} completion carries no results "
                 f"({'omitted: too large' if self.results_omitted else self.state.value})")
-        values = json.loads(self.results)
-        assert isinstance(values, list)
-        return values
+        return decode_results(self.chord_id, self.results)
 
     def error_message(self) -> str:
         assert self.failed_member is not None

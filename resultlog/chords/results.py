@@ -6,10 +6,10 @@ process's loop thread (it reads the view in the caller's thread).
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from resultlog import names
+from resultlog.chords.records import decode_results
 from resultlog.chords.store import ChordView, chord_view_from_hash, read_chord, wait_chord
 from resultlog.errors import ChordError
 from resultlog.redis_access import translated
@@ -51,7 +51,7 @@ class _ChordResultBase:
     def _settle(self, view: ChordView, propagate: bool) -> Any:
         """What ``get()`` returns (or raises) for a completed chord."""
         if view.state == State.SUCCESS.value:
-            return [] if view.results is None else json.loads(view.results)
+            return [] if view.results is None else decode_results(self.id, view.results)
         error = self._error(view)
         if propagate:
             raise error

@@ -17,7 +17,7 @@ import redis
 import redis.asyncio
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 
-from resultlog.errors import ChordError
+from resultlog.errors import ChordError, CodecError, ResultNotSerializable
 from resultlog.producers import Emitter, declare_chord
 from resultlog.chords.records import ChordCompleted, ChordDeclared, completion_event_id
 from resultlog.schemas.codec import Codec
@@ -388,3 +388,66 @@ async def test_a_member_entry_over_the_changelog_limit_is_cut_and_chords_after_i
     completions = {c.chord_id: c for c in await read_completions(settings)}
     failed = completions["ctl"].failed_member
     assert failed is not None and failed.exception is not None and failed.exception.type == "ValueError"
+
+
+def unchecked_member(codec: Codec, chord_id: str, index: int, result: str) -> tuple[bytes, bytes]:
+    """A member's SUCCESS (of a 2-member chord) holding ``result`` as its result text, past
+    the model's checks: what another producer's record may hold, as produced."""
+    event = TaskEvent.create(f"{chord_id}-{index}", State.SUCCESS, result=0,
+                             chord_id=chord_id, chord_size=2, chord_index=index)
+    object.__setattr__(event, "result", result)
+    return event.task_id.encode(), codec.encode(event)
+
+
+async def test_a_member_whose_result_is_not_one_json_value_fails_its_chord_naming_it(settings: Settings) -> None:
+    """The members' results were spliced as text: members ``1,2`` and ``3`` made a
+    2-member chord return [1, 2, 3], and ``{"a":1}]`` with ``[9`` (together valid), a
+    word, or 5,000 digits a JSONDecodeError or ValueError from ChordResult.get(). Each
+    such member now fails its chord, named, and chords after them complete."""
+    cases = {"chx": ("1,2", "3"), "halves": ('{"a":1}]', "[9"), "word": ("nope", "3"),
+             "digits": ("9" * 5000, "3")}
+    codec = Codec()
+    with ProcessorProcess(settings) as proc:
+        await produce_raw(settings, [unchecked_member(codec, chord_id, i, text)
+                                     for chord_id, texts in cases.items() for i, text in enumerate(texts)])
+        await emit(settings, members("after", 2), *((chord_id, 2) for chord_id in cases), ("after", 2))
+        async with ResultBackend(settings) as backend:
+            for chord_id in cases:
+                pattern = rf"member 0 \(task {chord_id}-0\) raised ResultNotSerializable: the result of task"
+                with pytest.raises(ChordError, match=pattern) as info:
+                    await backend.AioChordResult(chord_id).get(timeout=60)
+                assert isinstance(info.value.__cause__, ResultNotSerializable), proc.output()[-3000:]
+                with pytest.raises(ChordError, match=pattern):  # the sync flavour reads the same
+                    await asyncio.to_thread(backend.ChordResult(chord_id).get, 60)
+            assert await backend.AioChordResult("after").get(timeout=60) == [0, 2], proc.output()[-3000:]
+        proc.stop()
+        assert "Traceback" not in proc.output(), proc.output()[-3000:]
+    completions = {c.chord_id: c for c in await read_completions(settings)}
+    for chord_id in cases:  # what the hooks and the completions' followers see
+        failed = completions[chord_id].failed_member
+        assert failed is not None and failed.exception is not None and failed.index == 0
+        assert failed.exception.type == "ResultNotSerializable" and completions[chord_id].results is None
+    assert completions["after"].result_values() == [0, 2]
+
+
+async def test_results_stored_before_they_were_checked_read_as_a_codec_error_naming_the_chord(
+    settings: Settings,
+) -> None:
+    """A chord view completed before the aggregator checked its members' results (or by
+    another writer) may hold results that do not read back: a CodecError naming the
+    chord, not json's own error."""
+    from resultlog import names
+    from resultlog.chords.store import completion_fields
+
+    done = ChordCompleted(completion_event_id("old"), "old", State.SUCCESS, 2, 2, 0, 5, results='[{"a":1}],[9]')
+    client = redis.asyncio.Redis.from_url(settings.redis_url)
+    try:
+        await client.hset(names.chord_key(settings.redis_prefix, "old"),
+                          mapping=completion_fields(done))
+    finally:
+        await client.aclose()
+    async with ResultBackend(settings) as backend:
+        with pytest.raises(CodecError, match=r"chord old's stored results are not JSON text"):
+            await backend.AioChordResult("old").get(timeout=10)
+        with pytest.raises(CodecError, match=r"chord old's stored results are not JSON text"):
+            await asyncio.to_thread(backend.ChordResult("old").get, 10)

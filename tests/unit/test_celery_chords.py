@@ -132,6 +132,24 @@ def test_members_without_an_index_come_last() -> None:
     assert completions[0].result_values() == [0, 1, "none"]
 
 
+@pytest.mark.parametrize("first, second", [("1,2", "3"), ('{"a":1}]', "[9"), ("nope", "3"), ("9" * 5000, "3")])
+def test_a_member_whose_result_is_not_exactly_one_json_value_fails_the_chord_naming_it(
+    first: str, second: str,
+) -> None:
+    """Another producer's record may hold any text as a member's result: spliced as text,
+    ``1,2`` and ``3`` fired the body with 3 values for 2 members, and the others with
+    results no reader (nor the body's kombu) could decode."""
+    raw = [dataclasses.replace(part(0), result=first), dataclasses.replace(part(1), result=second)]
+    completions, bodies, _ = run(raw + [CeleryChordRecord.sized(CHORD, 2)])
+    assert len(completions) == 1 and bodies == [BODY]
+    done = completions[0]
+    assert done.state is State.FAILURE and done.results is None and done.failed_member is not None
+    exc = done.failed_member.exception
+    assert (done.failed_member.index, done.failed_member.task_id) == (0, "t0")
+    assert exc is not None and (exc.type, exc.module) == ("ResultNotSerializable", "resultlog.errors")
+    assert "task t0 is not JSON text" in exc.message
+
+
 @hsettings(max_examples=100)
 @given(st.integers(2, 6), st.data())
 def test_a_failed_member_fails_the_chord_at_once_naming_it(size: int, data: st.DataObject) -> None:

@@ -403,17 +403,146 @@ def test_a_member_entry_too_large_for_the_changelog_is_cut_and_the_chord_fails_n
     assert "truncated from 600003 bytes" in exc.message and exc.message.endswith("end")
 
 
-def test_a_success_whose_entry_cannot_fit_fails_the_chord_saying_why() -> None:
-    """Only a result text no JSON writer made (control characters unescaped) can be too
-    large for the changelog; it cannot be cut, and the chord fails rather than stalls."""
+def with_result(event: TaskEvent, text: str) -> TaskEvent:
+    """``event`` holding ``text`` as its result, unchecked: what another producer's
+    record may hold (resultlog's emitters write only JSON text)."""
     from dataclasses import replace
 
-    raw = replace(member(1, 2), result='"' + "\x01" * 600_000 + '"')
+    return replace(event, result=text)
+
+
+def test_a_success_whose_result_text_no_json_writer_made_fails_the_chord_naming_it() -> None:
+    """Control characters left raw: 600,000 bytes in the event, 3.6 MB in the entry, and
+    not JSON text; the chord fails naming the member rather than stalls."""
+    raw = with_result(member(1, 2), '"' + "\x01" * 600_000 + '"')
     completions, table = run([declared(2), member(0, 2), raw])
     [c] = completions
     assert c.state is State.FAILURE and c.failed_member is not None and c.failed_member.exception
-    assert c.failed_member.index == 1 and c.failed_member.exception.type == "EventTooLarge"
-    assert "over its" in c.failed_member.exception.message
+    assert c.failed_member.index == 1 and c.failed_member.exception.type == "ResultNotSerializable"
+    assert "is not JSON text" in c.failed_member.exception.message
+
+
+@pytest.mark.parametrize("first, second", [
+    ("1,2", "3"),  # 3 values from 2 members
+    ('{"a":1}]', "[9"),  # neither is JSON, together they are: [{"a":1}],[9]
+    ("nope", "3"),
+    ("9" * 5000, "3"),  # past Python's 4,300 digits: a ValueError when read
+    ("[" * 700 + "]" * 700, "3"),  # json.loads reads it from a shallow stack
+    ("", "3"),
+    ('"\x01"', "3"),  # a raw control character in a string
+])
+def test_a_member_whose_result_is_not_exactly_one_json_value_fails_the_chord_naming_it(
+    first: str, second: str,
+) -> None:
+    """The members' results were spliced as text: ``1,2`` and ``3`` made a 2-member
+    chord return ``[1, 2, 3]``, and a text that is not JSON made the completion's results
+    unreadable (a JSONDecodeError or ValueError in every reader)."""
+    records: list[Record] = [declared(2), with_result(member(0, 2), first), with_result(member(1, 2), second)]
+    completions, _ = run(records)
+    [c] = completions
+    assert c.state is State.FAILURE and c.results is None and c.failed_member is not None
+    exc = c.failed_member.exception
+    assert exc is not None and (exc.type, exc.module) == ("ResultNotSerializable", "resultlog.errors")
+    assert c.failed_member.index == 0 and f"task {CHORD}-t0 is not JSON text" in exc.message
+    with pytest.raises(ChordError, match=rf"member 0 \(task {CHORD}-t0\) raised ResultNotSerializable"):
+        raise c.error()
+    # wait_all, and the second member the bad one: the same decision.
+    records = [declared(2, wait_all=True), member(0, 2), with_result(member(1, 2), first)]
+    [c] = run(records)[0]
+    assert c.failed_member is not None and c.failed_member.index == 1
+
+
+def test_a_member_result_nested_deeper_than_the_bound_fails_whatever_the_stack() -> None:
+    """Python's json reads nesting as deep as the stack leaves room for: the live fold
+    and a replay, called from different depths, decided differently on the same text. A
+    fixed bound, checked on the text, decides the same anywhere."""
+    from resultlog.chords.entries import MAX_RESULT_DEPTH, member_entry
+
+    deepest = "[" * MAX_RESULT_DEPTH + '"[{"' + "]" * MAX_RESULT_DEPTH  # brackets in a string do not count
+    deeper = "[" * (MAX_RESULT_DEPTH + 1) + "]" * (MAX_RESULT_DEPTH + 1)
+    many = "[" + ",".join(["{}"] * 3000) + "]"  # many brackets, nesting 2
+
+    def entry_state(text: str, frames: int) -> str:
+        if frames:
+            return entry_state(text, frames - 1)
+        state: str = member_entry(State.SUCCESS, "t", text, None, 1, max_bytes=ENTRY_BYTES)[0]
+        return state
+
+    for frames in (0, 200):
+        assert entry_state(deepest, frames) == entry_state(many, frames) == State.SUCCESS.value
+        assert entry_state(deeper, frames) == State.FAILURE.value
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20)
+# How a producer may write a value: compact, spaced, indented, ASCII only or not.
+json_writers = st.sampled_from([
+    lambda v: json.dumps(v, separators=(",", ":"), ensure_ascii=False),
+    lambda v: json.dumps(v),
+    lambda v: " \n" + json.dumps(v, indent=2) + "\t\r\n",
+])
+
+
+@hsettings(max_examples=200)
+@given(st.lists(st.tuples(json_values, json_writers), min_size=1, max_size=5))
+def test_any_json_value_a_member_returns_is_kept_exactly(values: list[tuple[Any, Any]]) -> None:
+    from resultlog.chords.entries import member_entry
+
+    texts = [write(value) for value, write in values]
+    for text in texts:  # the producer's text, as it wrote it
+        assert member_entry(State.SUCCESS, "t", text, None, 1, max_bytes=ENTRY_BYTES)[2] == text
+    n = len(texts)
+    [c] = run([declared(n)] + [with_result(member(i, n), text) for i, text in enumerate(texts)])[0]
+    assert c.state is State.SUCCESS and c.result_values() == [value for value, _ in values]
+
+
+def _not_one_value(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return True
+    return False
+
+
+# Texts that are not one JSON value: any text json refuses, two values in a row, and a
+# value cut short.
+not_json = (
+    st.text(max_size=30).filter(_not_one_value)
+    | st.builds(lambda a, b, sep: json.dumps(a) + sep + json.dumps(b), json_values, json_values,
+                st.sampled_from([",", " ", "", "]["]))
+      .filter(_not_one_value)
+    | st.builds(lambda v, cut: json.dumps(v)[:cut], json_values, st.integers(0, 40)).filter(_not_one_value)
+)
+
+
+@hsettings(max_examples=300)
+@given(not_json)
+def test_any_text_that_is_not_one_json_value_fails_the_member(text: str) -> None:
+    from resultlog.chords.entries import member_entry
+
+    entry = member_entry(State.SUCCESS, "t", text, None, 1, max_bytes=ENTRY_BYTES)
+    assert entry[:4] == [State.FAILURE.value, "t", None, "ResultNotSerializable"]
+    [c] = run([declared(2), member(0, 2), with_result(member(1, 2), text)])[0]
+    assert c.state is State.FAILURE and c.failed_member is not None and c.failed_member.index == 1
+
+
+@pytest.mark.parametrize("results", ["[1,2]]", "[" + "9" * 5000 + "]", "[" * 5000 + "]" * 5000, '{"a":1}'])
+def test_a_completions_results_that_do_not_read_back_are_a_codec_error_naming_the_chord(results: str) -> None:
+    """What a completion written before the aggregator checked its members' results may
+    hold: a CodecError naming the chord, rather than a JSONDecodeError, a ValueError or a
+    RecursionError from deep within a hook or ChordResult.get()."""
+    from resultlog.chords.store import ChordView
+    from resultlog.views import ResultBackend
+
+    done = ChordCompleted(completion_event_id(CHORD), CHORD, State.SUCCESS, 2, 2, 0, 5, results=results)
+    with pytest.raises(CodecError, match=f"chord {CHORD}'s stored results are not"):
+        done.result_values()
+    chord = ResultBackend(Settings()).ChordResult(CHORD)
+    chord._view = ChordView(CHORD, "SUCCESS", 2, 2, 0, results=results)  # read: no Redis
+    with pytest.raises(CodecError, match=f"chord {CHORD}'s stored results are not"):
+        chord.get()
 
 
 # Any text, and long runs of what JSON escapes most (hypothesis rarely draws long text).
