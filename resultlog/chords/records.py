@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Final
 
-from resultlog.errors import ChordError, CodecError, ValidationError
+from resultlog.errors import ChordError, CorruptResult, ValidationError
 from resultlog.schemas.codec import CHORD_COMPLETED, CHORD_DECLARED, Codec
 from resultlog.schemas.event import ExceptionInfo, now_ms, to_json, validate_id
 from resultlog.schemas.states import State
@@ -36,16 +36,16 @@ def decode_results(chord_id: str, text: str) -> list[Any]:
 
     The aggregator writes only a list of JSON values it has read (``entries.py``), but a
     completion written before it checked them, or by another writer, may hold any text:
-    :class:`CodecError` naming the chord, rather than json's own error from deep within
+    :class:`CorruptResult` naming the chord, rather than json's own error from deep within
     a reader (a hook, ``ChordResult.get()``)."""
     try:
         values = json.loads(text)
     except (ValueError, RecursionError) as exc:  # RecursionError: nested past the stack
-        raise CodecError(
+        raise CorruptResult(
             f"chord {chord_id}'s stored results are not JSON text Python can read "
             f"({type(exc).__name__}: {exc}): {text!r:.120}") from None
     if not isinstance(values, list):
-        raise CodecError(f"chord {chord_id}'s stored results are not a JSON list: {text!r:.120}")
+        raise CorruptResult(f"chord {chord_id}'s stored results are not a JSON list: {text!r:.120}")
     return values
 
 

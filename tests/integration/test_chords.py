@@ -17,7 +17,7 @@ import redis
 import redis.asyncio
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 
-from resultlog.errors import ChordError, CodecError, ResultNotSerializable
+from resultlog.errors import ChordError, CorruptResult, ResultNotSerializable
 from resultlog.producers import Emitter, declare_chord
 from resultlog.chords.records import ChordCompleted, ChordDeclared, completion_event_id
 from resultlog.schemas.codec import Codec
@@ -434,7 +434,7 @@ async def test_results_stored_before_they_were_checked_read_as_a_codec_error_nam
     settings: Settings,
 ) -> None:
     """A chord view completed before the aggregator checked its members' results (or by
-    another writer) may hold results that do not read back: a CodecError naming the
+    another writer) may hold results that do not read back: a CorruptResult naming the
     chord, not json's own error."""
     from resultlog import names
     from resultlog.chords.store import completion_fields
@@ -447,7 +447,7 @@ async def test_results_stored_before_they_were_checked_read_as_a_codec_error_nam
     finally:
         await client.aclose()
     async with ResultBackend(settings) as backend:
-        with pytest.raises(CodecError, match=r"chord old's stored results are not JSON text"):
+        with pytest.raises(CorruptResult, match=r"chord old's stored results are not JSON text"):
             await backend.AioChordResult("old").get(timeout=10)
-        with pytest.raises(CodecError, match=r"chord old's stored results are not JSON text"):
+        with pytest.raises(CorruptResult, match=r"chord old's stored results are not JSON text"):
             await asyncio.to_thread(backend.ChordResult("old").get, 10)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings as hsettings
 from hypothesis import strategies as st
 
-from resultlog.errors import ChordError, CodecError, ConfigurationError, ValidationError
+from resultlog.errors import ChordError, CodecError, ConfigurationError, CorruptResult, ValidationError
 from resultlog.chords.changelog import max_value_bytes
 from resultlog.chords.fold import ChordFold, summary_key
 from resultlog.chords.aggregator import load_hook
@@ -531,17 +531,17 @@ def test_any_text_that_is_not_one_json_value_fails_the_member(text: str) -> None
 @pytest.mark.parametrize("results", ["[1,2]]", "[" + "9" * 5000 + "]", "[" * 5000 + "]" * 5000, '{"a":1}'])
 def test_a_completions_results_that_do_not_read_back_are_a_codec_error_naming_the_chord(results: str) -> None:
     """What a completion written before the aggregator checked its members' results may
-    hold: a CodecError naming the chord, rather than a JSONDecodeError, a ValueError or a
+    hold: a CorruptResult (a CodecError) naming the chord, rather than a JSONDecodeError, a ValueError or a
     RecursionError from deep within a hook or ChordResult.get()."""
     from resultlog.chords.store import ChordView
     from resultlog.views import ResultBackend
 
     done = ChordCompleted(completion_event_id(CHORD), CHORD, State.SUCCESS, 2, 2, 0, 5, results=results)
-    with pytest.raises(CodecError, match=f"chord {CHORD}'s stored results are not"):
+    with pytest.raises(CorruptResult, match=f"chord {CHORD}'s stored results are not"):
         done.result_values()
     chord = ResultBackend(Settings()).ChordResult(CHORD)
     chord._view = ChordView(CHORD, "SUCCESS", 2, 2, 0, results=results)  # read: no Redis
-    with pytest.raises(CodecError, match=f"chord {CHORD}'s stored results are not"):
+    with pytest.raises(CorruptResult, match=f"chord {CHORD}'s stored results are not"):
         chord.get()
 
 
