@@ -37,8 +37,8 @@ from resultlog.celery_backend.meta import (
     event_state,
     exception_meta,
     request_meta,
-    from_json,
     progress,
+    saved_group,
     task_meta,
     to_plain,
 )
@@ -241,9 +241,11 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
     def _restore_group(self, group_id: str) -> dict[str, Any] | None:
         view = self.reader().read(group_id)
         if (view is None or view.task_name != names.CELERY_SAVED_GROUP_TASK
-                or view.state is not State.SUCCESS or view.result is None):
+                or view.state is not State.SUCCESS):
             return None
-        members = from_json(view.result)
+        members = saved_group(view)
+        if members is None:
+            return None
         return {"task_id": group_id, "result": result_from_tuple(members, self.app),
                 "date_done": date_done(view)}
 

@@ -10,20 +10,27 @@ same way.
 Values pass through Celery's result serializer (kombu's JSON, which tags datetime,
 Decimal, UUID and bytes) and are carried as the JSON it produces, so they come back as
 the types they were, as from Celery's Redis backend.
+
+Reading, what this module wrote is taken only in the shape it writes it: any producer
+may write to the log, and Celery acts on the meta it is handed (it calls the class a
+FAILURE's result names, and rebuilds the children's tuples on any read of a finished
+task). Entries of another shape are read as absent, with a warning naming the task.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime, timezone
 from typing import Any, Final
 
 from celery.exceptions import TaskRevokedError  # type: ignore[import-untyped]
-from kombu.exceptions import EncodeError
+from kombu.exceptions import DecodeError, EncodeError
 from kombu.serialization import dumps, loads
 
 from resultlog import names
-from resultlog.schemas.event import ExceptionInfo
+from resultlog.errors import InvalidTaskId
+from resultlog.schemas.event import ExceptionInfo, validate_task_id
 from resultlog.schemas.fold import TaskView
 from resultlog.schemas.states import State
 from resultlog.views.exceptions import ExceptionRebuilder
@@ -34,6 +41,10 @@ _ACCEPT: Final = frozenset({_CONTENT_TYPE})
 #: Celery states the event contract has under the same name (FORGOTTEN is written by
 #: forget() only: a custom state of that name is progress, like any other).
 NATIVE_STATES: Final = frozenset(s.value for s in State if s is not State.FORGOTTEN)
+#: What :func:`_recorded` returns for text this backend would not have written.
+_UNREADABLE: Final = object()
+
+log = logging.getLogger("resultlog.celery")
 
 
 def to_plain(value: Any) -> Any:
@@ -50,6 +61,48 @@ def from_json(text: str) -> Any:
     backend wrote (never a content type chosen by the writer), so nothing else is
     decoded here."""
     return loads(text, _CONTENT_TYPE, _ENCODING, accept=_ACCEPT)  # type: ignore[no-untyped-call]
+
+
+def _recorded(text: str) -> Any:
+    """:func:`from_json` of a value read from the log, or ``_UNREADABLE``: another
+    producer's record may hold any text, which kombu refuses as a DecodeError (it wraps
+    every error of its decoder, a RecursionError included)."""
+    try:
+        return from_json(text)
+    except DecodeError:
+        return _UNREADABLE
+
+
+def _ignored(task_id: str, what: str, read_as: str) -> None:
+    """Warn that ``task_id``'s ``what`` is not in the shape this backend writes."""
+    log.warning("task %r: its %s is not what the resultlog Celery backend writes (another "
+                "producer's?); read as %s", task_id, what, read_as)
+
+
+def _is_result_tuple(value: Any) -> bool:
+    """Whether ``value`` is a Celery result's ``as_tuple()`` as :func:`to_plain` writes
+    it: ``[[id, parent], None]`` for a task, ``[[id, parent], [member, ...]]`` for a
+    group, each parent None or such a tuple. What Celery's ``result_from_tuple`` reads,
+    and which it fails on as a bare ValueError or TypeError otherwise. Walked without
+    recursion: a tuple may nest as deep as the JSON decoder went."""
+    pending = [value]
+    while pending:
+        node = pending.pop()
+        if not (isinstance(node, list) and len(node) == 2 and isinstance(node[0], list)
+                and len(node[0]) == 2):
+            return False
+        (task_id, parent), members = node
+        try:
+            validate_task_id(task_id)
+        except InvalidTaskId:
+            return False
+        if parent is not None:
+            pending.append(parent)
+        if members is not None:
+            if not isinstance(members, list):
+                return False
+            pending.extend(members)
+    return True
 
 
 def event_state(celery_state: str) -> tuple[State, bool]:
@@ -94,20 +147,73 @@ def exception_meta(exc: BaseException) -> dict[str, str]:
     return {names.CELERY_EXC_ARGS_META: json.dumps(kept, separators=(",", ":"))}
 
 
-def exception_args(recorded: dict[str, str], info: ExceptionInfo) -> tuple[Any, ...] | None:
-    """The args :func:`exception_meta` kept for the exception ``info``, if any."""
-    text = recorded.get(names.CELERY_EXC_ARGS_META)
+def exception_args(task_id: str, meta: dict[str, str], info: ExceptionInfo) -> tuple[Any, ...] | None:
+    """The args :func:`exception_meta` kept for the exception ``info``, if any (None: the
+    class is called with the message). An entry of another shape is ignored: Celery
+    calls the class with whatever args it is given."""
+    text = meta.get(names.CELERY_EXC_ARGS_META)
     if text is None:
         return None
-    kept = json.loads(text)
-    if kept.get("type") != info.type or kept.get("message") != info.message:
+    kept = _recorded(text)
+    if not (isinstance(kept, dict) and isinstance(kept.get("type"), str)
+            and isinstance(kept.get("message"), str) and isinstance(kept.get("args"), list)):
+        _ignored(task_id, f"{names.CELERY_EXC_ARGS_META} meta entry", "the exception's message")
         return None
-    return tuple(from_json(json.dumps(kept["args"])))
+    if kept["type"] != info.type or kept["message"] != info.message:
+        return None  # another exception's (an earlier RETRY's: the view's meta is sticky)
+    return tuple(kept["args"])
 
 
 def progress(celery_state: str, meta: Any) -> dict[str, Any]:
     """A STARTED event's result recording ``celery_state`` with its meta."""
     return {names.CELERY_STATE_KEY: celery_state, names.CELERY_META_KEY: to_plain(meta)}
+
+
+def _recorded_progress(view: TaskView) -> tuple[str, Any] | None:
+    """The Celery state and meta a STARTED (or RECEIVED) event's result records, if it is
+    what :func:`progress` writes; None for a plain event.
+
+    Only a state :func:`event_state` wraps is taken: STARTED, or one the contract lacks.
+    The others are events of their own, never wrapped, and Celery acts on them: it
+    reads a SUCCESS's meta as the task's return value before the task ended, and
+    builds and raises the exception a FAILURE's, RETRY's or REVOKED's meta describes,
+    any class at all (SystemExit) and bypassing resultlog's rules (docs/celery.md,
+    "Exceptions"), or fails on a meta that describes none."""
+    if view.result is None:
+        return None
+    value = _recorded(view.result)
+    if not isinstance(value, dict) or names.CELERY_STATE_KEY not in value:
+        return None
+    celery_state = value[names.CELERY_STATE_KEY]
+    if not isinstance(celery_state, str) or event_state(celery_state) != (State.STARTED, True):
+        _ignored(view.task_id, f"{view.state.value} event's {names.CELERY_STATE_KEY} "
+                f"{celery_state!r:.40}", f"the plain {view.state.value}")
+        return None
+    return celery_state, value.get(names.CELERY_META_KEY)
+
+
+def _recorded_children(task_id: str, meta: dict[str, str]) -> list[Any]:
+    """The result tuples of the tasks ``task_id`` sent, as :func:`request_meta` kept them."""
+    text = meta.get(names.CELERY_CHILDREN_META)
+    if text is None:
+        return []
+    children = _recorded(text)
+    if not isinstance(children, list) or not all(_is_result_tuple(child) for child in children):
+        _ignored(task_id, f"{names.CELERY_CHILDREN_META} meta entry", "no children")
+        return []
+    return children
+
+
+def saved_group(view: TaskView) -> list[Any] | None:
+    """The member tuple a saved group's event records (the backend's ``_save_group``
+    writes the GroupResult's ``as_tuple()`` under the group's id), or None."""
+    members: Any = None if view.result is None else _recorded(view.result)
+    if not (_is_result_tuple(members) and members[1] is not None
+            and members[0][0] == view.task_id):
+        _ignored(view.task_id, f"saved group ({names.CELERY_SAVED_GROUP_TASK})", "no saved group")
+        return None
+    group: list[Any] = members  # a list: _is_result_tuple said so
+    return group
 
 
 def date_done(view: TaskView) -> datetime | None:
@@ -127,15 +233,14 @@ def task_meta(
     if view is None:
         return {"task_id": task_id, "status": "PENDING", "result": None, "traceback": None,
                 "children": [], "date_done": None}
-    recorded: dict[str, str] = {} if view.meta is None else json.loads(view.meta)
-    status, result = _outcome(view, rebuilder, recorded)
-    children = recorded.get(names.CELERY_CHILDREN_META)
+    recorded_meta: dict[str, str] = {} if view.meta is None else json.loads(view.meta)
+    status, result = _outcome(view, rebuilder, recorded_meta)
     meta: dict[str, Any] = {
         "task_id": task_id,
         "status": status,
         "result": result,
         "traceback": view.traceback,
-        "children": [] if children is None else from_json(children),
+        "children": _recorded_children(task_id, recorded_meta),
         "date_done": date_done(view),
     }
     if view.group_id:
@@ -145,28 +250,37 @@ def task_meta(
     if extended:
         meta.update(
             name=view.task_name,
-            args=None if view.args is None else from_json(view.args),
-            kwargs=None if view.kwargs is None else from_json(view.kwargs),
+            args=_task_args(task_id, "args", view.args),
+            kwargs=_task_args(task_id, "kwargs", view.kwargs),
             worker=view.worker,
             retries=view.attempt,
-            queue=recorded.get(names.CELERY_QUEUE_META),
+            queue=recorded_meta.get(names.CELERY_QUEUE_META),
         )
     return meta
 
 
-def _outcome(view: TaskView, rebuilder: ExceptionRebuilder, recorded: dict[str, str]) -> tuple[str, Any]:
+def _task_args(task_id: str, what: str, text: str | None) -> Any:
+    """The task's ``args`` or ``kwargs`` (``what``), None if unknown. Text kombu cannot
+    decode reads as unknown: Celery builds the whole meta for any read, its state too."""
+    value = None if text is None else _recorded(text)
+    if value is _UNREADABLE:
+        _ignored(task_id, what, "unknown (None)")
+        return None
+    return value
+
+
+def _outcome(view: TaskView, rebuilder: ExceptionRebuilder, meta: dict[str, str]) -> tuple[str, Any]:
+    """Celery's status and result. Every status Celery turns into an exception (FAILURE,
+    RETRY, REVOKED: its EXCEPTION_STATES) comes with an ``Exception`` made here (the
+    rebuilder finds no other class), which Celery then raises as it is: never a meta
+    it would build a class from itself, nor a BaseException such as SystemExit."""
     state = view.state
     if state is State.SUCCESS:
         return state.value, None if view.result is None else from_json(view.result)
     if state is State.STARTED or state is State.RECEIVED:
-        if view.result is not None:
-            value = json.loads(view.result)
-            if isinstance(value, dict) and names.CELERY_STATE_KEY in value:
-                meta = json.dumps(value.get(names.CELERY_META_KEY))
-                return str(value[names.CELERY_STATE_KEY]), from_json(meta)
-        return state.value, None
+        return _recorded_progress(view) or (state.value, None)
     if view.exception is not None:
-        args = exception_args(recorded, view.exception)
+        args = exception_args(view.task_id, meta, view.exception)
         return state.value, rebuilder.rebuild(view.exception, view.traceback, args=args)
     if state is State.REVOKED:
         return state.value, TaskRevokedError("revoked")
