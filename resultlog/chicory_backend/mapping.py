@@ -6,7 +6,6 @@ mapping and its reasons: docs/chicory.md, "Chicory's states in the contract" and
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -15,7 +14,7 @@ from chicory.types import BackendStatus, BrokerStatus, TaskResult, TaskState, Wo
 from resultlog import names
 from resultlog.errors import ResultNotSerializable
 from resultlog.producers.kafka import check_not_ahead
-from resultlog.schemas.event import ExceptionInfo, TaskEvent, new_event_id, now_ms, to_json
+from resultlog.schemas.event import ExceptionInfo, TaskEvent, from_json, new_event_id, now_ms, to_json
 from resultlog.schemas.fold import TaskView
 from resultlog.schemas.states import State
 from resultlog.schemas.workers import WorkerHeartbeat
@@ -41,6 +40,7 @@ FROM_EVENT_STATE: Final[dict[State, TaskState]] = {
     State.REVOKED: TaskState.FAILURE,
 }
 _WRAPPER_KEYS: Final = frozenset({names.CHICORY_STATE_KEY, names.CHICORY_RESULT_KEY})
+_CHICORY_STATES: Final = {s.value: s for s in TaskState}
 
 
 def task_event(task_id: str, result: TaskResult[Any], worker: str | None,
@@ -81,12 +81,19 @@ def _json_mode(result: TaskResult[Any]) -> Any:
 
 
 def task_result(view: TaskView) -> TaskResult[Any]:
-    """Chicory's ``TaskResult`` of a task's view."""
+    """Chicory's ``TaskResult`` of a task's view; :class:`~resultlog.errors.CorruptResult`
+    if its result is not JSON (another producer's record: resultlog's emitters write
+    only JSON)."""
     state = FROM_EVENT_STATE[view.state]
-    value = None if view.result is None else json.loads(view.result)
+    value = None if view.result is None else from_json(view.result, "result", view.task_id)
     if view.state is not State.SUCCESS and isinstance(value, dict) and value.keys() == _WRAPPER_KEYS:
-        state = TaskState(value[names.CHICORY_STATE_KEY])
-        value = value[names.CHICORY_RESULT_KEY]
+        named = value[names.CHICORY_STATE_KEY]
+        wrapped = _CHICORY_STATES.get(named) if isinstance(named, str) else None
+        # Only a state task_event() records in an event of this state: another (a
+        # SUCCESS in a STARTED event) would read as ready while wait() waits on, and
+        # the event's own state is what the view, the history and a wait go by.
+        if wrapped is not None and TO_EVENT_STATE[wrapped] is view.state:
+            state, value = wrapped, value[names.CHICORY_RESULT_KEY]
     return TaskResult[Any](
         task_id=view.task_id, state=state, result=value,
         error=None if view.exception is None else view.exception.message,

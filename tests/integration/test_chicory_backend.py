@@ -32,6 +32,9 @@ from resultlog.errors import (  # noqa: E402
     ResultTimeout,
     ValidationError,
 )
+from resultlog.producers import Emitter  # noqa: E402
+from resultlog.schemas.event import TaskEvent  # noqa: E402
+from resultlog.schemas.states import State  # noqa: E402
 from resultlog.settings import Settings  # noqa: E402
 from resultlog.views.backend import ResultBackend  # noqa: E402
 from resultlog.views.history import HistoryStore  # noqa: E402
@@ -147,6 +150,21 @@ async def test_the_push_wait_wakes_on_the_result(app: Chicory, worker: Worker) -
     assert (done.state, done.result) == (TaskState.SUCCESS, 42)
     with pytest.raises(ResultTimeout):
         await backend(app).wait(uuid.uuid4().hex, timeout=0.2)
+
+
+async def test_another_producers_wrapper_naming_a_ready_state_reads_as_the_events_state(
+        app: Chicory, settings: Settings) -> None:
+    """A STARTED event whose result wraps SUCCESS (written by another producer:
+    task_event never wraps a state of another event state) read as SUCCESS, 42 while
+    wait() waited on, the view going by the event's own state."""
+    task_id = uuid.uuid4().hex
+    wrapper = {names.CHICORY_STATE_KEY: "SUCCESS", names.CHICORY_RESULT_KEY: 42}
+    async with Emitter(settings, read_your_writes=True) as emitter:
+        await emitter.emit(TaskEvent.create(task_id, State.STARTED, result=wrapper), wait=True)
+    got = await backend(app).get_result(task_id)
+    assert got == TaskResult[Any](task_id=task_id, state=TaskState.STARTED, result=wrapper)
+    with pytest.raises(ResultTimeout):
+        await backend(app).wait(task_id, timeout=0.2)
 
 
 async def test_set_state_is_readable_and_a_ready_one_is_acknowledged(app: Chicory) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,13 +15,16 @@ pytest.importorskip("chicory")
 from chicory.types import BackendStatus, TaskResult, TaskState, WorkerStats  # noqa: E402
 
 from resultlog.chicory_backend.mapping import (  # noqa: E402
+    FROM_EVENT_STATE,
     heartbeat,
     task_event,
     task_result,
     worker_stats,
 )
-from resultlog.errors import ResultNotSerializable, ValidationError  # noqa: E402
+from resultlog import names  # noqa: E402
+from resultlog.errors import CorruptResult, ResultNotSerializable, ValidationError  # noqa: E402
 from resultlog.schemas.codec import Codec  # noqa: E402
+from resultlog.schemas.event import ExceptionInfo, TaskEvent  # noqa: E402
 from resultlog.schemas.fold import fold  # noqa: E402
 from resultlog.schemas.states import State  # noqa: E402
 from resultlog.schemas.workers import WorkerHeartbeat  # noqa: E402
@@ -86,6 +90,42 @@ def test_a_result_json_mode_cannot_encode_is_result_not_serializable(
     are not UTF-8; the emitter's own error for what JSON cannot encode instead."""
     with pytest.raises(ResultNotSerializable, match="^the task's result cannot be encoded as JSON"):
         task_event("t-1", TaskResult[Any](task_id="t-1", state=state, result=value), None)
+
+
+def read_back(event: TaskEvent, **fields: Any) -> TaskResult[Any]:
+    """``event``, with ``fields`` set past the model's checks (another producer's record
+    may hold anything), as the backend reads it once folded."""
+    for name, value in fields.items():
+        object.__setattr__(event, name, value)
+    return task_result(fold([codec.decode(codec.encode(event))])[event.task_id])
+
+
+@pytest.mark.parametrize("state, named", [
+    (State.STARTED, "SUCCESS"),  # read as ready while wait() waited on, its event STARTED
+    (State.STARTED, "FAILURE"),
+    (State.RECEIVED, "SUCCESS"),
+    (State.RETRY, "DEAD_LETTERED"),
+    (State.FAILURE, "PENDING"),
+    (State.REVOKED, "FAILURE"),  # task_event never writes a REVOKED event
+    (State.STARTED, "BOGUS"),  # these were a bare ValueError: "'BOGUS' is not a valid TaskState"
+    (State.STARTED, [1]),
+    (State.FAILURE, None),
+])
+def test_a_wrapper_whose_state_is_not_of_its_events_state_reads_as_the_plain_event(
+        state: State, named: Any) -> None:
+    wrapper = {names.CHICORY_STATE_KEY: named, names.CHICORY_RESULT_KEY: 42}
+    exc = ExceptionInfo("Exception", "builtins", "x") if state in (State.FAILURE, State.REVOKED) else None
+    back = read_back(TaskEvent.create("k", state, exc=exc), result=json.dumps(wrapper))
+    assert back.state is FROM_EVENT_STATE[state] and back.result == wrapper
+
+
+@pytest.mark.parametrize("text", ["nope", "", "[" * 100_000 + "]" * 100_000, "1" * 5_000])
+@pytest.mark.parametrize("state", [State.SUCCESS, State.STARTED])
+def test_a_result_that_is_no_json_is_corrupt_result_naming_the_task(text: str, state: State) -> None:
+    """Was a bare JSONDecodeError, RecursionError or ValueError."""
+    event = TaskEvent.create("k-bad", state, result=1)
+    with pytest.raises(CorruptResult, match="^the result of task 'k-bad' is not JSON text"):
+        read_back(event, result=text)
 
 
 def stats(**changes: Any) -> WorkerStats:
