@@ -104,7 +104,7 @@ async def test_a_result_that_is_not_json_is_named_by_every_reader(settings: Sett
     # and each reader says what is wrong instead of raising json's or Python's errors.
     await ensure_topics(settings, settings.events_topic)
     codec = Codec()
-    bad = {"not-json": "1,2", "too-deep": "[" * 5000 + "]" * 5000, "too-long": "9" * 5000}
+    bad = {"not-json": "1,2", "too-deep": "[" * 100_000 + "]" * 100_000, "too-long": "9" * 5000}
     await produce_raw(settings, [
         (task_id.encode(), codec.encode(bypassing_checks(
             TaskEvent.create(task_id, State.SUCCESS, result=1), result=text)))
