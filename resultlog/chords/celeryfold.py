@@ -42,7 +42,8 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from resultlog.chords.celeryrecords import ADD, PART, SIZE, START, CeleryChordRecord
-from resultlog.chords.entries import EXC_TYPE, INDEX, RESULT, STATE, TASK, TS, member_entry
+from resultlog.chords.entries import (
+    EXC_TYPE, INDEX, RESULT, STATE, TASK, TS, check_fits, member_entry)
 from resultlog.chords.records import (
     ChordCompleted, ChordProgress, FailedMember, Step, completion_event_id, exception_info)
 from resultlog.schemas.states import State
@@ -132,6 +133,7 @@ class CeleryChordFold:
     def _part(self, chord_id: str, rec: CeleryChordRecord, s: dict[str, Any]) -> None:
         assert rec.task_id is not None and rec.state is not None
         if rec.body is not None and body_key(chord_id) not in self.table:
+            check_fits("body", chord_id, rec.body, (rec.body,), self.max_entry_bytes)
             self.table[body_key(chord_id)] = rec.body
         seen = seen_key(chord_id, rec.index, rec.task_id)
         if seen in self.table:

@@ -43,6 +43,7 @@ from typing import Any, Final
 
 from resultlog.chords.changelog import encode_value
 from resultlog.chords.records import exception_fields
+from resultlog.errors import ValidationError
 from resultlog.producers.fitting import marker, truncate_text
 from resultlog.schemas.event import ExceptionInfo
 from resultlog.schemas.states import State
@@ -116,6 +117,27 @@ def member_entry(state: State, task_id: str, result: str | None, exception: Exce
         "and cannot be cut to fit")
     failed = State.FAILURE if state is State.SUCCESS else state
     return _entry(failed, task_id, None, too_large, timestamp, extra)
+
+
+def check_fits(what: str, chord_id: str, value: Any, texts: tuple[str | None, ...],
+               max_bytes: int) -> None:
+    """ValidationError unless ``value`` (a chord's summary or body, holding ``texts``)
+    fits within ``max_bytes`` encoded bytes; call it before writing anything of the record.
+
+    Unlike a member's entry, a declaration's callback kwargs or a Celery chord's body
+    cannot be cut: the callback needs them whole. Written as resultlog's writers write
+    them (JSON text, at most 3 bytes an event byte once escaped) they fit; another
+    producer's text with control characters left raw can take 6, and a value the
+    changelog refuses would be retried for ever, stopping every chord of the processor.
+    So such a record is refused, and the aggregator sends it to its dead letters."""
+    if _FIXED_BYTES + _ESCAPED_PER_CHAR * sum(len(t) for t in texts if t) <= max_bytes:
+        return  # nearly every value: far within the limit, not worth encoding
+    size = len(encode_value(value))
+    if size > max_bytes:
+        raise ValidationError(
+            f"chord {chord_id}: its {what} takes {size} bytes in the chord aggregator's state, "
+            f"over its {max_bytes}-byte limit (RESULTLOG_MAX_EVENT_BYTES); write it as JSON "
+            "text (resultlog's writers do), whose escapes fit")
 
 
 def _fitted_failure(state: State, task_id: str, exception: ExceptionInfo | None, timestamp: int,

@@ -14,7 +14,7 @@ from typing import Any
 from resultlog.errors import CodecError
 from resultlog.chords.celeryfold import CeleryChordFold, is_celery, summary_key
 from resultlog.chords.celeryrecords import CeleryChordRecord
-from resultlog.chords.entries import EXC_TYPE, RESULT, STATE, TASK, TS, member_entry
+from resultlog.chords.entries import EXC_TYPE, RESULT, STATE, TASK, TS, check_fits, member_entry
 from resultlog.chords.records import (
     ChordCompleted, ChordDeclared, ChordProgress, FailedMember, Step, completion_event_id,
     exception_info)
@@ -87,6 +87,8 @@ class ChordFold:
             shrinks = s["n"] > decl.size
             s.update(declared=True, n=decl.size, wait_all=decl.wait_all, callback=decl.callback,
                      kwargs=decl.callback_kwargs, ts=max(s["ts"], decl.timestamp))
+            check_fits("declaration", decl.chord_id, s, (decl.callback, decl.callback_kwargs),
+                       self.max_entry_bytes)
             if shrinks:
                 log.warning("chord %s declared with %d members, but members said up to %d; "
                             "members beyond the declared size are ignored", decl.chord_id, decl.size, before["n"])

@@ -18,7 +18,9 @@ import redis.asyncio
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 
 from resultlog.errors import ChordError, CorruptResult, ResultNotSerializable
+from resultlog.processors.deadletter import REASON_HEADER
 from resultlog.producers import Emitter, declare_chord
+from resultlog.producers.topics import ensure_topics
 from resultlog.chords.records import ChordCompleted, ChordDeclared, completion_event_id
 from resultlog.schemas.codec import Codec
 from resultlog.schemas.event import ExceptionInfo, TaskEvent
@@ -388,6 +390,34 @@ async def test_a_member_entry_over_the_changelog_limit_is_cut_and_chords_after_i
     completions = {c.chord_id: c for c in await read_completions(settings)}
     failed = completions["ctl"].failed_member
     assert failed is not None and failed.exception is not None and failed.exception.type == "ValueError"
+
+
+async def test_a_declaration_too_large_for_the_changelog_is_dead_lettered_and_chords_after_it_complete(
+    settings: Settings,
+) -> None:
+    """Callback kwargs of 900,000 raw control characters (no JSON writer leaves them raw):
+    within the event limit, but 5.4 MB in the chord's summary, which the changelog refused
+    and the aggregator retried for ever, so no chord completed after it. The declaration
+    is refused, with its reason, and the fold goes on."""
+    await ensure_topics(settings, settings.events_topic, settings.dead_letter_topic)
+    codec = Codec()
+    decl = ChordDeclared.create("ctl-decl", 1, callback="tasks.sum")
+    object.__setattr__(decl, "callback_kwargs", "\x01" * 900_000)  # past the model's checks
+    await produce_raw(settings, [(b"ctl-decl", decl.encode(codec))])
+    with ProcessorProcess(settings) as proc:
+        await emit(settings, members("after", 2), ("after", 2))
+        async with ResultBackend(settings) as backend:
+            assert await backend.AioChordResult("after").get(timeout=60) == [0, 2], proc.output()[-3000:]
+    consumer = AIOKafkaConsumer(settings.dead_letter_topic, bootstrap_servers=settings.kafka_bootstrap_servers,
+                                auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    try:
+        letter = await asyncio.wait_for(consumer.getone(), timeout=30)
+    finally:
+        await consumer.stop()
+    assert letter.key == b"ctl-decl"
+    reason = dict(letter.headers)[REASON_HEADER].decode()
+    assert "chord ctl-decl: its declaration takes" in reason and "limit" in reason, reason
 
 
 def unchecked_member(codec: Codec, chord_id: str, index: int, result: str) -> tuple[bytes, bytes]:

@@ -236,3 +236,17 @@ def test_records_round_trip_and_bad_ones_are_refused() -> None:
         CeleryChordRecord.sized(CHORD, -1)
     with pytest.raises(ValidationError, match="state"):
         CeleryChordRecord.part(CHORD, "t", 0, State.STARTED)
+
+
+def test_a_body_too_large_for_the_changelog_is_refused_before_anything_is_written() -> None:
+    """A body of raw control characters (no JSON writer leaves them raw) takes 6 bytes a
+    byte in the changelog: within the event limit, over the record limit, a write the
+    changelog refused for ever. The part is refused (the aggregator dead-letters it)."""
+    table: dict[str, Any] = {}
+    forged = dataclasses.replace(part(0), body="\x01" * (ENTRY_BYTES // 5))
+    with pytest.raises(ValidationError, match=f"chord {CHORD}: its body takes .* over its {ENTRY_BYTES}-byte limit"):
+        run([forged], table)
+    assert table == {}
+    # The same member with its body as Celery writes it completes the chord.
+    completions, bodies, _ = run([CeleryChordRecord.sized(CHORD, 1), part(0)], table)
+    assert [(c.state, c.results) for c in completions] == [(State.SUCCESS, "[0]")] and bodies == [BODY]

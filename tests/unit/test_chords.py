@@ -619,3 +619,21 @@ def test_completed_summaries_are_removed_a_ttl_later_only_from_their_own_partiti
     _, kept = run(records)
     assert SummaryRetention(kept, 0, partitions).sweep(p, 10**15) == []
     assert len([k for k in kept if k.startswith("c:")]) == 5
+
+
+def test_a_declaration_too_large_for_the_changelog_is_refused_before_anything_is_written() -> None:
+    """Callback kwargs of raw control characters (no JSON writer leaves them raw) take 6
+    bytes a byte in the summary: within the event limit, over the record limit, a write
+    the changelog refused for ever. The declaration is refused (the aggregator
+    dead-letters it); one written as JSON text near the event limit fits."""
+    forged = declared(1)
+    object.__setattr__(forged, "callback_kwargs", "\x01" * (ENTRY_BYTES // 5))
+    table: dict[str, Any] = {}
+    with pytest.raises(ValidationError, match=f"chord {CHORD}: its declaration takes .* over its {ENTRY_BYTES}-byte limit"):
+        run([forged], table)
+    assert table == {}
+    # 0.8 MB in the event (2 bytes a character), 2.4 MB escaped (\u00e9): the most JSON takes.
+    as_json = ChordDeclared.create(CHORD, 1, callback="tasks.sum", callback_kwargs={"k": "é" * 400_000})
+    assert len(as_json.encode(Codec())) < Settings().max_event_bytes
+    completions, _ = run([as_json, member(0, 1)], table)
+    assert [c.callback_kwargs for c in completions] == [as_json.callback_kwargs]
