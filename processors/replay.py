@@ -167,13 +167,18 @@ async def replay(
         # cannot serve is refused while the stores still hold what they held.
         async with LogReader(settings) as reader:
             plan: Slice = await reader.plan(from_timestamp_ms=from_timestamp_ms, from_offsets=from_offsets)
-        if fresh:
-            if redis:
-                await clear_redis_view(settings)
-            if history:
-                await store.reset()
-            await store.reset_offsets(group)
-            await clear_redis_offsets(settings, group)
+            if fresh:
+                if redis:
+                    await clear_redis_view(settings)
+                if history:
+                    await store.reset()
+                await store.reset_offsets(group)
+                await clear_redis_offsets(settings, group)
+                # And planned again, to the log's end now: with --force a live processor
+                # may have written events past the first plan's end before the stores
+                # were emptied, and it has moved past them; a replay that stopped at the
+                # first end would leave them out of the history for good.
+                plan = await reader.plan(from_timestamp_ms=from_timestamp_ms, from_offsets=from_offsets)
         bar = Progress(plan.total, "replay") if progress else None
         totals = SinkStats()
         started = time.monotonic()

@@ -253,6 +253,33 @@ async def test_replay_refuses_while_a_processor_is_live_unless_forced(settings: 
         assert forced.stats.read == n and forced.stats.inserted == 0
 
 
+async def test_a_fresh_forced_replay_beside_a_live_processor_keeps_what_it_wrote_meanwhile(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--fresh --force`` with a processor live: events the processor wrote after the
+    replay planned its slice and before it emptied the stores were deleted, then never
+    replayed (the slice ended before them, the processor had moved past them): the
+    history lost them for good. The interleaving is made, not waited for: the stores
+    are emptied only once the live processor has written events past the plan."""
+    n = await workload(settings, n=8)
+    with ProcessorProcess(settings) as proc:
+        await eventually(lambda: history_holds(settings, n), f"the processor folded\n{proc.output()[-1500:]}")
+        late: list[int] = []
+
+        async def clear_once_more_is_written(s: Settings) -> None:
+            late.append(await workload(settings, n=4, tag="late"))
+            await eventually(lambda: history_holds(settings, n + late[0]),
+                             f"the live processor wrote the late events\n{proc.output()[-1500:]}")
+            await clear_redis_view(s)
+
+        monkeypatch.setattr("resultlog.processors.replay.clear_redis_view", clear_once_more_is_written)
+        await replay(settings, fresh=True, force=True, jobs=1, progress=False)
+        assert late, "the replay emptied no store"
+        await eventually(lambda: history_holds(settings, n + late[0]),
+                         f"the history holds every event of the log\n{proc.output()[-1500:]}")
+    report = await verify(settings, redis=False)
+    assert report.ok and report.events == n + late[0], report.differences
+
+
 class StopAfterFirstBatch:
     """An ``on_batch`` that counts what it is told of, then interrupts the replay."""
 
