@@ -92,6 +92,13 @@ class StoreUnavailable(ResultlogError):
     retriable = True
 
 
+class PartitionDetaching(StoreUnavailable):
+    """A late event falls on a day whose history partition ``resultlog prune`` is
+    dropping (pending detach, or detached and not yet dropped): no row of that day can
+    be written until the prune has dropped it and a new partition is made. Retriable:
+    the fold waits, its batches in order."""
+
+
 class ViewLost(ResultlogError):
     """The Redis view no longer holds what its recorded position says (a restart without
     persistence, a FLUSHDB, a failover to an empty replica, an evicted offsets hash).

@@ -276,7 +276,9 @@ class HistoryStore(PooledStore):
                 raise
             except asyncpg.CheckViolationError as exc:
                 # "no partition of relation ... found for row": a partition this process
-                # thought existed was dropped (e.g. pruned). Forget what we knew, retry.
+                # thought existed was dropped (e.g. pruned), or is being (pending detach:
+                # the next _ensure_days raises PartitionDetaching, and the caller waits).
+                # Forget what we knew, retry.
                 if "no partition" not in str(exc) or attempt == _WRITE_ATTEMPTS:
                     raise
                 self._known_days.clear()

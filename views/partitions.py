@@ -11,6 +11,7 @@ from collections.abc import Collection
 import asyncpg  # type: ignore[import-untyped]
 
 from resultlog import names
+from resultlog.errors import PartitionDetaching
 from resultlog.views.migrations import advisory_key, quote_ident
 
 DAY_MS = 86_400_000
@@ -52,8 +53,38 @@ async def existing_partitions(conn: asyncpg.Connection, schema: str) -> set[str]
     return {r["relname"] for r in rows}
 
 
+async def check_writable(conn: asyncpg.Connection, schema: str, days: Collection[int]) -> None:
+    """:class:`PartitionDetaching` unless a row of each of ``days`` can go into the
+    history now, in a partition of its own or one :func:`ensure_partitions` can make.
+
+    ``resultlog prune`` takes a day away in steps: ``DETACH ... CONCURRENTLY`` leaves the
+    partition pending detach while it waits for the queries that started before it (a
+    row of that day then has no partition, and a new one cannot be attached beside it),
+    and the detached table keeps the partition's name until it is dropped. A late event
+    for that day waits for the drop; a prune interrupted in between is finished by the
+    next one."""
+    parent = f"{quote_ident(schema)}.{names.HISTORY_TABLE}"
+    rows = await conn.fetch(
+        "SELECT c.relname, coalesce(i.inhdetachpending, false) AS pending"
+        " FROM pg_class c LEFT JOIN pg_inherits i ON i.inhrelid = c.oid AND i.inhparent = $2::regclass"
+        " WHERE c.relnamespace = $1::regnamespace AND c.relname = ANY($3::text[])"
+        " AND (i.inhrelid IS NULL OR i.inhdetachpending)",
+        quote_ident(schema), parent, sorted({partition_name(day) for day in days}))
+    if rows:
+        busy = ", ".join(f"{r['relname']} ({'pending detach' if r['pending'] else 'detached, not dropped'})"
+                         for r in rows)
+        raise PartitionDetaching(
+            f"events fall on days whose history partitions {busy} of {parent} are being "
+            "removed by `resultlog prune` (a DETACH ... CONCURRENTLY waits for the queries "
+            "that started before it): they are written once the prune has dropped them. If "
+            "no prune is running, one was interrupted: run `resultlog prune` again to finish "
+            "it (a table detached by hand with a partition's name must be renamed)")
+
+
 async def ensure_partitions(conn: asyncpg.Connection, schema: str, days: Collection[int]) -> list[str]:
     """Create the partitions for ``days`` that do not exist yet; returns their names.
+    :class:`PartitionDetaching` if a day's partition is being removed by a prune
+    (:func:`check_writable`).
 
     Safe against other processes doing the same: creators serialize on an advisory
     lock held to commit, and look for existing partitions only once they hold it.
@@ -62,6 +93,7 @@ async def ensure_partitions(conn: asyncpg.Connection, schema: str, days: Collect
     parent = f"{s}.{names.HISTORY_TABLE}"
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", advisory_key(schema, "partitions"))
+        await check_writable(conn, schema, days)
         existing = await existing_partitions(conn, schema)
         created = []
         statements = []

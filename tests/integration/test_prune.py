@@ -14,7 +14,8 @@ from datetime import datetime, timezone
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from resultlog.errors import ResultlogError, ValidationError
+from resultlog.errors import PartitionDetaching, ResultlogError, ValidationError
+from resultlog.producers import Emitter
 from resultlog.schemas.event import TaskEvent
 from resultlog.settings import Settings
 from resultlog.views import prune as prune_module
@@ -22,8 +23,10 @@ from resultlog.views.history import HistoryStore, stored
 from resultlog.views.migrations import quote_ident
 from resultlog.views.partitions import DAY_MS, civil_from_days, day_of, partition_name
 from resultlog.views.prune import Removed, day_of_partition, days_from_civil, prune
+from tests.integration.processes import ProcessorProcess
 from tests.integration.test_analytics import cli
 from tests.integration.test_history import partitions_of
+from tests.integration.test_pipeline import eventually
 
 D = day_of(int(datetime(2024, 3, 10, tzinfo=timezone.utc).timestamp() * 1000))
 HOUR_MS = 3_600_000
@@ -183,6 +186,67 @@ async def test_a_pending_detach_it_did_not_start_stops_it(store: HistoryStore) -
     with pytest.raises(ResultlogError, match=f"{p(D - 3)}.*FINALIZE"):
         await prune(store.settings, CUTOFF)
     assert p(D - 2) in await partitions_of(store)  # nothing was done
+
+
+async def test_a_late_event_for_a_day_being_pruned_waits_for_the_drop(store: HistoryStore) -> None:
+    """A partition pending detach takes no row, and no new partition can be made beside
+    it: the write failed with a raw CheckViolationError ("no partition ... found for
+    row"), which stopped the processor. It is a retriable PartitionDetaching naming the
+    partition, until the prune has dropped it."""
+    await load(store)
+    await _interrupted_detach(store, p(D - 3), marked=True)
+    late = TaskEvent.create("late", "SUCCESS", timestamp=(D - 3) * DAY_MS + 7, result=1)
+    with pytest.raises(PartitionDetaching, match=rf"{p(D - 3)} \(pending detach\).*run `resultlog prune` again") as info:
+        await store.write_batch(stored([late]), {}, consumer_group="g")
+    assert info.value.retriable
+    await prune(store.settings, CUTOFF)  # finishes the detach, drops the partition
+    assert await store.write_batch(stored([late]), {}, consumer_group="g") == 1
+    assert p(D - 3) in await partitions_of(store) and late.event_id in await event_ids(store)
+
+
+async def test_a_late_event_for_a_day_detached_and_not_yet_dropped_waits_for_the_drop(store: HistoryStore) -> None:
+    """Between its detach and its drop a pruned partition is a table with the
+    partition's name: making the day's partition again failed with a raw
+    DuplicateTableError."""
+    await load(store)
+    s = quote_ident(store.settings.postgres_schema)
+    await store.pool.execute(f"COMMENT ON TABLE {s}.{p(D - 3)} IS '{prune_module._MARK}'")
+    await store.pool.execute(f"ALTER TABLE {s}.task_events DETACH PARTITION {s}.{p(D - 3)}")
+    late = TaskEvent.create("late", "SUCCESS", timestamp=(D - 3) * DAY_MS + 7, result=1)
+    with pytest.raises(PartitionDetaching, match=rf"{p(D - 3)} \(detached, not dropped\)"):
+        await store.write_batch(stored([late]), {}, consumer_group="g")
+    await prune(store.settings, CUTOFF)
+    assert await store.write_batch(stored([late]), {}, consumer_group="g") == 1
+    assert late.event_id in await event_ids(store)
+
+
+async def test_the_processor_waits_out_a_prune_of_a_late_events_day(store: HistoryStore) -> None:
+    """The live fold with a late event for a day a prune is removing: it stopped the
+    processor ("the fold engine failed: CheckViolationError"). It waits, then writes
+    the late event and every one after it, in order."""
+    settings = store.settings
+    await load(store)
+    await _interrupted_detach(store, p(D - 3), marked=True)
+    late = TaskEvent.create("late", "SUCCESS", timestamp=(D - 3) * DAY_MS + 7, result=1)
+    after = TaskEvent.create("after", "SUCCESS", result=2)
+    with ProcessorProcess(settings) as proc:
+        async with Emitter(settings) as emitter:
+            await emitter.emit(late)
+            await emitter.emit(after)
+        await eventually(lambda: _said(proc, f"{p(D - 3)} (pending detach)"), "the processor waiting for the prune")
+        assert proc.alive()
+        await prune(settings, CUTOFF)
+        await eventually(lambda: _holds(store, {late.event_id, after.event_id}),
+                         f"both events written\n{proc.output()[-3000:]}")
+        assert proc.alive(), proc.output()[-3000:]
+
+
+async def _said(proc: ProcessorProcess, text: str) -> bool:
+    return text in proc.output()
+
+
+async def _holds(store: HistoryStore, ids: set[str]) -> bool:
+    return ids <= await event_ids(store)
 
 
 async def test_detached_tables_go_only_when_prune_marked_them(store: HistoryStore) -> None:
