@@ -35,14 +35,18 @@ class ViewRebuilder:
         # Only prepare() is used: decoding and row building, no stores of its own.
         self._rows = FoldSink(settings, consumer_group="", write_redis=False, write_history=False)
         self._pending: dict[int, tuple[int, int]] = {}
-        self._chords_lost = False
+        # The chords mark (views/coverage.py) of a chord views' rebuild to run, and of
+        # the one running: a claim finding the mark of the running one queues nothing.
+        self._chords_lost: str | None = None
+        self._chords_running: str | None = None
         self._task: asyncio.Task[None] | None = None
         self.rebuilding = False  # a rebuild is queued or running
         self.rebuilt = 0  # events folded by rebuilds, for logs and the metrics
 
-    def add(self, gaps: Mapping[int, tuple[int, int]], *, chords_lost: bool = False) -> None:
+    def add(self, gaps: Mapping[int, tuple[int, int]], *, chords_lost: str | None = None) -> None:
         """Rebuild ``gaps`` (partition -> [start, end)); a partition already queued keeps
-        the union of both ranges."""
+        the union of both ranges. ``chords_lost``: the chords mark a claim found; the
+        chord views are rebuilt (after the gaps) and then the mark removed."""
         for p, (start, end) in gaps.items():
             if start >= end:
                 continue
@@ -50,8 +54,10 @@ class ViewRebuilder:
                 s0, e0 = self._pending[p]
                 start, end = min(start, s0), max(end, e0)
             self._pending[p] = (start, end)
-        self._chords_lost = self._chords_lost or chords_lost
-        if (self._pending or self._chords_lost) and (self._task is None or self._task.done()):
+        if chords_lost is not None and chords_lost != self._chords_running:
+            self._chords_lost = chords_lost
+        if (self._pending or self._chords_lost is not None) and \
+                (self._task is None or self._task.done()):
             self.rebuilding = True
             self._task = asyncio.get_running_loop().create_task(self._run(), name="view-rebuild")
 
@@ -63,26 +69,41 @@ class ViewRebuilder:
 
     async def _run(self) -> None:
         try:
-            while self._pending or self._chords_lost:
+            while self._pending or self._chords_lost is not None:
                 gaps, self._pending = self._pending, {}
-                chords, self._chords_lost = self._chords_lost, False
+                chords, self._chords_lost = self._chords_lost, None
                 try:
                     if gaps:
                         await self._rebuild(gaps)
-                    if chords:
-                        # Imported here: the aggregator module imports faust.
-                        from resultlog.chords.aggregator import rebuild_chord_views
-                        n = await rebuild_chord_views(self.settings)
-                        log.info("view rebuild: the views of %d chord(s) rebuilt from %s",
-                                 n, self.settings.chords_topic)
+                    if chords is not None:
+                        await self._rebuild_chords(chords)
                 except ResultlogError as exc:
-                    # The gaps stay recorded in Redis; the next claim (at the next write
-                    # or check) finds them and queues them again.
-                    log.warning("view rebuild interrupted (%s); it resumes at the next check", exc)
+                    # The gaps and the chords mark stay recorded in Redis; the next claim
+                    # of this processor or another (at a write or check finding the view
+                    # lost, or at an assignment) finds them and queues them again.
+                    log.warning("view rebuild interrupted (%s); it resumes at the next claim", exc)
                     return
         finally:
-            if not self._pending:
+            if not self._pending and self._chords_lost is None:
                 self.rebuilding = False
+
+    async def _rebuild_chords(self, mark: str) -> None:
+        """Fold the whole chords topic into the chord views, then remove the chords mark
+        ``mark``. Chord views are global: every processor that finds the mark rebuilds
+        them, and two at once write the same values (the fold of one log: completions
+        are the same fields, progress only rises), so the first to finish removes it."""
+        # Imported here: the aggregator module imports faust.
+        from resultlog.chords.aggregator import rebuild_chord_views
+        self._chords_running = mark
+        try:
+            log.info("view rebuild: the chord views were lost with the view; rebuilding them "
+                     "from %s", self.settings.chords_topic)
+            n = await rebuild_chord_views(self.settings)
+            await self.coverage.chords_rebuilt(mark)
+        finally:
+            self._chords_running = None
+        log.info("view rebuild: the views of %d chord(s) rebuilt from %s",
+                 n, self.settings.chords_topic)
 
     async def _rebuild(self, gaps: dict[int, tuple[int, int]]) -> None:
         plan = Slice(self.settings.events_topic, {p: g[0] for p, g in gaps.items()},

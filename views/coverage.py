@@ -21,18 +21,26 @@ from resultlog.errors import ViewLost
 from resultlog.settings import Settings
 from resultlog.redis_access import text, translated
 
-# Claims, per partition p (ARGV: topic, then p, begin, end, known per partition):
+# Claims, per partition p (ARGV: topic, the chords mark's field, a new token for it, then
+# p, begin, end, known per partition):
 #  - no position: the view knows nothing of p; position := end, gap := [begin, end);
 #  - a position below ``known`` (what this processor had written: the view went back
 #    to an older copy, e.g. a failover to a lagging replica): gap grows by
 #    [position, known), position := known.
 # An existing gap is merged (smallest start, largest end), so two claims of the same
 # partition, from one processor or two, never shrink what is to be rebuilt.
-# Returns, per partition in ARGV order, its gap after the claim ("" if none).
+# A claim that found no hash at all (the view's whole record gone, and the chord views
+# with it: Redis restarted empty or flushed) and records a gap sets the chords mark to
+# the token, in this same call: a processor killed after the claim leaves the mark
+# beside the gaps, and whoever claims next finds both (``processors/rebuild.py``).
+# Returns, per partition in ARGV order, its gap after the claim ("" if none), then the
+# chords mark ("" if none).
 CLAIM_SCRIPT: Final = """
-local okey, topic, out = KEYS[1], ARGV[1], {}
+local okey, topic, mark, out = KEYS[1], ARGV[1], ARGV[2], {}
+local fresh, gapped = redis.call('EXISTS', okey) == 0, false
 local function add_gap(f, s, e)
   if s >= e then return end
+  gapped = true
   local g = redis.call('HGET', okey, 'gap:' .. f)
   if g then
     local gs, ge = string.match(g, '^(%d+):(%d+)$')
@@ -40,7 +48,7 @@ local function add_gap(f, s, e)
   end
   redis.call('HSET', okey, 'gap:' .. f, string.format('%d:%d', s, e))
 end
-for i = 2, #ARGV, 4 do
+for i = 4, #ARGV, 4 do
   local f = topic .. ':' .. ARGV[i]
   local begin, stop, known = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
   local cur = redis.call('HGET', okey, f)
@@ -53,8 +61,25 @@ for i = 2, #ARGV, 4 do
   end
   out[#out + 1] = redis.call('HGET', okey, 'gap:' .. f) or ''
 end
+if fresh and gapped then redis.call('HSET', okey, mark, ARGV[3]) end
+out[#out + 1] = redis.call('HGET', okey, mark) or ''
 return out
 """
+
+# The chord views rebuilt (KEYS: the offsets hash; ARGV: the mark's field, the token the
+# rebuild began with): the mark is removed only if it is still that token. A mark set
+# since (the view lost again, claimed again) asks for another rebuild, which is queued.
+CHORDS_REBUILT_SCRIPT: Final = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+#: The offsets hash's field marking the chord views as lost and not rebuilt yet (its
+#: value a token unique to the claim that set it; no topic name holds a ':').
+CHORDS_LOST_FIELD: Final = "chords:lost"
 
 # A rebuild's progress (KEYS: the offsets hash, the rebuild's chain marker; ARGV: position
 # field, the gap's end as claimed, the new start, the rebuild's fold calls so far).
@@ -132,6 +157,14 @@ CHAIN_BROKEN: Final = ("the Redis view lacks a write of this rebuild (restarted 
 
 
 @dataclass(frozen=True, slots=True)
+class Claimed:
+    """What a claim leaves to rebuild."""
+
+    gaps: dict[int, tuple[int, int]]  # per claimed partition with one, its gap
+    chords_lost: str | None  # the chords mark's token if the chord views are to be rebuilt
+
+
+@dataclass(frozen=True, slots=True)
 class Coverage:
     positions: dict[int, int]
     gaps: dict[int, tuple[int, int]]
@@ -156,6 +189,7 @@ class ViewCoverage:
         self.consumer_group = consumer_group
         self.key = names.offsets_key(settings.redis_prefix, consumer_group)
         self._claim = client.register_script(CLAIM_SCRIPT)
+        self._chords_rebuilt = client.register_script(CHORDS_REBUILT_SCRIPT)
         self._advance = client.register_script(ADVANCE_SCRIPT)
         self._whole = client.register_script(WHOLE_SCRIPT)
 
@@ -175,13 +209,15 @@ class ViewCoverage:
                 positions[int(f[len(head):])] = int(v)
         return Coverage(positions, gaps, bool(raw))
 
-    async def claim(self, claims: Mapping[int, Claim]) -> dict[int, tuple[int, int]]:
+    async def claim(self, claims: Mapping[int, Claim]) -> Claimed:
         """Record positions for partitions the view knows nothing of (or went back on),
-        with the gaps before them; returns each claimed partition's gap to rebuild."""
+        with the gaps before them; returns each claimed partition's gap to rebuild, and
+        the chords mark if the chord views are to be rebuilt (set now or left by an
+        earlier claim whose rebuild has not finished)."""
         if not claims:
-            return {}
+            return Claimed({}, None)
         order = sorted(claims)
-        args: list[str] = [self.topic]
+        args: list[str] = [self.topic, CHORDS_LOST_FIELD, uuid.uuid4().hex]
         for p in order:
             c = claims[p]
             args += [str(p), str(c.begin), str(max(c.begin, c.resume)), str(c.known)]
@@ -192,7 +228,14 @@ class ViewCoverage:
             gap = parse_gap(text(reply))
             if gap is not None:
                 out[p] = gap
-        return out
+        return Claimed(out, text(replies[-1]) or None)
+
+    async def chords_rebuilt(self, mark: str) -> bool:
+        """The chord views were rebuilt from the chords topic after the chords mark
+        ``mark`` was seen: remove it unless it has been set again since."""
+        with translated("recording the chord views rebuilt"):
+            return bool(await self._chords_rebuilt(keys=[self.key],
+                                                   args=[CHORDS_LOST_FIELD, mark]))
 
     def chain(self) -> RebuildChain:
         """A new rebuild's chain (its marker key is unique to it)."""

@@ -156,6 +156,24 @@ async def test_a_part_of_a_batch_writes_only_after_the_parts_before_it(
         assert await client.exists(marker) == 0
 
 
+async def test_the_chords_mark_is_set_with_the_claim_that_found_no_record(
+    settings: Settings, client: redis.asyncio.Redis
+) -> None:
+    """Set by the claim that found the offsets hash gone and recorded a gap, in the same
+    call; found again by later claims; removed only with the token it was set with."""
+    coverage = ViewCoverage(settings, client, "g", settings.events_topic)
+    assert (await coverage.claim({0: Claim(begin=5, resume=5)})).chords_lost is None
+    await client.delete(coverage.key)
+    first = await coverage.claim({0: Claim(begin=0, resume=30)})
+    assert first.gaps == {0: (0, 30)} and first.chords_lost is not None
+    later = await coverage.claim({0: Claim(begin=0, resume=40), 1: Claim(begin=0, resume=9)})
+    assert later.chords_lost == first.chords_lost and later.gaps == {0: (0, 30), 1: (0, 9)}
+    assert not await coverage.chords_rebuilt("another token")
+    assert await coverage.chords_rebuilt(first.chords_lost)
+    assert (await coverage.claim({1: Claim(begin=0, resume=9)})).chords_lost is None
+    assert (await coverage.read()).gaps == {0: (0, 30), 1: (0, 9)}
+
+
 async def test_a_rebuild_whose_write_the_view_lost_records_no_progress_past_it(
     settings: Settings, client: redis.asyncio.Redis
 ) -> None:
@@ -165,7 +183,7 @@ async def test_a_rebuild_whose_write_the_view_lost_records_no_progress_past_it(
     s = settings.replace(result_ttl_s=0)
     topic, t = s.events_topic, 1_700_000_000_000
     coverage = ViewCoverage(s, client, "g", topic)
-    gaps = await coverage.claim({0: Claim(begin=0, resume=30)})
+    gaps = (await coverage.claim({0: Claim(begin=0, resume=30)})).gaps
     assert gaps == {0: (0, 30)}
 
     def rows(*task_ids: str) -> tuple[list[str], list[list[Any]]]:

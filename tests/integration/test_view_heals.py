@@ -17,6 +17,7 @@ import pytest
 import redis.asyncio
 
 from resultlog import names
+from resultlog.errors import BrokerUnavailable, ResultTimeout
 from resultlog.processors.verify import verify
 from resultlog.producers import Emitter
 from resultlog.schemas.event import TaskEvent
@@ -25,9 +26,10 @@ from resultlog.settings import Settings
 from resultlog.views import HistoryStore, RedisView, ResultBackend
 from resultlog.processors.logreader import LogReader
 from resultlog.processors.rebuild import ViewRebuilder
-from resultlog.views.coverage import Claim, RebuildChain, ViewCoverage
+from resultlog.views.coverage import CHORDS_LOST_FIELD, Claim, RebuildChain, ViewCoverage
 from resultlog.views.history import stored
 from tests.integration.processes import ProcessorProcess
+from tests.integration.test_chords import emit, members
 from tests.integration.test_pipeline import eventually
 
 pytestmark = pytest.mark.integration
@@ -211,7 +213,7 @@ async def test_a_rebuild_whose_writes_redis_lost_starts_again_from_its_recorded_
     async with LogReader(settings) as reader:
         plan = await reader.plan()
     coverage = ViewCoverage(settings, redis_client, settings.consumer_group)
-    gaps = await coverage.claim({p: Claim(plan.start[p], plan.end[p]) for p in plan.end})
+    gaps = (await coverage.claim({p: Claim(plan.start[p], plan.end[p]) for p in plan.end})).gaps
     assert sum(end - start for start, end in gaps.values()) == 600
     async with ViewLosingTheRebuildsFirstWrites(settings) as view:
         rebuilder = ViewRebuilder(settings, coverage, view)
@@ -270,3 +272,105 @@ async def _state_in_view(settings: Settings, task_id: str, state: State) -> bool
     async with RedisView(settings) as view:
         raw = await view.get(task_id)
     return raw is not None and raw.state is state
+
+
+async def chords_read_back(settings: Settings, sizes: Mapping[str, int], timeout_s: float) -> None:
+    async with ResultBackend(settings) as backend:
+        got = await asyncio.gather(*(backend.AioChordResult(c).get(timeout=timeout_s) for c in sizes))
+    assert got == [[i * 2 for i in range(n)] for n in sizes.values()]
+
+
+async def chords_mark(settings: Settings, client: redis.asyncio.Redis) -> bytes | None:
+    okey = names.offsets_key(settings.redis_prefix, settings.consumer_group)
+    return await client.hget(okey, CHORDS_LOST_FIELD)  # type: ignore[no-any-return]
+
+
+async def test_chord_views_lost_with_the_view_are_rebuilt_after_a_processor_died_mid_rebuild(
+        settings: Settings, redis_client: redis.asyncio.Redis) -> None:
+    """Redis restarted empty; the first processor to start claimed the view (its gaps
+    recorded) and was killed before it rebuilt anything. The next processor finds the
+    offsets hash there, with gaps: it must still rebuild the chord views, which only the
+    claim that found the hash gone could know were lost. (Found by a fault audit: every
+    completed chord read PENDING for good, ChordResult.get() timing out.)"""
+    sizes = {f"c{k}": 3 for k in range(20)}
+    with ProcessorProcess(settings) as proc:
+        await emit(settings, [e for c, n in sizes.items() for e in members(c, n)], *sizes.items())
+        await chords_read_back(settings, sizes, 60)
+        proc.stop()
+    await drop_view(redis_client, settings)
+    # What the killed processor left: its claim, exactly as it makes it at assignment
+    # (from the log's beginning to the history's position), and nothing rebuilt.
+    async with LogReader(settings) as reader:
+        plan = await reader.plan()
+    async with HistoryStore(settings) as store:
+        history = await store.committed_offsets(settings.consumer_group, settings.events_topic)
+    coverage = ViewCoverage(settings, redis_client, settings.consumer_group)
+    await coverage.claim({p: Claim(plan.start[p], history.get(p, plan.start[p]))
+                          for p in range(settings.topic_partitions)})
+    assert (await coverage.read()).gaps, "the claim recorded no gap"
+    with ProcessorProcess(settings) as proc:
+        await eventually(lambda: view_whole(settings, redis_client),
+                         f"the view whole again\n{proc.output()[-3000:]}")
+        try:
+            await chords_read_back(settings, sizes, 30)
+        except ResultTimeout as exc:
+            raise AssertionError(f"chord views not rebuilt: {exc}\n{proc.output()[-3000:]}") from exc
+        after = await emit_successes(settings, "after", 5)
+        await eventually(lambda: _all(settings, after), "a task emitted afterwards visible")
+        # The mark goes once the chord views are rebuilt: a later claim rebuilds nothing.
+        await eventually(lambda: _no_mark(settings, redis_client), "the chords mark removed")
+        assert "the views of 20 chord(s) rebuilt" in proc.output()
+    await assert_verified(settings)
+
+
+async def _no_mark(settings: Settings, client: redis.asyncio.Redis) -> bool:
+    return await chords_mark(settings, client) is None
+
+
+async def test_the_chords_mark_stays_until_a_chord_rebuild_finishes(
+        settings: Settings, redis_client: redis.asyncio.Redis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chord views' rebuild interrupted (Kafka or Redis unavailable) leaves the mark,
+    so the next claim rebuilds them; two processors rebuilding them at once both finish,
+    and the view ends with the chords the log completed."""
+    sizes = {f"i{k}": 2 for k in range(5)}
+    with ProcessorProcess(settings) as proc:
+        await emit(settings, [e for c, n in sizes.items() for e in members(c, n)], *sizes.items())
+        await chords_read_back(settings, sizes, 60)
+        proc.stop()
+    await drop_view(redis_client, settings)
+    coverage = ViewCoverage(settings, redis_client, settings.consumer_group)
+    claimed = await coverage.claim({p: Claim(0, 1) for p in range(settings.topic_partitions)})
+    assert claimed.chords_lost is not None
+    # Another claim (another processor's) finds the same mark; no new one is set.
+    assert (await coverage.claim({0: Claim(0, 1)})).chords_lost == claimed.chords_lost
+
+    from resultlog.chords import aggregator
+    real = aggregator.rebuild_chord_views
+
+    async def unavailable(s: Settings) -> int:
+        raise BrokerUnavailable("the chords topic cannot be read (simulated)")
+
+    async with RedisView(settings) as view:
+        monkeypatch.setattr(aggregator, "rebuild_chord_views", unavailable)
+        first = ViewRebuilder(settings, coverage, view)
+        first.add({}, chords_lost=claimed.chords_lost)
+        await eventually(lambda: _done(first), "the interrupted rebuild to stop")
+        assert await chords_mark(settings, redis_client) == claimed.chords_lost.encode()
+        monkeypatch.setattr(aggregator, "rebuild_chord_views", real)
+        again = (await coverage.claim({0: Claim(0, 1)})).chords_lost
+        assert again == claimed.chords_lost
+        both = [ViewRebuilder(settings, coverage, view) for _ in range(2)]
+        try:
+            for r in both:
+                r.add({}, chords_lost=again)
+            await eventually(lambda: _done(*both), "both chord rebuilds to finish")
+        finally:
+            for r in (first, *both):
+                await r.close()
+    assert await chords_mark(settings, redis_client) is None
+    await chords_read_back(settings, sizes, 5)
+
+
+async def _done(*rebuilders: ViewRebuilder) -> bool:
+    return not any(r.rebuilding for r in rebuilders)
