@@ -74,8 +74,9 @@ async def live_members(settings: Settings) -> int:
 
 
 async def clear_redis_view(settings: Settings) -> int:
-    """Delete every view key under the prefix (tasks, chords, offsets, workers; not the
-    chord hooks' claims, nor anything else's keys: names.is_view_key); returns how many."""
+    """Delete every view key under the prefix (tasks, chords, offsets, workers; not
+    anything else's keys: names.is_view_key); returns how many. The chord hooks' claims
+    are in PostgreSQL, and nothing a replay does removes them."""
     deleted = 0
     prefix = settings.redis_prefix
     async with Redis.from_url(redis_url(settings)) as client:

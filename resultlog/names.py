@@ -46,7 +46,6 @@ DEFAULT_REDIS_PREFIX = "resultlog:"
 #                              (views/coverage.py)
 # {prefix}chord:{chord_id}     hash: a chord's progress
 # {prefix}chorddone:{chord_id} pub/sub channel: a chord completed or failed
-# {prefix}chordhook:{completion_event_id}  string: the claim of a completion's hook run (SET NX)
 # {prefix}chordfire:{completion_event_id}  string: a Celery chord's body firing ("firing:<who>", then "done")
 
 # Postgres: default schema; tables live inside it.
@@ -80,6 +79,11 @@ REBUILD_ROLLUPS_FUNCTION = "rebuild_rollups"
 ROLLUPS_TRIGGER = f"{TASK_SUMMARY_TABLE}_then_rollups"
 # Purpose of the advisory lock that serializes `resultlog prune` runs on one schema.
 PRUNE_LOCK = "prune"
+# One row per chord completion whose hooks a processor ran: the claim taken before they
+# run (views/sql/0010_chord_hook_claims.sql, resultlog/chords/hookclaims.py). In Redis
+# (`{prefix}chordhook:<event_id>`) until 1 Dec 2026: a Redis that lost its data lost
+# them, and a completion delivered again ran its hooks again.
+CHORD_HOOK_CLAIMS_TABLE = "chord_hook_claims"
 
 
 def dead_letter_topic(events_topic: str) -> str:
@@ -111,8 +115,9 @@ def task_key_pattern(prefix: str) -> str:
     return prefix_pattern(f"{prefix}task:")
 
 
-# The key families a rebuild of the view clears (above). Not the chord hooks' claims:
-# they record side effects that happened, which a rebuilt view must not make happen again.
+# The key families a rebuild of the view clears (above): every resultlog key under the
+# prefix. (The chord hooks' claims, side effects that happened, are in PostgreSQL: a
+# rebuilt or lost view must not make them happen again. CHORD_HOOK_CLAIMS_TABLE.)
 _VIEW_KEY_FAMILIES = ("task:", "offsets:", "viewbatch:", "chord:", "chordfire:", "worker:")
 
 
@@ -169,10 +174,6 @@ def chord_key(prefix: str, chord_id: str) -> str:
 
 def chord_done_channel(prefix: str, chord_id: str) -> str:
     return f"{prefix}chorddone:{chord_id}"
-
-
-def chord_hook_claim_key(prefix: str, completion_event_id: str) -> str:
-    return f"{prefix}chordhook:{completion_event_id}"
 
 
 def chord_fire_key(prefix: str, completion_event_id: str) -> str:

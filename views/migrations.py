@@ -65,6 +65,7 @@ def placeholders(schema: str) -> dict[str, str]:
         "runtimes_table": names.TASK_RUNTIMES_TABLE,
         "rebuild_rollups_function": names.REBUILD_ROLLUPS_FUNCTION,
         "rollups_trigger": names.ROLLUPS_TRIGGER,
+        "chord_hook_claims_table": names.CHORD_HOOK_CLAIMS_TABLE,
     }
 
 

@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -36,6 +37,7 @@ from resultlog.errors import (
     ValidationError,
 )
 from resultlog.chords.fold import ChordFold
+from resultlog.chords.hookclaims import HookClaims
 from resultlog.chords.retention import SummaryRetention
 from resultlog.chords.changelog import ChangelogTables, max_value_bytes, state_record_bytes
 from resultlog.processors.deadletter import DeadLetter, DeadLetterWriter, TopicWriter
@@ -46,7 +48,7 @@ from resultlog.schemas.codec import Codec
 from resultlog.producers.topics import ensure_topics
 from resultlog.connections import kafka_client_args
 from resultlog.settings import Settings
-from resultlog.redis_access import async_client, translated
+from resultlog.redis_access import async_client
 from resultlog.chords.store import ChordStore
 
 if TYPE_CHECKING:
@@ -67,6 +69,8 @@ PROGRESS_INTERVAL_S: Final = 0.05
 BATCH_MAX: Final = 2000
 # An exception message longer than this is cut if the completion would not fit a record.
 _MAX_MESSAGE: Final = 2000
+# The hooks' agent deletes expired claims at most this often (after a completion).
+CLAIMS_SWEEP_INTERVAL_S: Final = 60.0
 
 def load_hook(spec: str) -> Hook:
     """The callable named ``package.module:function`` (ConfigurationError if there is none)."""
@@ -338,34 +342,48 @@ class ChordAggregator:
     # The hooks agent ---------------------------------------------------------------------
     async def _run_hooks(self, stream: Any) -> None:
         """Run the hooks for each completion on the completions topic, at most once per
-        chord: an atomic claim (``SET NX`` of a key derived from the completion's
-        event_id) is taken before they run, and a completion seen again finds it. Why
-        at-most-once: docs/chords.md, "Once"."""
-        client = async_client(self.settings)
-        ttl_ms = self.settings.result_ttl_s * 1000 or None
+        chord: a claim keyed by the completion's event_id is committed to PostgreSQL
+        before they run, and a completion seen again finds it (resultlog/chords/hookclaims.py
+        says why not Redis). Why at-most-once: docs/chords.md, "Once"."""
+        claims = HookClaims(self.settings)
+        ttl_s = self.settings.result_ttl_s or None
+        swept_at = float("-inf")  # the first completion sweeps: restarts do not put it off
         try:
+            await _retrying("opening the chord hooks' claims", claims.start, self._retried)
             async for value in stream:
                 try:
                     completion = ChordCompleted.decode(self.codec, value)
                 except (CodecError, ValidationError) as exc:
                     log.error("undecodable record in %s skipped: %s", self.settings.chord_completions_topic, exc)
                     continue
-                if await self._claim(client, completion, ttl_ms):
+                if await self._claim(claims, completion, ttl_s):
                     await self._call_hooks(completion)
                 else:
                     log.info("chord %s: hooks already ran (completion %s seen again)",
                              completion.chord_id, completion.event_id)
+                if ttl_s is not None and time.monotonic() - swept_at >= CLAIMS_SWEEP_INTERVAL_S:
+                    swept_at = time.monotonic()
+                    await self._sweep_claims(claims)
         finally:
-            await client.aclose()
+            await claims.close()
 
-    async def _claim(self, client: redis.asyncio.Redis, completion: ChordCompleted, ttl_ms: int | None) -> bool:
-        key = names.chord_hook_claim_key(self.settings.redis_prefix, completion.event_id)
+    async def _claim(self, claims: HookClaims, completion: ChordCompleted, ttl_s: int | None) -> bool:
+        # One token for every attempt: a retry after a commit whose answer was lost
+        # recognizes the claim as its own.
+        token = f"{self._claimant}:{uuid.uuid4().hex[:12]}"
+        return await _retrying(
+            "claiming a chord hook run",
+            lambda: claims.claim(completion.event_id, completion.chord_id, token, ttl_s),
+            self._retried)
 
-        async def claim() -> bool:
-            with translated("claiming a chord hook run"):
-                return bool(await client.set(key, self._claimant, nx=True, px=ttl_ms))
-
-        return await _retrying("claiming a chord hook run", claim, self._retried)
+    async def _sweep_claims(self, claims: HookClaims) -> None:
+        try:
+            deleted = await claims.sweep()
+        except ResultlogError as exc:  # the next sweep deletes them
+            log.warning("expired chord hook claims not deleted: %s", exc)
+            return
+        if deleted:
+            log.info("%d expired chord hook claims deleted", deleted)
 
     async def _call_hooks(self, completion: ChordCompleted) -> None:
         for hook in self.hooks:

@@ -255,6 +255,74 @@ async def test_a_processor_killed_mid_chord_completes_it_once_after_restart(hook
     assert await hook_runs(hooked, "big") == 1
 
 
+async def _lose_redis(settings: Settings) -> None:
+    """Redis restarted empty: every key under the prefix goes (but the test's hook counts)."""
+    client = redis.asyncio.Redis.from_url(settings.redis_url)
+    try:
+        keep = hook_key(settings, "")
+        keys = [k async for k in client.scan_iter(match=f"{settings.redis_prefix}*")
+                if not k.decode().startswith(keep)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+async def _rewind_hooks_agent(settings: Settings) -> None:
+    """The hooks' agent's committed offsets on the completions topic back to 0, as if it
+    had died before committing any: its next start reads every completion again."""
+    from resultlog import names
+
+    tps = [TopicPartition(settings.chord_completions_topic, p) for p in range(settings.topic_partitions)]
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
+                                group_id=names.faust_group(settings.consumer_group),
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        before = {tp: await consumer.committed(tp) for tp in tps}
+        assert sum(o or 0 for o in before.values()) > 0, before  # the agent had committed
+        await consumer.commit({tp: 0 for tp in tps})
+    finally:
+        await consumer.stop()
+
+
+async def test_hooks_do_not_run_again_when_completions_come_again_after_redis_lost_everything(
+        hooked: Settings) -> None:
+    """At most once (docs/chords.md, "Once"), whatever Redis keeps: chords complete and
+    their hooks run; the processor stops; `replay --fresh` rebuilds the stores; Redis
+    loses every key; the hooks' agent reads every completion again (its offsets rewound,
+    as after a crash before its periodic commit, or the aggregator publishing again).
+    Each hook still ran once. (With the claims in Redis, every one ran twice.)"""
+    from resultlog.processors.replay import replay
+
+    chord_ids = [f"again-{i}" for i in range(6)]
+    events = [e for chord_id in chord_ids for e in members(chord_id, 2)]
+    with ProcessorProcess(hooked) as proc:
+        await emit(hooked, events, *((chord_id, 2) for chord_id in chord_ids))
+        for chord_id in chord_ids:
+            await eventually(lambda: _runs_at_least(hooked, chord_id),
+                             f"hook ran for {chord_id}\n{proc.output()[-3000:]}")
+        proc.stop()
+        await replay(hooked, fresh=True, progress=False)
+        await _lose_redis(hooked)
+        await _rewind_hooks_agent(hooked)
+        proc.start()
+
+        async def all_seen_again() -> bool:
+            out = proc.output()
+            for chord_id in chord_ids:
+                if (f"chord {chord_id}: hooks already ran" not in out
+                        and await hook_runs(hooked, chord_id) < 2):
+                    return False
+            return True
+        await eventually(all_seen_again, f"every completion read again\n{proc.output()[-3000:]}")
+        proc.stop()
+        assert "Traceback" not in proc.output(), proc.output()[-3000:]
+    assert {chord_id: await hook_runs(hooked, chord_id) for chord_id in chord_ids} == {
+        chord_id: 1 for chord_id in chord_ids}
+
+
 async def test_get_waits_by_push_and_times_out(settings: Settings) -> None:
     from resultlog.errors import ResultTimeout
 
