@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import faust
 
 from resultlog import names
+from resultlog.background import sent_a_cancellation
 from resultlog.chords.aggregator import ChordAggregator
 from resultlog.errors import ConfigurationError
 from resultlog.processors.deadletter import TopicWriter
@@ -104,6 +105,14 @@ class Processor:
     async def _run_engine(self) -> None:
         try:
             await self.engine.run()
+        except asyncio.CancelledError as exc:
+            if sent_a_cancellation():
+                raise  # the worker is stopping and cancelled this task
+            # One this task was never sent (resultlog.background.sent_a_cancellation):
+            # its consumer, stopped after the fold failed, raised it in place of the
+            # failure. Unless it stops the worker, the processor runs on folding nothing.
+            log.critical("the fold engine stopped: %r; stopping the worker", exc, exc_info=True)
+            await self.app.crash(RuntimeError("the fold engine stopped on a cancellation it was not sent"))
         except Exception as exc:
             # A fold that stopped must stop the worker too: a live-looking processor
             # that folds nothing is the worst outcome. The supervisor restarts it.

@@ -18,8 +18,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError  # type: ignore[import-untyped]
 
 from resultlog.background import stop_if_cancelled
-from resultlog.errors import (BrokerUnavailable, HistoryRewound, ResultlogError, StoreUnavailable,
-                              ViewLost)
+from resultlog.errors import BrokerUnavailable, HistoryRewound, ResultlogError, ViewLost
 from resultlog.processors.fetchcursor import FetchCursor
 from resultlog.processors.foldstatus import FoldStatus, LogEnds, PartitionProgress
 from resultlog.processors.metrics import ProcessorMetrics
@@ -162,8 +161,9 @@ class BatchFoldEngine:
     async def _claim(self, known: dict[int, int]) -> tuple[dict[int, int], dict[int, int]]:
         """Claim the partitions of ``known`` the view lost (``known``: partition -> the
         position this processor saw the view reach, -1 if none) and queue their rebuild,
-        the chord views' too if the view's whole record was gone. Returns, per partition,
-        where the log begins and the history's position."""
+        the chord views' too while the offsets hash holds the chords mark (set by the
+        claim that found the view's whole record gone: ``views/coverage.py``). Returns,
+        per partition, where the log begins and the history's position."""
         assert self.consumer is not None and self.coverage is not None
         assert self.sink.history is not None and self.rebuilder is not None
         topic = self.settings.events_topic
@@ -174,13 +174,14 @@ class BatchFoldEngine:
             raise BrokerUnavailable(f"cannot read where the log begins: {exc!r}") from exc
         history = await self.sink.history.committed_offsets(self.settings.consumer_group, topic)
         before = await self.coverage.read()
-        gaps = await self.coverage.claim(
+        claimed = await self.coverage.claim(
             {p: Claim(b, history.get(p, b), known[p]) for p, b in begin.items()})
+        gaps = claimed.gaps
         lost = {p: g for p, g in gaps.items() if p not in before.gaps or before.gaps[p] != g}
         if lost:
             log.warning("the Redis view lacks events the log holds: %s",
                         ", ".join(f"partition {p} [{a}, {b})" for p, (a, b) in sorted(lost.items())))
-        self.rebuilder.add(gaps, chords_lost=not before.exists and bool(gaps))
+        self.rebuilder.add(gaps, chords_lost=claimed.chords_lost)
         return begin, history
 
     async def _check_view(self) -> None:
@@ -433,7 +434,11 @@ class BatchFoldEngine:
                     last_check = now
                     try:
                         await self._check_view()
-                    except StoreUnavailable as exc:
+                    except ResultlogError as exc:
+                        # Redis, or the broker (the claim asks where the log begins),
+                        # unavailable: check again next time, as a write would retry.
+                        if not exc.retriable:
+                            raise
                         log.warning("checking the view's positions failed: %s", exc)
         except Exception:
             self._stopped_on_error = True

@@ -19,6 +19,18 @@ async def cancel_and_wait(*tasks: asyncio.Future[Any] | None) -> None:
         await asyncio.gather(*running, return_exceptions=True)
 
 
+def sent_a_cancellation() -> bool:
+    """Whether the running task was cancelled (``Task.cancelling()``).
+
+    A long-lived task that ends on :class:`asyncio.CancelledError` without having been
+    sent one got it from a library: aiokafka raises one when a task of its own (its
+    group coordination) was cancelled under the call awaiting it. Such a task must not
+    end quietly: mode drops a cancelled task without a word, and a processor would run
+    on without its fold or its chords."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def stop_if_cancelled() -> None:
     """Raise :class:`asyncio.CancelledError` if the running task was cancelled and runs on.
 

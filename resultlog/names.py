@@ -42,7 +42,9 @@ DEFAULT_REDIS_PREFIX = "resultlog:"
 #                              is subscribed to it (the dashboard's live page; fold.lua)
 # {prefix}offsets:{group}     hash: "topic:partition" -> next offset folded into the view,
 #                              and "gap:topic:partition" -> "start:end", events of that
-#                              range the view lacks and the processor is rebuilding
+#                              range the view lacks and the processor is rebuilding,
+#                              and "chords:lost" -> a token while the chord views, lost
+#                              with the whole record, are not rebuilt yet
 #                              (views/coverage.py)
 # {prefix}chord:{chord_id}     hash: a chord's progress
 # {prefix}chorddone:{chord_id} pub/sub channel: a chord completed or failed

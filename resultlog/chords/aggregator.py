@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from resultlog import names
-from resultlog.background import cancel_and_wait, stop_if_cancelled
+from resultlog.background import cancel_and_wait, sent_a_cancellation, stop_if_cancelled
 from resultlog.errors import (
     CodecError,
     ConfigurationError,
@@ -189,8 +189,13 @@ class ChordAggregator:
     async def _run(self) -> None:
         try:
             await self._aggregate()
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            if sent_a_cancellation():
+                raise  # the worker is stopping and cancelled this task
+            # One this task was never sent (resultlog.background.sent_a_cancellation):
+            # seen with the broker gone for ~40 s. Stop, as below.
+            log.critical("the chord aggregator stopped: %r; stopping the worker", exc, exc_info=True)
+            await self.app.crash(RuntimeError("the chord aggregator stopped on a cancellation it was not sent"))
         except Exception as exc:
             # As for the fold engine: a live-looking processor whose chords never
             # complete is the worst outcome; stop, and let the supervisor restart it.

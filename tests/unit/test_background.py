@@ -1,10 +1,11 @@
-"""stop_if_cancelled: a loop stops even when a library lost its task's cancellation."""
+"""stop_if_cancelled: a loop stops even when a library lost its task's cancellation;
+sent_a_cancellation: a task tells its own cancellation from one a library raised."""
 
 from __future__ import annotations
 
 import asyncio
 
-from resultlog.background import stop_if_cancelled
+from resultlog.background import sent_a_cancellation, stop_if_cancelled
 
 
 async def test_a_loop_whose_cancellation_was_lost_still_stops() -> None:
@@ -41,3 +42,28 @@ async def test_a_task_not_cancelled_goes_on() -> None:
 
     assert await asyncio.create_task(once()) == "went on"
 
+
+
+async def test_a_task_tells_its_own_cancellation_from_one_a_library_raised() -> None:
+    seen: list[bool] = []
+
+    async def waits_on(awaited: asyncio.Future[None]) -> None:
+        try:
+            await awaited
+        except asyncio.CancelledError:
+            seen.append(sent_a_cancellation())
+            raise
+
+    # A library's own task cancelled under the call awaiting it (what aiokafka's
+    # consumer does when its coordination task is cancelled): not this task's.
+    inner: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    stray = asyncio.create_task(waits_on(inner))
+    await asyncio.sleep(0)
+    inner.cancel()
+    await asyncio.wait({stray})
+    # The task itself cancelled (the worker stopping): its own.
+    own = asyncio.create_task(waits_on(asyncio.get_running_loop().create_future()))
+    await asyncio.sleep(0)
+    own.cancel()
+    await asyncio.wait({own})
+    assert seen == [False, True]
