@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -309,29 +308,6 @@ class HistoryStore(PooledStore):
                     await conn.execute(self._upsert_offsets, to_pg_text(consumer_group),
                                        *offset_args)
         return inserted
-
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection for one write.
-
-        A server that died mid-write (a PostgreSQL SIGKILL) surfaces from asyncpg not only
-        as connection errors but as client-side state errors, in the block or when the
-        pool resets the connection at release: InternalClientError ("cannot switch to
-        state 15; another operation (2) is in progress": the lost operation still counts
-        as running) and InterfaceError ("the underlying connection is closed"). Those mean
-        the connection is gone: they become ConnectionError, which the store's guard makes
-        a retriable StoreUnavailable (the writes are idempotent). An InterfaceError on an
-        open connection is a misuse, a bug: RuntimeError, never retried."""
-        try:
-            async with self.pool.acquire() as conn:
-                try:
-                    yield conn
-                except asyncpg.InterfaceError as exc:
-                    if not conn.is_closed():
-                        raise RuntimeError(f"PostgreSQL connection misused: {exc}") from exc
-                    raise ConnectionError(f"PostgreSQL connection closed mid-write: {exc}") from exc
-        except (asyncpg.InternalClientError, asyncpg.InterfaceError) as exc:
-            raise ConnectionError(f"PostgreSQL connection lost mid-write: {exc}") from exc
 
     async def _insert_staged(self, conn: asyncpg.Connection, staged: int) -> int:
         status: str

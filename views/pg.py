@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -136,6 +136,30 @@ class PooledStore:
 
     def _guard(self) -> AbstractContextManager[None]:
         return guarded(self.settings, self.not_migrated)
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for one write, its failures translated (``_guard``).
+
+        A server that died mid-write (a PostgreSQL SIGKILL) surfaces from asyncpg not only
+        as connection errors but as client-side state errors, in the block or when the
+        pool resets the connection at release: InternalClientError ("cannot switch to
+        state 15; another operation (2) is in progress": the lost operation still counts
+        as running) and InterfaceError ("the underlying connection is closed"). Those mean
+        the connection is gone: they become ConnectionError, which the guard makes a
+        retriable StoreUnavailable (the stores' writes are idempotent). An InterfaceError
+        on an open connection is a misuse, a bug: RuntimeError, never retried."""
+        with self._guard():
+            try:
+                async with self.pool.acquire() as conn:
+                    try:
+                        yield conn
+                    except asyncpg.InterfaceError as exc:
+                        if not conn.is_closed():
+                            raise RuntimeError(f"PostgreSQL connection misused: {exc}") from exc
+                        raise ConnectionError(f"PostgreSQL connection closed mid-write: {exc}") from exc
+            except (asyncpg.InternalClientError, asyncpg.InterfaceError) as exc:
+                raise ConnectionError(f"PostgreSQL connection lost mid-write: {exc}") from exc
 
     async def _fetch(self, query: str, *args: Any) -> list[Any]:
         with self._guard():

@@ -17,8 +17,6 @@ whatever the server's default), and the claim is answered only once it is durabl
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Final
 
 import asyncpg  # type: ignore[import-untyped]
@@ -102,23 +100,3 @@ class HookClaims(PooledStore):
             f".{names.CHORD_HOOK_CLAIMS_TABLE}")
         n: int = rows[0]["n"]
         return n
-
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection, its failures translated (StoreUnavailable, retriable).
-
-        As for the history's writes (views/history.py, HistoryStore._connection): a
-        server that died mid-statement surfaces as InterfaceError or InternalClientError
-        too, in the block or when the pool resets the connection; that is a lost
-        connection, not a bug, when the connection is closed."""
-        with self._guard():
-            try:
-                async with self.pool.acquire() as conn:
-                    try:
-                        yield conn
-                    except asyncpg.InterfaceError as exc:
-                        if not conn.is_closed():
-                            raise RuntimeError(f"PostgreSQL connection misused: {exc}") from exc
-                        raise ConnectionError(f"PostgreSQL connection closed: {exc}") from exc
-            except (asyncpg.InternalClientError, asyncpg.InterfaceError) as exc:
-                raise ConnectionError(f"PostgreSQL connection lost: {exc}") from exc
