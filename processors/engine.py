@@ -343,9 +343,28 @@ class BatchFoldEngine:
 
     # -- the loop ---------------------------------------------------------------------
 
+    async def _start_sink(self) -> None:
+        """Open the stores, waiting out an outage for ``settings.assign_timeout_s`` as
+        positioning does: a processor (re)started while PostgreSQL restarts stopped at
+        once, and a worker stopping so acks what its chord hooks' agent was waiting to
+        claim (docs/chords.md, "Once")."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.assign_timeout_s
+        delay = 0.1
+        while True:
+            try:
+                await self.sink.start()
+                return
+            except ResultlogError as exc:
+                if not exc.retriable or loop.time() + delay > deadline:
+                    raise
+                log.warning("opening the stores failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     async def run(self) -> None:
         s = self.settings
-        await self.sink.start()
+        await self._start_sink()
         assert self.sink.redis is not None, "the live fold writes the Redis view"
         assert self.sink.history is not None
         self.sink.history.verify_positions = self._verify_history

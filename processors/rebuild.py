@@ -68,6 +68,7 @@ class ViewRebuilder:
         self.rebuilding = False
 
     async def _run(self) -> None:
+        delay = 0.1
         try:
             while self._pending or self._chords_lost is not None:
                 gaps, self._pending = self._pending, {}
@@ -77,15 +78,34 @@ class ViewRebuilder:
                         await self._rebuild(gaps)
                     if chords is not None:
                         await self._rebuild_chords(chords)
+                    delay = 0.1
                 except ResultlogError as exc:
-                    # The gaps and the chords mark stay recorded in Redis; the next claim
-                    # of this processor or another (at a write or check finding the view
-                    # lost, or at an assignment) finds them and queues them again.
-                    log.warning("view rebuild interrupted (%s); it resumes at the next claim", exc)
-                    return
+                    # The gaps and the chords mark stay recorded in Redis, so another
+                    # processor's claim (or this one's, at a restart) would find them; but
+                    # nothing here claims a partition whose position is there, so a
+                    # rebuild that gave up would leave the view not whole until then.
+                    if not exc.retriable:
+                        log.warning("view rebuild interrupted (%s); it resumes at the next claim", exc)
+                        return
+                    log.warning("view rebuild interrupted (%s); resuming from its recorded "
+                                "progress in %.1f s", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    await self._resume(gaps, chords)
         finally:
             if not self._pending and self._chords_lost is None:
                 self.rebuilding = False
+
+    async def _resume(self, gaps: Mapping[int, tuple[int, int]], chords: str | None) -> None:
+        """Queue again what an interrupted round was rebuilding: each gap from the progress
+        the view records (a gap no longer recorded was finished, or lost with the view,
+        whose next claim records it again), or whole if Redis cannot say yet."""
+        try:
+            recorded = (await self.coverage.read()).gaps
+        except ResultlogError:
+            self.add(gaps, chords_lost=chords)
+            return
+        self.add({p: recorded[p] for p in gaps if p in recorded}, chords_lost=chords)
 
     async def _rebuild_chords(self, mark: str) -> None:
         """Fold the whole chords topic into the chord views, then remove the chords mark

@@ -127,8 +127,9 @@ class FoldSink:
         if self.history is None:
             # The history store also holds the offsets, so it is always opened.
             self.history = HistoryStore(self.settings, durable_commits=self.durable_history)
-            await self.history.start()
-            await self.history.migrate()
+        # Both idempotent, so start() can be called again after PostgreSQL did not answer.
+        await self.history.start()
+        await self.history.migrate()
         if self.workers is None and self.redis is not None:
             self.workers = WorkersView(self.settings, self.redis.client)
         if self.workers_history is None:

@@ -65,3 +65,25 @@ async def test_a_view_lost_while_the_broker_is_down_is_rebuilt_once_it_is_back(b
                 report = await verify(settings)
                 return report.ok and report.events == 2
             await eventually(rebuilt, f"the view rebuilt: verify OK\n{proc.output()[-3000:]}")
+
+
+async def test_a_processor_started_while_postgresql_is_down_waits_for_it(base_settings: Settings) -> None:
+    """Opening the history at start was not retried: a processor (re)started while
+    PostgreSQL restarted stopped at once, and a worker stopping so acked the completion
+    its chord hooks' agent was waiting to claim, whose hooks then never ran. It waits, as
+    positioning does, for RESULTLOG_ASSIGN_TIMEOUT_S."""
+    if base_settings.test_services not in ("auto", "local"):
+        pytest.skip(f"private stacks are built like the local stack ({base_settings.test_services})")
+    async with private_stack(base=base_settings, out=lambda line: None) as stack:
+        settings = stack.settings
+        await stack.kill("postgres")
+        with ProcessorProcess(settings) as proc:
+            await eventually(lambda: _said(proc, "opening the stores failed"),
+                             f"the processor waiting for PostgreSQL\n{proc.output()[-3000:]}")
+            assert proc.alive(), proc.output()[-3000:]
+            await stack.start("postgres")
+            async with Emitter(settings) as emitter:
+                await emitter.success("after", 2)
+            async with ResultBackend(settings) as backend:
+                assert await backend.AioAsyncResult("after").get(timeout=120) == 2, proc.output()[-5000:]
+            assert proc.alive(), proc.output()[-5000:]

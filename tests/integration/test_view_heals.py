@@ -331,8 +331,9 @@ async def test_the_chords_mark_stays_until_a_chord_rebuild_finishes(
         settings: Settings, redis_client: redis.asyncio.Redis,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A chord views' rebuild interrupted (Kafka or Redis unavailable) leaves the mark,
-    so the next claim rebuilds them; two processors rebuilding them at once both finish,
-    and the view ends with the chords the log completed."""
+    and goes on by itself once they are back (it stopped, and waited for a claim that
+    nothing made while the view's positions were there); two processors rebuilding
+    them at once both finish, and the view ends with the chords the log completed."""
     sizes = {f"i{k}": 2 for k in range(5)}
     with ProcessorProcess(settings) as proc:
         await emit(settings, [e for c, n in sizes.items() for e in members(c, n)], *sizes.items())
@@ -348,18 +349,27 @@ async def test_the_chords_mark_stays_until_a_chord_rebuild_finishes(
     from resultlog.chords import aggregator
     real = aggregator.rebuild_chord_views
 
+    attempts: list[int] = []
+
     async def unavailable(s: Settings) -> int:
+        attempts.append(1)
         raise BrokerUnavailable("the chords topic cannot be read (simulated)")
 
     async with RedisView(settings) as view:
         monkeypatch.setattr(aggregator, "rebuild_chord_views", unavailable)
         first = ViewRebuilder(settings, coverage, view)
         first.add({}, chords_lost=claimed.chords_lost)
-        await eventually(lambda: _done(first), "the interrupted rebuild to stop")
+        await eventually(lambda: _tried(attempts, 2), "the interrupted rebuild to try again")
+        assert first.rebuilding
         assert await chords_mark(settings, redis_client) == claimed.chords_lost.encode()
         monkeypatch.setattr(aggregator, "rebuild_chord_views", real)
-        again = (await coverage.claim({0: Claim(0, 1)})).chords_lost
-        assert again == claimed.chords_lost
+        await eventually(lambda: _done(first), "the rebuild to finish by itself")
+        assert await chords_mark(settings, redis_client) is None
+        await chords_read_back(settings, sizes, 5)
+        # The view lost again: a new mark, and two processors rebuilding at once.
+        await drop_view(redis_client, settings)
+        again = (await coverage.claim({p: Claim(0, 1) for p in range(settings.topic_partitions)})).chords_lost
+        assert again is not None and again != claimed.chords_lost
         both = [ViewRebuilder(settings, coverage, view) for _ in range(2)]
         try:
             for r in both:
@@ -370,6 +380,10 @@ async def test_the_chords_mark_stays_until_a_chord_rebuild_finishes(
                 await r.close()
     assert await chords_mark(settings, redis_client) is None
     await chords_read_back(settings, sizes, 5)
+
+
+async def _tried(attempts: list[int], n: int) -> bool:
+    return len(attempts) >= n
 
 
 async def _done(*rebuilders: ViewRebuilder) -> bool:
