@@ -28,7 +28,7 @@ from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.views import ResultBackend
 from tests.integration.processes import ProcessorProcess
-from tests.integration.test_pipeline import eventually, produce_raw
+from tests.integration.test_pipeline import eventually, first_dead_letter, produce_raw
 
 pytestmark = pytest.mark.integration
 
@@ -476,13 +476,7 @@ async def test_a_declaration_too_large_for_the_changelog_is_dead_lettered_and_ch
         await emit(settings, members("after", 2), ("after", 2))
         async with ResultBackend(settings) as backend:
             assert await backend.AioChordResult("after").get(timeout=60) == [0, 2], proc.output()[-3000:]
-    consumer = AIOKafkaConsumer(settings.dead_letter_topic, bootstrap_servers=settings.kafka_bootstrap_servers,
-                                auto_offset_reset="earliest", group_id=None)
-    await consumer.start()
-    try:
-        letter = await asyncio.wait_for(consumer.getone(), timeout=30)
-    finally:
-        await consumer.stop()
+    letter = await first_dead_letter(settings)
     assert letter.key == b"ctl-decl"
     reason = dict(letter.headers)[REASON_HEADER].decode()
     assert "chord ctl-decl: its declaration takes" in reason and "limit" in reason, reason

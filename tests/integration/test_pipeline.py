@@ -6,6 +6,7 @@ import asyncio
 import random
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -214,6 +215,17 @@ async def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(settings:
     assert killed_at <= len(events)
 
 
+async def first_dead_letter(settings: Settings) -> Any:
+    """The first record of the dead-letter topic (waited for)."""
+    consumer = AIOKafkaConsumer(settings.dead_letter_topic, bootstrap_servers=settings.kafka_bootstrap_servers,
+                                auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    try:
+        return await asyncio.wait_for(consumer.getone(), timeout=30)
+    finally:
+        await consumer.stop()
+
+
 async def test_a_poison_message_goes_to_the_dead_letters_and_the_stream_goes_on(settings: Settings) -> None:
     await ensure_topics(settings, settings.events_topic, settings.dead_letter_topic)
     good = TaskEvent.create("after-poison", State.SUCCESS, result="fine")
@@ -221,13 +233,7 @@ async def test_a_poison_message_goes_to_the_dead_letters_and_the_stream_goes_on(
     with ProcessorProcess(settings):
         async with ResultBackend(settings) as backend:
             assert await backend.AioAsyncResult("after-poison").get(timeout=90) == "fine"
-    consumer = AIOKafkaConsumer(settings.dead_letter_topic, bootstrap_servers=settings.kafka_bootstrap_servers,
-                                auto_offset_reset="earliest", group_id=None)
-    await consumer.start()
-    try:
-        message = await asyncio.wait_for(consumer.getone(), timeout=30)
-    finally:
-        await consumer.stop()
+    message = await first_dead_letter(settings)
     assert message.value == b"\x00not an event" and message.key == b"poison"
     reason = dict(message.headers)[REASON_HEADER].decode()
     assert "CodecError" in reason and "single-object" in reason

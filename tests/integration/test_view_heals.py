@@ -293,11 +293,7 @@ async def test_chord_views_lost_with_the_view_are_rebuilt_after_a_processor_died
     claim that found the hash gone could know were lost. (Found by a fault audit: every
     completed chord read PENDING for good, ChordResult.get() timing out.)"""
     sizes = {f"c{k}": 3 for k in range(20)}
-    with ProcessorProcess(settings) as proc:
-        await emit(settings, [e for c, n in sizes.items() for e in members(c, n)], *sizes.items())
-        await chords_read_back(settings, sizes, 60)
-        proc.stop()
-    await drop_view(redis_client, settings)
+    await completed_then_view_dropped(settings, redis_client, sizes)
     # What the killed processor left: its claim, exactly as it makes it at assignment
     # (from the log's beginning to the history's position), and nothing rebuilt.
     async with LogReader(settings) as reader:
@@ -323,6 +319,15 @@ async def test_chord_views_lost_with_the_view_are_rebuilt_after_a_processor_died
     await assert_verified(settings)
 
 
+async def completed_then_view_dropped(settings: Settings, client: redis.asyncio.Redis,
+                                      sizes: dict[str, int]) -> None:
+    """Chords of ``sizes`` completed by a processor, which stops; then the view is gone."""
+    with ProcessorProcess(settings):
+        await emit(settings, [e for c, n in sizes.items() for e in members(c, n)], *sizes.items())
+        await chords_read_back(settings, sizes, 60)
+    await drop_view(client, settings)
+
+
 async def _no_mark(settings: Settings, client: redis.asyncio.Redis) -> bool:
     return await chords_mark(settings, client) is None
 
@@ -335,11 +340,7 @@ async def test_the_chords_mark_stays_until_a_chord_rebuild_finishes(
     nothing made while the view's positions were there); two processors rebuilding
     them at once both finish, and the view ends with the chords the log completed."""
     sizes = {f"i{k}": 2 for k in range(5)}
-    with ProcessorProcess(settings) as proc:
-        await emit(settings, [e for c, n in sizes.items() for e in members(c, n)], *sizes.items())
-        await chords_read_back(settings, sizes, 60)
-        proc.stop()
-    await drop_view(redis_client, settings)
+    await completed_then_view_dropped(settings, redis_client, sizes)
     coverage = ViewCoverage(settings, redis_client, settings.consumer_group)
     claimed = await coverage.claim({p: Claim(0, 1) for p in range(settings.topic_partitions)})
     assert claimed.chords_lost is not None

@@ -47,23 +47,27 @@ async def test_a_task_not_cancelled_goes_on() -> None:
 async def test_a_task_tells_its_own_cancellation_from_one_a_library_raised() -> None:
     seen: list[bool] = []
 
-    async def waits_on(awaited: asyncio.Future[None]) -> None:
+    async def waits_on(awaited: asyncio.Future[None], entered: asyncio.Event) -> None:
+        entered.set()  # and awaits at once: suspended there when the caller resumes
         try:
             await awaited
         except asyncio.CancelledError:
             seen.append(sent_a_cancellation())
             raise
 
+    loop = asyncio.get_running_loop()
     # A library's own task cancelled under the call awaiting it (what aiokafka's
     # consumer does when its coordination task is cancelled): not this task's.
-    inner: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    stray = asyncio.create_task(waits_on(inner))
-    await asyncio.sleep(0)
+    inner: asyncio.Future[None] = loop.create_future()
+    entered = asyncio.Event()
+    stray = asyncio.create_task(waits_on(inner, entered))
+    await entered.wait()
     inner.cancel()
     await asyncio.wait({stray})
     # The task itself cancelled (the worker stopping): its own.
-    own = asyncio.create_task(waits_on(asyncio.get_running_loop().create_future()))
-    await asyncio.sleep(0)
+    entered = asyncio.Event()
+    own = asyncio.create_task(waits_on(loop.create_future(), entered))
+    await entered.wait()
     own.cancel()
     await asyncio.wait({own})
     assert seen == [False, True]
