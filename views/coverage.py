@@ -168,7 +168,6 @@ class Claimed:
 class Coverage:
     positions: dict[int, int]
     gaps: dict[int, tuple[int, int]]
-    exists: bool  # the offsets hash exists at all
 
 
 def parse_gap(value: str) -> tuple[int, int] | None:
@@ -207,7 +206,7 @@ class ViewCoverage:
                     gaps[int(f[len(names.GAP_FIELD_PREFIX + head):])] = gap
             elif f.startswith(head) and f[len(head):].isdigit():
                 positions[int(f[len(head):])] = int(v)
-        return Coverage(positions, gaps, bool(raw))
+        return Coverage(positions, gaps)
 
     async def claim(self, claims: Mapping[int, Claim]) -> Claimed:
         """Record positions for partitions the view knows nothing of (or went back on),
