@@ -206,6 +206,7 @@ def _verify(args: argparse.Namespace) -> int:
     if args.max_report and len(report.differences) > args.max_report:
         print(f"... and {len(report.differences) - args.max_report} more")
     verdict = "OK: the views equal the fold" if report.ok else f"{len(report.differences)} difference(s)"
-    print(f"verified {report.tasks:,} tasks from {report.events:,} events "
+    chords = f" and {report.chords:,} chords" if report.chords else ""
+    print(f"verified {report.tasks:,} tasks{chords} from {report.events:,} events "
           f"({report.undecodable} undecodable): {verdict}")
     return 0 if report.ok else 1

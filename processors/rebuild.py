@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from resultlog.background import cancel_and_wait
+from resultlog.chords import fromlog
 from resultlog.errors import ResultlogError, ViewLost
 from resultlog.processors.logreader import LogReader, Slice
 from resultlog.processors.sink import FoldSink
@@ -112,13 +113,11 @@ class ViewRebuilder:
         ``mark``. Chord views are global: every processor that finds the mark rebuilds
         them, and two at once write the same values (the fold of one log: completions
         are the same fields, progress only rises), so the first to finish removes it."""
-        # Imported here: the aggregator module imports faust.
-        from resultlog.chords.aggregator import rebuild_chord_views
         self._chords_running = mark
         try:
             log.info("view rebuild: the chord views were lost with the view; rebuilding them "
                      "from %s", self.settings.chords_topic)
-            n = await rebuild_chord_views(self.settings)
+            n = await fromlog.rebuild_chord_views(self.settings)
             await self.coverage.chords_rebuilt(mark)
         finally:
             self._chords_running = None

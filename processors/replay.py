@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from redis.asyncio import Redis
 
 from resultlog import names
+from resultlog.chords.fromlog import rebuild_chord_views
 from resultlog.errors import ReplayRefused, ValidationError
 from resultlog.processors.logreader import LogReader, Slice, check_timestamp_ms
 from resultlog.processors.progress import Progress
@@ -200,7 +201,6 @@ async def replay(
             await record_live_positions(settings, plan)
         if redis:
             # Chord views come from the chords topic, the aggregator's own input.
-            from resultlog.chords.aggregator import rebuild_chord_views
             chords = await rebuild_chord_views(settings)
             if progress and chords:
                 print(f"rebuilt the views of {chords:,} chord(s) from {settings.chords_topic}")

@@ -3,7 +3,8 @@
 The expected state is computed from the source of truth with the pure fold
 (:mod:`resultlog.schemas.fold`), independently of the code that wrote the views, and
 compared task by task. A task whose result has expired by TTL is expected to be
-absent from Redis.
+absent from Redis. The chord views are checked against a fold of the chords topic, as
+a rebuild of them would write it (:mod:`resultlog.chords.fromlog`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from resultlog import names
+from resultlog.chords.fromlog import ChordsFromLog, completed_view, progress_view
+from resultlog.chords.store import ChordView, chord_expire_at, chord_view_from_hash
 from resultlog.errors import ValidationError
 from resultlog.processors.logreader import LogReader
 from resultlog.processors.progress import Progress
+from resultlog.redis_access import async_client, text, translated
 from resultlog.schemas.codec import Codec
 from resultlog.schemas.event import TaskEvent
 from resultlog.schemas.fold import TaskView, expired, fold
@@ -27,17 +32,20 @@ from resultlog.views.redis_view import RedisView
 @dataclass(frozen=True, slots=True)
 class Difference:
     store: str  # "redis" or "postgres"
-    task_id: str
+    task_id: str  # the task's id, or the chord's when ``what`` is "chord"
     expected: Any
     actual: Any
+    what: str = "task"
 
     def render(self) -> str:
-        return f"{self.store}: task {self.task_id}\n    expected {self.expected}\n    actual   {self.actual}"
+        return (f"{self.store}: {self.what} {self.task_id}\n    expected {self.expected}\n"
+                f"    actual   {self.actual}")
 
 
 @dataclass(slots=True)
 class VerifyReport:
     tasks: int = 0
+    chords: int = 0
     events: int = 0
     undecodable: int = 0
     differences: list[Difference] = field(default_factory=list)
@@ -104,6 +112,7 @@ async def verify(
         report.tasks = len(expected)
         if redis:
             await _compare_redis(settings, expected, report)
+            await _compare_chords(settings, report)
         if history and source == "log":
             await _compare_history(store, events, report)
     return report
@@ -151,3 +160,45 @@ async def _compare_history(store: HistoryStore, events: list[TaskEvent], report:
         if not same(a, b):
             task_id = (a or b).task_id  # type: ignore[union-attr]
             report.differences.append(Difference("postgres", task_id, a, b))
+
+
+async def _compare_chords(settings: Settings, report: VerifyReport) -> None:
+    """Each chord's Redis view against a fold of the chords topic (whatever ``source``
+    says: the history holds no chords), as a rebuild would write it."""
+    source = ChordsFromLog(settings)
+    expected: dict[str, tuple[ChordView, int]] = {}  # the view, its latest outcome's time
+    async for completion in source.completions():
+        expected[completion.chord_id] = (completed_view(completion), completion.timestamp)
+    for chord_id, progress in source.progress.items():
+        expected[chord_id] = (progress_view(chord_id, progress), progress.timestamp)
+    report.chords = len(expected)
+    prefix = settings.redis_prefix
+    client = async_client(settings)
+    try:
+        with translated("listing chords"):
+            stored = [names.chord_id_from_key(prefix, text(key)) async for key in client.scan_iter(
+                match=names.chord_key_pattern(prefix), count=1000, _type="hash")]
+        chord_ids = list(expected) + [c for c in stored if c not in expected]
+        for i in range(0, len(chord_ids), _READ_CHUNK):
+            chunk = chord_ids[i:i + _READ_CHUNK]
+            with translated("reading chords"):
+                async with client.pipeline(transaction=False) as pipe:
+                    for chord_id in chunk:
+                        pipe.hgetall(names.chord_key(prefix, chord_id))
+                    hashes = await pipe.execute()
+            # Taken after the read: a chord dropped by its TTL meanwhile is then expired.
+            now = int(time.time() * 1000)
+            for chord_id, fields in zip(chunk, hashes):
+                got = chord_view_from_hash(chord_id, fields) if fields else None
+                if chord_id not in expected:
+                    report.differences.append(Difference("redis", chord_id, None, got, "chord"))
+                    continue
+                want, latest = expected[chord_id]
+                at = chord_expire_at(latest, settings.result_ttl_s)
+                if at is not None and at <= now:
+                    continue  # gone by TTL, or about to be: both are right
+                if got != want:
+                    report.differences.append(Difference("redis", chord_id, want, got, "chord"))
+    finally:
+        await client.aclose()
+

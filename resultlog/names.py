@@ -174,6 +174,19 @@ def chord_key(prefix: str, chord_id: str) -> str:
     return f"{prefix}chord:{chord_id}"
 
 
+def chord_key_pattern(prefix: str) -> str:
+    """A SCAN MATCH pattern for every chord hash under ``prefix`` (glob characters escaped)."""
+    return prefix_pattern(f"{prefix}chord:")
+
+
+def chord_id_from_key(prefix: str, key: str) -> str:
+    """The chord id a :func:`chord_key` was built from."""
+    head = f"{prefix}chord:"
+    if not key.startswith(head):
+        raise ValueError(f"{key!r} is not a chord key under prefix {prefix!r}")
+    return key[len(head):]
+
+
 def chord_done_channel(prefix: str, chord_id: str) -> str:
     return f"{prefix}chorddone:{chord_id}"
 

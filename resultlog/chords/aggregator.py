@@ -42,7 +42,6 @@ from resultlog.chords.retention import SummaryRetention
 from resultlog.chords.changelog import ChangelogTables, max_value_bytes, state_record_bytes
 from resultlog.processors.deadletter import DeadLetter, DeadLetterWriter, TopicWriter
 from resultlog.processors.engine import fetch_wait
-from resultlog.processors.logreader import LogReader
 from resultlog.chords.records import ChordCompleted, ChordProgress
 from resultlog.schemas.codec import Codec
 from resultlog.producers.topics import ensure_topics
@@ -402,44 +401,3 @@ class ChordAggregator:
             except Exception:
                 # A hook's failure is the hook's: the chord's outcome stands.
                 log.exception("chord hook %r failed for chord %s", hook, completion.chord_id)
-
-
-async def rebuild_chord_views(settings: Settings) -> int:
-    """Fold the whole chords topic again and write every chord's view; returns how many.
-
-    The chords topic is the chord aggregator's input, in the order it folded it, so
-    folding it again gives the same outcomes (fail-fast counts included). Completions
-    are written, not published to the completions topic: hooks ran with the live
-    processor and are not run again.
-    """
-    fold = ChordFold({}, max_value_bytes(settings))  # the live aggregator's cuts (entries.py)
-    last: dict[str, ChordProgress] = {}
-    client = async_client(settings)
-    store = ChordStore(settings, client)
-    codec = Codec(max_bytes=settings.max_event_bytes)
-    seen: set[str] = set()
-    try:
-        async with LogReader(settings, settings.chords_topic) as reader:
-            try:
-                plan = await reader.plan()
-            except ValidationError:
-                return 0  # no chords topic: no chord was ever declared or forwarded
-            async for batch in reader.read(plan):
-                for rec in batch:
-                    try:
-                        step = fold.apply(*codec.decode_record(rec.value or b""))
-                    except (CodecError, ValidationError):
-                        continue  # the live aggregator sent these to dead letters
-                    if step is None:
-                        continue
-                    seen.add(step.chord_id)
-                    if step.completion is not None:
-                        await store.complete(step.completion)
-                        fold.completed(step.completion)
-                        last.pop(step.chord_id, None)
-                    elif step.progress is not None:
-                        last[step.chord_id] = step.progress
-        await store.progress(last)
-    finally:
-        await client.aclose()
-    return len(seen)

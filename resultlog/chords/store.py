@@ -108,6 +108,13 @@ def chord_view_from_hash(chord_id: str, fields: Mapping[Any, Any]) -> ChordView:
     )
 
 
+def chord_expire_at(timestamp_ms: int, ttl_s: int) -> int | None:
+    """When the view drops a chord whose latest outcome is at ``timestamp_ms``: from the
+    log, not the clock, so that a view rebuilt by replay (and what verify expects) is
+    exact. None without a result TTL."""
+    return timestamp_ms + ttl_s * 1000 if ttl_s else None
+
+
 def completion_fields(completion: ChordCompleted) -> dict[str, str]:
     fields = {
         "state": completion.state.value, "size": str(completion.size),
@@ -139,10 +146,11 @@ class ChordStore:
             return
         prefix = self.settings.redis_prefix
         keys = [names.chord_key(prefix, chord_id) for chord_id in updates]
-        ttl_ms = self.settings.result_ttl_s * 1000
-        args: list[str] = ["1" if ttl_ms else "0"]
+        ttl_s = self.settings.result_ttl_s
+        args: list[str] = ["1" if ttl_s else "0"]
         for p in updates.values():
-            args += [str(p.size), str(p.done), str(p.failed), str(p.timestamp + ttl_ms)]
+            args += [str(p.size), str(p.done), str(p.failed),
+                     str(chord_expire_at(p.timestamp, ttl_s) or 0)]
         with translated("writing chord progress"):
             await self._progress(keys=keys, args=args)
 
@@ -154,9 +162,9 @@ class ChordStore:
         with translated("writing a chord completion"):
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.hset(key, mapping=fields)
-                if self.settings.result_ttl_s:
-                    # From the log, not the clock: a view rebuilt by replay is exact.
-                    pipe.pexpireat(key, completion.timestamp + self.settings.result_ttl_s * 1000)
+                expire_at = chord_expire_at(completion.timestamp, self.settings.result_ttl_s)
+                if expire_at is not None:
+                    pipe.pexpireat(key, expire_at)
                 pipe.publish(names.chord_done_channel(prefix, completion.chord_id), completion.state.value)
                 await pipe.execute()
 

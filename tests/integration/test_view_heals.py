@@ -26,6 +26,7 @@ from resultlog.settings import Settings
 from resultlog.views import HistoryStore, RedisView, ResultBackend
 from resultlog.processors.logreader import LogReader
 from resultlog.processors.rebuild import ViewRebuilder
+from resultlog.processors.replay import replay
 from resultlog.views.coverage import CHORDS_LOST_FIELD, Claim, RebuildChain, ViewCoverage
 from resultlog.views.history import stored
 from tests.integration.processes import ProcessorProcess
@@ -347,8 +348,8 @@ async def test_the_chords_mark_stays_until_a_chord_rebuild_finishes(
     # Another claim (another processor's) finds the same mark; no new one is set.
     assert (await coverage.claim({0: Claim(0, 1)})).chords_lost == claimed.chords_lost
 
-    from resultlog.chords import aggregator
-    real = aggregator.rebuild_chord_views
+    from resultlog.chords import fromlog
+    real = fromlog.rebuild_chord_views
 
     attempts: list[int] = []
 
@@ -357,13 +358,13 @@ async def test_the_chords_mark_stays_until_a_chord_rebuild_finishes(
         raise BrokerUnavailable("the chords topic cannot be read (simulated)")
 
     async with RedisView(settings) as view:
-        monkeypatch.setattr(aggregator, "rebuild_chord_views", unavailable)
+        monkeypatch.setattr(fromlog, "rebuild_chord_views", unavailable)
         first = ViewRebuilder(settings, coverage, view)
         first.add({}, chords_lost=claimed.chords_lost)
         await eventually(lambda: _tried(attempts, 2), "the interrupted rebuild to try again")
         assert first.rebuilding
         assert await chords_mark(settings, redis_client) == claimed.chords_lost.encode()
-        monkeypatch.setattr(aggregator, "rebuild_chord_views", real)
+        monkeypatch.setattr(fromlog, "rebuild_chord_views", real)
         await eventually(lambda: _done(first), "the rebuild to finish by itself")
         assert await chords_mark(settings, redis_client) is None
         await chords_read_back(settings, sizes, 5)
@@ -389,3 +390,41 @@ async def _tried(attempts: list[int], n: int) -> bool:
 
 async def _done(*rebuilders: ViewRebuilder) -> bool:
     return not any(r.rebuilding for r in rebuilders)
+
+
+async def _chord_done(settings: Settings, client: redis.asyncio.Redis, chord_id: str, done: int) -> bool:
+    return await client.hget(names.chord_key(settings.redis_prefix, chord_id), "done") == str(done).encode()
+
+
+async def test_verify_checks_the_chord_views(
+        settings: Settings, redis_client: redis.asyncio.Redis) -> None:
+    """verify compares every chord's view with a fold of the chords topic: a chord view
+    lost, changed or not in the log is a difference, and a replay mends them. (Before,
+    it checked tasks only, and said OK over a view whose completed chords all read
+    PENDING: a fault audit's find.)"""
+    sizes = {f"v{k}": 3 for k in range(3)}
+    with ProcessorProcess(settings):
+        # One more chord with one member of three in: its view is progress, not an outcome.
+        await emit(settings, [e for c, n in sizes.items() for e in members(c, n)]
+                   + members("v-partial", 3)[:1], *sizes.items(), ("v-partial", 3))
+        await chords_read_back(settings, sizes, 60)
+        await eventually(lambda: _chord_done(settings, redis_client, "v-partial", 1),
+                         "the unfinished chord's progress in its view")
+    report = await verify(settings)
+    assert report.ok, [d.render() for d in report.differences]
+    assert report.chords == 4
+
+    prefix = settings.redis_prefix
+    await redis_client.delete(names.chord_key(prefix, "v0"))
+    await redis_client.hset(names.chord_key(prefix, "v1"), "state", "PENDING")
+    await redis_client.hset(names.chord_key(prefix, "v-partial"), "done", "2")
+    await redis_client.hset(names.chord_key(prefix, "stray"), mapping={"state": "PENDING", "size": "2"})
+    report = await verify(settings)
+    assert sorted((d.what, d.task_id) for d in report.differences) == [
+        ("chord", "stray"), ("chord", "v-partial"), ("chord", "v0"), ("chord", "v1")]
+    assert (await verify(settings, redis=False)).ok  # the history holds no chords
+
+    await replay(settings, fresh=True, force=True, history=False, progress=False)
+    report = await verify(settings)
+    assert report.ok, [d.render() for d in report.differences]
+    await chords_read_back(settings, sizes, 5)
