@@ -199,6 +199,11 @@ async def replay(
             bar.finish()
         if redis and from_timestamp_ms is None and not from_offsets:
             await record_live_positions(settings, plan)
+        if history and fresh:
+            # The history holds the slice asked for, and nothing else: the live
+            # processor resumes after it (``reset`` forgot every position).
+            await store.write_rows([], set(), {(plan.topic, p): end for p, end in plan.end.items()},
+                                   consumer_group=settings.consumer_group)
         if redis:
             # Chord views come from the chords topic, the aggregator's own input.
             chords = await rebuild_chord_views(settings)

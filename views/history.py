@@ -386,13 +386,17 @@ class HistoryStore(PooledStore):
             after = (rows[-1]["ts_ms"], rows[-1]["event_id"])
 
     async def reset(self) -> None:
-        """Empty the history (every partition; they stay attached). Offsets are kept:
-        see :meth:`reset_offsets`. For ``replay --fresh``. What triggers on the history
-        keep (the task summary, the rollups) goes with it, in the same statement."""
+        """Empty the history (every partition; they stay attached), for ``replay
+        --fresh``. What triggers on the history keep (the task summary, the rollups)
+        goes with it, in the same statement, and so does every consumer group's
+        position: a position says what the history holds, and it holds nothing now.
+        (Until 1 Dec 2026 they were kept: a replay killed after this, then a processor
+        started instead of the replay again, resumed at the old end, and the history
+        lacked what the replay had not written yet, for good.)"""
         s = quote_ident(self.settings.postgres_schema)
         kept = ", ".join(f"{s}.{t}" for t in (names.TASK_SUMMARY_TABLE, names.TASK_MINUTES_TABLE,
                                                names.TASK_RUNTIMES_TABLE))
-        await self._execute(f"TRUNCATE {self._history}, {kept}")
+        await self._execute(f"TRUNCATE {self._history}, {kept}, {self._offsets}")
 
     # -- helpers --------------------------------------------------------------------
 

@@ -361,18 +361,20 @@ async def test_all_events_reads_every_page_in_order(store: HistoryStore) -> None
     assert [e async for e in store.all_events(page_rows=23)] == got
 
 
-async def test_reset_empties_the_history_and_reset_offsets_one_group(store: HistoryStore) -> None:
+async def test_reset_offsets_forgets_one_group_and_reset_the_history_and_every_position(
+        store: HistoryStore) -> None:
     batch, offsets = one_partition([ev("t1"), ev("t2")])
     await store.write_batch(batch, offsets, consumer_group="g")
     await store.write_batch([], {(TOPIC, 0): 4}, consumer_group="g.replay")
 
-    await store.reset()
-    assert await store.count() == 0
-    assert await store.committed_offsets("g", TOPIC) == {0: 2}
-
     assert await store.reset_offsets("g.replay") == 1
     assert await store.committed_offsets("g.replay", TOPIC) == {}
     assert await store.committed_offsets("g", TOPIC) == {0: 2}
+
+    await store.reset()
+    assert await store.count() == 0
+    # A position says what the history holds: it holds nothing now.
+    assert await store.committed_offsets("g", TOPIC) == {}
     # Partitions stay: writing after a reset needs no DDL.
     assert await store.write_batch(batch, offsets, consumer_group="g") == 2
 
