@@ -28,10 +28,11 @@ cannot recover from, so the pump then waits for in-flight batches, replaces the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future as ThreadFuture
 from functools import partial
 from typing import Any
@@ -39,7 +40,8 @@ from typing import Any
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
 from resultlog.background import cancel_and_wait, stop_if_cancelled
-from resultlog.errors import BrokerUnavailable, DeliveryRefused, EmitterClosed, ValidationError
+from resultlog.errors import (BrokerUnavailable, DeliveryRefused, EmitterClosed, NotYetAcknowledged,
+                              ValidationError)
 from resultlog.producers.buffer import Item, Outbox, resolve
 from resultlog.producers.failures import Failures
 from resultlog.producers.fitting import fit_within_limit
@@ -51,6 +53,7 @@ from resultlog.producers.topics import ensure_topics
 from resultlog.producers.viewfold import AckedFold
 from resultlog.schemas.codec import Codec
 from resultlog.schemas.event import TaskEvent
+from resultlog.schemas.states import State
 from resultlog.schemas.taskcodec import EventEncoder
 from resultlog.settings import Settings
 from resultlog.timeouts import checked_timeout
@@ -120,7 +123,7 @@ class Pipeline:
                     async with asyncio.timeout(timeout_s):
                         await done
                 except TimeoutError:
-                    raise BrokerUnavailable(
+                    raise NotYetAcknowledged(
                         f"flush timed out after {timeout_s:g} s with {self._outbox.unacked_events} "
                         f"event(s) not yet acknowledged by Kafka at {self.settings.kafka_bootstrap_servers}; "
                         "they stay buffered and are still being retried"
@@ -192,6 +195,14 @@ class Pipeline:
                 f"emit() takes a TaskEvent, got {type(event).__name__}: {event!r:.60}; build one "
                 "with TaskEvent.create(task_id, state, ...), or use the per-state calls "
                 "(started, success, ...); the event was not emitted")
+        if (self._acked_fold is not None and event.result_ttl_ms is None
+                and event.state is not State.FORGOTTEN):
+            # This emitter folds the view itself (read-your-writes), with its own
+            # result_ttl_s; the processor and a replay would use theirs, and fold.lua
+            # leaves an expiry alone when the winner does not move: so the event carries
+            # the expiry this writer gives it, and every folder gives the same. (A
+            # FORGOTTEN event deletes the task's key: it has no expiry to carry.)
+            event = dataclasses.replace(event, result_ttl_ms=self.settings.result_ttl_s * 1000)
         recorded, value = fit_within_limit(event, self.encoder.encode)
         return recorded, event.task_id.encode(), value
 
@@ -279,10 +290,10 @@ class Pipeline:
         try:
             waiter.result(timeout=self.settings.kafka_timeout_s)
         except TimeoutError:
-            raise self._no_ack() from None
+            raise self._no_ack(waiter.result) from None
 
-    def _no_ack(self) -> BrokerUnavailable:
-        return BrokerUnavailable(
+    def _no_ack(self, wait: Callable[[float | None], None] | None = None) -> NotYetAcknowledged:
+        return NotYetAcknowledged(
             f"Kafka at {self.settings.kafka_bootstrap_servers} did not acknowledge the event "
             f"within {self.settings.kafka_timeout_s:g} s (RESULTLOG_KAFKA_TIMEOUT_S); it stays "
             "buffered and is still being retried"

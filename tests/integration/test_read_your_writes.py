@@ -9,9 +9,13 @@ import json
 import logging
 
 import pytest
+import redis.asyncio
 
+from resultlog import names
 from resultlog.errors import ConfigurationError
 from resultlog.producers import Emitter, SyncEmitter
+from resultlog.schemas.event import TaskEvent
+from resultlog.schemas.fold import expire_at, fold
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.views import RedisView, ResultBackend
@@ -60,6 +64,31 @@ def test_the_sync_emitter_reads_its_writes(settings: Settings) -> None:
     finally:
         emitter.close()
         backend.close()
+
+
+async def test_the_expiry_it_gives_is_the_one_the_log_gives(
+        settings: Settings, redis_client: redis.asyncio.Redis) -> None:
+    """An event without a TTL of its own carries the emitter's: the emitter folds the
+    view itself, and a processor (or replay) with another RESULTLOG_RESULT_TTL_S folding
+    the same event later leaves the expiry alone (the winner does not move). Before, the
+    log's event carried none: results a worker wrote expired after the worker's default
+    day where the processors kept them for ever (a fault audit: 20 of 20 read PENDING)."""
+    worker = settings.replace(result_ttl_s=4000)
+    async with Emitter(worker, read_your_writes=True) as emitter:
+        plain = await emitter.emit(TaskEvent.create("ryw-ttl", State.SUCCESS, result=1), wait=True)
+        own = await emitter.emit(TaskEvent.create("ryw-ttl-own", State.SUCCESS, result=2,
+                                                  result_ttl=0), wait=True)
+    assert plain.result_ttl_ms == 4_000_000 and own.result_ttl_ms == 0
+    logged = {c.event.task_id: c.event for c in await consume(settings, 2)}
+    assert logged == {"ryw-ttl": plain, "ryw-ttl-own": own}
+    # The processor's fold of what the log holds, with its own setting (keep for ever).
+    async with RedisView(settings.replace(result_ttl_s=0)) as processor_view:
+        await processor_view.apply(list(logged.values()))
+    prefix = settings.redis_prefix
+    for task_id, event in logged.items():
+        want = expire_at(fold([event])[task_id], 0)
+        got = await redis_client.pexpiretime(names.task_key(prefix, task_id))
+        assert got == (-1 if want is None else want), task_id
 
 
 async def test_without_the_option_only_the_processor_writes_the_view(settings: Settings) -> None:
