@@ -296,8 +296,7 @@ class Pipeline:
         return NotYetAcknowledged(
             f"Kafka at {self.settings.kafka_bootstrap_servers} did not acknowledge the event "
             f"within {self.settings.kafka_timeout_s:g} s (RESULTLOG_KAFKA_TIMEOUT_S); it stays "
-            "buffered and is still being retried"
-        )
+            "buffered and is still being retried", wait)
 
     @property
     def unacked_events(self) -> int:

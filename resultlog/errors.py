@@ -8,6 +8,8 @@ again can help.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class ResultlogError(Exception):
     """Base of every error raised by resultlog."""
@@ -65,6 +67,24 @@ class BrokerUnavailable(ResultlogError):
     """Kafka could not be reached (or did not acknowledge) within the timeout."""
 
     retriable = True
+
+
+class NotYetAcknowledged(BrokerUnavailable):
+    """Kafka did not acknowledge an event within the timeout; the event stays buffered
+    and its sending is still retried, so it may yet be delivered. From a blocking emit,
+    :meth:`wait` waits longer for that same event (a caller that must not report a
+    failure for an event that will be stored, such as the Celery backend)."""
+
+    def __init__(self, message: str, wait: Callable[[float | None], None] | None = None) -> None:
+        super().__init__(message)
+        self._wait = wait
+
+    def wait(self, timeout_s: float | None) -> None:
+        """Return once Kafka acknowledged the event; :class:`TimeoutError` after
+        ``timeout_s`` s, or the error its delivery failed with."""
+        if self._wait is None:
+            raise TypeError("only an event emitted by a blocking call can be waited for again")
+        self._wait(timeout_s)
 
 
 class DeliveryRefused(BrokerUnavailable):

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery.backends.asynchronous import BaseResultConsumer  # type: ignore[import-untyped]
 
+from resultlog.errors import StoreUnavailable
 from resultlog.schemas.fold import TaskView
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ class ViewResultConsumer(BaseResultConsumer):  # type: ignore[misc]
         self._waits: dict[str, _Wait | None] = {}
         # SimpleQueue: its put() is safe from __del__ and from any thread.
         self._done: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        # task id -> its waits that failed in a row, Redis unreachable (see _deliver).
+        self._failed: dict[str, int] = {}
 
     def on_after_fork(self) -> None:
         # The waits ran on the parent's loop thread, which does not exist here.
@@ -126,9 +129,27 @@ class ViewResultConsumer(BaseResultConsumer):  # type: ignore[misc]
             self.on_state_change(self.backend.meta_for(task_id, wait), None)
             return
         with self._lock:
-            if self._waits.get(task_id) is wait:
+            current = self._waits.get(task_id) is wait
+            if current:
                 del self._waits[task_id]
-        # A wait that failed (Redis unreachable past the client's retries) raises
-        # here, in the waiting thread: get() fails rather than waits forever.
-        view = wait.result()
+        try:
+            view = wait.result()
+        except StoreUnavailable:
+            if not current:
+                return  # no longer waited on, or waited on again already
+            # The pub/sub connection was lost past the client's retries, and every wait
+            # failed with it: most of them for other tasks than the one this thread's
+            # get() waits on, and their results may be in the view by now. Each is
+            # waited on again (subscribed, then read: a result there now is delivered);
+            # Celery would never ask again, and the task's later get()s and its group's
+            # join would wait for ever (a fault audit, 4 of 4). The error reaches this
+            # get() only when Redis was still unreachable at the second try, so that a
+            # get() does not wait for ever on a Redis that stays down.
+            again = self._failed.get(task_id, 0) + 1
+            self._failed[task_id] = again % 2
+            self.consume_from(task_id)
+            if again >= 2:
+                raise
+            return
+        self._failed.pop(task_id, None)
         self.on_state_change(self.backend.meta_for(task_id, view), None)

@@ -1,0 +1,91 @@
+"""A Celery app on ``resultlog://`` while Kafka or Redis is away, on a private stack
+(the shared one is never broken): Celery hears of no failure for a result that will
+be stored, and a client's waits come back once Redis does."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+import pytest
+
+from resultlog.devstack import private_stack
+from resultlog.producers import SyncEmitter
+from resultlog.settings import Settings
+from tests.integration.celery_app import make_app
+from tests.integration.test_celery_backend import backend_url
+from tests.integration.test_pipeline import eventually
+
+# Killed brokers make aiokafka log at ERROR.
+pytestmark = [pytest.mark.integration, pytest.mark.slow,
+              pytest.mark.usefixtures("quiet_aiokafka")]
+
+
+def _app(settings: Settings, query: str = "") -> Any:
+    broker = settings.redis_url.rsplit("/", 1)[0] + "/5"  # no worker consumes it here
+    return make_app(backend_url(settings) + query, broker, f"rl-faults-{uuid.uuid4().hex[:8]}")
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return any(text in r.getMessage() for r in caplog.records)
+
+
+async def test_a_result_stored_while_kafka_restarts_is_stored_not_failed(
+        base_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """Kafka not acknowledging within RESULTLOG_KAFKA_TIMEOUT_S (a broker restarting
+    takes longer): store_result raised BrokerUnavailable, so Celery recorded the task
+    FAILURE, and a chord failed blaming a member whose SUCCESS, still buffered, was
+    stored after it; a STARTED store that raised skipped the task's body. An outcome
+    now waits until Kafka has it, and a STARTED state is left to the buffer."""
+    if base_settings.test_services not in ("auto", "local"):
+        pytest.skip(f"private stacks are built like the local stack ({base_settings.test_services})")
+    caplog.set_level(logging.WARNING, logger="resultlog.celery")
+    async with private_stack(base=base_settings, out=lambda line: None) as stack:
+        app = _app(stack.settings, "&kafka_timeout_s=2")
+        backend = app.backend
+        await asyncio.to_thread(backend.store_result, "warm", 1, "SUCCESS")
+        await stack.kill("kafka")
+        # Returns once Kafka did not answer in time, instead of raising.
+        await asyncio.to_thread(backend.store_result, "late", {"step": 1}, "STARTED")
+        stored = asyncio.create_task(asyncio.to_thread(backend.store_result, "late", 7, "SUCCESS"))
+        await eventually(lambda: _logged(caplog, "has not acknowledged task late's SUCCESS"),
+                         "the SUCCESS store waiting for Kafka", timeout_s=60)
+        assert not stored.done()
+        await stack.start("kafka")
+        assert await stored == 7
+        result = app.AsyncResult("late")
+        assert await asyncio.to_thread(result.get, timeout=60) == 7
+        assert result.state == "SUCCESS"
+
+
+async def test_waits_broken_by_a_redis_outage_come_back_with_redis(
+        base_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """Redis unreachable past the client's reconnecting failed every wait; the next
+    get(), whichever task it waited on, raised one of those StoreUnavailable errors, and
+    the tasks were never waited on again: get() of a task whose SUCCESS is in the view
+    raised or timed out for good, and so did a group's join (a fault audit, 4 of 4)."""
+    if base_settings.test_services not in ("auto", "local"):
+        pytest.skip(f"private stacks are built like the local stack ({base_settings.test_services})")
+    caplog.set_level(logging.WARNING, logger="resultlog")
+    async with private_stack(base=base_settings, out=lambda line: None) as stack:
+        settings = stack.settings
+        app = _app(settings)
+        first, second = app.AsyncResult("outage-1"), app.AsyncResult("outage-2")
+        for result in (first, second):  # waited on, not there yet: the waits stay armed
+            with pytest.raises(Exception, match="operation timed out"):
+                await asyncio.to_thread(result.get, timeout=0.5)
+        await stack.kill("redis")
+        await eventually(lambda: _logged(caplog, "pub/sub connection lost"),
+                         "the waits failing with the pub/sub connection", timeout_s=60)
+        await stack.start("redis")
+
+        emitter = SyncEmitter(settings, read_your_writes=True)
+        try:
+            await asyncio.to_thread(emitter.success, "outage-1", 1, wait=True)
+            await asyncio.to_thread(emitter.success, "outage-2", 2, wait=True)
+        finally:
+            await asyncio.to_thread(emitter.close)
+        assert await asyncio.to_thread(second.get, timeout=30) == 2
+        assert await asyncio.to_thread(first.get, timeout=30) == 1
