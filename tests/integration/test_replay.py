@@ -299,21 +299,27 @@ class StopAfterFirstBatch:
         raise self.Interrupt
 
 
-async def test_an_interrupted_replay_resumes_where_it_stopped(settings: Settings) -> None:
+async def interrupted_fresh_replay(settings: Settings, batch_records: int
+                                   ) -> tuple[int, list[tuple[Any, ...]], int]:
+    """Both stores filled by a processor, then a ``--fresh`` replay interrupted after its
+    first batch; returns the events, the history before, and what the replay read."""
     n = await workload(settings, n=40)
     await fill_through_processor(settings, n)
     before = await history_snapshot(settings)
-
     stop = StopAfterFirstBatch()
-
     # One consumer in this process, so that what was counted is exactly what was
     # written (concurrent consumers may land a write the interruption did not count).
     with pytest.raises(StopAfterFirstBatch.Interrupt):
-        await replay(settings, fresh=True, batch_records=50, jobs=1, consumers=1, progress=False,
-                     on_batch=stop)
+        await replay(settings, fresh=True, batch_records=batch_records, jobs=1, consumers=1,
+                     progress=False, on_batch=stop)
     assert 0 < stop.seen < n
+    return n, before, stop.seen
+
+
+async def test_an_interrupted_replay_resumes_where_it_stopped(settings: Settings) -> None:
+    n, before, seen = await interrupted_fresh_replay(settings, 50)
     rest = await replay(settings, resume=True, progress=False)
-    assert rest.stats.read == n - stop.seen
+    assert rest.stats.read == n - seen
     assert await history_snapshot(settings) == before
     assert (await verify(settings)).ok
 
@@ -325,15 +331,7 @@ async def test_a_processor_started_after_an_interrupted_fresh_replay_completes_t
     positions at the old end, so the processor resumed there, and what the replay had
     not written yet was missing from the history for good (a fault audit: 95,000 of
     150,000 events). Emptying the history now forgets the positions in it."""
-    n = await workload(settings, n=40)
-    await fill_through_processor(settings, n)
-    before = await history_snapshot(settings)
-
-    stop = StopAfterFirstBatch()
-    with pytest.raises(StopAfterFirstBatch.Interrupt):
-        await replay(settings, fresh=True, batch_records=20, jobs=1, consumers=1, progress=False,
-                     on_batch=stop)
-    assert 0 < stop.seen < n
+    n, before, _ = await interrupted_fresh_replay(settings, 20)
     with ProcessorProcess(settings) as proc:
         await eventually(lambda: history_holds(settings, n),
                          f"the history holds every event again\n{proc.output()[-1500:]}")
