@@ -9,6 +9,9 @@ Once: a Redis key per completion (``names.chord_fire_key``) says ``firing`` befo
 body is sent and ``done`` after. A completion seen again whose key says ``done`` is not
 fired again; one whose key says ``firing`` is (the processor died in between and may or
 may not have sent it): never a chord left hanging, at the price of a possible second send.
+A processor that sent a body and could not write ``done`` (Redis unavailable) remembers
+the send, and only writes ``done`` when it tries again (until 1 Dec 2026 it found its own
+``firing`` mark and sent the body a second time).
 """
 
 from __future__ import annotations
@@ -65,33 +68,43 @@ class BodyFirer:
         self.settings = settings
         self.app = app
         self.claimant = f"{socket.gethostname()}:{os.getpid()}"
+        # Completions whose body this process sent and whose "done" mark is not written
+        # yet: a retry of fire() after that write failed (Redis unavailable) finds only
+        # its own "firing" mark, which cannot say whether the body went; this can.
+        self._sent: set[str] = set()
 
     async def fire(self, client: redis.asyncio.Redis, completion: ChordCompleted, body: str,
                    parent: str | None = None) -> None:
+        """Send the body unless it was sent; safe to call again after it raised (the
+        aggregator retries it while Redis is unavailable)."""
         key = names.chord_fire_key(self.settings.redis_prefix, completion.event_id)
         ttl_ms = self.settings.result_ttl_s * 1000 or None
-        with translated("marking a chord body as firing"):
-            # One round trip: the mark set, and the one it replaced returned.
-            mark = await client.set(key, f"firing:{self.claimant}", px=ttl_ms, get=True)
-        if mark == _DONE:
-            with translated("marking a chord body as fired"):
-                await client.set(key, _DONE, px=ttl_ms)
-            log.info("chord %s: body already fired", completion.chord_id)
-            return
-        if mark is not None:
-            log.warning("chord %s: a processor died while firing its body (%s); firing it again",
-                        completion.chord_id, mark)
-        t0 = time.perf_counter()
-        try:
-            await asyncio.to_thread(self.fire_sync, completion, body, parent)
-        except Exception:  # noqa: BLE001 — the user's app failed: log it, never loop on it
-            # (e.g. the broker unreachable past Celery's own publish retries). Firing it
-            # again at every restart would stop every other chord behind this one.
-            log.exception("chord %s: firing its body failed; it is not fired again",
-                          completion.chord_id)
+        if completion.event_id not in self._sent:
+            with translated("marking a chord body as firing"):
+                # One round trip: the mark set, and the one it replaced returned.
+                mark = await client.set(key, f"firing:{self.claimant}", px=ttl_ms, get=True)
+            if mark == _DONE:
+                with translated("marking a chord body as fired"):
+                    await client.set(key, _DONE, px=ttl_ms)
+                log.info("chord %s: body already fired", completion.chord_id)
+                return
+            if mark is not None:
+                log.warning("chord %s: a processor died while firing its body (%s); firing it "
+                            "again", completion.chord_id, mark)
+            t0 = time.perf_counter()
+            try:
+                await asyncio.to_thread(self.fire_sync, completion, body, parent)
+            except Exception:  # noqa: BLE001 — the user's app failed: log it, never loop on it
+                # (e.g. the broker unreachable past Celery's own publish retries). Firing
+                # it again at every restart would stop every other chord behind this one.
+                log.exception("chord %s: firing its body failed; it is not fired again",
+                              completion.chord_id)
+            self._sent.add(completion.event_id)
+            log.debug("chord %s: body fired in %.1f ms", completion.chord_id,
+                      (time.perf_counter() - t0) * 1000)
         with translated("marking a chord body as fired"):
             await client.set(key, _DONE, px=ttl_ms)
-        log.debug("chord %s: body fired in %.1f ms", completion.chord_id, (time.perf_counter() - t0) * 1000)
+        self._sent.discard(completion.event_id)
 
     def fire_sync(self, completion: ChordCompleted, body: str, parent: str | None = None) -> None:
         """Send the body, or fail it as Celery does (blocking: run in a thread).
