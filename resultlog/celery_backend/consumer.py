@@ -108,6 +108,7 @@ class ViewResultConsumer(BaseResultConsumer):  # type: ignore[misc]
     def cancel_for(self, task_id: str) -> None:
         with self._lock:
             wait = self._waits.pop(task_id, None)
+            self._failed.pop(task_id, None)
         if wait is not None:
             wait.cancel()
 
@@ -145,11 +146,13 @@ class ViewResultConsumer(BaseResultConsumer):  # type: ignore[misc]
             # join would wait for ever (a fault audit, 4 of 4). The error reaches this
             # get() only when Redis was still unreachable at the second try, so that a
             # get() does not wait for ever on a Redis that stays down.
-            again = self._failed.get(task_id, 0) + 1
-            self._failed[task_id] = again % 2
+            with self._lock:
+                again = self._failed.get(task_id, 0) + 1
+                self._failed[task_id] = again % 2
             self.consume_from(task_id)
             if again >= 2:
                 raise
             return
-        self._failed.pop(task_id, None)
+        with self._lock:
+            self._failed.pop(task_id, None)
         self.on_state_change(self.backend.meta_for(task_id, view), None)
