@@ -32,7 +32,7 @@ import dataclasses
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future as ThreadFuture
 from functools import partial
 from typing import Any
@@ -254,7 +254,10 @@ class Pipeline:
             async with asyncio.timeout(self.settings.kafka_timeout_s):
                 await asyncio.shield(waiter)
         except TimeoutError:
-            raise self._no_ack() from None
+            async def wait_more(timeout_s: float | None) -> None:
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.shield(waiter)
+            raise self._no_ack(wait_async=wait_more) from None
         finally:
             # Nobody awaits it any more: keep asyncio from logging its outcome as unseen.
             waiter.add_done_callback(_consume)
@@ -292,11 +295,13 @@ class Pipeline:
         except TimeoutError:
             raise self._no_ack(waiter.result) from None
 
-    def _no_ack(self, wait: Callable[[float | None], None] | None = None) -> NotYetAcknowledged:
+    def _no_ack(self, wait: Callable[[float | None], None] | None = None,
+                wait_async: Callable[[float | None], Awaitable[None]] | None = None
+                ) -> NotYetAcknowledged:
         return NotYetAcknowledged(
             f"Kafka at {self.settings.kafka_bootstrap_servers} did not acknowledge the event "
             f"within {self.settings.kafka_timeout_s:g} s (RESULTLOG_KAFKA_TIMEOUT_S); it stays "
-            "buffered and is still being retried", wait)
+            "buffered and is still being retried", wait, wait_async)
 
     @property
     def unacked_events(self) -> int:

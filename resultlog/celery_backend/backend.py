@@ -13,7 +13,6 @@ child re-creates its own on first use.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -43,9 +42,9 @@ from resultlog.celery_backend.meta import (
     task_meta,
     to_plain,
 )
-from resultlog.errors import (BrokerUnavailable, ConfigurationError, EventTooLarge, NotYetAcknowledged,
-                              ResultNotSerializable)
+from resultlog.errors import ConfigurationError, EventTooLarge, NotYetAcknowledged, ResultNotSerializable
 from resultlog.producers.celery import celery_result_ttls, request_fields
+from resultlog.producers.late import store_late_blocking
 from resultlog.producers.sync import SyncEmitter
 from resultlog.schemas.event import TaskEvent, TaskFields, validate_task_ids
 from resultlog.schemas.fold import TaskView
@@ -55,7 +54,6 @@ from resultlog.timeouts import checked_timeout
 from resultlog.views.backend import ResultBackend
 from resultlog.views.exceptions import ExceptionRebuilder
 
-log = logging.getLogger("resultlog.celery")
 _shared_lock = threading.Lock()
 # Kept across a fork on purpose: the emitter and the reader notice the new process
 # themselves and re-create their connections and threads there.
@@ -173,7 +171,8 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
             try:
                 emitter.emit(event, wait=wait)
             except NotYetAcknowledged as late:
-                stored_late(emitter, event, late, self.config.settings.kafka_timeout_s)
+                # Celery must not hear of a failure for an event that will be stored.
+                store_late_blocking(emitter, event, late, self.config.settings.kafka_timeout_s)
         except (ResultNotSerializable, EventTooLarge) as refused:
             # Only a SUCCESS or a progress report can be refused (an outcome is cut to
             # fit): Celery's trace records an EncodeError as the task's FAILURE, and the
@@ -333,41 +332,3 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
 
     def as_uri(self, include_password: bool = False) -> str:
         return self.url or "resultlog://"
-
-
-def stored_late(emitter: SyncEmitter, event: TaskEvent, late: NotYetAcknowledged,
-                every_s: float) -> None:
-    """Kafka did not acknowledge ``event`` in time (a broker restarting, an outage). It
-    is still buffered and sent again, so Celery must not hear of a failure: it would
-    record the task FAILURE (and fail its chord, blaming a member whose own SUCCESS is
-    then stored too), or skip the task's body when it was the STARTED state. A state
-    before the outcome is left to the buffer, and the task goes on; an outcome waits
-    until Kafka has it, as Celery's own backends retry with ``result_backend_always_retry``
-    (a fault audit: every broker restart failed the chord whose members were running)."""
-    if not event.state.ready:
-        log.warning("resultlog: Kafka has not acknowledged task %s's %s yet: %s; the task goes "
-                    "on, and the state is stored once Kafka answers", event.task_id,
-                    event.state.value, late)
-        return
-    waited = every_s
-    while True:
-        log.warning("resultlog: Kafka has not acknowledged task %s's %s after %.0f s; waiting "
-                    "for it (it is buffered and sent again until Kafka answers)",
-                    event.task_id, event.state.value, waited)
-        try:
-            late.wait(every_s)
-            return
-        except TimeoutError:
-            waited += every_s
-        except BrokerUnavailable as exc:
-            if not exc.retriable:
-                raise
-            # The producer gave up on its batch: send it again (the same event id, so
-            # the stores keep one).
-            try:
-                emitter.emit(event, wait=True)
-                return
-            except NotYetAcknowledged as again:
-                late = again
-                waited += every_s
-

@@ -18,9 +18,10 @@ from chicory.backend.base import Backend
 from chicory.types import BackendStatus, TaskResult, TaskState, WorkerStats
 
 from resultlog.chicory_backend.mapping import heartbeat, task_event, task_result, worker_stats
-from resultlog.errors import ConfigurationError, ValidationError
+from resultlog.errors import ConfigurationError, NotYetAcknowledged, ValidationError
 from resultlog.producers.emitter import Emitter
 from resultlog.producers.heartbeats import send_heartbeat
+from resultlog.producers.late import store_late
 from resultlog.schemas.event import TaskEvent, validate_id, validate_task_id
 from resultlog.schemas.states import MAX_TIMESTAMP_MS, State
 from resultlog.settings import Settings
@@ -116,7 +117,11 @@ class ResultlogBackend(Backend):
         emitter, _, _ = self._connected()
         event = task_event(task_id, result, emitter.worker, self.result_ttl_ms)
         wait = wait or event.state.ready
-        await emitter.emit(event, wait=wait)
+        try:
+            await emitter.emit(event, wait=wait)
+        except NotYetAcknowledged as late:
+            # Chicory must not hear of a failure for an event that will be stored.
+            await store_late(emitter, event, late, self.settings.kafka_timeout_s)
 
     async def get_result(self, task_id: str) -> TaskResult[Any] | None:
         """The task's latest result from the view; None for a task nobody recorded."""

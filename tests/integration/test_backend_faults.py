@@ -1,6 +1,6 @@
-"""A Celery app on ``resultlog://`` while Kafka or Redis is away, on a private stack
-(the shared one is never broken): Celery hears of no failure for a result that will
-be stored, and a client's waits come back once Redis does."""
+"""The task queues' backends while Kafka or Redis is away, on a private stack (the
+shared one is never broken): Celery and Chicory hear of no failure for a result that
+will be stored, and a Celery client's waits come back once Redis does."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ async def test_a_result_stored_while_kafka_restarts_is_stored_not_failed(
     now waits until Kafka has it, and a STARTED state is left to the buffer."""
     if base_settings.test_services not in ("auto", "local"):
         pytest.skip(f"private stacks are built like the local stack ({base_settings.test_services})")
-    caplog.set_level(logging.WARNING, logger="resultlog.celery")
+    caplog.set_level(logging.WARNING, logger="resultlog.producers")
     async with private_stack(base=base_settings, out=lambda line: None) as stack:
         app = _app(stack.settings, "&kafka_timeout_s=2")
         backend = app.backend
@@ -89,3 +89,33 @@ async def test_waits_broken_by_a_redis_outage_come_back_with_redis(
             await asyncio.to_thread(emitter.close)
         assert await asyncio.to_thread(second.get, timeout=30) == 2
         assert await asyncio.to_thread(first.get, timeout=30) == 1
+
+
+async def test_a_chicory_result_stored_while_kafka_restarts_is_stored_not_failed(
+        base_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """As for Celery: Chicory took the ack timeout for the task's own exception, stored a
+    FAILURE for a task that succeeded, and moved it to its dead letters or ran it again
+    (a fault audit, 3 of 3 broker restarts)."""
+    if base_settings.test_services not in ("auto", "local"):
+        pytest.skip(f"private stacks are built like the local stack ({base_settings.test_services})")
+    chicory_types = pytest.importorskip("chicory.types")
+    from resultlog.chicory_backend import ResultlogBackend
+    caplog.set_level(logging.WARNING, logger="resultlog.producers")
+    async with private_stack(base=base_settings, out=lambda line: None) as stack:
+        backend = ResultlogBackend(stack.settings.replace(kafka_timeout_s=2))
+        await backend.connect()
+        try:
+            done = chicory_types.TaskResult(task_id="late", state=chicory_types.TaskState.SUCCESS,
+                                            result=7)
+            await stack.kill("kafka")
+            stored = asyncio.create_task(backend.store_result("late", done))
+            await eventually(lambda: _logged(caplog, "has not acknowledged task late's SUCCESS"),
+                             "the SUCCESS store waiting for Kafka", timeout_s=60)
+            assert not stored.done()
+            await stack.start("kafka")
+            await stored
+            got = await backend.get_result("late")
+            assert got is not None and got.state is chicory_types.TaskState.SUCCESS and got.result == 7
+        finally:
+            await backend.disconnect()
+
