@@ -1,21 +1,25 @@
-"""The task queues' backends while Kafka or Redis is away, on a private stack (the
-shared one is never broken): Celery and Chicory hear of no failure for a result that
-will be stored, and a Celery client's waits come back once Redis does."""
+"""The task queues' backends and read-your-writes emitters while Kafka or Redis is away,
+on a private stack (the shared one is never broken): Celery and Chicory hear of no
+failure for a result that will be stored, a Celery client's waits come back once Redis
+does, and a hung Redis does not fail an emit."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import uuid
 from typing import Any
 
 import pytest
 
 from resultlog.devstack import private_stack
-from resultlog.producers import SyncEmitter
+from resultlog.producers import Emitter, SyncEmitter
 from resultlog.settings import Settings
 from tests.integration.celery_app import make_app
 from tests.integration.test_celery_backend import backend_url
+from tests.integration.test_emitter import consume
 from tests.integration.test_pipeline import eventually
 
 # Killed brokers make aiokafka log at ERROR.
@@ -118,4 +122,31 @@ async def test_a_chicory_result_stored_while_kafka_restarts_is_stored_not_failed
             assert got is not None and got.state is chicory_types.TaskState.SUCCESS and got.result == 7
         finally:
             await backend.disconnect()
+
+
+async def test_a_hung_redis_does_not_fail_a_read_your_writes_emit(
+        base_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """Redis paused (SIGSTOP: it accepts connections and answers nothing): the emitter's
+    fold of an acknowledged event waited for it with no bound, and a waiting emit raised,
+    after RESULTLOG_KAFKA_TIMEOUT_S, that Kafka had not acknowledged the event, which it
+    had (a fault audit: through Chicory, tasks that succeeded were stored FAILURE and
+    sent to its dead letters). The fold now gives up, and the event stays in the log."""
+    if base_settings.test_services not in ("auto", "local"):
+        pytest.skip(f"private stacks are built like the local stack ({base_settings.test_services})")
+    caplog.set_level(logging.WARNING, logger="resultlog.producers")
+    async with private_stack(base=base_settings, out=lambda line: None) as stack:
+        settings = stack.settings
+        pid = stack.dev.services_of("redis")[0].pid()
+        assert pid is not None
+        async with Emitter(settings, read_your_writes=True) as emitter:
+            await emitter.success("before", 1, wait=True)
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                await emitter.success("hung", 2, wait=True)  # raised NotYetAcknowledged
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert await _logged(caplog, "Redis did not answer within")
+            await emitter.success("after", 3, wait=True)
+        logged = {c.event.task_id for c in await consume(settings, 3)}
+        assert logged == {"before", "hung", "after"}
 
