@@ -11,8 +11,8 @@ waits until Kafka has it, as Celery's own backends retry with
 ``result_backend_always_retry``; a batch the producer gave up on is sent again (the
 same event id: the stores keep one). Only an event Kafka refuses fails the store.
 
-The two functions are the same steps, for a blocking emitter (Celery's worker threads)
-and for an emitter on an event loop (Chicory's).
+:class:`~resultlog.producers.sync.SyncEmitter`'s ``store_late`` runs it on that
+emitter's event loop, for Celery's worker threads.
 """
 
 from __future__ import annotations
@@ -25,72 +25,36 @@ from resultlog.schemas.event import TaskEvent
 
 if TYPE_CHECKING:
     from resultlog.producers.emitter import Emitter
-    from resultlog.producers.sync import SyncEmitter
 
 log = logging.getLogger("resultlog.producers")
 
 
-def _left_to_buffer(event: TaskEvent, late: NotYetAcknowledged) -> bool:
-    if event.state.ready:
-        return False
-    log.warning("resultlog: Kafka has not acknowledged task %s's %s yet: %s; the task goes "
-                "on, and the state is stored once Kafka answers", event.task_id,
-                event.state.value, late)
-    return True
-
-
-def _waiting(event: TaskEvent, waited_s: float) -> None:
-    log.warning("resultlog: Kafka has not acknowledged task %s's %s after %.0f s; waiting for "
-                "it (it is buffered and sent again until Kafka answers)", event.task_id,
-                event.state.value, waited_s)
-
-
-def _check_resend(exc: BrokerUnavailable) -> None:
-    """The producer gave up on the event's batch: it is sent again, unless Kafka refused it."""
-    if not exc.retriable:
-        raise exc
-
-
-def store_late_blocking(emitter: SyncEmitter, event: TaskEvent, late: NotYetAcknowledged,
-                        every_s: float) -> None:
-    """Return once ``event`` (emitted and not acknowledged: ``late``) is stored, or at
-    once for a state before the outcome."""
-    if _left_to_buffer(event, late):
+async def store_late(emitter: Emitter, event: TaskEvent, late: NotYetAcknowledged) -> None:
+    """Return once ``event`` (emitted with ``wait=True`` and not acknowledged in time:
+    ``late``) is stored, or at once for a state before the outcome; on ``emitter``'s
+    event loop. Warns every ``RESULTLOG_KAFKA_TIMEOUT_S`` while it waits."""
+    if not event.state.ready:
+        log.warning("resultlog: Kafka has not acknowledged task %s's %s yet: %s; the task goes "
+                    "on, and the state is stored once Kafka answers", event.task_id,
+                    event.state.value, late)
         return
+    every_s = emitter.settings.kafka_timeout_s
     waited = every_s
     while True:
-        _waiting(event, waited)
+        log.warning("resultlog: Kafka has not acknowledged task %s's %s after %.0f s; waiting "
+                    "for it (it is buffered and sent again until Kafka answers)",
+                    event.task_id, event.state.value, waited)
         waited += every_s
         try:
-            late.wait(every_s)
+            await late.wait(every_s)
             return
         except TimeoutError:
             continue
         except BrokerUnavailable as exc:
-            _check_resend(exc)
-        try:
-            emitter.emit(event, wait=True)
-            return
-        except NotYetAcknowledged as again:
-            late = again
-
-
-async def store_late(emitter: Emitter, event: TaskEvent, late: NotYetAcknowledged,
-                     every_s: float) -> None:
-    """:func:`store_late_blocking`, on the emitter's event loop."""
-    if _left_to_buffer(event, late):
-        return
-    waited = every_s
-    while True:
-        _waiting(event, waited)
-        waited += every_s
-        try:
-            await late.wait_async(every_s)
-            return
-        except TimeoutError:
-            continue
-        except BrokerUnavailable as exc:
-            _check_resend(exc)
+            if not exc.retriable:
+                raise  # Kafka refused it: sending it again would be refused again
+        # The producer gave up on the event's batch: send it again (the same event id,
+        # so the stores keep one).
         try:
             await emitter.emit(event, wait=True)
             return

@@ -257,7 +257,7 @@ class Pipeline:
             async def wait_more(timeout_s: float | None) -> None:
                 async with asyncio.timeout(timeout_s):
                     await asyncio.shield(waiter)
-            raise self._no_ack(wait_async=wait_more) from None
+            raise self._no_ack(wait_more) from None
         finally:
             # Nobody awaits it any more: keep asyncio from logging its outcome as unseen.
             waiter.add_done_callback(_consume)
@@ -293,15 +293,16 @@ class Pipeline:
         try:
             waiter.result(timeout=self.settings.kafka_timeout_s)
         except TimeoutError:
-            raise self._no_ack(waiter.result) from None
+            async def wait_more(timeout_s: float | None) -> None:  # on the pipeline's loop
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.shield(asyncio.wrap_future(waiter))
+            raise self._no_ack(wait_more) from None
 
-    def _no_ack(self, wait: Callable[[float | None], None] | None = None,
-                wait_async: Callable[[float | None], Awaitable[None]] | None = None
-                ) -> NotYetAcknowledged:
+    def _no_ack(self, wait: Callable[[float | None], Awaitable[None]]) -> NotYetAcknowledged:
         return NotYetAcknowledged(
             f"Kafka at {self.settings.kafka_bootstrap_servers} did not acknowledge the event "
             f"within {self.settings.kafka_timeout_s:g} s (RESULTLOG_KAFKA_TIMEOUT_S); it stays "
-            "buffered and is still being retried", wait, wait_async)
+            "buffered and is still being retried", wait)
 
     @property
     def unacked_events(self) -> int:

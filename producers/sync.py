@@ -20,9 +20,10 @@ from types import TracebackType
 from typing import Any, Unpack
 
 from resultlog.bridge import Bridge
-from resultlog.errors import EmitterClosed, ResultlogError
+from resultlog.errors import EmitterClosed, NotYetAcknowledged, ResultlogError
 from resultlog.producers.calls import EmittingCalls
 from resultlog.producers.emitter import Emitter, default_worker_name
+from resultlog.producers.late import store_late
 from resultlog.producers.options import EmitterOptions, checked_worker, resolve
 from resultlog.producers.tracking import SyncTracker
 from resultlog.schemas.event import TaskEvent, TaskFields
@@ -157,6 +158,11 @@ class SyncEmitter(EmittingCalls[None]):
     def emit(self, event: TaskEvent, *, wait: bool = False) -> TaskEvent:
         """:meth:`Emitter.emit <resultlog.producers.emitter.Emitter.emit>`, blocking."""
         return self._current().pipeline.accept_blocking(event, wait=wait)
+
+    def store_late(self, event: TaskEvent, late: NotYetAcknowledged) -> None:
+        """:func:`resultlog.producers.late.store_late`, blocking: for an event this emitter
+        emitted with ``wait=True`` that Kafka did not acknowledge in time (``late``)."""
+        self._bridge.run(store_late(self._current(), event, late))
 
     def emit_record(self, name: str, key: str, record: Mapping[str, Any], timestamp: int,
                     *, wait: bool = False) -> None:

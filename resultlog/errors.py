@@ -71,29 +71,21 @@ class BrokerUnavailable(ResultlogError):
 
 class NotYetAcknowledged(BrokerUnavailable):
     """Kafka did not acknowledge an event within the timeout; the event stays buffered
-    and its sending is still retried, so it may yet be delivered. :meth:`wait` (from a
-    blocking emit) or :meth:`wait_async` (from an emitter's coroutine) waits longer for
-    that same event: for a caller that must not report a failure for an event that will
-    be stored, such as the Celery and Chicory backends."""
+    and its sending is still retried, so it may yet be delivered. :meth:`wait`, on the
+    emitter's event loop, waits longer for that same event: for a caller that must not
+    report a failure for an event that will be stored (``producers/late.py``)."""
 
-    def __init__(self, message: str, wait: Callable[[float | None], None] | None = None,
-                 wait_async: Callable[[float | None], Awaitable[None]] | None = None) -> None:
+    def __init__(self, message: str,
+                 wait: Callable[[float | None], Awaitable[None]] | None = None) -> None:
         super().__init__(message)
         self._wait = wait
-        self._wait_async = wait_async
 
-    def wait(self, timeout_s: float | None) -> None:
+    async def wait(self, timeout_s: float | None) -> None:
         """Return once Kafka acknowledged the event; :class:`TimeoutError` after
         ``timeout_s`` s, or the error its delivery failed with."""
         if self._wait is None:
-            raise TypeError("only an event emitted by a blocking call can be waited for so")
-        self._wait(timeout_s)
-
-    async def wait_async(self, timeout_s: float | None) -> None:
-        """:meth:`wait`, for an event emitted by a coroutine, on its event loop."""
-        if self._wait_async is None:
-            raise TypeError("only an event emitted by a coroutine can be waited for so")
-        await self._wait_async(timeout_s)
+            raise TypeError("only an event emitted with wait=True can be waited for again")
+        await self._wait(timeout_s)
 
 
 class DeliveryRefused(BrokerUnavailable):

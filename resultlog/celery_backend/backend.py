@@ -44,7 +44,6 @@ from resultlog.celery_backend.meta import (
 )
 from resultlog.errors import ConfigurationError, EventTooLarge, NotYetAcknowledged, ResultNotSerializable
 from resultlog.producers.celery import celery_result_ttls, request_fields
-from resultlog.producers.late import store_late_blocking
 from resultlog.producers.sync import SyncEmitter
 from resultlog.schemas.event import TaskEvent, TaskFields, validate_task_ids
 from resultlog.schemas.fold import TaskView
@@ -172,7 +171,7 @@ class ResultlogBackend(Backend, AsyncBackendMixin):  # type: ignore[misc]
                 emitter.emit(event, wait=wait)
             except NotYetAcknowledged as late:
                 # Celery must not hear of a failure for an event that will be stored.
-                store_late_blocking(emitter, event, late, self.config.settings.kafka_timeout_s)
+                emitter.store_late(event, late)
         except (ResultNotSerializable, EventTooLarge) as refused:
             # Only a SUCCESS or a progress report can be refused (an outcome is cut to
             # fit): Celery's trace records an EncodeError as the task's FAILURE, and the

@@ -121,7 +121,7 @@ class ResultlogBackend(Backend):
             await emitter.emit(event, wait=wait)
         except NotYetAcknowledged as late:
             # Chicory must not hear of a failure for an event that will be stored.
-            await store_late(emitter, event, late, self.settings.kafka_timeout_s)
+            await store_late(emitter, event, late)
 
     async def get_result(self, task_id: str) -> TaskResult[Any] | None:
         """The task's latest result from the view; None for a task nobody recorded."""
