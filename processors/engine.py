@@ -17,6 +17,7 @@ from typing import Any, Final
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.errors import CommitFailedError, KafkaError  # type: ignore[import-untyped]
 
+from resultlog.backoff import Backoff
 from resultlog.background import stop_if_cancelled
 from resultlog.errors import BrokerUnavailable, HistoryRewound, ResultlogError, ViewLost
 from resultlog.processors.fetchcursor import FetchCursor
@@ -111,7 +112,7 @@ class BatchFoldEngine:
         kept for the fold loop, which stops the processor with it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.assign_timeout_s
-        delay = 0.1
+        backoff = Backoff()
         while True:
             try:
                 await self._position(assigned)
@@ -122,15 +123,14 @@ class BatchFoldEngine:
                 # anything else (a bug) stops the processor, as aiokafka would swallow it.
                 retriable = exc.retriable if isinstance(exc, ResultlogError) else \
                     isinstance(exc, KafkaError)
-                if not retriable or loop.time() + delay > deadline:
+                if not retriable or loop.time() + backoff.delay > deadline:
                     log.critical("cannot position partitions %s from the stores: %s; stopping",
                                  sorted(tp.partition for tp in assigned), exc)
                     self._failure = exc
                     return
                 log.warning("positioning partitions %s failed (%s); retrying in %.1fs",
-                            sorted(tp.partition for tp in assigned), exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                            sorted(tp.partition for tp in assigned), exc, backoff.delay)
+                await backoff.wait()
 
     def revoked(self, partitions: set[int]) -> None:
         self._assigned = False
@@ -198,7 +198,7 @@ class BatchFoldEngine:
         """Write a batch's history (the first stage), retrying while a store or the
         broker is unavailable: writes are idempotent, and the batch must land before any
         later one does. :class:`HistoryRewound` is not retried: the fold loop rewinds."""
-        delay = 0.1
+        backoff = Backoff()
         while True:
             if self._failure is not None:
                 raise self._failure
@@ -209,13 +209,13 @@ class BatchFoldEngine:
                         self._held[p] = o
                 return stats
             except ResultlogError as exc:
-                delay = await self._back_off(exc, "writing a batch's history", delay)
+                await self._back_off(exc, "writing a batch's history", backoff)
 
     async def _write_view(self, prepared: Prepared, stats: SinkStats) -> None:
         """Write a batch into the Redis view (the second stage, after its history),
         retrying while Redis is unavailable. A view that lost what it held is claimed
         and rebuilt, and the batch written again."""
-        delay = 0.1
+        backoff = Backoff()
         while True:
             if self._failure is not None:
                 raise self._failure
@@ -239,20 +239,19 @@ class BatchFoldEngine:
                         self.metrics.write_retried("fold")
                     continue
                 except ResultlogError as heal_exc:
-                    delay = await self._back_off(heal_exc, "claiming the view", delay)
+                    await self._back_off(heal_exc, "claiming the view", backoff)
             except ResultlogError as exc:
-                delay = await self._back_off(exc, "writing a batch into the view", delay)
+                await self._back_off(exc, "writing a batch into the view", backoff)
 
-    async def _back_off(self, exc: ResultlogError, what: str, delay: float) -> float:
+    async def _back_off(self, exc: ResultlogError, what: str, backoff: Backoff) -> None:
         """Raise ``exc`` unless it is retriable; else log it, count a retry and wait
-        ``delay`` seconds. Returns the next delay."""
+        ``backoff``'s next delay."""
         if not exc.retriable:
             raise exc
-        log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+        log.warning("%s failed (%s); retrying in %.1fs", what, exc, backoff.delay)
         if self.metrics is not None:
             self.metrics.write_retried("fold")
-        await asyncio.sleep(delay)
-        return min(delay * 2, 5.0)
+        await backoff.wait()
 
     def _verify_history(self, held_by_history: dict[tuple[str, str, int], int]) -> None:
         """Raise :class:`HistoryRewound` if the history lost commits this processor made
@@ -279,16 +278,16 @@ class BatchFoldEngine:
     async def _rewind(self, consumer: AIOKafkaConsumer, positions: dict[int, int]) -> None:
         """Seek back to where the history is whole; what it lost is read again."""
         topic = self.settings.events_topic
-        delay = 0.1
+        backoff = Backoff()
         while True:
             try:
                 begin = {tp.partition: o for tp, o in (await consumer.beginning_offsets(
                     [TopicPartition(topic, p) for p in positions])).items()}
                 break
             except KafkaError as exc:
-                log.warning("reading where the log begins failed (%r); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.warning("reading where the log begins failed (%r); retrying in %.1fs", exc,
+                            backoff.delay)
+                await backoff.wait()
         sought = {}
         for p, o in positions.items():
             if p not in self._cursor.next:
@@ -350,17 +349,16 @@ class BatchFoldEngine:
         claim (docs/chords.md, "Once")."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.assign_timeout_s
-        delay = 0.1
+        backoff = Backoff()
         while True:
             try:
                 await self.sink.start()
                 return
             except ResultlogError as exc:
-                if not exc.retriable or loop.time() + delay > deadline:
+                if not exc.retriable or loop.time() + backoff.delay > deadline:
                     raise
-                log.warning("opening the stores failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.warning("opening the stores failed (%s); retrying in %.1fs", exc, backoff.delay)
+                await backoff.wait()
 
     async def run(self) -> None:
         s = self.settings

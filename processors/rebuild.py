@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping
 from typing import Final
 
+from resultlog.backoff import Backoff
 from resultlog.background import cancel_and_wait
 from resultlog.chords import fromlog
 from resultlog.errors import ResultlogError, ViewLost
@@ -69,7 +70,7 @@ class ViewRebuilder:
         self.rebuilding = False
 
     async def _run(self) -> None:
-        delay = 0.1
+        backoff = Backoff()
         try:
             while self._pending or self._chords_lost is not None:
                 gaps, self._pending = self._pending, {}
@@ -79,7 +80,7 @@ class ViewRebuilder:
                         await self._rebuild(gaps)
                     if chords is not None:
                         await self._rebuild_chords(chords)
-                    delay = 0.1
+                    backoff.reset()
                 except ResultlogError as exc:
                     # The gaps and the chords mark stay recorded in Redis, so another
                     # processor's claim (or this one's, at a restart) would find them; but
@@ -89,9 +90,8 @@ class ViewRebuilder:
                         log.warning("view rebuild interrupted (%s); it resumes at the next claim", exc)
                         return
                     log.warning("view rebuild interrupted (%s); resuming from its recorded "
-                                "progress in %.1f s", exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+                                "progress in %.1f s", exc, backoff.delay)
+                    await backoff.wait()
                     await self._resume(gaps, chords)
         finally:
             if not self._pending and self._chords_lost is None:

@@ -39,6 +39,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
+from resultlog.backoff import Backoff
 from resultlog.background import cancel_and_wait, stop_if_cancelled
 from resultlog.errors import (BrokerUnavailable, DeliveryRefused, EmitterClosed, NotYetAcknowledged,
                               ValidationError)
@@ -450,7 +451,7 @@ class Pipeline:
         old, self._producer = self._producer, None
         if old is not None:
             await close_producer(old, self.settings.kafka_timeout_s)
-        delay = 0.1
+        backoff = Backoff()
         while True:
             try:
                 self._producer, self._num_partitions = await start_producer(
@@ -459,8 +460,7 @@ class Pipeline:
                 break
             except BrokerUnavailable as exc:
                 log.warning("resultlog: cannot restart the Kafka producer yet: %s", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await backoff.wait()
         # Batches built by the old producer are plain record builders: they carry no
         # producer id until submitted, so the new producer sends them as they are.
         self._restart_needed = False

@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from resultlog import names
+from resultlog.backoff import Backoff
 from resultlog.background import cancel_and_wait, sent_a_cancellation, stop_if_cancelled
 from resultlog.errors import (
     CodecError,
@@ -87,18 +88,17 @@ def load_hook(spec: str) -> Hook:
 async def _retrying(what: str, op: Callable[[], Awaitable[T]],
                     on_retry: Callable[[], None] | None = None) -> T:
     """``op()``, retried while Redis or Kafka is unavailable: the chord cannot move on."""
-    delay = 0.1
+    backoff = Backoff()
     while True:
         try:
             return await op()
         except (ResultlogError, KafkaError) as exc:
             if isinstance(exc, ResultlogError) and not exc.retriable:
                 raise
-            log.warning("%s failed (%r); retrying in %.1fs", what, exc, delay)
+            log.warning("%s failed (%r); retrying in %.1fs", what, exc, backoff.delay)
             if on_retry is not None:
                 on_retry()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await backoff.wait()
 
 
 class _Partition:
