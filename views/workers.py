@@ -58,6 +58,15 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
 end
 return out
 """
+# KEYS: the worker's hash. Its record unless expired, by LIVE_SCRIPT's rule (expired from
+# its expiry's millisecond on): Redis keeps a key through that millisecond, and a worker
+# read as gone by `live` was still there for a `get` in the same millisecond (a flaky
+# test: get_heartbeat returned the worker get_active_workers had just dropped).
+GET_SCRIPT: Final = """
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -2 or ttl == 0 then return false end
+return redis.call('HGET', KEYS[1], 'value')
+"""
 # KEYS: the index; ARGV: a cut-off (ms). Drops index entries that expired before it.
 PRUNE_SCRIPT: Final = "return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])"
 
@@ -70,6 +79,7 @@ class WorkersView:
         self.client = client
         self._fold = client.register_script(FOLD_SCRIPT)
         self._live = client.register_script(LIVE_SCRIPT)
+        self._get = client.register_script(GET_SCRIPT)
         self._prune = client.register_script(PRUNE_SCRIPT)
 
     async def apply(self, heartbeats: Sequence[WorkerHeartbeat]) -> int:
@@ -89,8 +99,7 @@ class WorkersView:
     async def get(self, worker_id: str) -> WorkerHeartbeat | None:
         """The worker's latest heartbeat, if it has not expired."""
         with translated("reading a worker"):
-            value = await self.client.hget(names.worker_key(self.settings.redis_prefix, worker_id),
-                                           "value")
+            value = await self._get(keys=[names.worker_key(self.settings.redis_prefix, worker_id)])
         return None if value is None else WorkerHeartbeat.from_record(json.loads(value))
 
     async def live(self) -> list[WorkerHeartbeat]:
