@@ -6,7 +6,7 @@ What it buys, why it is safe (only acknowledged events; an idempotent, commutati
 no position recorded, so the processor still finds and rebuilds a Redis that restarted
 empty: ``views/coverage.py``) and why Redis trouble never fails an emit: docs/emitter.md,
 "Read-your-writes". A fold call retries for about 3 s before it fails, and fails after
-:data:`FOLD_TIMEOUT_S` however Redis is unavailable (a hung one too): for
+``RESULTLOG_REDIS_TIMEOUT_S`` however Redis is unavailable (a hung one too): for
 :data:`RETRY_AFTER_S` after a failed fold, batches are released unfolded, so that an
 outage does not hold up the workers.
 """
@@ -38,9 +38,6 @@ MAX_FOLD_EVENTS = 2_000
 MAX_IN_FLIGHT = 4
 # After a failed fold, release batches unfolded this long before trying again.
 RETRY_AFTER_S = 1.0
-# A fold call that has not returned by then has failed (its batches are released
-# unfolded): about what a Redis that refuses connections takes to fail one.
-FOLD_TIMEOUT_S = 3.0
 
 
 class AckedFold:
@@ -134,13 +131,17 @@ class AckedFold:
             # client) answers no error, and the batches' waiters would wait for it, past
             # RESULTLOG_KAFKA_TIMEOUT_S, to be told that Kafka did not acknowledge
             # (a fault audit: Chicory tasks that succeeded were stored FAILURE).
-            async with asyncio.timeout(FOLD_TIMEOUT_S):
+            # The whole call, written in parts, as one command is: its batches' waiters
+            # wait for it (released unfolded after that).
+            async with asyncio.timeout(self.settings.redis_timeout_s):
                 await self._view.apply(events)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the log holds the events: never fail the emit for the view
             if isinstance(exc, TimeoutError):
-                exc = TimeoutError(f"Redis did not answer within {FOLD_TIMEOUT_S:g} s")
+                exc = TimeoutError(
+                    f"Redis did not answer within {self.settings.redis_timeout_s:g} s "
+                    f"(RESULTLOG_REDIS_TIMEOUT_S)")
             if not self._failing:
                 log.warning(
                     "resultlog: read-your-writes could not fold acknowledged events into the "

@@ -107,6 +107,10 @@ class Settings:
     # Redis. TLS and ACL users go in the URL, with redis-py's names (docs/operations.md).
     redis_url: str = f"redis://127.0.0.1:{DEV_REDIS_PORT}/0"
     redis_prefix: str = names.DEFAULT_REDIS_PREFIX
+    # How long Redis may take to answer a command (or accept a connection) before it is
+    # unavailable (StoreUnavailable): a paused or swapping Redis answers no error, and a
+    # reader with a timeout of its own must not wait for it past that.
+    redis_timeout_s: float = 3.0
     # Like Celery's result_expires: one day. 0 means results never expire.
     result_ttl_s: int = 86_400
     # PostgreSQL. TLS goes in the DSN, with libpq's names (docs/operations.md).
@@ -269,6 +273,8 @@ def _check(s: Settings) -> None:
         raise bad("kafka_timeout_s", "must be positive")
     if s.assign_timeout_s <= 0:
         raise bad("assign_timeout_s", "must be positive")
+    if not 0 < s.redis_timeout_s < math.inf:  # NaN fails it too
+        raise bad("redis_timeout_s", "must be a positive number of seconds")
     if not 1024 <= s.max_event_bytes <= 100_000_000:
         raise bad("max_event_bytes", "must be between 1024 and 100000000")
     _check_kafka_security(s, bad)

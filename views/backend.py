@@ -28,7 +28,7 @@ from resultlog.schemas.fold import TaskView, expired, fold, visible
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
 from resultlog.timeouts import checked_timeout
-from resultlog.redis_access import async_client, sync_client, translated
+from resultlog.redis_access import async_client, pubsub_client, sync_client, translated
 from resultlog.views.exceptions import ExceptionRebuilder, module_names
 from resultlog.views.history import HistoryStore
 from resultlog.views.notify import CLOSED, Notifier
@@ -62,7 +62,9 @@ class AioState:
         self.loop = asyncio.get_running_loop()
         self.client = async_client(settings)
         self.view = RedisView(settings, self.client)
-        self.notifier = Notifier(self.client)
+        # Its own client: the pub/sub connection's reads have no timeout (redis_access).
+        self._pubsub_client = pubsub_client(settings)
+        self.notifier = Notifier(self._pubsub_client)
         self._history: HistoryStore | None = None
         self._history_lock = asyncio.Lock()
         # Operations in flight, so that aclose() closes the client only after they
@@ -254,6 +256,7 @@ class AioState:
         await self._idle.wait()
         await self.view.close()
         await self.client.aclose()
+        await self._pubsub_client.aclose()
         if self._history is not None:
             history, self._history = self._history, None
             await history.close()
@@ -389,6 +392,16 @@ class ResultBackend:
 
     def history(self, task_id: str) -> list[TaskEvent]:
         return self.run(lambda state: state.history(task_id))
+
+    def reachable(self) -> bool:
+        """Whether Redis answers now: a PING, in the caller's thread, within about
+        ``RESULTLOG_REDIS_TIMEOUT_S`` (and the client's reconnecting, about 3 s)."""
+        try:
+            with translated("pinging Redis"):
+                self.sync_client().ping()
+        except StoreUnavailable:
+            return False
+        return True
 
     def sync_client(self) -> redis.Redis:
         """The backend's sync Redis client (for reads that need no waiting)."""

@@ -52,7 +52,7 @@ class ViewResultConsumer(BaseResultConsumer):  # type: ignore[misc]
         self._waits: dict[str, _Wait | None] = {}
         # SimpleQueue: its put() is safe from __del__ and from any thread.
         self._done: queue.SimpleQueue[_Item] = queue.SimpleQueue()
-        # task id -> its waits that failed in a row, Redis unreachable (see _deliver).
+        # task id -> its waits that failed in a row, Redis answering (see _deliver).
         self._failed: dict[str, int] = {}
 
     def on_after_fork(self) -> None:
@@ -138,18 +138,25 @@ class ViewResultConsumer(BaseResultConsumer):  # type: ignore[misc]
         except StoreUnavailable:
             if not current:
                 return  # no longer waited on, or waited on again already
-            # The pub/sub connection was lost past the client's retries, and every wait
-            # failed with it: most of them for other tasks than the one this thread's
-            # get() waits on, and their results may be in the view by now. Each is
-            # waited on again (subscribed, then read: a result there now is delivered);
-            # Celery would never ask again, and the task's later get()s and its group's
-            # join would wait for ever (a fault audit, 4 of 4). The error reaches this
-            # get() only when Redis was still unreachable at the second try, so that a
-            # get() does not wait for ever on a Redis that stays down.
+            # The pub/sub connection was lost past the client's retries (or Redis did
+            # not answer a read), and every wait failed with it: most of them for other
+            # tasks than the one this thread's get() waits on, and their results may be
+            # in the view by now. Each is waited on again (subscribed, then read: a
+            # result there now is delivered); Celery would never ask again, and the
+            # task's later get()s and its group's join would wait for ever (a fault
+            # audit, 4 of 4).
+            self.consume_from(task_id)
+            # The error reaches the get() draining it (whichever task that waits on) only
+            # if Redis does not answer now: a failure queued during an outage and drained
+            # after it is stale (a get() after a hung Redis came back raised the error of
+            # another task's wait, seen on 1 Dec 2026). Redis answering and this task's wait failing
+            # twice in a row is not an outage (the history unreadable while the view is
+            # rebuilt): raised too, rather than waited on again for ever.
+            if not self.backend.reader().reachable():
+                raise
             with self._lock:
                 again = self._failed.get(task_id, 0) + 1
-                self._failed[task_id] = again % 2
-            self.consume_from(task_id)
+                self._failed[task_id] = again
             if again >= 2:
                 raise
             return

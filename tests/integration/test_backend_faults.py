@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 
 from resultlog.devstack import private_stack
+from resultlog.errors import StoreUnavailable
 from resultlog.producers import Emitter, SyncEmitter
 from resultlog.settings import Settings
+from resultlog.views import ResultBackend
 from tests.integration.celery_app import make_app
 from tests.integration.test_celery_backend import backend_url
 from tests.integration.test_emitter import consume
@@ -150,3 +152,73 @@ async def test_a_hung_redis_does_not_fail_a_read_your_writes_emit(
         logged = {c.event.task_id for c in await consume(settings, 3)}
         assert logged == {"before", "hung", "after"}
 
+
+
+async def test_readers_give_up_on_a_hung_redis_within_their_timeouts(
+        base_settings: Settings) -> None:
+    """Redis paused: every reader waited for it, however short its own timeout, and
+    raised only after redis-py's 5 s socket timeout, tried 7 times (~37 s; a fault audit,
+    3 of 3: resultlog's, Celery's and Chicory's get(timeout=3), a join, Chicory's
+    healthcheck). Each now gives up while Redis is still paused, after
+    RESULTLOG_REDIS_TIMEOUT_S; a Celery wait that failed during the outage is waited on
+    again, and not raised, stale, by a get() after it."""
+    if base_settings.test_services not in ("auto", "local"):
+        pytest.skip(f"private stacks are built like the local stack ({base_settings.test_services})")
+    async with private_stack(base=base_settings.replace(redis_timeout_s=1.0),
+                             out=lambda line: None) as stack:
+        settings = stack.settings
+        pid = stack.dev.services_of("redis")[0].pid()
+        assert pid is not None
+        emitter = SyncEmitter(settings, read_your_writes=True)
+        try:
+            await asyncio.to_thread(emitter.success, "done", 1, wait=True)
+        finally:
+            await asyncio.to_thread(emitter.close)
+        app = _app(settings)
+        backend = ResultBackend(settings)
+        aio_backend = ResultBackend(settings)
+        try:
+            # Connections made before the pause, as a running client's are.
+            assert await asyncio.to_thread(backend.AsyncResult("done").get, timeout=30) == 1
+            assert await aio_backend.AioAsyncResult("done").get(timeout=30) == 1
+            assert await asyncio.to_thread(app.AsyncResult("done").get, timeout=30) == 1
+
+            os.kill(pid, signal.SIGSTOP)
+            resumed = asyncio.Event()
+
+            async def resume_at_last() -> None:  # whatever happens, the stack recovers
+                await asyncio.sleep(25)
+                os.kill(pid, signal.SIGCONT)
+                resumed.set()
+
+            resumer = asyncio.create_task(resume_at_last())
+            try:
+                # Celery (results kept, so still waited on): a wait whose read fails
+                # (after 1 s) is drained by a later get() and waited on again; the wait
+                # fails again, queued, while Redis is paused.
+                a, b = app.AsyncResult("celery-a"), app.AsyncResult("celery-b")
+                with pytest.raises(Exception, match="operation timed out"):
+                    await asyncio.to_thread(a.get, timeout=0.5)
+                with pytest.raises(Exception):  # noqa: B017 (what it is does not matter)
+                    await asyncio.to_thread(b.get, timeout=1.0)
+                outcomes = await asyncio.gather(
+                    asyncio.to_thread(backend.AsyncResult("done").get, timeout=0.5),
+                    aio_backend.AioAsyncResult("pending").get(timeout=0.5),
+                    aio_backend.AioGroupResult("g", ["done", "pending"]).get(timeout=0.5),
+                    asyncio.to_thread(backend.reachable),
+                    return_exceptions=True)
+                assert not resumed.is_set(), "the readers returned only once Redis did"
+                read, waited, joined, reachable = outcomes
+                for outcome in (read, waited, joined):
+                    assert isinstance(outcome, StoreUnavailable), outcome
+                    assert "Timeout reading" in str(outcome)
+                assert reachable is False
+            finally:
+                resumer.cancel()
+                os.kill(pid, signal.SIGCONT)
+            # Drained after Redis came back: the failures are not this get()'s to raise.
+            assert await asyncio.to_thread(app.AsyncResult("done").get, timeout=30) == 1
+            assert await aio_backend.AioAsyncResult("done").get(timeout=30) == 1
+        finally:
+            await asyncio.to_thread(backend.close)
+            await aio_backend.aclose()
