@@ -273,8 +273,8 @@ def _check(s: Settings) -> None:
         raise bad("kafka_timeout_s", "must be positive")
     if s.assign_timeout_s <= 0:
         raise bad("assign_timeout_s", "must be positive")
-    if not 0 < s.redis_timeout_s < math.inf:  # NaN fails it too
-        raise bad("redis_timeout_s", "must be a positive number of seconds")
+    if s.redis_timeout_s <= 0:
+        raise bad("redis_timeout_s", "must be positive")
     if not 1024 <= s.max_event_bytes <= 100_000_000:
         raise bad("max_event_bytes", "must be between 1024 and 100000000")
     _check_kafka_security(s, bad)

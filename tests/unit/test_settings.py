@@ -67,6 +67,8 @@ def test_the_processor_linger_is_0_to_1000_ms() -> None:
     ({"RESULTLOG_KAFKA_BOOTSTRAP_SERVERS": "h:9092,h:99999"}, "kafka_bootstrap_servers .* each port"),
     ({"RESULTLOG_KAFKA_TIMEOUT_S": "nan"}, "kafka_timeout_s = nan is invalid: must be a finite number"),
     ({"RESULTLOG_ASSIGN_TIMEOUT_S": "inf"}, "assign_timeout_s = inf is invalid: must be a finite number"),
+    ({"RESULTLOG_REDIS_TIMEOUT_S": "0"}, "redis_timeout_s = 0.0 is invalid: must be positive"),
+    ({"RESULTLOG_REDIS_TIMEOUT_S": "inf"}, "redis_timeout_s = inf is invalid: must be a finite number"),
     # Names Kafka refuses only when the topic is created.
     ({"RESULTLOG_EVENTS_TOPIC": "."}, r"events_topic = '\.' is invalid: a Kafka topic name"),
     ({"RESULTLOG_EVENTS_TOPIC": ".."}, r"events_topic = '\.\.' is invalid: a Kafka topic name"),
@@ -100,6 +102,7 @@ def test_settings_made_in_code_are_checked_for_type() -> None:
     with pytest.raises(ConfigurationError, match="metrics_port must be an int, not bool"):
         Settings(metrics_port=True)
     assert Settings(kafka_timeout_s=5).kafka_timeout_s == 5  # an int is a number of seconds too
+    assert Settings.from_env({"RESULTLOG_REDIS_TIMEOUT_S": "1.5"}).redis_timeout_s == 1.5
 
 
 def test_settings_given_is_the_settings_or_the_environments() -> None:
