@@ -12,7 +12,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -22,7 +21,6 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from resultlog.analytics_commands import parse_duration, parse_time
-from resultlog.connections import redis_url
 from resultlog.dashboard.live import LiveHub, sse_stream
 from resultlog.dashboard.queries import HistoryReads
 from resultlog.dashboard.rollups import RollupReads, minute_window
@@ -32,7 +30,7 @@ from resultlog.dashboard.templating import TASK_BY_QUERY, environment
 from resultlog.dashboard.workers import WorkerReads
 from resultlog.errors import (BrokerUnavailable, ConfigurationError, ResultlogError,
                               StoreUnavailable, ValidationError)
-from resultlog.redis_access import translated
+from resultlog.redis_access import async_client, pubsub_client, translated
 from resultlog.schemas.event import validate_task_id
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
@@ -60,7 +58,8 @@ class Dashboard:
     async def start(self) -> None:
         s = self.settings
         self.pool = await create_pool(s, application_name="resultlog-dashboard", max_size=8)
-        self.redis = redis.asyncio.Redis.from_url(redis_url(s), decode_responses=True)
+        # resultlog's clients: a Redis that hangs fails a page after RESULTLOG_REDIS_TIMEOUT_S.
+        self.redis = async_client(s)
         self.history = HistoryStore(s, self.pool)
         self.analytics = Analytics(s, self.pool)
         self.reads = HistoryReads(self.pool, s.postgres_schema)
@@ -68,12 +67,14 @@ class Dashboard:
         self.workers = WorkerReads(self.pool, s.postgres_schema)
         self.status = PipelineStatus(s, self.redis, self.history)
         await self.status.start()
-        self.hub = LiveHub(self.redis, s.redis_prefix)
+        self.live_redis = pubsub_client(s)  # a pub/sub connection: reads unbounded
+        self.hub = LiveHub(self.live_redis, s.redis_prefix)
 
     async def close(self) -> None:
         await self.hub.close()
         await self.status.close()
         await self.redis.aclose()
+        await self.live_redis.aclose()
         await self.pool.close()
 
     def render(self, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
