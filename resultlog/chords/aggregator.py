@@ -157,12 +157,12 @@ class ChordAggregator:
         """Run ``hook(completion)`` once per completed chord (register before the app starts).
 
         Usable as a decorator. Hooks run in the processor, from the completions topic;
-        a sync hook runs in a thread. See :meth:`_run_hooks` for "once".
+        a sync hook runs in a thread. See :meth:`run_hooks` for "once".
         """
         self.hooks.append(hook)
         if not self._hooks_agent:
             self._hooks_agent = True
-            self.app.agent(self.completions_topic, name="chord-hooks", concurrency=1)(self._run_hooks)
+            self.app.agent(self.completions_topic, name="chord-hooks", concurrency=1)(self.run_hooks)
         return hook
 
     def _retried(self) -> None:
@@ -344,11 +344,13 @@ class ChordAggregator:
             await asyncio.sleep(PROGRESS_INTERVAL_S)
 
     # The hooks agent ---------------------------------------------------------------------
-    async def _run_hooks(self, stream: Any) -> None:
-        """Run the hooks for each completion on the completions topic, at most once per
-        chord: a claim keyed by the completion's event_id is committed to PostgreSQL
-        before they run, and a completion seen again finds it (resultlog/chords/hookclaims.py
-        says why not Redis). Why at-most-once: docs/chords.md, "Once"."""
+    async def run_hooks(self, stream: Any) -> None:
+        """The hooks' agent: ``stream`` yields the completions topic's records.
+
+        Runs the hooks for each completion at most once per chord: a claim keyed by the
+        completion's event_id is committed to PostgreSQL before they run, and a
+        completion seen again finds it (resultlog/chords/hookclaims.py says why not
+        Redis). Why at-most-once: docs/chords.md, "Once"."""
         claims = HookClaims(self.settings)
         ttl_s = self.settings.result_ttl_s or None
         swept_at = float("-inf")  # the first completion sweeps: restarts do not put it off
@@ -360,7 +362,12 @@ class ChordAggregator:
                 except (CodecError, ValidationError) as exc:
                     log.error("undecodable record in %s skipped: %s", self.settings.chord_completions_topic, exc)
                     continue
-                if await self._claim(claims, completion, ttl_s):
+                try:
+                    claimed = await self._claim(claims, completion, ttl_s)
+                except asyncio.CancelledError:
+                    await self._put_back(completion, value)
+                    raise
+                if claimed:
                     await self._call_hooks(completion)
                 else:
                     log.info("chord %s: hooks already ran (completion %s seen again)",
@@ -379,6 +386,29 @@ class ChordAggregator:
             "claiming a chord hook run",
             lambda: claims.claim(completion.event_id, completion.chord_id, token, ttl_s),
             self._retried)
+
+    async def _put_back(self, completion: ChordCompleted, value: bytes) -> None:
+        """The completion again at the end of its partition, for the next processor.
+
+        For an agent stopped while it waited to claim (PostgreSQL down or slow): faust
+        acks the record an agent is cancelled on and commits it at the stop, so the next
+        processor would never read it and the hooks would never run (a fault audit,
+        docs/chords.md). The same record (same ``event_id``: the topic's consumers
+        dedupe on it) is sent again, on a writer of its own: the aggregator's may be
+        closing."""
+        writer = TopicWriter(self.settings, self.settings.chord_completions_topic)
+        try:
+            async with asyncio.timeout(self.settings.kafka_timeout_s):
+                await writer.send([(completion.chord_id.encode(), value)])
+            log.warning("chord %s: stopped before its hooks could be claimed; its completion "
+                        "is put back on %s for the next processor", completion.chord_id,
+                        self.settings.chord_completions_topic)
+        except Exception as exc:  # noqa: BLE001 -- stopping anyway: say what is lost
+            log.error("chord %s: stopped before its hooks could be claimed, and its completion "
+                      "could not be put back on %s (%r): its hooks will not run unless it is "
+                      "sent again", completion.chord_id, self.settings.chord_completions_topic, exc)
+        finally:
+            await writer.close()
 
     async def _sweep_claims(self, claims: HookClaims) -> None:
         try:

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -321,6 +322,62 @@ async def test_hooks_do_not_run_again_when_completions_come_again_after_redis_lo
         assert "Traceback" not in proc.output(), proc.output()[-3000:]
     assert {chord_id: await hook_runs(hooked, chord_id) for chord_id in chord_ids} == {
         chord_id: 1 for chord_id in chord_ids}
+
+
+async def test_a_completion_the_hooks_were_waiting_to_claim_when_stopped_is_put_back(
+        hooked: Settings) -> None:
+    """The hooks' agent stopped (cancelled) while it waits to claim a completion
+    (PostgreSQL down or slow: here the claim's row held by an open transaction): faust
+    acks the record an agent is cancelled on and commits it at the stop, so the next
+    processor never read it and the chord's hooks never ran (docs/chords.md, a fault
+    audit). The agent now puts the completion back on the completions topic, the same
+    record, before it stops: the next processor claims it and runs the hooks."""
+    import time
+
+    from resultlog import names
+    from resultlog.chords.hookclaims import HookClaims
+    from resultlog.processors.app import Processor
+    from tests.conftest import pg_connection
+
+    await ensure_topics(hooked, hooked.chord_completions_topic)
+    completion = ChordCompleted(
+        event_id=completion_event_id("held"), chord_id="held", state=State.SUCCESS, size=1,
+        done=1, failed=0, timestamp=int(time.time() * 1000), results="[2]")
+    record = completion.encode(Codec())
+    claims = HookClaims(hooked)
+    await claims.start()  # the claims table, as the agent's start makes it
+    await claims.close()
+
+    async def completions_topic() -> AsyncIterator[bytes]:
+        yield record
+        await asyncio.Event().wait()  # nothing more comes
+
+    table = f'"{hooked.postgres_schema}".{names.CHORD_HOOK_CLAIMS_TABLE}'
+    async with pg_connection(hooked.postgres_dsn) as conn, \
+            pg_connection(hooked.postgres_dsn) as watcher:
+
+        async def claim_waits() -> bool:
+            # Waiting for a transaction: ours, the only one open on the table. (Asked
+            # outside it: a transaction sees pg_stat_activity as at its first look.)
+            return bool(await watcher.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'transactionid' "
+                "AND application_name = 'resultlog-chord-hooks' AND datname = current_database()"))
+
+        holder = conn.transaction()
+        await holder.start()
+        try:  # the claim's INSERT waits for this transaction, which never commits
+            await conn.execute(
+                f"INSERT INTO {table} (event_id, chord_id, claimed_by, expires_at) "
+                "VALUES ($1, 'held', 'the test', now() + interval '1 hour')", completion.event_id)
+            agent = asyncio.create_task(Processor(hooked).chords.run_hooks(completions_topic()))
+            await eventually(claim_waits, "the hooks' agent waiting to claim")
+            agent.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await agent
+        finally:
+            await holder.rollback()
+    assert [c.event_id for c in await read_completions(hooked)] == [completion.event_id]
+    assert await hook_runs(hooked, "held") == 0
 
 
 async def test_get_waits_by_push_and_times_out(settings: Settings) -> None:
