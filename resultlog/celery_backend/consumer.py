@@ -149,9 +149,9 @@ class ViewResultConsumer(BaseResultConsumer):  # type: ignore[misc]
             # The error reaches the get() draining it (whichever task that waits on) only
             # if Redis does not answer now: a failure queued during an outage and drained
             # after it is stale (a get() after a hung Redis came back raised the error of
-            # another task's wait, seen on 1 Dec 2026). Redis answering and this task's wait failing
-            # twice in a row is not an outage (the history unreadable while the view is
-            # rebuilt): raised too, rather than waited on again for ever.
+            # another task's wait, seen on 1 Dec 2026). Redis answering and this task's
+            # wait failing twice in a row is not an outage (the history unreadable while
+            # the view is rebuilt): raised too, rather than waited on again for ever.
             if not self.backend.reader().reachable():
                 raise
             with self._lock:
