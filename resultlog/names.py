@@ -48,7 +48,9 @@ DEFAULT_REDIS_PREFIX = "resultlog:"
 #                              (views/coverage.py)
 # {prefix}chord:{chord_id}     hash: a chord's progress
 # {prefix}chorddone:{chord_id} pub/sub channel: a chord completed or failed
-# {prefix}chordfire:{completion_event_id}  string: a Celery chord's body firing ("firing:<who>", then "done")
+# {prefix}chordfire:{completion_event_id}  string: a Celery chord's body firing, until
+#                              1 Dec 2026 (now CHORD_BODY_FIRES_TABLE); still cleared
+#                              with the view, for keys an older processor left
 
 # Postgres: default schema; tables live inside it.
 DEFAULT_PG_SCHEMA = "resultlog"
@@ -86,6 +88,12 @@ PRUNE_LOCK = "prune"
 # (`{prefix}chordhook:<event_id>`) until 1 Dec 2026: a Redis that lost its data lost
 # them, and a completion delivered again ran its hooks again.
 CHORD_HOOK_CLAIMS_TABLE = "chord_hook_claims"
+# One row per Celery chord completion whose body a processor sent or began to send: the
+# mark taken before it is sent, and set fired after (views/sql/0011_chord_body_fires.sql,
+# resultlog/chords/bodyfires.py). In Redis (`{prefix}chordfire:<event_id>`) until 1 Dec
+# 2026: a Redis that lost its data lost them, and a completion delivered again sent its
+# body again.
+CHORD_BODY_FIRES_TABLE = "chord_body_fires"
 
 
 def dead_letter_topic(events_topic: str) -> str:
@@ -118,8 +126,9 @@ def task_key_pattern(prefix: str) -> str:
 
 
 # The key families a rebuild of the view clears (above): every resultlog key under the
-# prefix. (The chord hooks' claims, side effects that happened, are in PostgreSQL: a
-# rebuilt or lost view must not make them happen again. CHORD_HOOK_CLAIMS_TABLE.)
+# prefix. (The chords' marks, side effects that happened, are in PostgreSQL: a rebuilt
+# or lost view must not make them happen again. CHORD_HOOK_CLAIMS_TABLE,
+# CHORD_BODY_FIRES_TABLE.)
 _VIEW_KEY_FAMILIES = ("task:", "offsets:", "viewbatch:", "chord:", "chordfire:", "worker:")
 
 
@@ -189,11 +198,6 @@ def chord_id_from_key(prefix: str, key: str) -> str:
 
 def chord_done_channel(prefix: str, chord_id: str) -> str:
     return f"{prefix}chorddone:{chord_id}"
-
-
-def chord_fire_key(prefix: str, completion_event_id: str) -> str:
-    """A Celery chord's body firing mark (resultlog/chords/fire.py)."""
-    return f"{prefix}chordfire:{completion_event_id}"
 
 
 def faust_group(consumer_group: str) -> str:

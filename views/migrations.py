@@ -66,6 +66,7 @@ def placeholders(schema: str) -> dict[str, str]:
         "rebuild_rollups_function": names.REBUILD_ROLLUPS_FUNCTION,
         "rollups_trigger": names.ROLLUPS_TRIGGER,
         "chord_hook_claims_table": names.CHORD_HOOK_CLAIMS_TABLE,
+        "chord_body_fires_table": names.CHORD_BODY_FIRES_TABLE,
     }
 
 

@@ -52,8 +52,6 @@ from resultlog.redis_access import async_client
 from resultlog.chords.store import ChordStore
 
 if TYPE_CHECKING:
-    import redis.asyncio
-
     from resultlog.chords.fire import BodyFirer
     from resultlog.processors.metrics import ProcessorMetrics
 
@@ -69,8 +67,6 @@ PROGRESS_INTERVAL_S: Final = 0.05
 BATCH_MAX: Final = 2000
 # An exception message longer than this is cut if the completion would not fit a record.
 _MAX_MESSAGE: Final = 2000
-# The hooks' agent deletes expired claims at most this often (after a completion).
-CLAIMS_SWEEP_INTERVAL_S: Final = 60.0
 
 def load_hook(spec: str) -> Hook:
     """The callable named ``package.module:function`` (ConfigurationError if there is none)."""
@@ -148,7 +144,6 @@ class ChordAggregator:
         self._hooks_agent = False
         self._claimant = f"{socket.gethostname()}:{os.getpid()}"
         self.firer = firer
-        self._client: redis.asyncio.Redis | None = None
         app.task(self._run)
         if s.chord_hook:
             self.on_complete(load_hook(s.chord_hook))
@@ -205,7 +200,7 @@ class ChordAggregator:
         s = self.settings
         await ensure_topics(s, self.state.topic, configs={
             "cleanup.policy": "compact", "max.message.bytes": str(state_record_bytes(s))})
-        client = self._client = async_client(s)
+        client = async_client(s)
         store = ChordStore(s, client)
         dead_letters = DeadLetterWriter(s)
         await self.state.start()
@@ -219,6 +214,9 @@ class ChordAggregator:
         consumer.subscribe([s.chords_topic], listener=_Rebalance(self))
         flusher = asyncio.get_running_loop().create_task(self._flush_progress(store))
         try:
+            if self.firer is not None:
+                await _retrying("opening the chord bodies' fire marks", self.firer.start,
+                                self._retried)
             await consumer.start()
             while True:
                 stop_if_cancelled()
@@ -237,6 +235,8 @@ class ChordAggregator:
             await self.state.close()
             await self.writer.close()
             await dead_letters.close()
+            if self.firer is not None:
+                await self.firer.close()
             await client.aclose()
 
     async def _batch(self, consumer: AIOKafkaConsumer, store: ChordStore, dead_letters: DeadLetterWriter,
@@ -306,10 +306,8 @@ class ChordAggregator:
                       "fire its body with: start processors with --celery-app module:app",
                       completion.chord_id)
             return
-        firer, client = self.firer, self._client
-        assert client is not None
-        await _retrying("firing a Celery chord's body",
-                        lambda: firer.fire(client, completion, body, parent))
+        firer = self.firer
+        await _retrying("firing a Celery chord's body", lambda: firer.fire(completion, body, parent))
 
     def _encode(self, completion: ChordCompleted) -> bytes:
         try:
@@ -353,7 +351,6 @@ class ChordAggregator:
         Redis). Why at-most-once: docs/chords.md, "Once"."""
         claims = HookClaims(self.settings)
         ttl_s = self.settings.result_ttl_s or None
-        swept_at = float("-inf")  # the first completion sweeps: restarts do not put it off
         try:
             await _retrying("opening the chord hooks' claims", claims.start, self._retried)
             async for value in stream:
@@ -372,9 +369,7 @@ class ChordAggregator:
                 else:
                     log.info("chord %s: hooks already ran (completion %s seen again)",
                              completion.chord_id, completion.event_id)
-                if ttl_s is not None and time.monotonic() - swept_at >= CLAIMS_SWEEP_INTERVAL_S:
-                    swept_at = time.monotonic()
-                    await self._sweep_claims(claims)
+                await claims.sweep_now_and_then()
         finally:
             await claims.close()
 
@@ -409,15 +404,6 @@ class ChordAggregator:
                       "sent again", completion.chord_id, self.settings.chord_completions_topic, exc)
         finally:
             await writer.close()
-
-    async def _sweep_claims(self, claims: HookClaims) -> None:
-        try:
-            deleted = await claims.sweep()
-        except ResultlogError as exc:  # the next sweep deletes them
-            log.warning("expired chord hook claims not deleted: %s", exc)
-            return
-        if deleted:
-            log.info("%d expired chord hook claims deleted", deleted)
 
     async def _call_hooks(self, completion: ChordCompleted) -> None:
         for hook in self.hooks:

@@ -5,13 +5,14 @@ Celery app; when a Celery chord completes the aggregator calls :meth:`BodyFirer.
 before the chord is marked completed. What is sent, as Celery's Redis backend does in
 ``on_chord_part_return``: docs/celery.md, "Chords".
 
-Once: a Redis key per completion (``names.chord_fire_key``) says ``firing`` before the
-body is sent and ``done`` after. A completion seen again whose key says ``done`` is not
-fired again; one whose key says ``firing`` is (the processor died in between and may or
-may not have sent it): never a chord left hanging, at the price of a possible second send.
-A processor that sent a body and could not write ``done`` (Redis unavailable) remembers
-the send, and only writes ``done`` when it tries again (until 1 Dec 2026 it found its own
-``firing`` mark and sent the body a second time).
+Once: a mark per completion in PostgreSQL (resultlog/chords/bodyfires.py) says firing
+before the body is sent and fired after. A completion seen again whose mark says fired
+is not fired again; one still firing is (the processor died in between and may or may
+not have sent it): never a chord left hanging, at the price of a possible second send.
+A processor that sent a body and could not mark it fired (PostgreSQL unavailable)
+remembers the send, and only marks it when it tries again (until 1 Dec 2026 it found its
+own firing mark and sent the body a second time). The marks were Redis keys until
+1 Dec 2026: a Redis that restarted empty had lost them, and a body was sent again.
 """
 
 from __future__ import annotations
@@ -21,20 +22,15 @@ import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+import uuid
+from typing import Any
 
-from resultlog import names
-from resultlog.errors import ConfigurationError
+from resultlog.chords.bodyfires import BodyFires
 from resultlog.chords.records import ChordCompleted
+from resultlog.errors import ConfigurationError
 from resultlog.settings import Settings
-from resultlog.redis_access import translated
-
-if TYPE_CHECKING:
-    import redis.asyncio
 
 log = logging.getLogger("resultlog.chords")
-
-_DONE = b"done"
 
 
 def load_celery_app(spec: str) -> Any:
@@ -62,35 +58,46 @@ def load_celery_app(spec: str) -> Any:
 
 
 class BodyFirer:
-    """Fires the bodies of a Celery app's chords (see the module docstring)."""
+    """Fires the bodies of a Celery app's chords (see the module docstring); its marks'
+    pool is opened by :meth:`start` (the aggregator's, when it starts)."""
 
     def __init__(self, settings: Settings, app: Any) -> None:
         self.settings = settings
         self.app = app
         self.claimant = f"{socket.gethostname()}:{os.getpid()}"
-        # Completions whose body this process sent and whose "done" mark is not written
-        # yet: a retry of fire() after that write failed (Redis unavailable) finds only
-        # its own "firing" mark, which cannot say whether the body went; this can.
+        self.marks = BodyFires(settings)
+        # One token per completion for every attempt of its firing mark: a retry after a
+        # commit whose answer was lost recognizes the mark as its own (not a processor
+        # that died while firing).
+        self._tokens: dict[str, str] = {}
+        # Completions whose body this process sent and whose fired mark is not written
+        # yet: a retry of fire() after that write failed (PostgreSQL unavailable) finds
+        # only its own firing mark, which cannot say whether the body went; this can.
         self._sent: set[str] = set()
 
-    async def fire(self, client: redis.asyncio.Redis, completion: ChordCompleted, body: str,
-                   parent: str | None = None) -> None:
+    async def start(self) -> None:
+        """Open the marks' pool and bring the schema up to date (StoreUnavailable,
+        retriable, while PostgreSQL is unavailable)."""
+        await self.marks.start()
+
+    async def close(self) -> None:
+        await self.marks.close()
+
+    async def fire(self, completion: ChordCompleted, body: str, parent: str | None = None) -> None:
         """Send the body unless it was sent; safe to call again after it raised (the
-        aggregator retries it while Redis is unavailable)."""
-        key = names.chord_fire_key(self.settings.redis_prefix, completion.event_id)
-        ttl_ms = self.settings.result_ttl_s * 1000 or None
-        if completion.event_id not in self._sent:
-            with translated("marking a chord body as firing"):
-                # One round trip: the mark set, and the one it replaced returned.
-                mark = await client.set(key, f"firing:{self.claimant}", px=ttl_ms, get=True)
-            if mark == _DONE:
-                with translated("marking a chord body as fired"):
-                    await client.set(key, _DONE, px=ttl_ms)
+        aggregator retries it while PostgreSQL is unavailable)."""
+        event_id = completion.event_id
+        if event_id not in self._sent:
+            token = self._tokens.setdefault(event_id, f"{self.claimant}:{uuid.uuid4().hex[:12]}")
+            mark = await self.marks.begin(event_id, completion.chord_id, token,
+                                          self.settings.result_ttl_s or None)
+            del self._tokens[event_id]
+            if mark.fired:
                 log.info("chord %s: body already fired", completion.chord_id)
                 return
-            if mark is not None:
+            if mark.interrupted is not None:
                 log.warning("chord %s: a processor died while firing its body (%s); firing it "
-                            "again", completion.chord_id, mark)
+                            "again", completion.chord_id, mark.interrupted)
             t0 = time.perf_counter()
             try:
                 await asyncio.to_thread(self.fire_sync, completion, body, parent)
@@ -99,12 +106,12 @@ class BodyFirer:
                 # it again at every restart would stop every other chord behind this one.
                 log.exception("chord %s: firing its body failed; it is not fired again",
                               completion.chord_id)
-            self._sent.add(completion.event_id)
+            self._sent.add(event_id)
             log.debug("chord %s: body fired in %.1f ms", completion.chord_id,
                       (time.perf_counter() - t0) * 1000)
-        with translated("marking a chord body as fired"):
-            await client.set(key, _DONE, px=ttl_ms)
-        self._sent.discard(completion.event_id)
+        await self.marks.fired(event_id)
+        self._sent.discard(event_id)
+        await self.marks.sweep_now_and_then()
 
     def fire_sync(self, completion: ChordCompleted, body: str, parent: str | None = None) -> None:
         """Send the body, or fail it as Celery does (blocking: run in a thread).

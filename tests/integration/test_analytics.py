@@ -303,7 +303,7 @@ async def test_the_sql_objects_carry_the_names_in_names_py(loaded: Loaded) -> No
     assert tables == {names.HISTORY_TABLE, names.OFFSETS_TABLE, names.MIGRATIONS_TABLE,
                       names.WORKER_HEARTBEATS_TABLE, names.TASK_SUMMARY_TABLE,
                       names.TASK_MINUTES_TABLE, names.TASK_RUNTIMES_TABLE,
-                      names.CHORD_HOOK_CLAIMS_TABLE}
+                      names.CHORD_HOOK_CLAIMS_TABLE, names.CHORD_BODY_FIRES_TABLE}
     # The rollups' trigger reads names the summary's has just folded: it must fire later.
     assert {names.TASK_SUMMARY_TRIGGER, names.ROLLUPS_TRIGGER} <= triggers
     assert names.TASK_SUMMARY_TRIGGER < names.ROLLUPS_TRIGGER

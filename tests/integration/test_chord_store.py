@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import pytest
-import redis.exceptions
 from redis.asyncio import Redis
 
 from resultlog import names
-from resultlog.chords.fire import BodyFirer
-from resultlog.errors import StoreUnavailable
 from resultlog.chords.records import ChordCompleted, completion_event_id
 from resultlog.schemas.states import State
 from resultlog.settings import Settings
@@ -41,46 +37,5 @@ async def test_progress_flushed_after_the_completion_changes_nothing(settings: S
         after = (await client.hgetall(key), await client.execute_command("PEXPIRETIME", key))
         assert after == before
         assert before[0][b"state"] == b"SUCCESS" and before[1] == T0 + 9 + settings.result_ttl_s * 1000
-    finally:
-        await client.aclose()
-
-
-class _CountingFirer(BodyFirer):
-    """Counts the bodies it would send (the sending itself is Celery's: test_celery_chords)."""
-
-    sent = 0
-
-    def fire_sync(self, completion: ChordCompleted, body: str, parent: str | None = None) -> None:
-        self.sent += 1
-
-
-class _DoneMarkLostOnce(Redis):
-    """Redis refusing the first "done" mark (unavailable right after the body was sent)."""
-
-    refused = 0
-
-    async def set(self, name: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
-        if value == b"done" and not self.refused:
-            self.refused += 1
-            raise redis.exceptions.ConnectionError("Redis went away (made by the test)")
-        return await super().set(name, value, *args, **kwargs)
-
-
-async def test_a_body_sent_whose_done_mark_failed_is_not_sent_again(settings: Settings) -> None:
-    """The aggregator retries fire() while Redis is unavailable; a retry after the body
-    went out and the "done" mark failed found the processor's own "firing" mark and sent
-    the body a second time (a fault audit's reading of fire.py)."""
-    client = _DoneMarkLostOnce.from_url(settings.redis_url)
-    firer = _CountingFirer(settings, app=None)
-    completion = ChordCompleted(completion_event_id("fired"), "fired", State.SUCCESS, 1, 1, 0,
-                                T0, results="[1]")
-    try:
-        with pytest.raises(StoreUnavailable):
-            await firer.fire(client, completion, "{}")
-        await firer.fire(client, completion, "{}")  # what the aggregator's retry does
-        assert (firer.sent, client.refused) == (1, 1)
-        assert await client.get(names.chord_fire_key(settings.redis_prefix, completion.event_id)) == b"done"
-        await firer.fire(client, completion, "{}")  # delivered again later: already fired
-        assert firer.sent == 1
     finally:
         await client.aclose()
