@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from resultlog.errors import ResultlogError
 
@@ -24,8 +26,23 @@ _COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+_NO_VALUE = re.compile(r"argument (--[\w-]+)(?:/-\w)?: expected one argument")
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse's parser (the subcommands' too), whose "expected one argument" says how
+    to give a value that begins with '-' (``--older-than -3d``): argparse takes such a
+    value for an option, and its message alone does not say so."""
+
+    def error(self, message: str) -> NoReturn:
+        match = _NO_VALUE.search(message)
+        if match:
+            message += (f" (a value that begins with '-' is given with '=': {match[1]}=VALUE)")
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="resultlog",
         description="Event-sourced task results: Kafka log, Redis view, Postgres history.",
     )

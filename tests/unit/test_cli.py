@@ -61,3 +61,14 @@ def test_verify_checks_one_store_or_both() -> None:
 def test_a_duration_is_shown_in_seconds_and_one_that_is_no_number_as_itself() -> None:
     assert [fmt_seconds(v) for v in (None, 1234.5, math.nan, math.inf, -math.inf)] == \
         ["-", "1,234.500s", "nan", "inf", "-inf"]
+
+
+def test_an_option_value_that_begins_with_a_dash_is_explained(capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse takes ``-3d`` for an option and says only "expected one argument"."""
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["prune", "--older-than", "-3d"])
+    assert ("argument --older-than: expected one argument (a value that begins with '-' is "
+            "given with '=': --older-than=VALUE)") in capsys.readouterr().err
+    # So given, it reaches resultlog's own check, which says what a duration is.
+    assert parser.parse_args(["prune", "--older-than=-3d"]).older_than == "-3d"
