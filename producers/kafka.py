@@ -16,7 +16,8 @@ from aiokafka.codec import has_lz4, has_snappy, has_zstd  # type: ignore[import-
 from aiokafka.errors import BrokerResponseError, KafkaError  # type: ignore[import-untyped]
 
 from resultlog.connections import kafka_client_args
-from resultlog.errors import BrokerUnavailable, ConfigurationError, ResultlogError, ValidationError
+from resultlog.errors import (BrokerUnavailable, ConfigurationError, DeliveryRefused, ResultlogError,
+                             ValidationError)
 from resultlog.refusals import kafka_refusal
 from resultlog.schemas.event import now_ms
 from resultlog.settings import Settings
@@ -95,6 +96,18 @@ def refused_by_broker(exc: BaseException | None) -> bool:
     """Whether ``exc`` is the broker's own answer that it will not take the records
     (retrying cannot help), rather than the broker being out of reach."""
     return isinstance(exc, BrokerResponseError) and not exc.retriable
+
+
+def error_cause(exc: BaseException) -> str:
+    """``exc`` as a log line or message names it: its class, and its text if it has one."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def not_delivered(exc: BaseException, what: str, topic: str) -> BrokerUnavailable:
+    """Why ``what`` (e.g. "the event was") did not reach ``topic``: :class:`DeliveryRefused`
+    (not retriable) if the broker refused it, else :class:`BrokerUnavailable`."""
+    kind = DeliveryRefused if refused_by_broker(exc) else BrokerUnavailable
+    return kind(f"{what} not delivered to Kafka topic {topic!r}: {error_cause(exc)}")
 
 
 async def start_failure(settings: Settings, exc: BaseException | None, doing: str) -> ResultlogError:

@@ -47,7 +47,7 @@ from resultlog.producers.buffer import Item, Outbox, resolve
 from resultlog.producers.failures import Failures
 from resultlog.producers.fitting import fit_within_limit
 from resultlog.producers.kafka import (abort_pending, check_not_ahead, close_producer,
-                                       refused_by_broker, start_producer)
+                                       error_cause, not_delivered, start_producer)
 from resultlog.producers.lanes import Batch, Lane, Lanes
 from resultlog.producers.options import PipelineOptions
 from resultlog.producers.topics import ensure_topics
@@ -426,15 +426,14 @@ class Pipeline:
             return
         error = None
         if exc is not None:
-            cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            cause = error_cause(exc)
             log.error(
                 "resultlog: %d event(s) not delivered to %s[%d]: %s",
                 batch.count, self.topic, lane.partition, cause,
             )
-            refused = refused_by_broker(exc)
-            kind = DeliveryRefused if refused else BrokerUnavailable
-            error = kind(f"the event was not delivered to Kafka topic {self.topic!r}: {cause}")
-            self.failures.add(batch.count, batch.count - len(batch.waiters), cause, refused)
+            error = not_delivered(exc, "the event was", self.topic)
+            self.failures.add(batch.count, batch.count - len(batch.waiters), cause,
+                              isinstance(error, DeliveryRefused))
             # The producer's sequence numbers now have a gap: replace it before sending more.
             self._restart_needed = True
         self._release(batch, error)

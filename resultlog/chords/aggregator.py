@@ -45,6 +45,7 @@ from resultlog.processors.deadletter import DeadLetter, DeadLetterWriter, TopicW
 from resultlog.processors.engine import fetch_wait
 from resultlog.chords.records import ChordCompleted, ChordProgress
 from resultlog.schemas.codec import Codec
+from resultlog.producers.kafka import refused_by_broker
 from resultlog.producers.topics import ensure_topics
 from resultlog.connections import kafka_client_args
 from resultlog.settings import Settings
@@ -83,13 +84,16 @@ def load_hook(spec: str) -> Hook:
 
 async def _retrying(what: str, op: Callable[[], Awaitable[T]],
                     on_retry: Callable[[], None] | None = None) -> T:
-    """``op()``, retried while Redis or Kafka is unavailable: the chord cannot move on."""
+    """``op()``, retried while Redis or Kafka is unavailable: the chord cannot move on.
+    What retrying cannot help (a broker's refusal: no write permission, a record over a
+    topic's limit) is raised: the aggregator stops the worker, naming it (it retried
+    such a refusal for good, each chord after it held up, until 1 Dec 2026)."""
     backoff = Backoff()
     while True:
         try:
             return await op()
         except (ResultlogError, KafkaError) as exc:
-            if isinstance(exc, ResultlogError) and not exc.retriable:
+            if refused_by_broker(exc) or isinstance(exc, ResultlogError) and not exc.retriable:
                 raise
             log.warning("%s failed (%r); retrying in %.1fs", what, exc, backoff.delay)
             if on_retry is not None:

@@ -17,11 +17,13 @@ import pytest
 import redis
 import redis.asyncio
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType  # type: ignore[import-untyped]
 
 from resultlog.errors import ChordError, CorruptResult, ResultNotSerializable
 from resultlog.processors.deadletter import REASON_HEADER
 from resultlog.producers import Emitter, declare_chord
-from resultlog.producers.topics import ensure_topics
+from resultlog.producers.topics import ensure_topics, max_message_bytes
 from resultlog.chords.records import ChordCompleted, ChordDeclared, completion_event_id
 from resultlog.schemas.codec import Codec
 from resultlog.schemas.event import ExceptionInfo, TaskEvent
@@ -600,3 +602,57 @@ async def test_results_stored_before_they_were_checked_read_as_a_codec_error_nam
             await backend.AioChordResult("old").get(timeout=10)
         with pytest.raises(CorruptResult, match=r"chord old's stored results are not JSON text"):
             await asyncio.to_thread(backend.ChordResult("old").get, 10)
+
+
+async def _set_topic_config(settings: Settings, topic: str, config: dict[str, str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, config)])
+    finally:
+        await admin.close()
+
+
+async def test_a_completion_the_broker_refuses_stops_the_processor_naming_it_and_is_sent_after_the_fix(
+        settings: Settings) -> None:
+    """The completions topic's limit lowered under a running processor: the broker
+    refuses the completion, which retrying cannot change. The aggregator retried it for
+    good (a warning every 5 s, every chord after it held up); it must stop the worker
+    naming the refusal, and the completion, not lost, must be sent once the limit is
+    raised again and the processor restarted."""
+    topic = settings.chord_completions_topic
+    size = 4
+    big = [TaskEvent.create(f"big-{i}", State.SUCCESS, result="x" * 1_000, chord_id="big",
+                            chord_size=size, chord_index=i) for i in range(size)]
+    proc = ProcessorProcess(settings).start()
+    try:
+        await emit(settings, members("warm-up", 1), ("warm-up", 1))
+        async with ResultBackend(settings) as backend:
+            assert await backend.AioChordResult("warm-up").get(timeout=120) == [0], proc.output()[-3000:]
+        await _set_topic_config(settings, topic, {"max.message.bytes": "2000"})
+        await emit(settings, big, ("big", size))
+
+        async def stopped() -> bool:
+            return not proc.alive()
+        await eventually(stopped, f"the processor stopped\n{proc.output()[-3000:]}", timeout_s=120)
+        said = proc.output()
+        assert "DeliveryRefused" in said and repr(topic) in said and "MessageSizeTooLarge" in said, said[-3000:]
+        # Restarted before the topic is fixed, it says what to fix.
+        proc.start()
+        await eventually(stopped, f"the processor refused to start\n{proc.output()[-3000:]}", timeout_s=120)
+        assert f"Kafka topic {topic!r} takes records of at most 2000 bytes" in proc.output(), proc.output()[-3000:]
+
+        await _set_topic_config(settings, topic, {"max.message.bytes": str(max_message_bytes(settings))})
+        proc.start()
+        async with ResultBackend(settings) as backend:
+            assert await backend.AioChordResult("big").get(timeout=120) == ["x" * 1_000] * size
+        await eventually(lambda: _completed(settings, "big"), f"big's completion sent\n{proc.output()[-3000:]}")
+        proc.stop()
+    finally:
+        proc.stop()
+        proc.log.unlink(missing_ok=True)
+    assert Counter(c.chord_id for c in await read_completions(settings)) == {"warm-up": 1, "big": 1}
+
+
+async def _completed(settings: Settings, chord_id: str) -> bool:
+    return any(c.chord_id == chord_id for c in await read_completions(settings))

@@ -15,10 +15,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 
 from resultlog.errors import CorruptResult
-from resultlog.processors.deadletter import REASON_HEADER
+from resultlog.processors.deadletter import REASON_HEADER, VALUE_BYTES_HEADER
 from resultlog.processors.verify import verify
 from resultlog.producers import Emitter
-from resultlog.producers.topics import ensure_topics
+from resultlog.producers.topics import ensure_topics, max_message_bytes
 from resultlog.schemas.codec import Codec
 from resultlog.schemas.event import TaskEvent, new_event_id, now_ms
 from resultlog.schemas.states import State
@@ -122,3 +122,37 @@ async def test_a_result_that_is_not_json_is_named_by_every_reader(settings: Sett
             [event] = await backend.AioAsyncResult("not-json").history()
             with pytest.raises(CorruptResult):
                 event.result_value()
+
+
+async def test_an_undecodable_record_at_the_topics_limit_is_dead_lettered_cut_and_the_fold_goes_on(
+        settings: Settings) -> None:
+    """Another producer's record that just fits the events topic: its dead letter, the
+    same bytes and the reason's headers, did not fit the dead-letter topic (which takes
+    what the events topic takes), and the broker's refusal stopped the processor at
+    every start: nothing emitted after it became visible."""
+    await ensure_topics(settings, settings.events_topic, settings.dead_letter_topic)
+    size = max_message_bytes(settings) - 188  # the batch's framing takes the rest
+    value = b"\x00" + bytes(i % 251 for i in range(size - 1))  # 0x00: no schema's marker
+    await produce_raw(settings, [(b"big", value)])
+    async with Emitter(settings) as em:
+        await em.success("after-the-big-one", "fine")
+    processor = ProcessorProcess(settings).start()
+    try:
+        async with ResultBackend(settings) as backend:
+            assert await backend.AioAsyncResult("after-the-big-one").get(timeout=60) == "fine", \
+                processor.output()[-5000:]
+        assert processor.alive(), processor.output()[-5000:]
+    finally:
+        processor.stop()
+    consumer = AIOKafkaConsumer(settings.dead_letter_topic, bootstrap_servers=settings.kafka_bootstrap_servers,
+                                auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    try:
+        letter = await asyncio.wait_for(consumer.getone(), timeout=30)
+    finally:
+        await consumer.stop()
+    headers = dict(letter.headers)
+    assert letter.key == b"big" and value.startswith(letter.value)
+    assert len(letter.key) + len(letter.value) == settings.max_event_bytes
+    assert headers[VALUE_BYTES_HEADER] == str(size).encode()
+    assert f"is cut to its first {settings.max_event_bytes}" in headers[REASON_HEADER].decode()

@@ -15,7 +15,7 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
 
 from resultlog.errors import BrokerUnavailable, DeliveryRefused
 from resultlog.producers.failures import Failures
-from resultlog.producers.kafka import refused_by_broker
+from resultlog.producers.kafka import not_delivered, refused_by_broker
 
 
 @pytest.mark.parametrize(("exc", "refused"), [
@@ -30,6 +30,19 @@ from resultlog.producers.kafka import refused_by_broker
 ])
 def test_only_the_brokers_final_answer_is_a_refusal(exc: BaseException | None, refused: bool) -> None:
     assert refused_by_broker(exc) is refused
+
+
+@pytest.mark.parametrize(("exc", "kind"), [
+    (MessageSizeTooLargeError(), DeliveryRefused),
+    (TopicAuthorizationFailedError(), DeliveryRefused),
+    (KafkaTimeoutError(), BrokerUnavailable),
+    (NotLeaderForPartitionError(), BrokerUnavailable),
+])
+def test_an_undelivered_write_names_its_topic_and_is_retriable_unless_refused(
+        exc: BaseException, kind: type[BrokerUnavailable]) -> None:
+    error = not_delivered(exc, "2 record(s) were", "t.chords")
+    assert type(error) is kind and error.retriable is (kind is BrokerUnavailable)
+    assert str(error).startswith(f"2 record(s) were not delivered to Kafka topic 't.chords': {type(exc).__name__}")
 
 
 def test_a_report_is_a_refusal_only_if_every_event_in_it_was_refused() -> None:
