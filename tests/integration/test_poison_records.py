@@ -26,7 +26,7 @@ from resultlog.schemas.workers import WorkerHeartbeat
 from resultlog.settings import Settings
 from resultlog.views import ResultBackend
 from tests.integration.processes import ProcessorProcess
-from tests.integration.test_pipeline import produce_raw
+from tests.integration.test_pipeline import first_dead_letter, produce_raw
 
 #: 1,200 CJK characters in an order that compresses poorly, 3 UTF-8 bytes each: ~3.6 KB,
 #: past a btree index row's 2,704 bytes even as PostgreSQL compresses it.
@@ -144,13 +144,7 @@ async def test_an_undecodable_record_at_the_topics_limit_is_dead_lettered_cut_an
         assert processor.alive(), processor.output()[-5000:]
     finally:
         processor.stop()
-    consumer = AIOKafkaConsumer(settings.dead_letter_topic, bootstrap_servers=settings.kafka_bootstrap_servers,
-                                auto_offset_reset="earliest", group_id=None)
-    await consumer.start()
-    try:
-        letter = await asyncio.wait_for(consumer.getone(), timeout=30)
-    finally:
-        await consumer.stop()
+    letter = await first_dead_letter(settings)
     headers = dict(letter.headers)
     assert letter.key == b"big" and value.startswith(letter.value)
     assert len(letter.key) + len(letter.value) == settings.max_event_bytes
