@@ -605,10 +605,20 @@ async def test_results_stored_before_they_were_checked_read_as_a_codec_error_nam
 
 
 async def _set_topic_config(settings: Settings, topic: str, config: dict[str, str]) -> None:
+    """Set ``config`` on ``topic`` (its other settings back to the broker's defaults)
+    and return once the broker describes it so: it applies the change a moment after
+    the controller accepted it."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     try:
         await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, config)])
+
+        async def applied() -> bool:
+            [response] = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic, dict.fromkeys(config))])
+            [(_, _, _, _, entries, *_)] = response.resources
+            return {e[0]: e[1] for e in entries if e[0] in config} == config
+        await eventually(applied, f"{topic}'s config {config} applied")
     finally:
         await admin.close()
 
