@@ -14,15 +14,18 @@ both writes take idempotently.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from resultlog.errors import CodecError, ValidationError
 from resultlog.processors.deadletter import DeadLetter, DeadLetterWriter, TopicWriter
 from resultlog.schemas.codec import CHORD_RECORDS, WORKER_HEARTBEAT, Codec
-from resultlog.schemas.event import TaskEvent
+from resultlog.producers.topics import event_batch_bytes
+from resultlog.schemas.event import ExceptionInfo, TaskEvent
+from resultlog.schemas.states import State
 from resultlog.schemas.taskrows import history_row, read_rows, view_row
 from resultlog.schemas.workers import WorkerHeartbeat
 from resultlog.settings import Settings
@@ -30,6 +33,12 @@ from resultlog.views.history import HistoryStore
 from resultlog.views.partitions import DAY_MS
 from resultlog.views.redis_view import RedisView
 from resultlog.views.workers import WorkersHistory, WorkersView
+
+log = logging.getLogger("resultlog.processor")
+
+#: What a record batch of one record adds to its key and value, at most (a batch header
+#: of 61 bytes, the record's own lengths and offsets), with room to spare.
+FORWARD_FRAMING_BYTES: Final = 1024
 
 
 class Record(Protocol):
@@ -212,7 +221,14 @@ class FoldSink:
                         if name not in CHORD_RECORDS:
                             raise CodecError(f"unexpected record type {name} in the events topic")
                         if forward:
-                            chord_traffic.append((str(record["chord_id"]).encode(), value))
+                            chord_key = str(record["chord_id"]).encode()
+                            if len(chord_key) + len(value) > self._forward_bytes():
+                                raise ValidationError(
+                                    f"chord {record['chord_id']}: its {name.rsplit('.', 1)[-1]} "
+                                    f"record takes {len(chord_key) + len(value)} bytes with its "
+                                    f"chord id as the key, over the {self._forward_bytes()} the "
+                                    "chords topic is sure to take (RESULTLOG_MAX_EVENT_BYTES)")
+                            chord_traffic.append((chord_key, value))
                         continue
                     event = decoded
                     row = history_row(event, rec.topic, rec.partition, rec.offset)
@@ -227,7 +243,38 @@ class FoldSink:
             view_rows.append(view)
             days.add(timestamp // DAY_MS)
             if forward and chord_id is not None and ready:
-                chord_traffic.append((chord_id.encode(), value))  # type: ignore[arg-type]
+                chord_key = chord_id.encode()
+                if len(chord_key) + len(value) > self._forward_bytes():  # type: ignore[arg-type]
+                    value = self._too_large_to_forward(value, len(chord_key))  # type: ignore[arg-type]
+                chord_traffic.append((chord_key, value))  # type: ignore[arg-type]
+
+    def _forward_bytes(self) -> int:
+        """The most a chord record may take, its chord id as the key included, to be
+        forwarded to the chords topic: what every topic resultlog checks at start takes
+        (producers/topics.event_batch_bytes), less a record batch's framing. The
+        emitters' records, at most RESULTLOG_MAX_EVENT_BYTES, always fit; another
+        producer's near the events topic's limit may not, keyed by a longer chord id,
+        and the broker's refusal stopped the processor at every start (until 1 Dec 2026)."""
+        return event_batch_bytes(self.settings) - FORWARD_FRAMING_BYTES
+
+    def _too_large_to_forward(self, value: bytes, key_bytes: int) -> bytes:
+        """A chord member's outcome too large to forward, as the member failing with
+        ``EventTooLarge`` (what the aggregator records for an entry it cannot cut,
+        resultlog/chords/entries.py): its chord fails naming it rather than the processor
+        stopping. Its own task view and history keep the outcome whole."""
+        event = self.codec.decode(value)
+        too_large = ExceptionInfo(
+            "EventTooLarge", "resultlog.errors",
+            f"the {event.state.value} outcome of task {event.task_id} takes "
+            f"{key_bytes + len(value)} bytes forwarded to its chord, over the "
+            f"{self._forward_bytes()} the chords topic is sure to take "
+            "(RESULTLOG_MAX_EVENT_BYTES); another producer wrote it")
+        log.warning("chord member %s of chord %s: %s; forwarded as failing with EventTooLarge",
+                    event.task_id, event.chord_id, too_large.message)
+        failed = replace(event, state=State.FAILURE if event.state is State.SUCCESS else event.state,
+                         result=None, exception=too_large, traceback=None, args=None,
+                         kwargs=None, meta={})
+        return self.codec.encode(failed)
 
     async def handle(self, records: Sequence[Record]) -> SinkStats:
         return await self.write(self.prepare(records))

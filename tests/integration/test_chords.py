@@ -666,3 +666,42 @@ async def test_a_completion_the_broker_refuses_stops_the_processor_naming_it_and
 
 async def _completed(settings: Settings, chord_id: str) -> bool:
     return any(c.chord_id == chord_id for c in await read_completions(settings))
+
+
+async def test_a_member_too_large_to_forward_fails_its_chord_and_the_fold_goes_on(settings: Settings) -> None:
+    """Another producer's member, keyless and just under the events topic's limit: keyed
+    by its 255-character chord id for the chords topic, it was over that topic's limit,
+    and the broker's refusal stopped the processor at every start (nothing emitted after
+    it visible). It is forwarded as failing with EventTooLarge; its own view keeps it.
+    A declaration as large goes to the dead letters, saying why."""
+    await ensure_topics(settings, settings.events_topic, settings.dead_letter_topic)
+    chord_id, limit = "c" * 255, max_message_bytes(settings)
+    codec = Codec(max_bytes=2 * limit)  # past the emitters' limit, as another producer may be
+    n = limit - 2_000
+    while len(value := codec.encode(TaskEvent.create(
+            "huge-member", State.SUCCESS, result="x" * n, chord_id=chord_id, chord_size=2,
+            chord_index=0))) < limit - 150:
+        n += limit - 150 - len(value)
+    # A declaration as large, of another chord: refused to the dead letters, with why.
+    decl = ChordDeclared.create("d" * 255, 1, callback="tasks.sum")
+    n_kwargs = limit - 2_000
+    while True:
+        object.__setattr__(decl, "callback_kwargs", f'"{"k" * n_kwargs}"')  # past the model's checks
+        if len(declared := decl.encode(codec)) >= limit - 150:
+            break
+        n_kwargs += limit - 150 - len(declared)
+    await produce_raw(settings, [(None, value), (None, declared)])
+    async with Emitter(settings) as emitter:
+        await declare_chord(emitter, chord_id, 2)
+        await emitter.success("after-the-huge-one", 1)
+    with ProcessorProcess(settings) as proc:
+        async with ResultBackend(settings) as backend:
+            assert await backend.AioAsyncResult("after-the-huge-one").get(timeout=60) == 1, \
+                proc.output()[-3000:]
+            with pytest.raises(ChordError, match=r"member 0 \(task huge-member\) raised EventTooLarge: "
+                                                 r"the SUCCESS outcome of task huge-member takes"):
+                await backend.AioChordResult(chord_id).get(timeout=60)
+            assert await backend.AioAsyncResult("huge-member").get(timeout=10) == "x" * n
+        assert proc.alive(), proc.output()[-3000:]
+    reason = dict((await first_dead_letter(settings)).headers)[REASON_HEADER].decode()
+    assert f"chord {'d' * 255}: its ChordDeclared record takes" in reason, reason
