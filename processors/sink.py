@@ -199,6 +199,7 @@ class FoldSink:
         decode_any = self.codec.decode_any
         forward = self.chord_forwarder is not None
         ttl_ms = self.settings.result_ttl_s * 1000
+        forward_bytes = self._forward_bytes()  # once a call: off the per-record path
         for rec in records:
             tp = (rec.topic, rec.partition)
             if rec.offset + 1 > offsets.get(tp, -1):
@@ -222,11 +223,11 @@ class FoldSink:
                             raise CodecError(f"unexpected record type {name} in the events topic")
                         if forward:
                             chord_key = str(record["chord_id"]).encode()
-                            if len(chord_key) + len(value) > self._forward_bytes():
+                            if len(chord_key) + len(value) > forward_bytes:
                                 raise ValidationError(
                                     f"chord {record['chord_id']}: its {name.rsplit('.', 1)[-1]} "
                                     f"record takes {len(chord_key) + len(value)} bytes with its "
-                                    f"chord id as the key, over the {self._forward_bytes()} the "
+                                    f"chord id as the key, over the {forward_bytes} the "
                                     "chords topic is sure to take (RESULTLOG_MAX_EVENT_BYTES)")
                             chord_traffic.append((chord_key, value))
                         continue
@@ -244,8 +245,8 @@ class FoldSink:
             days.add(timestamp // DAY_MS)
             if forward and chord_id is not None and ready:
                 chord_key = chord_id.encode()
-                if len(chord_key) + len(value) > self._forward_bytes():  # type: ignore[arg-type]
-                    value = self._too_large_to_forward(value, len(chord_key))  # type: ignore[arg-type]
+                if len(chord_key) + len(value) > forward_bytes:  # type: ignore[arg-type]
+                    value = self._too_large_to_forward(value, len(chord_key), forward_bytes)  # type: ignore[arg-type]
                 chord_traffic.append((chord_key, value))  # type: ignore[arg-type]
 
     def _forward_bytes(self) -> int:
@@ -257,7 +258,7 @@ class FoldSink:
         and the broker's refusal stopped the processor at every start (until 1 Dec 2026)."""
         return event_batch_bytes(self.settings) - FORWARD_FRAMING_BYTES
 
-    def _too_large_to_forward(self, value: bytes, key_bytes: int) -> bytes:
+    def _too_large_to_forward(self, value: bytes, key_bytes: int, forward_bytes: int) -> bytes:
         """A chord member's outcome too large to forward, as the member failing with
         ``EventTooLarge`` (what the aggregator records for an entry it cannot cut,
         resultlog/chords/entries.py): its chord fails naming it rather than the processor
@@ -267,7 +268,7 @@ class FoldSink:
             "EventTooLarge", "resultlog.errors",
             f"the {event.state.value} outcome of task {event.task_id} takes "
             f"{key_bytes + len(value)} bytes forwarded to its chord, over the "
-            f"{self._forward_bytes()} the chords topic is sure to take "
+            f"{forward_bytes} the chords topic is sure to take "
             "(RESULTLOG_MAX_EVENT_BYTES); another producer wrote it")
         log.warning("chord member %s of chord %s: %s; forwarded as failing with EventTooLarge",
                     event.task_id, event.chord_id, too_large.message)
