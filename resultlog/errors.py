@@ -148,6 +148,13 @@ class ResultTimeout(ResultlogError, TimeoutError):
     """``get()`` waited longer than its timeout for a task to finish."""
 
 
+class StoreTimeout(ResultTimeout, StoreUnavailable):
+    """``get()``'s timeout passed before the store answered the read it starts with
+    (Redis down, paused or overloaded): the timeout the caller chose has passed, and
+    the store did not answer, so it is both a :class:`ResultTimeout` and a
+    :class:`StoreUnavailable`."""
+
+
 class TaskRevoked(ResultlogError):
     """``get()`` on a task that was revoked."""
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from resultlog import names
 from resultlog.background import cancel_and_wait, stop_if_cancelled
 from resultlog.bridge import Bridge
-from resultlog.errors import ConfigurationError, ResultTimeout, StoreUnavailable
+from resultlog.errors import ConfigurationError, ResultTimeout, StoreTimeout, StoreUnavailable
 from resultlog.schemas.event import TaskEvent, listed_ids, validate_task_id
 from resultlog.schemas.fold import TaskView, expired, fold, visible
 from resultlog.schemas.states import State
@@ -147,10 +147,32 @@ class AioState:
         ``on_change``: called with each not-ready state pushed while waiting."""
         async with self.op():
             deadline = self.deadline(timeout)
-            view = (await self._read_views([task_id]))[0]
+            view = (await self._read_by([task_id], deadline, f"task {task_id}'s state"))[0]
             if view is not None and view.ready:
                 return view
             return await self._wait_pending(task_id, deadline, on_change=on_change)
+
+    async def _read_by(self, task_ids: Sequence[str], deadline: float | None,
+                       what: str) -> list[TaskView | None]:
+        """The views of ``task_ids``, read before ``deadline``, else :class:`StoreTimeout`.
+
+        A wait's first read is bounded by the wait's own timeout, as the wait is: a
+        hung Redis (paused, swapping: it accepts connections and answers nothing)
+        would hold it for ``RESULTLOG_REDIS_TIMEOUT_S``, whatever the timeout asked.
+        A deadline passed already (``get(timeout=0)``) still gets its one read, which
+        says whether the task is ready now."""
+        if deadline is None or deadline <= self.loop.time():
+            return await self._read_views(task_ids)
+        scope = asyncio.timeout_at(deadline)
+        try:
+            async with scope:
+                return await self._read_views(task_ids)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            raise StoreTimeout(
+                f"{what} could not be read before the timeout: Redis did not answer in"
+                " time (down, paused or overloaded?)") from None
 
     async def wait_sent(self, task_id: str, on_subscribed: Callable[[], None],
                         on_change: Callable[[TaskView], None] | None = None) -> TaskView:
@@ -209,7 +231,7 @@ class AioState:
         """
         async with self.op():
             deadline = self.deadline(timeout)
-            views = await self._read_views(task_ids)
+            views = await self._read_by(task_ids, deadline, f"the state of {len(task_ids)} tasks")
             pending: dict[int, asyncio.Task[TaskView]] = {}
             try:
                 for i, (task_id, view) in enumerate(zip(task_ids, views)):
@@ -360,9 +382,14 @@ class ResultBackend:
 
     def wait_ready(self, task_id: str, timeout: float | None) -> TaskView:
         validate_task_id(task_id)
-        view = self.read(task_id)  # finished tasks need no trip through the loop thread
-        if view is not None and view.ready:
-            return view
+        seconds = checked_timeout(timeout, negative=True)
+        # Finished tasks need no trip through the loop thread, unless the timeout is
+        # shorter than this thread's client would wait for a hung Redis: on the loop,
+        # the read is bounded by the timeout (AioState._read_by).
+        if seconds is None or not 0 < seconds < self.settings.redis_timeout_s:
+            view = self.read(task_id)
+            if view is not None and view.ready:
+                return view
         return self.run(lambda state: state.wait_ready(task_id, timeout))
 
     def watch_ready(self, task_id: str, *, sent: bool = False,
