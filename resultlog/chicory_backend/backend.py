@@ -25,6 +25,7 @@ from resultlog.producers.late import store_late
 from resultlog.schemas.event import TaskEvent, validate_id, validate_task_id
 from resultlog.schemas.states import MAX_TIMESTAMP_MS, State
 from resultlog.settings import Settings
+from resultlog.timeouts import checked_timeout
 from resultlog.views.backend import AioState, ResultBackend
 from resultlog.views.workers import WorkersView
 
@@ -135,8 +136,7 @@ class ResultlogBackend(Backend):
         view's push (no polling); :class:`~resultlog.errors.ResultTimeout` (a
         ``TimeoutError``) after ``timeout`` seconds."""
         validate_task_id(task_id)
-        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
-            raise ValidationError(f"timeout must be seconds >= 0 or None, got {timeout!r}")
+        checked_timeout(timeout)  # a NaN or a bool is refused too, as every wait does
         _, state, _ = self._connected()
         return task_result(await state.wait_ready(task_id, timeout))
 

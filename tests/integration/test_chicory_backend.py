@@ -150,6 +150,10 @@ async def test_the_push_wait_wakes_on_the_result(app: Chicory, worker: Worker) -
     assert (done.state, done.result) == (TaskState.SUCCESS, 42)
     with pytest.raises(ResultTimeout):
         await backend(app).wait(uuid.uuid4().hex, timeout=0.2)
+    # Refused in the words every wait uses: True was a 1-s wait, -1 other words.
+    for bad in (float("nan"), -1, True, "5"):
+        with pytest.raises(ValidationError, match="timeout must be None or a number of seconds"):
+            await backend(app).wait(result.task_id, timeout=bad)  # type: ignore[arg-type]
 
 
 async def test_another_producers_wrapper_naming_a_ready_state_reads_as_the_events_state(
