@@ -171,8 +171,9 @@ class AioState:
             if not scope.expired():
                 raise
             raise StoreTimeout(
-                f"{what} could not be read before the timeout: Redis did not answer in"
-                " time (down, paused or overloaded?)") from None
+                f"{what} could not be read before the timeout: Redis (or, while the view"
+                " is rebuilt, PostgreSQL) did not answer in time (down, paused or"
+                " overloaded?)") from None
 
     async def wait_sent(self, task_id: str, on_subscribed: Callable[[], None],
                         on_change: Callable[[TaskView], None] | None = None) -> TaskView:
