@@ -4,7 +4,7 @@ An adapter, never a second store: writes are events sent by resultlog's asyncio
 :class:`~resultlog.producers.Emitter` (a stored result returns once Kafka acknowledged
 it, and is then folded into the view at once, so it reads back immediately: the
 processor folding it again changes nothing); reads come from the Redis view through
-:class:`~resultlog.views.backend.AioState`, which also gives :meth:`wait`, a push-based
+:class:`~resultlog.views.aiostate.AioState`, which also gives :meth:`wait`, a push-based
 wait Chicory's polling ``AsyncResult.get()`` has no hook for (docs/chicory.md). Worker
 heartbeats are :class:`~resultlog.schemas.workers.WorkerHeartbeat` records, read from
 the Redis workers view.
@@ -26,7 +26,8 @@ from resultlog.schemas.event import TaskEvent, validate_id, validate_task_id
 from resultlog.schemas.states import MAX_TIMESTAMP_MS, State
 from resultlog.settings import Settings
 from resultlog.timeouts import checked_timeout
-from resultlog.views.backend import AioState, ResultBackend
+from resultlog.views.aiostate import AioState
+from resultlog.views.backend import ResultBackend
 from resultlog.views.workers import WorkersView
 
 NOT_CONNECTED = "the resultlog Chicory backend is not connected: await backend.connect() first " \

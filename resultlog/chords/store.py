@@ -32,7 +32,7 @@ from resultlog.redis_access import text, translated
 from resultlog.settings import Settings
 
 if TYPE_CHECKING:
-    from resultlog.views.backend import AioState
+    from resultlog.views.aiostate import AioState
 
 STARTED: Final = "STARTED"
 _FINAL: Final = frozenset({State.SUCCESS.value, State.FAILURE.value})
