@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import asyncpg
 import redis
 from aiokafka.admin import AIOKafkaAdminClient
 
+from resultlog import names
 from resultlog.devstack.stack import DevStack
 from resultlog.processors.replay import clear_redis_view
 from resultlog.redis_access import sync_client
@@ -180,6 +182,8 @@ class CpuMeter:
 
 
 async def cleanup(settings: Settings) -> None:
+    """Delete what a benchmark made: its topics, Redis keys, schema and faust directory."""
+    shutil.rmtree(names.faust_data_dir(settings.dev_dir, settings.consumer_group), ignore_errors=True)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     try:

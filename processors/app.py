@@ -57,7 +57,7 @@ def faust_settings(settings: Settings, **overrides: Any) -> dict[str, Any]:
         broker_session_timeout=10.0,
         stream_buffer_maxsize=16_384,
         producer_acks=-1,
-        datadir=f"{settings.dev_dir}/faust/{settings.consumer_group}",
+        datadir=names.faust_data_dir(settings.dev_dir, settings.consumer_group),
     )
     conf.update(overrides)
     return conf

@@ -20,12 +20,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, Protocol
 
+from resultlog.chords.entries import failing_too_large
 from resultlog.errors import CodecError, ValidationError
 from resultlog.processors.deadletter import DeadLetter, DeadLetterWriter, TopicWriter
 from resultlog.schemas.codec import CHORD_RECORDS, WORKER_HEARTBEAT, Codec
 from resultlog.producers.topics import event_batch_bytes
-from resultlog.schemas.event import ExceptionInfo, TaskEvent
-from resultlog.schemas.states import State
+from resultlog.schemas.event import TaskEvent
 from resultlog.schemas.taskrows import history_row, read_rows, view_row
 from resultlog.schemas.workers import WorkerHeartbeat
 from resultlog.settings import Settings
@@ -270,17 +270,15 @@ class FoldSink:
         resultlog/chords/entries.py): its chord fails naming it rather than the processor
         stopping. Its own task view and history keep the outcome whole."""
         event = self.codec.decode(value)
-        too_large = ExceptionInfo(
-            "EventTooLarge", "resultlog.errors",
-            f"the {event.state.value} outcome of task {event.task_id} takes "
-            f"{key_bytes + len(value)} bytes forwarded to its chord, over the "
-            f"{forward_bytes} the chords topic is sure to take "
-            "(RESULTLOG_MAX_EVENT_BYTES); another producer wrote it")
+        state, too_large = failing_too_large(
+            event.state, event.task_id,
+            f"{key_bytes + len(value)} bytes forwarded to its chord, over the {forward_bytes} "
+            "the chords topic is sure to take (RESULTLOG_MAX_EVENT_BYTES); another producer "
+            "wrote it")
         log.warning("chord member %s of chord %s: %s; forwarded as failing with EventTooLarge",
                     event.task_id, event.chord_id, too_large.message)
-        failed = replace(event, state=State.FAILURE if event.state is State.SUCCESS else event.state,
-                         result=None, exception=too_large, traceback=None, args=None,
-                         kwargs=None, meta={})
+        failed = replace(event, state=state, result=None, exception=too_large, traceback=None,
+                         args=None, kwargs=None, meta={})
         return self.codec.encode(failed)
 
     async def handle(self, records: Sequence[Record]) -> SinkStats:

@@ -205,6 +205,12 @@ def faust_group(consumer_group: str) -> str:
     return consumer_group + ".faust"
 
 
+def faust_data_dir(dev_dir: str, consumer_group: str) -> str:
+    """The faust app's data directory. Its tables are in memory, so it holds only
+    faust's empty layout; a test or benchmark removes its own with its other state."""
+    return f"{dev_dir}/faust/{consumer_group}"
+
+
 # The chord aggregator's consumer group (a plain aiokafka consumer of the chords topic)
 # and its state's changelog topic, both named from the processor's consumer group.
 def chord_group(consumer_group: str) -> str:

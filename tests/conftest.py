@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -39,6 +40,7 @@ import redis.asyncio
 from hypothesis import HealthCheck, settings as hypothesis_settings
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 
+from resultlog import names
 from resultlog.connections import kafka_client_args, postgres_dsn, redis_url
 from resultlog.devstack import DevStack
 from resultlog.devstack.kafka import KafkaService
@@ -59,8 +61,8 @@ _SERVICE_FIXTURES = {"base_settings"}
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        names = set(getattr(item, "fixturenames", ()))
-        if names & _SERVICE_FIXTURES and item.get_closest_marker("integration") is None:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & _SERVICE_FIXTURES and item.get_closest_marker("integration") is None:
             item.add_marker(pytest.mark.integration)
 
 
@@ -134,7 +136,9 @@ async def settings(base_settings: Settings) -> AsyncIterator[Settings]:
 
 
 async def cleanup(settings: Settings) -> None:
-    """Delete what a test made: its topics, its Redis keys and its Postgres schema."""
+    """Delete what a test made: its topics, its Redis keys, its Postgres schema and its
+    processors' faust data directory."""
+    shutil.rmtree(names.faust_data_dir(settings.dev_dir, settings.consumer_group), ignore_errors=True)
     outcomes = await asyncio.gather(
         _delete_topics(settings),
         _delete_keys(settings),

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from resultlog.bridge import Bridge
-from resultlog.errors import ConfigurationError, StoreUnavailable
+from resultlog.errors import StoreUnavailable
 from resultlog.schemas.event import TaskEvent, listed_ids, validate_task_id
 from resultlog.schemas.fold import TaskView
 from resultlog.settings import Settings

@@ -110,13 +110,20 @@ def member_entry(state: State, task_id: str, result: str | None, exception: Exce
     log.warning("chord member %s: its %s entry is %d bytes, over the changelog's %d-byte "
                 "limit, and cannot be cut to fit; recorded as failing with EventTooLarge",
                 task_id, state.value, size, max_bytes)
-    too_large = ExceptionInfo(
-        "EventTooLarge", "resultlog.errors",
-        f"the {state.value} outcome of task {task_id} takes {size} bytes in the chord "
-        f"aggregator's state, over its {max_bytes}-byte limit (RESULTLOG_MAX_EVENT_BYTES), "
-        "and cannot be cut to fit")
-    failed = State.FAILURE if state is State.SUCCESS else state
+    failed, too_large = failing_too_large(
+        state, task_id, f"{size} bytes in the chord aggregator's state, over its {max_bytes}-byte "
+        "limit (RESULTLOG_MAX_EVENT_BYTES), and cannot be cut to fit")
     return _entry(failed, task_id, None, too_large, timestamp, extra)
+
+
+def failing_too_large(state: State, task_id: str, takes: str) -> tuple[State, ExceptionInfo]:
+    """How a chord member whose outcome is too large for the chord's path is recorded:
+    as failing (a SUCCESS; a FAILURE or REVOKED stays what it was) with ``EventTooLarge``,
+    whose message says the outcome "takes ``takes``", so that its chord fails naming it
+    rather than never completing. The member's own view and history keep it whole."""
+    return (State.FAILURE if state is State.SUCCESS else state,
+            ExceptionInfo("EventTooLarge", "resultlog.errors",
+                          f"the {state.value} outcome of task {task_id} takes {takes}"))
 
 
 def check_fits(what: str, chord_id: str, value: Any, texts: tuple[str | None, ...],

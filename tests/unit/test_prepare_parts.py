@@ -9,7 +9,7 @@ import asyncio
 from hypothesis import given, settings, strategies as st
 
 from resultlog.processors.sink import FoldSink, Prepared, RawRecord
-from resultlog.schemas.codec import WORKER_HEARTBEAT, Codec
+from resultlog.schemas.codec import Codec
 from resultlog.schemas.event import TaskEvent
 from resultlog.schemas.states import State
 from resultlog.schemas.workers import WorkerHeartbeat
