@@ -58,6 +58,7 @@ class AckedFold:
         self._failing = False
         self._retry_at = 0.0  # loop time: no fold before this, after a failed one
         self._closed = False
+        self._start_soon = False  # a start of folds is scheduled for this loop turn
 
     def add(self, batch: Batch) -> None:
         """Fold ``batch`` (acknowledged by Kafka) soon, then release it."""
@@ -65,6 +66,16 @@ class AckedFold:
             self._released(batch)
             return
         self._queued.append(batch)
+        if not self._start_soon:
+            # Next in the loop's queue, not now: one produce response acknowledges a
+            # batch per partition, each in a callback already queued, so they go into
+            # one fold call instead of one each (at 10,000 events/s over 8 partitions,
+            # ~6 events a call, a Redis round trip and script call for each).
+            self._start_soon = True
+            asyncio.get_running_loop().call_soon(self._start_queued)
+
+    def _start_queued(self) -> None:
+        self._start_soon = False
         self._start_folds()
 
     def oldest_seq(self) -> int | None:

@@ -7,13 +7,18 @@ import asyncio
 import dataclasses
 import json
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 import redis.asyncio
+from aiokafka.producer.message_accumulator import BatchBuilder  # type: ignore[import-untyped]
 
 from resultlog import names
 from resultlog.errors import ConfigurationError
 from resultlog.producers import Emitter, SyncEmitter
+from resultlog.producers.lanes import Batch
+from resultlog.producers.viewfold import AckedFold
 from resultlog.schemas.event import TaskEvent
 from resultlog.schemas.fold import expire_at, fold
 from resultlog.schemas.states import State
@@ -117,3 +122,43 @@ async def test_an_unreachable_redis_fails_no_emit_and_is_logged_once(
 def test_the_option_must_be_a_bool(settings: Settings) -> None:
     with pytest.raises(ConfigurationError, match="read_your_writes must be True or False"):
         Emitter(settings, read_your_writes="yes")  # type: ignore[typeddict-item]
+
+
+async def test_batches_acknowledged_in_one_loop_turn_are_folded_in_one_call(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One produce response acknowledges a batch per partition, each in its own callback,
+    # all queued in the same loop turn (Pipeline._delivered): one fold call for them all,
+    # not a Redis round trip and script call each (docs/benchmarks.md, 1 Dec 2026).
+    calls: list[int] = []
+    apply = RedisView.apply
+
+    async def counted(view: RedisView, events: Sequence[TaskEvent], *args: Any, **kwargs: Any) -> Any:
+        calls.append(len(events))
+        return await apply(view, events, *args, **kwargs)
+
+    monkeypatch.setattr(RedisView, "apply", counted)
+    released: list[Batch] = []
+    all_released = asyncio.Event()
+
+    def release(batch: Batch) -> None:
+        released.append(batch)
+        if len(released) == 8:
+            all_released.set()
+
+    folds = AckedFold(settings, release)
+    batches = []
+    for partition in range(8):
+        batch = Batch(BatchBuilder(16_384, 0), first_seq=partition, created=0.0)
+        batch.events.append(TaskEvent.create(f"ryw-turn-{partition}", State.SUCCESS, result=partition))
+        batches.append(batch)
+    try:
+        for batch in batches:
+            folds.add(batch)
+        await asyncio.wait_for(all_released.wait(), 30)
+    finally:
+        await folds.close()
+    assert calls == [8]
+    async with RedisView(settings) as view:
+        views = await view.get_many([f"ryw-turn-{p}" for p in range(8)])
+    assert [v.state if v is not None else None for v in views] == [State.SUCCESS] * 8
