@@ -26,6 +26,11 @@ class EmittingCalls(Generic[R]):
     def _worker_name(self) -> str:
         raise NotImplementedError
 
+    def _default_result_ttl_ms(self) -> int | None:
+        """The pipeline's ``default_result_ttl_ms``: the expiry an event carries when its
+        caller gives none."""
+        raise NotImplementedError
+
     def _send(self, event: TaskEvent, wait: bool) -> R:
         raise NotImplementedError
 
@@ -37,6 +42,12 @@ class EmittingCalls(Generic[R]):
             check_fields(fields)
         if "worker" not in fields:
             fields["worker"] = self._worker_name()
+        if fields.get("result_ttl") is None:
+            # What the pipeline would give the event anyway (read-your-writes), given
+            # here: the pipeline's copy with it costs as much as making the event.
+            ttl_ms = self._default_result_ttl_ms()
+            if ttl_ms is not None:
+                fields["result_ttl"] = ttl_ms
         event_details = cast(EventDetails, fields)
         event_details.update(details)  # type: ignore[typeddict-item]
         return new_event(task_id, state, event_details)

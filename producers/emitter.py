@@ -112,6 +112,9 @@ class Emitter(EmittingCalls[Coroutine[Any, Any, None]]):
     def _worker_name(self) -> str:
         return self.worker
 
+    def _default_result_ttl_ms(self) -> int | None:
+        return self.pipeline.default_result_ttl_ms
+
     def track(self, task_id: str, *, attempt: int = 0, **fields: Unpack[TaskFields]) -> AsyncTracker:
         """STARTED now, then SUCCESS or FAILURE: ``async with`` or a decorator of async functions.
 

@@ -88,6 +88,9 @@ class Pipeline:
         self._pump_task: asyncio.Task[None] | None = None
         # Read-your-writes: acknowledged batches go through here before they are released.
         self._acked_fold = AckedFold(settings, self._release) if options.read_your_writes else None
+        #: The expiry an event carries when its caller gave none (:meth:`encode_recorded`
+        #: says why): this emitter's ``result_ttl_s`` if it folds the view itself, else None.
+        self.default_result_ttl_ms = settings.result_ttl_s * 1000 if options.read_your_writes else None
 
     # Lifecycle (event loop) ---------------------------------------------------------
     @property
@@ -196,14 +199,16 @@ class Pipeline:
                 f"emit() takes a TaskEvent, got {type(event).__name__}: {event!r:.60}; build one "
                 "with TaskEvent.create(task_id, state, ...), or use the per-state calls "
                 "(started, success, ...); the event was not emitted")
-        if (self._acked_fold is not None and event.result_ttl_ms is None
-                and event.state is not State.FORGOTTEN):
+        ttl_ms = self.default_result_ttl_ms
+        if ttl_ms is not None and event.result_ttl_ms is None and event.state is not State.FORGOTTEN:
             # This emitter folds the view itself (read-your-writes), with its own
             # result_ttl_s; the processor and a replay would use theirs, and fold.lua
             # leaves an expiry alone when the winner does not move: so the event carries
             # the expiry this writer gives it, and every folder gives the same. (A
-            # FORGOTTEN event deletes the task's key: it has no expiry to carry.)
-            event = dataclasses.replace(event, result_ttl_ms=self.settings.result_ttl_s * 1000)
+            # FORGOTTEN event deletes the task's key: it has no expiry to carry.) The
+            # per-state calls give it when they make the event (EmittingCalls): a copy
+            # here validates the whole event again, as much CPU as making it.
+            event = dataclasses.replace(event, result_ttl_ms=ttl_ms)
         recorded, value = fit_within_limit(event, self.encoder.encode)
         return recorded, event.task_id.encode(), value
 

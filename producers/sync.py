@@ -152,6 +152,9 @@ class SyncEmitter(EmittingCalls[None]):
     def _worker_name(self) -> str:
         return self._current().worker
 
+    def _default_result_ttl_ms(self) -> int | None:
+        return self._current().pipeline.default_result_ttl_ms
+
     def _send(self, event: TaskEvent, wait: bool) -> None:
         self._current().pipeline.accept_blocking(event, wait=wait)
 

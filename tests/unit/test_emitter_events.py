@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -42,11 +42,26 @@ def test_success_carries_json_result_and_fields() -> None:
 class Calls(EmittingCalls[TaskEvent]):
     """The per-state calls, returning the event they would send."""
 
+    def __init__(self, default_ttl_ms: int | None = None) -> None:
+        self.default_ttl_ms = default_ttl_ms
+
     def _worker_name(self) -> str:
         return "w1"
 
+    def _default_result_ttl_ms(self) -> int | None:
+        return self.default_ttl_ms
+
     def _send(self, event: TaskEvent, wait: bool) -> TaskEvent:
         return event
+
+
+def test_the_calls_give_the_emitters_expiry_unless_the_caller_gives_one() -> None:
+    # A read-your-writes emitter's events carry its result_ttl_s (Pipeline.encode_recorded).
+    assert Calls().success("t", 1).result_ttl_ms is None
+    assert Calls(86_400_000).success("t", 1).result_ttl_ms == 86_400_000
+    assert Calls(86_400_000).started("t", result_ttl=None).result_ttl_ms == 86_400_000
+    assert Calls(86_400_000).failure("t", ValueError("x"), result_ttl=0).result_ttl_ms == 0
+    assert Calls(86_400_000).revoked("t", result_ttl=timedelta(seconds=2)).result_ttl_ms == 2_000
 
 
 def test_worker_can_be_overridden_per_event() -> None:
