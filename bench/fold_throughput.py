@@ -230,7 +230,9 @@ async def run(settings, n: int, processors: int, history_rows: int,  # type: ign
         while conn is None:
             try:
                 conn = await asyncpg.connect(settings.postgres_dsn)
-                await conn.fetchval(f'SELECT count(*) FROM "{settings.postgres_schema}".task_events')
+                # Only whether the processor has migrated the schema: count(*) here scanned
+                # a --history-rows history (~0.9 s for 10 million rows) as the fold began.
+                await conn.fetchval(f'SELECT 1 FROM "{settings.postgres_schema}".task_events LIMIT 1')
             except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError,
                     asyncpg.UndefinedFunctionError):
                 if conn:
