@@ -230,8 +230,8 @@ async def run(settings, n: int, processors: int, history_rows: int,  # type: ign
         while conn is None:
             try:
                 conn = await asyncpg.connect(settings.postgres_dsn)
-                # Only whether the processor has migrated the schema: count(*) here scanned
-                # a --history-rows history (~0.9 s for 10 million rows) as the fold began.
+                # Only whether the processor has migrated the schema: count(*) would scan a
+                # --history-rows history (~0.9 s for 10 million rows) while it starts.
                 await conn.fetchval(f'SELECT 1 FROM "{settings.postgres_schema}".task_events LIMIT 1')
             except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError,
                     asyncpg.UndefinedFunctionError):
